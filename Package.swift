@@ -1,0 +1,63 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// syncd: content-addressed project sync for remote GPU hosts.
+///
+/// Layering (lower modules never import higher ones):
+///   C boxes:   CXXHash, CZlib, CLibSSH2
+///   base:      SyncSystem (syscalls, errors, safe paths)
+///   engine:    Chunking, Wire, Transport, Placement, ProjectScan
+///   remote:    AgentCore                          -> syncd-agent (no libssh2, no Foundation)
+///   local:     LocalState (GRDB), SyncConfig (Yams), Engine -> syncctl, syncd
+let swiftSettings: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-O3"]) ]
+
+let package = Package(
+    name: "syncd",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "syncctl", targets: ["syncctl"]),
+        .executable(name: "syncd", targets: ["syncd"]),
+        .executable(name: "syncd-agent", targets: ["syncd-agent"]),
+        .library(name: "Engine", targets: ["Engine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CXXHash", providers: [.apt(["libxxhash-dev"])]),
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLibSSH2", providers: [.apt(["libssh2-1-dev"])]),
+
+        .target(name: "SyncSystem"),
+        .target(name: "Chunking", dependencies: ["CXXHash", "SyncSystem"], swiftSettings: swiftSettings),
+        .target(name: "Wire", dependencies: ["CZlib", "Chunking", "SyncSystem"]),
+        .target(name: "Transport", dependencies: ["Wire", "SyncSystem"]),
+        .target(name: "Placement", dependencies: ["Chunking", "SyncSystem"]),
+        .target(name: "ProjectScan", dependencies: ["Chunking", "SyncSystem"]),
+        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan"]),
+        .target(name: "LocalState", dependencies: [
+            "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
+        .target(name: "Engine", dependencies: [
+            "Wire", "Transport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking", "SyncSystem",
+            "CLibSSH2",
+        ]),
+
+        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore"]),
+        .executableTarget(name: "syncctl", dependencies: [
+            "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "syncd", dependencies: [
+            "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "UnitTests", dependencies: [
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem",
+        ]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Wire", "Chunking", "SyncSystem"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

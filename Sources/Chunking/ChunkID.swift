@@ -1,0 +1,70 @@
+import CXXHash
+
+/// A 128-bit XXH3 digest: the id of a chunk, and the digest of a whole file.
+public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var low: UInt64
+    public var high: UInt64
+
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
+    }
+
+    /// The digest of `bytes`.
+    @inline(__always)
+    public init(hashing bytes: UnsafeRawBufferPointer) {
+        let h = syncd_xxh3_128(bytes.baseAddress, bytes.count)
+        self.init(low: h.low, high: h.high)
+    }
+
+    public init(hashing bytes: [UInt8]) {
+        self = bytes.withUnsafeBytes { ChunkID(hashing: $0) }
+    }
+
+    /// The id of an empty input.
+    public static let empty = ChunkID(hashing: [UInt8]())
+
+    /// 32 lowercase hex digits, high half first (the canonical XXH128 spelling).
+    public var hex: String {
+        func pad(_ v: UInt64) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: 16 - s.count) + s
+        }
+        return pad(high) + pad(low)
+    }
+
+    /// Parses the `hex` form.
+    public init?(hex: String) {
+        guard hex.utf8.count == 32, let hi = UInt64(hex.prefix(16), radix: 16), let lo = UInt64(hex.suffix(16), radix: 16)
+        else { return nil }
+        self.init(low: lo, high: hi)
+    }
+
+    public var description: String { hex }
+
+    public static func < (a: ChunkID, b: ChunkID) -> Bool { (a.high, a.low) < (b.high, b.low) }
+}
+
+/// Incremental XXH3-128 over a stream of bytes, for whole-file digests.
+public final class StreamingDigest {
+    private let state: UnsafeMutableRawPointer
+
+    public init() {
+        guard let state = syncd_xxh3_state_new() else { fatalError("out of memory allocating an XXH3 state") }
+        self.state = state
+    }
+
+    deinit { syncd_xxh3_state_free(state) }
+
+    public func reset() { syncd_xxh3_state_reset(state) }
+
+    @inline(__always)
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        syncd_xxh3_state_update(state, bytes.baseAddress, bytes.count)
+    }
+
+    public func finish() -> ChunkID {
+        let h = syncd_xxh3_state_digest(state)
+        return ChunkID(low: h.low, high: h.high)
+    }
+}

@@ -1,0 +1,153 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What kind of file system object a path names.
+public enum FileKind: UInt8, Sendable, Equatable {
+    case regular = 1
+    case directory = 2
+    case symlink = 3
+    case other = 4
+
+    init(mode: mode_t) {
+        switch mode & S_IFMT {
+        case S_IFREG: self = .regular
+        case S_IFDIR: self = .directory
+        case S_IFLNK: self = .symlink
+        default: self = .other
+        }
+    }
+}
+
+/// The parts of `struct stat` the sync engine keys on.
+public struct FileStat: Equatable, Sendable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var kind: FileKind
+    /// Permission bits only (07777).
+    public var permissions: UInt32
+    public var size: UInt64
+    public var mtimeNanos: Int64
+    public var ctimeNanos: Int64
+
+    public init(_ st: stat) {
+        device = UInt64(st.st_dev)
+        inode = UInt64(st.st_ino)
+        kind = FileKind(mode: st.st_mode)
+        permissions = UInt32(st.st_mode & 0o7777)
+        size = UInt64(st.st_size)
+        mtimeNanos = Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        ctimeNanos = Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+    }
+
+    public init(device: UInt64, inode: UInt64, kind: FileKind, permissions: UInt32, size: UInt64,
+                mtimeNanos: Int64, ctimeNanos: Int64) {
+        self.device = device
+        self.inode = inode
+        self.kind = kind
+        self.permissions = permissions
+        self.size = size
+        self.mtimeNanos = mtimeNanos
+        self.ctimeNanos = ctimeNanos
+    }
+
+    /// True when both describe the same unchanged file: same device, inode, size, mtime and ctime.
+    public func sameContentIdentity(as other: FileStat) -> Bool {
+        device == other.device && inode == other.inode && size == other.size
+            && mtimeNanos == other.mtimeNanos && ctimeNanos == other.ctimeNanos
+    }
+}
+
+/// An owned file descriptor, closed when the value goes away.
+public final class FileDescriptor {
+    /// The raw descriptor; valid until `close()` or deinit.
+    public private(set) var raw: Int32
+    /// The path this descriptor was opened for, used in error messages.
+    public let path: String
+
+    public init(raw: Int32, path: String) {
+        self.raw = raw
+        self.path = path
+    }
+
+    deinit { if raw >= 0 { Glibc.close(raw) } }
+
+    /// Closes now; later calls are no-ops.
+    public func close() {
+        if raw >= 0 { Glibc.close(raw); raw = -1 }
+    }
+
+    /// Opens `path` (absolute or relative to the working directory).
+    public static func open(_ path: String, flags: Int32, mode: mode_t = 0o644) throws -> FileDescriptor {
+        let fd = try syscall("open", path: path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return FileDescriptor(raw: fd, path: path)
+    }
+
+    public func stat() throws -> FileStat {
+        var st = Glibc.stat()
+        try syscall("fstat", path: path) { fstat(raw, &st) }
+        return FileStat(st)
+    }
+
+    /// Reads up to `count` bytes at `offset`; fewer only at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscall("pread", path: path) {
+                pread(raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// Reads exactly `count` bytes at `offset`, or throws naming the short file.
+    public func readExactly(_ count: Int, at offset: UInt64) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let n = try bytes.withUnsafeMutableBytes { try read(into: $0, at: offset) }
+        if n != count { throw SystemError(call: "pread (file shorter than expected)", path: path, errno: EIO) }
+        return bytes
+    }
+
+    /// Sequential read from the current position; returns 0 at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        try syscall("read", path: path) { Glibc.read(raw, buffer.baseAddress!, buffer.count) }
+    }
+
+    /// Writes all of `buffer` at `offset`.
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscall("pwrite", path: path) {
+                pwrite(raw, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            done += n
+        }
+    }
+
+    /// Writes all of `buffer` at the current position.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try syscall("write", path: path) { Glibc.write(raw, buffer.baseAddress! + done, buffer.count - done) }
+            done += n
+        }
+    }
+
+    public func sync() throws { try syscall("fsync", path: path) { fsync(raw) } }
+
+    public func truncate(_ size: UInt64) throws { try syscall("ftruncate", path: path) { ftruncate(raw, off_t(size)) } }
+
+    public func setPermissions(_ mode: UInt32) throws {
+        try syscall("fchmod", path: path) { fchmod(raw, mode_t(mode)) }
+    }
+
+    /// Sets access and modification time to `mtimeNanos`.
+    public func setModificationTime(_ mtimeNanos: Int64) throws {
+        var times = [timespec](repeating: timespec(), count: 2)
+        times[0] = timespec(tv_sec: Int(mtimeNanos / 1_000_000_000), tv_nsec: Int(mtimeNanos % 1_000_000_000))
+        times[1] = times[0]
+        try syscall("futimens", path: path) { futimens(raw, times) }
+    }
+}

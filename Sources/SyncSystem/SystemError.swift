@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A failed system call, with the call, the path it was about and errno: enough for a person to act on.
+public struct SystemError: Error, CustomStringConvertible, Equatable {
+    /// The call that failed, for example "openat".
+    public let call: String
+    /// The path the call was about, relative to the tree it works in, when there is one.
+    public let path: String?
+    /// The errno value.
+    public let errno: Int32
+
+    public init(call: String, path: String?, errno: Int32) {
+        self.call = call
+        self.path = path
+        self.errno = errno
+    }
+
+    /// The text of `strerror` for this error's errno.
+    public var reason: String { String(cString: strerror(errno)) }
+
+    public var description: String {
+        if let path { return "\(call) '\(path)' failed: \(reason) (errno \(errno))" }
+        return "\(call) failed: \(reason) (errno \(errno))"
+    }
+}
+
+/// Runs a raw system call, retrying on EINTR, and throws `SystemError` naming the call when it returns -1.
+@inline(__always)
+@discardableResult
+public func syscall<T: FixedWidthInteger>(_ call: String, path: String? = nil, _ body: () -> T) throws -> T {
+    while true {
+        let result = body()
+        if result == -1 {
+            let code = Glibc.errno
+            if code == EINTR { continue }
+            throw SystemError(call: call, path: path, errno: code)
+        }
+        return result
+    }
+}
+
+/// Current wall-clock time in nanoseconds since the epoch.
+public func wallClockNanos() -> Int64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+}
+
+/// Monotonic time in nanoseconds, for measuring durations.
+public func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Writes a line to standard error, unbuffered.
+public func printError(_ text: String) {
+    var line = text
+    if !line.hasSuffix("\n") { line += "\n" }
+    var bytes = Array(line.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(2, $0.baseAddress! + offset, $0.count - offset) }
+        if n <= 0 { if errno == EINTR { continue }; return }
+        offset += n
+    }
+    bytes.removeAll()
+}

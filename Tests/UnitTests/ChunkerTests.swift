@@ -1,0 +1,94 @@
+import Chunking
+import SyncSystem
+import Testing
+
+/// The FastCDC reference test image, from ../shared/testdata beside the repository.
+func sekienImage() throws -> [UInt8] {
+    var dir = #filePath
+    for _ in 0..<3 { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
+    let path = dir + "/../shared/testdata/SekienAkashita.jpg"
+    let file = try FileDescriptor.open(path, flags: 0)
+    let size = try file.stat().size
+    return try file.readExactly(Int(size), at: 0)
+}
+
+struct ChunkerTests {
+    /// (min, avg, max, normalization, expected (gear hash, length) pairs) from the reference's published tests.
+    static let vectors: [(Int, Int, Int, Int, [(UInt64, Int)])] = [
+        (4096, 16384, 65535, 1, [
+            (17_968_276_318_003_433_923, 21325), (8_197_189_939_299_398_838, 17140),
+            (13_019_990_849_178_155_730, 28084), (4_509_236_223_063_678_303, 18217),
+            (2_504_464_741_100_432_583, 24700),
+        ]),
+        (8192, 32768, 131_072, 1, [(15_733_367_461_443_853_673, 66549), (6_321_136_627_705_800_457, 42917)]),
+        (16384, 65536, 262_144, 1, [(2_504_464_741_100_432_583, 109_466)]),
+        (4096, 16384, 65535, 0, [
+            (443_122_261_039_895_162, 6634), (15_733_367_461_443_853_673, 59915),
+            (10_460_176_299_449_652_894, 25597), (6_197_802_202_431_009_942, 5237),
+            (6_321_136_627_705_800_457, 12083),
+        ]),
+        (8192, 16384, 32768, 3, [
+            (10_718_006_254_707_412_376, 17350), (13_104_072_099_671_895_560, 19911),
+            (12_322_483_109_039_221_194, 17426), (16_009_206_469_796_846_404, 17519),
+            (2_473_608_525_189_754_172, 19940), (2_504_464_741_100_432_583, 17320),
+        ]),
+    ]
+
+    @Test(arguments: 0..<vectors.count)
+    func referenceCutPoints(vector: Int) throws {
+        let (min, avg, max, level, expected) = Self.vectors[vector]
+        let image = try sekienImage()
+        #expect(image.count == 109_466)
+        let cdc = FastCDC(try ChunkParameters(min: min, avg: avg, max: max, normalization: level))
+        var got: [(UInt64, Int)] = []
+        image.withUnsafeBytes { bytes in
+            var start = 0
+            while start < bytes.count {
+                let cut = cdc.cut(UnsafeRawBufferPointer(rebasing: bytes[start...]))
+                got.append((cut.hash, cut.length))
+                start += cut.length
+            }
+        }
+        #expect(got.map(\.0) == expected.map(\.0))
+        #expect(got.map(\.1) == expected.map(\.1))
+    }
+
+    @Test func allZerosGiveMaximumChunks() throws {
+        let zeros = [UInt8](repeating: 0, count: 10240)
+        let cdc = FastCDC(try ChunkParameters(min: 64, avg: 256, max: 1024))
+        zeros.withUnsafeBytes { bytes in
+            let cut = cdc.cut(UnsafeRawBufferPointer(rebasing: bytes[0...]))
+            #expect(cut.length == 1024)
+            #expect(cut.hash == 14_169_102_344_523_991_076)
+        }
+    }
+
+    @Test func fileChunkerMatchesInMemoryChunking() throws {
+        var generator = SplitMix(seed: 7)
+        let data = (0..<(3 << 20) + 12345).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+        let dir = try TempDir()
+        let path = dir.path + "/blob"
+        let out = try FileDescriptor.open(path, flags: O_WRONLY_CREAT_TRUNC)
+        try data.withUnsafeBytes { try out.writeAll($0) }
+        out.close()
+        let chunker = FileChunker()
+        let fromFile = try chunker.chunk(try FileDescriptor.open(path, flags: 0))
+        let fromMemory = data.withUnsafeBytes { chunker.chunk(bytes: $0) }
+        #expect(fromFile == fromMemory)
+        #expect(fromFile.digest == ChunkID(hashing: data))
+        #expect(fromFile.chunks.reduce(0) { $0 + UInt64($1.length) } == UInt64(data.count))
+        #expect(fromFile.chunks.allSatisfy { $0.length <= 256 * 1024 })
+    }
+
+    @Test func rejectsBadParameters() {
+        #expect(throws: ChunkParameterError.self) { try ChunkParameters(min: 10, avg: 256, max: 1024) }
+        #expect(throws: ChunkParameterError.self) { try ChunkParameters(min: 4096, avg: 2048, max: 8192) }
+        #expect(throws: ChunkParameterError.self) { try ChunkParameters(min: 4096, avg: 8192, max: 1 << 24) }
+    }
+
+    @Test func chunkIDHexRoundTrip() {
+        let id = ChunkID(hashing: Array("hello".utf8))
+        #expect(ChunkID(hex: id.hex) == id)
+        #expect(id.hex.count == 32)
+    }
+}
