@@ -6,6 +6,10 @@ import Glibc
 public struct PathError: Error, CustomStringConvertible, Equatable {
     public let path: String
     public let reason: String
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
     public var description: String { "refused path '\(path)': \(reason)" }
 }
 
@@ -175,6 +179,12 @@ public final class Tree {
             if errno == ENOENT { return }
             throw SystemError(call: isDirectory ? "rmdir" : "unlink", path: shown, errno: errno)
         }
+    }
+
+    /// Opens a subdirectory of an open directory, refusing symlinks.
+    public static func openChildDirectory(_ dir: FileDescriptor, name: String, shown: String) throws -> FileDescriptor {
+        let fd = try syscall("openat", path: shown) { openat(dir.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        return FileDescriptor(raw: fd, path: shown)
     }
 
     /// Removes a whole subtree below an open directory, never following symlinks.

@@ -1,1 +1,27 @@
-print("stub")
+import ArgumentParser
+import Engine
+import Foundation
+import SyncSystem
+
+signal(SIGPIPE, SIG_IGN)
+var command: ParsableCommand
+do {
+    command = try Syncctl.parseAsRoot()
+} catch {
+    if Syncctl.exitCode(for: error) == .success {
+        print(Syncctl.fullMessage(for: error))
+        exitWith(0)
+    }
+    printError(Syncctl.fullMessage(for: error))
+    exitWith(2)
+}
+do {
+    try command.run()
+    exitWith(0)
+} catch let error as SyncError {
+    printError("syncctl: \(error.description)")
+    exitWith(error.exitCode)
+} catch {
+    printError("syncctl: \(error)")
+    exitWith(1)
+}

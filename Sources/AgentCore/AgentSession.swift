@@ -1,0 +1,415 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import Placement
+import ProjectScan
+import SyncSystem
+import Wire
+
+/// A fatal session error on the agent side; sent to the client as an error frame, then the agent exits.
+public struct AgentError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ text: String) { description = text }
+}
+
+/// One client session served over a byte stream: handshake, hello, then a push or a pull.
+/// Single threaded: frames are handled in arrival order, and replies are flushed before the agent
+/// waits for input, so the client can keep many files in flight without a round trip per file.
+public final class AgentSession {
+    private let reader: FrameReader
+    private let writer: FrameWriter
+    private let homeDirectory: String
+    private var tree: Tree!
+    private var state: AgentState!
+    private var store: ChunkStore!
+    private var chunker = FileChunker()
+    private var pullPaths: [RelativePath] = []
+    private let decompressor = ChunkDecompressor()
+    private let compressor = ChunkCompressor()
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+
+    public init(stream: ByteStream, homeDirectory: String) {
+        reader = FrameReader(stream)
+        writer = FrameWriter(stream)
+        self.homeDirectory = homeDirectory
+        let writer = self.writer
+        reader.willBlock = { try writer.flush() }
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Runs the session to its end. Errors are reported to the client (when it still listens) and rethrown.
+    public func run() throws {
+        do {
+            try writer.writeHandshake()
+            let version = try reader.readHandshake()
+            guard version == wireVersion else {
+                throw AgentError("protocol version mismatch: client speaks \(version), this agent speaks \(wireVersion); install matching syncd versions")
+            }
+            guard case .hello(let hello)? = try reader.next() else { throw ProtocolError("expected a hello frame first") }
+            try open(hello)
+            switch hello.role {
+            case .push: try servePush()
+            case .pull:
+                try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
+                    let r = try self.record(for: path, stat: st)
+                    return (r.digest, r.chunks)
+                }, reader: reader, writer: writer, compressor: compressor, scratch: scratch)
+                try state.save()
+            }
+            try writer.flush()
+        } catch {
+            try? writer.send(.error(message: "\(error)"))
+            try? writer.flush()
+            pending.values.forEach { $0.assembly?.suspend() }
+            try? state?.save()
+            throw error
+        }
+    }
+
+    private func open(_ hello: Hello) throws {
+        let name = hello.project
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != "..", !name.utf8.contains(0) else {
+            throw AgentError("project name '\(name)' is not a single directory name")
+        }
+        let root = hello.remoteRoot.isEmpty ? homeDirectory : hello.remoteRoot
+        guard root.hasPrefix("/") else { throw AgentError("remote root '\(root)' is not an absolute path") }
+        let projectPath = cleanPath(root + "/" + name)
+        tree = try Tree(rootPath: projectPath, create: true)
+        state = try AgentState(project: tree)
+        store = ChunkStore(tree: tree)
+        for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
+        pullPaths = try hello.pullPaths.map { try RelativePath($0) }
+        chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
+        try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath))
+    }
+
+    // MARK: - Current state of a path
+
+    /// Validates a path from the wire: relative, clean, outside `.syncd/`.
+    private func checkedPath(_ raw: String) throws -> RelativePath {
+        let path = try RelativePath(raw)
+        if path.components[0] == agentStateDirectoryName || path.name.hasPrefix(partialFilePrefix) {
+            throw PathError(path: raw, reason: "reserved for syncd's own state")
+        }
+        return path
+    }
+
+    private func isPullPath(_ path: RelativePath) -> Bool { pullPaths.contains { path.isWithin($0) } }
+
+    /// What is at `path` now; regular files are identified by digest (from the record when the stat is unchanged).
+    private func currentState(_ path: RelativePath) throws -> (PathState, FileStat?) {
+        guard let st = try tree.lstat(path) else { return (.absent, nil) }
+        switch st.kind {
+        case .directory: return (.directory, st)
+        case .symlink:
+            guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return (.absent, nil) }
+            return (.symlink(try Tree.readLink(at: parent, name: path.name, shown: path.string)), st)
+        case .regular: return (.file(try record(for: path, stat: st).digest), st)
+        case .other: throw AgentError("\(path): not a regular file, directory or symlink on the remote; remove it by hand")
+        }
+    }
+
+    /// The record for a regular file, re-hashing it when its stat identity changed.
+    private func record(for path: RelativePath, stat st: FileStat) throws -> FileRecord {
+        if let r = state.records[path.string], r.stat.sameContentIdentity(as: st) { return r }
+        let fd = try tree.openForReading(path)
+        let content = try chunker.chunk(fd)
+        let after = try fd.stat()
+        if let old = state.records[path.string] { store.remove(path: old.path, chunks: old.chunks) }
+        let record = FileRecord(path: path.string, stat: after, digest: content.digest, chunks: content.chunks)
+        // A file modified while being read is not recorded, so it is hashed again next time.
+        if after.sameContentIdentity(as: st) {
+            state.put(record)
+            store.add(path: path.string, chunks: content.chunks)
+        }
+        return record
+    }
+
+    // MARK: - Push
+
+    private final class PendingFile {
+        let header: FileHeader
+        /// nil when the path was refused: the chunk list is read and dropped.
+        let path: RelativePath!
+        var chunks: [ChunkRef] = []
+        var assembly: FileAssembly?
+        var targetStat: FileStat?
+        init(header: FileHeader, path: RelativePath?) {
+            self.header = header
+            self.path = path
+        }
+    }
+
+    private var pending: [UInt32: PendingFile] = [:]
+    private var openAssemblies: [UInt32] = []
+
+    private func servePush() throws {
+        var ended = false
+        while !ended || !pending.isEmpty {
+            guard let message = try reader.next() else {
+                throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
+            }
+            switch message {
+            case .fileBegin(let header):
+                guard !ended else { throw ProtocolError("file frame after end of operations") }
+                guard pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
+                let path: RelativePath
+                do { path = try checkedPath(header.path) } catch {
+                    try reply(header.op, .failed, "\(error)", .absent)
+                    if header.chunkCount > 0 { pending[header.op] = PendingFile(header: header, path: nil) }
+                    continue
+                }
+                let file = PendingFile(header: header, path: path)
+                pending[header.op] = file
+                if header.chunkCount == 0 { try startFile(file) }
+            case .chunkList(let op, let chunks):
+                guard let file = pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
+                guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
+                    throw ProtocolError("\(file.header.path): more chunks than the \(file.header.chunkCount) announced")
+                }
+                var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+                for c in chunks {
+                    file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+                    offset += UInt64(c.length)
+                }
+                if file.chunks.count == Int(file.header.chunkCount) {
+                    if file.path == nil { pending[op] = nil; continue }
+                    try startFile(file)
+                }
+            case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+                guard let file = pending[op], let assembly = file.assembly else {
+                    throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
+                }
+                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+            case .abort(let op, let reason):
+                if let file = pending.removeValue(forKey: op) {
+                    file.assembly?.suspend()
+                    try reply(op, .failed, "sender gave up: \(reason)", .absent)
+                }
+            case .symlink(let op, let path, let target, let base):
+                try guardOp { try applySymlink(op, path, target, base) } fail: { try reply(op, .failed, $0, .absent) }
+            case .directory(let op, let path, let permissions):
+                try guardOp { try applyDirectory(op, path, permissions) } fail: { try reply(op, .failed, $0, .absent) }
+            case .delete(let op, let path, let base):
+                try guardOp { try applyDelete(op, path, base) } fail: { try reply(op, .failed, $0, .absent) }
+            case .endOfOperations:
+                ended = true
+            default:
+                throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
+            }
+        }
+        // Every operation is answered: temporary files no session is building any more are stale.
+        for partial in state.partials {
+            if let path = try? RelativePath(partial), let parent = try? tree.openDirectory(path.parentComponents, create: false) {
+                try? Tree.remove(at: parent, name: path.name, isDirectory: false, shown: partial)
+            }
+            state.notePartial(partial, started: false)
+        }
+        try state.save()
+        try writer.send(.done)
+    }
+
+    /// Runs one path operation; a bad path or a file system error fails that operation only.
+    private func guardOp(_ body: () throws -> Void, fail: (String) throws -> Void) throws {
+        do { try body() } catch let error as PathError {
+            try fail("\(error)")
+        } catch let error as SystemError {
+            try fail("\(error)")
+        } catch let error as AgentError {
+            try fail("\(error)")
+        }
+    }
+
+    private func reply(_ op: UInt32, _ status: OpStatus, _ message: String, _ current: PathState) throws {
+        try writer.send(.result(OpResult(op: op, status: status, message: message, current: current)))
+    }
+
+    private func startFile(_ file: PendingFile) throws {
+        let header = file.header
+        do {
+            if isPullPath(file.path) { throw AgentError("\(file.path) is remote-owned (a pull path); push refused") }
+            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(header.path): chunk list incomplete") }
+            let (current, st) = try currentState(file.path)
+            if current == .file(header.digest), let st {
+                try updateMetadata(file.path, st, header)
+                pending[header.op] = nil
+                return try reply(header.op, .unchanged, "", current)
+            }
+            if current != header.base {
+                pending[header.op] = nil
+                return try reply(header.op, .conflict, "changed on the remote since the last sync (remote now: \(current), expected \(header.base))", current)
+            }
+            file.targetStat = st
+            let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks)
+            file.assembly = assembly
+            state.notePartial(partialPath(file.path, header.digest), started: true)
+            try assembly.fill(from: store)
+            if assembly.isComplete {
+                try finish(file)
+            } else {
+                noteOpen(header.op)
+                let missing = assembly.missingIndices
+                var start = 0
+                while start < missing.count {
+                    let end = min(start + maxListItems, missing.count)
+                    try writer.send(.need(op: header.op, indices: Array(missing[start..<end])))
+                    start = end
+                }
+            }
+        } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
+            file.assembly?.suspend()
+            pending[header.op] = nil
+            try reply(header.op, .failed, "\(error)", .absent)
+        }
+    }
+
+    /// Project-relative path of the temporary file that builds `path` with content `digest`.
+    private func partialPath(_ path: RelativePath, _ digest: ChunkID) -> String {
+        (path.parentString.isEmpty ? "" : path.parentString + "/") + partialFilePrefix + digest.hex
+    }
+
+    /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
+    private func noteOpen(_ op: UInt32) {
+        openAssemblies.append(op)
+        if openAssemblies.count > 32 {
+            let old = openAssemblies.removeFirst()
+            pending[old]?.assembly?.suspend()
+        }
+    }
+
+    private func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
+                              payload: [UInt8]) throws {
+        guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
+            throw ProtocolError("\(file.path): chunk \(index) does not fit the file's chunk list")
+        }
+        do {
+            if compressed {
+                try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: rawLength, into: scratch) }
+                try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
+            } else {
+                guard payload.count == rawLength else { throw ProtocolError("\(file.path): chunk \(index) length mismatch") }
+                try payload.withUnsafeBytes { try assembly.write(index: index, bytes: $0) }
+            }
+        } catch let error as PlacementError {
+            throw ProtocolError("\(error)")
+        }
+        if assembly.isComplete {
+            do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+                pending[file.header.op] = nil
+                try reply(file.header.op, .failed, "\(error)", .absent)
+            }
+        }
+    }
+
+    private struct ConflictAtPlacement: Error { let current: FileStat? }
+
+    private func finish(_ file: PendingFile) throws {
+        let header = file.header
+        guard let assembly = file.assembly else { return }
+        pending[header.op] = nil
+        openAssemblies.removeAll { $0 == header.op }
+        do {
+            try assembly.place(permissions: header.permissions, mtimeNanos: header.mtimeNanos) { now in
+                let same = (now == nil && file.targetStat == nil)
+                    || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
+                if !same { throw ConflictAtPlacement(current: now) }
+            }
+        } catch is ConflictAtPlacement {
+            assembly.discard()
+            state.notePartial(partialPath(file.path, header.digest), started: false)
+            let (current, _) = (try? currentState(file.path)) ?? (.absent, nil)
+            return try reply(header.op, .conflict, "changed on the remote while the new version was being sent", current)
+        }
+        state.notePartial(partialPath(file.path, header.digest), started: false)
+        if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
+        if let st = try tree.lstat(file.path) {
+            state.put(FileRecord(path: file.path.string, stat: st, digest: header.digest, chunks: assembly.chunks))
+            store.add(path: file.path.string, chunks: assembly.chunks)
+        }
+        try reply(header.op, .applied, assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "", .file(header.digest))
+    }
+
+    private func updateMetadata(_ path: RelativePath, _ st: FileStat, _ header: FileHeader) throws {
+        guard st.permissions != header.permissions & 0o777 || st.mtimeNanos != header.mtimeNanos else { return }
+        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return }
+        let fd = try syscall("openat", path: path.string) { openat(parent.raw, path.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        let file = FileDescriptor(raw: fd, path: path.string)
+        try file.setPermissions(header.permissions & 0o777)
+        try file.setModificationTime(header.mtimeNanos)
+        if var record = state.records[path.string] {
+            record.stat = try file.stat()
+            state.put(record)
+        }
+    }
+
+    private func applySymlink(_ op: UInt32, _ raw: String, _ target: String, _ base: PathState) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        guard symlinkStaysInside(linkPath: path.string, target: target) else {
+            throw PathError(path: raw, reason: "symlink target '\(target)' points outside the project")
+        }
+        let (current, _) = try currentState(path)
+        if current == .symlink(target) { return try reply(op, .unchanged, "", current) }
+        if current != base { return try reply(op, .conflict, "changed on the remote since the last sync (remote now: \(current))", current) }
+        guard let parent = try tree.openDirectory(path.parentComponents, create: true) else { throw AgentError("cannot make parent of \(path)") }
+        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try syscall("symlinkat", path: path.string) { symlinkat(target, parent.raw, temp) }
+        do {
+            try syscall("renameat", path: path.string) { renameat(parent.raw, temp, parent.raw, path.name) }
+        } catch {
+            try? Tree.remove(at: parent, name: temp, isDirectory: false, shown: temp)
+            throw error
+        }
+        Tree.syncDirectory(parent)
+        if state.records[path.string] != nil { dropRecord(path.string) }
+        try reply(op, .applied, "", .symlink(target))
+    }
+
+    private func applyDirectory(_ op: UInt32, _ raw: String, _ permissions: UInt32) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) && !pullPaths.contains(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        let (current, st) = try currentState(path)
+        if current == .directory, let st {
+            if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path.components, create: false) {
+                try dir.setPermissions(permissions & 0o777)
+                return try reply(op, .applied, "", .directory)
+            }
+            return try reply(op, .unchanged, "", .directory)
+        }
+        if current != .absent { return try reply(op, .conflict, "a \(current) is in the way on the remote", current) }
+        guard let dir = try tree.openDirectory(path.components, create: true) else { throw AgentError("cannot make \(path)") }
+        try dir.setPermissions(permissions & 0o777)
+        try reply(op, .applied, "", .directory)
+    }
+
+    private func applyDelete(_ op: UInt32, _ raw: String, _ base: PathState) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        let (current, _) = try currentState(path)
+        if current == .absent { return try reply(op, .unchanged, "", .absent) }
+        if current != base { return try reply(op, .conflict, "changed on the remote since the last sync (remote now: \(current)); kept", current) }
+        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return try reply(op, .unchanged, "", .absent) }
+        if current == .directory {
+            if unlinkat(parent.raw, path.name, AT_REMOVEDIR) != 0 {
+                if errno == ENOTEMPTY || errno == EEXIST {
+                    let names = (try? tree.openDirectory(path.components, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
+                    let shown = names.prefix(3).map(\.name).joined(separator: ", ")
+                    return try reply(op, .conflict, "directory holds files created on the remote (\(shown)); kept", .directory)
+                }
+                throw SystemError(call: "rmdir", path: path.string, errno: errno)
+            }
+        } else {
+            try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.string)
+        }
+        Tree.syncDirectory(parent)
+        dropRecord(path.string)
+        try reply(op, .applied, "", .absent)
+    }
+
+    private func dropRecord(_ path: String) {
+        if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
+        state.remove(path)
+    }
+}

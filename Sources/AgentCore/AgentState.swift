@@ -1,0 +1,172 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import SyncSystem
+import Wire
+
+/// What the agent knows about one regular file it placed or hashed: enough to trust the file unread while its
+/// stat identity is unchanged, and to copy its chunks into other files.
+struct FileRecord: Equatable {
+    var path: String
+    var stat: FileStat
+    var digest: ChunkID
+    var chunks: [ChunkRef]
+}
+
+/// The agent's persistent state in `<project>/.syncd/`: a snapshot file rewritten at the end of a session and an
+/// append-only journal written as files are placed, so that a killed agent loses nothing it had finished.
+final class AgentState {
+    private(set) var records: [String: FileRecord] = [:]
+    /// Temporary files started by sessions that have not finished; removed when a later session ends cleanly.
+    private(set) var partials: Set<String> = []
+    private let directory: FileDescriptor
+    private var journal: FileDescriptor?
+    private static let snapshotMagic = Array("SYNCDST1".utf8)
+
+    /// Opens (making it if needed) the state directory under the project root and loads snapshot plus journal.
+    init(project: Tree) throws {
+        guard let dir = try project.openDirectory([agentStateDirectoryName], create: true) else {
+            throw PlacementErrorText("cannot make \(agentStateDirectoryName)/ in \(project.rootPath)")
+        }
+        directory = dir
+        try load()
+        let fd = try syscall("openat", path: ".syncd/journal") {
+            openat(dir.raw, "journal", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
+        journal = FileDescriptor(raw: fd, path: ".syncd/journal")
+    }
+
+    private func readWhole(_ name: String) throws -> [UInt8]? {
+        let fd = openat(directory.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        if fd < 0 { return nil }
+        let file = FileDescriptor(raw: fd, path: ".syncd/" + name)
+        let size = try file.stat().size
+        var bytes = [UInt8](repeating: 0, count: Int(size))
+        let n = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+        return Array(bytes[0..<n])
+    }
+
+    private func load() throws {
+        if let snapshot = try readWhole("state"), snapshot.count >= 8, Array(snapshot[0..<8]) == Self.snapshotMagic {
+            replay(Array(snapshot[8...]))
+        }
+        if let journalBytes = try readWhole("journal") { replay(journalBytes) }
+    }
+
+    /// Applies framed records; stops quietly at a torn or unreadable tail (a write cut off by a kill).
+    private func replay(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset + 4 <= raw.count {
+                let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: raw[offset..<offset + 4]).loadUnaligned(as: UInt32.self)))
+                guard length > 0, offset + 4 + length <= raw.count else { return }
+                var r = PayloadReader(UnsafeRawBufferPointer(rebasing: raw[(offset + 4)..<(offset + 4 + length)]), frame: "state record")
+                offset += 4 + length
+                guard (try? apply(&r)) != nil else { return }
+            }
+        }
+    }
+
+    private func apply(_ r: inout PayloadReader) throws {
+        switch try r.u8("tag") {
+        case 1:
+            let path = try r.string("path")
+            let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
+                              size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
+            let digest = try r.id("digest")
+            let n = try r.count("chunks", itemSize: 20, limit: Int.max)
+            var chunks: [ChunkRef] = []
+            chunks.reserveCapacity(n)
+            var offset: UInt64 = 0
+            for _ in 0..<n {
+                let id = try r.id("id")
+                let length = try r.u32("len")
+                chunks.append(ChunkRef(id: id, offset: offset, length: length))
+                offset += UInt64(length)
+            }
+            records[path] = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
+        case 2:
+            records[try r.string("path")] = nil
+        case 3:
+            partials.insert(try r.string("partial"))
+        case 4:
+            partials.remove(try r.string("partial"))
+        case let tag:
+            throw ProtocolError("unknown state record \(tag)")
+        }
+    }
+
+    private static func encode(_ record: FileRecord) -> [UInt8] {
+        var w = PayloadWriter(capacity: 64 + record.chunks.count * 20)
+        w.u8(1)
+        w.string(record.path)
+        w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
+        w.i64(record.stat.mtimeNanos); w.i64(record.stat.ctimeNanos)
+        w.id(record.digest)
+        w.u32(UInt32(record.chunks.count))
+        for c in record.chunks { w.id(c.id); w.u32(c.length) }
+        return w.bytes
+    }
+
+    private func appendJournal(_ payload: [UInt8]) {
+        var framed = PayloadWriter(capacity: payload.count + 4)
+        framed.u32(UInt32(payload.count))
+        framed.raw(payload)
+        // The journal is an optimisation: a failed append only costs re-hashing later.
+        _ = try? framed.bytes.withUnsafeBytes { try journal?.writeAll($0) }
+    }
+
+    func put(_ record: FileRecord) {
+        records[record.path] = record
+        appendJournal(Self.encode(record))
+    }
+
+    func remove(_ path: String) {
+        guard records.removeValue(forKey: path) != nil else { return }
+        var w = PayloadWriter()
+        w.u8(2)
+        w.string(path)
+        appendJournal(w.bytes)
+    }
+
+    func notePartial(_ path: String, started: Bool) {
+        if started { guard partials.insert(path).inserted else { return } } else { guard partials.remove(path) != nil else { return } }
+        var w = PayloadWriter()
+        w.u8(started ? 3 : 4)
+        w.string(path)
+        appendJournal(w.bytes)
+    }
+
+    /// Writes the snapshot atomically and empties the journal.
+    func save() throws {
+        var body = Self.snapshotMagic
+        for record in records.values {
+            let payload = Self.encode(record)
+            withUnsafeBytes(of: UInt32(payload.count).littleEndian) { body.append(contentsOf: $0) }
+            body.append(contentsOf: payload)
+        }
+        for partial in partials {
+            var w = PayloadWriter()
+            w.u8(3)
+            w.string(partial)
+            withUnsafeBytes(of: UInt32(w.bytes.count).littleEndian) { body.append(contentsOf: $0) }
+            body.append(contentsOf: w.bytes)
+        }
+        let fd = try syscall("openat", path: ".syncd/state.tmp") {
+            openat(directory.raw, "state.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
+        let tmp = FileDescriptor(raw: fd, path: ".syncd/state.tmp")
+        try body.withUnsafeBytes { try tmp.writeAll($0) }
+        try tmp.sync()
+        try syscall("renameat", path: ".syncd/state") { renameat(directory.raw, "state.tmp", directory.raw, "state") }
+        Tree.syncDirectory(directory)
+        try journal?.truncate(0)
+    }
+}
+
+/// A plain-text error from the agent's own checks.
+struct PlacementErrorText: Error, CustomStringConvertible {
+    let description: String
+    init(_ text: String) { description = text }
+}

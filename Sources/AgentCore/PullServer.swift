@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import ProjectScan
+import SyncSystem
+import Wire
+
+/// Files some process on this host holds open for writing, keyed by (device, inode), with one such process id.
+/// Read from /proc/<pid>/fdinfo: only processes this user may inspect are seen, which covers the user's training jobs.
+func filesOpenForWriting() -> [UInt64: [UInt64: Int32]] {
+    var result: [UInt64: [UInt64: Int32]] = [:]
+    guard let proc = opendir("/proc") else { return result }
+    defer { closedir(proc) }
+    while let entry = readdir(proc) {
+        let name = withUnsafePointer(to: entry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+        guard let pid = Int32(name) else { continue }
+        guard let fds = opendir("/proc/\(pid)/fd") else { continue }
+        while let fdEntry = readdir(fds) {
+            let fdName = withUnsafePointer(to: fdEntry.pointee.d_name) { $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) } }
+            guard Int(fdName) != nil else { continue }
+            guard let flags = fdFlags(pid: pid, fd: fdName), flags & O_ACCMODE != O_RDONLY else { continue }
+            var st = stat()
+            guard stat("/proc/\(pid)/fd/\(fdName)", &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { continue }
+            result[UInt64(st.st_dev), default: [:]][UInt64(st.st_ino)] = pid
+        }
+        closedir(fds)
+    }
+    return result
+}
+
+private func fdFlags(pid: Int32, fd: String) -> Int32? {
+    let f = open("/proc/\(pid)/fdinfo/\(fd)", O_RDONLY | O_CLOEXEC)
+    guard f >= 0 else { return nil }
+    defer { close(f) }
+    var buffer = [UInt8](repeating: 0, count: 512)
+    let n = buffer.withUnsafeMutableBytes { read(f, $0.baseAddress!, $0.count) }
+    guard n > 0 else { return nil }
+    let text = String(decoding: buffer[0..<n], as: UTF8.self)
+    for line in text.split(separator: "\n") where line.hasPrefix("flags:") {
+        return Int32(line.dropFirst(6).trimmingCharacters(), radix: 8)
+    }
+    return nil
+}
+
+extension Substring {
+    fileprivate func trimmingCharacters() -> Substring {
+        var s = self
+        while let c = s.first, c == " " || c == "\t" { s = s.dropFirst() }
+        while let c = s.last, c == " " || c == "\t" { s = s.dropLast() }
+        return s
+    }
+}
+
+/// How long a remote file must be left alone before a pull takes it.
+let quietPeriodNanos: Int64 = 2_000_000_000
+
+extension AgentSession {
+    /// Offered entry kept for serving fetches.
+    struct Offered {
+        let path: RelativePath
+        let chunks: [ChunkRef]
+    }
+}
+
+extension AgentSession {
+    func servePull(tree: Tree, pullPaths: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
+                   reader: FrameReader, writer: FrameWriter, compressor: ChunkCompressor,
+                   scratch: UnsafeMutableRawBufferPointer) throws {
+        let scan = try ProjectScanner(tree: tree, rules: IgnoreRules()).scan(roots: pullPaths)
+        let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
+        let now = wallClockNanos()
+        var offered: [UInt32: Offered] = [:]
+        var op: UInt32 = 0
+        for entry in scan.entries {
+            op += 1
+            switch entry.kind {
+            case .directory:
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .directory,
+                                                         permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
+                                                         size: 0, chunkCount: 0)))
+            case .symlink:
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .symlink(entry.linkTarget ?? ""),
+                                                         permissions: 0o777, mtimeNanos: entry.stat.mtimeNanos, size: 0, chunkCount: 0)))
+            case .regular:
+                if now - entry.stat.mtimeNanos < quietPeriodNanos {
+                    try writer.send(.skipped(path: entry.path.string, reason: "modified less than 2 s ago; still being written?"))
+                    continue
+                }
+                if let pid = writers[entry.stat.device]?[entry.stat.inode] {
+                    try writer.send(.skipped(path: entry.path.string, reason: "open for writing by process \(pid)"))
+                    continue
+                }
+                let (digest, chunks) = try recordFor(entry.path, entry.stat)
+                guard let after = try tree.lstat(entry.path), after.sameContentIdentity(as: entry.stat) else {
+                    try writer.send(.skipped(path: entry.path.string, reason: "changed while being read"))
+                    continue
+                }
+                offered[op] = Offered(path: entry.path, chunks: chunks)
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .file(digest),
+                                                         permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
+                                                         size: entry.stat.size, chunkCount: UInt32(chunks.count))))
+                var start = 0
+                while start < chunks.count {
+                    let end = min(start + maxListItems, chunks.count)
+                    try writer.send(.chunkList(op: op, chunks: Array(chunks[start..<end])))
+                    start = end
+                }
+            case .other:
+                continue
+            }
+        }
+        for warning in scan.warnings { try writer.send(.skipped(path: warning.path, reason: warning.message)) }
+        try writer.send(.listEnd)
+
+        var openFile: (op: UInt32, fd: FileDescriptor)?
+        var abandoned: Set<UInt32> = []
+        while true {
+            guard let message = try reader.next() else {
+                throw AgentError("the client closed the connection in the middle of a pull")
+            }
+            switch message {
+            case .fetch(let fop, let indices):
+                guard let entry = offered[fop] else { throw ProtocolError("fetch for operation \(fop), which was not offered") }
+                if abandoned.contains(fop) { continue }
+                let fd: FileDescriptor
+                if let open = openFile, open.op == fop { fd = open.fd } else {
+                    do { fd = try tree.openForReading(entry.path) } catch {
+                        abandoned.insert(fop)
+                        try writer.send(.abort(op: fop, reason: "cannot open on the remote: \(error)"))
+                        continue
+                    }
+                    openFile = (fop, fd)
+                }
+                for index in indices {
+                    guard Int(index) < entry.chunks.count else { throw ProtocolError("fetch index \(index) out of range for \(entry.path)") }
+                    let chunk = entry.chunks[Int(index)]
+                    let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(chunk.length)])
+                    let n = try fd.read(into: view, at: chunk.offset)
+                    guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else {
+                        abandoned.insert(fop)
+                        try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))
+                        break
+                    }
+                    if let packed = compressor.compress(UnsafeRawBufferPointer(view)) {
+                        try packed.withUnsafeBytes {
+                            try writer.sendChunk(op: fop, index: index, compressed: true, rawLength: chunk.length, bytes: $0)
+                        }
+                    } else {
+                        try writer.sendChunk(op: fop, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
+                    }
+                }
+            case .fetchEnd:
+                try writer.send(.done)
+                return
+            default:
+                throw ProtocolError("unexpected frame during a pull: type 0x\(String(message.encode().type, radix: 16))")
+            }
+        }
+    }
+}

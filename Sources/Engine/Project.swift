@@ -1,0 +1,131 @@
+import Chunking
+import Foundation
+import LocalState
+import ProjectScan
+import SyncConfig
+import SyncSystem
+import Transport
+import Wire
+
+/// Errors the engine reports to the user, each with its exit code.
+public struct SyncError: Error, CustomStringConvertible {
+    /// 1: runtime error; 2: usage or configuration error.
+    public let exitCode: Int32
+    public let description: String
+    public init(_ text: String, exitCode: Int32 = 1) {
+        self.description = text
+        self.exitCode = exitCode
+    }
+}
+
+/// Options that come from the command line rather than the config file.
+public struct SyncOptions: Sendable {
+    /// Overrides the config's `remote:`.
+    public var remote: String?
+    /// Where local state lives; default `$XDG_STATE_HOME/syncd` (or `~/.local/state/syncd`).
+    public var stateDirectory: String?
+    /// Show progress on stderr (only honoured when stderr is a terminal).
+    public var progress: Bool = true
+
+    public init(remote: String? = nil, stateDirectory: String? = nil, progress: Bool = true) {
+        self.remote = remote
+        self.stateDirectory = stateDirectory
+        self.progress = progress
+    }
+}
+
+/// A project opened for a push, pull or listing: its config, ignore rules, tree and local state.
+public final class Project {
+    public let directory: String
+    public let config: ProjectConfig
+    public let tree: Tree
+    public let rules: IgnoreRules
+    public let pullPaths: [RelativePath]
+    public let chunking: ChunkParameters
+    let options: SyncOptions
+
+    /// Opens the project at `directory`. Config and ignore-file problems throw `SyncError` with exit code 2.
+    public init(directory: String, options: SyncOptions = SyncOptions()) throws {
+        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        self.directory = absolute
+        self.options = options
+        var config: ProjectConfig
+        do {
+            config = try ProjectConfig.load(projectDirectory: absolute)
+            if let remote = options.remote { config.remote = try RemoteSpec(parsing: remote) }
+        } catch let e as ConfigError {
+            throw SyncError(e.description, exitCode: 2)
+        }
+        self.config = config
+        do {
+            tree = try Tree(rootPath: absolute, create: false)
+        } catch {
+            throw SyncError("project directory \(absolute): \(error)", exitCode: 2)
+        }
+        var rules = IgnoreRules()
+        do {
+            for p in IgnoreRules.defaultPatterns { try rules.add(pattern: p, source: "built-in defaults", line: 0) }
+            try rules.add(pattern: agentStateDirectoryName, source: "built-in defaults", line: 0)
+            let ignoreFile = absolute + "/.syncignore"
+            if let data = FileManager.default.contents(atPath: ignoreFile) {
+                try rules.add(fileContents: String(decoding: data, as: UTF8.self), source: ignoreFile)
+            }
+            for (i, p) in config.ignore.enumerated() {
+                try rules.add(pattern: p, source: absolute + "/" + ProjectConfig.fileName + " ignore[\(i)]", line: i + 1)
+            }
+        } catch let e as IgnoreRuleError {
+            throw SyncError(e.description, exitCode: 2)
+        }
+        self.rules = rules
+        do {
+            pullPaths = try config.pull.map { try RelativePath($0) }
+        } catch {
+            throw SyncError("\(absolute)/\(ProjectConfig.fileName): setting 'pull': \(error)", exitCode: 2)
+        }
+        do {
+            let d = ChunkParameters.default
+            chunking = try ChunkParameters(min: config.chunkMin ?? d.minSize, avg: config.chunkAvg ?? d.avgSize,
+                                           max: config.chunkMax ?? d.maxSize)
+        } catch {
+            throw SyncError("\(absolute)/\(ProjectConfig.fileName): chunk sizes: \(error)", exitCode: 2)
+        }
+    }
+
+    /// True when `path` is remote-owned.
+    public func isPullPath(_ path: RelativePath) -> Bool { pullPaths.contains { path.isWithin($0) } }
+
+    /// The local state database for this project and remote.
+    func openState() throws -> StateStore {
+        let env = ProcessInfo.processInfo.environment
+        let base = options.stateDirectory
+            ?? env["XDG_STATE_HOME"].map { $0 + "/syncd" }
+            ?? (NSHomeDirectory() + "/.local/state/syncd")
+        let key = ChunkID(hashing: Array("\(directory)\n\(config.remote)\n\(config.remoteRoot ?? "")\n\(config.name)".utf8))
+        let path = "\(base)/projects/\(config.name)-\(key.hex.prefix(16)).sqlite"
+        do { return try StateStore(path: path) } catch {
+            throw SyncError("cannot open local state \(path): \(error)")
+        }
+    }
+
+    /// Starts the agent for this project's remote.
+    func connect() throws -> AgentConnection {
+        switch config.remote {
+        case .local:
+            let agent: String
+            do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
+                throw SyncError(e.description, exitCode: 2)
+            }
+            do { return try LocalAgentConnection(agentPath: agent) } catch {
+                throw SyncError("\(error)")
+            }
+        case .ssh(let destination):
+            throw SyncError("remote '\(destination)': SSH remotes are not available in this build yet; use local:/abs/path", exitCode: 2)
+        }
+    }
+
+    /// The remote root sent to the agent ("" lets the agent use its user's home).
+    var remoteRootForAgent: String {
+        if case .local(let root) = config.remote { return config.remoteRoot ?? root }
+        return config.remoteRoot ?? ""
+    }
+}

@@ -1,0 +1,299 @@
+import Chunking
+import Foundation
+import LocalState
+import Placement
+import ProjectScan
+import SyncSystem
+import Transport
+import Wire
+
+/// Runs a pull of the remote-owned paths into the local project.
+public final class PullSession {
+    private let project: Project
+
+    public init(project: Project) { self.project = project }
+
+    private struct Offer {
+        var entry: RemoteEntry
+        var path: RelativePath
+        var chunks: [ChunkRef] = []
+    }
+
+    public func run() throws -> SyncStats {
+        let started = monotonicNanos()
+        var stats = SyncStats(direction: "pull")
+        let state = try project.openState()
+        let pulled = try state.load(.pulled)
+        let snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths)
+        var local: [String: LocalEntry] = [:]
+        for e in snapshot.entries { local[e.path.string] = e }
+        let store = ChunkStore(tree: project.tree)
+        for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
+
+        let connection = try project.connect()
+        let reader = FrameReader(connection.stream)
+        let writer = FrameWriter(connection.stream)
+        let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
+        var changes: [(String, SyncedEntry?)] = []
+        var cacheUpdates: [CachedFile] = []
+        do {
+            try writer.writeHandshake()
+            let version = try reader.readHandshake()
+            guard version == wireVersion else {
+                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion)")
+            }
+            try writer.send(.hello(Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                                         pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)))
+            try writer.flush()
+            guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
+            if case .error(let m) = welcome { throw SyncError("agent: \(m)") }
+
+            // 1. The listing.
+            var offers: [UInt32: Offer] = [:]
+            var order: [UInt32] = []
+            var skipped: Set<String> = []
+            listing: while true {
+                guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the listing") }
+                switch message {
+                case .remoteEntry(let e):
+                    let path: RelativePath
+                    do { path = try RelativePath(e.path) } catch { throw ProtocolError("the agent offered a bad path: \(error)") }
+                    guard project.isPullPath(path) else { throw ProtocolError("the agent offered '\(e.path)', which is not under a pull path") }
+                    offers[e.op] = Offer(entry: e, path: path)
+                    order.append(e.op)
+                case .chunkList(let op, let chunks):
+                    guard var offer = offers[op], offer.chunks.count + chunks.count <= Int(offer.entry.chunkCount) else {
+                        throw ProtocolError("chunk list for unknown or complete entry \(op)")
+                    }
+                    var offset = offer.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+                    for c in chunks {
+                        offer.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+                        offset += UInt64(c.length)
+                    }
+                    offers[op] = offer
+                case .skipped(let path, let reason):
+                    skipped.insert(path)
+                    stats.skipped.append("\(path): \(reason)")
+                case .listEnd:
+                    break listing
+                case .error(let m):
+                    throw SyncError("agent: \(m)")
+                default:
+                    throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the listing")
+                }
+            }
+            stats.filesScanned = order.count
+
+            // 2. Decide, and build what can be built from local chunks.
+            var assemblies: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
+            var fetches: [(UInt32, [UInt32])] = []
+            for op in order {
+                guard let offer = offers[op] else { continue }
+                let key = offer.path.string
+                let now = local[key]
+                let current = now?.state ?? .absent
+                let last = pulled[key]?.pathState ?? .absent
+                let remote = offer.entry.state
+                let remoteSynced = Self.synced(offer.entry)
+                if current == remote {
+                    if pulled[key] != remoteSynced { changes.append((key, remoteSynced)) }
+                    continue
+                }
+                if current != .absent && current != last {
+                    stats.conflicts += 1
+                    stats.conflictPaths.append(key)
+                    printError("conflict: \(key): changed locally since the last pull (local: \(current), remote: \(remote)); kept the local version")
+                    continue
+                }
+                do {
+                    switch remote {
+                    case .directory:
+                        if current != .absent { throw SyncError("\(key): a \(current) is in the way of a remote directory") }
+                        _ = try project.tree.openDirectory(offer.path.components, create: true)
+                        changes.append((key, remoteSynced))
+                    case .symlink(let target):
+                        guard symlinkStaysInside(linkPath: key, target: target) else {
+                            throw SyncError("\(key): remote symlink to '\(target)' points outside the project; not pulled")
+                        }
+                        try placeSymlink(offer.path, target: target)
+                        changes.append((key, remoteSynced))
+                        stats.filesChanged += 1
+                    case .file(let digest):
+                        guard offer.chunks.count == Int(offer.entry.chunkCount) else { throw ProtocolError("\(key): chunk list incomplete") }
+                        let assembly = try FileAssembly(tree: project.tree, path: offer.path, digest: digest, size: offer.entry.size, chunkList: offer.chunks)
+                        try assembly.fill(from: store)
+                        stats.filesChanged += 1
+                        stats.bytesLogical += offer.entry.size
+                        stats.chunksTotal += offer.chunks.count
+                        if assembly.isComplete {
+                            if let cached = try place(assembly, offer, expected: now?.stat) {
+                                cacheUpdates.append(cached)
+                                changes.append((key, remoteSynced))
+                            } else {
+                                stats.conflicts += 1
+                                stats.conflictPaths.append(key)
+                            }
+                        } else {
+                            assembly.suspend()
+                            assemblies[op] = (assembly, offer, now?.stat)
+                            fetches.append((op, assembly.missingIndices))
+                        }
+                    case .absent:
+                        continue
+                    }
+                } catch let error as ProtocolError {
+                    throw error
+                } catch {
+                    stats.errors.append("\(error)")
+                }
+            }
+
+            // 3. Fetch what is missing: requests go out on their own thread while this one takes in chunks.
+            let requests = fetches
+            let sender = Thread {
+                do {
+                    for (op, indices) in requests {
+                        var start = 0
+                        while start < indices.count {
+                            let end = min(start + maxListItems, indices.count)
+                            try writer.send(.fetch(op: op, indices: Array(indices[start..<end])))
+                            start = end
+                        }
+                    }
+                    try writer.send(.fetchEnd)
+                    try writer.flush()
+                } catch {
+                    connection.stream.closeWrite()
+                }
+            }
+            sender.start()
+            let decompressor = ChunkDecompressor()
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+            defer { scratch.deallocate() }
+            var received: UInt64 = 0
+            let expectedBytes = fetches.reduce(UInt64(0)) { sum, f in
+                sum + f.1.reduce(UInt64(0)) { $0 + UInt64(assemblies[f.0]!.0.chunks[Int($1)].length) }
+            }
+            var open: UInt32?
+            receive: while true {
+                guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the pull") }
+                switch message {
+                case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+                    guard let (assembly, offer, expected) = assemblies[op] else { continue }
+                    if open != op, let previous = open { assemblies[previous]?.0.suspend() }
+                    open = op
+                    let bytes: UnsafeRawBufferPointer
+                    if compressed {
+                        try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: Int(rawLength), into: scratch) }
+                        bytes = UnsafeRawBufferPointer(rebasing: scratch[0..<Int(rawLength)])
+                        try assembly.write(index: Int(index), bytes: bytes)
+                    } else {
+                        try payload.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
+                    }
+                    stats.chunksSent += 1
+                    received += UInt64(rawLength)
+                    progress.update(done: received, total: expectedBytes)
+                    if assembly.isComplete {
+                        assemblies[op] = nil
+                        if let cached = try place(assembly, offer, expected: expected) {
+                            cacheUpdates.append(cached)
+                            changes.append((offer.path.string, Self.synced(offer.entry)))
+                        } else {
+                            stats.conflicts += 1
+                            stats.conflictPaths.append(offer.path.string)
+                        }
+                    }
+                case .abort(let op, let reason):
+                    if let (assembly, offer, _) = assemblies.removeValue(forKey: op) {
+                        assembly.suspend()
+                        stats.skipped.append("\(offer.path.string): \(reason)")
+                        skipped.insert(offer.path.string)
+                    }
+                case .done:
+                    break receive
+                case .error(let m):
+                    throw SyncError("agent: \(m)")
+                default:
+                    throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the pull")
+                }
+            }
+            for (_, (assembly, offer, _)) in assemblies {
+                assembly.suspend()
+                stats.errors.append("\(offer.path.string): the agent did not send every chunk")
+            }
+
+            // 4. Remote deletions, children first.
+            let offered = Set(offers.values.map(\.path.string))
+            for key in pulled.keys.sorted(by: >) where !offered.contains(key) && !skipped.contains(key) {
+                guard let path = try? RelativePath(key), project.isPullPath(path) else { continue }
+                let last = pulled[key]!.pathState
+                let current = local[key]?.state ?? .absent
+                if current == .absent { changes.append((key, nil)); continue }
+                if current != last {
+                    stats.conflicts += 1
+                    stats.conflictPaths.append(key)
+                    printError("conflict: \(key): deleted on the remote but changed locally; kept the local version")
+                    continue
+                }
+                guard let parent = try project.tree.openDirectory(path.parentComponents, create: false) else { continue }
+                if current == .directory {
+                    if unlinkat(parent.raw, path.name, AT_REMOVEDIR) != 0 { continue }
+                } else {
+                    try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: key)
+                }
+                stats.filesDeleted += 1
+                changes.append((key, nil))
+            }
+            stats.bytesSent = writer.bytesWritten
+            stats.bytesReceived = reader.bytesRead
+        } catch {
+            progress.finish()
+            try? state.update(.pulled, changes)
+            try? state.saveFiles(cacheUpdates)
+            connection.terminate()
+            let why = connection.finish()
+            if let e = error as? SyncError, why == nil { throw e }
+            throw SyncError("pull from \(project.config.remote) failed: \(why ?? "\(error)"); run the pull again to resume")
+        }
+        progress.finish()
+        if let why = connection.finish() { stats.warnings.append(why) }
+        try state.update(.pulled, changes)
+        try state.saveFiles(cacheUpdates)
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    private static func synced(_ e: RemoteEntry) -> SyncedEntry {
+        switch e.state {
+        case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: e.permissions, mtimeNanos: 0)
+        case .symlink(let t): return SyncedEntry(kind: .symlink, digest: nil, target: t, permissions: 0o777, mtimeNanos: 0)
+        case .file(let d): return SyncedEntry(kind: .file, digest: d, target: nil, permissions: e.permissions, mtimeNanos: e.mtimeNanos)
+        case .absent: return SyncedEntry(kind: .file, digest: nil, target: nil, permissions: 0, mtimeNanos: 0)
+        }
+    }
+
+    private struct LocalConflict: Error {}
+
+    /// Places a pulled file unless the local file changed since the decision; returns its new cache entry, or nil on conflict.
+    private func place(_ assembly: FileAssembly, _ offer: Offer, expected: FileStat?) throws -> CachedFile? {
+        do {
+            try assembly.place(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos) { now in
+                let same = (now == nil && expected == nil) || (now != nil && expected != nil && now!.sameContentIdentity(as: expected!))
+                if !same { throw LocalConflict() }
+            }
+        } catch is LocalConflict {
+            assembly.discard()
+            printError("conflict: \(offer.path): changed locally during the pull; kept the local version")
+            return nil
+        }
+        guard let st = try project.tree.lstat(offer.path) else { return nil }
+        return CachedFile(path: offer.path.string, stat: st, digest: assembly.digest, chunks: assembly.chunks, cachedAtNanos: wallClockNanos())
+    }
+
+    private func placeSymlink(_ path: RelativePath, target: String) throws {
+        guard let parent = try project.tree.openDirectory(path.parentComponents, create: true) else { return }
+        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try syscall("symlinkat", path: path.string) { symlinkat(target, parent.raw, temp) }
+        try syscall("renameat", path: path.string) { renameat(parent.raw, temp, parent.raw, path.name) }
+    }
+}

@@ -1,0 +1,371 @@
+import Chunking
+import Foundation
+import LocalState
+import ProjectScan
+import SyncSystem
+import Transport
+import Wire
+
+/// One operation of a push, in the order it is sent.
+enum PushOperation {
+    case file(LocalEntry, base: PathState)
+    case symlink(LocalEntry, base: PathState)
+    case directory(LocalEntry)
+    case delete(path: String, base: PathState)
+
+    var path: String {
+        switch self {
+        case .file(let e, _), .symlink(let e, _), .directory(let e): return e.path.string
+        case .delete(let p, _): return p
+        }
+    }
+}
+
+/// Works out what a push must send: compares the local snapshot with what was last pushed and orders the
+/// operations so that type changes clear the way first, directories precede their contents, new files precede
+/// deletes (so moved content is found on the remote), and deletes go children first.
+func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> (ops: [PushOperation], moved: Int) {
+    var byPath: [String: LocalEntry] = [:]
+    for e in local { byPath[e.path.string] = e }
+    var upserts: [LocalEntry] = []
+    for e in local {
+        guard let old = pushed[e.path.string] else { upserts.append(e); continue }
+        let now = e.synced
+        let differs: Bool
+        switch now.kind {
+        case .file: differs = old != now
+        case .directory: differs = old.kind != .directory || old.permissions != now.permissions
+        case .symlink: differs = old.kind != .symlink || old.target != now.target
+        }
+        if differs { upserts.append(e) }
+    }
+    var deleted = Set(pushed.keys.filter { byPath[$0] == nil && !isLeftAlone($0) })
+    // Paths whose kind changes: what was there must go before the new kind can be placed.
+    var clearFirst: Set<String> = []
+    for e in upserts {
+        if let old = pushed[e.path.string], old.kind != e.synced.kind { clearFirst.insert(e.path.string) }
+        var parent = e.path.parentComponents
+        while !parent.isEmpty {
+            let p = parent.joined(separator: "/")
+            if let old = pushed[p], old.kind != .directory { clearFirst.insert(p) }
+            parent = parent.dropLast()
+        }
+    }
+    var early: [String] = []
+    for p in clearFirst {
+        early.append(p)
+        early.append(contentsOf: deleted.filter { $0.hasPrefix(p + "/") })
+    }
+    let earlySet = Set(early)
+    deleted.subtract(earlySet)
+    var ops: [PushOperation] = []
+    for p in earlySet.sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
+    let base: (LocalEntry) -> PathState = { e in
+        earlySet.contains(e.path.string) ? .absent : (pushed[e.path.string]?.pathState ?? .absent)
+    }
+    for e in upserts where e.stat.kind == .directory { ops.append(.directory(e)) }
+    for e in upserts where e.stat.kind != .directory {
+        ops.append(e.stat.kind == .symlink ? .symlink(e, base: base(e)) : .file(e, base: base(e)))
+    }
+    for p in deleted.sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
+    let goneDigests = Set(deleted.compactMap { pushed[$0]?.digest } + earlySet.compactMap { pushed[$0]?.digest })
+    let moved = upserts.filter { pushed[$0.path.string] == nil && $0.content.map { goneDigests.contains($0.digest) } == true }.count
+    return (ops, moved)
+}
+
+/// Runs a push of a project to its remote.
+public final class PushSession {
+    private let project: Project
+    /// Files in flight at once; bounds agent memory, not latency (no round trip per file).
+    private let window = 2048
+
+    public init(project: Project) { self.project = project }
+
+    public func run() throws -> SyncStats {
+        let started = monotonicNanos()
+        var stats = SyncStats(direction: "push")
+        let state = try project.openState()
+        let pushed = try state.load(.pushed)
+        let snapshot = try Snapshotter(project: project, state: state).run(roots: nil)
+        stats.filesScanned = snapshot.entries.count
+        stats.warnings = snapshot.warnings.map(\.description)
+        let (ops, moved) = planPush(local: snapshot.entries, pushed: pushed) { path in
+            guard let rel = try? RelativePath(path) else { return true }
+            return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
+        }
+        stats.filesMoved = moved
+        for op in ops {
+            switch op {
+            case .file(let e, _):
+                stats.filesChanged += 1
+                stats.bytesLogical += e.content?.size ?? 0
+                stats.chunksTotal += e.content?.chunks.count ?? 0
+            case .symlink: stats.filesChanged += 1
+            case .delete: stats.filesDeleted += 1
+            case .directory: break
+            }
+        }
+        let connection = try project.connect()
+        let progress = ProgressReporter(label: "push", enabled: project.options.progress)
+        var outcome: PipelineOutcome
+        do {
+            outcome = try PushPipeline(project: project, connection: connection, ops: ops, window: window,
+                                       progress: progress, totalBytes: stats.bytesLogical).run()
+        } catch {
+            progress.finish()
+            connection.terminate()
+            let why = connection.finish()
+            throw SyncError("push to \(project.config.remote) failed: \(why ?? "\(error)"); run the push again to resume")
+        }
+        progress.finish()
+        if let why = connection.finish() { stats.warnings.append(why) }
+        stats.chunksSent = outcome.chunksSent
+        stats.bytesSent = outcome.bytesSent
+        stats.bytesReceived = outcome.bytesReceived
+
+        var changes: [(String, SyncedEntry?)] = []
+        for (index, op) in ops.enumerated() {
+            let id = UInt32(index + 1)
+            guard let result = outcome.results[id] else {
+                stats.errors.append("\(op.path): no answer from the agent")
+                continue
+            }
+            switch result.status {
+            case .applied, .unchanged:
+                switch op {
+                case .file(let e, _), .symlink(let e, _), .directory(let e): changes.append((e.path.string, e.synced))
+                case .delete(let p, _): changes.append((p, nil))
+                }
+            case .conflict:
+                stats.conflicts += 1
+                stats.conflictPaths.append(op.path)
+                printError("conflict: \(op.path): \(result.message)")
+            case .failed:
+                if outcome.aborted.contains(id) {
+                    stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
+                } else {
+                    stats.errors.append("\(op.path): \(result.message)")
+                }
+            }
+        }
+        try state.update(.pushed, changes)
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+}
+
+struct PipelineOutcome {
+    var results: [UInt32: OpResult] = [:]
+    var aborted: Set<UInt32> = []
+    var chunksSent = 0
+    var bytesSent: UInt64 = 0
+    var bytesReceived: UInt64 = 0
+}
+
+/// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
+/// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
+final class PushPipeline {
+    private let project: Project
+    private let connection: AgentConnection
+    private let ops: [PushOperation]
+    private let window: Int
+    private let reader: FrameReader
+    private let writer: FrameWriter
+    private let progress: ProgressReporter
+    private let totalBytes: UInt64
+    private let compressor = ChunkCompressor()
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+
+    private let condition = NSCondition()
+    private var needs: [(UInt32, [UInt32])] = []
+    private var inFlight = 0
+    private var agentDone = false
+    private var fatal: Error?
+    /// Written by the reader thread under `condition`.
+    private var results: [UInt32: OpResult] = [:]
+    /// Sender-thread only.
+    private var outcome = PipelineOutcome()
+    private var bytesDone: UInt64 = 0
+    private var openFile: (op: UInt32, fd: FileDescriptor)?
+
+    init(project: Project, connection: AgentConnection, ops: [PushOperation], window: Int, progress: ProgressReporter, totalBytes: UInt64) {
+        self.project = project
+        self.connection = connection
+        self.ops = ops
+        self.window = window
+        self.progress = progress
+        self.totalBytes = totalBytes
+        reader = FrameReader(connection.stream)
+        writer = FrameWriter(connection.stream)
+    }
+
+    deinit { buffer.deallocate() }
+
+    func run() throws -> PipelineOutcome {
+        try writer.writeHandshake()
+        let version = try reader.readHandshake()
+        guard version == wireVersion else {
+            throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
+        }
+        try writer.send(.hello(Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                                     pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)))
+        try writer.flush()
+        guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
+        if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
+        guard case .welcome = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+
+        let readerThread = Thread { [self] in readLoop() }
+        readerThread.start()
+
+        for (index, op) in ops.enumerated() {
+            try waitForWindow()
+            try send(op, id: UInt32(index + 1))
+        }
+        try writer.send(.endOfOperations)
+        while true {
+            try serviceNeeds()
+            condition.lock()
+            if let fatal { condition.unlock(); throw fatal }
+            if agentDone && needs.isEmpty { condition.unlock(); break }
+            let idle = needs.isEmpty
+            condition.unlock()
+            if idle {
+                try writer.flush()
+                condition.lock()
+                while needs.isEmpty && !agentDone && fatal == nil { condition.wait() }
+                condition.unlock()
+            }
+        }
+        try writer.flush()
+        outcome.bytesSent = writer.bytesWritten
+        condition.lock()
+        outcome.bytesReceived = reader.bytesRead
+        outcome.results = results
+        condition.unlock()
+        return outcome
+    }
+
+    private func readLoop() {
+        while true {
+            let message: Message?
+            do { message = try reader.next() } catch {
+                fail(error)
+                return
+            }
+            condition.lock()
+            defer { condition.broadcast(); condition.unlock() }
+            switch message {
+            case nil:
+                if fatal == nil { fatal = SyncError("\(connection.peerDescription) closed the connection") }
+                return
+            case .need(let op, let indices)?:
+                needs.append((op, indices))
+            case .result(let r)?:
+                results[r.op] = r
+                inFlight -= 1
+            case .done?:
+                agentDone = true
+                return
+            case .error(let text)?:
+                if fatal == nil { fatal = SyncError("agent: \(text)") }
+                return
+            case let other?:
+                if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }
+                return
+            }
+        }
+    }
+
+    private func fail(_ error: Error) {
+        condition.lock()
+        if fatal == nil { fatal = error }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func waitForWindow() throws {
+        while true {
+            try serviceNeeds()
+            condition.lock()
+            if let fatal { condition.unlock(); throw fatal }
+            if inFlight < window && needs.isEmpty {
+                inFlight += 1
+                condition.unlock()
+                return
+            }
+            let mustWait = needs.isEmpty
+            condition.unlock()
+            if mustWait {
+                try writer.flush()
+                condition.lock()
+                while inFlight >= window && needs.isEmpty && fatal == nil { condition.wait() }
+                condition.unlock()
+            }
+        }
+    }
+
+    private func send(_ op: PushOperation, id: UInt32) throws {
+        switch op {
+        case .file(let e, let base):
+            let content = e.content!
+            try writer.send(.fileBegin(FileHeader(op: id, path: e.path.string, permissions: e.stat.permissions,
+                                                  mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
+                                                  base: base, chunkCount: UInt32(content.chunks.count))))
+            var start = 0
+            while start < content.chunks.count {
+                let end = min(start + maxListItems, content.chunks.count)
+                try writer.send(.chunkList(op: id, chunks: Array(content.chunks[start..<end])))
+                start = end
+            }
+        case .symlink(let e, let base):
+            try writer.send(.symlink(op: id, path: e.path.string, target: e.linkTarget ?? "", base: base))
+        case .directory(let e):
+            try writer.send(.directory(op: id, path: e.path.string, permissions: e.stat.permissions))
+        case .delete(let path, let base):
+            try writer.send(.delete(op: id, path: path, base: base))
+        }
+    }
+
+    private func serviceNeeds() throws {
+        condition.lock()
+        let batch = needs
+        needs.removeAll()
+        condition.unlock()
+        for (op, indices) in batch { try sendChunks(op: op, indices: indices) }
+    }
+
+    private func sendChunks(op: UInt32, indices: [UInt32]) throws {
+        guard op >= 1, Int(op) <= ops.count, case .file(let entry, _) = ops[Int(op) - 1], let content = entry.content else {
+            throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
+        }
+        if outcome.aborted.contains(op) { return }
+        let fd: FileDescriptor
+        if let open = openFile, open.op == op { fd = open.fd } else {
+            do { fd = try project.tree.openForReading(entry.path) } catch {
+                outcome.aborted.insert(op)
+                try writer.send(.abort(op: op, reason: "cannot read \(entry.path) locally: \(error)"))
+                return
+            }
+            openFile = (op, fd)
+        }
+        for index in indices {
+            guard Int(index) < content.chunks.count else { throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count)") }
+            let chunk = content.chunks[Int(index)]
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
+            let n = try fd.read(into: view, at: chunk.offset)
+            guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else {
+                outcome.aborted.insert(op)
+                try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
+                return
+            }
+            if let packed = compressor.compress(UnsafeRawBufferPointer(view)) {
+                try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
+            } else {
+                try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
+            }
+            outcome.chunksSent += 1
+            bytesDone += UInt64(chunk.length)
+            progress.update(done: bytesDone, total: totalBytes)
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+
+/// What a push or pull did; `syncctl --json` prints it as one object.
+public struct SyncStats: Codable, Sendable {
+    public var direction: String
+    public var filesScanned = 0
+    public var filesChanged = 0
+    public var filesDeleted = 0
+    public var filesMoved = 0
+    /// Bytes of the changed files' contents (what a copy tool without deduplication would send).
+    public var bytesLogical: UInt64 = 0
+    /// Chunks making up the changed files.
+    public var chunksTotal = 0
+    /// Chunks whose bytes crossed the transport.
+    public var chunksSent = 0
+    /// Bytes written to / read from the transport, after compression, framing included.
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    public var durationMs: UInt64 = 0
+    public var conflicts = 0
+    public var conflictPaths: [String] = []
+    /// Remote files a pull left for later because they were being written.
+    public var skipped: [String] = []
+    public var errors: [String] = []
+    public var warnings: [String] = []
+
+    public init(direction: String) { self.direction = direction }
+
+    enum CodingKeys: String, CodingKey {
+        case direction
+        case filesScanned = "files_scanned", filesChanged = "files_changed", filesDeleted = "files_deleted"
+        case filesMoved = "files_moved", bytesLogical = "bytes_logical", chunksTotal = "chunks_total"
+        case chunksSent = "chunks_sent", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
+        case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
+    }
+
+    /// Exit code per the CLI contract: 1 when operations failed, 3 when conflicts were left, else 0.
+    public var exitCode: Int32 {
+        if !errors.isEmpty { return 1 }
+        if conflicts > 0 { return 3 }
+        return 0
+    }
+
+    public func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+
+    /// A short human summary for stderr.
+    public func summary() -> String {
+        var s = "\(direction): \(filesChanged) changed, \(filesDeleted) deleted"
+        if filesMoved > 0 { s += ", \(filesMoved) moved" }
+        s += "; \(chunksSent)/\(chunksTotal) chunks sent, \(formatBytes(bytesSent)) out, \(formatBytes(bytesReceived)) in, \(durationMs) ms"
+        if conflicts > 0 { s += "; \(conflicts) conflict(s)" }
+        return s
+    }
+}
+
+/// 1.5 MB style sizes.
+public func formatBytes(_ n: UInt64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"]
+    var value = Double(n)
+    var unit = 0
+    while value >= 1000 && unit < units.count - 1 { value /= 1000; unit += 1 }
+    return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+/// Progress on stderr when it is a terminal: bytes, rate, ETA. Thread safe.
+final class ProgressReporter {
+    private let enabled: Bool
+    private let label: String
+    private let start = Date()
+    private var lastDraw = Date.distantPast
+    private let lock = NSLock()
+    private var drawn = false
+
+    init(label: String, enabled: Bool) {
+        self.label = label
+        self.enabled = enabled && isatty(2) != 0
+    }
+
+    func update(done: UInt64, total: UInt64) {
+        guard enabled else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        let now = Date()
+        guard now.timeIntervalSince(lastDraw) > 0.2 else { return }
+        lastDraw = now
+        let elapsed = max(now.timeIntervalSince(start), 0.001)
+        let rate = Double(done) / elapsed
+        var line = "\r\(label): \(formatBytes(done))"
+        if total > 0 { line += " / \(formatBytes(total))" }
+        line += "  \(formatBytes(UInt64(rate)))/s"
+        if total > done && rate > 0 { line += "  ETA \(Int(Double(total - done) / rate))s" }
+        FileHandle.standardError.write(Data((line + "\u{1B}[K").utf8))
+        drawn = true
+    }
+
+    func finish() {
+        guard enabled, drawn else { return }
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}

@@ -1,0 +1,192 @@
+import Chunking
+import Foundation
+import GRDB
+import SyncSystem
+
+/// A file as last read: its stat identity, content digest and chunk list. Valid while the identity is unchanged.
+public struct CachedFile: Sendable, Equatable {
+    public var path: String
+    public var stat: FileStat
+    public var digest: ChunkID
+    public var chunks: [ChunkRef]
+    /// When the entry was written; entries whose mtime is too close to it are not trusted (racy writes).
+    public var cachedAtNanos: Int64
+
+    public init(path: String, stat: FileStat, digest: ChunkID, chunks: [ChunkRef], cachedAtNanos: Int64) {
+        self.path = path
+        self.stat = stat
+        self.digest = digest
+        self.chunks = chunks
+        self.cachedAtNanos = cachedAtNanos
+    }
+
+    /// True when `current` is the same file, unchanged, and it was not being modified when it was cached.
+    public func isFresh(for current: FileStat) -> Bool {
+        stat.sameContentIdentity(as: current) && stat.permissions == current.permissions
+            && cachedAtNanos - current.mtimeNanos > 2_000_000_000
+    }
+}
+
+/// The state of a path as both sides last agreed on it.
+public struct SyncedEntry: Sendable, Equatable {
+    public enum Kind: Int, Sendable { case file = 1, directory = 2, symlink = 3 }
+    public var kind: Kind
+    /// File digest (files) — nil otherwise.
+    public var digest: ChunkID?
+    /// Symlink target — nil otherwise.
+    public var target: String?
+    public var permissions: UInt32
+    public var mtimeNanos: Int64
+
+    public init(kind: Kind, digest: ChunkID?, target: String?, permissions: UInt32, mtimeNanos: Int64) {
+        self.kind = kind
+        self.digest = digest
+        self.target = target
+        self.permissions = permissions
+        self.mtimeNanos = mtimeNanos
+    }
+}
+
+/// Local persistent state of one project and remote, in SQLite: the stat cache, the last pushed snapshot
+/// and the last pulled snapshot.
+public final class StateStore {
+    private let db: DatabaseQueue
+    public let path: String
+
+    /// Opens or creates the database at `path` (its directory is created).
+    public init(path: String) throws {
+        self.path = path
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        var config = Configuration()
+        config.journalMode = .wal
+        db = try DatabaseQueue(path: path, configuration: config)
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE files (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, perm INTEGER, size INTEGER,
+                    mtime INTEGER, ctime INTEGER, digest BLOB, chunks BLOB, cached_at INTEGER);
+                CREATE TABLE pushed (path TEXT PRIMARY KEY, kind INTEGER, digest BLOB, target TEXT, perm INTEGER, mtime INTEGER);
+                CREATE TABLE pulled (path TEXT PRIMARY KEY, kind INTEGER, digest BLOB, target TEXT, perm INTEGER, mtime INTEGER);
+                """)
+        }
+        try migrator.migrate(db)
+    }
+
+    // MARK: stat cache
+
+    public func loadFiles() throws -> [String: CachedFile] {
+        try db.read { db in
+            var out: [String: CachedFile] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at FROM files")
+            while let row = try rows.next() {
+                let path: String = row[0]
+                let st = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
+                                  permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
+                let digestData: Data = row[7]
+                let chunkData: Data = row[8]
+                guard let digest = Self.decodeID(digestData), let chunks = Self.decodeChunks(chunkData) else { continue }
+                out[path] = CachedFile(path: path, stat: st, digest: digest, chunks: chunks, cachedAtNanos: row[9])
+            }
+            return out
+        }
+    }
+
+    public func saveFiles(_ files: [CachedFile], removing removed: [String] = []) throws {
+        guard !files.isEmpty || !removed.isEmpty else { return }
+        try db.write { db in
+            let insert = try db.makeStatement(sql: """
+                INSERT OR REPLACE INTO files (path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+            for f in files {
+                try insert.execute(arguments: [f.path, Int64(bitPattern: f.stat.device), Int64(bitPattern: f.stat.inode),
+                                               Int64(f.stat.permissions), Int64(f.stat.size), f.stat.mtimeNanos, f.stat.ctimeNanos,
+                                               Self.encodeID(f.digest), Self.encodeChunks(f.chunks), f.cachedAtNanos])
+            }
+            let delete = try db.makeStatement(sql: "DELETE FROM files WHERE path = ?")
+            for p in removed { try delete.execute(arguments: [p]) }
+        }
+    }
+
+    // MARK: snapshots
+
+    /// Which snapshot: what was pushed, or what was pulled.
+    public enum Snapshot: String { case pushed, pulled }
+
+    public func load(_ snapshot: Snapshot) throws -> [String: SyncedEntry] {
+        try db.read { db in
+            var out: [String: SyncedEntry] = [:]
+            let rows = try Row.fetchCursor(db, sql: "SELECT path, kind, digest, target, perm, mtime FROM \(snapshot.rawValue)")
+            while let row = try rows.next() {
+                guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { continue }
+                let digestData: Data? = row[2]
+                out[row[0]] = SyncedEntry(kind: kind, digest: digestData.flatMap(Self.decodeID), target: row[3],
+                                          permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
+            }
+            return out
+        }
+    }
+
+    /// Applies changes to a snapshot in one transaction: a nil entry removes the path.
+    public func update(_ snapshot: Snapshot, _ changes: [(String, SyncedEntry?)]) throws {
+        guard !changes.isEmpty else { return }
+        try db.write { db in
+            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(snapshot.rawValue) (path, kind, digest, target, perm, mtime) VALUES (?, ?, ?, ?, ?, ?)")
+            let delete = try db.makeStatement(sql: "DELETE FROM \(snapshot.rawValue) WHERE path = ?")
+            for (path, entry) in changes {
+                if let e = entry {
+                    try insert.execute(arguments: [path, e.kind.rawValue, e.digest.map(Self.encodeID), e.target, Int64(e.permissions), e.mtimeNanos])
+                } else {
+                    try delete.execute(arguments: [path])
+                }
+            }
+        }
+    }
+
+    // MARK: encoding
+
+    static func encodeID(_ id: ChunkID) -> Data {
+        var d = Data(capacity: 16)
+        withUnsafeBytes(of: id.low.littleEndian) { d.append(contentsOf: $0) }
+        withUnsafeBytes(of: id.high.littleEndian) { d.append(contentsOf: $0) }
+        return d
+    }
+
+    static func decodeID(_ d: Data) -> ChunkID? {
+        guard d.count == 16 else { return nil }
+        return d.withUnsafeBytes { raw in
+            ChunkID(low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        }
+    }
+
+    static func encodeChunks(_ chunks: [ChunkRef]) -> Data {
+        var d = Data(capacity: chunks.count * 20)
+        for c in chunks {
+            withUnsafeBytes(of: c.id.low.littleEndian) { d.append(contentsOf: $0) }
+            withUnsafeBytes(of: c.id.high.littleEndian) { d.append(contentsOf: $0) }
+            withUnsafeBytes(of: c.length.littleEndian) { d.append(contentsOf: $0) }
+        }
+        return d
+    }
+
+    static func decodeChunks(_ d: Data) -> [ChunkRef]? {
+        guard d.count % 20 == 0 else { return nil }
+        return d.withUnsafeBytes { raw in
+            var out: [ChunkRef] = []
+            out.reserveCapacity(d.count / 20)
+            var offset: UInt64 = 0
+            var i = 0
+            while i < raw.count {
+                let id = ChunkID(low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)),
+                                 high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)))
+                let length = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i + 16, as: UInt32.self))
+                out.append(ChunkRef(id: id, offset: offset, length: length))
+                offset += UInt64(length)
+                i += 20
+            }
+            return out
+        }
+    }
+}

@@ -1,0 +1,203 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import SyncSystem
+
+/// Why a file could not be assembled or placed.
+public struct PlacementError: Error, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Builds one file from chunks in a temporary file beside its final path (`.syncd-part.<digest>`), then places
+/// it atomically: verify the whole-file digest, fchmod, futimens, fsync, rename, fsync the directory.
+/// A temporary file left by an interrupted run is reused: chunks already in it are not fetched again.
+public final class FileAssembly {
+    public let path: RelativePath
+    public let digest: ChunkID
+    public let size: UInt64
+    /// The chunk list with offsets.
+    public let chunks: [ChunkRef]
+    public private(set) var present: [Bool]
+    public private(set) var missingCount: Int
+    /// Chunks found already written in a temporary file from an earlier, interrupted run.
+    public private(set) var resumedCount = 0
+    public let partName: String
+    private let tree: Tree
+    private var partFD: FileDescriptor?
+
+    /// Opens (or resumes) the temporary file. Parent directories are created as needed, without following symlinks.
+    public init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef]) throws {
+        self.tree = tree
+        self.path = path
+        self.digest = digest
+        self.size = size
+        var offset: UInt64 = 0
+        var withOffsets: [ChunkRef] = []
+        withOffsets.reserveCapacity(chunkList.count)
+        for c in chunkList {
+            withOffsets.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+            offset += UInt64(c.length)
+        }
+        guard offset == size else {
+            throw PlacementError(path: path.string, message: "chunk lengths add up to \(offset) bytes, but the file is \(size)")
+        }
+        chunks = withOffsets
+        present = [Bool](repeating: false, count: withOffsets.count)
+        missingCount = withOffsets.count
+        partName = partialFilePrefix + digest.hex
+        guard let parent = try tree.openDirectory(path.parentComponents, create: true) else {
+            throw PlacementError(path: path.string, message: "parent directory could not be made")
+        }
+        let shown = (path.parentString.isEmpty ? "" : path.parentString + "/") + partName
+        let fd = try syscall("openat", path: shown) {
+            openat(parent.raw, partName, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
+        let part = FileDescriptor(raw: fd, path: shown)
+        let existing = try part.stat()
+        guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
+        if existing.size > 0 { try detectResumedChunks(part, existingSize: existing.size) }
+        if existing.size != size { try part.truncate(size) }
+        partFD = part
+    }
+
+    /// The open temporary file, reopened (without following symlinks) after `suspend()`.
+    private func openPart() throws -> FileDescriptor {
+        if let partFD { return partFD }
+        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
+            throw PlacementError(path: path.string, message: "parent directory vanished while the file was being built")
+        }
+        let fd = try syscall("openat", path: partName) { openat(parent.raw, partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }
+        let part = FileDescriptor(raw: fd, path: partName)
+        partFD = part
+        return part
+    }
+
+    /// True while the temporary file is held open.
+    public var isOpen: Bool { partFD != nil }
+
+    private func detectResumedChunks(_ part: FileDescriptor, existingSize: UInt64) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        defer { buffer.deallocate() }
+        for (i, c) in chunks.enumerated() where c.offset + UInt64(c.length) <= existingSize {
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
+            guard try part.read(into: view, at: c.offset) == Int(c.length) else { continue }
+            if ChunkID(hashing: UnsafeRawBufferPointer(view)) == c.id {
+                present[i] = true
+                missingCount -= 1
+                resumedCount += 1
+            }
+        }
+    }
+
+    /// Indices of chunks still missing.
+    public var missingIndices: [UInt32] {
+        var out: [UInt32] = []
+        for (i, p) in present.enumerated() where !p { out.append(UInt32(i)) }
+        return out
+    }
+
+    /// Fills missing chunks from what this side already holds; returns how many were copied.
+    @discardableResult
+    public func fill(from store: ChunkStore) throws -> Int {
+        guard missingCount > 0 else { return 0 }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        defer { buffer.deallocate() }
+        var copied = 0
+        // A file often repeats chunks (zeros, say); write each id once read.
+        for (i, c) in chunks.enumerated() where !present[i] {
+            if store.read(c.id, length: c.length, into: buffer) {
+                try writeVerified(index: i, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<Int(c.length)]))
+                copied += 1
+            }
+        }
+        return copied
+    }
+
+    /// Writes chunk `index` after checking that `bytes` hash to its id.
+    public func write(index: Int, bytes: UnsafeRawBufferPointer) throws {
+        guard index >= 0, index < chunks.count else {
+            throw PlacementError(path: path.string, message: "chunk index \(index) is out of range (file has \(chunks.count))")
+        }
+        let c = chunks[index]
+        guard bytes.count == Int(c.length) else {
+            throw PlacementError(path: path.string, message: "chunk \(index) is \(bytes.count) bytes, expected \(c.length)")
+        }
+        guard ChunkID(hashing: bytes) == c.id else {
+            throw PlacementError(path: path.string, message: "chunk \(index) does not match its id \(c.id.hex); refused")
+        }
+        if present[index] { return }
+        try writeVerified(index: index, bytes: bytes)
+        // The same id may appear again later in the file.
+        for j in (index + 1)..<chunks.count where !present[j] && chunks[j].id == c.id {
+            try writeVerified(index: j, bytes: bytes)
+        }
+    }
+
+    private func writeVerified(index: Int, bytes: UnsafeRawBufferPointer) throws {
+        let part = try openPart()
+        try part.write(bytes, at: chunks[index].offset)
+        if !present[index] {
+            present[index] = true
+            missingCount -= 1
+        }
+    }
+
+    public var isComplete: Bool { missingCount == 0 }
+
+    /// Verifies the whole file against its digest, sets mode and mtime, makes it durable and renames it
+    /// into place. `checkTarget` runs just before the rename with what is at the final path now; it throws
+    /// to stop the placement (a conflicting change appeared meanwhile).
+    public func place(permissions: UInt32, mtimeNanos: Int64, checkTarget: (FileStat?) throws -> Void) throws {
+        guard isComplete else {
+            throw PlacementError(path: path.string, message: "cannot place: \(missingCount) chunks still missing")
+        }
+        let part = try openPart()
+        let digestState = StreamingDigest()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var offset: UInt64 = 0
+        while offset < size {
+            let n = try part.read(into: buffer, at: offset)
+            if n == 0 { break }
+            digestState.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            offset += UInt64(n)
+        }
+        guard offset == size, digestState.finish() == digest else {
+            discard()
+            throw PlacementError(path: path.string, message: "assembled file does not match its digest \(digest.hex); discarded")
+        }
+        try part.setPermissions(permissions & 0o777)
+        try part.setModificationTime(mtimeNanos)
+        try part.sync()
+        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
+            throw PlacementError(path: path.string, message: "parent directory vanished")
+        }
+        try checkTarget(try Tree.lstat(at: parent, name: path.name, shown: path.string))
+        try syscall("renameat", path: path.string) { renameat(parent.raw, partName, parent.raw, path.name) }
+        Tree.syncDirectory(parent)
+        part.close()
+        partFD = nil
+    }
+
+    /// Closes the temporary file but keeps it, so a later run can resume from it.
+    public func suspend() {
+        partFD?.close()
+        partFD = nil
+    }
+
+    /// Removes the temporary file.
+    public func discard() {
+        partFD?.close()
+        partFD = nil
+        if let parent = try? tree.openDirectory(path.parentComponents, create: false) {
+            try? Tree.remove(at: parent, name: partName, isDirectory: false, shown: partName)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+import SyncSystem
+
+/// A bad line in an ignore file or setting.
+public struct IgnoreRuleError: Error, CustomStringConvertible {
+    public let source: String
+    public let line: Int
+    public let message: String
+    public var description: String { "\(source):\(line): \(message)" }
+}
+
+/// Ignore rules with `.dockerignore` semantics (moby/patternmatcher): `*`, `?`, `[...]`, `**`, `!` exceptions,
+/// last match wins, and a path is excluded when it or any of its parents matches.
+public struct IgnoreRules: Sendable {
+    /// The patterns in order, after cleaning.
+    public private(set) var patterns: [IgnorePattern] = []
+    /// True when some pattern re-includes (`!`); then an excluded directory must still be walked.
+    public private(set) var hasExceptions = false
+
+    public init() {}
+
+    /// Rules that syncd always starts from: VCS metadata and editor temp files.
+    public static let defaultPatterns = [
+        ".git", "**/.git", "**/.hg", "**/.svn", "**/*.swp", "**/*.swo", "**/*~", "**/.#*", "**/#*#",
+        "**/.DS_Store", "**/4913",
+    ]
+
+    /// Adds the lines of an ignore file (`.syncignore`, `.dockerignore`): comments are lines starting with '#',
+    /// surrounding space is trimmed, each pattern is cleaned and a leading '/' dropped.
+    public mutating func add(fileContents: String, source: String) throws {
+        var lineNumber = 0
+        var text = fileContents
+        if text.hasPrefix("\u{FEFF}") { text.removeFirst() }
+        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            lineNumber += 1
+            var line = String(rawLine)
+            if line.hasSuffix("\r") { line.removeLast() }
+            if line.hasPrefix("#") { continue }
+            line = line.trimmingSpace()
+            if line.isEmpty { continue }
+            var invert = false
+            if line.hasPrefix("!") {
+                invert = true
+                line = String(line.dropFirst()).trimmingSpace()
+            }
+            if !line.isEmpty {
+                line = cleanPath(line)
+                if line.count > 1 && line.hasPrefix("/") { line.removeFirst() }
+            }
+            try add(pattern: (invert ? "!" : "") + line, source: source, line: lineNumber)
+        }
+    }
+
+    /// Adds one pattern as written in a setting (the config's `ignore:` list); cleaned the same way as file lines.
+    public mutating func add(pattern raw: String, source: String, line: Int) throws {
+        var text = raw.trimmingSpace()
+        if text.isEmpty { return }
+        var exclusion = false
+        if text.hasPrefix("!") {
+            exclusion = true
+            text = String(text.dropFirst()).trimmingSpace()
+            if text.isEmpty { throw IgnoreRuleError(source: source, line: line, message: "illegal exclusion pattern \"!\"") }
+        }
+        text = cleanPath(text)
+        if text.count > 1 && text.hasPrefix("/") { text.removeFirst() }
+        do {
+            patterns.append(try IgnorePattern(text, exclusion: exclusion))
+        } catch let error as IgnorePattern.SyntaxError {
+            throw IgnoreRuleError(source: source, line: line, message: "bad pattern '\(raw)': \(error.message)")
+        }
+        if exclusion { hasExceptions = true }
+    }
+
+    /// True when `path` (slash separated, relative) is excluded: the last pattern that matches it or one of
+    /// its parent directories decides.
+    public func isExcluded(_ path: String) -> Bool {
+        var matched = false
+        let bytes = Array(path.utf8)
+        var parentEnds: [Int] = []
+        for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { parentEnds.append(i) }
+        for pattern in patterns {
+            if pattern.exclusion != matched { continue }
+            var match = pattern.matches(bytes[...])
+            if !match {
+                for end in parentEnds {
+                    if pattern.matches(bytes[..<end]) { match = true; break }
+                }
+            }
+            if match { matched = !pattern.exclusion }
+        }
+        return matched
+    }
+}
+
+/// One compiled pattern. Plain patterns compare strings; others run a small glob machine equivalent
+/// to the regular expression patternmatcher builds.
+public struct IgnorePattern: Sendable {
+    struct SyntaxError: Error { let message: String }
+
+    enum Token: Sendable, Equatable {
+        case byte(UInt8)
+        case anyInSegment      // *   -> [^/]*
+        case oneInSegment      // ?   -> [^/]
+        case anyDirectories    // **/ -> (.*/)?
+        case anything          // trailing ** after other wildcards -> .*
+        case set(ranges: [ClosedRange<UInt8>], negated: Bool)
+    }
+
+    enum Kind: Sendable {
+        case exact
+        case prefix(String)
+        case suffix(String)
+        case glob([Token])
+    }
+
+    public let text: String
+    public let exclusion: Bool
+    let kind: Kind
+
+    init(_ text: String, exclusion: Bool) throws {
+        self.text = text
+        self.exclusion = exclusion
+        let chars = Array(text.utf8)
+        var tokens: [Token] = []
+        enum Detected { case exact, prefix, suffix, glob }
+        var detected = Detected.exact
+        var i = 0
+        var iteration = 0
+        while i < chars.count {
+            defer { iteration += 1 }
+            let ch = chars[i]
+            i += 1
+            switch ch {
+            case UInt8(ascii: "*"):
+                if i < chars.count && chars[i] == UInt8(ascii: "*") {
+                    i += 1
+                    if i < chars.count && chars[i] == UInt8(ascii: "/") { i += 1 }
+                    if i == chars.count {
+                        if detected == .exact { detected = .prefix } else { tokens.append(.anything); detected = .glob }
+                    } else {
+                        tokens.append(.anyDirectories)
+                        detected = .glob
+                    }
+                    if iteration == 0 { detected = .suffix }
+                } else {
+                    tokens.append(.anyInSegment)
+                    detected = .glob
+                }
+            case UInt8(ascii: "?"):
+                tokens.append(.oneInSegment)
+                detected = .glob
+            case UInt8(ascii: "\\"):
+                if i < chars.count {
+                    tokens.append(.byte(chars[i]))
+                    i += 1
+                    detected = .glob
+                } else {
+                    tokens.append(.byte(ch))
+                }
+            case UInt8(ascii: "["):
+                var negated = false
+                if i < chars.count && chars[i] == UInt8(ascii: "^") { negated = true; i += 1 }
+                var ranges: [ClosedRange<UInt8>] = []
+                var closed = false
+                while i < chars.count {
+                    var c = chars[i]
+                    i += 1
+                    if c == UInt8(ascii: "]") && !ranges.isEmpty { closed = true; break }
+                    if c == UInt8(ascii: "]") && ranges.isEmpty { closed = true; break }
+                    if c == UInt8(ascii: "\\") {
+                        guard i < chars.count else { break }
+                        c = chars[i]
+                        i += 1
+                    }
+                    if i + 1 < chars.count && chars[i] == UInt8(ascii: "-") && chars[i + 1] != UInt8(ascii: "]") {
+                        var hi = chars[i + 1]
+                        i += 2
+                        if hi == UInt8(ascii: "\\"), i < chars.count { hi = chars[i]; i += 1 }
+                        guard c <= hi else { throw SyntaxError(message: "character range out of order") }
+                        ranges.append(c...hi)
+                    } else {
+                        ranges.append(c...c)
+                    }
+                }
+                guard closed, !ranges.isEmpty else { throw SyntaxError(message: "unterminated or empty character class") }
+                tokens.append(.set(ranges: ranges, negated: negated))
+                detected = .glob
+            case UInt8(ascii: "]"):
+                throw SyntaxError(message: "unmatched ']'")
+            default:
+                tokens.append(.byte(ch))
+            }
+        }
+        switch detected {
+        case .exact: kind = .exact
+        case .prefix: kind = .prefix(String(text.dropLast(2)))
+        case .suffix: kind = .suffix(String(text.dropFirst(2)))
+        case .glob: kind = .glob(tokens)
+        }
+    }
+
+    func matches(_ path: ArraySlice<UInt8>) -> Bool {
+        switch kind {
+        case .exact:
+            return path.elementsEqual(text.utf8)
+        case .prefix(let prefix):
+            return path.starts(with: prefix.utf8)
+        case .suffix(let suffix):
+            let s = Array(suffix.utf8)
+            if path.count >= s.count && path.suffix(s.count).elementsEqual(s) { return true }
+            return s.first == UInt8(ascii: "/") && path.elementsEqual(s.dropFirst())
+        case .glob(let tokens):
+            return IgnorePattern.match(tokens[...], path)
+        }
+    }
+
+    private static func match(_ tokens: ArraySlice<Token>, _ path: ArraySlice<UInt8>) -> Bool {
+        guard let token = tokens.first else { return path.isEmpty }
+        let rest = tokens.dropFirst()
+        let slash = UInt8(ascii: "/")
+        switch token {
+        case .byte(let b):
+            guard path.first == b else { return false }
+            return match(rest, path.dropFirst())
+        case .oneInSegment:
+            guard let first = path.first, first != slash else { return false }
+            var next = path.dropFirst()
+            if first >= 0xC0 { while let c = next.first, c & 0xC0 == 0x80 { next = next.dropFirst() } }
+            return match(rest, next)
+        case .set(let ranges, let negated):
+            guard let first = path.first else { return false }
+            let inSet = ranges.contains { $0.contains(first) }
+            guard inSet != negated else { return false }
+            return match(rest, path.dropFirst())
+        case .anyInSegment:
+            var candidate = path
+            while true {
+                if match(rest, candidate) { return true }
+                guard let first = candidate.first, first != slash else { return false }
+                candidate = candidate.dropFirst()
+            }
+        case .anyDirectories:
+            if match(rest, path) { return true }
+            var index = path.startIndex
+            while index < path.endIndex {
+                if path[index] == slash && match(rest, path[(index + 1)...]) { return true }
+                index += 1
+            }
+            return false
+        case .anything:
+            var candidate = path
+            while true {
+                if match(rest, candidate) { return true }
+                if candidate.isEmpty { return false }
+                candidate = candidate.dropFirst()
+            }
+        }
+    }
+}
+
+extension String {
+    func trimmingSpace() -> String {
+        let scalars = unicodeScalars
+        guard let start = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        let end = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        return String(scalars[start...end])
+    }
+}

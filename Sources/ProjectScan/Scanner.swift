@@ -1,0 +1,104 @@
+import SyncSystem
+
+/// One entry of a project tree as found on disk.
+public struct ScannedEntry: Sendable, Equatable {
+    public let path: RelativePath
+    public let stat: FileStat
+    /// The target, for symlinks.
+    public let linkTarget: String?
+
+    public var kind: FileKind { stat.kind }
+}
+
+/// Something the scan left out and the user should hear about.
+public struct ScanWarning: Sendable, Equatable, CustomStringConvertible {
+    public let path: String
+    public let message: String
+    public init(path: String, message: String) {
+        self.path = path
+        self.message = message
+    }
+    public var description: String { "\(path): \(message)" }
+}
+
+/// What a scan found: entries sorted by path (parents before children), and warnings.
+public struct ScanResult: Sendable {
+    public var entries: [ScannedEntry]
+    public var warnings: [ScanWarning]
+}
+
+
+/// Walks a project tree without following symlinks, applying ignore rules.
+public struct ProjectScanner {
+    public let tree: Tree
+    public let rules: IgnoreRules
+
+    public init(tree: Tree, rules: IgnoreRules) {
+        self.tree = tree
+        self.rules = rules
+    }
+
+    /// Scans the whole tree, or only below `roots` when given (paths that do not exist are skipped).
+    public func scan(roots: [RelativePath]? = nil) throws -> ScanResult {
+        var result = ScanResult(entries: [], warnings: [])
+        if let roots {
+            for root in roots {
+                guard let st = try tree.lstat(root) else { continue }
+                if rules.isExcluded(root.string) && !rules.hasExceptions { continue }
+                if st.kind == .directory {
+                    if !rules.isExcluded(root.string) { result.entries.append(ScannedEntry(path: root, stat: st, linkTarget: nil)) }
+                    guard let dir = try tree.openDirectory(root.components, create: false) else { continue }
+                    try walk(dir, prefix: root.string, into: &result)
+                } else if let parent = try tree.openDirectory(root.parentComponents, create: false) {
+                    try visit(name: root.name, kind: st.kind, in: parent, prefix: root.parentString, into: &result)
+                }
+            }
+        } else {
+            try walk(tree.root, prefix: "", into: &result)
+        }
+        return result
+    }
+
+    private func walk(_ dir: FileDescriptor, prefix: String, into result: inout ScanResult) throws {
+        for item in try Tree.list(dir) {
+            try visit(name: item.name, kind: item.kind, in: dir, prefix: prefix, into: &result)
+        }
+    }
+
+    private func visit(name: String, kind: FileKind, in dir: FileDescriptor, prefix: String,
+                       into result: inout ScanResult) throws {
+        let pathString = prefix.isEmpty ? name : prefix + "/" + name
+        if name.hasPrefix(partialFilePrefix) { return }
+        let excluded = rules.isExcluded(pathString)
+        if excluded && (kind != .directory || !rules.hasExceptions) { return }
+        guard let path = try? RelativePath(pathString) else {
+            result.warnings.append(ScanWarning(path: pathString, message: "name cannot be synced; skipped"))
+            return
+        }
+        guard let st = try Tree.lstat(at: dir, name: name, shown: pathString) else { return }
+        switch st.kind {
+        case .directory:
+            if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
+            let child: FileDescriptor
+            do {
+                child = try Tree.openChildDirectory(dir, name: name, shown: pathString)
+            } catch {
+                result.warnings.append(ScanWarning(path: pathString, message: "\(error); skipped"))
+                return
+            }
+            try walk(child, prefix: pathString, into: &result)
+        case .regular:
+            if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
+        case .symlink:
+            if excluded { return }
+            let target = try Tree.readLink(at: dir, name: name, shown: pathString)
+            if symlinkStaysInside(linkPath: pathString, target: target) {
+                result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: target))
+            } else {
+                result.warnings.append(ScanWarning(path: pathString, message: "symlink to '\(target)' points outside the project; skipped"))
+            }
+        case .other:
+            if !excluded { result.warnings.append(ScanWarning(path: pathString, message: "not a regular file, directory or symlink; skipped")) }
+        }
+    }
+}

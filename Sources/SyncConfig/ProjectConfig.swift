@@ -1,0 +1,172 @@
+import Foundation
+import Yams
+
+/// A configuration problem: the file, the setting and what to do. Maps to exit code 2.
+public struct ConfigError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ text: String) { description = text }
+}
+
+/// Where the agent runs.
+public enum RemoteSpec: Equatable, Sendable, CustomStringConvertible {
+    /// The agent as a local subprocess; `root` is the remote root.
+    case local(root: String)
+    /// An SSH destination: `[user@]host[:port]` or an ssh_config alias.
+    case ssh(destination: String)
+
+    /// Parses the `remote:` setting.
+    public init(parsing text: String) throws {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        if trimmed.hasPrefix("local:") {
+            let root = String(trimmed.dropFirst("local:".count))
+            guard root.hasPrefix("/") else {
+                throw ConfigError("remote '\(text)': a local remote needs an absolute path, as in local:/srv/sync")
+            }
+            self = .local(root: root)
+        } else {
+            guard !trimmed.isEmpty, !trimmed.contains(" ") else {
+                throw ConfigError("remote '\(text)' is not an SSH destination ([user@]host[:port] or an ssh config alias) or local:/abs/path")
+            }
+            self = .ssh(destination: trimmed)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .local(let root): return "local:\(root)"
+        case .ssh(let destination): return destination
+        }
+    }
+}
+
+/// `syncd.yaml` at a project's root.
+public struct ProjectConfig: Equatable, Sendable {
+    public static let fileName = "syncd.yaml"
+    public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
+                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max"]
+
+    public var name: String
+    public var remote: RemoteSpec
+    public var remoteRoot: String?
+    public var pull: [String]
+    public var ignore: [String]
+    public var identity: String?
+    public var knownHosts: String?
+    public var sshConfig: String?
+    /// Path of the syncd-agent binary to run; default: beside the running executable.
+    public var agentPath: String?
+    public var chunkMin: Int?
+    public var chunkAvg: Int?
+    public var chunkMax: Int?
+
+    public init(name: String, remote: RemoteSpec, remoteRoot: String? = nil, pull: [String] = ["output", "checkpoint"],
+                ignore: [String] = []) {
+        self.name = name
+        self.remote = remote
+        self.remoteRoot = remoteRoot
+        self.pull = pull
+        self.ignore = ignore
+    }
+
+    /// Reads `<projectDirectory>/syncd.yaml`. Errors name the file and the setting.
+    public static func load(projectDirectory: String) throws -> ProjectConfig {
+        let file = projectDirectory + "/" + fileName
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ConfigError("\(file): not found; run `syncctl init \(projectDirectory) --remote DEST` first")
+        }
+        guard let text = String(data: data, encoding: .utf8) else { throw ConfigError("\(file): not UTF-8 text") }
+        return try parse(text, file: file, directoryName: (projectDirectory as NSString).lastPathComponent)
+    }
+
+    /// Parses config text; `file` is used in messages, `directoryName` is the default project name.
+    public static func parse(_ text: String, file: String, directoryName: String) throws -> ProjectConfig {
+        let node: Any?
+        do { node = try Yams.load(yaml: text) } catch {
+            throw ConfigError("\(file): not valid YAML: \(error)")
+        }
+        let map: [String: Any]
+        if node == nil { map = [:] } else if let m = node as? [String: Any] { map = m } else {
+            throw ConfigError("\(file): expected a mapping of settings (name:, remote:, …)")
+        }
+        for key in map.keys where !knownKeys.contains(key) {
+            throw ConfigError("\(file): unknown setting '\(key)' (known: \(knownKeys.joined(separator: ", ")))")
+        }
+        func string(_ key: String) throws -> String? {
+            guard let v = map[key] else { return nil }
+            if let s = v as? String { return s }
+            if let i = v as? Int { return String(i) }
+            throw ConfigError("\(file): setting '\(key)' must be a string")
+        }
+        func list(_ key: String) throws -> [String]? {
+            guard let v = map[key] else { return nil }
+            if let a = v as? [Any] {
+                return try a.map {
+                    guard let s = $0 as? String else { throw ConfigError("\(file): '\(key)' must be a list of strings") }
+                    return s
+                }
+            }
+            throw ConfigError("\(file): setting '\(key)' must be a list, as in \(key): [a, b]")
+        }
+        func int(_ key: String) throws -> Int? {
+            guard let v = map[key] else { return nil }
+            guard let i = v as? Int, i > 0 else { throw ConfigError("\(file): setting '\(key)' must be a positive integer") }
+            return i
+        }
+        guard let remoteText = try string("remote") else {
+            throw ConfigError("\(file): setting 'remote' is missing (an SSH destination, or local:/abs/path)")
+        }
+        let remote: RemoteSpec
+        do { remote = try RemoteSpec(parsing: remoteText) } catch let e as ConfigError {
+            throw ConfigError("\(file): setting 'remote': \(e.description)")
+        }
+        let name = try string("name") ?? directoryName
+        guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
+            throw ConfigError("\(file): setting 'name' must be a single directory name, not '\(name)'")
+        }
+        var config = ProjectConfig(name: name, remote: remote)
+        config.remoteRoot = try string("remote_root")
+        if let root = config.remoteRoot, !root.hasPrefix("/") {
+            throw ConfigError("\(file): setting 'remote_root' must be an absolute path, not '\(root)'")
+        }
+        if let pull = try list("pull") {
+            for p in pull where cleanRelative(p) == nil {
+                throw ConfigError("\(file): setting 'pull': '\(p)' must be a relative path inside the project")
+            }
+            config.pull = pull.compactMap(cleanRelative)
+        }
+        config.ignore = try list("ignore") ?? []
+        config.identity = try string("identity")
+        config.knownHosts = try string("known_hosts")
+        config.sshConfig = try string("ssh_config")
+        config.agentPath = try string("agent_path")
+        config.chunkMin = try int("chunk_min")
+        config.chunkAvg = try int("chunk_avg")
+        config.chunkMax = try int("chunk_max")
+        return config
+    }
+
+    /// The YAML text `syncctl init` writes.
+    public func yaml() -> String {
+        var lines = ["name: \(quoted(name))", "remote: \(quoted(remote.description))"]
+        if let remoteRoot { lines.append("remote_root: \(quoted(remoteRoot))") }
+        lines.append("pull: [\(pull.map(quoted).joined(separator: ", "))]")
+        lines.append("ignore: [\(ignore.map(quoted).joined(separator: ", "))]")
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    private func quoted(_ s: String) -> String {
+        let safe = s.allSatisfy { $0.isLetter || $0.isNumber || "-_./@:~".contains($0) } && !s.isEmpty && !s.hasPrefix("~") && !s.hasPrefix("@")
+        return safe ? s : "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+}
+
+/// A relative path cleaned to slash form without '.', '..', leading or trailing '/'; nil when it leaves the project.
+func cleanRelative(_ p: String) -> String? {
+    var parts: [Substring] = []
+    for part in p.split(separator: "/") where part != "." {
+        if part == ".." { return nil }
+        parts.append(part)
+    }
+    if p.hasPrefix("/") || parts.isEmpty { return nil }
+    return parts.joined(separator: "/")
+}

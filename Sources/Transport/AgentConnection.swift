@@ -1,0 +1,134 @@
+import Foundation
+import SyncSystem
+import Wire
+
+/// A running agent reached through some transport, with the byte stream the wire protocol runs over.
+public protocol AgentConnection: AnyObject {
+    /// The stream to the agent.
+    var stream: ByteStream { get }
+    /// Who the agent is, for messages ("local agent /usr/bin/syncd-agent").
+    var peerDescription: String { get }
+    /// Waits for the agent to end and returns a one-line account of how it ended, when abnormal.
+    func finish() -> String?
+    /// Ends the agent now.
+    func terminate()
+}
+
+/// Finds the `syncd-agent` binary: an explicit path, `$SYNCD_AGENT`, or beside the running executable.
+public func locateAgentBinary(configured: String?) throws -> String {
+    if let configured, !configured.isEmpty {
+        let path = (configured as NSString).expandingTildeInPath
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw TransportError("agent_path '\(configured)' is not an executable file")
+        }
+        return path
+    }
+    if let env = ProcessInfo.processInfo.environment["SYNCD_AGENT"], !env.isEmpty {
+        guard FileManager.default.isExecutableFile(atPath: env) else {
+            throw TransportError("SYNCD_AGENT='\(env)' is not an executable file")
+        }
+        return env
+    }
+    let selfPath = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    let beside = ((selfPath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("syncd-agent")
+    guard FileManager.default.isExecutableFile(atPath: beside) else {
+        throw TransportError("cannot find syncd-agent beside \(selfPath); install it there, set SYNCD_AGENT, or set agent_path in syncd.yaml")
+    }
+    return beside
+}
+
+/// A transport failure: the agent could not be started or reached.
+public struct TransportError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ text: String) { description = text }
+}
+
+/// The agent as a local child process (`remote: local:/abs/path`), over pipes. Spawned with posix_spawn so that
+/// this side owns every descriptor: nothing else closes or watches them.
+public final class LocalAgentConnection: AgentConnection {
+    public let stream: ByteStream
+    public let peerDescription: String
+    /// Process id of the agent, for tests and diagnostics.
+    public let processIdentifier: pid_t
+    private let stdinWrite: Int32
+    private let stdoutRead: Int32
+    private let stderrLock = NSLock()
+    private var stderrTail: [UInt8] = []
+    private let stderrDone = DispatchSemaphore(value: 0)
+    private var exitStatus: Int32?
+
+    public init(agentPath: String, arguments: [String] = ["serve"]) throws {
+        peerDescription = "local agent \(agentPath)"
+        var toAgent: [Int32] = [0, 0]
+        var fromAgent: [Int32] = [0, 0]
+        var errors: [Int32] = [0, 0]
+        guard pipe(&toAgent) == 0, pipe(&fromAgent) == 0, pipe(&errors) == 0 else {
+            throw TransportError("cannot make pipes for the agent: \(String(cString: strerror(errno)))")
+        }
+        for fd in toAgent + fromAgent + errors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, toAgent[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, fromAgent[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
+        let argv = ([agentPath] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, agentPath, &actions, nil, argv, environ)
+        close(toAgent[0]); close(fromAgent[1]); close(errors[1])
+        guard rc == 0 else {
+            close(toAgent[1]); close(fromAgent[0]); close(errors[0])
+            throw TransportError("cannot start \(agentPath): \(String(cString: strerror(rc)))")
+        }
+        processIdentifier = pid
+        stdinWrite = toAgent[1]
+        stdoutRead = fromAgent[0]
+        stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent")
+        let errorFD = errors[0]
+        Thread.detachNewThread { [self] in
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(errorFD, $0.baseAddress!, $0.count) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                _ = buffer.withUnsafeBytes { write(2, $0.baseAddress!, n) }
+                stderrLock.lock()
+                stderrTail.append(contentsOf: buffer[0..<n])
+                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
+                stderrLock.unlock()
+            }
+            close(errorFD)
+            stderrDone.signal()
+        }
+    }
+
+    deinit {
+        terminate()
+        _ = finish()
+        close(stdoutRead)
+    }
+
+    public func finish() -> String? {
+        stream.closeWrite()
+        if exitStatus == nil {
+            var status: Int32 = 0
+            while waitpid(processIdentifier, &status, 0) < 0 && errno == EINTR {}
+            exitStatus = status
+            _ = stderrDone.wait(timeout: .now() + 2)
+        }
+        let status = exitStatus!
+        let signal = status & 0x7F
+        if signal != 0 { return "the agent was killed by signal \(signal)" }
+        let code = (status >> 8) & 0xFF
+        guard code != 0 else { return nil }
+        stderrLock.lock()
+        let text = String(decoding: stderrTail, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        stderrLock.unlock()
+        return "the agent exited with status \(code)" + (text.isEmpty ? "" : ": \(text)")
+    }
+
+    public func terminate() {
+        if exitStatus == nil { kill(processIdentifier, SIGTERM) }
+    }
+}

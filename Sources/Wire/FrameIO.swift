@@ -1,0 +1,139 @@
+import SyncSystem
+
+/// The 6 magic bytes that open every syncd stream, before the 2-byte big-endian version.
+public let wireMagic: [UInt8] = Array("SYNCD".utf8) + [0]
+
+/// Reads length-prefixed frames from a byte stream, with a hard size limit and byte accounting.
+public final class FrameReader {
+    private let stream: ByteStream
+    private var buffer: UnsafeMutableRawBufferPointer
+    private var start = 0
+    private var end = 0
+    /// Bytes read from the stream so far (what crossed the transport).
+    public private(set) var bytesRead: UInt64 = 0
+    /// Called before the reader blocks on an empty buffer, so a pipelined writer can flush first.
+    public var willBlock: (() throws -> Void)?
+
+    public init(_ stream: ByteStream) {
+        self.stream = stream
+        buffer = .allocate(byteCount: maxFrameLength + 4 + 65536, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+
+    /// True when a whole frame is already buffered (reading it will not block).
+    public var hasBufferedFrame: Bool {
+        guard end - start >= 4 else { return false }
+        let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
+        return end - start >= 4 + length
+    }
+
+    /// Fills until `count` bytes are buffered. Returns false on end of stream before any new byte.
+    private func fill(_ count: Int, context: () -> String) throws -> Bool {
+        while end - start < count {
+            if start > 0 && buffer.count - start < count {
+                let pending = end - start
+                if pending > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: pending) }
+                start = 0
+                end = pending
+            }
+            try willBlock?()
+            let n = try stream.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[end...]))
+            if n == 0 {
+                if end - start == 0 { return false }
+                throw ProtocolError("connection closed in the middle of \(context()) (\(end - start) of \(count) bytes)")
+            }
+            end += n
+            bytesRead += UInt64(n)
+        }
+        return true
+    }
+
+    /// Reads and checks the peer's magic and version. Returns the peer's version.
+    public func readHandshake() throws -> UInt16 {
+        guard try fill(8, context: { "the handshake" }) else {
+            throw ProtocolError("the peer closed the connection before the handshake")
+        }
+        let head = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<start + 8]))
+        start += 8
+        guard Array(head[0..<6]) == wireMagic else {
+            let shown = head.map { $0 >= 32 && $0 < 127 ? String(UnicodeScalar($0)) : "." }.joined()
+            throw ProtocolError("the peer is not speaking the syncd protocol (first bytes: \"\(shown)\")")
+        }
+        return UInt16(head[6]) << 8 | UInt16(head[7])
+    }
+
+    /// Next frame; nil at a clean end of stream between frames.
+    public func next() throws -> Message? {
+        guard try fill(4, context: { "a frame header" }) else { return nil }
+        let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
+        guard length >= 1 else { throw ProtocolError("empty frame (length 0)") }
+        guard length <= maxFrameLength else {
+            throw ProtocolError("frame of \(length) bytes exceeds the limit of \(maxFrameLength)")
+        }
+        guard try fill(4 + length, context: { "a \(length)-byte frame" }) else {
+            throw ProtocolError("connection closed in the middle of a frame")
+        }
+        let type = buffer[start + 4]
+        let payload = UnsafeRawBufferPointer(rebasing: buffer[(start + 5)..<(start + 4 + length)])
+        start += 4 + length
+        if start == end { start = 0; end = 0 }
+        return try Message.decode(type: type, payload: payload)
+    }
+}
+
+/// Buffers frames and writes them to a byte stream. Not thread safe: one writer at a time.
+public final class FrameWriter {
+    private let stream: ByteStream
+    private var buffer: [UInt8] = []
+    private let flushThreshold = 512 * 1024
+    /// Bytes written to the stream so far.
+    public private(set) var bytesWritten: UInt64 = 0
+
+    public init(_ stream: ByteStream) {
+        self.stream = stream
+        buffer.reserveCapacity(flushThreshold + maxFrameLength)
+    }
+
+    public func writeHandshake() throws {
+        buffer.append(contentsOf: wireMagic)
+        buffer.append(UInt8(wireVersion >> 8))
+        buffer.append(UInt8(wireVersion & 0xFF))
+        try flush()
+    }
+
+    /// Queues a frame; writes when the buffer is large.
+    public func send(_ message: Message) throws {
+        let (type, payload) = message.encode()
+        precondition(payload.count + 1 <= maxFrameLength, "frame too large to send")
+        withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { buffer.append(contentsOf: $0) }
+        buffer.append(type)
+        buffer.append(contentsOf: payload)
+        if buffer.count >= flushThreshold { try flush() }
+    }
+
+    /// Queues a chunk-data frame straight from `bytes`, without building an intermediate message.
+    public func sendChunk(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, bytes: UnsafeRawBufferPointer) throws {
+        let length = 1 + 4 + 4 + 1 + 4 + bytes.count
+        precondition(length <= maxFrameLength, "chunk frame too large to send")
+        withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
+        buffer.append(0x12)
+        withUnsafeBytes(of: op.littleEndian) { buffer.append(contentsOf: $0) }
+        withUnsafeBytes(of: index.littleEndian) { buffer.append(contentsOf: $0) }
+        buffer.append(compressed ? 1 : 0)
+        withUnsafeBytes(of: rawLength.littleEndian) { buffer.append(contentsOf: $0) }
+        buffer.append(contentsOf: bytes)
+        if buffer.count >= flushThreshold { try flush() }
+    }
+
+    /// Writes everything queued.
+    public func flush() throws {
+        guard !buffer.isEmpty else { return }
+        try buffer.withUnsafeBytes { try stream.write($0) }
+        bytesWritten += UInt64(buffer.count)
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Number of queued bytes not yet written.
+    public var pendingBytes: Int { buffer.count }
+}

@@ -1,0 +1,346 @@
+import Chunking
+
+/// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
+public let wireVersion: UInt16 = 1
+
+/// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
+public let maxFrameLength = 2 << 20
+
+/// Most chunk refs or indices carried by one list frame; longer lists continue in further frames.
+public let maxListItems = 32768
+
+/// What a session is for.
+public enum SessionRole: UInt8, Sendable {
+    case push = 1
+    case pull = 2
+}
+
+/// What one side believes is (or was) at a path on the other side; used to detect conflicting changes.
+public enum PathState: Equatable, Sendable, CustomStringConvertible {
+    case absent
+    case file(ChunkID)
+    case symlink(String)
+    case directory
+
+    public var description: String {
+        switch self {
+        case .absent: return "absent"
+        case .file(let id): return "file \(id.hex.prefix(12))"
+        case .symlink(let t): return "symlink -> \(t)"
+        case .directory: return "directory"
+        }
+    }
+}
+
+/// The client's first frame.
+public struct Hello: Equatable, Sendable {
+    public var role: SessionRole
+    /// Project name: the directory under the remote root.
+    public var project: String
+    /// Absolute remote root; empty means the agent user's home directory.
+    public var remoteRoot: String
+    /// Remote-owned paths, relative to the project.
+    public var pullPaths: [String]
+    public var chunkMin: UInt32
+    public var chunkAvg: UInt32
+    public var chunkMax: UInt32
+
+    public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters) {
+        self.role = role
+        self.project = project
+        self.remoteRoot = remoteRoot
+        self.pullPaths = pullPaths
+        chunkMin = UInt32(chunking.minSize)
+        chunkAvg = UInt32(chunking.avgSize)
+        chunkMax = UInt32(chunking.maxSize)
+    }
+}
+
+/// Metadata of a file being sent: the path, its content digest and how many chunks follow in list frames.
+public struct FileHeader: Equatable, Sendable {
+    public var op: UInt32
+    public var path: String
+    public var permissions: UInt32
+    public var mtimeNanos: Int64
+    public var size: UInt64
+    public var digest: ChunkID
+    /// What the sender believes is at the path on the receiving side now (its last synced state).
+    public var base: PathState
+    public var chunkCount: UInt32
+
+    public init(op: UInt32, path: String, permissions: UInt32, mtimeNanos: Int64, size: UInt64, digest: ChunkID,
+                base: PathState, chunkCount: UInt32) {
+        self.op = op
+        self.path = path
+        self.permissions = permissions
+        self.mtimeNanos = mtimeNanos
+        self.size = size
+        self.digest = digest
+        self.base = base
+        self.chunkCount = chunkCount
+    }
+}
+
+/// How an operation ended on the receiving side.
+public enum OpStatus: UInt8, Sendable {
+    /// The change was made.
+    case applied = 0
+    /// The receiver already had it; nothing was written.
+    case unchanged = 1
+    /// The path changed on the receiving side since the last sync; left alone.
+    case conflict = 2
+    /// The operation could not be done (message says why); the session goes on.
+    case failed = 3
+}
+
+/// The answer to one operation.
+public struct OpResult: Equatable, Sendable {
+    public var op: UInt32
+    public var status: OpStatus
+    public var message: String
+    /// What is at the path on the receiving side after the operation.
+    public var current: PathState
+
+    public init(op: UInt32, status: OpStatus, message: String, current: PathState) {
+        self.op = op
+        self.status = status
+        self.message = message
+        self.current = current
+    }
+}
+
+/// One remote-owned entry offered by the agent during a pull; a file's chunk list follows in list frames.
+public struct RemoteEntry: Equatable, Sendable {
+    public var op: UInt32
+    public var path: String
+    public var state: PathState
+    public var permissions: UInt32
+    public var mtimeNanos: Int64
+    public var size: UInt64
+    public var chunkCount: UInt32
+
+    public init(op: UInt32, path: String, state: PathState, permissions: UInt32, mtimeNanos: Int64, size: UInt64,
+                chunkCount: UInt32) {
+        self.op = op
+        self.path = path
+        self.state = state
+        self.permissions = permissions
+        self.mtimeNanos = mtimeNanos
+        self.size = size
+        self.chunkCount = chunkCount
+    }
+}
+
+/// Every frame of protocol v1.
+public enum Message: Equatable, Sendable {
+    case hello(Hello)
+    /// Agent's answer to hello: its version and the absolute project directory it serves.
+    case welcome(agentVersion: String, projectDirectory: String)
+    case fileBegin(FileHeader)
+    /// Part of the chunk list of file `op` (push: sender's file; pull: remote entry).
+    case chunkList(op: UInt32, chunks: [ChunkRef])
+    /// One chunk's bytes, zlib (raw deflate) compressed when `compressed`.
+    case chunkData(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: [UInt8])
+    /// The sender gives up on file `op` (it changed while being read, say).
+    case abort(op: UInt32, reason: String)
+    case symlink(op: UInt32, path: String, target: String, base: PathState)
+    case directory(op: UInt32, path: String, permissions: UInt32)
+    case delete(op: UInt32, path: String, base: PathState)
+    /// The client has sent every operation of this push.
+    case endOfOperations
+    /// The agent lacks these chunks (indices into the file's chunk list).
+    case need(op: UInt32, indices: [UInt32])
+    case result(OpResult)
+    /// The session's work is complete; the side receiving it may close.
+    case done
+    case remoteEntry(RemoteEntry)
+    /// A remote-owned file that was not offered because it is being written.
+    case skipped(path: String, reason: String)
+    case listEnd
+    /// The client asks for these chunks of remote entry `op`.
+    case fetch(op: UInt32, indices: [UInt32])
+    case fetchEnd
+    /// A fatal error; the sender closes after it.
+    case error(message: String)
+
+    var typeByte: UInt8 {
+        switch self {
+        case .hello: return 0x01
+        case .welcome: return 0x02
+        case .fileBegin: return 0x10
+        case .chunkList: return 0x11
+        case .chunkData: return 0x12
+        case .abort: return 0x13
+        case .symlink: return 0x14
+        case .directory: return 0x15
+        case .delete: return 0x16
+        case .endOfOperations: return 0x17
+        case .need: return 0x30
+        case .result: return 0x31
+        case .done: return 0x32
+        case .remoteEntry: return 0x40
+        case .skipped: return 0x42
+        case .listEnd: return 0x43
+        case .fetch: return 0x44
+        case .fetchEnd: return 0x45
+        case .error: return 0x7F
+        }
+    }
+
+    /// Type byte and payload of this message.
+    public func encode() -> (type: UInt8, payload: [UInt8]) {
+        var w = PayloadWriter()
+        switch self {
+        case .hello(let h):
+            w.u8(h.role.rawValue)
+            w.string(h.project)
+            w.string(h.remoteRoot)
+            w.u32(UInt32(h.pullPaths.count))
+            for p in h.pullPaths { w.string(p) }
+            w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
+        case .welcome(let version, let dir):
+            w.string(version); w.string(dir)
+        case .fileBegin(let f):
+            w.u32(f.op); w.string(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
+            Message.encode(f.base, into: &w)
+            w.u32(f.chunkCount)
+        case .chunkList(let op, let chunks):
+            w.u32(op); w.u32(UInt32(chunks.count))
+            for c in chunks { w.id(c.id); w.u32(c.length) }
+        case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+            w.u32(op); w.u32(index); w.u8(compressed ? 1 : 0); w.u32(rawLength); w.raw(payload)
+        case .abort(let op, let reason):
+            w.u32(op); w.string(reason)
+        case .symlink(let op, let path, let target, let base):
+            w.u32(op); w.string(path); w.string(target); Message.encode(base, into: &w)
+        case .directory(let op, let path, let permissions):
+            w.u32(op); w.string(path); w.u32(permissions)
+        case .delete(let op, let path, let base):
+            w.u32(op); w.string(path); Message.encode(base, into: &w)
+        case .endOfOperations, .done, .listEnd, .fetchEnd:
+            break
+        case .need(let op, let indices), .fetch(let op, let indices):
+            w.u32(op); w.u32(UInt32(indices.count))
+            for i in indices { w.u32(i) }
+        case .result(let r):
+            w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
+        case .remoteEntry(let e):
+            w.u32(e.op); w.string(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
+            w.u64(e.size); w.u32(e.chunkCount)
+        case .skipped(let path, let reason):
+            w.string(path); w.string(reason)
+        case .error(let message):
+            w.string(message)
+        }
+        return (typeByte, w.bytes)
+    }
+
+    static func encode(_ state: PathState, into w: inout PayloadWriter) {
+        switch state {
+        case .absent: w.u8(0)
+        case .file(let id): w.u8(1); w.id(id)
+        case .symlink(let target): w.u8(2); w.string(target)
+        case .directory: w.u8(3)
+        }
+    }
+
+    static func decodeState(_ r: inout PayloadReader) throws -> PathState {
+        switch try r.u8("state tag") {
+        case 0: return .absent
+        case 1: return .file(try r.id("state digest"))
+        case 2: return .symlink(try r.string("symlink target"))
+        case 3: return .directory
+        case let tag: throw ProtocolError("unknown path state tag \(tag)")
+        }
+    }
+
+    /// Decodes one frame. Throws `ProtocolError` for unknown types, truncation, bad UTF-8 or trailing bytes.
+    public static func decode(type: UInt8, payload: UnsafeRawBufferPointer) throws -> Message {
+        let name = "type 0x" + String(type, radix: 16)
+        var r = PayloadReader(payload, frame: name)
+        let message: Message
+        switch type {
+        case 0x01:
+            guard let role = SessionRole(rawValue: try r.u8("role")) else { throw ProtocolError("hello: unknown session role") }
+            let project = try r.string("project")
+            let root = try r.string("remote root")
+            let n = try r.count("pull paths", itemSize: 4, limit: 1024)
+            var paths: [String] = []
+            for _ in 0..<n { paths.append(try r.string("pull path")) }
+            var h = Hello(role: role, project: project, remoteRoot: root, pullPaths: paths, chunking: .default)
+            h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
+            message = .hello(h)
+        case 0x02:
+            message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"))
+        case 0x10:
+            let op = try r.u32("op")
+            let path = try r.string("path")
+            let perms = try r.u32("permissions")
+            let mtime = try r.i64("mtime")
+            let size = try r.u64("size")
+            let digest = try r.id("digest")
+            let base = try decodeState(&r)
+            let count = try r.u32("chunk count")
+            message = .fileBegin(FileHeader(op: op, path: path, permissions: perms, mtimeNanos: mtime, size: size,
+                                            digest: digest, base: base, chunkCount: count))
+        case 0x11:
+            let op = try r.u32("op")
+            let n = try r.count("chunks", itemSize: 20, limit: maxListItems)
+            var chunks: [ChunkRef] = []
+            chunks.reserveCapacity(n)
+            for _ in 0..<n {
+                let id = try r.id("chunk id")
+                chunks.append(ChunkRef(id: id, offset: 0, length: try r.u32("chunk length")))
+            }
+            message = .chunkList(op: op, chunks: chunks)
+        case 0x12:
+            let op = try r.u32("op")
+            let index = try r.u32("index")
+            let flags = try r.u8("flags")
+            guard flags <= 1 else { throw ProtocolError("chunk data: unknown flags \(flags)") }
+            let rawLength = try r.u32("raw length")
+            guard rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
+                throw ProtocolError("chunk data: raw length \(rawLength) exceeds the largest chunk size")
+            }
+            message = .chunkData(op: op, index: index, compressed: flags == 1, rawLength: rawLength, payload: r.rest())
+        case 0x13:
+            message = .abort(op: try r.u32("op"), reason: try r.string("reason"))
+        case 0x14:
+            message = .symlink(op: try r.u32("op"), path: try r.string("path"), target: try r.string("target"),
+                               base: try decodeState(&r))
+        case 0x15:
+            message = .directory(op: try r.u32("op"), path: try r.string("path"), permissions: try r.u32("permissions"))
+        case 0x16:
+            message = .delete(op: try r.u32("op"), path: try r.string("path"), base: try decodeState(&r))
+        case 0x17: message = .endOfOperations
+        case 0x30, 0x44:
+            let op = try r.u32("op")
+            let n = try r.count("indices", itemSize: 4, limit: maxListItems)
+            var indices: [UInt32] = []
+            indices.reserveCapacity(n)
+            for _ in 0..<n { indices.append(try r.u32("index")) }
+            message = type == 0x30 ? .need(op: op, indices: indices) : .fetch(op: op, indices: indices)
+        case 0x31:
+            let op = try r.u32("op")
+            guard let status = OpStatus(rawValue: try r.u8("status")) else { throw ProtocolError("result: unknown status") }
+            let text = try r.string("message", limit: 65536)
+            message = .result(OpResult(op: op, status: status, message: text, current: try decodeState(&r)))
+        case 0x32: message = .done
+        case 0x40:
+            let op = try r.u32("op")
+            let path = try r.string("path")
+            let state = try decodeState(&r)
+            message = .remoteEntry(RemoteEntry(op: op, path: path, state: state, permissions: try r.u32("permissions"),
+                                               mtimeNanos: try r.i64("mtime"), size: try r.u64("size"),
+                                               chunkCount: try r.u32("chunk count")))
+        case 0x42: message = .skipped(path: try r.string("path"), reason: try r.string("reason"))
+        case 0x43: message = .listEnd
+        case 0x45: message = .fetchEnd
+        case 0x7F: message = .error(message: try r.string("message", limit: 65536))
+        default:
+            throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")
+        }
+        try r.finish()
+        return message
+    }
+}

@@ -1,0 +1,148 @@
+import ArgumentParser
+import Chunking
+import CLibSSH2
+import Engine
+import Foundation
+import SyncConfig
+import SyncSystem
+import Wire
+
+/// Ends the process with the CLI contract's exit codes: 0 ok, 1 error, 2 usage or config, 3 conflicts.
+struct Exit: Error { let code: Int32 }
+
+struct Syncctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "syncctl",
+        abstract: "Sync a project to a remote GPU host and bring outputs back.",
+        version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), \(String(cString: syncd_ssh_version())))",
+        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self]
+    )
+}
+
+struct StateOption: ParsableArguments {
+    @Option(name: .customLong("state-dir"), help: "Directory for local state (default: $XDG_STATE_HOME/syncd).")
+    var stateDirectory: String?
+}
+
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write DIR/syncd.yaml.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Option(help: "SSH destination ([user@]host[:port], ssh config alias) or local:/abs/path.") var remote: String
+    @Option(help: "Project name on the remote (default: the directory's name).") var name: String?
+    @Option(name: .customLong("remote-root"), help: "Remote root directory (default: the login user's home).") var remoteRoot: String?
+    @Flag(help: "Overwrite an existing syncd.yaml.") var force = false
+
+    func run() throws {
+        let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw SyncError("\(dir) is not a directory", exitCode: 2)
+        }
+        let file = dir + "/" + ProjectConfig.fileName
+        if FileManager.default.fileExists(atPath: file) && !force {
+            throw SyncError("\(file) already exists; pass --force to overwrite it", exitCode: 2)
+        }
+        let spec: RemoteSpec
+        do { spec = try RemoteSpec(parsing: remote) } catch let e as ConfigError { throw SyncError("--remote: \(e)", exitCode: 2) }
+        var config = ProjectConfig(name: name ?? (dir as NSString).lastPathComponent, remote: spec, remoteRoot: remoteRoot)
+        config.ignore = []
+        // Validate by parsing what we are about to write.
+        do { _ = try ProjectConfig.parse(config.yaml(), file: file, directoryName: (dir as NSString).lastPathComponent) } catch let e as ConfigError {
+            throw SyncError(e.description, exitCode: 2)
+        }
+        try config.yaml().write(toFile: file, atomically: true, encoding: .utf8)
+        printError("wrote \(file)")
+    }
+}
+
+struct Push: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send local changes to the remote.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Option(help: "Override the config's remote.") var remote: String?
+    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory))
+        let stats = try PushSession(project: project).run()
+        report(stats, json: json)
+    }
+}
+
+struct Pull: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Bring remote-owned paths (output/, checkpoint/) back.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Option(help: "Override the config's remote.") var remote: String?
+    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory))
+        let stats = try PullSession(project: project).run()
+        report(stats, json: json)
+    }
+}
+
+func report(_ stats: SyncStats, json: Bool) {
+    for w in stats.warnings { printError("warning: \(w)") }
+    for s in stats.skipped { printError("skipped: \(s)") }
+    for e in stats.errors { printError("error: \(e)") }
+    if json { print(stats.json()) } else { printError(stats.summary()) }
+    if stats.exitCode != 0 { exitWith(stats.exitCode) }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the paths a push would send.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let project = try Project(directory: directory)
+        let (paths, warnings) = try project.listPushable()
+        for w in warnings { printError("warning: \(w)") }
+        if json {
+            struct Out: Encodable { let paths: [ListedPath] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(Out(paths: paths)), as: UTF8.self))
+        } else {
+            for p in paths { print(p.kind == "directory" ? p.path + "/" : p.path) }
+        }
+    }
+}
+
+struct Chunks: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show a file's chunk boundaries and ids.")
+    @Argument(help: "The file.") var file: String
+    @Option(help: "Minimum chunk size.") var min: Int = ChunkParameters.default.minSize
+    @Option(help: "Average chunk size.") var avg: Int = ChunkParameters.default.avgSize
+    @Option(help: "Maximum chunk size.") var max: Int = ChunkParameters.default.maxSize
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let parameters: ChunkParameters
+        do { parameters = try ChunkParameters(min: min, avg: avg, max: max) } catch {
+            throw SyncError("--min/--avg/--max: \(error)", exitCode: 2)
+        }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(file, flags: O_RDONLY) } catch { throw SyncError("\(error)") }
+        let content = try FileChunker(parameters).chunk(fd)
+        if json {
+            struct Item: Encodable { let offset: UInt64; let length: UInt32; let id: String }
+            struct Out: Encodable { let file: String; let size: UInt64; let digest: String; let min: Int; let avg: Int; let max: Int; let chunks: [Item] }
+            let out = Out(file: file, size: content.size, digest: content.digest.hex, min: min, avg: avg, max: max,
+                          chunks: content.chunks.map { Item(offset: $0.offset, length: $0.length, id: $0.id.hex) })
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(out), as: UTF8.self))
+        } else {
+            print("# \(file): \(content.size) bytes, \(content.chunks.count) chunks (\(parameters)), digest \(content.digest.hex)")
+            for c in content.chunks { print("\(c.offset)\t\(c.length)\t\(c.id.hex)") }
+        }
+    }
+}
+
+func exitWith(_ code: Int32) -> Never {
+    fflush(stdout)
+    exit(code)
+}
