@@ -1,0 +1,181 @@
+import Chunking
+import Foundation
+import Testing
+
+/// Where the built executables are: beside the test bundle in .build/<config>/, or $SYNCD_BIN_DIR.
+func binDirectory() -> String {
+    if let dir = ProcessInfo.processInfo.environment["SYNCD_BIN_DIR"] { return dir }
+    var dir = ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]) as NSString
+    for _ in 0..<6 {
+        dir = dir.deletingLastPathComponent as NSString
+        if FileManager.default.isExecutableFile(atPath: dir.appendingPathComponent("syncctl")) { return dir as String }
+    }
+    let here = (#filePath as NSString).deletingLastPathComponent
+    return here + "/../../.build/debug"
+}
+
+/// The result of running a command.
+struct RunResult {
+    let status: Int32
+    let stdout: String
+    let stderr: String
+
+    /// The `--json` statistics object printed on stdout.
+    func json() throws -> [String: Any] {
+        let data = Data(stdout.utf8)
+        guard let object = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw FixtureError("stdout is not a JSON object: \(stdout)")
+        }
+        return object
+    }
+
+    func int(_ key: String) throws -> Int {
+        guard let n = try json()[key] as? Int else { throw FixtureError("no integer '\(key)' in \(stdout)") }
+        return n
+    }
+}
+
+struct FixtureError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+/// A throwaway project, remote root and state directory, driven through the real syncctl binary
+/// and the real syncd-agent.
+final class SyncFixture {
+    let base: String
+    let project: String
+    let remoteRoot: String
+    let state: String
+    let name = "proj"
+    var remoteProject: String { remoteRoot + "/" + name }
+
+    init() throws {
+        base = NSTemporaryDirectory() + "syncd-it-" + UUID().uuidString.prefix(8)
+        project = base + "/" + name
+        remoteRoot = base + "/remote"
+        state = base + "/state"
+        for d in [project, remoteRoot, state] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let r = try syncctl(["init", project, "--remote", "local:" + remoteRoot])
+        guard r.status == 0 else { throw FixtureError("init failed: \(r.stderr)") }
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: base) }
+
+    @discardableResult
+    func syncctl(_ arguments: [String], onStart: ((Process) -> Void)? = nil) throws -> RunResult {
+        try run(binDirectory() + "/syncctl", arguments, env: ["XDG_STATE_HOME": state], onStart: onStart)
+    }
+
+    func push() throws -> RunResult { try syncctl(["push", project, "--json"]) }
+    func pull() throws -> RunResult { try syncctl(["pull", project, "--json"]) }
+
+    // MARK: files
+
+    func write(_ relative: String, _ bytes: [UInt8], mode: Int = 0o644, in root: String? = nil) throws {
+        let path = (root ?? project) + "/" + relative
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: path)
+    }
+
+    func write(_ relative: String, _ text: String, in root: String? = nil) throws { try write(relative, Array(text.utf8), in: root) }
+
+    func read(_ relative: String, in root: String? = nil) -> [UInt8]? {
+        FileManager.default.contents(atPath: (root ?? project) + "/" + relative).map { [UInt8]($0) }
+    }
+
+    /// Sets a remote file's mtime into the past so a pull does not treat it as being written.
+    func age(_ relative: String, in root: String? = nil, seconds: Double = 10) throws {
+        try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -seconds)],
+                                              ofItemAtPath: (root ?? remoteProject) + "/" + relative)
+    }
+
+    /// Every path below `root` with kind, mode, and content or target, skipping syncd's own state.
+    static func describeTree(_ root: String, skipping: Set<String> = [".syncd"]) -> [String: String] {
+        var out: [String: String] = [:]
+        func walk(_ rel: String) {
+            let full = rel.isEmpty ? root : root + "/" + rel
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: full) else { return }
+            for name in names.sorted() {
+                let r = rel.isEmpty ? name : rel + "/" + name
+                if skipping.contains(r) { continue }
+                var st = stat()
+                guard lstat(root + "/" + r, &st) == 0 else { continue }
+                let mode = String(st.st_mode & 0o7777, radix: 8)
+                switch st.st_mode & S_IFMT {
+                case S_IFDIR:
+                    out[r] = "dir \(mode)"
+                    walk(r)
+                case S_IFLNK:
+                    out[r] = "link " + ((try? FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + r)) ?? "?")
+                default:
+                    let data = FileManager.default.contents(atPath: root + "/" + r) ?? Data()
+                    out[r] = "file \(mode) \(data.count) \(ChunkID(hashing: [UInt8](data)).hex)"
+                }
+            }
+        }
+        walk("")
+        return out
+    }
+
+    /// The local tree minus what a push leaves out, and the remote tree; equal after a successful push.
+    func treesMatch(ignoring extra: Set<String> = []) -> (Bool, String) {
+        let local = Self.describeTree(project, skipping: extra)
+        let remote = Self.describeTree(remoteProject, skipping: extra.union([".syncd"]))
+        if local == remote { return (true, "") }
+        var diff: [String] = []
+        for k in Set(local.keys).union(remote.keys).sorted() where local[k] != remote[k] {
+            diff.append("\(k): local=\(local[k] ?? "-") remote=\(remote[k] ?? "-")")
+        }
+        return (false, diff.prefix(20).joined(separator: "\n"))
+    }
+}
+
+/// Runs a program to completion, capturing stdout and stderr.
+func run(_ executable: String, _ arguments: [String], env: [String: String] = [:], stdin: Data? = nil,
+         onStart: ((Process) -> Void)? = nil) throws -> RunResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    var environment = ProcessInfo.processInfo.environment
+    for (k, v) in env { environment[k] = v }
+    process.environment = environment
+    let out = Pipe(), err = Pipe(), input = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = input
+    try process.run()
+    onStart?(process)
+    if let stdin { input.fileHandleForWriting.write(stdin) }
+    try? input.fileHandleForWriting.close()
+    final class Box: @unchecked Sendable { var data = Data() }
+    let outBox = Box()
+    let group = DispatchGroup()
+    group.enter()
+    DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
+    let errData = err.fileHandleForReading.readDataToEndOfFile()
+    group.wait()
+    let outData = outBox.data
+    process.waitUntilExit()
+    return RunResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                     stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// Deterministic pseudo-random bytes.
+func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    var out = [UInt8](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { raw in
+        let words = raw.bindMemory(to: UInt64.self)
+        for i in 0..<words.count {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            words[i] = z ^ (z >> 31)
+        }
+    }
+    for i in (count / 8 * 8)..<count { out[i] = UInt8(truncatingIfNeeded: seed &+ UInt64(i)) }
+    return out
+}
