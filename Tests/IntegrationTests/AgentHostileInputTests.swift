@@ -1,0 +1,164 @@
+import Chunking
+import Foundation
+import SyncSystem
+import Testing
+import Wire
+
+/// Feeds the real syncd-agent crafted byte streams on stdin and checks what it answers and writes.
+@Suite(.serialized)
+struct AgentHostileInputTests {
+    final class Sandbox {
+        let base = NSTemporaryDirectory() + "syncd-hostile-" + UUID().uuidString.prefix(8)
+        var root: String { base + "/root" }
+        var project: String { root + "/proj" }
+        var outside: String { base + "/outside" }
+        init() throws {
+            try FileManager.default.createDirectory(atPath: project, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        }
+        deinit { try? FileManager.default.removeItem(atPath: base) }
+
+        /// Everything under `outside`, which no frame may ever touch.
+        var outsideContents: [String] { (try? FileManager.default.subpathsOfDirectory(atPath: outside)) ?? [] }
+    }
+
+    /// Encodes frames the way a client would.
+    static func frames(_ messages: [Message], handshake: Bool = true) -> Data {
+        var bytes: [UInt8] = handshake ? wireMagic + [UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)] : []
+        for m in messages {
+            let (type, payload) = m.encode()
+            withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
+            bytes.append(type)
+            bytes.append(contentsOf: payload)
+        }
+        return Data(bytes)
+    }
+
+    static func hello(_ box: Sandbox) -> Message {
+        .hello(Hello(role: .push, project: "proj", remoteRoot: box.root, pullPaths: ["output"], chunking: .default))
+    }
+
+    /// Runs the agent on `input`; returns its status, stderr and the frames it sent back.
+    static func agent(_ input: Data) throws -> (status: Int32, stderr: String, replies: [Message]) {
+        let r = try run(binDirectory() + "/syncd-agent", [], stdin: input)
+        final class Bytes: ByteStream {
+            var data: [UInt8]
+            var offset = 0
+            init(_ d: [UInt8]) { data = d }
+            func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+                let n = min(buffer.count, data.count - offset)
+                if n > 0 { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: data.withUnsafeBytes { $0 }[offset..<offset + n])) }
+                offset += n
+                return n
+            }
+            func write(_ bytes: UnsafeRawBufferPointer) throws {}
+            func closeWrite() {}
+        }
+        let reader = FrameReader(Bytes(Array(r.stdout.utf8)))
+        var replies: [Message] = []
+        if (try? reader.readHandshake()) != nil {
+            while let m = try? reader.next() { replies.append(m) }
+        }
+        return (r.status, r.stderr, replies)
+    }
+
+    static func fileFrames(op: UInt32, path: String, content: [UInt8], sendBytes: [UInt8]? = nil) -> [Message] {
+        let id = ChunkID(hashing: content)
+        return [
+            .fileBegin(FileHeader(op: op, path: path, permissions: 0o644, mtimeNanos: 0, size: UInt64(content.count),
+                                  digest: id, base: .absent, chunkCount: 1)),
+            .chunkList(op: op, chunks: [ChunkRef(id: id, offset: 0, length: UInt32(content.count))]),
+            .chunkData(op: op, index: 0, compressed: false, rawLength: UInt32(content.count), payload: sendBytes ?? content),
+        ]
+    }
+
+    @Test func hostilePathsAreRefusedAndNothingLeavesTheTree() throws {
+        let box = try Sandbox()
+        try FileManager.default.createSymbolicLink(atPath: box.project + "/evil", withDestinationPath: box.outside)
+        var messages: [Message] = [Self.hello(box)]
+        messages += Self.fileFrames(op: 1, path: "../escape.txt", content: Array("x".utf8))
+        messages += Self.fileFrames(op: 2, path: "/etc/syncd-test-escape", content: Array("x".utf8))
+        messages += Self.fileFrames(op: 3, path: "evil/through-link.txt", content: Array("x".utf8))
+        messages += Self.fileFrames(op: 4, path: "a/../../b", content: Array("x".utf8))
+        messages += Self.fileFrames(op: 5, path: ".syncd/state", content: Array("x".utf8))
+        messages.append(.symlink(op: 6, path: "link", target: "../../outside", base: .absent))
+        messages.append(.delete(op: 7, path: "evil/x", base: .file(ChunkID(low: 1, high: 2))))
+        messages += Self.fileFrames(op: 8, path: "fine.txt", content: Array("fine".utf8))
+        messages.append(.endOfOperations)
+        // Frames for refused files carry data the agent must ignore safely: drop the chunk-data frames of
+        // ops 1-5, whose files never reached the data stage.
+        messages.removeAll { if case .chunkData(let op, _, _, _, _) = $0 { return op < 8 }; return false }
+        let (status, stderr, replies) = try Self.agent(Self.frames(messages))
+        #expect(status == 0, "\(stderr)")
+        var results: [UInt32: OpResult] = [:]
+        for case .result(let r) in replies { results[r.op] = r }
+        for op: UInt32 in 1...7 {
+            #expect(results[op]?.status == .failed, "op \(op): \(String(describing: results[op]))")
+        }
+        #expect(results[1]?.message.contains("'..'") == true)
+        #expect(results[2]?.message.contains("absolute") == true)
+        #expect(results[3]?.message.contains("symlink") == true)
+        #expect(results[6]?.message.contains("outside") == true)
+        #expect(results[8]?.status == .applied)
+        #expect(box.outsideContents.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: box.root + "/escape.txt"))
+        #expect(!FileManager.default.fileExists(atPath: "/etc/syncd-test-escape"))
+        #expect(FileManager.default.contents(atPath: box.project + "/fine.txt") == Data("fine".utf8))
+    }
+
+    @Test func chunkThatDoesNotMatchItsIdIsRefused() throws {
+        let box = try Sandbox()
+        var messages: [Message] = [Self.hello(box)]
+        messages += Self.fileFrames(op: 1, path: "model.bin", content: Array("the real bytes".utf8), sendBytes: Array("forged bytes!!".utf8))
+        messages.append(.endOfOperations)
+        let (status, stderr, replies) = try Self.agent(Self.frames(messages))
+        #expect(status == 1)
+        #expect(stderr.contains("does not match"), "\(stderr)")
+        #expect(replies.contains { if case .error = $0 { return true }; return false })
+        #expect(!FileManager.default.fileExists(atPath: box.project + "/model.bin"), "nothing at the final path")
+    }
+
+    @Test func truncatedOversizeAndGarbageStreamsEndTheSessionCleanly() throws {
+        let box = try Sandbox()
+        // Truncated: a frame header announcing more bytes than arrive.
+        var truncated = Self.frames([Self.hello(box)])
+        truncated.append(contentsOf: [100, 0, 0, 0, 0x10, 1, 2, 3])
+        var r = try Self.agent(truncated)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("closed in the middle"), "\(r.stderr)")
+
+        // Oversize: a length prefix past the limit is refused before anything is allocated.
+        var oversize = Self.frames([Self.hello(box)])
+        oversize.append(contentsOf: [0xFF, 0xFF, 0xFF, 0x7F, 0x10])
+        r = try Self.agent(oversize)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("exceeds the limit"), "\(r.stderr)")
+
+        // Garbage instead of a handshake.
+        r = try Self.agent(Data(randomBytes(4096, seed: 77)))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("not speaking the syncd protocol"), "\(r.stderr)")
+
+        // A valid handshake then random frames: a protocol error, never a crash.
+        for seed in 0..<20 {
+            var bytes = Self.frames([Self.hello(box)])
+            let junk = randomBytes(64 + seed * 37, seed: UInt64(1000 + seed))
+            withUnsafeBytes(of: UInt32(junk.count).littleEndian) { bytes.append(contentsOf: $0) }
+            bytes.append(contentsOf: junk)
+            r = try Self.agent(bytes)
+            #expect(r.status == 1 || r.status == 0, "seed \(seed): \(r.stderr)")
+            #expect(!r.stderr.contains("Fatal error") && !r.stderr.contains("crashed"), "seed \(seed): \(r.stderr)")
+        }
+        #expect(box.outsideContents.isEmpty)
+        let stray = (try FileManager.default.subpathsOfDirectory(atPath: box.project)).filter { !$0.hasPrefix(".syncd") }
+        #expect(stray.isEmpty, "\(stray)")
+    }
+
+    @Test func wrongProtocolVersionIsNamed() throws {
+        var bytes = wireMagic + [0x7F, 0x00]
+        bytes += [1, 0, 0, 0, 0x17]
+        let r = try Self.agent(Data(bytes))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("version"), "\(r.stderr)")
+    }
+}

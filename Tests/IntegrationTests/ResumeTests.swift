@@ -1,0 +1,79 @@
+import Foundation
+import Testing
+
+/// kill -9 of either side in the middle of a push: no partial file at a final path, and the next push resumes.
+@Suite(.serialized)
+struct ResumeTests {
+    /// Children of `pid`, from /proc.
+    static func children(of pid: Int32) -> [Int32] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").compactMap { Int32($0) }
+    }
+
+    /// Bytes actually written to the temporary file building `name` under `dir` (it is sparse until filled).
+    static func partialBytes(in dir: String) -> Int {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return 0 }
+        var best = 0
+        for n in names where n.hasPrefix(".syncd-part.") {
+            var st = stat()
+            if stat(dir + "/" + n, &st) == 0 { best = max(best, Int(st.st_blocks) * 512) }
+        }
+        return best
+    }
+
+    /// Starts a push of a large file and kills one side with SIGKILL once about a third of it has arrived.
+    static func interruptedPush(killAgent: Bool) throws -> (SyncFixture, [UInt8]) {
+        let f = try SyncFixture()
+        let small = randomBytes(8 << 20, seed: 21)
+        let big = randomBytes(256 << 20, seed: 22)
+        try f.write("data/a_first.bin", small)
+        try f.write("data/big.bin", big)
+        var killed = false
+        let r = try f.syncctl(["push", f.project, "--json"]) { process in
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline && process.isRunning {
+                if partialBytes(in: f.remoteProject + "/data") >= (big.count / 3) {
+                    if killAgent {
+                        for child in children(of: process.processIdentifier) { kill(child, SIGKILL) }
+                    } else {
+                        kill(process.processIdentifier, SIGKILL)
+                    }
+                    killed = true
+                    return
+                }
+                usleep(2000)
+            }
+        }
+        #expect(killed, "the push finished before it could be interrupted; make the file larger")
+        #expect(r.status != 0)
+        if killAgent { #expect(r.stderr.contains("killed by signal 9"), "\(r.stderr)") }
+        #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/data/big.bin"), "no partial file at the final path")
+        return (f, big)
+    }
+
+    static func resume(_ f: SyncFixture, _ big: [UInt8]) throws {
+        // When the client was killed, its agent notices the closed pipe and exits on its own.
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stderr)")
+        let sent = try r.int("chunks_sent"), total = try r.int("chunks_total")
+        #expect(total > 0)
+        #expect(Double(sent) <= Double(total) * 0.75, "resumed push sent \(sent) of \(total) chunks")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        #expect(f.read("data/big.bin", in: f.remoteProject) == big)
+        let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+
+    @Test func killedAgentThenResume() throws {
+        let (f, big) = try Self.interruptedPush(killAgent: true)
+        try Self.resume(f, big)
+    }
+
+    @Test func killedClientThenResume() throws {
+        let (f, big) = try Self.interruptedPush(killAgent: false)
+        // Give the orphaned agent a moment to see end of input and exit.
+        usleep(300_000)
+        try Self.resume(f, big)
+    }
+}
