@@ -1,0 +1,63 @@
+import SyncConfig
+import SyncSystem
+import Testing
+
+struct ConfigAndPathTests {
+    @Test func parsesAFullConfig() throws {
+        let c = try ProjectConfig.parse("""
+            name: object-tracking
+            remote: ubuntu@gpu-box:2222
+            remote_root: /home/ubuntu
+            pull: [output, checkpoint/, ./logs]
+            ignore: ["*.tmp"]
+            """, file: "syncd.yaml", directoryName: "dir")
+        #expect(c.name == "object-tracking")
+        #expect(c.remote == .ssh(destination: "ubuntu@gpu-box:2222"))
+        #expect(c.pull == ["output", "checkpoint", "logs"])
+        #expect(c.ignore == ["*.tmp"])
+        let d = try ProjectConfig.parse("remote: local:/srv/x\n", file: "syncd.yaml", directoryName: "dir")
+        #expect(d.name == "dir")
+        #expect(d.pull == ["output", "checkpoint"])
+        #expect(d.remote == .local(root: "/srv/x"))
+    }
+
+    @Test(arguments: [
+        ("remote: x\npul: [a]\n", "unknown setting 'pul'"),
+        ("name: x\n", "'remote' is missing"),
+        ("remote: local:relative\n", "absolute path"),
+        ("remote: x\npull: [../up]\n", "'pull'"),
+        ("remote: x\nname: a/b\n", "'name'"),
+        ("remote: x\nremote_root: home\n", "'remote_root'"),
+        ("remote: [x\n", "not valid YAML"),
+    ])
+    func badConfigsNameTheSetting(text: String, expected: String) {
+        do {
+            _ = try ProjectConfig.parse(text, file: "syncd.yaml", directoryName: "d")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect("\(error)".contains(expected), "\(error)")
+            #expect("\(error)".contains("syncd.yaml"))
+        }
+    }
+
+    @Test func initWritesWhatParses() throws {
+        var c = ProjectConfig(name: "my proj", remote: .local(root: "/tmp/r x"), remoteRoot: nil)
+        c.ignore = ["*.tmp", "!keep"]
+        let back = try ProjectConfig.parse(c.yaml(), file: "f", directoryName: "d")
+        #expect(back == c)
+    }
+
+    @Test(arguments: ["", "/abs", "a/../b", "..", "a//b", "a/", "./a", "a\u{0}b"])
+    func relativePathRefuses(path: String) {
+        #expect(throws: PathError.self) { try RelativePath(path) }
+    }
+
+    @Test func symlinkContainment() {
+        #expect(symlinkStaysInside(linkPath: "a/b", target: "c"))
+        #expect(symlinkStaysInside(linkPath: "a/b", target: "../c"))
+        #expect(!symlinkStaysInside(linkPath: "a/b", target: "../../c"))
+        #expect(!symlinkStaysInside(linkPath: "a", target: "/etc/passwd"))
+        #expect(cleanPath("a/./b/../c/") == "a/c")
+        #expect(cleanPath("/../x") == "/x")
+    }
+}

@@ -1,0 +1,85 @@
+import Chunking
+import Testing
+import Wire
+
+struct WireTests {
+    static let samples: [Message] = [
+        .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output", "checkpoint"], chunking: .default)),
+        .welcome(agentVersion: "0.1.0", projectDirectory: "/r/p"),
+        .fileBegin(FileHeader(op: 7, path: "src/ü.py", permissions: 0o755, mtimeNanos: -5, size: 99,
+                              digest: ChunkID(low: 1, high: 2), base: .symlink("x"), chunkCount: 3)),
+        .chunkList(op: 7, chunks: [ChunkRef(id: ChunkID(low: 3, high: 4), offset: 0, length: 10)]),
+        .chunkData(op: 7, index: 2, compressed: true, rawLength: 5, payload: [1, 2, 3]),
+        .abort(op: 1, reason: "changed"),
+        .symlink(op: 2, path: "l", target: "t", base: .absent),
+        .directory(op: 3, path: "d", permissions: 0o700),
+        .delete(op: 4, path: "x", base: .directory),
+        .endOfOperations, .done, .listEnd, .fetchEnd,
+        .need(op: 5, indices: [0, 9]),
+        .fetch(op: 6, indices: [1]),
+        .result(OpResult(op: 8, status: .conflict, message: "m", current: .file(ChunkID(low: 5, high: 6)))),
+        .remoteEntry(RemoteEntry(op: 9, path: "output/a", state: .directory, permissions: 0o755, mtimeNanos: 1, size: 0, chunkCount: 0)),
+        .skipped(path: "output/b", reason: "open"),
+        .error(message: "boom"),
+    ]
+
+    @Test(arguments: 0..<samples.count)
+    func roundTrip(index: Int) throws {
+        let message = Self.samples[index]
+        let (type, payload) = message.encode()
+        let decoded = try payload.withUnsafeBytes { try Message.decode(type: type, payload: $0) }
+        #expect(decoded == message)
+    }
+
+    @Test func truncatedPayloadsThrowNeverCrash() throws {
+        for message in Self.samples {
+            let (type, payload) = message.encode()
+            for cut in 0..<payload.count {
+                let prefix = Array(payload[0..<cut])
+                if case .chunkData = message, cut >= 13 { continue }  // chunk payload bytes are opaque
+                #expect(throws: ProtocolError.self) { try prefix.withUnsafeBytes { try Message.decode(type: type, payload: $0) } }
+            }
+        }
+    }
+
+    @Test func randomBytesNeverCrashTheDecoder() {
+        var rng = SplitMix(seed: 42)
+        for _ in 0..<20000 {
+            let type = UInt8(truncatingIfNeeded: rng.next())
+            let count = Int(rng.next() % 64)
+            let bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            _ = try? bytes.withUnsafeBytes { try Message.decode(type: type, payload: $0) }
+        }
+    }
+
+    @Test func hugeCountsAreRefusedBeforeAllocation() {
+        var w = PayloadWriter()
+        w.u32(1)
+        w.u32(UInt32.max)
+        let bytes = w.bytes
+        #expect(throws: ProtocolError.self) { try bytes.withUnsafeBytes { try Message.decode(type: 0x30, payload: $0) } }
+        #expect(throws: ProtocolError.self) { try bytes.withUnsafeBytes { try Message.decode(type: 0x11, payload: $0) } }
+    }
+
+    @Test func compressionRoundTripAndSkipsIncompressible() throws {
+        let compressor = ChunkCompressor()
+        let decompressor = ChunkDecompressor()
+        let text = Array(String(repeating: "epoch,loss,accuracy\n1,0.5,0.9\n", count: 2000).utf8)
+        let packed = try #require(text.withUnsafeBytes { compressor.compress($0) })
+        #expect(packed.count < text.count / 4)
+        var out = [UInt8](repeating: 0, count: text.count)
+        try packed.withUnsafeBytes { p in try out.withUnsafeMutableBytes { try decompressor.decompress(p, rawLength: text.count, into: $0) } }
+        #expect(out == text)
+        var rng = SplitMix(seed: 1)
+        let noise = (0..<65536).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        #expect(noise.withUnsafeBytes { compressor.compress($0) } == nil)
+        // A payload that inflates to more than announced is refused.
+        var small = [UInt8](repeating: 0, count: 10)
+        #expect(throws: ProtocolError.self) {
+            try packed.withUnsafeBytes { p in try small.withUnsafeMutableBytes { try decompressor.decompress(p, rawLength: 10, into: $0) } }
+        }
+        #expect(throws: ProtocolError.self) {
+            try noise.withUnsafeBytes { p in try small.withUnsafeMutableBytes { try decompressor.decompress(p, rawLength: 10, into: $0) } }
+        }
+    }
+}
