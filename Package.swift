@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "syncctl", targets: ["syncctl"]),
         .executable(name: "syncd", targets: ["syncd"]),
         .executable(name: "syncd-agent", targets: ["syncd-agent"]),
+        .executable(name: "syncd-bench", targets: ["syncd-bench"]),
         .library(name: "Engine", targets: ["Engine"]),
     ],
     dependencies: [
@@ -53,6 +54,9 @@ let package = Package(
         .executableTarget(name: "syncd", dependencies: [
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+
+        .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem"],
+                          path: "Bench/Sources/syncd-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem",

@@ -23,7 +23,7 @@ public struct CachedFile: Sendable, Equatable {
     /// True when `current` is the same file, unchanged, and it was not being modified when it was cached.
     public func isFresh(for current: FileStat) -> Bool {
         stat.sameContentIdentity(as: current) && stat.permissions == current.permissions
-            && cachedAtNanos - current.mtimeNanos > 2_000_000_000
+            && cachedAtNanos - current.mtimeNanos > 1_000_000_000
     }
 }
 

@@ -1,0 +1,108 @@
+import Chunking
+import Foundation
+import SyncSystem
+import Wire
+
+// Micro benchmarks for the engine's hot paths, one core, data in memory or page cache.
+// Run with `make bench` (release build). Prints a markdown table; numbers are the best of several runs.
+
+func randomBuffer(_ count: Int, seed: UInt64) -> UnsafeMutableRawBufferPointer {
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 64)
+    var state = seed
+    let words = buffer.bindMemory(to: UInt64.self)
+    for i in 0..<words.count {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        words[i] = z ^ (z >> 31)
+    }
+    return UnsafeMutableRawBufferPointer(buffer)
+}
+
+/// Best-of-`runs` throughput in GB/s (10^9 bytes per second) for processing `bytes` bytes per run.
+func measure(bytes: Int, runs: Int = 5, _ body: () throws -> Void) rethrows -> Double {
+    var best = Double.infinity
+    for _ in 0..<runs {
+        let start = monotonicNanos()
+        try body()
+        best = min(best, Double(monotonicNanos() - start))
+    }
+    return Double(bytes) / best
+}
+
+var rows: [(String, String, String)] = []
+func row(_ name: String, _ value: Double, unit: String = "GB/s", note: String = "") {
+    rows.append((name, String(format: "%.2f %@", value, unit), note))
+    print("\(name): \(String(format: "%.2f", value)) \(unit) \(note)")
+}
+
+let size = 512 << 20
+let data = randomBuffer(size, seed: 1)
+let view = UnsafeRawBufferPointer(data)
+
+let xxh = measure(bytes: size) { _ = ChunkID(hashing: view) }
+row("XXH3-128, 512 MiB buffer", xxh)
+
+let cdc = FastCDC()
+let cutOnly = measure(bytes: size) {
+    var start = 0
+    while start < size { start += cdc.cut(UnsafeRawBufferPointer(rebasing: view[start...])).length }
+}
+row("FastCDC cut points only (16/64/256 KiB)", cutOnly)
+
+let chunker = FileChunker()
+var chunkCount = 0
+let chunkAndHash = measure(bytes: size) { chunkCount = chunker.chunk(bytes: view).chunks.count }
+row("FastCDC + XXH3 per chunk + file digest", chunkAndHash, note: "target >= 1.5; \(chunkCount) chunks")
+
+let path = NSTemporaryDirectory() + "syncd-bench-\(getpid()).bin"
+let out = try FileDescriptor.open(path, flags: O_WRONLY | O_CREAT | O_TRUNC)
+try out.writeAll(view)
+out.close()
+let fromFile = try measure(bytes: size) { _ = try chunker.chunk(try FileDescriptor.open(path, flags: O_RDONLY)) }
+unlink(path)
+row("chunk + hash a 512 MiB file (page cache)", fromFile)
+
+let compressor = ChunkCompressor()
+let chunkBytes = 64 << 10
+let randomChunks = 256
+let skipped = measure(bytes: chunkBytes * randomChunks) {
+    for i in 0..<randomChunks { _ = compressor.compress(UnsafeRawBufferPointer(rebasing: view[(i * chunkBytes)..<((i + 1) * chunkBytes)])) }
+}
+row("zlib probe on incompressible 64 KiB chunks", skipped, note: "sent raw")
+let text = Array(String(repeating: "epoch,step,loss,acc\n12,3400,0.0321,0.9812\n", count: 40000).utf8)
+var packedSize = 0
+let compressible = measure(bytes: text.count) {
+    packedSize = 0
+    text.withUnsafeBytes { t in
+        var i = 0
+        while i < t.count {
+            let end = min(i + chunkBytes, t.count)
+            packedSize += compressor.compress(UnsafeRawBufferPointer(rebasing: t[i..<end]))?.count ?? (end - i)
+            i = end
+        }
+    }
+}
+row("zlib level 1 on CSV text, 64 KiB chunks", compressible, note: String(format: "ratio %.1fx", Double(text.count) / Double(packedSize)))
+
+final class NullStream: ByteStream {
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { 0 }
+    func write(_ bytes: UnsafeRawBufferPointer) throws {}
+    func closeWrite() {}
+}
+let writer = FrameWriter(NullStream())
+let frames = 200_000
+let encodeRate = try measure(bytes: frames) {
+    for i in 0..<frames { try writer.send(.need(op: UInt32(i), indices: [1, 2, 3, 4])) }
+    try writer.flush()
+}
+row("frame encode (need, 4 indices)", encodeRate * 1e9 / 1e6, unit: "M frames/s")
+let encoded = Message.need(op: 9, indices: [1, 2, 3, 4]).encode()
+let decodeRate = try measure(bytes: frames) {
+    for _ in 0..<frames { _ = try encoded.payload.withUnsafeBytes { try Message.decode(type: encoded.type, payload: $0) } }
+}
+row("frame decode (need, 4 indices)", decodeRate * 1e9 / 1e6, unit: "M frames/s")
+
+print("\n| benchmark | result | note |\n|---|---|---|")
+for r in rows { print("| \(r.0) | \(r.1) | \(r.2) |") }

@@ -1,0 +1,43 @@
+# syncd — build, try, test. Every target installs the Debian packages it needs (as root, or with sudo).
+SWIFT   ?= swift
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev
+TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static
+RELEASE := .build/release
+
+.PHONY: deps test-deps build agent run test bench clean
+
+deps:
+	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(BUILD_DEPS))
+
+test-deps:
+	@dpkg -s $(TEST_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_DEPS))
+
+## build: release binaries in .build/release (syncd-agent self-contained: static Swift runtime, no libssh2)
+build: deps
+	$(SWIFT) build -c release --product syncctl
+	$(SWIFT) build -c release --product syncd
+	$(MAKE) agent
+
+agent: deps
+	$(SWIFT) build -c release --product syncd-agent --static-swift-stdlib
+
+## run: a small example ML project pushed to a local: remote, a checkpoint written there and pulled back
+run: build
+	scripts/demo.sh $(RELEASE)
+
+## test: every unit and integration test (real files, the real agent binary)
+test: test-deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
+bench: build
+	$(SWIFT) build -c release --product syncd-bench
+	$(RELEASE)/syncd-bench
+	scripts/bench-local-push.sh $(RELEASE)
+
+clean:
+	rm -rf .build
