@@ -29,7 +29,7 @@ run: build
 	scripts/demo.sh $(RELEASE)
 
 ## test: every unit and integration test (real files, the real agent binary)
-test: test-deps
+test: test-deps agent
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 

@@ -207,8 +207,45 @@ public final class AgentSession {
             }
             state.notePartial(partial, started: false)
         }
+        evictCache()
         try state.save()
         try writer.send(.done)
+    }
+
+    // MARK: - Bounded cache of replaced and deleted files
+
+    /// Upper bound on the bytes kept in `.syncd/cache/`, so remote disk use stays close to the project's size.
+    static let cacheLimit: UInt64 = 512 << 20
+    private static let cachePrefix = agentStateDirectoryName + "/cache/"
+
+    /// Keeps the content of a file about to be replaced or deleted, as a hard link (no data is copied), so its
+    /// chunks stay available: a file moved across a type change or an edit undone costs no transfer.
+    private func stash(_ path: RelativePath, stat st: FileStat) {
+        guard let record = state.records[path.string], record.stat.sameContentIdentity(as: st),
+              record.stat.size > 0, record.stat.size <= Self.cacheLimit / 4,
+              let parent = try? tree.openDirectory(path.parentComponents, create: false),
+              let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: true)
+        else { return }
+        let name = record.digest.hex
+        if linkat(parent.raw, path.name, cache.raw, name, 0) != 0 && errno != EEXIST { return }
+        guard let linked = try? Tree.lstat(at: cache, name: name, shown: name), linked.kind == .regular else { return }
+        let cachedPath = Self.cachePrefix + name
+        state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
+        store.add(path: cachedPath, chunks: record.chunks)
+    }
+
+    /// Drops the oldest cached files until the cache fits its bound.
+    private func evictCache() {
+        var cached = state.records.values.filter { $0.path.hasPrefix(Self.cachePrefix) }
+        var total = cached.reduce(UInt64(0)) { $0 + $1.stat.size }
+        guard total > Self.cacheLimit, let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: false) else { return }
+        cached.sort { $0.stat.ctimeNanos < $1.stat.ctimeNanos }
+        for record in cached where total > Self.cacheLimit {
+            let name = String(record.path.dropFirst(Self.cachePrefix.count))
+            try? Tree.remove(at: cache, name: name, isDirectory: false, shown: record.path)
+            dropRecord(record.path)
+            total -= record.stat.size
+        }
     }
 
     /// Runs one path operation; a bad path or a file system error fails that operation only.
@@ -315,6 +352,7 @@ public final class AgentSession {
                 let same = (now == nil && file.targetStat == nil)
                     || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
                 if !same { throw ConflictAtPlacement(current: now) }
+                if let now, now.kind == .regular { self.stash(file.path, stat: now) }
             }
         } catch is ConflictAtPlacement {
             assembly.discard()
@@ -401,6 +439,7 @@ public final class AgentSession {
                 throw SystemError(call: "rmdir", path: path.string, errno: errno)
             }
         } else {
+            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.string), st.kind == .regular { stash(path, stat: st) }
             try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.string)
         }
         Tree.syncDirectory(parent)
