@@ -42,13 +42,15 @@ let package = Package(
             "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
+        .target(name: "SSHTransport", dependencies: ["CLibSSH2", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
         .target(name: "Engine", dependencies: [
-            "Wire", "Transport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking", "SyncSystem",
-            "CLibSSH2",
+            "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
+            "SyncSystem",
         ]),
 
-        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore"]),
+        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
+            "SSHTransport",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "syncd", dependencies: [

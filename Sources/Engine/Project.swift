@@ -4,6 +4,7 @@ import LocalState
 import ProjectScan
 import SyncConfig
 import SyncSystem
+import SSHTransport
 import Transport
 import Wire
 
@@ -26,11 +27,14 @@ public struct SyncOptions: Sendable {
     public var stateDirectory: String?
     /// Show progress on stderr (only honoured when stderr is a terminal).
     public var progress: Bool = true
+    /// ssh_config file to read instead of `~/.ssh/config` (overrides the config's `ssh_config:`).
+    public var sshConfig: String?
 
-    public init(remote: String? = nil, stateDirectory: String? = nil, progress: Bool = true) {
+    public init(remote: String? = nil, stateDirectory: String? = nil, progress: Bool = true, sshConfig: String? = nil) {
         self.remote = remote
         self.stateDirectory = stateDirectory
         self.progress = progress
+        self.sshConfig = sshConfig
     }
 }
 
@@ -119,8 +123,31 @@ public final class Project {
                 throw SyncError("\(error)")
             }
         case .ssh(let destination):
-            throw SyncError("remote '\(destination)': SSH remotes are not available in this build yet; use local:/abs/path", exitCode: 2)
+            let home = NSHomeDirectory()
+            let configPath = expandHome(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
+            let settings: SSHHostSettings
+            do {
+                settings = try SSHConfigFile(path: configPath, home: home).settings(for: destination)
+            } catch let e as ConfigError {
+                throw SyncError("remote '\(destination)': \(e)", exitCode: 2)
+            }
+            let agent: String
+            do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
+                throw SyncError(e.description, exitCode: 2)
+            }
+            do {
+                return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
+                                              agentBinary: agent)
+            } catch let e as SSHError {
+                throw SyncError("ssh \(destination): \(e)")
+            }
         }
+    }
+
+    private func expandHome(_ path: String, home: String) -> String {
+        if path == "~" { return home }
+        if path.hasPrefix("~/") { return home + path.dropFirst(1) }
+        return path
     }
 
     /// The remote root sent to the agent ("" lets the agent use its user's home).

@@ -1,9 +1,9 @@
 import ArgumentParser
 import Chunking
-import CLibSSH2
 import Engine
 import Foundation
 import SyncConfig
+import SSHTransport
 import SyncSystem
 import Wire
 
@@ -14,7 +14,7 @@ struct Syncctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncctl",
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
-        version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), \(String(cString: syncd_ssh_version())))",
+        version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
         subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self]
     )
 }
@@ -22,6 +22,8 @@ struct Syncctl: ParsableCommand {
 struct StateOption: ParsableArguments {
     @Option(name: .customLong("state-dir"), help: "Directory for local state (default: $XDG_STATE_HOME/syncd).")
     var stateDirectory: String?
+    @Option(name: .customLong("ssh-config"), help: "ssh_config file to use instead of ~/.ssh/config.")
+    var sshConfig: String?
 }
 
 struct Init: ParsableCommand {
@@ -63,7 +65,7 @@ struct Push: ParsableCommand {
     @OptionGroup var state: StateOption
 
     func run() throws {
-        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory))
+        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory, sshConfig: state.sshConfig))
         let stats = try PushSession(project: project).run()
         report(stats, json: json)
     }
@@ -77,7 +79,7 @@ struct Pull: ParsableCommand {
     @OptionGroup var state: StateOption
 
     func run() throws {
-        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory))
+        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory, sshConfig: state.sshConfig))
         let stats = try PullSession(project: project).run()
         report(stats, json: json)
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import AgentCore
+import Chunking
 import SyncSystem
 import Wire
 
@@ -13,11 +14,29 @@ switch arguments.first {
 case "--version", "version":
     print("syncd-agent \(syncdVersion) (wire protocol \(wireVersion))")
     exit(0)
+case "--digest":
+    // XXH3-128 of this executable: lets the installer check what it uploaded.
+    do {
+        let file = try FileDescriptor.open("/proc/self/exe", flags: O_RDONLY)
+        let digest = StreamingDigest()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        while true {
+            let n = try file.read(into: buffer)
+            if n == 0 { break }
+            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+        print(digest.finish().hex)
+        exit(0)
+    } catch {
+        printError("syncd-agent: \(error)")
+        exit(1)
+    }
 case "--help", "-h", "help":
     print("""
     usage: syncd-agent [serve]
       serve      speak the syncd wire protocol on stdin/stdout (the default)
       --version  print the version and exit
+      --digest   print the XXH3-128 digest of this executable
     syncd-agent is started by syncctl or syncd; it is not meant to be run by hand.
     """)
     exit(0)

@@ -1,0 +1,268 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibSSH2
+import Foundation
+import SyncSystem
+import Wire
+
+/// A byte stream over an SSH exec channel. libssh2 is not safe to call from two threads on one session, so one
+/// pump thread owns the session in non-blocking mode: it moves bytes between the channel and two bounded
+/// buffers and sleeps in poll() on the socket and a wake-up pipe. Readers and writers only touch the buffers.
+public final class SSHChannelStream: ByteStream {
+    private let owner: SSHSession
+    private let channel: OpaquePointer
+    private let lock = NSCondition()
+    private var inbound: [[UInt8]] = []
+    private var inboundOffset = 0
+    private var inboundBytes = 0
+    private var outbound: [[UInt8]] = []
+    private var outboundOffset = 0
+    private var outboundBytes = 0
+    private var outputClosed = false
+    private var inputEnded = false
+    private var failure: SSHError?
+    private var finished = false
+    private var stderrTail: [UInt8] = []
+    /// The remote command's exit status, once the channel closed.
+    public private(set) var exitStatus: Int32?
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let bufferLimit = 16 << 20
+    private var stopRequested = false
+
+    init(session: SSHSession, channel: OpaquePointer) {
+        owner = session
+        self.channel = channel
+        var fds: [Int32] = [0, 0]
+        _ = pipe(&fds)
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
+        libssh2_session_set_blocking(session.session, 0)
+        let thread = Thread { [self] in pump() }
+        thread.name = "ssh-pump"
+        thread.start()
+    }
+
+    deinit {
+        close(wakeRead)
+        close(wakeWrite)
+    }
+
+    private func wake() {
+        var byte: UInt8 = 1
+        _ = Glibc.write(wakeWrite, &byte, 1)
+    }
+
+    // MARK: ByteStream
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        while inboundBytes == 0 && !inputEnded && failure == nil { lock.wait() }
+        if inboundBytes == 0 {
+            if let failure { throw failure }
+            return 0
+        }
+        var copied = 0
+        while copied < buffer.count, let first = inbound.first {
+            let n = min(buffer.count - copied, first.count - inboundOffset)
+            first.withUnsafeBytes { src in
+                (buffer.baseAddress! + copied).copyMemory(from: src.baseAddress! + inboundOffset, byteCount: n)
+            }
+            copied += n
+            inboundOffset += n
+            if inboundOffset == first.count {
+                inbound.removeFirst()
+                inboundOffset = 0
+            }
+        }
+        let wasFull = inboundBytes >= bufferLimit
+        inboundBytes -= copied
+        if wasFull { wake() }
+        return copied
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        lock.lock()
+        while outboundBytes >= bufferLimit && failure == nil { lock.wait() }
+        if let failure { lock.unlock(); throw failure }
+        outbound.append(Array(bytes))
+        outboundBytes += bytes.count
+        lock.unlock()
+        wake()
+    }
+
+    public func closeWrite() {
+        lock.lock()
+        outputClosed = true
+        lock.unlock()
+        wake()
+    }
+
+    /// Waits for the remote command to end; returns its exit status (nil if the connection failed first).
+    public func waitForExit() -> Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        while !finished { lock.wait() }
+        return exitStatus
+    }
+
+    /// The connection failure that ended the stream, if any.
+    public var error: SSHError? {
+        lock.lock()
+        defer { lock.unlock() }
+        return failure
+    }
+
+    /// The last lines the remote command wrote to stderr.
+    public var stderrText: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: stderrTail, as: UTF8.self)
+    }
+
+    /// Drops the connection now.
+    public func abort() {
+        lock.lock()
+        stopRequested = true
+        lock.unlock()
+        wake()
+    }
+
+    // MARK: pump
+
+    private func pump() {
+        let session = owner.session
+        let host = owner.settings.hostName
+        var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+        var sentEOF = false
+        var lastKeepalive = Date()
+        defer {
+            libssh2_channel_free(channel)
+            owner.shutdown()
+            lock.lock()
+            finished = true
+            inputEnded = true
+            lock.broadcast()
+            lock.unlock()
+        }
+        while true {
+            var progressed = false
+            lock.lock()
+            let stop = stopRequested
+            let pendingFirst = outbound.first
+            let pendingOffset = outboundOffset
+            let closeNow = outputClosed && outbound.isEmpty && !sentEOF
+            let roomToRead = inboundBytes < bufferLimit
+            lock.unlock()
+            if stop {
+                fail(.disconnected(host: host, reason: "closed by syncd"))
+                return
+            }
+
+            // Outbound: one buffer at a time.
+            if let chunk = pendingFirst {
+                let n = chunk.withUnsafeBytes { raw in
+                    syncd_ssh_channel_write(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + pendingOffset,
+                                            chunk.count - pendingOffset)
+                }
+                if n > 0 {
+                    progressed = true
+                    lock.lock()
+                    outboundOffset += n
+                    outboundBytes -= n
+                    if outboundOffset == chunk.count {
+                        outbound.removeFirst()
+                        outboundOffset = 0
+                    }
+                    lock.broadcast()
+                    lock.unlock()
+                } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
+                    fail(.disconnected(host: host, reason: owner.lastError()))
+                    return
+                }
+            } else if closeNow {
+                let rc = syncd_ssh_channel_send_eof(channel)
+                if rc == 0 { sentEOF = true; progressed = true } else if rc != LIBSSH2_ERROR_EAGAIN {
+                    fail(.disconnected(host: host, reason: owner.lastError()))
+                    return
+                }
+            }
+
+            // Inbound.
+            var inboundEmpty = false
+            if roomToRead {
+                let n = readBuffer.withUnsafeMutableBytes { raw in
+                    syncd_ssh_channel_read(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                }
+                if n > 0 {
+                    progressed = true
+                    lock.lock()
+                    inbound.append(Array(readBuffer[0..<n]))
+                    inboundBytes += n
+                    lock.broadcast()
+                    lock.unlock()
+                } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
+                    fail(.disconnected(host: host, reason: owner.lastError()))
+                    return
+                } else {
+                    inboundEmpty = true
+                }
+            }
+            let e = readBuffer.withUnsafeMutableBytes { raw in
+                syncd_ssh_channel_read_stderr(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+            }
+            if e > 0 {
+                progressed = true
+                FileHandle.standardError.write(Data(readBuffer[0..<e]))
+                lock.lock()
+                stderrTail.append(contentsOf: readBuffer[0..<e])
+                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
+                lock.unlock()
+            }
+
+            // The remote closed its side and everything it sent has been taken in.
+            if inboundEmpty && e <= 0 && libssh2_channel_eof(channel) != 0 {
+                libssh2_session_set_blocking(session, 1)
+                libssh2_session_set_timeout(session, 5000)
+                libssh2_channel_close(channel)
+                libssh2_channel_wait_closed(channel)
+                lock.lock()
+                exitStatus = libssh2_channel_get_exit_status(channel)
+                inputEnded = true
+                lock.broadcast()
+                lock.unlock()
+                return
+            }
+
+            if Date().timeIntervalSince(lastKeepalive) > 1 {
+                var next: Int32 = 0
+                if libssh2_keepalive_send(session, &next) == 0 { lastKeepalive = Date() }
+            }
+
+            if !progressed {
+                let directions = libssh2_session_block_directions(session)
+                var events: Int16 = 0
+                if directions & LIBSSH2_SESSION_BLOCK_INBOUND != 0 { events |= Int16(POLLIN) }
+                if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
+                if events == 0 { events = Int16(POLLIN) }
+                var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                _ = poll(&fds, 2, 1000)
+                var drain = [UInt8](repeating: 0, count: 256)
+                while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
+            }
+        }
+    }
+
+    private func fail(_ error: SSHError) {
+        lock.lock()
+        if failure == nil { failure = error }
+        lock.broadcast()
+        lock.unlock()
+    }
+}

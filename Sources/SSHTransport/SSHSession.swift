@@ -1,0 +1,361 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CLibSSH2
+import Foundation
+import SyncConfig
+
+/// The libssh2 version string, for `--version`.
+public var libssh2Version: String { String(cString: syncd_ssh_version()) }
+
+private let libraryReady: Bool = { libssh2_init(0) == 0 }()
+
+/// How to authenticate and verify, beyond what ssh_config says.
+public struct SSHOptions: Sendable {
+    /// syncd.yaml `identity:`, tried first after ssh-agent.
+    public var identity: String?
+    /// syncd.yaml `known_hosts:`; overrides UserKnownHostsFile.
+    public var knownHosts: String?
+    /// Home directory for `~` and defaults.
+    public var home: String
+
+    public init(identity: String? = nil, knownHosts: String? = nil, home: String = NSHomeDirectory()) {
+        self.identity = identity
+        self.knownHosts = knownHosts
+        self.home = home
+    }
+}
+
+/// One authenticated SSH connection. Used in blocking mode for short commands; `openStream` hands the session to
+/// a pump thread for the long-running agent channel, after which the session belongs to that stream.
+public final class SSHSession {
+    let session: OpaquePointer
+    let socket: Int32
+    public let settings: SSHHostSettings
+    public let user: String
+    private var handedOff = false
+
+    /// Connects, verifies the host key against known_hosts, and authenticates.
+    public init(settings: SSHHostSettings, options: SSHOptions) throws {
+        precondition(libraryReady, "libssh2_init failed")
+        self.settings = settings
+        user = settings.user ?? ProcessInfo.processInfo.environment["USER"] ?? String(cString: getpwuid(getuid()).pointee.pw_name)
+        let timeout = settings.connectTimeoutSeconds ?? 30
+        socket = try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout)
+        guard let s = syncd_ssh_session_init() else {
+            close(socket)
+            throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a session")
+        }
+        session = s
+        libssh2_session_set_blocking(session, 1)
+        libssh2_session_set_timeout(session, timeout * 1000)
+        do {
+            if libssh2_session_handshake(session, socket) != 0 {
+                throw SSHError.handshake(host: settings.hostName, reason: lastError())
+            }
+            try verifyHostKey(options: options)
+            try authenticate(options: options)
+            libssh2_session_set_timeout(session, 0)
+            libssh2_keepalive_config(session, 1, UInt32(settings.serverAliveIntervalSeconds ?? 15))
+        } catch {
+            // Every stored property is set, so deinit runs and closes the session and socket.
+            throw error
+        }
+    }
+
+    deinit {
+        if !handedOff { shutdown() }
+    }
+
+    func shutdown() {
+        libssh2_session_set_blocking(session, 1)
+        libssh2_session_set_timeout(session, 2000)
+        libssh2_session_disconnect_ex(session, 11, "syncd: done", "")
+        libssh2_session_free(session)
+        close(socket)
+    }
+
+    /// libssh2's text for the last error on this session.
+    func lastError() -> String {
+        var message: UnsafeMutablePointer<CChar>?
+        var length: Int32 = 0
+        let code = libssh2_session_last_error(session, &message, &length, 0)
+        let text = message.map { String(cString: $0) } ?? "unknown error"
+        return "\(text) (libssh2 \(code))"
+    }
+
+    // MARK: TCP
+
+    static func connect(host: String, port: Int, timeoutSeconds: Int) throws -> Int32 {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &list)
+        guard rc == 0, let first = list else {
+            throw SSHError.resolve(host: host, reason: String(cString: gai_strerror(rc)))
+        }
+        defer { freeaddrinfo(list) }
+        var lastError: SSHError = .connect(host: host, port: port, reason: "no usable address")
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let ai = entry {
+            entry = ai.pointee.ai_next
+            let fd = Glibc.socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+            if fd < 0 { continue }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            let flags = fcntl(fd, F_GETFL)
+            _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+            var result = Glibc.connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen)
+            if result != 0 && errno == EINPROGRESS {
+                var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                let ready = poll(&pfd, 1, Int32(timeoutSeconds * 1000))
+                if ready == 0 {
+                    close(fd)
+                    lastError = .timeout(host: host, port: port, seconds: timeoutSeconds)
+                    continue
+                }
+                var soError: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &soError, &length)
+                result = soError == 0 ? 0 : -1
+                errno = soError
+            }
+            if result != 0 {
+                let code = errno
+                close(fd)
+                lastError = code == ECONNREFUSED ? .connectionRefused(host: host, port: port)
+                    : .connect(host: host, port: port, reason: String(cString: strerror(code)))
+                continue
+            }
+            _ = fcntl(fd, F_SETFL, flags)
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            var size: Int32 = 4 << 20
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            return fd
+        }
+        throw lastError
+    }
+
+    // MARK: host key
+
+    /// The name known_hosts records for this host: `host`, or `[host]:port` off port 22.
+    var knownHostsName: String { settings.port == 22 ? settings.hostName : "[\(settings.hostName)]:\(settings.port)" }
+
+    private func verifyHostKey(options: SSHOptions) throws {
+        var keyLength = 0
+        var keyType: Int32 = 0
+        guard let key = libssh2_session_hostkey(session, &keyLength, &keyType) else {
+            throw SSHError.handshake(host: settings.hostName, reason: "the server sent no host key")
+        }
+        let fingerprint = hostKeyFingerprint()
+        let files = options.knownHosts.map { [expand($0, home: options.home)] }
+            ?? (settings.userKnownHostsFiles.isEmpty ? [options.home + "/.ssh/known_hosts"] : settings.userKnownHostsFiles.map { expand($0, home: options.home) })
+        guard let hosts = libssh2_knownhost_init(session) else {
+            throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a known-hosts list")
+        }
+        defer { libssh2_knownhost_free(hosts) }
+        for file in files where FileManager.default.fileExists(atPath: file) {
+            if libssh2_knownhost_readfile(hosts, file, LIBSSH2_KNOWNHOST_FILE_OPENSSH) < 0 {
+                throw SSHError.handshake(host: settings.hostName, reason: "cannot read known hosts file \(file): \(lastError())")
+            }
+        }
+        let typeBits = Self.knownHostKeyBits(keyType)
+        var found: UnsafeMutablePointer<libssh2_knownhost>?
+        let check = libssh2_knownhost_checkp(hosts, settings.hostName, Int32(settings.port), key, keyLength,
+                                             LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW | typeBits, &found)
+        switch check {
+        case LIBSSH2_KNOWNHOST_CHECK_MATCH:
+            return
+        case LIBSSH2_KNOWNHOST_CHECK_MISMATCH:
+            let recorded = found.flatMap { $0.pointee.key.map { String(cString: $0) } }
+            var where_ = files.first ?? "known_hosts"
+            var line: Int?
+            if let recorded {
+                for file in files {
+                    guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { continue }
+                    for (i, l) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where l.contains(recorded) {
+                        where_ = file
+                        line = i + 1
+                        break
+                    }
+                    if line != nil { break }
+                }
+            }
+            throw SSHError.changedHostKey(host: knownHostsName, fingerprint: fingerprint, file: where_, line: line)
+        case LIBSSH2_KNOWNHOST_CHECK_NOTFOUND:
+            let policy = settings.strictHostKeyChecking
+            guard policy == "accept-new" || policy == "no" || policy == "off" else {
+                throw SSHError.unknownHostKey(host: knownHostsName, fingerprint: fingerprint, knownHosts: files.first ?? "~/.ssh/known_hosts")
+            }
+            var added: UnsafeMutablePointer<libssh2_knownhost>?
+            guard libssh2_knownhost_addc(hosts, knownHostsName, nil, key, keyLength, nil, 0,
+                                         LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW | typeBits, &added) == 0,
+                  let added else {
+                throw SSHError.handshake(host: settings.hostName, reason: "cannot record the new host key: \(lastError())")
+            }
+            var buffer = [CChar](repeating: 0, count: 8192)
+            var written = 0
+            guard libssh2_knownhost_writeline(hosts, added, &buffer, buffer.count, &written, LIBSSH2_KNOWNHOST_FILE_OPENSSH) == 0 else {
+                throw SSHError.handshake(host: settings.hostName, reason: "cannot format the new host key: \(lastError())")
+            }
+            let file = files.first ?? options.home + "/.ssh/known_hosts"
+            try appendLine(String(cString: buffer), to: file)
+            printWarning("added host key for \(knownHostsName) (\(fingerprint)) to \(file)")
+        default:
+            throw SSHError.handshake(host: settings.hostName, reason: "host key check failed: \(lastError())")
+        }
+    }
+
+    private func appendLine(_ line: String, to file: String) throws {
+        let dir = (file as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw SSHError.handshake(host: settings.hostName, reason: "cannot write \(file): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var text = line
+        if !text.hasSuffix("\n") { text += "\n" }
+        _ = text.withCString { write(fd, $0, strlen($0)) }
+    }
+
+    /// `SHA256:<base64>` like ssh prints.
+    func hostKeyFingerprint() -> String {
+        guard let raw = libssh2_hostkey_hash(session, LIBSSH2_HOSTKEY_HASH_SHA256) else { return "unknown fingerprint" }
+        let bytes = UnsafeRawBufferPointer(start: raw, count: 32)
+        var b64 = Data(bytes).base64EncodedString()
+        while b64.hasSuffix("=") { b64.removeLast() }
+        return "SHA256:" + b64
+    }
+
+    static func knownHostKeyBits(_ type: Int32) -> Int32 {
+        switch type {
+        case LIBSSH2_HOSTKEY_TYPE_RSA: return LIBSSH2_KNOWNHOST_KEY_SSHRSA
+        case LIBSSH2_HOSTKEY_TYPE_DSS: return LIBSSH2_KNOWNHOST_KEY_SSHDSS
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_256: return LIBSSH2_KNOWNHOST_KEY_ECDSA_256
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_384: return LIBSSH2_KNOWNHOST_KEY_ECDSA_384
+        case LIBSSH2_HOSTKEY_TYPE_ECDSA_521: return LIBSSH2_KNOWNHOST_KEY_ECDSA_521
+        case LIBSSH2_HOSTKEY_TYPE_ED25519: return LIBSSH2_KNOWNHOST_KEY_ED25519
+        default: return LIBSSH2_KNOWNHOST_KEY_UNKNOWN
+        }
+    }
+
+    // MARK: authentication
+
+    private func authenticate(options: SSHOptions) throws {
+        var tried: [String] = []
+        _ = libssh2_userauth_list(session, user, UInt32(user.utf8.count))
+        if libssh2_userauth_authenticated(session) != 0 { return }
+        if let socketPath = ProcessInfo.processInfo.environment["SSH_AUTH_SOCK"], !socketPath.isEmpty {
+            if tryAgent(&tried) { return }
+        }
+        var candidates: [String] = []
+        if let identity = options.identity { candidates.append(expand(identity, home: options.home)) }
+        candidates += settings.identityFiles.map { expand($0, home: options.home) }
+        if candidates.isEmpty {
+            candidates = ["id_ed25519", "id_ecdsa", "id_rsa"].map { options.home + "/.ssh/" + $0 }
+                .filter { FileManager.default.fileExists(atPath: $0) }
+        }
+        var seen: Set<String> = []
+        for key in candidates where seen.insert(key).inserted {
+            guard FileManager.default.fileExists(atPath: key) else {
+                tried.append("\(key) (missing)")
+                continue
+            }
+            var passphrase: String?
+            if PrivateKeyFile.isEncrypted(path: key) {
+                passphrase = try Passphrase.ask(for: key)
+            }
+            let publicKey = FileManager.default.fileExists(atPath: key + ".pub") ? key + ".pub" : nil
+            let rc = libssh2_userauth_publickey_fromfile_ex(session, user, UInt32(user.utf8.count), publicKey, key, passphrase)
+            if rc == 0 { return }
+            tried.append("\(key) (\(rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED || rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED ? "refused by the server" : lastError()))")
+        }
+        throw SSHError.authentication(user: user, host: settings.hostName, tried: tried)
+    }
+
+    private func tryAgent(_ tried: inout [String]) -> Bool {
+        guard let agent = libssh2_agent_init(session) else { return false }
+        defer { libssh2_agent_disconnect(agent); libssh2_agent_free(agent) }
+        guard libssh2_agent_connect(agent) == 0, libssh2_agent_list_identities(agent) == 0 else {
+            tried.append("ssh-agent (not reachable)")
+            return false
+        }
+        var previous: UnsafeMutablePointer<libssh2_agent_publickey>?
+        var identity: UnsafeMutablePointer<libssh2_agent_publickey>?
+        var count = 0
+        while libssh2_agent_get_identity(agent, &identity, previous) == 0, let current = identity {
+            count += 1
+            if libssh2_agent_userauth(agent, user, current) == 0 { return true }
+            previous = current
+        }
+        tried.append(count == 0 ? "ssh-agent (no keys)" : "ssh-agent (\(count) keys refused)")
+        return false
+    }
+
+    // MARK: commands
+
+    /// Runs `command` on the remote in blocking mode; returns exit status, stdout and stderr.
+    public func run(_ command: String, stdin: [UInt8]? = nil) throws -> (status: Int32, stdout: [UInt8], stderr: String) {
+        guard let channel = syncd_ssh_channel_open_session(session) else {
+            throw SSHError.channel(host: settings.hostName, reason: lastError())
+        }
+        defer { libssh2_channel_free(channel) }
+        guard syncd_ssh_channel_exec(channel, command) == 0 else {
+            throw SSHError.channel(host: settings.hostName, reason: "cannot run '\(command)': \(lastError())")
+        }
+        if let stdin {
+            var offset = 0
+            while offset < stdin.count {
+                let n = stdin.withUnsafeBytes { raw in
+                    syncd_ssh_channel_write(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + offset, min(stdin.count - offset, 1 << 20))
+                }
+                if n < 0 { throw SSHError.channel(host: settings.hostName, reason: "writing to '\(command)': \(lastError())") }
+                offset += n
+            }
+        }
+        syncd_ssh_channel_send_eof(channel)
+        var out: [UInt8] = []
+        var err: [UInt8] = []
+        var buffer = [CChar](repeating: 0, count: 65536)
+        while true {
+            let n = syncd_ssh_channel_read(channel, &buffer, buffer.count)
+            if n < 0 { throw SSHError.channel(host: settings.hostName, reason: "reading from '\(command)': \(lastError())") }
+            if n == 0 { break }
+            out.append(contentsOf: buffer[0..<n].map { UInt8(bitPattern: $0) })
+        }
+        while true {
+            let n = syncd_ssh_channel_read_stderr(channel, &buffer, buffer.count)
+            if n <= 0 { break }
+            err.append(contentsOf: buffer[0..<n].map { UInt8(bitPattern: $0) })
+        }
+        libssh2_channel_close(channel)
+        libssh2_channel_wait_closed(channel)
+        let status = libssh2_channel_get_exit_status(channel)
+        return (status, out, String(decoding: err, as: UTF8.self))
+    }
+
+    /// Starts `command` and returns a full-duplex stream to it, driven by its own thread. The session now
+    /// belongs to the stream; no other call may use it.
+    public func openStream(_ command: String) throws -> SSHChannelStream {
+        guard let channel = libssh2_channel_open_ex(session, "session", 7, 16 << 20, 32768, nil, 0) else {
+            throw SSHError.channel(host: settings.hostName, reason: lastError())
+        }
+        guard syncd_ssh_channel_exec(channel, command) == 0 else {
+            libssh2_channel_free(channel)
+            throw SSHError.channel(host: settings.hostName, reason: "cannot run '\(command)': \(lastError())")
+        }
+        handedOff = true
+        return SSHChannelStream(session: self, channel: channel)
+    }
+}
+
+func expand(_ path: String, home: String) -> String {
+    if path == "~" { return home }
+    if path.hasPrefix("~/") { return home + path.dropFirst(1) }
+    return path
+}
+
+func printWarning(_ text: String) {
+    FileHandle.standardError.write(Data(("syncd: " + text + "\n").utf8))
+}

@@ -1,0 +1,219 @@
+import Foundation
+
+/// Where to connect and how, for one SSH destination: `~/.ssh/config` resolved for a host, with the
+/// destination's own user and port taking precedence (as with ssh).
+public struct SSHHostSettings: Equatable, Sendable {
+    /// The name as given (alias or host).
+    public var alias: String
+    public var hostName: String
+    public var user: String?
+    public var port: Int = 22
+    public var identityFiles: [String] = []
+    public var userKnownHostsFiles: [String] = []
+    /// "yes" (default), "accept-new", "no"/"off".
+    public var strictHostKeyChecking: String = "yes"
+    public var connectTimeoutSeconds: Int?
+    public var serverAliveIntervalSeconds: Int?
+
+    public init(alias: String, hostName: String) {
+        self.alias = alias
+        self.hostName = hostName
+    }
+}
+
+/// A parsed `[user@]host[:port]` (IPv6 literals in brackets: `[::1]:2222`).
+public struct SSHDestination: Equatable, Sendable {
+    public var user: String?
+    public var host: String
+    public var port: Int?
+
+    public init(parsing text: String) throws {
+        var rest = Substring(text)
+        if let at = rest.lastIndex(of: "@") {
+            user = String(rest[..<at])
+            rest = rest[rest.index(after: at)...]
+        }
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { throw ConfigError("destination '\(text)': missing ']' after an IPv6 address") }
+            host = String(rest[rest.index(after: rest.startIndex)..<close])
+            let after = rest[rest.index(after: close)...]
+            if after.hasPrefix(":") {
+                guard let p = Int(after.dropFirst()), (1...65535).contains(p) else { throw ConfigError("destination '\(text)': bad port") }
+                port = p
+            } else if !after.isEmpty {
+                throw ConfigError("destination '\(text)': unexpected text after ']'")
+            }
+        } else if let colon = rest.lastIndex(of: ":"), rest.firstIndex(of: ":") == colon {
+            host = String(rest[..<colon])
+            guard let p = Int(rest[rest.index(after: colon)...]), (1...65535).contains(p) else {
+                throw ConfigError("destination '\(text)': bad port")
+            }
+            port = p
+        } else {
+            host = String(rest)
+        }
+        if host.isEmpty { throw ConfigError("destination '\(text)': empty host name") }
+        if user?.isEmpty == true { throw ConfigError("destination '\(text)': empty user name") }
+    }
+}
+
+/// The subset of ssh_config(5) syncd honours: Host blocks with `*`, `?` and `!` patterns (several per line),
+/// first value wins, `Include` (relative to ~/.ssh, globs allowed), HostName, User, Port, IdentityFile,
+/// UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval. Other keywords are ignored;
+/// `Match` blocks are skipped.
+public struct SSHConfigFile {
+    struct Line {
+        let keyword: String
+        let arguments: [String]
+        let file: String
+        let number: Int
+    }
+
+    private var lines: [Line] = []
+    private let home: String
+
+    /// Reads `path` (a missing file is an empty config). `home` expands `~`.
+    public init(path: String, home: String = NSHomeDirectory()) throws {
+        self.home = home
+        try load(path, depth: 0)
+    }
+
+    private mutating func load(_ path: String, depth: Int) throws {
+        guard depth < 16 else { throw ConfigError("\(path): Include nested too deeply") }
+        guard let data = FileManager.default.contents(atPath: path) else { return }
+        let text = String(decoding: data, as: UTF8.self)
+        var number = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            let words = Self.split(String(raw))
+            guard let first = words.first, !first.hasPrefix("#") else { continue }
+            var keyword = first
+            var arguments = Array(words.dropFirst())
+            if let eq = keyword.firstIndex(of: "=") {
+                let value = String(keyword[keyword.index(after: eq)...])
+                keyword = String(keyword[..<eq])
+                if !value.isEmpty { arguments.insert(value, at: 0) }
+            } else if arguments.first == "=" {
+                arguments.removeFirst()
+            }
+            keyword = keyword.lowercased()
+            if keyword == "include" {
+                for pattern in arguments {
+                    var full = expandTilde(pattern)
+                    if !full.hasPrefix("/") { full = home + "/.ssh/" + full }
+                    for match in Self.glob(full) {
+                        // Include is spliced in place, keeping the Host context of the including file.
+                        try load(match, depth: depth + 1)
+                    }
+                }
+                continue
+            }
+            lines.append(Line(keyword: keyword, arguments: arguments, file: path, number: number))
+        }
+    }
+
+    /// Splits a config line into words, honouring double quotes.
+    static func split(_ line: String) -> [String] {
+        var words: [String] = []
+        var current = ""
+        var quoted = false
+        var has = false
+        for ch in line {
+            if ch == "\"" { quoted.toggle(); has = true; continue }
+            if !quoted && (ch == " " || ch == "\t" || ch == "\r") {
+                if has { words.append(current); current = ""; has = false }
+                continue
+            }
+            current.append(ch)
+            has = true
+        }
+        if has { words.append(current) }
+        return words
+    }
+
+    static func glob(_ pattern: String) -> [String] {
+        guard pattern.contains("*") || pattern.contains("?") else { return [pattern] }
+        var g = glob_t()
+        defer { globfree(&g) }
+        guard Foundation.glob(pattern, 0, nil, &g) == 0 else { return [] }
+        return (0..<Int(g.gl_pathc)).compactMap { g.gl_pathv[$0].map { String(cString: $0) } }
+    }
+
+    private func expandTilde(_ path: String) -> String {
+        if path == "~" { return home }
+        if path.hasPrefix("~/") { return home + path.dropFirst(1) }
+        return path
+    }
+
+    /// True when `host` matches a Host line's patterns: some positive pattern matches and no negated one does.
+    static func hostMatches(_ host: String, patterns: [String]) -> Bool {
+        var matched = false
+        for raw in patterns {
+            for p in raw.split(separator: ",").map(String.init) {
+                if p.hasPrefix("!") {
+                    if wildcard(String(p.dropFirst()), host) { return false }
+                } else if wildcard(p, host) {
+                    matched = true
+                }
+            }
+        }
+        return matched
+    }
+
+    /// `*` and `?` matching, case-insensitive, as ssh does for host names.
+    static func wildcard(_ pattern: String, _ text: String) -> Bool {
+        let p = Array(pattern.lowercased().utf8), t = Array(text.lowercased().utf8)
+        var pi = 0, ti = 0, starP = -1, starT = 0
+        while ti < t.count {
+            if pi < p.count && (p[pi] == UInt8(ascii: "?") || p[pi] == t[ti]) { pi += 1; ti += 1 }
+            else if pi < p.count && p[pi] == UInt8(ascii: "*") { starP = pi; starT = ti; pi += 1 }
+            else if starP >= 0 { pi = starP + 1; starT += 1; ti = starT }
+            else { return false }
+        }
+        while pi < p.count && p[pi] == UInt8(ascii: "*") { pi += 1 }
+        return pi == p.count
+    }
+
+    /// Settings for `destination` (an alias or `[user@]host[:port]`).
+    public func settings(for destinationText: String) throws -> SSHHostSettings {
+        let destination = try SSHDestination(parsing: destinationText)
+        var s = SSHHostSettings(alias: destination.host, hostName: destination.host)
+        var seen: Set<String> = []
+        var active = true
+        for line in lines {
+            switch line.keyword {
+            case "host":
+                active = Self.hostMatches(destination.host, patterns: line.arguments)
+                continue
+            case "match":
+                active = false
+                continue
+            default:
+                break
+            }
+            guard active, let value = line.arguments.first else { continue }
+            let firstTime = !seen.contains(line.keyword)
+            switch line.keyword {
+            case "hostname": if firstTime { s.hostName = value.replacingOccurrences(of: "%h", with: destination.host) }
+            case "user": if firstTime { s.user = value }
+            case "port":
+                if firstTime {
+                    guard let p = Int(value), (1...65535).contains(p) else {
+                        throw ConfigError("\(line.file):\(line.number): Port '\(value)' is not a port number")
+                    }
+                    s.port = p
+                }
+            case "identityfile": s.identityFiles.append(expandTilde(value))
+            case "userknownhostsfile": if firstTime { s.userKnownHostsFiles = line.arguments.map(expandTilde) }
+            case "stricthostkeychecking": if firstTime { s.strictHostKeyChecking = value.lowercased() }
+            case "connecttimeout": if firstTime { s.connectTimeoutSeconds = Int(value) }
+            case "serveraliveinterval": if firstTime { s.serverAliveIntervalSeconds = Int(value) }
+            default: break
+            }
+            seen.insert(line.keyword)
+        }
+        if let user = destination.user { s.user = user }
+        if let port = destination.port { s.port = port }
+        return s
+    }
+}
