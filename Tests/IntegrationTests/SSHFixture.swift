@@ -1,0 +1,167 @@
+import Foundation
+import Testing
+
+let sshdPath = "/usr/sbin/sshd"
+let sshdAvailable = FileManager.default.isExecutableFile(atPath: sshdPath) && getuid() == 0
+
+/// A throwaway OpenSSH server on 127.0.0.1 with its own host key, an authorized client key and a temporary
+/// home directory for the login user (so the agent is installed there, not in the real home).
+final class SSHServer {
+    let dir: String
+    let port: Int
+    let clientKey: String
+    var home: String { dir + "/home" }
+    var knownHosts: String { dir + "/known_hosts" }
+    /// sshd's pid. Spawned with posix_spawn, not Foundation's Process, whose child reaper blocks on a
+    /// long-lived child and then never reaps the short ones.
+    private var pid: pid_t?
+
+    init() throws {
+        dir = NSTemporaryDirectory() + "syncd-sshd-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: dir + "/home", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
+        clientKey = dir + "/client_ed25519"
+        try Self.keygen(dir + "/host_ed25519")
+        try Self.keygen(clientKey)
+        try FileManager.default.copyItem(atPath: clientKey + ".pub", toPath: dir + "/authorized_keys")
+        port = try Self.freePort()
+        try """
+            Port \(port)
+            ListenAddress 127.0.0.1
+            HostKey \(dir)/host_ed25519
+            AuthorizedKeysFile \(dir)/authorized_keys
+            PidFile \(dir)/sshd.pid
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PubkeyAuthentication yes
+            PermitRootLogin yes
+            SetEnv HOME=\(dir)/home
+            LogLevel ERROR
+            """.write(toFile: dir + "/sshd_config", atomically: true, encoding: .utf8)
+        try start()
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    static func keygen(_ path: String) throws {
+        let r = try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path])
+        guard r.status == 0 else { throw FixtureError("ssh-keygen failed: \(r.stderr)") }
+    }
+
+    /// A loopback port nobody listens on right now.
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard ok else { throw FixtureError("cannot find a free port") }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    func start() throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        let log = dir + "/sshd.log"
+        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        let config = dir + "/sshd_config"
+        let words: [String] = [sshdPath, "-D", "-e", "-f", config]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var child: pid_t = 0
+        let rc = posix_spawn(&child, sshdPath, &actions, nil, argv, environ)
+        guard rc == 0 else { throw FixtureError("cannot start sshd: \(String(cString: strerror(rc)))") }
+        pid = child
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if Self.canConnect(port) { return }
+            usleep(20_000)
+        }
+        throw FixtureError("sshd did not start listening on port \(port)")
+    }
+
+    func stop() {
+        guard let child = pid else { return }
+        kill(child, SIGTERM)
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+        pid = nil
+    }
+
+    /// Restarts sshd with a newly generated host key (what a reinstalled host looks like).
+    func changeHostKey() throws {
+        stop()
+        try? FileManager.default.removeItem(atPath: dir + "/host_ed25519")
+        try? FileManager.default.removeItem(atPath: dir + "/host_ed25519.pub")
+        try Self.keygen(dir + "/host_ed25519")
+        try start()
+    }
+
+    /// Kills the per-connection sshd processes: every open SSH connection drops, the listener stays.
+    func dropConnections() {
+        guard let pid else { return }
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        for child in text.split(separator: " ").compactMap({ Int32($0) }) { kill(child, SIGKILL) }
+    }
+
+    static func canConnect(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+    }
+
+    /// An ssh_config for this server under `alias`.
+    func sshConfig(alias: String = "gpu-test", strict: String? = "accept-new", key: String? = nil) -> String {
+        var text = """
+            Host \(alias)
+              HostName 127.0.0.1
+              Port \(port)
+              User root
+              IdentityFile \(key ?? clientKey)
+              UserKnownHostsFile \(knownHosts)
+            """
+        if let strict { text += "\n  StrictHostKeyChecking \(strict)" }
+        return text + "\n"
+    }
+}
+
+/// The agent the tests deploy: the static release build when present, else the debug one beside syncctl.
+var agentForSSH: String {
+    FileManager.default.isExecutableFile(atPath: releaseAgent) ? releaseAgent : binDirectory() + "/syncd-agent"
+}
+
+extension SyncFixture {
+    /// Points this project at `server` through an ssh_config file; returns that file's path.
+    @discardableResult
+    func useSSH(_ server: SSHServer, config: String? = nil, alias: String = "gpu-test") throws -> String {
+        let path = base + "/ssh_config"
+        try (config ?? server.sshConfig(alias: alias)).write(toFile: path, atomically: true, encoding: .utf8)
+        try "name: \(name)\nremote: \(alias)\nremote_root: \(remoteRoot)\nssh_config: \(path)\n"
+            .write(toFile: project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func sshctl(_ arguments: [String], onStart: ((Process) -> Void)? = nil) throws -> RunResult {
+        try run(binDirectory() + "/syncctl", arguments, env: ["XDG_STATE_HOME": state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": ""],
+                onStart: onStart)
+    }
+}

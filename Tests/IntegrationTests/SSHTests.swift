@@ -1,0 +1,176 @@
+import Foundation
+import SSHTransport
+import Testing
+
+@Suite(.serialized, .enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+struct SSHTests {
+    @Test func pushAndPullRoundTripOverSSH() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.write("src/train.py", "print('gpu')\n")
+        try f.write("data/blob.bin", randomBytes(5_000_000, seed: 41))
+        try FileManager.default.createSymbolicLink(atPath: f.project + "/latest", withDestinationPath: "src/train.py")
+        let r = try f.sshctl(["push", f.project, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        var (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
+        #expect(same, "\(diff)")
+        try f.write("output/result.bin", randomBytes(2_000_000, seed: 42), in: f.remoteProject)
+        try f.age("output/result.bin")
+        let p = try f.sshctl(["pull", f.project, "--json"])
+        #expect(p.status == 0, "\(p.stderr)")
+        (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
+        #expect(same, "\(diff)")
+        #expect(try p.int("bytes_received") > 2_000_000)
+    }
+
+    @Test func sshConfigAliasWithInclude() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let included = f.base + "/included.conf"
+        try server.sshConfig(alias: "gpu-box-7", strict: nil).write(toFile: included, atomically: true, encoding: .utf8)
+        let main = """
+            # settings for all GPU boxes, first value wins
+            Host gpu-* !gpu-box-9
+              StrictHostKeyChecking accept-new
+              ConnectTimeout 5
+            Include \(included)
+            Host *
+              Port 1
+              UnknownKeyword whatever
+            """
+        try f.useSSH(server, config: main, alias: "gpu-box-7")
+        try f.write("a.txt", "via alias")
+        let r = try f.sshctl(["push", f.project, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(f.read("a.txt", in: f.remoteProject) == Array("via alias".utf8))
+    }
+
+    @Test func unknownHostRefusedThenAcceptedWithAcceptNew() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server, config: server.sshConfig(strict: nil))
+        try f.write("a.txt", "x")
+        let refused = try f.sshctl(["push", f.project])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("not known"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("SHA256:"))
+        #expect(!FileManager.default.fileExists(atPath: server.knownHosts))
+        try f.useSSH(server, config: server.sshConfig(strict: "accept-new"))
+        let accepted = try f.sshctl(["push", f.project])
+        #expect(accepted.status == 0, "\(accepted.stderr)")
+        let recorded = (try? String(contentsOfFile: server.knownHosts, encoding: .utf8)) ?? ""
+        #expect(recorded.contains("[127.0.0.1]:\(server.port) ssh-ed25519"))
+        // Now known: strict checking passes too.
+        try f.useSSH(server, config: server.sshConfig(strict: "yes"))
+        #expect(try f.sshctl(["push", f.project]).status == 0)
+    }
+
+    @Test func changedHostKeyIsAlwaysRefused() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.write("a.txt", "x")
+        #expect(try f.sshctl(["push", f.project]).status == 0)
+        try server.changeHostKey()
+        let r = try f.sshctl(["push", f.project])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("HAS CHANGED"), "\(r.stderr)")
+        #expect(r.stderr.contains("SHA256:"))
+        #expect(r.stderr.contains(server.knownHosts + ":1"), "names the known_hosts file and line")
+    }
+
+    @Test func wrongKeyIsRefused() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let stranger = f.base + "/stranger"
+        try SSHServer.keygen(stranger)
+        try f.useSSH(server, config: server.sshConfig(key: stranger))
+        try f.write("a.txt", "x")
+        let r = try f.sshctl(["push", f.project])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("authentication as root"), "\(r.stderr)")
+        #expect(r.stderr.contains(stranger))
+    }
+
+    @Test func agentIsDeployedAndVerified() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.write("a.txt", "x")
+        #expect(try f.sshctl(["push", f.project]).status == 0)
+        let installDir = server.home + "/.local/lib/syncd"
+        let digest = try SSHAgentConnection.digest(ofFile: agentForSSH)
+        let installed = installDir + "/agent-" + digest
+        #expect(FileManager.default.isExecutableFile(atPath: installed))
+        try FileManager.default.removeItem(atPath: installDir)
+        try f.write("b.txt", "y")
+        #expect(try f.sshctl(["push", f.project]).status == 0)
+        #expect(FileManager.default.isExecutableFile(atPath: installed), "the agent is back")
+        #expect(try SSHAgentConnection.digest(ofFile: installed) == digest)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: installDir).filter { $0.hasPrefix(".agent-") }
+        #expect(leftovers.isEmpty)
+    }
+
+    @Test func connectionFailuresHaveClearMessages() throws {
+        let f = try SyncFixture()
+        try f.write("a.txt", "x")
+        // Nobody listening.
+        let closedPort = try SSHServer.freePort()
+        try "Host dead\n  HostName 127.0.0.1\n  Port \(closedPort)\n".write(toFile: f.base + "/dead.conf", atomically: true, encoding: .utf8)
+        var r = try f.sshctl(["push", f.project, "--remote", "dead", "--ssh-config", f.base + "/dead.conf"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("refused"), "\(r.stderr)")
+        // Something listening that never speaks SSH: the handshake times out after ConnectTimeout.
+        let silent = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(silent) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, len) == 0 && listen(silent, 4) == 0 && getsockname(silent, $0, &len) == 0 }
+        }
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        try "Host mute\n  HostName 127.0.0.1\n  Port \(port)\n  ConnectTimeout 2\n".write(toFile: f.base + "/mute.conf", atomically: true, encoding: .utf8)
+        let started = Date()
+        r = try f.sshctl(["push", f.project, "--remote", "mute", "--ssh-config", f.base + "/mute.conf"])
+        #expect(r.status == 1)
+        #expect(r.stderr.lowercased().contains("timed out") || r.stderr.lowercased().contains("timeout"), "\(r.stderr)")
+        #expect(Date().timeIntervalSince(started) < 30)
+        // A host name that does not resolve.
+        r = try f.sshctl(["push", f.project, "--remote", "no-such-host.invalid", "--ssh-config", "/dev/null"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("no-such-host.invalid"), "\(r.stderr)")
+    }
+
+    @Test func droppedConnectionMidPushThenResume() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        let big = randomBytes(192 << 20, seed: 43)
+        try f.write("data/big.bin", big)
+        var dropped = false
+        let r = try f.sshctl(["push", f.project, "--json"]) { process in
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline && process.isRunning {
+                if ResumeTests.partialBytes(in: f.remoteProject + "/data") >= big.count / 3 {
+                    server.dropConnections()
+                    dropped = true
+                    return
+                }
+                usleep(2000)
+            }
+        }
+        #expect(dropped, "the push finished before the connection could be dropped")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("resume"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/data/big.bin"))
+        usleep(300_000)
+        let again = try f.sshctl(["push", f.project, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let sent = try again.int("chunks_sent"), total = try again.int("chunks_total")
+        #expect(Double(sent) <= Double(total) * 0.75, "resumed push sent \(sent) of \(total) chunks")
+        #expect(f.read("data/big.bin", in: f.remoteProject) == big ? true : false, "contents differ")
+    }
+}
