@@ -165,3 +165,17 @@ extension SyncFixture {
                 onStart: onStart)
     }
 }
+
+/// Starts a long-running helper with stdio on /dev/null, outside Foundation's Process (see SSHServer.pid).
+func spawnQuietly(_ words: [String]) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for fd: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    var child: pid_t = 0
+    let rc = posix_spawn(&child, words[0], &actions, nil, argv, environ)
+    guard rc == 0 else { throw FixtureError("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
+    return child
+}

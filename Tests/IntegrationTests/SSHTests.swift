@@ -174,3 +174,101 @@ struct SSHTests {
         #expect(f.read("data/big.bin", in: f.remoteProject) == big ? true : false, "contents differ")
     }
 }
+
+@Suite(.serialized, .enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+struct SSHCredentialTests {
+    /// An ed25519 key protected by `passphrase`, authorized on `server`.
+    static func encryptedKey(_ server: SSHServer, _ f: SyncFixture, passphrase: String) throws -> String {
+        let key = f.base + "/locked_ed25519"
+        let r = try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", passphrase, "-f", key])
+        #expect(r.status == 0)
+        let pub = try String(contentsOfFile: key + ".pub", encoding: .utf8)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: server.dir + "/authorized_keys"))
+        handle.seekToEndOfFile()
+        handle.write(Data(pub.utf8))
+        try handle.close()
+        return key
+    }
+
+    @Test func encryptedKeyWithoutTerminalOrAskpassFailsClearly() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let key = try Self.encryptedKey(server, f, passphrase: "correct horse")
+        try f.useSSH(server, config: server.sshConfig(key: key))
+        try f.write("a.txt", "x")
+        let r = try run("/usr/bin/setsid", ["-w", binDirectory() + "/syncctl", "push", f.project],
+                        env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SSH_ASKPASS": ""])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("encrypted"), "\(r.stderr)")
+        #expect(r.stderr.contains(key))
+    }
+
+    @Test func encryptedKeyWithAskpass() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let key = try Self.encryptedKey(server, f, passphrase: "correct horse")
+        let askpass = f.base + "/askpass.sh"
+        try "#!/bin/sh\necho 'correct horse'\n".write(toFile: askpass, atomically: true, encoding: .utf8)
+        chmod(askpass, 0o755)
+        try f.useSSH(server, config: server.sshConfig(key: key))
+        try f.write("a.txt", "x")
+        let r = try run("/usr/bin/setsid", ["-w", binDirectory() + "/syncctl", "push", f.project],
+                        env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SSH_ASKPASS": askpass])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    @Test func sshAgentIsTriedFirst() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let socketPath = f.base + "/agent.sock"
+        // ssh-agent in the foreground, spawned directly so it inherits none of our pipes.
+        let agentPID = try spawnQuietly(["/usr/bin/ssh-agent", "-D", "-a", socketPath])
+        defer {
+            kill(agentPID, SIGKILL)
+            var status: Int32 = 0
+            waitpid(agentPID, &status, 0)
+        }
+        let deadline = Date().addingTimeInterval(5)
+        while !FileManager.default.fileExists(atPath: socketPath) && Date() < deadline { usleep(10_000) }
+        let add = try run("/usr/bin/ssh-add", [server.clientKey], env: ["SSH_AUTH_SOCK": socketPath])
+        #expect(add.status == 0, "\(add.stderr)")
+        // No IdentityFile at all: only the agent can authenticate.
+        let config = server.sshConfig(key: f.base + "/missing-key")
+        try f.useSSH(server, config: config)
+        try f.write("a.txt", "x")
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project],
+                        env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": socketPath])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    /// Whether this machine lets the tests mount a small tmpfs (root in a container may not).
+    static let canMountTmpfs: Bool = {
+        let dir = NSTemporaryDirectory() + "syncd-mount-probe-" + UUID().uuidString.prefix(8)
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard let r = try? run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir]), r.status == 0 else { return false }
+        _ = try? run("/bin/umount", [dir])
+        return true
+    }()
+
+    @Test(.enabled(if: canMountTmpfs, "cannot mount a tmpfs here to make a full disk"))
+    func remoteDiskFullIsReportedAndNothingIsTorn() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let small = f.base + "/small-disk"
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        let mount = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", small])
+        try #require(mount.status == 0, "cannot mount a small tmpfs here (\(mount.stderr)); skipping the full-disk check")
+        defer { _ = try? run("/bin/umount", [small]) }
+        try f.useSSH(server)
+        try "name: \(f.name)\nremote: gpu-test\nremote_root: \(small)\nssh_config: \(f.base)/ssh_config\n"
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("a_small.txt", "fits")
+        try f.write("big.bin", randomBytes(8 << 20, seed: 51))
+        let r = try f.sshctl(["push", f.project, "--json"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("No space left on device"), "\(r.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: small + "/\(f.name)/big.bin"), "no torn file at the final path")
+        #expect(FileManager.default.contents(atPath: small + "/\(f.name)/a_small.txt") == Data("fits".utf8))
+    }
+}
