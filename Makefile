@@ -33,7 +33,8 @@ test: test-deps agent
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
+## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync;
+##        syncd-ssh-bench DEST SSH_CONFIG measures the raw exec-channel ceiling over SSH
 bench: build
 	$(SWIFT) build -c release --product syncd-bench
 	$(RELEASE)/syncd-bench

@@ -60,6 +60,9 @@ let package = Package(
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem"],
                           path: "Bench/Sources/syncd-bench"),
 
+        .executableTarget(name: "syncd-ssh-bench", dependencies: ["SSHTransport", "SyncConfig", "SyncSystem"],
+                          path: "Bench/Sources/syncd-ssh-bench"),
+
         .testTarget(name: "UnitTests", dependencies: [
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem",
         ]),
