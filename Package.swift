@@ -31,7 +31,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CLibSSH2", providers: [.apt(["libssh2-1-dev"])]),
 
-        .target(name: "SyncSystem"),
+        .systemLibrary(name: "CSystemShims"),
+        .target(name: "SyncSystem", dependencies: ["CSystemShims"]),
         .target(name: "Chunking", dependencies: ["CXXHash", "SyncSystem"], swiftSettings: swiftSettings),
         .target(name: "Wire", dependencies: ["CZlib", "Chunking", "SyncSystem"]),
         .target(name: "Transport", dependencies: ["Wire", "SyncSystem"]),

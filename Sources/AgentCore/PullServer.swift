@@ -114,6 +114,7 @@ extension AgentSession {
         try writer.send(.listEnd)
 
         var openFile: (op: UInt32, fd: FileDescriptor)?
+        var compression = CompressionPolicy()
         var abandoned: Set<UInt32> = []
         while true {
             guard let message = try reader.next() else {
@@ -142,7 +143,7 @@ extension AgentSession {
                         try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))
                         break
                     }
-                    if let packed = compressor.compress(UnsafeRawBufferPointer(view)) {
+                    if let packed = compression.compress(UnsafeRawBufferPointer(view), op: fop, with: compressor) {
                         try packed.withUnsafeBytes {
                             try writer.sendChunk(op: fop, index: index, compressed: true, rawLength: chunk.length, bytes: $0)
                         }

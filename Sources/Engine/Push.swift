@@ -174,6 +174,7 @@ final class PushPipeline {
     private let progress: ProgressReporter
     private let totalBytes: UInt64
     private let compressor = ChunkCompressor()
+    private var compression = CompressionPolicy()
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
     private let condition = NSCondition()
@@ -358,7 +359,7 @@ final class PushPipeline {
                 try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
                 return
             }
-            if let packed = compressor.compress(UnsafeRawBufferPointer(view)) {
+            if let packed = compression.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
                 try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
             } else {
                 try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))

@@ -140,9 +140,18 @@ public final class FileAssembly {
         }
     }
 
+    /// Bytes written since writeback was last started; see `writeVerified`.
+    private var unflushed = 0
+
     private func writeVerified(index: Int, bytes: UnsafeRawBufferPointer) throws {
         let part = try openPart()
         try part.write(bytes, at: chunks[index].offset)
+        // Start writeback every 8 MiB so the fsync before the rename has little left to do.
+        unflushed += bytes.count
+        if unflushed >= 8 << 20 {
+            part.startWriteback()
+            unflushed = 0
+        }
         if !present[index] {
             present[index] = true
             missingCount -= 1

@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -136,6 +137,11 @@ public final class FileDescriptor {
     }
 
     public func sync() throws { try syscall("fsync", path: path) { fsync(raw) } }
+
+    /// Asks the kernel to start writing dirty pages back without waiting (a hint; errors are ignored).
+    public func startWriteback() {
+        _ = syncd_start_writeback(raw)
+    }
 
     public func truncate(_ size: UInt64) throws { try syscall("ftruncate", path: path) { ftruncate(raw, off_t(size)) } }
 

@@ -41,6 +41,30 @@ public final class ChunkCompressor {
     }
 }
 
+/// Decides per file whether compression is worth trying: after a few incompressible chunks in a row
+/// (weights, images, archives) the rest of the file is sent raw without probing.
+public struct CompressionPolicy {
+    private var streak = 0
+    private var file: UInt32?
+
+    public init() {}
+
+    /// Compresses `chunk` of file `op` when that pays; nil means send it raw.
+    public mutating func compress(_ chunk: UnsafeRawBufferPointer, op: UInt32, with compressor: ChunkCompressor) -> [UInt8]? {
+        if file != op {
+            file = op
+            streak = 0
+        }
+        if streak >= 4 { return nil }
+        if let packed = compressor.compress(chunk) {
+            streak = 0
+            return packed
+        }
+        streak += 1
+        return nil
+    }
+}
+
 /// Inflates chunk payloads into a buffer of the announced size, refusing anything that does not fit exactly.
 public final class ChunkDecompressor {
     private var stream = z_stream()
