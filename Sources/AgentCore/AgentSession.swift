@@ -26,7 +26,6 @@ public final class AgentSession {
     private var chunker = FileChunker()
     private var pullPaths: [RelativePath] = []
     private let decompressor = ChunkDecompressor()
-    private let compressor = ChunkCompressor()
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
     public init(stream: ByteStream, homeDirectory: String) {
@@ -55,7 +54,7 @@ public final class AgentSession {
                 try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
                     let r = try self.record(for: path, stat: st)
                     return (r.digest, r.chunks)
-                }, reader: reader, writer: writer, compressor: compressor, scratch: scratch)
+                }, reader: reader, writer: writer)
                 try state.save()
             }
             try writer.flush()

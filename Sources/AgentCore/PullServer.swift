@@ -65,8 +65,7 @@ extension AgentSession {
 
 extension AgentSession {
     func servePull(tree: Tree, pullPaths: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   reader: FrameReader, writer: FrameWriter, compressor: ChunkCompressor,
-                   scratch: UnsafeMutableRawBufferPointer) throws {
+                   reader: FrameReader, writer: FrameWriter) throws {
         let scan = try ProjectScanner(tree: tree, rules: IgnoreRules()).scan(roots: pullPaths)
         let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
         let now = wallClockNanos()
@@ -114,7 +113,7 @@ extension AgentSession {
         try writer.send(.listEnd)
 
         var openFile: (op: UInt32, fd: FileDescriptor)?
-        var compression = CompressionPolicy()
+        let sender = ChunkSender()
         var abandoned: Set<UInt32> = []
         while true {
             guard let message = try reader.next() else {
@@ -135,20 +134,10 @@ extension AgentSession {
                 }
                 for index in indices {
                     guard Int(index) < entry.chunks.count else { throw ProtocolError("fetch index \(index) out of range for \(entry.path)") }
-                    let chunk = entry.chunks[Int(index)]
-                    let view = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<Int(chunk.length)])
-                    let n = try fd.read(into: view, at: chunk.offset)
-                    guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else {
+                    guard try sender.send(entry.chunks[Int(index)], index: index, op: fop, from: fd, to: writer) else {
                         abandoned.insert(fop)
                         try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))
                         break
-                    }
-                    if let packed = compression.compress(UnsafeRawBufferPointer(view), op: fop, with: compressor) {
-                        try packed.withUnsafeBytes {
-                            try writer.sendChunk(op: fop, index: index, compressed: true, rawLength: chunk.length, bytes: $0)
-                        }
-                    } else {
-                        try writer.sendChunk(op: fop, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
                     }
                 }
             case .fetchEnd:

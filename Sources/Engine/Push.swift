@@ -173,9 +173,7 @@ final class PushPipeline {
     private let writer: FrameWriter
     private let progress: ProgressReporter
     private let totalBytes: UInt64
-    private let compressor = ChunkCompressor()
-    private var compression = CompressionPolicy()
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+    private let sender = ChunkSender()
 
     private let condition = NSCondition()
     private var needs: [(UInt32, [UInt32])] = []
@@ -199,8 +197,6 @@ final class PushPipeline {
         reader = FrameReader(connection.stream)
         writer = FrameWriter(connection.stream)
     }
-
-    deinit { buffer.deallocate() }
 
     func run() throws -> PipelineOutcome {
         try writer.writeHandshake()
@@ -352,17 +348,10 @@ final class PushPipeline {
         for index in indices {
             guard Int(index) < content.chunks.count else { throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count)") }
             let chunk = content.chunks[Int(index)]
-            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
-            let n = try fd.read(into: view, at: chunk.offset)
-            guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else {
+            guard try sender.send(chunk, index: index, op: op, from: fd, to: writer) else {
                 outcome.aborted.insert(op)
                 try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
                 return
-            }
-            if let packed = compression.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
-                try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
-            } else {
-                try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
             }
             outcome.chunksSent += 1
             bytesDone += UInt64(chunk.length)

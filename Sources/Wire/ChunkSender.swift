@@ -1,0 +1,28 @@
+import Chunking
+import SyncSystem
+
+/// Sends chunks of local files: reads each one, checks it still matches its id, and queues it as a chunk-data
+/// frame, compressed when that pays. One per sending thread: it owns a read buffer and a compressor.
+public final class ChunkSender {
+    private let compressor = ChunkCompressor()
+    private var policy = CompressionPolicy()
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+
+    public init() {}
+
+    deinit { buffer.deallocate() }
+
+    /// Queues `chunk` (number `index` of file `op`) read from `file`. Returns false, sending nothing, when the file
+    /// no longer holds those bytes: it changed since it was chunked.
+    public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, from file: FileDescriptor, to writer: FrameWriter) throws -> Bool {
+        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
+        let n = try file.read(into: view, at: chunk.offset)
+        guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { return false }
+        if let packed = policy.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
+            try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
+        } else {
+            try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
+        }
+        return true
+    }
+}
