@@ -61,9 +61,19 @@ struct SSHTests {
         #expect(accepted.status == 0, "\(accepted.stderr)")
         let recorded = (try? String(contentsOfFile: server.knownHosts, encoding: .utf8)) ?? ""
         #expect(recorded.contains("[127.0.0.1]:\(server.port) ssh-ed25519"))
-        // Now known: strict checking passes too.
+        // Now known: strict checking passes too, also once the file is hashed (ssh-keygen -H).
         try f.useSSH(server, config: server.sshConfig(strict: "yes"))
         #expect(try f.sshctl(["push", f.project]).status == 0)
+        let hash = try run("/usr/bin/ssh-keygen", ["-H", "-f", server.knownHosts])
+        #expect(hash.status == 0, "\(hash.stderr)")
+        let hashed = (try? String(contentsOfFile: server.knownHosts, encoding: .utf8)) ?? ""
+        #expect(hashed.hasPrefix("|1|"))
+        let strict = try f.sshctl(["push", f.project])
+        #expect(strict.status == 0, "\(strict.stderr)")
+        try server.changeHostKey()
+        let changed = try f.sshctl(["push", f.project])
+        #expect(changed.status == 1)
+        #expect(changed.stderr.contains(server.knownHosts + ":1"), "\(changed.stderr)")
     }
 
     @Test func changedHostKeyIsAlwaysRefused() throws {
