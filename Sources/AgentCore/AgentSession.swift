@@ -265,7 +265,7 @@ public final class AgentSession {
     private func startFile(_ file: PendingFile) throws {
         let header = file.header
         do {
-            if isPullPath(file.path) { throw AgentError("\(file.path) is remote-owned (a pull path); push refused") }
+            if isPullPath(file.path) { throw AgentError("\(file.header.path) is remote-owned (a pull path); push refused") }
             guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(header.path): chunk list incomplete") }
             let (current, st) = try currentState(file.path)
             if current == .file(header.digest), let st {
@@ -318,14 +318,14 @@ public final class AgentSession {
     private func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
                               payload: [UInt8]) throws {
         guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
-            throw ProtocolError("\(file.path): chunk \(index) does not fit the file's chunk list")
+            throw ProtocolError("\(file.header.path): chunk \(index) does not fit the file's chunk list")
         }
         do {
             if compressed {
                 try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: rawLength, into: scratch) }
                 try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
             } else {
-                guard payload.count == rawLength else { throw ProtocolError("\(file.path): chunk \(index) length mismatch") }
+                guard payload.count == rawLength else { throw ProtocolError("\(file.header.path): chunk \(index) length mismatch") }
                 try payload.withUnsafeBytes { try assembly.write(index: index, bytes: $0) }
             }
         } catch let error as PlacementError {
@@ -391,15 +391,7 @@ public final class AgentSession {
         if current == .symlink(target) { return try reply(op, .unchanged, "", current) }
         if current != base { return try reply(op, .conflict, "changed on the remote since the last sync (remote now: \(current))", current) }
         guard let parent = try tree.openDirectory(path.parentComponents, create: true) else { throw AgentError("cannot make parent of \(path)") }
-        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-        try syscall("symlinkat", path: path.string) { symlinkat(target, parent.raw, temp) }
-        do {
-            try syscall("renameat", path: path.string) { renameat(parent.raw, temp, parent.raw, path.name) }
-        } catch {
-            try? Tree.remove(at: parent, name: temp, isDirectory: false, shown: temp)
-            throw error
-        }
-        Tree.syncDirectory(parent)
+        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.string)
         if state.records[path.string] != nil { dropRecord(path.string) }
         try reply(op, .applied, "", .symlink(target))
     }

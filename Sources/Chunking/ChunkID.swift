@@ -1,4 +1,8 @@
 import CXXHash
+import SyncSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A 128-bit XXH3 digest: the id of a chunk, and the digest of a whole file.
 public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
@@ -66,5 +70,19 @@ public final class StreamingDigest {
     public func finish() -> ChunkID {
         let h = syncd_xxh3_state_digest(state)
         return ChunkID(low: h.low, high: h.high)
+    }
+
+    /// XXH3-128 of a whole file, read sequentially.
+    public static func digest(ofFile path: String) throws -> ChunkID {
+        let file = try FileDescriptor.open(path, flags: O_RDONLY)
+        let state = StreamingDigest()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let n = try file.read(into: buffer)
+            if n == 0 { break }
+            state.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        }
+        return state.finish()
     }
 }

@@ -124,7 +124,7 @@ public final class Project {
             }
         case .ssh(let destination):
             let home = NSHomeDirectory()
-            let configPath = expandHome(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
+            let configPath = expandTilde(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
             let settings: SSHHostSettings
             do {
                 settings = try SSHConfigFile(path: configPath, home: home).settings(for: destination)
@@ -142,12 +142,6 @@ public final class Project {
                 throw SyncError("ssh \(destination): \(e)")
             }
         }
-    }
-
-    private func expandHome(_ path: String, home: String) -> String {
-        if path == "~" { return home }
-        if path.hasPrefix("~/") { return home + path.dropFirst(1) }
-        return path
     }
 
     /// The remote root sent to the agent ("" lets the agent use its user's home).

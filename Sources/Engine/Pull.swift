@@ -292,8 +292,6 @@ public final class PullSession {
 
     private func placeSymlink(_ path: RelativePath, target: String) throws {
         guard let parent = try project.tree.openDirectory(path.parentComponents, create: true) else { return }
-        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-        try syscall("symlinkat", path: path.string) { symlinkat(target, parent.raw, temp) }
-        try syscall("renameat", path: path.string) { renameat(parent.raw, temp, parent.raw, path.name) }
+        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.string)
     }
 }

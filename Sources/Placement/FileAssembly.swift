@@ -83,7 +83,7 @@ public final class FileAssembly {
     public var isOpen: Bool { partFD != nil }
 
     private func detectResumedChunks(_ part: FileDescriptor, existingSize: UInt64) throws {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
         for (i, c) in chunks.enumerated() where c.offset + UInt64(c.length) <= existingSize {
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
@@ -96,6 +96,9 @@ public final class FileAssembly {
         }
     }
 
+    /// Size of a buffer that holds any chunk of this file (at least one byte).
+    private var largestChunk: Int { max(chunks.map { Int($0.length) }.max() ?? 1, 1) }
+
     /// Indices of chunks still missing.
     public var missingIndices: [UInt32] {
         var out: [UInt32] = []
@@ -107,7 +110,7 @@ public final class FileAssembly {
     @discardableResult
     public func fill(from store: ChunkStore) throws -> Int {
         guard missingCount > 0 else { return 0 }
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
         var copied = 0
         // A file often repeats chunks (zeros, say); write each id once read.
@@ -169,7 +172,7 @@ public final class FileAssembly {
         }
         let part = try openPart()
         let digestState = StreamingDigest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(size, 1 << 20)) + 1, alignment: 16)
         defer { buffer.deallocate() }
         var offset: UInt64 = 0
         while offset < size {

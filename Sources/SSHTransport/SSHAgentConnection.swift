@@ -66,16 +66,7 @@ public final class SSHAgentConnection: AgentConnection {
 
     /// XXH3-128 of a file, hex: the agent's identity on the remote.
     public static func digest(ofFile path: String) throws -> String {
-        let fd = try FileDescriptor.open(path, flags: O_RDONLY)
-        let state = StreamingDigest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            let n = try fd.read(into: buffer)
-            if n == 0 { break }
-            state.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-        }
-        return state.finish().hex
+        try StreamingDigest.digest(ofFile: path).hex
     }
 
     static func localMachine() -> String {

@@ -4,6 +4,7 @@ import Glibc
 import CLibSSH2
 import Foundation
 import SyncConfig
+import SyncSystem
 
 /// The libssh2 version string, for `--version`.
 public var libssh2Version: String { String(cString: syncd_ssh_version()) }
@@ -150,8 +151,8 @@ public final class SSHSession {
             throw SSHError.handshake(host: settings.hostName, reason: "the server sent no host key")
         }
         let fingerprint = hostKeyFingerprint()
-        let files = options.knownHosts.map { [expand($0, home: options.home)] }
-            ?? (settings.userKnownHostsFiles.isEmpty ? [options.home + "/.ssh/known_hosts"] : settings.userKnownHostsFiles.map { expand($0, home: options.home) })
+        let files = options.knownHosts.map { [expandTilde($0, home: options.home)] }
+            ?? (settings.userKnownHostsFiles.isEmpty ? [options.home + "/.ssh/known_hosts"] : settings.userKnownHostsFiles.map { expandTilde($0, home: options.home) })
         guard let hosts = libssh2_knownhost_init(session) else {
             throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a known-hosts list")
         }
@@ -202,7 +203,7 @@ public final class SSHSession {
             }
             let file = files.first ?? options.home + "/.ssh/known_hosts"
             try appendLine(String(cString: buffer), to: file)
-            printWarning("added host key for \(knownHostsName) (\(fingerprint)) to \(file)")
+            printError("syncd: added host key for \(knownHostsName) (\(fingerprint)) to \(file)")
         default:
             throw SSHError.handshake(host: settings.hostName, reason: "host key check failed: \(lastError())")
         }
@@ -250,8 +251,8 @@ public final class SSHSession {
             if tryAgent(&tried) { return }
         }
         var candidates: [String] = []
-        if let identity = options.identity { candidates.append(expand(identity, home: options.home)) }
-        candidates += settings.identityFiles.map { expand($0, home: options.home) }
+        if let identity = options.identity { candidates.append(expandTilde(identity, home: options.home)) }
+        candidates += settings.identityFiles.map { expandTilde($0, home: options.home) }
         if candidates.isEmpty {
             candidates = ["id_ed25519", "id_ecdsa", "id_rsa"].map { options.home + "/.ssh/" + $0 }
                 .filter { FileManager.default.fileExists(atPath: $0) }
@@ -350,12 +351,3 @@ public final class SSHSession {
     }
 }
 
-func expand(_ path: String, home: String) -> String {
-    if path == "~" { return home }
-    if path.hasPrefix("~/") { return home + path.dropFirst(1) }
-    return path
-}
-
-func printWarning(_ text: String) {
-    FileHandle.standardError.write(Data(("syncd: " + text + "\n").utf8))
-}

@@ -21,6 +21,13 @@ public struct SSHHostSettings: Equatable, Sendable {
     }
 }
 
+/// `~` and `~/…` against `home`; other paths unchanged.
+public func expandTilde(_ path: String, home: String) -> String {
+    if path == "~" { return home }
+    if path.hasPrefix("~/") { return home + path.dropFirst(1) }
+    return path
+}
+
 /// A parsed `[user@]host[:port]` (IPv6 literals in brackets: `[::1]:2222`).
 public struct SSHDestination: Equatable, Sendable {
     public var user: String?
@@ -139,11 +146,7 @@ public struct SSHConfigFile {
         return (0..<Int(g.gl_pathc)).compactMap { g.gl_pathv[$0].map { String(cString: $0) } }
     }
 
-    private func expandTilde(_ path: String) -> String {
-        if path == "~" { return home }
-        if path.hasPrefix("~/") { return home + path.dropFirst(1) }
-        return path
-    }
+    private func expandTilde(_ path: String) -> String { SyncConfig.expandTilde(path, home: home) }
 
     /// True when `host` matches a Host line's patterns: some positive pattern matches and no negated one does.
     static func hostMatches(_ host: String, patterns: [String]) -> Bool {

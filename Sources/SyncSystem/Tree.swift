@@ -204,6 +204,20 @@ public final class Tree {
         }
     }
 
+    /// Makes `name` in `dir` a symlink to `target`, replacing what is there in one rename (a temporary link
+    /// is made beside it first), and syncs the directory.
+    public static func placeSymlink(at dir: FileDescriptor, name: String, target: String, shown: String) throws {
+        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        try syscall("symlinkat", path: shown) { symlinkat(target, dir.raw, temp) }
+        do {
+            try syscall("renameat", path: shown) { renameat(dir.raw, temp, dir.raw, name) }
+        } catch {
+            try? remove(at: dir, name: temp, isDirectory: false, shown: temp)
+            throw error
+        }
+        syncDirectory(dir)
+    }
+
     /// fsync on a directory, so that a rename in it is durable.
     public static func syncDirectory(_ dir: FileDescriptor) {
         _ = fsync(dir.raw)

@@ -57,31 +57,34 @@ struct Init: ParsableCommand {
     }
 }
 
-struct Push: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Send local changes to the remote.")
+/// What `push` and `pull` both take.
+struct SyncArguments: ParsableArguments {
     @Argument(help: "Project directory.") var directory: String = "."
     @Option(help: "Override the config's remote.") var remote: String?
     @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
     @OptionGroup var state: StateOption
 
+    func project() throws -> Project {
+        try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory,
+                                                               sshConfig: state.sshConfig))
+    }
+}
+
+struct Push: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Send local changes to the remote.")
+    @OptionGroup var options: SyncArguments
+
     func run() throws {
-        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory, sshConfig: state.sshConfig))
-        let stats = try PushSession(project: project).run()
-        report(stats, json: json)
+        report(try PushSession(project: try options.project()).run(), json: options.json)
     }
 }
 
 struct Pull: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Bring remote-owned paths (output/, checkpoint/) back.")
-    @Argument(help: "Project directory.") var directory: String = "."
-    @Option(help: "Override the config's remote.") var remote: String?
-    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
-    @OptionGroup var state: StateOption
+    @OptionGroup var options: SyncArguments
 
     func run() throws {
-        let project = try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory, sshConfig: state.sshConfig))
-        let stats = try PullSession(project: project).run()
-        report(stats, json: json)
+        report(try PullSession(project: try options.project()).run(), json: options.json)
     }
 }
 

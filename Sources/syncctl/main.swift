@@ -22,6 +22,11 @@ do {
     printError("syncctl: \(error.description)")
     exitWith(error.exitCode)
 } catch {
+    // ArgumentParser reports `SUBCOMMAND --help` from run(); anything else here is a runtime error.
+    if Syncctl.exitCode(for: error) == .success {
+        print(Syncctl.fullMessage(for: error))
+        exitWith(0)
+    }
     printError("syncctl: \(error)")
     exitWith(1)
 }

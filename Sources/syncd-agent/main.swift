@@ -17,15 +17,7 @@ case "--version", "version":
 case "--digest":
     // XXH3-128 of this executable: lets the installer check what it uploaded.
     do {
-        let file = try FileDescriptor.open("/proc/self/exe", flags: O_RDONLY)
-        let digest = StreamingDigest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        while true {
-            let n = try file.read(into: buffer)
-            if n == 0 { break }
-            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-        }
-        print(digest.finish().hex)
+        print(try StreamingDigest.digest(ofFile: "/proc/self/exe").hex)
         exit(0)
     } catch {
         printError("syncd-agent: \(error)")
