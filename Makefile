@@ -5,7 +5,7 @@ BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev
 TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static
 RELEASE := .build/release
 
-.PHONY: deps test-deps build agent run test bench clean
+.PHONY: deps test-deps build agent run test bench bench-ssh clean
 
 deps:
 	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
@@ -33,12 +33,16 @@ test: test-deps agent
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync;
-##        syncd-ssh-bench DEST SSH_CONFIG measures the raw exec-channel ceiling over SSH
+## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
 bench: build
 	$(SWIFT) build -c release --product syncd-bench
 	$(RELEASE)/syncd-bench
 	scripts/bench-local-push.sh $(RELEASE)
+
+## bench-ssh: push throughput over a throwaway loopback sshd, against libssh2's raw exec channel (same run)
+bench-ssh: build test-deps
+	$(SWIFT) build -c release --product syncd-ssh-bench
+	Bench/ssh-push.sh $(RELEASE) 5
 
 clean:
 	rm -rf .build

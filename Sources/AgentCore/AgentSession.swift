@@ -14,11 +14,18 @@ public struct AgentError: Error, CustomStringConvertible {
 }
 
 /// One client session served over a byte stream: handshake, hello, then a push or a pull.
-/// Single threaded: frames are handled in arrival order, and replies are flushed before the agent
-/// waits for input, so the client can keep many files in flight without a round trip per file.
+/// Frames are handled in arrival order on one thread, and replies are flushed before the agent waits for
+/// input, so the client can keep many files in flight without a round trip per file. The only other threads
+/// are the fsync workers of `flushes`: a finished file is sealed here, made durable there, and renamed into
+/// place here once its fsync completes.
 public final class AgentSession {
+    private let stream: ByteStream
     private let reader: FrameReader
     private let writer: FrameWriter
+    private let flushes = FlushQueue(workers: 4)
+    /// Files whose fsync is in flight, by operation id; bounded so open descriptors stay well under limits.
+    private var sealed: [UInt32: PendingFile] = [:]
+    private static let maxSealed = 256
     private let homeDirectory: String
     private var tree: Tree!
     private var state: AgentState!
@@ -29,14 +36,20 @@ public final class AgentSession {
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
     public init(stream: ByteStream, homeDirectory: String) {
+        self.stream = stream
         reader = FrameReader(stream)
         writer = FrameWriter(stream)
         self.homeDirectory = homeDirectory
-        let writer = self.writer
-        reader.willBlock = { try writer.flush() }
+        reader.willBlock = { [unowned self] in
+            try commitWhileIdle()
+            try writer.flush()
+        }
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        flushes.shutdown()
+        scratch.deallocate()
+    }
 
     /// Runs the session to its end. Errors are reported to the client (when it still listens) and rethrown.
     public func run() throws {
@@ -61,7 +74,9 @@ public final class AgentSession {
         } catch {
             try? writer.send(.error(message: "\(error)"))
             try? writer.flush()
+            flushes.shutdown()
             pending.values.forEach { $0.assembly?.suspend() }
+            sealed.values.forEach { $0.assembly?.suspend() }
             try? state?.save()
             throw error
         }
@@ -81,7 +96,7 @@ public final class AgentSession {
         for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
         pullPaths = try hello.pullPaths.map { try RelativePath($0) }
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
-        try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath))
+        try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance))
     }
 
     // MARK: - Current state of a path
@@ -146,7 +161,15 @@ public final class AgentSession {
 
     private func servePush() throws {
         var ended = false
-        while !ended || !pending.isEmpty {
+        while !ended || !pending.isEmpty || !sealed.isEmpty {
+            if ended && pending.isEmpty {
+                try commitSynced(flushes.waitForCompletions())
+                continue
+            }
+            if flushes.outstanding > 0 {
+                let done = flushes.takeCompletions()
+                if !done.isEmpty { try commitSynced(done) }
+            }
             guard let message = try reader.next() else {
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
             }
@@ -341,31 +364,86 @@ public final class AgentSession {
 
     private struct ConflictAtPlacement: Error { let current: FileStat? }
 
+    /// A file has all its chunks: check and seal it here, and queue its fsync; `commitSynced` renames it.
     private func finish(_ file: PendingFile) throws {
         let header = file.header
         guard let assembly = file.assembly else { return }
         pending[header.op] = nil
         openAssemblies.removeAll { $0 == header.op }
-        do {
-            try assembly.place(permissions: header.permissions, mtimeNanos: header.mtimeNanos) { now in
-                let same = (now == nil && file.targetStat == nil)
-                    || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
-                if !same { throw ConflictAtPlacement(current: now) }
-                if let now, now.kind == .regular { self.stash(file.path, stat: now) }
+        let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos)
+        sealed[header.op] = file
+        flushes.submit(token: UInt64(header.op), fd: part.raw)
+        if sealed.count >= Self.maxSealed { try commitSynced(flushes.waitForCompletions()) }
+    }
+
+    /// Renames durable files into place, fsyncs each of their directories once, then answers for them.
+    private func commitSynced(_ done: [FlushQueue.Completion]) throws {
+        guard !done.isEmpty else { return }
+        var directories: [String: FileDescriptor] = [:]
+        var answers: [(op: UInt32, status: OpStatus, message: String, current: PathState)] = []
+        for completion in done {
+            let op = UInt32(truncatingIfNeeded: completion.token)
+            guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
+            let header = file.header
+            let partial = partialPath(file.path, header.digest)
+            if completion.error != 0 {
+                assembly.discard()
+                state.notePartial(partial, started: false)
+                answers.append((op, .failed, "\(SystemError(call: "fsync", path: header.path, errno: completion.error))", .absent))
+                continue
             }
-        } catch is ConflictAtPlacement {
-            assembly.discard()
-            state.notePartial(partialPath(file.path, header.digest), started: false)
-            let (current, _) = (try? currentState(file.path)) ?? (.absent, nil)
-            return try reply(header.op, .conflict, "changed on the remote while the new version was being sent", current)
+            do {
+                let parent = try assembly.commit { now in
+                    let same = (now == nil && file.targetStat == nil)
+                        || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
+                    if !same { throw ConflictAtPlacement(current: now) }
+                    if let now, now.kind == .regular { self.stash(file.path, stat: now) }
+                }
+                if let parent { directories[file.path.parentString] = parent }
+            } catch is ConflictAtPlacement {
+                assembly.discard()
+                state.notePartial(partial, started: false)
+                let (current, _) = (try? currentState(file.path)) ?? (.absent, nil)
+                answers.append((op, .conflict, "changed on the remote while the new version was being sent", current))
+                continue
+            } catch let error where error is SystemError || error is PlacementError || error is PathError {
+                assembly.discard()
+                state.notePartial(partial, started: false)
+                answers.append((op, .failed, "\(error)", .absent))
+                continue
+            }
+            state.notePartial(partial, started: false)
+            if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
+            if let st = try tree.lstat(file.path) {
+                state.put(FileRecord(path: file.path.string, stat: st, digest: header.digest, chunks: assembly.chunks))
+                store.add(path: file.path.string, chunks: assembly.chunks)
+            }
+            answers.append((op, .applied, assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "", .file(header.digest)))
         }
-        state.notePartial(partialPath(file.path, header.digest), started: false)
-        if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
-        if let st = try tree.lstat(file.path) {
-            state.put(FileRecord(path: file.path.string, stat: st, digest: header.digest, chunks: assembly.chunks))
-            store.add(path: file.path.string, chunks: assembly.chunks)
+        for directory in directories.values { Tree.syncDirectory(directory) }
+        for a in answers { try reply(a.op, a.status, a.message, a.current) }
+    }
+
+    /// Called before the reader waits for input: while fsyncs are in flight, waits for whichever comes
+    /// first, input or completed fsyncs, and places and answers for the latter, so the client never waits
+    /// on answers the agent could give.
+    private func commitWhileIdle() throws {
+        guard flushes.outstanding > 0 else { return }
+        guard let input = stream.readinessFD else {
+            while flushes.outstanding > 0 { try commitSynced(flushes.waitForCompletions()) }
+            return
         }
-        try reply(header.op, .applied, assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "", .file(header.digest))
+        while flushes.outstanding > 0 {
+            var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            let done = flushes.takeCompletions()
+            if !done.isEmpty {
+                try commitSynced(done)
+                try writer.flush()
+            }
+            if fds[0].revents != 0 { return }
+        }
     }
 
     private func updateMetadata(_ path: RelativePath, _ st: FileStat, _ header: FileHeader) throws {

@@ -22,6 +22,9 @@ final class AgentState {
     private(set) var partials: Set<String> = []
     private let directory: FileDescriptor
     private var journal: FileDescriptor?
+    /// A random id made with the state directory: a client that finds another one knows the remote project was
+    /// wiped or replaced since it last synced, and stops trusting what it remembers of it.
+    let instance: String
     private static let snapshotMagic = Array("SYNCDST1".utf8)
 
     /// Opens (making it if needed) the state directory under the project root and loads snapshot plus journal.
@@ -30,11 +33,44 @@ final class AgentState {
             throw PlacementErrorText("cannot make \(agentStateDirectoryName)/ in \(project.rootPath)")
         }
         directory = dir
+        instance = try Self.loadInstance(dir)
         try load()
         let fd = try syscall("openat", path: ".syncd/journal") {
             openat(dir.raw, "journal", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
         }
         journal = FileDescriptor(raw: fd, path: ".syncd/journal")
+    }
+
+    private static func loadInstance(_ dir: FileDescriptor) throws -> String {
+        func read() -> String? {
+            let fd = openat(dir.raw, "instance", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { return nil }
+            let file = FileDescriptor(raw: fd, path: ".syncd/instance")
+            var bytes = [UInt8](repeating: 0, count: 64)
+            let n = (try? bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }) ?? 0
+            let text = String(decoding: bytes[0..<n], as: UTF8.self)
+            return text.count == 32 && text.allSatisfy(\.isHexDigit) ? text : nil
+        }
+        if let existing = read() { return existing }
+        var random = [UInt8](repeating: 0, count: 16)
+        let urandom = try FileDescriptor.open("/dev/urandom", flags: O_RDONLY)
+        guard try random.withUnsafeMutableBytes({ try urandom.read(into: $0) }) == random.count else {
+            throw PlacementErrorText("cannot read 16 random bytes from /dev/urandom for .syncd/instance")
+        }
+        let made = random.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        // Written to a temporary name and linked into place, so two agents starting at once agree on one id.
+        let temp = "instance.\(getpid())"
+        let fd = try syscall("openat", path: ".syncd/" + temp) {
+            openat(dir.raw, temp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
+        let file = FileDescriptor(raw: fd, path: ".syncd/" + temp)
+        try Array(made.utf8).withUnsafeBytes { try file.write($0, at: 0) }
+        try file.sync()
+        let linked = linkat(dir.raw, temp, dir.raw, "instance", 0) == 0
+        unlinkat(dir.raw, temp, 0)
+        Tree.syncDirectory(dir)
+        if !linked, let winner = read() { return winner }
+        return made
     }
 
     private func readWhole(_ name: String) throws -> [UInt8]? {

@@ -51,8 +51,16 @@ struct Snapshotter {
         var cache: [String: CachedFile]
     }
 
-    /// `roots` nil scans the local-owned part (pull paths excluded); otherwise only below `roots`.
-    func run(roots: [RelativePath]?) throws -> Result {
+    /// A scan whose regular files not known from the stat cache still need hashing (`content` nil).
+    struct Scan {
+        var entries: [LocalEntry]
+        var warnings: [ScanWarning]
+        var cache: [String: CachedFile]
+    }
+
+    /// Walks the tree and fills contents from the stat cache. `roots` nil scans the local-owned part (pull paths
+    /// excluded); otherwise only below `roots`.
+    func scan(roots: [RelativePath]?) throws -> Scan {
         var rules = project.rules
         if roots == nil {
             for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
@@ -61,40 +69,59 @@ struct Snapshotter {
         do { scan = try ProjectScanner(tree: project.tree, rules: rules).scan(roots: roots) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
-        var cache = try state.loadFiles()
+        let cache = try state.loadFiles()
+        var entries: [LocalEntry] = []
+        entries.reserveCapacity(scan.entries.count)
+        for e in scan.entries {
+            var entry = LocalEntry(path: e.path, stat: e.stat, content: nil, linkTarget: e.linkTarget)
+            if e.kind == .regular, let cached = cache[e.path.string], cached.isFresh(for: e.stat) {
+                entry.content = ChunkedContent(chunks: cached.chunks, digest: cached.digest, size: cached.stat.size)
+            }
+            entries.append(entry)
+        }
+        return Scan(entries: entries, warnings: scan.warnings, cache: cache)
+    }
+
+    /// Reads and chunks one file; the record for the stat cache, or why the file is skipped this time.
+    static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
+        do {
+            let fd = try project.tree.openForReading(entry.path)
+            let content = try chunker.chunk(fd)
+            let after = try fd.stat()
+            guard after.sameContentIdentity(as: entry.stat) else {
+                return .failure(ScanWarning(path: entry.path.string, message: "changed while being read; skipped this time"))
+            }
+            return .success(CachedFile(path: entry.path.string, stat: after, digest: content.digest, chunks: content.chunks,
+                                       cachedAtNanos: wallClockNanos()))
+        } catch {
+            return .failure(ScanWarning(path: entry.path.string, message: "cannot read: \(error); skipped"))
+        }
+    }
+
+    /// Scan and hash everything now.
+    func run(roots: [RelativePath]?) throws -> Result {
+        var scan = try scan(roots: roots)
+        let chunker = FileChunker(project.chunking)
         var updated: [CachedFile] = []
         var entries: [LocalEntry] = []
         entries.reserveCapacity(scan.entries.count)
-        let chunker = FileChunker(project.chunking)
-        var warnings = scan.warnings
-        let now = wallClockNanos()
-        for e in scan.entries {
-            var entry = LocalEntry(path: e.path, stat: e.stat, content: nil, linkTarget: e.linkTarget)
-            if e.kind == .regular {
-                if let cached = cache[e.path.string], cached.isFresh(for: e.stat) {
-                    entry.content = ChunkedContent(chunks: cached.chunks, digest: cached.digest, size: cached.stat.size)
-                } else {
-                    do {
-                        let fd = try project.tree.openForReading(e.path)
-                        let content = try chunker.chunk(fd)
-                        let after = try fd.stat()
-                        guard after.sameContentIdentity(as: e.stat) else {
-                            warnings.append(ScanWarning(path: e.path.string, message: "changed while being read; skipped this time"))
-                            continue
-                        }
-                        entry.content = content
-                        let record = CachedFile(path: e.path.string, stat: after, digest: content.digest, chunks: content.chunks, cachedAtNanos: now)
-                        cache[e.path.string] = record
-                        updated.append(record)
-                    } catch {
-                        warnings.append(ScanWarning(path: e.path.string, message: "cannot read: \(error); skipped"))
-                        continue
-                    }
+        for var entry in scan.entries {
+            if entry.stat.kind == .regular && entry.content == nil {
+                switch Self.hash(entry, in: project, with: chunker) {
+                case .success(let record):
+                    entry.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
+                    scan.cache[record.path] = record
+                    updated.append(record)
+                case .failure(let warning):
+                    scan.warnings.append(warning)
+                    continue
                 }
             }
             entries.append(entry)
         }
         try state.saveFiles(updated)
-        return Result(entries: entries, warnings: warnings, filesRead: updated.count, cache: cache)
+        return Result(entries: entries, warnings: scan.warnings, filesRead: updated.count, cache: scan.cache)
     }
 }
+
+extension ScanWarning: Error {}

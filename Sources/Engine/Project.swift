@@ -150,3 +150,48 @@ public final class Project {
         return config.remoteRoot ?? ""
     }
 }
+
+/// A connection to the project's agent being made on a thread of its own, so the SSH handshake, authentication
+/// and agent start overlap with scanning the project.
+final class PendingConnection {
+    private let condition = NSCondition()
+    private var outcome: Result<AgentConnection, Error>?
+    private var abandoned = false
+
+    init(project: Project) {
+        let thread = Thread { [self] in
+            let result = Result { try project.connect() }
+            condition.lock()
+            outcome = result
+            let drop = abandoned
+            condition.broadcast()
+            condition.unlock()
+            if drop, case .success(let connection) = result {
+                connection.terminate()
+                _ = connection.finish()
+            }
+        }
+        thread.name = "connect"
+        thread.start()
+    }
+
+    /// The connection, once made; rethrows what stopped it.
+    func wait() throws -> AgentConnection {
+        condition.lock()
+        defer { condition.unlock() }
+        while outcome == nil { condition.wait() }
+        return try outcome!.get()
+    }
+
+    /// Nobody will use the connection: it is closed as soon as it is made.
+    func cancel() {
+        condition.lock()
+        abandoned = true
+        let made = outcome
+        condition.unlock()
+        if case .success(let connection)? = made {
+            connection.terminate()
+            _ = connection.finish()
+        }
+    }
+}

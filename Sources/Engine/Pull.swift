@@ -23,14 +23,19 @@ public final class PullSession {
         let started = monotonicNanos()
         var stats = SyncStats(direction: "pull")
         let state = try project.openState()
-        let pulled = try state.load(.pulled)
-        let snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths)
+        var pulled = try state.load(.pulled)
+        let connecting = PendingConnection(project: project)
+        let snapshot: Snapshotter.Result
+        do { snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths) } catch {
+            connecting.cancel()
+            throw error
+        }
         var local: [String: LocalEntry] = [:]
         for e in snapshot.entries { local[e.path.string] = e }
         let store = ChunkStore(tree: project.tree)
         for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
 
-        let connection = try project.connect()
+        let connection = try connecting.wait()
         let reader = FrameReader(connection.stream)
         let writer = FrameWriter(connection.stream)
         let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
@@ -47,6 +52,12 @@ public final class PullSession {
             try writer.flush()
             guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
             if case .error(let m) = welcome { throw SyncError("agent: \(m)") }
+            guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+            if try state.adoptRemoteInstance(instance) {
+                // Nothing local may be deleted or called a conflict on the word of a remote that is gone.
+                pulled = [:]
+                stats.warnings.append(replacedRemoteWarning(project))
+            }
 
             // 1. The listing.
             var offers: [UInt32: Offer] = [:]

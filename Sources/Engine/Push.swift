@@ -24,7 +24,9 @@ enum PushOperation {
 /// Works out what a push must send: compares the local snapshot with what was last pushed and orders the
 /// operations so that type changes clear the way first, directories precede their contents, new files precede
 /// deletes (so moved content is found on the remote), and deletes go children first.
-func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> (ops: [PushOperation], moved: Int) {
+/// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
+/// drops those that turn out unchanged once hashed.
+func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> [PushOperation] {
     var byPath: [String: LocalEntry] = [:]
     for e in local { byPath[e.path.string] = e }
     var upserts: [LocalEntry] = []
@@ -33,7 +35,7 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
         let now = e.synced
         let differs: Bool
         switch now.kind {
-        case .file: differs = old != now
+        case .file: differs = now.digest == nil || old != now
         case .directory: differs = old.kind != .directory || old.permissions != now.permissions
         case .symlink: differs = old.kind != .symlink || old.target != now.target
         }
@@ -68,9 +70,81 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
         ops.append(e.stat.kind == .symlink ? .symlink(e, base: base(e)) : .file(e, base: base(e)))
     }
     for p in deleted.sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
-    let goneDigests = Set(deleted.compactMap { pushed[$0]?.digest } + earlySet.compactMap { pushed[$0]?.digest })
-    let moved = upserts.filter { pushed[$0.path.string] == nil && $0.content.map { goneDigests.contains($0.digest) } == true }.count
-    return (ops, moved)
+    return ops
+}
+
+/// New files whose content is that of a deleted file: moves and renames.
+func countMoved(_ ops: [PushOperation], pushed: [String: SyncedEntry]) -> Int {
+    var gone: Set<ChunkID> = []
+    for case .delete(_, .file(let digest)) in ops { gone.insert(digest) }
+    guard !gone.isEmpty else { return 0 }
+    var moved = 0
+    for case .file(let e, _) in ops where pushed[e.path.string] == nil {
+        if let digest = e.content?.digest, gone.contains(digest) { moved += 1 }
+    }
+    return moved
+}
+
+/// Hashes the files a push has to identify, in push order, on a thread of its own, so that reading and chunking
+/// overlap with connecting and sending instead of preceding them.
+final class ContentHasher {
+    private let project: Project
+    private let entries: [(op: Int, entry: LocalEntry)]
+    private let condition = NSCondition()
+    private var results: [Int: Result<CachedFile, ScanWarning>] = [:]
+    private var finished = false
+    private var cancelled = false
+
+    /// `ops` indices whose file entries have no content yet.
+    init(project: Project, ops: [PushOperation]) {
+        self.project = project
+        var list: [(Int, LocalEntry)] = []
+        for (index, op) in ops.enumerated() {
+            if case .file(let e, _) = op, e.content == nil { list.append((index, e)) }
+        }
+        entries = list
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            let chunker = FileChunker(project.chunking)
+            for (op, entry) in entries {
+                condition.lock()
+                let stop = cancelled
+                condition.unlock()
+                if stop { break }
+                let result = Snapshotter.hash(entry, in: project, with: chunker)
+                condition.lock()
+                results[op] = result
+                condition.broadcast()
+                condition.unlock()
+            }
+            condition.lock()
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.name = "hasher"
+        thread.start()
+    }
+
+    /// The content of the file of operation `op`, waiting for it when needed.
+    func result(for op: Int) -> Result<CachedFile, ScanWarning> {
+        condition.lock()
+        defer { condition.unlock() }
+        while results[op] == nil && !finished { condition.wait() }
+        return results[op] ?? .failure(ScanWarning(path: "?", message: "not hashed"))
+    }
+
+    /// Stops hashing after the current file and waits; returns the records made, for the stat cache.
+    func stop() -> [CachedFile] {
+        condition.lock()
+        cancelled = true
+        while !finished { condition.wait() }
+        let records = results.values.compactMap { try? $0.get() }
+        condition.unlock()
+        return records
+    }
 }
 
 /// Runs a push of a project to its remote.
@@ -83,18 +157,86 @@ public final class PushSession {
 
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
+        do { return try runOnce(started: started) } catch is RemoteReplaced {
+            // What was remembered of the remote is dropped; compare everything again, once.
+            var stats = try runOnce(started: started)
+            stats.warnings.insert(replacedRemoteWarning(project), at: 0)
+            return stats
+        }
+    }
+
+    private func runOnce(started: UInt64) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
         let state = try project.openState()
         let pushed = try state.load(.pushed)
-        let snapshot = try Snapshotter(project: project, state: state).run(roots: nil)
-        stats.filesScanned = snapshot.entries.count
-        stats.warnings = snapshot.warnings.map(\.description)
-        let (ops, moved) = planPush(local: snapshot.entries, pushed: pushed) { path in
-            guard let rel = try? RelativePath(path) else { return true }
-            return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
+        let connecting = PendingConnection(project: project)
+        let scan: Snapshotter.Scan
+        let planned: [PushOperation]
+        do {
+            scan = try Snapshotter(project: project, state: state).scan(roots: nil)
+            Trace.mark("push: scanned \(scan.entries.count) entries")
+            planned = planPush(local: scan.entries, pushed: pushed) { path in
+                guard let rel = try? RelativePath(path) else { return true }
+                return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
+            }
+        } catch {
+            connecting.cancel()
+            throw error
         }
-        stats.filesMoved = moved
-        for op in ops {
+        stats.filesScanned = scan.entries.count
+        let hasher = ContentHasher(project: project, ops: planned)
+        hasher.start()
+        let connection: AgentConnection
+        do { connection = try connecting.wait() } catch {
+            try? state.saveFiles(hasher.stop())
+            throw error
+        }
+        Trace.mark("push: connected")
+        let totalBytes = planned.reduce(UInt64(0)) { sum, op in
+            if case .file(let e, _) = op { return sum + e.stat.size }
+            return sum
+        }
+        let progress = ProgressReporter(label: "push", enabled: project.options.progress)
+        let pipeline = PushPipeline(project: project, connection: connection, ops: planned, pushed: pushed, hasher: hasher,
+                                    window: window, progress: progress, totalBytes: totalBytes) { instance in
+            if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
+        }
+        let outcome: PipelineOutcome
+        do {
+            outcome = try pipeline.run()
+        } catch let error as RemoteReplaced {
+            progress.finish()
+            try? state.saveFiles(hasher.stop())
+            connection.terminate()
+            _ = connection.finish()
+            throw error
+        } catch {
+            progress.finish()
+            try? state.saveFiles(hasher.stop())
+            connection.terminate()
+            let why = connection.finish()
+            throw SyncError("push to \(project.config.remote) failed: \(why ?? "\(error)"); run the push again to resume")
+        }
+        progress.finish()
+        Trace.mark("push: pipeline done")
+        try state.saveFiles(hasher.stop())
+        if let why = connection.finish() { stats.warnings.append(why) }
+        Trace.mark("push: agent finished")
+        let ops = outcome.ops
+        stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
+        stats.filesMoved = countMoved(ops, pushed: pushed)
+        stats.chunksSent = outcome.chunksSent
+        stats.bytesSent = outcome.bytesSent
+        stats.bytesReceived = outcome.bytesReceived
+
+        var changes: [(String, SyncedEntry?)] = []
+        for (index, op) in ops.enumerated() {
+            let id = UInt32(index + 1)
+            if outcome.notSent.contains(id) {
+                // Hashed and found as last pushed: the remote has it already. Unreadable files have a warning.
+                if case .file(let e, _) = op, e.content != nil { changes.append((e.path.string, e.synced)) }
+                continue
+            }
             switch op {
             case .file(let e, _):
                 stats.filesChanged += 1
@@ -104,28 +246,6 @@ public final class PushSession {
             case .delete: stats.filesDeleted += 1
             case .directory: break
             }
-        }
-        let connection = try project.connect()
-        let progress = ProgressReporter(label: "push", enabled: project.options.progress)
-        var outcome: PipelineOutcome
-        do {
-            outcome = try PushPipeline(project: project, connection: connection, ops: ops, window: window,
-                                       progress: progress, totalBytes: stats.bytesLogical).run()
-        } catch {
-            progress.finish()
-            connection.terminate()
-            let why = connection.finish()
-            throw SyncError("push to \(project.config.remote) failed: \(why ?? "\(error)"); run the push again to resume")
-        }
-        progress.finish()
-        if let why = connection.finish() { stats.warnings.append(why) }
-        stats.chunksSent = outcome.chunksSent
-        stats.bytesSent = outcome.bytesSent
-        stats.bytesReceived = outcome.bytesReceived
-
-        var changes: [(String, SyncedEntry?)] = []
-        for (index, op) in ops.enumerated() {
-            let id = UInt32(index + 1)
             guard let result = outcome.results[id] else {
                 stats.errors.append("\(op.path): no answer from the agent")
                 continue
@@ -155,6 +275,11 @@ public final class PushSession {
 }
 
 struct PipelineOutcome {
+    /// The operations with every file's content filled in.
+    var ops: [PushOperation] = []
+    /// Operations not sent: files found unchanged once hashed, or unreadable (see `skipped`).
+    var notSent: Set<UInt32> = []
+    var skipped: [ScanWarning] = []
     var results: [UInt32: OpResult] = [:]
     var aborted: Set<UInt32> = []
     var chunksSent = 0
@@ -167,7 +292,10 @@ struct PipelineOutcome {
 final class PushPipeline {
     private let project: Project
     private let connection: AgentConnection
-    private let ops: [PushOperation]
+    private var ops: [PushOperation]
+    private let pushed: [String: SyncedEntry]
+    private let hasher: ContentHasher
+    private let checkInstance: (String) throws -> Void
     private let window: Int
     private let reader: FrameReader
     private let writer: FrameWriter
@@ -187,10 +315,14 @@ final class PushPipeline {
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
 
-    init(project: Project, connection: AgentConnection, ops: [PushOperation], window: Int, progress: ProgressReporter, totalBytes: UInt64) {
+    init(project: Project, connection: AgentConnection, ops: [PushOperation], pushed: [String: SyncedEntry], hasher: ContentHasher,
+         window: Int, progress: ProgressReporter, totalBytes: UInt64, checkInstance: @escaping (String) throws -> Void) {
+        self.checkInstance = checkInstance
         self.project = project
         self.connection = connection
         self.ops = ops
+        self.pushed = pushed
+        self.hasher = hasher
         self.window = window
         self.progress = progress
         self.totalBytes = totalBytes
@@ -209,16 +341,35 @@ final class PushPipeline {
         try writer.flush()
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
         if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
-        guard case .welcome = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+        guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+        try checkInstance(instance)
+        Trace.mark("push: welcome")
 
         let readerThread = Thread { [self] in readLoop() }
         readerThread.start()
 
-        for (index, op) in ops.enumerated() {
+        for index in ops.indices {
+            let id = UInt32(index + 1)
+            if case .file(var e, let base) = ops[index], e.content == nil {
+                switch hasher.result(for: index) {
+                case .success(let record):
+                    e.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
+                    ops[index] = .file(e, base: base)
+                    if pushed[e.path.string] == e.synced {
+                        outcome.notSent.insert(id)
+                        continue
+                    }
+                case .failure(let warning):
+                    outcome.notSent.insert(id)
+                    outcome.skipped.append(warning)
+                    continue
+                }
+            }
             try waitForWindow()
-            try send(op, id: UInt32(index + 1))
+            try send(ops[index], id: id)
         }
         try writer.send(.endOfOperations)
+        Trace.mark("push: all operations sent")
         while true {
             try serviceNeeds()
             condition.lock()
@@ -239,6 +390,7 @@ final class PushPipeline {
         outcome.bytesReceived = reader.bytesRead
         outcome.results = results
         condition.unlock()
+        outcome.ops = ops
         return outcome
     }
 
@@ -358,4 +510,11 @@ final class PushPipeline {
             progress.update(done: bytesDone, total: totalBytes)
         }
     }
+}
+
+/// The remote project is not the one the local state describes (wiped or replaced since the last sync).
+struct RemoteReplaced: Error {}
+
+func replacedRemoteWarning(_ project: Project) -> String {
+    "the remote copy of \(project.config.name) was wiped or replaced since the last sync; everything was compared again"
 }

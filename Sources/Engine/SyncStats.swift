@@ -1,4 +1,5 @@
 import Foundation
+import SyncSystem
 
 /// What a push or pull did; `syncctl --json` prints it as one object.
 public struct SyncStats: Codable, Sendable {
@@ -100,5 +101,18 @@ final class ProgressReporter {
     func finish() {
         guard enabled, drawn else { return }
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}
+
+/// Phase timings on stderr when `SYNCD_TRACE=1`: where a push or pull spends its wall time.
+public enum Trace {
+    static let enabled = getenv("SYNCD_TRACE").map { String(cString: $0) == "1" } ?? false
+    static let origin = monotonicNanos()
+
+    public static func mark(_ what: @autoclosure () -> String) {
+        guard enabled else { return }
+        let start = origin
+        let ms = Double(monotonicNanos() - start) / 1e6
+        printError(String(format: "[%8.1f ms] ", ms) + what())
     }
 }

@@ -70,7 +70,32 @@ public final class StateStore {
                 CREATE TABLE pulled (path TEXT PRIMARY KEY, kind INTEGER, digest BLOB, target TEXT, perm INTEGER, mtime INTEGER);
                 """)
         }
+        migrator.registerMigration("v2-meta") { db in
+            try db.execute(sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        }
         try migrator.migrate(db)
+    }
+
+    // MARK: remote identity
+
+    /// The remote project's instance id as of the last sync (see the agent's `.syncd/instance`).
+    public func remoteInstance() throws -> String? {
+        try db.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'remote_instance'") }
+    }
+
+    /// Records the remote's instance id. When it differs from the one recorded, the pushed and pulled snapshots
+    /// describe a remote that is gone and are dropped in the same transaction; returns true then.
+    @discardableResult
+    public func adoptRemoteInstance(_ instance: String) throws -> Bool {
+        try db.write { db in
+            let old = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'remote_instance'")
+            if old == instance { return false }
+            try db.execute(sql: "INSERT OR REPLACE INTO meta (key, value) VALUES ('remote_instance', ?)", arguments: [instance])
+            guard old != nil else { return false }
+            try db.execute(sql: "DELETE FROM pushed")
+            try db.execute(sql: "DELETE FROM pulled")
+            return true
+        }
     }
 
     // MARK: stat cache

@@ -146,9 +146,17 @@ public final class FileAssembly {
     /// Bytes written since writeback was last started; see `writeVerified`.
     private var unflushed = 0
 
+    /// The whole-file digest over chunks `0..<digested`, fed in order as they are written.
+    private let digestState = StreamingDigest()
+    private var digested = 0
+
     private func writeVerified(index: Int, bytes: UnsafeRawBufferPointer) throws {
         let part = try openPart()
         try part.write(bytes, at: chunks[index].offset)
+        if index == digested {
+            digestState.update(bytes)
+            digested += 1
+        }
         // Start writeback every 8 MiB so the fsync before the rename has little left to do.
         unflushed += bytes.count
         if unflushed >= 8 << 20 {
@@ -167,35 +175,60 @@ public final class FileAssembly {
     /// into place. `checkTarget` runs just before the rename with what is at the final path now; it throws
     /// to stop the placement (a conflicting change appeared meanwhile).
     public func place(permissions: UInt32, mtimeNanos: Int64, checkTarget: (FileStat?) throws -> Void) throws {
+        let part = try seal(permissions: permissions, mtimeNanos: mtimeNanos)
+        try part.sync()
+        if let parent = try commit(checkTarget: checkTarget) { Tree.syncDirectory(parent) }
+    }
+
+    /// First half of a placement: checks the whole-file digest, sets mode and mtime, and starts writeback.
+    /// Returns the temporary file, which the caller makes durable (`fsync`, perhaps on another thread) before
+    /// calling `commit`. A digest mismatch discards the temporary file.
+    public func seal(permissions: UInt32, mtimeNanos: Int64) throws -> FileDescriptor {
         guard isComplete else {
             throw PlacementError(path: path.string, message: "cannot place: \(missingCount) chunks still missing")
         }
         let part = try openPart()
-        let digestState = StreamingDigest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(size, 1 << 20)) + 1, alignment: 16)
-        defer { buffer.deallocate() }
-        var offset: UInt64 = 0
-        while offset < size {
-            let n = try part.read(into: buffer, at: offset)
-            if n == 0 { break }
-            digestState.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            offset += UInt64(n)
-        }
-        guard offset == size, digestState.finish() == digest else {
+        try advanceDigest(part)
+        guard digested == chunks.count, digestState.finish() == digest else {
             discard()
             throw PlacementError(path: path.string, message: "assembled file does not match its digest \(digest.hex); discarded")
         }
         try part.setPermissions(permissions & 0o777)
         try part.setModificationTime(mtimeNanos)
-        try part.sync()
+        part.startWriteback()
+        return part
+    }
+
+    /// Second half of a placement, once the sealed file is durable: `checkTarget` sees what is at the final
+    /// path now and throws to stop (a conflicting change appeared meanwhile); then the rename. Returns the
+    /// parent directory, which the caller fsyncs (once for many files) to make the rename durable.
+    public func commit(checkTarget: (FileStat?) throws -> Void) throws -> FileDescriptor? {
         guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
             throw PlacementError(path: path.string, message: "parent directory vanished")
         }
         try checkTarget(try Tree.lstat(at: parent, name: path.name, shown: path.string))
         try syscall("renameat", path: path.string) { renameat(parent.raw, partName, parent.raw, path.name) }
-        Tree.syncDirectory(parent)
-        part.close()
+        partFD?.close()
         partFD = nil
+        return parent
+    }
+
+    /// Feeds the whole-file digest with the chunks present from the first one not yet fed, reading back
+    /// those that were written out of order (or found in a resumed temporary file). Chunks that arrive in
+    /// order are fed as they are written, so a file sent front to back is never read again.
+    private func advanceDigest(_ part: FileDescriptor) throws {
+        guard digested < chunks.count, present[digested] else { return }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
+        defer { buffer.deallocate() }
+        while digested < chunks.count && present[digested] {
+            let c = chunks[digested]
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
+            guard try part.read(into: view, at: c.offset) == Int(c.length) else {
+                throw PlacementError(path: path.string, message: "temporary file is shorter than chunk \(digested) needs")
+            }
+            digestState.update(UnsafeRawBufferPointer(view))
+            digested += 1
+        }
     }
 
     /// Closes the temporary file but keeps it, so a later run can resume from it.

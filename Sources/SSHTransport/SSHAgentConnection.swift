@@ -8,60 +8,73 @@ import SyncSystem
 import Transport
 import Wire
 
-/// The agent on an SSH host: connect, make sure `~/.local/lib/syncd/agent-<digest>` is there (uploading and
-/// verifying it when it is not), then run it on an exec channel whose stdio carries the wire protocol.
+/// The agent on an SSH host. One exec channel both checks and starts it: the remote shell runs
+/// `~/.local/lib/syncd/agent-<digest> serve` when that exists and the machine matches, and the agent checks its
+/// own digest before it speaks. Otherwise the shell answers `syncd-agent-missing <machine>`, and the agent is
+/// uploaded (temporary name, chmod, rename) and started again. A connection to a host with the agent installed
+/// thus costs one channel, no extra round trip.
 public final class SSHAgentConnection: AgentConnection {
     public var stream: ByteStream { channel }
     public let peerDescription: String
     private let channel: SSHChannelStream
     /// True when this connection uploaded the agent.
     public let installedAgent: Bool
+    static let missingMarker = "syncd-agent-missing"
 
     public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String) throws {
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
+        let host = settings.hostName
         let session = try SSHSession(settings: settings, options: options)
         let digest = try Self.digest(ofFile: agentBinary)
-        let remotePath = "\"$HOME/.local/lib/syncd/agent-\(digest)\""
-        let probe = "uname -m; if test -x \(remotePath); then \(remotePath) --digest; else echo missing; fi"
-        var answer = try Self.probe(session, probe, host: settings.hostName)
         let local = Self.localMachine()
-        guard answer.machine == local else {
-            throw SSHError.architecture(host: settings.hostName, remote: answer.machine, local: local)
-        }
-        var installed = false
-        if answer.agent != digest {
-            let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: agentBinary)))
-            let upload = """
-                set -e; d="$HOME/.local/lib/syncd"; mkdir -p "$d"; t="$d/.agent-\(digest).$$"; trap 'rm -f "$t"' EXIT; \
-                cat > "$t"; chmod 755 "$t"; mv -f "$t" "$d/agent-\(digest)"; trap - EXIT
-                """
-            let result = try session.run(upload, stdin: bytes)
-            guard result.status == 0 else {
-                let why = result.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
-                throw SSHError.agentInstall(host: settings.hostName, reason: why.isEmpty ? "upload exited with status \(result.status)" : why)
+        let start = """
+            p="$HOME/.local/lib/syncd/agent-\(digest)"; m=$(uname -m); \
+            if [ "$m" = "\(local)" ] && [ -x "$p" ]; then exec "$p" serve --expect-digest \(digest); fi; \
+            echo "\(Self.missingMarker) $m"
+            """
+        var uploaded = false
+        while true {
+            let channel = try session.openStream(start, lend: true)
+            if try channel.peek(wireMagic.count) == wireMagic {
+                channel.adoptSession()
+                self.channel = channel
+                break
             }
-            answer = try Self.probe(session, probe, host: settings.hostName)
-            guard answer.agent == digest else {
-                _ = try? session.run("rm -f \(remotePath)")
-                throw SSHError.agentInstall(host: settings.hostName,
-                                            reason: "the uploaded agent reports digest '\(answer.agent)', expected \(digest); removed it")
+            // Not the agent: the shell's answer, or a failure to run it.
+            let answer = String(decoding: try channel.readToEnd(limit: 4096), as: UTF8.self)
+            let status = channel.waitForExit()
+            let words = answer.split(whereSeparator: \.isWhitespace).map(String.init)
+            guard words.first == Self.missingMarker else {
+                let why = channel.stderrText.trimmingCharacters(in: .whitespacesAndNewlines)
+                throw SSHError.agentInstall(host: host, reason: "starting the agent failed (status \(status.map(String.init) ?? "unknown"))"
+                    + (why.isEmpty ? "" : ": \(why)") + (answer.isEmpty ? "" : "; it printed: \(answer.prefix(200))"))
             }
-            installed = true
+            let machine = words.count > 1 ? words[1] : "unknown"
+            guard machine == local else { throw SSHError.architecture(host: host, remote: machine, local: local) }
+            guard !uploaded else {
+                // Uploaded, yet it does not start or does not match its digest (it says so on stderr).
+                let why = channel.stderrText.trimmingCharacters(in: .whitespacesAndNewlines)
+                _ = try? session.run("rm -f \"$HOME/.local/lib/syncd/agent-\(digest)\"")
+                throw SSHError.agentInstall(host: host, reason: "the uploaded agent did not start" + (why.isEmpty ? "" : ": \(why)") + "; removed it")
+            }
+            try Self.upload(agentBinary, digest: digest, over: session, host: host)
+            uploaded = true
         }
-        installedAgent = installed
-        channel = try session.openStream("exec \(remotePath) serve")
+        installedAgent = uploaded
     }
 
-    private static func probe(_ session: SSHSession, _ command: String, host: String) throws -> (machine: String, agent: String) {
-        let result = try session.run(command)
-        let lines = String(decoding: result.stdout, as: UTF8.self).split(separator: "\n").map {
-            $0.trimmingCharacters(in: .whitespaces)
+    private static func upload(_ agentBinary: String, digest: String, over session: SSHSession, host: String) throws {
+        let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: agentBinary)))
+        let upload = """
+            set -e; d="$HOME/.local/lib/syncd"; mkdir -p "$d"; t="$d/.agent-\(digest).$$"; trap 'rm -f "$t"' EXIT; \
+            cat > "$t"; chmod 755 "$t"; mv -f "$t" "$d/agent-\(digest)"; trap - EXIT
+            """
+        let result = try session.run(upload, stdin: bytes)
+        guard result.status == 0 else {
+            let why = result.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw SSHError.agentInstall(host: host, reason: why.isEmpty ? "upload exited with status \(result.status)" : why)
         }
-        guard result.status == 0, lines.count >= 2 else {
-            throw SSHError.agentInstall(host: host, reason: "probing the host failed (status \(result.status)): \(result.stderr)")
-        }
-        return (lines[0], lines[1])
     }
 
     /// XXH3-128 of a file, hex: the agent's identity on the remote.

@@ -9,10 +9,18 @@ import Wire
 /// A byte stream over an SSH exec channel. libssh2 is not safe to call from two threads on one session, so one
 /// pump thread owns the session in non-blocking mode: it moves bytes between the channel and two bounded
 /// buffers and sleeps in poll() on the socket and a wake-up pipe. Readers and writers only touch the buffers.
+///
+/// Wake-ups are kept few, since on a small machine they cost as much as the copying: readers and writers wait
+/// on separate conditions, a writer blocked on a full buffer is woken only once the buffer has drained to half,
+/// and the pump is poked through its pipe only when it may be asleep with nothing to send.
 public final class SSHChannelStream: ByteStream {
     private let owner: SSHSession
     private let channel: OpaquePointer
-    private let lock = NSCondition()
+    private let lock = Mutex()
+    /// Signalled when inbound data arrives or the stream ends.
+    private let readable = Condition()
+    /// Signalled when the outbound buffer drains to `lowWater`, or the stream fails.
+    private let writable = Condition()
     private var inbound: [[UInt8]] = []
     private var inboundOffset = 0
     private var inboundBytes = 0
@@ -29,11 +37,18 @@ public final class SSHChannelStream: ByteStream {
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private let bufferLimit = 16 << 20
+    private var lowWater: Int { bufferLimit / 2 }
     private var stopRequested = false
 
-    init(session: SSHSession, channel: OpaquePointer) {
+    /// Whether the session is shut down when the channel ends (else it goes back to blocking mode for reuse).
+    private var ownsSession: Bool
+    /// Set once the ending pump has decided the session's fate; `adoptSession` comes too late after that.
+    private var sessionSettled = false
+
+    init(session: SSHSession, channel: OpaquePointer, ownsSession: Bool) {
         owner = session
         self.channel = channel
+        self.ownsSession = ownsSession
         var fds: [Int32] = [0, 0]
         _ = pipe(&fds)
         for fd in fds {
@@ -63,7 +78,7 @@ public final class SSHChannelStream: ByteStream {
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         lock.lock()
         defer { lock.unlock() }
-        while inboundBytes == 0 && !inputEnded && failure == nil { lock.wait() }
+        while inboundBytes == 0 && !inputEnded && failure == nil { readable.wait(lock) }
         if inboundBytes == 0 {
             if let failure { throw failure }
             return 0
@@ -87,14 +102,50 @@ public final class SSHChannelStream: ByteStream {
         return copied
     }
 
+    /// Makes a stream opened with a lent session its owner: the session ends with the stream.
+    public func adoptSession() {
+        lock.lock()
+        if !sessionSettled { ownsSession = true }
+        lock.unlock()
+    }
+
+    /// The first `count` bytes of the stream (fewer if it ends first), left in place for `read`.
+    public func peek(_ count: Int) throws -> [UInt8] {
+        lock.lock()
+        defer { lock.unlock() }
+        while inboundBytes < count && !inputEnded && failure == nil { readable.wait(lock) }
+        if inboundBytes == 0, let failure { throw failure }
+        var out: [UInt8] = []
+        var offset = inboundOffset
+        for piece in inbound where out.count < count {
+            let n = min(count - out.count, piece.count - offset)
+            out.append(contentsOf: piece[offset..<offset + n])
+            offset = 0
+        }
+        return out
+    }
+
+    /// Everything up to the end of the stream, at most `limit` bytes.
+    public func readToEnd(limit: Int) throws -> [UInt8] {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while out.count < limit {
+            let n = try buffer.withUnsafeMutableBytes { try read(into: $0) }
+            if n == 0 { break }
+            out.append(contentsOf: buffer[0..<min(n, limit - out.count)])
+        }
+        return out
+    }
+
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         lock.lock()
-        while outboundBytes >= bufferLimit && failure == nil { lock.wait() }
+        while outboundBytes >= bufferLimit && failure == nil { writable.wait(lock) }
         if let failure { lock.unlock(); throw failure }
+        let pumpMayBeIdle = outbound.isEmpty
         outbound.append(Array(bytes))
         outboundBytes += bytes.count
         lock.unlock()
-        wake()
+        if pumpMayBeIdle { wake() }
     }
 
     public func closeWrite() {
@@ -108,7 +159,7 @@ public final class SSHChannelStream: ByteStream {
     public func waitForExit() -> Int32? {
         lock.lock()
         defer { lock.unlock() }
-        while !finished { lock.wait() }
+        while !finished { readable.wait(lock) }
         return exitStatus
     }
 
@@ -144,11 +195,21 @@ public final class SSHChannelStream: ByteStream {
         var lastKeepalive = Date()
         defer {
             libssh2_channel_free(channel)
-            owner.shutdown()
+            lock.lock()
+            let owns = ownsSession
+            sessionSettled = true
+            lock.unlock()
+            if owns {
+                owner.shutdown()
+            } else {
+                libssh2_session_set_blocking(session, 1)
+                owner.handedOff = false
+            }
             lock.lock()
             finished = true
             inputEnded = true
-            lock.broadcast()
+            readable.broadcast()
+            writable.broadcast()
             lock.unlock()
         }
         while true {
@@ -175,12 +236,13 @@ public final class SSHChannelStream: ByteStream {
                     progressed = true
                     lock.lock()
                     outboundOffset += n
+                    let before = outboundBytes
                     outboundBytes -= n
                     if outboundOffset == chunk.count {
                         outbound.removeFirst()
                         outboundOffset = 0
                     }
-                    lock.broadcast()
+                    if before > lowWater && outboundBytes <= lowWater { writable.broadcast() }
                     lock.unlock()
                 } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
                     fail(.disconnected(host: host, reason: owner.lastError()))
@@ -205,7 +267,7 @@ public final class SSHChannelStream: ByteStream {
                     lock.lock()
                     inbound.append(Array(readBuffer[0..<n]))
                     inboundBytes += n
-                    lock.broadcast()
+                    readable.broadcast()
                     lock.unlock()
                 } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
                     fail(.disconnected(host: host, reason: owner.lastError()))
@@ -235,7 +297,7 @@ public final class SSHChannelStream: ByteStream {
                 lock.lock()
                 exitStatus = libssh2_channel_get_exit_status(channel)
                 inputEnded = true
-                lock.broadcast()
+                readable.broadcast()
                 lock.unlock()
                 return
             }
@@ -262,7 +324,32 @@ public final class SSHChannelStream: ByteStream {
     private func fail(_ error: SSHError) {
         lock.lock()
         if failure == nil { failure = error }
-        lock.broadcast()
+        readable.broadcast()
+        writable.broadcast()
         lock.unlock()
     }
+}
+
+/// A pthread mutex with a stable address.
+final class Mutex {
+    let raw = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() { pthread_mutex_init(raw, nil) }
+    deinit {
+        pthread_mutex_destroy(raw)
+        raw.deallocate()
+    }
+    func lock() { pthread_mutex_lock(raw) }
+    func unlock() { pthread_mutex_unlock(raw) }
+}
+
+/// A pthread condition variable used with a `Mutex`.
+final class Condition {
+    private let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    init() { pthread_cond_init(raw, nil) }
+    deinit {
+        pthread_cond_destroy(raw)
+        raw.deallocate()
+    }
+    func wait(_ mutex: Mutex) { pthread_cond_wait(raw, mutex.raw) }
+    func broadcast() { pthread_cond_broadcast(raw) }
 }

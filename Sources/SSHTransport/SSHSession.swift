@@ -34,7 +34,8 @@ public final class SSHSession {
     let socket: Int32
     public let settings: SSHHostSettings
     public let user: String
-    private var handedOff = false
+    /// True while a stream owns the session (it shuts the session down when it ends).
+    var handedOff = false
 
     /// Connects, verifies the host key against known_hosts, and authenticates.
     public init(settings: SSHHostSettings, options: SSHOptions) throws {
@@ -74,6 +75,13 @@ public final class SSHSession {
         libssh2_session_disconnect_ex(session, 11, "syncd: done", "")
         libssh2_session_free(session)
         close(socket)
+    }
+
+    /// The negotiated cipher and MAC, client to server ("aes128-ctr/hmac-sha2-256").
+    public var negotiatedMethods: String {
+        let cipher = libssh2_session_methods(session, LIBSSH2_METHOD_CRYPT_CS).map { String(cString: $0) } ?? "?"
+        let mac = libssh2_session_methods(session, LIBSSH2_METHOD_MAC_CS).map { String(cString: $0) } ?? "?"
+        return "\(cipher)/\(mac)"
     }
 
     /// libssh2's text for the last error on this session.
@@ -336,9 +344,11 @@ public final class SSHSession {
         return (status, out, String(decoding: err, as: UTF8.self))
     }
 
-    /// Starts `command` and returns a full-duplex stream to it, driven by its own thread. The session now
-    /// belongs to the stream; no other call may use it.
-    public func openStream(_ command: String) throws -> SSHChannelStream {
+    /// Starts `command` and returns a full-duplex stream to it, driven by its own thread. No other call may use
+    /// the session while the stream runs. The stream owns the session and shuts it down when it ends, unless
+    /// `lend` is set: then the session is usable again once `waitForExit()` returns, or the stream takes it
+    /// over with `adoptSession()`.
+    public func openStream(_ command: String, lend: Bool = false) throws -> SSHChannelStream {
         guard let channel = libssh2_channel_open_ex(session, "session", 7, 16 << 20, 32768, nil, 0) else {
             throw SSHError.channel(host: settings.hostName, reason: lastError())
         }
@@ -347,7 +357,7 @@ public final class SSHSession {
             throw SSHError.channel(host: settings.hostName, reason: "cannot run '\(command)': \(lastError())")
         }
         handedOff = true
-        return SSHChannelStream(session: self, channel: channel)
+        return SSHChannelStream(session: self, channel: channel, ownsSession: !lend)
     }
 }
 

@@ -12,6 +12,12 @@ public protocol ByteStream: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer) throws
     /// Signals end of output to the peer; reads may go on.
     func closeWrite()
+    /// A descriptor that polls readable when `read` would not block, when the stream has one.
+    var readinessFD: Int32? { get }
+}
+
+extension ByteStream {
+    public var readinessFD: Int32? { nil }
 }
 
 /// A byte stream over two file descriptors (stdin/stdout of the agent, or pipes to a child process).
@@ -30,6 +36,8 @@ public final class FileDescriptorStream: ByteStream {
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try syscall("read", path: name) { Glibc.read(input, buffer.baseAddress!, buffer.count) }
     }
+
+    public var readinessFD: Int32? { input }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         var done = 0

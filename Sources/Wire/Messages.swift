@@ -135,7 +135,8 @@ public struct RemoteEntry: Equatable, Sendable {
 public enum Message: Equatable, Sendable {
     case hello(Hello)
     /// Agent's answer to hello: its version and the absolute project directory it serves.
-    case welcome(agentVersion: String, projectDirectory: String)
+    /// `instance` names this copy of the remote project: it changes when the project directory is wiped or replaced.
+    case welcome(agentVersion: String, projectDirectory: String, instance: String)
     case fileBegin(FileHeader)
     /// Part of the chunk list of file `op` (push: sender's file; pull: remote entry).
     case chunkList(op: UInt32, chunks: [ChunkRef])
@@ -198,8 +199,8 @@ public enum Message: Equatable, Sendable {
             w.u32(UInt32(h.pullPaths.count))
             for p in h.pullPaths { w.string(p) }
             w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
-        case .welcome(let version, let dir):
-            w.string(version); w.string(dir)
+        case .welcome(let version, let dir, let instance):
+            w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
             w.u32(f.op); w.string(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
             Message.encode(f.base, into: &w)
@@ -271,7 +272,8 @@ public enum Message: Equatable, Sendable {
             h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
             message = .hello(h)
         case 0x02:
-            message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"))
+            message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
+                               instance: try r.string("instance"))
         case 0x10:
             let op = try r.u32("op")
             let path = try r.string("path")

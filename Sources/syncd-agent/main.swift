@@ -26,14 +26,28 @@ case "--digest":
 case "--help", "-h", "help":
     print("""
     usage: syncd-agent [serve]
-      serve      speak the syncd wire protocol on stdin/stdout (the default)
+      serve [--expect-digest HEX]
+                 speak the syncd wire protocol on stdin/stdout (the default); with
+                 --expect-digest, first check that this executable hashes to HEX
       --version  print the version and exit
       --digest   print the XXH3-128 digest of this executable
     syncd-agent is started by syncctl or syncd; it is not meant to be run by hand.
     """)
     exit(0)
 case nil, "serve":
-    break
+    // `serve --expect-digest HEX`: refuse to run unless this executable is that build (the installer's
+    // check, made at every start at the cost of hashing 10 MB).
+    if arguments.count >= 3, arguments[1] == "--expect-digest" {
+        let actual = (try? StreamingDigest.digest(ofFile: "/proc/self/exe").hex) ?? "unreadable"
+        guard actual == arguments[2] else {
+            printError("syncd-agent: this executable's digest is \(actual), expected \(arguments[2]); it is damaged or replaced")
+            print("syncd-agent-missing \(machineName()) digest-mismatch")
+            exit(3)
+        }
+    } else if arguments.count > 1 {
+        printError("syncd-agent: unknown arguments to serve: \(arguments.dropFirst().joined(separator: " ")); try --help")
+        exit(2)
+    }
 default:
     printError("syncd-agent: unknown argument '\(arguments[0])'; try --help")
     exit(2)
@@ -52,4 +66,10 @@ do {
 } catch {
     printError("syncd-agent: \(error)")
     exit(1)
+}
+
+func machineName() -> String {
+    var name = utsname()
+    uname(&name)
+    return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 }

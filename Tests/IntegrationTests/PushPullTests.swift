@@ -212,6 +212,36 @@ struct PushPullTests {
         #expect(f.read("output/tmp.txt") == nil)
     }
 
+    @Test func wipedRemoteIsRefilledAndPulledFilesSurvive() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        try f.write("data/blob.bin", randomBytes(300_000, seed: 21))
+        #expect(try f.push().status == 0)
+        try f.write("output/result.txt", "trained", in: f.remoteProject)
+        try f.age("output/result.txt")
+        #expect(try f.pull().status == 0)
+        #expect(f.read("output/result.txt") == Array("trained".utf8))
+
+        // The remote project is wiped (a new machine, rm -rf): a pull must not take that as "delete everything".
+        try FileManager.default.removeItem(atPath: f.remoteProject)
+        let pull = try f.pull()
+        #expect(pull.status == 0, "\(pull.stderr)")
+        #expect(f.read("output/result.txt") == Array("trained".utf8), "a pulled file survives a wiped remote")
+        #expect(((try pull.json()["warnings"] as? [String]) ?? []).contains { $0.contains("wiped or replaced") })
+
+        // And the push that follows sends everything again (the two files and syncd.yaml), instead of trusting
+        // what it remembers.
+        try FileManager.default.removeItem(atPath: f.remoteProject)
+        let push = try f.push()
+        #expect(push.status == 0, "\(push.stderr)")
+        #expect(try push.int("files_changed") == 3, "\(push.stdout)")
+        #expect(((try push.json()["warnings"] as? [String]) ?? []).contains { $0.contains("wiped or replaced") })
+        #expect(f.read("src/a.py", in: f.remoteProject) == Array("a = 1\n".utf8))
+        #expect(f.read("data/blob.bin", in: f.remoteProject) == randomBytes(300_000, seed: 21) ? true : false)
+        let again = try f.push()
+        #expect(try again.int("files_changed") == 0)
+    }
+
     @Test func cliErrorsNameWhatIsWrong() throws {
         let f = try SyncFixture()
         try f.write("syncd.yaml", "remote: local:/tmp/x\npul: [output]\n")

@@ -27,7 +27,7 @@ final class SSHServer {
         port = try Self.freePort()
         try """
             Port \(port)
-            ListenAddress 127.0.0.1
+            ListenAddress 127.0.0.1\(Self.hasIPv6Loopback ? "\nListenAddress [::1]" : "")
             HostKey \(dir)/host_ed25519
             AuthorizedKeysFile \(dir)/authorized_keys
             PidFile \(dir)/sshd.pid
@@ -52,6 +52,19 @@ final class SSHServer {
         let r = try run("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", path])
         guard r.status == 0 else { throw FixtureError("ssh-keygen failed: \(r.stderr)") }
     }
+
+    /// True when ::1 can be bound here (then sshd listens on it too).
+    static let hasIPv6Loopback: Bool = {
+        let fd = socket(AF_INET6, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in6()
+        addr.sin6_family = sa_family_t(AF_INET6)
+        addr.sin6_addr = in6addr_loopback
+        return withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) == 0 }
+        }
+    }()
 
     /// A loopback port nobody listens on right now.
     static func freePort() throws -> Int {
@@ -130,10 +143,10 @@ final class SSHServer {
     }
 
     /// An ssh_config for this server under `alias`.
-    func sshConfig(alias: String = "gpu-test", strict: String? = "accept-new", key: String? = nil) -> String {
+    func sshConfig(alias: String = "gpu-test", strict: String? = "accept-new", key: String? = nil, host: String = "127.0.0.1") -> String {
         var text = """
             Host \(alias)
-              HostName 127.0.0.1
+              HostName \(host)
               Port \(port)
               User root
               IdentityFile \(key ?? clientKey)

@@ -24,6 +24,19 @@ struct SSHTests {
         #expect(try p.int("bytes_received") > 2_000_000)
     }
 
+    @Test(.enabled(if: SSHServer.hasIPv6Loopback, "this machine has no ::1"))
+    func pushOverIPv6Loopback() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server, config: server.sshConfig(host: "::1"))
+        try f.write("src/v6.py", "print('v6')\n")
+        let r = try f.sshctl(["push", f.project, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(f.read("src/v6.py", in: f.remoteProject) == Array("print('v6')\n".utf8))
+        let known = (try? String(contentsOfFile: server.knownHosts, encoding: .utf8)) ?? ""
+        #expect(known.contains("[::1]:\(server.port)"), "the host key is recorded under the v6 address: \(known)")
+    }
+
     @Test func sshConfigAliasWithInclude() throws {
         let server = try SSHServer()
         let f = try SyncFixture()
@@ -120,6 +133,18 @@ struct SSHTests {
         #expect(try SSHAgentConnection.digest(ofFile: installed) == digest)
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: installDir).filter { $0.hasPrefix(".agent-") }
         #expect(leftovers.isEmpty)
+
+        // A damaged agent (bytes appended) refuses to serve; it is replaced and the push goes through.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: installed))
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data("damage".utf8))
+        try handle.close()
+        try f.write("c.txt", "z")
+        let repaired = try f.sshctl(["push", f.project])
+        #expect(repaired.status == 0, "\(repaired.stderr)")
+        #expect(repaired.stderr.contains("damaged or replaced"), "\(repaired.stderr)")
+        #expect(try SSHAgentConnection.digest(ofFile: installed) == digest)
+        #expect(f.read("c.txt", in: f.remoteProject) == Array("z".utf8))
     }
 
     @Test func connectionFailuresHaveClearMessages() throws {

@@ -5,7 +5,7 @@ import Wire
 struct WireTests {
     static let samples: [Message] = [
         .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output", "checkpoint"], chunking: .default)),
-        .welcome(agentVersion: "0.1.0", projectDirectory: "/r/p"),
+        .welcome(agentVersion: "0.1.0", projectDirectory: "/r/p", instance: "0123456789abcdef"),
         .fileBegin(FileHeader(op: 7, path: "src/ü.py", permissions: 0o755, mtimeNanos: -5, size: 99,
                               digest: ChunkID(low: 1, high: 2), base: .symlink("x"), chunkCount: 3)),
         .chunkList(op: 7, chunks: [ChunkRef(id: ChunkID(low: 3, high: 4), offset: 0, length: 10)]),

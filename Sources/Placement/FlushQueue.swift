@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SyncSystem
+
+/// Runs `fsync` on a few worker threads, so the thread that receives data never waits for the disk, and
+/// concurrent fsyncs of many small files share journal commits (on ext4 here: 1000 small files take 0.21 s
+/// one after another, 0.05 s from eight threads).
+///
+/// The owner submits descriptors with a token and later collects completions, either by polling
+/// `completionFD` (readable while completions wait) or by blocking in `waitForCompletions()`. Submitting and
+/// collecting are for one owner thread; the workers touch only the shared queues, under the mutex.
+public final class FlushQueue {
+    public struct Completion {
+        public let token: UInt64
+        /// 0, or the errno of the failed fsync.
+        public let error: Int32
+    }
+
+    // Heap-allocated: pthread objects must not move, which a Swift stored property does not promise.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var jobs: [(token: UInt64, fd: Int32)] = []
+    private var jobHead = 0
+    private var completed: [Completion] = []
+    private var stopping = false
+    private var workers: [pthread_t] = []
+    /// Read end of a pipe that holds a byte while completions wait.
+    public let completionFD: Int32
+    private let signalFD: Int32
+    /// Jobs submitted and not yet collected (owner thread only).
+    public private(set) var outstanding = 0
+
+    public init(workers count: Int = 4) {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { fatalError("cannot make a pipe: errno \(errno)") }
+        for fd in ends {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        }
+        completionFD = ends[0]
+        signalFD = ends[1]
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(wake, nil)
+        for _ in 0..<max(count, 1) {
+            var thread = pthread_t()
+            let context = Unmanaged.passRetained(self).toOpaque()
+            let rc = pthread_create(&thread, nil, { raw in
+                let queue = Unmanaged<FlushQueue>.fromOpaque(raw!).takeRetainedValue()
+                queue.work()
+                return nil
+            }, context)
+            guard rc == 0 else {
+                Unmanaged<FlushQueue>.fromOpaque(context).release()
+                break
+            }
+            workers.append(thread)
+        }
+    }
+
+    /// Stops the workers after the queued jobs and waits for them. Call before dropping the queue: the
+    /// workers keep it alive until then.
+    public func shutdown() {
+        pthread_mutex_lock(mutex)
+        stopping = true
+        pthread_cond_broadcast(wake)
+        pthread_mutex_unlock(mutex)
+        for thread in workers { pthread_join(thread, nil) }
+        workers.removeAll()
+    }
+
+    deinit {
+        close(completionFD)
+        close(signalFD)
+        pthread_cond_destroy(wake)
+        pthread_mutex_destroy(mutex)
+        wake.deallocate()
+        mutex.deallocate()
+    }
+
+    /// Queues an fsync of `fd`; the descriptor must stay open until its completion is collected.
+    public func submit(token: UInt64, fd: Int32) {
+        pthread_mutex_lock(mutex)
+        jobs.append((token, fd))
+        pthread_cond_signal(wake)
+        pthread_mutex_unlock(mutex)
+        outstanding += 1
+    }
+
+    /// Completions ready now, without waiting.
+    public func takeCompletions() -> [Completion] {
+        guard outstanding > 0 else { return [] }
+        pthread_mutex_lock(mutex)
+        let done = completed
+        completed.removeAll(keepingCapacity: true)
+        var sink: UInt8 = 0
+        while read(completionFD, &sink, 1) == 1 {}
+        pthread_mutex_unlock(mutex)
+        outstanding -= done.count
+        return done
+    }
+
+    /// Blocks until at least one completion is ready (returns at once when nothing is outstanding).
+    public func waitForCompletions() -> [Completion] {
+        while outstanding > 0 {
+            let done = takeCompletions()
+            if !done.isEmpty { return done }
+            var fds = [pollfd(fd: completionFD, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, 1, -1)
+        }
+        return []
+    }
+
+    private func work() {
+        pthread_mutex_lock(mutex)
+        while true {
+            while jobHead == jobs.count && !stopping { pthread_cond_wait(wake, mutex) }
+            if jobHead == jobs.count { break }
+            let job = jobs[jobHead]
+            jobHead += 1
+            if jobHead == jobs.count { jobs.removeAll(keepingCapacity: true); jobHead = 0 }
+            pthread_mutex_unlock(mutex)
+            var rc: Int32
+            repeat { rc = fsync(job.fd) } while rc != 0 && errno == EINTR
+            let error = rc == 0 ? 0 : errno
+            pthread_mutex_lock(mutex)
+            completed.append(Completion(token: job.token, error: error))
+            if completed.count == 1 {
+                var byte: UInt8 = 1
+                _ = write(signalFD, &byte, 1)
+            }
+        }
+        pthread_mutex_unlock(mutex)
+    }
+}
