@@ -58,7 +58,7 @@ let package = Package(
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem"],
+        .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],
                           path: "Bench/Sources/syncd-bench"),
 
         .executableTarget(name: "syncd-ssh-bench", dependencies: ["SSHTransport", "SyncConfig", "SyncSystem"],

@@ -30,7 +30,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 PubkeyAuthentication yes
 PermitRootLogin yes
-SetEnv HOME=$dir/home
+SetEnv HOME=$dir/home ${BENCH_SSHD_SETENV:-}
 LogLevel ERROR
 CONF
     : >"$dir/known_hosts"

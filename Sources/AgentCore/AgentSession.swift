@@ -26,6 +26,12 @@ public final class AgentSession {
     /// Files whose fsync is in flight, by operation id; bounded so open descriptors stay well under limits.
     private var sealed: [UInt32: PendingFile] = [:]
     private static let maxSealed = 256
+    /// Files renamed into place whose directories are not fsynced yet, and those directories. Directory fsyncs
+    /// each cost a journal commit, so they are made for many renames at once: before the agent would wait for
+    /// input, every `maxUnsyncedAnswers` files, and at the end. Answers wait for them.
+    private var unsyncedDirectories: [String: FileDescriptor] = [:]
+    private var unsyncedAnswers: [(op: UInt32, status: OpStatus, message: String, current: PathState)] = []
+    private static let maxUnsyncedAnswers = 512
     private let homeDirectory: String
     private var tree: Tree!
     private var state: AgentState!
@@ -96,6 +102,7 @@ public final class AgentSession {
         for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
         pullPaths = try hello.pullPaths.map { try RelativePath($0) }
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
+        refusing = hello.role == .push && !hello.expectInstance.isEmpty && hello.expectInstance != state.instance
         try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance))
     }
 
@@ -157,6 +164,11 @@ public final class AgentSession {
     }
 
     private var pending: [UInt32: PendingFile] = [:]
+    /// The client expected another instance of this project (it was wiped or replaced since): every operation
+    /// of this push is refused unapplied, since its bases describe a remote that is gone.
+    private var refusing = false
+    private static let refusal = "the remote project was wiped or replaced since the last sync; nothing applied"
+
     private var openAssemblies: [UInt32] = []
 
     private func servePush() throws {
@@ -166,10 +178,8 @@ public final class AgentSession {
                 try commitSynced(flushes.waitForCompletions())
                 continue
             }
-            if flushes.outstanding > 0 {
-                let done = flushes.takeCompletions()
-                if !done.isEmpty { try commitSynced(done) }
-            }
+            if flushes.outstanding > 0 { try commitSynced(flushes.takeCompletions()) }
+            if unsyncedAnswers.count >= Self.maxUnsyncedAnswers { try syncDirectoriesAndAnswer() }
             guard let message = try reader.next() else {
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
             }
@@ -178,7 +188,10 @@ public final class AgentSession {
                 guard !ended else { throw ProtocolError("file frame after end of operations") }
                 guard pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
                 let path: RelativePath
-                do { path = try checkedPath(header.path) } catch {
+                do {
+                    if refusing { throw AgentError(Self.refusal) }
+                    path = try checkedPath(header.path)
+                } catch {
                     try reply(header.op, .failed, "\(error)", .absent)
                     if header.chunkCount > 0 { pending[header.op] = PendingFile(header: header, path: nil) }
                     continue
@@ -210,6 +223,8 @@ public final class AgentSession {
                     file.assembly?.suspend()
                     try reply(op, .failed, "sender gave up: \(reason)", .absent)
                 }
+            case .symlink(let op, _, _, _) where refusing, .directory(let op, _, _) where refusing, .delete(let op, _, _) where refusing:
+                try reply(op, .failed, Self.refusal, .absent)
             case .symlink(let op, let path, let target, let base):
                 try guardOp { try applySymlink(op, path, target, base) } fail: { try reply(op, .failed, $0, .absent) }
             case .directory(let op, let path, let permissions):
@@ -222,6 +237,7 @@ public final class AgentSession {
                 throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
             }
         }
+        try syncDirectoriesAndAnswer()
         // Every operation is answered: temporary files no session is building any more are stale.
         for partial in state.partials {
             if let path = try? RelativePath(partial), let parent = try? tree.openDirectory(path.parentComponents, create: false) {
@@ -236,24 +252,41 @@ public final class AgentSession {
 
     // MARK: - Bounded cache of replaced and deleted files
 
-    /// Upper bound on the bytes kept in `.syncd/cache/`, so remote disk use stays close to the project's size.
+    /// Upper bound on the bytes kept in `.syncd/cache/` between sessions, so remote disk use stays close to the
+    /// project's size. Within a push the cache may hold more (every file deleted so far, whatever its size, so
+    /// that a moved file of any size is found); the oldest entries go when the push ends.
     static let cacheLimit: UInt64 = 512 << 20
     private static let cachePrefix = agentStateDirectoryName + "/cache/"
 
     /// Keeps the content of a file about to be replaced or deleted, as a hard link (no data is copied), so its
-    /// chunks stay available: a file moved across a type change or an edit undone costs no transfer.
-    private func stash(_ path: RelativePath, stat st: FileStat) {
-        guard let record = state.records[path.string], record.stat.sameContentIdentity(as: st),
-              record.stat.size > 0, record.stat.size <= Self.cacheLimit / 4,
+    /// chunks stay available: a moved file is linked back out whole (`adoptCached`), and an edit undone or a
+    /// file moved across a type change costs no transfer.
+    /// Returns the digest it stashed under, for `refreshStash` once the original path is gone.
+    @discardableResult
+    private func stash(_ path: RelativePath, stat st: FileStat) -> ChunkID? {
+        guard let record = state.records[path.string], record.stat.sameContentIdentity(as: st), record.stat.size > 0,
               let parent = try? tree.openDirectory(path.parentComponents, create: false),
               let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: true)
-        else { return }
+        else { return nil }
         let name = record.digest.hex
-        if linkat(parent.raw, path.name, cache.raw, name, 0) != 0 && errno != EEXIST { return }
-        guard let linked = try? Tree.lstat(at: cache, name: name, shown: name), linked.kind == .regular else { return }
+        if linkat(parent.raw, path.name, cache.raw, name, 0) != 0 && errno != EEXIST { return nil }
+        guard let linked = try? Tree.lstat(at: cache, name: name, shown: name), linked.kind == .regular else { return nil }
         let cachedPath = Self.cachePrefix + name
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
         store.add(path: cachedPath, chunks: record.chunks)
+        return record.digest
+    }
+
+    /// Unlinking or replacing the original changes the cached inode's ctime; the record follows, so the entry
+    /// is still recognised as unchanged.
+    private func refreshStash(_ digest: ChunkID) {
+        let cachedPath = Self.cachePrefix + digest.hex
+        guard var record = state.records[cachedPath],
+              let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: false),
+              let st = try? Tree.lstat(at: cache, name: digest.hex, shown: cachedPath), st.inode == record.stat.inode
+        else { return }
+        record.stat = st
+        state.put(record)
     }
 
     /// Drops the oldest cached files until the cache fits its bound.
@@ -301,6 +334,7 @@ public final class AgentSession {
                 return try reply(header.op, .conflict, "changed on the remote since the last sync (remote now: \(current), expected \(header.base))", current)
             }
             file.targetStat = st
+            if current == .absent, try adoptCached(file) { return }
             let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks)
             file.assembly = assembly
             state.notePartial(partialPath(file.path, header.digest), started: true)
@@ -324,9 +358,40 @@ public final class AgentSession {
         }
     }
 
+    /// A new file whose content the cache holds whole (the old half of a move, deleted earlier in this push) is
+    /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
+    private func adoptCached(_ file: PendingFile) throws -> Bool {
+        let header = file.header
+        let name = header.digest.hex
+        let cachedPath = Self.cachePrefix + name
+        guard let record = state.records[cachedPath], record.digest == header.digest,
+              let cache = try tree.openDirectory([agentStateDirectoryName, "cache"], create: false),
+              let st = try Tree.lstat(at: cache, name: name, shown: cachedPath), st.kind == .regular,
+              record.stat.sameContentIdentity(as: st),
+              let parent = try tree.openDirectory(file.path.parentComponents, create: true)
+        else { return false }
+        let fd = try syscall("openat", path: cachedPath) { openat(cache.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
+        let cached = FileDescriptor(raw: fd, path: cachedPath)
+        try cached.setPermissions(header.permissions & 0o777)
+        try cached.setModificationTime(header.mtimeNanos)
+        // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
+        guard linkat(cache.raw, name, parent.raw, file.path.name, 0) == 0 else { return false }
+        _ = unlinkat(cache.raw, name, 0)
+        dropRecord(cachedPath)
+        if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
+        if let placed = try tree.lstat(file.path) {
+            state.put(FileRecord(path: file.path.string, stat: placed, digest: header.digest, chunks: record.chunks))
+            store.add(path: file.path.string, chunks: record.chunks)
+        }
+        pending[header.op] = nil
+        unsyncedDirectories[file.path.parentString] = parent
+        unsyncedAnswers.append((header.op, .applied, "moved within the remote", .file(header.digest)))
+        return true
+    }
+
     /// Project-relative path of the temporary file that builds `path` with content `digest`.
     private func partialPath(_ path: RelativePath, _ digest: ChunkID) -> String {
-        (path.parentString.isEmpty ? "" : path.parentString + "/") + partialFilePrefix + digest.hex
+        (path.parentString.isEmpty ? "" : path.parentString + "/") + FileAssembly.partName(for: path, digest: digest)
     }
 
     /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
@@ -376,11 +441,15 @@ public final class AgentSession {
         if sealed.count >= Self.maxSealed { try commitSynced(flushes.waitForCompletions()) }
     }
 
-    /// Renames durable files into place, fsyncs each of their directories once, then answers for them.
+    /// Renames durable files into place; their answers go out with the next directory fsyncs.
     private func commitSynced(_ done: [FlushQueue.Completion]) throws {
         guard !done.isEmpty else { return }
         var directories: [String: FileDescriptor] = [:]
         var answers: [(op: UInt32, status: OpStatus, message: String, current: PathState)] = []
+        defer {
+            unsyncedDirectories.merge(directories) { old, _ in old }
+            unsyncedAnswers += answers
+        }
         for completion in done {
             let op = UInt32(truncatingIfNeeded: completion.token)
             guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
@@ -393,12 +462,14 @@ public final class AgentSession {
                 continue
             }
             do {
+                var stashed: ChunkID?
                 let parent = try assembly.commit { now in
                     let same = (now == nil && file.targetStat == nil)
                         || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
                     if !same { throw ConflictAtPlacement(current: now) }
-                    if let now, now.kind == .regular { self.stash(file.path, stat: now) }
+                    if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
                 }
+                if let stashed { refreshStash(stashed) }
                 if let parent { directories[file.path.parentString] = parent }
             } catch is ConflictAtPlacement {
                 assembly.discard()
@@ -420,7 +491,15 @@ public final class AgentSession {
             }
             answers.append((op, .applied, assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "", .file(header.digest)))
         }
-        for directory in directories.values { Tree.syncDirectory(directory) }
+    }
+
+    /// Makes the renames so far durable (one fsync per directory) and sends their answers.
+    private func syncDirectoriesAndAnswer() throws {
+        guard !unsyncedAnswers.isEmpty || !unsyncedDirectories.isEmpty else { return }
+        for directory in unsyncedDirectories.values { Tree.syncDirectory(directory) }
+        unsyncedDirectories.removeAll()
+        let answers = unsyncedAnswers
+        unsyncedAnswers.removeAll()
         for a in answers { try reply(a.op, a.status, a.message, a.current) }
     }
 
@@ -428,20 +507,16 @@ public final class AgentSession {
     /// first, input or completed fsyncs, and places and answers for the latter, so the client never waits
     /// on answers the agent could give.
     private func commitWhileIdle() throws {
-        guard flushes.outstanding > 0 else { return }
         guard let input = stream.readinessFD else {
             while flushes.outstanding > 0 { try commitSynced(flushes.waitForCompletions()) }
-            return
+            return try syncDirectoriesAndAnswer()
         }
-        while flushes.outstanding > 0 {
+        while true {
+            if flushes.outstanding == 0 { return try syncDirectoriesAndAnswer() }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
             if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
-            let done = flushes.takeCompletions()
-            if !done.isEmpty {
-                try commitSynced(done)
-                try writer.flush()
-            }
+            try commitSynced(flushes.takeCompletions())
             if fds[0].revents != 0 { return }
         }
     }
@@ -508,12 +583,15 @@ public final class AgentSession {
                 throw SystemError(call: "rmdir", path: path.string, errno: errno)
             }
         } else {
-            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.string), st.kind == .regular { stash(path, stat: st) }
+            var stashed: ChunkID?
+            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.string), st.kind == .regular { stashed = stash(path, stat: st) }
             try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.string)
+            if let stashed { refreshStash(stashed) }
         }
-        Tree.syncDirectory(parent)
         dropRecord(path.string)
-        try reply(op, .applied, "", .absent)
+        // Durable, and answered, with the next batch of directory fsyncs.
+        unsyncedDirectories[path.parentString] = parent
+        unsyncedAnswers.append((op, .applied, "", .absent))
     }
 
     private func dropRecord(_ path: String) {

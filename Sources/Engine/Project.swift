@@ -112,7 +112,8 @@ public final class Project {
     }
 
     /// Starts the agent for this project's remote.
-    func connect() throws -> AgentConnection {
+    /// `greeting` is written by transports that can send it before the agent answers (see `clientGreeting`).
+    func connect(greeting: [UInt8] = []) throws -> AgentConnection {
         switch config.remote {
         case .local:
             let agent: String
@@ -137,7 +138,7 @@ public final class Project {
             }
             do {
                 return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
-                                              agentBinary: agent)
+                                              agentBinary: agent, greeting: greeting)
             } catch let e as SSHError {
                 throw SyncError("ssh \(destination): \(e)")
             }
@@ -158,9 +159,13 @@ final class PendingConnection {
     private var outcome: Result<AgentConnection, Error>?
     private var abandoned = false
 
-    init(project: Project) {
+    init(project: Project, greeting: [UInt8]) {
         let thread = Thread { [self] in
-            let result = Result { try project.connect() }
+            let result = Result { () throws -> AgentConnection in
+                let connection = try project.connect(greeting: greeting)
+                if !connection.greetingSent { try greeting.withUnsafeBytes { try connection.stream.write($0) } }
+                return connection
+            }
             condition.lock()
             outcome = result
             let drop = abandoned

@@ -24,7 +24,9 @@ public final class PullSession {
         var stats = SyncStats(direction: "pull")
         let state = try project.openState()
         var pulled = try state.load(.pulled)
-        let connecting = PendingConnection(project: project)
+        let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                          pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)
+        let connecting = PendingConnection(project: project, greeting: clientGreeting(hello))
         let snapshot: Snapshotter.Result
         do { snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths) } catch {
             connecting.cancel()
@@ -35,21 +37,19 @@ public final class PullSession {
         let store = ChunkStore(tree: project.tree)
         for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
 
+        Trace.mark("pull: local snapshot of \(snapshot.entries.count) entries")
         let connection = try connecting.wait()
+        Trace.mark("pull: connected")
         let reader = FrameReader(connection.stream)
         let writer = FrameWriter(connection.stream)
         let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
         var changes: [(String, SyncedEntry?)] = []
         var cacheUpdates: [CachedFile] = []
         do {
-            try writer.writeHandshake()
             let version = try reader.readHandshake()
             guard version == wireVersion else {
                 throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion)")
             }
-            try writer.send(.hello(Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
-                                         pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)))
-            try writer.flush()
             guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
             if case .error(let m) = welcome { throw SyncError("agent: \(m)") }
             guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
@@ -94,6 +94,7 @@ public final class PullSession {
                 }
             }
             stats.filesScanned = order.count
+            Trace.mark("pull: listing of \(order.count) entries")
 
             // 2. Decide, and build what can be built from local chunks.
             var assemblies: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
@@ -159,6 +160,7 @@ public final class PullSession {
                 }
             }
 
+            Trace.mark("pull: decided; \(fetches.count) files to fetch")
             // 3. Fetch what is missing: requests go out on their own thread while this one takes in chunks.
             let requests = fetches
             let sender = Thread {
@@ -233,6 +235,7 @@ public final class PullSession {
                 stats.errors.append("\(offer.path.string): the agent did not send every chunk")
             }
 
+            Trace.mark("pull: received and placed")
             // 4. Remote deletions, children first.
             let offered = Set(offers.values.map(\.path.string))
             for key in pulled.keys.sorted(by: >) where !offered.contains(key) && !skipped.contains(key) {

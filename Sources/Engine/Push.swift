@@ -22,8 +22,9 @@ enum PushOperation {
 }
 
 /// Works out what a push must send: compares the local snapshot with what was last pushed and orders the
-/// operations so that type changes clear the way first, directories precede their contents, new files precede
-/// deletes (so moved content is found on the remote), and deletes go children first.
+/// operations: deletes first (children before their directory), then directories, then files and symlinks.
+/// Deleting first clears the way for type changes, and a deleted file's content stays in the agent's cache,
+/// so a moved file is renamed out of it on the remote instead of being copied or sent.
 /// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
 /// drops those that turn out unchanged once hashed.
 func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> [PushOperation] {
@@ -61,7 +62,7 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
     let earlySet = Set(early)
     deleted.subtract(earlySet)
     var ops: [PushOperation] = []
-    for p in earlySet.sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
+    for p in earlySet.union(deleted).sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
     let base: (LocalEntry) -> PathState = { e in
         earlySet.contains(e.path.string) ? .absent : (pushed[e.path.string]?.pathState ?? .absent)
     }
@@ -69,7 +70,6 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
     for e in upserts where e.stat.kind != .directory {
         ops.append(e.stat.kind == .symlink ? .symlink(e, base: base(e)) : .file(e, base: base(e)))
     }
-    for p in deleted.sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
     return ops
 }
 
@@ -169,7 +169,12 @@ public final class PushSession {
         var stats = SyncStats(direction: "push")
         let state = try project.openState()
         let pushed = try state.load(.pushed)
-        let connecting = PendingConnection(project: project)
+        // The operations go out right behind the hello, without waiting for the welcome: the agent refuses them
+        // all if its instance is not the one expected (a wiped or replaced remote).
+        let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                          pullPaths: project.pullPaths.map(\.string), chunking: project.chunking,
+                          expectInstance: try state.remoteInstance() ?? "")
+        let connecting = PendingConnection(project: project, greeting: clientGreeting(hello))
         let scan: Snapshotter.Scan
         let planned: [PushOperation]
         do {
@@ -330,21 +335,9 @@ final class PushPipeline {
         writer = FrameWriter(connection.stream)
     }
 
+    /// The connection has sent the handshake and hello already; operations follow at once, and the reader thread
+    /// checks the agent's handshake and welcome as they arrive.
     func run() throws -> PipelineOutcome {
-        try writer.writeHandshake()
-        let version = try reader.readHandshake()
-        guard version == wireVersion else {
-            throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
-        }
-        try writer.send(.hello(Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
-                                     pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)))
-        try writer.flush()
-        guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
-        if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
-        guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
-        try checkInstance(instance)
-        Trace.mark("push: welcome")
-
         let readerThread = Thread { [self] in readLoop() }
         readerThread.start()
 
@@ -395,6 +388,20 @@ final class PushPipeline {
     }
 
     private func readLoop() {
+        do {
+            let version = try reader.readHandshake()
+            guard version == wireVersion else {
+                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
+            }
+            guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
+            if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
+            guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+            try checkInstance(instance)
+            Trace.mark("push: welcome")
+        } catch {
+            fail(error)
+            return
+        }
         while true {
             let message: Message?
             do { message = try reader.next() } catch {

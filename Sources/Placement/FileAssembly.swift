@@ -51,7 +51,7 @@ public final class FileAssembly {
         chunks = withOffsets
         present = [Bool](repeating: false, count: withOffsets.count)
         missingCount = withOffsets.count
-        partName = partialFilePrefix + digest.hex
+        partName = Self.partName(for: path, digest: digest)
         guard let parent = try tree.openDirectory(path.parentComponents, create: true) else {
             throw PlacementError(path: path.string, message: "parent directory could not be made")
         }
@@ -77,6 +77,15 @@ public final class FileAssembly {
         let part = FileDescriptor(raw: fd, path: partName)
         partFD = part
         return part
+    }
+
+    /// The temporary file's name: `.syncd-part.<digest>-<hash of the final name>`. The digest lets a later run
+    /// find and resume it; the name keeps two files with the same content in one directory (copies, empty
+    /// `__init__.py`s) from building into the same temporary file.
+    public static func partName(for path: RelativePath, digest: ChunkID) -> String {
+        let name = ChunkID(hashing: Array(path.name.utf8)).low
+        let suffix = String(name, radix: 16)
+        return partialFilePrefix + digest.hex + "-" + String(repeating: "0", count: 16 - suffix.count) + suffix
     }
 
     /// True while the temporary file is held open.
@@ -195,6 +204,7 @@ public final class FileAssembly {
         }
         try part.setPermissions(permissions & 0o777)
         try part.setModificationTime(mtimeNanos)
+        // Writeback starts now, so the fsync that follows (on a worker thread) mostly waits for I/O in flight.
         part.startWriteback()
         return part
     }

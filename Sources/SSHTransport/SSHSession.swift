@@ -253,8 +253,7 @@ public final class SSHSession {
 
     private func authenticate(options: SSHOptions) throws {
         var tried: [String] = []
-        _ = libssh2_userauth_list(session, user, UInt32(user.utf8.count))
-        if libssh2_userauth_authenticated(session) != 0 { return }
+        // No userauth_list ("none") first: the first real attempt makes the service request, one round trip less.
         if let socketPath = ProcessInfo.processInfo.environment["SSH_AUTH_SOCK"], !socketPath.isEmpty {
             if tryAgent(&tried) { return }
         }

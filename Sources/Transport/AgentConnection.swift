@@ -12,6 +12,12 @@ public protocol AgentConnection: AnyObject {
     func finish() -> String?
     /// Ends the agent now.
     func terminate()
+    /// True when the transport already wrote the client's greeting (handshake and hello) to the agent.
+    var greetingSent: Bool { get }
+}
+
+extension AgentConnection {
+    public var greetingSent: Bool { false }
 }
 
 /// Finds the `syncd-agent` binary: an explicit path, `$SYNCD_AGENT`, or beside the running executable.

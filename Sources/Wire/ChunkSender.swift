@@ -4,7 +4,13 @@ import SyncSystem
 /// Sends chunks of local files: reads each one, checks it still matches its id, and queues it as a chunk-data
 /// frame, compressed when that pays. One per sending thread: it owns a read buffer and a compressor.
 public final class ChunkSender {
-    private let compressor = ChunkCompressor()
+    /// zlib level 6 for the first `tightBudget` bytes of a session, level 1 after that: a small transfer (an edit,
+    /// an appended log) is compressed as hard as rsync -z does, and a bulk transfer is not slowed to 26 MB/s
+    /// per core (level 6 on CSV here; level 1 runs at 136 MB/s for 11% less gain).
+    private let tight = ChunkCompressor(level: 6)
+    private let fast = ChunkCompressor(level: 1)
+    private static let tightBudget = 16 << 20
+    private var bytesSeen = 0
     private var policy = CompressionPolicy()
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
@@ -18,6 +24,8 @@ public final class ChunkSender {
         let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
         let n = try file.read(into: view, at: chunk.offset)
         guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { return false }
+        bytesSeen += view.count
+        let compressor = bytesSeen <= Self.tightBudget ? tight : fast
         if let packed = policy.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
             try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
         } else {

@@ -82,6 +82,18 @@ public final class FrameReader {
     }
 }
 
+/// The opening bytes of a session from the client: its handshake and `hello`. A transport writes them as soon
+/// as the agent can read them (see `AgentConnection.greetingSent`), saving the round trip of waiting for the
+/// agent's own handshake first.
+public func clientGreeting(_ hello: Hello) -> [UInt8] {
+    var bytes = wireMagic + [UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)]
+    let (type, payload) = Message.hello(hello).encode()
+    withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
+    bytes.append(type)
+    bytes.append(contentsOf: payload)
+    return bytes
+}
+
 /// Buffers frames and writes them to a byte stream. Not thread safe: one writer at a time.
 public final class FrameWriter {
     private let stream: ByteStream

@@ -44,9 +44,14 @@ public struct Hello: Equatable, Sendable {
     public var chunkMin: UInt32
     public var chunkAvg: UInt32
     public var chunkMax: UInt32
+    /// The remote instance id the client last synced with ("" when it knows none). A push whose expectation
+    /// fails is refused whole by the agent, so the client may send operations before it sees the welcome.
+    public var expectInstance: String
 
-    public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters) {
+    public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters,
+                expectInstance: String = "") {
         self.role = role
+        self.expectInstance = expectInstance
         self.project = project
         self.remoteRoot = remoteRoot
         self.pullPaths = pullPaths
@@ -199,6 +204,7 @@ public enum Message: Equatable, Sendable {
             w.u32(UInt32(h.pullPaths.count))
             for p in h.pullPaths { w.string(p) }
             w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
+            w.string(h.expectInstance)
         case .welcome(let version, let dir, let instance):
             w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
@@ -270,6 +276,7 @@ public enum Message: Equatable, Sendable {
             for _ in 0..<n { paths.append(try r.string("pull path")) }
             var h = Hello(role: role, project: project, remoteRoot: root, pullPaths: paths, chunking: .default)
             h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
+            h.expectInstance = try r.string("expected instance")
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),

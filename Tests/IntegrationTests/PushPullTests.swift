@@ -1,6 +1,11 @@
 import Foundation
 import Testing
 
+func inode(_ path: String) -> UInt64 {
+    var st = stat()
+    return lstat(path, &st) == 0 ? UInt64(st.st_ino) : 0
+}
+
 @Suite(.serialized)
 struct PushPullTests {
     @Test func roundTripGivesAnIdenticalTree() throws {
@@ -62,6 +67,7 @@ struct PushPullTests {
         try f.write("gone/a.txt", "a")
         try f.write("swap", "I am a file")
         #expect(try f.push().status == 0)
+        let inodesBefore = (0..<300).map { inode(f.remoteProject + "/dataset/images/img\($0).png") }
 
         try FileManager.default.moveItem(atPath: f.project + "/dataset/images", toPath: f.project + "/dataset/renamed")
         try FileManager.default.removeItem(atPath: f.project + "/old.txt")
@@ -70,6 +76,9 @@ struct PushPullTests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(try r.int("chunks_sent") == 0, "moved files are built from chunks the remote holds")
         #expect(try r.int("files_moved") == 300)
+        let inodesAfter = (0..<300).map { inode(f.remoteProject + "/dataset/renamed/img\($0).png") }
+        let kept = zip(inodesBefore, inodesAfter).filter { $0 == $1 && $0 != 0 }.count
+        #expect(kept == 300, "moved files keep their inodes on the remote (renamed, not copied): \(kept) of 300")
         var (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
 
@@ -240,6 +249,29 @@ struct PushPullTests {
         #expect(f.read("data/blob.bin", in: f.remoteProject) == randomBytes(300_000, seed: 21) ? true : false)
         let again = try f.push()
         #expect(try again.int("files_changed") == 0)
+
+        // A replaced remote (another copy, new instance) that still holds a file deleted here since the last push:
+        // the delete came from the old remote's snapshot, so it is not applied to the new one.
+        try FileManager.default.removeItem(atPath: f.project + "/src/a.py")
+        try FileManager.default.removeItem(atPath: f.remoteProject + "/.syncd")
+        let replaced = try f.push()
+        #expect(replaced.status == 0, "\(replaced.stderr)")
+        #expect(f.read("src/a.py", in: f.remoteProject) == Array("a = 1\n".utf8), "nothing is deleted on the word of a stale snapshot")
+        #expect(try replaced.int("files_deleted") == 0)
+    }
+
+    @Test func identicalFilesInOneDirectoryAreAllPlaced() throws {
+        // Copies of one content in one directory are built side by side, each in its own temporary file.
+        let f = try SyncFixture()
+        let same = randomBytes(200_000, seed: 31)
+        for i in 0..<40 { try f.write("pkg/copy\(i).bin", same) }
+        for i in 0..<40 { try f.write("pkg/__init__\(i).py", []) }
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stderr)")
+        let (same2, diff) = f.treesMatch()
+        #expect(same2, "\(diff)")
+        let leftovers = (try FileManager.default.contentsOfDirectory(atPath: f.remoteProject + "/pkg")).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
     @Test func cliErrorsNameWhatIsWrong() throws {

@@ -5,6 +5,7 @@ import Wire
 struct WireTests {
     static let samples: [Message] = [
         .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output", "checkpoint"], chunking: .default)),
+        .hello(Hello(role: .push, project: "p", remoteRoot: "", pullPaths: [], chunking: .default, expectInstance: "00ff00ff00ff00ff00ff00ff00ff00ff")),
         .welcome(agentVersion: "0.1.0", projectDirectory: "/r/p", instance: "0123456789abcdef"),
         .fileBegin(FileHeader(op: 7, path: "src/ü.py", permissions: 0o755, mtimeNanos: -5, size: 99,
                               digest: ChunkID(low: 1, high: 2), base: .symlink("x"), chunkCount: 3)),
