@@ -535,6 +535,7 @@ def docker_workflow(args, work, sshd, counter, dockerd):
             runs = []
             for _ in range(args.rounds):
                 one_edit()
+                os.sync()
                 up0, down0 = counter.read(counter_port)
                 t0 = time.monotonic()
                 run(cmd, env=e)

@@ -73,7 +73,7 @@ public final class AgentSession {
                 try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
                     let r = try self.record(for: path, stat: st)
                     return (r.digest, r.chunks)
-                }, reader: reader, writer: writer)
+                }, compress: hello.compress, reader: reader, writer: writer)
                 try state.save()
             }
             try writer.flush()

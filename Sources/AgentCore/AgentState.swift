@@ -83,11 +83,20 @@ final class AgentState {
         return Array(bytes[0..<n])
     }
 
+    /// Bytes in the snapshot and in the journal: the snapshot is rewritten only once the journal is large next
+    /// to it, so a small push does not rewrite (and fsync) the state of a 100k-file project.
+    private var snapshotBytes = 0
+    private var journalBytes = 0
+
     private func load() throws {
         if let snapshot = try readWhole("state"), snapshot.count >= 8, Array(snapshot[0..<8]) == Self.snapshotMagic {
             replay(Array(snapshot[8...]))
+            snapshotBytes = snapshot.count
         }
-        if let journalBytes = try readWhole("journal") { replay(journalBytes) }
+        if let journal = try readWhole("journal") {
+            replay(journal)
+            journalBytes = journal.count
+        }
     }
 
     /// Applies framed records; stops quietly at a torn or unreadable tail (a write cut off by a kill).
@@ -151,6 +160,7 @@ final class AgentState {
         framed.raw(payload)
         // The journal is an optimisation: a failed append only costs re-hashing later.
         _ = try? framed.bytes.withUnsafeBytes { try journal?.writeAll($0) }
+        journalBytes += framed.bytes.count
     }
 
     func put(_ record: FileRecord) {
@@ -174,8 +184,10 @@ final class AgentState {
         appendJournal(w.bytes)
     }
 
-    /// Writes the snapshot atomically and empties the journal.
+    /// Folds the journal into the snapshot (written atomically) once the journal has grown past a quarter of
+    /// the snapshot, or 1 MiB; until then the journal, replayed at load, is the record.
     func save() throws {
+        guard journalBytes > max(1 << 20, snapshotBytes / 4) else { return }
         var body = Self.snapshotMagic
         for record in records.values {
             let payload = Self.encode(record)
@@ -198,6 +210,8 @@ final class AgentState {
         try syscall("renameat", path: ".syncd/state") { renameat(directory.raw, "state.tmp", directory.raw, "state") }
         Tree.syncDirectory(directory)
         try journal?.truncate(0)
+        snapshotBytes = body.count
+        journalBytes = 0
     }
 }
 

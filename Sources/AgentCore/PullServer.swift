@@ -65,7 +65,7 @@ extension AgentSession {
 
 extension AgentSession {
     func servePull(tree: Tree, pullPaths: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   reader: FrameReader, writer: FrameWriter) throws {
+                   compress: Bool, reader: FrameReader, writer: FrameWriter) throws {
         let scan = try ProjectScanner(tree: tree, rules: IgnoreRules()).scan(roots: pullPaths)
         let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
         let now = wallClockNanos()
@@ -113,7 +113,7 @@ extension AgentSession {
         try writer.send(.listEnd)
 
         var openFile: (op: UInt32, fd: FileDescriptor)?
-        let sender = ChunkSender()
+        let sender = ChunkSender(compress: compress)
         var abandoned: Set<UInt32> = []
         while true {
             guard let message = try reader.next() else {

@@ -112,8 +112,9 @@ public final class Project {
     }
 
     /// Starts the agent for this project's remote.
-    /// `greeting` is written by transports that can send it before the agent answers (see `clientGreeting`).
-    func connect(greeting: [UInt8] = []) throws -> AgentConnection {
+    /// `greeting` (given the link's round-trip time) is written by transports that can send it before the agent
+    /// answers (see `clientGreeting`).
+    func connect(greeting: ((Double?) -> [UInt8])? = nil) throws -> AgentConnection {
         switch config.remote {
         case .local:
             let agent: String
@@ -145,6 +146,15 @@ public final class Project {
         }
     }
 
+    /// Whether chunk data sent over a link with this round-trip time is compressed (`compress:` in syncd.yaml).
+    func compresses(roundTrip: Double?) -> Bool {
+        switch config.compress {
+        case .always: return true
+        case .never: return false
+        case .auto: return worthCompressing(roundTrip: roundTrip)
+        }
+    }
+
     /// The remote root sent to the agent ("" lets the agent use its user's home).
     var remoteRootForAgent: String {
         if case .local(let root) = config.remote { return config.remoteRoot ?? root }
@@ -159,11 +169,13 @@ final class PendingConnection {
     private var outcome: Result<AgentConnection, Error>?
     private var abandoned = false
 
-    init(project: Project, greeting: [UInt8]) {
+    init(project: Project, greeting: @escaping (Double?) -> [UInt8]) {
         let thread = Thread { [self] in
             let result = Result { () throws -> AgentConnection in
                 let connection = try project.connect(greeting: greeting)
-                if !connection.greetingSent { try greeting.withUnsafeBytes { try connection.stream.write($0) } }
+                if !connection.greetingSent {
+                    try greeting(connection.stream.roundTripSeconds).withUnsafeBytes { try connection.stream.write($0) }
+                }
                 return connection
             }
             condition.lock()
@@ -199,4 +211,16 @@ final class PendingConnection {
             _ = connection.finish()
         }
     }
+}
+
+/// Reads the agent's handshake and welcome (the answer to the greeting); returns the remote's instance id.
+func readWelcome(_ reader: FrameReader, from connection: AgentConnection) throws -> String {
+    let version = try reader.readHandshake()
+    guard version == wireVersion else {
+        throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
+    }
+    guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
+    if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
+    guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+    return instance
 }

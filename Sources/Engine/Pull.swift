@@ -26,7 +26,12 @@ public final class PullSession {
         var pulled = try state.load(.pulled)
         let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)
-        let connecting = PendingConnection(project: project, greeting: clientGreeting(hello))
+        let project = self.project
+        let connecting = PendingConnection(project: project) { roundTrip in
+            var h = hello
+            h.compress = project.compresses(roundTrip: roundTrip)
+            return clientGreeting(h)
+        }
         let snapshot: Snapshotter.Result
         do { snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths) } catch {
             connecting.cancel()
@@ -46,14 +51,7 @@ public final class PullSession {
         var changes: [(String, SyncedEntry?)] = []
         var cacheUpdates: [CachedFile] = []
         do {
-            let version = try reader.readHandshake()
-            guard version == wireVersion else {
-                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion)")
-            }
-            guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
-            if case .error(let m) = welcome { throw SyncError("agent: \(m)") }
-            guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
-            if try state.adoptRemoteInstance(instance) {
+            if try state.adoptRemoteInstance(try readWelcome(reader, from: connection)) {
                 // Nothing local may be deleted or called a conflict on the word of a remote that is gone.
                 pulled = [:]
                 stats.warnings.append(replacedRemoteWarning(project))

@@ -174,7 +174,7 @@ public final class PushSession {
         let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map(\.string), chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "")
-        let connecting = PendingConnection(project: project, greeting: clientGreeting(hello))
+        let connecting = PendingConnection(project: project) { _ in clientGreeting(hello) }
         let scan: Snapshotter.Scan
         let planned: [PushOperation]
         do {
@@ -306,7 +306,7 @@ final class PushPipeline {
     private let writer: FrameWriter
     private let progress: ProgressReporter
     private let totalBytes: UInt64
-    private let sender = ChunkSender()
+    private let sender: ChunkSender
 
     private let condition = NSCondition()
     private var needs: [(UInt32, [UInt32])] = []
@@ -323,6 +323,7 @@ final class PushPipeline {
     init(project: Project, connection: AgentConnection, ops: [PushOperation], pushed: [String: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
+        sender = ChunkSender(compress: project.compresses(roundTrip: connection.stream.roundTripSeconds))
         self.project = project
         self.connection = connection
         self.ops = ops
@@ -389,14 +390,7 @@ final class PushPipeline {
 
     private func readLoop() {
         do {
-            let version = try reader.readHandshake()
-            guard version == wireVersion else {
-                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
-            }
-            guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
-            if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
-            guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
-            try checkInstance(instance)
+            try checkInstance(try readWelcome(reader, from: connection))
             Trace.mark("push: welcome")
         } catch {
             fail(error)

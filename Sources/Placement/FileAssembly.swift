@@ -108,10 +108,12 @@ public final class FileAssembly {
     /// Size of a buffer that holds any chunk of this file (at least one byte).
     private var largestChunk: Int { max(chunks.map { Int($0.length) }.max() ?? 1, 1) }
 
-    /// Indices of chunks still missing.
+    /// Indices of chunks still missing, one per distinct chunk id: `write` fills the repeats of a chunk (a run
+    /// of zeros, say) from the first, so each id is asked for once.
     public var missingIndices: [UInt32] {
         var out: [UInt32] = []
-        for (i, p) in present.enumerated() where !p { out.append(UInt32(i)) }
+        var asked: Set<ChunkID> = []
+        for (i, p) in present.enumerated() where !p && asked.insert(chunks[i].id).inserted { out.append(UInt32(i)) }
         return out
     }
 

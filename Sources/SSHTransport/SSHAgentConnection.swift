@@ -21,11 +21,12 @@ public final class SSHAgentConnection: AgentConnection {
     public let installedAgent: Bool
     static let missingMarker = "syncd-agent-missing"
 
-    /// `greeting` goes to the agent right after the exec request, before its first answer is awaited.
+    /// The greeting (made for the channel's round-trip time) goes to the agent right after the exec request,
+    /// before its first answer is awaited.
     public let greetingSent: Bool
 
-    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, greeting: [UInt8] = []) throws {
-        greetingSent = !greeting.isEmpty
+    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, greeting: ((Double?) -> [UInt8])? = nil) throws {
+        greetingSent = greeting != nil
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
         let host = settings.hostName
@@ -41,7 +42,7 @@ public final class SSHAgentConnection: AgentConnection {
         while true {
             let channel = try session.openStream(start, lend: true)
             // If the agent is missing, the shell never reads this: it is dropped with the channel.
-            if !greeting.isEmpty { try greeting.withUnsafeBytes { try channel.write($0) } }
+            if let greeting { try greeting(channel.roundTripSeconds).withUnsafeBytes { try channel.write($0) } }
             if try channel.peek(wireMagic.count) == wireMagic {
                 channel.adoptSession()
                 self.channel = channel

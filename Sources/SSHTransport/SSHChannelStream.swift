@@ -45,7 +45,11 @@ public final class SSHChannelStream: ByteStream {
     /// Set once the ending pump has decided the session's fate; `adoptSession` comes too late after that.
     private var sessionSettled = false
 
-    init(session: SSHSession, channel: OpaquePointer, ownsSession: Bool) {
+    /// How long opening this channel took: one round trip to sshd.
+    public let roundTripSeconds: Double?
+
+    init(session: SSHSession, channel: OpaquePointer, ownsSession: Bool, roundTrip: Double) {
+        roundTripSeconds = roundTrip
         owner = session
         self.channel = channel
         self.ownsSession = ownsSession

@@ -348,6 +348,8 @@ public final class SSHSession {
     /// `lend` is set: then the session is usable again once `waitForExit()` returns, or the stream takes it
     /// over with `adoptSession()`.
     public func openStream(_ command: String, lend: Bool = false) throws -> SSHChannelStream {
+        // Opening a channel is one round trip to sshd: the stream reports it as the link's round-trip time.
+        let opening = monotonicNanos()
         guard let channel = libssh2_channel_open_ex(session, "session", 7, 16 << 20, 32768, nil, 0) else {
             throw SSHError.channel(host: settings.hostName, reason: lastError())
         }
@@ -356,7 +358,8 @@ public final class SSHSession {
             throw SSHError.channel(host: settings.hostName, reason: "cannot run '\(command)': \(lastError())")
         }
         handedOff = true
-        return SSHChannelStream(session: self, channel: channel, ownsSession: !lend)
+        let roundTrip = Double(monotonicNanos() - opening) / 1e9
+        return SSHChannelStream(session: self, channel: channel, ownsSession: !lend, roundTrip: roundTrip)
     }
 }
 

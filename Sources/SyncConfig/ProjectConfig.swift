@@ -43,7 +43,11 @@ public enum RemoteSpec: Equatable, Sendable, CustomStringConvertible {
 public struct ProjectConfig: Equatable, Sendable {
     public static let fileName = "syncd.yaml"
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
-                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max"]
+                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress"]
+
+    /// When chunk data is zlib-compressed: `auto` on links with a round trip of 1 ms or more (not on this
+    /// machine or a LAN, where zlib is slower than the link), or `always`, or `never`.
+    public enum Compression: String, Sendable, CaseIterable { case auto, always, never }
 
     public var name: String
     public var remote: RemoteSpec
@@ -58,6 +62,7 @@ public struct ProjectConfig: Equatable, Sendable {
     public var chunkMin: Int?
     public var chunkAvg: Int?
     public var chunkMax: Int?
+    public var compress: Compression = .auto
 
     public init(name: String, remote: RemoteSpec, remoteRoot: String? = nil, pull: [String] = ["output", "checkpoint"],
                 ignore: [String] = []) {
@@ -135,6 +140,12 @@ public struct ProjectConfig: Equatable, Sendable {
             config.pull = pull.compactMap(cleanRelative)
         }
         config.ignore = try list("ignore") ?? []
+        if let text = try string("compress") {
+            guard let mode = Compression(rawValue: text) else {
+                throw ConfigError("\(file): setting 'compress' must be auto, always or never, not '\(text)'")
+            }
+            config.compress = mode
+        }
         config.identity = try string("identity")
         config.knownHosts = try string("known_hosts")
         config.sshConfig = try string("ssh_config")

@@ -90,7 +90,7 @@ public final class LocalAgentConnection: AgentConnection {
         processIdentifier = pid
         stdinWrite = toAgent[1]
         stdoutRead = fromAgent[0]
-        stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent")
+        stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent", roundTrip: 0)
         let errorFD = errors[0]
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 4096)

@@ -12,9 +12,11 @@ public final class ChunkSender {
     private static let tightBudget = 16 << 20
     private var bytesSeen = 0
     private var policy = CompressionPolicy()
+    private let compression: Bool
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
-    public init() {}
+    /// `compress` false sends every chunk raw (a link faster than zlib; see `worthCompressing`).
+    public init(compress: Bool = true) { compression = compress }
 
     deinit { buffer.deallocate() }
 
@@ -26,7 +28,7 @@ public final class ChunkSender {
         guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { return false }
         bytesSeen += view.count
         let compressor = bytesSeen <= Self.tightBudget ? tight : fast
-        if let packed = policy.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
+        if compression, let packed = policy.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
             try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
         } else {
             try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))

@@ -47,10 +47,13 @@ public struct Hello: Equatable, Sendable {
     /// The remote instance id the client last synced with ("" when it knows none). A push whose expectation
     /// fails is refused whole by the agent, so the client may send operations before it sees the welcome.
     public var expectInstance: String
+    /// Whether the agent should compress the chunks it sends (pulls): the client knows the link, the agent not.
+    public var compress: Bool
 
     public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters,
-                expectInstance: String = "") {
+                expectInstance: String = "", compress: Bool = true) {
         self.role = role
+        self.compress = compress
         self.expectInstance = expectInstance
         self.project = project
         self.remoteRoot = remoteRoot
@@ -205,6 +208,7 @@ public enum Message: Equatable, Sendable {
             for p in h.pullPaths { w.string(p) }
             w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
             w.string(h.expectInstance)
+            w.u8(h.compress ? 1 : 0)
         case .welcome(let version, let dir, let instance):
             w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
@@ -277,6 +281,7 @@ public enum Message: Equatable, Sendable {
             var h = Hello(role: role, project: project, remoteRoot: root, pullPaths: paths, chunking: .default)
             h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
             h.expectInstance = try r.string("expected instance")
+            h.compress = try r.u8("compress flag") != 0
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
