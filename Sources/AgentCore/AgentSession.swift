@@ -164,6 +164,9 @@ public final class AgentSession {
     }
 
     private var pending: [UInt32: PendingFile] = [:]
+    /// Data frames still to come for files sent with `dataFollows`: taken while the file is being built, dropped
+    /// once it is placed, unchanged or refused.
+    private var eagerFrames: [UInt32: Int] = [:]
     /// The client expected another instance of this project (it was wiped or replaced since): every operation
     /// of this push is refused unapplied, since its bases describe a remote that is gone.
     private var refusing = false
@@ -210,15 +213,24 @@ public final class AgentSession {
                     offset += UInt64(c.length)
                 }
                 if file.chunks.count == Int(file.header.chunkCount) {
+                    if file.header.dataFollows { eagerFrames[op] = Set(file.chunks.map(\.id)).count }
                     if file.path == nil { pending[op] = nil; continue }
                     try startFile(file)
                 }
             case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+                let eager = eagerFrames[op]
+                if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
                 guard let file = pending[op], let assembly = file.assembly else {
+                    if eager != nil { continue }  // sent unasked for a file already placed, unchanged or refused
                     throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
                 }
                 try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+                if eager == 1, pending[op] != nil, !assembly.isComplete {
+                    // Everything announced has come and the file is still short: ask, as for any other file.
+                    try requestMissing(op, assembly)
+                }
             case .abort(let op, let reason):
+                eagerFrames[op] = nil
                 if let file = pending.removeValue(forKey: op) {
                     file.assembly?.suspend()
                     try reply(op, .failed, "sender gave up: \(reason)", .absent)
@@ -343,13 +355,8 @@ public final class AgentSession {
                 try finish(file)
             } else {
                 noteOpen(header.op)
-                let missing = assembly.missingIndices
-                var start = 0
-                while start < missing.count {
-                    let end = min(start + maxListItems, missing.count)
-                    try writer.send(.need(op: header.op, indices: Array(missing[start..<end])))
-                    start = end
-                }
+                // Data sent unasked is on its way; only what is still missing after it is asked for.
+                if eagerFrames[header.op] == nil { try requestMissing(header.op, assembly) }
             }
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
@@ -387,6 +394,16 @@ public final class AgentSession {
         unsyncedDirectories[file.path.parentString] = parent
         unsyncedAnswers.append((header.op, .applied, "moved within the remote", .file(header.digest)))
         return true
+    }
+
+    private func requestMissing(_ op: UInt32, _ assembly: FileAssembly) throws {
+        let missing = assembly.missingIndices
+        var start = 0
+        while start < missing.count {
+            let end = min(start + maxListItems, missing.count)
+            try writer.send(.need(op: op, indices: Array(missing[start..<end])))
+            start = end
+        }
     }
 
     /// Project-relative path of the temporary file that builds `path` with content `digest`.

@@ -196,7 +196,7 @@ public final class PushSession {
             try? state.saveFiles(hasher.stop())
             throw error
         }
-        Trace.mark("push: connected")
+        Trace.mark("push: connected (round trip \(connection.stream.roundTripSeconds.map { String(format: "%.2f ms", $0 * 1000) } ?? "unknown"))")
         let totalBytes = planned.reduce(UInt64(0)) { sum, op in
             if case .file(let e, _) = op { return sum + e.stat.size }
             return sum
@@ -307,6 +307,9 @@ final class PushPipeline {
     private let progress: ProgressReporter
     private let totalBytes: UInt64
     private let sender: ChunkSender
+    /// Digests of every file the remote holds as far as the last push knows.
+    private let remoteDigests: Set<ChunkID>
+    private static let eagerLimit: UInt64 = 256 << 10
 
     private let condition = NSCondition()
     private var needs: [(UInt32, [UInt32])] = []
@@ -328,6 +331,7 @@ final class PushPipeline {
         self.connection = connection
         self.ops = ops
         self.pushed = pushed
+        remoteDigests = Set(pushed.values.compactMap(\.digest))
         self.hasher = hasher
         self.window = window
         self.progress = progress
@@ -458,14 +462,22 @@ final class PushPipeline {
         switch op {
         case .file(let e, let base):
             let content = e.content!
+            // A small file whose content the remote is not known to hold goes with its data, unasked: one round
+            // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
+            let eager = content.size <= Self.eagerLimit && !content.chunks.isEmpty && !remoteDigests.contains(content.digest)
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.string, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
-                                                  base: base, chunkCount: UInt32(content.chunks.count))))
+                                                  base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager)))
             var start = 0
             while start < content.chunks.count {
                 let end = min(start + maxListItems, content.chunks.count)
                 try writer.send(.chunkList(op: id, chunks: Array(content.chunks[start..<end])))
                 start = end
+            }
+            if eager {
+                var seen: Set<ChunkID> = []
+                let distinct = content.chunks.indices.filter { seen.insert(content.chunks[$0].id).inserted }.map { UInt32($0) }
+                try sendChunks(op: id, indices: distinct)
             }
         case .symlink(let e, let base):
             try writer.send(.symlink(op: id, path: e.path.string, target: e.linkTarget ?? "", base: base))

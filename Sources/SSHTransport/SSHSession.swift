@@ -348,17 +348,19 @@ public final class SSHSession {
     /// `lend` is set: then the session is usable again once `waitForExit()` returns, or the stream takes it
     /// over with `adoptSession()`.
     public func openStream(_ command: String, lend: Bool = false) throws -> SSHChannelStream {
-        // Opening a channel is one round trip to sshd: the stream reports it as the link's round-trip time.
+        // Opening the channel and starting the command are one round trip to sshd each: the shorter of the two
+        // is the stream's estimate of the link's round-trip time (the other may include a hiccup on either side).
         let opening = monotonicNanos()
         guard let channel = libssh2_channel_open_ex(session, "session", 7, 16 << 20, 32768, nil, 0) else {
             throw SSHError.channel(host: settings.hostName, reason: lastError())
         }
+        let opened = monotonicNanos()
         guard syncd_ssh_channel_exec(channel, command) == 0 else {
             libssh2_channel_free(channel)
             throw SSHError.channel(host: settings.hostName, reason: "cannot run '\(command)': \(lastError())")
         }
         handedOff = true
-        let roundTrip = Double(monotonicNanos() - opening) / 1e9
+        let roundTrip = Double(min(opened - opening, monotonicNanos() - opened)) / 1e9
         return SSHChannelStream(session: self, channel: channel, ownsSession: !lend, roundTrip: roundTrip)
     }
 }

@@ -75,9 +75,14 @@ public struct FileHeader: Equatable, Sendable {
     /// What the sender believes is at the path on the receiving side now (its last synced state).
     public var base: PathState
     public var chunkCount: UInt32
+    /// The sender sends the data of every distinct chunk right after the chunk list, without waiting to be
+    /// asked (small files the receiver is not known to hold: one round trip less). The receiver takes what it
+    /// lacks and drops the rest; it sends no `need` for such a file.
+    public var dataFollows: Bool
 
     public init(op: UInt32, path: String, permissions: UInt32, mtimeNanos: Int64, size: UInt64, digest: ChunkID,
-                base: PathState, chunkCount: UInt32) {
+                base: PathState, chunkCount: UInt32, dataFollows: Bool = false) {
+        self.dataFollows = dataFollows
         self.op = op
         self.path = path
         self.permissions = permissions
@@ -215,6 +220,7 @@ public enum Message: Equatable, Sendable {
             w.u32(f.op); w.string(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
             Message.encode(f.base, into: &w)
             w.u32(f.chunkCount)
+            w.u8(f.dataFollows ? 1 : 0)
         case .chunkList(let op, let chunks):
             w.u32(op); w.u32(UInt32(chunks.count))
             for c in chunks { w.id(c.id); w.u32(c.length) }
@@ -295,8 +301,10 @@ public enum Message: Equatable, Sendable {
             let digest = try r.id("digest")
             let base = try decodeState(&r)
             let count = try r.u32("chunk count")
+            let follows = try r.u8("data-follows flag")
+            guard follows <= 1 else { throw ProtocolError("file header: unknown data-follows flag \(follows)") }
             message = .fileBegin(FileHeader(op: op, path: path, permissions: perms, mtimeNanos: mtime, size: size,
-                                            digest: digest, base: base, chunkCount: count))
+                                            digest: digest, base: base, chunkCount: count, dataFollows: follows == 1))
         case 0x11:
             let op = try r.u32("op")
             let n = try r.count("chunks", itemSize: 20, limit: maxListItems)

@@ -307,6 +307,22 @@ struct PushPullTests {
         #expect(bad.stderr.contains("'compress' must be auto, always or never"), "\(bad.stderr)")
     }
 
+    @Test func dataSentUnaskedForFilesTheRemoteHasIsDropped() throws {
+        // Small files go with their data. With the local state lost, the client does not know the remote holds
+        // them: the agent finds them unchanged and drops the data that came unasked, then the session goes on.
+        let f = try SyncFixture()
+        for i in 0..<20 { try f.write("src/m\(i).py", "value = \(i)\n") }
+        #expect(try f.push().status == 0)
+        try FileManager.default.removeItem(atPath: f.state)
+        try f.write("src/new.py", "fresh = True\n")
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try r.int("conflicts") == 0)
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        #expect(try f.push().int("files_changed") == 0)
+    }
+
     @Test func cliErrorsNameWhatIsWrong() throws {
         let f = try SyncFixture()
         try f.write("syncd.yaml", "remote: local:/tmp/x\npul: [output]\n")
