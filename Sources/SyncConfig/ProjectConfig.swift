@@ -45,8 +45,8 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress"]
 
-    /// When chunk data is zlib-compressed: `auto` on links with a round trip of 1 ms or more (not on this
-    /// machine or a LAN, where zlib is slower than the link), or `always`, or `never`.
+    /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
+    /// could only cost CPU), or `always`, or `never`.
     public enum Compression: String, Sendable, CaseIterable { case auto, always, never }
 
     public var name: String
