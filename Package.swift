@@ -38,6 +38,7 @@ let package = Package(
         .target(name: "Transport", dependencies: ["Wire", "SyncSystem"]),
         .target(name: "Placement", dependencies: ["Chunking", "SyncSystem"]),
         .target(name: "ProjectScan", dependencies: ["Chunking", "SyncSystem"]),
+        .target(name: "Watch", dependencies: ["ProjectScan", "SyncSystem"]),
         .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
@@ -65,7 +66,7 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch",
         ]),
         .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Wire", "Chunking", "SyncSystem"]),
     ],

@@ -224,3 +224,13 @@ func readWelcome(_ reader: FrameReader, from connection: AgentConnection) throws
     guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
     return instance
 }
+
+/// Ends a connection whose session failed with `error`; returns what to tell the user. What the agent said (a
+/// full disk, say) wins over how the connection then ended, which was our doing; otherwise how the agent or
+/// the link ended is the better account ("the agent exited with status 1: …").
+func closeAfterFailure(_ connection: AgentConnection, _ error: Error) -> String {
+    connection.terminate()
+    let why = connection.finish()
+    if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
+    return why ?? "\(error)"
+}

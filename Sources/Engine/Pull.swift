@@ -262,10 +262,7 @@ public final class PullSession {
             progress.finish()
             try? state.update(.pulled, changes)
             try? state.saveFiles(cacheUpdates)
-            connection.terminate()
-            let why = connection.finish()
-            if let e = error as? SyncError, why == nil { throw e }
-            throw SyncError("pull from \(project.config.remote) failed: \(why ?? "\(error)"); run the pull again to resume")
+            throw SyncError("pull from \(project.config.remote) failed: \(closeAfterFailure(connection, error)); run the pull again to resume")
         }
         progress.finish()
         if let why = connection.finish() { stats.warnings.append(why) }

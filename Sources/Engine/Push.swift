@@ -218,9 +218,7 @@ public final class PushSession {
         } catch {
             progress.finish()
             try? state.saveFiles(hasher.stop())
-            connection.terminate()
-            let why = connection.finish()
-            throw SyncError("push to \(project.config.remote) failed: \(why ?? "\(error)"); run the push again to resume")
+            throw SyncError("push to \(project.config.remote) failed: \(closeAfterFailure(connection, error)); run the push again to resume")
         }
         progress.finish()
         Trace.mark("push: pipeline done")

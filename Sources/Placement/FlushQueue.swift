@@ -43,17 +43,7 @@ public final class FlushQueue {
         pthread_mutex_init(mutex, nil)
         pthread_cond_init(wake, nil)
         for _ in 0..<max(count, 1) {
-            var thread = pthread_t()
-            let context = Unmanaged.passRetained(self).toOpaque()
-            let rc = pthread_create(&thread, nil, { raw in
-                let queue = Unmanaged<FlushQueue>.fromOpaque(raw!).takeRetainedValue()
-                queue.work()
-                return nil
-            }, context)
-            guard rc == 0 else {
-                Unmanaged<FlushQueue>.fromOpaque(context).release()
-                break
-            }
+            guard let thread = try? startThread({ [self] in work() }) else { break }
             workers.append(thread)
         }
     }

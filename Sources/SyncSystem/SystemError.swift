@@ -70,3 +70,24 @@ public func printError(_ text: String) {
     }
     bytes.removeAll()
 }
+
+private final class ThreadBody {
+    let run: () -> Void
+    init(_ run: @escaping () -> Void) { self.run = run }
+}
+
+/// Starts a joinable thread running `body`, for code that does without Foundation (the agent). The closure,
+/// and whatever it captures, lives until it returns.
+public func startThread(_ body: @escaping () -> Void) throws -> pthread_t {
+    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var handle = pthread_t()
+    let rc = pthread_create(&handle, nil, { raw in
+        Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().run()
+        return nil
+    }, context)
+    guard rc == 0 else {
+        Unmanaged<ThreadBody>.fromOpaque(context).release()
+        throw SystemError(call: "pthread_create", path: nil, errno: rc)
+    }
+    return handle
+}

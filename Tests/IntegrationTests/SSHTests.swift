@@ -302,7 +302,7 @@ struct SSHCredentialTests {
         try f.write("big.bin", randomBytes(8 << 20, seed: 51))
         let r = try f.sshctl(["push", f.project, "--json"])
         #expect(r.status == 1)
-        #expect(r.stderr.contains("No space left on device"), "\(r.stderr)")
+        #expect(r.stderr.contains("No space left on device"), "\(r.stderr) \(r.stdout)")
         #expect(!FileManager.default.fileExists(atPath: small + "/\(f.name)/big.bin"), "no torn file at the final path")
         #expect(FileManager.default.contents(atPath: small + "/\(f.name)/a_small.txt") == Data("fits".utf8))
     }

@@ -1,0 +1,350 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ProjectScan
+import SyncSystem
+
+/// What a watcher reports, after coalescing.
+public enum WatchEvent: Equatable, Sendable {
+    /// These paths (files or directories, relative to the tree) may have changed.
+    case changed(Set<String>)
+    /// Events were lost (the kernel queue overflowed): the whole tree must be compared again.
+    case rescan(reason: String)
+}
+
+/// Watches a project tree and reports changed paths once they have been quiet for a moment.
+///
+/// On Linux it uses inotify, one watch per directory not ignored: a new directory gets its watch as it appears
+/// and is then scanned, so files made inside it before the watch existed are reported too. `IN_Q_OVERFLOW` turns
+/// into a `.rescan`. When the kernel refuses more watches (`fs.inotify.max_user_watches`), the watcher says
+/// which limit to raise and polls that subtree instead. The `.polling` mode polls the whole tree (other
+/// platforms, or inotify unavailable).
+///
+/// Events are coalesced: a batch is delivered once no event came for `quietMillis`, or after `maxHoldMillis` of
+/// continuous changes, so a file written continuously goes out once it is quiet. Delivery runs on the watcher's
+/// own thread.
+public final class TreeWatcher {
+    public enum Mode: Equatable { case inotify, polling(intervalMillis: Int) }
+
+    private let tree: Tree
+    private let rules: IgnoreRules
+    private let mode: Mode
+    private let quietMillis: Int
+    private let maxHoldMillis: Int
+    private let log: (String) -> Void
+    private let deliver: (WatchEvent) -> Void
+
+    private var inotifyFD: Int32 = -1
+    private var wakeRead: Int32 = -1
+    private var wakeWrite: Int32 = -1
+    private var thread: pthread_t?
+    /// Watch descriptor to directory path ("" is the root), and back.
+    private var directories: [Int32: String] = [:]
+    private var watches: [String: Int32] = [:]
+    /// Subtrees polled because inotify refused them, with their last stat snapshot.
+    private var polled: [String: [String: FileStat]] = [:]
+    private var pollInterval = 2000
+    private var lastPoll: UInt64 = 0
+    private var warnedAboutLimit = false
+
+    private var pending: Set<String> = []
+    private var pendingRescan: String?
+    private var firstPending: UInt64 = 0
+    private var lastEvent: UInt64 = 0
+
+    public init(tree: Tree, rules: IgnoreRules, mode: Mode = .inotify, quietMillis: Int = 75, maxHoldMillis: Int = 5000,
+                log: @escaping (String) -> Void = { printError($0) }, deliver: @escaping (WatchEvent) -> Void) {
+        self.tree = tree
+        self.rules = rules
+        self.mode = mode
+        self.quietMillis = quietMillis
+        self.maxHoldMillis = maxHoldMillis
+        self.log = log
+        self.deliver = deliver
+    }
+
+    deinit {
+        stop()
+        pthread_mutex_destroy(countLock)
+        countLock.deallocate()
+    }
+
+    /// Number of directories watched through inotify (read from any thread).
+    public var watchCount: Int {
+        pthread_mutex_lock(countLock)
+        defer { pthread_mutex_unlock(countLock) }
+        return watchTotal
+    }
+    private let countLock: UnsafeMutablePointer<pthread_mutex_t> = {
+        let p = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        pthread_mutex_init(p, nil)
+        return p
+    }()
+    private var watchTotal = 0
+    private func publishCount() {
+        pthread_mutex_lock(countLock)
+        watchTotal = watches.count
+        pthread_mutex_unlock(countLock)
+    }
+
+    /// Sets up the watches (or the first poll snapshot) and starts the watcher thread. Changes made after
+    /// `start` returns are reported.
+    public func start() throws {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw SystemError(call: "pipe", path: nil, errno: errno) }
+        for fd in ends {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        }
+        wakeRead = ends[0]
+        wakeWrite = ends[1]
+        switch mode {
+        case .inotify:
+            inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
+            guard inotifyFD >= 0 else { throw SystemError(call: "inotify_init1", path: tree.rootPath, errno: errno) }
+            addWatches(below: "")
+        case .polling(let interval):
+            pollInterval = interval
+            polled[""] = snapshot(of: "")
+        }
+        lastPoll = monotonicNanos()
+        thread = try startThread { [self] in run() }
+    }
+
+    /// Stops the thread (pending changes are dropped) and releases the watches.
+    public func stop() {
+        guard let handle = thread else { return }
+        thread = nil
+        var byte: UInt8 = 0
+        _ = write(wakeWrite, &byte, 1)
+        pthread_join(handle, nil)
+        if inotifyFD >= 0 { close(inotifyFD) }
+        close(wakeRead)
+        close(wakeWrite)
+        inotifyFD = -1
+    }
+
+    // MARK: the thread
+
+    private func run() {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 8)
+        defer { buffer.deallocate() }
+        while true {
+            var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, inotifyFD >= 0 ? 2 : 1, timeoutMillis())
+            if fds[0].revents != 0 { return }
+            if inotifyFD >= 0 && fds[1].revents != 0 { readEvents(buffer) }
+            let now = monotonicNanos()
+            if !polled.isEmpty && now - lastPoll >= UInt64(pollInterval) * 1_000_000 {
+                lastPoll = now
+                pollSubtrees()
+            }
+            flushIfQuiet(now: monotonicNanos())
+        }
+    }
+
+    private func timeoutMillis() -> Int32 {
+        var wait = Int.max
+        let now = monotonicNanos()
+        if !pending.isEmpty || pendingRescan != nil {
+            let quietAt = lastEvent + UInt64(quietMillis) * 1_000_000
+            let holdAt = firstPending + UInt64(maxHoldMillis) * 1_000_000
+            let due = min(quietAt, holdAt)
+            wait = due > now ? Int((due - now) / 1_000_000) + 1 : 0
+        }
+        if !polled.isEmpty {
+            let due = lastPoll + UInt64(pollInterval) * 1_000_000
+            wait = min(wait, due > now ? Int((due - now) / 1_000_000) + 1 : 0)
+        }
+        return wait == Int.max ? -1 : Int32(min(wait, 60_000))
+    }
+
+    private func note(_ path: String) {
+        let now = monotonicNanos()
+        if pending.isEmpty && pendingRescan == nil { firstPending = now }
+        pending.insert(path)
+        lastEvent = now
+    }
+
+    private func flushIfQuiet(now: UInt64) {
+        guard !pending.isEmpty || pendingRescan != nil else { return }
+        let quiet = now - lastEvent >= UInt64(quietMillis) * 1_000_000
+        let held = now - firstPending >= UInt64(maxHoldMillis) * 1_000_000
+        guard quiet || held else { return }
+        if let reason = pendingRescan {
+            pendingRescan = nil
+            pending.removeAll()
+            deliver(.rescan(reason: reason))
+        } else {
+            let batch = pending
+            pending.removeAll()
+            deliver(.changed(batch))
+        }
+    }
+
+    private func readEvents(_ buffer: UnsafeMutableRawBufferPointer) {
+        while true {
+            let n = read(inotifyFD, buffer.baseAddress, buffer.count)
+            if n <= 0 { return }
+            var offset = 0
+            while offset + MemoryLayout<inotify_event>.size <= n {
+                let event = buffer.baseAddress!.advanced(by: offset).assumingMemoryBound(to: inotify_event.self).pointee
+                let nameStart = buffer.baseAddress!.advanced(by: offset + MemoryLayout<inotify_event>.size)
+                let name = event.len > 0 ? String(cString: nameStart.assumingMemoryBound(to: CChar.self)) : ""
+                handle(event, name: name)
+                offset += MemoryLayout<inotify_event>.size + Int(event.len)
+            }
+        }
+    }
+
+    private func handle(_ event: inotify_event, name: String) {
+        let mask = event.mask
+        if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+            // Events were dropped: everything is compared again, and watches are checked for new directories.
+            let now = monotonicNanos()
+            if pending.isEmpty && pendingRescan == nil { firstPending = now }
+            pendingRescan = "the kernel's inotify queue overflowed (fs.inotify.max_queued_events)"
+            lastEvent = now
+            addWatches(below: "")
+            return
+        }
+        guard let directory = directories[event.wd] else { return }
+        if mask & UInt32(IN_IGNORED) != 0 {
+            directories[event.wd] = nil
+            if watches[directory] == event.wd { watches[directory] = nil }
+            publishCount()
+            return
+        }
+        if name.isEmpty {
+            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 { note(directory) }
+            return
+        }
+        let path = directory.isEmpty ? name : directory + "/" + name
+        if name.hasPrefix(partialFilePrefix) { return }
+        let isDirectory = mask & UInt32(IN_ISDIR) != 0
+        if rules.isExcluded(path) && !(isDirectory && rules.hasExceptions) { return }
+        if isDirectory && mask & UInt32(IN_MOVED_FROM | IN_DELETE) != 0 { dropWatches(below: path) }
+        if isDirectory && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+            // Watch first, then scan: whatever was made in it before the watch existed is reported by the scan,
+            // whatever comes after by the watch.
+            addWatches(below: path)
+            for inner in listing(below: path) { note(inner) }
+        }
+        note(path)
+    }
+
+    // MARK: watches
+
+    private static let mask = UInt32(IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
+        | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
+
+    /// Adds watches for `relative` and every directory below it that is not ignored.
+    private func addWatches(below relative: String) {
+        var stack = [relative]
+        while let dir = stack.popLast() {
+            if polled[dir] != nil { continue }
+            let absolute = dir.isEmpty ? tree.rootPath : tree.rootPath + "/" + dir
+            let wd = inotify_add_watch(inotifyFD, absolute, Self.mask)
+            if wd < 0 {
+                let code = errno
+                if code == ENOSPC {
+                    fallBackToPolling(dir)
+                } else if code != ENOENT && code != ENOTDIR {
+                    log("syncd: cannot watch \(absolute): \(String(cString: strerror(code)))")
+                }
+                continue
+            }
+            if let old = directories[wd], old != dir { watches[old] = nil }
+            directories[wd] = dir
+            watches[dir] = wd
+            for child in subdirectories(of: dir) { stack.append(child) }
+        }
+        publishCount()
+    }
+
+    private func dropWatches(below path: String) {
+        for (dir, wd) in watches where dir == path || dir.hasPrefix(path + "/") {
+            inotify_rm_watch(inotifyFD, wd)
+            watches[dir] = nil
+            directories[wd] = nil
+        }
+        for dir in polled.keys where dir == path || dir.hasPrefix(path + "/") { polled[dir] = nil }
+        publishCount()
+    }
+
+    private func fallBackToPolling(_ dir: String) {
+        if !warnedAboutLimit {
+            warnedAboutLimit = true
+            let limit = (try? String(decoding: readSmallFile("/proc/sys/fs/inotify/max_user_watches"), as: UTF8.self))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            log("syncd: the inotify watch limit is reached (fs.inotify.max_user_watches = \(limit)); raise it, e.g. "
+                + "`sysctl fs.inotify.max_user_watches=524288`. Until then \(dir.isEmpty ? "the project" : dir + "/") "
+                + "and other unwatched directories are scanned every \(pollInterval / 1000) s.")
+        }
+        polled[dir] = snapshot(of: dir)
+    }
+
+    private func subdirectories(of dir: String) -> [String] {
+        guard let fd = try? openDirectory(dir), let items = try? Tree.list(fd) else { return [] }
+        var out: [String] = []
+        for item in items where item.kind == .directory {
+            let path = dir.isEmpty ? item.name : dir + "/" + item.name
+            if rules.isExcluded(path) && !rules.hasExceptions { continue }
+            out.append(path)
+        }
+        return out
+    }
+
+    private func openDirectory(_ dir: String) throws -> FileDescriptor? {
+        dir.isEmpty ? tree.root : try tree.openDirectory(try RelativePath(dir).components, create: false)
+    }
+
+    /// Every path below `dir` (not ignored), for a directory that just appeared.
+    private func listing(below dir: String) -> [String] {
+        guard let path = try? RelativePath(dir), let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: [path]) else { return [] }
+        return scan.entries.map(\.path.string)
+    }
+
+    // MARK: polling
+
+    private func snapshot(of dir: String) -> [String: FileStat] {
+        let roots = dir.isEmpty ? nil : (try? RelativePath(dir)).map { [$0] }
+        if !dir.isEmpty && roots == nil { return [:] }
+        guard let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: roots) else { return [:] }
+        var out: [String: FileStat] = [:]
+        for e in scan.entries { out[e.path.string] = e.stat }
+        return out
+    }
+
+    private func pollSubtrees() {
+        for (dir, before) in polled {
+            let now = snapshot(of: dir)
+            for (path, st) in now where before[path].map({ !$0.sameContentIdentity(as: st) || $0.permissions != st.permissions }) ?? true {
+                note(path)
+            }
+            for path in before.keys where now[path] == nil { note(path) }
+            polled[dir] = now
+        }
+    }
+}
+
+private func readSmallFile(_ path: String) throws -> [UInt8] {
+    let fd = try FileDescriptor.open(path, flags: O_RDONLY)
+    var bytes = [UInt8](repeating: 0, count: 64)
+    let n = try bytes.withUnsafeMutableBytes { try fd.read(into: $0) }
+    return Array(bytes[0..<n])
+}
+
+private extension String {
+    func trimmingCharacters(in set: Set<Character>) -> String {
+        var s = Substring(self)
+        while let c = s.first, set.contains(c) { s.removeFirst() }
+        while let c = s.last, set.contains(c) { s.removeLast() }
+        return String(s)
+    }
+}
+
+private extension Set where Element == Character {
+    static let whitespacesAndNewlines: Set<Character> = [" ", "\t", "\n", "\r"]
+}

@@ -1,0 +1,158 @@
+import Foundation
+import ProjectScan
+import SyncSystem
+import Testing
+import Watch
+
+/// Collects what a watcher delivers, for assertions from the test thread.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var batches: [WatchEvent] = []
+
+    func add(_ event: WatchEvent) {
+        lock.lock()
+        batches.append(event)
+        lock.unlock()
+    }
+
+    var events: [WatchEvent] {
+        lock.lock()
+        defer { lock.unlock() }
+        return batches
+    }
+
+    var paths: Set<String> {
+        events.reduce(into: Set<String>()) { all, e in if case .changed(let p) = e { all.formUnion(p) } }
+    }
+
+    /// Waits (bounded) until `paths` holds all of `expected`.
+    func waitFor(_ expected: Set<String>, seconds: Double = 5) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if expected.isSubset(of: paths) { return true }
+            usleep(10_000)
+        }
+        return expected.isSubset(of: paths)
+    }
+
+    func reset() {
+        lock.lock()
+        batches.removeAll()
+        lock.unlock()
+    }
+}
+
+func defaultRules() -> IgnoreRules {
+    var rules = IgnoreRules()
+    for p in IgnoreRules.defaultPatterns { try! rules.add(pattern: p, source: "defaults", line: 0) }
+    return rules
+}
+
+@Suite(.serialized)
+final class WatchTests {
+    let root: String
+
+    init() throws {
+        root = NSTemporaryDirectory() + "syncd-watch-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+
+    func write(_ relative: String, _ text: String) throws {
+        let path = root + "/" + relative
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+    }
+
+    func watcher(_ collected: Collected, rules: IgnoreRules = defaultRules(), mode: TreeWatcher.Mode = .inotify) throws -> TreeWatcher {
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: rules, mode: mode, quietMillis: 50,
+                            log: { _ in }, deliver: { collected.add($0) })
+        try w.start()
+        return w
+    }
+
+    @Test func filesCreatedModifiedRenamedAndDeletedAreReported() throws {
+        let got = Collected()
+        let w = try watcher(got)
+        defer { w.stop() }
+        try write("src/a.py", "1")
+        #expect(got.waitFor(["src/a.py"]))
+        try write("src/a.py", "2")
+        try FileManager.default.moveItem(atPath: root + "/src/a.py", toPath: root + "/src/b.py")
+        #expect(got.waitFor(["src/a.py", "src/b.py"]))
+        got.reset()
+        try FileManager.default.removeItem(atPath: root + "/src/b.py")
+        #expect(got.waitFor(["src/b.py"]))
+    }
+
+    @Test func newDirectoriesAreWatchedAndScanned() throws {
+        let got = Collected()
+        let w = try watcher(got)
+        defer { w.stop() }
+        // Made in one go: the files may exist before the watch on their directory does; the scan finds them.
+        try FileManager.default.createDirectory(atPath: root + "/data/raw/deep", withIntermediateDirectories: true)
+        for i in 0..<50 { try write("data/raw/deep/f\(i).bin", "\(i)") }
+        #expect(got.waitFor(Set((0..<50).map { "data/raw/deep/f\($0).bin" })))
+        // And later changes in it come through its own watch.
+        got.reset()
+        usleep(100_000)
+        try write("data/raw/deep/late.bin", "late")
+        #expect(got.waitFor(["data/raw/deep/late.bin"]))
+        #expect(w.watchCount == 5, "root, src, data, data/raw, data/raw/deep")
+    }
+
+    @Test func renamedDirectoryReportsUnderItsNewName() throws {
+        let got = Collected()
+        try write("src/pkg/m.py", "x")
+        let w = try watcher(got)
+        defer { w.stop() }
+        try FileManager.default.moveItem(atPath: root + "/src/pkg", toPath: root + "/src/lib")
+        #expect(got.waitFor(["src/pkg", "src/lib", "src/lib/m.py"]))
+        got.reset()
+        usleep(100_000)
+        try write("src/lib/m.py", "y")
+        #expect(got.waitFor(["src/lib/m.py"]))
+        #expect(!got.paths.contains("src/pkg/m.py"), "the old name's watch is gone")
+    }
+
+    @Test func ignoredTreesAreNotWatched() throws {
+        var rules = defaultRules()
+        try rules.add(pattern: "node_modules", source: "test", line: 1)
+        for i in 0..<20 { try write("node_modules/pkg\(i)/index.js", "x") }
+        let got = Collected()
+        let w = try watcher(got, rules: rules)
+        defer { w.stop() }
+        #expect(w.watchCount == 2, "root and src only, not the 41 directories of node_modules")
+        try write("node_modules/pkg1/index.js", "changed")
+        try write("src/real.py", "y")
+        #expect(got.waitFor(["src/real.py"]))
+        #expect(!got.paths.contains { $0.hasPrefix("node_modules") })
+    }
+
+    @Test func aFileWrittenContinuouslyIsReportedOnceQuiet() throws {
+        let got = Collected()
+        let w = try watcher(got)
+        defer { w.stop() }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: { try? write("src/log.txt", ""); return root + "/src/log.txt" }()))
+        for i in 0..<20 {
+            try handle.write(contentsOf: Data("line \(i)\n".utf8))
+            usleep(10_000)
+        }
+        try handle.close()
+        #expect(got.waitFor(["src/log.txt"]))
+        usleep(200_000)
+        let batches = got.events.filter { if case .changed(let p) = $0 { return p.contains("src/log.txt") } else { return false } }
+        #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
+    }
+
+    @Test func pollingModeSeesTheSameChanges() throws {
+        let got = Collected()
+        try write("src/keep.py", "k")
+        let w = try watcher(got, mode: .polling(intervalMillis: 100))
+        defer { w.stop() }
+        try write("src/new.py", "n")
+        try FileManager.default.removeItem(atPath: root + "/src/keep.py")
+        #expect(got.waitFor(["src/new.py", "src/keep.py"]))
+    }
+}
