@@ -5,7 +5,7 @@ BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev
 TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static
 RELEASE := .build/release
 
-.PHONY: deps test-deps build agent run test bench bench-ssh clean
+.PHONY: deps test-deps build agent run test bench bench-ssh install clean
 
 deps:
 	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
@@ -43,6 +43,12 @@ bench: build
 bench-ssh: build test-deps
 	$(SWIFT) build -c release --product syncd-ssh-bench
 	Bench/ssh-push.sh $(RELEASE) 5
+
+## install: binaries in ~/.local/bin, the user unit in ~/.config/systemd/user/ (then: systemctl --user enable --now syncd)
+install: build
+	install -d $(HOME)/.local/bin $(HOME)/.config/systemd/user
+	install -m 755 $(RELEASE)/syncctl $(RELEASE)/syncd $(RELEASE)/syncd-agent $(HOME)/.local/bin/
+	install -m 644 Systemd/syncd.service $(HOME)/.config/systemd/user/syncd.service
 
 clean:
 	rm -rf .build

@@ -55,9 +55,7 @@ let package = Package(
             "SSHTransport",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "syncd", dependencies: [
-            "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        .executableTarget(name: "syncd", dependencies: ["Engine", "Watch", "ProjectScan", "SyncSystem"]),
 
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],
                           path: "Bench/Sources/syncd-bench"),

@@ -15,7 +15,7 @@ struct Syncctl: ParsableCommand {
         commandName: "syncctl",
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
-        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self]
+        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Add.self, Remove.self]
     )
 }
 
@@ -150,4 +150,27 @@ struct Chunks: ParsableCommand {
 func exitWith(_ code: Int32) -> Never {
     fflush(stdout)
     exit(code)
+}
+
+struct Add: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Register DIR with the syncd daemon (it watches and syncs it).")
+    @Argument(help: "Project directory (with a syncd.yaml).") var directory: String = "."
+
+    func run() throws {
+        let registry = ProjectRegistry()
+        let added = try registry.add(directory)
+        printError(added ? "added \(directory) to \(registry.file); `systemctl --user reload syncd` (or SIGHUP) picks it up"
+                         : "\(directory) is already in \(registry.file)")
+    }
+}
+
+struct Remove: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop the syncd daemon from syncing DIR (its files stay).")
+    @Argument(help: "Project directory.") var directory: String = "."
+
+    func run() throws {
+        let registry = ProjectRegistry()
+        guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", exitCode: 2) }
+        printError("removed \(directory) from \(registry.file)")
+    }
 }

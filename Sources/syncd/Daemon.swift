@@ -1,0 +1,227 @@
+import Engine
+import Foundation
+import ProjectScan
+import SyncSystem
+import Watch
+
+/// Log lines: with journald's `<N>` priority prefixes when stderr is the journal (`JOURNAL_STREAM`), plain
+/// otherwise.
+enum Log {
+    static let journal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
+    static let lock = NSLock()
+
+    static func info(_ text: String) { write(6, text) }
+    static func warning(_ text: String) { write(4, text) }
+    static func error(_ text: String) { write(3, text) }
+
+    private static func write(_ priority: Int, _ text: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            FileHandle.standardError.write(Data((journal ? "<\(priority)>\(line)\n" : "syncd: \(line)\n").utf8))
+        }
+    }
+}
+
+/// sd_notify(3) over `$NOTIFY_SOCKET`: READY=1, STATUS=…, STOPPING=1, WATCHDOG=1. Silent without a socket.
+final class Notifier {
+    private let fd: Int32
+    private var address = sockaddr_un()
+    private var length: socklen_t = 0
+
+    init() {
+        guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty,
+              path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { fd = -1; return }
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        address.sun_family = sa_family_t(AF_UNIX)
+        var bytes = Array(path.utf8)
+        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }  // abstract namespace
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
+    }
+
+    func send(_ state: String) {
+        guard fd >= 0 else { return }
+        var address = self.address
+        _ = state.withCString { text in
+            withUnsafePointer(to: &address) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, text, strlen(text), Int32(MSG_NOSIGNAL), $0, length) }
+            }
+        }
+    }
+}
+
+/// One registered project: pushes when its watcher reports changes (and once at start), pulls on a timer.
+/// Sessions run one at a time on the runner's thread; `stop` lets a session in flight finish.
+final class ProjectRunner {
+    let directory: String
+    private let project: Project
+    private var watcher: TreeWatcher!
+    private let condition = NSCondition()
+    private var pushWanted = true
+    private var stopping = false
+    private var finished = false
+    private var nextPull = Date()
+    private let pullInterval: TimeInterval
+    private var failures = 0
+
+    init(directory: String, pullInterval: TimeInterval) throws {
+        self.directory = directory
+        self.pullInterval = pullInterval
+        project = try Project(directory: directory, options: SyncOptions(progress: false))
+        var rules = project.rules
+        for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
+        watcher = TreeWatcher(tree: project.tree, rules: rules, log: { Log.warning($0) }) { [weak self] _ in
+            self?.wantPush()
+        }
+    }
+
+    func start() throws {
+        try watcher.start()
+        let thread = Thread { [self] in loop() }
+        thread.name = "project"
+        thread.start()
+    }
+
+    func wantPush() {
+        condition.lock()
+        pushWanted = true
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Stops watching; a session in flight finishes first. Returns once the runner is idle.
+    func stop() {
+        watcher.stop()
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    private func loop() {
+        while true {
+            condition.lock()
+            while !pushWanted && !stopping && Date() < nextPull { _ = condition.wait(until: nextPull) }
+            if stopping {
+                finished = true
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let push = pushWanted
+            pushWanted = false
+            condition.unlock()
+            if push { session("push") { try PushSession(project: project).run() } } else {
+                session("pull") { try PullSession(project: project).run() }
+                nextPull = Date().addingTimeInterval(pullInterval)
+            }
+        }
+    }
+
+    private func session(_ kind: String, _ body: () throws -> SyncStats) {
+        do {
+            let stats = try body()
+            failures = 0
+            if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
+                Log.info("\(directory): \(stats.summary())")
+            }
+        } catch {
+            failures += 1
+            // Back off: 1, 2, 4 … 30 s, then try again (a dropped network, a sleeping laptop).
+            let delay = min(30.0, pow(2.0, Double(failures - 1)))
+            Log.error("\(directory): \(kind) failed: \(error); retrying in \(Int(delay)) s")
+            condition.lock()
+            if kind == "push" { pushWanted = true }
+            _ = condition.wait(until: Date().addingTimeInterval(delay))
+            condition.unlock()
+        }
+    }
+}
+
+/// The daemon: runs the registered projects until SIGTERM or SIGINT; SIGHUP reloads the project list.
+final class Daemon {
+    private let notifier = Notifier()
+    private var runners: [String: ProjectRunner] = [:]
+    private let pullInterval: TimeInterval
+    private let signals = DispatchQueue(label: "signals")
+    private var sources: [DispatchSourceSignal] = []
+    private let done = DispatchSemaphore(value: 0)
+
+    init(pullInterval: TimeInterval) { self.pullInterval = pullInterval }
+
+    func run() -> Int32 {
+        for sig in [SIGTERM, SIGINT, SIGHUP] { signal(sig, SIG_IGN) }
+        for sig in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: signals)
+            source.setEventHandler { [done] in done.signal() }
+            source.resume()
+            sources.append(source)
+        }
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signals)
+        hup.setEventHandler { [self] in
+            Log.info("reloading the project list (SIGHUP)")
+            notifier.send("RELOADING=1")
+            reload()
+            notifier.send("READY=1\nSTATUS=\(status)")
+        }
+        hup.resume()
+        sources.append(hup)
+        startWatchdog()
+
+        signals.sync { reload() }
+        notifier.send("READY=1\nSTATUS=\(status)")
+        Log.info("running \(runners.count) project(s); \(status)")
+        done.wait()
+        notifier.send("STOPPING=1")
+        Log.info("stopping: letting sessions in flight finish")
+        signals.sync {
+            for runner in runners.values { runner.stop() }
+            runners.removeAll()
+        }
+        Log.info("stopped")
+        return 0
+    }
+
+    private var status: String {
+        runners.isEmpty ? "no projects registered; add one with `syncctl add DIR`" : "syncing \(runners.count) project(s)"
+    }
+
+    /// Starts runners for newly registered projects and stops those no longer registered. Runs on `signals`.
+    private func reload() {
+        let wanted: [String]
+        do { wanted = try ProjectRegistry().list() } catch {
+            Log.error("cannot read the project list: \(error)")
+            return
+        }
+        for (dir, runner) in runners where !wanted.contains(dir) {
+            runner.stop()
+            runners[dir] = nil
+            Log.info("\(dir): removed")
+        }
+        for dir in wanted where runners[dir] == nil {
+            do {
+                let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval)
+                try runner.start()
+                runners[dir] = runner
+                Log.info("\(dir): watching")
+            } catch {
+                Log.error("\(dir): not started: \(error)")
+            }
+        }
+    }
+
+    private func startWatchdog() {
+        guard let text = ProcessInfo.processInfo.environment["WATCHDOG_USEC"], let usec = Double(text), usec > 0 else { return }
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "watchdog"))
+        timer.schedule(deadline: .now(), repeating: usec / 2e6)
+        timer.setEventHandler { [notifier] in notifier.send("WATCHDOG=1") }
+        timer.resume()
+        watchdog = timer
+    }
+
+    private var watchdog: DispatchSourceTimer?
+}

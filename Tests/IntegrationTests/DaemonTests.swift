@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+
+/// A unix datagram socket standing in for systemd's $NOTIFY_SOCKET: collects what the daemon reports.
+final class NotifyListener {
+    let path: String
+    private let fd: Int32
+
+    init(path: String) throws {
+        self.path = path
+        unlink(path)
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() { raw[i] = b }
+        }
+        let ok = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        guard ok else { throw FixtureError("cannot bind \(path)") }
+    }
+
+    deinit {
+        close(fd)
+        unlink(path)
+    }
+
+    /// Waits (bounded) for a datagram containing `line`; returns every datagram seen meanwhile.
+    func waitFor(_ line: String, seconds: Int = 10) -> (found: Bool, seen: [String]) {
+        var seen: [String] = []
+        let deadline = Date().addingTimeInterval(TimeInterval(seconds))
+        while Date() < deadline {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            guard poll(&fds, 1, 200) > 0 else { continue }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { continue }
+            let text = String(decoding: buffer[0..<n], as: UTF8.self)
+            seen.append(text)
+            if text.split(separator: "\n").contains(Substring(line)) { return (true, seen) }
+        }
+        return (false, seen)
+    }
+}
+
+/// Starts `words` with extra environment, stdout and stderr to `log`; returns its pid.
+func spawnDaemon(_ words: [String], env: [String: String], log: String) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    var environment = ProcessInfo.processInfo.environment
+    for (k, v) in env { environment[k] = v }
+    let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+    defer { (argv + envp).forEach { free($0) } }
+    var child: pid_t = 0
+    let rc = posix_spawn(&child, words[0], &actions, nil, argv, envp)
+    guard rc == 0 else { throw FixtureError("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
+    return child
+}
+
+/// Waits (bounded) until `condition` holds.
+func eventually(seconds: Double = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+@Suite(.serialized)
+struct DaemonTests {
+    @Test func daemonPushesChangesReportsToSystemdAndStopsCleanly() throws {
+        let f = try SyncFixture()
+        try f.write("src/train.py", "print(1)\n")
+        let config = f.base + "/config"
+        let env = ["XDG_CONFIG_HOME": config, "XDG_STATE_HOME": f.state]
+        let add = try run(binDirectory() + "/syncctl", ["add", f.project], env: env)
+        #expect(add.status == 0, "\(add.stderr)")
+        #expect((try? String(contentsOfFile: config + "/syncd/projects", encoding: .utf8)) == f.project + "\n")
+
+        let notify = try NotifyListener(path: f.base + "/notify.sock")
+        let log = f.base + "/syncd.log"
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "1"],
+                                  env: env.merging(["NOTIFY_SOCKET": notify.path]) { $1 }, log: log)
+        var exited = false
+        defer { if !exited { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) } }
+        let ready = notify.waitFor("READY=1")
+        #expect(ready.found, "no READY=1; saw \(ready.seen)")
+
+        // The first push at start, then every change once quiet: new files, edits, new directories, deletes.
+        #expect(eventually { f.read("src/train.py", in: f.remoteProject) == Array("print(1)\n".utf8) })
+        try f.write("src/train.py", "print(2)\n")
+        try FileManager.default.createDirectory(atPath: f.project + "/data/new/deep", withIntermediateDirectories: true)
+        try f.write("data/new/deep/x.bin", randomBytes(50_000, seed: 61))
+        #expect(eventually { f.read("src/train.py", in: f.remoteProject) == Array("print(2)\n".utf8) })
+        #expect(eventually { f.read("data/new/deep/x.bin", in: f.remoteProject) == randomBytes(50_000, seed: 61) })
+        try FileManager.default.removeItem(atPath: f.project + "/data/new")
+        #expect(eventually { !FileManager.default.fileExists(atPath: f.remoteProject + "/data/new") })
+
+        // A checkpoint written on the remote comes back by the periodic pull.
+        try f.write("checkpoint/c1.pt", randomBytes(100_000, seed: 62), in: f.remoteProject)
+        try f.age("checkpoint/c1.pt", in: f.remoteProject)
+        #expect(eventually { f.read("checkpoint/c1.pt") == randomBytes(100_000, seed: 62) })
+
+        kill(pid, SIGTERM)
+        let stopping = notify.waitFor("STOPPING=1")
+        #expect(stopping.found, "no STOPPING=1; saw \(stopping.seen)")
+        var status: Int32 = 0
+        #expect(eventually { waitpid(pid, &status, WNOHANG) == pid }, "syncd did not exit after SIGTERM")
+        exited = true
+        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 0, "exit status \(status); log: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        let (same, diff) = f.treesMatch(ignoring: [])
+        #expect(same, "\(diff)")
+    }
+
+    @Test func addRefusesADirectoryWithoutConfigAndRemoveNamesUnknownOnes() throws {
+        let f = try SyncFixture()
+        let env = ["XDG_CONFIG_HOME": f.base + "/config"]
+        let bare = f.base + "/bare"
+        try FileManager.default.createDirectory(atPath: bare, withIntermediateDirectories: true)
+        let add = try run(binDirectory() + "/syncctl", ["add", bare], env: env)
+        #expect(add.status == 2)
+        #expect(add.stderr.contains("syncd.yaml"), "\(add.stderr)")
+        let remove = try run(binDirectory() + "/syncctl", ["remove", bare], env: env)
+        #expect(remove.status == 2)
+        #expect(remove.stderr.contains("is not in"), "\(remove.stderr)")
+    }
+}
