@@ -119,6 +119,25 @@ struct DaemonTests {
         #expect(same, "\(diff)")
     }
 
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed"))
+    func userUnitVerifies() throws {
+        let f = try SyncFixture()
+        let unit = (#filePath as NSString).deletingLastPathComponent + "/../../Systemd/syncd.service"
+        // %h/.local/bin/syncd must exist for verify: a home of our own with the built daemon in it.
+        let home = f.base + "/home"
+        try FileManager.default.createDirectory(atPath: home + "/.local/bin", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/.local/bin/syncd", withDestinationPath: binDirectory() + "/syncd")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let r = try run("/usr/bin/systemd-analyze", ["--user", "verify", unit], env: ["HOME": home, "XDG_RUNTIME_DIR": runtime])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "verify complained: \(r.stderr)")
+        let text = try String(contentsOfFile: unit, encoding: .utf8)
+        for line in ["Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID"] {
+            #expect(text.contains(line), "the unit has \(line)")
+        }
+    }
+
     @Test func addRefusesADirectoryWithoutConfigAndRemoveNamesUnknownOnes() throws {
         let f = try SyncFixture()
         let env = ["XDG_CONFIG_HOME": f.base + "/config"]
