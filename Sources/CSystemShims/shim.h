@@ -6,4 +6,14 @@ extern int sync_file_range(int fd, long long offset, long long nbytes, unsigned 
 
 /// Starts writeback of a file's dirty pages without waiting for it (SYNC_FILE_RANGE_WRITE).
 static inline int syncd_start_writeback(int fd) { return sync_file_range(fd, 0, 0, 2); }
+
+/// The uid of the process at the other end of a connected unix socket (SO_PEERCRED), or -1 with errno set.
+struct syncd_ucred { int pid; unsigned int uid; unsigned int gid; };
+extern int getsockopt(int fd, int level, int name, void *value, unsigned int *length);
+static inline long long syncd_peer_uid(int fd) {
+    struct syncd_ucred cred;
+    unsigned int length = sizeof cred;
+    if (getsockopt(fd, 1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, &cred, &length) != 0) return -1;
+    return (long long)cred.uid;
+}
 #endif

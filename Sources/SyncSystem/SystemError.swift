@@ -1,3 +1,4 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -90,4 +91,10 @@ public func startThread(_ body: @escaping () -> Void) throws -> pthread_t {
         throw SystemError(call: "pthread_create", path: nil, errno: rc)
     }
     return handle
+}
+
+/// The uid of the peer of a connected unix socket (SO_PEERCRED); nil when it cannot be had.
+public func peerUID(_ fd: Int32) -> uid_t? {
+    let uid = syncd_peer_uid(fd)
+    return uid < 0 ? nil : uid_t(uid)
 }

@@ -15,7 +15,8 @@ struct Syncctl: ParsableCommand {
         commandName: "syncctl",
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
-        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Add.self, Remove.self]
+        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Add.self, Remove.self, Status.self,
+                      Pause.self, Resume.self]
     )
 }
 
@@ -73,8 +74,18 @@ struct SyncArguments: ParsableArguments {
 struct Push: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Send local changes to the remote.")
     @OptionGroup var options: SyncArguments
+    @Flag(help: "Through the running syncd: return once everything changed before the call is on the remote.")
+    var wait = false
 
     func run() throws {
+        if wait {
+            let dir = URL(fileURLWithPath: options.directory).standardizedFileURL.path
+            if let answer = try ControlSocket.request(["command": "push", "project": dir]) {
+                let data = try JSONSerialization.data(withJSONObject: answer["stats"] ?? [:])
+                return report(try JSONDecoder().decode(SyncStats.self, from: data), json: options.json)
+            }
+            // No daemon: a push of our own is just as complete.
+        }
         report(try PushSession(project: try options.project()).run(), json: options.json)
     }
 }
@@ -173,4 +184,51 @@ struct Remove: ParsableCommand {
         guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", exitCode: 2) }
         printError("removed \(directory) from \(registry.file)")
     }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "What the running syncd is doing, per project.")
+    @Flag(help: "Print the daemon's answer as JSON.") var json = false
+
+    func run() throws {
+        guard let answer = try ControlSocket.request(["command": "status"]) else {
+            throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
+        }
+        if json {
+            let data = try JSONSerialization.data(withJSONObject: answer["projects"] ?? [], options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        let projects = answer["projects"] as? [[String: Any]] ?? []
+        if projects.isEmpty { print("syncd (pid \(answer["pid"] ?? "?")): no projects; `syncctl add DIR`") }
+        for p in projects {
+            var line = "\(p["project"] ?? "?"): \(p["state"] ?? "?"), \(p["pending_changes"] ?? 0) pending"
+            if let push = p["last_push"] as? String { line += ", last push \(push)" }
+            if let pull = p["last_pull"] as? String { line += ", last pull \(pull)" }
+            if let conflicts = p["conflicts"] as? [String], !conflicts.isEmpty { line += ", conflicts: \(conflicts.joined(separator: " "))" }
+            if let error = p["last_error"] as? String { line += ", last error: \(error)" }
+            print(line)
+        }
+    }
+}
+
+struct Pause: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Stop the running syncd from syncing DIR (all projects without DIR).")
+    @Argument(help: "Project directory.") var directory: String?
+    func run() throws { try pauseOrResume("pause", directory) }
+}
+
+struct Resume: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Let the running syncd sync DIR again (all projects without DIR).")
+    @Argument(help: "Project directory.") var directory: String?
+    func run() throws { try pauseOrResume("resume", directory) }
+}
+
+func pauseOrResume(_ command: String, _ directory: String?) throws {
+    var request: [String: Any] = ["command": command]
+    if let directory { request["project"] = URL(fileURLWithPath: directory).standardizedFileURL.path }
+    guard let answer = try ControlSocket.request(request) else {
+        throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
+    }
+    for p in answer["projects"] as? [String] ?? [] { printError("\(command)d \(p)") }
 }

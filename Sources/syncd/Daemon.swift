@@ -66,6 +66,19 @@ final class ProjectRunner {
     private var nextPull = Date()
     private let pullInterval: TimeInterval
     private var failures = 0
+    // What `status` reports; all under `condition`.
+    private var paused = false
+    private var syncing: String?
+    private var pendingChanges = 0
+    private var pushesStarted = 0
+    private var pushesDone = 0
+    private var lastPush: Date?
+    private var lastPull: Date?
+    private var lastPushResult: Result<SyncStats, Error>?
+    private var lastError: String?
+    private var conflictPaths: Set<String> = []
+    private var bytesSent: UInt64 = 0
+    private var bytesReceived: UInt64 = 0
 
     init(directory: String, pullInterval: TimeInterval) throws {
         self.directory = directory
@@ -73,8 +86,15 @@ final class ProjectRunner {
         project = try Project(directory: directory, options: SyncOptions(progress: false))
         var rules = project.rules
         for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
-        watcher = TreeWatcher(tree: project.tree, rules: rules, log: { Log.warning($0) }) { [weak self] _ in
-            self?.wantPush()
+        watcher = TreeWatcher(tree: project.tree, rules: rules, log: { Log.warning($0) }) { [weak self] event in
+            guard let self else { return }
+            condition.lock()
+            switch event {
+            case .changed(let paths): pendingChanges += paths.count
+            case .rescan: pendingChanges += 1
+            }
+            condition.unlock()
+            wantPush()
         }
     }
 
@@ -102,10 +122,54 @@ final class ProjectRunner {
         condition.unlock()
     }
 
+    /// Asks for a push and waits for one that started after the call, so that everything changed before the
+    /// call is on the remote when it returns.
+    func pushAndWait() -> Result<SyncStats, Error> {
+        condition.lock()
+        defer { condition.unlock() }
+        if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
+        let target = pushesStarted + 1
+        pushWanted = true
+        condition.broadcast()
+        while pushesDone < target && !stopping { condition.wait() }
+        if pushesDone < target { return .failure(SyncError("syncd is stopping")) }
+        return lastPushResult ?? .failure(SyncError("no push ran"))
+    }
+
+    func setPaused(_ value: Bool) {
+        condition.lock()
+        paused = value
+        if !value { pushWanted = true }
+        condition.broadcast()
+        condition.unlock()
+        Log.info("\(directory): \(value ? "paused" : "resumed")")
+    }
+
+    var status: [String: Any] {
+        condition.lock()
+        defer { condition.unlock() }
+        let iso = ISO8601DateFormatter()
+        return [
+            "project": directory,
+            "state": paused ? "paused" : (syncing != nil ? "syncing" : "idle"),
+            "connected": syncing != nil,
+            "pending_changes": pendingChanges,
+            "last_push": lastPush.map { iso.string(from: $0) } ?? NSNull(),
+            "last_pull": lastPull.map { iso.string(from: $0) } ?? NSNull(),
+            "conflicts": conflictPaths.sorted(),
+            "bytes_sent": bytesSent,
+            "bytes_received": bytesReceived,
+            "last_error": lastError ?? NSNull(),
+        ]
+    }
+
     private func loop() {
         while true {
             condition.lock()
-            while !pushWanted && !stopping && Date() < nextPull { _ = condition.wait(until: nextPull) }
+            while !stopping {
+                if !paused && (pushWanted || Date() >= nextPull) { break }
+                if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
+            }
             if stopping {
                 finished = true
                 condition.broadcast()
@@ -114,30 +178,59 @@ final class ProjectRunner {
             }
             let push = pushWanted
             pushWanted = false
+            if push {
+                pushesStarted += 1
+                pendingChanges = 0
+            }
+            syncing = push ? "push" : "pull"
             condition.unlock()
-            if push { session("push") { try PushSession(project: project).run() } } else {
-                session("pull") { try PullSession(project: project).run() }
+            if push {
+                let result = session("push") { try PushSession(project: project).run() }
+                condition.lock()
+                lastPushResult = result
+                lastPush = Date()
+                pushesDone = pushesStarted
+                syncing = nil
+                condition.broadcast()
+                condition.unlock()
+            } else {
+                _ = session("pull") { try PullSession(project: project).run() }
+                condition.lock()
+                lastPull = Date()
+                syncing = nil
+                condition.unlock()
                 nextPull = Date().addingTimeInterval(pullInterval)
             }
         }
     }
 
-    private func session(_ kind: String, _ body: () throws -> SyncStats) {
+    @discardableResult
+    private func session(_ kind: String, _ body: () throws -> SyncStats) -> Result<SyncStats, Error> {
         do {
             let stats = try body()
             failures = 0
+            condition.lock()
+            lastError = nil
+            bytesSent += stats.bytesSent
+            bytesReceived += stats.bytesReceived
+            if kind == "push" || stats.conflicts > 0 { conflictPaths = Set(stats.conflictPaths) }
+            condition.unlock()
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
                 Log.info("\(directory): \(stats.summary())")
             }
+            return .success(stats)
         } catch {
             failures += 1
             // Back off: 1, 2, 4 … 30 s, then try again (a dropped network, a sleeping laptop).
             let delay = min(30.0, pow(2.0, Double(failures - 1)))
             Log.error("\(directory): \(kind) failed: \(error); retrying in \(Int(delay)) s")
             condition.lock()
+            lastError = "\(kind): \(error)"
             if kind == "push" { pushWanted = true }
+            if kind == "push" { pushesDone = pushesStarted; lastPushResult = .failure(error); condition.broadcast() }
             _ = condition.wait(until: Date().addingTimeInterval(delay))
             condition.unlock()
+            return .failure(error)
         }
     }
 }
@@ -173,10 +266,16 @@ final class Daemon {
         startWatchdog()
 
         signals.sync { reload() }
+        let control: ControlServer
+        do { control = try ControlServer(path: ControlSocket.path()) { [self] in answer($0) } } catch {
+            Log.error("cannot open the control socket: \(error)")
+            return 1
+        }
         notifier.send("READY=1\nSTATUS=\(status)")
         Log.info("running \(runners.count) project(s); \(status)")
         done.wait()
         notifier.send("STOPPING=1")
+        control.close()
         Log.info("stopping: letting sessions in flight finish")
         signals.sync {
             for runner in runners.values { runner.stop() }
@@ -184,6 +283,35 @@ final class Daemon {
         }
         Log.info("stopped")
         return 0
+    }
+
+    /// Answers one control request (on the connection's thread).
+    private func answer(_ request: [String: Any]) -> [String: Any] {
+        let command = request["command"] as? String ?? ""
+        let project = (request["project"] as? String).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        let all = signals.sync { Array(runners.values) }
+        let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
+        if project != nil && chosen.isEmpty {
+            return ["ok": false, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
+        }
+        switch command {
+        case "status":
+            return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
+        case "push":
+            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "push needs one project"] }
+            switch runner.pushAndWait() {
+            case .success(let stats):
+                let object = (try? JSONSerialization.jsonObject(with: Data(stats.json().utf8))) ?? [:]
+                return ["ok": true, "stats": object]
+            case .failure(let error):
+                return ["ok": false, "error": "\(error)"]
+            }
+        case "pause", "resume":
+            for runner in chosen { runner.setPaused(command == "pause") }
+            return ["ok": true, "projects": chosen.map(\.directory)]
+        default:
+            return ["ok": false, "error": "unknown command '\(command)'"]
+        }
     }
 
     private var status: String {

@@ -79,7 +79,10 @@ struct DaemonTests {
         let f = try SyncFixture()
         try f.write("src/train.py", "print(1)\n")
         let config = f.base + "/config"
-        let env = ["XDG_CONFIG_HOME": config, "XDG_STATE_HOME": f.state]
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": config, "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         let add = try run(binDirectory() + "/syncctl", ["add", f.project], env: env)
         #expect(add.status == 0, "\(add.stderr)")
         #expect((try? String(contentsOfFile: config + "/syncd/projects", encoding: .utf8)) == f.project + "\n")
@@ -102,6 +105,45 @@ struct DaemonTests {
         #expect(eventually { f.read("data/new/deep/x.bin", in: f.remoteProject) == randomBytes(50_000, seed: 61) })
         try FileManager.default.removeItem(atPath: f.project + "/data/new")
         #expect(eventually { !FileManager.default.fileExists(atPath: f.remoteProject + "/data/new") })
+
+        // The control socket: push --wait returns once the change is on the remote.
+        try f.write("src/waited.py", "w = 1\n")
+        let waited = try ctl(["push", f.project, "--wait", "--json"])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(f.read("src/waited.py", in: f.remoteProject) == Array("w = 1\n".utf8), "on the remote when push --wait returns")
+        #expect(try waited.int("files_changed") <= 1)
+        let statusRun = try ctl(["status", "--json"])
+        #expect(statusRun.status == 0, "\(statusRun.stderr)")
+        let projects = (try JSONSerialization.jsonObject(with: Data(statusRun.stdout.utf8)) as? [[String: Any]]) ?? []
+        #expect(projects.first?["project"] as? String == f.project)
+        #expect(projects.first?["last_push"] is String)
+        #expect((projects.first?["bytes_sent"] as? Int ?? 0) > 50_000)
+
+        // Paused: changes wait (and are counted), push --wait says why, resume sends them.
+        #expect(try ctl(["pause", f.project]).status == 0)
+        try f.write("src/paused.py", "p = 1\n")
+        usleep(400_000)
+        #expect(f.read("src/paused.py", in: f.remoteProject) == nil, "nothing is pushed while paused")
+        let pausedStatus = (try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+        #expect(pausedStatus.first?["state"] as? String == "paused")
+        #expect((pausedStatus.first?["pending_changes"] as? Int ?? 0) >= 1)
+        let refused = try ctl(["push", f.project, "--wait"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("paused"), "\(refused.stderr)")
+        #expect(try ctl(["resume", f.project]).status == 0)
+        #expect(eventually { f.read("src/paused.py", in: f.remoteProject) == Array("p = 1\n".utf8) })
+
+        // Another uid is refused by SO_PEERCRED even when the socket is reachable to it.
+        if FileManager.default.isExecutableFile(atPath: "/usr/sbin/runuser") && getuid() == 0 {
+            chmod(runtime, 0o755)
+            chmod(runtime + "/syncd", 0o755)
+            chmod(runtime + "/syncd/control.sock", 0o777)
+            let stranger = try run("/usr/sbin/runuser", ["-u", "nobody", "--", "/usr/bin/env", "XDG_RUNTIME_DIR=\(runtime)",
+                                                         binDirectory() + "/syncctl", "status"])
+            #expect(stranger.status != 0)
+            #expect(stranger.stderr.contains("refused: peer uid"), "\(stranger.stderr)")
+            chmod(runtime + "/syncd", 0o700)
+        }
 
         // A checkpoint written on the remote comes back by the periodic pull.
         try f.write("checkpoint/c1.pt", randomBytes(100_000, seed: 62), in: f.remoteProject)

@@ -1,0 +1,57 @@
+import Foundation
+import SyncSystem
+
+/// The daemon's control socket: `$XDG_RUNTIME_DIR/syncd/control.sock` (a 0700 directory), or
+/// `/tmp/syncd-<uid>/control.sock` without a runtime directory. One request per connection: a line of JSON
+/// (`{"command": "status" | "push" | "pause" | "resume", "project": "/abs/dir"}`), answered by a line of JSON
+/// (`{"ok": true, …}` or `{"ok": false, "error": "…"}`). The daemon serves only peers of its own uid.
+public enum ControlSocket {
+    public static func path(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/syncd/control.sock" }
+        return "/tmp/syncd-\(getuid())/control.sock"
+    }
+
+    /// Fills a `sockaddr_un` for `path`; nil when the path is too long for one.
+    public static func address(_ path: String) -> sockaddr_un? {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        return address
+    }
+
+    /// Sends one request to the running daemon and returns its answer; nil when no daemon listens.
+    public static func request(_ body: [String: Any], environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [String: Any]? {
+        let path = path(environment: environment)
+        guard var address = address(path) else { return nil }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemError(call: "socket", path: path, errno: errno) }
+        let file = FileDescriptor(raw: fd, path: path)
+        let connected = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        guard connected else {
+            if errno == ENOENT || errno == ECONNREFUSED { return nil }
+            throw SyncError("cannot reach syncd at \(path): \(String(cString: strerror(errno)))")
+        }
+        var line = try JSONSerialization.data(withJSONObject: body)
+        line.append(UInt8(ascii: "\n"))
+        signal(SIGPIPE, SIG_IGN)
+        _ = try? line.withUnsafeBytes { try file.writeAll($0) }  // a refusing daemon may answer before reading
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try file.read(into: $0) }
+            if n == 0 { break }
+            answer.append(contentsOf: buffer[0..<n])
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
+            throw SyncError("syncd at \(path) sent an answer that is not JSON: \(String(decoding: answer.prefix(200), as: UTF8.self))")
+        }
+        if object["ok"] as? Bool != true { throw SyncError("syncd: \(object["error"] as? String ?? "request refused")") }
+        return object
+    }
+}
