@@ -161,6 +161,35 @@ struct DaemonTests {
         #expect(same, "\(diff)")
     }
 
+    @Test func sigtermDuringAPushFinishesItThenARestartHasNothingLeft() throws {
+        let f = try SyncFixture()
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
+        for i in 0..<4 { try f.write("data/w\(i).bin", randomBytes(40 << 20, seed: UInt64(70 + i))) }
+        let log = f.base + "/syncd.log"
+        func start() throws -> pid_t { try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "60"], env: env, log: log) }
+        let first = try start()
+        // Wait until the first push is under way, then ask the daemon to stop.
+        #expect(eventually(seconds: 10) {
+            let r = try? run(binDirectory() + "/syncctl", ["status", "--json"], env: env)
+            return r?.stdout.contains("\"syncing\"") == true
+        })
+        kill(first, SIGTERM)
+        var status: Int32 = 0
+        #expect(eventually(seconds: 60) { waitpid(first, &status, WNOHANG) == first }, "syncd did not exit after SIGTERM")
+        #expect(status == 0, "exit status \(status); log: \((try? String(contentsOfFile: log, encoding: .utf8)) ?? "")")
+        // The push in flight was finished, not abandoned half-way: a restart has nothing left to send.
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        let second = try start()
+        defer { kill(second, SIGKILL); var s: Int32 = 0; waitpid(second, &s, 0) }
+        let waited = try run(binDirectory() + "/syncctl", ["push", f.project, "--wait", "--json"], env: env)
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(try waited.int("chunks_sent") == 0)
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed"))
     func userUnitVerifies() throws {
         let f = try SyncFixture()

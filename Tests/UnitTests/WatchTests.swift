@@ -146,6 +146,29 @@ final class WatchTests {
         #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
     }
 
+    /// The kernel's queue limit is read when an inotify instance is made: lowered for the moment the watcher
+    /// starts (root only), a burst of creations overflows it, and the watcher asks for a full rescan.
+    @Test(.enabled(if: access("/proc/sys/fs/inotify/max_queued_events", W_OK) == 0, "cannot lower fs.inotify.max_queued_events here"))
+    func aQueueOverflowAsksForARescan() throws {
+        let limitFile = "/proc/sys/fs/inotify/max_queued_events"
+        let original = try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let got = Collected()
+        try "16\n".write(toFile: limitFile, atomically: false, encoding: .utf8)
+        let w: TreeWatcher
+        do {
+            defer { try? (original + "\n").write(toFile: limitFile, atomically: false, encoding: .utf8) }
+            w = try watcher(got)
+        }
+        defer { w.stop() }
+        #expect(try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == original)
+        for i in 0..<3000 { FileManager.default.createFile(atPath: root + "/src/burst\(i)", contents: nil) }
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline && !got.events.contains(where: { if case .rescan = $0 { return true } else { return false } }) {
+            usleep(20_000)
+        }
+        #expect(got.events.contains { if case .rescan = $0 { return true } else { return false } }, "no rescan after 3000 events into a 16-event queue")
+    }
+
     @Test func pollingModeSeesTheSameChanges() throws {
         let got = Collected()
         try write("src/keep.py", "k")
