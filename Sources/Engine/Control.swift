@@ -25,8 +25,19 @@ public enum ControlSocket {
 
     /// Sends one request to the running daemon and returns its answer; nil when no daemon listens.
     public static func request(_ body: [String: Any], environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [String: Any]? {
+        var answer: [String: Any]?
+        guard try stream(body, environment: environment, each: { answer = $0; return true }) else { return nil }
+        guard let answer else { throw SyncError("syncd closed the control connection without an answer") }
+        return answer
+    }
+
+    /// Sends one request and hands each JSON line of the answer to `each` until the daemon closes the
+    /// connection or `each` returns false. Returns false when no daemon listens.
+    @discardableResult
+    public static func stream(_ body: [String: Any], environment: [String: String] = ProcessInfo.processInfo.environment,
+                              each: ([String: Any]) throws -> Bool) throws -> Bool {
         let path = path(environment: environment)
-        guard var address = address(path) else { return nil }
+        guard var address = address(path) else { return false }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError(call: "socket", path: path, errno: errno) }
         let file = FileDescriptor(raw: fd, path: path)
@@ -34,24 +45,30 @@ public enum ControlSocket {
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
         guard connected else {
-            if errno == ENOENT || errno == ECONNREFUSED { return nil }
+            if errno == ENOENT || errno == ECONNREFUSED { return false }
             throw SyncError("cannot reach syncd at \(path): \(String(cString: strerror(errno)))")
         }
         var line = try JSONSerialization.data(withJSONObject: body)
         line.append(UInt8(ascii: "\n"))
         signal(SIGPIPE, SIG_IGN)
         _ = try? line.withUnsafeBytes { try file.writeAll($0) }  // a refusing daemon may answer before reading
-        var answer: [UInt8] = []
+        var pending: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
+        var first = true
         while true {
+            while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(pending[..<end])
+                pending.removeSubrange(...end)
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                    throw SyncError("syncd at \(path) sent an answer that is not JSON: \(String(decoding: line.prefix(200), as: UTF8.self))")
+                }
+                if first && object["ok"] as? Bool != true { throw SyncError("syncd: \(object["error"] as? String ?? "request refused")") }
+                first = false
+                if try !each(object) { return true }
+            }
             let n = try buffer.withUnsafeMutableBytes { try file.read(into: $0) }
-            if n == 0 { break }
-            answer.append(contentsOf: buffer[0..<n])
+            if n == 0 { return true }
+            pending.append(contentsOf: buffer[0..<n])
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
-            throw SyncError("syncd at \(path) sent an answer that is not JSON: \(String(decoding: answer.prefix(200), as: UTF8.self))")
-        }
-        if object["ok"] as? Bool != true { throw SyncError("syncd: \(object["error"] as? String ?? "request refused")") }
-        return object
     }
 }

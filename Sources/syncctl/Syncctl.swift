@@ -16,7 +16,7 @@ struct Syncctl: ParsableCommand {
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
         subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Add.self, Remove.self, Status.self,
-                      Pause.self, Resume.self]
+                      Pause.self, Resume.self, Logs.self]
     )
 }
 
@@ -78,14 +78,8 @@ struct Push: ParsableCommand {
     var wait = false
 
     func run() throws {
-        if wait {
-            let dir = URL(fileURLWithPath: options.directory).standardizedFileURL.path
-            if let answer = try ControlSocket.request(["command": "push", "project": dir]) {
-                let data = try JSONSerialization.data(withJSONObject: answer["stats"] ?? [:])
-                return report(try JSONDecoder().decode(SyncStats.self, from: data), json: options.json)
-            }
-            // No daemon: a push of our own is just as complete.
-        }
+        // Without a daemon, a push of our own is just as complete.
+        if wait, let stats = try throughDaemon("push", options.directory) { return report(stats, json: options.json) }
         report(try PushSession(project: try options.project()).run(), json: options.json)
     }
 }
@@ -93,10 +87,21 @@ struct Push: ParsableCommand {
 struct Pull: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Bring remote-owned paths (output/, checkpoint/) back.")
     @OptionGroup var options: SyncArguments
+    @Flag(help: "Through the running syncd: return once a pull that started after the call has finished.")
+    var wait = false
 
     func run() throws {
+        if wait, let stats = try throughDaemon("pull", options.directory) { return report(stats, json: options.json) }
         report(try PullSession(project: try options.project()).run(), json: options.json)
     }
+}
+
+/// A push or pull run by the daemon for `directory`; nil when no daemon runs.
+func throughDaemon(_ command: String, _ directory: String) throws -> SyncStats? {
+    let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
+    guard let answer = try ControlSocket.request(["command": command, "project": dir]) else { return nil }
+    let data = try JSONSerialization.data(withJSONObject: answer["stats"] ?? [:])
+    return try JSONDecoder().decode(SyncStats.self, from: data)
 }
 
 func report(_ stats: SyncStats, json: Bool) {
@@ -231,4 +236,18 @@ func pauseOrResume(_ command: String, _ directory: String?) throws {
         throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
     }
     for p in answer["projects"] as? [String] ?? [] { printError("\(command)d \(p)") }
+}
+
+struct Logs: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The running syncd's recent log lines.")
+    @Flag(name: .shortAndLong, help: "Keep printing new lines as they come (Ctrl-C to stop).") var follow = false
+
+    func run() throws {
+        let running = try ControlSocket.stream(["command": "logs", "follow": follow]) { object in
+            for line in object["lines"] as? [String] ?? [] { print(line) }
+            fflush(stdout)
+            return true
+        }
+        guard running else { throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))") }
+    }
 }

@@ -55,6 +55,8 @@ final class ControlServer {
         let peer = peerUID(client.raw)
         if peer != getuid() {
             answer = ["ok": false, "error": "refused: peer uid \(peer.map(String.init) ?? "unknown") is not this daemon's uid \(getuid())"]
+        } else if let request, request["command"] as? String == "logs", request["follow"] as? Bool == true {
+            return follow(client)
         } else if let request {
             answer = handle(request)
         } else {
@@ -63,6 +65,35 @@ final class ControlServer {
         if var data = try? JSONSerialization.data(withJSONObject: answer) {
             data.append(UInt8(ascii: "\n"))
             _ = try? data.withUnsafeBytes { try client.writeAll($0) }
+        }
+    }
+
+    /// `logs -f`: the kept lines, then every new one, one JSON line each, until the client goes away.
+    private func follow(_ client: FileDescriptor) {
+        let queue = NSCondition()
+        var waiting: [String] = []
+        var gone = false
+        let (lines, token) = Log.lines { line in
+            queue.lock()
+            waiting.append(line)
+            queue.signal()
+            queue.unlock()
+        }
+        defer { if let token { Log.unfollow(token) } }
+        func send(_ object: [String: Any]) -> Bool {
+            guard var data = try? JSONSerialization.data(withJSONObject: object) else { return true }
+            data.append(UInt8(ascii: "\n"))
+            return (try? data.withUnsafeBytes { try client.writeAll($0) }) != nil
+        }
+        guard send(["ok": true, "lines": lines]) else { return }
+        while !gone {
+            queue.lock()
+            while waiting.isEmpty { _ = queue.wait(until: Date().addingTimeInterval(1)); if waiting.isEmpty { break } }
+            let batch = waiting
+            waiting.removeAll()
+            queue.unlock()
+            // An idle second: probe the client with an empty batch, so a closed one is noticed.
+            gone = !send(["lines": batch])
         }
     }
 

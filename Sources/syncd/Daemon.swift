@@ -5,10 +5,29 @@ import SyncSystem
 import Watch
 
 /// Log lines: with journald's `<N>` priority prefixes when stderr is the journal (`JOURNAL_STREAM`), plain
-/// otherwise.
+/// otherwise. The last 1000 lines are kept for `syncctl logs`, and followers get new ones as they come.
 enum Log {
     static let journal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
     static let lock = NSLock()
+    private static var recent: [String] = []
+    private static var followers: [Int: (String) -> Void] = [:]
+    private static var nextFollower = 0
+
+    /// The kept lines, and (when `follow` is given) a token for `unfollow`; `follow` gets every later line.
+    static func lines(follow: ((String) -> Void)? = nil) -> (lines: [String], token: Int?) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let follow else { return (recent, nil) }
+        nextFollower += 1
+        followers[nextFollower] = follow
+        return (recent, nextFollower)
+    }
+
+    static func unfollow(_ token: Int) {
+        lock.lock()
+        followers[token] = nil
+        lock.unlock()
+    }
 
     static func info(_ text: String) { write(6, text) }
     static func warning(_ text: String) { write(4, text) }
@@ -17,8 +36,13 @@ enum Log {
     private static func write(_ priority: Int, _ text: String) {
         lock.lock()
         defer { lock.unlock() }
+        let stamp = ISO8601DateFormatter().string(from: Date())
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             FileHandle.standardError.write(Data((journal ? "<\(priority)>\(line)\n" : "syncd: \(line)\n").utf8))
+            let kept = "\(stamp) \(line)"
+            recent.append(kept)
+            if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
+            for follower in followers.values { follower(kept) }
         }
     }
 }
@@ -72,6 +96,10 @@ final class ProjectRunner {
     private var pendingChanges = 0
     private var pushesStarted = 0
     private var pushesDone = 0
+    private var pullWanted = false
+    private var pullsStarted = 0
+    private var pullsDone = 0
+    private var lastPullResult: Result<SyncStats, Error>?
     private var lastPush: Date?
     private var lastPull: Date?
     private var lastPushResult: Result<SyncStats, Error>?
@@ -136,6 +164,19 @@ final class ProjectRunner {
         return lastPushResult ?? .failure(SyncError("no push ran"))
     }
 
+    /// Asks for a pull now and waits for one that started after the call.
+    func pullAndWait() -> Result<SyncStats, Error> {
+        condition.lock()
+        defer { condition.unlock() }
+        if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
+        let target = pullsStarted + 1
+        pullWanted = true
+        condition.broadcast()
+        while pullsDone < target && !stopping { condition.wait() }
+        if pullsDone < target { return .failure(SyncError("syncd is stopping")) }
+        return lastPullResult ?? .failure(SyncError("no pull ran"))
+    }
+
     func setPaused(_ value: Bool) {
         condition.lock()
         paused = value
@@ -167,7 +208,7 @@ final class ProjectRunner {
         while true {
             condition.lock()
             while !stopping {
-                if !paused && (pushWanted || Date() >= nextPull) { break }
+                if !paused && (pushWanted || pullWanted || Date() >= nextPull) { break }
                 if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
             }
             if stopping {
@@ -194,10 +235,17 @@ final class ProjectRunner {
                 condition.broadcast()
                 condition.unlock()
             } else {
-                _ = session("pull") { try PullSession(project: project).run() }
+                condition.lock()
+                pullWanted = false
+                pullsStarted += 1
+                condition.unlock()
+                let result = session("pull") { try PullSession(project: project).run() }
                 condition.lock()
                 lastPull = Date()
+                lastPullResult = result
+                pullsDone = pullsStarted
                 syncing = nil
+                condition.broadcast()
                 condition.unlock()
                 nextPull = Date().addingTimeInterval(pullInterval)
             }
@@ -248,6 +296,7 @@ final class Daemon {
 
     func run() -> Int32 {
         for sig in [SIGTERM, SIGINT, SIGHUP] { signal(sig, SIG_IGN) }
+        signal(SIGPIPE, SIG_IGN)  // a control client that goes away must not take the daemon with it
         for sig in [SIGTERM, SIGINT] {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: signals)
             source.setEventHandler { [done] in done.signal() }
@@ -297,15 +346,17 @@ final class Daemon {
         switch command {
         case "status":
             return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
-        case "push":
-            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "push needs one project"] }
-            switch runner.pushAndWait() {
+        case "push", "pull":
+            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
+            switch command == "push" ? runner.pushAndWait() : runner.pullAndWait() {
             case .success(let stats):
                 let object = (try? JSONSerialization.jsonObject(with: Data(stats.json().utf8))) ?? [:]
                 return ["ok": true, "stats": object]
             case .failure(let error):
                 return ["ok": false, "error": "\(error)"]
             }
+        case "logs":
+            return ["ok": true, "lines": Log.lines().lines]
         case "pause", "resume":
             for runner in chosen { runner.setPaused(command == "pause") }
             return ["ok": true, "projects": chosen.map(\.directory)]

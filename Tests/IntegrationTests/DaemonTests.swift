@@ -133,6 +133,19 @@ struct DaemonTests {
         #expect(try ctl(["resume", f.project]).status == 0)
         #expect(eventually { f.read("src/paused.py", in: f.remoteProject) == Array("p = 1\n".utf8) })
 
+        // logs: the kept lines; logs -f: and the new ones as they come.
+        let logs = try ctl(["logs"])
+        #expect(logs.status == 0, "\(logs.stderr)")
+        #expect(logs.stdout.contains("\(f.project): watching"), "\(logs.stdout)")
+        let followed = f.base + "/follow.out"
+        let follower = try spawnDaemon([binDirectory() + "/syncctl", "logs", "-f"], env: env, log: followed)
+        defer { kill(follower, SIGKILL); var s: Int32 = 0; waitpid(follower, &s, 0) }
+        usleep(300_000)
+        #expect(try ctl(["pause"]).status == 0)
+        #expect(eventually { ((try? String(contentsOfFile: followed, encoding: .utf8)) ?? "").contains("\(f.project): paused") },
+                "logs -f did not show the new line")
+        #expect(try ctl(["resume"]).status == 0)
+
         // Another uid is refused by SO_PEERCRED even when the socket is reachable to it.
         if FileManager.default.isExecutableFile(atPath: "/usr/sbin/runuser") && getuid() == 0 {
             chmod(runtime, 0o755)
@@ -145,10 +158,15 @@ struct DaemonTests {
             chmod(runtime + "/syncd", 0o700)
         }
 
-        // A checkpoint written on the remote comes back by the periodic pull.
+        // A checkpoint written on the remote comes back by the periodic pull, or at once with pull --wait.
         try f.write("checkpoint/c1.pt", randomBytes(100_000, seed: 62), in: f.remoteProject)
         try f.age("checkpoint/c1.pt", in: f.remoteProject)
         #expect(eventually { f.read("checkpoint/c1.pt") == randomBytes(100_000, seed: 62) })
+        try f.write("checkpoint/c2.pt", randomBytes(100_000, seed: 63), in: f.remoteProject)
+        try f.age("checkpoint/c2.pt", in: f.remoteProject)
+        let pulled = try ctl(["pull", f.project, "--wait", "--json"])
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        #expect(f.read("checkpoint/c2.pt") == randomBytes(100_000, seed: 63), "here when pull --wait returns")
 
         kill(pid, SIGTERM)
         let stopping = notify.waitFor("STOPPING=1")
