@@ -84,7 +84,15 @@ final class ProjectRunner {
     private let project: Project
     private var watcher: TreeWatcher!
     private let condition = NSCondition()
-    private var pushWanted = true
+    /// Pushes and pulls asked for, started and done; `syncAndWait` waits on these.
+    private struct Sessions {
+        var wanted = false
+        var started = 0
+        var done = 0
+        var result: Result<SyncStats, Error>?
+    }
+    private var pushes = Sessions(wanted: true)
+    private var pulls = Sessions()
     private var stopping = false
     private var finished = false
     private var nextPull = Date()
@@ -94,15 +102,8 @@ final class ProjectRunner {
     private var paused = false
     private var syncing: String?
     private var pendingChanges = 0
-    private var pushesStarted = 0
-    private var pushesDone = 0
-    private var pullWanted = false
-    private var pullsStarted = 0
-    private var pullsDone = 0
-    private var lastPullResult: Result<SyncStats, Error>?
     private var lastPush: Date?
     private var lastPull: Date?
-    private var lastPushResult: Result<SyncStats, Error>?
     private var lastError: String?
     private var conflictPaths: Set<String> = []
     private var bytesSent: UInt64 = 0
@@ -135,7 +136,7 @@ final class ProjectRunner {
 
     func wantPush() {
         condition.lock()
-        pushWanted = true
+        pushes.wanted = true
         condition.signal()
         condition.unlock()
     }
@@ -150,37 +151,27 @@ final class ProjectRunner {
         condition.unlock()
     }
 
-    /// Asks for a push and waits for one that started after the call, so that everything changed before the
-    /// call is on the remote when it returns.
-    func pushAndWait() -> Result<SyncStats, Error> {
-        condition.lock()
-        defer { condition.unlock() }
-        if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
-        let target = pushesStarted + 1
-        pushWanted = true
-        condition.broadcast()
-        while pushesDone < target && !stopping { condition.wait() }
-        if pushesDone < target { return .failure(SyncError("syncd is stopping")) }
-        return lastPushResult ?? .failure(SyncError("no push ran"))
-    }
+    enum Kind: String { case push, pull }
 
-    /// Asks for a pull now and waits for one that started after the call.
-    func pullAndWait() -> Result<SyncStats, Error> {
+    /// Asks for a push (or pull) and waits for one that started after the call: when it returns, everything
+    /// changed before the call is on the remote (or here).
+    func syncAndWait(_ kind: Kind) -> Result<SyncStats, Error> {
         condition.lock()
         defer { condition.unlock() }
         if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
-        let target = pullsStarted + 1
-        pullWanted = true
+        let target = (kind == .push ? pushes : pulls).started + 1
+        if kind == .push { pushes.wanted = true } else { pulls.wanted = true }
         condition.broadcast()
-        while pullsDone < target && !stopping { condition.wait() }
-        if pullsDone < target { return .failure(SyncError("syncd is stopping")) }
-        return lastPullResult ?? .failure(SyncError("no pull ran"))
+        func done() -> Int { kind == .push ? pushes.done : pulls.done }
+        while done() < target && !stopping { condition.wait() }
+        if done() < target { return .failure(SyncError("syncd is stopping")) }
+        return (kind == .push ? pushes : pulls).result ?? .failure(SyncError("no \(kind.rawValue) ran"))
     }
 
     func setPaused(_ value: Bool) {
         condition.lock()
         paused = value
-        if !value { pushWanted = true }
+        if !value { pushes.wanted = true }
         condition.broadcast()
         condition.unlock()
         Log.info("\(directory): \(value ? "paused" : "resumed")")
@@ -208,7 +199,7 @@ final class ProjectRunner {
         while true {
             condition.lock()
             while !stopping {
-                if !paused && (pushWanted || pullWanted || Date() >= nextPull) { break }
+                if !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull) { break }
                 if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
             }
             if stopping {
@@ -217,43 +208,38 @@ final class ProjectRunner {
                 condition.unlock()
                 return
             }
-            let push = pushWanted
-            pushWanted = false
-            if push {
-                pushesStarted += 1
+            let kind: Kind = pushes.wanted ? .push : .pull
+            if kind == .push {
+                pushes.wanted = false
+                pushes.started += 1
                 pendingChanges = 0
-            }
-            syncing = push ? "push" : "pull"
-            condition.unlock()
-            if push {
-                let result = session("push") { try PushSession(project: project).run() }
-                condition.lock()
-                lastPushResult = result
-                lastPush = Date()
-                pushesDone = pushesStarted
-                syncing = nil
-                condition.broadcast()
-                condition.unlock()
             } else {
-                condition.lock()
-                pullWanted = false
-                pullsStarted += 1
-                condition.unlock()
-                let result = session("pull") { try PullSession(project: project).run() }
-                condition.lock()
+                pulls.wanted = false
+                pulls.started += 1
+            }
+            syncing = kind.rawValue
+            condition.unlock()
+            let result = kind == .push ? session(kind) { try PushSession(project: project).run() }
+                                       : session(kind) { try PullSession(project: project).run() }
+            condition.lock()
+            if kind == .push {
+                pushes.result = result
+                pushes.done = pushes.started
+                lastPush = Date()
+            } else {
+                pulls.result = result
+                pulls.done = pulls.started
                 lastPull = Date()
-                lastPullResult = result
-                pullsDone = pullsStarted
-                syncing = nil
-                condition.broadcast()
-                condition.unlock()
                 nextPull = Date().addingTimeInterval(pullInterval)
             }
+            syncing = nil
+            condition.broadcast()
+            condition.unlock()
         }
     }
 
     @discardableResult
-    private func session(_ kind: String, _ body: () throws -> SyncStats) -> Result<SyncStats, Error> {
+    private func session(_ kind: Kind, _ body: () throws -> SyncStats) -> Result<SyncStats, Error> {
         do {
             let stats = try body()
             failures = 0
@@ -261,7 +247,7 @@ final class ProjectRunner {
             lastError = nil
             bytesSent += stats.bytesSent
             bytesReceived += stats.bytesReceived
-            if kind == "push" || stats.conflicts > 0 { conflictPaths = Set(stats.conflictPaths) }
+            if kind == .push || stats.conflicts > 0 { conflictPaths = Set(stats.conflictPaths) }
             condition.unlock()
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
                 Log.info("\(directory): \(stats.summary())")
@@ -271,11 +257,19 @@ final class ProjectRunner {
             failures += 1
             // Back off: 1, 2, 4 … 30 s, then try again (a dropped network, a sleeping laptop).
             let delay = min(30.0, pow(2.0, Double(failures - 1)))
-            Log.error("\(directory): \(kind) failed: \(error); retrying in \(Int(delay)) s")
+            Log.error("\(directory): \(kind.rawValue) failed: \(error); retrying in \(Int(delay)) s")
             condition.lock()
-            lastError = "\(kind): \(error)"
-            if kind == "push" { pushWanted = true }
-            if kind == "push" { pushesDone = pushesStarted; lastPushResult = .failure(error); condition.broadcast() }
+            lastError = "\(kind.rawValue): \(error)"
+            // Waiters learn of the failure now; the push itself is tried again after the pause.
+            if kind == .push {
+                pushes.result = .failure(error)
+                pushes.done = pushes.started
+                pushes.wanted = true
+            } else {
+                pulls.result = .failure(error)
+                pulls.done = pulls.started
+            }
+            condition.broadcast()
             _ = condition.wait(until: Date().addingTimeInterval(delay))
             condition.unlock()
             return .failure(error)
@@ -348,7 +342,7 @@ final class Daemon {
             return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
         case "push", "pull":
             guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
-            switch command == "push" ? runner.pushAndWait() : runner.pullAndWait() {
+            switch runner.syncAndWait(command == "push" ? .push : .pull) {
             case .success(let stats):
                 let object = (try? JSONSerialization.jsonObject(with: Data(stats.json().utf8))) ?? [:]
                 return ["ok": true, "stats": object]
