@@ -115,7 +115,7 @@ final class ProjectRunner {
         project = try Project(directory: directory, options: SyncOptions(progress: false))
         var rules = project.rules
         for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
-        watcher = TreeWatcher(tree: project.tree, rules: rules, log: { Log.warning($0) }) { [weak self] event in
+        watcher = TreeWatcher(tree: project.tree, rules: rules, quietMillis: 50, log: { Log.warning($0) }) { [weak self] event in
             guard let self else { return }
             condition.lock()
             switch event {
