@@ -593,7 +593,9 @@ def main():
         if mounted:
             work = mnt
             fs_note = "a fresh ext4 file system (loop device, 24 GB sparse image)"
-            cleanup.append(lambda: run(["umount", mnt], check=False))
+            # Recursive, for dockerd's overlay mounts below; lazy if something still holds it.
+            cleanup.append(lambda: run(["umount", "-R", mnt], check=False).returncode == 0
+                           or run(["umount", "-l", mnt], check=False))
         else:
             log("compare: cannot mount a loop ext4 image; using a plain directory (numbers carry this disk's history)")
     try:
