@@ -17,9 +17,8 @@ public final class FlushQueue {
         public let error: Int32
     }
 
-    // Heap-allocated: pthread objects must not move, which a Swift stored property does not promise.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let mutex = Mutex()
+    private let wake = Condition()
     private var jobs: [(token: UInt64, fd: Int32)] = []
     private var jobHead = 0
     private var completed: [Completion] = []
@@ -40,8 +39,6 @@ public final class FlushQueue {
         }
         completionFD = ends[0]
         signalFD = ends[1]
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(wake, nil)
         for _ in 0..<max(count, 1) {
             guard let thread = try? startThread({ [self] in work() }) else { break }
             workers.append(thread)
@@ -51,10 +48,10 @@ public final class FlushQueue {
     /// Stops the workers after the queued jobs and waits for them. Call before dropping the queue: the
     /// workers keep it alive until then.
     public func shutdown() {
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         stopping = true
-        pthread_cond_broadcast(wake)
-        pthread_mutex_unlock(mutex)
+        wake.broadcast()
+        mutex.unlock()
         for thread in workers { pthread_join(thread, nil) }
         workers.removeAll()
     }
@@ -62,30 +59,26 @@ public final class FlushQueue {
     deinit {
         close(completionFD)
         close(signalFD)
-        pthread_cond_destroy(wake)
-        pthread_mutex_destroy(mutex)
-        wake.deallocate()
-        mutex.deallocate()
     }
 
     /// Queues an fsync of `fd`; the descriptor must stay open until its completion is collected.
     public func submit(token: UInt64, fd: Int32) {
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         jobs.append((token, fd))
-        pthread_cond_signal(wake)
-        pthread_mutex_unlock(mutex)
+        wake.signal()
+        mutex.unlock()
         outstanding += 1
     }
 
     /// Completions ready now, without waiting.
     public func takeCompletions() -> [Completion] {
         guard outstanding > 0 else { return [] }
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         let done = completed
         completed.removeAll(keepingCapacity: true)
         var sink: UInt8 = 0
         while read(completionFD, &sink, 1) == 1 {}
-        pthread_mutex_unlock(mutex)
+        mutex.unlock()
         outstanding -= done.count
         return done
     }
@@ -102,24 +95,24 @@ public final class FlushQueue {
     }
 
     private func work() {
-        pthread_mutex_lock(mutex)
+        mutex.lock()
         while true {
-            while jobHead == jobs.count && !stopping { pthread_cond_wait(wake, mutex) }
+            while jobHead == jobs.count && !stopping { wake.wait(mutex) }
             if jobHead == jobs.count { break }
             let job = jobs[jobHead]
             jobHead += 1
             if jobHead == jobs.count { jobs.removeAll(keepingCapacity: true); jobHead = 0 }
-            pthread_mutex_unlock(mutex)
+            mutex.unlock()
             var rc: Int32
             repeat { rc = fsync(job.fd) } while rc != 0 && errno == EINTR
             let error = rc == 0 ? 0 : errno
-            pthread_mutex_lock(mutex)
+            mutex.lock()
             completed.append(Completion(token: job.token, error: error))
             if completed.count == 1 {
                 var byte: UInt8 = 1
                 _ = write(signalFD, &byte, 1)
             }
         }
-        pthread_mutex_unlock(mutex)
+        mutex.unlock()
     }
 }

@@ -32,7 +32,7 @@ public final class SSHAgentConnection: AgentConnection {
         let host = settings.hostName
         let session = try SSHSession(settings: settings, options: options)
         let digest = try Self.digest(ofFile: agentBinary)
-        let local = Self.localMachine()
+        let local = machineName()
         let start = """
             p="$HOME/.local/lib/syncd/agent-\(digest)"; m=$(uname -m); \
             if [ "$m" = "\(local)" ] && [ -x "$p" ]; then exec "$p" serve --expect-digest \(digest); fi; \
@@ -87,12 +87,6 @@ public final class SSHAgentConnection: AgentConnection {
     /// XXH3-128 of a file, hex: the agent's identity on the remote.
     public static func digest(ofFile path: String) throws -> String {
         try StreamingDigest.digest(ofFile: path).hex
-    }
-
-    static func localMachine() -> String {
-        var name = utsname()
-        uname(&name)
-        return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
     }
 
     public func finish() -> String? {

@@ -334,26 +334,3 @@ public final class SSHChannelStream: ByteStream {
     }
 }
 
-/// A pthread mutex with a stable address.
-final class Mutex {
-    let raw = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    init() { pthread_mutex_init(raw, nil) }
-    deinit {
-        pthread_mutex_destroy(raw)
-        raw.deallocate()
-    }
-    func lock() { pthread_mutex_lock(raw) }
-    func unlock() { pthread_mutex_unlock(raw) }
-}
-
-/// A pthread condition variable used with a `Mutex`.
-final class Condition {
-    private let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    init() { pthread_cond_init(raw, nil) }
-    deinit {
-        pthread_cond_destroy(raw)
-        raw.deallocate()
-    }
-    func wait(_ mutex: Mutex) { pthread_cond_wait(raw, mutex.raw) }
-    func broadcast() { pthread_cond_broadcast(raw) }
-}

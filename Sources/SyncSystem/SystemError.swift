@@ -98,3 +98,35 @@ public func peerUID(_ fd: Int32) -> uid_t? {
     let uid = syncd_peer_uid(fd)
     return uid < 0 ? nil : uid_t(uid)
 }
+
+/// A pthread mutex with a stable address (for code that does without Foundation, like the agent).
+public final class Mutex {
+    let raw = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    public init() { pthread_mutex_init(raw, nil) }
+    deinit {
+        pthread_mutex_destroy(raw)
+        raw.deallocate()
+    }
+    public func lock() { pthread_mutex_lock(raw) }
+    public func unlock() { pthread_mutex_unlock(raw) }
+}
+
+/// A pthread condition variable used with a `Mutex`.
+public final class Condition {
+    private let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    public init() { pthread_cond_init(raw, nil) }
+    deinit {
+        pthread_cond_destroy(raw)
+        raw.deallocate()
+    }
+    public func wait(_ mutex: Mutex) { pthread_cond_wait(raw, mutex.raw) }
+    public func signal() { pthread_cond_signal(raw) }
+    public func broadcast() { pthread_cond_broadcast(raw) }
+}
+
+/// This machine's architecture as `uname -m` prints it ("x86_64").
+public func machineName() -> String {
+    var name = utsname()
+    uname(&name)
+    return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
+}

@@ -63,28 +63,20 @@ public final class TreeWatcher {
         self.deliver = deliver
     }
 
-    deinit {
-        stop()
-        pthread_mutex_destroy(countLock)
-        countLock.deallocate()
-    }
+    deinit { stop() }
 
     /// Number of directories watched through inotify (read from any thread).
     public var watchCount: Int {
-        pthread_mutex_lock(countLock)
-        defer { pthread_mutex_unlock(countLock) }
+        countLock.lock()
+        defer { countLock.unlock() }
         return watchTotal
     }
-    private let countLock: UnsafeMutablePointer<pthread_mutex_t> = {
-        let p = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        pthread_mutex_init(p, nil)
-        return p
-    }()
+    private let countLock = Mutex()
     private var watchTotal = 0
     private func publishCount() {
-        pthread_mutex_lock(countLock)
+        countLock.lock()
         watchTotal = watches.count
-        pthread_mutex_unlock(countLock)
+        countLock.unlock()
     }
 
     /// Sets up the watches (or the first poll snapshot) and starts the watcher thread. Changes made after

@@ -67,9 +67,3 @@ do {
     printError("syncd-agent: \(error)")
     exit(1)
 }
-
-func machineName() -> String {
-    var name = utsname()
-    uname(&name)
-    return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
-}

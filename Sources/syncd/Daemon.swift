@@ -12,6 +12,7 @@ enum Log {
     private static var recent: [String] = []
     private static var followers: [Int: (String) -> Void] = [:]
     private static var nextFollower = 0
+    private static let stamps = ISO8601DateFormatter()  // used under `lock`
 
     /// The kept lines, and (when `follow` is given) a token for `unfollow`; `follow` gets every later line.
     static func lines(follow: ((String) -> Void)? = nil) -> (lines: [String], token: Int?) {
@@ -36,7 +37,7 @@ enum Log {
     private static func write(_ priority: Int, _ text: String) {
         lock.lock()
         defer { lock.unlock() }
-        let stamp = ISO8601DateFormatter().string(from: Date())
+        let stamp = stamps.string(from: Date())
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             FileHandle.standardError.write(Data((journal ? "<\(priority)>\(line)\n" : "syncd: \(line)\n").utf8))
             let kept = "\(stamp) \(line)"
