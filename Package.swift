@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .systemLibrary(name: "CXXHash", providers: [.apt(["libxxhash-dev"])]),
@@ -39,7 +40,8 @@ let package = Package(
         .target(name: "Placement", dependencies: ["Chunking", "SyncSystem"]),
         .target(name: "ProjectScan", dependencies: ["Chunking", "SyncSystem"]),
         .target(name: "Watch", dependencies: ["ProjectScan", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan"]),
+        .target(name: "Dockerfile"),
+        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
@@ -47,7 +49,7 @@ let package = Package(
         .target(name: "SSHTransport", dependencies: ["CLibSSH2", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
-            "SyncSystem",
+            "SyncSystem", "Dockerfile",
         ]),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "SyncSystem", "Wire"]),
@@ -55,7 +57,9 @@ let package = Package(
             "SSHTransport",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "syncd", dependencies: ["Engine", "Watch", "ProjectScan", "SyncSystem"]),
+        .executableTarget(name: "syncd", dependencies: [
+            "Engine", "Watch", "ProjectScan", "SyncSystem", .product(name: "Logging", package: "swift-log"),
+        ]),
 
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],
                           path: "Bench/Sources/syncd-bench"),
@@ -64,9 +68,9 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile",
         ]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Wire", "Chunking", "SyncSystem"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Transport", "Wire", "Chunking", "SyncSystem"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -4,6 +4,7 @@ import Glibc
 import Chunking
 import Placement
 import ProjectScan
+import Watch
 import SyncSystem
 import Wire
 
@@ -47,6 +48,8 @@ public final class AgentSession {
         writer = FrameWriter(stream)
         self.homeDirectory = homeDirectory
         reader.willBlock = { [unowned self] in
+            notifyLock.lock()
+            defer { notifyLock.unlock() }
             try commitWhileIdle()
             try writer.flush()
         }
@@ -57,7 +60,8 @@ public final class AgentSession {
         scratch.deallocate()
     }
 
-    /// Runs the session to its end. Errors are reported to the client (when it still listens) and rethrown.
+    /// Serves sessions until the client closes the connection between two of them. Errors are reported to the
+    /// client (when it still listens) and rethrown; they end the connection.
     public func run() throws {
         do {
             try writer.writeHandshake()
@@ -65,19 +69,26 @@ public final class AgentSession {
             guard version == wireVersion else {
                 throw AgentError("protocol version mismatch: client speaks \(version), this agent speaks \(wireVersion); install matching syncd versions")
             }
-            guard case .hello(let hello)? = try reader.next() else { throw ProtocolError("expected a hello frame first") }
-            try open(hello)
-            switch hello.role {
-            case .push: try servePush()
-            case .pull:
-                try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
-                    let r = try self.record(for: path, stat: st)
-                    return (r.digest, r.chunks)
-                }, compress: hello.compress, reader: reader, writer: writer)
-                try state.save()
+            guard case .hello(let first)? = try reader.next() else { throw ProtocolError("expected a hello frame first") }
+            var hello = first
+            while true {
+                try serve(hello)
+                try writer.flush()
+                // Between sessions: the next hello, a watch, or the end of the connection.
+                var next = try reader.next()
+                while case .watch? = next {
+                    try watchUntilEnded()
+                    next = try reader.next()
+                }
+                guard let message = next else { break }
+                guard case .hello(let h) = message else {
+                    throw ProtocolError("expected a hello or watch frame between sessions, got type 0x\(String(message.encode().type, radix: 16))")
+                }
+                hello = h
             }
-            try writer.flush()
+            stopWatching()
         } catch {
+            stopWatching()
             try? writer.send(.error(message: "\(error)"))
             try? writer.flush()
             flushes.shutdown()
@@ -88,6 +99,93 @@ public final class AgentSession {
         }
     }
 
+    private func serve(_ hello: Hello) throws {
+        try open(hello)
+        switch hello.role {
+        case .push: try servePush()
+        case .pull:
+            notifyLock.lock()
+            remoteDirty = false
+            remoteChanges.removeAll()
+            notifyLock.unlock()
+            // With a watcher, a file is known to be finished once it was closed and the watcher then saw nothing
+            // for a while; without one, only its age tells.
+            try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
+                let r = try self.record(for: path, stat: st)
+                return (r.digest, r.chunks)
+            }, quietNanos: watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress, reader: reader, writer: writer)
+            try state.save()
+        }
+    }
+
+    // MARK: - Watching the pull paths between sessions
+
+    private var watcher: TreeWatcher?
+    /// Guards the writer while a watch is on (the watcher thread sends `remoteChanged`), and the fields below.
+    private let notifyLock = Mutex()
+    private var watching = false
+    private var remoteDirty = false
+    private var remoteChanges: Set<String> = []
+
+    /// Answers `watch`: reports completed remote-owned files as they come, until the client's `watchEnd`.
+    private func watchUntilEnded() throws {
+        if watcher == nil {
+            guard !pullPaths.isEmpty else { throw AgentError("watch: the project has no pull paths") }
+            let started = TreeWatcher(tree: tree, rules: IgnoreRules(), quietMillis: Self.watchQuietMillis, maxHoldMillis: 5000,
+                                      scope: pullPaths.map(\.string), completedFilesOnly: true,
+                                      log: { printError("syncd-agent: \($0)") }) { [unowned self] event in remoteEvent(event) }
+            do { try started.start() } catch { throw AgentError("watch: cannot watch the pull paths: \(error)") }
+            watcher = started
+            // Whatever was finished between the last pull and now went unseen: the client should look once.
+            notifyLock.lock()
+            remoteDirty = true
+            notifyLock.unlock()
+        }
+        notifyLock.lock()
+        watching = true
+        let sent = Result { try sendRemoteChangesLocked() }
+        notifyLock.unlock()
+        try sent.get()
+        guard let message = try reader.next() else { return }
+        guard case .watchEnd = message else {
+            throw ProtocolError("expected watchEnd during a watch, got type 0x\(String(message.encode().type, radix: 16))")
+        }
+        notifyLock.lock()
+        defer { notifyLock.unlock() }
+        watching = false
+        try writer.send(.watchEnded)
+        try writer.flush()
+    }
+
+    /// On the watcher's thread.
+    private func remoteEvent(_ event: WatchEvent) {
+        notifyLock.lock()
+        defer { notifyLock.unlock() }
+        if case .changed(let paths) = event {
+            for p in paths where remoteChanges.count < maxNotifiedPaths { remoteChanges.insert(p) }
+        }
+        remoteDirty = true
+        if watching { _ = try? sendRemoteChangesLocked() }
+    }
+
+    private func sendRemoteChangesLocked() throws {
+        guard remoteDirty else { return }
+        try writer.send(.remoteChanged(paths: remoteChanges.sorted()))
+        try writer.flush()
+        remoteDirty = false
+        remoteChanges.removeAll()
+    }
+
+    private func stopWatching() {
+        watcher?.stop()
+        watcher = nil
+    }
+
+    /// The watcher reports once nothing happened in the pull paths for this long.
+    private static let watchQuietMillis = 300
+    /// A watched file last modified this long ago, and open for writing by no process, is offered by a pull.
+    private let watchedQuietNanos: Int64 = 250_000_000
+
     private func open(_ hello: Hello) throws {
         let name = hello.project
         guard !name.isEmpty, !name.contains("/"), name != ".", name != "..", !name.utf8.contains(0) else {
@@ -96,14 +194,31 @@ public final class AgentSession {
         let root = hello.remoteRoot.isEmpty ? homeDirectory : hello.remoteRoot
         guard root.hasPrefix("/") else { throw AgentError("remote root '\(root)' is not an absolute path") }
         let projectPath = cleanPath(root + "/" + name)
-        tree = try Tree(rootPath: projectPath, create: true)
-        state = try AgentState(project: tree)
-        store = ChunkStore(tree: tree)
-        for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
-        pullPaths = try hello.pullPaths.map { try RelativePath($0) }
+        // A connection kept for many sessions keeps the project open between them, unless it was replaced or
+        // another agent changed its state meanwhile.
+        if projectPath != openProjectPath || !(isStillCurrent()) {
+            stopWatching()
+            tree = try Tree(rootPath: projectPath, create: true)
+            state = try AgentState(project: tree)
+            store = ChunkStore(tree: tree)
+            for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
+            openProjectPath = projectPath
+        }
+        let paths = try hello.pullPaths.map { try RelativePath($0) }
+        if paths.map(\.string) != pullPaths.map(\.string) { stopWatching() }
+        pullPaths = paths
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
         refusing = hello.role == .push && !hello.expectInstance.isEmpty && hello.expectInstance != state.instance
         try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance))
+    }
+
+    private var openProjectPath: String?
+
+    private func isStillCurrent() -> Bool {
+        guard let tree, let state, let root = try? tree.root.stat() else { return false }
+        var now = stat()
+        guard stat(tree.rootPath, &now) == 0, UInt64(now.st_dev) == root.device, UInt64(now.st_ino) == root.inode else { return false }
+        return state.isCurrent()
     }
 
     // MARK: - Current state of a path
@@ -257,7 +372,8 @@ public final class AgentSession {
             }
             state.notePartial(partial, started: false)
         }
-        evictCache()
+        if cacheGrew { evictCache() }
+        cacheGrew = false
         try state.save()
         try writer.send(.done)
     }
@@ -284,6 +400,7 @@ public final class AgentSession {
         if linkat(parent.raw, path.name, cache.raw, name, 0) != 0 && errno != EEXIST { return nil }
         guard let linked = try? Tree.lstat(at: cache, name: name, shown: name), linked.kind == .regular else { return nil }
         let cachedPath = Self.cachePrefix + name
+        cacheGrew = true
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
         store.add(path: cachedPath, chunks: record.chunks)
         return record.digest
@@ -300,6 +417,9 @@ public final class AgentSession {
         record.stat = st
         state.put(record)
     }
+
+    /// Set when this session added to the cache; only then can it have outgrown its bound.
+    private var cacheGrew = false
 
     /// Drops the oldest cached files until the cache fits its bound.
     private func evictCache() {

@@ -83,6 +83,17 @@ final class AgentState {
         return Array(bytes[0..<n])
     }
 
+    /// True when the files on disk are still the ones this object last read or wrote: no other agent changed the
+    /// state, and the instance id is the same. A connection kept open across sessions reuses the loaded state then.
+    func isCurrent() -> Bool {
+        func size(_ name: String) -> Int? {
+            var st = stat()
+            return fstatat(directory.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? Int(st.st_size) : nil
+        }
+        guard (try? Self.loadInstance(directory)) == instance else { return false }
+        return (size("journal") ?? 0) == journalBytes && (size("state") ?? 0) == snapshotBytes
+    }
+
     /// Bytes in the snapshot and in the journal: the snapshot is rewritten only once the journal is large next
     /// to it, so a small push does not rewrite (and fsync) the state of a 100k-file project.
     private var snapshotBytes = 0

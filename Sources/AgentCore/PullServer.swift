@@ -52,7 +52,7 @@ extension Substring {
     }
 }
 
-/// How long a remote file must be left alone before a pull takes it.
+/// How long a remote file must be left alone before a pull takes it, when no watcher saw it closed.
 let quietPeriodNanos: Int64 = 2_000_000_000
 
 extension AgentSession {
@@ -65,7 +65,7 @@ extension AgentSession {
 
 extension AgentSession {
     func servePull(tree: Tree, pullPaths: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   compress: Bool, reader: FrameReader, writer: FrameWriter) throws {
+                   quietNanos: Int64, compress: Bool, reader: FrameReader, writer: FrameWriter) throws {
         let scan = try ProjectScanner(tree: tree, rules: IgnoreRules()).scan(roots: pullPaths)
         let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
         let now = wallClockNanos()
@@ -82,8 +82,8 @@ extension AgentSession {
                 try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .symlink(entry.linkTarget ?? ""),
                                                          permissions: 0o777, mtimeNanos: entry.stat.mtimeNanos, size: 0, chunkCount: 0)))
             case .regular:
-                if now - entry.stat.mtimeNanos < quietPeriodNanos {
-                    try writer.send(.skipped(path: entry.path.string, reason: "modified less than 2 s ago; still being written?"))
+                if now - entry.stat.mtimeNanos < quietNanos {
+                    try writer.send(.skipped(path: entry.path.string, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?"))
                     continue
                 }
                 if let pid = writers[entry.stat.device]?[entry.stat.inode] {

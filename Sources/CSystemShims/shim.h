@@ -16,4 +16,13 @@ static inline long long syncd_peer_uid(int fd) {
     if (getsockopt(fd, 1 /* SOL_SOCKET */, 17 /* SO_PEERCRED */, &cred, &length) != 0) return -1;
     return (long long)cred.uid;
 }
+
+/// Returns freed heap memory to the system (glibc's malloc_trim).
+extern int malloc_trim(unsigned long pad);
+static inline void syncd_release_free_memory(void) { malloc_trim(0); }
+
+/// Caps glibc's malloc arenas (M_ARENA_MAX): each thread that allocates may otherwise get an arena of its own,
+/// whose freed memory stays resident.
+extern int mallopt(int param, int value);
+static inline void syncd_limit_malloc_arenas(int count) { mallopt(-8 /* M_ARENA_MAX */, count); }
 #endif

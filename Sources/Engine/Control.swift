@@ -62,7 +62,10 @@ public enum ControlSocket {
                 guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
                     throw SyncError("syncd at \(path) sent an answer that is not JSON: \(String(decoding: line.prefix(200), as: UTF8.self))")
                 }
-                if first && object["ok"] as? Bool != true { throw SyncError("syncd: \(object["error"] as? String ?? "request refused")") }
+                // A project the daemon does not run is the caller's to handle (it syncs on its own).
+                if first && object["ok"] as? Bool != true && object["unregistered"] as? Bool != true {
+                    throw SyncError("syncd: \(object["error"] as? String ?? "request refused")")
+                }
                 first = false
                 if try !each(object) { return true }
             }

@@ -69,7 +69,25 @@ struct Snapshotter {
         do { scan = try ProjectScanner(tree: project.tree, rules: rules).scan(roots: roots) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
-        let cache = try state.loadFiles()
+        // Below given roots (a pull's paths), only their own records are read, not the whole project's.
+        let cache = roots == nil ? try state.loadFiles()
+            : try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path.string))
+        return try identify(scan, cache: cache)
+    }
+
+    /// Only the entries at `paths` (not below them), the local-owned ones: what a watcher reported.
+    func scan(only paths: [RelativePath]) throws -> Scan {
+        var rules = project.rules
+        for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
+        let scan: ScanResult
+        do { scan = try ProjectScanner(tree: project.tree, rules: rules).entries(at: paths) } catch {
+            throw SyncError("scanning \(project.directory): \(error)")
+        }
+        return try identify(scan, cache: try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path.string)))
+    }
+
+    /// Fills in the content of files whose stat identity the cache knows.
+    private func identify(_ scan: ScanResult, cache: [String: CachedFile]) throws -> Scan {
         var entries: [LocalEntry] = []
         entries.reserveCapacity(scan.entries.count)
         for e in scan.entries {

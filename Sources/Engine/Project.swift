@@ -114,6 +114,17 @@ public final class Project {
     /// Starts the agent for this project's remote.
     /// `greeting` (given the link's round-trip time) is written by transports that can send it before the agent
     /// answers (see `clientGreeting`).
+    /// The SSH settings for `destination` from the ssh_config in effect.
+    func sshSettings(_ destination: String) throws -> SSHHostSettings {
+        let home = NSHomeDirectory()
+        let configPath = expandTilde(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
+        do {
+            return try SSHConfigFile(path: configPath, home: home).settings(for: destination)
+        } catch let e as ConfigError {
+            throw SyncError("remote '\(destination)': \(e)", exitCode: 2)
+        }
+    }
+
     func connect(greeting: ((Double?) -> [UInt8])? = nil) throws -> AgentConnection {
         switch config.remote {
         case .local:
@@ -126,13 +137,7 @@ public final class Project {
             }
         case .ssh(let destination):
             let home = NSHomeDirectory()
-            let configPath = expandTilde(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
-            let settings: SSHHostSettings
-            do {
-                settings = try SSHConfigFile(path: configPath, home: home).settings(for: destination)
-            } catch let e as ConfigError {
-                throw SyncError("remote '\(destination)': \(e)", exitCode: 2)
-            }
+            let settings = try sshSettings(destination)
             let agent: String
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
                 throw SyncError(e.description, exitCode: 2)
@@ -162,75 +167,167 @@ public final class Project {
     }
 }
 
-/// A connection to the project's agent being made on a thread of its own, so the SSH handshake, authentication
-/// and agent start overlap with scanning the project.
+/// The client's end of a connection to the agent, with the framed reader and writer over it: used for one
+/// session (syncctl), or kept for many (the daemon keeps one per project, so a session costs no SSH handshake,
+/// no authentication and no agent start).
+public final class AgentLink {
+    public let connection: AgentConnection
+    let reader: FrameReader
+    let writer: FrameWriter
+    /// Kept open after a session, for the next one.
+    public let persistent: Bool
+    private var handshakeRead = false
+    /// The project's absolute directory on the remote, from the last welcome.
+    public private(set) var remoteDirectory: String?
+    /// Set once the link failed or was closed: it must not carry another session.
+    public private(set) var isClosed = false
+
+    init(connection: AgentConnection, persistent: Bool) {
+        self.connection = connection
+        self.persistent = persistent
+        reader = FrameReader(connection.stream)
+        writer = FrameWriter(connection.stream)
+    }
+
+    /// Connects to the project's agent for many sessions.
+    public static func open(project: Project) throws -> AgentLink {
+        let connection = try project.connect(greeting: { _ in clientHandshake() })
+        if !connection.greetingSent {
+            try clientHandshake().withUnsafeBytes { try connection.stream.write($0) }
+        }
+        return AgentLink(connection: connection, persistent: true)
+    }
+
+    /// Reads the agent's handshake (once per connection) and the welcome that answers a hello; returns the
+    /// remote's instance id.
+    func readWelcome() throws -> String {
+        if !handshakeRead {
+            let version = try reader.readHandshake()
+            guard version == wireVersion else {
+                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
+            }
+            handshakeRead = true
+        }
+        guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
+        if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
+        guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+        remoteDirectory = directory
+        return instance
+    }
+
+    /// Ends a session that went well. A link for one session waits for the agent to exit and returns its
+    /// account of an abnormal end; a persistent link stays open.
+    func endSession() -> String? {
+        persistent ? nil : connection.finish()
+    }
+
+    /// Ends the link after a failed session; returns what to tell the user. What the agent said (a full disk,
+    /// say) wins over how the connection then ended, which was our doing; otherwise how the agent or the link
+    /// ended is the better account ("the agent exited with status 1: …").
+    func fail(_ error: Error) -> String {
+        isClosed = true
+        connection.terminate()
+        let why = connection.finish()
+        if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
+        return why ?? "\(error)"
+    }
+
+    /// Closes the link between sessions: the agent sees the end of input and exits.
+    public func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        _ = connection.finish()
+    }
+
+    /// Drops the link at once (a dead network): whoever is reading it gets an error.
+    public func abort() {
+        isClosed = true
+        connection.terminate()
+    }
+
+    // MARK: watching the remote between sessions
+
+    /// Asks the agent to report completed remote-owned files until `endWatch`.
+    public func beginWatch() throws {
+        try writer.send(.watch)
+        try writer.flush()
+    }
+
+    /// Reads the agent's reports until the watch ends (`watchEnded`); `changed` gets each report's paths. Runs on
+    /// a thread of its own while the owner waits for other work; throws when the link fails.
+    public func listen(changed: ([String]) -> Void) throws {
+        while true {
+            guard let message = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
+            switch message {
+            case .remoteChanged(let paths): changed(paths)
+            case .watchEnded: return
+            case .error(let text): throw SyncError("agent: \(text)")
+            default: throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during a watch")
+            }
+        }
+    }
+
+    /// Ends a watch; `listen` returns once the agent confirms.
+    public func endWatch() throws {
+        try writer.send(.watchEnd)
+        try writer.flush()
+    }
+}
+
+/// The link a session runs over, being made: a new connection is made on a thread of its own, so the SSH
+/// handshake, authentication and agent start overlap with scanning the project; a persistent link given by
+/// the caller only needs the session's hello.
 final class PendingConnection {
     private let condition = NSCondition()
-    private var outcome: Result<AgentConnection, Error>?
+    private var outcome: Result<AgentLink, Error>?
     private var abandoned = false
 
-    init(project: Project, greeting: @escaping (Double?) -> [UInt8]) {
+    /// `hello` is given the link's round-trip time (nil when unknown).
+    init(project: Project, link: AgentLink?, hello: @escaping (Double?) -> Hello) {
+        if let link, !link.isClosed {
+            outcome = Result {
+                try link.writer.send(.hello(hello(link.connection.stream.roundTripSeconds)))
+                try link.writer.flush()
+                return link
+            }
+            if case .failure(let error) = outcome! { outcome = .failure(SyncError("the connection to the agent failed: \(link.fail(error))")) }
+            return
+        }
+        let greeting: (Double?) -> [UInt8] = { clientGreeting(hello($0)) }
         let thread = Thread { [self] in
-            let result = Result { () throws -> AgentConnection in
+            let result = Result { () throws -> AgentLink in
                 let connection = try project.connect(greeting: greeting)
                 if !connection.greetingSent {
                     try greeting(connection.stream.roundTripSeconds).withUnsafeBytes { try connection.stream.write($0) }
                 }
-                return connection
+                return AgentLink(connection: connection, persistent: false)
             }
             condition.lock()
             outcome = result
             let drop = abandoned
             condition.broadcast()
             condition.unlock()
-            if drop, case .success(let connection) = result {
-                connection.terminate()
-                _ = connection.finish()
-            }
+            if drop, case .success(let link) = result { _ = link.fail(SyncError("abandoned")) }
         }
         thread.name = "connect"
         thread.start()
     }
 
-    /// The connection, once made; rethrows what stopped it.
-    func wait() throws -> AgentConnection {
+    /// The link, once made; rethrows what stopped it.
+    func wait() throws -> AgentLink {
         condition.lock()
         defer { condition.unlock() }
         while outcome == nil { condition.wait() }
         return try outcome!.get()
     }
 
-    /// Nobody will use the connection: it is closed as soon as it is made.
+    /// Nobody will use the link: a new connection is closed as soon as it is made; a persistent link is
+    /// closed too, since its agent is now in the middle of a session nobody will finish.
     func cancel() {
         condition.lock()
         abandoned = true
         let made = outcome
         condition.unlock()
-        if case .success(let connection)? = made {
-            connection.terminate()
-            _ = connection.finish()
-        }
+        if case .success(let link)? = made { _ = link.fail(SyncError("abandoned")) }
     }
-}
-
-/// Reads the agent's handshake and welcome (the answer to the greeting); returns the remote's instance id.
-func readWelcome(_ reader: FrameReader, from connection: AgentConnection) throws -> String {
-    let version = try reader.readHandshake()
-    guard version == wireVersion else {
-        throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
-    }
-    guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection after the handshake") }
-    if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
-    guard case .welcome(_, _, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
-    return instance
-}
-
-/// Ends a connection whose session failed with `error`; returns what to tell the user. What the agent said (a
-/// full disk, say) wins over how the connection then ended, which was our doing; otherwise how the agent or
-/// the link ended is the better account ("the agent exited with status 1: …").
-func closeAfterFailure(_ connection: AgentConnection, _ error: Error) -> String {
-    connection.terminate()
-    let why = connection.finish()
-    if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
-    return why ?? "\(error)"
 }

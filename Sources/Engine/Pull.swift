@@ -11,7 +11,13 @@ import Wire
 public final class PullSession {
     private let project: Project
 
-    public init(project: Project) { self.project = project }
+    private let link: AgentLink?
+
+    /// With `link`, the pull runs over that persistent connection (the daemon's); without, it makes its own.
+    public init(project: Project, link: AgentLink? = nil) {
+        self.project = project
+        self.link = link
+    }
 
     private struct Offer {
         var entry: RemoteEntry
@@ -27,10 +33,10 @@ public final class PullSession {
         let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)
         let project = self.project
-        let connecting = PendingConnection(project: project) { roundTrip in
+        let connecting = PendingConnection(project: project, link: link) { roundTrip in
             var h = hello
             h.compress = project.compresses(roundTrip: roundTrip)
-            return clientGreeting(h)
+            return h
         }
         let snapshot: Snapshotter.Result
         do { snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths) } catch {
@@ -43,15 +49,16 @@ public final class PullSession {
         for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
 
         Trace.mark("pull: local snapshot of \(snapshot.entries.count) entries")
-        let connection = try connecting.wait()
+        let link = try connecting.wait()
         Trace.mark("pull: connected")
-        let reader = FrameReader(connection.stream)
-        let writer = FrameWriter(connection.stream)
+        let reader = link.reader
+        let writer = link.writer
+        let bytesAtStart = (written: writer.bytesWritten, read: reader.bytesRead)
         let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
         var changes: [(String, SyncedEntry?)] = []
         var cacheUpdates: [CachedFile] = []
         do {
-            if try state.adoptRemoteInstance(try readWelcome(reader, from: connection)) {
+            if try state.adoptRemoteInstance(try link.readWelcome()) {
                 // Nothing local may be deleted or called a conflict on the word of a remote that is gone.
                 pulled = [:]
                 stats.warnings.append(replacedRemoteWarning(project))
@@ -174,7 +181,7 @@ public final class PullSession {
                     try writer.send(.fetchEnd)
                     try writer.flush()
                 } catch {
-                    connection.stream.closeWrite()
+                    link.connection.stream.closeWrite()
                 }
             }
             sender.start()
@@ -256,16 +263,17 @@ public final class PullSession {
                 stats.filesDeleted += 1
                 changes.append((key, nil))
             }
-            stats.bytesSent = writer.bytesWritten
-            stats.bytesReceived = reader.bytesRead
+            stats.bytesSent = writer.bytesWritten - bytesAtStart.written
+            stats.bytesReceived = reader.bytesRead - bytesAtStart.read
         } catch {
             progress.finish()
             try? state.update(.pulled, changes)
             try? state.saveFiles(cacheUpdates)
-            throw SyncError("pull from \(project.config.remote) failed: \(closeAfterFailure(connection, error)); run the pull again to resume")
+            throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume")
         }
         progress.finish()
-        if let why = connection.finish() { stats.warnings.append(why) }
+        if let why = link.endSession() { stats.warnings.append(why) }
+        stats.remoteDirectory = link.remoteDirectory
         try state.update(.pulled, changes)
         try state.saveFiles(cacheUpdates)
         stats.durationMs = (monotonicNanos() - started) / 1_000_000

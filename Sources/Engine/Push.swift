@@ -28,8 +28,9 @@ enum PushOperation {
 /// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
 /// drops those that turn out unchanged once hashed.
 func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> [PushOperation] {
-    var byPath: [String: LocalEntry] = [:]
-    for e in local { byPath[e.path.string] = e }
+    var present: Set<String> = []
+    present.reserveCapacity(local.count)
+    for e in local { present.insert(e.path.string) }
     var upserts: [LocalEntry] = []
     for e in local {
         guard let old = pushed[e.path.string] else { upserts.append(e); continue }
@@ -42,7 +43,7 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
         }
         if differs { upserts.append(e) }
     }
-    var deleted = Set(pushed.keys.filter { byPath[$0] == nil && !isLeftAlone($0) })
+    var deleted = Set(pushed.keys.filter { !present.contains($0) && !isLeftAlone($0) })
     // Paths whose kind changes: what was there must go before the new kind can be placed.
     var clearFirst: Set<String> = []
     for e in upserts {
@@ -86,18 +87,23 @@ func countMoved(_ ops: [PushOperation], pushed: [String: SyncedEntry]) -> Int {
 }
 
 /// Hashes the files a push has to identify, in push order, on a thread of its own, so that reading and chunking
-/// overlap with connecting and sending instead of preceding them.
+/// overlap with connecting and sending instead of preceding them. Each result is handed over once (the sender
+/// keeps it), and the records go to the stat cache in batches as they are made, so a push of 100k new files
+/// does not hold them all twice.
 final class ContentHasher {
     private let project: Project
+    private let state: StateStore
     private let entries: [(op: Int, entry: LocalEntry)]
     private let condition = NSCondition()
     private var results: [Int: Result<CachedFile, ScanWarning>] = [:]
     private var finished = false
     private var cancelled = false
+    private static let saveBatch = 4096
 
     /// `ops` indices whose file entries have no content yet.
-    init(project: Project, ops: [PushOperation]) {
+    init(project: Project, state: StateStore, ops: [PushOperation]) {
         self.project = project
+        self.state = state
         var list: [(Int, LocalEntry)] = []
         for (index, op) in ops.enumerated() {
             if case .file(let e, _) = op, e.content == nil { list.append((index, e)) }
@@ -108,17 +114,25 @@ final class ContentHasher {
     func start() {
         let thread = Thread { [self] in
             let chunker = FileChunker(project.chunking)
+            var unsaved: [CachedFile] = []
             for (op, entry) in entries {
                 condition.lock()
                 let stop = cancelled
                 condition.unlock()
                 if stop { break }
                 let result = Snapshotter.hash(entry, in: project, with: chunker)
+                if case .success(let record) = result { unsaved.append(record) }
                 condition.lock()
                 results[op] = result
                 condition.broadcast()
                 condition.unlock()
+                if unsaved.count >= Self.saveBatch {
+                    // The stat cache is an optimisation: a failed write only costs hashing again next time.
+                    try? state.saveFiles(unsaved)
+                    unsaved.removeAll(keepingCapacity: true)
+                }
             }
+            try? state.saveFiles(unsaved)
             condition.lock()
             finished = true
             condition.broadcast()
@@ -128,22 +142,20 @@ final class ContentHasher {
         thread.start()
     }
 
-    /// The content of the file of operation `op`, waiting for it when needed.
+    /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
     func result(for op: Int) -> Result<CachedFile, ScanWarning> {
         condition.lock()
         defer { condition.unlock() }
         while results[op] == nil && !finished { condition.wait() }
-        return results[op] ?? .failure(ScanWarning(path: "?", message: "not hashed"))
+        return results.removeValue(forKey: op) ?? .failure(ScanWarning(path: "?", message: "not hashed"))
     }
 
-    /// Stops hashing after the current file and waits; returns the records made, for the stat cache.
-    func stop() -> [CachedFile] {
+    /// Stops hashing after the current file and waits until what was hashed is in the stat cache.
+    func stop() {
         condition.lock()
         cancelled = true
         while !finished { condition.wait() }
-        let records = results.values.compactMap { try? $0.get() }
         condition.unlock()
-        return records
     }
 }
 
@@ -153,32 +165,85 @@ public final class PushSession {
     /// Files in flight at once; bounds agent memory, not latency (no round trip per file).
     private let window = 2048
 
-    public init(project: Project) { self.project = project }
+    private let link: AgentLink?
+    private let changedPaths: Set<String>?
+    /// Files to send before the others, in this order (what the earliest changed image layer reads).
+    public var firstPaths: [String] = []
+
+    /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
+    /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
+    /// that are gone; without, the whole project is scanned.
+    public init(project: Project, link: AgentLink? = nil, changedPaths: Set<String>? = nil) {
+        self.project = project
+        self.link = link
+        self.changedPaths = changedPaths
+    }
 
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
-        do { return try runOnce(started: started) } catch is RemoteReplaced {
+        do { return try runOnce(started: started, only: changedPaths) } catch is RemoteReplaced {
             // What was remembered of the remote is dropped; compare everything again, once.
-            var stats = try runOnce(started: started)
+            var stats = try runOnce(started: started, only: nil)
             stats.warnings.insert(replacedRemoteWarning(project), at: 0)
             return stats
         }
     }
 
-    private func runOnce(started: UInt64) throws -> SyncStats {
+    /// The file operations for `paths` moved to the front of the files, in the order of `paths`; deletes and
+    /// directories stay ahead of them.
+    static func sendingFirst(_ paths: [String], in ops: [PushOperation]) -> [PushOperation] {
+        var rank: [String: Int] = [:]
+        for (i, p) in paths.enumerated() where rank[p] == nil { rank[p] = i }
+        let firstFile = ops.firstIndex { if case .file = $0 { return true } else { return false } } ?? ops.count
+        let head = ops[..<firstFile]
+        var early: [(Int, PushOperation)] = []
+        var rest: [PushOperation] = []
+        for op in ops[firstFile...] {
+            if case .file = op, let r = rank[op.path] { early.append((r, op)) } else { rest.append(op) }
+        }
+        return Array(head) + early.sorted { $0.0 < $1.0 }.map(\.1) + rest
+    }
+
+    /// The paths a full push would send now, in sending order (directories with a trailing "/"); for tests and
+    /// diagnostics.
+    public func plannedOrder() throws -> [String] {
+        let state = try project.openState()
+        let scan = try Snapshotter(project: project, state: state).scan(roots: nil)
+        var ops = planPush(local: scan.entries, pushed: try state.load(.pushed)) { path in
+            guard let rel = try? RelativePath(path) else { return true }
+            return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
+        }
+        if !firstPaths.isEmpty { ops = Self.sendingFirst(firstPaths, in: ops) }
+        return ops.map { if case .directory = $0 { return $0.path + "/" } else { return $0.path } }
+    }
+
+    private func runOnce(started: UInt64, only: Set<String>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
         let state = try project.openState()
-        let pushed = try state.load(.pushed)
+        var pushed: [String: SyncedEntry]
+        var knownScan: Snapshotter.Scan?
+        if let only {
+            let paths = only.sorted().compactMap { try? RelativePath($0) }
+            let scan = try Snapshotter(project: project, state: state).scan(only: paths)
+            let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path.string))
+            // What was below a path that is no longer a directory is gone too.
+            pushed = try state.load(.pushed, paths: paths.map(\.string), subtrees: paths.map(\.string).filter { !directories.contains($0) })
+            knownScan = scan
+            Trace.mark("push: looked at \(paths.count) reported paths")
+        } else {
+            pushed = try state.load(.pushed)
+            Trace.mark("push: loaded \(pushed.count) pushed entries")
+        }
         // The operations go out right behind the hello, without waiting for the welcome: the agent refuses them
         // all if its instance is not the one expected (a wiped or replaced remote).
         let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map(\.string), chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "")
-        let connecting = PendingConnection(project: project) { _ in clientGreeting(hello) }
+        let connecting = PendingConnection(project: project, link: link) { _ in hello }
         let scan: Snapshotter.Scan
-        let planned: [PushOperation]
+        var planned: [PushOperation]
         do {
-            scan = try Snapshotter(project: project, state: state).scan(roots: nil)
+            scan = try knownScan ?? Snapshotter(project: project, state: state).scan(roots: nil)
             Trace.mark("push: scanned \(scan.entries.count) entries")
             planned = planPush(local: scan.entries, pushed: pushed) { path in
                 guard let rel = try? RelativePath(path) else { return true }
@@ -189,42 +254,44 @@ public final class PushSession {
             throw error
         }
         stats.filesScanned = scan.entries.count
-        let hasher = ContentHasher(project: project, ops: planned)
+        if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
+        let hasher = ContentHasher(project: project, state: state, ops: planned)
         hasher.start()
-        let connection: AgentConnection
-        do { connection = try connecting.wait() } catch {
-            try? state.saveFiles(hasher.stop())
+        let link: AgentLink
+        do { link = try connecting.wait() } catch {
+            hasher.stop()
             throw error
         }
-        Trace.mark("push: connected (round trip \(connection.stream.roundTripSeconds.map { String(format: "%.2f ms", $0 * 1000) } ?? "unknown"))")
+        Trace.mark("push: connected (round trip \(link.connection.stream.roundTripSeconds.map { String(format: "%.2f ms", $0 * 1000) } ?? "unknown"))")
         let totalBytes = planned.reduce(UInt64(0)) { sum, op in
             if case .file(let e, _) = op { return sum + e.stat.size }
             return sum
         }
         let progress = ProgressReporter(label: "push", enabled: project.options.progress)
-        let pipeline = PushPipeline(project: project, connection: connection, ops: planned, pushed: pushed, hasher: hasher,
+        let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
+        planned = []  // the pipeline owns the operations now: filling in contents copies nothing
         let outcome: PipelineOutcome
         do {
             outcome = try pipeline.run()
         } catch let error as RemoteReplaced {
             progress.finish()
-            try? state.saveFiles(hasher.stop())
-            connection.terminate()
-            _ = connection.finish()
+            hasher.stop()
+            _ = link.fail(error)
             throw error
         } catch {
             progress.finish()
-            try? state.saveFiles(hasher.stop())
-            throw SyncError("push to \(project.config.remote) failed: \(closeAfterFailure(connection, error)); run the push again to resume")
+            hasher.stop()
+            throw SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume")
         }
         progress.finish()
         Trace.mark("push: pipeline done")
-        try state.saveFiles(hasher.stop())
-        if let why = connection.finish() { stats.warnings.append(why) }
-        Trace.mark("push: agent finished")
+        hasher.stop()
+        if let why = link.endSession() { stats.warnings.append(why) }
+        stats.remoteDirectory = link.remoteDirectory
+        Trace.mark("push: session ended")
         let ops = outcome.ops
         stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
         stats.filesMoved = countMoved(ops, pushed: pushed)
@@ -271,9 +338,34 @@ public final class PushSession {
                 }
             }
         }
+        Trace.mark("push: recording \(changes.count) changes")
         try state.update(.pushed, changes)
+        Trace.mark("push: recorded")
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
+    }
+}
+
+/// The agent's answers to a push, compactly: a status byte per operation, and the text of the few answers that
+/// carry one (a push of 100k files keeps 100k answers).
+struct OpAnswers {
+    private var statuses: [UInt8]
+    private var messages: [UInt32: String] = [:]
+    private static let none: UInt8 = 0xFF
+
+    init(count: Int) { statuses = Array(repeating: Self.none, count: count) }
+
+    /// False when `result.op` is not an operation of this push.
+    mutating func record(_ result: OpResult) -> Bool {
+        guard result.op >= 1, Int(result.op) <= statuses.count else { return false }
+        statuses[Int(result.op) - 1] = result.status.rawValue
+        if !result.message.isEmpty { messages[result.op] = result.message }
+        return true
+    }
+
+    subscript(op: UInt32) -> (status: OpStatus, message: String)? {
+        guard op >= 1, Int(op) <= statuses.count, let status = OpStatus(rawValue: statuses[Int(op) - 1]) else { return nil }
+        return (status, messages[op] ?? "")
     }
 }
 
@@ -283,7 +375,7 @@ struct PipelineOutcome {
     /// Operations not sent: files found unchanged once hashed, or unreadable (see `skipped`).
     var notSent: Set<UInt32> = []
     var skipped: [ScanWarning] = []
-    var results: [UInt32: OpResult] = [:]
+    var results = OpAnswers(count: 0)
     var aborted: Set<UInt32> = []
     var chunksSent = 0
     var bytesSent: UInt64 = 0
@@ -294,7 +386,7 @@ struct PipelineOutcome {
 /// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
 final class PushPipeline {
     private let project: Project
-    private let connection: AgentConnection
+    private let link: AgentLink
     private var ops: [PushOperation]
     private let pushed: [String: SyncedEntry]
     private let hasher: ContentHasher
@@ -315,28 +407,33 @@ final class PushPipeline {
     private var agentDone = false
     private var fatal: Error?
     /// Written by the reader thread under `condition`.
-    private var results: [UInt32: OpResult] = [:]
+    private var results: OpAnswers
     /// Sender-thread only.
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
 
-    init(project: Project, connection: AgentConnection, ops: [PushOperation], pushed: [String: SyncedEntry], hasher: ContentHasher,
+    init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [String: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
-        sender = ChunkSender(compress: project.compresses(roundTrip: connection.stream.roundTripSeconds))
+        sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
         self.project = project
-        self.connection = connection
+        self.link = link
         self.ops = ops
+        results = OpAnswers(count: ops.count)
         self.pushed = pushed
         remoteDigests = Set(pushed.values.compactMap(\.digest))
         self.hasher = hasher
         self.window = window
         self.progress = progress
         self.totalBytes = totalBytes
-        reader = FrameReader(connection.stream)
-        writer = FrameWriter(connection.stream)
+        reader = link.reader
+        writer = link.writer
+        bytesAtStart = (writer.bytesWritten, reader.bytesRead)
     }
+
+    /// The link's byte counts when this session began (a persistent link carries many sessions).
+    private let bytesAtStart: (written: UInt64, read: UInt64)
 
     /// The connection has sent the handshake and hello already; operations follow at once, and the reader thread
     /// checks the agent's handshake and welcome as they arrive.
@@ -381,9 +478,9 @@ final class PushPipeline {
             }
         }
         try writer.flush()
-        outcome.bytesSent = writer.bytesWritten
+        outcome.bytesSent = writer.bytesWritten - bytesAtStart.written
         condition.lock()
-        outcome.bytesReceived = reader.bytesRead
+        outcome.bytesReceived = reader.bytesRead - bytesAtStart.read
         outcome.results = results
         condition.unlock()
         outcome.ops = ops
@@ -392,7 +489,7 @@ final class PushPipeline {
 
     private func readLoop() {
         do {
-            try checkInstance(try readWelcome(reader, from: connection))
+            try checkInstance(try link.readWelcome())
             Trace.mark("push: welcome")
         } catch {
             fail(error)
@@ -408,12 +505,15 @@ final class PushPipeline {
             defer { condition.broadcast(); condition.unlock() }
             switch message {
             case nil:
-                if fatal == nil { fatal = SyncError("\(connection.peerDescription) closed the connection") }
+                if fatal == nil { fatal = SyncError("\(link.connection.peerDescription) closed the connection") }
                 return
             case .need(let op, let indices)?:
                 needs.append((op, indices))
             case .result(let r)?:
-                results[r.op] = r
+                guard results.record(r) else {
+                    if fatal == nil { fatal = ProtocolError("the agent answered operation \(r.op), which was not sent") }
+                    return
+                }
                 inFlight -= 1
             case .done?:
                 agentDone = true

@@ -60,6 +60,9 @@ public final class StateStore {
                                                 withIntermediateDirectories: true)
         var config = Configuration()
         config.journalMode = .wal
+        // Another connection may hold the lock for a moment (a store closing checkpoints its WAL; syncctl and the
+        // daemon share a project's file): wait for it rather than fail.
+        config.busyMode = .timeout(10)
         db = try DatabaseQueue(path: path, configuration: config)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
@@ -74,6 +77,17 @@ public final class StateStore {
             try db.execute(sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
         }
         try migrator.migrate(db)
+    }
+
+    // MARK: small values
+
+    /// A value kept under `key` (the layer keys of the last build, say); nil when none.
+    public func value(_ key: String) throws -> String? {
+        try db.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = ?", arguments: [key]) }
+    }
+
+    public func setValue(_ value: String, for key: String) throws {
+        try db.write { db in try db.execute(sql: "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", arguments: [key, value]) }
     }
 
     // MARK: remote identity
@@ -103,18 +117,36 @@ public final class StateStore {
     public func loadFiles() throws -> [String: CachedFile] {
         try db.read { db in
             var out: [String: CachedFile] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at FROM files")
+            let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.fileColumns) FROM files")
             while let row = try rows.next() {
-                let path: String = row[0]
-                let st = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
-                                  permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
-                let digestData: Data = row[7]
-                let chunkData: Data = row[8]
-                guard let digest = Self.decodeID(digestData), let chunks = Self.decodeChunks(chunkData) else { continue }
-                out[path] = CachedFile(path: path, stat: st, digest: digest, chunks: chunks, cachedAtNanos: row[9])
+                if let file = Self.cachedFile(row) { out[file.path] = file }
             }
             return out
         }
+    }
+
+    /// The stat cache's records for `paths` only.
+    public func loadFiles(paths: [String]) throws -> [String: CachedFile] {
+        try db.read { db in
+            var out: [String: CachedFile] = [:]
+            let select = try db.makeStatement(sql: "SELECT \(Self.fileColumns) FROM files WHERE path = ?")
+            for path in paths {
+                if let row = try Row.fetchOne(select, arguments: [path]), let file = Self.cachedFile(row) { out[path] = file }
+            }
+            return out
+        }
+    }
+
+    private static let fileColumns = "path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at"
+
+    private static func cachedFile(_ row: Row) -> CachedFile? {
+        let path: String = row[0]
+        let st = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
+                          permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
+        let digestData: Data = row[7]
+        let chunkData: Data = row[8]
+        guard let digest = decodeID(digestData), let chunks = decodeChunks(chunkData) else { return nil }
+        return CachedFile(path: path, stat: st, digest: digest, chunks: chunks, cachedAtNanos: row[9])
     }
 
     public func saveFiles(_ files: [CachedFile], removing removed: [String] = []) throws {
@@ -142,15 +174,37 @@ public final class StateStore {
     public func load(_ snapshot: Snapshot) throws -> [String: SyncedEntry] {
         try db.read { db in
             var out: [String: SyncedEntry] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT path, kind, digest, target, perm, mtime FROM \(snapshot.rawValue)")
-            while let row = try rows.next() {
-                guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { continue }
-                let digestData: Data? = row[2]
-                out[row[0]] = SyncedEntry(kind: kind, digest: digestData.flatMap(Self.decodeID), target: row[3],
-                                          permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
+            let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue)")
+            while let row = try rows.next() { Self.addEntry(row, to: &out) }
+            return out
+        }
+    }
+
+    /// The snapshot's entries at `paths`, and every entry below each of `subtrees`.
+    public func load(_ snapshot: Snapshot, paths: [String], subtrees: [String]) throws -> [String: SyncedEntry] {
+        try db.read { db in
+            var out: [String: SyncedEntry] = [:]
+            let one = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path = ?")
+            for path in paths {
+                if let row = try Row.fetchOne(one, arguments: [path]) { Self.addEntry(row, to: &out) }
+            }
+            // Below "a/b": every path from "a/b/" up to, not including, "a/b0" ('0' follows '/').
+            let below = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path >= ? AND path < ?")
+            for root in subtrees {
+                let rows = try Row.fetchCursor(below, arguments: [root + "/", root + "0"])
+                while let row = try rows.next() { Self.addEntry(row, to: &out) }
             }
             return out
         }
+    }
+
+    private static let entryColumns = "path, kind, digest, target, perm, mtime"
+
+    private static func addEntry(_ row: Row, to out: inout [String: SyncedEntry]) {
+        guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { return }
+        let digestData: Data? = row[2]
+        out[row[0]] = SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: row[3],
+                                  permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
     }
 
     /// Applies changes to a snapshot in one transaction: a nil entry removes the path.

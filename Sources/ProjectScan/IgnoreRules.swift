@@ -116,6 +116,23 @@ public struct IgnorePattern: Sendable {
     public let exclusion: Bool
     let kind: Kind
 
+    /// One glob on its own (a Dockerfile COPY source or `--exclude`), with the same wildcards; throws a message
+    /// naming what is wrong.
+    public init(glob: String) throws {
+        do { try self.init(glob, exclusion: false) } catch let error as SyntaxError {
+            throw IgnoreRuleError(source: "pattern", line: 0, message: "bad pattern '\(glob)': \(error.message)")
+        }
+    }
+
+    /// True when the whole of `path` matches (its parents are not considered).
+    public func matches(_ path: String) -> Bool { matches(Array(path.utf8)[...]) }
+
+    /// True when the pattern has a wildcard (`*`, `?`, `[`): it selects by matching, not by naming one path.
+    public var hasWildcards: Bool {
+        if case .exact = kind { return false }
+        return true
+    }
+
     init(_ text: String, exclusion: Bool) throws {
         self.text = text
         self.exclusion = exclusion

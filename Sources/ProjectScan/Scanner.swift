@@ -59,13 +59,32 @@ public struct ProjectScanner {
         return result
     }
 
+    /// The entries at `paths` themselves, not what is below them: what a watcher reported changed. Paths that
+    /// do not exist, are ignored, or lie below an ignored directory give nothing.
+    public func entries(at paths: [RelativePath]) throws -> ScanResult {
+        var result = ScanResult(entries: [], warnings: [])
+        for path in paths {
+            var ancestor = ""
+            var hidden = false
+            for component in path.parentComponents {
+                ancestor = ancestor.isEmpty ? component : ancestor + "/" + component
+                if rules.isExcluded(ancestor) && !rules.hasExceptions { hidden = true; break }
+            }
+            if hidden { continue }
+            guard let parent = try tree.openDirectory(path.parentComponents, create: false),
+                  let st = try Tree.lstat(at: parent, name: path.name, shown: path.string) else { continue }
+            try visit(name: path.name, kind: st.kind, in: parent, prefix: path.parentString, recurse: false, into: &result)
+        }
+        return result
+    }
+
     private func walk(_ dir: FileDescriptor, prefix: String, into result: inout ScanResult) throws {
         for item in try Tree.list(dir) {
             try visit(name: item.name, kind: item.kind, in: dir, prefix: prefix, into: &result)
         }
     }
 
-    private func visit(name: String, kind: FileKind, in dir: FileDescriptor, prefix: String,
+    private func visit(name: String, kind: FileKind, in dir: FileDescriptor, prefix: String, recurse: Bool = true,
                        into result: inout ScanResult) throws {
         let pathString = prefix.isEmpty ? name : prefix + "/" + name
         if name.hasPrefix(partialFilePrefix) { return }
@@ -79,6 +98,7 @@ public struct ProjectScanner {
         switch st.kind {
         case .directory:
             if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
+            guard recurse else { return }
             let child: FileDescriptor
             do {
                 child = try Tree.openChildDirectory(dir, name: name, shown: pathString)

@@ -196,7 +196,7 @@ public final class SSHChannelStream: ByteStream {
         let host = owner.settings.hostName
         var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
         var sentEOF = false
-        var lastKeepalive = Date()
+        var nextKeepalive = Date()
         defer {
             libssh2_channel_free(channel)
             lock.lock()
@@ -306,9 +306,9 @@ public final class SSHChannelStream: ByteStream {
                 return
             }
 
-            if Date().timeIntervalSince(lastKeepalive) > 1 {
+            if Date() >= nextKeepalive {
                 var next: Int32 = 0
-                if libssh2_keepalive_send(session, &next) == 0 { lastKeepalive = Date() }
+                if libssh2_keepalive_send(session, &next) == 0 { nextKeepalive = Date().addingTimeInterval(Double(max(next, 1))) }
             }
 
             if !progressed {
@@ -318,7 +318,9 @@ public final class SSHChannelStream: ByteStream {
                 if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
                 if events == 0 { events = Int16(POLLIN) }
                 var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
-                _ = poll(&fds, 2, 1000)
+                // Idle, the thread sleeps until the next keepalive is due.
+                let untilKeepalive = Int32(min(max(nextKeepalive.timeIntervalSinceNow, 0.05), 30) * 1000)
+                _ = poll(&fds, 2, untilKeepalive)
                 var drain = [UInt8](repeating: 0, count: 256)
                 while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
             }

@@ -139,6 +139,10 @@ public final class SSHSession {
             _ = fcntl(fd, F_SETFL, flags)
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            // A peer gone without a word (a laptop that slept, a dropped network) fails the connection once sent
+            // data (keepalives included) stays unacknowledged for a minute, instead of after the kernel's 15.
+            var unacknowledgedMillis: UInt32 = 60_000
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, &unacknowledgedMillis, socklen_t(MemoryLayout<UInt32>.size))
             var size: Int32 = 4 << 20
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
             setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))

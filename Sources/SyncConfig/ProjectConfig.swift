@@ -43,7 +43,7 @@ public enum RemoteSpec: Equatable, Sendable, CustomStringConvertible {
 public struct ProjectConfig: Equatable, Sendable {
     public static let fileName = "syncd.yaml"
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
-                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress"]
+                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -63,6 +63,8 @@ public struct ProjectConfig: Equatable, Sendable {
     public var chunkAvg: Int?
     public var chunkMax: Int?
     public var compress: Compression = .auto
+    /// `DOCKER_HOST` for `syncctl compose` and `exec` on the remote (a rootless or non-default daemon).
+    public var dockerHost: String?
 
     public init(name: String, remote: RemoteSpec, remoteRoot: String? = nil, pull: [String] = ["output", "checkpoint"],
                 ignore: [String] = []) {
@@ -150,6 +152,7 @@ public struct ProjectConfig: Equatable, Sendable {
         config.knownHosts = try string("known_hosts")
         config.sshConfig = try string("ssh_config")
         config.agentPath = try string("agent_path")
+        config.dockerHost = try string("docker_host")
         config.chunkMin = try int("chunk_min")
         config.chunkAvg = try int("chunk_avg")
         config.chunkMax = try int("chunk_max")

@@ -130,3 +130,10 @@ public func machineName() -> String {
     uname(&name)
     return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 }
+
+/// Gives heap memory freed by a big job back to the system, so an idle process stays small.
+public func releaseFreeMemory() { syncd_release_free_memory() }
+
+/// Caps the heap arenas of this process (glibc): a long-lived process with many short-lived threads keeps less
+/// memory resident.
+public func limitHeapArenas(_ count: Int32 = 2) { syncd_limit_malloc_arenas(count) }

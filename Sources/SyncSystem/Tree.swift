@@ -17,8 +17,9 @@ public struct PathError: Error, CustomStringConvertible, Equatable {
 public struct RelativePath: Hashable, Comparable, CustomStringConvertible, Sendable {
     /// Slash-separated form, as it travels on the wire.
     public let string: String
-    /// The components, each a single file name.
-    public let components: [String]
+    /// The components, each a single file name. Made on demand: a scan holds 100k paths, and a stored array
+    /// would cost each of them another allocation.
+    public var components: [String] { string.split(separator: "/").map(String.init) }
 
     public init(_ string: String) throws {
         if string.isEmpty { throw PathError(path: string, reason: "empty path") }
@@ -32,19 +33,24 @@ public struct RelativePath: Hashable, Comparable, CustomStringConvertible, Senda
             if part.utf8.count > 255 { throw PathError(path: string, reason: "a component is longer than 255 bytes") }
         }
         self.string = string
-        self.components = parts
     }
 
     /// The path's last component.
-    public var name: String { components[components.count - 1] }
+    public var name: String {
+        guard let slash = string.lastIndex(of: "/") else { return string }
+        return String(string[string.index(after: slash)...])
+    }
     /// The parent's components (empty at top level).
     public var parentComponents: ArraySlice<String> { components.dropLast() }
     /// The parent path as a string; "" at top level.
-    public var parentString: String { parentComponents.joined(separator: "/") }
+    public var parentString: String {
+        guard let slash = string.lastIndex(of: "/") else { return "" }
+        return String(string[..<slash])
+    }
 
     /// True when `self` is `other` or lies below it.
     public func isWithin(_ other: RelativePath) -> Bool {
-        components.count >= other.components.count && Array(components.prefix(other.components.count)) == other.components
+        string == other.string || string.hasPrefix(other.string + "/")
     }
 
     public var description: String { string }

@@ -33,6 +33,12 @@ public final class TreeWatcher {
     private let maxHoldMillis: Int
     private let log: (String) -> Void
     private let deliver: (WatchEvent) -> Void
+    /// Subtrees reported on ("" or empty: the whole tree). Directories on the way to them are watched too, so a
+    /// subtree that appears later is seen.
+    private let scope: [String]
+    /// Report a file once it is complete (closed after writing, created, moved in, removed), not while it is
+    /// being written: `IN_MODIFY` alone reports nothing.
+    private let completedFilesOnly: Bool
 
     private var inotifyFD: Int32 = -1
     private var wakeRead: Int32 = -1
@@ -53,7 +59,10 @@ public final class TreeWatcher {
     private var lastEvent: UInt64 = 0
 
     public init(tree: Tree, rules: IgnoreRules, mode: Mode = .inotify, quietMillis: Int = 75, maxHoldMillis: Int = 5000,
+                scope: [String] = [], completedFilesOnly: Bool = false,
                 log: @escaping (String) -> Void = { printError($0) }, deliver: @escaping (WatchEvent) -> Void) {
+        self.scope = scope.contains("") ? [] : scope
+        self.completedFilesOnly = completedFilesOnly
         self.tree = tree
         self.rules = rules
         self.mode = mode
@@ -103,10 +112,35 @@ public final class TreeWatcher {
         thread = try startThread { [self] in run() }
     }
 
+    /// Delivers every change made before the call now, without waiting for quiet: the kernel queued their
+    /// events when they were made, and the watcher thread reads them all before this returns.
+    public func flush() {
+        guard thread != nil else { return }
+        requestLock.lock()
+        flushRequested += 1
+        let ticket = flushRequested
+        requestLock.unlock()
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+        requestLock.lock()
+        while flushDone < ticket && !stopRequested { flushed.wait(requestLock) }
+        requestLock.unlock()
+    }
+
+    private let requestLock = Mutex()
+    private let flushed = Condition()
+    private var flushRequested = 0
+    private var flushDone = 0
+    private var stopRequested = false
+
     /// Stops the thread (pending changes are dropped) and releases the watches.
     public func stop() {
         guard let handle = thread else { return }
         thread = nil
+        requestLock.lock()
+        stopRequested = true
+        flushed.broadcast()
+        requestLock.unlock()
         var byte: UInt8 = 0
         _ = write(wakeWrite, &byte, 1)
         pthread_join(handle, nil)
@@ -125,8 +159,26 @@ public final class TreeWatcher {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, inotifyFD >= 0 ? 2 : 1, timeoutMillis())
-            if fds[0].revents != 0 { return }
-            if inotifyFD >= 0 && fds[1].revents != 0 { readEvents(buffer) }
+            var flushTicket = 0
+            if fds[0].revents != 0 {
+                var drain = [UInt8](repeating: 0, count: 64)
+                while read(wakeRead, &drain, drain.count) > 0 {}
+                requestLock.lock()
+                let stop = stopRequested
+                flushTicket = flushRequested
+                requestLock.unlock()
+                if stop { return }
+            }
+            if inotifyFD >= 0 && (fds[1].revents != 0 || flushTicket > 0) { readEvents(buffer) }
+            if flushTicket > 0 {
+                if !polled.isEmpty { pollSubtrees() }
+                deliverPending()
+                requestLock.lock()
+                flushDone = flushTicket
+                flushed.broadcast()
+                requestLock.unlock()
+                continue
+            }
             let now = monotonicNanos()
             if !polled.isEmpty && now - lastPoll >= UInt64(pollInterval) * 1_000_000 {
                 lastPoll = now
@@ -164,6 +216,11 @@ public final class TreeWatcher {
         let quiet = now - lastEvent >= UInt64(quietMillis) * 1_000_000
         let held = now - firstPending >= UInt64(maxHoldMillis) * 1_000_000
         guard quiet || held else { return }
+        deliverPending()
+    }
+
+    private func deliverPending() {
+        guard !pending.isEmpty || pendingRescan != nil else { return }
         if let reason = pendingRescan {
             pendingRescan = nil
             pending.removeAll()
@@ -209,13 +266,22 @@ public final class TreeWatcher {
             return
         }
         if name.isEmpty {
-            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 { note(directory) }
+            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 && inScope(directory) { note(directory) }
             return
         }
         let path = directory.isEmpty ? name : directory + "/" + name
         if name.hasPrefix(partialFilePrefix) { return }
         let isDirectory = mask & UInt32(IN_ISDIR) != 0
         if rules.isExcluded(path) && !(isDirectory && rules.hasExceptions) { return }
+        if !inScope(path) {
+            // Only a directory leading into the scope matters here: watch it so the scope is seen when it appears.
+            if isDirectory && leadsIntoScope(path) && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+                addWatches(below: path)
+                for inner in listing(below: path) where inScope(inner) { note(inner) }
+            }
+            return
+        }
+        if completedFilesOnly && !isDirectory && !isCompleted(mask, path: path) { return }
         if isDirectory && mask & UInt32(IN_MOVED_FROM | IN_DELETE) != 0 { dropWatches(below: path) }
         if isDirectory && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
             // Watch first, then scan: whatever was made in it before the watch existed is reported by the scan,
@@ -224,6 +290,27 @@ public final class TreeWatcher {
             for inner in listing(below: path) { note(inner) }
         }
         note(path)
+    }
+
+    /// For `completedFilesOnly`: a file written and closed, moved, removed or chmod'ed; a symlink made. A file
+    /// just created or being written is not complete yet (its close will come).
+    private func isCompleted(_ mask: UInt32, path: String) -> Bool {
+        if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB) != 0 { return true }
+        if mask & UInt32(IN_CREATE) != 0, let rel = try? RelativePath(path), let st = try? tree.lstat(rel) {
+            return st.kind == .symlink
+        }
+        return false
+    }
+
+    // MARK: scope
+
+    private func inScope(_ path: String) -> Bool {
+        scope.isEmpty || scope.contains { path == $0 || path.hasPrefix($0 + "/") }
+    }
+
+    /// True for a directory above some scope root ("" for the tree's root).
+    private func leadsIntoScope(_ path: String) -> Bool {
+        path.isEmpty || scope.contains { $0.hasPrefix(path + "/") }
     }
 
     // MARK: watches
@@ -283,6 +370,7 @@ public final class TreeWatcher {
         for item in items where item.kind == .directory {
             let path = dir.isEmpty ? item.name : dir + "/" + item.name
             if rules.isExcluded(path) && !rules.hasExceptions { continue }
+            if !inScope(path) && !leadsIntoScope(path) { continue }
             out.append(path)
         }
         return out
@@ -305,7 +393,7 @@ public final class TreeWatcher {
         if !dir.isEmpty && roots == nil { return [:] }
         guard let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: roots) else { return [:] }
         var out: [String: FileStat] = [:]
-        for e in scan.entries { out[e.path.string] = e.stat }
+        for e in scan.entries where inScope(e.path.string) { out[e.path.string] = e.stat }
         return out
     }
 

@@ -86,12 +86,18 @@ public final class FrameReader {
 /// as the agent can read them (see `AgentConnection.greetingSent`), saving the round trip of waiting for the
 /// agent's own handshake first.
 public func clientGreeting(_ hello: Hello) -> [UInt8] {
-    var bytes = wireMagic + [UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)]
+    var bytes = clientHandshake()
     let (type, payload) = Message.hello(hello).encode()
     withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
     bytes.append(type)
     bytes.append(contentsOf: payload)
     return bytes
+}
+
+/// The client's handshake alone: magic and version. A connection kept for many sessions opens with it, and
+/// each session then begins with its hello.
+public func clientHandshake() -> [UInt8] {
+    wireMagic + [UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)]
 }
 
 /// Buffers frames and writes them to a byte stream. Not thread safe: one writer at a time.

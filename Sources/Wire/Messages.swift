@@ -1,13 +1,16 @@
 import Chunking
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 1
+public let wireVersion: UInt16 = 2
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
 
 /// Most chunk refs or indices carried by one list frame; longer lists continue in further frames.
 public let maxListItems = 32768
+
+/// Most paths named by one `remoteChanged` frame.
+public let maxNotifiedPaths = 64
 
 /// What a session is for.
 public enum SessionRole: UInt8, Sendable {
@@ -144,7 +147,12 @@ public struct RemoteEntry: Equatable, Sendable {
     }
 }
 
-/// Every frame of protocol v1.
+/// Every frame of the protocol.
+///
+/// A connection carries one session after another (hello … done), as long as the client keeps it open; the
+/// daemon keeps one per project. Between sessions the client may send `watch`: the agent then watches the
+/// pull paths and says `remoteChanged` when files there were completed (closed after writing, then quiet),
+/// until the client sends `watchEnd`, answered by `watchEnded`, after which the next hello may follow.
 public enum Message: Equatable, Sendable {
     case hello(Hello)
     /// Agent's answer to hello: its version and the absolute project directory it serves.
@@ -174,6 +182,13 @@ public enum Message: Equatable, Sendable {
     /// The client asks for these chunks of remote entry `op`.
     case fetch(op: UInt32, indices: [UInt32])
     case fetchEnd
+    /// Between sessions: tell me when remote-owned files change (see the type's comment).
+    case watch
+    /// Remote-owned paths completed since the last pull (at most `maxNotifiedPaths`; more may have changed).
+    case remoteChanged(paths: [String])
+    /// The client ends a `watch`; the agent answers `watchEnded` once nothing more of the watch will come.
+    case watchEnd
+    case watchEnded
     /// A fatal error; the sender closes after it.
     case error(message: String)
 
@@ -197,6 +212,10 @@ public enum Message: Equatable, Sendable {
         case .listEnd: return 0x43
         case .fetch: return 0x44
         case .fetchEnd: return 0x45
+        case .watch: return 0x50
+        case .remoteChanged: return 0x51
+        case .watchEnd: return 0x52
+        case .watchEnded: return 0x53
         case .error: return 0x7F
         }
     }
@@ -234,8 +253,11 @@ public enum Message: Equatable, Sendable {
             w.u32(op); w.string(path); w.u32(permissions)
         case .delete(let op, let path, let base):
             w.u32(op); w.string(path); Message.encode(base, into: &w)
-        case .endOfOperations, .done, .listEnd, .fetchEnd:
+        case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
             break
+        case .remoteChanged(let paths):
+            w.u32(UInt32(paths.count))
+            for p in paths { w.string(p) }
         case .need(let op, let indices), .fetch(let op, let indices):
             w.u32(op); w.u32(UInt32(indices.count))
             for i in indices { w.u32(i) }
@@ -358,6 +380,14 @@ public enum Message: Equatable, Sendable {
         case 0x42: message = .skipped(path: try r.string("path"), reason: try r.string("reason"))
         case 0x43: message = .listEnd
         case 0x45: message = .fetchEnd
+        case 0x50: message = .watch
+        case 0x51:
+            let n = try r.count("changed paths", itemSize: 4, limit: maxNotifiedPaths)
+            var paths: [String] = []
+            for _ in 0..<n { paths.append(try r.string("changed path")) }
+            message = .remoteChanged(paths: paths)
+        case 0x52: message = .watchEnd
+        case 0x53: message = .watchEnded
         case 0x7F: message = .error(message: try r.string("message", limit: 65536))
         default:
             throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")

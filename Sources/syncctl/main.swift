@@ -4,6 +4,7 @@ import Foundation
 import SyncSystem
 
 signal(SIGPIPE, SIG_IGN)
+limitHeapArenas()
 var command: ParsableCommand
 do {
     command = try Syncctl.parseAsRoot()

@@ -73,13 +73,13 @@ final class ControlServer {
         let queue = NSCondition()
         var waiting: [String] = []
         var gone = false
-        let (lines, token) = Log.lines { line in
+        let (lines, token) = LogBook.lines { line in
             queue.lock()
             waiting.append(line)
             queue.signal()
             queue.unlock()
         }
-        defer { if let token { Log.unfollow(token) } }
+        defer { if let token { LogBook.unfollow(token) } }
         func send(_ object: [String: Any]) -> Bool {
             guard var data = try? JSONSerialization.data(withJSONObject: object) else { return true }
             data.append(UInt8(ascii: "\n"))

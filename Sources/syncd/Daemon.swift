@@ -1,52 +1,9 @@
 import Engine
 import Foundation
+import Logging
 import ProjectScan
 import SyncSystem
 import Watch
-
-/// Log lines: with journald's `<N>` priority prefixes when stderr is the journal (`JOURNAL_STREAM`), plain
-/// otherwise. The last 1000 lines are kept for `syncctl logs`, and followers get new ones as they come.
-enum Log {
-    static let journal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
-    static let lock = NSLock()
-    private static var recent: [String] = []
-    private static var followers: [Int: (String) -> Void] = [:]
-    private static var nextFollower = 0
-    private static let stamps = ISO8601DateFormatter()  // used under `lock`
-
-    /// The kept lines, and (when `follow` is given) a token for `unfollow`; `follow` gets every later line.
-    static func lines(follow: ((String) -> Void)? = nil) -> (lines: [String], token: Int?) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let follow else { return (recent, nil) }
-        nextFollower += 1
-        followers[nextFollower] = follow
-        return (recent, nextFollower)
-    }
-
-    static func unfollow(_ token: Int) {
-        lock.lock()
-        followers[token] = nil
-        lock.unlock()
-    }
-
-    static func info(_ text: String) { write(6, text) }
-    static func warning(_ text: String) { write(4, text) }
-    static func error(_ text: String) { write(3, text) }
-
-    private static func write(_ priority: Int, _ text: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        let stamp = stamps.string(from: Date())
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            FileHandle.standardError.write(Data((journal ? "<\(priority)>\(line)\n" : "syncd: \(line)\n").utf8))
-            let kept = "\(stamp) \(line)"
-            recent.append(kept)
-            if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
-            for follower in followers.values { follower(kept) }
-        }
-    }
-}
 
 /// sd_notify(3) over `$NOTIFY_SOCKET`: READY=1, STATUS=…, STOPPING=1, WATCHDOG=1. Silent without a socket.
 final class Notifier {
@@ -93,6 +50,10 @@ final class ProjectRunner {
         var result: Result<SyncStats, Error>?
     }
     private var pushes = Sessions(wanted: true)
+    /// Paths the watcher reported since the last push began; with `fullPushNeeded`, the whole project instead.
+    private var changedPaths: Set<String> = []
+    private var fullPushNeeded = true
+    private static let incrementalLimit = 20_000
     private var pulls = Sessions()
     private var stopping = false
     private var finished = false
@@ -116,13 +77,16 @@ final class ProjectRunner {
         project = try Project(directory: directory, options: SyncOptions(progress: false))
         var rules = project.rules
         for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
-        watcher = TreeWatcher(tree: project.tree, rules: rules, quietMillis: 50, log: { Log.warning($0) }) { [weak self] event in
+        watcher = TreeWatcher(tree: project.tree, rules: rules, quietMillis: 50, log: { log.warning("\($0)") }) { [weak self] event in
             guard let self else { return }
             condition.lock()
             switch event {
-            case .changed(let paths): pendingChanges += paths.count
-            case .rescan: pendingChanges += 1
+            case .changed(let paths): changedPaths.formUnion(paths)
+            case .rescan(let reason):
+                fullPushNeeded = true
+                log.warning("\(directory): \(reason); the next push compares the whole project")
             }
+            pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
             condition.unlock()
             wantPush()
         }
@@ -134,6 +98,9 @@ final class ProjectRunner {
         thread.name = "project"
         thread.start()
     }
+
+    /// Directories watched through inotify.
+    var watchCount: Int { watcher.watchCount }
 
     func wantPush() {
         condition.lock()
@@ -157,6 +124,8 @@ final class ProjectRunner {
     /// Asks for a push (or pull) and waits for one that started after the call: when it returns, everything
     /// changed before the call is on the remote (or here).
     func syncAndWait(_ kind: Kind) -> Result<SyncStats, Error> {
+        // Every change made before this call reaches the runner first (their events are already queued).
+        if kind == .push { watcher.flush() }
         condition.lock()
         defer { condition.unlock() }
         if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
@@ -175,7 +144,7 @@ final class ProjectRunner {
         if !value { pushes.wanted = true }
         condition.broadcast()
         condition.unlock()
-        Log.info("\(directory): \(value ? "paused" : "resumed")")
+        log.info("\(directory): \(value ? "paused" : "resumed")")
     }
 
     var status: [String: Any] {
@@ -185,7 +154,7 @@ final class ProjectRunner {
         return [
             "project": directory,
             "state": paused ? "paused" : (syncing != nil ? "syncing" : "idle"),
-            "connected": syncing != nil,
+            "connected": connected,
             "pending_changes": pendingChanges,
             "last_push": lastPush.map { iso.string(from: $0) } ?? NSNull(),
             "last_pull": lastPull.map { iso.string(from: $0) } ?? NSNull(),
@@ -199,20 +168,29 @@ final class ProjectRunner {
     private func loop() {
         while true {
             condition.lock()
-            while !stopping {
-                if !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull) { break }
-                if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
-            }
+            let due = !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull)
             if stopping {
                 finished = true
                 condition.broadcast()
                 condition.unlock()
+                link?.close()
                 return
             }
+            guard due else {
+                condition.unlock()
+                idle()
+                continue
+            }
             let kind: Kind = pushes.wanted ? .push : .pull
+            // What the watcher reported since the last push; everything after a start, a lost event or a push
+            // that went wrong, and when so much changed that one scan is cheaper.
+            var only: Set<String>?
             if kind == .push {
                 pushes.wanted = false
                 pushes.started += 1
+                only = fullPushNeeded || changedPaths.count > Self.incrementalLimit ? nil : changedPaths
+                changedPaths.removeAll()
+                fullPushNeeded = false
                 pendingChanges = 0
             } else {
                 pulls.wanted = false
@@ -220,10 +198,23 @@ final class ProjectRunner {
             }
             syncing = kind.rawValue
             condition.unlock()
-            let result = kind == .push ? session(kind) { try PushSession(project: project).run() }
-                                       : session(kind) { try PullSession(project: project).run() }
+            let result = session(kind) {
+                let link = try connectedLink()
+                return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
+                                     : try PullSession(project: project, link: link).run()
+            }
             condition.lock()
             if kind == .push {
+                switch result {
+                case .failure:
+                    if let only { changedPaths.formUnion(only) } else { fullPushNeeded = true }
+                case .success(let stats) where !stats.errors.isEmpty:
+                    // The agent failed some operation: look at everything next time. (A file skipped here, being
+                    // unreadable or changed while read, is reported again by the watcher when it changes.)
+                    fullPushNeeded = true
+                default: break
+                }
+                pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
                 pushes.result = result
                 pushes.done = pushes.started
                 lastPush = Date()
@@ -231,12 +222,107 @@ final class ProjectRunner {
                 pulls.result = result
                 pulls.done = pulls.started
                 lastPull = Date()
-                nextPull = Date().addingTimeInterval(pullInterval)
+                // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
+                // periodic pull: its close may come without a watcher event we can use (a busy writer).
+                if case .success(let stats) = result, stats.skipped.contains(where: { $0.contains("being written") || $0.contains("open for writing") }) {
+                    deferredPulls += 1
+                    nextPull = Date().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
+                } else {
+                    deferredPulls = 0
+                    nextPull = Date().addingTimeInterval(link != nil && watchWorks ? max(pullInterval, Self.watchedPullInterval) : pullInterval)
+                }
             }
             syncing = nil
+            connected = link.map { !$0.isClosed } ?? false
             condition.broadcast()
             condition.unlock()
+            // A full push of a big project frees most of what it allocated; give it back to the system rather
+            // than keep it resident while idle.
+            releaseFreeMemory()
         }
+    }
+
+    // MARK: the persistent connection
+
+    /// The connection to the agent, kept between sessions; remade after a failure (with the session's backoff).
+    private var link: AgentLink?
+    private var connected = false
+    /// Pulls in a row that left files because they were being written.
+    private var deferredPulls = 0
+    /// False once the agent could not watch (no pull paths, or an error): pulls then come every `pullInterval`.
+    private var watchWorks = true
+    /// With the agent watching the remote, a periodic pull is only a safety net.
+    private static let watchedPullInterval: TimeInterval = 300
+
+    private func connectedLink() throws -> AgentLink {
+        if let link, !link.isClosed { return link }
+        link = nil
+        let made = try AgentLink.open(project: project)
+        log.info("\(directory): connected to \(made.connection.peerDescription)")
+        link = made
+        watchWorks = !project.pullPaths.isEmpty
+        condition.lock()
+        connected = true
+        condition.unlock()
+        return made
+    }
+
+    /// Waits for the next thing to do. Meanwhile the agent watches the remote-owned paths and reports completed
+    /// files, which are then pulled at once; a link that fails here is dropped and remade by the next session.
+    private func idle() {
+        guard let link, !link.isClosed, watchWorks, !paused else {
+            condition.lock()
+            waitForWork()
+            condition.unlock()
+            return
+        }
+        do { try link.beginWatch() } catch {
+            lostLink(link, error)
+            return
+        }
+        let listener = WatchListener(link: link) { [self] paths in
+            condition.lock()
+            pulls.wanted = true
+            condition.signal()
+            condition.unlock()
+            log.debug("\(directory): remote changed: \(paths.prefix(5).joined(separator: ", "))\(paths.count > 5 ? " …" : "")")
+        } ended: { [self] in
+            condition.lock()
+            condition.signal()
+            condition.unlock()
+        }
+        condition.lock()
+        waitForWork(interrupted: { listener.finished })
+        condition.unlock()
+        let failed = listener.stop()
+        if let failed {
+            if case let e as SyncError = failed, e.description.hasPrefix("agent: watch") {
+                // The agent cannot watch here: fall back to periodic pulls, on the same connection.
+                log.warning("\(directory): the remote cannot be watched (\(e)); pulling every \(Int(pullInterval)) s")
+                watchWorks = false
+            }
+            lostLink(link, failed)
+        }
+    }
+
+    /// Waits on `condition` (held) until a session is due, the runner stops, or `interrupted` says so.
+    private func waitForWork(interrupted: () -> Bool = { false }) {
+        while !stopping && !interrupted() {
+            if !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull) { return }
+            if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
+        }
+    }
+
+    private func lostLink(_ lost: AgentLink, _ error: Error) {
+        lost.abort()
+        _ = lost.connection.finish()
+        if link === lost { link = nil }
+        condition.lock()
+        connected = false
+        // Whatever happened meanwhile on the remote is looked at once the link is back.
+        pulls.wanted = true
+        condition.unlock()
+        log.warning("\(directory): connection to the agent lost: \(error); reconnecting")
     }
 
     @discardableResult
@@ -251,16 +337,18 @@ final class ProjectRunner {
             if kind == .push || stats.conflicts > 0 { conflictPaths = Set(stats.conflictPaths) }
             condition.unlock()
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
-                Log.info("\(directory): \(stats.summary())")
+                log.info("\(directory): \(stats.summary())")
             }
             return .success(stats)
         } catch {
             failures += 1
+            if let link, link.isClosed { self.link = nil }
             // Back off: 1, 2, 4 … 30 s, then try again (a dropped network, a sleeping laptop).
             let delay = min(30.0, pow(2.0, Double(failures - 1)))
-            Log.error("\(directory): \(kind.rawValue) failed: \(error); retrying in \(Int(delay)) s")
+            log.error("\(directory): \(kind.rawValue) failed: \(error); retrying in \(Int(delay)) s")
             condition.lock()
             lastError = "\(kind.rawValue): \(error)"
+            connected = link != nil
             // Waiters learn of the failure now; the push itself is tried again after the pause.
             if kind == .push {
                 pushes.result = .failure(error)
@@ -271,10 +359,59 @@ final class ProjectRunner {
                 pulls.done = pulls.started
             }
             condition.broadcast()
-            _ = condition.wait(until: Date().addingTimeInterval(delay))
+            let until = Date().addingTimeInterval(delay)
+            while !stopping && Date() < until { _ = condition.wait(until: until) }
             condition.unlock()
             return .failure(error)
         }
+    }
+}
+
+/// Reads the agent's reports during a watch, on a thread of its own.
+final class WatchListener {
+    private let link: AgentLink
+    private let state = NSCondition()
+    private var done = false
+    private var failure: Error?
+
+    init(link: AgentLink, changed: @escaping ([String]) -> Void, ended: @escaping () -> Void) {
+        self.link = link
+        let thread = Thread { [self] in
+            var failed: Error?
+            do { try link.listen(changed: changed) } catch { failed = error }
+            state.lock()
+            failure = failed
+            done = true
+            state.broadcast()
+            state.unlock()
+            ended()
+        }
+        thread.name = "watch"
+        thread.start()
+    }
+
+    var finished: Bool {
+        state.lock()
+        defer { state.unlock() }
+        return done
+    }
+
+    /// Ends the watch: the agent confirms, and only then may a session use the link. Returns why the link
+    /// failed, if it did (it is aborted when the agent does not answer within 10 s).
+    func stop() -> Error? {
+        if !finished {
+            do { try link.endWatch() } catch { link.abort() }
+        }
+        state.lock()
+        defer { state.unlock() }
+        let deadline = Date().addingTimeInterval(10)
+        while !done && state.wait(until: deadline) {}
+        if !done {
+            link.abort()
+            while !done { state.wait() }
+            failure = failure ?? SyncError("the agent did not answer for 10 s")
+        }
+        return failure
     }
 }
 
@@ -300,7 +437,7 @@ final class Daemon {
         }
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signals)
         hup.setEventHandler { [self] in
-            Log.info("reloading the project list (SIGHUP)")
+            log.info("reloading the project list (SIGHUP)")
             notifier.send("RELOADING=1")
             reload()
             notifier.send("READY=1\nSTATUS=\(status)")
@@ -312,20 +449,20 @@ final class Daemon {
         signals.sync { reload() }
         let control: ControlServer
         do { control = try ControlServer(path: ControlSocket.path()) { [self] in answer($0) } } catch {
-            Log.error("cannot open the control socket: \(error)")
+            log.error("cannot open the control socket: \(error)")
             return 1
         }
         notifier.send("READY=1\nSTATUS=\(status)")
-        Log.info("running \(runners.count) project(s); \(status)")
+        log.info("running \(runners.count) project(s); \(status)")
         done.wait()
         notifier.send("STOPPING=1")
         control.close()
-        Log.info("stopping: letting sessions in flight finish")
+        log.info("stopping: letting sessions in flight finish")
         signals.sync {
             for runner in runners.values { runner.stop() }
             runners.removeAll()
         }
-        Log.info("stopped")
+        log.info("stopped")
         return 0
     }
 
@@ -336,7 +473,7 @@ final class Daemon {
         let all = signals.sync { Array(runners.values) }
         let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
         if project != nil && chosen.isEmpty {
-            return ["ok": false, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
+            return ["ok": false, "unregistered": true, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
         }
         switch command {
         case "status":
@@ -351,7 +488,7 @@ final class Daemon {
                 return ["ok": false, "error": "\(error)"]
             }
         case "logs":
-            return ["ok": true, "lines": Log.lines().lines]
+            return ["ok": true, "lines": LogBook.lines().lines]
         case "pause", "resume":
             for runner in chosen { runner.setPaused(command == "pause") }
             return ["ok": true, "projects": chosen.map(\.directory)]
@@ -368,22 +505,23 @@ final class Daemon {
     private func reload() {
         let wanted: [String]
         do { wanted = try ProjectRegistry().list() } catch {
-            Log.error("cannot read the project list: \(error)")
+            log.error("cannot read the project list: \(error)")
             return
         }
         for (dir, runner) in runners where !wanted.contains(dir) {
             runner.stop()
             runners[dir] = nil
-            Log.info("\(dir): removed")
+            log.info("\(dir): removed")
         }
         for dir in wanted where runners[dir] == nil {
             do {
+                let started = monotonicNanos()
                 let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval)
                 try runner.start()
                 runners[dir] = runner
-                Log.info("\(dir): watching")
+                log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")
             } catch {
-                Log.error("\(dir): not started: \(error)")
+                log.error("\(dir): not started: \(error)")
             }
         }
     }

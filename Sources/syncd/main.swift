@@ -1,11 +1,14 @@
 import Engine
 import Foundation
+import Logging
 import SyncSystem
 
 // syncd: the local daemon. With no arguments it runs in the foreground (what the systemd unit starts): every
 // project registered with `syncctl add` is watched and pushed on change, and pulled every --pull-interval.
 let arguments = Array(CommandLine.arguments.dropFirst())
+limitHeapArenas()
 var pullInterval: TimeInterval = 10
+var logLevel = ProcessInfo.processInfo.environment["SYNCD_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
 var index = 0
 while index < arguments.count {
     switch arguments[index] {
@@ -14,13 +17,23 @@ while index < arguments.count {
         exit(0)
     case "--help", "-h":
         print("""
-        usage: syncd [--pull-interval SECONDS]
+        usage: syncd [--pull-interval SECONDS] [--log-level LEVEL]
           Runs in the foreground: watches the projects registered with `syncctl add DIR` (listed in
           $XDG_CONFIG_HOME/syncd/projects), pushes each change once it is quiet, and pulls every
           --pull-interval seconds (default 10). SIGHUP reloads the project list; SIGTERM lets sessions in
           flight finish and exits 0. Under systemd it reports READY/STATUS/STOPPING/WATCHDOG over $NOTIFY_SOCKET.
+          With the agent watching the remote, completed remote files are pulled at once, and the periodic pull
+          becomes a safety net (every 5 min). --log-level: trace, debug, info (default), notice, warning, error;
+          also $SYNCD_LOG_LEVEL.
         """)
         exit(0)
+    case "--log-level":
+        guard index + 1 < arguments.count, let level = Logger.Level(rawValue: arguments[index + 1]) else {
+            printError("syncd: --log-level needs one of trace, debug, info, notice, warning, error, critical")
+            exit(2)
+        }
+        logLevel = level
+        index += 1
     case "--pull-interval":
         guard index + 1 < arguments.count, let value = TimeInterval(arguments[index + 1]), value > 0 else {
             printError("syncd: --pull-interval needs a number of seconds")
@@ -33,5 +46,10 @@ while index < arguments.count {
         exit(2)
     }
     index += 1
+}
+LoggingSystem.bootstrap { label in
+    var handler = DaemonLogHandler(label: label)
+    handler.logLevel = logLevel
+    return handler
 }
 exit(Daemon(pullInterval: pullInterval).run())

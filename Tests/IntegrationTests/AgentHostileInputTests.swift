@@ -72,6 +72,30 @@ struct AgentHostileInputTests {
         ]
     }
 
+    @Test func watchFramesOutOfTurnEndTheConnectionWithAClearError() throws {
+        let box = try Sandbox()
+        // A watch before any session names no project.
+        var r = try Self.agent(Self.frames([.watch]))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("expected a hello frame first"), "\(r.stderr)")
+        // A hello during a watch (no watchEnd first).
+        r = try Self.agent(Self.frames([Self.hello(box), .endOfOperations, .watch, Self.hello(box)]))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("expected watchEnd during a watch"), "\(r.stderr)")
+        #expect(r.replies.contains(.done), "the session before it completed")
+        // A stray frame between sessions.
+        r = try Self.agent(Self.frames([Self.hello(box), .endOfOperations, .fetchEnd]))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("expected a hello or watch frame between sessions"), "\(r.stderr)")
+        // Two sessions, a watch between them, then the end of input: a clean exit.
+        r = try Self.agent(Self.frames([Self.hello(box), .endOfOperations, .watch, .watchEnd, Self.hello(box), .endOfOperations]))
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.replies.filter { $0 == .done }.count == 2)
+        #expect(r.replies.contains(.watchEnded))
+        #expect(r.replies.contains { if case .remoteChanged = $0 { return true } else { return false } },
+                "the first watch reports at once: nothing was watched before it")
+    }
+
     @Test func hostilePathsAreRefusedAndNothingLeavesTheTree() throws {
         let box = try Sandbox()
         try FileManager.default.createSymbolicLink(atPath: box.project + "/evil", withDestinationPath: box.outside)

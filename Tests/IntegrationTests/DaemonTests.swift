@@ -208,6 +208,49 @@ struct DaemonTests {
         #expect(try waited.int("chunks_sent") == 0)
     }
 
+    @Test(.enabled(if: access("/proc/sys/fs/inotify/max_queued_events", W_OK) == 0, "cannot lower fs.inotify.max_queued_events here"))
+    func aBurstLargerThanTheInotifyQueueAndRenamesEndWithIdenticalTrees() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a\n")
+        try f.write("src/pkg/m.py", "m\n")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
+        let log = f.base + "/syncd.log"
+        func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        // The queue limit is read when the daemon's watcher starts: 16 events, restored right after.
+        let limitFile = "/proc/sys/fs/inotify/max_queued_events"
+        let original = try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        try "16\n".write(toFile: limitFile, atomically: false, encoding: .utf8)
+        let pid: pid_t
+        do {
+            defer { try? (original + "\n").write(toFile: limitFile, atomically: false, encoding: .utf8) }
+            pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
+            #expect(eventually { logText().contains("watching (") })
+        }
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        #expect(eventually { f.read("src/a.py", in: f.remoteProject) != nil })
+
+        try FileManager.default.createDirectory(atPath: f.project + "/src/burst", withIntermediateDirectories: true)
+        for i in 0..<3000 { try f.write("src/burst/f\(i).py", "\(i)\n") }
+        try FileManager.default.moveItem(atPath: f.project + "/src/a.py", toPath: f.project + "/src/renamed.py")
+        try FileManager.default.moveItem(atPath: f.project + "/src/pkg", toPath: f.project + "/src/pkg2")
+        #expect(eventually(seconds: 30) { f.treesMatch().0 }, "\(f.treesMatch().1)\n\(logText())")
+        #expect(logText().contains("overflowed"), "the burst overflowed the 16-event queue: \(logText())")
+        #expect(f.read("src/pkg2/m.py", in: f.remoteProject) == Array("m\n".utf8))
+        #expect(f.read("src/a.py", in: f.remoteProject) == nil)
+
+        // A project the daemon does not run: push --wait pushes by itself; pause names the problem.
+        let other = try SyncFixture()
+        try other.write("x.py", "x\n")
+        let own = try run(binDirectory() + "/syncctl", ["push", other.project, "--wait", "--json"], env: env.merging(["XDG_STATE_HOME": other.state]) { $1 })
+        #expect(own.status == 0, "\(own.stderr)")
+        #expect(other.read("x.py", in: other.remoteProject) == Array("x\n".utf8))
+        let pause = try run(binDirectory() + "/syncctl", ["pause", other.project], env: env)
+        #expect(pause.status == 1 && pause.stderr.contains("is not registered"), "\(pause.stderr)")
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed"))
     func userUnitVerifies() throws {
         let f = try SyncFixture()

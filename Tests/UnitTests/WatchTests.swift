@@ -178,4 +178,38 @@ final class WatchTests {
         try FileManager.default.removeItem(atPath: root + "/src/keep.py")
         #expect(got.waitFor(["src/new.py", "src/keep.py"]))
     }
+
+    @Test func flushDeliversEverythingMadeBeforeItWithoutWaitingForQuiet() throws {
+        let got = Collected()
+        // A quiet period far longer than the test: only flush can deliver in time.
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: defaultRules(), quietMillis: 60_000,
+                            maxHoldMillis: 60_000, log: { _ in }, deliver: { got.add($0) })
+        try w.start()
+        defer { w.stop() }
+        for i in 0..<50 { try write("src/f\(i).py", "\(i)") }
+        w.flush()
+        #expect(got.paths.isSuperset(of: Set((0..<50).map { "src/f\($0).py" })), "flush returned before delivering: \(got.paths.count) paths")
+        w.flush()  // nothing pending: returns at once
+    }
+
+    @Test func scopedWatcherReportsOnlyCompletedFilesUnderItsScope() throws {
+        let got = Collected()
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: IgnoreRules(), quietMillis: 50,
+                            scope: ["out/ckpt"], completedFilesOnly: true, log: { _ in }, deliver: { got.add($0) })
+        try w.start()
+        defer { w.stop() }
+        // The scope does not exist yet: its parents are watched so it is seen when it appears.
+        try FileManager.default.createDirectory(atPath: root + "/out/ckpt", withIntermediateDirectories: true)
+        #expect(got.waitFor(["out/ckpt"]))
+        let fd = open(root + "/out/ckpt/a.pt", O_WRONLY | O_CREAT, 0o644)
+        _ = Glibc.write(fd, "partial", 7)
+        usleep(300_000)
+        #expect(!got.paths.contains("out/ckpt/a.pt"), "reported while still open for writing")
+        close(fd)
+        #expect(got.waitFor(["out/ckpt/a.pt"]), "not reported after its close")
+        try write("src/outside.py", "x")
+        try FileManager.default.createSymbolicLink(atPath: root + "/out/ckpt/latest", withDestinationPath: "a.pt")
+        #expect(got.waitFor(["out/ckpt/latest"]), "a symlink is complete when made")
+        #expect(!got.paths.contains("src/outside.py") && !got.paths.contains("out"), "outside the scope: \(got.paths)")
+    }
 }

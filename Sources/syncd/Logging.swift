@@ -1,0 +1,82 @@
+import Foundation
+import Logging
+
+/// The daemon's logger. Its handler (bootstrapped in main) writes to stderr: with journald's `<N>` priority
+/// prefixes when stderr is the journal (`JOURNAL_STREAM` is set), as plain `syncd: text` lines otherwise.
+let log = Logger(label: "syncd")
+
+/// A swift-log handler for the daemon: stderr in the journal's format or a human one, plus the `LogBook`.
+struct DaemonLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+    static let toJournal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
+
+    init(label: String) { self.label = label }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String,
+             file: String, function: String, line: UInt) {
+        var text = message.description
+        let merged = extra.map { metadata.merging($0) { $1 } } ?? metadata
+        if !merged.isEmpty { text += " " + merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
+        LogBook.write(priority: Self.journalPriority(level), level: level, text: text)
+    }
+
+    /// syslog priorities, as journald reads them from a `<N>` prefix.
+    static func journalPriority(_ level: Logger.Level) -> Int {
+        switch level {
+        case .trace, .debug: return 7
+        case .info: return 6
+        case .notice: return 5
+        case .warning: return 4
+        case .error: return 3
+        case .critical: return 2
+        }
+    }
+}
+
+/// The last 1000 log lines, for `syncctl logs`, and the followers of `syncctl logs -f`, which get new lines as
+/// they come.
+enum LogBook {
+    private static let lock = NSLock()
+    private static var recent: [String] = []
+    private static var followers: [Int: (String) -> Void] = [:]
+    private static var nextFollower = 0
+    private static let stamps = ISO8601DateFormatter()  // used under `lock`
+
+    /// The kept lines, and (when `follow` is given) a token for `unfollow`; `follow` gets every later line.
+    static func lines(follow: ((String) -> Void)? = nil) -> (lines: [String], token: Int?) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let follow else { return (recent, nil) }
+        nextFollower += 1
+        followers[nextFollower] = follow
+        return (recent, nextFollower)
+    }
+
+    static func unfollow(_ token: Int) {
+        lock.lock()
+        followers[token] = nil
+        lock.unlock()
+    }
+
+    static func write(priority: Int, level: Logger.Level, text: String) {
+        lock.lock()
+        defer { lock.unlock() }
+        let stamp = stamps.string(from: Date())
+        let marker = level >= .warning ? "\(level): " : ""
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let shown = DaemonLogHandler.toJournal ? "<\(priority)>\(marker)\(line)\n" : "syncd: \(marker)\(line)\n"
+            FileHandle.standardError.write(Data(shown.utf8))
+            let kept = "\(stamp) \(marker)\(line)"
+            recent.append(kept)
+            if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
+            for follower in followers.values { follower(kept) }
+        }
+    }
+}
