@@ -44,7 +44,7 @@ struct DaemonSSHTests {
         let content = randomBytes(1_500_000, seed: 93)
         let remotePath = f.remoteProject + "/checkpoint/slow.pt"
         try FileManager.default.createDirectory(atPath: f.remoteProject + "/checkpoint", withIntermediateDirectories: true)
-        let fd = open(remotePath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let fd = open(remotePath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         var sawPartial = false
         for piece in 0..<5 {
             _ = content[(piece * 300_000)..<((piece + 1) * 300_000)].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }

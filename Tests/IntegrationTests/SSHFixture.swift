@@ -8,7 +8,7 @@ let sshdAvailable = FileManager.default.isExecutableFile(atPath: sshdPath) && ge
 /// home directory for the login user (so the agent is installed there, not in the real home).
 final class SSHServer {
     let dir: String
-    let port: Int
+    private(set) var port = 0
     let clientKey: String
     var home: String { dir + "/home" }
     var knownHosts: String { dir + "/known_hosts" }
@@ -24,7 +24,27 @@ final class SSHServer {
         try Self.keygen(dir + "/host_ed25519")
         try Self.keygen(clientKey)
         try FileManager.default.copyItem(atPath: clientKey + ".pub", toPath: dir + "/authorized_keys")
-        port = try Self.freePort()
+        // A free port can be taken by another test's server between the probe and sshd's bind: then sshd
+        // says so in its log (or exits) and another port is tried.
+        var attempt = 0
+        while true {
+            attempt += 1
+            port = try Self.freePort()
+            try writeConfig()
+            do {
+                try start()
+                return
+            } catch is BindFailure where attempt < 5 {
+                continue
+            }
+        }
+    }
+
+    private struct BindFailure: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    private func writeConfig() throws {
         try """
             Port \(port)
             ListenAddress 127.0.0.1\(Self.hasIPv6Loopback ? "\nListenAddress [::1]" : "")
@@ -40,7 +60,6 @@ final class SSHServer {
             SetEnv HOME=\(dir)/home
             LogLevel ERROR
             """.write(toFile: dir + "/sshd_config", atomically: true, encoding: .utf8)
-        try start()
     }
 
     deinit {
@@ -100,7 +119,22 @@ final class SSHServer {
         pid = child
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            if Self.canConnect(port) { return }
+            // Someone listening is not enough: it must be this sshd, alive and bound to every address.
+            let logText = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            var status: Int32 = 0
+            let exited = waitpid(child, &status, WNOHANG) == child
+            if logText.contains("Bind to port") || logText.contains("Cannot bind") || exited {
+                if !exited { kill(child, SIGTERM); waitpid(child, &status, 0) }
+                pid = nil
+                try? FileManager.default.removeItem(atPath: log)
+                throw BindFailure(description: "sshd could not listen on port \(port): \(logText)")
+            }
+            if Self.canConnect(port) {
+                usleep(20_000)  // a failed bind on ::1 comes just after the one on 127.0.0.1
+                let later = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+                if later.contains("Bind to port") { continue }
+                return
+            }
             usleep(20_000)
         }
         throw FixtureError("sshd did not start listening on port \(port)")

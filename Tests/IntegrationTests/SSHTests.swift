@@ -263,8 +263,12 @@ struct SSHCredentialTests {
             var status: Int32 = 0
             waitpid(agentPID, &status, 0)
         }
+        // The socket file appears at bind, before ssh-agent listens: wait until it answers (ssh-add -l says 1,
+        // "no identities", rather than 2, "cannot connect").
         let deadline = Date().addingTimeInterval(5)
-        while !FileManager.default.fileExists(atPath: socketPath) && Date() < deadline { usleep(10_000) }
+        while Date() < deadline, (try? run("/usr/bin/ssh-add", ["-l"], env: ["SSH_AUTH_SOCK": socketPath]))?.status != 1 {
+            usleep(10_000)
+        }
         let add = try run("/usr/bin/ssh-add", [server.clientKey], env: ["SSH_AUTH_SOCK": socketPath])
         #expect(add.status == 0, "\(add.stderr)")
         // No IdentityFile at all: only the agent can authenticate.

@@ -146,29 +146,6 @@ final class WatchTests {
         #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
     }
 
-    /// The kernel's queue limit is read when an inotify instance is made: lowered for the moment the watcher
-    /// starts (root only), a burst of creations overflows it, and the watcher asks for a full rescan.
-    @Test(.enabled(if: access("/proc/sys/fs/inotify/max_queued_events", W_OK) == 0, "cannot lower fs.inotify.max_queued_events here"))
-    func aQueueOverflowAsksForARescan() throws {
-        let limitFile = "/proc/sys/fs/inotify/max_queued_events"
-        let original = try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        let got = Collected()
-        try "16\n".write(toFile: limitFile, atomically: false, encoding: .utf8)
-        let w: TreeWatcher
-        do {
-            defer { try? (original + "\n").write(toFile: limitFile, atomically: false, encoding: .utf8) }
-            w = try watcher(got)
-        }
-        defer { w.stop() }
-        #expect(try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == original)
-        for i in 0..<3000 { FileManager.default.createFile(atPath: root + "/src/burst\(i)", contents: nil) }
-        let deadline = Date().addingTimeInterval(5)
-        while Date() < deadline && !got.events.contains(where: { if case .rescan = $0 { return true } else { return false } }) {
-            usleep(20_000)
-        }
-        #expect(got.events.contains { if case .rescan = $0 { return true } else { return false } }, "no rescan after 3000 events into a 16-event queue")
-    }
-
     @Test func pollingModeSeesTheSameChanges() throws {
         let got = Collected()
         try write("src/keep.py", "k")
@@ -201,7 +178,7 @@ final class WatchTests {
         // The scope does not exist yet: its parents are watched so it is seen when it appears.
         try FileManager.default.createDirectory(atPath: root + "/out/ckpt", withIntermediateDirectories: true)
         #expect(got.waitFor(["out/ckpt"]))
-        let fd = open(root + "/out/ckpt/a.pt", O_WRONLY | O_CREAT, 0o644)
+        let fd = open(root + "/out/ckpt/a.pt", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         _ = Glibc.write(fd, "partial", 7)
         usleep(300_000)
         #expect(!got.paths.contains("out/ckpt/a.pt"), "reported while still open for writing")
@@ -213,3 +190,50 @@ final class WatchTests {
         #expect(!got.paths.contains("src/outside.py") && !got.paths.contains("out"), "outside the scope: \(got.paths)")
     }
 }
+
+/// Lowers the machine-wide fs.inotify.max_queued_events for a moment, which would overflow the watchers of any
+/// test running beside it: `make test` runs this suite in a process of its own, after the others.
+@Suite(.serialized, .enabled(if: runsAlone && access("/proc/sys/fs/inotify/max_queued_events", W_OK) == 0,
+                             "lowers a machine-wide inotify limit: run alone (SYNCD_EXCLUSIVE_TESTS=1, as make test does) as root"))
+final class WatchQueueOverflowTests {
+    let root: String
+
+    init() throws {
+        root = NSTemporaryDirectory() + "syncd-watch-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: root + "/src", withIntermediateDirectories: true)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+
+    func watcher(_ collected: Collected) throws -> TreeWatcher {
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: defaultRules(), quietMillis: 50,
+                            log: { _ in }, deliver: { collected.add($0) })
+        try w.start()
+        return w
+    }
+
+    /// The kernel's queue limit is read when an inotify instance is made: lowered for the moment the watcher
+    /// starts (root only), a burst of creations overflows it, and the watcher asks for a full rescan.
+    @Test func aQueueOverflowAsksForARescan() throws {
+        let limitFile = "/proc/sys/fs/inotify/max_queued_events"
+        let original = try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let got = Collected()
+        try "16\n".write(toFile: limitFile, atomically: false, encoding: .utf8)
+        let w: TreeWatcher
+        do {
+            defer { try? (original + "\n").write(toFile: limitFile, atomically: false, encoding: .utf8) }
+            w = try watcher(got)
+        }
+        defer { w.stop() }
+        #expect(try String(contentsOfFile: limitFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == original)
+        for i in 0..<3000 { FileManager.default.createFile(atPath: root + "/src/burst\(i)", contents: nil) }
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline && !got.events.contains(where: { if case .rescan = $0 { return true } else { return false } }) {
+            usleep(20_000)
+        }
+        #expect(got.events.contains { if case .rescan = $0 { return true } else { return false } }, "no rescan after 3000 events into a 16-event queue")
+    }
+}
+
+/// Set by `make test` for the suites that must not share the machine with other tests.
+let runsAlone = ProcessInfo.processInfo.environment["SYNCD_EXCLUSIVE_TESTS"] == "1"
