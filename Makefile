@@ -28,12 +28,10 @@ agent: deps
 run: build
 	scripts/demo.sh $(RELEASE)
 
-## test: every unit and integration test (real files, the real agent binary); the suites that lower a
-## machine-wide inotify limit run afterwards in a process of their own
+## test: every unit and integration test (real files, the real agent binary)
 test: test-deps agent
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --skip QueueOverflowTests
-	SYNCD_EXCLUSIVE_TESTS=1 $(SWIFT) test --skip-build --no-parallel --filter QueueOverflowTests
+	$(SWIFT) test --skip-build
 
 ## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
 bench: build

@@ -25,4 +25,15 @@ static inline void syncd_release_free_memory(void) { malloc_trim(0); }
 /// whose freed memory stays resident.
 extern int mallopt(int param, int value);
 static inline void syncd_limit_malloc_arenas(int count) { mallopt(-8 /* M_ARENA_MAX */, count); }
+
+/// A pipe whose ends are close-on-exec (and non-blocking if asked) from birth: set afterwards with fcntl, a
+/// child spawned by another thread in between would inherit them.
+extern int pipe2(int fds[2], int flags);
+static inline int syncd_pipe(int fds[2], int nonblocking) {
+    return pipe2(fds, 02000000 /* O_CLOEXEC */ | (nonblocking ? 04000 /* O_NONBLOCK */ : 0));
+}
+
+/// accept(2) whose new socket is close-on-exec from birth.
+extern int accept4(int fd, void *address, unsigned int *length, int flags);
+static inline int syncd_accept(int fd) { return accept4(fd, 0, 0, 02000000 /* SOCK_CLOEXEC */); }
 #endif

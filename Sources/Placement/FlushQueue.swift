@@ -31,14 +31,9 @@ public final class FlushQueue {
     public private(set) var outstanding = 0
 
     public init(workers count: Int = 4) {
-        var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { fatalError("cannot make a pipe: errno \(errno)") }
-        for fd in ends {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        }
-        completionFD = ends[0]
-        signalFD = ends[1]
+        guard let ends = try? makePipe(nonBlocking: true) else { fatalError("cannot make a pipe: errno \(errno)") }
+        completionFD = ends.read
+        signalFD = ends.write
         for _ in 0..<max(count, 1) {
             guard let thread = try? startThread({ [self] in work() }) else { break }
             workers.append(thread)

@@ -53,14 +53,9 @@ public final class SSHChannelStream: ByteStream {
         owner = session
         self.channel = channel
         self.ownsSession = ownsSession
-        var fds: [Int32] = [0, 0]
-        _ = pipe(&fds)
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        }
-        wakeRead = fds[0]
-        wakeWrite = fds[1]
+        let wake = try! makePipe(nonBlocking: true)
+        wakeRead = wake.read
+        wakeWrite = wake.write
         libssh2_session_set_blocking(session.session, 0)
         let thread = Thread { [self] in pump() }
         thread.name = "ssh-pump"

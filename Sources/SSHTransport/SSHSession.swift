@@ -109,9 +109,8 @@ public final class SSHSession {
         var entry: UnsafeMutablePointer<addrinfo>? = first
         while let ai = entry {
             entry = ai.pointee.ai_next
-            let fd = Glibc.socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = Glibc.socket(ai.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             if fd < 0 { continue }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             let flags = fcntl(fd, F_GETFL)
             _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
             var result = Glibc.connect(fd, ai.pointee.ai_addr, ai.pointee.ai_addrlen)

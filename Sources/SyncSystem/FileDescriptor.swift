@@ -157,3 +157,14 @@ public final class FileDescriptor {
         try syscall("futimens", path: path) { futimens(raw, times) }
     }
 }
+
+/// A pipe whose two ends are close-on-exec from birth (and non-blocking when asked), so a process spawned by
+/// any thread never inherits them; a child gets an end only through an explicit dup2.
+public func makePipe(nonBlocking: Bool) throws -> (read: Int32, write: Int32) {
+    var ends: [Int32] = [-1, -1]
+    guard syncd_pipe(&ends, nonBlocking ? 1 : 0) == 0 else { throw SystemError(call: "pipe2", path: nil, errno: errno) }
+    return (ends[0], ends[1])
+}
+
+/// Accepts a connection on a listening socket; the new socket is close-on-exec from birth. -1 with errno set.
+public func acceptConnection(_ listener: Int32) -> Int32 { syncd_accept(listener) }

@@ -65,33 +65,36 @@ public final class LocalAgentConnection: AgentConnection {
 
     public init(agentPath: String, arguments: [String] = ["serve"]) throws {
         peerDescription = "local agent \(agentPath)"
-        var toAgent: [Int32] = [0, 0]
-        var fromAgent: [Int32] = [0, 0]
-        var errors: [Int32] = [0, 0]
-        guard pipe(&toAgent) == 0, pipe(&fromAgent) == 0, pipe(&errors) == 0 else {
-            throw TransportError("cannot make pipes for the agent: \(String(cString: strerror(errno)))")
+        // Close-on-exec from birth: another thread may spawn at any moment, and a pipe end it inherited would
+        // keep this agent's stdin open after we close it. The child gets its ends through dup2.
+        let toAgent: (read: Int32, write: Int32), fromAgent: (read: Int32, write: Int32), errors: (read: Int32, write: Int32)
+        do {
+            toAgent = try makePipe(nonBlocking: false)
+            fromAgent = try makePipe(nonBlocking: false)
+            errors = try makePipe(nonBlocking: false)
+        } catch {
+            throw TransportError("cannot make pipes for the agent: \(error)")
         }
-        for fd in toAgent + fromAgent + errors { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toAgent[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, fromAgent[1], 1)
-        posix_spawn_file_actions_adddup2(&actions, errors[1], 2)
+        posix_spawn_file_actions_adddup2(&actions, toAgent.read, 0)
+        posix_spawn_file_actions_adddup2(&actions, fromAgent.write, 1)
+        posix_spawn_file_actions_adddup2(&actions, errors.write, 2)
         let argv = ([agentPath] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, agentPath, &actions, nil, argv, environ)
-        close(toAgent[0]); close(fromAgent[1]); close(errors[1])
+        close(toAgent.read); close(fromAgent.write); close(errors.write)
         guard rc == 0 else {
-            close(toAgent[1]); close(fromAgent[0]); close(errors[0])
+            close(toAgent.write); close(fromAgent.read); close(errors.read)
             throw TransportError("cannot start \(agentPath): \(String(cString: strerror(rc)))")
         }
         processIdentifier = pid
-        stdinWrite = toAgent[1]
-        stdoutRead = fromAgent[0]
+        stdinWrite = toAgent.write
+        stdoutRead = fromAgent.read
         stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent", roundTrip: 0)
-        let errorFD = errors[0]
+        let errorFD = errors.read
         Thread.detachNewThread { [self] in
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {

@@ -91,14 +91,7 @@ public final class TreeWatcher {
     /// Sets up the watches (or the first poll snapshot) and starts the watcher thread. Changes made after
     /// `start` returns are reported.
     public func start() throws {
-        var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { throw SystemError(call: "pipe", path: nil, errno: errno) }
-        for fd in ends {
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        }
-        wakeRead = ends[0]
-        wakeWrite = ends[1]
+        (wakeRead, wakeWrite) = try makePipe(nonBlocking: true)
         switch mode {
         case .inotify:
             inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))

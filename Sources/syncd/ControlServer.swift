@@ -36,12 +36,11 @@ final class ControlServer {
 
     private func acceptLoop() {
         while true {
-            let client = accept(fd, nil, nil)
+            let client = acceptConnection(fd)
             if client < 0 {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let thread = Thread { [self] in serve(FileDescriptor(raw: client, path: path)) }
             thread.start()
         }

@@ -51,6 +51,46 @@ struct LinkTests {
         #expect(same, "\(diff)")
     }
 
+    /// The daemon holds SSH connections while it spawns local agents: a child must inherit none of them, or a
+    /// connection the daemon closes stays open in the child.
+    @Test(.enabled(if: sshdAvailable, "needs sshd as root"))
+    func aSpawnedLocalAgentInheritsNoSSHConnection() throws {
+        let server = try SSHServer()
+        let remote = try SyncFixture()
+        let config = try remote.useSSH(server)
+        try "name: \(remote.name)\nremote: gpu-test\nremote_root: \(remote.remoteRoot)\nssh_config: \(config)\nagent_path: \(agentForSSH)\n"
+            .write(toFile: remote.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let sshLink = try AgentLink.open(project: try project(remote))
+        defer { sshLink.close() }
+        let sockets = tcpSocketInodes(toPort: server.port)
+        #expect(!sockets.isEmpty, "the SSH connection shows in /proc/net/tcp")
+
+        let f = try SyncFixture()
+        let localLink = try AgentLink.open(project: try project(f))
+        defer { localLink.close() }
+        let pid = try #require(agentPID(localLink))
+        let held = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap {
+            try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")
+        })
+        let leaked = held.intersection(sockets.map { "socket:[\($0)]" })
+        #expect(leaked.isEmpty, "the local agent holds the SSH connection: \(leaked)")
+    }
+
+    /// Inodes of the TCP sockets (IPv4 and IPv6) whose remote end is `port`, from /proc/net.
+    private func tcpSocketInodes(toPort port: Int) -> Set<String> {
+        var inodes: Set<String> = []
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = (try? String(contentsOfFile: table, encoding: .utf8)) ?? ""
+            for line in text.split(separator: "\n").dropFirst() {
+                let fields = line.split(separator: " ")
+                guard fields.count > 9, let colon = fields[2].lastIndex(of: ":"),
+                      Int(fields[2][fields[2].index(after: colon)...], radix: 16) == port else { continue }
+                inodes.insert(String(fields[9]))
+            }
+        }
+        return inodes
+    }
+
     @Test func theAgentReportsARemoteFileOnlyOnceItIsClosed() throws {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
