@@ -76,12 +76,28 @@ struct LinkTests {
         #expect(leaked.isEmpty, "the local agent holds the SSH connection: \(leaked)")
     }
 
+    /// The whole of a /proc file, read until end of file: its size says 0, and a read by that size returns
+    /// only the first page of a long one.
+    private func readProcFile(_ path: String) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     /// Inodes of the TCP sockets (IPv4 and IPv6) whose remote end is `port`, from /proc/net.
     private func tcpSocketInodes(toPort port: Int) -> Set<String> {
         var inodes: Set<String> = []
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let text = (try? String(contentsOfFile: table, encoding: .utf8)) ?? ""
-            for line in text.split(separator: "\n").dropFirst() {
+            for line in readProcFile(table).split(separator: "\n").dropFirst() {
                 let fields = line.split(separator: " ")
                 guard fields.count > 9, let colon = fields[2].lastIndex(of: ":"),
                       Int(fields[2][fields[2].index(after: colon)...], radix: 16) == port else { continue }
