@@ -2,7 +2,7 @@
 # Many small files, first copy: syncctl push to a local: agent against rsync -a and rsync -a --fsync, each on a
 # fresh journaled ext4 loop file system with cold caches (freshly deleted inodes make ext4 allocation slower,
 # so nothing is reused between runs). Root only (mount). Prints a markdown table.
-# usage: Bench/many-files.sh [RELEASE_DIR] [FILES]
+# usage: Bench/many-files.sh [RELEASE_DIR] [FILES]     (ONLY_SYNCD=1: skip the two rsync runs)
 set -euo pipefail
 release=$(cd "${1:-.build/release}" && pwd)
 files=${2:-100000}
@@ -43,8 +43,11 @@ timed() {
     python3 -c "print(f'{$end - $start:.1f}')"
 }
 
-fresh; plain=$(timed rsync -a "$mnt/proj/" "$mnt/r/")
-fresh; synced=$(timed rsync -a --fsync "$mnt/proj/" "$mnt/r/")
+plain=-; synced=-
+if [ -z "${ONLY_SYNCD:-}" ]; then
+    fresh; plain=$(timed rsync -a "$mnt/proj/" "$mnt/r/")
+    fresh; synced=$(timed rsync -a --fsync "$mnt/proj/" "$mnt/r/")
+fi
 fresh; ours=$(XDG_STATE_HOME=$mnt/state timed "$release/syncctl" push "$mnt/proj")
 [ "$(find "$mnt/remote" -type f -name '*.py' | wc -l)" = "$files" ] || { echo "many-files: the push did not place $files files" >&2; exit 1; }
 

@@ -63,7 +63,8 @@ public final class FileAssembly {
         let existing = try part.stat()
         guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
         if existing.size > 0 { try detectResumedChunks(part, existingSize: existing.size) }
-        if existing.size != size { try part.truncate(size) }
+        // Only a longer leftover needs cutting: the writes extend the file to its size.
+        if existing.size > size { try part.truncate(size) }
         partFD = part
     }
 

@@ -284,10 +284,11 @@ func printPlan(_ plan: BuildPlan) {
     print("\(plan.spec.name): context \(plan.spec.context.isEmpty ? "." : plan.spec.context), \(plan.spec.dockerfile)"
           + (plan.spec.target.map { ", target \($0)" } ?? "") + (plan.ignoreFile.isEmpty ? "" : ", ignore file \(plan.ignoreFile)"))
     for stage in plan.stages {
-        print("  stage \(stage.name)")
+        // Unnamed stages are already called "stage N"; stage names cannot hold a space.
+        print("  " + (stage.name.hasPrefix("stage ") ? stage.name : "stage \(stage.name)"))
         for layer in stage.layers {
             let head = layer.display
-            let files = layer.files > 0 ? "  (\(layer.files) files, \(formatBytes(layer.bytes)))" : ""
+            let files = layer.files > 0 ? "  (\(layer.files) file\(layer.files == 1 ? "" : "s"), \(formatBytes(layer.bytes)))" : ""
             print("    \(layer.changed ? "rebuild" : "cached ") \(layer.key.hex.prefix(12))  \(head)\(files)")
         }
     }
