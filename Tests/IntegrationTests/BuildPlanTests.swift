@@ -25,7 +25,7 @@ struct BuildPlanTests {
         try f.write("src/model.py", "class M: pass\n")
         try f.write("config.yaml", "lr: 0.1\n")
         try f.write("data/raw.bin", randomBytes(2_000_000, seed: 81))
-        let p = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false))
+        let p = try f.openProject()
         return (f, p)
     }
 
@@ -77,7 +77,7 @@ struct BuildPlanTests {
             """)
         try f.write("requirements.txt", "torch\n")
         try f.write("src/a.py", "a\n")
-        let p = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false))
+        let p = try f.openProject()
         var plan = try p.buildPlans().plans[0]
         #expect(plan.stages.map(\.name) == ["deps", "app"])
         try p.recordLayers(plan)
@@ -149,7 +149,7 @@ struct PushOrderTests {
         try f.write("requirements.txt", "torch\n")
         for name in ["a", "b", "c"] { try f.write("src/\(name).py", name) }
         for name in ["zz1", "zz2"] { try f.write("notes/\(name).md", name) }
-        let p = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false))
+        let p = try f.openProject()
         let plan = try p.buildPlans().plans[0]
         #expect(plan.changedFilesInBuildOrder == ["requirements.txt", "src/a.py", "src/b.py", "src/c.py"])
         let session = PushSession(project: p)

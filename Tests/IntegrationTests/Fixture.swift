@@ -1,4 +1,5 @@
 import Chunking
+import Engine
 import Foundation
 import Testing
 
@@ -178,4 +179,11 @@ func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
     }
     for i in (count / 8 * 8)..<count { out[i] = UInt8(truncatingIfNeeded: seed &+ UInt64(i)) }
     return out
+}
+
+extension SyncFixture {
+    /// The fixture's project opened in this process, with its own state directory and no progress output.
+    func openProject() throws -> Project {
+        try Project(directory: project, options: SyncOptions(stateDirectory: state, progress: false))
+    }
 }

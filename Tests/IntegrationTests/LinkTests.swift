@@ -7,17 +7,13 @@ import Transport
 /// watch of the remote-owned paths between sessions.
 @Suite(.serialized)
 struct LinkTests {
-    private func project(_ f: SyncFixture) throws -> Project {
-        try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false))
-    }
-
     /// The agent's process id behind a link to a `local:` remote.
     private func agentPID(_ link: AgentLink) -> pid_t? { (link.connection as? LocalAgentConnection)?.processIdentifier }
 
     @Test func oneConnectionCarriesPushesAndPullsInTurn() throws {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
-        let p = try project(f)
+        let p = try f.openProject()
         let link = try AgentLink.open(project: p)
         defer { link.close() }
         let agent = agentPID(link)
@@ -60,13 +56,13 @@ struct LinkTests {
         let config = try remote.useSSH(server)
         try "name: \(remote.name)\nremote: gpu-test\nremote_root: \(remote.remoteRoot)\nssh_config: \(config)\nagent_path: \(agentForSSH)\n"
             .write(toFile: remote.project + "/syncd.yaml", atomically: true, encoding: .utf8)
-        let sshLink = try AgentLink.open(project: try project(remote))
+        let sshLink = try AgentLink.open(project: try remote.openProject())
         defer { sshLink.close() }
         let sockets = tcpSocketInodes(toPort: server.port)
         #expect(!sockets.isEmpty, "the SSH connection shows in /proc/net/tcp")
 
         let f = try SyncFixture()
-        let localLink = try AgentLink.open(project: try project(f))
+        let localLink = try AgentLink.open(project: try f.openProject())
         defer { localLink.close() }
         let pid = try #require(agentPID(localLink))
         let held = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).compactMap {
@@ -111,7 +107,7 @@ struct LinkTests {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
         try FileManager.default.createDirectory(atPath: f.remoteProject + "/checkpoint", withIntermediateDirectories: true)
-        let p = try project(f)
+        let p = try f.openProject()
         let link = try AgentLink.open(project: p)
         defer { link.close() }
         _ = try PushSession(project: p, link: link).run()
@@ -197,7 +193,7 @@ struct IncrementalPushTests {
         try f.write("src/pkg/b.py", "b\n")
         try f.write("src/pkg/deep/c.py", "c\n")
         try f.write("notes.txt", "n\n")
-        let p = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false))
+        let p = try f.openProject()
         _ = try PushSession(project: p).run()
 
         // A change nobody reported is not looked at; the reported ones are.
