@@ -34,10 +34,10 @@ let package = Package(
 
         .systemLibrary(name: "CSystemShims"),
         .target(name: "SyncSystem", dependencies: ["CSystemShims"]),
-        .target(name: "Chunking", dependencies: ["CXXHash", "SyncSystem"], swiftSettings: swiftSettings),
+        .target(name: "Chunking", dependencies: ["CXXHash", "CSystemShims", "SyncSystem"], swiftSettings: swiftSettings),
         .target(name: "Wire", dependencies: ["CZlib", "Chunking", "SyncSystem"]),
         .target(name: "Transport", dependencies: ["Wire", "SyncSystem"]),
-        .target(name: "Placement", dependencies: ["Chunking", "SyncSystem"]),
+        .target(name: "Placement", dependencies: ["Chunking", "CSystemShims", "SyncSystem"]),
         .target(name: "ProjectScan", dependencies: ["Chunking", "SyncSystem"]),
         .target(name: "Watch", dependencies: ["ProjectScan", "SyncSystem"]),
         .target(name: "Dockerfile"),

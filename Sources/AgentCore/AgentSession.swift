@@ -30,8 +30,8 @@ public final class AgentSession {
     /// Files renamed into place whose directories are not fsynced yet, and those directories. Directory fsyncs
     /// each cost a journal commit, so they are made for many renames at once: before the agent would wait for
     /// input, every `maxUnsyncedAnswers` files, and at the end. Answers wait for them.
-    private var unsyncedDirectories: [String: FileDescriptor] = [:]
-    private var unsyncedAnswers: [(op: UInt32, status: OpStatus, message: String, current: PathState)] = []
+    private var unsyncedDirectories: [[UInt8]: FileDescriptor] = [:]
+    private var unsyncedAnswers: [OpResult] = []
     private static let maxUnsyncedAnswers = 512
     private let homeDirectory: String
     private var tree: Tree!
@@ -39,6 +39,10 @@ public final class AgentSession {
     private var store: ChunkStore!
     private var chunker = FileChunker()
     private var pullPaths: [RelativePath] = []
+    /// The stamp in the names of losing copies kept by forced operations (see `Hello.conflictStamp`).
+    private var conflictStamp = ""
+    /// A pull that lists these paths instead of the pull paths (resolving conflicts); empty otherwise.
+    private var pullRoots: [RelativePath] = []
     private let decompressor = ChunkDecompressor()
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
@@ -110,7 +114,7 @@ public final class AgentSession {
             notifyLock.unlock()
             // With a watcher, a file is known to be finished once it was closed and the watcher then saw nothing
             // for a while; without one, only its age tells.
-            try servePull(tree: tree, pullPaths: pullPaths, chunker: chunker, recordFor: { path, st in
+            try servePull(tree: tree, roots: pullRoots.isEmpty ? pullPaths : pullRoots, chunker: chunker, recordFor: { path, st in
                 let r = try self.record(for: path, stat: st)
                 return (r.digest, r.chunks)
             }, quietNanos: watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress, reader: reader, writer: writer)
@@ -125,14 +129,14 @@ public final class AgentSession {
     private let notifyLock = Mutex()
     private var watching = false
     private var remoteDirty = false
-    private var remoteChanges: Set<String> = []
+    private var remoteChanges: Set<RelativePath> = []
 
     /// Answers `watch`: reports completed remote-owned files as they come, until the client's `watchEnd`.
     private func watchUntilEnded() throws {
         if watcher == nil {
             guard !pullPaths.isEmpty else { throw AgentError("watch: the project has no pull paths") }
             let started = TreeWatcher(tree: tree, rules: IgnoreRules(), quietMillis: Self.watchQuietMillis, maxHoldMillis: 5000,
-                                      scope: pullPaths.map(\.string), completedFilesOnly: true,
+                                      scope: pullPaths, completedFilesOnly: true,
                                       log: { printError("syncd-agent: \($0)") }) { [unowned self] event in remoteEvent(event) }
             do { try started.start() } catch { throw AgentError("watch: cannot watch the pull paths: \(error)") }
             watcher = started
@@ -170,7 +174,7 @@ public final class AgentSession {
 
     private func sendRemoteChangesLocked() throws {
         guard remoteDirty else { return }
-        try writer.send(.remoteChanged(paths: remoteChanges.sorted()))
+        try writer.send(.remoteChanged(paths: remoteChanges.sorted().map(\.bytes)))
         try writer.flush()
         remoteDirty = false
         remoteChanges.removeAll()
@@ -205,8 +209,15 @@ public final class AgentSession {
             openProjectPath = projectPath
         }
         let paths = try hello.pullPaths.map { try RelativePath($0) }
-        if paths.map(\.string) != pullPaths.map(\.string) { stopWatching() }
+        if paths != pullPaths { stopWatching() }
         pullPaths = paths
+        conflictStamp = hello.conflictStamp.isEmpty ? Self.stamp() : hello.conflictStamp
+        pullRoots = try hello.roots.map { try checkedPath($0) }
+        if hello.role == .push {
+            // Every pull path is a directory from the first push on, made by this user, so that a container's
+            // bind mount of ./output finds it rather than making a root-owned one the next pull cannot read.
+            for p in pullPaths { _ = try? tree.openDirectory(p, create: true) }
+        }
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
         refusing = hello.role == .push && !hello.expectInstance.isEmpty && hello.expectInstance != state.instance
         try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance))
@@ -224,12 +235,21 @@ public final class AgentSession {
     // MARK: - Current state of a path
 
     /// Validates a path from the wire: relative, clean, outside `.syncd/`.
-    private func checkedPath(_ raw: String) throws -> RelativePath {
-        let path = try RelativePath(raw)
-        if path.components[0] == agentStateDirectoryName || path.name.hasPrefix(partialFilePrefix) {
-            throw PathError(path: raw, reason: "reserved for syncd's own state")
+    private func checkedPath(_ raw: [UInt8]) throws -> RelativePath {
+        let path = try RelativePath(bytes: raw)
+        if path.firstComponent.elementsEqual(agentStateDirectoryName.utf8) || path.nameHasPrefix(partialFilePrefix) {
+            throw PathError(path: path.description, reason: "reserved for syncd's own state")
         }
         return path
+    }
+
+    /// The local time as `YYYYMMDD-HHMMSS`, for conflict copies when the client sent no stamp.
+    private static func stamp() -> String {
+        var now = time(nil)
+        var parts = tm()
+        localtime_r(&now, &parts)
+        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+        return "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))-\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))"
     }
 
     private func isPullPath(_ path: RelativePath) -> Bool { pullPaths.contains { path.isWithin($0) } }
@@ -240,8 +260,8 @@ public final class AgentSession {
         switch st.kind {
         case .directory: return (.directory, st)
         case .symlink:
-            guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return (.absent, nil) }
-            return (.symlink(try Tree.readLink(at: parent, name: path.name, shown: path.string)), st)
+            guard let parent = try tree.openParent(path, create: false) else { return (.absent, nil) }
+            return (.symlink(try Tree.readLink(at: parent, name: path.name, shown: path.description)), st)
         case .regular: return (.file(try record(for: path, stat: st).digest), st)
         case .other: throw AgentError("\(path): not a regular file, directory or symlink on the remote; remove it by hand")
         }
@@ -249,16 +269,16 @@ public final class AgentSession {
 
     /// The record for a regular file, re-hashing it when its stat identity changed.
     private func record(for path: RelativePath, stat st: FileStat) throws -> FileRecord {
-        if let r = state.records[path.string], r.stat.sameContentIdentity(as: st) { return r }
+        if let r = state.records[path], r.stat.sameContentIdentity(as: st) { return r }
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd)
         let after = try fd.stat()
-        if let old = state.records[path.string] { store.remove(path: old.path, chunks: old.chunks) }
-        let record = FileRecord(path: path.string, stat: after, digest: content.digest, chunks: content.chunks)
+        if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
+        let record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
         // A file modified while being read is not recorded, so it is hashed again next time.
         if after.sameContentIdentity(as: st) {
             state.put(record)
-            store.add(path: path.string, chunks: content.chunks)
+            store.add(path: path, chunks: content.chunks)
         }
         return record
     }
@@ -272,6 +292,8 @@ public final class AgentSession {
         var chunks: [ChunkRef] = []
         var assembly: FileAssembly?
         var targetStat: FileStat?
+        /// A forced file: the name the remote's version was kept under.
+        var keptAs: [UInt8] = []
         init(header: FileHeader, path: RelativePath?) {
             self.header = header
             self.path = path
@@ -320,7 +342,7 @@ public final class AgentSession {
             case .chunkList(let op, let chunks):
                 guard let file = pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
                 guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
-                    throw ProtocolError("\(file.header.path): more chunks than the \(file.header.chunkCount) announced")
+                    throw ProtocolError("\(displayPath(file.header.path)): more chunks than the \(file.header.chunkCount) announced")
                 }
                 var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
                 for c in chunks {
@@ -328,7 +350,10 @@ public final class AgentSession {
                     offset += UInt64(c.length)
                 }
                 if file.chunks.count == Int(file.header.chunkCount) {
-                    if file.header.dataFollows { eagerFrames[op] = Set(file.chunks.map(\.id)).count }
+                    if file.header.dataFollows {
+                        let coming = Set(file.chunks.lazy.map(\.id).filter { !$0.isHole }).count
+                        if coming > 0 { eagerFrames[op] = coming }
+                    }
                     if file.path == nil { pending[op] = nil; continue }
                     try startFile(file)
                 }
@@ -350,14 +375,15 @@ public final class AgentSession {
                     file.assembly?.suspend()
                     try reply(op, .failed, "sender gave up: \(reason)", .absent)
                 }
-            case .symlink(let op, _, _, _) where refusing, .directory(let op, _, _) where refusing, .delete(let op, _, _) where refusing:
+            case .symlink(let op, _, _, _, _) where refusing, .directory(let op, _, _, _) where refusing,
+                 .delete(let op, _, _, _) where refusing:
                 try reply(op, .failed, Self.refusal, .absent)
-            case .symlink(let op, let path, let target, let base):
-                try guardOp { try applySymlink(op, path, target, base) } fail: { try reply(op, .failed, $0, .absent) }
-            case .directory(let op, let path, let permissions):
-                try guardOp { try applyDirectory(op, path, permissions) } fail: { try reply(op, .failed, $0, .absent) }
-            case .delete(let op, let path, let base):
-                try guardOp { try applyDelete(op, path, base) } fail: { try reply(op, .failed, $0, .absent) }
+            case .symlink(let op, let path, let target, let base, let force):
+                try guardOp { try applySymlink(op, path, target, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+            case .directory(let op, let path, let permissions, let force):
+                try guardOp { try applyDirectory(op, path, permissions, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+            case .delete(let op, let path, let base, let force):
+                try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
             case .endOfOperations:
                 ended = true
             default:
@@ -367,8 +393,8 @@ public final class AgentSession {
         try syncDirectoriesAndAnswer()
         // Every operation is answered: temporary files no session is building any more are stale.
         for partial in state.partials {
-            if let path = try? RelativePath(partial), let parent = try? tree.openDirectory(path.parentComponents, create: false) {
-                try? Tree.remove(at: parent, name: path.name, isDirectory: false, shown: partial)
+            if let parent = try? tree.openParent(partial, create: false) {
+                try? Tree.remove(at: parent, name: partial.name, isDirectory: false, shown: partial.description)
             }
             state.notePartial(partial, started: false)
         }
@@ -384,7 +410,11 @@ public final class AgentSession {
     /// project's size. Within a push the cache may hold more (every file deleted so far, whatever its size, so
     /// that a moved file of any size is found); the oldest entries go when the push ends.
     static let cacheLimit: UInt64 = 512 << 20
-    private static let cachePrefix = agentStateDirectoryName + "/cache/"
+    private static let cacheDirectory = [Array(agentStateDirectoryName.utf8), Array("cache".utf8)]
+    private static let cacheRoot = try! RelativePath(agentStateDirectoryName + "/cache")
+
+    /// Where the cache keeps a file with content `digest`.
+    private static func cachePath(_ digest: ChunkID) -> RelativePath { try! cacheRoot.appending(Array(digest.hex.utf8)) }
 
     /// Keeps the content of a file about to be replaced or deleted, as a hard link (no data is copied), so its
     /// chunks stay available: a moved file is linked back out whole (`adoptCached`), and an edit undone or a
@@ -392,14 +422,16 @@ public final class AgentSession {
     /// Returns the digest it stashed under, for `refreshStash` once the original path is gone.
     @discardableResult
     private func stash(_ path: RelativePath, stat st: FileStat) -> ChunkID? {
-        guard let record = state.records[path.string], record.stat.sameContentIdentity(as: st), record.stat.size > 0,
-              let parent = try? tree.openDirectory(path.parentComponents, create: false),
-              let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: true)
+        guard let record = state.records[path], record.stat.sameContentIdentity(as: st), record.stat.size > 0,
+              let parent = try? tree.openParent(path, create: false),
+              let cache = try? tree.openDirectory(Self.cacheDirectory, create: true)
         else { return nil }
-        let name = record.digest.hex
-        if linkat(parent.raw, path.name, cache.raw, name, 0) != 0 && errno != EEXIST { return nil }
-        guard let linked = try? Tree.lstat(at: cache, name: name, shown: name), linked.kind == .regular else { return nil }
-        let cachedPath = Self.cachePrefix + name
+        let name = Array(record.digest.hex.utf8)
+        if withCName(path.name, { from in withCName(name) { linkat(parent.raw, from, cache.raw, $0, 0) } }) != 0 && errno != EEXIST {
+            return nil
+        }
+        guard let linked = try? Tree.lstat(at: cache, name: name, shown: record.digest.hex), linked.kind == .regular else { return nil }
+        let cachedPath = Self.cachePath(record.digest)
         cacheGrew = true
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
         store.add(path: cachedPath, chunks: record.chunks)
@@ -409,10 +441,10 @@ public final class AgentSession {
     /// Unlinking or replacing the original changes the cached inode's ctime; the record follows, so the entry
     /// is still recognised as unchanged.
     private func refreshStash(_ digest: ChunkID) {
-        let cachedPath = Self.cachePrefix + digest.hex
+        let cachedPath = Self.cachePath(digest)
         guard var record = state.records[cachedPath],
-              let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: false),
-              let st = try? Tree.lstat(at: cache, name: digest.hex, shown: cachedPath), st.inode == record.stat.inode
+              let cache = try? tree.openDirectory(Self.cacheDirectory, create: false),
+              let st = try? Tree.lstat(at: cache, name: cachedPath.name, shown: cachedPath.description), st.inode == record.stat.inode
         else { return }
         record.stat = st
         state.put(record)
@@ -423,13 +455,12 @@ public final class AgentSession {
 
     /// Drops the oldest cached files until the cache fits its bound.
     private func evictCache() {
-        var cached = state.records.values.filter { $0.path.hasPrefix(Self.cachePrefix) }
+        var cached = state.records.values.filter { $0.path.parent == Self.cacheRoot }
         var total = cached.reduce(UInt64(0)) { $0 + $1.stat.size }
-        guard total > Self.cacheLimit, let cache = try? tree.openDirectory([agentStateDirectoryName, "cache"], create: false) else { return }
+        guard total > Self.cacheLimit, let cache = try? tree.openDirectory(Self.cacheDirectory, create: false) else { return }
         cached.sort { $0.stat.ctimeNanos < $1.stat.ctimeNanos }
         for record in cached where total > Self.cacheLimit {
-            let name = String(record.path.dropFirst(Self.cachePrefix.count))
-            try? Tree.remove(at: cache, name: name, isDirectory: false, shown: record.path)
+            try? Tree.remove(at: cache, name: record.path.name, isDirectory: false, shown: record.path.description)
             dropRecord(record.path)
             total -= record.stat.size
         }
@@ -450,26 +481,63 @@ public final class AgentSession {
         try writer.send(.result(OpResult(op: op, status: status, message: message, current: current)))
     }
 
+    /// Answers a conflict: what the remote holds now (with size and mtime for a file) and what the sender
+    /// believed it held, so the client can say both.
+    private func replyConflict(_ op: UInt32, _ path: RelativePath, _ current: PathState, _ st: FileStat?, base: PathState,
+                               _ what: String = "changed on the remote since the last sync") throws {
+        let isFile = st?.kind == .regular
+        try writer.send(.result(OpResult(op: op, status: .conflict,
+                                         message: "\(what): the remote holds \(describe(current, st)), the last sync recorded \(base)",
+                                         current: current, currentSize: isFile ? st!.size : 0,
+                                         currentMtimeNanos: isFile ? st!.mtimeNanos : 0)))
+    }
+
+    private func describe(_ state: PathState, _ st: FileStat?) -> String {
+        guard case .file = state, let st else { return "\(state)" }
+        return "\(state) (\(st.size) bytes, modified \(formatTime(st.mtimeNanos)))"
+    }
+
+    /// Keeps what is at `path` under a conflict name beside it (a forced operation's loser) and returns that
+    /// name. Renamed without replacing anything; what the agent knows of it follows it.
+    private func keepAside(_ path: RelativePath) throws -> [UInt8] {
+        let kept = try tree.keepAside(path, stamp: conflictStamp)
+        if let record = state.records[path] {
+            dropRecord(path)
+            if let st = try tree.lstat(kept) {
+                state.put(FileRecord(path: kept, stat: st, digest: record.digest, chunks: record.chunks))
+                store.add(path: kept, chunks: record.chunks)
+            }
+        }
+        for below in state.records.keys where below.isWithin(path) { dropRecord(below) }
+        return kept.name
+    }
+
     private func startFile(_ file: PendingFile) throws {
         let header = file.header
         do {
-            if isPullPath(file.path) { throw AgentError("\(file.header.path) is remote-owned (a pull path); push refused") }
-            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(header.path): chunk list incomplete") }
-            let (current, st) = try currentState(file.path)
+            if isPullPath(file.path) && !header.force {
+                throw AgentError("\(file.path) is remote-owned (a pull path); push refused")
+            }
+            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path): chunk list incomplete") }
+            var (current, st) = try currentState(file.path)
             if current == .file(header.digest), let st {
                 try updateMetadata(file.path, st, header)
                 pending[header.op] = nil
                 return try reply(header.op, .unchanged, "", current)
             }
             if current != header.base {
-                pending[header.op] = nil
-                return try reply(header.op, .conflict, "changed on the remote since the last sync (remote now: \(current), expected \(header.base))", current)
+                guard header.force, current != .absent else {
+                    pending[header.op] = nil
+                    return try replyConflict(header.op, file.path, current, st, base: header.base)
+                }
+                file.keptAs = try keepAside(file.path)
+                (current, st) = (.absent, nil)
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
             let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks)
             file.assembly = assembly
-            state.notePartial(partialPath(file.path, header.digest), started: true)
+            state.notePartial(try partialPath(file.path, header.digest), started: true)
             try assembly.fill(from: store)
             if assembly.isComplete {
                 try finish(file)
@@ -481,38 +549,48 @@ public final class AgentSession {
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
             pending[header.op] = nil
-            try reply(header.op, .failed, "\(error)", .absent)
+            try reply(header.op, .failed, describeFailure(error, file.path), .absent)
         }
+    }
+
+    /// A failure's text; a name the remote file system refuses says so.
+    private func describeFailure(_ error: Error, _ path: RelativePath) -> String {
+        if let e = error as? SystemError, [EILSEQ, ENAMETOOLONG, EINVAL].contains(e.errno) {
+            return "the remote file system cannot hold the name \(path) (\(e)); rename it locally or ignore it"
+        }
+        return "\(error)"
     }
 
     /// A new file whose content the cache holds whole (the old half of a move, deleted earlier in this push) is
     /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
     private func adoptCached(_ file: PendingFile) throws -> Bool {
         let header = file.header
-        let name = header.digest.hex
-        let cachedPath = Self.cachePrefix + name
+        let cachedPath = Self.cachePath(header.digest)
+        let name = cachedPath.name
         guard let record = state.records[cachedPath], record.digest == header.digest,
-              let cache = try tree.openDirectory([agentStateDirectoryName, "cache"], create: false),
-              let st = try Tree.lstat(at: cache, name: name, shown: cachedPath), st.kind == .regular,
+              let cache = try tree.openDirectory(Self.cacheDirectory, create: false),
+              let st = try Tree.lstat(at: cache, name: name, shown: cachedPath.description), st.kind == .regular,
               record.stat.sameContentIdentity(as: st),
-              let parent = try tree.openDirectory(file.path.parentComponents, create: true)
+              let parent = try tree.openParent(file.path, create: true)
         else { return false }
-        let fd = try syscall("openat", path: cachedPath) { openat(cache.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
-        let cached = FileDescriptor(raw: fd, path: cachedPath)
+        let cached = try Tree.openFile(at: cache, name: name, flags: O_RDONLY, shown: cachedPath.description)
         try cached.setPermissions(header.permissions & 0o777)
         try cached.setModificationTime(header.mtimeNanos)
         // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
-        guard linkat(cache.raw, name, parent.raw, file.path.name, 0) == 0 else { return false }
-        _ = unlinkat(cache.raw, name, 0)
+        guard withCName(name, { from in withCName(file.path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
+            return false
+        }
+        _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
         dropRecord(cachedPath)
-        if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
+        if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
         if let placed = try tree.lstat(file.path) {
-            state.put(FileRecord(path: file.path.string, stat: placed, digest: header.digest, chunks: record.chunks))
-            store.add(path: file.path.string, chunks: record.chunks)
+            state.put(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))
+            store.add(path: file.path, chunks: record.chunks)
         }
         pending[header.op] = nil
-        unsyncedDirectories[file.path.parentString] = parent
-        unsyncedAnswers.append((header.op, .applied, "moved within the remote", .file(header.digest)))
+        unsyncedDirectories[file.path.parentBytes] = parent
+        unsyncedAnswers.append(OpResult(op: header.op, status: .applied, message: "moved within the remote",
+                                        current: .file(header.digest), keptAs: file.keptAs))
         return true
     }
 
@@ -527,8 +605,8 @@ public final class AgentSession {
     }
 
     /// Project-relative path of the temporary file that builds `path` with content `digest`.
-    private func partialPath(_ path: RelativePath, _ digest: ChunkID) -> String {
-        (path.parentString.isEmpty ? "" : path.parentString + "/") + FileAssembly.partName(for: path, digest: digest)
+    private func partialPath(_ path: RelativePath, _ digest: ChunkID) throws -> RelativePath {
+        try path.replacingName(with: Array(FileAssembly.partName(for: path, digest: digest).utf8))
     }
 
     /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
@@ -543,14 +621,14 @@ public final class AgentSession {
     private func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
                               payload: [UInt8]) throws {
         guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
-            throw ProtocolError("\(file.header.path): chunk \(index) does not fit the file's chunk list")
+            throw ProtocolError("\(file.path!): chunk \(index) does not fit the file's chunk list")
         }
         do {
             if compressed {
                 try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: rawLength, into: scratch) }
                 try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
             } else {
-                guard payload.count == rawLength else { throw ProtocolError("\(file.header.path): chunk \(index) length mismatch") }
+                guard payload.count == rawLength else { throw ProtocolError("\(file.path!): chunk \(index) length mismatch") }
                 try payload.withUnsafeBytes { try assembly.write(index: index, bytes: $0) }
             }
         } catch let error as PlacementError {
@@ -581,8 +659,8 @@ public final class AgentSession {
     /// Renames durable files into place; their answers go out with the next directory fsyncs.
     private func commitSynced(_ done: [FlushQueue.Completion]) throws {
         guard !done.isEmpty else { return }
-        var directories: [String: FileDescriptor] = [:]
-        var answers: [(op: UInt32, status: OpStatus, message: String, current: PathState)] = []
+        var directories: [[UInt8]: FileDescriptor] = [:]
+        var answers: [OpResult] = []
         defer {
             unsyncedDirectories.merge(directories) { old, _ in old }
             unsyncedAnswers += answers
@@ -591,11 +669,12 @@ public final class AgentSession {
             let op = UInt32(truncatingIfNeeded: completion.token)
             guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
             let header = file.header
-            let partial = partialPath(file.path, header.digest)
+            let partial = try partialPath(file.path, header.digest)
             if completion.error != 0 {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                answers.append((op, .failed, "\(SystemError(call: "fsync", path: header.path, errno: completion.error))", .absent))
+                answers.append(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
+                                        current: .absent, keptAs: file.keptAs))
                 continue
             }
             do {
@@ -607,26 +686,32 @@ public final class AgentSession {
                     if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
                 }
                 if let stashed { refreshStash(stashed) }
-                if let parent { directories[file.path.parentString] = parent }
+                if let parent { directories[file.path.parentBytes] = parent }
             } catch is ConflictAtPlacement {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                let (current, _) = (try? currentState(file.path)) ?? (.absent, nil)
-                answers.append((op, .conflict, "changed on the remote while the new version was being sent", current))
+                let (current, st) = (try? currentState(file.path)) ?? (.absent, nil)
+                let isFile = st?.kind == .regular
+                answers.append(OpResult(op: op, status: .conflict,
+                                        message: "changed on the remote while the new version was being sent: the remote holds \(describe(current, st))",
+                                        current: current, currentSize: isFile ? st!.size : 0, currentMtimeNanos: isFile ? st!.mtimeNanos : 0,
+                                        keptAs: file.keptAs))
                 continue
             } catch let error where error is SystemError || error is PlacementError || error is PathError {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                answers.append((op, .failed, "\(error)", .absent))
+                answers.append(OpResult(op: op, status: .failed, message: describeFailure(error, file.path), current: .absent,
+                                        keptAs: file.keptAs))
                 continue
             }
             state.notePartial(partial, started: false)
-            if let old = state.records[file.path.string] { store.remove(path: old.path, chunks: old.chunks) }
+            if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
             if let st = try tree.lstat(file.path) {
-                state.put(FileRecord(path: file.path.string, stat: st, digest: header.digest, chunks: assembly.chunks))
-                store.add(path: file.path.string, chunks: assembly.chunks)
+                state.put(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
+                store.add(path: file.path, chunks: assembly.chunks)
             }
-            answers.append((op, .applied, assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "", .file(header.digest)))
+            answers.append(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
+                                    current: .file(header.digest), keptAs: file.keptAs))
         }
     }
 
@@ -637,7 +722,7 @@ public final class AgentSession {
         unsyncedDirectories.removeAll()
         let answers = unsyncedAnswers
         unsyncedAnswers.removeAll()
-        for a in answers { try reply(a.op, a.status, a.message, a.current) }
+        for a in answers { try writer.send(.result(a)) }
     }
 
     /// Called before the reader waits for input: while fsyncs are in flight, waits for whichever comes
@@ -660,79 +745,103 @@ public final class AgentSession {
 
     private func updateMetadata(_ path: RelativePath, _ st: FileStat, _ header: FileHeader) throws {
         guard st.permissions != header.permissions & 0o777 || st.mtimeNanos != header.mtimeNanos else { return }
-        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return }
-        let fd = try syscall("openat", path: path.string) { openat(parent.raw, path.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC) }
-        let file = FileDescriptor(raw: fd, path: path.string)
+        guard let parent = try tree.openParent(path, create: false) else { return }
+        let file = try Tree.openFile(at: parent, name: path.name, flags: O_RDONLY, shown: path.description)
         try file.setPermissions(header.permissions & 0o777)
         try file.setModificationTime(header.mtimeNanos)
-        if var record = state.records[path.string] {
+        if var record = state.records[path] {
             record.stat = try file.stat()
             state.put(record)
         }
     }
 
-    private func applySymlink(_ op: UInt32, _ raw: String, _ target: String, _ base: PathState) throws {
+    private func applySymlink(_ op: UInt32, _ raw: [UInt8], _ target: [UInt8], _ base: PathState, force: Bool) throws {
         let path = try checkedPath(raw)
-        if isPullPath(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
-        guard symlinkStaysInside(linkPath: path.string, target: target) else {
-            throw PathError(path: raw, reason: "symlink target '\(target)' points outside the project")
+        if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        guard symlinkStaysInside(linkPath: path, target: target) else {
+            throw PathError(path: path.description, reason: "symlink target \(displayPath(target)) points outside the project")
         }
-        let (current, _) = try currentState(path)
+        let (current, st) = try currentState(path)
         if current == .symlink(target) { return try reply(op, .unchanged, "", current) }
-        if current != base { return try reply(op, .conflict, "changed on the remote since the last sync (remote now: \(current))", current) }
-        guard let parent = try tree.openDirectory(path.parentComponents, create: true) else { throw AgentError("cannot make parent of \(path)") }
-        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.string)
-        if state.records[path.string] != nil { dropRecord(path.string) }
-        try reply(op, .applied, "", .symlink(target))
+        var keptAs: [UInt8] = []
+        if current != base {
+            guard force, current != .absent else { return try replyConflict(op, path, current, st, base: base) }
+            keptAs = try keepAside(path)
+        }
+        guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
+        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
+        if state.records[path] != nil { dropRecord(path) }
+        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs)))
     }
 
-    private func applyDirectory(_ op: UInt32, _ raw: String, _ permissions: UInt32) throws {
+    private func applyDirectory(_ op: UInt32, _ raw: [UInt8], _ permissions: UInt32, force: Bool) throws {
         let path = try checkedPath(raw)
-        if isPullPath(path) && !pullPaths.contains(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        if isPullPath(path) && !pullPaths.contains(path) && !force {
+            throw AgentError("\(path) is remote-owned (a pull path); push refused")
+        }
         let (current, st) = try currentState(path)
         if current == .directory, let st {
-            if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path.components, create: false) {
+            if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
                 try dir.setPermissions(permissions & 0o777)
                 return try reply(op, .applied, "", .directory)
             }
             return try reply(op, .unchanged, "", .directory)
         }
-        if current != .absent { return try reply(op, .conflict, "a \(current) is in the way on the remote", current) }
-        guard let dir = try tree.openDirectory(path.components, create: true) else { throw AgentError("cannot make \(path)") }
+        var keptAs: [UInt8] = []
+        if current != .absent {
+            guard force else { return try replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
+            keptAs = try keepAside(path)
+        }
+        guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
         try dir.setPermissions(permissions & 0o777)
-        try reply(op, .applied, "", .directory)
+        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs)))
     }
 
-    private func applyDelete(_ op: UInt32, _ raw: String, _ base: PathState) throws {
+    private func applyDelete(_ op: UInt32, _ raw: [UInt8], _ base: PathState, force: Bool) throws {
         let path = try checkedPath(raw)
-        if isPullPath(path) { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
-        let (current, _) = try currentState(path)
+        if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        let (current, st) = try currentState(path)
         if current == .absent { return try reply(op, .unchanged, "", .absent) }
-        if current != base { return try reply(op, .conflict, "changed on the remote since the last sync (remote now: \(current)); kept", current) }
-        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else { return try reply(op, .unchanged, "", .absent) }
+        guard let parent = try tree.openParent(path, create: false) else { return try reply(op, .unchanged, "", .absent) }
+        if current != base {
+            guard force else { return try replyConflict(op, path, current, st, base: base) }
+            // Deleted here, changed there: the remote's version is kept under a conflict name.
+            let keptAs = try keepAside(path)
+            unsyncedAnswers.append(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs))
+            return
+        }
         if current == .directory {
-            if unlinkat(parent.raw, path.name, AT_REMOVEDIR) != 0 {
+            if withCName(path.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 {
                 if errno == ENOTEMPTY || errno == EEXIST {
-                    let names = (try? tree.openDirectory(path.components, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
-                    let shown = names.prefix(3).map(\.name).joined(separator: ", ")
-                    return try reply(op, .conflict, "directory holds files created on the remote (\(shown)); kept", .directory)
+                    let names = (try? tree.openDirectory(path, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
+                    let shown = names.prefix(3).map { displayPath($0.name) }.joined(separator: ", ")
+                    return try replyConflict(op, path, .directory, st, base: base, "the directory holds files created on the remote (\(shown)); kept")
                 }
-                throw SystemError(call: "rmdir", path: path.string, errno: errno)
+                throw SystemError(call: "rmdir", path: path.description, errno: errno)
             }
         } else {
             var stashed: ChunkID?
-            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.string), st.kind == .regular { stashed = stash(path, stat: st) }
-            try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.string)
+            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.description), st.kind == .regular { stashed = stash(path, stat: st) }
+            try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.description)
             if let stashed { refreshStash(stashed) }
         }
-        dropRecord(path.string)
+        dropRecord(path)
         // Durable, and answered, with the next batch of directory fsyncs.
-        unsyncedDirectories[path.parentString] = parent
-        unsyncedAnswers.append((op, .applied, "", .absent))
+        unsyncedDirectories[path.parentBytes] = parent
+        unsyncedAnswers.append(OpResult(op: op, status: .applied, message: "", current: .absent))
     }
 
-    private func dropRecord(_ path: String) {
+    private func dropRecord(_ path: RelativePath) {
         if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
         state.remove(path)
     }
+}
+
+/// A wall-clock time in nanoseconds as `YYYY-MM-DD HH:MM:SS` (local time), for messages.
+func formatTime(_ nanos: Int64) -> String {
+    var seconds = time_t(nanos / 1_000_000_000)
+    var parts = tm()
+    localtime_r(&seconds, &parts)
+    func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))"
 }

@@ -8,7 +8,7 @@ import Wire
 /// What the agent knows about one regular file it placed or hashed: enough to trust the file unread while its
 /// stat identity is unchanged, and to copy its chunks into other files.
 struct FileRecord: Equatable {
-    var path: String
+    var path: RelativePath
     var stat: FileStat
     var digest: ChunkID
     var chunks: [ChunkRef]
@@ -17,9 +17,9 @@ struct FileRecord: Equatable {
 /// The agent's persistent state in `<project>/.syncd/`: a snapshot file rewritten at the end of a session and an
 /// append-only journal written as files are placed, so that a killed agent loses nothing it had finished.
 final class AgentState {
-    private(set) var records: [String: FileRecord] = [:]
+    private(set) var records: [RelativePath: FileRecord] = [:]
     /// Temporary files started by sessions that have not finished; removed when a later session ends cleanly.
-    private(set) var partials: Set<String> = []
+    private(set) var partials: Set<RelativePath> = []
     private let directory: FileDescriptor
     private var journal: FileDescriptor?
     /// A random id made with the state directory: a client that finds another one knows the remote project was
@@ -29,7 +29,7 @@ final class AgentState {
 
     /// Opens (making it if needed) the state directory under the project root and loads snapshot plus journal.
     init(project: Tree) throws {
-        guard let dir = try project.openDirectory([agentStateDirectoryName], create: true) else {
+        guard let dir = try project.openDirectory([Array(agentStateDirectoryName.utf8)], create: true) else {
             throw PlacementErrorText("cannot make \(agentStateDirectoryName)/ in \(project.rootPath)")
         }
         directory = dir
@@ -127,7 +127,7 @@ final class AgentState {
     private func apply(_ r: inout PayloadReader) throws {
         switch try r.u8("tag") {
         case 1:
-            let path = try r.string("path")
+            let path = try RelativePath(bytes: try r.byteString("path"))
             let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
                               size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
             let digest = try r.id("digest")
@@ -143,11 +143,11 @@ final class AgentState {
             }
             records[path] = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
         case 2:
-            records[try r.string("path")] = nil
+            records[try RelativePath(bytes: try r.byteString("path"))] = nil
         case 3:
-            partials.insert(try r.string("partial"))
+            partials.insert(try RelativePath(bytes: try r.byteString("partial")))
         case 4:
-            partials.remove(try r.string("partial"))
+            partials.remove(try RelativePath(bytes: try r.byteString("partial")))
         case let tag:
             throw ProtocolError("unknown state record \(tag)")
         }
@@ -156,7 +156,7 @@ final class AgentState {
     private static func encode(_ record: FileRecord) -> [UInt8] {
         var w = PayloadWriter(capacity: 64 + record.chunks.count * 20)
         w.u8(1)
-        w.string(record.path)
+        w.byteString(record.path.bytes)
         w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
         w.i64(record.stat.mtimeNanos); w.i64(record.stat.ctimeNanos)
         w.id(record.digest)
@@ -179,19 +179,19 @@ final class AgentState {
         appendJournal(Self.encode(record))
     }
 
-    func remove(_ path: String) {
+    func remove(_ path: RelativePath) {
         guard records.removeValue(forKey: path) != nil else { return }
         var w = PayloadWriter()
         w.u8(2)
-        w.string(path)
+        w.byteString(path.bytes)
         appendJournal(w.bytes)
     }
 
-    func notePartial(_ path: String, started: Bool) {
+    func notePartial(_ path: RelativePath, started: Bool) {
         if started { guard partials.insert(path).inserted else { return } } else { guard partials.remove(path) != nil else { return } }
         var w = PayloadWriter()
         w.u8(started ? 3 : 4)
-        w.string(path)
+        w.byteString(path.bytes)
         appendJournal(w.bytes)
     }
 
@@ -208,7 +208,7 @@ final class AgentState {
         for partial in partials {
             var w = PayloadWriter()
             w.u8(3)
-            w.string(partial)
+            w.byteString(partial.bytes)
             withUnsafeBytes(of: UInt32(w.bytes.count).littleEndian) { body.append(contentsOf: $0) }
             body.append(contentsOf: w.bytes)
         }

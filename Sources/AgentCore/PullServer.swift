@@ -64,9 +64,13 @@ extension AgentSession {
 }
 
 extension AgentSession {
-    func servePull(tree: Tree, pullPaths: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
+    /// Lists `roots` (the pull paths, or the paths of conflicts being resolved) and serves the chunks asked for.
+    func servePull(tree: Tree, roots: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
                    quietNanos: Int64, compress: Bool, reader: FrameReader, writer: FrameWriter) throws {
-        let scan = try ProjectScanner(tree: tree, rules: IgnoreRules()).scan(roots: pullPaths)
+        // Conflict copies kept on this side stay here; everything else below the roots is offered.
+        var rules = IgnoreRules()
+        try rules.add(pattern: conflictCopyPattern, source: "built-in defaults", line: 0)
+        let scan = try ProjectScanner(tree: tree, rules: rules).scan(roots: roots)
         let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
         let now = wallClockNanos()
         var offered: [UInt32: Offered] = [:]
@@ -75,28 +79,28 @@ extension AgentSession {
             op += 1
             switch entry.kind {
             case .directory:
-                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .directory,
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .directory,
                                                          permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
                                                          size: 0, chunkCount: 0)))
             case .symlink:
-                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .symlink(entry.linkTarget ?? ""),
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .symlink(entry.linkTarget ?? []),
                                                          permissions: 0o777, mtimeNanos: entry.stat.mtimeNanos, size: 0, chunkCount: 0)))
             case .regular:
                 if now - entry.stat.mtimeNanos < quietNanos {
-                    try writer.send(.skipped(path: entry.path.string, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?"))
                     continue
                 }
                 if let pid = writers[entry.stat.device]?[entry.stat.inode] {
-                    try writer.send(.skipped(path: entry.path.string, reason: "open for writing by process \(pid)"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "open for writing by process \(pid)"))
                     continue
                 }
                 let (digest, chunks) = try recordFor(entry.path, entry.stat)
                 guard let after = try tree.lstat(entry.path), after.sameContentIdentity(as: entry.stat) else {
-                    try writer.send(.skipped(path: entry.path.string, reason: "changed while being read"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "changed while being read"))
                     continue
                 }
                 offered[op] = Offered(path: entry.path, chunks: chunks)
-                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.string, state: .file(digest),
+                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .file(digest),
                                                          permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
                                                          size: entry.stat.size, chunkCount: UInt32(chunks.count))))
                 var start = 0
@@ -109,7 +113,7 @@ extension AgentSession {
                 continue
             }
         }
-        for warning in scan.warnings { try writer.send(.skipped(path: warning.path, reason: warning.message)) }
+        for warning in scan.warnings { try writer.send(.skipped(path: Array(warning.path.utf8), reason: warning.message)) }
         try writer.send(.listEnd)
 
         var openFile: (op: UInt32, fd: FileDescriptor)?
@@ -133,7 +137,9 @@ extension AgentSession {
                     openFile = (fop, fd)
                 }
                 for index in indices {
-                    guard Int(index) < entry.chunks.count else { throw ProtocolError("fetch index \(index) out of range for \(entry.path)") }
+                    guard Int(index) < entry.chunks.count, !entry.chunks[Int(index)].id.isHole else {
+                        throw ProtocolError("fetch index \(index) out of range for \(entry.path), or a hole (never sent)")
+                    }
                     guard try sender.send(entry.chunks[Int(index)], index: index, op: fop, from: fd, to: writer) else {
                         abandoned.insert(fop)
                         try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))

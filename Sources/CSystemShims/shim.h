@@ -36,4 +36,23 @@ static inline int syncd_pipe(int fds[2], int nonblocking) {
 /// accept(2) whose new socket is close-on-exec from birth.
 extern int accept4(int fd, void *address, unsigned int *length, int flags);
 static inline int syncd_accept(int fd) { return accept4(fd, 0, 0, 02000000 /* SOCK_CLOEXEC */); }
+
+/// renameat2(2) with RENAME_NOREPLACE: fails with EEXIST instead of replacing the target.
+extern int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+static inline int syncd_rename_noreplace(int from_dir, const char *from, int to_dir, const char *to) {
+    return renameat2(from_dir, from, to_dir, to, 1 /* RENAME_NOREPLACE */);
+}
+
+/// lseek(2) to the next data region (SEEK_DATA) or hole (SEEK_HOLE) at or after `offset`; -1 with errno set
+/// (ENXIO past the last data region).
+extern long long lseek64(int fd, long long offset, int whence);
+static inline long long syncd_seek_data(int fd, long long offset) { return lseek64(fd, offset, 3 /* SEEK_DATA */); }
+static inline long long syncd_seek_hole(int fd, long long offset) { return lseek64(fd, offset, 4 /* SEEK_HOLE */); }
+
+/// fallocate(2) with FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: frees the blocks of a range, which then reads as
+/// zeros. -1 with errno set (EOPNOTSUPP where the file system cannot).
+extern int fallocate(int fd, int mode, long long offset, long long length);
+static inline int syncd_punch_hole(int fd, long long offset, long long length) {
+    return fallocate(fd, 0x02 | 0x01, offset, length);
+}
 #endif

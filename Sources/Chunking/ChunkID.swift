@@ -28,6 +28,13 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
     /// The id of an empty input.
     public static let empty = ChunkID(hashing: [UInt8]())
 
+    /// Not a digest: marks a chunk ref that stands for a hole of a sparse file, a run of zeros that is neither
+    /// read, stored nor sent, and is written as a hole (a real XXH3-128 equals it with odds of 2^-128).
+    public static let hole = ChunkID(low: 0x0000_656c_6f68_6473, high: 0x6873_7964_636e_7973)
+
+    /// True for the hole marker.
+    public var isHole: Bool { self == ChunkID.hole }
+
     /// 32 lowercase hex digits, high half first (the canonical XXH128 spelling).
     public var hex: String {
         func pad(_ v: UInt64) -> String {
@@ -65,6 +72,20 @@ public final class StreamingDigest {
     @inline(__always)
     public func update(_ bytes: UnsafeRawBufferPointer) {
         syncd_xxh3_state_update(state, bytes.baseAddress, bytes.count)
+    }
+
+    /// Feeds `count` zero bytes (a hole), from memory.
+    public func updateZeros(_ count: UInt64) {
+        guard count > 0 else { return }
+        let zeros = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(count, 1 << 20)), alignment: 64)
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        var left = count
+        while left > 0 {
+            let n = Int(min(left, UInt64(zeros.count)))
+            update(UnsafeRawBufferPointer(rebasing: zeros[0..<n]))
+            left -= UInt64(n)
+        }
     }
 
     public func finish() -> ChunkID {

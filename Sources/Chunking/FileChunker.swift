@@ -1,4 +1,8 @@
+import CSystemShims
 import SyncSystem
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One chunk of a file: its id, where it starts and how long it is.
 public struct ChunkRef: Equatable, Hashable, Sendable {
@@ -41,39 +45,115 @@ public final class FileChunker {
 
     deinit { buffer.deallocate() }
 
-    /// Chunks everything read from `file`, from its start.
+    /// Holes shorter than this are read as data (zeros): a file with many small holes would otherwise cut
+    /// its chunks at each one.
+    public static let minimumHole: UInt64 = 64 << 10
+    /// The largest hole one chunk ref stands for; longer holes take several.
+    static let largestHoleRef: UInt64 = 1 << 30
+
+    /// Chunks everything in `file`, from its start. A sparse file (fewer blocks allocated than its size says)
+    /// is read region by region with SEEK_DATA/SEEK_HOLE: its holes are not read, and each becomes a hole ref
+    /// (`ChunkID.hole`); the whole-file digest covers them as the zeros they read as.
     public func chunk(_ file: FileDescriptor) throws -> ChunkedContent {
         digest.reset()
         var chunks: [ChunkRef] = []
+        var st = stat()
+        try syscall("fstat", path: file.path) { fstat(file.raw, &st) }
+        let size = UInt64(max(st.st_size, 0))
+        if UInt64(st.st_blocks) * 512 >= size || (st.st_mode & S_IFMT) != S_IFREG {
+            let end = try chunkRegion(file, from: 0, to: nil, into: &chunks)
+            return ChunkedContent(chunks: chunks, digest: digest.finish(), size: end)
+        }
+        var offset: UInt64 = 0
+        var whole = true
+        for region in try dataRegions(file, size: size) {
+            if region.start > offset { appendHole(region.start - offset, at: offset, into: &chunks) }
+            offset = try chunkRegion(file, from: region.start, to: region.end, into: &chunks)
+            // Cut short while being read: the caller sees the file's stat change and reads it again later.
+            if offset < region.end { whole = false; break }
+        }
+        if whole && offset < size {
+            appendHole(size - offset, at: offset, into: &chunks)
+            offset = size
+        }
+        return ChunkedContent(chunks: chunks, digest: digest.finish(), size: offset)
+    }
+
+    private func appendHole(_ length: UInt64, at start: UInt64, into chunks: inout [ChunkRef]) {
+        var offset = start
+        var left = length
+        while left > 0 {
+            let piece = min(left, Self.largestHoleRef)
+            chunks.append(ChunkRef(id: .hole, offset: offset, length: UInt32(piece)))
+            offset += piece
+            left -= piece
+        }
+        digest.updateZeros(length)
+    }
+
+    /// The regions of a sparse file that hold data, holes shorter than `minimumHole` counted as data.
+    private func dataRegions(_ file: FileDescriptor, size: UInt64) throws -> [(start: UInt64, end: UInt64)] {
+        var regions: [(start: UInt64, end: UInt64)] = []
+        var offset: UInt64 = 0
+        while offset < size {
+            let data = syncd_seek_data(file.raw, Int64(offset))
+            if data < 0 {
+                if errno == ENXIO { break }  // only a hole is left
+                throw SystemError(call: "lseek(SEEK_DATA)", path: file.path, errno: errno)
+            }
+            let hole = syncd_seek_hole(file.raw, data)
+            if hole < 0 { throw SystemError(call: "lseek(SEEK_HOLE)", path: file.path, errno: errno) }
+            let start = UInt64(data), end = min(UInt64(hole), size)
+            if let last = regions.last, start - last.end < Self.minimumHole {
+                regions[regions.count - 1].end = end
+            } else if start < end {
+                regions.append((start, end))
+            }
+            offset = max(end, start + 1)
+        }
+        // A short hole at the very start is data too.
+        if let first = regions.first, first.start > 0 && first.start < Self.minimumHole { regions[0].start = 0 }
+        return regions
+    }
+
+    /// FastCDC over the bytes from `start` to `end` (nil: to the end of the file), read with pread; returns where
+    /// the reading stopped.
+    private func chunkRegion(_ file: FileDescriptor, from start: UInt64, to end: UInt64?, into chunks: inout [ChunkRef]) throws -> UInt64 {
         var filled = 0
-        var start = 0
-        var fileOffset: UInt64 = 0
+        var begin = 0
+        var readOffset = start
+        var fileOffset = start
         var eof = false
         let maxSize = cdc.parameters.maxSize
         while true {
-            if !eof && filled - start < maxSize {
-                if start > 0 {
-                    let pending = filled - start
-                    if pending > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + start, byteCount: pending) }
+            if !eof && filled - begin < maxSize {
+                if begin > 0 {
+                    let pending = filled - begin
+                    if pending > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + begin, byteCount: pending) }
                     filled = pending
-                    start = 0
+                    begin = 0
                 }
                 while filled < buffer.count {
-                    let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]))
+                    var want = buffer.count - filled
+                    if let end { want = Int(min(UInt64(want), end - readOffset)) }
+                    if want == 0 { eof = true; break }
+                    let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + want)]), at: readOffset)
                     if n == 0 { eof = true; break }
                     filled += n
+                    readOffset += UInt64(n)
+                    if n < want { eof = true; break }
                 }
             }
-            if start == filled { break }
-            let window = UnsafeRawBufferPointer(rebasing: buffer[start..<filled])
+            if begin == filled { break }
+            let window = UnsafeRawBufferPointer(rebasing: buffer[begin..<filled])
             let length = cdc.cut(window).length
             let bytes = UnsafeRawBufferPointer(rebasing: window[0..<length])
             chunks.append(ChunkRef(id: ChunkID(hashing: bytes), offset: fileOffset, length: UInt32(length)))
             digest.update(bytes)
             fileOffset += UInt64(length)
-            start += length
+            begin += length
         }
-        return ChunkedContent(chunks: chunks, digest: digest.finish(), size: fileOffset)
+        return fileOffset
     }
 
     /// Chunks an in-memory buffer (used by tests and benchmarks).

@@ -43,7 +43,7 @@ public struct BuildPlan: Sendable {
         /// Differs from the key recorded at the last build (true when none was recorded).
         public var changed: Bool
         /// Context files it selects (relative to the context), for push ordering.
-        public var paths: [String]
+        public var paths: [RelativePath]
     }
 
     public struct Stage: Sendable {
@@ -65,9 +65,9 @@ public struct BuildPlan: Sendable {
 
     /// Context files read by the earliest changed layer and the layers after it, earliest first: what a push
     /// should send first so the build can start.
-    public var changedFilesInBuildOrder: [String] {
-        var out: [String] = []
-        var seen: Set<String> = []
+    public var changedFilesInBuildOrder: [RelativePath] {
+        var out: [RelativePath] = []
+        var seen: Set<RelativePath> = []
         for stage in stages {
             guard let first = stage.layers.firstIndex(where: \.changed) else { continue }
             for layer in stage.layers[first...] {
@@ -120,7 +120,7 @@ public struct BuildPlan: Sendable {
                              contextBytes: context.files.values.reduce(0) { $0 + $1.size }, neededFiles: 0, neededBytes: 0,
                              warnings: build.notes, ignoreFile: ignoreFile)
         var finalKeys: [Int: ChunkID] = [:]
-        var read: Set<String> = []
+        var read: Set<RelativePath> = []
         for index in needed {
             let stage = build.stages[index]
             var key = stage.baseStage.flatMap { finalKeys[$0] } ?? ChunkID(hashing: Array("FROM \(stage.base)".utf8))
@@ -128,7 +128,7 @@ public struct BuildPlan: Sendable {
             var invalidated = false
             for (n, step) in stage.steps.enumerated() {
                 var input = Array("\(key.hex)\n\(step.text)\n".utf8)
-                var selected: [String] = []
+                var selected: [RelativePath] = []
                 for r in step.reads {
                     let (paths, missing) = context.select(r)
                     selected += paths
@@ -140,7 +140,7 @@ public struct BuildPlan: Sendable {
                 selected = Array(Set(selected)).sorted()
                 for p in selected {
                     let f = context.files[p]!
-                    input += Array("\(p)\0\(String(f.mode, radix: 8))\0\(f.size)\0\(f.digest.hex)\n".utf8)
+                    input += p.bytes + Array("\0\(String(f.mode, radix: 8))\0\(f.size)\0\(f.digest.hex)\n".utf8)
                 }
                 for s in step.stageInputs { input += Array("stage:\(finalKeys[s]?.hex ?? "?")\n".utf8) }
                 if let image = step.imageInput { input += Array("image:\(image)\n".utf8) }
@@ -161,9 +161,9 @@ public struct BuildPlan: Sendable {
         plan.neededBytes = read.reduce(0) { $0 + context.files[$1]!.size }
 
         // Big parts of the context nobody reads: worth a line in the ignore file.
-        var unread: [String: UInt64] = [:]
+        var unread: [RelativePath: UInt64] = [:]
         for (path, f) in context.files where !read.contains(path) {
-            let top = path.split(separator: "/", maxSplits: 1).first.map(String.init) ?? path
+            guard let top = try? RelativePath.top(path.firstComponent) else { continue }
             unread[top, default: 0] += f.size
         }
         let threshold = max(UInt64(1 << 20), plan.contextBytes / 10)
@@ -210,9 +210,9 @@ struct ContextFiles {
     }
 
     /// Regular files and symlinks by path relative to the context.
-    var files: [String: File] = [:]
+    var files: [RelativePath: File] = [:]
     /// Every directory of the context, for selecting a source that names one.
-    var directories: Set<String> = []
+    var directories: Set<RelativePath> = []
 
     init(project: Project, contextPath: String, contextRelative: String, rules: IgnoreRules) throws {
         let tree: Tree
@@ -220,25 +220,25 @@ struct ContextFiles {
             throw SyncError("build context \(contextPath): \(error)", exitCode: 2)
         }
         let scan = try ProjectScanner(tree: tree, rules: rules).scan()
-        let prefix = contextRelative.isEmpty ? "" : contextRelative + "/"
+        let prefix = contextRelative.isEmpty ? [] : Array(contextRelative.utf8) + [UInt8(ascii: "/")]
         let state = try project.openState()
         let regular = scan.entries.filter { $0.kind == .regular }
-        let cache = try state.loadFiles(paths: regular.map { prefix + $0.path.string })
+        let cache = try state.loadFiles(paths: regular.compactMap { try? RelativePath(bytes: prefix + $0.path.bytes) })
         let chunker = FileChunker(project.chunking)
         var fresh: [CachedFile] = []
         for e in scan.entries {
             switch e.kind {
             case .directory:
-                directories.insert(e.path.string)
+                directories.insert(e.path)
             case .symlink:
-                files[e.path.string] = File(mode: 0o777, size: 0, digest: ChunkID(hashing: Array((e.linkTarget ?? "").utf8)))
+                files[e.path] = File(mode: 0o777, size: 0, digest: ChunkID(hashing: e.linkTarget ?? []))
             case .regular:
-                let projectPath = prefix + e.path.string
+                let projectPath = try RelativePath(bytes: prefix + e.path.bytes)
                 var digest: ChunkID
                 if let cached = cache[projectPath], cached.isFresh(for: e.stat) {
                     digest = cached.digest
                 } else {
-                    let entry = LocalEntry(path: try RelativePath(projectPath), stat: e.stat, content: nil, linkTarget: nil)
+                    let entry = LocalEntry(path: projectPath, stat: e.stat, content: nil, linkTarget: nil)
                     switch Snapshotter.hash(entry, in: project, with: chunker) {
                     case .success(let record):
                         digest = record.digest
@@ -247,7 +247,7 @@ struct ContextFiles {
                         throw SyncError("build context: \(warning)")
                     }
                 }
-                files[e.path.string] = File(mode: e.stat.permissions, size: e.stat.size, digest: digest)
+                files[e.path] = File(mode: e.stat.permissions, size: e.stat.size, digest: digest)
             case .other:
                 continue
             }
@@ -256,32 +256,32 @@ struct ContextFiles {
     }
 
     /// The files a COPY/ADD source list selects, and the sources that select nothing.
-    func select(_ read: BuildFile.ContextRead) -> (paths: [String], missing: [String]) {
-        var out: [String] = []
+    func select(_ read: BuildFile.ContextRead) -> (paths: [RelativePath], missing: [String]) {
+        var out: [RelativePath] = []
         var missing: [String] = []
         let excludes = read.excludes.compactMap { try? IgnorePattern(glob: BuildFile.cleanSourcePattern($0)) }
         for source in read.sources {
-            var matchedRoots: [String] = []
+            // nil: the whole context.
+            var matchedRoots: [RelativePath?] = []
             if source == "." {
-                matchedRoots = [""]
+                matchedRoots = [nil]
             } else if let pattern = try? IgnorePattern(glob: source), pattern.hasWildcards {
                 let depth = source.split(separator: "/").count
-                for candidate in files.keys.map({ $0 }) + directories.map({ $0 }) where candidate.split(separator: "/").count == depth {
-                    if pattern.matches(candidate) { matchedRoots.append(candidate) }
+                for candidate in Array(files.keys) + Array(directories) where candidate.components.count == depth {
+                    if pattern.matches(bytes: candidate.bytes) { matchedRoots.append(candidate) }
                 }
-            } else if files[source] != nil || directories.contains(source) {
-                matchedRoots = [source]
+            } else if let path = try? RelativePath(source), files[path] != nil || directories.contains(path) {
+                matchedRoots = [path]
             }
             if matchedRoots.isEmpty { missing.append(source); continue }
             for root in matchedRoots {
-                if files[root] != nil {
-                    if !isExcluded(name: (root as NSString).lastPathComponent, relative: root, excludes) { out.append(root) }
+                if let root, files[root] != nil {
+                    if !isExcluded(name: root.name, relative: root.bytes, excludes) { out.append(root) }
                     continue
                 }
-                let below = root.isEmpty ? "" : root + "/"
-                for path in files.keys where below.isEmpty || path.hasPrefix(below) {
-                    let relative = String(path.dropFirst(below.count))
-                    if !isExcluded(name: relative, relative: path, excludes) { out.append(path) }
+                let skip = root.map { $0.bytes.count + 1 } ?? 0
+                for path in files.keys where root == nil || path.isWithin(root!) {
+                    if !isExcluded(name: Array(path.bytes.dropFirst(skip)), relative: path.bytes, excludes) { out.append(path) }
                 }
             }
         }
@@ -290,13 +290,13 @@ struct ContextFiles {
 
     /// `--exclude` patterns are matched against the path below the source, and against the context path; a
     /// matching parent directory excludes what is inside it.
-    private func isExcluded(name: String, relative: String, _ excludes: [IgnorePattern]) -> Bool {
+    private func isExcluded(name: [UInt8], relative: [UInt8], _ excludes: [IgnorePattern]) -> Bool {
         guard !excludes.isEmpty else { return false }
         for candidate in [name, relative] {
-            var prefix = ""
-            for component in candidate.split(separator: "/") {
-                prefix = prefix.isEmpty ? String(component) : prefix + "/" + component
-                if excludes.contains(where: { $0.matches(prefix) }) { return true }
+            var prefix: [UInt8] = []
+            for component in candidate.split(separator: UInt8(ascii: "/")) {
+                prefix = joinPath(prefix, Array(component))
+                if excludes.contains(where: { $0.matches(bytes: prefix) }) { return true }
             }
         }
         return false

@@ -10,12 +10,12 @@ struct LocalEntry {
     let path: RelativePath
     let stat: FileStat
     var content: ChunkedContent?
-    let linkTarget: String?
+    let linkTarget: [UInt8]?
 
     var state: PathState {
         switch stat.kind {
         case .directory: return .directory
-        case .symlink: return .symlink(linkTarget ?? "")
+        case .symlink: return .symlink(linkTarget ?? [])
         default: return .file(content?.digest ?? ChunkID(low: 0, high: 0))
         }
     }
@@ -33,7 +33,7 @@ extension SyncedEntry {
     var pathState: PathState {
         switch kind {
         case .directory: return .directory
-        case .symlink: return .symlink(target ?? "")
+        case .symlink: return .symlink(target ?? [])
         case .file: return .file(digest ?? ChunkID(low: 0, high: 0))
         }
     }
@@ -48,51 +48,56 @@ struct Snapshotter {
         var entries: [LocalEntry]
         var warnings: [ScanWarning]
         var filesRead: Int
-        var cache: [String: CachedFile]
+        var cache: [RelativePath: CachedFile]
     }
 
     /// A scan whose regular files not known from the stat cache still need hashing (`content` nil).
     struct Scan {
         var entries: [LocalEntry]
         var warnings: [ScanWarning]
-        var cache: [String: CachedFile]
+        var cache: [RelativePath: CachedFile]
     }
 
     /// Walks the tree and fills contents from the stat cache. `roots` nil scans the local-owned part (pull paths
     /// excluded); otherwise only below `roots`.
     func scan(roots: [RelativePath]?) throws -> Scan {
-        var rules = project.rules
-        if roots == nil {
-            for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
-        }
+        let rules = roots == nil ? project.rulesWithPullPaths : project.rules
         let scan: ScanResult
         do { scan = try ProjectScanner(tree: project.tree, rules: rules).scan(roots: roots) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
         // Below given roots (a pull's paths), only their own records are read, not the whole project's.
         let cache = roots == nil ? try state.loadFiles()
-            : try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path.string))
+            : try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path))
         return try identify(scan, cache: cache)
     }
 
     /// Only the entries at `paths` (not below them), the local-owned ones: what a watcher reported.
     func scan(only paths: [RelativePath]) throws -> Scan {
-        var rules = project.rules
-        for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
         let scan: ScanResult
-        do { scan = try ProjectScanner(tree: project.tree, rules: rules).entries(at: paths) } catch {
+        do { scan = try ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths).entries(at: paths) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
-        return try identify(scan, cache: try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path.string)))
+        return try identify(scan, cache: try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path)))
+    }
+
+    /// The entries at `paths` themselves, pull paths included (the ignore rules still apply): what
+    /// `resolve --keep local` sends.
+    func scan(resolving paths: [RelativePath]) throws -> Scan {
+        let scan: ScanResult
+        do { scan = try ProjectScanner(tree: project.tree, rules: project.rules).entries(at: paths) } catch {
+            throw SyncError("scanning \(project.directory): \(error)")
+        }
+        return try identify(scan, cache: try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path)))
     }
 
     /// Fills in the content of files whose stat identity the cache knows.
-    private func identify(_ scan: ScanResult, cache: [String: CachedFile]) throws -> Scan {
+    private func identify(_ scan: ScanResult, cache: [RelativePath: CachedFile]) throws -> Scan {
         var entries: [LocalEntry] = []
         entries.reserveCapacity(scan.entries.count)
         for e in scan.entries {
             var entry = LocalEntry(path: e.path, stat: e.stat, content: nil, linkTarget: e.linkTarget)
-            if e.kind == .regular, let cached = cache[e.path.string], cached.isFresh(for: e.stat) {
+            if e.kind == .regular, let cached = cache[e.path], cached.isFresh(for: e.stat) {
                 entry.content = ChunkedContent(chunks: cached.chunks, digest: cached.digest, size: cached.stat.size)
             }
             entries.append(entry)
@@ -107,12 +112,12 @@ struct Snapshotter {
             let content = try chunker.chunk(fd)
             let after = try fd.stat()
             guard after.sameContentIdentity(as: entry.stat) else {
-                return .failure(ScanWarning(path: entry.path.string, message: "changed while being read; skipped this time"))
+                return .failure(ScanWarning(path: entry.path.description, message: "changed while being read; skipped this time"))
             }
-            return .success(CachedFile(path: entry.path.string, stat: after, digest: content.digest, chunks: content.chunks,
+            return .success(CachedFile(path: entry.path, stat: after, digest: content.digest, chunks: content.chunks,
                                        cachedAtNanos: wallClockNanos()))
         } catch {
-            return .failure(ScanWarning(path: entry.path.string, message: "cannot read: \(error); skipped"))
+            return .failure(ScanWarning(path: entry.path.description, message: "cannot read: \(error); skipped"))
         }
     }
 

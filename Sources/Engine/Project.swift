@@ -98,6 +98,13 @@ public final class Project {
     /// True when `path` is remote-owned.
     public func isPullPath(_ path: RelativePath) -> Bool { pullPaths.contains { path.isWithin($0) } }
 
+    /// The ignore rules with the pull paths added: what a push looks at.
+    public var rulesWithPullPaths: IgnoreRules {
+        var rules = self.rules
+        for p in pullPaths { try? rules.add(pattern: String(decoding: p.bytes, as: UTF8.self), source: "pull paths", line: 0) }
+        return rules
+    }
+
     /// The local state database for this project and remote.
     func openState() throws -> StateStore {
         let env = ProcessInfo.processInfo.environment
@@ -255,11 +262,11 @@ public final class AgentLink {
 
     /// Reads the agent's reports until the watch ends (`watchEnded`); `changed` gets each report's paths. Runs on
     /// a thread of its own while the owner waits for other work; throws when the link fails.
-    public func listen(changed: ([String]) -> Void) throws {
+    public func listen(changed: ([RelativePath]) -> Void) throws {
         while true {
             guard let message = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection") }
             switch message {
-            case .remoteChanged(let paths): changed(paths)
+            case .remoteChanged(let paths): changed(paths.compactMap { try? RelativePath(bytes: $0) })
             case .watchEnded: return
             case .error(let text): throw SyncError("agent: \(text)")
             default: throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during a watch")

@@ -12,11 +12,25 @@ public final class PullSession {
     private let project: Project
 
     private let link: AgentLink?
+    /// `resolve --keep remote`: only these paths (any path of the project) are brought here, each forced.
+    private let resolving: [RelativePath]?
+    /// `pull --force`: a pulled path changed here and on the remote gets the remote version, and the local one
+    /// is kept beside it as a conflict copy.
+    public var force = false
+    private let stamp = conflictStamp()
 
     /// With `link`, the pull runs over that persistent connection (the daemon's); without, it makes its own.
-    public init(project: Project, link: AgentLink? = nil) {
+    /// With `resolving`, the remote versions of those paths replace the local ones, which are kept beside them.
+    public init(project: Project, link: AgentLink? = nil, resolving: [RelativePath]? = nil) {
         self.project = project
         self.link = link
+        self.resolving = resolving
+    }
+
+    /// True when `path` may be offered by the agent in this pull.
+    private func isWanted(_ path: RelativePath) -> Bool {
+        if let resolving { return resolving.contains { path.isWithin($0) } }
+        return project.isPullPath(path)
     }
 
     private struct Offer {
@@ -30,8 +44,12 @@ public final class PullSession {
         var stats = SyncStats(direction: "pull")
         let state = try project.openState()
         var pulled = try state.load(.pulled)
+        // What this pull brings in is recorded where its owner's side is: the pulled snapshot for pull paths,
+        // the pushed one for the local-owned paths a resolve brings from the remote.
+        var pushed = try resolving.map { try state.load(.pushed, paths: $0, subtrees: $0) } ?? [:]
         let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
-                          pullPaths: project.pullPaths.map(\.string), chunking: project.chunking)
+                          pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
+                          conflictStamp: stamp, roots: resolving?.map(\.bytes) ?? [])
         let project = self.project
         let connecting = PendingConnection(project: project, link: link) { roundTrip in
             var h = hello
@@ -39,12 +57,12 @@ public final class PullSession {
             return h
         }
         let snapshot: Snapshotter.Result
-        do { snapshot = try Snapshotter(project: project, state: state).run(roots: project.pullPaths) } catch {
+        do { snapshot = try Snapshotter(project: project, state: state).run(roots: resolving ?? project.pullPaths) } catch {
             connecting.cancel()
             throw error
         }
-        var local: [String: LocalEntry] = [:]
-        for e in snapshot.entries { local[e.path.string] = e }
+        var local: [RelativePath: LocalEntry] = [:]
+        for e in snapshot.entries { local[e.path] = e }
         let store = ChunkStore(tree: project.tree)
         for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
 
@@ -55,26 +73,37 @@ public final class PullSession {
         let writer = link.writer
         let bytesAtStart = (written: writer.bytesWritten, read: reader.bytesRead)
         let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
-        var changes: [(String, SyncedEntry?)] = []
+        var changes: [(RelativePath, SyncedEntry?)] = []
+        var pushedChanges: [(RelativePath, SyncedEntry?)] = []
         var cacheUpdates: [CachedFile] = []
+        var conflicts: [ConflictRecord] = []
+        var cleared: [RelativePath] = []
+        var complete = false
+        /// Records that a path now holds what the remote holds.
+        func agreed(_ path: RelativePath, _ entry: SyncedEntry?) {
+            if project.isPullPath(path) { changes.append((path, entry)) } else { pushedChanges.append((path, entry)) }
+            cleared.append(path)
+        }
+        func recorded(_ path: RelativePath) -> SyncedEntry? { project.isPullPath(path) ? pulled[path] : pushed[path] }
         do {
             if try state.adoptRemoteInstance(try link.readWelcome()) {
                 // Nothing local may be deleted or called a conflict on the word of a remote that is gone.
                 pulled = [:]
+                pushed = [:]
                 stats.warnings.append(replacedRemoteWarning(project))
             }
 
             // 1. The listing.
             var offers: [UInt32: Offer] = [:]
             var order: [UInt32] = []
-            var skipped: Set<String> = []
+            var skipped: Set<RelativePath> = []
             listing: while true {
                 guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the listing") }
                 switch message {
                 case .remoteEntry(let e):
                     let path: RelativePath
-                    do { path = try RelativePath(e.path) } catch { throw ProtocolError("the agent offered a bad path: \(error)") }
-                    guard project.isPullPath(path) else { throw ProtocolError("the agent offered '\(e.path)', which is not under a pull path") }
+                    do { path = try RelativePath(bytes: e.path) } catch { throw ProtocolError("the agent offered a bad path: \(error)") }
+                    guard isWanted(path) else { throw ProtocolError("the agent offered \(path), which this pull did not ask for") }
                     offers[e.op] = Offer(entry: e, path: path)
                     order.append(e.op)
                 case .chunkList(let op, let chunks):
@@ -88,8 +117,8 @@ public final class PullSession {
                     }
                     offers[op] = offer
                 case .skipped(let path, let reason):
-                    skipped.insert(path)
-                    stats.skipped.append("\(path): \(reason)")
+                    if let p = try? RelativePath(bytes: path) { skipped.insert(p) }
+                    stats.skipped.append("\(displayPath(path)): \(reason)")
                 case .listEnd:
                     break listing
                 case .error(let m):
@@ -106,34 +135,51 @@ public final class PullSession {
             var fetches: [(UInt32, [UInt32])] = []
             for op in order {
                 guard let offer = offers[op] else { continue }
-                let key = offer.path.string
-                let now = local[key]
-                let current = now?.state ?? .absent
-                let last = pulled[key]?.pathState ?? .absent
+                let key = offer.path
+                var now = local[key]
+                var current = now?.state ?? .absent
+                let last = recorded(key)?.pathState ?? .absent
                 let remote = offer.entry.state
                 let remoteSynced = Self.synced(offer.entry)
                 if current == remote {
-                    if pulled[key] != remoteSynced { changes.append((key, remoteSynced)) }
+                    if recorded(key) != remoteSynced || resolving != nil { agreed(key, remoteSynced) } else { cleared.append(key) }
                     continue
                 }
+                let forced = force || resolving != nil
+                // Pulled once, deleted here since, unchanged there: it stays deleted.
+                if current == .absent && resolving == nil && recorded(key) != nil && remote == last { continue }
                 if current != .absent && current != last {
-                    stats.conflicts += 1
-                    stats.conflictPaths.append(key)
-                    printError("conflict: \(key): changed locally since the last pull (local: \(current), remote: \(remote)); kept the local version")
-                    continue
+                    guard forced else {
+                        stats.conflicts += 1
+                        stats.conflictPaths.append(key)
+                        let localSide = Self.side(now)
+                        let message = "changed here since the last pull: here \(localSide.shown), the remote holds "
+                            + "\(ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos).shown), the last pull recorded "
+                            + "\(ConflictSide(last, synced: recorded(key)).shown)"
+                        stats.conflictMessages.append("\(key): \(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
+                        conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
+                                                        remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
+                                                        recorded: ConflictSide(last, synced: recorded(key)), message: message))
+                        continue
+                    }
+                    // The local version loses: kept beside, under a conflict name.
+                    if remote == .directory && current == .directory { continue }
+                    let copy = try project.tree.keepAside(key, stamp: stamp)
+                    stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+                    (now, current) = (nil, .absent)
                 }
                 do {
                     switch remote {
                     case .directory:
                         if current != .absent { throw SyncError("\(key): a \(current) is in the way of a remote directory") }
-                        _ = try project.tree.openDirectory(offer.path.components, create: true)
-                        changes.append((key, remoteSynced))
+                        _ = try project.tree.openDirectory(offer.path, create: true)
+                        agreed(key, remoteSynced)
                     case .symlink(let target):
                         guard symlinkStaysInside(linkPath: key, target: target) else {
-                            throw SyncError("\(key): remote symlink to '\(target)' points outside the project; not pulled")
+                            throw SyncError("\(key): remote symlink to \(displayPath(target)) points outside the project; not pulled")
                         }
                         try placeSymlink(offer.path, target: target)
-                        changes.append((key, remoteSynced))
+                        agreed(key, remoteSynced)
                         stats.filesChanged += 1
                     case .file(let digest):
                         guard offer.chunks.count == Int(offer.entry.chunkCount) else { throw ProtocolError("\(key): chunk list incomplete") }
@@ -143,12 +189,9 @@ public final class PullSession {
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
                         if assembly.isComplete {
-                            if let cached = try place(assembly, offer, expected: now?.stat) {
+                            if let cached = try place(assembly, offer, expected: now?.stat, stats: &stats) {
                                 cacheUpdates.append(cached)
-                                changes.append((key, remoteSynced))
-                            } else {
-                                stats.conflicts += 1
-                                stats.conflictPaths.append(key)
+                                agreed(key, remoteSynced)
                             }
                         } else {
                             assembly.suspend()
@@ -213,19 +256,16 @@ public final class PullSession {
                     progress.update(done: received, total: expectedBytes)
                     if assembly.isComplete {
                         assemblies[op] = nil
-                        if let cached = try place(assembly, offer, expected: expected) {
+                        if let cached = try place(assembly, offer, expected: expected, stats: &stats) {
                             cacheUpdates.append(cached)
-                            changes.append((offer.path.string, Self.synced(offer.entry)))
-                        } else {
-                            stats.conflicts += 1
-                            stats.conflictPaths.append(offer.path.string)
+                            agreed(offer.path, Self.synced(offer.entry))
                         }
                     }
                 case .abort(let op, let reason):
                     if let (assembly, offer, _) = assemblies.removeValue(forKey: op) {
                         assembly.suspend()
-                        stats.skipped.append("\(offer.path.string): \(reason)")
-                        skipped.insert(offer.path.string)
+                        stats.skipped.append("\(offer.path): \(reason)")
+                        skipped.insert(offer.path)
                     }
                 case .done:
                     break receive
@@ -237,37 +277,64 @@ public final class PullSession {
             }
             for (_, (assembly, offer, _)) in assemblies {
                 assembly.suspend()
-                stats.errors.append("\(offer.path.string): the agent did not send every chunk")
+                stats.errors.append("\(offer.path): the agent did not send every chunk")
             }
 
             Trace.mark("pull: received and placed")
             // 4. Remote deletions, children first.
-            let offered = Set(offers.values.map(\.path.string))
-            for key in pulled.keys.sorted(by: >) where !offered.contains(key) && !skipped.contains(key) {
-                guard let path = try? RelativePath(key), project.isPullPath(path) else { continue }
-                let last = pulled[key]!.pathState
-                let current = local[key]?.state ?? .absent
-                if current == .absent { changes.append((key, nil)); continue }
-                if current != last {
-                    stats.conflicts += 1
-                    stats.conflictPaths.append(key)
-                    printError("conflict: \(key): deleted on the remote but changed locally; kept the local version")
-                    continue
+            let offered = Set(offers.values.map(\.path))
+            if let resolving {
+                // Keeping the remote's version of a path it no longer has: the local one goes aside.
+                for key in resolving where !offered.contains(key) && !skipped.contains(key) {
+                    if local[key] != nil {
+                        let copy = try project.tree.keepAside(key, stamp: stamp)
+                        stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+                        stats.filesDeleted += 1
+                    }
+                    agreed(key, nil)
                 }
-                guard let parent = try project.tree.openDirectory(path.parentComponents, create: false) else { continue }
-                if current == .directory {
-                    if unlinkat(parent.raw, path.name, AT_REMOVEDIR) != 0 { continue }
-                } else {
-                    try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: key)
+            } else {
+                for key in pulled.keys.sorted(by: >) where !offered.contains(key) && !skipped.contains(key) {
+                    guard project.isPullPath(key) else { continue }
+                    let last = pulled[key]!.pathState
+                    let current = local[key]?.state ?? .absent
+                    if current == .absent { changes.append((key, nil)); continue }
+                    if current != last {
+                        guard force else {
+                            stats.conflicts += 1
+                            stats.conflictPaths.append(key)
+                            let localSide = Self.side(local[key])
+                            let message = "deleted on the remote but changed here since the last pull: here \(localSide.shown), the last pull recorded "
+                                + "\(ConflictSide(last, synced: pulled[key]).shown)"
+                            stats.conflictMessages.append("\(key): \(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
+                            conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
+                                                            remote: .absent, recorded: ConflictSide(last, synced: pulled[key]), message: message))
+                            continue
+                        }
+                        if current == .directory { continue }
+                        let copy = try project.tree.keepAside(key, stamp: stamp)
+                        stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+                        stats.filesDeleted += 1
+                        agreed(key, nil)
+                        continue
+                    }
+                    guard let parent = try project.tree.openParent(key, create: false) else { continue }
+                    if current == .directory {
+                        if withCName(key.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 { continue }
+                    } else {
+                        try Tree.remove(at: parent, name: key.name, isDirectory: false, shown: key.description)
+                    }
+                    stats.filesDeleted += 1
+                    agreed(key, nil)
                 }
-                stats.filesDeleted += 1
-                changes.append((key, nil))
             }
+            complete = true
             stats.bytesSent = writer.bytesWritten - bytesAtStart.written
             stats.bytesReceived = reader.bytesRead - bytesAtStart.read
         } catch {
             progress.finish()
             try? state.update(.pulled, changes)
+            try? state.update(.pushed, pushedChanges)
             try? state.saveFiles(cacheUpdates)
             throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume")
         }
@@ -275,7 +342,10 @@ public final class PullSession {
         if let why = link.endSession() { stats.warnings.append(why) }
         stats.remoteDirectory = link.remoteDirectory
         try state.update(.pulled, changes)
+        try state.update(.pushed, pushedChanges)
         try state.saveFiles(cacheUpdates)
+        // A whole pull looked at every remote-owned path: a pull conflict it did not find again is gone.
+        try state.noteConflicts(conflicts, cleared: cleared, allOf: complete && resolving == nil ? .pull : nil)
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
     }
@@ -289,10 +359,20 @@ public final class PullSession {
         }
     }
 
+    /// What is at a path here, for a conflict report.
+    private static func side(_ entry: LocalEntry?) -> ConflictSide {
+        guard let entry else { return .absent }
+        switch entry.stat.kind {
+        case .directory: return ConflictSide(kind: .directory)
+        case .symlink: return ConflictSide(kind: .symlink, target: entry.linkTarget)
+        default: return ConflictSide(kind: .file, digest: entry.content?.digest, size: entry.stat.size, mtimeNanos: entry.stat.mtimeNanos)
+        }
+    }
+
     private struct LocalConflict: Error {}
 
     /// Places a pulled file unless the local file changed since the decision; returns its new cache entry, or nil on conflict.
-    private func place(_ assembly: FileAssembly, _ offer: Offer, expected: FileStat?) throws -> CachedFile? {
+    private func place(_ assembly: FileAssembly, _ offer: Offer, expected: FileStat?, stats: inout SyncStats) throws -> CachedFile? {
         do {
             try assembly.place(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos) { now in
                 let same = (now == nil && expected == nil) || (now != nil && expected != nil && now!.sameContentIdentity(as: expected!))
@@ -300,15 +380,17 @@ public final class PullSession {
             }
         } catch is LocalConflict {
             assembly.discard()
-            printError("conflict: \(offer.path): changed locally during the pull; kept the local version")
+            stats.conflicts += 1
+            stats.conflictPaths.append(offer.path)
+            stats.conflictMessages.append("\(offer.path): changed here during the pull; the local version is kept, and the next pull looks again")
             return nil
         }
         guard let st = try project.tree.lstat(offer.path) else { return nil }
-        return CachedFile(path: offer.path.string, stat: st, digest: assembly.digest, chunks: assembly.chunks, cachedAtNanos: wallClockNanos())
+        return CachedFile(path: offer.path, stat: st, digest: assembly.digest, chunks: assembly.chunks, cachedAtNanos: wallClockNanos())
     }
 
-    private func placeSymlink(_ path: RelativePath, target: String) throws {
-        guard let parent = try project.tree.openDirectory(path.parentComponents, create: true) else { return }
-        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.string)
+    private func placeSymlink(_ path: RelativePath, target: [UInt8]) throws {
+        guard let parent = try project.tree.openParent(path, create: true) else { return }
+        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
     }
 }

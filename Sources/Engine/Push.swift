@@ -11,12 +11,20 @@ enum PushOperation {
     case file(LocalEntry, base: PathState)
     case symlink(LocalEntry, base: PathState)
     case directory(LocalEntry)
-    case delete(path: String, base: PathState)
+    case delete(path: RelativePath, base: PathState)
 
-    var path: String {
+    var path: RelativePath {
         switch self {
-        case .file(let e, _), .symlink(let e, _), .directory(let e): return e.path.string
+        case .file(let e, _), .symlink(let e, _), .directory(let e): return e.path
         case .delete(let p, _): return p
+        }
+    }
+
+    /// What the sender believes the remote holds at the path.
+    var base: PathState {
+        switch self {
+        case .file(_, let base), .symlink(_, let base), .delete(_, let base): return base
+        case .directory: return .absent
         }
     }
 }
@@ -26,14 +34,15 @@ enum PushOperation {
 /// Deleting first clears the way for type changes, and a deleted file's content stays in the agent's cache,
 /// so a moved file is renamed out of it on the remote instead of being copied or sent.
 /// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
-/// drops those that turn out unchanged once hashed.
-func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (String) -> Bool) -> [PushOperation] {
-    var present: Set<String> = []
+/// drops those that turn out unchanged once hashed. Pushed paths for which `isLeftAlone` holds are neither
+/// deleted nor compared.
+func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], isLeftAlone: (RelativePath) -> Bool) -> [PushOperation] {
+    var present: Set<RelativePath> = []
     present.reserveCapacity(local.count)
-    for e in local { present.insert(e.path.string) }
+    for e in local { present.insert(e.path) }
     var upserts: [LocalEntry] = []
     for e in local {
-        guard let old = pushed[e.path.string] else { upserts.append(e); continue }
+        guard let old = pushed[e.path] else { upserts.append(e); continue }
         let now = e.synced
         let differs: Bool
         switch now.kind {
@@ -45,27 +54,26 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
     }
     var deleted = Set(pushed.keys.filter { !present.contains($0) && !isLeftAlone($0) })
     // Paths whose kind changes: what was there must go before the new kind can be placed.
-    var clearFirst: Set<String> = []
+    var clearFirst: Set<RelativePath> = []
     for e in upserts {
-        if let old = pushed[e.path.string], old.kind != e.synced.kind { clearFirst.insert(e.path.string) }
-        var parent = e.path.parentComponents
-        while !parent.isEmpty {
-            let p = parent.joined(separator: "/")
+        if let old = pushed[e.path], old.kind != e.synced.kind { clearFirst.insert(e.path) }
+        var parent = e.path.parent
+        while let p = parent {
             if let old = pushed[p], old.kind != .directory { clearFirst.insert(p) }
-            parent = parent.dropLast()
+            parent = p.parent
         }
     }
-    var early: [String] = []
+    var early: [RelativePath] = []
     for p in clearFirst {
         early.append(p)
-        early.append(contentsOf: deleted.filter { $0.hasPrefix(p + "/") })
+        early.append(contentsOf: deleted.filter { $0.isWithin(p) && $0 != p })
     }
     let earlySet = Set(early)
     deleted.subtract(earlySet)
     var ops: [PushOperation] = []
     for p in earlySet.union(deleted).sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
     let base: (LocalEntry) -> PathState = { e in
-        earlySet.contains(e.path.string) ? .absent : (pushed[e.path.string]?.pathState ?? .absent)
+        earlySet.contains(e.path) ? .absent : (pushed[e.path]?.pathState ?? .absent)
     }
     for e in upserts where e.stat.kind == .directory { ops.append(.directory(e)) }
     for e in upserts where e.stat.kind != .directory {
@@ -75,12 +83,12 @@ func planPush(local: [LocalEntry], pushed: [String: SyncedEntry], isLeftAlone: (
 }
 
 /// New files whose content is that of a deleted file: moves and renames.
-func countMoved(_ ops: [PushOperation], pushed: [String: SyncedEntry]) -> Int {
+func countMoved(_ ops: [PushOperation], pushed: [RelativePath: SyncedEntry]) -> Int {
     var gone: Set<ChunkID> = []
     for case .delete(_, .file(let digest)) in ops { gone.insert(digest) }
     guard !gone.isEmpty else { return 0 }
     var moved = 0
-    for case .file(let e, _) in ops where pushed[e.path.string] == nil {
+    for case .file(let e, _) in ops where pushed[e.path] == nil {
         if let digest = e.content?.digest, gone.contains(digest) { moved += 1 }
     }
     return moved
@@ -166,17 +174,27 @@ public final class PushSession {
     private let window = 2048
 
     private let link: AgentLink?
-    private let changedPaths: Set<String>?
+    private let changedPaths: Set<RelativePath>?
+    /// `resolve --keep local`: only these paths are sent, each forced, pull paths included.
+    private let resolving: [RelativePath]?
     /// Files to send before the others, in this order (what the earliest changed image layer reads).
-    public var firstPaths: [String] = []
+    public var firstPaths: [RelativePath] = []
+    /// `push --force`: a path changed on both sides gets the local version, and the remote's version is kept
+    /// beside it as a conflict copy.
+    public var force = false
+    /// `push --prune-ignored`: paths pushed before that are ignored now are deleted on the remote (never a pull
+    /// path); without it they are left there and reported.
+    public var pruneIgnored = false
 
     /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
     /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
-    /// that are gone; without, the whole project is scanned.
-    public init(project: Project, link: AgentLink? = nil, changedPaths: Set<String>? = nil) {
+    /// that are gone; without, the whole project is scanned. With `resolving`, only those paths are sent, and
+    /// the remote's version of each is kept beside it where it differs (`resolve --keep local`).
+    public init(project: Project, link: AgentLink? = nil, changedPaths: Set<RelativePath>? = nil, resolving: [RelativePath]? = nil) {
         self.project = project
         self.link = link
         self.changedPaths = changedPaths
+        self.resolving = resolving
     }
 
     public func run() throws -> SyncStats {
@@ -191,8 +209,8 @@ public final class PushSession {
 
     /// The file operations for `paths` moved to the front of the files, in the order of `paths`; deletes and
     /// directories stay ahead of them.
-    static func sendingFirst(_ paths: [String], in ops: [PushOperation]) -> [PushOperation] {
-        var rank: [String: Int] = [:]
+    static func sendingFirst(_ paths: [RelativePath], in ops: [PushOperation]) -> [PushOperation] {
+        var rank: [RelativePath: Int] = [:]
         for (i, p) in paths.enumerated() where rank[p] == nil { rank[p] = i }
         let firstFile = ops.firstIndex { if case .file = $0 { return true } else { return false } } ?? ops.count
         let head = ops[..<firstFile]
@@ -204,30 +222,62 @@ public final class PushSession {
         return Array(head) + early.sorted { $0.0 < $1.0 }.map(\.1) + rest
     }
 
+    /// Pushed paths that a push leaves alone: pull paths, and (unless pruning) paths now ignored.
+    private func isLeftAlone(_ path: RelativePath) -> Bool {
+        project.isPullPath(path) || (!pruneIgnored && project.rules.isExcluded(path.bytes))
+    }
+
     /// The paths a full push would send now, in sending order (directories with a trailing "/"); for tests and
     /// diagnostics.
     public func plannedOrder() throws -> [String] {
         let state = try project.openState()
         let scan = try Snapshotter(project: project, state: state).scan(roots: nil)
-        var ops = planPush(local: scan.entries, pushed: try state.load(.pushed)) { path in
-            guard let rel = try? RelativePath(path) else { return true }
-            return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
-        }
+        var ops = planPush(local: scan.entries, pushed: try state.load(.pushed), isLeftAlone: isLeftAlone)
         if !firstPaths.isEmpty { ops = Self.sendingFirst(firstPaths, in: ops) }
-        return ops.map { if case .directory = $0 { return $0.path + "/" } else { return $0.path } }
+        return ops.map { if case .directory = $0 { return $0.path.description + "/" } else { return $0.path.description } }
     }
 
-    private func runOnce(started: UInt64, only: Set<String>?) throws -> SyncStats {
+    /// The operations of `resolve --keep local`: each path as it is here now (a delete where it is gone), its
+    /// base what the last sync recorded (the pulled snapshot for a pull path).
+    private func resolveOperations(_ paths: [RelativePath], state: StateStore) throws -> (ops: [PushOperation], scan: Snapshotter.Scan) {
+        let scan = try Snapshotter(project: project, state: state).scan(resolving: paths)
+        let pushed = try state.load(.pushed, paths: paths, subtrees: [])
+        let pulled = try state.load(.pulled, paths: paths, subtrees: [])
+        var ops: [PushOperation] = []
+        var found: Set<RelativePath> = []
+        for e in scan.entries {
+            found.insert(e.path)
+            let base = (project.isPullPath(e.path) ? pulled[e.path] : pushed[e.path])?.pathState ?? .absent
+            switch e.stat.kind {
+            case .directory: ops.append(.directory(e))
+            case .symlink: ops.append(.symlink(e, base: base))
+            default: ops.append(.file(e, base: base))
+            }
+        }
+        for p in paths where !found.contains(p) {
+            let base = (project.isPullPath(p) ? pulled[p] : pushed[p])?.pathState ?? .absent
+            ops.insert(.delete(path: p, base: base), at: 0)
+        }
+        return (ops, scan)
+    }
+
+    private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
         let state = try project.openState()
-        var pushed: [String: SyncedEntry]
+        var pushed: [RelativePath: SyncedEntry]
         var knownScan: Snapshotter.Scan?
-        if let only {
-            let paths = only.sorted().compactMap { try? RelativePath($0) }
+        var resolveOps: [PushOperation]?
+        if let resolving {
+            let (ops, scan) = try resolveOperations(resolving, state: state)
+            pushed = try state.load(.pushed, paths: resolving, subtrees: [])
+            resolveOps = ops
+            knownScan = scan
+        } else if let only {
+            let paths = only.sorted()
             let scan = try Snapshotter(project: project, state: state).scan(only: paths)
-            let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path.string))
+            let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
             // What was below a path that is no longer a directory is gone too.
-            pushed = try state.load(.pushed, paths: paths.map(\.string), subtrees: paths.map(\.string).filter { !directories.contains($0) })
+            pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
             knownScan = scan
             Trace.mark("push: looked at \(paths.count) reported paths")
         } else {
@@ -237,21 +287,31 @@ public final class PushSession {
         // The operations go out right behind the hello, without waiting for the welcome: the agent refuses them
         // all if its instance is not the one expected (a wiped or replaced remote).
         let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
-                          pullPaths: project.pullPaths.map(\.string), chunking: project.chunking,
-                          expectInstance: try state.remoteInstance() ?? "")
+                          pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
+                          expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
         let connecting = PendingConnection(project: project, link: link) { _ in hello }
         let scan: Snapshotter.Scan
         var planned: [PushOperation]
         do {
             scan = try knownScan ?? Snapshotter(project: project, state: state).scan(roots: nil)
             Trace.mark("push: scanned \(scan.entries.count) entries")
-            planned = planPush(local: scan.entries, pushed: pushed) { path in
-                guard let rel = try? RelativePath(path) else { return true }
-                return self.project.isPullPath(rel) || self.project.rules.isExcluded(path)
-            }
+            planned = try resolveOps ?? planPush(local: scan.entries, pushed: pushed, isLeftAlone: isLeftAlone)
         } catch {
             connecting.cancel()
             throw error
+        }
+        if resolveOps == nil {
+            // Pushed earlier, ignored now: left on the remote unless pruned, and said so.
+            let present = Set(scan.entries.map(\.path))
+            stats.leftIgnored = pushed.keys.filter {
+                !present.contains($0) && !project.isPullPath($0) && project.rules.isExcluded($0.bytes)
+            }.sorted()
+            if pruneIgnored { stats.leftIgnored = [] }
+            if !stats.leftIgnored.isEmpty {
+                stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"
+                                      + " (\(stats.leftIgnored.prefix(3).map(\.description).joined(separator: ", "))"
+                                      + (stats.leftIgnored.count > 3 ? ", …" : "") + "); `syncctl push --prune-ignored` deletes them there")
+            }
         }
         stats.filesScanned = scan.entries.count
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
@@ -269,7 +329,8 @@ public final class PushSession {
         }
         let progress = ProgressReporter(label: "push", enabled: project.options.progress)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
-                                    window: window, progress: progress, totalBytes: totalBytes) { instance in
+                                    window: window, progress: progress, totalBytes: totalBytes,
+                                    force: force || resolving != nil) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
         planned = []  // the pipeline owns the operations now: filling in contents copies nothing
@@ -299,12 +360,16 @@ public final class PushSession {
         stats.bytesSent = outcome.bytesSent
         stats.bytesReceived = outcome.bytesReceived
 
-        var changes: [(String, SyncedEntry?)] = []
+        var changes: [(RelativePath, SyncedEntry?)] = []
+        var pulledChanges: [(RelativePath, SyncedEntry?)] = []
+        var conflicts: [ConflictRecord] = []
+        var cleared: [RelativePath] = []
+        let now = wallClockNanos()
         for (index, op) in ops.enumerated() {
             let id = UInt32(index + 1)
             if outcome.notSent.contains(id) {
                 // Hashed and found as last pushed: the remote has it already. Unreadable files have a warning.
-                if case .file(let e, _) = op, e.content != nil { changes.append((e.path.string, e.synced)) }
+                if case .file(let e, _) = op, e.content != nil { changes.append((e.path, e.synced)) }
                 continue
             }
             switch op {
@@ -320,16 +385,27 @@ public final class PushSession {
                 stats.errors.append("\(op.path): no answer from the agent")
                 continue
             }
+            if !result.keptAs.isEmpty, let copy = try? op.path.replacingName(with: result.keptAs) {
+                stats.kept.append(KeptCopy(path: op.path, copy: copy, side: "remote"))
+            }
             switch result.status {
             case .applied, .unchanged:
+                let entry: SyncedEntry?
                 switch op {
-                case .file(let e, _), .symlink(let e, _), .directory(let e): changes.append((e.path.string, e.synced))
-                case .delete(let p, _): changes.append((p, nil))
+                case .file(let e, _), .symlink(let e, _), .directory(let e): entry = e.synced
+                case .delete: entry = nil
                 }
+                if project.isPullPath(op.path) { pulledChanges.append((op.path, entry)) } else { changes.append((op.path, entry)) }
+                cleared.append(op.path)
             case .conflict:
                 stats.conflicts += 1
                 stats.conflictPaths.append(op.path)
-                printError("conflict: \(op.path): \(result.message)")
+                let message = "\(op.path): \(result.message); both versions kept (`syncctl resolve \(shellQuoted(op.path))"
+                    + " --keep local|remote`, or `push --force`)"
+                stats.conflictMessages.append(message)
+                conflicts.append(ConflictRecord(path: op.path, found: .push, sinceNanos: now, local: localSide(op),
+                                                remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
+                                                recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message))
             case .failed:
                 if outcome.aborted.contains(id) {
                     stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
@@ -340,17 +416,30 @@ public final class PushSession {
         }
         Trace.mark("push: recording \(changes.count) changes")
         try state.update(.pushed, changes)
+        try state.update(.pulled, pulledChanges)
+        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
+        try state.noteConflicts(conflicts, cleared: cleared, allOf: only == nil && resolving == nil ? .push : nil)
         Trace.mark("push: recorded")
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
     }
+
+    private func localSide(_ op: PushOperation) -> ConflictSide {
+        switch op {
+        case .file(let e, _):
+            return ConflictSide(kind: .file, digest: e.content?.digest, size: e.stat.size, mtimeNanos: e.stat.mtimeNanos)
+        case .symlink(let e, _): return ConflictSide(kind: .symlink, target: e.linkTarget)
+        case .directory: return ConflictSide(kind: .directory)
+        case .delete: return .absent
+        }
+    }
 }
 
-/// The agent's answers to a push, compactly: a status byte per operation, and the text of the few answers that
-/// carry one (a push of 100k files keeps 100k answers).
+/// The agent's answers to a push, compactly: a status byte per operation, and the whole answer for the few
+/// that say more (a message, a conflict, a kept copy): a push of 100k files keeps 100k answers.
 struct OpAnswers {
     private var statuses: [UInt8]
-    private var messages: [UInt32: String] = [:]
+    private var details: [UInt32: OpResult] = [:]
     private static let none: UInt8 = 0xFF
 
     init(count: Int) { statuses = Array(repeating: Self.none, count: count) }
@@ -359,13 +448,14 @@ struct OpAnswers {
     mutating func record(_ result: OpResult) -> Bool {
         guard result.op >= 1, Int(result.op) <= statuses.count else { return false }
         statuses[Int(result.op) - 1] = result.status.rawValue
-        if !result.message.isEmpty { messages[result.op] = result.message }
+        if !result.message.isEmpty || result.status == .conflict || !result.keptAs.isEmpty { details[result.op] = result }
         return true
     }
 
-    subscript(op: UInt32) -> (status: OpStatus, message: String)? {
+    /// The answer to `op` (for a plain one, `current` is not kept); nil when none came.
+    subscript(op: UInt32) -> OpResult? {
         guard op >= 1, Int(op) <= statuses.count, let status = OpStatus(rawValue: statuses[Int(op) - 1]) else { return nil }
-        return (status, messages[op] ?? "")
+        return details[op] ?? OpResult(op: op, status: status, message: "", current: .absent)
     }
 }
 
@@ -388,8 +478,10 @@ final class PushPipeline {
     private let project: Project
     private let link: AgentLink
     private var ops: [PushOperation]
-    private let pushed: [String: SyncedEntry]
+    private let pushed: [RelativePath: SyncedEntry]
     private let hasher: ContentHasher
+    /// Every operation is sent forced (see `FileHeader.force`).
+    private let force: Bool
     private let checkInstance: (String) throws -> Void
     private let window: Int
     private let reader: FrameReader
@@ -413,9 +505,10 @@ final class PushPipeline {
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
 
-    init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [String: SyncedEntry], hasher: ContentHasher,
-         window: Int, progress: ProgressReporter, totalBytes: UInt64, checkInstance: @escaping (String) throws -> Void) {
+    init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
+         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
+        self.force = force
         sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
         self.project = project
         self.link = link
@@ -448,7 +541,7 @@ final class PushPipeline {
                 case .success(let record):
                     e.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
                     ops[index] = .file(e, base: base)
-                    if pushed[e.path.string] == e.synced {
+                    if pushed[e.path] == e.synced && !force {
                         outcome.notSent.insert(id)
                         continue
                     }
@@ -562,10 +655,11 @@ final class PushPipeline {
             let content = e.content!
             // A small file whose content the remote is not known to hold goes with its data, unasked: one round
             // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
-            let eager = content.size <= Self.eagerLimit && !content.chunks.isEmpty && !remoteDigests.contains(content.digest)
-            try writer.send(.fileBegin(FileHeader(op: id, path: e.path.string, permissions: e.stat.permissions,
+            let eager = content.size <= Self.eagerLimit && content.chunks.contains { !$0.id.isHole } && !remoteDigests.contains(content.digest)
+            try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
-                                                  base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager)))
+                                                  base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
+                                                  force: force)))
             var start = 0
             while start < content.chunks.count {
                 let end = min(start + maxListItems, content.chunks.count)
@@ -574,15 +668,17 @@ final class PushPipeline {
             }
             if eager {
                 var seen: Set<ChunkID> = []
-                let distinct = content.chunks.indices.filter { seen.insert(content.chunks[$0].id).inserted }.map { UInt32($0) }
+                let distinct = content.chunks.indices.filter {
+                    !content.chunks[$0].id.isHole && seen.insert(content.chunks[$0].id).inserted
+                }.map { UInt32($0) }
                 try sendChunks(op: id, indices: distinct)
             }
         case .symlink(let e, let base):
-            try writer.send(.symlink(op: id, path: e.path.string, target: e.linkTarget ?? "", base: base))
+            try writer.send(.symlink(op: id, path: e.path.bytes, target: e.linkTarget ?? [], base: base, force: force))
         case .directory(let e):
-            try writer.send(.directory(op: id, path: e.path.string, permissions: e.stat.permissions))
+            try writer.send(.directory(op: id, path: e.path.bytes, permissions: e.stat.permissions, force: force))
         case .delete(let path, let base):
-            try writer.send(.delete(op: id, path: path, base: base))
+            try writer.send(.delete(op: id, path: path.bytes, base: base, force: force))
         }
     }
 
@@ -609,7 +705,9 @@ final class PushPipeline {
             openFile = (op, fd)
         }
         for index in indices {
-            guard Int(index) < content.chunks.count else { throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count)") }
+            guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
+                throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
+            }
             let chunk = content.chunks[Int(index)]
             guard try sender.send(chunk, index: index, op: op, from: fd, to: writer) else {
                 outcome.aborted.insert(op)

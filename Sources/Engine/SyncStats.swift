@@ -19,7 +19,13 @@ public struct SyncStats: Codable, Sendable {
     public var bytesReceived: UInt64 = 0
     public var durationMs: UInt64 = 0
     public var conflicts = 0
-    public var conflictPaths: [String] = []
+    public var conflictPaths: [RelativePath] = []
+    /// One line per conflict: what each side holds and what the last sync recorded.
+    public var conflictMessages: [String] = []
+    /// Paths pushed before and ignored now, left on the remote (`push --prune-ignored` deletes them).
+    public var leftIgnored: [RelativePath] = []
+    /// Losing versions of forced operations, and where they were kept.
+    public var kept: [KeptCopy] = []
     /// Remote files a pull left for later because they were being written.
     public var skipped: [String] = []
     public var errors: [String] = []
@@ -35,6 +41,7 @@ public struct SyncStats: Codable, Sendable {
         case filesMoved = "files_moved", bytesLogical = "bytes_logical", chunksTotal = "chunks_total"
         case chunksSent = "chunks_sent", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
         case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
+        case conflictMessages = "conflict_messages", leftIgnored = "left_ignored", kept
         case remoteDirectory = "remote_directory"
     }
 
@@ -45,7 +52,12 @@ public struct SyncStats: Codable, Sendable {
         return 0
     }
 
-    public func json() -> String {
+    /// The JSON object `--json` prints: paths that are not UTF-8 carry `\udcXX` escapes (see `PathText`).
+    public func json() -> String { PathText.publicJSON(Array(internalJSON().utf8)) }
+
+    /// The same object with paths in their lossless text form, for the control socket (JSONSerialization
+    /// cannot hold the surrogate escapes of the public form).
+    public func internalJSON() -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)

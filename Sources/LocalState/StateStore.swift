@@ -5,14 +5,14 @@ import SyncSystem
 
 /// A file as last read: its stat identity, content digest and chunk list. Valid while the identity is unchanged.
 public struct CachedFile: Sendable, Equatable {
-    public var path: String
+    public var path: RelativePath
     public var stat: FileStat
     public var digest: ChunkID
     public var chunks: [ChunkRef]
     /// When the entry was written; entries whose mtime is too close to it are not trusted (racy writes).
     public var cachedAtNanos: Int64
 
-    public init(path: String, stat: FileStat, digest: ChunkID, chunks: [ChunkRef], cachedAtNanos: Int64) {
+    public init(path: RelativePath, stat: FileStat, digest: ChunkID, chunks: [ChunkRef], cachedAtNanos: Int64) {
         self.path = path
         self.stat = stat
         self.digest = digest
@@ -33,12 +33,12 @@ public struct SyncedEntry: Sendable, Equatable {
     public var kind: Kind
     /// File digest (files) — nil otherwise.
     public var digest: ChunkID?
-    /// Symlink target — nil otherwise.
-    public var target: String?
+    /// Symlink target (bytes) — nil otherwise.
+    public var target: [UInt8]?
     public var permissions: UInt32
     public var mtimeNanos: Int64
 
-    public init(kind: Kind, digest: ChunkID?, target: String?, permissions: UInt32, mtimeNanos: Int64) {
+    public init(kind: Kind, digest: ChunkID?, target: [UInt8]?, permissions: UInt32, mtimeNanos: Int64) {
         self.kind = kind
         self.digest = digest
         self.target = target
@@ -50,7 +50,7 @@ public struct SyncedEntry: Sendable, Equatable {
 /// Local persistent state of one project and remote, in SQLite: the stat cache, the last pushed snapshot
 /// and the last pulled snapshot.
 public final class StateStore {
-    private let db: DatabaseQueue
+    let db: DatabaseQueue
     public let path: String
 
     /// Opens or creates the database at `path` (its directory is created).
@@ -75,6 +75,28 @@ public final class StateStore {
         }
         migrator.registerMigration("v2-meta") { db in
             try db.execute(sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        }
+        migrator.registerMigration("v3-byte-paths") { db in
+            // Names are bytes: paths and symlink targets become BLOBs (compared bytewise), keeping every record.
+            try db.execute(sql: """
+                CREATE TABLE files3 (path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER, perm INTEGER, size INTEGER,
+                    mtime INTEGER, ctime INTEGER, digest BLOB, chunks BLOB, cached_at INTEGER);
+                INSERT INTO files3 SELECT CAST(path AS BLOB), dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at FROM files;
+                DROP TABLE files;
+                ALTER TABLE files3 RENAME TO files;
+                """)
+            for table in ["pushed", "pulled"] {
+                try db.execute(sql: """
+                    CREATE TABLE \(table)3 (path BLOB PRIMARY KEY, kind INTEGER, digest BLOB, target BLOB, perm INTEGER, mtime INTEGER);
+                    INSERT INTO \(table)3 SELECT CAST(path AS BLOB), kind, digest, CAST(target AS BLOB), perm, mtime FROM \(table);
+                    DROP TABLE \(table);
+                    ALTER TABLE \(table)3 RENAME TO \(table);
+                    """)
+            }
+            try db.execute(sql: """
+                CREATE TABLE conflicts (path BLOB PRIMARY KEY, side TEXT NOT NULL, since INTEGER NOT NULL, message TEXT NOT NULL,
+                    local BLOB NOT NULL, remote BLOB NOT NULL, recorded BLOB NOT NULL)
+                """)
         }
         try migrator.migrate(db)
     }
@@ -114,9 +136,9 @@ public final class StateStore {
 
     // MARK: stat cache
 
-    public func loadFiles() throws -> [String: CachedFile] {
+    public func loadFiles() throws -> [RelativePath: CachedFile] {
         try db.read { db in
-            var out: [String: CachedFile] = [:]
+            var out: [RelativePath: CachedFile] = [:]
             let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.fileColumns) FROM files")
             while let row = try rows.next() {
                 if let file = Self.cachedFile(row) { out[file.path] = file }
@@ -126,12 +148,12 @@ public final class StateStore {
     }
 
     /// The stat cache's records for `paths` only.
-    public func loadFiles(paths: [String]) throws -> [String: CachedFile] {
+    public func loadFiles(paths: [RelativePath]) throws -> [RelativePath: CachedFile] {
         try db.read { db in
-            var out: [String: CachedFile] = [:]
+            var out: [RelativePath: CachedFile] = [:]
             let select = try db.makeStatement(sql: "SELECT \(Self.fileColumns) FROM files WHERE path = ?")
             for path in paths {
-                if let row = try Row.fetchOne(select, arguments: [path]), let file = Self.cachedFile(row) { out[path] = file }
+                if let row = try Row.fetchOne(select, arguments: [Data(path.bytes)]), let file = Self.cachedFile(row) { out[path] = file }
             }
             return out
         }
@@ -140,7 +162,8 @@ public final class StateStore {
     private static let fileColumns = "path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at"
 
     private static func cachedFile(_ row: Row) -> CachedFile? {
-        let path: String = row[0]
+        let pathData: Data = row[0]
+        guard let path = try? RelativePath(bytes: [UInt8](pathData)) else { return nil }
         let st = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
                           permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
         let digestData: Data = row[7]
@@ -149,7 +172,7 @@ public final class StateStore {
         return CachedFile(path: path, stat: st, digest: digest, chunks: chunks, cachedAtNanos: row[9])
     }
 
-    public func saveFiles(_ files: [CachedFile], removing removed: [String] = []) throws {
+    public func saveFiles(_ files: [CachedFile], removing removed: [RelativePath] = []) throws {
         guard !files.isEmpty || !removed.isEmpty else { return }
         try db.write { db in
             let insert = try db.makeStatement(sql: """
@@ -157,12 +180,12 @@ public final class StateStore {
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
             for f in files {
-                try insert.execute(arguments: [f.path, Int64(bitPattern: f.stat.device), Int64(bitPattern: f.stat.inode),
+                try insert.execute(arguments: [Data(f.path.bytes), Int64(bitPattern: f.stat.device), Int64(bitPattern: f.stat.inode),
                                                Int64(f.stat.permissions), Int64(f.stat.size), f.stat.mtimeNanos, f.stat.ctimeNanos,
                                                Self.encodeID(f.digest), Self.encodeChunks(f.chunks), f.cachedAtNanos])
             }
             let delete = try db.makeStatement(sql: "DELETE FROM files WHERE path = ?")
-            for p in removed { try delete.execute(arguments: [p]) }
+            for p in removed { try delete.execute(arguments: [Data(p.bytes)]) }
         }
     }
 
@@ -171,9 +194,9 @@ public final class StateStore {
     /// Which snapshot: what was pushed, or what was pulled.
     public enum Snapshot: String { case pushed, pulled }
 
-    public func load(_ snapshot: Snapshot) throws -> [String: SyncedEntry] {
+    public func load(_ snapshot: Snapshot) throws -> [RelativePath: SyncedEntry] {
         try db.read { db in
-            var out: [String: SyncedEntry] = [:]
+            var out: [RelativePath: SyncedEntry] = [:]
             let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue)")
             while let row = try rows.next() { Self.addEntry(row, to: &out) }
             return out
@@ -181,17 +204,17 @@ public final class StateStore {
     }
 
     /// The snapshot's entries at `paths`, and every entry below each of `subtrees`.
-    public func load(_ snapshot: Snapshot, paths: [String], subtrees: [String]) throws -> [String: SyncedEntry] {
+    public func load(_ snapshot: Snapshot, paths: [RelativePath], subtrees: [RelativePath]) throws -> [RelativePath: SyncedEntry] {
         try db.read { db in
-            var out: [String: SyncedEntry] = [:]
+            var out: [RelativePath: SyncedEntry] = [:]
             let one = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path = ?")
             for path in paths {
-                if let row = try Row.fetchOne(one, arguments: [path]) { Self.addEntry(row, to: &out) }
+                if let row = try Row.fetchOne(one, arguments: [Data(path.bytes)]) { Self.addEntry(row, to: &out) }
             }
-            // Below "a/b": every path from "a/b/" up to, not including, "a/b0" ('0' follows '/').
+            // Below "a/b": every path from "a/b/" up to, not including, "a/b0" ('0' follows '/'; BLOBs compare bytewise).
             let below = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path >= ? AND path < ?")
             for root in subtrees {
-                let rows = try Row.fetchCursor(below, arguments: [root + "/", root + "0"])
+                let rows = try Row.fetchCursor(below, arguments: [Data(root.bytes + [UInt8(ascii: "/")]), Data(root.bytes + [UInt8(ascii: "0")])])
                 while let row = try rows.next() { Self.addEntry(row, to: &out) }
             }
             return out
@@ -200,24 +223,28 @@ public final class StateStore {
 
     private static let entryColumns = "path, kind, digest, target, perm, mtime"
 
-    private static func addEntry(_ row: Row, to out: inout [String: SyncedEntry]) {
+    private static func addEntry(_ row: Row, to out: inout [RelativePath: SyncedEntry]) {
         guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { return }
+        let pathData: Data = row[0]
+        guard let path = try? RelativePath(bytes: [UInt8](pathData)) else { return }
         let digestData: Data? = row[2]
-        out[row[0]] = SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: row[3],
-                                  permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
+        let targetData: Data? = row[3]
+        out[path] = SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: targetData.map { [UInt8]($0) },
+                                permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
     }
 
     /// Applies changes to a snapshot in one transaction: a nil entry removes the path.
-    public func update(_ snapshot: Snapshot, _ changes: [(String, SyncedEntry?)]) throws {
+    public func update(_ snapshot: Snapshot, _ changes: [(RelativePath, SyncedEntry?)]) throws {
         guard !changes.isEmpty else { return }
         try db.write { db in
             let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(snapshot.rawValue) (path, kind, digest, target, perm, mtime) VALUES (?, ?, ?, ?, ?, ?)")
             let delete = try db.makeStatement(sql: "DELETE FROM \(snapshot.rawValue) WHERE path = ?")
             for (path, entry) in changes {
                 if let e = entry {
-                    try insert.execute(arguments: [path, e.kind.rawValue, e.digest.map(Self.encodeID), e.target, Int64(e.permissions), e.mtimeNanos])
+                    try insert.execute(arguments: [Data(path.bytes), e.kind.rawValue, e.digest.map(Self.encodeID), e.target.map { Data($0) },
+                                                   Int64(e.permissions), e.mtimeNanos])
                 } else {
-                    try delete.execute(arguments: [path])
+                    try delete.execute(arguments: [Data(path.bytes)])
                 }
             }
         }

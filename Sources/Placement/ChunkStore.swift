@@ -3,11 +3,11 @@ import SyncSystem
 
 /// Where a chunk's bytes can be found in a file of a tree.
 public struct ChunkLocation: Sendable, Equatable {
-    public var path: String
+    public var path: RelativePath
     public var offset: UInt64
     public var length: UInt32
 
-    public init(path: String, offset: UInt64, length: UInt32) {
+    public init(path: RelativePath, offset: UInt64, length: UInt32) {
         self.path = path
         self.offset = offset
         self.length = length
@@ -19,19 +19,19 @@ public struct ChunkLocation: Sendable, Equatable {
 public final class ChunkStore {
     public let tree: Tree
     private var locations: [ChunkID: ChunkLocation] = [:]
-    private var openFile: (path: String, fd: FileDescriptor)?
+    private var openFile: (path: RelativePath, fd: FileDescriptor)?
 
     public init(tree: Tree) { self.tree = tree }
 
     public var count: Int { locations.count }
 
     /// Records that `path` holds `chunks` (with their offsets).
-    public func add(path: String, chunks: [ChunkRef]) {
-        for c in chunks { locations[c.id] = ChunkLocation(path: path, offset: c.offset, length: c.length) }
+    public func add(path: RelativePath, chunks: [ChunkRef]) {
+        for c in chunks where !c.id.isHole { locations[c.id] = ChunkLocation(path: path, offset: c.offset, length: c.length) }
     }
 
     /// Forgets every location in `path` (the file is about to change or go away).
-    public func remove(path: String, chunks: [ChunkRef]) {
+    public func remove(path: RelativePath, chunks: [ChunkRef]) {
         for c in chunks where locations[c.id]?.path == path { locations[c.id] = nil }
         if openFile?.path == path { openFile = nil }
     }
@@ -46,7 +46,7 @@ public final class ChunkStore {
             if let open = openFile, open.path == location.path {
                 fd = open.fd
             } else {
-                fd = try tree.openForReading(try RelativePath(location.path))
+                fd = try tree.openForReading(location.path)
                 openFile = (location.path, fd)
             }
             let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(length)])

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chunking
+import CSystemShims
 import SyncSystem
 
 /// Why a file could not be assembled or placed.
@@ -46,24 +47,26 @@ public final class FileAssembly {
             offset += UInt64(c.length)
         }
         guard offset == size else {
-            throw PlacementError(path: path.string, message: "chunk lengths add up to \(offset) bytes, but the file is \(size)")
+            throw PlacementError(path: path.description, message: "chunk lengths add up to \(offset) bytes, but the file is \(size)")
         }
         chunks = withOffsets
-        present = [Bool](repeating: false, count: withOffsets.count)
-        missingCount = withOffsets.count
+        // Holes are never sent: they are there already, as the file is never written at their offsets.
+        present = withOffsets.map(\.id.isHole)
+        missingCount = present.filter { !$0 }.count
         partName = Self.partName(for: path, digest: digest)
-        guard let parent = try tree.openDirectory(path.parentComponents, create: true) else {
-            throw PlacementError(path: path.string, message: "parent directory could not be made")
+        guard let parent = try tree.openParent(path, create: true) else {
+            throw PlacementError(path: path.description, message: "parent directory could not be made")
         }
-        let shown = (path.parentString.isEmpty ? "" : path.parentString + "/") + partName
-        let fd = try syscall("openat", path: shown) {
-            openat(parent.raw, partName, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        }
-        let part = FileDescriptor(raw: fd, path: shown)
+        let shown = displayPath(joinPath(path.parentBytes, Array(partName.utf8)))
+        let part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR | O_CREAT, shown: shown)
         let existing = try part.stat()
         guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
-        if existing.size > 0 { try detectResumedChunks(part, existingSize: existing.size) }
-        // Only a longer leftover needs cutting: the writes extend the file to its size.
+        if existing.size > 0 {
+            try detectResumedChunks(part, existingSize: existing.size)
+            try clearHoles(part, existingSize: existing.size)
+        }
+        // Only a longer leftover needs cutting: the writes extend the file to its size (`seal` extends it over a
+        // hole at the end).
         if existing.size > size { try part.truncate(size) }
         partFD = part
     }
@@ -71,11 +74,10 @@ public final class FileAssembly {
     /// The open temporary file, reopened (without following symlinks) after `suspend()`.
     private func openPart() throws -> FileDescriptor {
         if let partFD { return partFD }
-        guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
-            throw PlacementError(path: path.string, message: "parent directory vanished while the file was being built")
+        guard let parent = try tree.openParent(path, create: false) else {
+            throw PlacementError(path: path.description, message: "parent directory vanished while the file was being built")
         }
-        let fd = try syscall("openat", path: partName) { openat(parent.raw, partName, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }
-        let part = FileDescriptor(raw: fd, path: partName)
+        let part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: partName)
         partFD = part
         return part
     }
@@ -84,7 +86,7 @@ public final class FileAssembly {
     /// find and resume it; the name keeps two files with the same content in one directory (copies, empty
     /// `__init__.py`s) from building into the same temporary file.
     public static func partName(for path: RelativePath, digest: ChunkID) -> String {
-        let name = ChunkID(hashing: Array(path.name.utf8)).low
+        let name = ChunkID(hashing: path.name).low
         let suffix = String(name, radix: 16)
         return partialFilePrefix + digest.hex + "-" + String(repeating: "0", count: 16 - suffix.count) + suffix
     }
@@ -95,7 +97,7 @@ public final class FileAssembly {
     private func detectResumedChunks(_ part: FileDescriptor, existingSize: UInt64) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
-        for (i, c) in chunks.enumerated() where c.offset + UInt64(c.length) <= existingSize {
+        for (i, c) in chunks.enumerated() where !c.id.isHole && c.offset + UInt64(c.length) <= existingSize {
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
             guard try part.read(into: view, at: c.offset) == Int(c.length) else { continue }
             if ChunkID(hashing: UnsafeRawBufferPointer(view)) == c.id {
@@ -106,8 +108,25 @@ public final class FileAssembly {
         }
     }
 
-    /// Size of a buffer that holds any chunk of this file (at least one byte).
-    private var largestChunk: Int { max(chunks.map { Int($0.length) }.max() ?? 1, 1) }
+    /// A resumed temporary file may hold bytes where this file has holes (an earlier run cut elsewhere): they
+    /// are made holes again, so the placed file reads as zeros there and takes no disk.
+    private func clearHoles(_ part: FileDescriptor, existingSize: UInt64) throws {
+        for c in chunks where c.id.isHole && c.offset < existingSize {
+            let length = min(UInt64(c.length), existingSize - c.offset)
+            if syncd_punch_hole(part.raw, Int64(c.offset), Int64(length)) == 0 { continue }
+            // No hole punching here: zeros, written, read the same.
+            let zeros = [UInt8](repeating: 0, count: 1 << 20)
+            var offset = c.offset
+            while offset < c.offset + length {
+                let n = Int(min(UInt64(zeros.count), c.offset + length - offset))
+                try zeros.withUnsafeBytes { try part.write(UnsafeRawBufferPointer(rebasing: $0[0..<n]), at: offset) }
+                offset += UInt64(n)
+            }
+        }
+    }
+
+    /// Size of a buffer that holds any chunk of this file that is not a hole (at least one byte).
+    private var largestChunk: Int { max(chunks.filter { !$0.id.isHole }.map { Int($0.length) }.max() ?? 1, 1) }
 
     /// Indices of chunks still missing, one per distinct chunk id: `write` fills the repeats of a chunk (a run
     /// of zeros, say) from the first, so each id is asked for once.
@@ -138,14 +157,17 @@ public final class FileAssembly {
     /// Writes chunk `index` after checking that `bytes` hash to its id.
     public func write(index: Int, bytes: UnsafeRawBufferPointer) throws {
         guard index >= 0, index < chunks.count else {
-            throw PlacementError(path: path.string, message: "chunk index \(index) is out of range (file has \(chunks.count))")
+            throw PlacementError(path: path.description, message: "chunk index \(index) is out of range (file has \(chunks.count))")
         }
         let c = chunks[index]
+        guard !c.id.isHole else {
+            throw PlacementError(path: path.description, message: "chunk \(index) is a hole, which is never sent; refused")
+        }
         guard bytes.count == Int(c.length) else {
-            throw PlacementError(path: path.string, message: "chunk \(index) is \(bytes.count) bytes, expected \(c.length)")
+            throw PlacementError(path: path.description, message: "chunk \(index) is \(bytes.count) bytes, expected \(c.length)")
         }
         guard ChunkID(hashing: bytes) == c.id else {
-            throw PlacementError(path: path.string, message: "chunk \(index) does not match its id \(c.id.hex); refused")
+            throw PlacementError(path: path.description, message: "chunk \(index) does not match its id \(c.id.hex); refused")
         }
         if present[index] { return }
         try writeVerified(index: index, bytes: bytes)
@@ -168,6 +190,7 @@ public final class FileAssembly {
         if index == digested {
             digestState.update(bytes)
             digested += 1
+            feedHoles()
         }
         // Start writeback every 8 MiB so the fsync before the rename has little left to do.
         unflushed += bytes.count
@@ -197,13 +220,15 @@ public final class FileAssembly {
     /// calling `commit`. A digest mismatch discards the temporary file.
     public func seal(permissions: UInt32, mtimeNanos: Int64) throws -> FileDescriptor {
         guard isComplete else {
-            throw PlacementError(path: path.string, message: "cannot place: \(missingCount) chunks still missing")
+            throw PlacementError(path: path.description, message: "cannot place: \(missingCount) chunks still missing")
         }
         let part = try openPart()
         try advanceDigest(part)
+        // A hole at the end is made by extending the file, not by writing.
+        if try part.stat().size < size { try part.truncate(size) }
         guard digested == chunks.count, digestState.finish() == digest else {
             discard()
-            throw PlacementError(path: path.string, message: "assembled file does not match its digest \(digest.hex); discarded")
+            throw PlacementError(path: path.description, message: "assembled file does not match its digest \(digest.hex); discarded")
         }
         try part.setPermissions(permissions & 0o777)
         try part.setModificationTime(mtimeNanos)
@@ -217,10 +242,12 @@ public final class FileAssembly {
     /// parent directory, which the caller fsyncs (once for many files) to make the rename durable.
     public func commit(checkTarget: (FileStat?) throws -> Void) throws -> FileDescriptor? {
         guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
-            throw PlacementError(path: path.string, message: "parent directory vanished")
+            throw PlacementError(path: path.description, message: "parent directory vanished")
         }
-        try checkTarget(try Tree.lstat(at: parent, name: path.name, shown: path.string))
-        try syscall("renameat", path: path.string) { renameat(parent.raw, partName, parent.raw, path.name) }
+        try checkTarget(try Tree.lstat(at: parent, name: path.name, shown: path.description))
+        try syscall("renameat", path: path.description) {
+            withCName(Array(partName.utf8)) { from in withCName(path.name) { renameat(parent.raw, from, parent.raw, $0) } }
+        }
         partFD?.close()
         partFD = nil
         return parent
@@ -230,16 +257,29 @@ public final class FileAssembly {
     /// those that were written out of order (or found in a resumed temporary file). Chunks that arrive in
     /// order are fed as they are written, so a file sent front to back is never read again.
     private func advanceDigest(_ part: FileDescriptor) throws {
+        feedHoles()
         guard digested < chunks.count, present[digested] else { return }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
         while digested < chunks.count && present[digested] {
             let c = chunks[digested]
+            if c.id.isHole {
+                feedHoles()
+                continue
+            }
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
             guard try part.read(into: view, at: c.offset) == Int(c.length) else {
-                throw PlacementError(path: path.string, message: "temporary file is shorter than chunk \(digested) needs")
+                throw PlacementError(path: path.description, message: "temporary file is shorter than chunk \(digested) needs")
             }
             digestState.update(UnsafeRawBufferPointer(view))
+            digested += 1
+        }
+    }
+
+    /// Feeds the whole-file digest with the zeros of the holes that come next in order.
+    private func feedHoles() {
+        while digested < chunks.count && chunks[digested].id.isHole {
+            digestState.updateZeros(UInt64(chunks[digested].length))
             digested += 1
         }
     }
@@ -254,8 +294,8 @@ public final class FileAssembly {
     public func discard() {
         partFD?.close()
         partFD = nil
-        if let parent = try? tree.openDirectory(path.parentComponents, create: false) {
-            try? Tree.remove(at: parent, name: partName, isDirectory: false, shown: partName)
+        if let parent = try? tree.openParent(path, create: false) {
+            try? Tree.remove(at: parent, name: Array(partName.utf8), isDirectory: false, shown: partName)
         }
     }
 }

@@ -8,6 +8,9 @@ public struct IgnoreRuleError: Error, CustomStringConvertible {
     public var description: String { "\(source):\(line): \(message)" }
 }
 
+/// The losing copies of resolved conflicts (`NAME.sync-conflict-<stamp>.EXT`), which are never synced.
+public let conflictCopyPattern = "**/*.sync-conflict-*"
+
 /// Ignore rules with `.dockerignore` semantics (moby/patternmatcher): `*`, `?`, `[...]`, `**`, `!` exceptions,
 /// last match wins, and a path is excluded when it or any of its parents matches.
 public struct IgnoreRules: Sendable {
@@ -21,7 +24,7 @@ public struct IgnoreRules: Sendable {
     /// Rules that syncd always starts from: VCS metadata and editor temp files.
     public static let defaultPatterns = [
         ".git", "**/.git", "**/.hg", "**/.svn", "**/*.swp", "**/*.swo", "**/*~", "**/.#*", "**/#*#",
-        "**/.DS_Store", "**/4913",
+        "**/.DS_Store", "**/4913", conflictCopyPattern,
     ]
 
     /// Adds the lines of an ignore file (`.syncignore`, `.dockerignore`): comments are lines starting with '#',
@@ -72,9 +75,11 @@ public struct IgnoreRules: Sendable {
 
     /// True when `path` (slash separated, relative) is excluded: the last pattern that matches it or one of
     /// its parent directories decides.
-    public func isExcluded(_ path: String) -> Bool {
+    public func isExcluded(_ path: String) -> Bool { isExcluded(Array(path.utf8)) }
+
+    /// True when `path` (slash-separated bytes) is excluded; see `isExcluded(_: String)`.
+    public func isExcluded(_ bytes: [UInt8]) -> Bool {
         var matched = false
-        let bytes = Array(path.utf8)
         var parentEnds: [Int] = []
         for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { parentEnds.append(i) }
         for pattern in patterns {
@@ -126,6 +131,9 @@ public struct IgnorePattern: Sendable {
 
     /// True when the whole of `path` matches (its parents are not considered).
     public func matches(_ path: String) -> Bool { matches(Array(path.utf8)[...]) }
+
+    /// True when the whole of `bytes` (a path as the file system holds it) matches.
+    public func matches(bytes: [UInt8]) -> Bool { matches(bytes[...]) }
 
     /// True when the pattern has a wildcard (`*`, `?`, `[`): it selects by matching, not by naming one path.
     public var hasWildcards: Bool {

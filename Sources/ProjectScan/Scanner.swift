@@ -4,8 +4,8 @@ import SyncSystem
 public struct ScannedEntry: Sendable, Equatable {
     public let path: RelativePath
     public let stat: FileStat
-    /// The target, for symlinks.
-    public let linkTarget: String?
+    /// The target, for symlinks (bytes, like names).
+    public let linkTarget: [UInt8]?
 
     public var kind: FileKind { stat.kind }
 }
@@ -44,17 +44,17 @@ public struct ProjectScanner {
         if let roots {
             for root in roots {
                 guard let st = try tree.lstat(root) else { continue }
-                if rules.isExcluded(root.string) && !rules.hasExceptions { continue }
+                if rules.isExcluded(root.bytes) && !rules.hasExceptions { continue }
                 if st.kind == .directory {
-                    if !rules.isExcluded(root.string) { result.entries.append(ScannedEntry(path: root, stat: st, linkTarget: nil)) }
-                    guard let dir = try tree.openDirectory(root.components, create: false) else { continue }
-                    try walk(dir, prefix: root.string, into: &result)
-                } else if let parent = try tree.openDirectory(root.parentComponents, create: false) {
-                    try visit(name: root.name, kind: st.kind, in: parent, prefix: root.parentString, into: &result)
+                    if !rules.isExcluded(root.bytes) { result.entries.append(ScannedEntry(path: root, stat: st, linkTarget: nil)) }
+                    guard let dir = try tree.openDirectory(root, create: false) else { continue }
+                    try walk(dir, prefix: root.bytes, into: &result)
+                } else if let parent = try tree.openParent(root, create: false) {
+                    try visit(name: root.name, kind: st.kind, in: parent, prefix: root.parentBytes, into: &result)
                 }
             }
         } else {
-            try walk(tree.root, prefix: "", into: &result)
+            try walk(tree.root, prefix: [], into: &result)
         }
         return result
     }
@@ -64,36 +64,38 @@ public struct ProjectScanner {
     public func entries(at paths: [RelativePath]) throws -> ScanResult {
         var result = ScanResult(entries: [], warnings: [])
         for path in paths {
-            var ancestor = ""
+            var ancestor: [UInt8] = []
             var hidden = false
             for component in path.parentComponents {
-                ancestor = ancestor.isEmpty ? component : ancestor + "/" + component
+                ancestor = joinPath(ancestor, component)
                 if rules.isExcluded(ancestor) && !rules.hasExceptions { hidden = true; break }
             }
             if hidden { continue }
-            guard let parent = try tree.openDirectory(path.parentComponents, create: false),
-                  let st = try Tree.lstat(at: parent, name: path.name, shown: path.string) else { continue }
-            try visit(name: path.name, kind: st.kind, in: parent, prefix: path.parentString, recurse: false, into: &result)
+            guard let parent = try tree.openParent(path, create: false),
+                  let st = try Tree.lstat(at: parent, name: path.name, shown: path.description) else { continue }
+            try visit(name: path.name, kind: st.kind, in: parent, prefix: path.parentBytes, recurse: false, into: &result)
         }
         return result
     }
 
-    private func walk(_ dir: FileDescriptor, prefix: String, into result: inout ScanResult) throws {
+    private func walk(_ dir: FileDescriptor, prefix: [UInt8], into result: inout ScanResult) throws {
         for item in try Tree.list(dir) {
             try visit(name: item.name, kind: item.kind, in: dir, prefix: prefix, into: &result)
         }
     }
 
-    private func visit(name: String, kind: FileKind, in dir: FileDescriptor, prefix: String, recurse: Bool = true,
+    private func visit(name: [UInt8], kind: FileKind, in dir: FileDescriptor, prefix: [UInt8], recurse: Bool = true,
                        into result: inout ScanResult) throws {
-        let pathString = prefix.isEmpty ? name : prefix + "/" + name
-        if name.hasPrefix(partialFilePrefix) { return }
-        let excluded = rules.isExcluded(pathString)
+        let bytes = joinPath(prefix, name)
+        if name.starts(with: partialFilePrefix.utf8) { return }
+        let excluded = rules.isExcluded(bytes)
         if excluded && (kind != .directory || !rules.hasExceptions) { return }
-        guard let path = try? RelativePath(pathString) else {
-            result.warnings.append(ScanWarning(path: pathString, message: "name cannot be synced; skipped"))
+        let path: RelativePath
+        do { path = try RelativePath(bytes: bytes) } catch {
+            result.warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
             return
         }
+        let pathString = path.description
         guard let st = try Tree.lstat(at: dir, name: name, shown: pathString) else { return }
         switch st.kind {
         case .directory:
@@ -106,16 +108,16 @@ public struct ProjectScanner {
                 result.warnings.append(ScanWarning(path: pathString, message: "\(error); skipped"))
                 return
             }
-            try walk(child, prefix: pathString, into: &result)
+            try walk(child, prefix: bytes, into: &result)
         case .regular:
             if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
         case .symlink:
             if excluded { return }
             let target = try Tree.readLink(at: dir, name: name, shown: pathString)
-            if symlinkStaysInside(linkPath: pathString, target: target) {
+            if symlinkStaysInside(linkPath: path, target: target) {
                 result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: target))
             } else {
-                result.warnings.append(ScanWarning(path: pathString, message: "symlink to '\(target)' points outside the project; skipped"))
+                result.warnings.append(ScanWarning(path: pathString, message: "symlink to \(displayPath(target)) points outside the project; skipped"))
             }
         case .other:
             if !excluded { result.warnings.append(ScanWarning(path: pathString, message: "not a regular file, directory or symlink; skipped")) }

@@ -21,12 +21,19 @@ public func cleanPath(_ path: String) -> String {
     return joined.isEmpty ? "." : joined
 }
 
-/// True when a symlink at `linkPath` (relative to a tree root) with `target` resolves, lexically,
-/// to a place inside the tree. Absolute targets are never inside.
-public func symlinkStaysInside(linkPath: String, target: String) -> Bool {
-    if target.isEmpty || target.hasPrefix("/") { return false }
-    var parent = linkPath
-    if let slash = parent.lastIndex(of: "/") { parent = String(parent[..<slash]) } else { parent = "" }
-    let resolved = cleanPath(parent.isEmpty ? target : parent + "/" + target)
-    return resolved != ".." && !resolved.hasPrefix("../") && !resolved.hasPrefix("/")
+/// True when a symlink at `linkPath` with target `target` (both bytes) resolves, lexically, to a place inside
+/// the tree. Absolute and empty targets are never inside.
+public func symlinkStaysInside(linkPath: RelativePath, target: [UInt8]) -> Bool {
+    if target.isEmpty || target[0] == UInt8(ascii: "/") { return false }
+    var depth = linkPath.parentComponents.count
+    for part in target.split(separator: UInt8(ascii: "/")) {
+        if part.count == 1 && part[part.startIndex] == UInt8(ascii: ".") { continue }
+        if part.count == 2 && part.allSatisfy({ $0 == UInt8(ascii: ".") }) {
+            depth -= 1
+            if depth < 0 { return false }
+            continue
+        }
+        depth += 1
+    }
+    return true
 }

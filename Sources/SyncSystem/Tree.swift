@@ -1,61 +1,7 @@
+import CSystemShims
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Why a path from the outside (the wire, a config) was refused.
-public struct PathError: Error, CustomStringConvertible, Equatable {
-    public let path: String
-    public let reason: String
-    public init(path: String, reason: String) {
-        self.path = path
-        self.reason = reason
-    }
-    public var description: String { "refused path '\(path)': \(reason)" }
-}
-
-/// A validated path relative to a tree root: no leading '/', no empty, '.' or '..' components, no NUL.
-public struct RelativePath: Hashable, Comparable, CustomStringConvertible, Sendable {
-    /// Slash-separated form, as it travels on the wire.
-    public let string: String
-    /// The components, each a single file name. Made on demand: a scan holds 100k paths, and a stored array
-    /// would cost each of them another allocation.
-    public var components: [String] { string.split(separator: "/").map(String.init) }
-
-    public init(_ string: String) throws {
-        if string.isEmpty { throw PathError(path: string, reason: "empty path") }
-        if string.utf8.count > 4096 { throw PathError(path: String(string.prefix(64)) + "…", reason: "longer than 4096 bytes") }
-        if string.utf8.contains(0) { throw PathError(path: string, reason: "contains a NUL byte") }
-        if string.hasPrefix("/") { throw PathError(path: string, reason: "absolute paths are not allowed") }
-        let parts = string.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        for part in parts {
-            if part.isEmpty { throw PathError(path: string, reason: "empty component (doubled or trailing '/')") }
-            if part == "." || part == ".." { throw PathError(path: string, reason: "'\(part)' components are not allowed") }
-            if part.utf8.count > 255 { throw PathError(path: string, reason: "a component is longer than 255 bytes") }
-        }
-        self.string = string
-    }
-
-    /// The path's last component.
-    public var name: String {
-        guard let slash = string.lastIndex(of: "/") else { return string }
-        return String(string[string.index(after: slash)...])
-    }
-    /// The parent's components (empty at top level).
-    public var parentComponents: ArraySlice<String> { components.dropLast() }
-    /// The parent path as a string; "" at top level.
-    public var parentString: String {
-        guard let slash = string.lastIndex(of: "/") else { return "" }
-        return String(string[..<slash])
-    }
-
-    /// True when `self` is `other` or lies below it.
-    public func isWithin(_ other: RelativePath) -> Bool {
-        string == other.string || string.hasPrefix(other.string + "/")
-    }
-
-    public var description: String { string }
-    public static func < (a: RelativePath, b: RelativePath) -> Bool { a.string < b.string }
-}
 
 /// A directory tree that is only ever entered with openat and O_NOFOLLOW, so that no path
 /// given to it can reach outside: symlinks on the way are refused, not followed.
@@ -87,42 +33,51 @@ public final class Tree {
     /// O_NOFOLLOW. With `create`, missing directories are made (mode 0755). Returns nil when a component
     /// is missing and `create` is false. Throws when a component is a symlink or not a directory.
     public func openDirectory<C: Collection>(_ components: C, create: Bool) throws -> FileDescriptor?
-    where C.Element == String {
+    where C.Element == [UInt8] {
         var current = FileDescriptor(raw: try syscall("dup", path: rootPath) { dup(root.raw) }, path: "")
-        var walked: [String] = []
+        var walked: [UInt8] = []
         for name in components {
-            walked.append(name)
-            let shown = walked.joined(separator: "/")
-            var fd = openat(current.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            walked = joinPath(walked, name)
+            var fd = withCName(name) { openat(current.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             if fd < 0 && errno == ENOENT && create {
-                if mkdirat(current.raw, name, 0o755) != 0 && errno != EEXIST {
-                    throw SystemError(call: "mkdirat", path: shown, errno: errno)
+                if withCName(name, { mkdirat(current.raw, $0, 0o755) }) != 0 && errno != EEXIST {
+                    throw SystemError(call: "mkdirat", path: displayPath(walked), errno: errno)
                 }
-                fd = openat(current.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                fd = withCName(name) { openat(current.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             }
             if fd < 0 {
                 let code = errno
                 if code == ENOENT { return nil }
                 if code == ELOOP || code == ENOTDIR {
-                    throw PathError(path: shown, reason: "is a symlink or a file, not a directory; refusing to go through it")
+                    throw PathError(path: displayPath(walked), reason: "is a symlink or a file, not a directory; refusing to go through it")
                 }
-                throw SystemError(call: "openat", path: shown, errno: code)
+                throw SystemError(call: "openat", path: displayPath(walked), errno: code)
             }
-            current = FileDescriptor(raw: fd, path: shown)
+            current = FileDescriptor(raw: fd, path: displayPath(walked))
         }
         return current
     }
 
+    /// Opens a directory by its path under the root (nil: the root itself); see `openDirectory(_:create:)`.
+    public func openDirectory(_ path: RelativePath?, create: Bool) throws -> FileDescriptor? {
+        try openDirectory(path?.components ?? [], create: create)
+    }
+
+    /// Opens the parent directory of `path`; nil when it does not exist and `create` is false.
+    public func openParent(_ path: RelativePath, create: Bool) throws -> FileDescriptor? {
+        try openDirectory(path.parentComponents, create: create)
+    }
+
     /// lstat of a path under the root; nil when it (or a parent) does not exist.
     public func lstat(_ path: RelativePath) throws -> FileStat? {
-        guard let parent = try openDirectory(path.parentComponents, create: false) else { return nil }
-        return try Tree.lstat(at: parent, name: path.name, shown: path.string)
+        guard let parent = try openParent(path, create: false) else { return nil }
+        return try Tree.lstat(at: parent, name: path.name, shown: path.description)
     }
 
     /// lstat of `name` in an open directory; nil when absent.
-    public static func lstat(at dir: FileDescriptor, name: String, shown: String) throws -> FileStat? {
+    public static func lstat(at dir: FileDescriptor, name: [UInt8], shown: String) throws -> FileStat? {
         var st = Glibc.stat()
-        if fstatat(dir.raw, name, &st, AT_SYMLINK_NOFOLLOW) != 0 {
+        if withCName(name, { fstatat(dir.raw, $0, &st, AT_SYMLINK_NOFOLLOW) }) != 0 {
             if errno == ENOENT { return nil }
             throw SystemError(call: "fstatat", path: shown, errno: errno)
         }
@@ -131,24 +86,32 @@ public final class Tree {
 
     /// Opens a regular file for reading without following a final symlink.
     public func openForReading(_ path: RelativePath) throws -> FileDescriptor {
-        guard let parent = try openDirectory(path.parentComponents, create: false) else {
-            throw SystemError(call: "open", path: path.string, errno: ENOENT)
+        guard let parent = try openParent(path, create: false) else {
+            throw SystemError(call: "open", path: path.description, errno: ENOENT)
         }
-        let fd = try syscall("openat", path: path.string) {
-            openat(parent.raw, path.name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        }
-        return FileDescriptor(raw: fd, path: path.string)
+        return try Tree.openFile(at: parent, name: path.name, flags: O_RDONLY, shown: path.description)
     }
 
-    /// Reads a symlink's target.
-    public static func readLink(at dir: FileDescriptor, name: String, shown: String) throws -> String {
-        var buffer = [CChar](repeating: 0, count: 4097)
-        let n = try syscall("readlinkat", path: shown) { readlinkat(dir.raw, name, &buffer, 4096) }
-        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    /// Opens `name` in an open directory with `flags` (plus O_NOFOLLOW and O_CLOEXEC).
+    public static func openFile(at dir: FileDescriptor, name: [UInt8], flags: Int32, mode: mode_t = 0o600,
+                                shown: String) throws -> FileDescriptor {
+        let fd = try syscall("openat", path: shown) {
+            withCName(name) { openat(dir.raw, $0, flags | O_NOFOLLOW | O_CLOEXEC, mode) }
+        }
+        return FileDescriptor(raw: fd, path: shown)
     }
 
-    /// Lists a directory: names (without "." and "..") and their kinds, sorted by name.
-    public static func list(_ dir: FileDescriptor) throws -> [(name: String, kind: FileKind)] {
+    /// Reads a symlink's target, as bytes.
+    public static func readLink(at dir: FileDescriptor, name: [UInt8], shown: String) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: 4097)
+        let n = try syscall("readlinkat", path: shown) {
+            withCName(name) { cname in buffer.withUnsafeMutableBytes { readlinkat(dir.raw, cname, $0.baseAddress!, 4096) } }
+        }
+        return Array(buffer[0..<n])
+    }
+
+    /// Lists a directory: names (without "." and "..") and their kinds, sorted bytewise by name.
+    public static func list(_ dir: FileDescriptor) throws -> [(name: [UInt8], kind: FileKind)] {
         let copy = try syscall("dup", path: dir.path) { dup(dir.raw) }
         guard let stream = fdopendir(copy) else {
             let code = errno
@@ -157,12 +120,12 @@ public final class Tree {
         }
         defer { closedir(stream) }
         rewinddir(stream)
-        var result: [(String, FileKind)] = []
+        var result: [([UInt8], FileKind)] = []
         while let entry = readdir(stream) {
-            let name = withUnsafePointer(to: entry.pointee.d_name) {
-                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            let name: [UInt8] = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: UInt8.self, capacity: 256) { p in Array(UnsafeBufferPointer(start: p, count: strlen(UnsafeRawPointer(p).assumingMemoryBound(to: CChar.self)))) }
             }
-            if name == "." || name == ".." { continue }
+            if name == [dot] || name == [dot, dot] { continue }
             let kind: FileKind
             switch Int32(entry.pointee.d_type) {
             case Int32(DT_REG): kind = .regular
@@ -170,39 +133,38 @@ public final class Tree {
             case Int32(DT_LNK): kind = .symlink
             case Int32(DT_UNKNOWN):
                 var st = Glibc.stat()
-                if fstatat(dir.raw, name, &st, AT_SYMLINK_NOFOLLOW) != 0 { continue }
+                if withCName(name, { fstatat(dir.raw, $0, &st, AT_SYMLINK_NOFOLLOW) }) != 0 { continue }
                 kind = FileKind(mode: st.st_mode)
             default: kind = .other
             }
             result.append((name, kind))
         }
-        return result.sorted { $0.0 < $1.0 }
+        return result.sorted { $0.0.lexicographicallyPrecedes($1.0) }
     }
 
     /// Removes a file, symlink or empty directory in an open directory. Absent is not an error.
-    public static func remove(at dir: FileDescriptor, name: String, isDirectory: Bool, shown: String) throws {
-        if unlinkat(dir.raw, name, isDirectory ? AT_REMOVEDIR : 0) != 0 {
+    public static func remove(at dir: FileDescriptor, name: [UInt8], isDirectory: Bool, shown: String) throws {
+        if withCName(name, { unlinkat(dir.raw, $0, isDirectory ? AT_REMOVEDIR : 0) }) != 0 {
             if errno == ENOENT { return }
             throw SystemError(call: isDirectory ? "rmdir" : "unlink", path: shown, errno: errno)
         }
     }
 
     /// Opens a subdirectory of an open directory, refusing symlinks.
-    public static func openChildDirectory(_ dir: FileDescriptor, name: String, shown: String) throws -> FileDescriptor {
-        let fd = try syscall("openat", path: shown) { openat(dir.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+    public static func openChildDirectory(_ dir: FileDescriptor, name: [UInt8], shown: String) throws -> FileDescriptor {
+        let fd = try syscall("openat", path: shown) {
+            withCName(name) { openat(dir.raw, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        }
         return FileDescriptor(raw: fd, path: shown)
     }
 
     /// Removes a whole subtree below an open directory, never following symlinks.
-    public static func removeTree(at dir: FileDescriptor, name: String, shown: String) throws {
+    public static func removeTree(at dir: FileDescriptor, name: [UInt8], shown: String) throws {
         guard let st = try lstat(at: dir, name: name, shown: shown) else { return }
         if st.kind == .directory {
-            let fd = try syscall("openat", path: shown) {
-                openat(dir.raw, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            }
-            let child = FileDescriptor(raw: fd, path: shown)
+            let child = try openChildDirectory(dir, name: name, shown: shown)
             for entry in try list(child) {
-                try removeTree(at: child, name: entry.name, shown: shown + "/" + entry.name)
+                try removeTree(at: child, name: entry.name, shown: shown + "/" + displayPath(entry.name))
             }
             try remove(at: dir, name: name, isDirectory: true, shown: shown)
         } else {
@@ -210,15 +172,41 @@ public final class Tree {
         }
     }
 
+    /// Renames `from` to `to` in one directory, failing with EEXIST rather than replacing what is at `to`.
+    public static func renameNoReplace(at dir: FileDescriptor, from: [UInt8], to: [UInt8], shown: String) throws {
+        try syscall("renameat2", path: shown) {
+            withCName(from) { f in withCName(to) { t in syncd_rename_noreplace(dir.raw, f, dir.raw, t) } }
+        }
+    }
+
+    /// Keeps what is at `path` (a file, symlink or directory) under a conflict copy name beside it
+    /// (`conflictCopyName`), never replacing anything there; returns the copy's path.
+    public func keepAside(_ path: RelativePath, stamp: String) throws -> RelativePath {
+        guard let parent = try openParent(path, create: false) else {
+            throw SystemError(call: "rename", path: path.description, errno: ENOENT)
+        }
+        for attempt in 0..<100 {
+            let name = conflictCopyName(path.name, stamp: stamp, attempt: attempt)
+            do {
+                try Tree.renameNoReplace(at: parent, from: path.name, to: name, shown: path.description)
+            } catch let error as SystemError where error.errno == EEXIST {
+                continue
+            }
+            Tree.syncDirectory(parent)
+            return try path.replacingName(with: name)
+        }
+        throw PathError(path: path.description, reason: "no free conflict copy name beside it (100 exist)")
+    }
+
     /// Makes `name` in `dir` a symlink to `target`, replacing what is there in one rename (a temporary link
     /// is made beside it first), and syncs the directory.
-    public static func placeSymlink(at dir: FileDescriptor, name: String, target: String, shown: String) throws {
-        let temp = partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)
-        try syscall("symlinkat", path: shown) { symlinkat(target, dir.raw, temp) }
+    public static func placeSymlink(at dir: FileDescriptor, name: [UInt8], target: [UInt8], shown: String) throws {
+        let temp = Array((partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)).utf8)
+        try syscall("symlinkat", path: shown) { withCName(target) { t in withCName(temp) { symlinkat(t, dir.raw, $0) } } }
         do {
-            try syscall("renameat", path: shown) { renameat(dir.raw, temp, dir.raw, name) }
+            try syscall("renameat", path: shown) { withCName(temp) { t in withCName(name) { renameat(dir.raw, t, dir.raw, $0) } } }
         } catch {
-            try? remove(at: dir, name: temp, isDirectory: false, shown: temp)
+            try? remove(at: dir, name: temp, isDirectory: false, shown: shown)
             throw error
         }
         syncDirectory(dir)

@@ -7,7 +7,7 @@ import SyncSystem
 /// What a watcher reports, after coalescing.
 public enum WatchEvent: Equatable, Sendable {
     /// These paths (files or directories, relative to the tree) may have changed.
-    case changed(Set<String>)
+    case changed(Set<RelativePath>)
     /// Events were lost (the kernel queue overflowed): the whole tree must be compared again.
     case rescan(reason: String)
 }
@@ -33,9 +33,9 @@ public final class TreeWatcher {
     private let maxHoldMillis: Int
     private let log: (String) -> Void
     private let deliver: (WatchEvent) -> Void
-    /// Subtrees reported on ("" or empty: the whole tree). Directories on the way to them are watched too, so a
-    /// subtree that appears later is seen.
-    private let scope: [String]
+    /// Subtrees reported on (empty: the whole tree). Directories on the way to them are watched too, so a
+    /// subtree that appears later is seen. Directories are named by their bytes here, [] being the root.
+    private let scope: [[UInt8]]
     /// Report a file once it is complete (closed after writing, created, moved in, removed), not while it is
     /// being written: `IN_MODIFY` alone reports nothing.
     private let completedFilesOnly: Bool
@@ -45,23 +45,23 @@ public final class TreeWatcher {
     private var wakeWrite: Int32 = -1
     private var thread: pthread_t?
     /// Watch descriptor to directory path ("" is the root), and back.
-    private var directories: [Int32: String] = [:]
-    private var watches: [String: Int32] = [:]
+    private var directories: [Int32: [UInt8]] = [:]
+    private var watches: [[UInt8]: Int32] = [:]
     /// Subtrees polled because inotify refused them, with their last stat snapshot.
-    private var polled: [String: [String: FileStat]] = [:]
+    private var polled: [[UInt8]: [RelativePath: FileStat]] = [:]
     private var pollInterval = 2000
     private var lastPoll: UInt64 = 0
     private var warnedAboutLimit = false
 
-    private var pending: Set<String> = []
+    private var pending: Set<RelativePath> = []
     private var pendingRescan: String?
     private var firstPending: UInt64 = 0
     private var lastEvent: UInt64 = 0
 
     public init(tree: Tree, rules: IgnoreRules, mode: Mode = .inotify, quietMillis: Int = 75, maxHoldMillis: Int = 5000,
-                scope: [String] = [], completedFilesOnly: Bool = false,
+                scope: [RelativePath] = [], completedFilesOnly: Bool = false,
                 log: @escaping (String) -> Void = { printError($0) }, deliver: @escaping (WatchEvent) -> Void) {
-        self.scope = scope.contains("") ? [] : scope
+        self.scope = scope.map(\.bytes)
         self.completedFilesOnly = completedFilesOnly
         self.tree = tree
         self.rules = rules
@@ -96,10 +96,10 @@ public final class TreeWatcher {
         case .inotify:
             inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
             guard inotifyFD >= 0 else { throw SystemError(call: "inotify_init1", path: tree.rootPath, errno: errno) }
-            addWatches(below: "")
+            addWatches(below: [])
         case .polling(let interval):
             pollInterval = interval
-            polled[""] = snapshot(of: "")
+            polled[[]] = snapshot(of: [])
         }
         lastPoll = monotonicNanos()
         thread = try startThread { [self] in run() }
@@ -197,7 +197,7 @@ public final class TreeWatcher {
         return wait == Int.max ? -1 : Int32(min(wait, 60_000))
     }
 
-    private func note(_ path: String) {
+    private func note(_ path: RelativePath) {
         let now = monotonicNanos()
         if pending.isEmpty && pendingRescan == nil { firstPending = now }
         pending.insert(path)
@@ -233,14 +233,17 @@ public final class TreeWatcher {
             while offset + MemoryLayout<inotify_event>.size <= n {
                 let event = buffer.baseAddress!.advanced(by: offset).assumingMemoryBound(to: inotify_event.self).pointee
                 let nameStart = buffer.baseAddress!.advanced(by: offset + MemoryLayout<inotify_event>.size)
-                let name = event.len > 0 ? String(cString: nameStart.assumingMemoryBound(to: CChar.self)) : ""
+                let name: [UInt8] = event.len > 0
+                    ? Array(UnsafeBufferPointer(start: nameStart.assumingMemoryBound(to: UInt8.self),
+                                                count: strlen(nameStart.assumingMemoryBound(to: CChar.self))))
+                    : []
                 handle(event, name: name)
                 offset += MemoryLayout<inotify_event>.size + Int(event.len)
             }
         }
     }
 
-    private func handle(_ event: inotify_event, name: String) {
+    private func handle(_ event: inotify_event, name: [UInt8]) {
         let mask = event.mask
         if mask & UInt32(IN_Q_OVERFLOW) != 0 {
             // Events were dropped: everything is compared again, and watches are checked for new directories.
@@ -248,7 +251,7 @@ public final class TreeWatcher {
             if pending.isEmpty && pendingRescan == nil { firstPending = now }
             pendingRescan = "the kernel's inotify queue overflowed (fs.inotify.max_queued_events)"
             lastEvent = now
-            addWatches(below: "")
+            addWatches(below: [])
             return
         }
         guard let directory = directories[event.wd] else { return }
@@ -259,22 +262,26 @@ public final class TreeWatcher {
             return
         }
         if name.isEmpty {
-            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 && inScope(directory) { note(directory) }
+            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 && inScope(directory), let path = try? RelativePath(bytes: directory) {
+                note(path)
+            }
             return
         }
-        let path = directory.isEmpty ? name : directory + "/" + name
-        if name.hasPrefix(partialFilePrefix) { return }
+        let bytes = joinPath(directory, name)
+        if name.starts(with: partialFilePrefix.utf8) { return }
+        guard let relative = try? RelativePath(bytes: bytes) else { return }
+        let path = bytes
         let isDirectory = mask & UInt32(IN_ISDIR) != 0
         if rules.isExcluded(path) && !(isDirectory && rules.hasExceptions) { return }
         if !inScope(path) {
             // Only a directory leading into the scope matters here: watch it so the scope is seen when it appears.
             if isDirectory && leadsIntoScope(path) && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
                 addWatches(below: path)
-                for inner in listing(below: path) where inScope(inner) { note(inner) }
+                for inner in listing(below: path) where inScope(inner.bytes) { note(inner) }
             }
             return
         }
-        if completedFilesOnly && !isDirectory && !isCompleted(mask, path: path) { return }
+        if completedFilesOnly && !isDirectory && !isCompleted(mask, path: relative) { return }
         if isDirectory && mask & UInt32(IN_MOVED_FROM | IN_DELETE) != 0 { dropWatches(below: path) }
         if isDirectory && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
             // Watch first, then scan: whatever was made in it before the watch existed is reported by the scan,
@@ -282,14 +289,14 @@ public final class TreeWatcher {
             addWatches(below: path)
             for inner in listing(below: path) { note(inner) }
         }
-        note(path)
+        note(relative)
     }
 
     /// For `completedFilesOnly`: a file written and closed, moved, removed or chmod'ed; a symlink made. A file
     /// just created or being written is not complete yet (its close will come).
-    private func isCompleted(_ mask: UInt32, path: String) -> Bool {
+    private func isCompleted(_ mask: UInt32, path: RelativePath) -> Bool {
         if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB) != 0 { return true }
-        if mask & UInt32(IN_CREATE) != 0, let rel = try? RelativePath(path), let st = try? tree.lstat(rel) {
+        if mask & UInt32(IN_CREATE) != 0, let st = try? tree.lstat(path) {
             return st.kind == .symlink
         }
         return false
@@ -297,13 +304,13 @@ public final class TreeWatcher {
 
     // MARK: scope
 
-    private func inScope(_ path: String) -> Bool {
-        scope.isEmpty || scope.contains { path == $0 || path.hasPrefix($0 + "/") }
+    private func inScope(_ path: [UInt8]) -> Bool {
+        scope.isEmpty || scope.contains { path == $0 || path.starts(with: $0 + [UInt8(ascii: "/")]) }
     }
 
-    /// True for a directory above some scope root ("" for the tree's root).
-    private func leadsIntoScope(_ path: String) -> Bool {
-        path.isEmpty || scope.contains { $0.hasPrefix(path + "/") }
+    /// True for a directory above some scope root ([] for the tree's root).
+    private func leadsIntoScope(_ path: [UInt8]) -> Bool {
+        path.isEmpty || scope.contains { $0.starts(with: path + [UInt8(ascii: "/")]) }
     }
 
     // MARK: watches
@@ -312,18 +319,18 @@ public final class TreeWatcher {
         | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 
     /// Adds watches for `relative` and every directory below it that is not ignored.
-    private func addWatches(below relative: String) {
+    private func addWatches(below relative: [UInt8]) {
         var stack = [relative]
         while let dir = stack.popLast() {
             if polled[dir] != nil { continue }
-            let absolute = dir.isEmpty ? tree.rootPath : tree.rootPath + "/" + dir
-            let wd = inotify_add_watch(inotifyFD, absolute, Self.mask)
+            let absolute = dir.isEmpty ? Array(tree.rootPath.utf8) : Array(tree.rootPath.utf8) + [UInt8(ascii: "/")] + dir
+            let wd = withCName(absolute) { inotify_add_watch(inotifyFD, $0, Self.mask) }
             if wd < 0 {
                 let code = errno
                 if code == ENOSPC {
                     fallBackToPolling(dir)
                 } else if code != ENOENT && code != ENOTDIR {
-                    log("syncd: cannot watch \(absolute): \(String(cString: strerror(code)))")
+                    log("syncd: cannot watch \(displayPath(absolute)): \(String(cString: strerror(code)))")
                 }
                 continue
             }
@@ -335,33 +342,34 @@ public final class TreeWatcher {
         publishCount()
     }
 
-    private func dropWatches(below path: String) {
-        for (dir, wd) in watches where dir == path || dir.hasPrefix(path + "/") {
+    private func dropWatches(below path: [UInt8]) {
+        let below = path + [UInt8(ascii: "/")]
+        for (dir, wd) in watches where dir == path || dir.starts(with: below) {
             inotify_rm_watch(inotifyFD, wd)
             watches[dir] = nil
             directories[wd] = nil
         }
-        for dir in polled.keys where dir == path || dir.hasPrefix(path + "/") { polled[dir] = nil }
+        for dir in polled.keys where dir == path || dir.starts(with: below) { polled[dir] = nil }
         publishCount()
     }
 
-    private func fallBackToPolling(_ dir: String) {
+    private func fallBackToPolling(_ dir: [UInt8]) {
         if !warnedAboutLimit {
             warnedAboutLimit = true
             let limit = (try? String(decoding: readSmallFile("/proc/sys/fs/inotify/max_user_watches"), as: UTF8.self))?
                 .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
             log("syncd: the inotify watch limit is reached (fs.inotify.max_user_watches = \(limit)); raise it, e.g. "
-                + "`sysctl fs.inotify.max_user_watches=524288`. Until then \(dir.isEmpty ? "the project" : dir + "/") "
+                + "`sysctl fs.inotify.max_user_watches=524288`. Until then \(dir.isEmpty ? "the project" : displayPath(dir + [UInt8(ascii: "/")])) "
                 + "and other unwatched directories are scanned every \(pollInterval / 1000) s.")
         }
         polled[dir] = snapshot(of: dir)
     }
 
-    private func subdirectories(of dir: String) -> [String] {
+    private func subdirectories(of dir: [UInt8]) -> [[UInt8]] {
         guard let fd = try? openDirectory(dir), let items = try? Tree.list(fd) else { return [] }
-        var out: [String] = []
+        var out: [[UInt8]] = []
         for item in items where item.kind == .directory {
-            let path = dir.isEmpty ? item.name : dir + "/" + item.name
+            let path = joinPath(dir, item.name)
             if rules.isExcluded(path) && !rules.hasExceptions { continue }
             if !inScope(path) && !leadsIntoScope(path) { continue }
             out.append(path)
@@ -369,24 +377,24 @@ public final class TreeWatcher {
         return out
     }
 
-    private func openDirectory(_ dir: String) throws -> FileDescriptor? {
-        dir.isEmpty ? tree.root : try tree.openDirectory(try RelativePath(dir).components, create: false)
+    private func openDirectory(_ dir: [UInt8]) throws -> FileDescriptor? {
+        dir.isEmpty ? tree.root : try tree.openDirectory(try RelativePath(bytes: dir), create: false)
     }
 
     /// Every path below `dir` (not ignored), for a directory that just appeared.
-    private func listing(below dir: String) -> [String] {
-        guard let path = try? RelativePath(dir), let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: [path]) else { return [] }
-        return scan.entries.map(\.path.string)
+    private func listing(below dir: [UInt8]) -> [RelativePath] {
+        guard let path = try? RelativePath(bytes: dir), let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: [path]) else { return [] }
+        return scan.entries.map(\.path)
     }
 
     // MARK: polling
 
-    private func snapshot(of dir: String) -> [String: FileStat] {
-        let roots = dir.isEmpty ? nil : (try? RelativePath(dir)).map { [$0] }
+    private func snapshot(of dir: [UInt8]) -> [RelativePath: FileStat] {
+        let roots = dir.isEmpty ? nil : (try? RelativePath(bytes: dir)).map { [$0] }
         if !dir.isEmpty && roots == nil { return [:] }
         guard let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: roots) else { return [:] }
-        var out: [String: FileStat] = [:]
-        for e in scan.entries where inScope(e.path.string) { out[e.path.string] = e.stat }
+        var out: [RelativePath: FileStat] = [:]
+        for e in scan.entries where inScope(e.path.bytes) { out[e.path] = e.stat }
         return out
     }
 

@@ -24,6 +24,11 @@ public struct PayloadWriter {
         u32(UInt32(utf8.count))
         bytes.append(contentsOf: utf8)
     }
+    /// A length-prefixed byte string (a path or a name: bytes, not necessarily UTF-8).
+    public mutating func byteString(_ data: [UInt8]) {
+        u32(UInt32(data.count))
+        bytes.append(contentsOf: data)
+    }
     public mutating func raw(_ data: [UInt8]) { bytes.append(contentsOf: data) }
 }
 
@@ -67,6 +72,13 @@ public struct PayloadReader {
             throw ProtocolError("\(frame) frame: \(field) is not valid UTF-8")
         }
         return s
+    }
+
+    /// A byte string of at most `limit` bytes (paths and names are bytes; they are checked where they are used).
+    public mutating func byteString(_ field: String, limit: Int = 4096) throws -> [UInt8] {
+        let count = Int(try u32(field))
+        guard count <= limit else { throw ProtocolError("\(frame) frame: \(field) is \(count) bytes, limit \(limit)") }
+        return Array(try take(count, field))
     }
 
     /// A count of items each `itemSize` bytes long, checked against what is left before anything is allocated.

@@ -1,7 +1,8 @@
 import Chunking
+import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 2
+public let wireVersion: UInt16 = 3
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -22,14 +23,15 @@ public enum SessionRole: UInt8, Sendable {
 public enum PathState: Equatable, Sendable, CustomStringConvertible {
     case absent
     case file(ChunkID)
-    case symlink(String)
+    /// A symlink and its target (bytes, like names).
+    case symlink([UInt8])
     case directory
 
     public var description: String {
         switch self {
         case .absent: return "absent"
         case .file(let id): return "file \(id.hex.prefix(12))"
-        case .symlink(let t): return "symlink -> \(t)"
+        case .symlink(let t): return "symlink -> \(displayPath(t))"
         case .directory: return "directory"
         }
     }
@@ -52,10 +54,17 @@ public struct Hello: Equatable, Sendable {
     public var expectInstance: String
     /// Whether the agent should compress the chunks it sends (pulls): the client knows the link, the agent not.
     public var compress: Bool
+    /// The time stamp (`YYYYMMDD-HHMMSS`, the client's local time) in the names of the losing copies that forced
+    /// operations of this session keep (`NAME.sync-conflict-<stamp>.EXT`).
+    public var conflictStamp: String
+    /// A pull: list these paths (any path of the project, to resolve a conflict) instead of the pull paths.
+    public var roots: [[UInt8]]
 
     public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters,
-                expectInstance: String = "", compress: Bool = true) {
+                expectInstance: String = "", compress: Bool = true, conflictStamp: String = "", roots: [[UInt8]] = []) {
         self.role = role
+        self.conflictStamp = conflictStamp
+        self.roots = roots
         self.compress = compress
         self.expectInstance = expectInstance
         self.project = project
@@ -70,7 +79,8 @@ public struct Hello: Equatable, Sendable {
 /// Metadata of a file being sent: the path, its content digest and how many chunks follow in list frames.
 public struct FileHeader: Equatable, Sendable {
     public var op: UInt32
-    public var path: String
+    /// The path's bytes; the receiver validates them.
+    public var path: [UInt8]
     public var permissions: UInt32
     public var mtimeNanos: Int64
     public var size: UInt64
@@ -82,10 +92,15 @@ public struct FileHeader: Equatable, Sendable {
     /// asked (small files the receiver is not known to hold: one round trip less). The receiver takes what it
     /// lacks and drops the rest; it sends no `need` for such a file.
     public var dataFollows: Bool
+    /// When the path changed on the receiving side (a conflict), the receiver keeps what is there under a
+    /// conflict name beside it and places this file anyway (`resolve --keep local`, `push --force`). Allowed
+    /// on pull paths too: the user chose the local version of a remote-owned file.
+    public var force: Bool
 
-    public init(op: UInt32, path: String, permissions: UInt32, mtimeNanos: Int64, size: UInt64, digest: ChunkID,
-                base: PathState, chunkCount: UInt32, dataFollows: Bool = false) {
+    public init(op: UInt32, path: [UInt8], permissions: UInt32, mtimeNanos: Int64, size: UInt64, digest: ChunkID,
+                base: PathState, chunkCount: UInt32, dataFollows: Bool = false, force: Bool = false) {
         self.dataFollows = dataFollows
+        self.force = force
         self.op = op
         self.path = path
         self.permissions = permissions
@@ -116,26 +131,36 @@ public struct OpResult: Equatable, Sendable {
     public var message: String
     /// What is at the path on the receiving side after the operation.
     public var current: PathState
+    /// Size and modification time of `current` when it is a file (0 otherwise): what a conflict report shows.
+    public var currentSize: UInt64
+    public var currentMtimeNanos: Int64
+    /// A forced operation: the name (in the same directory) under which the losing version was kept; empty when
+    /// nothing was in the way.
+    public var keptAs: [UInt8]
 
-    public init(op: UInt32, status: OpStatus, message: String, current: PathState) {
+    public init(op: UInt32, status: OpStatus, message: String, current: PathState, currentSize: UInt64 = 0,
+                currentMtimeNanos: Int64 = 0, keptAs: [UInt8] = []) {
         self.op = op
         self.status = status
         self.message = message
         self.current = current
+        self.currentSize = currentSize
+        self.currentMtimeNanos = currentMtimeNanos
+        self.keptAs = keptAs
     }
 }
 
 /// One remote-owned entry offered by the agent during a pull; a file's chunk list follows in list frames.
 public struct RemoteEntry: Equatable, Sendable {
     public var op: UInt32
-    public var path: String
+    public var path: [UInt8]
     public var state: PathState
     public var permissions: UInt32
     public var mtimeNanos: Int64
     public var size: UInt64
     public var chunkCount: UInt32
 
-    public init(op: UInt32, path: String, state: PathState, permissions: UInt32, mtimeNanos: Int64, size: UInt64,
+    public init(op: UInt32, path: [UInt8], state: PathState, permissions: UInt32, mtimeNanos: Int64, size: UInt64,
                 chunkCount: UInt32) {
         self.op = op
         self.path = path
@@ -165,9 +190,10 @@ public enum Message: Equatable, Sendable {
     case chunkData(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: [UInt8])
     /// The sender gives up on file `op` (it changed while being read, say).
     case abort(op: UInt32, reason: String)
-    case symlink(op: UInt32, path: String, target: String, base: PathState)
-    case directory(op: UInt32, path: String, permissions: UInt32)
-    case delete(op: UInt32, path: String, base: PathState)
+    /// Path operations; `force` as in `FileHeader.force`.
+    case symlink(op: UInt32, path: [UInt8], target: [UInt8], base: PathState, force: Bool)
+    case directory(op: UInt32, path: [UInt8], permissions: UInt32, force: Bool)
+    case delete(op: UInt32, path: [UInt8], base: PathState, force: Bool)
     /// The client has sent every operation of this push.
     case endOfOperations
     /// The agent lacks these chunks (indices into the file's chunk list).
@@ -177,7 +203,7 @@ public enum Message: Equatable, Sendable {
     case done
     case remoteEntry(RemoteEntry)
     /// A remote-owned file that was not offered because it is being written.
-    case skipped(path: String, reason: String)
+    case skipped(path: [UInt8], reason: String)
     case listEnd
     /// The client asks for these chunks of remote entry `op`.
     case fetch(op: UInt32, indices: [UInt32])
@@ -185,7 +211,7 @@ public enum Message: Equatable, Sendable {
     /// Between sessions: tell me when remote-owned files change (see the type's comment).
     case watch
     /// Remote-owned paths completed since the last pull (at most `maxNotifiedPaths`; more may have changed).
-    case remoteChanged(paths: [String])
+    case remoteChanged(paths: [[UInt8]])
     /// The client ends a `watch`; the agent answers `watchEnded` once nothing more of the watch will come.
     case watchEnd
     case watchEnded
@@ -233,13 +259,16 @@ public enum Message: Equatable, Sendable {
             w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
             w.string(h.expectInstance)
             w.u8(h.compress ? 1 : 0)
+            w.string(h.conflictStamp)
+            w.u32(UInt32(h.roots.count))
+            for r in h.roots { w.byteString(r) }
         case .welcome(let version, let dir, let instance):
             w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
-            w.u32(f.op); w.string(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
+            w.u32(f.op); w.byteString(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
             Message.encode(f.base, into: &w)
             w.u32(f.chunkCount)
-            w.u8(f.dataFollows ? 1 : 0)
+            w.u8((f.dataFollows ? 1 : 0) | (f.force ? 2 : 0))
         case .chunkList(let op, let chunks):
             w.u32(op); w.u32(UInt32(chunks.count))
             for c in chunks { w.id(c.id); w.u32(c.length) }
@@ -247,27 +276,28 @@ public enum Message: Equatable, Sendable {
             w.u32(op); w.u32(index); w.u8(compressed ? 1 : 0); w.u32(rawLength); w.raw(payload)
         case .abort(let op, let reason):
             w.u32(op); w.string(reason)
-        case .symlink(let op, let path, let target, let base):
-            w.u32(op); w.string(path); w.string(target); Message.encode(base, into: &w)
-        case .directory(let op, let path, let permissions):
-            w.u32(op); w.string(path); w.u32(permissions)
-        case .delete(let op, let path, let base):
-            w.u32(op); w.string(path); Message.encode(base, into: &w)
+        case .symlink(let op, let path, let target, let base, let force):
+            w.u32(op); w.byteString(path); w.byteString(target); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
+        case .directory(let op, let path, let permissions, let force):
+            w.u32(op); w.byteString(path); w.u32(permissions); w.u8(force ? 1 : 0)
+        case .delete(let op, let path, let base, let force):
+            w.u32(op); w.byteString(path); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
         case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
             break
         case .remoteChanged(let paths):
             w.u32(UInt32(paths.count))
-            for p in paths { w.string(p) }
+            for p in paths { w.byteString(p) }
         case .need(let op, let indices), .fetch(let op, let indices):
             w.u32(op); w.u32(UInt32(indices.count))
             for i in indices { w.u32(i) }
         case .result(let r):
             w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
+            w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
         case .remoteEntry(let e):
-            w.u32(e.op); w.string(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
+            w.u32(e.op); w.byteString(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
             w.u64(e.size); w.u32(e.chunkCount)
         case .skipped(let path, let reason):
-            w.string(path); w.string(reason)
+            w.byteString(path); w.string(reason)
         case .error(let message):
             w.string(message)
         }
@@ -278,7 +308,7 @@ public enum Message: Equatable, Sendable {
         switch state {
         case .absent: w.u8(0)
         case .file(let id): w.u8(1); w.id(id)
-        case .symlink(let target): w.u8(2); w.string(target)
+        case .symlink(let target): w.u8(2); w.byteString(target)
         case .directory: w.u8(3)
         }
     }
@@ -287,10 +317,16 @@ public enum Message: Equatable, Sendable {
         switch try r.u8("state tag") {
         case 0: return .absent
         case 1: return .file(try r.id("state digest"))
-        case 2: return .symlink(try r.string("symlink target"))
+        case 2: return .symlink(try r.byteString("symlink target"))
         case 3: return .directory
         case let tag: throw ProtocolError("unknown path state tag \(tag)")
         }
+    }
+
+    static func decodeFlag(_ r: inout PayloadReader) throws -> Bool {
+        let flag = try r.u8("force flag")
+        guard flag <= 1 else { throw ProtocolError("unknown force flag \(flag)") }
+        return flag == 1
     }
 
     /// Decodes one frame. Throws `ProtocolError` for unknown types, truncation, bad UTF-8 or trailing bytes.
@@ -310,23 +346,27 @@ public enum Message: Equatable, Sendable {
             h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
             h.expectInstance = try r.string("expected instance")
             h.compress = try r.u8("compress flag") != 0
+            h.conflictStamp = try r.string("conflict stamp", limit: 64)
+            let roots = try r.count("roots", itemSize: 4, limit: 65536)
+            for _ in 0..<roots { h.roots.append(try r.byteString("root")) }
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
                                instance: try r.string("instance"))
         case 0x10:
             let op = try r.u32("op")
-            let path = try r.string("path")
+            let path = try r.byteString("path")
             let perms = try r.u32("permissions")
             let mtime = try r.i64("mtime")
             let size = try r.u64("size")
             let digest = try r.id("digest")
             let base = try decodeState(&r)
             let count = try r.u32("chunk count")
-            let follows = try r.u8("data-follows flag")
-            guard follows <= 1 else { throw ProtocolError("file header: unknown data-follows flag \(follows)") }
+            let flags = try r.u8("flags")
+            guard flags <= 3 else { throw ProtocolError("file header: unknown flags \(flags)") }
             message = .fileBegin(FileHeader(op: op, path: path, permissions: perms, mtimeNanos: mtime, size: size,
-                                            digest: digest, base: base, chunkCount: count, dataFollows: follows == 1))
+                                            digest: digest, base: base, chunkCount: count, dataFollows: flags & 1 != 0,
+                                            force: flags & 2 != 0))
         case 0x11:
             let op = try r.u32("op")
             let n = try r.count("chunks", itemSize: 20, limit: maxListItems)
@@ -350,12 +390,14 @@ public enum Message: Equatable, Sendable {
         case 0x13:
             message = .abort(op: try r.u32("op"), reason: try r.string("reason"))
         case 0x14:
-            message = .symlink(op: try r.u32("op"), path: try r.string("path"), target: try r.string("target"),
-                               base: try decodeState(&r))
+            message = .symlink(op: try r.u32("op"), path: try r.byteString("path"), target: try r.byteString("target"),
+                               base: try decodeState(&r), force: try decodeFlag(&r))
         case 0x15:
-            message = .directory(op: try r.u32("op"), path: try r.string("path"), permissions: try r.u32("permissions"))
+            message = .directory(op: try r.u32("op"), path: try r.byteString("path"), permissions: try r.u32("permissions"),
+                                 force: try decodeFlag(&r))
         case 0x16:
-            message = .delete(op: try r.u32("op"), path: try r.string("path"), base: try decodeState(&r))
+            message = .delete(op: try r.u32("op"), path: try r.byteString("path"), base: try decodeState(&r),
+                              force: try decodeFlag(&r))
         case 0x17: message = .endOfOperations
         case 0x30, 0x44:
             let op = try r.u32("op")
@@ -368,23 +410,25 @@ public enum Message: Equatable, Sendable {
             let op = try r.u32("op")
             guard let status = OpStatus(rawValue: try r.u8("status")) else { throw ProtocolError("result: unknown status") }
             let text = try r.string("message", limit: 65536)
-            message = .result(OpResult(op: op, status: status, message: text, current: try decodeState(&r)))
+            let current = try decodeState(&r)
+            message = .result(OpResult(op: op, status: status, message: text, current: current, currentSize: try r.u64("size"),
+                                       currentMtimeNanos: try r.i64("mtime"), keptAs: try r.byteString("kept as", limit: 255)))
         case 0x32: message = .done
         case 0x40:
             let op = try r.u32("op")
-            let path = try r.string("path")
+            let path = try r.byteString("path")
             let state = try decodeState(&r)
             message = .remoteEntry(RemoteEntry(op: op, path: path, state: state, permissions: try r.u32("permissions"),
                                                mtimeNanos: try r.i64("mtime"), size: try r.u64("size"),
                                                chunkCount: try r.u32("chunk count")))
-        case 0x42: message = .skipped(path: try r.string("path"), reason: try r.string("reason"))
+        case 0x42: message = .skipped(path: try r.byteString("path"), reason: try r.string("reason"))
         case 0x43: message = .listEnd
         case 0x45: message = .fetchEnd
         case 0x50: message = .watch
         case 0x51:
             let n = try r.count("changed paths", itemSize: 4, limit: maxNotifiedPaths)
-            var paths: [String] = []
-            for _ in 0..<n { paths.append(try r.string("changed path")) }
+            var paths: [[UInt8]] = []
+            for _ in 0..<n { paths.append(try r.byteString("changed path")) }
             message = .remoteChanged(paths: paths)
         case 0x52: message = .watchEnd
         case 0x53: message = .watchEnded

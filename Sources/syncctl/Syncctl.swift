@@ -15,8 +15,9 @@ struct Syncctl: ParsableCommand {
         commandName: "syncctl",
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
-        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Add.self, Remove.self, Status.self,
-                      Pause.self, Resume.self, Logs.self, Plan.self, Exec.self, Compose.self, Hook.self, ComposeOverride.self]
+        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Conflicts.self, Resolve.self, Add.self, Remove.self,
+                      Status.self, Pause.self, Resume.self, Logs.self, Plan.self, Exec.self, Compose.self, Hook.self,
+                      ComposeOverride.self]
     )
 }
 
@@ -76,11 +77,27 @@ struct Push: ParsableCommand {
     @OptionGroup var options: SyncArguments
     @Flag(help: "Through the running syncd: return once everything changed before the call is on the remote.")
     var wait = false
+    @Flag(help: "Keep the local version of every conflict (as `resolve --keep local`); the remote's is kept beside it.")
+    var force = false
+    @Flag(name: .customLong("prune-ignored"), help: "Delete on the remote what was pushed before and is ignored now (never a pull path).")
+    var pruneIgnored = false
 
     func run() throws {
         // Without a daemon, a push of our own is just as complete.
-        if wait, let stats = try throughDaemon("push", options.directory) { return report(stats, json: options.json) }
-        report(try PushSession(project: try options.project()).run(), json: options.json)
+        if wait && !force && !pruneIgnored, let stats = try throughDaemon("push", options.directory) {
+            return report(stats, json: options.json)
+        }
+        let project = try options.project()
+        let session = PushSession(project: project)
+        session.force = force
+        session.pruneIgnored = pruneIgnored
+        var stats = try session.run()
+        if force {
+            // Conflicts a pull left (remote-owned files changed here) go the same way.
+            let pending = try project.conflictPathsFound(by: "pull")
+            if !pending.isEmpty { stats.absorb(try PushSession(project: project, resolving: pending).run()) }
+        }
+        report(stats, json: options.json)
     }
 }
 
@@ -89,10 +106,82 @@ struct Pull: ParsableCommand {
     @OptionGroup var options: SyncArguments
     @Flag(help: "Through the running syncd: return once a pull that started after the call has finished.")
     var wait = false
+    @Flag(help: "Keep the remote version of every conflict (as `resolve --keep remote`); the local one is kept beside it.")
+    var force = false
 
     func run() throws {
-        if wait, let stats = try throughDaemon("pull", options.directory) { return report(stats, json: options.json) }
-        report(try PullSession(project: try options.project()).run(), json: options.json)
+        if wait && !force, let stats = try throughDaemon("pull", options.directory) { return report(stats, json: options.json) }
+        let project = try options.project()
+        let session = PullSession(project: project)
+        session.force = force
+        var stats = try session.run()
+        if force {
+            // Conflicts a push left (local-owned files changed on the remote) go the same way.
+            let pending = try project.conflictPathsFound(by: "push")
+            if !pending.isEmpty { stats.absorb(try PullSession(project: project, resolving: pending).run()) }
+        }
+        report(stats, json: options.json)
+    }
+}
+
+struct Conflicts: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Every path in conflict: each side's size, mtime and digest, what the last sync recorded, and since when.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let project = try Project(directory: directory, options: SyncOptions(stateDirectory: state.stateDirectory))
+        let conflicts = try project.conflicts()
+        if json {
+            struct Out: Encodable { let conflicts: [ConflictReport] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(PathText.publicJSON(Array(try encoder.encode(Out(conflicts: conflicts)))))
+            return
+        }
+        if conflicts.isEmpty {
+            printError("no conflicts in \(project.directory)")
+            return
+        }
+        for c in conflicts {
+            print("\(c.path)  (found by a \(c.found), since \(c.since))")
+            for (label, side) in [("here", c.local), ("remote", c.remote), ("last sync", c.recorded)] {
+                var line = "  \(label.padding(toLength: 10, withPad: " ", startingAt: 0)) \(side.kind)"
+                if let digest = side.digest { line += " \(digest.prefix(12))" }
+                if let size = side.size { line += ", \(formatBytes(size))" }
+                if let mtime = side.mtime { line += ", modified \(mtime)" }
+                if let target = side.target { line += " -> \(target)" }
+                print(line)
+            }
+        }
+        printError("\(conflicts.count) conflict(s); `syncctl resolve PATH… --keep local|remote` picks a side (the other is kept as NAME.sync-conflict-…)")
+    }
+}
+
+struct Resolve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Settle conflicts: keep the local or the remote version of each PATH; the other is kept beside it as NAME.sync-conflict-YYYYMMDD-HHMMSS.EXT.")
+    @Argument(help: "Paths relative to the project (or absolute, inside it).") var paths: [String]
+    @Option(help: "local: send the local version over the remote one; remote: bring the remote version here.")
+    var keep: Side
+    @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
+    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+    @OptionGroup var state: StateOption
+
+    enum Side: String, ExpressibleByArgument { case local, remote }
+
+    func run() throws {
+        let project = try Project(directory: directory, options: SyncOptions(stateDirectory: state.stateDirectory,
+                                                                               sshConfig: state.sshConfig))
+        let targets = try paths.map { try project.relativePath(forArgument: $0) }
+        let stats = keep == .local ? try PushSession(project: project, resolving: targets).run()
+                                   : try PullSession(project: project, resolving: targets).run()
+        for k in stats.kept {
+            printError("kept the \(k.side) version of \(k.path) as \(k.copy) (\(k.side == "local" ? "here" : "on the remote"))")
+        }
+        report(stats, json: json)
     }
 }
 
@@ -108,6 +197,7 @@ func throughDaemon(_ command: String, _ directory: String) throws -> SyncStats? 
 
 func report(_ stats: SyncStats, json: Bool) {
     for w in stats.warnings { printError("warning: \(w)") }
+    for c in stats.conflictMessages { printError("conflict: \(c)") }
     for s in stats.skipped { printError("skipped: \(s)") }
     for e in stats.errors { printError("error: \(e)") }
     if json { print(stats.json()) } else { printError(stats.summary()) }
@@ -117,7 +207,9 @@ func report(_ stats: SyncStats, json: Bool) {
 struct List: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the paths a push would send.")
     @Argument(help: "Project directory.") var directory: String = "."
-    @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "Print JSON (names that are not UTF-8 carry \\udcXX escapes, see README).") var json = false
+    @Flag(name: [.customShort("0"), .customLong("print0")], help: "Print each path's bytes as they are, ended by NUL.")
+    var print0 = false
 
     func run() throws {
         let project = try Project(directory: directory)
@@ -127,9 +219,14 @@ struct List: ParsableCommand {
             struct Out: Encodable { let paths: [ListedPath] }
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(Out(paths: paths)), as: UTF8.self))
+            print(PathText.publicJSON(Array(try encoder.encode(Out(paths: paths)))))
+        } else if print0 {
+            // The names' bytes as they are, each ended by NUL, as `find -print0` writes them.
+            var out: [UInt8] = []
+            for p in paths { out += p.path.bytes + [0] }
+            FileHandle.standardOutput.write(Data(out))
         } else {
-            for p in paths { print(p.kind == "directory" ? p.path + "/" : p.path) }
+            for p in paths { print(p.kind == "directory" ? p.path.description + "/" : p.path.description) }
         }
     }
 }
@@ -313,7 +410,9 @@ func pushForBuild(_ project: Project, quiet: Bool = false) throws -> [BuildPlan]
     } else {
         let session = PushSession(project: project)
         let prefixFor: (BuildPlan) -> String = { $0.spec.context.isEmpty ? "" : $0.spec.context + "/" }
-        session.firstPaths = plans.flatMap { plan in plan.changedFilesInBuildOrder.map { prefixFor(plan) + $0 } }
+        session.firstPaths = plans.flatMap { plan in
+            plan.changedFilesInBuildOrder.compactMap { try? RelativePath(bytes: Array(prefixFor(plan).utf8) + $0.bytes) }
+        }
         stats = try session.run()
     }
     for e in stats.errors { printError("error: \(e)") }

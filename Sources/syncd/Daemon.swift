@@ -51,7 +51,7 @@ final class ProjectRunner {
     }
     private var pushes = Sessions(wanted: true)
     /// Paths the watcher reported since the last push began; with `fullPushNeeded`, the whole project instead.
-    private var changedPaths: Set<String> = []
+    private var changedPaths: Set<RelativePath> = []
     private var fullPushNeeded = true
     private static let incrementalLimit = 20_000
     private var pulls = Sessions()
@@ -67,7 +67,7 @@ final class ProjectRunner {
     private var lastPush: Date?
     private var lastPull: Date?
     private var lastError: String?
-    private var conflictPaths: Set<String> = []
+    private var conflictPaths: Set<RelativePath> = []
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
 
@@ -75,9 +75,7 @@ final class ProjectRunner {
         self.directory = directory
         self.pullInterval = pullInterval
         project = try Project(directory: directory, options: SyncOptions(progress: false))
-        var rules = project.rules
-        for p in project.pullPaths { try? rules.add(pattern: p.string, source: "pull paths", line: 0) }
-        watcher = TreeWatcher(tree: project.tree, rules: rules, quietMillis: 50, log: { log.warning("\($0)") }) { [weak self] event in
+        watcher = TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, log: { log.warning("\($0)") }) { [weak self] event in
             guard let self else { return }
             condition.lock()
             switch event {
@@ -158,7 +156,7 @@ final class ProjectRunner {
             "pending_changes": pendingChanges,
             "last_push": lastPush.map { iso.string(from: $0) } ?? NSNull(),
             "last_pull": lastPull.map { iso.string(from: $0) } ?? NSNull(),
-            "conflicts": conflictPaths.sorted(),
+            "conflicts": conflictPaths.sorted().map(\.text),
             "bytes_sent": bytesSent,
             "bytes_received": bytesReceived,
             "last_error": lastError ?? NSNull(),
@@ -184,7 +182,7 @@ final class ProjectRunner {
             let kind: Kind = pushes.wanted ? .push : .pull
             // What the watcher reported since the last push; everything after a start, a lost event or a push
             // that went wrong, and when so much changed that one scan is cheaper.
-            var only: Set<String>?
+            var only: Set<RelativePath>?
             if kind == .push {
                 pushes.wanted = false
                 pushes.started += 1
@@ -285,7 +283,7 @@ final class ProjectRunner {
             pulls.wanted = true
             condition.signal()
             condition.unlock()
-            log.debug("\(directory): remote changed: \(paths.prefix(5).joined(separator: ", "))\(paths.count > 5 ? " …" : "")")
+            log.debug("\(directory): remote changed: \(paths.prefix(5).map(\.description).joined(separator: ", "))\(paths.count > 5 ? " …" : "")")
         } ended: { [self] in
             condition.lock()
             condition.signal()
@@ -374,7 +372,7 @@ final class WatchListener {
     private var done = false
     private var failure: Error?
 
-    init(link: AgentLink, changed: @escaping ([String]) -> Void, ended: @escaping () -> Void) {
+    init(link: AgentLink, changed: @escaping ([RelativePath]) -> Void, ended: @escaping () -> Void) {
         self.link = link
         let thread = Thread { [self] in
             var failed: Error?
@@ -482,7 +480,7 @@ final class Daemon {
             guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
             switch runner.syncAndWait(command == "push" ? .push : .pull) {
             case .success(let stats):
-                let object = (try? JSONSerialization.jsonObject(with: Data(stats.json().utf8))) ?? [:]
+                let object = (try? JSONSerialization.jsonObject(with: Data(stats.internalJSON().utf8))) ?? [:]
                 return ["ok": true, "stats": object]
             case .failure(let error):
                 return ["ok": false, "error": "\(error)"]

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import SyncSystem
 import Testing
 
 /// Layer keys and plans from real files: which layers an edit rebuilds.
@@ -90,7 +91,7 @@ struct BuildPlanTests {
         plan = try p.buildPlans().plans[0]
         #expect(plan.stages[0].layers.map(\.changed) == [true, true])
         #expect(plan.stages[1].layers.map(\.changed) == [true, true], "…but with the stage it copies from")
-        #expect(plan.changedFilesInBuildOrder == ["requirements.txt", "src/a.py"], "what the earliest changed layer reads goes first")
+        #expect(plan.changedFilesInBuildOrder.map(\.description) == ["requirements.txt", "src/a.py"], "what the earliest changed layer reads goes first")
     }
 
     @Test func composeServicesWarningsAndJSON() throws {
@@ -151,9 +152,9 @@ struct PushOrderTests {
         for name in ["zz1", "zz2"] { try f.write("notes/\(name).md", name) }
         let p = try f.openProject()
         let plan = try p.buildPlans().plans[0]
-        #expect(plan.changedFilesInBuildOrder == ["requirements.txt", "src/a.py", "src/b.py", "src/c.py"])
+        #expect(plan.changedFilesInBuildOrder.map(\.description) == ["requirements.txt", "src/a.py", "src/b.py", "src/c.py"])
         let session = PushSession(project: p)
-        session.firstPaths = ["src/c.py", "requirements.txt"]
+        session.firstPaths = [try RelativePath("src/c.py"), try RelativePath("requirements.txt")]
         let order = try session.plannedOrder()
         let files = order.filter { !$0.hasSuffix("/") }
         #expect(Array(files.prefix(2)) == ["src/c.py", "requirements.txt"], "\(order)")

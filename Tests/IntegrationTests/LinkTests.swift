@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import SyncSystem
 import Testing
 import Transport
 
@@ -164,7 +165,7 @@ struct LinkTests {
         let listener = Thread {
             try? link.listen { paths in
                 box.lock.lock()
-                box.list.append(Report(paths: paths, at: Date()))
+                box.list.append(Report(paths: paths.map(\.description), at: Date()))
                 box.lock.unlock()
             }
         }
@@ -201,7 +202,7 @@ struct IncrementalPushTests {
         try f.write("src/a.py", "a2\n")
         try FileManager.default.removeItem(atPath: f.project + "/src/pkg")
         try f.write("src/pkg", "now a file\n")
-        var stats = try PushSession(project: p, changedPaths: ["src/a.py", "src/pkg"]).run()
+        var stats = try PushSession(project: p, changedPaths: [try RelativePath("src/a.py"), try RelativePath("src/pkg")]).run()
         #expect(stats.errors.isEmpty, "\(stats.errors)")
         #expect(f.read("src/a.py", in: f.remoteProject) == Array("a2\n".utf8))
         #expect(f.read("src/pkg", in: f.remoteProject) == Array("now a file\n".utf8), "the directory became a file")
@@ -211,7 +212,7 @@ struct IncrementalPushTests {
         // A reported path that is gone, and an ignored one, are handled like a scan would.
         try FileManager.default.removeItem(atPath: f.project + "/src/a.py")
         try f.write(".git/HEAD", "ref\n")
-        stats = try PushSession(project: p, changedPaths: ["src/a.py", ".git/HEAD", "never/existed"]).run()
+        stats = try PushSession(project: p, changedPaths: Set(try ["src/a.py", ".git/HEAD", "never/existed"].map { try RelativePath($0) })).run()
         #expect(stats.filesDeleted == 1)
         #expect(f.read("src/a.py", in: f.remoteProject) == nil)
         #expect(f.read(".git/HEAD", in: f.remoteProject) == nil, "ignored")

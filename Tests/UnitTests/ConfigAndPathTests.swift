@@ -52,11 +52,14 @@ struct ConfigAndPathTests {
         #expect(throws: PathError.self) { try RelativePath(path) }
     }
 
-    @Test func symlinkContainment() {
-        #expect(symlinkStaysInside(linkPath: "a/b", target: "c"))
-        #expect(symlinkStaysInside(linkPath: "a/b", target: "../c"))
-        #expect(!symlinkStaysInside(linkPath: "a/b", target: "../../c"))
-        #expect(!symlinkStaysInside(linkPath: "a", target: "/etc/passwd"))
+    @Test func symlinkContainment() throws {
+        let ab = try RelativePath("a/b")
+        #expect(symlinkStaysInside(linkPath: ab, target: Array("c".utf8)))
+        #expect(symlinkStaysInside(linkPath: ab, target: Array("../c".utf8)))
+        #expect(symlinkStaysInside(linkPath: ab, target: Array("./x/../../c".utf8)))
+        #expect(!symlinkStaysInside(linkPath: ab, target: Array("../../c".utf8)))
+        #expect(!symlinkStaysInside(linkPath: ab, target: Array("x/../../../c".utf8)))
+        #expect(!symlinkStaysInside(linkPath: try RelativePath("a"), target: Array("/etc/passwd".utf8)))
         #expect(cleanPath("a/./b/../c/") == "a/c")
         #expect(cleanPath("/../x") == "/x")
     }

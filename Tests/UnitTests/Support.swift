@@ -26,7 +26,7 @@ final class TempDir {
     }
     deinit {
         if let tree = try? Tree(rootPath: "/tmp", create: false) {
-            try? Tree.removeTree(at: tree.root, name: String(path.dropFirst(5)), shown: path)
+            try? Tree.removeTree(at: tree.root, name: Array(path.dropFirst(5).utf8), shown: path)
         }
     }
 }

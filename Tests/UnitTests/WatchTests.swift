@@ -22,7 +22,7 @@ final class Collected: @unchecked Sendable {
     }
 
     var paths: Set<String> {
-        events.reduce(into: Set<String>()) { all, e in if case .changed(let p) = e { all.formUnion(p) } }
+        events.reduce(into: Set<String>()) { all, e in if case .changed(let p) = e { all.formUnion(p.map(\.description)) } }
     }
 
     /// Waits (bounded) until `paths` holds all of `expected`.
@@ -150,7 +150,7 @@ final class WatchTests {
         try handle.close()
         #expect(got.waitFor(["src/log.txt"]))
         usleep(200_000)
-        let batches = got.events.filter { if case .changed(let p) = $0 { return p.contains("src/log.txt") } else { return false } }
+        let batches = got.events.filter { if case .changed(let p) = $0 { return p.contains(try! RelativePath("src/log.txt")) } else { return false } }
         #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
     }
 
@@ -180,7 +180,7 @@ final class WatchTests {
     @Test func scopedWatcherReportsOnlyCompletedFilesUnderItsScope() throws {
         let got = Collected()
         let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: IgnoreRules(), quietMillis: 50,
-                            scope: ["out/ckpt"], completedFilesOnly: true, log: { _ in }, deliver: { got.add($0) })
+                            scope: [try RelativePath("out/ckpt")], completedFilesOnly: true, log: { _ in }, deliver: { got.add($0) })
         try w.start()
         defer { w.stop() }
         // The scope does not exist yet: its parents are watched so it is seen when it appears.

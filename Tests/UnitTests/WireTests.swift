@@ -2,25 +2,31 @@ import Chunking
 import Testing
 import Wire
 
+private func b(_ s: String) -> [UInt8] { Array(s.utf8) }
+
 struct WireTests {
     static let samples: [Message] = [
         .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output", "checkpoint"], chunking: .default)),
         .hello(Hello(role: .push, project: "p", remoteRoot: "", pullPaths: [], chunking: .default, expectInstance: "00ff00ff00ff00ff00ff00ff00ff00ff")),
         .welcome(agentVersion: "0.1.0", projectDirectory: "/r/p", instance: "0123456789abcdef"),
-        .fileBegin(FileHeader(op: 7, path: "src/ü.py", permissions: 0o755, mtimeNanos: -5, size: 99,
-                              digest: ChunkID(low: 1, high: 2), base: .symlink("x"), chunkCount: 3)),
+        .fileBegin(FileHeader(op: 7, path: b("src/ü.py") + [0xE9], permissions: 0o755, mtimeNanos: -5, size: 99,
+                              digest: ChunkID(low: 1, high: 2), base: .symlink(b("x")), chunkCount: 3, dataFollows: true, force: true)),
         .chunkList(op: 7, chunks: [ChunkRef(id: ChunkID(low: 3, high: 4), offset: 0, length: 10)]),
         .chunkData(op: 7, index: 2, compressed: true, rawLength: 5, payload: [1, 2, 3]),
         .abort(op: 1, reason: "changed"),
-        .symlink(op: 2, path: "l", target: "t", base: .absent),
-        .directory(op: 3, path: "d", permissions: 0o700),
-        .delete(op: 4, path: "x", base: .directory),
+        .symlink(op: 2, path: b("l"), target: [0xFF, 0x2F], base: .absent, force: false),
+        .directory(op: 3, path: b("d"), permissions: 0o700, force: true),
+        .delete(op: 4, path: b("x\n"), base: .directory, force: false),
         .endOfOperations, .done, .listEnd, .fetchEnd,
         .need(op: 5, indices: [0, 9]),
         .fetch(op: 6, indices: [1]),
-        .result(OpResult(op: 8, status: .conflict, message: "m", current: .file(ChunkID(low: 5, high: 6)))),
-        .remoteEntry(RemoteEntry(op: 9, path: "output/a", state: .directory, permissions: 0o755, mtimeNanos: 1, size: 0, chunkCount: 0)),
-        .skipped(path: "output/b", reason: "open"),
+        .result(OpResult(op: 8, status: .conflict, message: "m", current: .file(ChunkID(low: 5, high: 6)), currentSize: 12,
+                         currentMtimeNanos: 99, keptAs: b("a.sync-conflict-20261201-000000.txt"))),
+        .remoteEntry(RemoteEntry(op: 9, path: b("output/a"), state: .directory, permissions: 0o755, mtimeNanos: 1, size: 0, chunkCount: 0)),
+        .skipped(path: b("output/b"), reason: "open"),
+        .remoteChanged(paths: [b("output/c"), [0x80]]),
+        .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output"], chunking: .default,
+                     conflictStamp: "20261201-073616", roots: [b("src/a.py"), [0xE9]])),
         .error(message: "boom"),
     ]
 

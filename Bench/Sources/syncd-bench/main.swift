@@ -116,11 +116,11 @@ records.reserveCapacity(cachedCount)
 for i in 0..<cachedCount {
     let st = FileStat(device: 1, inode: UInt64(i), kind: .regular, permissions: 0o644, size: 20_000,
                       mtimeNanos: now - 10_000_000_000, ctimeNanos: now - 10_000_000_000)
-    records.append(CachedFile(path: "src/pkg\(i % 100)/module\(i).py", stat: st, digest: ChunkID(low: UInt64(i), high: 7),
+    records.append(CachedFile(path: try RelativePath("src/pkg\(i % 100)/module\(i).py"), stat: st, digest: ChunkID(low: UInt64(i), high: 7),
                               chunks: [ChunkRef(id: ChunkID(low: UInt64(i), high: 7), offset: 0, length: 20_000)], cachedAtNanos: now))
 }
 try store.saveFiles(records)
-var loaded: [String: CachedFile] = [:]
+var loaded: [RelativePath: CachedFile] = [:]
 let loadRate = try measure(bytes: cachedCount, runs: 3) { loaded = try store.loadFiles() }
 row("stat cache: load 100k records (SQLite)", loadRate * 1e9 / 1e6, unit: "M records/s")
 var fresh = 0
