@@ -58,7 +58,7 @@ let package = Package(
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "syncd", dependencies: [
-            "Engine", "Watch", "ProjectScan", "SyncSystem", .product(name: "Logging", package: "swift-log"),
+            "Engine", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],

@@ -49,9 +49,9 @@ extension ConflictSide {
         }
     }
 
-    /// What the last sync recorded: `base`, with the mtime kept in the snapshot entry.
+    /// What the last sync recorded: `base`, with the size and mtime kept in the snapshot entry.
     init(_ base: PathState, synced: SyncedEntry?) {
-        self.init(base, mtimeNanos: synced?.mtimeNanos ?? 0)
+        self.init(base, size: synced?.size ?? 0, mtimeNanos: synced?.mtimeNanos ?? 0)
     }
 
     /// "file 3a4f09c1b2e7 (12.0 KB, modified 2026-12-01 07:40:12)".

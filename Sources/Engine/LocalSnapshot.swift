@@ -24,7 +24,9 @@ struct LocalEntry {
         switch stat.kind {
         case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: stat.permissions, mtimeNanos: 0)
         case .symlink: return SyncedEntry(kind: .symlink, digest: nil, target: linkTarget, permissions: 0o777, mtimeNanos: 0)
-        default: return SyncedEntry(kind: .file, digest: content?.digest, target: nil, permissions: stat.permissions, mtimeNanos: stat.mtimeNanos)
+        default:
+            return SyncedEntry(kind: .file, digest: content?.digest, target: nil, permissions: stat.permissions, mtimeNanos: stat.mtimeNanos,
+                               size: content?.size ?? stat.size)
         }
     }
 }

@@ -329,6 +329,11 @@ public final class PullSession {
                 }
             }
             complete = true
+            if resolving != nil {
+                // A path left on the remote is not resolved.
+                stats.errors += stats.skipped.map { "not resolved: \($0)" }
+                stats.skipped = []
+            }
             stats.bytesSent = writer.bytesWritten - bytesAtStart.written
             stats.bytesReceived = reader.bytesRead - bytesAtStart.read
         } catch {
@@ -354,7 +359,7 @@ public final class PullSession {
         switch e.state {
         case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: e.permissions, mtimeNanos: 0)
         case .symlink(let t): return SyncedEntry(kind: .symlink, digest: nil, target: t, permissions: 0o777, mtimeNanos: 0)
-        case .file(let d): return SyncedEntry(kind: .file, digest: d, target: nil, permissions: e.permissions, mtimeNanos: e.mtimeNanos)
+        case .file(let d): return SyncedEntry(kind: .file, digest: d, target: nil, permissions: e.permissions, mtimeNanos: e.mtimeNanos, size: e.size)
         case .absent: return SyncedEntry(kind: .file, digest: nil, target: nil, permissions: 0, mtimeNanos: 0)
         }
     }

@@ -27,7 +27,7 @@ public struct CachedFile: Sendable, Equatable {
     }
 }
 
-/// The state of a path as both sides last agreed on it.
+/// The state of a path as both sides last agreed on it. Equality leaves out `size`, which the digest decides.
 public struct SyncedEntry: Sendable, Equatable {
     public enum Kind: Int, Sendable { case file = 1, directory = 2, symlink = 3 }
     public var kind: Kind
@@ -37,13 +37,21 @@ public struct SyncedEntry: Sendable, Equatable {
     public var target: [UInt8]?
     public var permissions: UInt32
     public var mtimeNanos: Int64
+    /// A file's size, for reports; nil when not recorded (entries made before it was).
+    public var size: UInt64?
 
-    public init(kind: Kind, digest: ChunkID?, target: [UInt8]?, permissions: UInt32, mtimeNanos: Int64) {
+    public init(kind: Kind, digest: ChunkID?, target: [UInt8]?, permissions: UInt32, mtimeNanos: Int64, size: UInt64? = nil) {
+        self.size = size
         self.kind = kind
         self.digest = digest
         self.target = target
         self.permissions = permissions
         self.mtimeNanos = mtimeNanos
+    }
+
+    public static func == (a: SyncedEntry, b: SyncedEntry) -> Bool {
+        a.kind == b.kind && a.digest == b.digest && a.target == b.target && a.permissions == b.permissions
+            && a.mtimeNanos == b.mtimeNanos
     }
 }
 
@@ -87,8 +95,9 @@ public final class StateStore {
                 """)
             for table in ["pushed", "pulled"] {
                 try db.execute(sql: """
-                    CREATE TABLE \(table)3 (path BLOB PRIMARY KEY, kind INTEGER, digest BLOB, target BLOB, perm INTEGER, mtime INTEGER);
-                    INSERT INTO \(table)3 SELECT CAST(path AS BLOB), kind, digest, CAST(target AS BLOB), perm, mtime FROM \(table);
+                    CREATE TABLE \(table)3 (path BLOB PRIMARY KEY, kind INTEGER, digest BLOB, target BLOB, perm INTEGER, mtime INTEGER,
+                        size INTEGER);
+                    INSERT INTO \(table)3 SELECT CAST(path AS BLOB), kind, digest, CAST(target AS BLOB), perm, mtime, NULL FROM \(table);
                     DROP TABLE \(table);
                     ALTER TABLE \(table)3 RENAME TO \(table);
                     """)
@@ -221,7 +230,7 @@ public final class StateStore {
         }
     }
 
-    private static let entryColumns = "path, kind, digest, target, perm, mtime"
+    private static let entryColumns = "path, kind, digest, target, perm, mtime, size"
 
     private static func addEntry(_ row: Row, to out: inout [RelativePath: SyncedEntry]) {
         guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { return }
@@ -230,19 +239,19 @@ public final class StateStore {
         let digestData: Data? = row[2]
         let targetData: Data? = row[3]
         out[path] = SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: targetData.map { [UInt8]($0) },
-                                permissions: UInt32(row[4] as Int64), mtimeNanos: row[5])
+                                permissions: UInt32(row[4] as Int64), mtimeNanos: row[5], size: (row[6] as Int64?).map { UInt64($0) })
     }
 
     /// Applies changes to a snapshot in one transaction: a nil entry removes the path.
     public func update(_ snapshot: Snapshot, _ changes: [(RelativePath, SyncedEntry?)]) throws {
         guard !changes.isEmpty else { return }
         try db.write { db in
-            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(snapshot.rawValue) (path, kind, digest, target, perm, mtime) VALUES (?, ?, ?, ?, ?, ?)")
+            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(snapshot.rawValue) (path, kind, digest, target, perm, mtime, size) VALUES (?, ?, ?, ?, ?, ?, ?)")
             let delete = try db.makeStatement(sql: "DELETE FROM \(snapshot.rawValue) WHERE path = ?")
             for (path, entry) in changes {
                 if let e = entry {
                     try insert.execute(arguments: [Data(path.bytes), e.kind.rawValue, e.digest.map(Self.encodeID), e.target.map { Data($0) },
-                                                   Int64(e.permissions), e.mtimeNanos])
+                                                   Int64(e.permissions), e.mtimeNanos, e.size.map { Int64($0) }])
                 } else {
                     try delete.execute(arguments: [Data(path.bytes)])
                 }

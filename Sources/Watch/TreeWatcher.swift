@@ -39,6 +39,8 @@ public final class TreeWatcher {
     /// Report a file once it is complete (closed after writing, created, moved in, removed), not while it is
     /// being written: `IN_MODIFY` alone reports nothing.
     private let completedFilesOnly: Bool
+    /// Names at the root reported even when the rules ignore them (the project's own config files).
+    private let alwaysReported: Set<[UInt8]>
 
     private var inotifyFD: Int32 = -1
     private var wakeRead: Int32 = -1
@@ -59,9 +61,10 @@ public final class TreeWatcher {
     private var lastEvent: UInt64 = 0
 
     public init(tree: Tree, rules: IgnoreRules, mode: Mode = .inotify, quietMillis: Int = 75, maxHoldMillis: Int = 5000,
-                scope: [RelativePath] = [], completedFilesOnly: Bool = false,
+                scope: [RelativePath] = [], completedFilesOnly: Bool = false, alwaysReported: [String] = [],
                 log: @escaping (String) -> Void = { printError($0) }, deliver: @escaping (WatchEvent) -> Void) {
         self.scope = scope.map(\.bytes)
+        self.alwaysReported = Set(alwaysReported.map { Array($0.utf8) })
         self.completedFilesOnly = completedFilesOnly
         self.tree = tree
         self.rules = rules
@@ -272,6 +275,10 @@ public final class TreeWatcher {
         guard let relative = try? RelativePath(bytes: bytes) else { return }
         let path = bytes
         let isDirectory = mask & UInt32(IN_ISDIR) != 0
+        if directory.isEmpty && alwaysReported.contains(name) {
+            note(relative)
+            return
+        }
         if rules.isExcluded(path) && !(isDirectory && rules.hasExceptions) { return }
         if !inScope(path) {
             // Only a directory leading into the scope matters here: watch it so the scope is seen when it appears.

@@ -274,8 +274,8 @@ struct Add: ParsableCommand {
     func run() throws {
         let registry = ProjectRegistry()
         let added = try registry.add(directory)
-        printError(added ? "added \(directory) to \(registry.file); `systemctl --user reload syncd` (or SIGHUP) picks it up"
-                         : "\(directory) is already in \(registry.file)")
+        printError(added ? "added \(directory) to \(registry.file)" : "\(directory) is already in \(registry.file)")
+        try tellDaemon(directory, starting: true)
     }
 }
 
@@ -287,7 +287,23 @@ struct Remove: ParsableCommand {
         let registry = ProjectRegistry()
         guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", exitCode: 2) }
         printError("removed \(directory) from \(registry.file)")
+        try tellDaemon(directory, starting: false)
     }
+}
+
+/// Has a running syncd read the project list again, and says what became of `directory`.
+func tellDaemon(_ directory: String, starting: Bool) throws {
+    let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
+    guard let answer = try ControlSocket.request(["command": "reload"]) else {
+        printError("syncd is not running; it \(starting ? "syncs" : "leaves") \(dir) \(starting ? "from" : "alone from") its next start")
+        return
+    }
+    if let why = (answer["failed"] as? [String: String])?[dir] {
+        throw SyncError("syncd could not start syncing \(dir): \(why)")
+    }
+    let running = (answer["projects"] as? [String] ?? []).contains(dir)
+    printError(starting ? (running ? "syncd is syncing \(dir) now" : "syncd did not take \(dir) up; see `syncctl logs`")
+                        : (running ? "syncd still runs \(dir); see `syncctl logs`" : "syncd stopped syncing \(dir)"))
 }
 
 struct Status: ParsableCommand {
@@ -300,7 +316,7 @@ struct Status: ParsableCommand {
         }
         if json {
             let data = try JSONSerialization.data(withJSONObject: answer["projects"] ?? [], options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            print(PathText.publicJSON([UInt8](data)))
             return
         }
         let projects = answer["projects"] as? [[String: Any]] ?? []
@@ -309,7 +325,9 @@ struct Status: ParsableCommand {
             var line = "\(p["project"] ?? "?"): \(p["state"] ?? "?"), \(p["pending_changes"] ?? 0) pending"
             if let push = p["last_push"] as? String { line += ", last push \(push)" }
             if let pull = p["last_pull"] as? String { line += ", last pull \(pull)" }
-            if let conflicts = p["conflicts"] as? [String], !conflicts.isEmpty { line += ", conflicts: \(conflicts.joined(separator: " "))" }
+            if let conflicts = p["conflicts"] as? [String], !conflicts.isEmpty {
+                line += ", conflicts: " + conflicts.map { (try? RelativePath(text: $0).description) ?? $0 }.joined(separator: " ")
+            }
             if let error = p["last_error"] as? String { line += ", last error: \(error)" }
             print(line)
         }

@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import Logging
 import ProjectScan
+import SyncConfig
 import SyncSystem
 import Watch
 
@@ -36,11 +37,17 @@ final class Notifier {
 }
 
 /// One registered project: pushes when its watcher reports changes (and once at start), pulls on a timer.
-/// Sessions run one at a time on the runner's thread; `stop` lets a session in flight finish.
+/// Sessions run one at a time on the runner's thread; `stop` lets a session in flight finish. An edit of the
+/// project's syncd.yaml, .syncignore or .dockerignore reopens the project before the next session: a rescan, and
+/// a new connection when the settings changed.
 final class ProjectRunner {
     let directory: String
-    private let project: Project
-    private var watcher: TreeWatcher!
+    /// Replaced only on the runner's thread (a settings change), under `condition`.
+    private var project: Project
+    private var currentWatcher: TreeWatcher!
+    /// Files at the project's root whose change is a change of how it syncs.
+    static let settingsFiles = [ProjectConfig.fileName, ".syncignore", ".dockerignore"]
+    private var settingsChanged = false
     private let condition = NSCondition()
     /// Pushes and pulls asked for, started and done; `syncAndWait` waits on these.
     private struct Sessions {
@@ -75,11 +82,20 @@ final class ProjectRunner {
         self.directory = directory
         self.pullInterval = pullInterval
         project = try Project(directory: directory, options: SyncOptions(progress: false))
-        watcher = TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, log: { log.warning("\($0)") }) { [weak self] event in
+        currentWatcher = makeWatcher(project)
+    }
+
+    private static let settingsPaths = Set(settingsFiles.compactMap { try? RelativePath($0) })
+
+    private func makeWatcher(_ project: Project) -> TreeWatcher {
+        TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, alwaysReported: Self.settingsFiles,
+                    log: { log.warning("\($0)") }) { [weak self] event in
             guard let self else { return }
             condition.lock()
             switch event {
-            case .changed(let paths): changedPaths.formUnion(paths)
+            case .changed(let paths):
+                changedPaths.formUnion(paths)
+                if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
             case .rescan(let reason):
                 fullPushNeeded = true
                 log.warning("\(directory): \(reason); the next push compares the whole project")
@@ -88,6 +104,13 @@ final class ProjectRunner {
             condition.unlock()
             wantPush()
         }
+    }
+
+    /// The watcher in use (replaced when the settings change).
+    private var watcher: TreeWatcher {
+        condition.lock()
+        defer { condition.unlock() }
+        return currentWatcher
     }
 
     func start() throws {
@@ -99,6 +122,37 @@ final class ProjectRunner {
 
     /// Directories watched through inotify.
     var watchCount: Int { watcher.watchCount }
+
+    /// Reopens the project after an edit of its settings files: new ignore rules (so a new watcher and a full
+    /// comparison), and a new connection when syncd.yaml changed. Settings that do not load leave the old ones
+    /// in use, and `status` says why. Runs on the runner's thread between sessions.
+    private func reopenProject() {
+        let fresh: Project
+        do { fresh = try Project(directory: directory, options: SyncOptions(progress: false)) } catch {
+            log.error("\(directory): the changed settings do not load, so the previous ones stay in use: \(error)")
+            condition.lock()
+            lastError = "settings: \(error)"
+            condition.unlock()
+            return
+        }
+        let relink = fresh.config != project.config
+        if relink, let link {
+            link.close()
+            self.link = nil
+        }
+        watcher.stop()
+        let next = makeWatcher(fresh)
+        do { try next.start() } catch { log.error("\(directory): cannot watch after the settings changed: \(error)") }
+        condition.lock()
+        project = fresh
+        currentWatcher = next
+        fullPushNeeded = true
+        changedPaths.removeAll()
+        if relink { connected = false }
+        if lastError?.hasPrefix("settings:") == true { lastError = nil }
+        condition.unlock()
+        log.info("\(directory): settings changed\(relink ? " (remote settings too: a new connection)" : ""); comparing the whole project again")
+    }
 
     func wantPush() {
         condition.lock()
@@ -177,6 +231,12 @@ final class ProjectRunner {
             guard due else {
                 condition.unlock()
                 idle()
+                continue
+            }
+            if settingsChanged {
+                settingsChanged = false
+                condition.unlock()
+                reopenProject()
                 continue
             }
             let kind: Kind = pushes.wanted ? .push : .pull
@@ -337,6 +397,8 @@ final class ProjectRunner {
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
                 log.info("\(directory): \(stats.summary())")
             }
+            for c in stats.conflictMessages { log.warning("\(directory): conflict: \(c)") }
+            for e in stats.errors { log.error("\(directory): \(e)") }
             return .success(stats)
         } catch {
             failures += 1
@@ -487,6 +549,12 @@ final class Daemon {
             }
         case "logs":
             return ["ok": true, "lines": LogBook.lines().lines]
+        case "reload":
+            // `syncctl add` / `remove`: the project list changed; runners start and stop before the answer, so
+            // `status` shows the change at once.
+            let failed = signals.sync { reload() }
+            let running = signals.sync { runners.keys.sorted() }
+            return ["ok": true, "projects": running, "failed": failed]
         case "pause", "resume":
             for runner in chosen { runner.setPaused(command == "pause") }
             return ["ok": true, "projects": chosen.map(\.directory)]
@@ -499,13 +567,16 @@ final class Daemon {
         runners.isEmpty ? "no projects registered; add one with `syncctl add DIR`" : "syncing \(runners.count) project(s)"
     }
 
-    /// Starts runners for newly registered projects and stops those no longer registered. Runs on `signals`.
-    private func reload() {
+    /// Starts runners for newly registered projects and stops those no longer registered; returns the projects
+    /// that could not start, with why. Runs on `signals`.
+    @discardableResult
+    private func reload() -> [String: String] {
         let wanted: [String]
         do { wanted = try ProjectRegistry().list() } catch {
             log.error("cannot read the project list: \(error)")
-            return
+            return ["": "cannot read the project list: \(error)"]
         }
+        var failed: [String: String] = [:]
         for (dir, runner) in runners where !wanted.contains(dir) {
             runner.stop()
             runners[dir] = nil
@@ -520,8 +591,10 @@ final class Daemon {
                 log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")
             } catch {
                 log.error("\(dir): not started: \(error)")
+                failed[dir] = "\(error)"
             }
         }
+        return failed
     }
 
     private func startWatchdog() {

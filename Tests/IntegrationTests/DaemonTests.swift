@@ -239,6 +239,62 @@ struct DaemonTests {
         }
     }
 
+    @Test func theRunningDaemonHearsAddAndRemoveAndAppliesSettingsEdits() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a\n")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        func statusProjects() throws -> [[String: Any]] {
+            (try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+        }
+        let notify = try NotifyListener(path: f.base + "/notify.sock")
+        let log = f.base + "/syncd.log"
+        func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"],
+                                  env: env.merging(["NOTIFY_SOCKET": notify.path]) { $1 }, log: log)
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        #expect(notify.waitFor("READY=1").found)
+        #expect(try statusProjects().isEmpty)
+
+        // add, with no SIGHUP and no reload: status shows it on return, and an edit is on the remote within a second.
+        let added = try ctl(["add", f.project])
+        #expect(added.status == 0, "\(added.stderr)")
+        #expect(added.stderr.contains("syncd is syncing \(f.project) now"), "\(added.stderr)")
+        #expect(try statusProjects().first?["project"] as? String == f.project)
+        #expect(eventually { f.read("src/a.py", in: f.remoteProject) != nil }, "\(logText())")
+        try f.write("src/b.py", "b\n")
+        #expect(eventually(seconds: 1) { f.read("src/b.py", in: f.remoteProject) == Array("b\n".utf8) }, "\(logText())")
+
+        // .syncignore edited: the new rules apply at once.
+        try f.write(".syncignore", "*.log\n")
+        usleep(200_000)
+        try f.write("train.log", "noise\n")
+        try f.write("src/c.py", "c\n")
+        #expect(eventually(seconds: 2) { f.read("src/c.py", in: f.remoteProject) != nil }, "\(logText())")
+        usleep(300_000)
+        #expect(f.read("train.log", in: f.remoteProject) == nil, "ignored after the edit: \(logText())")
+
+        // syncd.yaml edited to another remote: a new link, and the whole project goes there.
+        let otherRoot = f.base + "/remote2"
+        try FileManager.default.createDirectory(atPath: otherRoot, withIntermediateDirectories: true)
+        let yaml = try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8)
+        try yaml.replacingOccurrences(of: "local:" + f.remoteRoot, with: "local:" + otherRoot)
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        #expect(eventually(seconds: 5) { f.read("src/c.py", in: otherRoot + "/" + f.name) == Array("c\n".utf8) }, "\(logText())")
+        #expect(logText().contains("settings changed"), "\(logText())")
+
+        // remove: the daemon stops syncing it at once.
+        let removed = try ctl(["remove", f.project])
+        #expect(removed.status == 0, "\(removed.stderr)")
+        #expect(removed.stderr.contains("syncd stopped syncing"), "\(removed.stderr)")
+        #expect(try statusProjects().isEmpty)
+        try f.write("src/d.py", "d\n")
+        usleep(500_000)
+        #expect(f.read("src/d.py", in: otherRoot + "/" + f.name) == nil)
+    }
+
     @Test func addRefusesADirectoryWithoutConfigAndRemoveNamesUnknownOnes() throws {
         let f = try SyncFixture()
         let env = ["XDG_CONFIG_HOME": f.base + "/config"]

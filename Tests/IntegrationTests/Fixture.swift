@@ -1,6 +1,7 @@
 import Chunking
 import Engine
 import Foundation
+import SyncSystem
 import Testing
 
 /// Where the built executables are: beside the test bundle in .build/<config>/, or $SYNCD_BIN_DIR.
@@ -20,6 +21,8 @@ struct RunResult {
     let status: Int32
     let stdout: String
     let stderr: String
+    /// stdout's bytes as written (names that are not UTF-8 survive here, not in `stdout`).
+    var stdoutBytes: [UInt8] = []
 
     /// The `--json` statistics object printed on stdout.
     func json() throws -> [String: Any] {
@@ -139,10 +142,11 @@ final class SyncFixture {
 }
 
 /// Runs a program to completion, capturing stdout and stderr.
-func run(_ executable: String, _ arguments: [String], env: [String: String] = [:], stdin: Data? = nil,
+func run(_ executable: String, _ arguments: [String], env: [String: String] = [:], stdin: Data? = nil, cwd: String? = nil,
          onStart: ((Process) -> Void)? = nil) throws -> RunResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
+    if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
     process.arguments = arguments
     var environment = ProcessInfo.processInfo.environment
     for (k, v) in env { environment[k] = v }
@@ -165,7 +169,7 @@ func run(_ executable: String, _ arguments: [String], env: [String: String] = [:
     let outData = outBox.data
     process.waitUntilExit()
     return RunResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                     stderr: String(decoding: errData, as: UTF8.self))
+                     stderr: String(decoding: errData, as: UTF8.self), stdoutBytes: [UInt8](outData))
 }
 
 /// Deterministic pseudo-random bytes.
@@ -191,4 +195,47 @@ extension SyncFixture {
     func openProject() throws -> Project {
         try Project(directory: project, options: SyncOptions(stateDirectory: state, progress: false))
     }
+}
+
+// MARK: names as bytes
+
+/// Writes `content` to the file named by `name`'s bytes in `directory` (which must exist).
+func writeFile(in directory: String, named name: [UInt8], _ content: [UInt8]) throws {
+    let path = Array(directory.utf8) + [UInt8(ascii: "/")] + name
+    let fd = withCName(path) { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) }
+    guard fd >= 0 else { throw FixtureError("cannot create \(displayPath(path)): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    guard content.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == content.count else { throw FixtureError("short write") }
+}
+
+/// Makes the directory named by `name`'s bytes in `directory`.
+func makeDirectory(in directory: String, named name: [UInt8]) throws {
+    let path = Array(directory.utf8) + [UInt8(ascii: "/")] + name
+    guard withCName(path, { mkdir($0, 0o755) }) == 0 else { throw FixtureError("cannot mkdir \(displayPath(path))") }
+}
+
+/// The bytes of a file named by raw bytes; nil when unreadable.
+func readFile(_ path: [UInt8]) -> [UInt8]? {
+    let fd = withCName(path) { open($0, O_RDONLY | O_CLOEXEC) }
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if n <= 0 { break }
+        out += buffer[0..<n]
+    }
+    return out
+}
+
+/// What `find ROOT -print0` lists below `root` (relative, bytes, sorted), leaving out `skipping` top-level names.
+func findPrint0(_ root: String, skipping: Set<String> = [".syncd"]) throws -> [[UInt8]] {
+    let r = try run("/usr/bin/find", [".", "-mindepth", "1", "-print0"], cwd: root)
+    guard r.status == 0 else { throw FixtureError("find failed: \(r.stderr)") }
+    let skipped = skipping.map { Array("./\($0)".utf8) }
+    return r.stdoutBytes.split(separator: 0).map { Array($0) }
+        .filter { entry in !skipped.contains { entry == $0 || entry.starts(with: $0 + [UInt8(ascii: "/")]) } }
+        .map { Array($0.dropFirst(2)) }
+        .sorted { $0.lexicographicallyPrecedes($1) }
 }

@@ -24,6 +24,33 @@ struct SSHTests {
         #expect(try p.int("bytes_received") > 2_000_000)
     }
 
+    @Test func oddNamesAndPullPathsOverSSH() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try NameBytesTests.makeOddTree(f.project)
+        let r = try f.sshctl(["push", f.project, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let local = try findPrint0(f.project, skipping: ["syncd.yaml"])
+        #expect(try findPrint0(f.remoteProject, skipping: [".syncd", "output", "checkpoint", "syncd.yaml"]) == local)
+        #expect(NameBytesTests.contents(f.remoteProject, local) == NameBytesTests.contents(f.project, local))
+        // The pull paths are there, made by the login user, before any container runs.
+        for dir in ["output", "checkpoint"] {
+            var st = stat()
+            #expect(lstat(f.remoteProject + "/" + dir, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR)
+            #expect(st.st_uid == getuid())
+        }
+        try writeFile(in: f.remoteProject + "/output", named: OddNames.latin1, randomBytes(100_000, seed: 9))
+        try writeFile(in: f.remoteProject + "/output", named: OddNames.nfd, Array("nfd".utf8))
+        #expect(try run("/usr/bin/find", [f.remoteProject + "/output", "-type", "f", "-exec", "touch", "-d", "1 minute ago", "{}", "+"]).status == 0)
+        let p = try f.sshctl(["pull", f.project, "--json"])
+        #expect(p.status == 0, "\(p.stderr)")
+        let there = try findPrint0(f.remoteProject + "/output")
+        #expect(there.count == 2)
+        #expect(try findPrint0(f.project + "/output") == there)
+        #expect(NameBytesTests.contents(f.project + "/output", there) == NameBytesTests.contents(f.remoteProject + "/output", there))
+    }
+
     @Test(.enabled(if: SSHServer.hasIPv6Loopback, "this machine has no ::1"))
     func pushOverIPv6Loopback() throws {
         let server = try SSHServer()
