@@ -2,7 +2,7 @@
 SWIFT   ?= swift
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev
-TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.io docker-compose
+TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.io docker-compose ntfs-3g
 RELEASE := .build/release
 
 .PHONY: deps test-deps build agent run test bench bench-ssh install clean

@@ -473,7 +473,7 @@ public final class AgentSession {
         do { try body() } catch let error as PathError {
             try fail("\(error)")
         } catch let error as SystemError {
-            try fail("\(error)")
+            try fail(describeFailure(error))
         } catch let error as AgentError {
             try fail("\(error)")
         }
@@ -551,14 +551,15 @@ public final class AgentSession {
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
             pending[header.op] = nil
-            try reply(header.op, .failed, describeFailure(error, file.path), .absent)
+            try reply(header.op, .failed, describeFailure(error), .absent)
         }
     }
 
-    /// A failure's text; a name the remote file system refuses says so.
-    private func describeFailure(_ error: Error, _ path: RelativePath) -> String {
+    /// A failure's text; a name the remote file system refuses (not in its encoding, a character it does not
+    /// allow, too long) says so.
+    private func describeFailure(_ error: Error) -> String {
         if let e = error as? SystemError, [EILSEQ, ENAMETOOLONG, EINVAL].contains(e.errno) {
-            return "the remote file system cannot hold the name \(path) (\(e)); rename it locally or ignore it"
+            return "the remote file system cannot hold this name (\(e.call): \(e.reason)); rename it here or add it to .syncignore"
         }
         return "\(error)"
     }
@@ -702,7 +703,7 @@ public final class AgentSession {
             } catch let error where error is SystemError || error is PlacementError || error is PathError {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                answers.append(OpResult(op: op, status: .failed, message: describeFailure(error, file.path), current: .absent,
+                answers.append(OpResult(op: op, status: .failed, message: describeFailure(error), current: .absent,
                                         keptAs: file.keptAs))
                 continue
             }

@@ -128,6 +128,11 @@ public struct RelativePath: Hashable, Comparable, CustomStringConvertible, Senda
     }
 
     public static func < (a: RelativePath, b: RelativePath) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+
+    /// The bytes in one call (an array hashes element by element); a scan hashes 100k paths.
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
 }
 
 extension RelativePath: Codable {
