@@ -264,14 +264,17 @@ public final class AgentSession {
         case .symlink:
             guard let parent = try tree.openParent(path, create: false) else { return (.absent, nil) }
             return (.symlink(try Tree.readLink(at: parent, name: path.name, shown: path.description)), st)
-        case .regular: return (.file(try record(for: path, stat: st).digest), st)
+        // Deciding whether a push may replace it: a record made in the same second as the file's last change is
+        // checked by reading the file.
+        case .regular: return (.file(try record(for: path, stat: st, trustRacy: false).digest), st)
         case .other: throw AgentError("\(path): not a regular file, directory or symlink on the remote; remove it by hand")
         }
     }
 
-    /// The record for a regular file, re-hashing it when its stat identity changed.
-    private func record(for path: RelativePath, stat st: FileStat) throws -> FileRecord {
-        if let r = state.records[path], r.stat.sameContentIdentity(as: st) { return r }
+    /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
+    /// the record is racy).
+    private func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
+        if let r = state.records[path], r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd)
         let after = try fd.stat()

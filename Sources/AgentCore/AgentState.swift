@@ -12,6 +12,13 @@ struct FileRecord: Equatable {
     var stat: FileStat
     var digest: ChunkID
     var chunks: [ChunkRef]
+    /// When this process made or loaded the record (wall clock). File times are coarse (a kernel tick), so a
+    /// file changed in the same tick as it was recorded keeps its stat: a record made within a second of the
+    /// file's last change is not trusted to say the file is unchanged (`isRacy`).
+    var recordedAtNanos: Int64 = wallClockNanos()
+
+    /// True when the file may have changed since, unseen in its stat.
+    var isRacy: Bool { recordedAtNanos - stat.ctimeNanos < 1_000_000_000 }
 }
 
 /// The agent's persistent state in `<project>/.syncd/`: a snapshot file rewritten at the end of a session and an

@@ -345,7 +345,13 @@ public final class PushSession {
         } catch {
             progress.finish()
             hasher.stop()
-            throw SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume")
+            let why = link.fail(error)
+            // What the agent answered before the failure is on the remote: the record says so, so that the next
+            // push compares against it rather than against nothing.
+            var partial = SyncStats(direction: "push")
+            let answered = pipeline.answeredSoFar()
+            try? record(answered, pushed: pushed, state: state, into: &partial, allOf: nil)
+            throw SyncError("push to \(project.config.remote) failed: \(why); run the push again to resume")
         }
         progress.finish()
         Trace.mark("push: pipeline done")
@@ -360,6 +366,19 @@ public final class PushSession {
         stats.bytesSent = outcome.bytesSent
         stats.bytesReceived = outcome.bytesReceived
 
+        Trace.mark("push: recording")
+        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
+        try record(outcome, pushed: pushed, state: state, into: &stats, allOf: only == nil && resolving == nil ? .push : nil)
+        Trace.mark("push: recorded")
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    /// Counts what the agent did into `stats`, and records it: the pushed (and, for pull paths a resolve sent,
+    /// the pulled) snapshot, and the conflicts found and cleared.
+    private func record(_ outcome: PipelineOutcome, pushed: [RelativePath: SyncedEntry], state: StateStore,
+                        into stats: inout SyncStats, allOf: ConflictRecord.Found?) throws {
+        let ops = outcome.ops
         var changes: [(RelativePath, SyncedEntry?)] = []
         var pulledChanges: [(RelativePath, SyncedEntry?)] = []
         var conflicts: [ConflictRecord] = []
@@ -414,14 +433,9 @@ public final class PushSession {
                 }
             }
         }
-        Trace.mark("push: recording \(changes.count) changes")
         try state.update(.pushed, changes)
         try state.update(.pulled, pulledChanges)
-        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
-        try state.noteConflicts(conflicts, cleared: cleared, allOf: only == nil && resolving == nil ? .push : nil)
-        Trace.mark("push: recorded")
-        stats.durationMs = (monotonicNanos() - started) / 1_000_000
-        return stats
+        try state.noteConflicts(conflicts, cleared: cleared, allOf: allOf)
     }
 
     private func localSide(_ op: PushOperation) -> ConflictSide {
@@ -578,6 +592,17 @@ final class PushPipeline {
         condition.unlock()
         outcome.ops = ops
         return outcome
+    }
+
+    /// After `run` failed: the operations and whatever answers came before the failure (operations without an
+    /// answer count as not answered).
+    func answeredSoFar() -> PipelineOutcome {
+        var partial = outcome
+        condition.lock()
+        partial.results = results
+        condition.unlock()
+        partial.ops = ops
+        return partial
     }
 
     private func readLoop() {

@@ -1,3 +1,4 @@
+import Chunking
 import Foundation
 import Testing
 
@@ -68,6 +69,19 @@ struct ResumeTests {
     @Test func killedAgentThenResume() throws {
         let (f, big) = try Self.interruptedPush(killAgent: true)
         try Self.resume(f, big)
+    }
+
+    @Test func whatLandedBeforeAFailedPushIsRecorded() throws {
+        let (f, _) = try Self.interruptedPush(killAgent: true)
+        let small = randomBytes(8 << 20, seed: 21)
+        #expect(f.read("data/a_first.bin", in: f.remoteProject) == small, "placed before the kill")
+        // Changed on both sides since: a conflict against what landed, not a push that believes the remote empty.
+        try f.write("data/a_first.bin", "local edit")
+        try f.write("data/a_first.bin", "remote edit", in: f.remoteProject)
+        let r = try f.push()
+        #expect(r.status == 3, "\(r.stderr)")
+        #expect(r.stderr.contains("the last sync recorded file \(ChunkID(hashing: small).hex.prefix(12))"), "\(r.stderr)")
+        #expect(f.read("data/a_first.bin", in: f.remoteProject) == Array("remote edit".utf8))
     }
 
     @Test func killedClientThenResume() throws {
