@@ -1,0 +1,98 @@
+import Chunking
+import ObjectStore
+import Store
+import SyncSystem
+import Wire
+
+/// The snapshot store at one S3 location (docs/STORE.md): packs of chunks with their indexes, manifests and
+/// per-project refs. Every object is written once under its name and checked against it when read. One per
+/// thread (it owns a connection).
+public final class SnapshotStore {
+    public let client: S3Client
+    private let decompressor = ChunkDecompressor()
+    /// Packs larger than this go up in parts of this size.
+    public static let multipartThreshold = 16 << 20
+
+    public init(client: S3Client) { self.client = client }
+
+    /// The store's name for an object, for messages.
+    public func shown(_ key: String) -> String { "s3://\(client.location.bucket)/\(client.location.key(key))" }
+
+    // MARK: packs
+
+    /// Uploads a finished pack, then its index: a pack is known to readers only once its index is there.
+    @discardableResult
+    public func put(_ pack: PackBuilder) throws -> PackIndex {
+        let (digest, index) = pack.finish()
+        let key = StoreKeys.pack(digest)
+        if pack.bytes.count > Self.multipartThreshold {
+            var parts: [[UInt8]] = []
+            var start = 0
+            while start < pack.bytes.count {
+                let end = min(start + Self.multipartThreshold, pack.bytes.count)
+                parts.append(Array(pack.bytes[start..<end]))
+                start = end
+            }
+            try client.putMultipart(key, parts: parts)
+        } else {
+            try client.put(key, pack.bytes)
+        }
+        try client.put(StoreKeys.index(digest), index.encoded())
+        return index
+    }
+
+    /// The digests of every pack whose index is in the store (after `after`, in key order, when given).
+    public func packs(after: ChunkID? = nil) throws -> [ChunkID] {
+        try client.list(StoreKeys.indexPrefix, startAfter: after.map(StoreKeys.index)).compactMap { StoreKeys.packOfIndex($0.name) }
+    }
+
+    /// A pack's index, checked.
+    public func index(_ pack: ChunkID) throws -> PackIndex {
+        let key = StoreKeys.index(pack)
+        return try PackIndex(decoding: try client.get(key), pack: pack, object: shown(key))
+    }
+
+    /// One chunk read from its pack with a ranged GET, inflated and checked against its id.
+    public func chunk(_ entry: PackEntry, in pack: ChunkID) throws -> [UInt8] {
+        let key = StoreKeys.pack(pack)
+        return try verifiedChunk(try client.get(key, range: entry.range), entry: entry, object: shown(key), decompressor: decompressor)
+    }
+
+    /// A whole pack, checked against its name.
+    public func wholePack(_ pack: ChunkID) throws -> [UInt8] {
+        let key = StoreKeys.pack(pack)
+        let bytes = try client.get(key)
+        guard ChunkID(hashing: bytes) == pack else {
+            throw StoreError(object: shown(key), reason: "its bytes do not hash to its name (altered or truncated); refused")
+        }
+        return bytes
+    }
+
+    // MARK: manifests and refs
+
+    /// Writes a manifest (once: an object of that name is that manifest) and returns its digest.
+    public func put(_ manifest: SnapshotManifest) throws -> ChunkID {
+        let (digest, bytes) = manifest.encoded()
+        let key = StoreKeys.manifest(digest)
+        if try client.size(key) != UInt64(bytes.count) { try client.put(key, bytes) }
+        return digest
+    }
+
+    /// A manifest, checked against its digest.
+    public func manifest(_ digest: ChunkID) throws -> SnapshotManifest {
+        let key = StoreKeys.manifest(digest)
+        return try SnapshotManifest(decoding: try client.get(key), digest: digest, object: shown(key))
+    }
+
+    /// Writes a snapshot's ref: the last step of a push.
+    public func put(_ ref: SnapshotRef) throws {
+        try client.put(ref.name, ref.encoded(), contentType: "text/plain")
+    }
+
+    /// Every snapshot of `project`, oldest first.
+    public func snapshots(_ project: String) throws -> [SnapshotRef] {
+        try client.list(StoreKeys.snapshots(project)).map { object in
+            try SnapshotRef(decoding: try client.get(object.name), name: object.name, object: shown(object.name))
+        }
+    }
+}
