@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "HTTP", dependencies: ["CCurl", "SyncSystem"]),
         .target(name: "ObjectStore", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "Store", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "Chunking", "Wire", "SyncSystem"]),
+        .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
@@ -77,7 +77,7 @@ let package = Package(
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
-                                                             "ObjectStore", "Store", "StoreClient"]),
+                                                             "ObjectStore", "Store", "StoreClient", "LocalState"]),
     ],
     swiftLanguageModes: [.v5]
 )

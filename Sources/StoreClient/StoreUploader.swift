@@ -1,0 +1,223 @@
+import Chunking
+import Foundation
+import LocalState
+import ObjectStore
+import Store
+import SyncSystem
+import Wire
+
+/// What an upload to the store did.
+public struct UploadStats: Sendable, Equatable {
+    /// Chunks the store lacked, now in new packs.
+    public var chunksUploaded = 0
+    /// Their bytes as stored (compressed where that paid): what left this machine for the store, objects' bodies.
+    public var bytesUploaded: UInt64 = 0
+    /// Their bytes before compression.
+    public var rawBytes: UInt64 = 0
+    public var packs = 0
+
+    public init() {}
+}
+
+/// A file to upload: where it is, and the chunks it was cut into (with their offsets).
+public struct UploadFile: Sendable {
+    public var path: RelativePath
+    public var chunks: [ChunkRef]
+    public init(path: RelativePath, chunks: [ChunkRef]) {
+        self.path = path
+        self.chunks = chunks
+    }
+}
+
+/// A local file no longer holds the bytes it was chunked into (it changed since): the upload stops, and the
+/// caller looks at the file again.
+public struct ChangedWhileUploading: Error, CustomStringConvertible {
+    public let path: RelativePath
+    public var description: String { "\(path) changed while being uploaded; push again" }
+}
+
+/// Sends to the store the chunks it lacks, each once: what the catalog (refreshed from the pack indexes) does
+/// not know is read from the local files, checked against its id, compressed where that pays, packed into packs
+/// of about `packTarget` bytes and uploaded by several threads at once; then the manifest and the ref.
+public final class StoreUploader {
+    public let location: S3Location
+    private let credentials: AWSCredentials
+    public let catalog: StoreCatalog
+    private let threads: Int
+    /// A pack is closed and uploaded once it holds this many bytes.
+    public var packTarget = 32 << 20
+
+    public init(location: S3Location, credentials: AWSCredentials, catalog: StoreCatalog, threads: Int = 4) {
+        self.location = location
+        self.credentials = credentials
+        self.catalog = catalog
+        self.threads = max(1, threads)
+    }
+
+    private func makeStore() throws -> SnapshotStore { SnapshotStore(client: try S3Client(location: location, credentials: credentials)) }
+
+    /// Reads the indexes of the packs the catalog does not know yet (another laptop's pushes, say); returns how
+    /// many it added.
+    @discardableResult
+    public func refresh() throws -> Int {
+        let store = try makeStore()
+        let known = try catalog.packs()
+        var added = 0
+        for pack in try store.packs() where !known.contains(pack) {
+            let index = try store.index(pack)
+            try catalog.add(pack: pack, size: index.size, chunks: index.entries.map {
+                ($0.id, StoredChunk(pack: pack, offset: $0.offset, storedLength: $0.storedLength, rawLength: $0.rawLength, compressed: $0.compressed))
+            })
+            added += 1
+        }
+        return added
+    }
+
+    /// Uploads every chunk of `files` that the store does not hold, read from `tree`.
+    public func upload(_ files: [UploadFile], from tree: Tree) throws -> UploadStats {
+        var wanted: Set<ChunkID> = []
+        for f in files { for c in f.chunks where !c.id.isHole { wanted.insert(c.id) } }
+        let held = try catalog.locations(wanted)
+        var stats = UploadStats()
+        guard held.count < wanted.count else { return stats }
+
+        let queue = PackQueue(capacity: threads)
+        var workers: [Thread] = []
+        for n in 0..<threads {
+            let store = try makeStore()
+            let worker = Thread { [catalog] in
+                while let pack = queue.take() {
+                    do {
+                        let index = try store.put(pack)
+                        try catalog.add(pack: index.pack, size: index.size, chunks: index.entries.map {
+                            ($0.id, StoredChunk(pack: index.pack, offset: $0.offset, storedLength: $0.storedLength,
+                                                rawLength: $0.rawLength, compressed: $0.compressed))
+                        })
+                        queue.done(stored: UInt64(pack.bytes.count - PackBuilder.magic.count))
+                    } catch {
+                        queue.fail(error)
+                    }
+                }
+            }
+            worker.name = "store upload \(n)"
+            worker.start()
+            workers.append(worker)
+        }
+        defer { queue.close() }
+
+        let compressor = ChunkCompressor(level: 6)
+        var policy = CompressionPolicy()
+        var pack = PackBuilder(capacity: packTarget + (1 << 20))
+        var queued: Set<ChunkID> = Set(held.keys)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        defer { buffer.deallocate() }
+        for (n, file) in files.enumerated() {
+            let missing = file.chunks.filter { !$0.id.isHole && !queued.contains($0.id) }
+            guard !missing.isEmpty else { continue }
+            let fd = try tree.openForReading(file.path)
+            for chunk in missing where queued.insert(chunk.id).inserted {
+                let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
+                guard try fd.read(into: view, at: chunk.offset) == Int(chunk.length),
+                      ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { throw ChangedWhileUploading(path: file.path) }
+                let raw = UnsafeRawBufferPointer(view)
+                pack.add(id: chunk.id, raw: raw, compressed: policy.compress(raw, op: UInt32(truncatingIfNeeded: n), with: compressor))
+                stats.chunksUploaded += 1
+                stats.rawBytes += UInt64(chunk.length)
+                if pack.bytes.count >= packTarget {
+                    try queue.put(pack)
+                    stats.packs += 1
+                    pack = PackBuilder(capacity: packTarget + (1 << 20))
+                }
+            }
+        }
+        if !pack.entries.isEmpty {
+            try queue.put(pack)
+            stats.packs += 1
+        }
+        stats.bytesUploaded = try queue.finish()
+        return stats
+    }
+
+    /// Writes the manifest, then the ref that names it: the snapshot exists from then on.
+    public func commit(_ manifest: SnapshotManifest, uploaded: UploadStats) throws -> SnapshotRef {
+        let store = try makeStore()
+        let digest = try store.put(manifest)
+        let files = manifest.entries.filter { $0.kind != .directory }.count
+        let bytes = manifest.entries.reduce(UInt64(0)) { $0 + $1.size }
+        let ref = SnapshotRef(name: SnapshotRef.key(project: manifest.project, manifest: digest, createdNanos: manifest.createdNanos),
+                              manifest: digest, files: files, bytes: bytes, newBytes: uploaded.bytesUploaded, createdNanos: manifest.createdNanos)
+        try store.put(ref)
+        return ref
+    }
+}
+
+/// Packs on their way to the uploading threads: at most `capacity` wait, so memory stays bounded; the first
+/// failure stops everything.
+private final class PackQueue: @unchecked Sendable {
+    // `condition` guards every field below.
+    private let condition = NSCondition()
+    private var waiting: [PackBuilder] = []
+    private let capacity: Int
+    private var closed = false
+    private var inFlight = 0
+    private var failure: Error?
+    private var stored: UInt64 = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    func put(_ pack: PackBuilder) throws {
+        condition.lock()
+        defer { condition.unlock() }
+        while waiting.count >= capacity && failure == nil { condition.wait() }
+        if let failure { throw failure }
+        waiting.append(pack)
+        inFlight += 1
+        condition.broadcast()
+    }
+
+    /// The next pack to upload; nil once closed and empty.
+    func take() -> PackBuilder? {
+        condition.lock()
+        defer { condition.unlock() }
+        while waiting.isEmpty && !closed { condition.wait() }
+        if waiting.isEmpty { return nil }
+        let pack = waiting.removeFirst()
+        condition.broadcast()
+        return pack
+    }
+
+    func done(stored bytes: UInt64) {
+        condition.lock()
+        stored += bytes
+        inFlight -= 1
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func fail(_ error: Error) {
+        condition.lock()
+        if failure == nil { failure = error }
+        inFlight -= 1 + waiting.count
+        waiting.removeAll()
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits until every pack put is uploaded; the bytes they hold; rethrows the first failure.
+    func finish() throws -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        while inFlight > 0 && failure == nil { condition.wait() }
+        if let failure { throw failure }
+        return stored
+    }
+
+    /// No more packs come; returns once none is being uploaded (after a failure too).
+    func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        while inFlight > 0 { condition.wait() }
+        condition.unlock()
+    }
+}
