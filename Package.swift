@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "ObjectStore", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "Store", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch"]),
+        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
         ]),

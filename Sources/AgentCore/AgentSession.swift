@@ -299,6 +299,9 @@ public final class AgentSession {
         var targetStat: FileStat?
         /// A forced file: the name the remote's version was kept under.
         var keptAs: [UInt8] = []
+        /// Store reads in flight for it, and whether it waits for chunks from the client too.
+        var fetching = 0
+        var asksClient = false
         init(header: FileHeader, path: RelativePath?) {
             self.header = header
             self.path = path
@@ -309,6 +312,57 @@ public final class AgentSession {
     /// Data frames still to come for files sent with `dataFollows`: taken while the file is being built, dropped
     /// once it is placed, unchanged or refused.
     private var eagerFrames: [UInt32: Int] = [:]
+    /// A push that reads chunks from the snapshot store: the reader, and where each chunk is.
+    private var fetcher: StoreFetcher?
+    private var storeChunks: [ChunkID: StoreChunk] = [:]
+
+    /// True while a file of the push still waits for frames from the client (its chunk list, data sent unasked,
+    /// or chunks asked for).
+    private func waitsOnClient(_ file: PendingFile) -> Bool {
+        file.path == nil || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
+    }
+
+    /// Places the chunks the store answered with; a file whose read failed is answered failed, naming the object.
+    private func receiveFetched(_ done: [StoreFetcher.Completion]) throws {
+        for completion in done {
+            guard let file = pending[completion.op], let assembly = file.assembly else { continue }
+            file.fetching -= 1
+            switch completion.result {
+            case .success(let pieces):
+                do {
+                    for piece in pieces {
+                        try piece.bytes.withUnsafeBytes { try assembly.write(index: piece.index, bytes: $0) }
+                    }
+                } catch {
+                    assembly.suspend()
+                    pending[completion.op] = nil
+                    try reply(completion.op, .failed, "\(error)", .absent)
+                    continue
+                }
+                if assembly.isComplete {
+                    do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+                        pending[completion.op] = nil
+                        try reply(completion.op, .failed, "\(error)", .absent)
+                    }
+                }
+            case .failure(let error):
+                assembly.suspend()
+                pending[completion.op] = nil
+                try reply(completion.op, .failed, "\(error)", .absent)
+            }
+        }
+    }
+
+    /// Waits until store reads or fsyncs complete, and handles them.
+    private func waitForFetchesOrFlushes() throws {
+        var fds = [pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
+        if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+        if poll(&fds, nfds_t(fds.count), 1000) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent", errno: errno) }
+        try commitSynced(flushes.takeCompletions())
+        if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+        try syncDirectoriesAndAnswer()
+    }
+
     /// The client expected another instance of this project (it was wiped or replaced since): every operation
     /// of this push is refused unapplied, since its bases describe a remote that is gone.
     private var refusing = false
@@ -318,12 +372,23 @@ public final class AgentSession {
 
     private func servePush() throws {
         var ended = false
+        defer {
+            fetcher?.shutdown()
+            fetcher = nil
+            storeChunks.removeAll()
+        }
         while !ended || !pending.isEmpty || !sealed.isEmpty {
             if ended && pending.isEmpty {
                 try commitSynced(flushes.waitForCompletions())
                 continue
             }
+            if ended && !pending.values.contains(where: waitsOnClient) {
+                // Everything still missing comes from the store: wait for it (and for fsyncs), not for input.
+                try waitForFetchesOrFlushes()
+                continue
+            }
             if flushes.outstanding > 0 { try commitSynced(flushes.takeCompletions()) }
+            if let fetcher, fetcher.outstanding > 0 { try receiveFetched(fetcher.takeCompletions()) }
             if unsyncedAnswers.count >= Self.maxUnsyncedAnswers { try syncDirectoriesAndAnswer() }
             guard let message = try reader.next() else {
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
@@ -391,6 +456,13 @@ public final class AgentSession {
                 try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
             case .endOfOperations:
                 ended = true
+            case .storePacks(let store, let packs):
+                guard !ended else { throw ProtocolError("store packs after end of operations") }
+                if fetcher == nil { fetcher = try StoreFetcher(store: store) }
+                fetcher!.add(packs)
+            case .storeChunks(let chunks):
+                guard let fetcher else { throw ProtocolError("store chunks before any store pack") }
+                for c in chunks where Int(c.pack) < fetcher.packs.count { storeChunks[c.id] = c }
             default:
                 throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
             }
@@ -548,8 +620,18 @@ public final class AgentSession {
                 try finish(file)
             } else {
                 noteOpen(header.op)
-                // Data sent unasked is on its way; only what is still missing after it is asked for.
-                if eagerFrames[header.op] == nil { try requestMissing(header.op, assembly) }
+                // Data sent unasked is on its way; only what is still missing after it is asked for. What the
+                // snapshot store holds is read from there; the rest is asked of the client.
+                if eagerFrames[header.op] == nil {
+                    let missing = assembly.missingIndices
+                    let fromStore = missing.compactMap { i in storeChunks[assembly.chunks[Int(i)].id].map { (index: Int(i), chunk: $0) } }
+                    if let fetcher, !fromStore.isEmpty { file.fetching += fetcher.submit(op: header.op, fromStore) }
+                    let fromClient = missing.filter { storeChunks[assembly.chunks[Int($0)].id] == nil || fetcher == nil }
+                    if !fromClient.isEmpty {
+                        file.asksClient = true
+                        try requestMissing(header.op, fromClient)
+                    }
+                }
             }
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
@@ -601,7 +683,11 @@ public final class AgentSession {
     }
 
     private func requestMissing(_ op: UInt32, _ assembly: FileAssembly) throws {
-        let missing = assembly.missingIndices
+        if let file = pending[op] { file.asksClient = true }
+        try requestMissing(op, assembly.missingIndices)
+    }
+
+    private func requestMissing(_ op: UInt32, _ missing: [UInt32]) throws {
         var start = 0
         while start < missing.count {
             let end = min(start + maxListItems, missing.count)
@@ -740,11 +826,15 @@ public final class AgentSession {
             return try syncDirectoriesAndAnswer()
         }
         while true {
-            if flushes.outstanding == 0 { return try syncDirectoriesAndAnswer() }
+            let fetching = fetcher.map { $0.outstanding > 0 } ?? false
+            if flushes.outstanding == 0 && !fetching { return try syncDirectoriesAndAnswer() }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
             try commitSynced(flushes.takeCompletions())
+            if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+            if flushes.outstanding == 0 { try syncDirectoriesAndAnswer() }
             if fds[0].revents != 0 { return }
         }
     }

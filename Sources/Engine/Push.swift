@@ -185,6 +185,8 @@ public final class PushSession {
     /// `push --prune-ignored`: paths pushed before that are ignored now are deleted on the remote (never a pull
     /// path); without it they are left there and reported.
     public var pruneIgnored = false
+    /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
+    public var storeSource: StoreSource?
 
     /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
     /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
@@ -330,7 +332,7 @@ public final class PushSession {
         let progress = ProgressReporter(label: "push", enabled: project.options.progress)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
-                                    force: force || resolving != nil) { instance in
+                                    force: force || resolving != nil, storeSource: storeSource) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
         planned = []  // the pipeline owns the operations now: filling in contents copies nothing
@@ -496,6 +498,7 @@ final class PushPipeline {
     private let hasher: ContentHasher
     /// Every operation is sent forced (see `FileHeader.force`).
     private let force: Bool
+    private let storeSource: StoreSource?
     private let checkInstance: (String) throws -> Void
     private let window: Int
     private let reader: FrameReader
@@ -520,9 +523,11 @@ final class PushPipeline {
     private var openFile: (op: UInt32, fd: FileDescriptor)?
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
-         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, checkInstance: @escaping (String) throws -> Void) {
+         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeSource: StoreSource?,
+         checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
         self.force = force
+        self.storeSource = storeSource
         sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
         self.project = project
         self.link = link
@@ -547,6 +552,7 @@ final class PushPipeline {
     func run() throws -> PipelineOutcome {
         let readerThread = Thread { [self] in readLoop() }
         readerThread.start()
+        if let storeSource { try sendStoreSource(storeSource) }
 
         for index in ops.indices {
             let id = UInt32(index + 1)
@@ -680,7 +686,9 @@ final class PushPipeline {
             let content = e.content!
             // A small file whose content the remote is not known to hold goes with its data, unasked: one round
             // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
-            let eager = content.size <= Self.eagerLimit && content.chunks.contains { !$0.id.isHole } && !remoteDigests.contains(content.digest)
+            // Nor does a file whose chunks the agent reads from the store.
+            let eager = content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
+                && content.chunks.contains { !$0.id.isHole && storeSource?.chunks[$0.id] == nil }
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
                                                   base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
@@ -704,6 +712,23 @@ final class PushPipeline {
             try writer.send(.directory(op: id, path: e.path.bytes, permissions: e.stat.permissions, force: force))
         case .delete(let path, let base):
             try writer.send(.delete(op: id, path: path.bytes, base: base, force: force))
+        }
+    }
+
+    /// The store's packs and chunk places, ahead of the operations.
+    private func sendStoreSource(_ source: StoreSource) throws {
+        var start = 0
+        repeat {
+            let end = min(start + 2000, source.packs.count)
+            try writer.send(.storePacks(store: source.name, packs: Array(source.packs[start..<end])))
+            start = end
+        } while start < source.packs.count
+        let chunks = Array(source.chunks.values)
+        start = 0
+        while start < chunks.count {
+            let end = min(start + maxStoreChunks, chunks.count)
+            try writer.send(.storeChunks(Array(chunks[start..<end])))
+            start = end
         }
     }
 

@@ -221,3 +221,31 @@ private final class PackQueue: @unchecked Sendable {
         condition.unlock()
     }
 }
+
+extension StoreUploader {
+    /// What a host needs to read `files`' chunks from the store itself: every pack that holds one, with a URL
+    /// good for `expires` seconds (presigned: the host gets no credential), and each chunk's place. Chunks the
+    /// catalog does not know are left out (the host asks the laptop for those).
+    public func source(for files: [UploadFile], expires: Int = 6 * 3600, endpoint: String? = nil) throws -> StoreSource {
+        var ids: Set<ChunkID> = []
+        for f in files { for c in f.chunks where !c.id.isHole { ids.insert(c.id) } }
+        let places = try catalog.locations(ids)
+        var hostLocation = location
+        if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
+        let client = try S3Client(location: hostLocation, credentials: credentials)
+        var packNumbers: [ChunkID: UInt32] = [:]
+        var packs: [StorePack] = []
+        var chunks: [ChunkID: StoreChunk] = [:]
+        for (id, place) in places {
+            let number: UInt32
+            if let known = packNumbers[place.pack] { number = known } else {
+                number = UInt32(packs.count)
+                packNumbers[place.pack] = number
+                packs.append(StorePack(digest: place.pack, url: client.presignedGet(StoreKeys.pack(place.pack), expires: expires)))
+            }
+            chunks[id] = StoreChunk(id: id, pack: number, offset: place.offset, storedLength: place.storedLength, rawLength: place.rawLength,
+                                    compressed: place.compressed)
+        }
+        return StoreSource(name: location.description, packs: packs, chunks: chunks)
+    }
+}

@@ -172,6 +172,52 @@ public struct RemoteEntry: Equatable, Sendable {
     }
 }
 
+/// A pack of the snapshot store a push may fetch chunks from: its digest, and a URL that reads it (presigned:
+/// no credential travels).
+public struct StorePack: Equatable, Sendable {
+    public var digest: ChunkID
+    public var url: String
+    public init(digest: ChunkID, url: String) {
+        self.digest = digest
+        self.url = url
+    }
+}
+
+/// Where the store holds a chunk: pack number (in the order of `storePacks`), offset, stored and raw length.
+public struct StoreChunk: Equatable, Sendable {
+    public var id: ChunkID
+    public var pack: UInt32
+    public var offset: UInt64
+    public var storedLength: UInt32
+    public var rawLength: UInt32
+    public var compressed: Bool
+    public init(id: ChunkID, pack: UInt32, offset: UInt64, storedLength: UInt32, rawLength: UInt32, compressed: Bool) {
+        self.id = id
+        self.pack = pack
+        self.offset = offset
+        self.storedLength = storedLength
+        self.rawLength = rawLength
+        self.compressed = compressed
+    }
+}
+
+/// Chunks a push may have the agent read from the snapshot store rather than send them over the link: the
+/// store's name, its packs with URLs the agent can read (presigned), and where each chunk is.
+public struct StoreSource: Sendable {
+    public var name: String
+    public var packs: [StorePack]
+    public var chunks: [ChunkID: StoreChunk]
+
+    public init(name: String, packs: [StorePack], chunks: [ChunkID: StoreChunk]) {
+        self.name = name
+        self.packs = packs
+        self.chunks = chunks
+    }
+}
+
+/// Most chunk places in one `storeChunks` frame.
+public let maxStoreChunks = 32768
+
 /// Every frame of the protocol.
 ///
 /// A connection carries one session after another (hello … done), as long as the client keeps it open; the
@@ -215,6 +261,12 @@ public enum Message: Equatable, Sendable {
     /// The client ends a `watch`; the agent answers `watchEnded` once nothing more of the watch will come.
     case watchEnd
     case watchEnded
+    /// A push that may take chunks from the snapshot store instead of the link (after hello, before the
+    /// operations): `store` names it in messages (`s3://bucket/prefix`), then its packs, in as many frames as
+    /// they need; `storeChunks` frames say where each chunk is. The agent reads what it lacks from there, checks
+    /// every chunk, and asks the client (`need`) only for chunks the store does not hold.
+    case storePacks(store: String, packs: [StorePack])
+    case storeChunks([StoreChunk])
     /// A fatal error; the sender closes after it.
     case error(message: String)
 
@@ -242,6 +294,8 @@ public enum Message: Equatable, Sendable {
         case .remoteChanged: return 0x51
         case .watchEnd: return 0x52
         case .watchEnded: return 0x53
+        case .storePacks: return 0x60
+        case .storeChunks: return 0x61
         case .error: return 0x7F
         }
     }
@@ -284,6 +338,15 @@ public enum Message: Equatable, Sendable {
             w.u32(op); w.byteString(path); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
         case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
             break
+        case .storePacks(let store, let packs):
+            w.string(store)
+            w.u32(UInt32(packs.count))
+            for p in packs { w.id(p.digest); w.string(p.url) }
+        case .storeChunks(let chunks):
+            w.u32(UInt32(chunks.count))
+            for c in chunks {
+                w.id(c.id); w.u32(c.pack); w.u64(c.offset); w.u32(c.storedLength); w.u32(c.rawLength); w.u8(c.compressed ? 1 : 0)
+            }
         case .remoteChanged(let paths):
             w.u32(UInt32(paths.count))
             for p in paths { w.byteString(p) }
@@ -432,6 +495,28 @@ public enum Message: Equatable, Sendable {
             message = .remoteChanged(paths: paths)
         case 0x52: message = .watchEnd
         case 0x53: message = .watchEnded
+        case 0x60:
+            let store = try r.string("store", limit: 4096)
+            let n = try r.count("store packs", itemSize: 20, limit: maxListItems)
+            var packs: [StorePack] = []
+            packs.reserveCapacity(n)
+            for _ in 0..<n { packs.append(StorePack(digest: try r.id("pack digest"), url: try r.string("pack url", limit: 16384))) }
+            message = .storePacks(store: store, packs: packs)
+        case 0x61:
+            let n = try r.count("store chunks", itemSize: 37, limit: maxStoreChunks)
+            var chunks: [StoreChunk] = []
+            chunks.reserveCapacity(n)
+            for _ in 0..<n {
+                let id = try r.id("chunk id")
+                let pack = try r.u32("pack")
+                let offset = try r.u64("offset")
+                let stored = try r.u32("stored length")
+                let raw = try r.u32("raw length")
+                let flag = try r.u8("flags")
+                guard flag <= 1, raw <= UInt32(ChunkParameters.largestMaxSize) else { throw ProtocolError("store chunk: bad flags or length") }
+                chunks.append(StoreChunk(id: id, pack: pack, offset: offset, storedLength: stored, rawLength: raw, compressed: flag == 1))
+            }
+            message = .storeChunks(chunks)
         case 0x7F: message = .error(message: try r.string("message", limit: 65536))
         default:
             throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")

@@ -184,7 +184,10 @@ struct PushPullTests {
         try f.write("output/fresh.log", "still writing", in: f.remoteProject)
         try f.write("output/open.bin", randomBytes(10000, seed: 4), in: f.remoteProject)
         try f.age("output/open.bin")
-        let writer = try FileHandle(forWritingTo: URL(fileURLWithPath: f.remoteProject + "/output/open.bin"))
+        // Opened close-on-exec: a process a parallel test spawns meanwhile must not keep it open for writing.
+        let fd = open(f.remoteProject + "/output/open.bin", O_WRONLY | O_CLOEXEC)
+        #expect(fd >= 0)
+        let writer = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         defer { try? writer.close() }
         let r = try f.pull()
         #expect(r.status == 0, "\(r.stderr)")

