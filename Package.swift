@@ -55,7 +55,7 @@ let package = Package(
         .target(name: "SSHTransport", dependencies: ["CLibSSH2", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
-            "SyncSystem", "Dockerfile",
+            "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",
         ]),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "SyncSystem", "Wire"]),

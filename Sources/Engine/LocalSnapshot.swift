@@ -51,6 +51,8 @@ struct Snapshotter {
         var warnings: [ScanWarning]
         var filesRead: Int
         var cache: [RelativePath: CachedFile]
+        /// The records this run made (files read).
+        var updated: [CachedFile] = []
     }
 
     /// A scan whose regular files not known from the stat cache still need hashing (`content` nil).
@@ -145,7 +147,7 @@ struct Snapshotter {
             entries.append(entry)
         }
         try state.saveFiles(updated)
-        return Result(entries: entries, warnings: scan.warnings, filesRead: updated.count, cache: scan.cache)
+        return Result(entries: entries, warnings: scan.warnings, filesRead: updated.count, cache: scan.cache, updated: updated)
     }
 }
 

@@ -26,6 +26,11 @@ public struct SyncStats: Codable, Sendable {
     public var leftIgnored: [RelativePath] = []
     /// Losing versions of forced operations, and where they were kept.
     public var kept: [KeptCopy] = []
+    /// A push through a store: what this machine uploaded to it (pack bytes), the snapshot it made, and each
+    /// host's part.
+    public var bytesUploaded: UInt64?
+    public var snapshot: String?
+    public var hosts: [HostResult]?
     /// Remote files a pull left for later because they were being written.
     public var skipped: [String] = []
     public var errors: [String] = []
@@ -42,6 +47,7 @@ public struct SyncStats: Codable, Sendable {
         case chunksSent = "chunks_sent", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
         case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
         case conflictMessages = "conflict_messages", leftIgnored = "left_ignored", kept
+        case bytesUploaded = "bytes_uploaded", snapshot, hosts
         case remoteDirectory = "remote_directory"
     }
 

@@ -145,6 +145,11 @@ public final class StateStore {
 
     // MARK: stat cache
 
+    /// How many files the stat cache knows.
+    public func fileCount() throws -> Int {
+        try db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM files") ?? 0 }
+    }
+
     public func loadFiles() throws -> [RelativePath: CachedFile] {
         try db.read { db in
             var out: [RelativePath: CachedFile] = [:]

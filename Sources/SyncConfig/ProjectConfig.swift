@@ -43,7 +43,8 @@ public enum RemoteSpec: Equatable, Sendable, CustomStringConvertible {
 public struct ProjectConfig: Equatable, Sendable {
     public static let fileName = "syncd.yaml"
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
-                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host"]
+                                   "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
+                                   "hosts", "store", "endpoint", "host_endpoint", "region"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -65,6 +66,18 @@ public struct ProjectConfig: Equatable, Sendable {
     public var compress: Compression = .auto
     /// `DOCKER_HOST` for `syncctl compose` and `exec` on the remote (a rootless or non-default daemon).
     public var dockerHost: String?
+    /// Every host a push reaches (`hosts:`), the first being `remote`; just `remote` without the setting.
+    public var hosts: [RemoteSpec] = []
+    /// The snapshot store, `s3://BUCKET/PREFIX`: chunks go there once, and every host reads what it lacks.
+    public var store: String?
+    /// The store's endpoint for the laptop (default: `AWS_ENDPOINT_URL`, else AWS's for `region`), and for the
+    /// hosts (default: the same).
+    public var endpoint: String?
+    public var hostEndpoint: String?
+    public var region: String?
+
+    /// The hosts a push reaches.
+    public var allHosts: [RemoteSpec] { hosts.isEmpty ? [remote] : hosts }
 
     public init(name: String, remote: RemoteSpec, remoteRoot: String? = nil, pull: [String] = ["output", "checkpoint"],
                 ignore: [String] = []) {
@@ -119,12 +132,28 @@ public struct ProjectConfig: Equatable, Sendable {
             guard let i = v as? Int, i > 0 else { throw ConfigError("\(file): setting '\(key)' must be a positive integer") }
             return i
         }
-        guard let remoteText = try string("remote") else {
-            throw ConfigError("\(file): setting 'remote' is missing (an SSH destination, or local:/abs/path)")
+        var hosts: [RemoteSpec] = []
+        if let list = try list("hosts") {
+            guard !list.isEmpty else { throw ConfigError("\(file): setting 'hosts' is empty; name at least one host, or use remote:") }
+            for h in list {
+                do { hosts.append(try RemoteSpec(parsing: h)) } catch let e as ConfigError {
+                    throw ConfigError("\(file): setting 'hosts': \(e.description)")
+                }
+            }
+            guard Set(hosts.map(\.description)).count == hosts.count else { throw ConfigError("\(file): setting 'hosts' names a host twice") }
         }
         let remote: RemoteSpec
-        do { remote = try RemoteSpec(parsing: remoteText) } catch let e as ConfigError {
-            throw ConfigError("\(file): setting 'remote': \(e.description)")
+        if let remoteText = try string("remote") {
+            do { remote = try RemoteSpec(parsing: remoteText) } catch let e as ConfigError {
+                throw ConfigError("\(file): setting 'remote': \(e.description)")
+            }
+            if !hosts.isEmpty && remote != hosts[0] {
+                throw ConfigError("\(file): 'remote' and 'hosts' disagree: with hosts:, leave remote: out (the first host is where pulls come from)")
+            }
+        } else if let first = hosts.first {
+            remote = first
+        } else {
+            throw ConfigError("\(file): setting 'remote' is missing (an SSH destination, or local:/abs/path; or hosts: [a, b] with a store)")
         }
         let name = try string("name") ?? directoryName
         guard !name.isEmpty, !name.contains("/"), name != ".", name != ".." else {
@@ -156,6 +185,25 @@ public struct ProjectConfig: Equatable, Sendable {
         config.chunkMin = try int("chunk_min")
         config.chunkAvg = try int("chunk_avg")
         config.chunkMax = try int("chunk_max")
+        config.hosts = hosts
+        config.store = try string("store")
+        if let store = config.store, !store.hasPrefix("s3://") || store.dropFirst(5).isEmpty {
+            throw ConfigError("\(file): setting 'store' must be an S3 URL, s3://BUCKET/PREFIX, not '\(store)'")
+        }
+        config.endpoint = try string("endpoint")
+        config.hostEndpoint = try string("host_endpoint")
+        config.region = try string("region")
+        for (key, value) in [("endpoint", config.endpoint), ("host_endpoint", config.hostEndpoint)] {
+            if let value, !(value.hasPrefix("http://") || value.hasPrefix("https://")) {
+                throw ConfigError("\(file): setting '\(key)' must be an http:// or https:// URL, not '\(value)'")
+            }
+        }
+        if config.store == nil, let key = ["endpoint", "host_endpoint", "region"].first(where: { map[$0] != nil }) {
+            throw ConfigError("\(file): setting '\(key)' needs store: s3://BUCKET/PREFIX")
+        }
+        if hosts.count > 1 && config.store == nil {
+            throw ConfigError("\(file): several hosts need a store (store: s3://BUCKET/PREFIX), so that each chunk leaves this machine once")
+        }
         return config
     }
 

@@ -88,6 +88,13 @@ struct Push: ParsableCommand {
             return report(stats, json: options.json)
         }
         let project = try options.project()
+        if project.config.store != nil {
+            // Through the store, to every host at once.
+            let push = StorePush(project: project)
+            push.force = force
+            push.pruneIgnored = pruneIgnored
+            return report(try push.run(), json: options.json)
+        }
         let session = PushSession(project: project)
         session.force = force
         session.pruneIgnored = pruneIgnored
@@ -197,6 +204,13 @@ func throughDaemon(_ command: String, _ directory: String) throws -> SyncStats? 
 
 func report(_ stats: SyncStats, json: Bool) {
     for w in stats.warnings { printError("warning: \(w)") }
+    for h in stats.hosts ?? [] where stats.hosts!.count > 1 || !h.ok {
+        printError("\(h.host): " + (h.error ?? "\(h.filesChanged) changed, \(h.filesDeleted) deleted, \(formatBytes(h.bytesSent)) over the link"
+                                                + (h.conflicts > 0 ? ", \(h.conflicts) conflict(s)" : "")))
+    }
+    if let uploaded = stats.bytesUploaded {
+        printError("store: \(formatBytes(uploaded)) uploaded; snapshot \(stats.snapshot ?? "?")")
+    }
     for c in stats.conflictMessages { printError("conflict: \(c)") }
     for s in stats.skipped { printError("skipped: \(s)") }
     for e in stats.errors { printError("error: \(e)") }

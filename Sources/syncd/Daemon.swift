@@ -257,6 +257,8 @@ final class ProjectRunner {
             syncing = kind.rawValue
             condition.unlock()
             let result = session(kind) {
+                // A project with a store pushes through it to every host (a snapshot per push).
+                if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
                 let link = try connectedLink()
                 return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
                                      : try PullSession(project: project, link: link).run()

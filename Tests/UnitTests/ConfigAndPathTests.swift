@@ -52,6 +52,23 @@ struct ConfigAndPathTests {
         #expect(throws: PathError.self) { try RelativePath(path) }
     }
 
+    @Test func hostsAndAStore() throws {
+        let c = try ProjectConfig.parse("hosts: [gpu-1, \"ubuntu@10.0.0.7:2222\", local:/srv/x]\nstore: s3://team/syncd\nendpoint: http://127.0.0.1:8333\n",
+                                        file: "f", directoryName: "d")
+        #expect(c.allHosts.map(\.description) == ["gpu-1", "ubuntu@10.0.0.7:2222", "local:/srv/x"])
+        #expect(c.remote.description == "gpu-1", "pulls come from the first host")
+        #expect(c.store == "s3://team/syncd" && c.endpoint == "http://127.0.0.1:8333")
+        for (text, says) in [("hosts: [a, b]\n", "need a store"), ("hosts: [a, a]\nstore: s3://b\n", "twice"),
+                             ("remote: x\nhosts: [y]\n", "disagree"), ("remote: x\nendpoint: http://e\n", "needs store"),
+                             ("remote: x\nstore: https://b\n", "s3://BUCKET/PREFIX"), ("hosts: []\n", "empty"),
+                             ("remote: x\nstore: s3://b\nendpoint: e.com\n", "http:// or https://")] {
+            #expect(throws: ConfigError.self) { try ProjectConfig.parse(text, file: "f", directoryName: "d") }
+            do { _ = try ProjectConfig.parse(text, file: "f", directoryName: "d") } catch {
+                #expect("\(error)".contains(says), "\(text): \(error)")
+            }
+        }
+    }
+
     @Test func symlinkContainment() throws {
         let ab = try RelativePath("a/b")
         #expect(symlinkStaysInside(linkPath: ab, target: Array("c".utf8)))

