@@ -23,6 +23,7 @@ public enum RemoteCommand {
     public static func run(project: Project, _ line: String) throws -> Int32 {
         var script = "cd \(remoteDirectory(project)) || exit 125; "
         if let host = project.config.dockerHost { script += "export DOCKER_HOST=\(shellQuote(host)); " }
+        if let snapshot = project.lastSnapshot() { script += "export SYNCD_SNAPSHOT=\(shellQuote(snapshot)); " }
         script += line
         switch project.config.remote {
         case .local:

@@ -117,6 +117,8 @@ public final class StorePush {
             throw SyncError("store \(location): \(e)")
         }
         Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
+        // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
+        try? firstState.setValue(ref.id, for: "last_snapshot")
         let source: StoreSource
         do {
             var hostUploader = uploader

@@ -15,7 +15,8 @@ struct Syncctl: ParsableCommand {
         commandName: "syncctl",
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
-        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Conflicts.self, Resolve.self, Add.self, Remove.self,
+        subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Conflicts.self, Resolve.self, Snapshots.self,
+                      Restore.self, Add.self, Remove.self,
                       Status.self, Pause.self, Resume.self, Logs.self, Plan.self, Exec.self, Compose.self, Hook.self,
                       ComposeOverride.self]
     )
@@ -164,6 +165,43 @@ struct Conflicts: ParsableCommand {
             }
         }
         printError("\(conflicts.count) conflict(s); `syncctl resolve PATH… --keep local|remote` picks a side (the other is kept as NAME.sync-conflict-…)")
+    }
+}
+
+struct Snapshots: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The project's snapshots in its store: time, id, files, bytes, new bytes.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let project = try Project(directory: directory)
+        let list = try project.snapshots()
+        if json {
+            struct Out: Encodable { let snapshots: [SnapshotListing] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(Out(snapshots: list)), as: UTF8.self))
+            return
+        }
+        if list.isEmpty { printError("no snapshots of \(project.config.name) yet; `syncctl push` makes one") }
+        for s in list {
+            print("\(s.time)  \(s.id)  \(s.files) files  \(formatBytes(s.bytes))  \(formatBytes(s.newBytes)) new")
+        }
+    }
+}
+
+struct Restore: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Materialize a snapshot exactly in a new directory.")
+    @Argument(help: "The snapshot: its id (or a unique prefix), as `syncctl snapshots` shows it.") var snapshot: String
+    @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String
+    @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
+    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+
+    func run() throws {
+        let project = try Project(directory: directory)
+        let stats = try project.restore(snapshot, to: target)
+        if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target)") }
+        report(stats, json: json)
     }
 }
 
@@ -437,7 +475,9 @@ func pushForBuild(_ project: Project, quiet: Bool = false) throws -> [BuildPlan]
     let (plans, warnings) = try project.buildPlans()
     for w in warnings { printError("warning: \(w)") }
     let stats: SyncStats
-    if let viaDaemon = try throughDaemon("push", project.directory) {
+    if project.config.store != nil {
+        stats = try StorePush(project: project).run()
+    } else if let viaDaemon = try throughDaemon("push", project.directory) {
         stats = viaDaemon
     } else {
         let session = PushSession(project: project)

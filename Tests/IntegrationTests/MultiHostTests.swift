@@ -46,7 +46,7 @@ struct MultiHostTests {
         #expect(hosts.count == 3 && hosts.allSatisfy { $0["ok"] as? Bool == true }, "\(hosts)")
         #expect(hosts.allSatisfy { ($0["bytes_sent"] as? Int ?? .max) < 200_000 }, "each host's link carries no chunk: \(hosts)")
         for r in roots.prefix(3) { #expect(hostTree(r) == local, "\(r)") }
-        #expect(stats["snapshot"] is String)
+        let firstSnapshot = try #require(stats["snapshot"] as? String)
 
         // Five files edited: the store gets their new chunks once, every host the files.
         for i in 0..<5 { try f.write("src/m\(i).py", "value = \(i * 100)  # edited\n") }
@@ -68,6 +68,27 @@ struct MultiHostTests {
         let store = SnapshotStore(client: try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint,
                                                                                     region: "us-east-1"), credentials: credentials))
         #expect(try store.snapshots("proj").count == 3, "every push is a snapshot")
+
+        // snapshots lists them; restore brings the first back exactly, though the project changed since.
+        let listed = try run(binDirectory() + "/syncctl", ["snapshots", f.project, "--json"], env: env)
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let snapshots = ((try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])?["snapshots"] as? [[String: Any]]) ?? []
+        #expect(snapshots.count == 3 && snapshots.first?["id"] as? String == firstSnapshot, "\(listed.stdout)")
+        #expect(snapshots.allSatisfy { $0["time"] is String && $0["files"] is Int && $0["bytes"] is Int && $0["new_bytes"] is Int })
+        let restored = f.base + "/restored"
+        let r = try run(binDirectory() + "/syncctl", ["restore", String(firstSnapshot.prefix(8)), "--to", restored, "--dir", f.project], env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(SyncFixture.describeTree(restored) == local, "byte-exact: the tree of the first push")
+        var a = stat(), b = stat()
+        #expect(stat(restored + "/data/shard0.bin", &a) == 0 && stat(f.project + "/data/shard0.bin", &b) == 0 && a.st_mtim.tv_sec == b.st_mtim.tv_sec)
+        let twice = try run(binDirectory() + "/syncctl", ["restore", firstSnapshot, "--to", restored, "--dir", f.project], env: env)
+        #expect(twice.status == 2 && twice.stderr.contains("not empty"), "\(twice.stderr)")
+
+        // exec pushes (a snapshot) and tells the command which one it runs on.
+        let ran = try run(binDirectory() + "/syncctl", ["exec", "--dir", f.project, "--", "sh", "-c", "echo $SYNCD_SNAPSHOT > output/ran.txt"], env: env)
+        #expect(ran.status == 0, "\(ran.stderr)")
+        let latest = try store.snapshots("proj").last?.id
+        #expect(latest != nil && (try? String(contentsOfFile: roots[0] + "/proj/output/ran.txt", encoding: .utf8)) == latest! + "\n")
     }
 
     @Test(.enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))

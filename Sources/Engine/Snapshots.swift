@@ -1,0 +1,134 @@
+import Chunking
+import Foundation
+import LocalState
+import ObjectStore
+import Placement
+import Store
+import StoreClient
+import SyncSystem
+import Wire
+
+/// One snapshot as `syncctl snapshots` lists it.
+public struct SnapshotListing: Codable, Sendable {
+    public let id: String
+    public let name: String
+    /// When it was pushed (ISO 8601, UTC).
+    public let time: String
+    public let files: Int
+    public let bytes: UInt64
+    /// What the push that made it uploaded.
+    public let newBytes: UInt64
+
+    enum CodingKeys: String, CodingKey { case id, name, time, files, bytes, newBytes = "new_bytes" }
+}
+
+extension Project {
+    /// The store named by `store:`, with the laptop's credentials.
+    func openStore() throws -> (SnapshotStore, StoreUploader) {
+        guard let location = try storeLocation() else {
+            throw SyncError("\(directory): no store: setting in \(SyncConfigFile.name); snapshots need a store", exitCode: 2)
+        }
+        let credentials: AWSCredentials
+        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+        do {
+            let store = SnapshotStore(client: try S3Client(location: location, credentials: credentials))
+            return (store, StoreUploader(location: location, credentials: credentials, catalog: try storeCatalog(location)))
+        } catch let e as S3Error { throw SyncError("store \(location): \(e)") }
+    }
+
+    /// Every snapshot of this project in its store, oldest first.
+    public func snapshots() throws -> [SnapshotListing] {
+        let (store, _) = try openStore()
+        let iso = ISO8601DateFormatter()
+        do {
+            return try store.snapshots(config.name).map {
+                SnapshotListing(id: $0.id, name: $0.name, time: iso.string(from: Date(timeIntervalSince1970: Double($0.createdNanos) / 1e9)),
+                                files: $0.files, bytes: $0.bytes, newBytes: $0.newBytes)
+            }
+        } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        }
+    }
+
+    /// The id of the snapshot the last push through the store made (what `exec` and `compose` export as
+    /// `SYNCD_SNAPSHOT`); nil without a store.
+    public func lastSnapshot() -> String? {
+        guard config.store != nil else { return nil }
+        return try? openState().value("last_snapshot")
+    }
+
+    /// Materializes snapshot `id` (or a unique prefix of it, or its ref's name) exactly in `target`, which must
+    /// be empty or absent: every path with its bytes, mode and mtime, every chunk read from the store and checked.
+    public func restore(_ id: String, to target: String) throws -> SyncStats {
+        let started = monotonicNanos()
+        let (store, uploader) = try openStore()
+        var stats = SyncStats(direction: "restore")
+        do {
+            let refs = try store.snapshots(config.name).filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
+            guard refs.count == 1, let ref = refs.first else {
+                throw SyncError(refs.isEmpty ? "no snapshot \(id) of \(config.name) in \(store.client.location); `syncctl snapshots` lists them"
+                                             : "\(id) names \(refs.count) snapshots; give more of the id", exitCode: 2)
+            }
+            let manifest = try store.manifest(ref.manifest)
+            try uploader.refresh()
+            let places = try uploader.catalog.locations(manifest.chunkIDs)
+            if let lost = manifest.chunkIDs.first(where: { places[$0] == nil }) {
+                throw SyncError("snapshot \(ref.id) needs chunk \(lost.hex.prefix(12)), which no pack of \(store.client.location) holds any more")
+            }
+            let absolute = URL(fileURLWithPath: target).standardizedFileURL.path
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: absolute), !names.isEmpty {
+                throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)
+            }
+            let tree = try Tree(rootPath: absolute, create: true)
+            var directories: [ManifestEntry] = []
+            for entry in manifest.entries {
+                switch entry.kind {
+                case .directory:
+                    _ = try tree.openDirectory(entry.path, create: true)
+                    directories.append(entry)
+                case .symlink:
+                    guard let parent = try tree.openParent(entry.path, create: true) else { continue }
+                    try Tree.placeSymlink(at: parent, name: entry.path.name, target: entry.target ?? [], shown: entry.path.description)
+                    stats.filesChanged += 1
+                case .file:
+                    let assembly = try FileAssembly(tree: tree, path: entry.path, digest: entry.digest ?? .empty, size: entry.size,
+                                                    chunkList: entry.chunks)
+                    for index in assembly.missingIndices {
+                        let chunk = assembly.chunks[Int(index)]
+                        guard let place = places[chunk.id] else { continue }
+                        let bytes = try store.chunk(PackEntry(id: chunk.id, offset: place.offset, storedLength: place.storedLength,
+                                                              rawLength: place.rawLength, compressed: place.compressed), in: place.pack)
+                        try bytes.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
+                        stats.chunksSent += 1
+                        stats.bytesReceived += UInt64(place.storedLength)
+                    }
+                    try assembly.place(permissions: entry.mode, mtimeNanos: entry.mtimeNanos) { now in
+                        if now != nil { throw SyncError("\(entry.path): something appeared there during the restore") }
+                    }
+                    stats.filesChanged += 1
+                    stats.bytesLogical += entry.size
+                    stats.chunksTotal += entry.chunks.count
+                }
+            }
+            // Directories last, deepest first: their modes and times, once nothing more is made in them.
+            for entry in directories.reversed() {
+                if let dir = try tree.openDirectory(entry.path, create: false) {
+                    try dir.setPermissions(entry.mode & 0o7777)
+                    try dir.setModificationTime(entry.mtimeNanos)
+                }
+            }
+            stats.snapshot = ref.id
+            stats.filesScanned = manifest.entries.count
+            stats.remoteDirectory = absolute
+        } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        } catch let e as StoreError {
+            throw SyncError("\(e)")
+        }
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+}
+
+/// The config file's name, for messages.
+enum SyncConfigFile { static let name = "syncd.yaml" }
