@@ -130,5 +130,24 @@ extension Project {
     }
 }
 
+extension Project {
+    /// `syncctl store gc`: see `StoreUploader.collectGarbage`.
+    public func collectGarbage(keep: Int?, keepDays: Double?, grace: Double) throws -> GCStats {
+        guard keep != nil || keepDays != nil else {
+            throw SyncError("store gc needs --keep N (the newest N snapshots) or --keep-days D", exitCode: 2)
+        }
+        let (store, uploader) = try openStore()
+        do {
+            return try uploader.collectGarbage(project: config.name, keep: keep, keepDays: keepDays, grace: grace)
+        } catch let e as StoreBusy {
+            throw SyncError(e.message)
+        } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        } catch let e as StoreError {
+            throw SyncError("\(e)")
+        }
+    }
+}
+
 /// The config file's name, for messages.
 enum SyncConfigFile { static let name = "syncd.yaml" }

@@ -102,10 +102,20 @@ public final class StorePush {
             }
         }
 
-        // 2. The chunks the store lacks, once; then the snapshot.
+        // 2. The chunks the store lacks, once; then the snapshot. The push lock keeps a store gc from deleting a
+        //    pack this push counts on until every host has what it needs.
         let uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
         let uploaded: UploadStats
         let ref: SnapshotRef
+        let lock: StoreLock
+        do {
+            lock = try StoreLock.take(.push, client: try S3Client(location: location, credentials: credentials))
+        } catch let e as StoreBusy {
+            throw SyncError(e.message)
+        } catch let e as S3Error {
+            throw SyncError("store \(location): \(e)")
+        }
+        defer { lock.release() }
         do {
             try uploader.refresh()
             uploaded = try uploader.upload(files, from: project.tree)

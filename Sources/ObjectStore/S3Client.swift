@@ -138,6 +138,22 @@ public struct S3Object: Sendable, Equatable {
     public var name: String
     public var size: UInt64
     public var etag: String
+    /// When it was written (seconds since the epoch; 0 when the listing did not say).
+    public var lastModified: Double = 0
+}
+
+/// S3's `LastModified` (`2026-12-01T07:36:16.000Z`) as seconds since the epoch; 0 when it does not parse.
+func parseS3Time(_ text: String) -> Double {
+    let digits = text.split(whereSeparator: { !$0.isNumber }).map { Int($0) ?? 0 }
+    guard digits.count >= 6 else { return 0 }
+    var parts = tm()
+    parts.tm_year = Int32(digits[0] - 1900)
+    parts.tm_mon = Int32(digits[1] - 1)
+    parts.tm_mday = Int32(digits[2])
+    parts.tm_hour = Int32(digits[3])
+    parts.tm_min = Int32(digits[4])
+    parts.tm_sec = Int32(digits[5])
+    return Double(timegm(&parts))
 }
 
 /// A client for one store location. Each thread uses its own: it keeps one HTTP connection.
@@ -227,7 +243,7 @@ public final class S3Client {
                 let fields = XMLFields(Array(item.utf8))
                 guard let key = fields.first("Key"), key.count >= strip else { continue }
                 out.append(S3Object(name: String(key.dropFirst(strip)), size: UInt64(fields.first("Size") ?? "0") ?? 0,
-                                    etag: fields.first("ETag") ?? ""))
+                                    etag: fields.first("ETag") ?? "", lastModified: parseS3Time(fields.first("LastModified") ?? "")))
             }
             guard xml.first("IsTruncated") == "true", let next = xml.first("NextContinuationToken") else { return out }
             token = next

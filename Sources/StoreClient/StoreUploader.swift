@@ -41,7 +41,7 @@ public struct ChangedWhileUploading: Error, CustomStringConvertible {
 /// of about `packTarget` bytes and uploaded by several threads at once; then the manifest and the ref.
 public final class StoreUploader {
     public let location: S3Location
-    private let credentials: AWSCredentials
+    let credentials: AWSCredentials
     public let catalog: StoreCatalog
     private let threads: Int
     /// A pack is closed and uploaded once it holds this many bytes.

@@ -16,7 +16,7 @@ struct Syncctl: ParsableCommand {
         abstract: "Sync a project to a remote GPU host and bring outputs back.",
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
         subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Conflicts.self, Resolve.self, Snapshots.self,
-                      Restore.self, Add.self, Remove.self,
+                      Restore.self, Store.self, Add.self, Remove.self,
                       Status.self, Pause.self, Resume.self, Logs.self, Plan.self, Exec.self, Compose.self, Hook.self,
                       ComposeOverride.self]
     )
@@ -202,6 +202,34 @@ struct Restore: ParsableCommand {
         let stats = try project.restore(snapshot, to: target)
         if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target)") }
         report(stats, json: json)
+    }
+}
+
+struct Store: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The snapshot store.", subcommands: [GC.self])
+
+    struct GC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Delete this project's snapshots beyond what is kept, then the packs and manifests no kept snapshot uses.")
+        @Argument(help: "Project directory.") var directory: String = "."
+        @Option(help: "Keep the newest N snapshots.") var keep: Int?
+        @Option(name: .customLong("keep-days"), help: "Keep the snapshots of the last D days.") var keepDays: Double?
+        @Option(help: "Leave objects younger than this many seconds (a push may be writing them).") var grace: Double = 3600
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let project = try Project(directory: directory)
+            let stats = try project.collectGarbage(keep: keep, keepDays: keepDays, grace: grace)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+            } else {
+                printError("store gc: kept \(stats.snapshotsKept) snapshots, deleted \(stats.snapshotsDeleted); deleted \(stats.packsDeleted) packs and "
+                           + "\(stats.manifestsDeleted) manifests, \(formatBytes(stats.bytesFreed)) freed")
+            }
+        }
     }
 }
 

@@ -120,6 +120,64 @@ struct MultiHostTests {
         }
     }
 
+    @Test func gcKeepsWhatKeptSnapshotsUseAndStaysOutOfAPushsWay() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "g" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        let client = try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint, region: "us-east-1"),
+                                  credentials: credentials)
+        try client.createBucket()
+        let host = f.base + "/host"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        func ids() throws -> [String] {
+            let out = try ctl(["snapshots", f.project, "--json"])
+            return (((try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any])?["snapshots"] as? [[String: Any]]) ?? [])
+                .compactMap { $0["id"] as? String }
+        }
+        // First push: its own syncd.yaml and weights; then both replaced, so nothing of the first stays in use.
+        try Self.configure(f, hosts: ["local:" + host], endpoint: server.endpoint, bucket: bucket)
+        try f.write("data/weights.bin", randomBytes(3 << 20, seed: 700))
+        #expect(try ctl(["push", f.project]).status == 0)
+        try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "ignore: [\"*.tmp\"]\n")
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("data/weights.bin", randomBytes(3 << 20, seed: 701))
+        #expect(try ctl(["push", f.project]).status == 0)
+        let secondTree = SyncFixture.describeTree(f.project)
+        try f.write("src/run.py", "run()\n")
+        #expect(try ctl(["push", f.project]).status == 0)
+        let before = try ids()
+        #expect(before.count == 3)
+        let packsBefore = try client.list("packs/").count
+
+        let gc = try ctl(["store", "gc", f.project, "--keep", "2", "--grace", "0", "--json"])
+        #expect(gc.status == 0, "\(gc.stderr)")
+        let stats = try gc.json()
+        #expect(stats["snapshots_deleted"] as? Int == 1 && stats["snapshots_kept"] as? Int == 2, "\(gc.stdout)")
+        #expect(stats["packs_deleted"] as? Int == 1 && (stats["bytes_freed"] as? Int ?? 0) > 3 << 20, "the first push's pack: \(gc.stdout)")
+        #expect(try client.list("packs/").count == packsBefore - 1)
+        #expect(try ids() == Array(before.suffix(2)))
+        let restored = f.base + "/restored"
+        #expect(try ctl(["restore", before[1], "--to", restored, "--dir", f.project]).status == 0, "a kept snapshot still restores")
+        #expect(SyncFixture.describeTree(restored) == secondTree)
+        let gone = try ctl(["restore", before[0], "--to", f.base + "/gone", "--dir", f.project])
+        #expect(gone.status == 2 && gone.stderr.contains("no snapshot"), "\(gone.stderr)")
+        #expect(try ctl(["push", f.project]).status == 0, "a push after gc")
+
+        // A push and a gc never overlap: each backs off from the other's lock.
+        try client.put("locks/push-\(Int(Date().timeIntervalSince1970))-test", Array("push".utf8))
+        let refused = try ctl(["store", "gc", f.project, "--keep", "1", "--grace", "0"])
+        #expect(refused.status == 1 && refused.stderr.contains("a push is running"), "\(refused.stderr)")
+        #expect(try ids().count == 3, "nothing deleted")
+        for lock in try client.list("locks/") { try client.delete(lock.name) }
+        try client.put("locks/gc-\(Int(Date().timeIntervalSince1970))-test", Array("gc".utf8))
+        let waiting = try ctl(["push", f.project])
+        #expect(waiting.status == 1 && waiting.stderr.contains("a store gc is running"), "\(waiting.stderr)")
+        #expect(try client.list("locks/push-").isEmpty, "the push took its own lock back")
+    }
+
     @Test func aHostThatIsDownIsReportedAndTheOthersGoOn() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
