@@ -135,8 +135,9 @@ public struct SnapshotManifest: Sendable, Equatable {
     }
 }
 
-/// A named snapshot of a project: `projects/<name>/snapshots/<YYYYMMDDTHHMMSSZ>-<id>`, whose body names its
-/// manifest and sums it up. Written last, so a push that dies leaves no ref to what it did not finish.
+/// A named snapshot of a project: `projects/<name>/snapshots/<YYYYMMDDTHHMMSS.NNNNNNNNNZ>-<id>` (UTC, to the
+/// nanosecond, so that names sort as the pushes happened even within one second), whose body names its manifest
+/// and sums it up. Written last, so a push that dies leaves no ref to what it did not finish.
 public struct SnapshotRef: Sendable, Equatable {
     public var name: String
     public var manifest: ChunkID
@@ -164,7 +165,9 @@ public struct SnapshotRef: Sendable, Equatable {
         var parts = tm()
         gmtime_r(&t, &parts)
         func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        let stamp = "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))T\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))Z"
+        let fraction = String(createdNanos % 1_000_000_000)
+        let stamp = "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))T\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))"
+            + "." + String(repeating: "0", count: 9 - fraction.count) + fraction + "Z"
         return StoreKeys.snapshots(project) + stamp + "-" + String(manifest.hex.prefix(12))
     }
 

@@ -89,10 +89,10 @@ public final class SnapshotStore {
         try client.put(ref.name, ref.encoded(), contentType: "text/plain")
     }
 
-    /// Every snapshot of `project`, oldest first.
+    /// Every snapshot of `project`, oldest first (by the time each records; names sort the same way).
     public func snapshots(_ project: String) throws -> [SnapshotRef] {
         try client.list(StoreKeys.snapshots(project)).map { object in
             try SnapshotRef(decoding: try client.get(object.name), name: object.name, object: shown(object.name))
-        }
+        }.sorted { ($0.createdNanos, $0.name) < ($1.createdNanos, $1.name) }
     }
 }

@@ -102,7 +102,7 @@ struct StoreTests {
         }
         let listed = try store.snapshots("proj")
         #expect(listed == refs, "oldest first")
-        #expect(listed.first?.name.range(of: #"^projects/proj/snapshots/\d{8}T\d{6}Z-[0-9a-f]{12}$"#, options: .regularExpression) != nil)
+        #expect(listed.first?.name.range(of: #"^projects/proj/snapshots/\d{8}T\d{6}\.\d{9}Z-[0-9a-f]{12}$"#, options: .regularExpression) != nil)
         #expect(try store.snapshots("other").isEmpty)
 
         // An altered manifest is refused, named.
