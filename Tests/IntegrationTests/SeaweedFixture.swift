@@ -9,8 +9,9 @@ let weedBinary: String? = {
 }()
 
 /// A throwaway SeaweedFS on loopback: master, volume server, filer and S3 gateway (`weed server -s3`) on free
-/// ports, with its own data directory and an S3 identity config, so that wrong credentials are refused. Killed
-/// with the test process (setpriv's parent-death signal), whatever happens to the tests.
+/// ports, with its own data directory and an S3 identity config, so that wrong credentials are refused. A shell
+/// beside it kills it once the test process is gone, whatever happens to the tests. (Not a parent-death signal:
+/// that follows the thread that spawned it, and the test runner retires its threads.)
 final class SeaweedServer: @unchecked Sendable {
     static let admin = (key: "AKIATESTADMIN0000001", secret: "testsecret/admin+key0000000000000000000")
     static let reader = (key: "AKIATESTREADER000001", secret: "readersecret00000000000000000000000000")
@@ -53,9 +54,9 @@ final class SeaweedServer: @unchecked Sendable {
                         "-s3", "-s3.port=\(chosen[3])", "-s3.config=\(directory)/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
                         "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
                         "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false"]
-            let words = FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")
-                ? ["/usr/bin/setpriv", "--pdeathsig", "KILL", weed] + args : [weed] + args
-            let child = try spawnDaemon(words, env: [:], log: directory + "/weed.log")
+            let watch = "\"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null' EXIT TERM; "
+                + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done"
+            let child = try spawnDaemon(["/bin/sh", "-c", watch, "sh", weed] + args, env: [:], log: directory + "/weed.log")
             let deadline = Date().addingTimeInterval(40)
             var ready = false
             while Date() < deadline {
@@ -70,7 +71,7 @@ final class SeaweedServer: @unchecked Sendable {
                 ports = chosen
                 return
             }
-            kill(child, SIGKILL)
+            kill(child, SIGTERM)
             var status: Int32 = 0
             waitpid(child, &status, 0)
             lastError = (try? String(contentsOfFile: directory + "/weed.log", encoding: .utf8))?.suffix(2000).description ?? ""
@@ -80,7 +81,7 @@ final class SeaweedServer: @unchecked Sendable {
 
     deinit {
         if pid > 0 {
-            kill(pid, SIGKILL)
+            kill(pid, SIGTERM)  // the shell's trap kills the server
             var status: Int32 = 0
             waitpid(pid, &status, 0)
         }
