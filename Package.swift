@@ -49,7 +49,7 @@ let package = Package(
         .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store"]),
         .target(name: "LocalState", dependencies: [
-            "Chunking", "ProjectScan", .product(name: "GRDB", package: "GRDB.swift"),
+            "Chunking", "ProjectScan", "Store", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
         .target(name: "SSHTransport", dependencies: ["CLibSSH2", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),

@@ -246,13 +246,7 @@ public final class AgentSession {
     }
 
     /// The local time as `YYYYMMDD-HHMMSS`, for conflict copies when the client sent no stamp.
-    private static func stamp() -> String {
-        var now = time(nil)
-        var parts = tm()
-        localtime_r(&now, &parts)
-        func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-        return "\(parts.tm_year + 1900)\(two(parts.tm_mon + 1))\(two(parts.tm_mday))-\(two(parts.tm_hour))\(two(parts.tm_min))\(two(parts.tm_sec))"
-    }
+    private static func stamp() -> String { formatTime(wallClockNanos(), compact: true) }
 
     private func isPullPath(_ path: RelativePath) -> Bool { pullPaths.contains { path.isWithin($0) } }
 
@@ -933,11 +927,13 @@ public final class AgentSession {
     }
 }
 
-/// A wall-clock time in nanoseconds as `YYYY-MM-DD HH:MM:SS` (local time), for messages.
-func formatTime(_ nanos: Int64) -> String {
+/// A wall-clock time in nanoseconds, local time: `YYYY-MM-DD HH:MM:SS` for messages, or `YYYYMMDD-HHMMSS` (compact).
+func formatTime(_ nanos: Int64, compact: Bool = false) -> String {
     var seconds = time_t(nanos / 1_000_000_000)
     var parts = tm()
     localtime_r(&seconds, &parts)
     func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday)) \(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec))"
+    let (d, t, between) = compact ? ("", "", "-") : ("-", ":", " ")
+    return "\(parts.tm_year + 1900)\(d)\(two(parts.tm_mon + 1))\(d)\(two(parts.tm_mday))\(between)"
+        + "\(two(parts.tm_hour))\(t)\(two(parts.tm_min))\(t)\(two(parts.tm_sec))"
 }

@@ -22,12 +22,7 @@ func conflictStamp(_ date: Date = Date()) -> String {
 
 /// A path as a shell word, for commands suggested in messages.
 func shellQuoted(_ path: RelativePath) -> String {
-    let shown = path.description
-    let plain = shown.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "/._-+=:,@".unicodeScalars.contains($0) }
-    if plain && !shown.hasPrefix("\"") { return shown }
-    if let text = String(validating: path.bytes, as: UTF8.self), !text.contains("\n") {
-        return "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
-    }
+    if let text = String(validating: path.bytes, as: UTF8.self), !text.contains("\n") { return shellQuote(text) }
     // Not printable as one quoted word: bash's $'…' form, byte by byte.
     var out = "$'"
     for b in path.bytes {

@@ -5,6 +5,7 @@ import ObjectStore
 import Placement
 import Store
 import StoreClient
+import SyncConfig
 import SyncSystem
 import Wire
 
@@ -26,7 +27,7 @@ extension Project {
     /// The store named by `store:`, with the laptop's credentials.
     func openStore() throws -> (SnapshotStore, StoreUploader) {
         guard let location = try storeLocation() else {
-            throw SyncError("\(directory): no store: setting in \(SyncConfigFile.name); snapshots need a store", exitCode: 2)
+            throw SyncError("\(directory): no store: setting in \(ProjectConfig.fileName); snapshots need a store", exitCode: 2)
         }
         let credentials: AWSCredentials
         do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
@@ -96,11 +97,10 @@ extension Project {
                     for index in assembly.missingIndices {
                         let chunk = assembly.chunks[Int(index)]
                         guard let place = places[chunk.id] else { continue }
-                        let bytes = try store.chunk(PackEntry(id: chunk.id, offset: place.offset, storedLength: place.storedLength,
-                                                              rawLength: place.rawLength, compressed: place.compressed), in: place.pack)
+                        let bytes = try store.chunk(place.entry, in: place.pack)
                         try bytes.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
                         stats.chunksSent += 1
-                        stats.bytesReceived += UInt64(place.storedLength)
+                        stats.bytesReceived += UInt64(place.entry.storedLength)
                     }
                     try assembly.place(permissions: entry.mode, mtimeNanos: entry.mtimeNanos) { now in
                         if now != nil { throw SyncError("\(entry.path): something appeared there during the restore") }
@@ -149,5 +149,3 @@ extension Project {
     }
 }
 
-/// The config file's name, for messages.
-enum SyncConfigFile { static let name = "syncd.yaml" }

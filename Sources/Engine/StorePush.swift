@@ -131,11 +131,7 @@ public final class StorePush {
         try? firstState.setValue(ref.id, for: "last_snapshot")
         let source: StoreSource
         do {
-            var hostUploader = uploader
-            if hostLocation != location {
-                hostUploader = StoreUploader(location: hostLocation, credentials: credentials, catalog: uploader.catalog)
-            }
-            source = try hostUploader.source(for: files)
+            source = try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)")
         } catch { throw SyncError("store \(location): \(error)") }
 
         // 3. Every host at once.
@@ -168,6 +164,8 @@ public final class StorePush {
         stats.warnings = snapshot.warnings.map(\.description)
         var perHost: [HostResult] = []
         for (i, host) in hosts.enumerated() {
+            // With several hosts, each line says whose it is.
+            let named: ([String]) -> [String] = { lines in hosts.count > 1 ? lines.map { "\(host): \($0)" } : lines }
             var result = HostResult(host: host.description, ok: false)
             switch results.get(i) {
             case .success(let s):
@@ -193,9 +191,9 @@ public final class StorePush {
                 stats.bytesReceived += s.bytesReceived
                 stats.conflicts += s.conflicts
                 stats.conflictPaths += s.conflictPaths
-                stats.conflictMessages += s.conflictMessages.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
-                stats.errors += s.errors.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
-                stats.warnings += s.warnings.map { hosts.count > 1 ? "\(host): \($0)" : $0 }
+                stats.conflictMessages += named(s.conflictMessages)
+                stats.errors += named(s.errors)
+                stats.warnings += named(s.warnings)
                 stats.kept += s.kept
             case .failure(let error):
                 result.error = "\(error)"

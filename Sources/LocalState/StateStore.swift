@@ -55,6 +55,17 @@ public struct SyncedEntry: Sendable, Equatable {
     }
 }
 
+/// Opens (and makes, with its directory) an SQLite file in WAL mode. Another connection may hold the lock for a
+/// moment (a store closing checkpoints its WAL; syncctl and the daemon share a project's file): it waits for it
+/// rather than fail.
+func openDatabase(_ path: String) throws -> DatabaseQueue {
+    try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+    var config = Configuration()
+    config.journalMode = .wal
+    config.busyMode = .timeout(10)
+    return try DatabaseQueue(path: path, configuration: config)
+}
+
 /// Local persistent state of one project and remote, in SQLite: the stat cache, the last pushed snapshot
 /// and the last pulled snapshot.
 public final class StateStore {
@@ -64,14 +75,7 @@ public final class StateStore {
     /// Opens or creates the database at `path` (its directory is created).
     public init(path: String) throws {
         self.path = path
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
-                                                withIntermediateDirectories: true)
-        var config = Configuration()
-        config.journalMode = .wal
-        // Another connection may hold the lock for a moment (a store closing checkpoints its WAL; syncctl and the
-        // daemon share a project's file): wait for it rather than fail.
-        config.busyMode = .timeout(10)
-        db = try DatabaseQueue(path: path, configuration: config)
+        db = try openDatabase(path)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: """

@@ -1,23 +1,13 @@
 import Chunking
 import Foundation
 import GRDB
+import Store
 import SyncSystem
 
-/// Where the store keeps a chunk: its pack, and its place there.
+/// Where the store keeps a chunk: its pack, and its entry in that pack's index.
 public struct StoredChunk: Sendable, Equatable {
     public var pack: ChunkID
-    public var offset: UInt64
-    public var storedLength: UInt32
-    public var rawLength: UInt32
-    public var compressed: Bool
-
-    public init(pack: ChunkID, offset: UInt64, storedLength: UInt32, rawLength: UInt32, compressed: Bool) {
-        self.pack = pack
-        self.offset = offset
-        self.storedLength = storedLength
-        self.rawLength = rawLength
-        self.compressed = compressed
-    }
+    public var entry: PackEntry
 }
 
 /// What this machine knows a store holds: its packs and every chunk in them, from the pack indexes. One SQLite
@@ -29,11 +19,7 @@ public final class StoreCatalog {
 
     public init(path: String) throws {
         self.path = path
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        var config = Configuration()
-        config.journalMode = .wal
-        config.busyMode = .timeout(10)
-        db = try DatabaseQueue(path: path, configuration: config)
+        db = try openDatabase(path)
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
             try db.execute(sql: """
@@ -55,17 +41,18 @@ public final class StoreCatalog {
         }
     }
 
-    /// Records a pack and its chunks (a chunk already known in another pack keeps that place).
-    public func add(pack: ChunkID, size: UInt64, chunks: [(ChunkID, StoredChunk)]) throws {
+    /// Records a pack from its index (a chunk already known in another pack keeps that place).
+    public func add(_ index: PackIndex) throws {
+        let pack = index.pack
         try db.write { db in
-            try db.execute(sql: "INSERT OR REPLACE INTO packs (pack, size) VALUES (?, ?)", arguments: [StateStore.encodeID(pack), Int64(size)])
+            try db.execute(sql: "INSERT OR REPLACE INTO packs (pack, size) VALUES (?, ?)", arguments: [StateStore.encodeID(pack), Int64(index.size)])
             let insert = try db.makeStatement(sql: """
                 INSERT OR IGNORE INTO chunks (id, pack, offset, stored, raw, compressed) VALUES (?, ?, ?, ?, ?, ?)
                 """)
             let packData = StateStore.encodeID(pack)
-            for (id, c) in chunks {
-                try insert.execute(arguments: [StateStore.encodeID(id), packData, Int64(c.offset), Int64(c.storedLength),
-                                               Int64(c.rawLength), c.compressed ? 1 : 0])
+            for e in index.entries {
+                try insert.execute(arguments: [StateStore.encodeID(e.id), packData, Int64(e.offset), Int64(e.storedLength),
+                                               Int64(e.rawLength), e.compressed ? 1 : 0])
             }
         }
     }
@@ -77,8 +64,8 @@ public final class StoreCatalog {
             let select = try db.makeStatement(sql: "SELECT pack, offset, stored, raw, compressed FROM chunks WHERE id = ?")
             for id in ids where out[id] == nil {
                 guard let row = try Row.fetchOne(select, arguments: [StateStore.encodeID(id)]), let pack = StateStore.decodeID(row[0]) else { continue }
-                out[id] = StoredChunk(pack: pack, offset: UInt64(row[1] as Int64), storedLength: UInt32(row[2] as Int64),
-                                      rawLength: UInt32(row[3] as Int64), compressed: (row[4] as Int64) != 0)
+                out[id] = StoredChunk(pack: pack, entry: PackEntry(id: id, offset: UInt64(row[1] as Int64), storedLength: UInt32(row[2] as Int64),
+                                                                   rawLength: UInt32(row[3] as Int64), compressed: (row[4] as Int64) != 0))
             }
             return out
         }

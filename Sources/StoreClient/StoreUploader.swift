@@ -64,10 +64,7 @@ public final class StoreUploader {
         let known = try catalog.packs()
         var added = 0
         for pack in try store.packs() where !known.contains(pack) {
-            let index = try store.index(pack)
-            try catalog.add(pack: pack, size: index.size, chunks: index.entries.map {
-                ($0.id, StoredChunk(pack: pack, offset: $0.offset, storedLength: $0.storedLength, rawLength: $0.rawLength, compressed: $0.compressed))
-            })
+            try catalog.add(try store.index(pack))
             added += 1
         }
         return added
@@ -88,11 +85,7 @@ public final class StoreUploader {
             let worker = Thread { [catalog] in
                 while let pack = queue.take() {
                     do {
-                        let index = try store.put(pack)
-                        try catalog.add(pack: index.pack, size: index.size, chunks: index.entries.map {
-                            ($0.id, StoredChunk(pack: index.pack, offset: $0.offset, storedLength: $0.storedLength,
-                                                rawLength: $0.rawLength, compressed: $0.compressed))
-                        })
+                        try catalog.add(try store.put(pack))
                         queue.done(stored: UInt64(pack.bytes.count - PackBuilder.magic.count))
                     } catch {
                         queue.fail(error)
@@ -243,8 +236,8 @@ extension StoreUploader {
                 packNumbers[place.pack] = number
                 packs.append(StorePack(digest: place.pack, url: client.presignedGet(StoreKeys.pack(place.pack), expires: expires)))
             }
-            chunks[id] = StoreChunk(id: id, pack: number, offset: place.offset, storedLength: place.storedLength, rawLength: place.rawLength,
-                                    compressed: place.compressed)
+            chunks[id] = StoreChunk(id: id, pack: number, offset: place.entry.offset, storedLength: place.entry.storedLength,
+                                    rawLength: place.entry.rawLength, compressed: place.entry.compressed)
         }
         return StoreSource(name: location.description, packs: packs, chunks: chunks)
     }
