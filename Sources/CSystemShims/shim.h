@@ -55,4 +55,12 @@ extern int fallocate(int fd, int mode, long long offset, long long length);
 static inline int syncd_punch_hole(int fd, long long offset, long long length) {
     return fallocate(fd, 0x02 | 0x01, offset, length);
 }
+/// Makes a spawned child close every descriptor from `from` up once the earlier file actions ran
+/// (posix_spawn_file_actions_addclosefrom_np, glibc 2.34): it keeps only what it was given explicitly, whatever
+/// another thread had open without close-on-exec at that moment.
+#include <spawn.h>
+extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *actions, int from);
+static inline int syncd_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
 #endif

@@ -69,16 +69,13 @@ public enum RemoteCommand {
     }
 
     private static func runLocally(_ script: String) throws -> Int32 {
-        var pid: pid_t = 0
-        let words: [String] = ["/bin/sh", "-c", script]
-        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        let rc = posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ)
-        guard rc == 0 else { throw SyncError("cannot start /bin/sh: \(String(cString: strerror(rc)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        if status & 0x7F != 0 { return 128 + (status & 0x7F) }
-        return (status >> 8) & 0xFF
+        let pid: pid_t
+        do {
+            pid = try spawnProcess(["/bin/sh", "-c", script])
+        } catch let error as SystemError {
+            throw SyncError("cannot start /bin/sh: \(error.reason)")
+        }
+        return waitForExit(pid)
     }
 }
 

@@ -22,6 +22,24 @@ public struct HostResult: Codable, Sendable {
     public var conflicts = 0
     public var errors: [String] = []
 
+    init(host: String, ok: Bool, error: String? = nil) {
+        self.host = host
+        self.ok = ok
+        self.error = error
+    }
+
+    /// What a host's push did.
+    init(host: String, stats s: SyncStats) {
+        self.init(host: host, ok: s.errors.isEmpty)
+        filesChanged = s.filesChanged
+        filesDeleted = s.filesDeleted
+        chunksSent = s.chunksSent
+        bytesSent = s.bytesSent
+        bytesReceived = s.bytesReceived
+        conflicts = s.conflicts
+        errors = s.errors
+    }
+
     enum CodingKeys: String, CodingKey {
         case host, ok, error, errors, conflicts
         case filesChanged = "files_changed", filesDeleted = "files_deleted", chunksSent = "chunks_sent"
@@ -169,14 +187,7 @@ public final class StorePush {
             var result = HostResult(host: host.description, ok: false)
             switch results.get(i) {
             case .success(let s):
-                result.ok = s.errors.isEmpty
-                result.filesChanged = s.filesChanged
-                result.filesDeleted = s.filesDeleted
-                result.chunksSent = s.chunksSent
-                result.bytesSent = s.bytesSent
-                result.bytesReceived = s.bytesReceived
-                result.conflicts = s.conflicts
-                result.errors = s.errors
+                result = HostResult(host: host.description, stats: s)
                 if i == 0 {
                     stats.filesChanged = s.filesChanged
                     stats.filesDeleted = s.filesDeleted

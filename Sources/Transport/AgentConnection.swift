@@ -75,21 +75,16 @@ public final class LocalAgentConnection: AgentConnection {
         } catch {
             throw TransportError("cannot make pipes for the agent: \(error)")
         }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toAgent.read, 0)
-        posix_spawn_file_actions_adddup2(&actions, fromAgent.write, 1)
-        posix_spawn_file_actions_adddup2(&actions, errors.write, 2)
-        let argv = ([agentPath] + arguments).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, agentPath, &actions, nil, argv, environ)
-        close(toAgent.read); close(fromAgent.write); close(errors.write)
-        guard rc == 0 else {
+        let pid: pid_t
+        do {
+            pid = try spawnProcess([agentPath] + arguments, stdin: .descriptor(toAgent.read),
+                                   stdout: .descriptor(fromAgent.write), stderr: .descriptor(errors.write))
+        } catch let error as SystemError {
+            close(toAgent.read); close(fromAgent.write); close(errors.write)
             close(toAgent.write); close(fromAgent.read); close(errors.read)
-            throw TransportError("cannot start \(agentPath): \(String(cString: strerror(rc)))")
+            throw TransportError("cannot start \(agentPath): \(error.reason)")
         }
+        close(toAgent.read); close(fromAgent.write); close(errors.write)
         processIdentifier = pid
         stdinWrite = toAgent.write
         stdoutRead = fromAgent.read

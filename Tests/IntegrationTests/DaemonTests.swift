@@ -1,4 +1,5 @@
 import Foundation
+import SyncSystem
 import Testing
 
 /// A unix datagram socket standing in for systemd's $NOTIFY_SOCKET: collects what the daemon reports.
@@ -44,23 +45,16 @@ final class NotifyListener {
     }
 }
 
-/// Starts `words` with extra environment, stdout and stderr to `log`; returns its pid.
+/// Starts `words` with extra environment, stdout and stderr to `log`; returns its pid. The child keeps no other
+/// descriptor of this process (see `spawnProcess`): a long-lived one must not hold another test's pipes open.
 func spawnDaemon(_ words: [String], env: [String: String], log: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
     var environment = ProcessInfo.processInfo.environment
     for (k, v) in env { environment[k] = v }
-    let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-    defer { (argv + envp).forEach { free($0) } }
-    var child: pid_t = 0
-    let rc = posix_spawn(&child, words[0], &actions, nil, argv, envp)
-    guard rc == 0 else { throw FixtureError("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
-    return child
+    do {
+        return try spawnProcess(words, environment: environment, stdin: .null, stdout: .append(log), stderr: .append(log))
+    } catch {
+        throw FixtureError("cannot start \(words[0]): \(error)")
+    }
 }
 
 /// fs.inotify.max_queued_events: how many events the kernel holds for an inotify instance before it overflows.

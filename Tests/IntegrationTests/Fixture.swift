@@ -67,7 +67,7 @@ final class SyncFixture {
     deinit { try? FileManager.default.removeItem(atPath: base) }
 
     @discardableResult
-    func syncctl(_ arguments: [String], onStart: ((Process) -> Void)? = nil) throws -> RunResult {
+    func syncctl(_ arguments: [String], onStart: ((RunningChild) -> Void)? = nil) throws -> RunResult {
         try run(binDirectory() + "/syncctl", arguments, env: ["XDG_STATE_HOME": state], onStart: onStart)
     }
 
@@ -141,35 +141,121 @@ final class SyncFixture {
     }
 }
 
-/// Runs a program to completion, capturing stdout and stderr.
+/// A program `run` started, for its `onStart` callback.
+final class RunningChild {
+    let processIdentifier: pid_t
+    /// Its exit status (or 128 + signal) once reaped.
+    private(set) var exitCode: Int32?
+
+    init(_ pid: pid_t) { processIdentifier = pid }
+
+    /// Whether it has not exited yet (reaps it once it has).
+    var isRunning: Bool {
+        reap(wait: false)
+        return exitCode == nil
+    }
+
+    func reap(wait: Bool) {
+        guard exitCode == nil else { return }
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(processIdentifier, &status, wait ? 0 : WNOHANG)
+            if r == processIdentifier { exitCode = SyncSystem.exitCode(fromWaitStatus: status); return }
+            if r < 0 && errno == EINTR { continue }
+            if r < 0 { exitCode = -1 }
+            return
+        }
+    }
+
+    /// The processes in its process group, one `pid: command line` each (for a report when it hangs).
+    func processGroup() -> [String] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        return pids.sorted().compactMap { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 3, Int32(fields[2]) == processIdentifier else { return nil }
+            let command = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data()
+            return "\(pid) [\(fields[0])]: " + String(decoding: command.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+        }
+    }
+}
+
+/// Runs a program to completion, capturing stdout and stderr, for at most `timeout` seconds: then it and
+/// everything it started (its own process group) are killed, and the test fails with what was still running.
+/// The child gets only the three pipes (see `spawnProcess`), and a descendant that keeps them open after the
+/// program exited is killed too, `outputGrace` seconds later, not waited for.
 func run(_ executable: String, _ arguments: [String], env: [String: String] = [:], stdin: Data? = nil, cwd: String? = nil,
-         onStart: ((Process) -> Void)? = nil) throws -> RunResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    if let cwd { process.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-    process.arguments = arguments
+         timeout: Double = 300, outputGrace: Double = 20, onStart: ((RunningChild) -> Void)? = nil,
+         sourceLocation: SourceLocation = #_sourceLocation) throws -> RunResult {
     var environment = ProcessInfo.processInfo.environment
     for (k, v) in env { environment[k] = v }
-    process.environment = environment
-    let out = Pipe(), err = Pipe(), input = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = input
-    try process.run()
-    onStart?(process)
-    if let stdin { input.fileHandleForWriting.write(stdin) }
-    try? input.fileHandleForWriting.close()
-    final class Box: @unchecked Sendable { var data = Data() }
-    let outBox = Box()
-    let group = DispatchGroup()
-    group.enter()
-    DispatchQueue.global().async { outBox.data = out.fileHandleForReading.readDataToEndOfFile(); group.leave() }
-    let errData = err.fileHandleForReading.readDataToEndOfFile()
-    group.wait()
-    let outData = outBox.data
-    process.waitUntilExit()
-    return RunResult(status: process.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                     stderr: String(decoding: errData, as: UTF8.self), stdoutBytes: [UInt8](outData))
+    var words = [executable] + arguments
+    if let cwd { words = ["/bin/sh", "-c", "cd \"$1\" && shift && exec \"$@\"", "sh", cwd] + words }
+    // The child's ends block, as a program expects of its stdio; only ours are non-blocking.
+    let input = try makePipe(nonBlocking: false), out = try makePipe(nonBlocking: false), err = try makePipe(nonBlocking: false)
+    for fd in [input.write, out.read, err.read] { _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) }
+    let child: RunningChild
+    do {
+        child = RunningChild(try spawnProcess(words, environment: environment, stdin: .descriptor(input.read),
+                                              stdout: .descriptor(out.write), stderr: .descriptor(err.write),
+                                              newProcessGroup: true))
+    } catch {
+        for fd in [input.read, input.write, out.read, out.write, err.read, err.write] { close(fd) }
+        throw FixtureError("cannot start \(executable): \(error)")
+    }
+    close(input.read); close(out.write); close(err.write)
+    onStart?(child)
+
+    signal(SIGPIPE, SIG_IGN)  // a child that exits without reading its input must not kill the test run
+    var pending = [UInt8](stdin ?? Data()), written = 0
+    var inputFD: Int32 = input.write
+    if pending.isEmpty { close(inputFD); inputFD = -1 }
+    var outData = [UInt8](), errData = [UInt8]()
+    var open: [Int32: Bool] = [out.read: true, err.read: true]
+    let deadline = Date().addingTimeInterval(timeout)
+    var exitedAt: Date?
+    var problem: String?
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while open.values.contains(true) || inputFD >= 0 {
+        if exitedAt == nil && !child.isRunning { exitedAt = Date() }
+        if Date() > deadline {
+            problem = "timed out after \(Int(timeout)) s; still running:\n" + child.processGroup().joined(separator: "\n")
+        } else if let exitedAt, Date().timeIntervalSince(exitedAt) > outputGrace {
+            problem = "exited, but its output stayed open \(Int(outputGrace)) s later, held by:\n" + child.processGroup().joined(separator: "\n")
+        }
+        if problem != nil {
+            kill(-child.processIdentifier, SIGKILL)
+            break
+        }
+        var fds = open.filter(\.value).keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        if inputFD >= 0 { fds.append(pollfd(fd: inputFD, events: Int16(POLLOUT), revents: 0)) }
+        _ = poll(&fds, nfds_t(fds.count), 200)
+        for p in fds where p.revents != 0 {
+            if p.fd == inputFD {
+                let n = pending[written...].withUnsafeBytes { write(inputFD, $0.baseAddress, $0.count) }
+                if n > 0 { written += n }
+                if written == pending.count || (n < 0 && errno != EAGAIN && errno != EINTR) { close(inputFD); inputFD = -1 }
+                continue
+            }
+            let n = read(p.fd, &buffer, buffer.count)
+            if n > 0 {
+                if p.fd == out.read { outData += buffer[0..<n] } else { errData += buffer[0..<n] }
+            } else if n == 0 || (errno != EAGAIN && errno != EINTR) {
+                open[p.fd] = false
+            }
+        }
+    }
+    if inputFD >= 0 { close(inputFD) }
+    close(out.read); close(err.read)
+    child.reap(wait: true)
+    var stderr = String(decoding: errData, as: UTF8.self)
+    if let problem {
+        Issue.record("\(executable) \(arguments.joined(separator: " ")): \(problem)", sourceLocation: sourceLocation)
+        stderr += "\n[test fixture] " + problem
+    }
+    return RunResult(status: child.exitCode ?? -1, stdout: String(decoding: outData, as: UTF8.self),
+                     stderr: stderr, stdoutBytes: outData)
 }
 
 /// Deterministic pseudo-random bytes.

@@ -1,4 +1,5 @@
 import Foundation
+import SyncSystem
 import Testing
 
 let sshdPath = "/usr/sbin/sshd"
@@ -102,20 +103,14 @@ final class SSHServer {
     }
 
     func start() throws {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         let log = dir + "/sshd.log"
-        posix_spawn_file_actions_addopen(&actions, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
         let config = dir + "/sshd_config"
-        let words: [String] = [sshdPath, "-D", "-e", "-f", config]
-        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var child: pid_t = 0
-        let rc = posix_spawn(&child, sshdPath, &actions, nil, argv, environ)
-        guard rc == 0 else { throw FixtureError("cannot start sshd: \(String(cString: strerror(rc)))") }
+        let child: pid_t
+        do {
+            child = try spawnProcess([sshdPath, "-D", "-e", "-f", config], stdin: .null, stdout: .null, stderr: .append(log))
+        } catch {
+            throw FixtureError("cannot start sshd: \(error)")
+        }
         pid = child
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
@@ -207,7 +202,7 @@ extension SyncFixture {
         return path
     }
 
-    func sshctl(_ arguments: [String], onStart: ((Process) -> Void)? = nil) throws -> RunResult {
+    func sshctl(_ arguments: [String], onStart: ((RunningChild) -> Void)? = nil) throws -> RunResult {
         try run(binDirectory() + "/syncctl", arguments, env: ["XDG_STATE_HOME": state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": ""],
                 onStart: onStart)
     }
@@ -215,14 +210,9 @@ extension SyncFixture {
 
 /// Starts a long-running helper with stdio on /dev/null, outside Foundation's Process (see SSHServer.pid).
 func spawnQuietly(_ words: [String]) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    for fd: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
-    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var child: pid_t = 0
-    let rc = posix_spawn(&child, words[0], &actions, nil, argv, environ)
-    guard rc == 0 else { throw FixtureError("cannot start \(words[0]): \(String(cString: strerror(rc)))") }
-    return child
+    do {
+        return try spawnProcess(words, stdin: .null, stdout: .null, stderr: .null)
+    } catch {
+        throw FixtureError("cannot start \(words[0]): \(error)")
+    }
 }
