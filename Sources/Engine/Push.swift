@@ -35,14 +35,16 @@ enum PushOperation {
 /// so a moved file is renamed out of it on the remote instead of being copied or sent.
 /// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
 /// drops those that turn out unchanged once hashed. Pushed paths for which `isLeftAlone` holds are neither
-/// deleted nor compared.
-func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], isLeftAlone: (RelativePath) -> Bool) -> [PushOperation] {
+/// deleted nor compared. With `everything`, every local entry is sent, changed since the last push or not, so
+/// that the agent compares each with what the remote holds (a restore: the remote must end up exactly so).
+func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], everything: Bool = false,
+              isLeftAlone: (RelativePath) -> Bool) -> [PushOperation] {
     var present: Set<RelativePath> = []
     present.reserveCapacity(local.count)
     for e in local { present.insert(e.path) }
     var upserts: [LocalEntry] = []
     for e in local {
-        guard let old = pushed[e.path] else { upserts.append(e); continue }
+        guard let old = pushed[e.path], !everything else { upserts.append(e); continue }
         let now = e.synced
         let differs: Bool
         switch now.kind {
@@ -187,6 +189,9 @@ public final class PushSession {
     public var pruneIgnored = false
     /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
     public var storeSource: StoreSource?
+    /// `restore SNAPSHOT --host H`: the tree to push instead of the local one (a snapshot's entries, every chunk
+    /// in `storeSource`). No local file is read, and the local tree is not looked at.
+    var fixedTree: [LocalEntry]?
 
     /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
     /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
@@ -269,7 +274,10 @@ public final class PushSession {
         var pushed: [RelativePath: SyncedEntry]
         var knownScan: Snapshotter.Scan?
         var resolveOps: [PushOperation]?
-        if let resolving {
+        if let fixedTree {
+            pushed = try state.load(.pushed)
+            knownScan = Snapshotter.Scan(entries: fixedTree, warnings: [], cache: [:])
+        } else if let resolving {
             let (ops, scan) = try resolveOperations(resolving, state: state)
             pushed = try state.load(.pushed, paths: resolving, subtrees: [])
             resolveOps = ops
@@ -297,7 +305,7 @@ public final class PushSession {
         do {
             scan = try knownScan ?? Snapshotter(project: project, state: state).scan(roots: nil)
             Trace.mark("push: scanned \(scan.entries.count) entries")
-            planned = try resolveOps ?? planPush(local: scan.entries, pushed: pushed, isLeftAlone: isLeftAlone)
+            planned = resolveOps ?? planPush(local: scan.entries, pushed: pushed, everything: fixedTree != nil, isLeftAlone: isLeftAlone)
         } catch {
             connecting.cancel()
             throw error
@@ -332,7 +340,8 @@ public final class PushSession {
         let progress = ProgressReporter(label: "push", enabled: project.options.progress)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
-                                    force: force || resolving != nil, storeSource: storeSource) { instance in
+                                    force: force || resolving != nil, storeSource: storeSource,
+                                    readsLocalFiles: fixedTree == nil) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
         planned = []  // the pipeline owns the operations now: filling in contents copies nothing
@@ -428,7 +437,7 @@ public final class PushSession {
                                                 remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
                                                 recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message))
             case .failed:
-                if outcome.aborted.contains(id) {
+                if outcome.aborted.contains(id) && fixedTree == nil {
                     stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
                 } else {
                     stats.errors.append("\(op.path): \(result.message)")
@@ -499,6 +508,8 @@ final class PushPipeline {
     /// Every operation is sent forced (see `FileHeader.force`).
     private let force: Bool
     private let storeSource: StoreSource?
+    /// False when the tree pushed is not the local one (a restore): every chunk must come from the store.
+    private let readsLocalFiles: Bool
     private let checkInstance: (String) throws -> Void
     private let window: Int
     private let reader: FrameReader
@@ -524,8 +535,9 @@ final class PushPipeline {
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeSource: StoreSource?,
-         checkInstance: @escaping (String) throws -> Void) {
+         readsLocalFiles: Bool = true, checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
+        self.readsLocalFiles = readsLocalFiles
         self.force = force
         self.storeSource = storeSource
         sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
@@ -687,7 +699,7 @@ final class PushPipeline {
             // A small file whose content the remote is not known to hold goes with its data, unasked: one round
             // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
             // Nor does a file whose chunks the agent reads from the store.
-            let eager = content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
+            let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
                 && content.chunks.contains { !$0.id.isHole && storeSource?.chunks[$0.id] == nil }
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
@@ -745,6 +757,11 @@ final class PushPipeline {
             throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
         }
         if outcome.aborted.contains(op) { return }
+        guard readsLocalFiles else {
+            outcome.aborted.insert(op)
+            try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))
+            return
+        }
         let fd: FileDescriptor
         if let open = openFile, open.op == op { fd = open.fd } else {
             do { fd = try project.tree.openForReading(entry.path) } catch {

@@ -58,12 +58,9 @@ extension Project {
         return try? openState().value("last_snapshot")
     }
 
-    /// Materializes snapshot `id` (or a unique prefix of it, or its ref's name) exactly in `target`, which must
-    /// be empty or absent: every path with its bytes, mode and mtime, every chunk read from the store and checked.
-    public func restore(_ id: String, to target: String) throws -> SyncStats {
-        let started = monotonicNanos()
-        let (store, uploader) = try openStore()
-        var stats = SyncStats(direction: "restore")
+    /// Snapshot `id` (a unique prefix of its id, or its ref's name) and its manifest, once the catalog has been
+    /// checked to hold every chunk it needs.
+    func findSnapshot(_ id: String, in store: SnapshotStore, uploader: StoreUploader) throws -> (SnapshotRef, SnapshotManifest) {
         do {
             let refs = try store.snapshots(config.name).filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
             guard refs.count == 1, let ref = refs.first else {
@@ -76,6 +73,23 @@ extension Project {
             if let lost = manifest.chunkIDs.first(where: { places[$0] == nil }) {
                 throw SyncError("snapshot \(ref.id) needs chunk \(lost.hex.prefix(12)), which no pack of \(store.client.location) holds any more")
             }
+            return (ref, manifest)
+        } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        } catch let e as StoreError {
+            throw SyncError("\(e)")
+        }
+    }
+
+    /// Materializes snapshot `id` (or a unique prefix of it, or its ref's name) exactly in `target`, which must
+    /// be empty or absent: every path with its bytes, mode and mtime, every chunk read from the store and checked.
+    public func restore(_ id: String, to target: String) throws -> SyncStats {
+        let started = monotonicNanos()
+        let (store, uploader) = try openStore()
+        var stats = SyncStats(direction: "restore")
+        do {
+            let (ref, manifest) = try findSnapshot(id, in: store, uploader: uploader)
+            let places = try uploader.catalog.locations(manifest.chunkIDs)
             let absolute = URL(fileURLWithPath: target).standardizedFileURL.path
             if let names = try? FileManager.default.contentsOfDirectory(atPath: absolute), !names.isEmpty {
                 throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)

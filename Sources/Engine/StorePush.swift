@@ -93,11 +93,7 @@ public final class StorePush {
 
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
-        guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
-            throw SyncError("\(project.directory): no store: setting", exitCode: 2)
-        }
-        let credentials: AWSCredentials
-        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+        let access = try StoreAccess(project)
 
         // 1. The project, read and hashed once (the first host's stat cache).
         let first = try project.forHost(project.config.allHosts[0])
@@ -122,18 +118,11 @@ public final class StorePush {
 
         // 2. The chunks the store lacks, once; then the snapshot. The push lock keeps a store gc from deleting a
         //    pack this push counts on until every host has what it needs.
-        let uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
+        let uploader = access.uploader
+        let lock = try access.lock()
+        defer { lock.release() }
         let uploaded: UploadStats
         let ref: SnapshotRef
-        let lock: StoreLock
-        do {
-            lock = try StoreLock.take(.push, client: try S3Client(location: location, credentials: credentials))
-        } catch let e as StoreBusy {
-            throw SyncError(e.message)
-        } catch let e as S3Error {
-            throw SyncError("store \(location): \(e)")
-        }
-        defer { lock.release() }
         do {
             try uploader.refresh()
             uploaded = try uploader.upload(files, from: project.tree)
@@ -142,18 +131,70 @@ public final class StorePush {
         } catch let e as ChangedWhileUploading {
             throw SyncError("\(e)")
         } catch let e as S3Error {
-            throw SyncError("store \(location): \(e)")
+            throw SyncError("store \(access.location): \(e)")
         }
         Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
         // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
         try? firstState.setValue(ref.id, for: "last_snapshot")
-        let source: StoreSource
-        do {
-            source = try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)")
-        } catch { throw SyncError("store \(location): \(error)") }
+        let source = try access.source(for: files)
 
         // 3. Every host at once.
+        var stats = fanOut(to: project.config.allHosts, source: source) { [self] i, host in
+            let hostProject = i == 0 ? first : try project.forHost(host)
+            if i > 0 { try shareStatCache(snapshot, into: hostProject) }
+            return PushSession(project: hostProject)
+        }
+        stats.bytesUploaded = uploaded.bytesUploaded
+        stats.snapshot = ref.id
+        stats.filesScanned = snapshot.entries.count
+        stats.warnings = snapshot.warnings.map(\.description) + stats.warnings
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    /// `syncctl restore SNAPSHOT --host H`: host `host` gets snapshot `id` exactly, read from the store by its
+    /// agent; nothing is uploaded and no local file is read. It is a push of the snapshot's tree against what
+    /// that host last had, so edits made there meanwhile are conflicts (kept with `--force`), and the next
+    /// push brings the host back to the project as it is here.
+    public func restore(_ id: String, host: String) throws -> SyncStats {
+        let started = monotonicNanos()
         let hosts = project.config.allHosts
+        guard let target = hosts.first(where: { $0.description == host }) else {
+            throw SyncError("\(host) is not one of the hosts of \(project.config.name) (\(hosts.map(\.description).joined(separator: ", ")))",
+                            exitCode: 2)
+        }
+        let access = try StoreAccess(project)
+        let lock = try access.lock()
+        defer { lock.release() }
+        let (ref, manifest) = try project.findSnapshot(id, in: access.store, uploader: access.uploader)
+        var tree: [LocalEntry] = []
+        var files: [UploadFile] = []
+        for e in manifest.entries {
+            let kind: FileKind = e.kind == .directory ? .directory : e.kind == .symlink ? .symlink : .regular
+            let stat = FileStat(device: 0, inode: 0, kind: kind, permissions: e.mode, size: e.size, mtimeNanos: e.mtimeNanos, ctimeNanos: 0)
+            var content: ChunkedContent?
+            if e.kind == .file {
+                content = ChunkedContent(chunks: e.chunks, digest: e.digest ?? .empty, size: e.size)
+                files.append(UploadFile(path: e.path, chunks: e.chunks))
+            }
+            tree.append(LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target))
+        }
+        let source = try access.source(for: files)
+        var stats = fanOut(to: [target], source: source) { [self] _, host in
+            let session = PushSession(project: try project.forHost(host))
+            session.fixedTree = tree
+            return session
+        }
+        stats.direction = "restore"
+        stats.snapshot = ref.id
+        stats.filesScanned = tree.count
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    /// Runs the session `makeSession` gives each host, all at once, each reading from `source`; sums what they did.
+    private func fanOut(to hosts: [RemoteSpec], source: StoreSource,
+                        makeSession: @escaping (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let results = Results(count: hosts.count)
         let group = DispatchGroup()
         for (i, host) in hosts.enumerated() {
@@ -161,9 +202,7 @@ public final class StorePush {
             let thread = Thread { [self] in
                 defer { group.leave() }
                 results.set(i, Result { () throws -> SyncStats in
-                    let hostProject = i == 0 ? first : try project.forHost(host)
-                    if i > 0 { try shareStatCache(snapshot, into: hostProject) }
-                    let session = PushSession(project: hostProject)
+                    let session = try makeSession(i, host)
                     session.force = force
                     session.pruneIgnored = pruneIgnored
                     session.storeSource = source
@@ -176,10 +215,6 @@ public final class StorePush {
         group.wait()
 
         var stats = SyncStats(direction: "push")
-        stats.bytesUploaded = uploaded.bytesUploaded
-        stats.snapshot = ref.id
-        stats.filesScanned = snapshot.entries.count
-        stats.warnings = snapshot.warnings.map(\.description)
         var perHost: [HostResult] = []
         for (i, host) in hosts.enumerated() {
             // With several hosts, each line says whose it is.
@@ -215,7 +250,6 @@ public final class StorePush {
             perHost.append(result)
         }
         stats.hosts = perHost
-        stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
     }
 
@@ -223,6 +257,47 @@ public final class StorePush {
     private func shareStatCache(_ snapshot: Snapshotter.Result, into host: Project) throws {
         let state = try host.openState()
         try state.saveFiles(try state.fileCount() == 0 ? Array(snapshot.cache.values) : snapshot.updated)
+    }
+}
+
+/// A project's store as a push uses it: where it is for this machine and for the hosts, with the credentials
+/// resolved once.
+private struct StoreAccess {
+    let location: S3Location
+    let hostLocation: S3Location
+    let credentials: AWSCredentials
+    let uploader: StoreUploader
+    let store: SnapshotStore
+
+    init(_ project: Project) throws {
+        guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
+            throw SyncError("\(project.directory): no store: setting", exitCode: 2)
+        }
+        self.location = location
+        self.hostLocation = hostLocation
+        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+        do {
+            uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
+            store = SnapshotStore(client: try S3Client(location: location, credentials: credentials))
+        } catch let e as S3Error { throw SyncError("store \(location): \(e)") }
+    }
+
+    /// The push lock, which a store gc backs off from.
+    func lock() throws -> StoreLock {
+        do {
+            return try StoreLock.take(.push, client: store.client)
+        } catch let e as StoreBusy {
+            throw SyncError(e.message)
+        } catch let e as S3Error {
+            throw SyncError("store \(location): \(e)")
+        }
+    }
+
+    /// Where the hosts read the chunks of `files`: packs at the host endpoint, presigned.
+    func source(for files: [UploadFile]) throws -> StoreSource {
+        do {
+            return try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)")
+        } catch { throw SyncError("store \(location): \(error)") }
     }
 }
 

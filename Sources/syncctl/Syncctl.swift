@@ -191,16 +191,33 @@ struct Snapshots: ParsableCommand {
 }
 
 struct Restore: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Materialize a snapshot exactly in a new directory.")
+    static let configuration = CommandConfiguration(
+        abstract: "Materialize a snapshot exactly: in a new local directory, or on one of the hosts from the store.")
     @Argument(help: "The snapshot: its id (or a unique prefix), as `syncctl snapshots` shows it.") var snapshot: String
-    @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String
+    @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String?
+    @Option(name: .customLong("host"), help: "A host of the project (as hosts: names it): its copy becomes the snapshot, read from the store.")
+    var host: String?
     @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
+    @Flag(help: "On the host, replace what was changed there since the last push too (kept beside as a conflict copy).")
+    var force = false
     @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+
+    func validate() throws {
+        guard (target == nil) != (host == nil) else { throw ValidationError("give one of --to DIR or --host H") }
+        if force && host == nil { throw ValidationError("--force is for --host (a directory given to --to must be empty)") }
+    }
 
     func run() throws {
         let project = try Project(directory: directory)
-        let stats = try project.restore(snapshot, to: target)
-        if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target)") }
+        if let host {
+            let restore = StorePush(project: project)
+            restore.force = force
+            let stats = try restore.restore(snapshot, host: host)
+            if !json && stats.errors.isEmpty { printError("restored snapshot \(stats.snapshot ?? snapshot) on \(host)") }
+            return report(stats, json: json)
+        }
+        let stats = try project.restore(snapshot, to: target!)
+        if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target!)") }
         report(stats, json: json)
     }
 }

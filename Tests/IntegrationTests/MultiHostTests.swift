@@ -207,4 +207,62 @@ struct MultiHostTests {
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("NoSuchBucket") && missing.stderr.contains("create the bucket"), "\(missing.stderr)")
     }
+
+    @Test func restoreOnAHostBringsASnapshotBackFromTheStoreAlone() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "r" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let roots = [f.base + "/one", f.base + "/two"]
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
+
+        let weights = randomBytes(3 << 20, seed: 800)
+        try f.write("data/weights.bin", weights)
+        try f.write("src/train.py", "lr = 0.1\n")
+        try f.write("src/old.py", "old()\n")
+        let first = try ctl(["push", f.project, "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let firstID = try #require(try first.json()["snapshot"] as? String)
+        let firstTree = SyncFixture.describeTree(f.project)
+        // Since then: the weights are gone from this machine, a file changed, one deleted, one added.
+        try FileManager.default.removeItem(atPath: f.project + "/data/weights.bin")
+        try f.write("src/train.py", "lr = 0.01\n")
+        try FileManager.default.removeItem(atPath: f.project + "/src/old.py")
+        try f.write("src/new.py", "new()\n")
+        #expect(try ctl(["push", f.project]).status == 0)
+        let secondTree = SyncFixture.describeTree(f.project)
+
+        // Host two gets the first snapshot back: the weights come from the store (they are not on this machine).
+        let r = try ctl(["restore", String(firstID.prefix(10)), "--host", "local:" + roots[1], "--dir", f.project, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let stats = try r.json()
+        #expect(stats["snapshot"] as? String == firstID)
+        #expect(stats["bytes_uploaded"] == nil || stats["bytes_uploaded"] as? Int == 0, "a restore uploads nothing: \(r.stdout)")
+        #expect((stats["bytes_sent"] as? Int ?? .max) < 100_000, "no chunk went over the host's link: \(r.stdout)")
+        #expect(hostTree(roots[1]) == firstTree, "host two holds the first snapshot exactly")
+        #expect(f.read("data/weights.bin", in: roots[1] + "/proj") == weights ? true : false)
+        #expect(hostTree(roots[0]) == secondTree, "host one is left alone")
+
+        // An edit made on the host since is not overwritten without --force.
+        try f.write("src/train.py", "lr = 0.5  # tried on the host\n", in: roots[1] + "/proj")
+        let clash = try ctl(["restore", firstID, "--host", "local:" + roots[1], "--dir", f.project, "--json"])
+        #expect(clash.status == 3, "\(clash.stderr)")
+        #expect(f.read("src/train.py", in: roots[1] + "/proj") == Array("lr = 0.5  # tried on the host\n".utf8))
+
+        // The next push brings the host back to the project as it is here, once the host's edit is settled.
+        let forced = try ctl(["push", f.project, "--force"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(hostTree(roots[1]).filter { !$0.key.contains(".sync-conflict-") } == secondTree)
+
+        let unknown = try ctl(["restore", firstID, "--host", "gpu-9", "--dir", f.project])
+        #expect(unknown.status == 2 && unknown.stderr.contains("not one of the hosts") && unknown.stderr.contains(roots[0]), "\(unknown.stderr)")
+        let both = try ctl(["restore", firstID, "--dir", f.project])
+        #expect(both.status == 2 && both.stderr.contains("--to DIR or --host H"), "\(both.stderr)")
+    }
 }
