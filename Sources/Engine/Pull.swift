@@ -3,6 +3,7 @@ import Foundation
 import LocalState
 import Placement
 import ProjectScan
+import SyncConfig
 import SyncSystem
 import Transport
 import Wire
@@ -17,6 +18,8 @@ public final class PullSession {
     /// `pull --force`: a pulled path changed here and on the remote gets the remote version, and the local one
     /// is kept beside it as a conflict copy.
     public var force = false
+    /// `pull_from: all`: this host's outputs go to `<pull path>/<hostFolder>/` here, not to the pull path itself.
+    public var hostFolder: String?
     private let stamp = conflictStamp()
 
     /// With `link`, the pull runs over that persistent connection (the daemon's); without, it makes its own.
@@ -31,6 +34,13 @@ public final class PullSession {
     private func isWanted(_ path: RelativePath) -> Bool {
         if let resolving { return resolving.contains { path.isWithin($0) } }
         return project.isPullPath(path)
+    }
+
+    /// Where a remote path lands here: itself, or with a host folder, the same path below the pull path's folder
+    /// for this host (`output/x` to `output/gpu-2/x`).
+    private func localPath(_ remote: RelativePath) throws -> RelativePath {
+        guard let hostFolder, let root = project.pullPaths.first(where: { remote.isWithin($0) }) else { return remote }
+        return try RelativePath(bytes: root.bytes + [UInt8(ascii: "/")] + Array(hostFolder.utf8) + remote.bytes.dropFirst(root.bytes.count))
     }
 
     private struct Offer {
@@ -57,7 +67,11 @@ public final class PullSession {
             return h
         }
         let snapshot: Snapshotter.Result
-        do { snapshot = try Snapshotter(project: project, state: state).run(roots: resolving ?? project.pullPaths) } catch {
+        do {
+            // With a host folder too, every pull path is looked at: what other hosts' pulls brought is where this
+            // one finds the chunks it need not fetch (the same checkpoint from every rank).
+            snapshot = try Snapshotter(project: project, state: state).run(roots: resolving ?? project.pullPaths)
+        } catch {
             connecting.cancel()
             throw error
         }
@@ -104,7 +118,7 @@ public final class PullSession {
                     let path: RelativePath
                     do { path = try RelativePath(bytes: e.path) } catch { throw ProtocolError("the agent offered a bad path: \(error)") }
                     guard isWanted(path) else { throw ProtocolError("the agent offered \(path), which this pull did not ask for") }
-                    offers[e.op] = Offer(entry: e, path: path)
+                    offers[e.op] = Offer(entry: e, path: try localPath(path))
                     order.append(e.op)
                 case .chunkList(let op, let chunks):
                     guard var offer = offers[op], offer.chunks.count + chunks.count <= Int(offer.entry.chunkCount) else {
@@ -397,5 +411,43 @@ public final class PullSession {
     private func placeSymlink(_ path: RelativePath, target: [UInt8]) throws {
         guard let parent = try project.tree.openParent(path, create: true) else { return }
         try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
+    }
+}
+
+extension Project {
+    /// A pull as `pull_from:` says. `first`: from the first host, into the pull paths (over `link` when given).
+    /// `all`: from every host in turn, each into `<pull path>/<host>/`, so a host's outputs never overwrite
+    /// another's. In turn, not at once: the bytes cross this machine's one link either way, and a file that a
+    /// host holds like one pulled before (a checkpoint every rank wrote) is built from the chunks here and not
+    /// fetched again. A host that cannot be reached is reported and the others go on.
+    public func pullFromHosts(force: Bool = false, link: AgentLink? = nil) throws -> SyncStats {
+        guard config.pullFrom == .all else {
+            let session = PullSession(project: self, link: link)
+            session.force = force
+            return try session.run()
+        }
+        let started = monotonicNanos()
+        var stats = SyncStats(direction: "pull")
+        var results: [HostResult] = []
+        for (i, host) in config.allHosts.enumerated() {
+            do {
+                let session = PullSession(project: try forHost(host), link: i == 0 ? link : nil)
+                session.force = force
+                session.hostFolder = ProjectConfig.folderName(for: host)
+                var s = try session.run()
+                results.append(HostResult(host: host.description, stats: s))
+                s.conflictMessages = s.conflictMessages.map { "\(host): \($0)" }
+                s.errors = s.errors.map { "\(host): \($0)" }
+                s.warnings = s.warnings.map { "\(host): \($0)" }
+                s.skipped = s.skipped.map { "\(host): \($0)" }
+                stats.absorb(s)
+            } catch {
+                results.append(HostResult(host: host.description, ok: false, error: "\(error)"))
+                stats.errors.append("\(host): \(error); the next pull tries it again")
+            }
+        }
+        stats.hosts = results
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
     }
 }

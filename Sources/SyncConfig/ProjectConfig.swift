@@ -44,11 +44,15 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let fileName = "syncd.yaml"
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
-                                   "hosts", "store", "endpoint", "host_endpoint", "region"]
+                                   "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
     public enum Compression: String, Sendable, CaseIterable { case auto, always, never }
+
+    /// Which hosts a pull brings outputs back from: the first (where rank 0 writes), or every host, each into
+    /// `<pull path>/<host>/`.
+    public enum PullFrom: String, Sendable, CaseIterable { case first, all }
 
     public var name: String
     public var remote: RemoteSpec
@@ -75,9 +79,19 @@ public struct ProjectConfig: Equatable, Sendable {
     public var endpoint: String?
     public var hostEndpoint: String?
     public var region: String?
+    public var pullFrom: PullFrom = .first
 
     /// The hosts a push reaches.
     public var allHosts: [RemoteSpec] { hosts.isEmpty ? [remote] : hosts }
+
+    /// The folder under each pull path that holds a host's outputs with `pull_from: all`: an SSH destination
+    /// as written, a `local:` root by its last component.
+    public static func folderName(for host: RemoteSpec) -> String {
+        switch host {
+        case .ssh(let destination): return destination
+        case .local(let root): return (root as NSString).lastPathComponent
+        }
+    }
 
     public init(name: String, remote: RemoteSpec, remoteRoot: String? = nil, pull: [String] = ["output", "checkpoint"],
                 ignore: [String] = []) {
@@ -200,6 +214,22 @@ public struct ProjectConfig: Equatable, Sendable {
         }
         if config.store == nil, let key = ["endpoint", "host_endpoint", "region"].first(where: { map[$0] != nil }) {
             throw ConfigError("\(file): setting '\(key)' needs store: s3://BUCKET/PREFIX")
+        }
+        if let text = try string("pull_from") {
+            guard let mode = PullFrom(rawValue: text) else {
+                throw ConfigError("\(file): setting 'pull_from' must be first or all, not '\(text)'")
+            }
+            config.pullFrom = mode
+        }
+        if config.pullFrom == .all {
+            let folders = config.allHosts.map(folderName)
+            if let bad = folders.first(where: { $0.isEmpty || $0 == "." || $0 == ".." || $0.contains("/") }) {
+                throw ConfigError("\(file): setting 'pull_from: all' cannot name a folder after the host '\(bad)'")
+            }
+            if Set(folders).count != folders.count {
+                throw ConfigError("\(file): setting 'pull_from: all' puts each host's outputs in a folder named after it, "
+                                  + "and two hosts share a name (\(folders.joined(separator: ", ")))")
+            }
         }
         if hosts.count > 1 && config.store == nil {
             throw ConfigError("\(file): several hosts need a store (store: s3://BUCKET/PREFIX), so that each chunk leaves this machine once")

@@ -120,9 +120,7 @@ struct Pull: ParsableCommand {
     func run() throws {
         if wait && !force, let stats = try throughDaemon("pull", options.directory) { return report(stats, json: options.json) }
         let project = try options.project()
-        let session = PullSession(project: project)
-        session.force = force
-        var stats = try session.run()
+        var stats = try project.pullFromHosts(force: force)
         if force {
             // Conflicts a push left (local-owned files changed on the remote) go the same way.
             let pending = try project.conflictPathsFound(by: "push")

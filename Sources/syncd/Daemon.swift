@@ -261,7 +261,7 @@ final class ProjectRunner {
                 if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
                 let link = try connectedLink()
                 return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
-                                     : try PullSession(project: project, link: link).run()
+                                     : try project.pullFromHosts(link: link)
             }
             condition.lock()
             if kind == .push {

@@ -265,4 +265,63 @@ struct MultiHostTests {
         let both = try ctl(["restore", firstID, "--dir", f.project])
         #expect(both.status == 2 && both.stderr.contains("--to DIR or --host H"), "\(both.stderr)")
     }
+
+    @Test func pullFromAllBringsEachHostsOutputsIntoItsFolderAndASharedCheckpointOnce() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "p" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let names = ["gpu-a", "gpu-b", "gpu-c"]
+        let roots = names.map { f.base + "/" + $0 }
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        try f.write("src/train.py", "train()\n")
+        #expect(try ctl(["push", f.project]).status == 0)
+
+        // Every rank writes the same checkpoint and a log of its own.
+        let shared = randomBytes(4 << 20, seed: 900)
+        for (i, r) in roots.enumerated() {
+            try f.write("checkpoint/step40.pt", shared, in: r + "/proj")
+            try f.write("output/rank.log", "rank \(i)\n", in: r + "/proj")
+        }
+        // pull_from: first (the default) brings the first host's, as with one host.
+        try f.age("checkpoint/step40.pt", in: roots[0] + "/proj")
+        try f.age("output/rank.log", in: roots[0] + "/proj")
+        let first = try ctl(["pull", f.project, "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(f.read("output/rank.log") == Array("rank 0\n".utf8))
+        try FileManager.default.removeItem(atPath: f.project + "/output")
+        try FileManager.default.removeItem(atPath: f.project + "/checkpoint")
+
+        try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "pull_from: all\n")
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        for r in roots {
+            try f.age("checkpoint/step40.pt", in: r + "/proj")
+            try f.age("output/rank.log", in: r + "/proj")
+        }
+        let all = try ctl(["pull", f.project, "--json"])
+        #expect(all.status == 0, "\(all.stderr)")
+        for (i, name) in names.enumerated() {
+            #expect(f.read("output/\(name)/rank.log") == Array("rank \(i)\n".utf8), "\(name)")
+            #expect(f.read("checkpoint/\(name)/step40.pt") == shared ? true : false, "\(name)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: f.project + "/output/rank.log"))
+        let stats = try all.json()
+        let hosts = stats["hosts"] as? [[String: Any]] ?? []
+        #expect(hosts.count == 3 && hosts.allSatisfy { $0["ok"] as? Bool == true }, "\(hosts)")
+        let received = stats["bytes_received"] as? Int ?? .max
+        #expect(received > 4 << 20 && received < (4 << 20) + 300_000, "the shared checkpoint came over once: \(received)")
+
+        // A deletion on one host deletes only that host's copy here.
+        try FileManager.default.removeItem(atPath: roots[1] + "/proj/output/rank.log")
+        let again = try ctl(["pull", f.project, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: f.project + "/output/gpu-b/rank.log"))
+        #expect(f.read("output/gpu-a/rank.log") == Array("rank 0\n".utf8))
+        #expect(try again.int("files_changed") == 0)
+    }
 }

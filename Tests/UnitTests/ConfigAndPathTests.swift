@@ -29,6 +29,8 @@ struct ConfigAndPathTests {
         ("remote: x\nname: a/b\n", "'name'"),
         ("remote: x\nremote_root: home\n", "'remote_root'"),
         ("remote: [x\n", "not valid YAML"),
+        ("remote: x\npull_from: some\n", "'pull_from' must be first or all"),
+        ("hosts: [local:/a/gpu, local:/b/gpu]\nstore: s3://b/p\npull_from: all\n", "two hosts share a name"),
     ])
     func badConfigsNameTheSetting(text: String, expected: String) {
         do {
