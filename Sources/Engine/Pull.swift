@@ -429,7 +429,7 @@ extension Project {
         let started = monotonicNanos()
         var stats = SyncStats(direction: "pull")
         var results: [HostResult] = []
-        for (i, host) in config.allHosts.enumerated() {
+        for (i, host) in try hostList().enumerated() {
             do {
                 let session = PullSession(project: try forHost(host), link: i == 0 ? link : nil)
                 session.force = force

@@ -95,8 +95,10 @@ public final class StorePush {
         let started = monotonicNanos()
         let access = try StoreAccess(project)
 
+        let hosts = try project.hostList()
+
         // 1. The project, read and hashed once (the first host's stat cache).
-        let first = try project.forHost(project.config.allHosts[0])
+        let first = try project.forHost(hosts[0])
         let firstState = try first.openState()
         let snapshot = try Snapshotter(project: first, state: firstState).run(roots: nil)
         Trace.mark("store push: scanned and hashed \(snapshot.entries.count) entries")
@@ -139,7 +141,7 @@ public final class StorePush {
         let source = try access.source(for: files)
 
         // 3. Every host at once.
-        var stats = fanOut(to: project.config.allHosts, source: source) { [self] i, host in
+        var stats = fanOut(to: hosts, source: source) { [self] i, host in
             let hostProject = i == 0 ? first : try project.forHost(host)
             if i > 0 { try shareStatCache(snapshot, into: hostProject) }
             return PushSession(project: hostProject)
@@ -158,7 +160,7 @@ public final class StorePush {
     /// push brings the host back to the project as it is here.
     public func restore(_ id: String, host: String) throws -> SyncStats {
         let started = monotonicNanos()
-        let hosts = project.config.allHosts
+        let hosts = try project.hostList()
         guard let target = hosts.first(where: { $0.description == host }) else {
             throw SyncError("\(host) is not one of the hosts of \(project.config.name) (\(hosts.map(\.description).joined(separator: ", ")))",
                             exitCode: 2)

@@ -72,6 +72,9 @@ public struct ProjectConfig: Equatable, Sendable {
     public var dockerHost: String?
     /// Every host a push reaches (`hosts:`), the first being `remote`; just `remote` without the setting.
     public var hosts: [RemoteSpec] = []
+    /// `hosts: swarm:MANAGER`: the hosts are the nodes of the Docker Swarm that MANAGER (an SSH destination, also
+    /// `remote`) manages, read from `docker node ls` there when a push or pull needs them.
+    public var swarmManager: String?
     /// The snapshot store, `s3://BUCKET/PREFIX`: chunks go there once, and every host reads what it lacks.
     public var store: String?
     /// The store's endpoint for the laptop (default: `AWS_ENDPOINT_URL`, else AWS's for `region`), and for the
@@ -147,7 +150,14 @@ public struct ProjectConfig: Equatable, Sendable {
             return i
         }
         var hosts: [RemoteSpec] = []
-        if let list = try list("hosts") {
+        var swarmManager: String?
+        if let text = map["hosts"] as? String {
+            guard text.hasPrefix("swarm:"), case .ssh(let manager)? = try? RemoteSpec(parsing: String(text.dropFirst("swarm:".count))) else {
+                throw ConfigError("\(file): setting 'hosts' must be a list of hosts, as in hosts: [gpu-1, gpu-2], or swarm:MANAGER (an SSH destination), not '\(text)'")
+            }
+            swarmManager = manager
+            hosts = [.ssh(destination: manager)]
+        } else if let list = try list("hosts") {
             guard !list.isEmpty else { throw ConfigError("\(file): setting 'hosts' is empty; name at least one host, or use remote:") }
             for h in list {
                 do { hosts.append(try RemoteSpec(parsing: h)) } catch let e as ConfigError {
@@ -200,6 +210,7 @@ public struct ProjectConfig: Equatable, Sendable {
         config.chunkAvg = try int("chunk_avg")
         config.chunkMax = try int("chunk_max")
         config.hosts = hosts
+        config.swarmManager = swarmManager
         config.store = try string("store")
         if let store = config.store, !store.hasPrefix("s3://") || store.dropFirst(5).isEmpty {
             throw ConfigError("\(file): setting 'store' must be an S3 URL, s3://BUCKET/PREFIX, not '\(store)'")
@@ -231,7 +242,7 @@ public struct ProjectConfig: Equatable, Sendable {
                                   + "and two hosts share a name (\(folders.joined(separator: ", ")))")
             }
         }
-        if hosts.count > 1 && config.store == nil {
+        if (hosts.count > 1 || swarmManager != nil) && config.store == nil {
             throw ConfigError("\(file): several hosts need a store (store: s3://BUCKET/PREFIX), so that each chunk leaves this machine once")
         }
         return config

@@ -324,4 +324,43 @@ struct MultiHostTests {
         #expect(f.read("output/gpu-a/rank.log") == Array("rank 0\n".utf8))
         #expect(try again.int("files_changed") == 0)
     }
+
+    @Test(.enabled(if: sshdAvailable && Dockerd.installed, "needs sshd and dockerd, as root"))
+    func aSwarmsNodesAreTheHosts() throws {
+        let server = try SeaweedServer.shared.get()
+        let dockerd = Dockerd()
+        defer { dockerd.stop() }
+        if let failure = dockerd.failure { Issue.record("\(failure)"); return }
+        let initialized = try dockerd.docker(["swarm", "init", "--advertise-addr", "127.0.0.1"])
+        #expect(initialized.status == 0, "\(initialized.stderr)")
+        let sshd = try SSHServer()
+        let f = try SyncFixture()
+        let config = try f.useSSH(sshd)
+        let bucket = "w" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        func write(dockerHost: String) throws {
+            try "name: \(f.name)\nhosts: swarm:gpu-test\ndocker_host: \(dockerHost)\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\n"
+                .appending("store: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n")
+                .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        }
+        try write(dockerHost: "unix://" + dockerd.socket)
+        try f.write("src/train.py", "train()\n")
+        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
+                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
+        #expect(hosts.count == 1 && hosts.first?["host"] as? String == "gpu-test" && hosts.first?["ok"] as? Bool == true,
+                "the single node is the manager itself: \(hosts)")
+        #expect(f.read("src/train.py", in: f.remoteProject) == Array("train()\n".utf8))
+
+        // A manager whose docker is not in a swarm says so.
+        let lone = Dockerd()
+        defer { lone.stop() }
+        try write(dockerHost: "unix://" + lone.socket)
+        let bad = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(bad.status == 1 && bad.stderr.contains("swarm:gpu-test"), "\(bad.stderr)")
+    }
 }

@@ -30,6 +30,8 @@ struct ConfigAndPathTests {
         ("remote: x\nremote_root: home\n", "'remote_root'"),
         ("remote: [x\n", "not valid YAML"),
         ("remote: x\npull_from: some\n", "'pull_from' must be first or all"),
+        ("hosts: swarm:m\n", "several hosts need a store"),
+        ("hosts: gpu-1\nstore: s3://b/p\n", "swarm:MANAGER"),
         ("hosts: [local:/a/gpu, local:/b/gpu]\nstore: s3://b/p\npull_from: all\n", "two hosts share a name"),
     ])
     func badConfigsNameTheSetting(text: String, expected: String) {
