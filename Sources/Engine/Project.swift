@@ -57,6 +57,8 @@ public final class Project {
         do {
             config = try ProjectConfig.load(projectDirectory: absolute)
             if let remote = options.remote { config.remote = try RemoteSpec(parsing: remote) }
+            // A host of `hosts:` may have a remote root of its own.
+            if let root = config.hostRoots[config.remote.description] { config.remoteRoot = root }
         } catch let e as ConfigError {
             throw SyncError(e.description, exitCode: 2)
         }

@@ -75,6 +75,9 @@ public struct ProjectConfig: Equatable, Sendable {
     /// `hosts: swarm:MANAGER`: the hosts are the nodes of the Docker Swarm that MANAGER (an SSH destination, also
     /// `remote`) manages, read from `docker node ls` there when a push or pull needs them.
     public var swarmManager: String?
+    /// A host's own remote root, from a `{host: H, remote_root: /path}` item of `hosts:`, keyed by the host as
+    /// written; the others use `remote_root:`.
+    public var hostRoots: [String: String] = [:]
     /// The snapshot store, `s3://BUCKET/PREFIX`: chunks go there once, and every host reads what it lacks.
     public var store: String?
     /// The store's endpoint for the laptop (default: `AWS_ENDPOINT_URL`, else AWS's for `region`), and for the
@@ -151,18 +154,39 @@ public struct ProjectConfig: Equatable, Sendable {
         }
         var hosts: [RemoteSpec] = []
         var swarmManager: String?
+        var hostRoots: [String: String] = [:]
         if let text = map["hosts"] as? String {
             guard text.hasPrefix("swarm:"), case .ssh(let manager)? = try? RemoteSpec(parsing: String(text.dropFirst("swarm:".count))) else {
                 throw ConfigError("\(file): setting 'hosts' must be a list of hosts, as in hosts: [gpu-1, gpu-2], or swarm:MANAGER (an SSH destination), not '\(text)'")
             }
             swarmManager = manager
             hosts = [.ssh(destination: manager)]
-        } else if let list = try list("hosts") {
+        } else if let items = map["hosts"] {
+            guard let list = items as? [Any] else {
+                throw ConfigError("\(file): setting 'hosts' must be a list, as in hosts: [gpu-1, gpu-2], or swarm:MANAGER")
+            }
             guard !list.isEmpty else { throw ConfigError("\(file): setting 'hosts' is empty; name at least one host, or use remote:") }
-            for h in list {
-                do { hosts.append(try RemoteSpec(parsing: h)) } catch let e as ConfigError {
+            for item in list {
+                var text: String
+                var root: String?
+                if let s = item as? String {
+                    text = s
+                } else if let m = item as? [String: Any], let h = m["host"] as? String {
+                    if let bad = m.keys.first(where: { $0 != "host" && $0 != "remote_root" }) {
+                        throw ConfigError("\(file): setting 'hosts': unknown key '\(bad)' for host \(h) (known: host, remote_root)")
+                    }
+                    text = h
+                    root = m["remote_root"] as? String
+                    guard let root, root.hasPrefix("/") else {
+                        throw ConfigError("\(file): setting 'hosts': host \(h) needs remote_root: as an absolute path")
+                    }
+                } else {
+                    throw ConfigError("\(file): setting 'hosts': each host is a destination or {host: H, remote_root: /path}")
+                }
+                do { hosts.append(try RemoteSpec(parsing: text)) } catch let e as ConfigError {
                     throw ConfigError("\(file): setting 'hosts': \(e.description)")
                 }
+                if let root { hostRoots[hosts.last!.description] = root }
             }
             guard Set(hosts.map(\.description)).count == hosts.count else { throw ConfigError("\(file): setting 'hosts' names a host twice") }
         }
@@ -211,6 +235,7 @@ public struct ProjectConfig: Equatable, Sendable {
         config.chunkMax = try int("chunk_max")
         config.hosts = hosts
         config.swarmManager = swarmManager
+        config.hostRoots = hostRoots
         config.store = try string("store")
         if let store = config.store, !store.hasPrefix("s3://") || store.dropFirst(5).isEmpty {
             throw ConfigError("\(file): setting 'store' must be an S3 URL, s3://BUCKET/PREFIX, not '\(store)'")

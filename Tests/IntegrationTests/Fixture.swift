@@ -61,7 +61,7 @@ final class SyncFixture {
         state = base + "/state"
         for d in [project, remoteRoot, state] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         let r = try syncctl(["init", project, "--remote", "local:" + remoteRoot])
-        guard r.status == 0 else { throw FixtureError("init failed: \(r.stderr)") }
+        guard r.status == 0 else { throw FixtureError("syncctl init failed (status \(r.status)): \(r.stderr)") }
     }
 
     deinit { try? FileManager.default.removeItem(atPath: base) }

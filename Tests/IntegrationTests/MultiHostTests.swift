@@ -363,4 +363,81 @@ struct MultiHostTests {
         let bad = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
         #expect(bad.status == 1 && bad.stderr.contains("swarm:gpu-test"), "\(bad.stderr)")
     }
+
+    @Test(.enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+    func threeSSHHostsEachWithARootOfItsOwn() throws {
+        let server = try SeaweedServer.shared.get()
+        let servers = try (0..<3).map { _ in try SSHServer() }
+        let f = try SyncFixture()
+        let config = f.base + "/ssh_config"
+        try servers.enumerated().map { $1.sshConfig(alias: "gpu-\($0 + 1)") }.joined().write(toFile: config, atomically: true, encoding: .utf8)
+        let bucket = "t" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let roots = (1...3).map { f.base + "/root\($0)" }
+        try """
+            name: \(f.name)
+            hosts:
+              - {host: gpu-1, remote_root: \(roots[0])}
+              - {host: gpu-2, remote_root: \(roots[1])}
+              - gpu-3
+            remote_root: \(roots[2])
+            ssh_config: \(config)
+            store: s3://\(bucket)/team
+            endpoint: \(server.endpoint)
+
+            """.write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("data/weights.bin", randomBytes(2 << 20, seed: 950))
+        for i in 0..<10 { try f.write("src/m\(i).py", "m = \(i)\n") }
+        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
+                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(r.status == 0, "\(r.stderr)")
+        let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
+        #expect(hosts.map { $0["host"] as? String ?? "" } == ["gpu-1", "gpu-2", "gpu-3"] && hosts.allSatisfy { $0["ok"] as? Bool == true }, "\(hosts)")
+        #expect(hosts.allSatisfy { ($0["bytes_sent"] as? Int ?? .max) < 100_000 }, "no chunk over SSH: \(hosts)")
+        let local = SyncFixture.describeTree(f.project)
+        for root in roots {
+            #expect(SyncFixture.describeTree(root + "/" + f.name, skipping: [".syncd", "output", "checkpoint"]) == local, "\(root)")
+        }
+    }
+
+    @Test func anAgentKilledMidMaterializeIsCompletedByTheNextPush() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "k" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let host = f.base + "/host"
+        try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
+        try Self.configure(f, hosts: ["local:" + host], endpoint: server.endpoint, bucket: bucket)
+        let big = randomBytes(256 << 20, seed: 960)
+        try f.write("data/big.bin", big)
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        var killed = false
+        let first = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env, onStart: { child in
+            // Once the agent has written a third of the file from the store, kill it.
+            let deadline = Date().addingTimeInterval(120)
+            while Date() < deadline && child.isRunning {
+                if ResumeTests.partialBytes(in: host + "/proj/data") >= big.count / 3 {
+                    for agent in ResumeTests.children(of: child.processIdentifier) { kill(agent, SIGKILL) }
+                    killed = true
+                    return
+                }
+                usleep(2000)
+            }
+        })
+        #expect(killed, "the push finished before the agent could be killed")
+        #expect(first.status != 0, "\(first.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: host + "/proj/data/big.bin"), "no partial file at the final path")
+
+        let again = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect((try again.json()["bytes_uploaded"] as? Int ?? .max) < 10_000, "the store had the chunks already: \(again.stdout)")
+        #expect(f.read("data/big.bin", in: host + "/proj") == big ? true : false, "contents differ")
+        let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: host + "/proj")).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
 }

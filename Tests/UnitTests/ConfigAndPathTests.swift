@@ -62,10 +62,14 @@ struct ConfigAndPathTests {
         #expect(c.allHosts.map(\.description) == ["gpu-1", "ubuntu@10.0.0.7:2222", "local:/srv/x"])
         #expect(c.remote.description == "gpu-1", "pulls come from the first host")
         #expect(c.store == "s3://team/syncd" && c.endpoint == "http://127.0.0.1:8333")
+        let rooted = try ProjectConfig.parse("hosts: [{host: gpu-1, remote_root: /data/a}, gpu-2]\nremote_root: /srv\nstore: s3://t/s\n",
+                                             file: "f", directoryName: "d")
+        #expect(rooted.allHosts.map(\.description) == ["gpu-1", "gpu-2"] && rooted.hostRoots == ["gpu-1": "/data/a"] && rooted.remoteRoot == "/srv")
         for (text, says) in [("hosts: [a, b]\n", "need a store"), ("hosts: [a, a]\nstore: s3://b\n", "twice"),
                              ("remote: x\nhosts: [y]\n", "disagree"), ("remote: x\nendpoint: http://e\n", "needs store"),
                              ("remote: x\nstore: https://b\n", "s3://BUCKET/PREFIX"), ("hosts: []\n", "empty"),
-                             ("remote: x\nstore: s3://b\nendpoint: e.com\n", "http:// or https://")] {
+                             ("remote: x\nstore: s3://b\nendpoint: e.com\n", "http:// or https://"),
+                             ("hosts: [{host: a, remote_root: rel}]\n", "absolute path"), ("hosts: [{host: a, root: /x}]\n", "unknown key 'root'")] {
             #expect(throws: ConfigError.self) { try ProjectConfig.parse(text, file: "f", directoryName: "d") }
             do { _ = try ProjectConfig.parse(text, file: "f", directoryName: "d") } catch {
                 #expect("\(error)".contains(says), "\(text): \(error)")

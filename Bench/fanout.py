@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Bench/fanout: one push to 1, 2, 4 and 8 GPU hosts, with and without the snapshot store.
+
+Every host is a throwaway sshd on loopback with a home of its own. The laptop's one uplink, to the hosts and
+to the store alike, is emulated by Bench/uplink.py (wanem's link model, one cap shared by every connection);
+the hosts reach the store (SeaweedFS) directly, as hosts in the store's region do. For each host count:
+
+  store    syncctl push with hosts: [...] and store: (each chunk leaves the laptop once)
+  rsync    rsync -a to every host at once, through the same uplink (what SkyPilot does)
+  serial   syncctl push to one host after the other, without a store
+
+each for the initial push of the project and then for a 5-file edit. Bytes are counted at the uplink.
+
+usage: Bench/fanout.py [--release DIR] [--size-mb 400] [--hosts 1,2,4,8] [--delay-ms 25] [--rate-mbit 100]
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ADMIN = ("AKIAFANOUTBENCH00001", "fanoutbenchsecret0000000000000000000000")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"fanout: nothing listens on {port} after {seconds} s")
+
+
+def weed_binary():
+    for c in [os.environ.get("SYNCD_WEED", ""), "/opt/syncd-test/seaweedfs/bin/weed", shutil.which("weed") or ""]:
+        if c and os.access(c, os.X_OK):
+            return c
+    sys.exit("fanout: no weed binary (make test-deps installs SeaweedFS)")
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.release = os.path.abspath(args.release)
+        self.work = tempfile.mkdtemp(prefix="syncd-fanout.")
+        self.procs = []
+        self.hosts = max(int(n) for n in args.hosts.split(","))
+
+    # --- servers ---------------------------------------------------------------------------------------
+    def start(self):
+        w = self.work
+        os.makedirs(f"{w}/weed/data")
+        with open(f"{w}/weed/s3.json", "w") as f:
+            json.dump({"identities": [{"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
+                                       "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
+        def is_free(port):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return True
+                except OSError:
+                    return False
+        while True:
+            # weed puts each HTTP port's gRPC port 10000 above it.
+            base = random.randint(12000, 19000)
+            ports = [base, base + 1, base + 2, base + 3]
+            if all(is_free(p) and is_free(p + 10000) for p in ports):
+                break
+        self.s3_port = ports[3]
+        log = open(f"{w}/weed/log", "w")
+        self.procs.append(subprocess.Popen(
+            [weed_binary(), "server", f"-dir={w}/weed/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
+             "-s3", f"-s3.port={ports[3]}", f"-s3.config={w}/weed/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0"],
+            stdout=log, stderr=log))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.s3_port}/healthz", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.3)
+        else:
+            sys.exit("fanout: SeaweedFS did not start; see " + f"{w}/weed/log")
+
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{w}/client"], check=True)
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.sshd_ports = []
+        for i in range(1, self.hosts + 1):
+            d = f"{w}/host{i}"
+            os.makedirs(f"{d}/home")
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/host_key"], check=True)
+            shutil.copy(f"{w}/client.pub", f"{d}/authorized_keys")
+            port = free_port()
+            with open(f"{d}/sshd_config", "w") as f:
+                f.write(f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n"
+                        f"PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+                        f"KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n"
+                        f"SetEnv HOME={d}/home\nLogLevel ERROR\nMaxStartups 100\n")
+            self.procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log"]))
+            self.sshd_ports.append(port)
+        for p in self.sshd_ports:
+            wait_port(p)
+
+        # The laptop's uplink in front of every host and of the store.
+        self.proxy_ports = [free_port() for _ in self.sshd_ports]
+        self.store_proxy = free_port()
+        pairs = [f"127.0.0.1:{lp}=127.0.0.1:{tp}" for lp, tp in zip(self.proxy_ports, self.sshd_ports)]
+        pairs.append(f"127.0.0.1:{self.store_proxy}=127.0.0.1:{self.s3_port}")
+        self.stats_file = f"{w}/uplink.json"
+        self.procs.append(subprocess.Popen(
+            [sys.executable, f"{HERE}/uplink.py", "--delay-ms", str(self.args.delay_ms), "--rate-mbit", str(self.args.rate_mbit),
+             "--stats", self.stats_file] + sum((["--pair", p] for p in pairs), [])))
+        for p in self.proxy_ports + [self.store_proxy]:
+            wait_port(p)
+
+        with open(f"{w}/ssh_config", "w") as f:
+            for i, port in enumerate(self.proxy_ports, 1):
+                f.write(f"Host h{i}\n  HostName 127.0.0.1\n  Port {port}\n  User root\n  IdentityFile {w}/client\n"
+                        f"  UserKnownHostsFile {w}/known_hosts\n  StrictHostKeyChecking accept-new\n")
+        open(f"{w}/known_hosts", "w").close()
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # --- helpers ---------------------------------------------------------------------------------------
+    def uplink_bytes(self):
+        with open(self.stats_file) as f:
+            return json.load(f)["up_bytes"]
+
+    def env(self):
+        e = dict(os.environ)
+        e.update({"AWS_ACCESS_KEY_ID": ADMIN[0], "AWS_SECRET_ACCESS_KEY": ADMIN[1], "SSH_AUTH_SOCK": ""})
+        return e
+
+    def make_bucket(self, name):
+        subprocess.run(["curl", "-sf", "-X", "PUT", "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", f"{ADMIN[0]}:{ADMIN[1]}",
+                        f"http://127.0.0.1:{self.s3_port}/{name}"], check=True)
+
+    def wipe_hosts(self):
+        for i in range(1, self.hosts + 1):
+            shutil.rmtree(f"{self.work}/host{i}/home/proj", ignore_errors=True)
+            shutil.rmtree(f"{self.work}/host{i}/home/rsync", ignore_errors=True)
+        shutil.rmtree(f"{self.work}/state", ignore_errors=True)
+        subprocess.run(["sync"])
+
+    def make_project(self):
+        p = f"{self.work}/proj"
+        os.makedirs(f"{p}/data")
+        rng = random.Random(7)
+        small = 1000
+        small_bytes = small * 4096
+        big = (self.args.size_mb << 20) - small_bytes
+        for i in range(4):
+            with open(f"{p}/data/shard{i}.bin", "wb") as f:
+                left = big // 4
+                while left > 0:
+                    n = min(left, 8 << 20)
+                    f.write(os.urandom(n))
+                    left -= n
+        for i in range(small):
+            os.makedirs(f"{p}/src/pkg{i % 20}", exist_ok=True)
+            with open(f"{p}/src/pkg{i % 20}/m{i}.py", "w") as f:
+                f.write(f"# module {i}\n" + "".join(f"value_{j} = {rng.random()!r}\n" for j in range(150))[:4000])
+        self.project = p
+
+    def edit(self, round_):
+        for i in range(5):
+            with open(f"{self.project}/src/pkg{i}/m{i}.py", "a") as f:
+                f.write(f"edited = {round_}\n")
+
+    def config(self, hosts, bucket=None):
+        lines = ["name: proj", f"ssh_config: {self.work}/ssh_config", f"agent_path: {self.release}/syncd-agent"]
+        if bucket:
+            lines += ["hosts: [" + ", ".join(f"h{i}" for i in range(1, hosts + 1)) + "]", f"store: s3://{bucket}/team",
+                      f"endpoint: http://127.0.0.1:{self.store_proxy}", f"host_endpoint: http://127.0.0.1:{self.s3_port}"]
+        else:
+            lines.append(f"remote: h{hosts}")
+        with open(f"{self.project}/syncd.yaml", "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def timed(self, commands, parallel):
+        """Runs the commands (all at once or one after another); returns (seconds, uplink bytes)."""
+        before = self.uplink_bytes()
+        t0 = time.monotonic()
+        if parallel:
+            running = [subprocess.Popen(c, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in commands]
+            for c, p in zip(commands, running):
+                _, err = p.communicate()
+                if p.returncode != 0:
+                    sys.exit(f"fanout: {' '.join(c)} failed: {err.decode()[-2000:]}")
+        else:
+            for c in commands:
+                r = subprocess.run(c, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                if r.returncode != 0:
+                    sys.exit(f"fanout: {' '.join(c)} failed: {r.stderr.decode()[-2000:]}")
+        seconds = time.monotonic() - t0
+        time.sleep(0.3)  # the proxy's counts settle
+        return seconds, self.uplink_bytes() - before
+
+    def syncctl(self):
+        return [f"{self.release}/syncctl", "push", self.project, "--state-dir", f"{self.work}/state"]
+
+    # --- scenarios -------------------------------------------------------------------------------------
+    def run_store(self, n):
+        self.wipe_hosts()
+        bucket = f"fanout{n}x{int(time.time())}"
+        self.make_bucket(bucket)
+        self.config(n, bucket)
+        first = self.timed([self.syncctl()], False)
+        self.edit(f"store{n}")
+        edit = self.timed([self.syncctl()], False)
+        return first, edit
+
+    def run_serial(self, n):
+        self.wipe_hosts()
+        def all_hosts():
+            total_s, total_b = 0.0, 0
+            for i in range(1, n + 1):
+                self.config(i)
+                s, b = self.timed([self.syncctl()], False)
+                total_s += s
+                total_b += b
+            return total_s, total_b
+        first = all_hosts()
+        self.edit(f"serial{n}")
+        return first, all_hosts()
+
+    def run_rsync(self, n):
+        self.wipe_hosts()
+        ssh = f"ssh -F {self.work}/ssh_config -o BatchMode=yes -o LogLevel=ERROR"
+        commands = [["rsync", "-a", "--delete", "--exclude", "syncd.yaml", "-e", ssh, self.project + "/", f"h{i}:rsync/"]
+                    for i in range(1, n + 1)]
+        first = self.timed(commands, True)
+        self.edit(f"rsync{n}")
+        return first, self.timed(commands, True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--release", default=os.path.join(HERE, "..", ".build", "release"))
+    p.add_argument("--size-mb", type=int, default=400)
+    p.add_argument("--hosts", default="1,2,4,8")
+    p.add_argument("--delay-ms", type=float, default=25)
+    p.add_argument("--rate-mbit", type=float, default=100)
+    p.add_argument("--only", default="store,rsync,serial")
+    args = p.parse_args()
+    b = Bench(args)
+    try:
+        b.start()
+        b.make_project()
+        rows = []
+        for n in [int(x) for x in args.hosts.split(",")]:
+            for kind in args.only.split(","):
+                first, edit = getattr(b, f"run_{kind}")(n)
+                rows.append((kind, n, first, edit))
+                print(f"  {kind:6} {n} hosts: initial {first[0]:7.2f} s {first[1] / 1e6:9.1f} MB up; "
+                      f"5-file edit {edit[0]:6.2f} s {edit[1] / 1e6:7.2f} MB up", file=sys.stderr, flush=True)
+        print(f"\nproject: {args.size_mb} MB (4 random shards + 1000 small files); uplink {args.delay_ms:g} ms one-way, "
+              f"{args.rate_mbit:g} Mbit/s, shared by every connection of the laptop; hosts to the store direct\n")
+        print("| method | hosts | initial s | initial MB up | edit s | edit MB up |")
+        print("|---|---|---|---|---|---|")
+        for kind, n, first, edit in rows:
+            print(f"| {kind} | {n} | {first[0]:.2f} | {first[1] / 1e6:.1f} | {edit[0]:.2f} | {edit[1] / 1e6:.3f} |")
+        base = {k: (f, e) for k, n, f, e in rows if n == 1}
+        print("\n| method | hosts | uplink bytes vs 1 host | wall vs 1 host | edit wall vs 1 host |")
+        print("|---|---|---|---|---|")
+        for kind, n, first, edit in rows:
+            if kind in base and n != 1:
+                f1, e1 = base[kind]
+                print(f"| {kind} | {n} | {first[1] / f1[1]:.2f}x | {first[0] / f1[0]:.2f}x | {edit[0] / e1[0]:.2f}x |")
+    finally:
+        b.stop()
+
+
+if __name__ == "__main__":
+    main()
