@@ -136,6 +136,16 @@ class Bench:
                         f"  UserKnownHostsFile {w}/known_hosts\n  StrictHostKeyChecking accept-new\n")
         open(f"{w}/known_hosts", "w").close()
 
+        # The agent is installed on each host at first contact (a 14 MB binary over the uplink, once per host):
+        # done here, outside every measurement.
+        warm = f"{w}/warmup"
+        os.makedirs(warm)
+        for i in range(1, self.hosts + 1):
+            with open(f"{warm}/syncd.yaml", "w") as f:
+                f.write(f"name: warmup\nremote: h{i}\nssh_config: {w}/ssh_config\nagent_path: {self.release}/syncd-agent\n")
+            subprocess.run([f"{self.release}/syncctl", "push", warm, "--state-dir", f"{w}/warmup-state"], env=self.env(),
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
     def stop(self):
         for p in reversed(self.procs):
             p.terminate()
@@ -203,7 +213,8 @@ class Bench:
             f.write("\n".join(lines) + "\n")
 
     def timed(self, commands, parallel):
-        """Runs the commands (all at once or one after another); returns (seconds, uplink bytes)."""
+        """Runs the commands (all at once or one after another); returns (seconds, uplink bytes). What the last
+        one printed is in self.last_output."""
         before = self.uplink_bytes()
         t0 = time.monotonic()
         if parallel:
@@ -214,15 +225,16 @@ class Bench:
                     sys.exit(f"fanout: {' '.join(c)} failed: {err.decode()[-2000:]}")
         else:
             for c in commands:
-                r = subprocess.run(c, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                r = subprocess.run(c, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 if r.returncode != 0:
                     sys.exit(f"fanout: {' '.join(c)} failed: {r.stderr.decode()[-2000:]}")
+                self.last_output = r.stdout.decode()
         seconds = time.monotonic() - t0
         time.sleep(0.3)  # the proxy's counts settle
         return seconds, self.uplink_bytes() - before
 
     def syncctl(self):
-        return [f"{self.release}/syncctl", "push", self.project, "--state-dir", f"{self.work}/state"]
+        return [f"{self.release}/syncctl", "push", self.project, "--state-dir", f"{self.work}/state", "--json"]
 
     # --- scenarios -------------------------------------------------------------------------------------
     def run_store(self, n):
@@ -231,9 +243,18 @@ class Bench:
         self.make_bucket(bucket)
         self.config(n, bucket)
         first = self.timed([self.syncctl()], False)
+        self.report(first)
         self.edit(f"store{n}")
         edit = self.timed([self.syncctl()], False)
+        self.report(edit)
         return first, edit
+
+    def report(self, measured):
+        """What syncctl counted itself, beside what the uplink saw."""
+        stats = json.loads(self.last_output)
+        hosts = stats.get("hosts") or []
+        print(f"    uplink {measured[1] / 1e6:.2f} MB; syncctl: uploaded {stats.get('bytes_uploaded', 0) / 1e6:.2f} MB, "
+              f"over SSH {sum(h.get('bytes_sent', 0) for h in hosts) / 1e6:.3f} MB to {len(hosts)} hosts", file=sys.stderr)
 
     def run_serial(self, n):
         self.wipe_hosts()
@@ -252,7 +273,8 @@ class Bench:
     def run_rsync(self, n):
         self.wipe_hosts()
         ssh = f"ssh -F {self.work}/ssh_config -o BatchMode=yes -o LogLevel=ERROR"
-        commands = [["rsync", "-a", "--delete", "--exclude", "syncd.yaml", "-e", ssh, self.project + "/", f"h{i}:rsync/"]
+        commands = [["rsync", "-a", "--delete", "--exclude", "syncd.yaml", "-e", ssh, self.project + "/",
+                     f"h{i}:{self.work}/host{i}/home/rsync/"]
                     for i in range(1, n + 1)]
         first = self.timed(commands, True)
         self.edit(f"rsync{n}")
