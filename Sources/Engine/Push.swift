@@ -532,6 +532,8 @@ final class PushPipeline {
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
+    /// Store chunks whose places the agent has been told (sender thread only).
+    private var placesSent: Set<ChunkID> = []
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeSource: StoreSource?,
@@ -701,6 +703,7 @@ final class PushPipeline {
             // Nor does a file whose chunks the agent reads from the store.
             let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
                 && content.chunks.contains { !$0.id.isHole && storeSource?.chunks[$0.id] == nil }
+            if let storeSource { try sendPlaces(of: content, from: storeSource) }
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
                                                   base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
@@ -727,7 +730,8 @@ final class PushPipeline {
         }
     }
 
-    /// The store's packs and chunk places, ahead of the operations.
+    /// The store's packs, ahead of the operations. Where each chunk lies goes with the file that uses it
+    /// (`sendPlaces`), so a push of a few files does not carry the places of the whole project.
     private func sendStoreSource(_ source: StoreSource) throws {
         var start = 0
         repeat {
@@ -735,11 +739,19 @@ final class PushPipeline {
             try writer.send(.storePacks(store: source.name, packs: Array(source.packs[start..<end])))
             start = end
         } while start < source.packs.count
-        let chunks = Array(source.chunks.values)
-        start = 0
-        while start < chunks.count {
-            let end = min(start + maxStoreChunks, chunks.count)
-            try writer.send(.storeChunks(Array(chunks[start..<end])))
+    }
+
+    /// The places of the chunks of `content` that the store holds and the agent has not been told yet, sent
+    /// ahead of the file's operation.
+    private func sendPlaces(of content: ChunkedContent, from source: StoreSource) throws {
+        var places: [StoreChunk] = []
+        for c in content.chunks where !c.id.isHole {
+            if let place = source.chunks[c.id], placesSent.insert(c.id).inserted { places.append(place) }
+        }
+        var start = 0
+        while start < places.count {
+            let end = min(start + maxStoreChunks, places.count)
+            try writer.send(.storeChunks(Array(places[start..<end])))
             start = end
         }
     }

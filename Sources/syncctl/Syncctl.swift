@@ -424,7 +424,12 @@ struct Status: ParsableCommand {
                 line += ", conflicts: " + conflicts.map { (try? RelativePath(text: $0).description) ?? $0 }.joined(separator: " ")
             }
             if let error = p["last_error"] as? String { line += ", last error: \(error)" }
+            if let snapshot = p["snapshot"] as? String { line += ", snapshot \(snapshot.prefix(12))" }
             print(line)
+            for h in p["hosts"] as? [[String: Any]] ?? [] {
+                let how = h["ok"] as? Bool == true ? "ok, \(h["files_changed"] ?? 0) changed in the last push" : "failed: \(h["error"] as? String ?? "see the log")"
+                print("  \(h["host"] ?? "?"): \(how)")
+            }
         }
     }
 }

@@ -72,6 +72,8 @@ final class ProjectRunner {
     private var syncing: String?
     private var pendingChanges = 0
     private var lastPush: Date?
+    /// A project with several hosts: how each fared in the last push that reached any, and its snapshot.
+    private var lastHosts: (hosts: [HostResult], snapshot: String?)?
     private var lastPull: Date?
     private var lastError: String?
     private var conflictPaths: Set<RelativePath> = []
@@ -214,6 +216,10 @@ final class ProjectRunner {
             "bytes_sent": bytesSent,
             "bytes_received": bytesReceived,
             "last_error": lastError ?? NSNull(),
+            "snapshot": lastHosts?.snapshot ?? NSNull(),
+            "hosts": (lastHosts?.hosts ?? []).map { h -> [String: Any] in
+                ["host": h.host, "ok": h.ok, "error": h.error ?? NSNull(), "files_changed": h.filesChanged, "bytes_sent": h.bytesSent]
+            },
         ]
     }
 
@@ -276,6 +282,7 @@ final class ProjectRunner {
                 }
                 pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
                 pushes.result = result
+                if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot) }
                 pushes.done = pushes.started
                 lastPush = Date()
             } else {

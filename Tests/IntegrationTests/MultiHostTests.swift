@@ -440,4 +440,41 @@ struct MultiHostTests {
         let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: host + "/proj")).filter { $0.contains(".syncd-part.") }
         #expect(leftovers.isEmpty, "\(leftovers)")
     }
+
+    @Test func theDaemonPushesAnEditToEveryHostOnceAndShowsEachHost() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = "y" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        let roots = [f.base + "/one", f.base + "/two"]
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        try f.write("src/train.py", "lr = 1\n")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime,
+                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        #expect(try ctl(["add", f.project]).status == 0)
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: f.base + "/syncd.log")
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        for r in roots { #expect(eventually(seconds: 30) { f.read("src/train.py", in: r + "/proj") == Array("lr = 1\n".utf8) }, "\(r)") }
+
+        try f.write("src/train.py", "lr = 2\n")
+        let waited = try ctl(["push", f.project, "--wait", "--json"])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect((try waited.json()["bytes_uploaded"] as? Int ?? .max) < 10_000, "the edit went to the store once: \(waited.stdout)")
+        for r in roots { #expect(f.read("src/train.py", in: r + "/proj") == Array("lr = 2\n".utf8), "\(r)") }
+
+        let status = try ctl(["status", "--json"])
+        let project = ((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [[String: Any]]) ?? []).first ?? [:]
+        let hosts = project["hosts"] as? [[String: Any]] ?? []
+        #expect(hosts.map { $0["host"] as? String ?? "" } == roots.map { "local:" + $0 } && hosts.allSatisfy { $0["ok"] as? Bool == true },
+                "\(status.stdout)")
+        #expect(project["snapshot"] is String, "\(status.stdout)")
+        let text = try ctl(["status"])
+        #expect(text.stdout.contains("  local:\(roots[1]): ok"), "\(text.stdout)")
+    }
 }
