@@ -450,9 +450,9 @@ public final class AgentSession {
                 try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
             case .endOfOperations:
                 ended = true
-            case .storePacks(let store, let packs):
+            case .storePacks(let store, let signingRegion, let packs):
                 guard !ended else { throw ProtocolError("store packs after end of operations") }
-                if fetcher == nil { fetcher = try StoreFetcher(store: store) }
+                if fetcher == nil { fetcher = try StoreFetcher(store: store, signingRegion: signingRegion) }
                 fetcher!.add(packs)
             case .storeChunks(let chunks):
                 guard let fetcher else { throw ProtocolError("store chunks before any store pack") }

@@ -34,12 +34,22 @@ final class StoreFetcher {
     private static let maxRequest: UInt64 = 8 << 20
     private static let gap: UInt64 = 64 << 10
 
-    init(store: String, workers count: Int = 4) throws {
+    /// With a `signingRegion`, the pack URLs are not presigned: this host signs each read with its own AWS
+    /// credentials (its environment, or its `~/.aws/credentials`), which must exist.
+    init(store: String, signingRegion: String = "", workers count: Int = 4) throws {
         self.store = store
-        pool = try WorkerPool(workers: count) { [store] in
+        var signing: (credentials: AWSCredentials, region: String)?
+        if !signingRegion.isEmpty {
+            do { signing = (try AWSCredentials.resolve(), signingRegion) } catch {
+                throw StoreError(object: store, reason: "host_credentials: own, but this host has none: \(error)")
+            }
+        }
+        pool = try WorkerPool(workers: count) { [store, signing] in
             var http: HTTPConnection?
             let decompressor = ChunkDecompressor()
-            return { job in Completion(op: job.op, result: Self.read(job, store: store, http: &http, decompressor: decompressor)) }
+            return { job in
+                Completion(op: job.op, result: Self.read(job, store: store, signing: signing, http: &http, decompressor: decompressor))
+            }
         }
     }
 
@@ -79,7 +89,8 @@ final class StoreFetcher {
     }
 
     /// One job, on a worker thread: the GET, then every chunk checked.
-    private static func read(_ job: Job, store: String, http: inout HTTPConnection?,
+    private static func read(_ job: Job, store: String, signing: (credentials: AWSCredentials, region: String)?,
+                             http: inout HTTPConnection?,
                              decompressor: ChunkDecompressor) -> Result<[(index: Int, bytes: [UInt8])], StoreError> {
         guard let pack = job.pack else {
             return .failure(StoreError(object: store, reason: "chunk refers to pack \(job.packNumber), which the push did not name"))
@@ -88,7 +99,8 @@ final class StoreFetcher {
         do {
             if http == nil { http = try HTTPConnection() }
             let response = try http!.perform(HTTPRequest(method: "GET", url: pack.url,
-                                                         headers: [("Range", "bytes=\(job.range.lowerBound)-\(job.range.upperBound - 1)")]))
+                                                         headers: [("Range", "bytes=\(job.range.lowerBound)-\(job.range.upperBound - 1)")],
+                                                         signing: signing))
             var body = response.body
             if response.status == 200 && body.count > Int(job.range.upperBound) {
                 body = Array(body[Int(job.range.lowerBound)..<Int(job.range.upperBound)])  // a server that sent it all

@@ -189,9 +189,11 @@ public final class PushSession {
     public var pruneIgnored = false
     /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
     public var storeSource: StoreSource?
-    /// `restore SNAPSHOT --host H`: the tree to push instead of the local one (a snapshot's entries, every chunk
-    /// in `storeSource`). No local file is read, and the local tree is not looked at.
+    /// The tree to push instead of scanning: the local one as a scan just found it (a push through the store to
+    /// several hosts scans once), or with `restoring` a snapshot's entries, every chunk in `storeSource`; then no
+    /// local file is read, and every entry is compared on the remote.
     var fixedTree: [LocalEntry]?
+    var restoring = false
 
     /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
     /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
@@ -305,7 +307,7 @@ public final class PushSession {
         do {
             scan = try knownScan ?? Snapshotter(project: project, state: state).scan(roots: nil)
             Trace.mark("push: scanned \(scan.entries.count) entries")
-            planned = resolveOps ?? planPush(local: scan.entries, pushed: pushed, everything: fixedTree != nil, isLeftAlone: isLeftAlone)
+            planned = resolveOps ?? planPush(local: scan.entries, pushed: pushed, everything: restoring, isLeftAlone: isLeftAlone)
         } catch {
             connecting.cancel()
             throw error
@@ -341,7 +343,7 @@ public final class PushSession {
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
                                     force: force || resolving != nil, storeSource: storeSource,
-                                    readsLocalFiles: fixedTree == nil) { instance in
+                                    readsLocalFiles: !restoring) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
         planned = []  // the pipeline owns the operations now: filling in contents copies nothing
@@ -437,7 +439,7 @@ public final class PushSession {
                                                 remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
                                                 recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message))
             case .failed:
-                if outcome.aborted.contains(id) && fixedTree == nil {
+                if outcome.aborted.contains(id) && !restoring {
                     stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
                 } else {
                     stats.errors.append("\(op.path): \(result.message)")
@@ -736,7 +738,7 @@ final class PushPipeline {
         var start = 0
         repeat {
             let end = min(start + 2000, source.packs.count)
-            try writer.send(.storePacks(store: source.name, packs: Array(source.packs[start..<end])))
+            try writer.send(.storePacks(store: source.name, signingRegion: source.signingRegion, packs: Array(source.packs[start..<end])))
             start = end
         } while start < source.packs.count
     }

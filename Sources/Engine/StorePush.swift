@@ -141,10 +141,13 @@ public final class StorePush {
         let source = try access.source(for: files)
 
         // 3. Every host at once.
+        // Each host's push compares this one scan with what that host last had: the project is not walked again.
         var stats = fanOut(to: hosts, source: source) { [self] i, host in
             let hostProject = i == 0 ? first : try project.forHost(host)
             if i > 0 { try shareStatCache(snapshot, into: hostProject) }
-            return PushSession(project: hostProject)
+            let session = PushSession(project: hostProject)
+            session.fixedTree = snapshot.entries
+            return session
         }
         stats.bytesUploaded = uploaded.bytesUploaded
         stats.snapshot = ref.id
@@ -185,6 +188,7 @@ public final class StorePush {
         var stats = fanOut(to: [target], source: source) { [self] _, host in
             let session = PushSession(project: try project.forHost(host))
             session.fixedTree = tree
+            session.restoring = true
             return session
         }
         stats.direction = "restore"
@@ -270,8 +274,11 @@ private struct StoreAccess {
     let credentials: AWSCredentials
     let uploader: StoreUploader
     let store: SnapshotStore
+    /// `host_credentials: own`.
+    let hostSigns: Bool
 
     init(_ project: Project) throws {
+        hostSigns = project.config.hostCredentialsOwn
         guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
             throw SyncError("\(project.directory): no store: setting", exitCode: 2)
         }
@@ -298,7 +305,8 @@ private struct StoreAccess {
     /// Where the hosts read the chunks of `files`: packs at the host endpoint, presigned.
     func source(for files: [UploadFile]) throws -> StoreSource {
         do {
-            return try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)")
+            return try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)",
+                                       hostSigns: hostSigns)
         } catch { throw SyncError("store \(location): \(error)") }
     }
 }

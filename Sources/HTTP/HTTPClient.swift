@@ -50,12 +50,17 @@ public struct HTTPRequest: Sendable {
     /// Sent as given (name, value); libcurl adds Host and Content-Length.
     public var headers: [(String, String)]
     public var body: [UInt8]
+    /// Signs the request with AWS Signature V4 for S3 in this region with these credentials (libcurl's
+    /// CURLOPT_AWS_SIGV4), for a host that reads the store with credentials of its own.
+    public var signing: (credentials: AWSCredentials, region: String)?
 
-    public init(method: String, url: String, headers: [(String, String)] = [], body: [UInt8] = []) {
+    public init(method: String, url: String, headers: [(String, String)] = [], body: [UInt8] = [],
+                signing: (credentials: AWSCredentials, region: String)? = nil) {
         self.method = method
         self.url = url
         self.headers = headers
         self.body = body
+        self.signing = signing
     }
 }
 
@@ -88,8 +93,12 @@ public final class HTTPConnection {
         curl.api.easy_reset(handle)
         var list: UnsafeMutablePointer<curl_slist>?
         defer { if let list { api.slist_free_all(list) } }
-        // "Expect: 100-continue" costs a round trip per upload; servers answer errors after the body anyway.
-        for (name, value) in request.headers + [("Expect", "")] {
+        // "Expect: 100-continue" costs a round trip per upload; servers answer errors after the body anyway. (Not
+        // for a request libcurl signs: it would sign the removed header as an empty one the server never sees.)
+        var headers = request.headers
+        if !request.body.isEmpty && request.signing == nil { headers.append(("Expect", "")) }
+        if let token = request.signing?.credentials.sessionToken { headers.append(("x-amz-security-token", token)) }
+        for (name, value) in headers {
             list = api.slist_append(list, value.isEmpty ? "\(name):" : "\(name): \(value)")
         }
         var errorText = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
@@ -110,6 +119,11 @@ public final class HTTPConnection {
                             set(CURLOPT_LOW_SPEED_TIME, stallSeconds)
                             set(CURLOPT_ERRORBUFFER, pointer: errorBuffer.baseAddress)
                             set(CURLOPT_HTTPHEADER, pointer: UnsafeRawPointer(list))
+                            if let signing = request.signing {
+                                // Both strings are copied by libcurl when set.
+                                "aws:amz:\(signing.region):s3".withCString { set(CURLOPT_AWS_SIGV4, pointer: $0) }
+                                "\(signing.credentials.accessKey):\(signing.credentials.secretKey)".withCString { set(CURLOPT_USERPWD, pointer: $0) }
+                            }
                             set(CURLOPT_WRITEDATA, pointer: retained.toOpaque())
                             set(CURLOPT_HEADERDATA, pointer: retained.toOpaque())
                             if rc == CURLE_OK { rc = syncd_curl_setopt_callback(p, handle, CURLOPT_WRITEFUNCTION, responseBody) }

@@ -1,4 +1,6 @@
 import Foundation
+@_exported import struct HTTP.AWSCredentials
+@_exported import struct HTTP.CredentialsError
 import HTTP
 import SyncSystem
 
@@ -49,61 +51,10 @@ public struct S3Location: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// Credentials for the store, from the standard AWS sources on this machine.
-public struct AWSCredentials: Sendable, Equatable {
-    public var accessKey: String
-    public var secretKey: String
-    public var sessionToken: String?
-    /// Where they came from, for messages ("AWS_ACCESS_KEY_ID", "~/.aws/credentials [team]").
-    public var source: String
-
-    public init(accessKey: String, secretKey: String, sessionToken: String? = nil, source: String) {
-        self.accessKey = accessKey
-        self.secretKey = secretKey
-        self.sessionToken = sessionToken
-        self.source = source
-    }
-
-    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), else the profile `AWS_PROFILE` (or
-    /// `default`) of `AWS_SHARED_CREDENTIALS_FILE` (or `~/.aws/credentials`).
-    public static func resolve(environment: [String: String] = ProcessInfo.processInfo.environment,
-                               home: String = NSHomeDirectory()) throws -> AWSCredentials {
-        if let key = environment["AWS_ACCESS_KEY_ID"], !key.isEmpty {
-            guard let secret = environment["AWS_SECRET_ACCESS_KEY"], !secret.isEmpty else {
-                throw S3Error.credentials("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not")
-            }
-            return AWSCredentials(accessKey: key, secretKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 },
-                                  source: "AWS_ACCESS_KEY_ID")
-        }
-        let file = environment["AWS_SHARED_CREDENTIALS_FILE"] ?? home + "/.aws/credentials"
-        let profile = environment["AWS_PROFILE"].flatMap { $0.isEmpty ? nil : $0 } ?? "default"
-        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
-            throw S3Error.credentials("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write profile [\(profile)] in \(file)")
-        }
-        var section = ""
-        var values: [String: String] = [:]
-        for raw in text.split(separator: "\n") {
-            let line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") || line.hasPrefix(";") { continue }
-            if line.hasPrefix("[") && line.hasSuffix("]") {
-                section = String(line.dropFirst().dropLast()).trimmingCharacters(in: .whitespaces)
-                continue
-            }
-            guard section == profile, let eq = line.firstIndex(of: "=") else { continue }
-            values[line[..<eq].trimmingCharacters(in: .whitespaces).lowercased()] = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-        }
-        guard let key = values["aws_access_key_id"], let secret = values["aws_secret_access_key"] else {
-            throw S3Error.credentials("\(file) has no aws_access_key_id and aws_secret_access_key in profile [\(profile)]")
-        }
-        return AWSCredentials(accessKey: key, secretKey: secret, sessionToken: values["aws_session_token"], source: "\(file) [\(profile)]")
-    }
-}
-
 /// What went wrong with the store, naming the object, the bucket or the setting.
 public enum S3Error: Error, CustomStringConvertible, Equatable {
     /// A setting (store:, endpoint:) that cannot be used.
     case setting(String)
-    case credentials(String)
     /// The server answered an error: HTTP status, S3 error code and message, about `what`.
     case server(what: String, status: Int, code: String, message: String)
     /// The request did not reach the server, or its answer broke off.
@@ -111,7 +62,7 @@ public enum S3Error: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .setting(let text), .credentials(let text): return text
+        case .setting(let text): return text
         case .transport(let what, let reason): return "\(what): \(reason)"
         case .server(let what, let status, let code, let message):
             var hint = ""
@@ -278,6 +229,11 @@ public final class S3Client {
             _ = try? send("DELETE", key: key, query: uploadQuery, accepting: [404])
             throw error
         }
+    }
+
+    /// The object's plain URL, for a reader that signs its own requests.
+    public func objectURL(_ name: String) -> String {
+        "\(location.scheme)://\(location.requestHost)\(location.path(location.key(name)))"
     }
 
     /// A URL that reads the object `name` (or its bytes `range` with a Range header) for `expires` seconds, with

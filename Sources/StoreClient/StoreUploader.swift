@@ -218,8 +218,10 @@ private final class PackQueue: @unchecked Sendable {
 extension StoreUploader {
     /// What a host needs to read `files`' chunks from the store itself: every pack that holds one, with a URL
     /// good for `expires` seconds (presigned: the host gets no credential), and each chunk's place. Chunks the
-    /// catalog does not know are left out (the host asks the laptop for those).
-    public func source(for files: [UploadFile], expires: Int = 6 * 3600, endpoint: String? = nil) throws -> StoreSource {
+    /// catalog does not know are left out (the host asks the laptop for those). With `hostSigns`, the URLs are
+    /// plain and the host signs its reads with credentials of its own (`host_credentials: own`).
+    public func source(for files: [UploadFile], expires: Int = 6 * 3600, endpoint: String? = nil,
+                       hostSigns: Bool = false) throws -> StoreSource {
         var ids: Set<ChunkID> = []
         for f in files { for c in f.chunks where !c.id.isHole { ids.insert(c.id) } }
         let places = try catalog.locations(ids)
@@ -234,11 +236,12 @@ extension StoreUploader {
             if let known = packNumbers[place.pack] { number = known } else {
                 number = UInt32(packs.count)
                 packNumbers[place.pack] = number
-                packs.append(StorePack(digest: place.pack, url: client.presignedGet(StoreKeys.pack(place.pack), expires: expires)))
+                let key = StoreKeys.pack(place.pack)
+                packs.append(StorePack(digest: place.pack, url: hostSigns ? client.objectURL(key) : client.presignedGet(key, expires: expires)))
             }
             chunks[id] = StoreChunk(id: id, pack: number, offset: place.entry.offset, storedLength: place.entry.storedLength,
                                     rawLength: place.entry.rawLength, compressed: place.entry.compressed)
         }
-        return StoreSource(name: location.description, packs: packs, chunks: chunks)
+        return StoreSource(name: location.description, packs: packs, chunks: chunks, signingRegion: hostSigns ? location.region : "")
     }
 }

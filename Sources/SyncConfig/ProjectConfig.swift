@@ -44,7 +44,8 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let fileName = "syncd.yaml"
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
-                                   "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from"]
+                                   "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from",
+                                   "host_credentials"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -86,6 +87,9 @@ public struct ProjectConfig: Equatable, Sendable {
     public var hostEndpoint: String?
     public var region: String?
     public var pullFrom: PullFrom = .first
+    /// How hosts read the store: with URLs this machine presigns (no secret reaches a host), or with credentials
+    /// of their own (`own`: an instance role's, or the host's ~/.aws/credentials).
+    public var hostCredentialsOwn = false
 
     /// The hosts a push reaches.
     public var allHosts: [RemoteSpec] { hosts.isEmpty ? [remote] : hosts }
@@ -248,8 +252,14 @@ public struct ProjectConfig: Equatable, Sendable {
                 throw ConfigError("\(file): setting '\(key)' must be an http:// or https:// URL, not '\(value)'")
             }
         }
-        if config.store == nil, let key = ["endpoint", "host_endpoint", "region"].first(where: { map[$0] != nil }) {
+        if config.store == nil, let key = ["endpoint", "host_endpoint", "region", "host_credentials"].first(where: { map[$0] != nil }) {
             throw ConfigError("\(file): setting '\(key)' needs store: s3://BUCKET/PREFIX")
+        }
+        if let text = try string("host_credentials") {
+            guard text == "presigned" || text == "own" else {
+                throw ConfigError("\(file): setting 'host_credentials' must be presigned or own, not '\(text)'")
+            }
+            config.hostCredentialsOwn = text == "own"
         }
         if let text = try string("pull_from") {
             guard let mode = PullFrom(rawValue: text) else {

@@ -207,11 +207,15 @@ public struct StoreSource: Sendable {
     public var name: String
     public var packs: [StorePack]
     public var chunks: [ChunkID: StoreChunk]
+    /// Empty when the pack URLs are presigned; else the store's region, and the host signs its requests with
+    /// credentials of its own (`host_credentials: own`).
+    public var signingRegion: String
 
-    public init(name: String, packs: [StorePack], chunks: [ChunkID: StoreChunk]) {
+    public init(name: String, packs: [StorePack], chunks: [ChunkID: StoreChunk], signingRegion: String = "") {
         self.name = name
         self.packs = packs
         self.chunks = chunks
+        self.signingRegion = signingRegion
     }
 }
 
@@ -264,8 +268,9 @@ public enum Message: Equatable, Sendable {
     /// A push that may take chunks from the snapshot store instead of the link (after hello, before the
     /// operations): `store` names it in messages (`s3://bucket/prefix`), then its packs, in as many frames as
     /// they need; `storeChunks` frames say where each chunk is. The agent reads what it lacks from there, checks
-    /// every chunk, and asks the client (`need`) only for chunks the store does not hold.
-    case storePacks(store: String, packs: [StorePack])
+    /// every chunk, and asks the client (`need`) only for chunks the store does not hold. `signingRegion` is
+    /// empty when the pack URLs are presigned, else the region to sign them in with the host's own credentials.
+    case storePacks(store: String, signingRegion: String, packs: [StorePack])
     case storeChunks([StoreChunk])
     /// A fatal error; the sender closes after it.
     case error(message: String)
@@ -338,8 +343,9 @@ public enum Message: Equatable, Sendable {
             w.u32(op); w.byteString(path); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
         case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
             break
-        case .storePacks(let store, let packs):
+        case .storePacks(let store, let signingRegion, let packs):
             w.string(store)
+            w.string(signingRegion)
             w.u32(UInt32(packs.count))
             for p in packs { w.id(p.digest); w.string(p.url) }
         case .storeChunks(let chunks):
@@ -497,11 +503,12 @@ public enum Message: Equatable, Sendable {
         case 0x53: message = .watchEnded
         case 0x60:
             let store = try r.string("store", limit: 4096)
+            let signingRegion = try r.string("signing region", limit: 256)
             let n = try r.count("store packs", itemSize: 20, limit: maxListItems)
             var packs: [StorePack] = []
             packs.reserveCapacity(n)
             for _ in 0..<n { packs.append(StorePack(digest: try r.id("pack digest"), url: try r.string("pack url", limit: 16384))) }
-            message = .storePacks(store: store, packs: packs)
+            message = .storePacks(store: store, signingRegion: signingRegion, packs: packs)
         case 0x61:
             let n = try r.count("store chunks", itemSize: 37, limit: maxStoreChunks)
             var chunks: [StoreChunk] = []

@@ -65,15 +65,25 @@ struct MultiHostTests {
         #expect(hostTree(roots[3]) == SyncFixture.describeTree(f.project))
         #expect(proxy.upBytes() - before < 60_000, "requests, a manifest and a ref, no chunk: \(proxy.upBytes() - before)")
 
+        // Hosts that hold every chunk already read none from the store, even when this machine forgot what they
+        // have (its state is gone): each finds its files unchanged.
+        try FileManager.default.removeItem(atPath: f.state)
+        let readBefore = proxy.downBytes()
+        let forgotten = try push()
+        #expect(forgotten.status == 0, "\(forgotten.stderr)")
+        #expect((try forgotten.json()["bytes_uploaded"] as? Int ?? .max) < 600, "\(forgotten.stdout)")
+        #expect(proxy.downBytes() - readBefore < 100_000, "listings and indexes, no chunk: \(proxy.downBytes() - readBefore) bytes from the store")
+        for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project)) }
+
         let store = SnapshotStore(client: try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint,
                                                                                     region: "us-east-1"), credentials: credentials))
-        #expect(try store.snapshots("proj").count == 3, "every push is a snapshot")
+        #expect(try store.snapshots("proj").count == 4, "every push is a snapshot")
 
         // snapshots lists them; restore brings the first back exactly, though the project changed since.
         let listed = try run(binDirectory() + "/syncctl", ["snapshots", f.project, "--json"], env: env)
         #expect(listed.status == 0, "\(listed.stderr)")
         let snapshots = ((try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])?["snapshots"] as? [[String: Any]]) ?? []
-        #expect(snapshots.count == 3 && snapshots.first?["id"] as? String == firstSnapshot, "\(listed.stdout)")
+        #expect(snapshots.count == 4 && snapshots.first?["id"] as? String == firstSnapshot, "\(listed.stdout)")
         #expect(snapshots.allSatisfy { $0["time"] is String && $0["files"] is Int && $0["bytes"] is Int && $0["new_bytes"] is Int })
         let restored = f.base + "/restored"
         let r = try run(binDirectory() + "/syncctl", ["restore", String(firstSnapshot.prefix(8)), "--to", restored, "--dir", f.project], env: env)
@@ -109,7 +119,7 @@ struct MultiHostTests {
                         env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
                               "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey])
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(f.read("data/weights.bin", in: f.remoteProject) == randomBytes(4 << 20, seed: 600))
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == randomBytes(4 << 20, seed: 600) ? true : false, "contents differ")
         #expect((try r.int("bytes_sent")) < 100_000, "the weights came from the store, not over SSH: \(r.stdout)")
         #expect((try r.int("bytes_uploaded")) > 4 << 20)
         // No secret reached the host: not in its environment, not in any file the agent wrote.
@@ -476,5 +486,38 @@ struct MultiHostTests {
         #expect(project["snapshot"] is String, "\(status.stdout)")
         let text = try ctl(["status"])
         #expect(text.stdout.contains("  local:\(roots[1]): ok"), "\(text.stdout)")
+    }
+
+    @Test(.enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+    func aHostWithCredentialsOfItsOwnSignsItsReads() throws {
+        let server = try SeaweedServer.shared.get()
+        let sshd = try SSHServer()
+        let f = try SyncFixture()
+        let config = try f.useSSH(sshd)
+        let bucket = "o" + UUID().uuidString.prefix(12).lowercased()
+        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
+            .createBucket()
+        try "name: \(f.name)\nhosts: [gpu-test]\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\nstore: s3://\(bucket)/team\n"
+            .appending("endpoint: \(server.endpoint)\nhost_credentials: own\n")
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let weights = randomBytes(3 << 20, seed: 970)
+        try f.write("data/weights.bin", weights)
+        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
+                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        // The host has no credentials yet: its reads cannot be signed, and it says so.
+        let none = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(none.status == 1, "\(none.stderr)")
+        #expect(none.stderr.contains("host_credentials: own, but this host has none"), "\(none.stderr)")
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == nil)
+
+        // With a read-only identity of its own in ~/.aws/credentials, it reads the packs itself.
+        try FileManager.default.createDirectory(atPath: sshd.home + "/.aws", withIntermediateDirectories: true)
+        try "[default]\naws_access_key_id = \(SeaweedServer.reader.key)\naws_secret_access_key = \(SeaweedServer.reader.secret)\n"
+            .write(toFile: sshd.home + "/.aws/credentials", atomically: true, encoding: .utf8)
+        let own = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(own.status == 0, "\(own.stderr)")
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == weights ? true : false)
+        #expect((try own.int("bytes_sent")) < 100_000, "the weights came from the store: \(own.stdout)")
     }
 }

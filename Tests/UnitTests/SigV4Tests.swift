@@ -130,8 +130,8 @@ struct AWSCredentialTests {
         let fromEnv = try AWSCredentials.resolve(environment: env.merging(["AWS_ACCESS_KEY_ID": "AKIAENV", "AWS_SECRET_ACCESS_KEY": "s"]) { $1 },
                                                  home: dir.path)
         #expect(fromEnv.accessKey == "AKIAENV" && fromEnv.source == "AWS_ACCESS_KEY_ID")
-        #expect(throws: S3Error.self) { try AWSCredentials.resolve(environment: env.merging(["AWS_PROFILE": "nope"]) { $1 }, home: dir.path) }
-        #expect(throws: S3Error.self) { try AWSCredentials.resolve(environment: ["AWS_ACCESS_KEY_ID": "x"], home: dir.path) }
+        #expect(throws: CredentialsError.self) { try AWSCredentials.resolve(environment: env.merging(["AWS_PROFILE": "nope"]) { $1 }, home: dir.path) }
+        #expect(throws: CredentialsError.self) { try AWSCredentials.resolve(environment: ["AWS_ACCESS_KEY_ID": "x"], home: dir.path) }
         do { _ = try AWSCredentials.resolve(environment: [:], home: dir.path + "/none") } catch {
             #expect("\(error)".contains("AWS_ACCESS_KEY_ID") && "\(error)".contains("/none/.aws/credentials"), "\(error)")
         }
