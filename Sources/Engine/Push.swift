@@ -189,6 +189,10 @@ public final class PushSession {
     public var pruneIgnored = false
     /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
     public var storeSource: StoreSource?
+    /// Instead of `storeSource`: places that grow while the push runs (the packs of an upload still going on).
+    var storeFeed: StoreFeed?
+    /// Called once the agent is connected (the hello sent), before any operation.
+    var onConnected: (() -> Void)?
     /// The tree to push instead of scanning: the local one as a scan just found it (a push through the store to
     /// several hosts scans once), or with `restoring` a snapshot's entries, every chunk in `storeSource`; then no
     /// local file is read, and every entry is compared on the remote.
@@ -334,6 +338,7 @@ public final class PushSession {
             hasher.stop()
             throw error
         }
+        onConnected?()
         Trace.mark("push: connected (round trip \(link.connection.stream.roundTripSeconds.map { String(format: "%.2f ms", $0 * 1000) } ?? "unknown"))")
         let totalBytes = planned.reduce(UInt64(0)) { sum, op in
             if case .file(let e, _) = op { return sum + e.stat.size }
@@ -342,7 +347,7 @@ public final class PushSession {
         let progress = ProgressReporter(label: "push", enabled: project.options.progress)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
-                                    force: force || resolving != nil, storeSource: storeSource,
+                                    force: force || resolving != nil, storeFeed: storeFeed ?? storeSource.map { StoreFeed($0, complete: true) },
                                     readsLocalFiles: !restoring) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
@@ -509,7 +514,7 @@ final class PushPipeline {
     private let hasher: ContentHasher
     /// Every operation is sent forced (see `FileHeader.force`).
     private let force: Bool
-    private let storeSource: StoreSource?
+    private let storeFeed: StoreFeed?
     /// False when the tree pushed is not the local one (a restore): every chunk must come from the store.
     private let readsLocalFiles: Bool
     private let checkInstance: (String) throws -> Void
@@ -534,16 +539,17 @@ final class PushPipeline {
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
-    /// Store chunks whose places the agent has been told (sender thread only).
+    /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
+    private var packsSent = 0
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
-         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeSource: StoreSource?,
+         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
          readsLocalFiles: Bool = true, checkInstance: @escaping (String) throws -> Void) {
         self.checkInstance = checkInstance
         self.readsLocalFiles = readsLocalFiles
         self.force = force
-        self.storeSource = storeSource
+        self.storeFeed = storeFeed
         sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
         self.project = project
         self.link = link
@@ -568,7 +574,7 @@ final class PushPipeline {
     func run() throws -> PipelineOutcome {
         let readerThread = Thread { [self] in readLoop() }
         readerThread.start()
-        if let storeSource { try sendStoreSource(storeSource) }
+        if let storeFeed { try sendPacks(storeFeed.packs(from: 0), of: storeFeed) }
 
         for index in ops.indices {
             let id = UInt32(index + 1)
@@ -703,9 +709,9 @@ final class PushPipeline {
             // A small file whose content the remote is not known to hold goes with its data, unasked: one round
             // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
             // Nor does a file whose chunks the agent reads from the store.
+            if let storeFeed { try sendPlaces(of: content, from: storeFeed) }
             let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
-                && content.chunks.contains { !$0.id.isHole && storeSource?.chunks[$0.id] == nil }
-            if let storeSource { try sendPlaces(of: content, from: storeSource) }
+                && content.chunks.contains { !$0.id.isHole && !placesSent.contains($0.id) }
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
                                                   base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
@@ -732,30 +738,36 @@ final class PushPipeline {
         }
     }
 
-    /// The store's packs, ahead of the operations. Where each chunk lies goes with the file that uses it
-    /// (`sendPlaces`), so a push of a few files does not carry the places of the whole project.
-    private func sendStoreSource(_ source: StoreSource) throws {
-        var start = 0
+    /// Packs of the store, numbered in the order sent: those known at the start go ahead of the operations, the
+    /// others (uploaded meanwhile) ahead of the first file that needs them.
+    private func sendPacks(_ packs: ArraySlice<StorePack>, of feed: StoreFeed) throws {
+        var start = packs.startIndex
         repeat {
-            let end = min(start + 2000, source.packs.count)
-            try writer.send(.storePacks(store: source.name, signingRegion: source.signingRegion, packs: Array(source.packs[start..<end])))
+            let end = min(start + 2000, packs.endIndex)
+            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<end])))
             start = end
-        } while start < source.packs.count
+        } while start < packs.endIndex
+        packsSent = packs.endIndex
     }
 
-    /// The places of the chunks of `content` that the store holds and the agent has not been told yet, sent
-    /// ahead of the file's operation.
-    private func sendPlaces(of content: ChunkedContent, from source: StoreSource) throws {
-        var places: [StoreChunk] = []
-        for c in content.chunks where !c.id.isHole {
-            if let place = source.chunks[c.id], placesSent.insert(c.id).inserted { places.append(place) }
-        }
+    /// Where the store holds the chunks of `content` that the agent has not been told of yet, ahead of the file's
+    /// operation (so a push of a few files does not carry the places of the whole project); waits for the packs
+    /// an upload still going on will hold.
+    private func sendPlaces(of content: ChunkedContent, from feed: StoreFeed) throws {
+        var seen: Set<ChunkID> = []
+        let wanted = content.chunks.compactMap { c in !c.id.isHole && !placesSent.contains(c.id) && seen.insert(c.id).inserted ? c.id : nil }
+        guard !wanted.isEmpty else { return }
+        // What was sent so far goes out before waiting: the agent works on it meanwhile.
+        if !feed.isReady(for: wanted) { try writer.flush() }
+        let (packs, places) = try feed.places(of: wanted, packsFrom: packsSent)
+        if !packs.isEmpty { try sendPacks(packs, of: feed) }
         var start = 0
         while start < places.count {
             let end = min(start + maxStoreChunks, places.count)
             try writer.send(.storeChunks(Array(places[start..<end])))
             start = end
         }
+        for p in places { placesSent.insert(p.id) }
     }
 
     private func serviceNeeds() throws {

@@ -118,37 +118,62 @@ public final class StorePush {
             }
         }
 
-        // 2. The chunks the store lacks, once; then the snapshot. The push lock keeps a store gc from deleting a
-        //    pack this push counts on until every host has what it needs.
+        // 2. The chunks the store lacks, once, then the snapshot; and 3., at the same time, every host. Each host's
+        //    push compares this one scan with what that host last had, and sends a file once the packs holding its
+        //    chunks are in the store, so the hosts read while this machine still uploads. The push lock keeps a
+        //    store gc from deleting a pack this push counts on until every host has what it needs.
         let uploader = access.uploader
         let lock = try access.lock()
         defer { lock.release() }
-        let uploaded: UploadStats
-        let ref: SnapshotRef
+        let feed: StoreFeed
+        let link: (ChunkID) -> StorePack
         do {
             try uploader.refresh()
-            uploaded = try uploader.upload(files, from: project.tree)
-            ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
-                                      uploaded: uploaded)
-        } catch let e as ChangedWhileUploading {
-            throw SyncError("\(e)")
+            feed = StoreFeed(try access.source(for: files))
+            link = try access.packLink()
         } catch let e as S3Error {
             throw SyncError("store \(access.location): \(e)")
         }
-        Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
-        // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
-        try? firstState.setValue(ref.id, for: "last_snapshot")
-        let source = try access.source(for: files)
-
-        // 3. Every host at once.
-        // Each host's push compares this one scan with what that host last had: the project is not walked again.
-        var stats = fanOut(to: hosts, source: source) { [self] i, host in
+        let upload = UploadOutcome()
+        // The hosts are connected first: once the upload fills this machine's uplink, an SSH handshake queued
+        // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
+        let connected = DispatchGroup()
+        for _ in hosts { connected.enter() }
+        let uploading = Thread { [project, access, files, entries] in
+            _ = connected.wait(timeout: .now() + 15)
+            do {
+                let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
+                feed.finish()
+                let ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
+                                              uploaded: uploaded)
+                Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
+                upload.set(.success((uploaded, ref)))
+            } catch {
+                let shown: Error
+                switch error {
+                case let e as ChangedWhileUploading: shown = SyncError("\(e)")
+                case let e as S3Error: shown = SyncError("store \(access.location): \(e)")
+                default: shown = error
+                }
+                feed.finish(failure: "\(shown)")
+                upload.set(.failure(shown))
+            }
+        }
+        uploading.name = "store upload"
+        uploading.start()
+        // A host counts as arrived once connected, or once its push is over (it could not connect).
+        let arrivals = hosts.map { _ in Once { connected.leave() } }
+        var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { [self] i, host in
             let hostProject = i == 0 ? first : try project.forHost(host)
             if i > 0 { try shareStatCache(snapshot, into: hostProject) }
             let session = PushSession(project: hostProject)
             session.fixedTree = snapshot.entries
+            session.onConnected = arrivals[i].run
             return session
         }
+        let (uploaded, ref) = try upload.wait().get()
+        // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
+        try? firstState.setValue(ref.id, for: "last_snapshot")
         stats.bytesUploaded = uploaded.bytesUploaded
         stats.snapshot = ref.id
         stats.filesScanned = snapshot.entries.count
@@ -184,8 +209,8 @@ public final class StorePush {
             }
             tree.append(LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target))
         }
-        let source = try access.source(for: files)
-        var stats = fanOut(to: [target], source: source) { [self] _, host in
+        let feed = StoreFeed(try access.source(for: files), complete: true)
+        var stats = fanOut(to: [target], feed: feed) { [self] _, host in
             let session = PushSession(project: try project.forHost(host))
             session.fixedTree = tree
             session.restoring = true
@@ -199,19 +224,22 @@ public final class StorePush {
     }
 
     /// Runs the session `makeSession` gives each host, all at once, each reading from `source`; sums what they did.
-    private func fanOut(to hosts: [RemoteSpec], source: StoreSource,
+    private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: ((Int) -> Void)? = nil,
                         makeSession: @escaping (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let results = Results(count: hosts.count)
         let group = DispatchGroup()
         for (i, host) in hosts.enumerated() {
             group.enter()
             let thread = Thread { [self] in
-                defer { group.leave() }
+                defer {
+                    ended?(i)
+                    group.leave()
+                }
                 results.set(i, Result { () throws -> SyncStats in
                     let session = try makeSession(i, host)
                     session.force = force
                     session.pruneIgnored = pruneIgnored
-                    session.storeSource = source
+                    session.storeFeed = feed
                     return try session.run()
                 })
             }
@@ -302,12 +330,52 @@ private struct StoreAccess {
         }
     }
 
-    /// Where the hosts read the chunks of `files`: packs at the host endpoint, presigned.
+    /// How the hosts reach a pack uploaded from now on.
+    func packLink() throws -> (ChunkID) -> StorePack {
+        try uploader.packLink(endpoint: hostEndpoint, hostSigns: hostSigns)
+    }
+
+    private var hostEndpoint: String? { hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)" }
+
+    /// Where the hosts read the chunks of `files` the store holds now: packs at the host endpoint, presigned.
     func source(for files: [UploadFile]) throws -> StoreSource {
         do {
-            return try uploader.source(for: files, endpoint: hostLocation == location ? nil : "\(hostLocation.scheme)://\(hostLocation.host)",
-                                       hostSigns: hostSigns)
+            return try uploader.source(for: files, endpoint: hostEndpoint, hostSigns: hostSigns)
         } catch { throw SyncError("store \(location): \(error)") }
+    }
+}
+
+/// Runs its action the first time `run` is called, from any thread.
+private final class Once: @unchecked Sendable {
+    // `lock` guards `action`.
+    private let lock = NSLock()
+    private var action: (() -> Void)?
+    init(_ action: @escaping () -> Void) { self.action = action }
+    func run() {
+        lock.lock()
+        let todo = action
+        action = nil
+        lock.unlock()
+        todo?()
+    }
+}
+
+/// The upload's outcome, from its thread.
+private final class UploadOutcome: @unchecked Sendable {
+    // `condition` guards `value`.
+    private let condition = NSCondition()
+    private var value: Result<(UploadStats, SnapshotRef), Error>?
+    func set(_ v: Result<(UploadStats, SnapshotRef), Error>) {
+        condition.lock()
+        value = v
+        condition.broadcast()
+        condition.unlock()
+    }
+    func wait() -> Result<(UploadStats, SnapshotRef), Error> {
+        condition.lock()
+        defer { condition.unlock() }
+        while value == nil { condition.wait() }
+        return value!
     }
 }
 

@@ -70,8 +70,9 @@ public final class StoreUploader {
         return added
     }
 
-    /// Uploads every chunk of `files` that the store does not hold, read from `tree`.
-    public func upload(_ files: [UploadFile], from tree: Tree) throws -> UploadStats {
+    /// Uploads every chunk of `files` that the store does not hold, read from `tree`. `stored` hears of each pack
+    /// once it is in the store (and the catalog), on the uploading thread.
+    public func upload(_ files: [UploadFile], from tree: Tree, stored: ((PackIndex) -> Void)? = nil) throws -> UploadStats {
         var wanted: Set<ChunkID> = []
         for f in files { for c in f.chunks where !c.id.isHole { wanted.insert(c.id) } }
         let held = try catalog.locations(wanted)
@@ -85,7 +86,9 @@ public final class StoreUploader {
             let worker = Thread { [catalog] in
                 while let pack = queue.take() {
                     do {
-                        try catalog.add(try store.put(pack))
+                        let index = try store.put(pack)
+                        try catalog.add(index)
+                        stored?(index)
                         queue.done(stored: UInt64(pack.bytes.count - PackBuilder.magic.count))
                     } catch {
                         queue.fail(error)
@@ -225,9 +228,7 @@ extension StoreUploader {
         var ids: Set<ChunkID> = []
         for f in files { for c in f.chunks where !c.id.isHole { ids.insert(c.id) } }
         let places = try catalog.locations(ids)
-        var hostLocation = location
-        if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
-        let client = try S3Client(location: hostLocation, credentials: credentials)
+        let link = try packLink(expires: expires, endpoint: endpoint, hostSigns: hostSigns)
         var packNumbers: [ChunkID: UInt32] = [:]
         var packs: [StorePack] = []
         var chunks: [ChunkID: StoreChunk] = [:]
@@ -236,12 +237,23 @@ extension StoreUploader {
             if let known = packNumbers[place.pack] { number = known } else {
                 number = UInt32(packs.count)
                 packNumbers[place.pack] = number
-                let key = StoreKeys.pack(place.pack)
-                packs.append(StorePack(digest: place.pack, url: hostSigns ? client.objectURL(key) : client.presignedGet(key, expires: expires)))
+                packs.append(link(place.pack))
             }
             chunks[id] = StoreChunk(id: id, pack: number, offset: place.entry.offset, storedLength: place.entry.storedLength,
                                     rawLength: place.entry.rawLength, compressed: place.entry.compressed)
         }
         return StoreSource(name: location.description, packs: packs, chunks: chunks, signingRegion: hostSigns ? location.region : "")
+    }
+
+    /// How a host reaches a pack: its URL at `endpoint` (default the store's), presigned for `expires` seconds,
+    /// or plain for a host that signs its reads itself.
+    public func packLink(expires: Int = 6 * 3600, endpoint: String? = nil, hostSigns: Bool = false) throws -> (ChunkID) -> StorePack {
+        var hostLocation = location
+        if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
+        let client = try S3Client(location: hostLocation, credentials: credentials)
+        return { digest in
+            let key = StoreKeys.pack(digest)
+            return StorePack(digest: digest, url: hostSigns ? client.objectURL(key) : client.presignedGet(key, expires: expires))
+        }
     }
 }
