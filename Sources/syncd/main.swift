@@ -52,4 +52,10 @@ LoggingSystem.bootstrap { label in
     handler.logLevel = logLevel
     return handler
 }
-exit(Daemon(pullInterval: pullInterval).run())
+let code = Daemon(pullInterval: pullInterval).run()
+// Out without exit's teardown of globals: threads of the runners' links, watchers and control connections may
+// still be unwinding after the sessions finished, and destroying globals under them can crash the process at
+// its very end (a SIGSEGV after SIGTERM was seen once in the tests). Everything the daemon keeps is written by
+// now: the state databases commit as they go, and the log is written unbuffered.
+fflush(nil)
+_exit(code)
