@@ -587,9 +587,9 @@ public final class AgentSession {
         let header = file.header
         do {
             if isPullPath(file.path) && !header.force {
-                throw AgentError("\(file.path) is remote-owned (a pull path); push refused")
+                throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
             }
-            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path): chunk list incomplete") }
+            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path!): chunk list incomplete") }
             var (current, st) = try currentState(file.path)
             if current == .file(header.digest), let st {
                 try updateMetadata(file.path, st, header)

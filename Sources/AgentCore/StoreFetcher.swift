@@ -115,9 +115,7 @@ final class StoreFetcher {
             for piece in job.pieces {
                 let from = Int(piece.chunk.offset - job.range.lowerBound)
                 let stored = Array(body[from..<(from + Int(piece.chunk.storedLength))])
-                let entry = PackEntry(id: piece.chunk.id, offset: piece.chunk.offset, storedLength: piece.chunk.storedLength,
-                                      rawLength: piece.chunk.rawLength, compressed: piece.chunk.compressed)
-                out.append((piece.index, try verifiedChunk(stored, entry: entry, object: object, decompressor: decompressor)))
+                out.append((piece.index, try verifiedChunk(stored, entry: PackEntry(piece.chunk), object: object, decompressor: decompressor)))
             }
             return .success(out)
         } catch let e as StoreError {

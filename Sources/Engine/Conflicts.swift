@@ -200,6 +200,14 @@ func rawArgument(_ argument: String) -> [UInt8] {
 
 extension SyncStats {
     /// Adds what a second session of the same command did (`push --force` resolving pull conflicts too).
+    /// Starts every line meant for a person (conflicts, errors, warnings, skipped paths) with `host`, for a
+    /// summary of several hosts.
+    mutating func attribute(to host: String) {
+        for keyPath in [\SyncStats.conflictMessages, \.errors, \.warnings, \.skipped] {
+            self[keyPath: keyPath] = self[keyPath: keyPath].map { "\(host): \($0)" }
+        }
+    }
+
     public mutating func absorb(_ other: SyncStats) {
         filesScanned += other.filesScanned
         filesChanged += other.filesChanged

@@ -436,10 +436,7 @@ extension Project {
                 session.hostFolder = ProjectConfig.folderName(for: host)
                 var s = try session.run()
                 results.append(HostResult(host: host.description, stats: s))
-                s.conflictMessages = s.conflictMessages.map { "\(host): \($0)" }
-                s.errors = s.errors.map { "\(host): \($0)" }
-                s.warnings = s.warnings.map { "\(host): \($0)" }
-                s.skipped = s.skipped.map { "\(host): \($0)" }
+                s.attribute(to: host.description)
                 stats.absorb(s)
             } catch {
                 results.append(HostResult(host: host.description, ok: false, error: "\(error)"))

@@ -58,9 +58,10 @@ extension Project {
         return try? openState().value("last_snapshot")
     }
 
-    /// Snapshot `id` (a unique prefix of its id, or its ref's name) and its manifest, once the catalog has been
-    /// checked to hold every chunk it needs.
-    func findSnapshot(_ id: String, in store: SnapshotStore, uploader: StoreUploader) throws -> (SnapshotRef, SnapshotManifest) {
+    /// Snapshot `id` (a unique prefix of its id, or its ref's name), its manifest, and where the store holds each
+    /// of its chunks (the catalog refreshed; every chunk must be there).
+    func findSnapshot(_ id: String, in store: SnapshotStore,
+                      uploader: StoreUploader) throws -> (SnapshotRef, SnapshotManifest, [ChunkID: StoredChunk]) {
         do {
             let refs = try store.snapshots(config.name).filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
             guard refs.count == 1, let ref = refs.first else {
@@ -73,7 +74,7 @@ extension Project {
             if let lost = manifest.chunkIDs.first(where: { places[$0] == nil }) {
                 throw SyncError("snapshot \(ref.id) needs chunk \(lost.hex.prefix(12)), which no pack of \(store.client.location) holds any more")
             }
-            return (ref, manifest)
+            return (ref, manifest, places)
         } catch let e as S3Error {
             throw SyncError("store \(store.client.location): \(e)")
         } catch let e as StoreError {
@@ -88,8 +89,7 @@ extension Project {
         let (store, uploader) = try openStore()
         var stats = SyncStats(direction: "restore")
         do {
-            let (ref, manifest) = try findSnapshot(id, in: store, uploader: uploader)
-            let places = try uploader.catalog.locations(manifest.chunkIDs)
+            let (ref, manifest, places) = try findSnapshot(id, in: store, uploader: uploader)
             let absolute = URL(fileURLWithPath: target).standardizedFileURL.path
             if let names = try? FileManager.default.contentsOfDirectory(atPath: absolute), !names.isEmpty {
                 throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)

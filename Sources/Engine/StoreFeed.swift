@@ -32,8 +32,7 @@ final class StoreFeed: @unchecked Sendable {
         let number = UInt32(packs.count)
         packs.append(pack)
         for e in entries where chunks[e.id] == nil {
-            chunks[e.id] = StoreChunk(id: e.id, pack: number, offset: e.offset, storedLength: e.storedLength,
-                                      rawLength: e.rawLength, compressed: e.compressed)
+            chunks[e.id] = StoreChunk(e, pack: number)
         }
         condition.broadcast()
         condition.unlock()

@@ -164,9 +164,7 @@ public final class StorePush {
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
         var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { [self] i, host in
-            let hostProject = i == 0 ? first : try project.forHost(host)
-            if i > 0 { try shareStatCache(snapshot, into: hostProject) }
-            let session = PushSession(project: hostProject)
+            let session = PushSession(project: i == 0 ? first : try project.forHost(host))
             session.fixedTree = snapshot.entries
             session.onConnected = arrivals[i].run
             return session
@@ -196,7 +194,7 @@ public final class StorePush {
         let access = try StoreAccess(project)
         let lock = try access.lock()
         defer { lock.release() }
-        let (ref, manifest) = try project.findSnapshot(id, in: access.store, uploader: access.uploader)
+        let (ref, manifest, _) = try project.findSnapshot(id, in: access.store, uploader: access.uploader)
         var tree: [LocalEntry] = []
         var files: [UploadFile] = []
         for e in manifest.entries {
@@ -251,12 +249,12 @@ public final class StorePush {
         var stats = SyncStats(direction: "push")
         var perHost: [HostResult] = []
         for (i, host) in hosts.enumerated() {
-            // With several hosts, each line says whose it is.
-            let named: ([String]) -> [String] = { lines in hosts.count > 1 ? lines.map { "\(host): \($0)" } : lines }
             var result = HostResult(host: host.description, ok: false)
             switch results.get(i) {
-            case .success(let s):
+            case .success(var s):
                 result = HostResult(host: host.description, stats: s)
+                // With several hosts, each line of the summary says whose it is.
+                if hosts.count > 1 { s.attribute(to: host.description) }
                 if i == 0 {
                     stats.filesChanged = s.filesChanged
                     stats.filesDeleted = s.filesDeleted
@@ -271,9 +269,9 @@ public final class StorePush {
                 stats.bytesReceived += s.bytesReceived
                 stats.conflicts += s.conflicts
                 stats.conflictPaths += s.conflictPaths
-                stats.conflictMessages += named(s.conflictMessages)
-                stats.errors += named(s.errors)
-                stats.warnings += named(s.warnings)
+                stats.conflictMessages += s.conflictMessages
+                stats.errors += s.errors
+                stats.warnings += s.warnings
                 stats.kept += s.kept
             case .failure(let error):
                 result.error = "\(error)"
@@ -287,11 +285,6 @@ public final class StorePush {
         return stats
     }
 
-    /// A host's local state learns the records the first host's scan made, so its own scan reads nothing again.
-    private func shareStatCache(_ snapshot: Snapshotter.Result, into host: Project) throws {
-        let state = try host.openState()
-        try state.saveFiles(try state.fileCount() == 0 ? Array(snapshot.cache.values) : snapshot.updated)
-    }
 }
 
 /// A project's store as a push uses it: where it is for this machine and for the hosts, with the credentials

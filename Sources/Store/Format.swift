@@ -206,3 +206,18 @@ enum WholeDeflate {
         return rc == Z_OK && Int(length) == rawLength ? out : nil
     }
 }
+
+extension StoreChunk {
+    /// Where `entry` lies, for a push's store source, in the pack numbered `pack` there.
+    public init(_ entry: PackEntry, pack: UInt32) {
+        self.init(id: entry.id, pack: pack, offset: entry.offset, storedLength: entry.storedLength, rawLength: entry.rawLength,
+                  compressed: entry.compressed)
+    }
+}
+
+extension PackEntry {
+    /// The pack entry a store source's chunk place stands for.
+    public init(_ chunk: StoreChunk) {
+        self.init(id: chunk.id, offset: chunk.offset, storedLength: chunk.storedLength, rawLength: chunk.rawLength, compressed: chunk.compressed)
+    }
+}

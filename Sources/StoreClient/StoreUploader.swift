@@ -239,8 +239,7 @@ extension StoreUploader {
                 packNumbers[place.pack] = number
                 packs.append(link(place.pack))
             }
-            chunks[id] = StoreChunk(id: id, pack: number, offset: place.entry.offset, storedLength: place.entry.storedLength,
-                                    rawLength: place.entry.rawLength, compressed: place.entry.compressed)
+            chunks[id] = StoreChunk(place.entry, pack: number)
         }
         return StoreSource(name: location.description, packs: packs, chunks: chunks, signingRegion: hostSigns ? location.region : "")
     }
