@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Many small files, first copy: syncctl push to a local: agent against rsync -a and rsync -a --fsync, each on a
-# fresh journaled ext4 loop file system with cold caches (freshly deleted inodes make ext4 allocation slower,
-# so nothing is reused between runs). Root only (mount). Prints a markdown table.
-# usage: Bench/many-files.sh [RELEASE_DIR] [FILES]     (ONLY_SYNCD=1: skip the two rsync runs)
+# Many small files, first copy over SSH: syncctl push against rsync -a and rsync -a --fsync, all three through
+# the same throwaway loopback sshd into a fresh journaled ext4 loop file system with cold caches (freshly
+# deleted inodes make ext4 allocation slower, so nothing is reused between runs). Root only (mount).
+# Prints a markdown table, one column per round.
+# usage: Bench/many-files.sh [RELEASE_DIR] [FILES] [ROUNDS]
+#   ONLY_SYNCD=1   skip the two rsync rows
+#   LOCAL=1        also push to a local: agent (no SSH), as the bench did before it went over SSH
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 release=$(cd "${1:-.build/release}" && pwd)
 files=${2:-100000}
+rounds=${3:-1}
+source "$here/lib/sshd.sh"
 work=$(mktemp -d /tmp/syncd-many.XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt"
-trap 'umount "$mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'bench_sshd_stop; umount "$mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+bench_sshd_start "$work/sshd"
+ssh_cmd=$(cat "$work/sshd/ssh_options.bench")
 
 python3 - "$work/proj" "$files" <<'EOF'
 import os, sys
@@ -22,6 +30,7 @@ for i in range(n):
         f.write(f"x = {i}\n" * 20)
 EOF
 
+# A fresh file system holding a copy of the project (the source side), caches dropped.
 fresh() {
     umount "$mnt" 2>/dev/null || true
     rm -f "$work/fs.img"
@@ -29,7 +38,6 @@ fresh() {
     mkfs.ext4 -q -F "$work/fs.img"
     mount -o loop "$work/fs.img" "$mnt"
     cp -a "$work/proj" "$mnt/proj"
-    printf 'name: many\nremote: local:%s/remote\nagent_path: %s/syncd-agent\n' "$mnt" "$release" > "$mnt/proj/syncd.yaml"
     sync
     echo 3 > /proc/sys/vm/drop_caches
 }
@@ -38,21 +46,35 @@ fresh() {
 timed() {
     local start end
     start=$(date +%s.%N)
-    "$@" > /dev/null 2>&1
+    "$@" > /dev/null 2>"$work/err" || { cat "$work/err" >&2; return 1; }
     end=$(date +%s.%N)
-    python3 -c "print(f'{$end - $start:.1f}')"
+    python3 -c "print(f'{$end - $start:.2f}')"
 }
 
-plain=-; synced=-
-if [ -z "${ONLY_SYNCD:-}" ]; then
-    fresh; plain=$(timed rsync -a "$mnt/proj/" "$mnt/r/")
-    fresh; synced=$(timed rsync -a --fsync "$mnt/proj/" "$mnt/r/")
-fi
-fresh; ours=$(XDG_STATE_HOME=$mnt/state timed "$release/syncctl" push "$mnt/proj")
-[ "$(find "$mnt/remote" -type f -name '*.py' | wc -l)" = "$files" ] || { echo "many-files: the push did not place $files files" >&2; exit 1; }
+placed() {
+    [ "$(find "$1" -type f -name '*.py' | wc -l)" = "$files" ] || { echo "many-files: $1 does not hold $files files" >&2; exit 1; }
+}
 
-echo "| $files files of 200 B, first copy, fresh ext4 | wall s |"
+plain=() synced=() ours=() local=()
+for r in $(seq 1 "$rounds"); do
+    if [ -z "${ONLY_SYNCD:-}" ]; then
+        fresh; plain+=("$(timed rsync -a -e "$ssh_cmd" "$mnt/proj/" "bench:$mnt/r/")"); placed "$mnt/r"
+        fresh; synced+=("$(timed rsync -a --fsync -e "$ssh_cmd" "$mnt/proj/" "bench:$mnt/r/")"); placed "$mnt/r"
+    fi
+    fresh
+    printf 'name: many\nremote: bench\nremote_root: %s/remote\nssh_config: %s\nagent_path: %s/syncd-agent\n' \
+        "$mnt" "$work/sshd/ssh_config" "$release" > "$mnt/proj/syncd.yaml"
+    ours+=("$(timed "$release/syncctl" push "$mnt/proj" --state-dir "$mnt/state")"); placed "$mnt/remote/many"
+    if [ -n "${LOCAL:-}" ]; then
+        fresh
+        printf 'name: many\nremote: local:%s/remote\nagent_path: %s/syncd-agent\n' "$mnt" "$release" > "$mnt/proj/syncd.yaml"
+        local+=("$(timed "$release/syncctl" push "$mnt/proj" --state-dir "$mnt/state")"); placed "$mnt/remote/many"
+    fi
+done
+
+echo "| $files files of 200 B, first copy over loopback SSH, fresh ext4 | wall s ($rounds rounds) |"
 echo "|---|---|"
-echo "| rsync -a (no fsync) | $plain |"
-echo "| rsync -a --fsync | $synced |"
-echo "| syncctl push, local: agent (fsync, rename, journal) | $ours |"
+[ -z "${ONLY_SYNCD:-}" ] && echo "| rsync -a (no fsync) | ${plain[*]} |" && echo "| rsync -a --fsync | ${synced[*]} |"
+echo "| syncctl push (durable: data before rename) | ${ours[*]} |"
+[ -n "${LOCAL:-}" ] && echo "| syncctl push, local: agent | ${local[*]} |"
+true

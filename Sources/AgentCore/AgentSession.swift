@@ -17,21 +17,20 @@ public struct AgentError: Error, CustomStringConvertible {
 /// One client session served over a byte stream: handshake, hello, then a push or a pull.
 /// Frames are handled in arrival order on one thread, and replies are flushed before the agent waits for
 /// input, so the client can keep many files in flight without a round trip per file. The only other threads
-/// are the fsync workers of `flushes`: a finished file is sealed here, made durable there, and renamed into
-/// place here once its fsync completes.
+/// are the sync workers of `durability`: a finished file is sealed here, made durable there (in a batch with
+/// others, see `DurableBatches`), and renamed into place here once it is.
 public final class AgentSession {
     private let stream: ByteStream
     private let reader: FrameReader
     private let writer: FrameWriter
-    private let flushes = FlushQueue(workers: 4)
-    /// Files whose fsync is in flight, by operation id; bounded so open descriptors stay well under limits.
+    /// Makes sealed files durable before their renames, and renames durable before their answers; made for the
+    /// project's tree when it is opened.
+    private var durability: DurableBatches<OpResult>?
+    /// Files sealed and waiting to be durable, by operation id.
     private var sealed: [UInt32: PendingFile] = [:]
-    private static let maxSealed = 256
-    /// Files renamed into place whose directories are not fsynced yet, and those directories. Directory fsyncs
-    /// each cost a journal commit, so they are made for many renames at once: before the agent would wait for
-    /// input, every `maxUnsyncedAnswers` files, and at the end. Answers wait for them.
-    private var unsyncedDirectories: [[UInt8]: FileDescriptor] = [:]
-    private var unsyncedAnswers: [OpResult] = []
+    /// Syncs in flight at most (each holds a descriptor).
+    private static let maxSyncs = 256
+    /// Renames whose answers wait for durability with no batch to carry them are synced at this many.
     private static let maxUnsyncedAnswers = 512
     private let homeDirectory: String
     private var tree: Tree!
@@ -60,7 +59,7 @@ public final class AgentSession {
     }
 
     deinit {
-        flushes.shutdown()
+        durability?.shutdown()
         scratch.deallocate()
     }
 
@@ -95,7 +94,7 @@ public final class AgentSession {
             stopWatching()
             try? writer.send(.error(message: "\(error)"))
             try? writer.flush()
-            flushes.shutdown()
+            durability?.shutdown()
             pending.values.forEach { $0.assembly?.suspend() }
             sealed.values.forEach { $0.assembly?.suspend() }
             try? state?.save()
@@ -205,6 +204,8 @@ public final class AgentSession {
         if projectPath != openProjectPath || !(isStillCurrent()) {
             stopWatching()
             tree = try Tree(rootPath: projectPath, create: true)
+            durability?.shutdown()
+            durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)
             store = ChunkStore(tree: tree)
             for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
@@ -349,12 +350,14 @@ public final class AgentSession {
 
     /// Waits until store reads or fsyncs complete, and handles them.
     private func waitForFetchesOrFlushes() throws {
-        var fds = [pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
+        let durability = durability!
+        if durability.outstanding == 0 { durability.closeBatch() }
+        var fds = [pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
         if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
         if poll(&fds, nfds_t(fds.count), 1000) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent", errno: errno) }
-        try commitSynced(flushes.takeCompletions())
+        try handle(durability.take())
         if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
-        try syncDirectoriesAndAnswer()
+        if durability.outstanding == 0 && !durability.hasOpenBatch { try syncDirectoriesAndAnswer() }
     }
 
     /// The client expected another instance of this project (it was wiped or replaced since): every operation
@@ -366,14 +369,18 @@ public final class AgentSession {
 
     private func servePush() throws {
         var ended = false
+        let durability = durability!
+        tree.cachesDirectories(true)
         defer {
+            tree.cachesDirectories(false)
             fetcher?.shutdown()
             fetcher = nil
             storeChunks.removeAll()
         }
         while !ended || !pending.isEmpty || !sealed.isEmpty {
             if ended && pending.isEmpty {
-                try commitSynced(flushes.waitForCompletions())
+                durability.closeBatch()
+                try handle(durability.wait())
                 continue
             }
             if ended && !pending.values.contains(where: waitsOnClient) {
@@ -381,9 +388,11 @@ public final class AgentSession {
                 try waitForFetchesOrFlushes()
                 continue
             }
-            if flushes.outstanding > 0 { try commitSynced(flushes.takeCompletions()) }
+            if durability.outstanding > 0 { try handle(durability.take()) }
             if let fetcher, fetcher.outstanding > 0 { try receiveFetched(fetcher.takeCompletions()) }
-            if unsyncedAnswers.count >= Self.maxUnsyncedAnswers { try syncDirectoriesAndAnswer() }
+            if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
+                try syncDirectoriesAndAnswer()
+            }
             guard let message = try reader.next() else {
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
             }
@@ -463,12 +472,7 @@ public final class AgentSession {
         }
         try syncDirectoriesAndAnswer()
         // Every operation is answered: temporary files no session is building any more are stale.
-        for partial in state.partials {
-            if let parent = try? tree.openParent(partial, create: false) {
-                try? Tree.remove(at: parent, name: partial.name, isDirectory: false, shown: partial.description)
-            }
-            state.notePartial(partial, started: false)
-        }
+        state.sweepPartials(in: tree)
         if cacheGrew { evictCache() }
         cacheGrew = false
         try state.save()
@@ -571,6 +575,7 @@ public final class AgentSession {
     /// Keeps what is at `path` under a conflict name beside it (a forced operation's loser) and returns that
     /// name. Renamed without replacing anything; what the agent knows of it follows it.
     private func keepAside(_ path: RelativePath) throws -> [UInt8] {
+        tree.forgetDirectories()
         let kept = try tree.keepAside(path, stamp: conflictStamp)
         if let record = state.records[path] {
             dropRecord(path)
@@ -606,7 +611,8 @@ public final class AgentSession {
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
-            let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks)
+            let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
+                                            permissions: header.permissions)
             file.assembly = assembly
             state.notePartial(try partialPath(file.path, header.digest), started: true)
             try assembly.fill(from: store)
@@ -647,6 +653,9 @@ public final class AgentSession {
     /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
     private func adoptCached(_ file: PendingFile) throws -> Bool {
         let header = file.header
+        // A cached file's chunks are in the store: a file whose first chunk is not (every file of a first push)
+        // cannot be in the cache, and is not looked for.
+        guard let first = file.chunks.first(where: { !$0.id.isHole }), store.contains(first.id) else { return false }
         let cachedPath = Self.cachePath(header.digest)
         let name = cachedPath.name
         guard let record = state.records[cachedPath], record.digest == header.digest,
@@ -670,9 +679,8 @@ public final class AgentSession {
             store.add(path: file.path, chunks: record.chunks)
         }
         pending[header.op] = nil
-        unsyncedDirectories[file.path.parentBytes] = parent
-        unsyncedAnswers.append(OpResult(op: header.op, status: .applied, message: "moved within the remote",
-                                        current: .file(header.digest), keptAs: file.keptAs))
+        durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),
+                                     keptAs: file.keptAs), directory: (file.path.parentBytes, parent))
         return true
     }
 
@@ -730,64 +738,77 @@ public final class AgentSession {
 
     private struct ConflictAtPlacement: Error { let current: FileStat? }
 
-    /// A file has all its chunks: check and seal it here, and queue its fsync; `commitSynced` renames it.
+    /// A file has all its chunks: check and seal it here, and hand it to `durability`; `commitSynced` renames it
+    /// once it is durable.
     private func finish(_ file: PendingFile) throws {
         let header = file.header
-        guard let assembly = file.assembly else { return }
+        guard let assembly = file.assembly, let durability else { return }
         pending[header.op] = nil
         openAssemblies.removeAll { $0 == header.op }
-        let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos)
+        let alone = durability.syncsAlone(size: header.size, device: assembly.device)
+        let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos, startWriteback: alone)
         sealed[header.op] = file
-        flushes.submit(token: UInt64(header.op), fd: part.raw)
-        if sealed.count >= Self.maxSealed { try commitSynced(flushes.waitForCompletions()) }
+        try durability.add(op: header.op, fd: part, size: header.size, device: assembly.device)
+        // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
+        assembly.suspend()
+        if durability.outstanding >= Self.maxSyncs { try handle(durability.wait()) }
     }
 
-    /// Renames durable files into place; their answers go out with the next directory fsyncs.
-    private func commitSynced(_ done: [FlushQueue.Completion]) throws {
-        guard !done.isEmpty else { return }
-        var directories: [[UInt8]: FileDescriptor] = [:]
-        var answers: [OpResult] = []
-        defer {
-            unsyncedDirectories.merge(directories) { old, _ in old }
-            unsyncedAnswers += answers
-        }
+    /// Sends the answers `progress` made durable, and renames the files it made durable.
+    private func handle(_ progress: DurableBatches<OpResult>.Progress) throws {
+        if !progress.answers.isEmpty { state.flushJournal() }
+        for (answer, error) in progress.answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
+        try commitSynced(progress.durable)
+    }
+
+    /// `answer`, or a failure when the sync that was to make it durable failed (the change may not survive a crash;
+    /// the next push compares again).
+    private static func answer(_ answer: OpResult, syncError: Int32) -> OpResult {
+        guard syncError != 0, answer.status == .applied else { return answer }
+        return OpResult(op: answer.op, status: .failed, message: "the change could not be made durable: \(SystemError(call: "sync", path: "remote project", errno: syncError))",
+                        current: .absent, keptAs: answer.keptAs)
+    }
+
+    /// Renames durable files into place; their answers go out once the renames are durable too.
+    private func commitSynced(_ done: [(op: UInt32, error: Int32)]) throws {
+        guard !done.isEmpty, let durability else { return }
         for completion in done {
-            let op = UInt32(truncatingIfNeeded: completion.token)
+            let op = completion.op
             guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
             let header = file.header
             let partial = try partialPath(file.path, header.digest)
             if completion.error != 0 {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                answers.append(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
-                                        current: .absent, keptAs: file.keptAs))
+                durability.renamed(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
+                                            current: .absent, keptAs: file.keptAs), directory: nil)
                 continue
             }
+            let parent: FileDescriptor?
             do {
                 var stashed: ChunkID?
-                let parent = try assembly.commit { now in
+                parent = try assembly.commit(expectingNothing: file.targetStat == nil) { now in
                     let same = (now == nil && file.targetStat == nil)
                         || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
                     if !same { throw ConflictAtPlacement(current: now) }
                     if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
                 }
                 if let stashed { refreshStash(stashed) }
-                if let parent { directories[file.path.parentBytes] = parent }
             } catch is ConflictAtPlacement {
                 assembly.discard()
                 state.notePartial(partial, started: false)
                 let (current, st) = (try? currentState(file.path)) ?? (.absent, nil)
                 let isFile = st?.kind == .regular
-                answers.append(OpResult(op: op, status: .conflict,
-                                        message: "changed on the remote while the new version was being sent: the remote holds \(describe(current, st))",
-                                        current: current, currentSize: isFile ? st!.size : 0, currentMtimeNanos: isFile ? st!.mtimeNanos : 0,
-                                        keptAs: file.keptAs))
+                durability.renamed(OpResult(op: op, status: .conflict,
+                                            message: "changed on the remote while the new version was being sent: the remote holds \(describe(current, st))",
+                                            current: current, currentSize: isFile ? st!.size : 0, currentMtimeNanos: isFile ? st!.mtimeNanos : 0,
+                                            keptAs: file.keptAs), directory: nil)
                 continue
             } catch let error where error is SystemError || error is PlacementError || error is PathError {
                 assembly.discard()
                 state.notePartial(partial, started: false)
-                answers.append(OpResult(op: op, status: .failed, message: describeFailure(error), current: .absent,
-                                        keptAs: file.keptAs))
+                durability.renamed(OpResult(op: op, status: .failed, message: describeFailure(error), current: .absent,
+                                            keptAs: file.keptAs), directory: nil)
                 continue
             }
             state.notePartial(partial, started: false)
@@ -796,39 +817,43 @@ public final class AgentSession {
                 state.put(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
                 store.add(path: file.path, chunks: assembly.chunks)
             }
-            answers.append(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
-                                    current: .file(header.digest), keptAs: file.keptAs))
+            durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
+                                        current: .file(header.digest), keptAs: file.keptAs),
+                               directory: parent.map { (file.path.parentBytes, $0) })
         }
     }
 
-    /// Makes the renames so far durable (one fsync per directory) and sends their answers.
+    /// Makes the renames so far durable (an fsync per directory, or one of the file system) and sends their answers.
     private func syncDirectoriesAndAnswer() throws {
-        guard !unsyncedAnswers.isEmpty || !unsyncedDirectories.isEmpty else { return }
-        for directory in unsyncedDirectories.values { Tree.syncDirectory(directory) }
-        unsyncedDirectories.removeAll()
-        let answers = unsyncedAnswers
-        unsyncedAnswers.removeAll()
-        for a in answers { try writer.send(.result(a)) }
+        guard let durability else { return }
+        let answers = durability.flush()
+        if !answers.isEmpty { state.flushJournal() }
+        for (answer, error) in answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
     }
 
     /// Called before the reader waits for input: while fsyncs are in flight, waits for whichever comes
     /// first, input or completed fsyncs, and places and answers for the latter, so the client never waits
     /// on answers the agent could give.
+    ///
+    /// Files sealed meanwhile are handed to `durability` when no sync is in flight (group commit): while one runs,
+    /// the next batch fills, so a steady stream of small files costs one sync per batch, not one per pause.
     private func commitWhileIdle() throws {
+        guard let durability else { return }
         guard let input = stream.readinessFD else {
-            while flushes.outstanding > 0 { try commitSynced(flushes.waitForCompletions()) }
+            durability.closeBatch()
+            while durability.outstanding > 0 { try handle(durability.wait()) }
             return try syncDirectoriesAndAnswer()
         }
         while true {
+            if durability.outstanding == 0 { durability.closeBatch() }
             let fetching = fetcher.map { $0.outstanding > 0 } ?? false
-            if flushes.outstanding == 0 && !fetching { return try syncDirectoriesAndAnswer() }
+            if durability.outstanding == 0 && !fetching { return try syncDirectoriesAndAnswer() }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: flushes.completionFD, events: Int16(POLLIN), revents: 0)]
+                       pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
             if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
             if poll(&fds, nfds_t(fds.count), -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
-            try commitSynced(flushes.takeCompletions())
+            try handle(durability.take())
             if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
-            if flushes.outstanding == 0 { try syncDirectoriesAndAnswer() }
             if fds[0].revents != 0 { return }
         }
     }
@@ -892,12 +917,13 @@ public final class AgentSession {
         if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
         let (current, st) = try currentState(path)
         if current == .absent { return try reply(op, .unchanged, "", .absent) }
+        if current == .directory { tree.forgetDirectories() }
         guard let parent = try tree.openParent(path, create: false) else { return try reply(op, .unchanged, "", .absent) }
         if current != base {
             guard force else { return try replyConflict(op, path, current, st, base: base) }
             // Deleted here, changed there: the remote's version is kept under a conflict name.
             let keptAs = try keepAside(path)
-            unsyncedAnswers.append(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs))
+            durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs), directory: nil)
             return
         }
         if current == .directory {
@@ -916,9 +942,8 @@ public final class AgentSession {
             if let stashed { refreshStash(stashed) }
         }
         dropRecord(path)
-        // Durable, and answered, with the next batch of directory fsyncs.
-        unsyncedDirectories[path.parentBytes] = parent
-        unsyncedAnswers.append(OpResult(op: op, status: .applied, message: "", current: .absent))
+        // Durable, and answered, with the next sync of renames.
+        durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent), directory: (path.parentBytes, parent))
     }
 
     private func dropRecord(_ path: RelativePath) {

@@ -22,11 +22,16 @@ struct FileRecord: Equatable {
 }
 
 /// The agent's persistent state in `<project>/.syncd/`: a snapshot file rewritten at the end of a session and an
-/// append-only journal written as files are placed, so that a killed agent loses nothing it had finished.
+/// append-only journal. Records of placed files are journaled in batches (`flushJournal`, at the latest when
+/// answers go out); a record a kill loses costs only hashing that file again. What must be on disk before the
+/// fact is written at once: a directory that is about to hold a temporary file.
 final class AgentState {
     private(set) var records: [RelativePath: FileRecord] = [:]
-    /// Temporary files started by sessions that have not finished; removed when a later session ends cleanly.
+    /// Temporary files this process started and has not placed or dropped yet.
     private(set) var partials: Set<RelativePath> = []
+    /// Directories that may hold temporary files of a session that did not finish (journaled before the first
+    /// one is made there); swept when a push ends with every operation answered.
+    private(set) var partialDirectories: Set<[UInt8]> = []
     private let directory: FileDescriptor
     private var journal: FileDescriptor?
     /// A random id made with the state directory: a client that finds another one knows the remote project was
@@ -152,9 +157,15 @@ final class AgentState {
         case 2:
             records[try RelativePath(bytes: try r.byteString("path"))] = nil
         case 3:
-            partials.insert(try RelativePath(bytes: try r.byteString("partial")))
+            // Written by agents before 0.13: one record per temporary file.
+            let partial = try RelativePath(bytes: try r.byteString("partial"))
+            partialDirectories.insert(partial.parentBytes)
         case 4:
-            partials.remove(try RelativePath(bytes: try r.byteString("partial")))
+            _ = try r.byteString("partial")
+        case 5:
+            partialDirectories.insert(try r.byteString("directory"))
+        case 6:
+            partialDirectories.removeAll()
         case let tag:
             throw ProtocolError("unknown state record \(tag)")
         }
@@ -172,13 +183,22 @@ final class AgentState {
         return w.bytes
     }
 
+    /// Journal records not written yet.
+    private var unwritten: [UInt8] = []
+
     private func appendJournal(_ payload: [UInt8]) {
-        var framed = PayloadWriter(capacity: payload.count + 4)
-        framed.u32(UInt32(payload.count))
-        framed.raw(payload)
+        withUnsafeBytes(of: UInt32(payload.count).littleEndian) { unwritten.append(contentsOf: $0) }
+        unwritten.append(contentsOf: payload)
+        if unwritten.count >= 64 << 10 { flushJournal() }
+    }
+
+    /// Writes the journal records kept so far.
+    func flushJournal() {
+        guard !unwritten.isEmpty else { return }
         // The journal is an optimisation: a failed append only costs re-hashing later.
-        _ = try? framed.bytes.withUnsafeBytes { try journal?.writeAll($0) }
-        journalBytes += framed.bytes.count
+        _ = try? unwritten.withUnsafeBytes { try journal?.writeAll($0) }
+        journalBytes += unwritten.count
+        unwritten.removeAll(keepingCapacity: true)
     }
 
     func put(_ record: FileRecord) {
@@ -194,17 +214,42 @@ final class AgentState {
         appendJournal(w.bytes)
     }
 
+    /// A temporary file is about to be made (`started`), or was placed or dropped. The first one in a directory
+    /// journals the directory, at once, so that a sweep finds what a kill leaves there.
     func notePartial(_ path: RelativePath, started: Bool) {
-        if started { guard partials.insert(path).inserted else { return } } else { guard partials.remove(path) != nil else { return } }
+        guard started else {
+            partials.remove(path)
+            return
+        }
+        partials.insert(path)
+        guard partialDirectories.insert(path.parentBytes).inserted else { return }
         var w = PayloadWriter()
-        w.u8(started ? 3 : 4)
-        w.byteString(path.bytes)
+        w.u8(5)
+        w.byteString(path.parentBytes)
         appendJournal(w.bytes)
+        flushJournal()
+    }
+
+    /// Removes every temporary file in the directories that may hold some (no session is building one any more:
+    /// call when every operation of a push is answered), and forgets them.
+    func sweepPartials(in tree: Tree) {
+        for directory in partialDirectories {
+            let components = directory.isEmpty ? [] : directory.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Array.init)
+            guard let dir = try? tree.openDirectory(components, create: false), let entries = try? Tree.list(dir) else { continue }
+            for entry in entries where entry.kind != .directory && entry.name.starts(with: partialFilePrefix.utf8) {
+                try? Tree.remove(at: dir, name: entry.name, isDirectory: false, shown: displayPath(joinPath(directory, entry.name)))
+            }
+        }
+        partials.removeAll()
+        guard !partialDirectories.isEmpty else { return }
+        partialDirectories.removeAll()
+        appendJournal([6])
     }
 
     /// Folds the journal into the snapshot (written atomically) once the journal has grown past a quarter of
     /// the snapshot, or 1 MiB; until then the journal, replayed at load, is the record.
     func save() throws {
+        flushJournal()
         guard journalBytes > max(1 << 20, snapshotBytes / 4) else { return }
         var body = Self.snapshotMagic
         for record in records.values {
@@ -212,10 +257,10 @@ final class AgentState {
             withUnsafeBytes(of: UInt32(payload.count).littleEndian) { body.append(contentsOf: $0) }
             body.append(contentsOf: payload)
         }
-        for partial in partials {
+        for directory in partialDirectories {
             var w = PayloadWriter()
-            w.u8(3)
-            w.byteString(partial.bytes)
+            w.u8(5)
+            w.byteString(directory)
             withUnsafeBytes(of: UInt32(w.bytes.count).littleEndian) { body.append(contentsOf: $0) }
             body.append(contentsOf: w.bytes)
         }

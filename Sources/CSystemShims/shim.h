@@ -63,4 +63,21 @@ extern int posix_spawn_file_actions_addclosefrom_np(posix_spawn_file_actions_t *
 static inline int syncd_spawn_close_from(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
+/// O_NOATIME: reading a file does not update its access time (allowed on one's own files; EPERM otherwise).
+static const int syncd_o_noatime = 01000000;
+
+/// syncfs(2): writes back every dirty page and inode of the file system holding `fd`, and waits for it (on ext4,
+/// xfs and btrfs it also commits the journal), so many files become durable for the price of one flush.
+extern int syncfs(int fd);
+static inline int syncd_syncfs(int fd) { return syncfs(fd); }
+
+/// openat2(2) with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: opens `path` (relative, several
+/// components) below `dir` in one call, refusing any symlink on the way (ELOOP) and anything that would leave
+/// `dir` (EXDEV). -1 with errno set; ENOSYS on kernels before 5.6.
+extern long syscall(long number, ...);
+struct syncd_open_how { unsigned long long flags, mode, resolve; };
+static inline int syncd_open_beneath(int dir, const char *path, int flags) {
+    struct syncd_open_how how = { (unsigned long long)(unsigned int)flags, 0, 0x08 | 0x04 | 0x02 };
+    return (int)syscall(437 /* SYS_openat2 */, dir, path, &how, sizeof how);
+}
 #endif

@@ -79,6 +79,18 @@ public final class FileChunker {
         return ChunkedContent(chunks: chunks, digest: digest.finish(), size: offset)
     }
 
+    /// Like `chunk(_:)`, and for a file of at most `keep` bytes read whole in one go (not sparse), the bytes
+    /// read too: a caller that sends the file then needs no second read.
+    public func chunk(_ file: FileDescriptor, keepingUpTo keep: Int) throws -> (content: ChunkedContent, bytes: [UInt8]?) {
+        let content = try chunk(file)
+        guard content.size <= UInt64(keep), content.size <= UInt64(buffer.count), keptWhole,
+              !content.chunks.contains(where: \.id.isHole) else { return (content, nil) }
+        return (content, Array(UnsafeRawBufferPointer(rebasing: buffer[0..<Int(content.size)])))
+    }
+
+    /// True when the last `chunkRegion` read its whole region from offset 0 into the buffer without moving it.
+    private var keptWhole = false
+
     private func appendHole(_ length: UInt64, at start: UInt64, into chunks: inout [ChunkRef]) {
         var offset = start
         var left = length
@@ -125,9 +137,11 @@ public final class FileChunker {
         var fileOffset = start
         var eof = false
         let maxSize = cdc.parameters.maxSize
+        keptWhole = start == 0
         while true {
             if !eof && filled - begin < maxSize {
                 if begin > 0 {
+                    keptWhole = false
                     let pending = filled - begin
                     if pending > 0 { buffer.baseAddress!.copyMemory(from: buffer.baseAddress! + begin, byteCount: pending) }
                     filled = pending

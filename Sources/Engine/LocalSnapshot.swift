@@ -111,15 +111,21 @@ struct Snapshotter {
 
     /// Reads and chunks one file; the record for the stat cache, or why the file is skipped this time.
     static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
+        hash(entry, in: project, with: chunker, keepingUpTo: 0).map(\.file)
+    }
+
+    /// `hash`, keeping the bytes of a file of at most `keep` bytes as they were read (and found unchanged).
+    static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker,
+                     keepingUpTo keep: Int) -> Swift.Result<(file: CachedFile, bytes: [UInt8]?), ScanWarning> {
         do {
             let fd = try project.tree.openForReading(entry.path)
-            let content = try chunker.chunk(fd)
+            let (content, bytes) = try chunker.chunk(fd, keepingUpTo: keep)
             let after = try fd.stat()
             guard after.sameContentIdentity(as: entry.stat) else {
                 return .failure(ScanWarning(path: entry.path.description, message: "changed while being read; skipped this time"))
             }
-            return .success(CachedFile(path: entry.path, stat: after, digest: content.digest, chunks: content.chunks,
-                                       cachedAtNanos: wallClockNanos()))
+            return .success((CachedFile(path: entry.path, stat: after, digest: content.digest, chunks: content.chunks,
+                                        cachedAtNanos: wallClockNanos()), bytes))
         } catch {
             return .failure(ScanWarning(path: entry.path.description, message: "cannot read: \(error); skipped"))
         }

@@ -105,10 +105,23 @@ final class ContentHasher {
     private let state: StateStore
     private let entries: [(op: Int, entry: LocalEntry)]
     private let condition = NSCondition()
-    private var results: [Int: Result<CachedFile, ScanWarning>] = [:]
+    private var results: [Int: Result<Hashed, ScanWarning>] = [:]
     private var finished = false
     private var cancelled = false
+    /// True while the sender waits in `result(for:)`: only then is it woken.
+    private var waiting = false
     private static let saveBatch = 4096
+    /// Bytes of small files kept with their results so the sender need not read them again, at most
+    /// `keptLimit` at once (beyond it a file is read again when sent).
+    private var keptBytes = 0
+    private static let keptLimit = 64 << 20
+    static let keepFilesUpTo = 64 << 10
+
+    /// A file's content, and its bytes when it is small and was read whole.
+    struct Hashed {
+        var file: CachedFile
+        var bytes: [UInt8]?
+    }
 
     /// `ops` indices whose file entries have no content yet.
     init(project: Project, state: StateStore, ops: [PushOperation]) {
@@ -130,11 +143,15 @@ final class ContentHasher {
                 let stop = cancelled
                 condition.unlock()
                 if stop { break }
-                let result = Snapshotter.hash(entry, in: project, with: chunker)
-                if case .success(let record) = result { unsaved.append(record) }
+                condition.lock()
+                let keep = keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0
+                condition.unlock()
+                let result = Snapshotter.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
+                if case .success(let hashed) = result { unsaved.append(hashed.file) }
                 condition.lock()
                 results[op] = result
-                condition.broadcast()
+                if case .success(let hashed) = result { keptBytes += hashed.bytes?.count ?? 0 }
+                if waiting { condition.broadcast() }
                 condition.unlock()
                 if unsaved.count >= Self.saveBatch {
                     // The stat cache is an optimisation: a failed write only costs hashing again next time.
@@ -153,11 +170,17 @@ final class ContentHasher {
     }
 
     /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
-    func result(for op: Int) -> Result<CachedFile, ScanWarning> {
+    func result(for op: Int) -> Result<Hashed, ScanWarning> {
         condition.lock()
         defer { condition.unlock() }
-        while results[op] == nil && !finished { condition.wait() }
-        return results.removeValue(forKey: op) ?? .failure(ScanWarning(path: "?", message: "not hashed"))
+        while results[op] == nil && !finished {
+            waiting = true
+            condition.wait()
+            waiting = false
+        }
+        let result = results.removeValue(forKey: op) ?? .failure(ScanWarning(path: "?", message: "not hashed"))
+        if case .success(let hashed) = result { keptBytes -= hashed.bytes?.count ?? 0 }
+        return result
     }
 
     /// Stops hashing after the current file and waits until what was hashed is in the stat cache.
@@ -172,8 +195,9 @@ final class ContentHasher {
 /// Runs a push of a project to its remote.
 public final class PushSession {
     private let project: Project
-    /// Files in flight at once; bounds agent memory, not latency (no round trip per file).
-    private let window = 2048
+    /// Files in flight at once; bounds agent memory, not latency (no round trip per file). Well above the agent's
+    /// batch of small files made durable together (2000), so the next batch fills while one is synced.
+    private let window = 8192
 
     private let link: AgentLink?
     private let changedPaths: Set<RelativePath>?
@@ -451,8 +475,10 @@ public final class PushSession {
                 }
             }
         }
+        Trace.mark("push: answers counted")
         try state.update(.pushed, changes)
         try state.update(.pulled, pulledChanges)
+        Trace.mark("push: snapshot written")
         try state.noteConflicts(conflicts, cleared: cleared, allOf: allOf)
     }
 
@@ -539,6 +565,8 @@ final class PushPipeline {
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
     private var openFile: (op: UInt32, fd: FileDescriptor)?
+    /// The bytes of the file being sent, as the hasher read them (small files only): sent from memory.
+    private var heldBytes: (op: UInt32, bytes: [UInt8])?
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
     private var packsSent = 0
@@ -580,7 +608,9 @@ final class PushPipeline {
             let id = UInt32(index + 1)
             if case .file(var e, let base) = ops[index], e.content == nil {
                 switch hasher.result(for: index) {
-                case .success(let record):
+                case .success(let hashed):
+                    let record = hashed.file
+                    heldBytes = hashed.bytes.map { (UInt32(index + 1), $0) }
                     e.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
                     ops[index] = .file(e, base: base)
                     if pushed[e.path] == e.synced && !force {
@@ -595,6 +625,7 @@ final class PushPipeline {
             }
             try waitForWindow()
             try send(ops[index], id: id)
+            heldBytes = nil
         }
         try writer.send(.endOfOperations)
         Trace.mark("push: all operations sent")
@@ -786,6 +817,21 @@ final class PushPipeline {
         guard readsLocalFiles else {
             outcome.aborted.insert(op)
             try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))
+            return
+        }
+        if let held = heldBytes, held.op == op {
+            try held.bytes.withUnsafeBytes { whole in
+                for index in indices {
+                    guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
+                        throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
+                    }
+                    let chunk = content.chunks[Int(index)]
+                    try sender.send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(rebasing: whole[Int(chunk.offset)..<Int(chunk.offset) + Int(chunk.length)]), to: writer)
+                    outcome.chunksSent += 1
+                    bytesDone += UInt64(chunk.length)
+                }
+            }
+            progress.update(done: bytesDone, total: totalBytes)
             return
         }
         let fd: FileDescriptor

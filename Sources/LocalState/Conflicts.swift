@@ -103,7 +103,8 @@ extension StateStore {
                 for path in stale { try delete.execute(arguments: [path, kind.rawValue]) }
             }
             let delete = try db.makeStatement(sql: "DELETE FROM conflicts WHERE path = ?")
-            for path in cleared { try delete.execute(arguments: [Data(path.bytes)]) }
+            // Only paths that had a conflict have a row to delete (a first push clears 100k paths of none).
+            for path in cleared where since[Data(path.bytes)] != nil { try delete.execute(arguments: [Data(path.bytes)]) }
             let insert = try db.makeStatement(sql: """
                 INSERT OR REPLACE INTO conflicts (path, side, since, message, local, remote, recorded) VALUES (?, ?, ?, ?, ?, ?, ?)
                 """)

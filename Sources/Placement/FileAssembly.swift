@@ -30,11 +30,24 @@ public final class FileAssembly {
     /// Chunks found already written in a temporary file from an earlier, interrupted run.
     public private(set) var resumedCount = 0
     public let partName: String
+    /// The device of the file system the temporary file is on.
+    public private(set) var device: UInt64 = 0
     private let tree: Tree
     private var partFD: FileDescriptor?
 
-    /// Opens (or resumes) the temporary file. Parent directories are created as needed, without following symlinks.
-    public init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef]) throws {
+    /// The mode a new temporary file got when it was made (what `permissions` asked, less the umask); nil when it
+    /// was found from an earlier run. `seal` skips the fchmod when this is already the mode wanted.
+    private var createdMode: UInt32?
+    private static let processUmask: UInt32 = {
+        let mask = umask(0o022)
+        umask(mask)
+        return UInt32(mask)
+    }()
+
+    /// Opens (or resumes) the temporary file, made with `permissions` when new. Parent directories are created as
+    /// needed, without following symlinks.
+    public init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef],
+                permissions: UInt32 = 0o600) throws {
         self.tree = tree
         self.path = path
         self.digest = digest
@@ -58,9 +71,25 @@ public final class FileAssembly {
             throw PlacementError(path: path.description, message: "parent directory could not be made")
         }
         let shown = displayPath(joinPath(path.parentBytes, Array(partName.utf8)))
-        let part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR | O_CREAT, shown: shown)
-        let existing = try part.stat()
+        let mode = permissions & 0o777
+        var made: FileDescriptor?
+        do {
+            made = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR | O_CREAT | O_EXCL, mode: mode_t(mode), shown: shown)
+        } catch let error as SystemError where error.errno == EEXIST {}
+        let part: FileDescriptor
+        let existing: FileStat
+        if let made {
+            // Made new, it is empty and on its directory's file system: nothing to stat.
+            part = made
+            createdMode = mode & ~Self.processUmask
+            existing = FileStat(device: try tree.device(of: parent), inode: 0, kind: .regular, permissions: mode & ~Self.processUmask,
+                                size: 0, mtimeNanos: 0, ctimeNanos: 0)
+        } else {
+            part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: shown)
+            existing = try part.stat()
+        }
         guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
+        device = existing.device
         if existing.size > 0 {
             try detectResumedChunks(part, existingSize: existing.size)
             try clearHoles(part, existingSize: existing.size)
@@ -68,6 +97,7 @@ public final class FileAssembly {
         // Only a longer leftover needs cutting: the writes extend the file to its size (`seal` extends it over a
         // hole at the end).
         if existing.size > size { try part.truncate(size) }
+        extent = min(existing.size, size)
         partFD = part
     }
 
@@ -179,6 +209,8 @@ public final class FileAssembly {
 
     /// Bytes written since writeback was last started; see `writeVerified`.
     private var unflushed = 0
+    /// The temporary file's size as far as this object made it (what it found, then its writes).
+    private var extent: UInt64 = 0
 
     /// The whole-file digest over chunks `0..<digested`, fed in order as they are written.
     private let digestState = StreamingDigest()
@@ -187,6 +219,7 @@ public final class FileAssembly {
     private func writeVerified(index: Int, bytes: UnsafeRawBufferPointer) throws {
         let part = try openPart()
         try part.write(bytes, at: chunks[index].offset)
+        extent = max(extent, chunks[index].offset + UInt64(bytes.count))
         if index == digested {
             digestState.update(bytes)
             digested += 1
@@ -210,39 +243,58 @@ public final class FileAssembly {
     /// into place. `checkTarget` runs just before the rename with what is at the final path now; it throws
     /// to stop the placement (a conflicting change appeared meanwhile).
     public func place(permissions: UInt32, mtimeNanos: Int64, checkTarget: (FileStat?) throws -> Void) throws {
-        let part = try seal(permissions: permissions, mtimeNanos: mtimeNanos)
+        let part = try seal(permissions: permissions, mtimeNanos: mtimeNanos, startWriteback: true)
         try part.sync()
         if let parent = try commit(checkTarget: checkTarget) { Tree.syncDirectory(parent) }
     }
 
-    /// First half of a placement: checks the whole-file digest, sets mode and mtime, and starts writeback.
-    /// Returns the temporary file, which the caller makes durable (`fsync`, perhaps on another thread) before
+    /// First half of a placement: checks the whole-file digest, sets mode and mtime, and with `startWriteback`
+    /// starts writing it back (worth it for a file about to be fsynced alone; a batch synced with one `syncfs`
+    /// is written back faster all at once). Returns the temporary file, which the caller makes durable before
     /// calling `commit`. A digest mismatch discards the temporary file.
-    public func seal(permissions: UInt32, mtimeNanos: Int64) throws -> FileDescriptor {
+    public func seal(permissions: UInt32, mtimeNanos: Int64, startWriteback: Bool) throws -> FileDescriptor {
         guard isComplete else {
             throw PlacementError(path: path.description, message: "cannot place: \(missingCount) chunks still missing")
         }
         let part = try openPart()
         try advanceDigest(part)
         // A hole at the end is made by extending the file, not by writing.
-        if try part.stat().size < size { try part.truncate(size) }
+        if extent < size {
+            try part.truncate(size)
+            extent = size
+        }
         guard digested == chunks.count, digestState.finish() == digest else {
             discard()
             throw PlacementError(path: path.description, message: "assembled file does not match its digest \(digest.hex); discarded")
         }
-        try part.setPermissions(permissions & 0o777)
+        if createdMode != permissions & 0o777 { try part.setPermissions(permissions & 0o777) }
         try part.setModificationTime(mtimeNanos)
         // Writeback starts now, so the fsync that follows (on a worker thread) mostly waits for I/O in flight.
-        part.startWriteback()
+        if startWriteback { part.startWriteback() }
         return part
     }
 
     /// Second half of a placement, once the sealed file is durable: `checkTarget` sees what is at the final
     /// path now and throws to stop (a conflicting change appeared meanwhile); then the rename. Returns the
     /// parent directory, which the caller fsyncs (once for many files) to make the rename durable.
-    public func commit(checkTarget: (FileStat?) throws -> Void) throws -> FileDescriptor? {
+    ///
+    /// With `expectingNothing` (nothing was at the final path when the file was started) the rename refuses to
+    /// replace anything (RENAME_NOREPLACE), and `checkTarget` runs only if something appeared there meanwhile.
+    public func commit(expectingNothing: Bool = false, checkTarget: (FileStat?) throws -> Void) throws -> FileDescriptor? {
         guard let parent = try tree.openDirectory(path.parentComponents, create: false) else {
             throw PlacementError(path: path.description, message: "parent directory vanished")
+        }
+        if expectingNothing {
+            let rc = withCName(Array(partName.utf8)) { from in withCName(path.name) { syncd_rename_noreplace(parent.raw, from, parent.raw, $0) } }
+            if rc == 0 {
+                partFD?.close()
+                partFD = nil
+                return parent
+            }
+            // EEXIST: something appeared, which `checkTarget` sees below. EINVAL: a file system without the flag.
+            guard errno == EEXIST || errno == EINVAL || errno == ENOSYS else {
+                throw SystemError(call: "renameat2", path: path.description, errno: errno)
+            }
         }
         try checkTarget(try Tree.lstat(at: parent, name: path.name, shown: path.description))
         try syscall("renameat", path: path.description) {

@@ -1,9 +1,10 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSystemShims
 import SyncSystem
 
-/// Runs `fsync` on a few worker threads, so the thread that receives data never waits for the disk, and
+/// Runs `fsync` (or `syncfs`) on a few worker threads, so the thread that receives data never waits for the disk, and
 /// concurrent fsyncs of many small files share journal commits (on ext4 here: 1000 small files take 0.21 s
 /// one after another, 0.05 s from eight threads).
 ///
@@ -16,14 +17,14 @@ public final class FlushQueue {
         public let error: Int32
     }
 
-    private let pool: WorkerPool<(token: UInt64, fd: Int32), Completion>
+    private let pool: WorkerPool<(token: UInt64, fd: Int32, wholeFileSystem: Bool), Completion>
 
     public init(workers count: Int = 4) {
         do {
             pool = try WorkerPool(workers: count) {
                 { job in
                     var rc: Int32
-                    repeat { rc = fsync(job.fd) } while rc != 0 && errno == EINTR
+                    repeat { rc = job.wholeFileSystem ? syncd_syncfs(job.fd) : fsync(job.fd) } while rc != 0 && errno == EINTR
                     return Completion(token: job.token, error: rc == 0 ? 0 : errno)
                 }
             }
@@ -41,7 +42,11 @@ public final class FlushQueue {
     public func shutdown() { pool.shutdown() }
 
     /// Queues an fsync of `fd`; the descriptor must stay open until its completion is collected.
-    public func submit(token: UInt64, fd: Int32) { pool.submit([(token, fd)]) }
+    public func submit(token: UInt64, fd: Int32) { pool.submit([(token, fd, false)]) }
+
+    /// Queues a `syncfs` of the file system holding `fd`: everything written there before the call is durable
+    /// when it completes. The descriptor must stay open until its completion is collected.
+    public func submitFileSystemSync(token: UInt64, fd: Int32) { pool.submit([(token, fd, true)]) }
 
     /// Completions ready now, without waiting.
     public func takeCompletions() -> [Completion] { pool.takeCompletions() }

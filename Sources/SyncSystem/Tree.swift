@@ -11,6 +11,34 @@ public final class Tree {
     /// The open root directory.
     public let root: FileDescriptor
 
+    /// Directories opened by path, handed out again by later openings while caching is on (the agent, during a
+    /// push: four openings per placed file otherwise). A cached descriptor follows its directory if something
+    /// else moves it meanwhile; the agent forgets them all whenever it removes or moves a directory itself, and
+    /// at the end of each push.
+    private var cache: [[UInt8]: FileDescriptor]?
+
+    /// Turns the cache of open directories on or off (off forgets them).
+    public func cachesDirectories(_ on: Bool) {
+        cache = on ? [:] : nil
+        devices.removeAll()
+    }
+
+    /// The device of an open directory under the root: the root's own unless caching is off or it differs (a
+    /// mount inside the tree), remembered per descriptor while caching.
+    public func device(of directory: FileDescriptor) throws -> UInt64 {
+        if let known = devices[ObjectIdentifier(directory)] { return known }
+        let device = try directory.stat().device
+        if cache != nil { devices[ObjectIdentifier(directory)] = device }
+        return device
+    }
+    private var devices: [ObjectIdentifier: UInt64] = [:]
+
+    /// Forgets the open directories cached so far (after a directory was removed or moved).
+    public func forgetDirectories() {
+        if cache != nil { cache = [:] }
+        devices.removeAll()
+    }
+
     /// Opens (and with `create`, makes) the directory at `rootPath`. The root itself may be reached through symlinks.
     public init(rootPath: String, create: Bool) throws {
         self.rootPath = rootPath
@@ -34,6 +62,32 @@ public final class Tree {
     /// is missing and `create` is false. Throws when a component is a symlink or not a directory.
     public func openDirectory<C: Collection>(_ components: C, create: Bool) throws -> FileDescriptor?
     where C.Element == [UInt8] {
+        var path: [UInt8] = []
+        for name in components {
+            if !path.isEmpty { path.append(slash) }
+            path += name
+        }
+        if let cached = cache?[path] { return cached }
+        let opened = try openUncached(components, path: path, create: create)
+        if let opened, !path.isEmpty, cache != nil {
+            if cache!.count >= 1024 {
+                cache!.removeAll()
+                devices.removeAll()
+            }
+            cache![path] = opened
+        }
+        return opened
+    }
+
+    private func openUncached<C: Collection>(_ components: C, path: [UInt8], create: Bool) throws -> FileDescriptor?
+    where C.Element == [UInt8] {
+        // One openat2 for the whole path when the kernel has it; anything but success or "absent" (a symlink on
+        // the way, a directory to make, an old kernel) takes the walk below, which names what is wrong.
+        if Tree.resolvesBeneath, !path.isEmpty {
+            let fd = withCName(path) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            if fd >= 0 { return FileDescriptor(raw: fd, path: displayPath(path)) }
+            if errno == ENOENT && !create { return nil }
+        }
         var current = FileDescriptor(raw: try syscall("dup", path: rootPath) { dup(root.raw) }, path: "")
         var walked: [UInt8] = []
         for name in components {
@@ -57,6 +111,16 @@ public final class Tree {
         }
         return current
     }
+
+    /// Whether this kernel has openat2 with RESOLVE_BENEATH (Linux 5.6 and later), probed once.
+    private static let resolvesBeneath: Bool = {
+        let root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard root >= 0 else { return false }
+        defer { close(root) }
+        let fd = syncd_open_beneath(root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 { close(fd) }
+        return fd >= 0
+    }()
 
     /// Opens a directory by its path under the root (nil: the root itself); see `openDirectory(_:create:)`.
     public func openDirectory(_ path: RelativePath?, create: Bool) throws -> FileDescriptor? {
@@ -86,6 +150,14 @@ public final class Tree {
 
     /// Opens a regular file for reading without following a final symlink.
     public func openForReading(_ path: RelativePath) throws -> FileDescriptor {
+        // One openat2 when the kernel has it, without touching the file's access time where that is allowed (a
+        // read for hashing or sending is not a use); a symlink on the way or an old kernel takes the walk below.
+        if Tree.resolvesBeneath {
+            var fd = withCName(path.bytes) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_CLOEXEC | syncd_o_noatime) }
+            if fd < 0 && errno == EPERM { fd = withCName(path.bytes) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_CLOEXEC) } }
+            if fd >= 0 { return FileDescriptor(raw: fd, path: path.description) }
+            if errno == ENOENT { throw SystemError(call: "open", path: path.description, errno: ENOENT) }
+        }
         guard let parent = try openParent(path, create: false) else {
             throw SystemError(call: "open", path: path.description, errno: ENOENT)
         }

@@ -26,13 +26,18 @@ public final class ChunkSender {
         let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
         let n = try file.read(into: view, at: chunk.offset)
         guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { return false }
-        bytesSeen += view.count
+        try send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(view), to: writer)
+        return true
+    }
+
+    /// Queues `chunk` from `bytes`, which hold it as it was read when it was hashed (so it matches its id).
+    public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, bytes: UnsafeRawBufferPointer, to writer: FrameWriter) throws {
+        bytesSeen += bytes.count
         let compressor = bytesSeen <= Self.tightBudget ? tight : fast
-        if compression, let packed = policy.compress(UnsafeRawBufferPointer(view), op: op, with: compressor) {
+        if compression, let packed = policy.compress(bytes, op: op, with: compressor) {
             try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
         } else {
-            try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: UnsafeRawBufferPointer(view))
+            try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: bytes)
         }
-        return true
     }
 }

@@ -90,4 +90,51 @@ struct ResumeTests {
         usleep(300_000)
         try Self.resume(f, big)
     }
+
+    /// Many small files go to the remote in batches made durable together (one `syncfs`, then the renames). The
+    /// agent is killed at random points of several pushes, each of which changes some files: every file at a
+    /// final path is always whole, one of the versions the project had, and the push after the last kill gives
+    /// the local tree exactly, with no temporary file left anywhere.
+    @Test func batchedSmallFilesAreWholeAfterKillsAtRandomPoints() throws {
+        let f = try SyncFixture()
+        var random = SystemRandomNumberGenerator()
+        var versions: [String: Set<[UInt8]>] = [:]
+        func write(_ path: String, _ bytes: [UInt8]) throws {
+            try f.write(path, bytes)
+            versions[path, default: []].insert(bytes)
+        }
+        // 5000 small files (more than one batch of 2000) and a few of 5 MiB, which are fsynced alone.
+        for i in 0..<5000 { try write("src/d\(i / 100)/f\(i).txt", Array("file \(i) version 0\n".utf8) + randomBytes(200 + i % 700, seed: UInt64(i))) }
+        for i in 0..<3 { try write("data/w\(i).bin", randomBytes(5 << 20, seed: 900 + UInt64(i))) }
+        var killedMidway = 0
+        for round in 1...5 {
+            // Every round changes a tenth of the small files and one large one, so each push has work to cut.
+            for i in stride(from: round, to: 5000, by: 10) {
+                try write("src/d\(i / 100)/f\(i).txt", Array("file \(i) version \(round)\n".utf8) + randomBytes(300, seed: UInt64(round * 10_000 + i)))
+            }
+            try write("data/w\(round % 3).bin", randomBytes(5 << 20, seed: 1000 + UInt64(round)))
+            let delay = UInt32.random(in: 20_000...900_000, using: &random)
+            var killed = false
+            _ = try f.syncctl(["push", f.project, "--json"]) { process in
+                usleep(delay)
+                for child in Self.children(of: process.processIdentifier) {
+                    kill(child, SIGKILL)
+                    killed = true
+                }
+            }
+            if killed { killedMidway += 1 }
+            // Whatever is at a final path is whole: one of the versions written.
+            for (path, known) in versions {
+                guard let remote = f.read(path, in: f.remoteProject) else { continue }
+                #expect(known.contains(remote), "round \(round), killed after \(delay / 1000) ms: \(path) holds \(remote.count) bytes that are no version of it")
+            }
+        }
+        #expect(killedMidway >= 2, "the agent was killed midway in only \(killedMidway) of 5 pushes")
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stderr)")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers.prefix(5))")
+    }
 }
