@@ -136,6 +136,7 @@ extension AgentSession {
                     }
                     openFile = (fop, fd)
                 }
+                sender.begin(op: fop, name: entry.path.name)
                 for index in indices {
                     guard Int(index) < entry.chunks.count, !entry.chunks[Int(index)].id.isHole else {
                         throw ProtocolError("fetch index \(index) out of range for \(entry.path), or a hole (never sent)")

@@ -301,35 +301,41 @@ public final class PushSession {
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
         let state = try project.openState()
-        var pushed: [RelativePath: SyncedEntry]
-        var knownScan: Snapshotter.Scan?
-        var resolveOps: [PushOperation]?
-        if let fixedTree {
-            pushed = try state.load(.pushed)
-            knownScan = Snapshotter.Scan(entries: fixedTree, warnings: [], cache: [:])
-        } else if let resolving {
-            let (ops, scan) = try resolveOperations(resolving, state: state)
-            pushed = try state.load(.pushed, paths: resolving, subtrees: [])
-            resolveOps = ops
-            knownScan = scan
-        } else if let only {
-            let paths = only.sorted()
-            let scan = try Snapshotter(project: project, state: state).scan(only: paths)
-            let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
-            // What was below a path that is no longer a directory is gone too.
-            pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
-            knownScan = scan
-            Trace.mark("push: looked at \(paths.count) reported paths")
-        } else {
-            pushed = try state.load(.pushed)
-            Trace.mark("push: loaded \(pushed.count) pushed entries")
-        }
-        // The operations go out right behind the hello, without waiting for the welcome: the agent refuses them
-        // all if its instance is not the one expected (a wiped or replaced remote).
+        // Connecting starts first: it is most of a small push's time, and runs while the state loads and the tree
+        // is scanned. The operations go out right behind the hello, without waiting for the welcome: the agent
+        // refuses them all if its instance is not the one expected (a wiped or replaced remote).
         let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
         let connecting = PendingConnection(project: project, link: link) { _ in hello }
+        var pushed: [RelativePath: SyncedEntry] = [:]
+        var knownScan: Snapshotter.Scan?
+        var resolveOps: [PushOperation]?
+        do {
+            if let fixedTree {
+                pushed = try state.load(.pushed)
+                knownScan = Snapshotter.Scan(entries: fixedTree, warnings: [], cache: [:])
+            } else if let resolving {
+                let (ops, scan) = try resolveOperations(resolving, state: state)
+                pushed = try state.load(.pushed, paths: resolving, subtrees: [])
+                resolveOps = ops
+                knownScan = scan
+            } else if let only {
+                let paths = only.sorted()
+                let scan = try Snapshotter(project: project, state: state).scan(only: paths)
+                let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
+                // What was below a path that is no longer a directory is gone too.
+                pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
+                knownScan = scan
+                Trace.mark("push: looked at \(paths.count) reported paths")
+            } else {
+                pushed = try state.load(.pushed)
+                Trace.mark("push: loaded \(pushed.count) pushed entries")
+            }
+        } catch {
+            connecting.cancel()
+            throw error
+        }
         let scan: Snapshotter.Scan
         var planned: [PushOperation]
         do {
@@ -814,6 +820,7 @@ final class PushPipeline {
             throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
         }
         if outcome.aborted.contains(op) { return }
+        sender.begin(op: op, name: entry.path.name)
         guard readsLocalFiles else {
             outcome.aborted.insert(op)
             try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))

@@ -78,7 +78,14 @@ public struct IgnoreRules: Sendable {
     public func isExcluded(_ path: String) -> Bool { isExcluded(Array(path.utf8)) }
 
     /// True when `path` (slash-separated bytes) is excluded; see `isExcluded(_: String)`.
-    public func isExcluded(_ bytes: [UInt8]) -> Bool {
+    public func isExcluded(_ bytes: [UInt8]) -> Bool { isExcluded(bytes, parentsChecked: false) }
+
+    /// With `parentsChecked` the caller knows that no directory above `bytes` is excluded (a walk does not go
+    /// into one) and that there are no exceptions: only the path itself is matched then, not each of its parents.
+    public func isExcluded(_ bytes: [UInt8], parentsChecked: Bool) -> Bool {
+        if parentsChecked && !hasExceptions {
+            return patterns.contains { $0.matches(bytes[...]) }
+        }
         var matched = false
         var parentEnds: [Int] = []
         for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { parentEnds.append(i) }
@@ -111,9 +118,9 @@ public struct IgnorePattern: Sendable {
     }
 
     enum Kind: Sendable {
-        case exact
-        case prefix(String)
-        case suffix(String)
+        case exact([UInt8])
+        case prefix([UInt8])
+        case suffix([UInt8])
         case glob([Token])
     }
 
@@ -216,21 +223,20 @@ public struct IgnorePattern: Sendable {
             }
         }
         switch detected {
-        case .exact: kind = .exact
-        case .prefix: kind = .prefix(String(text.dropLast(2)))
-        case .suffix: kind = .suffix(String(text.dropFirst(2)))
+        case .exact: kind = .exact(Array(text.utf8))
+        case .prefix: kind = .prefix(Array(text.dropLast(2).utf8))
+        case .suffix: kind = .suffix(Array(text.dropFirst(2).utf8))
         case .glob: kind = .glob(tokens)
         }
     }
 
     func matches(_ path: ArraySlice<UInt8>) -> Bool {
         switch kind {
-        case .exact:
-            return path.elementsEqual(text.utf8)
+        case .exact(let exact):
+            return path.elementsEqual(exact)
         case .prefix(let prefix):
-            return path.starts(with: prefix.utf8)
-        case .suffix(let suffix):
-            let s = Array(suffix.utf8)
+            return path.starts(with: prefix)
+        case .suffix(let s):
             if path.count >= s.count && path.suffix(s.count).elementsEqual(s) { return true }
             return s.first == UInt8(ascii: "/") && path.elementsEqual(s.dropFirst())
         case .glob(let tokens):

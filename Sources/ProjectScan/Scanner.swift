@@ -88,7 +88,8 @@ public struct ProjectScanner {
                        into result: inout ScanResult) throws {
         let bytes = joinPath(prefix, name)
         if name.starts(with: partialFilePrefix.utf8) { return }
-        let excluded = rules.isExcluded(bytes)
+        // A walk goes into no excluded directory unless there are exceptions: then the parents need no matching.
+        let excluded = rules.isExcluded(bytes, parentsChecked: recurse)
         if excluded && (kind != .directory || !rules.hasExceptions) { return }
         let path: RelativePath
         do { path = try RelativePath(bytes: bytes) } catch {

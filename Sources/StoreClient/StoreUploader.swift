@@ -111,12 +111,13 @@ public final class StoreUploader {
             let missing = file.chunks.filter { !$0.id.isHole && !queued.contains($0.id) }
             guard !missing.isEmpty else { continue }
             let fd = try tree.openForReading(file.path)
+            policy.begin(op: UInt32(truncatingIfNeeded: n), name: file.path.name)
             for chunk in missing where queued.insert(chunk.id).inserted {
                 let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
                 guard try fd.read(into: view, at: chunk.offset) == Int(chunk.length),
                       ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { throw ChangedWhileUploading(path: file.path) }
                 let raw = UnsafeRawBufferPointer(view)
-                pack.add(id: chunk.id, raw: raw, compressed: policy.compress(raw, op: UInt32(truncatingIfNeeded: n), with: compressor))
+                pack.add(id: chunk.id, raw: raw, compressed: policy.compress(raw, op: UInt32(truncatingIfNeeded: n), offset: chunk.offset, with: compressor))
                 stats.chunksUploaded += 1
                 stats.rawBytes += UInt64(chunk.length)
                 if pack.bytes.count >= packTarget {

@@ -75,3 +75,21 @@ public func waitForExit(_ pid: pid_t) -> Int32 {
 public func exitCode(fromWaitStatus status: Int32) -> Int32 {
     status & 0x7F != 0 ? 128 + (status & 0x7F) : (status >> 8) & 0xFF
 }
+
+/// This process's environment, read from `environ` (what Foundation's ProcessInfo gives, without Foundation).
+public func processEnvironment() -> [String: String] {
+    var out: [String: String] = [:]
+    var entry = environ
+    while let pointer = entry.pointee {
+        let text = String(cString: pointer)
+        if let equals = text.firstIndex(of: "=") { out[String(text[..<equals])] = String(text[text.index(after: equals)...]) }
+        entry += 1
+    }
+    return out
+}
+
+/// The home directory of the user this process runs as, from the password database ("/" when it has none).
+public func homeDirectoryOfUser() -> String {
+    guard let entry = getpwuid(getuid()), let dir = entry.pointee.pw_dir else { return "/" }
+    return String(cString: dir)
+}

@@ -30,11 +30,15 @@ public final class ChunkSender {
         return true
     }
 
+    /// The chunks of file `op` that follow are of a file named `name` (its last component): its type may say
+    /// they are not worth compressing (`CompressionHint`).
+    public func begin(op: UInt32, name: some BidirectionalCollection<UInt8>) { policy.begin(op: op, name: name) }
+
     /// Queues `chunk` from `bytes`, which hold it as it was read when it was hashed (so it matches its id).
     public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, bytes: UnsafeRawBufferPointer, to writer: FrameWriter) throws {
         bytesSeen += bytes.count
         let compressor = bytesSeen <= Self.tightBudget ? tight : fast
-        if compression, let packed = policy.compress(bytes, op: op, with: compressor) {
+        if compression, let packed = policy.compress(bytes, op: op, offset: chunk.offset, with: compressor) {
             try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
         } else {
             try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: bytes)

@@ -41,20 +41,36 @@ public final class ChunkCompressor {
     }
 }
 
-/// Decides per file whether compression is worth trying: after a few incompressible chunks in a row
-/// (weights, images, archives) the rest of the file is sent raw without probing.
+/// Decides per file whether compression is worth trying: a file whose type says its bytes are compressed or
+/// floating point already (`CompressionHint`) is sent raw without probing, and after a few incompressible chunks
+/// in a row (weights, images, archives of other names) so is the rest of a file.
 public struct CompressionPolicy {
     private var streak = 0
     private var file: UInt32?
+    private var hint = CompressionHint.probe
 
     public init() {}
 
-    /// Compresses `chunk` of file `op` when that pays; nil means send it raw.
-    public mutating func compress(_ chunk: UnsafeRawBufferPointer, op: UInt32, with compressor: ChunkCompressor) -> [UInt8]? {
+    /// The file `op` is named `name` (its last path component): what its type says, until another file comes.
+    /// Nothing changes when `op` is the current file already.
+    public mutating func begin(op: UInt32, name: some BidirectionalCollection<UInt8>) {
+        guard file != op else { return }
+        file = op
+        streak = 0
+        hint = CompressionHint(name: name)
+    }
+
+    /// Compresses `chunk` of file `op` when that pays; nil means send it raw. `offset` is where the chunk starts
+    /// in its file: the first chunk of a NumPy array says what it holds.
+    public mutating func compress(_ chunk: UnsafeRawBufferPointer, op: UInt32, offset: UInt64 = 1,
+                                  with compressor: ChunkCompressor) -> [UInt8]? {
         if file != op {
             file = op
             streak = 0
+            hint = .probe
         }
+        if hint == .numpy && offset == 0 { hint = CompressionHint(numpyHeader: chunk) }
+        if hint == .raw { return nil }
         if streak >= 4 { return nil }
         if let packed = compressor.compress(chunk) {
             streak = 0
@@ -62,6 +78,53 @@ public struct CompressionPolicy {
         }
         streak += 1
         return nil
+    }
+}
+
+/// What a file's type says about compressing it. zlib gains nothing on data that is compressed already (images,
+/// video, audio, archives) and next to nothing on floating-point tensors (model weights, `.npy` of floats), so
+/// those are sent raw without a probe. A hint only ever decides raw or not: the bytes that arrive are the same.
+public enum CompressionHint: Equatable, Sendable {
+    /// Try zlib (sampling large chunks first).
+    case probe
+    /// Send raw.
+    case raw
+    /// A NumPy array: raw when its header says the elements are floats, probed otherwise.
+    case numpy
+
+    private static let rawExtensions: Set<String> = [
+        // images, video, audio
+        "jpg", "jpeg", "png", "gif", "webp", "heic", "heif", "avif", "jp2", "jxl",
+        "mp4", "m4v", "mkv", "mov", "avi", "webm", "mpg", "mpeg", "mp3", "m4a", "aac", "ogg", "oga", "opus", "flac",
+        // archives and compressed streams
+        "zip", "gz", "tgz", "bz2", "tbz2", "xz", "txz", "zst", "zstd", "lz4", "7z", "rar", "br", "npz", "whl", "jar",
+        "parquet", "tfrecord",
+        // model weights: floating-point tensors
+        "pt", "pth", "safetensors", "ckpt", "onnx", "tflite", "gguf", "ggml", "mlmodel",
+    ]
+
+    /// The hint for a file named `name`, from its extension (case ignored).
+    public init(name: some BidirectionalCollection<UInt8>) {
+        guard let dot = name.lastIndex(of: UInt8(ascii: ".")), dot != name.startIndex else {
+            self = .probe
+            return
+        }
+        let ext = String(decoding: name[name.index(after: dot)...], as: UTF8.self).lowercased()
+        if ext == "npy" { self = .numpy } else { self = Self.rawExtensions.contains(ext) ? .raw : .probe }
+    }
+
+    /// The hint for a NumPy array from the start of its file: raw for float and complex elements ('descr' of
+    /// kind f or c), probe for the rest (integers, booleans, strings, objects) or when the header is not one.
+    public init(numpyHeader bytes: UnsafeRawBufferPointer) {
+        self = .probe
+        let magic: [UInt8] = [0x93] + Array("NUMPY".utf8)
+        guard bytes.count >= 16, bytes.prefix(6).elementsEqual(magic) else { return }
+        let header = String(decoding: bytes[10..<min(bytes.count, 10 + 512)], as: UTF8.self)
+        guard let descr = header.firstRange(of: "'descr':") else { return }
+        let rest = header[descr.upperBound...].drop { $0 == " " || $0 == "'" || $0 == "\"" }
+        // '<f4', '>f8', '|c16', 'f2' ...: a byte-order mark, then the kind.
+        let kind = rest.drop { "<>|=".contains($0) }.first
+        if kind == "f" || kind == "c" { self = .raw }
     }
 }
 

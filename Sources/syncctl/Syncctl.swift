@@ -89,6 +89,7 @@ struct Push: ParsableCommand {
             return report(stats, json: options.json)
         }
         let project = try options.project()
+        Trace.mark("push: project opened")
         if project.config.store != nil {
             // Through the store, to every host at once.
             let push = StorePush(project: project)

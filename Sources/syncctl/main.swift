@@ -5,6 +5,7 @@ import SyncSystem
 
 signal(SIGPIPE, SIG_IGN)
 limitHeapArenas()
+Trace.mark("syncctl: started")
 var command: ParsableCommand
 do {
     command = try Syncctl.parseAsRoot()

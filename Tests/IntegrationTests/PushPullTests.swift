@@ -310,6 +310,47 @@ struct PushPullTests {
         #expect(bad.stderr.contains("'compress' must be auto, always or never"), "\(bad.stderr)")
     }
 
+    /// The start of a NumPy .npy file (format 1.0) holding `count` elements of `descr`, the header padded to 64.
+    static func npyHeader(descr: String, count: Int) -> [UInt8] {
+        var dict = "{'descr': '\(descr)', 'fortran_order': False, 'shape': (\(count),), }"
+        while (10 + dict.utf8.count + 1) % 64 != 0 { dict += " " }
+        dict += "\n"
+        let length = UInt16(dict.utf8.count)
+        return [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(length & 0xff), UInt8(length >> 8)] + Array(dict.utf8)
+    }
+
+    /// Files whose type says they are compressed or floating point already go raw, without a zlib probe, even
+    /// when (as here) they would compress: the hint changes what crosses the link, never what arrives.
+    @Test func fileTypeHintsSendRawAndNeverChangeTheBytes() throws {
+        let f = try SyncFixture()
+        let config = f.project + "/syncd.yaml"
+        try (String(contentsOfFile: config, encoding: .utf8) + "compress: always\n").write(toFile: config, atomically: true, encoding: .utf8)
+        #expect(try f.push().status == 0)
+        // Compressible, and different in every file (a chunk two files share is sent once).
+        func text(_ k: Int) -> [UInt8] { Array((0..<40_000).map { "\($0 + k * 1_000_000),\($0 % 13),loss\n" }.joined().utf8) }
+        let floats = Self.npyHeader(descr: "<f4", count: 250_000) + text(4)
+        let hinted = ["data/frames/a.JPG": text(1), "models/w.safetensors": text(2), "models/m.pt": text(3), "data/x.npy": floats]
+        for (path, bytes) in hinted { try f.write(path, bytes) }
+        let raw = try f.push()
+        #expect(raw.status == 0, "\(raw.stderr)")
+        let hintedBytes = hinted.values.reduce(0) { $0 + $1.count }
+        let sentRaw = try raw.int("bytes_sent")
+        #expect(sentRaw >= hintedBytes, "sent \(sentRaw) bytes for \(hintedBytes) of hinted files")
+
+        // The same kind of content named as text, or as a NumPy array of integers, is compressed.
+        let probed = ["data/y.npy": Self.npyHeader(descr: "<i8", count: 100_000) + text(5), "data/log.csv": text(6)]
+        for (path, bytes) in probed { try f.write(path, bytes) }
+        let compressed = try f.push()
+        #expect(compressed.status == 0, "\(compressed.stderr)")
+        #expect(try compressed.int("bytes_sent") < probed.values.reduce(0) { $0 + $1.count } / 2)
+
+        for (path, bytes) in hinted.merging(probed, uniquingKeysWith: { a, _ in a }) {
+            #expect(f.read(path, in: f.remoteProject) == bytes, "\(path) differs on the remote")
+        }
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+    }
+
     @Test func dataSentUnaskedForFilesTheRemoteHasIsDropped() throws {
         // Small files go with their data. With the local state lost, the client does not know the remote holds
         // them: the agent finds them unchanged and drops the data that came unasked, then the session goes on.

@@ -20,6 +20,10 @@ struct StaticAgentTests {
         #expect(!r.stdout.contains("libswift"))
         #expect(!r.stdout.contains("libssh2"))
         #expect(!r.stdout.contains("Foundation"))
+        // Statically linked Foundation would add some 60 MB (ICU data), which every host downloads once and the
+        // agent hashes at every start; nothing the agent links may import it.
+        let size = try FileManager.default.attributesOfItem(atPath: releaseAgent)[.size] as? Int ?? 0
+        #expect(size < 32 << 20, "the agent is \(size >> 20) MiB: did a module it links start importing Foundation?")
     }
 
     @Test func pushWorksWithTheStaticAgent() throws {
