@@ -370,6 +370,7 @@ public final class AgentSession {
     private func servePush() throws {
         var ended = false
         let durability = durability!
+        try state.beginPush()
         tree.cachesDirectories(true)
         defer {
             tree.cachesDirectories(false)
@@ -471,8 +472,8 @@ public final class AgentSession {
             }
         }
         try syncDirectoriesAndAnswer()
-        // Every operation is answered: temporary files no session is building any more are stale.
-        state.sweepPartials(in: tree)
+        // Every operation is answered: temporary files no push is building any more are stale.
+        state.endPush(in: tree)
         if cacheGrew { evictCache() }
         cacheGrew = false
         try state.save()

@@ -230,9 +230,39 @@ final class AgentState {
         flushJournal()
     }
 
+    /// Every push holds `.syncd/push.lock` shared while it runs (several may run at once: the daemon's and a
+    /// CLI push). A sweep needs it exclusive, so it never removes a temporary file another push is building.
+    private var pushLock: FileDescriptor?
+
+    /// Takes the push lock shared, waiting while a sweep holds it (a sweep is short).
+    func beginPush() throws {
+        if pushLock == nil {
+            let fd = try syscall("openat", path: ".syncd/push.lock") {
+                openat(directory.raw, "push.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            }
+            pushLock = FileDescriptor(raw: fd, path: ".syncd/push.lock")
+        }
+        var rc: Int32
+        repeat { rc = flock(pushLock!.raw, LOCK_SH) } while rc != 0 && errno == EINTR
+        if rc != 0 { throw SystemError(call: "flock", path: ".syncd/push.lock", errno: errno) }
+    }
+
+    /// Ends this push: sweeps the temporary files left in the directories journaled (when no other push runs;
+    /// otherwise a later push does), then lets go of the lock.
+    func endPush(in tree: Tree) {
+        guard let pushLock else { return }
+        _ = flock(pushLock.raw, LOCK_UN)
+        if flock(pushLock.raw, LOCK_EX | LOCK_NB) == 0 {
+            sweepPartials(in: tree)
+            _ = flock(pushLock.raw, LOCK_UN)
+        } else {
+            partials.removeAll()
+        }
+    }
+
     /// Removes every temporary file in the directories that may hold some (no session is building one any more:
-    /// call when every operation of a push is answered), and forgets them.
-    func sweepPartials(in tree: Tree) {
+    /// call when every operation of a push is answered, holding the push lock exclusive), and forgets them.
+    private func sweepPartials(in tree: Tree) {
         for directory in partialDirectories {
             let components = directory.isEmpty ? [] : directory.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Array.init)
             guard let dir = try? tree.openDirectory(components, create: false), let entries = try? Tree.list(dir) else { continue }

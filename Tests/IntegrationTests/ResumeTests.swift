@@ -137,4 +137,29 @@ struct ResumeTests {
         let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)).filter { $0.contains(".syncd-part.") }
         #expect(leftovers.isEmpty, "\(leftovers.prefix(5))")
     }
+
+    /// A push that ends sweeps the temporary files left in the directories it knows held some, but not while
+    /// another push to the project runs (it holds `.syncd/push.lock` shared): that push may be building them.
+    @Test func temporaryFilesOfAnotherPushInFlightAreNotSwept() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        #expect(try f.push().status == 0)
+        let lock = open(f.remoteProject + "/.syncd/push.lock", O_RDWR | O_CREAT, 0o600)
+        #expect(lock >= 0)
+        #expect(flock(lock, LOCK_SH) == 0)
+        let building = f.remoteProject + "/src/.syncd-part.built-by-another-push"
+        try f.write("src/.syncd-part.built-by-another-push", "half a file", in: f.remoteProject)
+        try f.write("src/b.py", "b = 2\n")
+        let held = try f.push()
+        #expect(held.status == 0, "\(held.stderr)")
+        #expect(FileManager.default.fileExists(atPath: building), "swept while another push held the lock")
+        flock(lock, LOCK_UN)
+        close(lock)
+        try f.write("src/c.py", "c = 3\n")
+        let free = try f.push()
+        #expect(free.status == 0, "\(free.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: building), "left behind once no other push ran")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+    }
 }
