@@ -748,8 +748,13 @@ public final class AgentSession {
         openAssemblies.removeAll { $0 == header.op }
         let alone = durability.syncsAlone(size: header.size, device: assembly.device)
         let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos, startWriteback: alone)
+        do {
+            try durability.add(op: header.op, fd: part, size: header.size, device: assembly.device)
+        } catch {
+            assembly.suspend()
+            throw error
+        }
         sealed[header.op] = file
-        try durability.add(op: header.op, fd: part, size: header.size, device: assembly.device)
         // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
         assembly.suspend()
         if durability.outstanding >= Self.maxSyncs { try handle(durability.wait()) }

@@ -92,9 +92,9 @@ struct ResumeTests {
     }
 
     /// Many small files go to the remote in batches made durable together (one `syncfs`, then the renames). The
-    /// agent is killed at random points of several pushes, each of which changes some files: every file at a
-    /// final path is always whole, one of the versions the project had, and the push after the last kill gives
-    /// the local tree exactly, with no temporary file left anywhere.
+    /// agent is killed at random points of several pushes, each of which adds files: every file at a final path
+    /// is always whole, and the push after the last kill gives the local tree exactly, with no temporary file
+    /// left anywhere.
     @Test func batchedSmallFilesAreWholeAfterKillsAtRandomPoints() throws {
         let f = try SyncFixture()
         var random = SystemRandomNumberGenerator()
@@ -108,11 +108,13 @@ struct ResumeTests {
         for i in 0..<3 { try write("data/w\(i).bin", randomBytes(5 << 20, seed: 900 + UInt64(i))) }
         var killedMidway = 0
         for round in 1...5 {
-            // Every round changes a tenth of the small files and one large one, so each push has work to cut.
-            for i in stride(from: round, to: 5000, by: 10) {
-                try write("src/d\(i / 100)/f\(i).txt", Array("file \(i) version \(round)\n".utf8) + randomBytes(300, seed: UInt64(round * 10_000 + i)))
+            // Every round adds 500 small files and a large one, so each push has work to cut. (It adds rather
+            // than edits: a file placed by a killed push whose answer never came, then edited here, is a conflict
+            // by design, since the client cannot know that the remote's copy is its own.)
+            for i in 0..<500 {
+                try write("new\(round)/d\(i / 100)/f\(i).txt", Array("round \(round) file \(i)\n".utf8) + randomBytes(300, seed: UInt64(round * 10_000 + i)))
             }
-            try write("data/w\(round % 3).bin", randomBytes(5 << 20, seed: 1000 + UInt64(round)))
+            try write("data/w\(round + 3).bin", randomBytes(5 << 20, seed: 1000 + UInt64(round)))
             let delay = UInt32.random(in: 20_000...900_000, using: &random)
             var killed = false
             _ = try f.syncctl(["push", f.project, "--json"]) { process in
