@@ -612,10 +612,11 @@ public final class AgentSession {
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
+            // Journaled before the temporary file exists, so that a kill leaves nothing a sweep cannot find.
+            state.noteTemporaryFile(in: file.path.parentBytes)
             let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
                                             permissions: header.permissions)
             file.assembly = assembly
-            state.notePartial(try partialPath(file.path, header.digest), started: true)
             try assembly.fill(from: store)
             if assembly.isComplete {
                 try finish(file)
@@ -699,11 +700,6 @@ public final class AgentSession {
         }
     }
 
-    /// Project-relative path of the temporary file that builds `path` with content `digest`.
-    private func partialPath(_ path: RelativePath, _ digest: ChunkID) throws -> RelativePath {
-        try path.replacingName(with: Array(FileAssembly.partName(for: path, digest: digest).utf8))
-    }
-
     /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
     private func noteOpen(_ op: UInt32) {
         openAssemblies.append(op)
@@ -782,10 +778,8 @@ public final class AgentSession {
             let op = completion.op
             guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
             let header = file.header
-            let partial = try partialPath(file.path, header.digest)
             if completion.error != 0 {
                 assembly.discard()
-                state.notePartial(partial, started: false)
                 durability.renamed(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
                                             current: .absent, keptAs: file.keptAs), directory: nil)
                 continue
@@ -802,7 +796,6 @@ public final class AgentSession {
                 if let stashed { refreshStash(stashed) }
             } catch is ConflictAtPlacement {
                 assembly.discard()
-                state.notePartial(partial, started: false)
                 let (current, st) = (try? currentState(file.path)) ?? (.absent, nil)
                 let isFile = st?.kind == .regular
                 durability.renamed(OpResult(op: op, status: .conflict,
@@ -812,12 +805,10 @@ public final class AgentSession {
                 continue
             } catch let error where error is SystemError || error is PlacementError || error is PathError {
                 assembly.discard()
-                state.notePartial(partial, started: false)
                 durability.renamed(OpResult(op: op, status: .failed, message: describeFailure(error), current: .absent,
                                             keptAs: file.keptAs), directory: nil)
                 continue
             }
-            state.notePartial(partial, started: false)
             if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
             if let st = try tree.lstat(file.path) {
                 state.put(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))

@@ -27,8 +27,6 @@ struct FileRecord: Equatable {
 /// fact is written at once: a directory that is about to hold a temporary file.
 final class AgentState {
     private(set) var records: [RelativePath: FileRecord] = [:]
-    /// Temporary files this process started and has not placed or dropped yet.
-    private(set) var partials: Set<RelativePath> = []
     /// Directories that may hold temporary files of a session that did not finish (journaled before the first
     /// one is made there); swept when a push ends with every operation answered.
     private(set) var partialDirectories: Set<[UInt8]> = []
@@ -214,18 +212,13 @@ final class AgentState {
         appendJournal(w.bytes)
     }
 
-    /// A temporary file is about to be made (`started`), or was placed or dropped. The first one in a directory
-    /// journals the directory, at once, so that a sweep finds what a kill leaves there.
-    func notePartial(_ path: RelativePath, started: Bool) {
-        guard started else {
-            partials.remove(path)
-            return
-        }
-        partials.insert(path)
-        guard partialDirectories.insert(path.parentBytes).inserted else { return }
+    /// A temporary file is about to be made in `directory` (its path bytes). The first one there journals the
+    /// directory, at once, so that a sweep finds what a kill leaves there.
+    func noteTemporaryFile(in directory: [UInt8]) {
+        guard partialDirectories.insert(directory).inserted else { return }
         var w = PayloadWriter()
         w.u8(5)
-        w.byteString(path.parentBytes)
+        w.byteString(directory)
         appendJournal(w.bytes)
         flushJournal()
     }
@@ -255,8 +248,6 @@ final class AgentState {
         if flock(pushLock.raw, LOCK_EX | LOCK_NB) == 0 {
             sweepPartials(in: tree)
             _ = flock(pushLock.raw, LOCK_UN)
-        } else {
-            partials.removeAll()
         }
     }
 
@@ -270,7 +261,6 @@ final class AgentState {
                 try? Tree.remove(at: dir, name: entry.name, isDirectory: false, shown: displayPath(joinPath(directory, entry.name)))
             }
         }
-        partials.removeAll()
         guard !partialDirectories.isEmpty else { return }
         partialDirectories.removeAll()
         appendJournal([6])

@@ -6,6 +6,14 @@ import Testing
 /// `DurableBatches` on real files: when it syncs a batch with one syncfs, when a file gets an fsync of its own,
 /// and that an answer is released only by a sync that started after its rename.
 @Suite struct DurableBatchesTests {
+    /// A fresh directory, its tree, its device and batches over it (the directory lives as long as `temp`).
+    private func fixture(_ limits: DurableBatches<Int>.Limits = .init()) throws
+        -> (temp: TempDir, tree: Tree, device: UInt64, batches: DurableBatches<Int>) {
+        let temp = try TempDir()
+        let tree = try Tree(rootPath: temp.path, create: false)
+        return (temp, tree, try tree.root.stat().device, try DurableBatches<Int>(fileSystem: tree.root, limits: limits))
+    }
+
     /// A file of `size` bytes named `name` in `dir`, open for writing.
     private func sealedFile(_ dir: FileDescriptor, _ name: String, size: Int) throws -> FileDescriptor {
         let file = try Tree.openFile(at: dir, name: Array(name.utf8), flags: O_RDWR | O_CREAT, shown: name)
@@ -32,11 +40,9 @@ import Testing
     }
 
     @Test func smallFilesAreSyncedAsOneBatchAndRenamesRideOnTheNextSync() throws {
-        let temp = try TempDir()
-        let tree = try Tree(rootPath: temp.path, create: false)
-        let device = try tree.root.stat().device
-        let batches = try DurableBatches<Int>(fileSystem: tree.root)
+        let (temp, tree, device, batches) = try fixture()
         defer { batches.shutdown() }
+        defer { withExtendedLifetime(temp) {} }
 
         for i in 0..<100 {
             try batches.add(op: UInt32(i), fd: try sealedFile(tree.root, "part\(i)", size: 200), size: 200, device: device)
@@ -67,11 +73,9 @@ import Testing
     }
 
     @Test func aFewFilesAndLargeFilesAreFsyncedAlone() throws {
-        let temp = try TempDir()
-        let tree = try Tree(rootPath: temp.path, create: false)
-        let device = try tree.root.stat().device
-        let batches = try DurableBatches<Int>(fileSystem: tree.root)
+        let (temp, tree, device, batches) = try fixture()
         defer { batches.shutdown() }
+        defer { withExtendedLifetime(temp) {} }
 
         // A large file is handed over at once, alone.
         let large = 5 << 20
@@ -100,13 +104,11 @@ import Testing
     }
 
     @Test func aBatchIsHandedOverWhenItReachesItsLimits() throws {
-        let temp = try TempDir()
-        let tree = try Tree(rootPath: temp.path, create: false)
-        let device = try tree.root.stat().device
         var limits = DurableBatches<Int>.Limits()
         limits.files = 50
-        let batches = try DurableBatches<Int>(fileSystem: tree.root, limits: limits)
+        let (temp, tree, device, batches) = try fixture(limits)
         defer { batches.shutdown() }
+        defer { withExtendedLifetime(temp) {} }
         for i in 0..<49 {
             try batches.add(op: UInt32(i), fd: try sealedFile(tree.root, "p\(i)", size: 10), size: 10, device: device)
         }
