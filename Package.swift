@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "ObjectStore", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "Store", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store"]),
+        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", "Store", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
@@ -58,7 +58,7 @@ let package = Package(
             "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",
         ]),
 
-        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "SyncSystem", "Wire"]),
+        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
             "SSHTransport",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),

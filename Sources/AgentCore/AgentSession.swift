@@ -366,13 +366,21 @@ public final class AgentSession {
     private static let refusal = "the remote project was wiped or replaced since the last sync; nothing applied"
 
     private var openAssemblies: [UInt32] = []
+    /// The push's extra connections, once the client asked for them.
+    private var joinedStreams: JoinedStreams?
+    /// The highest operation id of a file begun in this push: chunk data a joined stream brings for an id up to it
+    /// whose file is no longer pending arrived after the file was given up or finished, and is dropped.
+    private var highestBegun: UInt32 = 0
 
     private func servePush() throws {
         var ended = false
         let durability = durability!
         try state.beginPush()
         tree.cachesDirectories(true)
+        highestBegun = 0
         defer {
+            joinedStreams?.close()
+            joinedStreams = nil
             tree.cachesDirectories(false)
             fetcher?.shutdown()
             fetcher = nil
@@ -394,13 +402,23 @@ public final class AgentSession {
             if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
                 try syncDirectoriesAndAnswer()
             }
-            guard let message = try reader.next() else {
+            let (next, joined) = try nextPushMessage()
+            guard let message = next else {
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
+            }
+            if joined, case .chunkData(let op, let index, let compressed, let rawLength, let payload) = message {
+                guard let file = pending[op], let assembly = file.assembly else {
+                    if op <= highestBegun { continue }
+                    throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
+                }
+                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+                continue
             }
             switch message {
             case .fileBegin(let header):
                 guard !ended else { throw ProtocolError("file frame after end of operations") }
                 guard pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
+                highestBegun = max(highestBegun, header.op)
                 let path: RelativePath
                 do {
                     if refusing { throw AgentError(Self.refusal) }
@@ -467,6 +485,16 @@ public final class AgentSession {
             case .storeChunks(let chunks):
                 guard let fetcher else { throw ProtocolError("store chunks before any store pack") }
                 for c in chunks where Int(c.pack) < fetcher.packs.count { storeChunks[c.id] = c }
+            case .streamsOpen(let count):
+                guard !ended, joinedStreams == nil else { throw ProtocolError("streams asked for twice, or after end of operations") }
+                // Over a transport without a descriptor to poll (in-process tests) there are no extra streams.
+                if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams)) {
+                    joinedStreams = streams
+                    try writer.send(.streamsReady(address: streams.address, token: streams.token))
+                } else {
+                    try writer.send(.streamsReady(address: "", token: []))
+                }
+                try writer.flush()
             default:
                 throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
             }
@@ -834,7 +862,7 @@ public final class AgentSession {
     ///
     /// Files sealed meanwhile are handed to `durability` when no sync is in flight (group commit): while one runs,
     /// the next batch fills, so a steady stream of small files costs one sync per batch, not one per pause.
-    private func commitWhileIdle() throws {
+    private func commitWhileIdle(alsoWaking extra: Int32? = nil) throws {
         guard let durability else { return }
         guard let input = stream.readinessFD else {
             durability.closeBatch()
@@ -848,10 +876,38 @@ public final class AgentSession {
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
             if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+            if let extra { fds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0)) }
             if poll(&fds, nfds_t(fds.count), -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
             try handle(durability.take())
             if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
-            if fds[0].revents != 0 { return }
+            if fds[0].revents != 0 || (extra != nil && fds.last!.revents != 0) { return }
+        }
+    }
+
+    /// Extra connections one push may have at most.
+    static let maxJoinedStreams = 8
+
+    /// The next frame of a push, from this connection or, once the client asked for streams, from any joined
+    /// one (`joined`). While neither has a frame, it does what `commitWhileIdle` does and sends the answers.
+    private func nextPushMessage() throws -> (message: Message?, joined: Bool) {
+        guard let streams = joinedStreams, let input = stream.readinessFD else { return (try reader.next(), false) }
+        while true {
+            if let message = try streams.take() { return (message, true) }
+            if reader.hasBufferedFrame { return (try reader.next(), false) }
+            notifyLock.lock()
+            do {
+                try commitWhileIdle(alsoWaking: streams.wakeFD)
+                try writer.flush()
+            } catch {
+                notifyLock.unlock()
+                throw error
+            }
+            notifyLock.unlock()
+            if streams.hasQueued { continue }
+            var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: streams.wakeFD, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            if fds[0].revents == 0 { continue }
+            return (try reader.next(), false)
         }
     }
 

@@ -80,4 +80,102 @@ static inline int syncd_open_beneath(int dir, const char *path, int flags) {
     struct syncd_open_how how = { (unsigned long long)(unsigned int)flags, 0, 0x08 | 0x04 | 0x02 };
     return (int)syscall(437 /* SYS_openat2 */, dir, path, &how, sizeof how);
 }
+/// Unix sockets in the abstract namespace (Linux): a name that exists only while its listener is open, with no
+/// file to clean up and no path length set by where a directory is. `name` is at most 100 bytes.
+#include <errno.h>
+#include <stddef.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <string.h>
+#include <unistd.h>
+static inline int syncd_abstract_address(struct sockaddr_un *address, const char *name) {
+    size_t length = strlen(name);
+    if (length == 0 || length > sizeof address->sun_path - 2) return -1;
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    memcpy(address->sun_path + 1, name, length);
+    return (int)(offsetof(struct sockaddr_un, sun_path) + 1 + length);
+}
+/// A listening socket bound to abstract `name`, close-on-exec; -1 with errno set (EADDRINUSE when taken).
+static inline int syncd_listen_abstract(const char *name) {
+    struct sockaddr_un address;
+    int length = syncd_abstract_address(&address, name);
+    if (length < 0) { errno = ENAMETOOLONG; return -1; }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&address, (socklen_t)length) != 0 || listen(fd, 16) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+/// A socket connected to abstract `name`, close-on-exec; -1 with errno set (ECONNREFUSED when nobody listens).
+static inline int syncd_connect_abstract(const char *name) {
+    struct sockaddr_un address;
+    int length = syncd_abstract_address(&address, name);
+    if (length < 0) { errno = ENAMETOOLONG; return -1; }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&address, (socklen_t)length) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+/// Sends `count` (at most 4) descriptors over a unix socket with one byte of data (SCM_RIGHTS); 0 or -1.
+static inline int syncd_send_fds(int socket_fd, const int *fds, int count) {
+    if (count < 1 || count > 4) { errno = EINVAL; return -1; }
+    char byte = 'F';
+    struct iovec io = { &byte, 1 };
+    union { struct cmsghdr align; char space[CMSG_SPACE(4 * sizeof(int))]; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = CMSG_SPACE(count * sizeof(int));
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(count * sizeof(int));
+    memcpy(CMSG_DATA(header), fds, count * sizeof(int));
+    return sendmsg(socket_fd, &message, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+/// Receives up to `capacity` (at most 4) descriptors sent by `syncd_send_fds`, close-on-exec; returns how many
+/// came (0 when the message held none; -1 with errno set, or at end of stream with errno 0).
+static inline int syncd_receive_fds(int socket_fd, int *fds, int capacity) {
+    if (capacity < 1 || capacity > 4) { errno = EINVAL; return -1; }
+    char byte;
+    struct iovec io = { &byte, 1 };
+    union { struct cmsghdr align; char space[CMSG_SPACE(4 * sizeof(int))]; } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = sizeof control.space;
+    ssize_t n = recvmsg(socket_fd, &message, 0x40000000 /* MSG_CMSG_CLOEXEC */);
+    if (n <= 0) { if (n == 0) errno = 0; return -1; }
+    int received = 0;
+    for (struct cmsghdr *h = CMSG_FIRSTHDR(&message); h; h = CMSG_NXTHDR(&message, h)) {
+        if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+        int here = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < here; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
+            if (received < capacity) fds[received++] = fd; else close(fd);
+        }
+    }
+    if (message.msg_flags & MSG_CTRUNC) {
+        for (int i = 0; i < received; i++) close(fds[i]);
+        errno = EMSGSIZE;
+        return -1;
+    }
+    return received;
+}
 #endif

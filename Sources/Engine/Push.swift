@@ -413,6 +413,8 @@ public final class PushSession {
         stats.chunksSent = outcome.chunksSent
         stats.bytesSent = outcome.bytesSent
         stats.bytesReceived = outcome.bytesReceived
+        stats.streams = outcome.streams
+        stats.warnings += pipeline.streamWarnings.map { "an extra stream could not be opened, so the push used fewer: \($0)" }
 
         Trace.mark("push: recording")
         // A full push looked at every local-owned path: a push conflict it did not find again is gone.
@@ -534,6 +536,7 @@ struct PipelineOutcome {
     var chunksSent = 0
     var bytesSent: UInt64 = 0
     var bytesReceived: UInt64 = 0
+    var streams = 1
 }
 
 /// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
@@ -576,6 +579,15 @@ final class PushPipeline {
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
     private var packsSent = 0
+    /// Extra connections for chunk data, once the agent said where they join (set by the reader thread under
+    /// `condition`), and how many were asked for.
+    private var streams: PushStreams?
+    private var streamsAsked = 0
+    /// A push sends this much at least before it asks for extra streams: below it, their SSH handshakes cost more
+    /// than they could save.
+    static let streamsThreshold: UInt64 = 64 << 20
+    /// Why extra streams could not be opened (told as warnings).
+    private(set) var streamWarnings: [String] = []
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
@@ -606,8 +618,35 @@ final class PushPipeline {
     /// The connection has sent the handshake and hello already; operations follow at once, and the reader thread
     /// checks the agent's handshake and welcome as they arrive.
     func run() throws -> PipelineOutcome {
+        do { return try exchange() } catch {
+            // A transport error here often follows the agent's own account of what went wrong (it said so and
+            // exited), which the reader thread is about to take in: that is the better message.
+            condition.lock()
+            let deadline = Date().addingTimeInterval(0.5)
+            while fatal == nil && !agentDone && Date() < deadline { _ = condition.wait(until: deadline) }
+            let reported = fatal
+            condition.unlock()
+            if let reported = reported as? SyncError, reported.description.hasPrefix("agent:") { throw reported }
+            throw error
+        }
+    }
+
+    private func exchange() throws -> PipelineOutcome {
         let readerThread = Thread { [self] in readLoop() }
         readerThread.start()
+        var finished = false
+        defer {
+            condition.lock()
+            let streams = self.streams
+            condition.unlock()
+            if let streams {
+                if finished { streamWarnings = streams.finish() } else { streams.abort() }
+            }
+        }
+        if readsLocalFiles, totalBytes >= Self.streamsThreshold, project.pushStreams > 1 {
+            streamsAsked = project.pushStreams - 1
+            try writer.send(.streamsOpen(count: UInt8(streamsAsked)))
+        }
         if let storeFeed { try sendPacks(storeFeed.packs(from: 0), of: storeFeed) }
 
         for index in ops.indices {
@@ -643,14 +682,21 @@ final class PushPipeline {
             let idle = needs.isEmpty
             condition.unlock()
             if idle {
-                try writer.flush()
+                try flushAll()
                 condition.lock()
-                while needs.isEmpty && !agentDone && fatal == nil { condition.wait() }
+                var broken: String?
+                while needs.isEmpty && !agentDone && fatal == nil && broken == nil { broken = waitWatchingStreams() }
                 condition.unlock()
+                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
             }
         }
-        try writer.flush()
-        outcome.bytesSent = writer.bytesWritten - bytesAtStart.written
+        try flushAll()
+        finished = true
+        condition.lock()
+        let streams = self.streams
+        condition.unlock()
+        outcome.bytesSent = writer.bytesWritten - bytesAtStart.written + (streams?.bytesWritten ?? 0)
+        outcome.streams = 1 + (streams?.carryingCount ?? 0)
         condition.lock()
         outcome.bytesReceived = reader.bytesRead - bytesAtStart.read
         outcome.results = results
@@ -698,6 +744,9 @@ final class PushPipeline {
                     return
                 }
                 inFlight -= 1
+            case .streamsReady(let address, let token)? where streamsAsked > 0 && streams == nil:
+                // An empty address: the agent offers no streams (it cannot poll its input, say).
+                if !address.isEmpty { streams = PushStreams(project: project, address: address, token: token, count: streamsAsked) }
             case .done?:
                 agentDone = true
                 return
@@ -731,10 +780,12 @@ final class PushPipeline {
             let mustWait = needs.isEmpty
             condition.unlock()
             if mustWait {
-                try writer.flush()
+                try flushAll()
                 condition.lock()
-                while inFlight >= window && needs.isEmpty && fatal == nil { condition.wait() }
+                var broken: String?
+                while inFlight >= window && needs.isEmpty && fatal == nil && broken == nil { broken = waitWatchingStreams() }
                 condition.unlock()
+                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
             }
         }
     }
@@ -764,7 +815,7 @@ final class PushPipeline {
                 let distinct = content.chunks.indices.filter {
                     !content.chunks[$0].id.isHole && seen.insert(content.chunks[$0].id).inserted
                 }.map { UInt32($0) }
-                try sendChunks(op: id, indices: distinct)
+                try sendChunks(op: id, indices: distinct, eager: true)
             }
         case .symlink(let e, let base):
             try writer.send(.symlink(op: id, path: e.path.bytes, target: e.linkTarget ?? [], base: base, force: force))
@@ -815,7 +866,29 @@ final class PushPipeline {
         for (op, indices) in batch { try sendChunks(op: op, indices: indices) }
     }
 
-    private func sendChunks(op: UInt32, indices: [UInt32]) throws {
+    /// Waits on `condition` (held) for the reader thread. With extra streams it wakes each second and returns
+    /// why one failed, if one did, since the agent would then wait for data that never comes.
+    private func waitWatchingStreams() -> String? {
+        guard let streams else {
+            condition.wait()
+            return nil
+        }
+        _ = condition.wait(until: Date().addingTimeInterval(1))
+        return streams.failure()
+    }
+
+    /// Sends what the main connection's writer and every joined stream's hold.
+    private func flushAll() throws {
+        try writer.flush()
+        condition.lock()
+        let streams = self.streams
+        condition.unlock()
+        try streams?.flush()
+    }
+
+    /// Sends chunks of file `op`. Data sent unasked (`eager`) follows its file's frames on this connection; data
+    /// the agent asked for may go over any stream.
+    private func sendChunks(op: UInt32, indices: [UInt32], eager: Bool = false) throws {
         guard op >= 1, Int(op) <= ops.count, case .file(let entry, _) = ops[Int(op) - 1], let content = entry.content else {
             throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
         }
@@ -850,12 +923,21 @@ final class PushPipeline {
             }
             openFile = (op, fd)
         }
+        condition.lock()
+        let streams = eager ? nil : self.streams
+        condition.unlock()
+        let mainStream = link.connection.stream
         for index in indices {
             guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
                 throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
             }
             let chunk = content.chunks[Int(index)]
-            guard try sender.send(chunk, index: index, op: op, from: fd, to: writer) else {
+            let target = streams?.writer(main: writer, mainStream: mainStream) ?? writer
+            let sent: Bool
+            do { sent = try sender.send(chunk, index: index, op: op, from: fd, to: target) } catch where target !== writer {
+                throw SyncError("an extra stream of this push failed: \(error)")
+            }
+            guard sent else {
                 outcome.aborted.insert(op)
                 try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
                 return

@@ -17,6 +17,8 @@ public struct SyncStats: Codable, Sendable {
     /// Bytes written to / read from the transport, after compression, framing included.
     public var bytesSent: UInt64 = 0
     public var bytesReceived: UInt64 = 0
+    /// Connections that carried chunk data: 1, or more for a push spread over extra streams (`streams:`).
+    public var streams = 1
     public var durationMs: UInt64 = 0
     public var conflicts = 0
     public var conflictPaths: [RelativePath] = []
@@ -48,7 +50,7 @@ public struct SyncStats: Codable, Sendable {
         case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
         case conflictMessages = "conflict_messages", leftIgnored = "left_ignored", kept
         case bytesUploaded = "bytes_uploaded", snapshot, hosts
-        case remoteDirectory = "remote_directory"
+        case remoteDirectory = "remote_directory", streams
     }
 
     /// Exit code per the CLI contract: 1 when operations failed, 3 when conflicts were left, else 0.

@@ -156,7 +156,7 @@ public final class FileAssembly {
     }
 
     /// Size of a buffer that holds any chunk of this file that is not a hole (at least one byte).
-    private var largestChunk: Int { max(chunks.filter { !$0.id.isHole }.map { Int($0.length) }.max() ?? 1, 1) }
+    private lazy var largestChunk: Int = max(chunks.lazy.filter { !$0.id.isHole }.map { Int($0.length) }.max() ?? 1, 1)
 
     /// Indices of chunks still missing, one per distinct chunk id: `write` fills the repeats of a chunk (a run
     /// of zeros, say) from the first, so each id is asked for once.
@@ -235,6 +235,9 @@ public final class FileAssembly {
             present[index] = true
             missingCount -= 1
         }
+        // Chunks that came ahead of this one (over another stream, say) are read back while the page cache has
+        // them, so the digest keeps up and `seal` has nothing left to read.
+        if digested < chunks.count && present[digested] && !chunks[digested].id.isHole { try advanceDigest(part) }
     }
 
     public var isComplete: Bool { missingCount == 0 }

@@ -25,7 +25,10 @@ public final class SSHAgentConnection: AgentConnection {
     /// before its first answer is awaited.
     public let greetingSent: Bool
 
-    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, greeting: ((Double?) -> [UInt8])? = nil) throws {
+    /// With `join` (the address a push's agent gave), the agent started is an extra stream of that push
+    /// (`syncd-agent join`) instead of a session of its own.
+    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, greeting: ((Double?) -> [UInt8])? = nil,
+                join: String? = nil) throws {
         greetingSent = greeting != nil
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
@@ -33,9 +36,10 @@ public final class SSHAgentConnection: AgentConnection {
         let session = try SSHSession(settings: settings, options: options)
         let digest = try Self.digest(ofFile: agentBinary)
         let local = machineName()
+        let verb = join.map { "join --expect-digest \(digest) \($0)" } ?? "serve --expect-digest \(digest)"
         let start = """
             p="$HOME/.local/lib/syncd/agent-\(digest)"; m=$(uname -m); \
-            if [ "$m" = "\(local)" ] && [ -x "$p" ]; then exec "$p" serve --expect-digest \(digest); fi; \
+            if [ "$m" = "\(local)" ] && [ -x "$p" ]; then exec "$p" \(verb); fi; \
             echo "\(Self.missingMarker) $m"
             """
         var uploaded = false

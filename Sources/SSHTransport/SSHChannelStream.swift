@@ -74,6 +74,12 @@ public final class SSHChannelStream: ByteStream {
 
     // MARK: ByteStream
 
+    public var queuedOutputBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return outboundBytes
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         lock.lock()
         defer { lock.unlock() }
@@ -138,8 +144,13 @@ public final class SSHChannelStream: ByteStream {
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         lock.lock()
-        while outboundBytes >= bufferLimit && failure == nil { writable.wait(lock) }
+        while outboundBytes >= bufferLimit && failure == nil && !finished { writable.wait(lock) }
         if let failure { lock.unlock(); throw failure }
+        // The remote command ended (the channel closed cleanly): nothing written now would be read.
+        if finished || exitStatus != nil {
+            lock.unlock()
+            throw SSHError.disconnected(host: owner.settings.hostName, reason: "the remote command ended while data was still being sent to it")
+        }
         let pumpMayBeIdle = outbound.isEmpty
         outbound.append(Array(bytes))
         outboundBytes += bytes.count

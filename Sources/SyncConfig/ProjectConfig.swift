@@ -45,7 +45,7 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
                                    "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from",
-                                   "host_credentials"]
+                                   "host_credentials", "streams"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -69,6 +69,9 @@ public struct ProjectConfig: Equatable, Sendable {
     public var chunkAvg: Int?
     public var chunkMax: Int?
     public var compress: Compression = .auto
+    /// How many SSH connections a large push spreads its chunk data over (`streams:`): nil for `auto`, which is
+    /// half this machine's cores, from 2 to 4; 1 keeps every push on one connection.
+    public var streams: Int?
     /// `DOCKER_HOST` for `syncctl compose` and `exec` on the remote (a rootless or non-default daemon).
     public var dockerHost: String?
     /// Every host a push reaches (`hosts:`), the first being `remote`; just `remote` without the setting.
@@ -228,6 +231,12 @@ public struct ProjectConfig: Equatable, Sendable {
                 throw ConfigError("\(file): setting 'compress' must be auto, always or never, not '\(text)'")
             }
             config.compress = mode
+        }
+        if let text = try string("streams"), text != "auto" {
+            guard let n = Int(text), (1...8).contains(n) else {
+                throw ConfigError("\(file): setting 'streams' must be auto or a number of connections from 1 to 8, not '\(text)'")
+            }
+            config.streams = n
         }
         config.identity = try string("identity")
         config.knownHosts = try string("known_hosts")

@@ -16,11 +16,14 @@ public protocol ByteStream: AnyObject {
     var readinessFD: Int32? { get }
     /// The link's round-trip time in seconds, when the transport knows it (0 for a pipe on this machine).
     var roundTripSeconds: Double? { get }
+    /// Bytes written but not yet sent on (a transport with a buffer of its own); 0 when writes go straight out.
+    var queuedOutputBytes: Int { get }
 }
 
 extension ByteStream {
     public var readinessFD: Int32? { nil }
     public var roundTripSeconds: Double? { nil }
+    public var queuedOutputBytes: Int { 0 }
 }
 
 /// Whether chunk data is worth compressing on a link: always over a network, never through a pipe to a

@@ -85,9 +85,12 @@ public final class FrameReader {
 /// The opening bytes of a session from the client: its handshake and `hello`. A transport writes them as soon
 /// as the agent can read them (see `AgentConnection.greetingSent`), saving the round trip of waiting for the
 /// agent's own handshake first.
-public func clientGreeting(_ hello: Hello) -> [UInt8] {
+public func clientGreeting(_ hello: Hello) -> [UInt8] { clientGreeting(.hello(hello)) }
+
+/// The client's handshake followed by `first`, encoded as one frame (a hello, or a joining stream's `join`).
+public func clientGreeting(_ first: Message) -> [UInt8] {
     var bytes = clientHandshake()
-    let (type, payload) = Message.hello(hello).encode()
+    let (type, payload) = first.encode()
     withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
     bytes.append(type)
     bytes.append(contentsOf: payload)

@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 3
+public let wireVersion: UInt16 = 4
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -272,6 +272,15 @@ public enum Message: Equatable, Sendable {
     /// empty when the pack URLs are presigned, else the region to sign them in with the host's own credentials.
     case storePacks(store: String, signingRegion: String, packs: [StorePack])
     case storeChunks([StoreChunk])
+    /// Streams (a push with much to send): the client asks for up to `count` more connections to carry chunk
+    /// data beside this one, so the encryption of a large push is spread over several sshd processes and client
+    /// threads. The agent answers `streamsReady` with where a joining agent finds it and the token a joining
+    /// connection presents (`join`, its first frame after the handshake). A joined stream carries only
+    /// `chunkData` asked for by `need`; every other frame stays on this connection, and data that comes after
+    /// its file was given up is dropped.
+    case streamsOpen(count: UInt8)
+    case streamsReady(address: String, token: [UInt8])
+    case join(token: [UInt8])
     /// A fatal error; the sender closes after it.
     case error(message: String)
 
@@ -301,6 +310,9 @@ public enum Message: Equatable, Sendable {
         case .watchEnded: return 0x53
         case .storePacks: return 0x60
         case .storeChunks: return 0x61
+        case .streamsOpen: return 0x18
+        case .streamsReady: return 0x33
+        case .join: return 0x03
         case .error: return 0x7F
         }
     }
@@ -367,6 +379,12 @@ public enum Message: Equatable, Sendable {
             w.u64(e.size); w.u32(e.chunkCount)
         case .skipped(let path, let reason):
             w.byteString(path); w.string(reason)
+        case .streamsOpen(let count):
+            w.u8(count)
+        case .streamsReady(let address, let token):
+            w.string(address); w.byteString(token)
+        case .join(let token):
+            w.byteString(token)
         case .error(let message):
             w.string(message)
         }
@@ -524,6 +542,9 @@ public enum Message: Equatable, Sendable {
                 chunks.append(StoreChunk(id: id, pack: pack, offset: offset, storedLength: stored, rawLength: raw, compressed: flag == 1))
             }
             message = .storeChunks(chunks)
+        case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
+        case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
+        case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))
         case 0x7F: message = .error(message: try r.string("message", limit: 65536))
         default:
             throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")

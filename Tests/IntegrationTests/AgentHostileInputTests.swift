@@ -2,6 +2,7 @@ import Chunking
 import Foundation
 import SyncSystem
 import Testing
+import Transport
 import Wire
 
 /// Feeds the real syncd-agent crafted byte streams on stdin and checks what it answers and writes.
@@ -185,5 +186,62 @@ struct AgentHostileInputTests {
         let r = try Self.agent(Data(bytes))
         #expect(r.status == 1)
         #expect(r.stderr.contains("version"), "\(r.stderr)")
+    }
+
+    /// Extra streams of a push (`streamsOpen`) admit only a joiner that presents the push's token, and a joined
+    /// stream carries chunk data only: a joiner with a wrong token or none is turned away without disturbing
+    /// the push, and any other frame on a joined stream ends the push with an error that says so.
+    @Test func joinedStreamsAdmitOnlyTheTokenAndOnlyChunkData() throws {
+        let box = try Sandbox()
+        let agentPath = binDirectory() + "/syncd-agent"
+        let main = try LocalAgentConnection(agentPath: agentPath)
+        let writer = FrameWriter(main.stream), reader = FrameReader(main.stream)
+        func openStreams() throws -> (address: String, token: [UInt8]) {
+            try writer.send(Self.hello(box))
+            try writer.send(.streamsOpen(count: 2))
+            try writer.flush()
+            guard case .welcome? = try reader.next() else { throw FixtureError("no welcome") }
+            guard case .streamsReady(let address, let token)? = try reader.next() else { throw FixtureError("no streamsReady") }
+            return (address, token)
+        }
+        try writer.writeHandshake()
+        #expect(try reader.readHandshake() == wireVersion)
+        let (address, token) = try openStreams()
+        #expect(!address.isEmpty && token.count == 16)
+
+        // Turned away: a wrong token, no handshake, nothing at all. The joiner exits and nothing is written back.
+        var wrong = token
+        wrong[0] ^= 1
+        for input in [Self.frames([.join(token: wrong)]), Data("GET / HTTP/1.0\r\n\r\n".utf8), Data()] {
+            let r = try run(agentPath, ["join", address], stdin: input, timeout: 30)
+            #expect(r.status == 0, "\(r.stderr)")
+            #expect(r.stdout.isEmpty)
+        }
+        // The push goes on over its own connection.
+        let content = Array("print('still here')\n".utf8)
+        for m in Self.fileFrames(op: 1, path: "a.py", content: content) + [.endOfOperations] { try writer.send(m) }
+        try writer.flush()
+        var first = try reader.next()
+        if case .need? = first { first = try reader.next() }
+        guard case .result(let answer)? = first else { throw FixtureError("no answer: \(String(describing: first))") }
+        #expect(answer.status == .applied, "\(answer.message)")
+        guard case .done? = try reader.next() else { throw FixtureError("no done") }
+        #expect(FileManager.default.contents(atPath: box.project + "/a.py") == Data(content))
+
+        // Admitted, then a frame other than chunk data: the push ends with an error naming it.
+        let (second, secondToken) = try openStreams()
+        let bad = Self.frames([.join(token: secondToken), .endOfOperations])
+        let joiner = try run(agentPath, ["join", second], stdin: bad, timeout: 30)
+        #expect(joiner.stdout.utf8.starts(with: wireMagic), "the admitted stream got no handshake")
+        var reply: Message?
+        for _ in 0..<4 {
+            reply = try reader.next()
+            if case .error = reply { break }
+        }
+        guard case .error(let message)? = reply else { throw FixtureError("no error for a bad frame on a joined stream: \(String(describing: reply))") }
+        #expect(message.contains("only chunk data"), "\(message)")
+        #expect(main.finish() != nil)
+        // No join attempt reached the tree outside the project.
+        #expect(box.outsideContents.isEmpty)
     }
 }

@@ -31,6 +31,10 @@ struct WireTests {
         .storePacks(store: "s3://b/p", signingRegion: "", packs: [StorePack(digest: ChunkID(low: 7, high: 8), url: "http://h/b/p?X-Amz-Signature=1")]),
         .storePacks(store: "s3://b/p", signingRegion: "eu-west-1", packs: [StorePack(digest: ChunkID(low: 9, high: 1), url: "http://h/b/p/packs/x")]),
         .storeChunks([StoreChunk(id: ChunkID(low: 2, high: 3), pack: 1, offset: 99, storedLength: 10, rawLength: 20, compressed: true)]),
+        .streamsOpen(count: 3),
+        .streamsReady(address: "syncd-12-0af3", token: Array(0..<16)),
+        .streamsReady(address: "", token: []),
+        .join(token: [0xFF, 0, 7]),
     ]
 
     @Test(arguments: 0..<samples.count)
