@@ -5,15 +5,21 @@ import CSystemShims
 import SyncSystem
 import Wire
 
-/// The extra connections of one push (`Message.streamsOpen`). The agent listens on a unix socket in the
+/// The extra connections of one push or pull (`Message.streamsOpen`). The agent listens on a unix socket in the
 /// abstract namespace; a joining agent (`syncd-agent join`, started by its own SSH connection) connects, hands
 /// over its stdin and stdout, and waits. The stream's first frames are the client's handshake and `join` with
-/// this push's token; after that it carries chunk data only. A thread per stream reads its frames into one
-/// queue, which the session takes from as it takes frames from its own connection.
+/// this session's token; after that it carries chunk data only.
+///
+/// - `inbound` (a push): a thread per stream reads its frames into one queue, which the session takes from as
+///   it takes frames from its own connection.
+/// - `outbound` (a pull): the session writes chunk frames to whichever stream has the least queued (`writer`);
+///   a thread per stream writes its queue out.
 ///
 /// Only processes of this user may join (SO_PEERCRED), and only with the token, which went to the client over
 /// the main connection.
 final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarded by `lock`
+    enum Direction { case inbound, outbound }
+    let direction: Direction
     let address: String
     let token: [UInt8]
     /// Readable while frames are queued: the session polls it beside its own input.
@@ -29,12 +35,15 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
     private var failure: String?
     private var joined = 0
     private let limit: Int
+    /// Outbound streams admitted so far.
+    private var outputs: [JoinedOutput] = []
     /// Bytes of chunk data queued at most; a stream's reader waits beyond it (and so, through sshd, the client).
     private static let queueLimit = 32 << 20
 
     /// Listens for up to `limit` streams; throws when no socket can be made.
-    init(limit: Int) throws {
+    init(limit: Int, direction: Direction = .inbound) throws {
         self.limit = limit
+        self.direction = direction
         token = (0..<16).map { _ in UInt8.random(in: 0...255) }
         var listening: Int32 = -1
         var name = ""
@@ -96,9 +105,41 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
         head = 0
         queuedBytes = 0
         roomy.broadcast()
+        let streams = outputs
+        outputs = []
         lock.unlock()
+        // An outbound stream writes out what it holds, then ends.
+        for output in streams { output.closeWrite() }
         // Wakes the accept thread, which then closes the listener.
         shutdown(listener, Int32(SHUT_RDWR))
+    }
+
+    /// The writer for the next chunk frame of a pull: `main`'s or an outbound stream's, whichever has the fewest
+    /// bytes waiting. Throws when a stream failed, since what it held is lost.
+    func writer(main: FrameWriter) throws -> FrameWriter {
+        lock.lock()
+        let streams = outputs
+        let failed = failure
+        lock.unlock()
+        if let failed { throw AgentError("a joined stream of this pull failed: \(failed)") }
+        var best = main
+        var least = main.pendingBytes
+        for output in streams {
+            let waiting = output.waiting
+            if waiting < least {
+                least = waiting
+                best = output.writer
+            }
+        }
+        return best
+    }
+
+    /// Hands what the outbound streams' writers hold to their threads (before the session says `done`).
+    func flushOutputs() throws {
+        lock.lock()
+        let streams = outputs
+        lock.unlock()
+        for output in streams { try output.writer.flush() }
     }
 
     private func acceptStreams() {
@@ -164,6 +205,16 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
             let writer = FrameWriter(stream)
             try writer.writeHandshake()
             try writer.flush()
+            if direction == .outbound {
+                let output = JoinedOutput()
+                lock.lock()
+                let late = closed
+                if !late { outputs.append(output) }
+                lock.unlock()
+                if late { return }
+                if let why = output.drain(to: stream) { throw AgentError(why) }
+                return
+            }
             while let message = try reader.next() {
                 guard case .chunkData(_, _, _, _, let payload) = message else {
                     throw ProtocolError("a joined stream carried frame type 0x\(String(message.encode().type, radix: 16)); only chunk data may")
@@ -193,6 +244,74 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
             if report {
                 var byte: UInt8 = 1
                 _ = write(wakeWrite, &byte, 1)
+            }
+        }
+    }
+}
+
+/// What the session writes to one outbound joined stream: frames queue here (up to a bound) and the stream's
+/// thread writes them out, so a slow connection never stalls the session while another has room.
+final class JoinedOutput: ByteStream, @unchecked Sendable {  // `lock` guards the queue, `closed` and `failure`
+    private(set) lazy var writer = FrameWriter(self)
+    private let lock = Mutex()
+    private let changed = Condition()
+    private var pieces: [[UInt8]] = []
+    private var queued = 0
+    private var closed = false
+    private var failure: String?
+    private static let limit = 8 << 20
+
+    /// Bytes queued, in the writer and here: what the stream still has to send.
+    var waiting: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return queued + writer.pendingBytes
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { 0 }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        while queued >= Self.limit && failure == nil && !closed { changed.wait(lock) }
+        if let failure { throw AgentError("a joined stream of this pull failed: \(failure)") }
+        guard !closed else { throw AgentError("a joined stream of this pull was closed") }
+        pieces.append(Array(bytes))
+        queued += bytes.count
+        changed.broadcast()
+    }
+
+    func closeWrite() {
+        lock.lock()
+        closed = true
+        changed.broadcast()
+        lock.unlock()
+    }
+
+    /// Writes the queue to `stream` until closed and empty; returns why it stopped early, if it did.
+    func drain(to stream: ByteStream) -> String? {
+        while true {
+            lock.lock()
+            while pieces.isEmpty && !closed { changed.wait(lock) }
+            if pieces.isEmpty {
+                lock.unlock()
+                return nil
+            }
+            let batch = pieces
+            pieces.removeAll(keepingCapacity: true)
+            lock.unlock()
+            for piece in batch {
+                do { try piece.withUnsafeBytes { try stream.write($0) } } catch {
+                    lock.lock()
+                    failure = "\(error)"
+                    changed.broadcast()
+                    lock.unlock()
+                    return "\(error)"
+                }
+                lock.lock()
+                queued -= piece.count
+                changed.broadcast()
+                lock.unlock()
             }
         }
     }

@@ -119,6 +119,9 @@ extension AgentSession {
         var openFile: (op: UInt32, fd: FileDescriptor)?
         let sender = ChunkSender(compress: compress)
         var abandoned: Set<UInt32> = []
+        // Extra connections the client asked for (a large pull): chunk data goes over them too.
+        var streams: JoinedStreams?
+        defer { streams?.close() }
         while true {
             guard let message = try reader.next() else {
                 throw AgentError("the client closed the connection in the middle of a pull")
@@ -141,13 +144,25 @@ extension AgentSession {
                     guard Int(index) < entry.chunks.count, !entry.chunks[Int(index)].id.isHole else {
                         throw ProtocolError("fetch index \(index) out of range for \(entry.path), or a hole (never sent)")
                     }
-                    guard try sender.send(entry.chunks[Int(index)], index: index, op: fop, from: fd, to: writer) else {
+                    let target = try streams?.writer(main: writer) ?? writer
+                    guard try sender.send(entry.chunks[Int(index)], index: index, op: fop, from: fd, to: target) else {
                         abandoned.insert(fop)
                         try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))
                         break
                     }
                 }
+            case .streamsOpen(let count):
+                guard streams == nil else { throw ProtocolError("streams asked for twice in one pull") }
+                if count > 0, let joined = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams), direction: .outbound) {
+                    streams = joined
+                    try writer.send(.streamsReady(address: joined.address, token: joined.token))
+                } else {
+                    try writer.send(.streamsReady(address: "", token: []))
+                }
+                try writer.flush()
             case .fetchEnd:
+                // What the streams hold goes out before `done`; the client reads each stream to its end.
+                try streams?.flushOutputs()
                 try writer.send(.done)
                 return
             default:

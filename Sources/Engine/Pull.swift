@@ -224,9 +224,27 @@ public final class PullSession {
 
             Trace.mark("pull: decided; \(fetches.count) files to fetch")
             // 3. Fetch what is missing: requests go out on their own thread while this one takes in chunks.
+            let expectedBytes = fetches.reduce(UInt64(0)) { sum, f in
+                sum + f.1.reduce(UInt64(0)) { $0 + UInt64(assemblies[f.0]!.0.chunks[Int($1)].length) }
+            }
+            // Much to fetch: the agent is asked for extra connections to send over (see `ExtraStreams`), and
+            // every connection is read on a thread of its own into one queue.
+            let extraStreams = expectedBytes >= PushPipeline.streamsThreshold ? project.streamCount - 1 : 0
+            let merger: FrameMerger? = extraStreams > 0 ? FrameMerger() : nil
+            if let merger {
+                merger.read(reader, source: 0) { message in
+                    if case .done = message { return true }
+                    if case .error = message { return true }
+                    return false
+                }
+            }
             let requests = fetches
             let sender = Thread {
                 do {
+                    if extraStreams > 0 {
+                        try writer.send(.streamsOpen(count: UInt8(extraStreams)))
+                        try writer.flush()
+                    }
                     for (op, indices) in requests {
                         var start = 0
                         while start < indices.count {
@@ -246,12 +264,39 @@ public final class PullSession {
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
             defer { scratch.deallocate() }
             var received: UInt64 = 0
-            let expectedBytes = fetches.reduce(UInt64(0)) { sum, f in
-                sum + f.1.reduce(UInt64(0)) { $0 + UInt64(assemblies[f.0]!.0.chunks[Int($1)].length) }
-            }
             var open: UInt32?
+            var streams: ExtraStreams?
+            defer { streams?.abort() }
+            var agentDone = false
+            var streamsEnded = 0
+            /// With extra streams, `done` can come ahead of data still on its way over them: the pull is over once
+            /// every chunk asked for is in, or every stream has ended.
+            func over() -> Bool {
+                guard agentDone else { return false }
+                guard let streams else { return true }
+                let (joined, connecting) = streams.state
+                return assemblies.isEmpty || (!connecting && streamsEnded >= joined)
+            }
+            /// The next frame of the pull, from this connection or a joined one; nil once it is over.
+            func nextFrame() throws -> Message? {
+                guard let merger else {
+                    guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the pull") }
+                    return message
+                }
+                while !over() {
+                    switch merger.next() {
+                    case .frame(let message, _): return message
+                    case .ended(source: 0): throw SyncError("the agent closed the connection during the pull")
+                    case .ended: streamsEnded += 1
+                    case .failed(let error, source: 0): throw error
+                    case .failed(let error, _): throw SyncError("an extra stream of this pull failed: \(error)")
+                    case .wake: continue
+                    }
+                }
+                return nil
+            }
             receive: while true {
-                guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the pull") }
+                guard let message = try nextFrame() else { break receive }
                 switch message {
                 case .chunkData(let op, let index, let compressed, let rawLength, let payload):
                     guard let (assembly, offer, expected) = assemblies[op] else { continue }
@@ -282,7 +327,15 @@ public final class PullSession {
                         skipped.insert(offer.path)
                     }
                 case .done:
-                    break receive
+                    agentDone = true
+                    if merger == nil { break receive }
+                case .streamsReady(let address, let token) where merger != nil && streams == nil:
+                    if !address.isEmpty, let merger {
+                        streams = ExtraStreams(project: project, address: address, token: token, count: extraStreams,
+                                               joined: { connection, n in
+                                                   merger.read(FrameReader(connection.stream), source: n, handshake: true)
+                                               }, settled: { merger.wake() })
+                    }
                 case .error(let m):
                     throw SyncError("agent: \(m)")
                 default:
@@ -292,6 +345,11 @@ public final class PullSession {
             for (_, (assembly, offer, _)) in assemblies {
                 assembly.suspend()
                 stats.errors.append("\(offer.path): the agent did not send every chunk")
+            }
+            if let extra = streams {
+                stats.streams = 1 + extra.state.joined
+                for why in extra.finish() { stats.warnings.append("an extra stream could not be opened, so the pull used fewer: \(why)") }
+                streams = nil
             }
 
             Trace.mark("pull: received and placed")
@@ -349,7 +407,7 @@ public final class PullSession {
                 stats.skipped = []
             }
             stats.bytesSent = writer.bytesWritten - bytesAtStart.written
-            stats.bytesReceived = reader.bytesRead - bytesAtStart.read
+            stats.bytesReceived = reader.bytesRead - bytesAtStart.read + (merger?.extraBytesRead ?? 0)
         } catch {
             progress.finish()
             try? state.update(.pulled, changes)

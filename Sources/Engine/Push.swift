@@ -581,7 +581,7 @@ final class PushPipeline {
     private var packsSent = 0
     /// Extra connections for chunk data, once the agent said where they join (set by the reader thread under
     /// `condition`), and how many were asked for.
-    private var streams: PushStreams?
+    private var streams: ExtraStreams?
     private var streamsAsked = 0
     /// A push sends this much at least before it asks for extra streams: below it, their SSH handshakes cost more
     /// than they could save.
@@ -643,8 +643,8 @@ final class PushPipeline {
                 if finished { streamWarnings = streams.finish() } else { streams.abort() }
             }
         }
-        if readsLocalFiles, totalBytes >= Self.streamsThreshold, project.pushStreams > 1 {
-            streamsAsked = project.pushStreams - 1
+        if readsLocalFiles, totalBytes >= Self.streamsThreshold, project.streamCount > 1 {
+            streamsAsked = project.streamCount - 1
             try writer.send(.streamsOpen(count: UInt8(streamsAsked)))
         }
         if let storeFeed { try sendPacks(storeFeed.packs(from: 0), of: storeFeed) }
@@ -746,7 +746,7 @@ final class PushPipeline {
                 inFlight -= 1
             case .streamsReady(let address, let token)? where streamsAsked > 0 && streams == nil:
                 // An empty address: the agent offers no streams (it cannot poll its input, say).
-                if !address.isEmpty { streams = PushStreams(project: project, address: address, token: token, count: streamsAsked) }
+                if !address.isEmpty { streams = ExtraStreams(project: project, address: address, token: token, count: streamsAsked) }
             case .done?:
                 agentDone = true
                 return

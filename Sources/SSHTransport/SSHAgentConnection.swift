@@ -96,7 +96,9 @@ public final class SSHAgentConnection: AgentConnection {
     public func finish() -> String? {
         channel.closeWrite()
         let status = channel.waitForExit()
-        if let error = channel.error { return error.description }
+        // Closed by `terminate`: how it ended is our doing, and says nothing the caller's error does not.
+        if terminated && status == nil { return nil }
+        if let error = channel.error, !terminated { return error.description }
         guard let status else { return "the agent ended without an exit status" }
         if status != 0 {
             let last = channel.stderrText.split(separator: "\n").last.map(String.init) ?? ""
@@ -105,5 +107,11 @@ public final class SSHAgentConnection: AgentConnection {
         return nil
     }
 
-    public func terminate() { channel.abort() }
+    /// Set when `terminate` closed a channel that was still healthy.
+    private var terminated = false
+
+    public func terminate() {
+        terminated = channel.error == nil && channel.exitStatus == nil
+        channel.abort()
+    }
 }

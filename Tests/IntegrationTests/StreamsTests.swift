@@ -91,6 +91,98 @@ struct StreamsTests {
         #expect(left == 0, "join processes still running after the push")
     }
 
+    /// A pull with much to fetch reads over extra streams too: the files that arrive are the remote's, byte for
+    /// byte, as with one stream, both for a new checkpoint and for one that shares most of its chunks with the
+    /// last.
+    @Test func multiStreamPullGivesTheSameFilesAsASingleOne() throws {
+        let server = try SSHServer()
+        let many = try SyncFixture(), one = try SyncFixture()
+        try Self.use(server, many, streams: 3)
+        try Self.use(server, one, streams: 1)
+        let checkpoint = randomBytes(72 << 20, seed: 77)
+        for f in [many, one] {
+            try f.write("src/train.py", "print('train')\n")
+            #expect(try f.sshctl(["push", f.project, "--json"]).status == 0)
+            try f.write("checkpoint/step-1.pt", checkpoint, in: f.remoteProject)
+            for i in 0..<50 { try f.write("output/log-\(i).txt", "step \(i)\n", in: f.remoteProject) }
+            try f.age("checkpoint/step-1.pt", in: f.remoteProject)
+            for i in 0..<50 { try f.age("output/log-\(i).txt", in: f.remoteProject) }
+        }
+        let spread = try many.sshctl(["pull", many.project, "--json"])
+        #expect(spread.status == 0, "\(spread.stderr)")
+        #expect(try spread.int("streams") >= 2, "the pull did not use its extra streams: \(spread.stdout)")
+        #expect(try spread.int("bytes_received") >= 72 << 20)
+        let single = try one.sshctl(["pull", one.project, "--json"])
+        #expect(single.status == 0, "\(single.stderr)")
+        #expect(try single.int("streams") == 1)
+        for f in [many, one] {
+            let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
+            #expect(same, "\(diff)")
+            #expect(f.read("checkpoint/step-1.pt") == checkpoint ? true : false)
+        }
+
+        // A fine-tuned copy: 90% of its chunks are the last checkpoint's, the rest (far over the threshold
+        // still) crosses the streams.
+        var tuned = checkpoint
+        for k in 0..<8 { tuned.replaceSubrange((k * (9 << 20))..<(k * (9 << 20) + (1 << 20)), with: randomBytes(1 << 20, seed: 78 + UInt64(k))) }
+        tuned += randomBytes(64 << 20, seed: 90)
+        for f in [many, one] {
+            try f.write("checkpoint/step-2.pt", tuned, in: f.remoteProject)
+            try f.age("checkpoint/step-2.pt", in: f.remoteProject)
+        }
+        let again = try many.sshctl(["pull", many.project, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try again.int("streams") >= 2, "\(again.stdout)")
+        let againOne = try one.sshctl(["pull", one.project, "--json"])
+        #expect(againOne.status == 0, "\(againOne.stderr)")
+        #expect(try again.int("chunks_sent") == (try againOne.int("chunks_sent")), "both fetch the same chunks")
+        for f in [many, one] {
+            let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
+            #expect(same, "\(diff)")
+            #expect(f.read("checkpoint/step-2.pt") == tuned ? true : false)
+        }
+        var left = Self.joinersLeft()
+        for _ in 0..<50 where left > 0 {
+            usleep(100_000)
+            left = Self.joinersLeft()
+        }
+        #expect(left == 0, "join processes still running after the pull")
+    }
+
+    /// A joined stream of a pull dropped midway: the pull ends with an error (never a hang), keeps what it has,
+    /// and the next one completes the file.
+    @Test func droppedStreamFailsThePullCleanlyAndTheNextCompletes() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try Self.use(server, f, streams: 2)
+        try f.write("src/train.py", "print('train')\n")
+        #expect(try f.sshctl(["push", f.project, "--json"]).status == 0)
+        let checkpoint = randomBytes(160 << 20, seed: 79)
+        try f.write("checkpoint/big.pt", checkpoint, in: f.remoteProject)
+        try f.age("checkpoint/big.pt", in: f.remoteProject)
+        var killed = false
+        let started = Date()
+        let r = try f.sshctl(["pull", f.project, "--json"]) { process in
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline && process.isRunning {
+                if ResumeTests.partialBytes(in: f.project + "/checkpoint") >= 16 << 20, !Self.joiners().isEmpty {
+                    for pid in Self.joiners() {
+                        if let parent = Self.parent(of: pid), parent > 1 { kill(parent, SIGKILL) }
+                    }
+                    killed = true
+                    return
+                }
+                usleep(2000)
+            }
+        }
+        #expect(killed, "the pull finished before a stream could be dropped")
+        #expect(Date().timeIntervalSince(started) < 60, "the pull took \(Date().timeIntervalSince(started)) s to end")
+        if r.status != 0 { #expect(r.status == 1, "\(r.stderr)") }
+        let again = try f.sshctl(["pull", f.project, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(f.read("checkpoint/big.pt") == checkpoint ? true : false, "contents differ")
+    }
+
     /// A joined stream dropped in the middle of a push (the sshd serving its connection killed, early and late):
     /// the push fails with a message that says to run it again, or completes, and never hangs; the next push
     /// completes the tree.

@@ -1,0 +1,254 @@
+import Foundation
+import SSHTransport
+import SyncConfig
+import SyncSystem
+import Transport
+import Wire
+
+/// Extra connections a large push or pull spreads its chunk data over (`streams:` in syncd.yaml,
+/// `Message.streamsOpen`). libssh2 encrypts and decrypts on the thread that pumps its session, one cipher block
+/// per call, which holds one connection to what one core does that way; each joined stream has a session, a
+/// pump thread and an sshd of its own.
+///
+/// Streams are connected in the background while the session goes on over its own connection, and carry data
+/// as they join. In a push the sender thread alone writes to them: each chunk goes to whichever connection,
+/// the push's own included, has the least waiting to go out. In a pull `joined` hands each new one to the
+/// caller, which reads it. One that cannot be opened leaves the session on fewer; one that fails once joined
+/// fails the session, since what it carried is lost (the next one resumes).
+final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `closed`, `failures` and `connecting`
+    private let lock = NSLock()
+    private var joined: [(connection: AgentConnection, writer: FrameWriter)] = []
+    private var closed = false
+    private var failures: [String] = []
+    private var connecting: Int
+
+    /// Starts connecting `count` streams to the session's agent, which listens at `address` and admits `token`.
+    /// `joined` gets each connection as it joins (its number from 1), and `settled` is called once each attempt
+    /// is over, joined or not; both on the connecting thread.
+    init(project: Project, address: String, token: [UInt8], count: Int,
+         joined onJoin: @escaping @Sendable (AgentConnection, Int) -> Void = { _, _ in }, settled: @escaping @Sendable () -> Void = {}) {
+        connecting = max(count, 1)
+        for n in 1...max(count, 1) {
+            let thread = Thread { [self] in
+                defer {
+                    lock.lock()
+                    connecting -= 1
+                    lock.unlock()
+                    settled()
+                }
+                do {
+                    let connection = try project.connectStream(address: address, token: token)
+                    lock.lock()
+                    let late = closed
+                    if !late { joined.append((connection, FrameWriter(connection.stream))) }
+                    lock.unlock()
+                    if late {
+                        connection.terminate()
+                        _ = connection.finish()
+                    } else {
+                        Trace.mark("stream \(n + 1) joined")
+                        onJoin(connection, n)
+                    }
+                } catch {
+                    lock.lock()
+                    failures.append("\(error)")
+                    lock.unlock()
+                }
+            }
+            thread.name = "stream-connect"
+            thread.start()
+        }
+    }
+
+    private var current: [(connection: AgentConnection, writer: FrameWriter)] {
+        lock.lock()
+        defer { lock.unlock() }
+        return joined
+    }
+
+    /// The writer for the next chunk: `main` or a joined stream's, whichever has the fewest bytes waiting.
+    func writer(main: FrameWriter, mainStream: ByteStream) -> FrameWriter {
+        let streams = current
+        guard !streams.isEmpty else { return main }
+        var best = main
+        var least = main.pendingBytes + mainStream.queuedOutputBytes
+        for s in streams {
+            let waiting = s.writer.pendingBytes + s.connection.stream.queuedOutputBytes
+            if waiting < least {
+                least = waiting
+                best = s.writer
+            }
+        }
+        return best
+    }
+
+    /// Sends what the joined streams' writers hold.
+    func flush() throws {
+        for s in current {
+            do { try s.writer.flush() } catch {
+                throw SyncError("an extra stream of this push failed: \(error)")
+            }
+        }
+    }
+
+    /// Why a joined stream failed, if one did: what it carried is lost, and the push cannot complete. Checked
+    /// while the sender waits, since a stream it is not writing to could fail unseen.
+    func failure() -> String? {
+        for s in current {
+            if let error = (s.connection.stream as? SSHChannelStream)?.error { return "\(error)" }
+        }
+        return nil
+    }
+
+    /// Bytes written to the joined streams.
+    var bytesWritten: UInt64 { current.reduce(0) { $0 + $1.writer.bytesWritten } }
+
+    /// Joined streams that carried data out.
+    var carryingCount: Int { current.filter { $0.writer.bytesWritten > 0 }.count }
+
+    /// Streams joined so far, and whether attempts are still under way.
+    var state: (joined: Int, connecting: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (joined.count, connecting > 0)
+    }
+
+    /// Closes every stream once the push is answered (the agent has read all they carried); streams still
+    /// connecting close as soon as they are made. Returns why streams could not be opened, if any could not.
+    func finish() -> [String] {
+        lock.lock()
+        closed = true
+        let streams = joined
+        joined = []
+        let why = failures
+        lock.unlock()
+        for s in streams { s.connection.stream.closeWrite() }
+        for s in streams { _ = s.connection.finish() }
+        return why
+    }
+
+    /// Drops every stream at once (the push failed).
+    func abort() {
+        lock.lock()
+        closed = true
+        let streams = joined
+        joined = []
+        lock.unlock()
+        for s in streams {
+            s.connection.terminate()
+            _ = s.connection.finish()
+        }
+    }
+}
+
+extension Project {
+    /// Connections a push or pull with much to move uses (see `ExtraStreams`): `streams:`, or for `auto` half
+    /// this machine's cores, from 2 to 4. Always 1 for a `local:` remote, where nothing is encrypted.
+    var streamCount: Int {
+        guard case .ssh = config.remote else { return 1 }
+        if let n = config.streams { return n }
+        return min(4, max(2, ProcessInfo.processInfo.activeProcessorCount / 2))
+    }
+
+    /// A new SSH connection whose agent joins the session at `address` as an extra stream.
+    func connectStream(address: String, token: [UInt8]) throws -> AgentConnection {
+        guard case .ssh(let destination) = config.remote else { throw SyncError("extra streams need an SSH remote") }
+        guard !address.isEmpty, address.utf8.count <= 100,
+              address.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || $0 == 0x2D }) else {
+            throw ProtocolError("the agent named a stream address that is not letters, digits and dashes")
+        }
+        let settings = try sshSettings(destination)
+        let agent: String
+        do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
+            throw SyncError(e.description, exitCode: 2)
+        }
+        let greeting = clientGreeting(.join(token: token))
+        do {
+            return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: NSHomeDirectory()),
+                                          agentBinary: agent, greeting: { _ in greeting }, join: address)
+        } catch let e as SSHError {
+            throw SyncError("ssh \(destination) (extra stream): \(e)")
+        }
+    }
+}
+
+/// Frames from several connections taken in one place: a thread per connection reads its frames into one
+/// bounded queue (a pull over extra streams).
+final class FrameMerger: @unchecked Sendable {  // `condition` guards the queue
+    enum Item {
+        case frame(Message, source: Int)
+        /// Source `source` ended cleanly between frames.
+        case ended(source: Int)
+        case failed(Error, source: Int)
+        /// Something changed that the taker may want to look at (an attempt to join settled).
+        case wake
+    }
+    private let condition = NSCondition()
+    private var items: [Item] = []
+    private var head = 0
+    private var queuedBytes = 0
+    private static let limit = 32 << 20
+    private var readBySource: [Int: UInt64] = [:]
+
+    /// Bytes read so far from the sources other than 0 (the joined streams).
+    var extraBytesRead: UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return readBySource.filter { $0.key != 0 }.values.reduce(0, +)
+    }
+
+    /// Reads `reader` on a thread of its own until its end, a failure, or a frame `last` says is its last (the
+    /// session's connection must be left alone after `done`: the next session's frames follow).
+    func read(_ reader: FrameReader, source: Int, handshake: Bool = false, last: @escaping @Sendable (Message) -> Bool = { _ in false }) {
+        let thread = Thread { [self] in
+            do {
+                if handshake { _ = try reader.readHandshake() }
+                while let message = try reader.next() {
+                    put(.frame(message, source: source), bytes: message.payloadBytes, source: source, read: reader.bytesRead)
+                    if last(message) { return }
+                }
+                put(.ended(source: source), bytes: 0, source: source, read: reader.bytesRead)
+            } catch {
+                put(.failed(error, source: source), bytes: 0, source: source, read: reader.bytesRead)
+            }
+        }
+        thread.name = "frames-\(source)"
+        thread.start()
+    }
+
+    func wake() { put(.wake, bytes: 0) }
+
+    private func put(_ item: Item, bytes: Int, source: Int? = nil, read: UInt64 = 0) {
+        condition.lock()
+        if let source { readBySource[source] = read }
+        while queuedBytes > Self.limit { condition.wait() }
+        items.append(item)
+        queuedBytes += bytes
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next item, waiting for one.
+    func next() -> Item {
+        condition.lock()
+        defer { condition.unlock() }
+        while head == items.count { condition.wait() }
+        let item = items[head]
+        head += 1
+        if case .frame(let message, _) = item { queuedBytes -= message.payloadBytes }
+        if head == items.count {
+            items.removeAll(keepingCapacity: true)
+            head = 0
+        }
+        condition.broadcast()
+        return item
+    }
+}
+
+extension Message {
+    /// The chunk bytes a frame holds, for bounding queues of frames.
+    var payloadBytes: Int {
+        if case .chunkData(_, _, _, _, let payload) = self { return payload.count }
+        return 0
+    }
+}
