@@ -24,6 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SSHD_LIB = os.path.join(HERE, "lib", "sshd.sh")
 WANEM = os.path.normpath(os.path.join(REPO, "..", "shared", "tools", "wanem"))
+# Lines added to syncd's syncd.yaml (`--syncd-setting`).
+SYNCD_SETTINGS = []
 MB = 1_000_000
 LINK_MBIT = 100
 LINK_DELAY_MS = 25
@@ -231,6 +233,7 @@ class Tool:
         if self.name == "syncd":
             text = (f"name: proj\nremote: {self.alias}\nremote_root: {self.remote_root}\nssh_config: {self.sshd.config}\n"
                     f"agent_path: {os.path.join(self.release, 'syncd-agent')}\n")
+            text += "".join(f"{line}\n" for line in SYNCD_SETTINGS)
             path = os.path.join(self.project, "syncd.yaml")
             # Rewritten only when it changes (a new link), so it does not count as an edit in every scenario.
             if not os.path.exists(path) or open(path).read() != text:
@@ -565,12 +568,15 @@ def main():
     p.add_argument("--links", default="loopback,slow", help="comma list of loopback, slow")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies the large files (1.0: about 400 MB)")
     p.add_argument("--no-docker", action="store_true", help="skip the DOCKER_HOST workflow")
+    p.add_argument("--syncd-setting", action="append", default=[], metavar="'KEY: VALUE'",
+                   help="a line added to syncd's syncd.yaml (as in --syncd-setting 'streams: 1'); repeatable")
     p.add_argument("--json", default=os.path.join(HERE, "compare-results.json"), help="where to write all numbers")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("--fs", choices=["loop", "tmp"], default="loop",
                    help="loop (default): a fresh ext4 image mounted for the run, so no tool pays for the inode "
                         "allocator's memory of earlier runs; tmp: a directory under $TMPDIR")
     args = p.parse_args()
+    SYNCD_SETTINGS.extend(args.syncd_setting)
     args.release = os.path.abspath(args.release)
     links = [l for l in args.links.split(",") if l]
     if os.geteuid() != 0:

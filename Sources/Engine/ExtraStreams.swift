@@ -143,11 +143,13 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
 
 extension Project {
     /// Connections a push or pull with much to move uses (see `ExtraStreams`): `streams:`, or for `auto` half
-    /// this machine's cores, from 2 to 4. Always 1 for a `local:` remote, where nothing is encrypted.
+    /// this machine's cores, at most 4 (so one below 4 cores: there, on loopback, the ssh processes and the
+    /// agent already need the other core, and more connections measured no faster). Always 1 for a `local:`
+    /// remote, where nothing is encrypted.
     var streamCount: Int {
         guard case .ssh = config.remote else { return 1 }
         if let n = config.streams { return n }
-        return min(4, max(2, ProcessInfo.processInfo.activeProcessorCount / 2))
+        return min(4, max(1, ProcessInfo.processInfo.activeProcessorCount / 2))
     }
 
     /// A new SSH connection whose agent joins the session at `address` as an extra stream.

@@ -69,8 +69,8 @@ public struct ProjectConfig: Equatable, Sendable {
     public var chunkAvg: Int?
     public var chunkMax: Int?
     public var compress: Compression = .auto
-    /// How many SSH connections a large push spreads its chunk data over (`streams:`): nil for `auto`, which is
-    /// half this machine's cores, from 2 to 4; 1 keeps every push on one connection.
+    /// How many SSH connections a large push or pull spreads its chunk data over (`streams:`): nil for `auto`,
+    /// which is half this machine's cores, at most 4; 1 keeps every session on one connection.
     public var streams: Int?
     /// `DOCKER_HOST` for `syncctl compose` and `exec` on the remote (a rootless or non-default daemon).
     public var dockerHost: String?
