@@ -33,8 +33,11 @@ agent: deps
 run: build
 	scripts/demo.sh $(RELEASE)
 
-## test: every unit and integration test (real files, the real agent binary), with a deadline that reports a hang
+## test: the module graph check, then every unit and integration test (real files, the real agent binary), with a
+##       deadline that reports a hang
 test: test-deps agent
+	python3 scripts/check-imports.py --self-test
+	python3 scripts/check-imports.py
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) scripts/test-with-deadline.sh
 

@@ -63,8 +63,11 @@ let package = Package(
             "SSHTransport",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .executableTarget(name: "syncd", dependencies: [
+        .target(name: "Daemon", dependencies: [
             "Engine", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "syncd", dependencies: [
+            "Daemon", "Engine", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],
@@ -76,7 +79,7 @@ let package = Package(
         .testTarget(name: "UnitTests", dependencies: [
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore",
         ], exclude: ["SigV4Vectors"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
+        .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
                                                              "ObjectStore", "Store", "StoreClient", "LocalState"]),
     ],
     swiftLanguageModes: [.v5]

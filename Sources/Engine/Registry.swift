@@ -4,7 +4,7 @@ import SyncSystem
 
 /// The projects the daemon runs: `$XDG_CONFIG_HOME/syncd/projects` (default `~/.config/syncd/projects`), one
 /// absolute project directory per line. Written atomically (temporary file, rename).
-public struct ProjectRegistry {
+public struct ProjectRegistry: Sendable {
     public let file: String
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {

@@ -1,3 +1,4 @@
+import Daemon
 import Engine
 import Foundation
 import Logging
@@ -52,7 +53,19 @@ LoggingSystem.bootstrap { label in
     handler.logLevel = logLevel
     return handler
 }
-let code = Daemon(pullInterval: pullInterval).run()
+let daemon = Daemon(settings: DaemonSettings(pullInterval: pullInterval))
+// Signals arrive on a queue of their own: SIGTERM and SIGINT let sessions in flight finish and stop; SIGHUP
+// reloads the project list. A control client that goes away must not take the daemon with it (SIGPIPE).
+for sig in [SIGTERM, SIGINT, SIGHUP, SIGPIPE] { signal(sig, SIG_IGN) }
+let signalQueue = DispatchQueue(label: "signals")
+let signalSources = [SIGTERM, SIGINT, SIGHUP].map { sig in
+    let source = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+    source.setEventHandler { sig == SIGHUP ? daemon.reloadProjects() : daemon.stop() }
+    source.resume()
+    return source
+}
+let code = daemon.run()
+withExtendedLifetime(signalSources) {}
 // Out without exit's teardown of globals: threads of the runners' links, watchers and control connections may
 // still be unwinding after the sessions finished, and destroying globals under them can crash the process at
 // its very end (a SIGSEGV after SIGTERM was seen once in the tests). Everything the daemon keeps is written by

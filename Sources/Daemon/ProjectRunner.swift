@@ -6,36 +6,6 @@ import SyncConfig
 import SyncSystem
 import Watch
 
-/// sd_notify(3) over `$NOTIFY_SOCKET`: READY=1, STATUS=…, STOPPING=1, WATCHDOG=1. Silent without a socket.
-final class Notifier {
-    private let fd: Int32
-    private var address = sockaddr_un()
-    private var length: socklen_t = 0
-
-    init() {
-        guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty,
-              path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { fd = -1; return }
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        address.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        if bytes.first == UInt8(ascii: "@") { bytes[0] = 0 }  // abstract namespace
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-        }
-        length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
-    }
-
-    func send(_ state: String) {
-        guard fd >= 0 else { return }
-        var address = self.address
-        _ = state.withCString { text in
-            withUnsafePointer(to: &address) { p in
-                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, text, strlen(text), Int32(MSG_NOSIGNAL), $0, length) }
-            }
-        }
-    }
-}
-
 /// One registered project: pushes when its watcher reports changes (and once at start), pulls on a timer.
 /// Sessions run one at a time on the runner's thread; `stop` lets a session in flight finish. An edit of the
 /// project's syncd.yaml, .syncignore or .dockerignore reopens the project before the next session: a rescan, and
@@ -80,10 +50,14 @@ final class ProjectRunner {
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
 
-    init(directory: String, pullInterval: TimeInterval) throws {
+    /// Where the project's local state lives (nil: the default).
+    private let stateDirectory: String?
+
+    init(directory: String, pullInterval: TimeInterval, stateDirectory: String? = nil) throws {
+        self.stateDirectory = stateDirectory
         self.directory = directory
         self.pullInterval = pullInterval
-        project = try Project(directory: directory, options: SyncOptions(progress: false))
+        project = try Project(directory: directory, options: SyncOptions(stateDirectory: stateDirectory, progress: false))
         currentWatcher = makeWatcher(project)
     }
 
@@ -130,7 +104,7 @@ final class ProjectRunner {
     /// in use, and `status` says why. Runs on the runner's thread between sessions.
     private func reopenProject() {
         let fresh: Project
-        do { fresh = try Project(directory: directory, options: SyncOptions(progress: false)) } catch {
+        do { fresh = try Project(directory: directory, options: SyncOptions(stateDirectory: stateDirectory, progress: false)) } catch {
             log.error("\(directory): the changed settings do not load, so the previous ones stay in use: \(error)")
             condition.lock()
             lastError = "settings: \(error)"
@@ -434,186 +408,4 @@ final class ProjectRunner {
             return .failure(error)
         }
     }
-}
-
-/// Reads the agent's reports during a watch, on a thread of its own.
-final class WatchListener {
-    private let link: AgentLink
-    private let state = NSCondition()
-    private var done = false
-    private var failure: Error?
-
-    init(link: AgentLink, changed: @escaping ([RelativePath]) -> Void, ended: @escaping () -> Void) {
-        self.link = link
-        let thread = Thread { [self] in
-            var failed: Error?
-            do { try link.listen(changed: changed) } catch { failed = error }
-            state.lock()
-            failure = failed
-            done = true
-            state.broadcast()
-            state.unlock()
-            ended()
-        }
-        thread.name = "watch"
-        thread.start()
-    }
-
-    var finished: Bool {
-        state.lock()
-        defer { state.unlock() }
-        return done
-    }
-
-    /// Ends the watch: the agent confirms, and only then may a session use the link. Returns why the link
-    /// failed, if it did (it is aborted when the agent does not answer within 10 s).
-    func stop() -> Error? {
-        if !finished {
-            do { try link.endWatch() } catch { link.abort() }
-        }
-        state.lock()
-        defer { state.unlock() }
-        let deadline = Date().addingTimeInterval(10)
-        while !done && state.wait(until: deadline) {}
-        if !done {
-            link.abort()
-            while !done { state.wait() }
-            failure = failure ?? SyncError("the agent did not answer for 10 s")
-        }
-        return failure
-    }
-}
-
-/// The daemon: runs the registered projects until SIGTERM or SIGINT; SIGHUP reloads the project list.
-final class Daemon {
-    private let notifier = Notifier()
-    private var runners: [String: ProjectRunner] = [:]
-    private let pullInterval: TimeInterval
-    private let signals = DispatchQueue(label: "signals")
-    private var sources: [DispatchSourceSignal] = []
-    private let done = DispatchSemaphore(value: 0)
-
-    init(pullInterval: TimeInterval) { self.pullInterval = pullInterval }
-
-    func run() -> Int32 {
-        for sig in [SIGTERM, SIGINT, SIGHUP] { signal(sig, SIG_IGN) }
-        signal(SIGPIPE, SIG_IGN)  // a control client that goes away must not take the daemon with it
-        for sig in [SIGTERM, SIGINT] {
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: signals)
-            source.setEventHandler { [done] in done.signal() }
-            source.resume()
-            sources.append(source)
-        }
-        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signals)
-        hup.setEventHandler { [self] in
-            log.info("reloading the project list (SIGHUP)")
-            notifier.send("RELOADING=1")
-            reload()
-            notifier.send("READY=1\nSTATUS=\(status)")
-        }
-        hup.resume()
-        sources.append(hup)
-        startWatchdog()
-
-        signals.sync { reload() }
-        let control: ControlServer
-        do { control = try ControlServer(path: ControlSocket.path()) { [self] in answer($0) } } catch {
-            log.error("cannot open the control socket: \(error)")
-            return 1
-        }
-        notifier.send("READY=1\nSTATUS=\(status)")
-        log.info("running \(runners.count) project(s); \(status)")
-        done.wait()
-        notifier.send("STOPPING=1")
-        control.close()
-        log.info("stopping: letting sessions in flight finish")
-        signals.sync {
-            for runner in runners.values { runner.stop() }
-            runners.removeAll()
-        }
-        log.info("stopped")
-        return 0
-    }
-
-    /// Answers one control request (on the connection's thread).
-    private func answer(_ request: [String: Any]) -> [String: Any] {
-        let command = request["command"] as? String ?? ""
-        let project = (request["project"] as? String).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-        let all = signals.sync { Array(runners.values) }
-        let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
-        if project != nil && chosen.isEmpty {
-            return ["ok": false, "unregistered": true, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
-        }
-        switch command {
-        case "status":
-            return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
-        case "push", "pull":
-            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
-            switch runner.syncAndWait(command == "push" ? .push : .pull) {
-            case .success(let stats):
-                let object = (try? JSONSerialization.jsonObject(with: Data(stats.internalJSON().utf8))) ?? [:]
-                return ["ok": true, "stats": object]
-            case .failure(let error):
-                return ["ok": false, "error": "\(error)"]
-            }
-        case "logs":
-            return ["ok": true, "lines": LogBook.lines().lines]
-        case "reload":
-            // `syncctl add` / `remove`: the project list changed; runners start and stop before the answer, so
-            // `status` shows the change at once.
-            let failed = signals.sync { reload() }
-            let running = signals.sync { runners.keys.sorted() }
-            return ["ok": true, "projects": running, "failed": failed]
-        case "pause", "resume":
-            for runner in chosen { runner.setPaused(command == "pause") }
-            return ["ok": true, "projects": chosen.map(\.directory)]
-        default:
-            return ["ok": false, "error": "unknown command '\(command)'"]
-        }
-    }
-
-    private var status: String {
-        runners.isEmpty ? "no projects registered; add one with `syncctl add DIR`" : "syncing \(runners.count) project(s)"
-    }
-
-    /// Starts runners for newly registered projects and stops those no longer registered; returns the projects
-    /// that could not start, with why. Runs on `signals`.
-    @discardableResult
-    private func reload() -> [String: String] {
-        let wanted: [String]
-        do { wanted = try ProjectRegistry().list() } catch {
-            log.error("cannot read the project list: \(error)")
-            return ["": "cannot read the project list: \(error)"]
-        }
-        var failed: [String: String] = [:]
-        for (dir, runner) in runners where !wanted.contains(dir) {
-            runner.stop()
-            runners[dir] = nil
-            log.info("\(dir): removed")
-        }
-        for dir in wanted where runners[dir] == nil {
-            do {
-                let started = monotonicNanos()
-                let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval)
-                try runner.start()
-                runners[dir] = runner
-                log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")
-            } catch {
-                log.error("\(dir): not started: \(error)")
-                failed[dir] = "\(error)"
-            }
-        }
-        return failed
-    }
-
-    private func startWatchdog() {
-        guard let text = ProcessInfo.processInfo.environment["WATCHDOG_USEC"], let usec = Double(text), usec > 0 else { return }
-        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "watchdog"))
-        timer.schedule(deadline: .now(), repeating: usec / 2e6)
-        timer.setEventHandler { [notifier] in notifier.send("WATCHDOG=1") }
-        timer.resume()
-        watchdog = timer
-    }
-
-    private var watchdog: DispatchSourceTimer?
 }

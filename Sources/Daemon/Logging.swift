@@ -6,25 +6,24 @@ import Logging
 let log = Logger(label: "syncd")
 
 /// A swift-log handler for the daemon: stderr in the journal's format or a human one, plus the `LogBook`.
-struct DaemonLogHandler: LogHandler {
-    let label: String
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
+public struct DaemonLogHandler: LogHandler {
+    public let label: String
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
     static let toJournal = ProcessInfo.processInfo.environment["JOURNAL_STREAM"] != nil
 
-    init(label: String) { self.label = label }
+    public init(label: String) { self.label = label }
 
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
         set { metadata[key] = newValue }
     }
 
-    func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String,
-             file: String, function: String, line: UInt) {
-        var text = message.description
-        let merged = extra.map { metadata.merging($0) { $1 } } ?? metadata
+    public func log(event: LogEvent) {
+        var text = event.message.description
+        let merged = event.metadata.map { metadata.merging($0) { $1 } } ?? metadata
         if !merged.isEmpty { text += " " + merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ") }
-        LogBook.write(priority: Self.journalPriority(level), level: level, text: text)
+        LogBook.write(priority: Self.journalPriority(event.level), level: event.level, text: text)
     }
 
     /// syslog priorities, as journald reads them from a `<N>` prefix.

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import Placement
+import ProjectScan
+import Watch
+import SyncSystem
+import Wire
+
+// Waiting in a push: for input from every stream, for syncs, and for store reads; renames and answers once
+// files are durable.
+extension AgentSession {
+    /// Waits until store reads or fsyncs complete, and handles them.
+    func waitForFetchesOrFlushes() throws {
+        let durability = durability!
+        if durability.outstanding == 0 { durability.closeBatch() }
+        var fds = [pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
+        if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+        if poll(&fds, nfds_t(fds.count), 1000) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent", errno: errno) }
+        try handle(durability.take())
+        if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+        if durability.outstanding == 0 && !durability.hasOpenBatch { try syncDirectoriesAndAnswer() }
+    }
+
+    /// Sends the answers `progress` made durable, and renames the files it made durable.
+    func handle(_ progress: DurableBatches<OpResult>.Progress) throws {
+        if !progress.answers.isEmpty { state.flushJournal() }
+        for (answer, error) in progress.answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
+        try commitSynced(progress.durable)
+    }
+
+    /// `answer`, or a failure when the sync that was to make it durable failed (the change may not survive a crash;
+    /// the next push compares again).
+    static func answer(_ answer: OpResult, syncError: Int32) -> OpResult {
+        guard syncError != 0, answer.status == .applied else { return answer }
+        return OpResult(op: answer.op, status: .failed, message: "the change could not be made durable: \(SystemError(call: "sync", path: "remote project", errno: syncError))",
+                        current: .absent, keptAs: answer.keptAs)
+    }
+
+    /// Renames durable files into place; their answers go out once the renames are durable too.
+    func commitSynced(_ done: [(op: UInt32, error: Int32)]) throws {
+        guard !done.isEmpty, let durability else { return }
+        for completion in done {
+            let op = completion.op
+            guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
+            let header = file.header
+            if completion.error != 0 {
+                assembly.discard()
+                durability.renamed(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
+                                            current: .absent, keptAs: file.keptAs), directory: nil)
+                continue
+            }
+            let parent: FileDescriptor?
+            do {
+                var stashed: ChunkID?
+                parent = try assembly.commit(expectingNothing: file.targetStat == nil) { now in
+                    let same = (now == nil && file.targetStat == nil)
+                        || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
+                    if !same { throw ConflictAtPlacement(current: now) }
+                    if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
+                }
+                if let stashed { refreshStash(stashed) }
+            } catch is ConflictAtPlacement {
+                assembly.discard()
+                let (current, st) = (try? currentState(file.path)) ?? (.absent, nil)
+                let isFile = st?.kind == .regular
+                durability.renamed(OpResult(op: op, status: .conflict,
+                                            message: "changed on the remote while the new version was being sent: the remote holds \(describe(current, st))",
+                                            current: current, currentSize: isFile ? st!.size : 0, currentMtimeNanos: isFile ? st!.mtimeNanos : 0,
+                                            keptAs: file.keptAs), directory: nil)
+                continue
+            } catch let error where error is SystemError || error is PlacementError || error is PathError {
+                assembly.discard()
+                durability.renamed(OpResult(op: op, status: .failed, message: describeFailure(error), current: .absent,
+                                            keptAs: file.keptAs), directory: nil)
+                continue
+            }
+            if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
+            if let st = try tree.lstat(file.path) {
+                state.put(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
+                store.add(path: file.path, chunks: assembly.chunks)
+            }
+            durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
+                                        current: .file(header.digest), keptAs: file.keptAs),
+                               directory: parent.map { (file.path.parentBytes, $0) })
+        }
+    }
+
+    /// Makes the renames so far durable (an fsync per directory, or one of the file system) and sends their answers.
+    func syncDirectoriesAndAnswer() throws {
+        guard let durability else { return }
+        let answers = durability.flush()
+        if !answers.isEmpty { state.flushJournal() }
+        for (answer, error) in answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
+    }
+
+    /// Called before the reader waits for input: while fsyncs are in flight, waits for whichever comes
+    /// first, input or completed fsyncs, and places and answers for the latter, so the client never waits
+    /// on answers the agent could give.
+    ///
+    /// Files sealed meanwhile are handed to `durability` when no sync is in flight (group commit): while one runs,
+    /// the next batch fills, so a steady stream of small files costs one sync per batch, not one per pause.
+    func commitWhileIdle(alsoWaking extra: Int32? = nil) throws {
+        guard let durability else { return }
+        guard let input = stream.readinessFD else {
+            durability.closeBatch()
+            while durability.outstanding > 0 { try handle(durability.wait()) }
+            return try syncDirectoriesAndAnswer()
+        }
+        while true {
+            if durability.outstanding == 0 { durability.closeBatch() }
+            let fetching = fetcher.map { $0.outstanding > 0 } ?? false
+            if durability.outstanding == 0 && !fetching { return try syncDirectoriesAndAnswer() }
+            var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
+            if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+            if let extra { fds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0)) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            try handle(durability.take())
+            if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+            if fds[0].revents != 0 || (extra != nil && fds.last!.revents != 0) { return }
+        }
+    }
+
+    /// Extra connections one push may have at most.
+    static let maxJoinedStreams = 8
+
+    /// The next frame of a push, from this connection or, once the client asked for streams, from any joined
+    /// one (`joined`). While neither has a frame, it does what `commitWhileIdle` does and sends the answers.
+    func nextPushMessage() throws -> (message: Message?, joined: Bool) {
+        guard let streams = joinedStreams, let input = stream.readinessFD else { return (try reader.next(), false) }
+        while true {
+            if let message = try streams.take() { return (message, true) }
+            if reader.hasBufferedFrame { return (try reader.next(), false) }
+            notifyLock.lock()
+            do {
+                try commitWhileIdle(alsoWaking: streams.wakeFD)
+                try writer.flush()
+            } catch {
+                notifyLock.unlock()
+                throw error
+            }
+            notifyLock.unlock()
+            if streams.hasQueued { continue }
+            var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: streams.wakeFD, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            if fds[0].revents == 0 { continue }
+            return (try reader.next(), false)
+        }
+    }
+}

@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import Placement
+import ProjectScan
+import Watch
+import SyncSystem
+import Wire
+
+// A push's answers and its path operations: symlinks, directories, deletes, and what a conflict keeps.
+extension AgentSession {
+    /// Runs one path operation; a bad path or a file system error fails that operation only.
+    func guardOp(_ body: () throws -> Void, fail: (String) throws -> Void) throws {
+        do { try body() } catch let error as PathError {
+            try fail("\(error)")
+        } catch let error as SystemError {
+            try fail(describeFailure(error))
+        } catch let error as AgentError {
+            try fail("\(error)")
+        }
+    }
+
+    func reply(_ op: UInt32, _ status: OpStatus, _ message: String, _ current: PathState) throws {
+        try writer.send(.result(OpResult(op: op, status: status, message: message, current: current)))
+    }
+
+    /// Answers a conflict: what the remote holds now (with size and mtime for a file) and what the sender
+    /// believed it held, so the client can say both.
+    func replyConflict(_ op: UInt32, _ path: RelativePath, _ current: PathState, _ st: FileStat?, base: PathState,
+                               _ what: String = "changed on the remote since the last sync") throws {
+        let isFile = st?.kind == .regular
+        try writer.send(.result(OpResult(op: op, status: .conflict,
+                                         message: "\(what): the remote holds \(describe(current, st)), the last sync recorded \(base)",
+                                         current: current, currentSize: isFile ? st!.size : 0,
+                                         currentMtimeNanos: isFile ? st!.mtimeNanos : 0)))
+    }
+
+    func describe(_ state: PathState, _ st: FileStat?) -> String {
+        guard case .file = state, let st else { return "\(state)" }
+        return "\(state) (\(st.size) bytes, modified \(formatTime(st.mtimeNanos)))"
+    }
+
+    /// Keeps what is at `path` under a conflict name beside it (a forced operation's loser) and returns that
+    /// name. Renamed without replacing anything; what the agent knows of it follows it.
+    func keepAside(_ path: RelativePath) throws -> [UInt8] {
+        tree.forgetDirectories()
+        let kept = try tree.keepAside(path, stamp: conflictStamp)
+        if let record = state.records[path] {
+            dropRecord(path)
+            if let st = try tree.lstat(kept) {
+                state.put(FileRecord(path: kept, stat: st, digest: record.digest, chunks: record.chunks))
+                store.add(path: kept, chunks: record.chunks)
+            }
+        }
+        for below in state.records.keys where below.isWithin(path) { dropRecord(below) }
+        return kept.name
+    }
+
+    /// A failure's text; a name the remote file system refuses (not in its encoding, a character it does not
+    /// allow, too long) says so.
+    func describeFailure(_ error: Error) -> String {
+        if let e = error as? SystemError, [EILSEQ, ENAMETOOLONG, EINVAL].contains(e.errno) {
+            return "the remote file system cannot hold this name (\(e.call): \(e.reason)); rename it here or add it to .syncignore"
+        }
+        return "\(error)"
+    }
+
+    func updateMetadata(_ path: RelativePath, _ st: FileStat, _ header: FileHeader) throws {
+        guard st.permissions != header.permissions & 0o777 || st.mtimeNanos != header.mtimeNanos else { return }
+        guard let parent = try tree.openParent(path, create: false) else { return }
+        let file = try Tree.openFile(at: parent, name: path.name, flags: O_RDONLY, shown: path.description)
+        try file.setPermissions(header.permissions & 0o777)
+        try file.setModificationTime(header.mtimeNanos)
+        if var record = state.records[path] {
+            record.stat = try file.stat()
+            state.put(record)
+        }
+    }
+
+    func applySymlink(_ op: UInt32, _ raw: [UInt8], _ target: [UInt8], _ base: PathState, force: Bool) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        guard symlinkStaysInside(linkPath: path, target: target) else {
+            throw PathError(path: path.description, reason: "symlink target \(displayPath(target)) points outside the project")
+        }
+        let (current, st) = try currentState(path)
+        if current == .symlink(target) { return try reply(op, .unchanged, "", current) }
+        var keptAs: [UInt8] = []
+        if current != base {
+            guard force, current != .absent else { return try replyConflict(op, path, current, st, base: base) }
+            keptAs = try keepAside(path)
+        }
+        guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
+        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
+        if state.records[path] != nil { dropRecord(path) }
+        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs)))
+    }
+
+    func applyDirectory(_ op: UInt32, _ raw: [UInt8], _ permissions: UInt32, force: Bool) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) && !pullPaths.contains(path) && !force {
+            throw AgentError("\(path) is remote-owned (a pull path); push refused")
+        }
+        let (current, st) = try currentState(path)
+        if current == .directory, let st {
+            if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
+                try dir.setPermissions(permissions & 0o777)
+                return try reply(op, .applied, "", .directory)
+            }
+            return try reply(op, .unchanged, "", .directory)
+        }
+        var keptAs: [UInt8] = []
+        if current != .absent {
+            guard force else { return try replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
+            keptAs = try keepAside(path)
+        }
+        guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
+        try dir.setPermissions(permissions & 0o777)
+        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs)))
+    }
+
+    func applyDelete(_ op: UInt32, _ raw: [UInt8], _ base: PathState, force: Bool) throws {
+        let path = try checkedPath(raw)
+        if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
+        let (current, st) = try currentState(path)
+        if current == .absent { return try reply(op, .unchanged, "", .absent) }
+        if current == .directory { tree.forgetDirectories() }
+        guard let parent = try tree.openParent(path, create: false) else { return try reply(op, .unchanged, "", .absent) }
+        if current != base {
+            guard force else { return try replyConflict(op, path, current, st, base: base) }
+            // Deleted here, changed there: the remote's version is kept under a conflict name.
+            let keptAs = try keepAside(path)
+            durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs), directory: nil)
+            return
+        }
+        if current == .directory {
+            if withCName(path.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 {
+                if errno == ENOTEMPTY || errno == EEXIST {
+                    let names = (try? tree.openDirectory(path, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
+                    let shown = names.prefix(3).map { displayPath($0.name) }.joined(separator: ", ")
+                    return try replyConflict(op, path, .directory, st, base: base, "the directory holds files created on the remote (\(shown)); kept")
+                }
+                throw SystemError(call: "rmdir", path: path.description, errno: errno)
+            }
+        } else {
+            var stashed: ChunkID?
+            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.description), st.kind == .regular { stashed = stash(path, stat: st) }
+            try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.description)
+            if let stashed { refreshStash(stashed) }
+        }
+        dropRecord(path)
+        // Durable, and answered, with the next sync of renames.
+        durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent), directory: (path.parentBytes, parent))
+    }
+
+    func dropRecord(_ path: RelativePath) {
+        if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
+        state.remove(path)
+    }
+}

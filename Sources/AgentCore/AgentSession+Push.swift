@@ -1,0 +1,345 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Chunking
+import Placement
+import ProjectScan
+import Watch
+import SyncSystem
+import Wire
+
+// A push: files and their chunks, from the client, the store and the cache.
+extension AgentSession {
+    /// True while a file of the push still waits for frames from the client (its chunk list, data sent unasked,
+    /// or chunks asked for).
+    func waitsOnClient(_ file: PendingFile) -> Bool {
+        file.path == nil || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
+    }
+
+    /// Places the chunks the store answered with; a file whose read failed is answered failed, naming the object.
+    func receiveFetched(_ done: [StoreFetcher.Completion]) throws {
+        for completion in done {
+            guard let file = pending[completion.op], let assembly = file.assembly else { continue }
+            file.fetching -= 1
+            switch completion.result {
+            case .success(let pieces):
+                do {
+                    for piece in pieces {
+                        try piece.bytes.withUnsafeBytes { try assembly.write(index: piece.index, bytes: $0) }
+                    }
+                } catch {
+                    assembly.suspend()
+                    pending[completion.op] = nil
+                    try reply(completion.op, .failed, "\(error)", .absent)
+                    continue
+                }
+                if assembly.isComplete {
+                    do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+                        pending[completion.op] = nil
+                        try reply(completion.op, .failed, "\(error)", .absent)
+                    }
+                }
+            case .failure(let error):
+                assembly.suspend()
+                pending[completion.op] = nil
+                try reply(completion.op, .failed, "\(error)", .absent)
+            }
+        }
+    }
+
+    static let refusal = "the remote project was wiped or replaced since the last sync; nothing applied"
+
+    func servePush() throws {
+        var ended = false
+        let durability = durability!
+        try state.beginPush()
+        tree.cachesDirectories(true)
+        highestBegun = 0
+        defer {
+            joinedStreams?.close()
+            joinedStreams = nil
+            tree.cachesDirectories(false)
+            fetcher?.shutdown()
+            fetcher = nil
+            storeChunks.removeAll()
+        }
+        while !ended || !pending.isEmpty || !sealed.isEmpty {
+            if ended && pending.isEmpty {
+                durability.closeBatch()
+                try handle(durability.wait())
+                continue
+            }
+            if ended && !pending.values.contains(where: waitsOnClient) {
+                // Everything still missing comes from the store: wait for it (and for fsyncs), not for input.
+                try waitForFetchesOrFlushes()
+                continue
+            }
+            if durability.outstanding > 0 { try handle(durability.take()) }
+            if let fetcher, fetcher.outstanding > 0 { try receiveFetched(fetcher.takeCompletions()) }
+            if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
+                try syncDirectoriesAndAnswer()
+            }
+            let (next, joined) = try nextPushMessage()
+            guard let message = next else {
+                throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
+            }
+            if joined, case .chunkData(let op, let index, let compressed, let rawLength, let payload) = message {
+                guard let file = pending[op], let assembly = file.assembly else {
+                    if op <= highestBegun { continue }
+                    throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
+                }
+                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+                continue
+            }
+            switch message {
+            case .fileBegin(let header):
+                guard !ended else { throw ProtocolError("file frame after end of operations") }
+                guard pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
+                highestBegun = max(highestBegun, header.op)
+                let path: RelativePath
+                do {
+                    if refusing { throw AgentError(Self.refusal) }
+                    path = try checkedPath(header.path)
+                } catch {
+                    try reply(header.op, .failed, "\(error)", .absent)
+                    if header.chunkCount > 0 { pending[header.op] = PendingFile(header: header, path: nil) }
+                    continue
+                }
+                let file = PendingFile(header: header, path: path)
+                pending[header.op] = file
+                if header.chunkCount == 0 { try startFile(file) }
+            case .chunkList(let op, let chunks):
+                guard let file = pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
+                guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
+                    throw ProtocolError("\(displayPath(file.header.path)): more chunks than the \(file.header.chunkCount) announced")
+                }
+                var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+                for c in chunks {
+                    file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+                    offset += UInt64(c.length)
+                }
+                if file.chunks.count == Int(file.header.chunkCount) {
+                    if file.header.dataFollows {
+                        let coming = Set(file.chunks.lazy.map(\.id).filter { !$0.isHole }).count
+                        if coming > 0 { eagerFrames[op] = coming }
+                    }
+                    if file.path == nil { pending[op] = nil; continue }
+                    try startFile(file)
+                }
+            case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+                let eager = eagerFrames[op]
+                if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
+                guard let file = pending[op], let assembly = file.assembly else {
+                    if eager != nil { continue }  // sent unasked for a file already placed, unchanged or refused
+                    throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
+                }
+                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+                if eager == 1, pending[op] != nil, !assembly.isComplete {
+                    // Everything announced has come and the file is still short: ask, as for any other file.
+                    try requestMissing(op, assembly)
+                }
+            case .abort(let op, let reason):
+                eagerFrames[op] = nil
+                if let file = pending.removeValue(forKey: op) {
+                    file.assembly?.suspend()
+                    try reply(op, .failed, "sender gave up: \(reason)", .absent)
+                }
+            case .symlink(let op, _, _, _, _) where refusing, .directory(let op, _, _, _) where refusing,
+                 .delete(let op, _, _, _) where refusing:
+                try reply(op, .failed, Self.refusal, .absent)
+            case .symlink(let op, let path, let target, let base, let force):
+                try guardOp { try applySymlink(op, path, target, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+            case .directory(let op, let path, let permissions, let force):
+                try guardOp { try applyDirectory(op, path, permissions, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+            case .delete(let op, let path, let base, let force):
+                try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+            case .endOfOperations:
+                ended = true
+            case .storePacks(let store, let signingRegion, let packs):
+                guard !ended else { throw ProtocolError("store packs after end of operations") }
+                if fetcher == nil { fetcher = try StoreFetcher(store: store, signingRegion: signingRegion) }
+                fetcher!.add(packs)
+            case .storeChunks(let chunks):
+                guard let fetcher else { throw ProtocolError("store chunks before any store pack") }
+                for c in chunks where Int(c.pack) < fetcher.packs.count { storeChunks[c.id] = c }
+            case .streamsOpen(let count):
+                guard !ended, joinedStreams == nil else { throw ProtocolError("streams asked for twice, or after end of operations") }
+                // Over a transport without a descriptor to poll (in-process tests) there are no extra streams.
+                if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams)) {
+                    joinedStreams = streams
+                    try writer.send(.streamsReady(address: streams.address, token: streams.token))
+                } else {
+                    try writer.send(.streamsReady(address: "", token: []))
+                }
+                try writer.flush()
+            default:
+                throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
+            }
+        }
+        try syncDirectoriesAndAnswer()
+        // Every operation is answered: temporary files no push is building any more are stale.
+        state.endPush(in: tree)
+        if cacheGrew { evictCache() }
+        cacheGrew = false
+        try state.save()
+        try writer.send(.done)
+    }
+
+    func startFile(_ file: PendingFile) throws {
+        let header = file.header
+        do {
+            if isPullPath(file.path) && !header.force {
+                throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
+            }
+            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path!): chunk list incomplete") }
+            var (current, st) = try currentState(file.path)
+            if current == .file(header.digest), let st {
+                try updateMetadata(file.path, st, header)
+                pending[header.op] = nil
+                return try reply(header.op, .unchanged, "", current)
+            }
+            if current != header.base {
+                guard header.force, current != .absent else {
+                    pending[header.op] = nil
+                    return try replyConflict(header.op, file.path, current, st, base: header.base)
+                }
+                file.keptAs = try keepAside(file.path)
+                (current, st) = (.absent, nil)
+            }
+            file.targetStat = st
+            if current == .absent, try adoptCached(file) { return }
+            // Journaled before the temporary file exists, so that a kill leaves nothing a sweep cannot find.
+            state.noteTemporaryFile(in: file.path.parentBytes)
+            let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
+                                            permissions: header.permissions)
+            file.assembly = assembly
+            try assembly.fill(from: store)
+            if assembly.isComplete {
+                try finish(file)
+            } else {
+                noteOpen(header.op)
+                // Data sent unasked is on its way; only what is still missing after it is asked for. What the
+                // snapshot store holds is read from there; the rest is asked of the client.
+                if eagerFrames[header.op] == nil {
+                    let missing = assembly.missingIndices
+                    let fromStore = missing.compactMap { i in storeChunks[assembly.chunks[Int(i)].id].map { (index: Int(i), chunk: $0) } }
+                    if let fetcher, !fromStore.isEmpty { file.fetching += fetcher.submit(op: header.op, fromStore) }
+                    let fromClient = missing.filter { storeChunks[assembly.chunks[Int($0)].id] == nil || fetcher == nil }
+                    if !fromClient.isEmpty {
+                        file.asksClient = true
+                        try requestMissing(header.op, fromClient)
+                    }
+                }
+            }
+        } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
+            file.assembly?.suspend()
+            pending[header.op] = nil
+            try reply(header.op, .failed, describeFailure(error), .absent)
+        }
+    }
+
+    /// A new file whose content the cache holds whole (the old half of a move, deleted earlier in this push) is
+    /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
+    func adoptCached(_ file: PendingFile) throws -> Bool {
+        let header = file.header
+        // A cached file's chunks are in the store: a file whose first chunk is not (every file of a first push)
+        // cannot be in the cache, and is not looked for.
+        guard let first = file.chunks.first(where: { !$0.id.isHole }), store.contains(first.id) else { return false }
+        let cachedPath = Self.cachePath(header.digest)
+        let name = cachedPath.name
+        guard let record = state.records[cachedPath], record.digest == header.digest,
+              let cache = try tree.openDirectory(Self.cacheDirectory, create: false),
+              let st = try Tree.lstat(at: cache, name: name, shown: cachedPath.description), st.kind == .regular,
+              record.stat.sameContentIdentity(as: st),
+              let parent = try tree.openParent(file.path, create: true)
+        else { return false }
+        let cached = try Tree.openFile(at: cache, name: name, flags: O_RDONLY, shown: cachedPath.description)
+        try cached.setPermissions(header.permissions & 0o777)
+        try cached.setModificationTime(header.mtimeNanos)
+        // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
+        guard withCName(name, { from in withCName(file.path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
+            return false
+        }
+        _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
+        dropRecord(cachedPath)
+        if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
+        if let placed = try tree.lstat(file.path) {
+            state.put(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))
+            store.add(path: file.path, chunks: record.chunks)
+        }
+        pending[header.op] = nil
+        durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),
+                                     keptAs: file.keptAs), directory: (file.path.parentBytes, parent))
+        return true
+    }
+
+    func requestMissing(_ op: UInt32, _ assembly: FileAssembly) throws {
+        if let file = pending[op] { file.asksClient = true }
+        try requestMissing(op, assembly.missingIndices)
+    }
+
+    func requestMissing(_ op: UInt32, _ missing: [UInt32]) throws {
+        var start = 0
+        while start < missing.count {
+            let end = min(start + maxListItems, missing.count)
+            try writer.send(.need(op: op, indices: Array(missing[start..<end])))
+            start = end
+        }
+    }
+
+    /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
+    func noteOpen(_ op: UInt32) {
+        openAssemblies.append(op)
+        if openAssemblies.count > 32 {
+            let old = openAssemblies.removeFirst()
+            pending[old]?.assembly?.suspend()
+        }
+    }
+
+    func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
+                              payload: [UInt8]) throws {
+        guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
+            throw ProtocolError("\(file.path!): chunk \(index) does not fit the file's chunk list")
+        }
+        do {
+            if compressed {
+                try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: rawLength, into: scratch) }
+                try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
+            } else {
+                guard payload.count == rawLength else { throw ProtocolError("\(file.path!): chunk \(index) length mismatch") }
+                try payload.withUnsafeBytes { try assembly.write(index: index, bytes: $0) }
+            }
+        } catch let error as PlacementError {
+            throw ProtocolError("\(error)")
+        }
+        if assembly.isComplete {
+            do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+                pending[file.header.op] = nil
+                try reply(file.header.op, .failed, "\(error)", .absent)
+            }
+        }
+    }
+
+    struct ConflictAtPlacement: Error { let current: FileStat? }
+
+    /// A file has all its chunks: check and seal it here, and hand it to `durability`; `commitSynced` renames it
+    /// once it is durable.
+    func finish(_ file: PendingFile) throws {
+        let header = file.header
+        guard let assembly = file.assembly, let durability else { return }
+        pending[header.op] = nil
+        openAssemblies.removeAll { $0 == header.op }
+        let alone = durability.syncsAlone(size: header.size, device: assembly.device)
+        let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos, startWriteback: alone)
+        do {
+            try durability.add(op: header.op, fd: part, size: header.size, device: assembly.device)
+        } catch {
+            assembly.suspend()
+            throw error
+        }
+        sealed[header.op] = file
+        // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
+        assembly.suspend()
+        if durability.outstanding >= Self.maxSyncs { try handle(durability.wait()) }
+    }
+}

@@ -1,0 +1,156 @@
+import Engine
+import Foundation
+import Logging
+import ProjectScan
+import SyncConfig
+import SyncSystem
+import Watch
+
+/// Where a daemon finds its projects, its control socket and its state: from the environment
+/// (`XDG_CONFIG_HOME`, `XDG_RUNTIME_DIR`, `XDG_STATE_HOME`), as the `syncd` executable does, or given.
+public struct DaemonSettings: Sendable {
+    public var pullInterval: TimeInterval
+    public var registry: ProjectRegistry
+    public var controlPath: String
+    /// The local state directory (nil: `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`).
+    public var stateDirectory: String?
+
+    public init(pullInterval: TimeInterval = 10, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.pullInterval = pullInterval
+        registry = ProjectRegistry(environment: environment)
+        controlPath = ControlSocket.path(environment: environment)
+        stateDirectory = environment["XDG_STATE_HOME"].map { $0 + "/syncd" }
+    }
+}
+
+/// The daemon: runs the registered projects and answers the control socket from `run` until `stop`.
+/// The `syncd` executable wires SIGTERM and SIGINT to `stop` and SIGHUP to `reloadProjects`; tests drive it
+/// in-process.
+public final class Daemon: @unchecked Sendable {  // `runners` is touched only on the `signals` queue
+    private let notifier = Notifier()
+    private var runners: [String: ProjectRunner] = [:]
+    private let settings: DaemonSettings
+    private var pullInterval: TimeInterval { settings.pullInterval }
+    private let signals = DispatchQueue(label: "signals")
+    private let done = DispatchSemaphore(value: 0)
+
+    public init(settings: DaemonSettings) { self.settings = settings }
+
+    /// Lets sessions in flight finish, then makes `run` return.
+    public func stop() { done.signal() }
+
+    /// Reads the project list again: new projects start, removed ones stop.
+    public func reloadProjects() {
+        signals.async { [self] in
+            log.info("reloading the project list")
+            notifier.send("RELOADING=1")
+            reload()
+            notifier.send("READY=1\nSTATUS=\(status)")
+        }
+    }
+
+    /// Runs until `stop`; returns the exit status (1 when the control socket cannot be opened).
+    public func run() -> Int32 {
+        startWatchdog()
+        signals.sync { _ = reload() }
+        let control: ControlServer
+        do { control = try ControlServer(path: settings.controlPath) { [self] in answer($0) } } catch {
+            log.error("cannot open the control socket: \(error)")
+            return 1
+        }
+        notifier.send("READY=1\nSTATUS=\(status)")
+        log.info("running \(runners.count) project(s); \(status)")
+        done.wait()
+        notifier.send("STOPPING=1")
+        control.close()
+        log.info("stopping: letting sessions in flight finish")
+        signals.sync {
+            for runner in runners.values { runner.stop() }
+            runners.removeAll()
+        }
+        log.info("stopped")
+        return 0
+    }
+
+    /// Answers one control request (on the connection's thread).
+    private func answer(_ request: [String: Any]) -> [String: Any] {
+        let command = request["command"] as? String ?? ""
+        let project = (request["project"] as? String).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        let all = signals.sync { Array(runners.values) }
+        let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
+        if project != nil && chosen.isEmpty {
+            return ["ok": false, "unregistered": true, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
+        }
+        switch command {
+        case "status":
+            return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
+        case "push", "pull":
+            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
+            switch runner.syncAndWait(command == "push" ? .push : .pull) {
+            case .success(let stats):
+                let object = (try? JSONSerialization.jsonObject(with: Data(stats.internalJSON().utf8))) ?? [:]
+                return ["ok": true, "stats": object]
+            case .failure(let error):
+                return ["ok": false, "error": "\(error)"]
+            }
+        case "logs":
+            return ["ok": true, "lines": LogBook.lines().lines]
+        case "reload":
+            // `syncctl add` / `remove`: the project list changed; runners start and stop before the answer, so
+            // `status` shows the change at once.
+            let failed = signals.sync { reload() }
+            let running = signals.sync { runners.keys.sorted() }
+            return ["ok": true, "projects": running, "failed": failed]
+        case "pause", "resume":
+            for runner in chosen { runner.setPaused(command == "pause") }
+            return ["ok": true, "projects": chosen.map(\.directory)]
+        default:
+            return ["ok": false, "error": "unknown command '\(command)'"]
+        }
+    }
+
+    private var status: String {
+        runners.isEmpty ? "no projects registered; add one with `syncctl add DIR`" : "syncing \(runners.count) project(s)"
+    }
+
+    /// Starts runners for newly registered projects and stops those no longer registered; returns the projects
+    /// that could not start, with why. Runs on `signals`.
+    @discardableResult
+    private func reload() -> [String: String] {
+        let wanted: [String]
+        do { wanted = try settings.registry.list() } catch {
+            log.error("cannot read the project list: \(error)")
+            return ["": "cannot read the project list: \(error)"]
+        }
+        var failed: [String: String] = [:]
+        for (dir, runner) in runners where !wanted.contains(dir) {
+            runner.stop()
+            runners[dir] = nil
+            log.info("\(dir): removed")
+        }
+        for dir in wanted where runners[dir] == nil {
+            do {
+                let started = monotonicNanos()
+                let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval, stateDirectory: settings.stateDirectory)
+                try runner.start()
+                runners[dir] = runner
+                log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")
+            } catch {
+                log.error("\(dir): not started: \(error)")
+                failed[dir] = "\(error)"
+            }
+        }
+        return failed
+    }
+
+    private func startWatchdog() {
+        guard let text = ProcessInfo.processInfo.environment["WATCHDOG_USEC"], let usec = Double(text), usec > 0 else { return }
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue(label: "watchdog"))
+        timer.schedule(deadline: .now(), repeating: usec / 2e6)
+        timer.setEventHandler { [notifier] in notifier.send("WATCHDOG=1") }
+        timer.resume()
+        watchdog = timer
+    }
+
+    private var watchdog: DispatchSourceTimer?
+}

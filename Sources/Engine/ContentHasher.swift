@@ -1,0 +1,103 @@
+import Chunking
+import Foundation
+import LocalState
+import ProjectScan
+import SyncSystem
+import Transport
+import Wire
+
+/// Hashes the files a push has to identify, in push order, on a thread of its own, so that reading and chunking
+/// overlap with connecting and sending instead of preceding them. Each result is handed over once (the sender
+/// keeps it), and the records go to the stat cache in batches as they are made, so a push of 100k new files
+/// does not hold them all twice.
+final class ContentHasher {
+    private let project: Project
+    private let state: StateStore
+    private let entries: [(op: Int, entry: LocalEntry)]
+    private let condition = NSCondition()
+    private var results: [Int: Result<Hashed, ScanWarning>] = [:]
+    private var finished = false
+    private var cancelled = false
+    /// True while the sender waits in `result(for:)`: only then is it woken.
+    private var waiting = false
+    private static let saveBatch = 4096
+    /// Bytes of small files kept with their results so the sender need not read them again, at most
+    /// `keptLimit` at once (beyond it a file is read again when sent).
+    private var keptBytes = 0
+    private static let keptLimit = 64 << 20
+    static let keepFilesUpTo = 64 << 10
+
+    /// A file's content, and its bytes when it is small and was read whole.
+    struct Hashed {
+        var file: CachedFile
+        var bytes: [UInt8]?
+    }
+
+    /// `ops` indices whose file entries have no content yet.
+    init(project: Project, state: StateStore, ops: [PushOperation]) {
+        self.project = project
+        self.state = state
+        var list: [(Int, LocalEntry)] = []
+        for (index, op) in ops.enumerated() {
+            if case .file(let e, _) = op, e.content == nil { list.append((index, e)) }
+        }
+        entries = list
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            let chunker = FileChunker(project.chunking)
+            var unsaved: [CachedFile] = []
+            for (op, entry) in entries {
+                condition.lock()
+                let stop = cancelled
+                condition.unlock()
+                if stop { break }
+                condition.lock()
+                let keep = keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0
+                condition.unlock()
+                let result = Snapshotter.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
+                if case .success(let hashed) = result { unsaved.append(hashed.file) }
+                condition.lock()
+                results[op] = result
+                if case .success(let hashed) = result { keptBytes += hashed.bytes?.count ?? 0 }
+                if waiting { condition.broadcast() }
+                condition.unlock()
+                if unsaved.count >= Self.saveBatch {
+                    // The stat cache is an optimisation: a failed write only costs hashing again next time.
+                    try? state.saveFiles(unsaved)
+                    unsaved.removeAll(keepingCapacity: true)
+                }
+            }
+            try? state.saveFiles(unsaved)
+            condition.lock()
+            finished = true
+            condition.broadcast()
+            condition.unlock()
+        }
+        thread.name = "hasher"
+        thread.start()
+    }
+
+    /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
+    func result(for op: Int) -> Result<Hashed, ScanWarning> {
+        condition.lock()
+        defer { condition.unlock() }
+        while results[op] == nil && !finished {
+            waiting = true
+            condition.wait()
+            waiting = false
+        }
+        let result = results.removeValue(forKey: op) ?? .failure(ScanWarning(path: "?", message: "not hashed"))
+        if case .success(let hashed) = result { keptBytes -= hashed.bytes?.count ?? 0 }
+        return result
+    }
+
+    /// Stops hashing after the current file and waits until what was hashed is in the stat cache.
+    func stop() {
+        condition.lock()
+        cancelled = true
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+}

@@ -1,0 +1,455 @@
+import Chunking
+import Foundation
+import LocalState
+import ProjectScan
+import SyncSystem
+import Transport
+import Wire
+
+/// The agent's answers to a push, compactly: a status byte per operation, and the whole answer for the few
+/// that say more (a message, a conflict, a kept copy): a push of 100k files keeps 100k answers.
+struct OpAnswers {
+    private var statuses: [UInt8]
+    private var details: [UInt32: OpResult] = [:]
+    private static let none: UInt8 = 0xFF
+
+    init(count: Int) { statuses = Array(repeating: Self.none, count: count) }
+
+    /// False when `result.op` is not an operation of this push.
+    mutating func record(_ result: OpResult) -> Bool {
+        guard result.op >= 1, Int(result.op) <= statuses.count else { return false }
+        statuses[Int(result.op) - 1] = result.status.rawValue
+        if !result.message.isEmpty || result.status == .conflict || !result.keptAs.isEmpty { details[result.op] = result }
+        return true
+    }
+
+    /// The answer to `op` (for a plain one, `current` is not kept); nil when none came.
+    subscript(op: UInt32) -> OpResult? {
+        guard op >= 1, Int(op) <= statuses.count, let status = OpStatus(rawValue: statuses[Int(op) - 1]) else { return nil }
+        return details[op] ?? OpResult(op: op, status: status, message: "", current: .absent)
+    }
+}
+
+struct PipelineOutcome {
+    /// The operations with every file's content filled in.
+    var ops: [PushOperation] = []
+    /// Operations not sent: files found unchanged once hashed, or unreadable (see `skipped`).
+    var notSent: Set<UInt32> = []
+    var skipped: [ScanWarning] = []
+    var results = OpAnswers(count: 0)
+    var aborted: Set<UInt32> = []
+    var chunksSent = 0
+    var bytesSent: UInt64 = 0
+    var bytesReceived: UInt64 = 0
+    var streams = 1
+}
+
+/// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
+/// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
+final class PushPipeline {
+    private let project: Project
+    private let link: AgentLink
+    private var ops: [PushOperation]
+    private let pushed: [RelativePath: SyncedEntry]
+    private let hasher: ContentHasher
+    /// Every operation is sent forced (see `FileHeader.force`).
+    private let force: Bool
+    private let storeFeed: StoreFeed?
+    /// False when the tree pushed is not the local one (a restore): every chunk must come from the store.
+    private let readsLocalFiles: Bool
+    private let checkInstance: (String) throws -> Void
+    private let window: Int
+    private let reader: FrameReader
+    private let writer: FrameWriter
+    private let progress: ProgressReporter
+    private let totalBytes: UInt64
+    private let sender: ChunkSender
+    /// Digests of every file the remote holds as far as the last push knows.
+    private let remoteDigests: Set<ChunkID>
+    private static let eagerLimit: UInt64 = 256 << 10
+
+    private let condition = NSCondition()
+    private var needs: [(UInt32, [UInt32])] = []
+    private var inFlight = 0
+    private var agentDone = false
+    private var fatal: Error?
+    /// Written by the reader thread under `condition`.
+    private var results: OpAnswers
+    /// Sender-thread only.
+    private var outcome = PipelineOutcome()
+    private var bytesDone: UInt64 = 0
+    private var openFile: (op: UInt32, fd: FileDescriptor)?
+    /// The bytes of the file being sent, as the hasher read them (small files only): sent from memory.
+    private var heldBytes: (op: UInt32, bytes: [UInt8])?
+    /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
+    private var placesSent: Set<ChunkID> = []
+    private var packsSent = 0
+    /// Extra connections for chunk data, once the agent said where they join (set by the reader thread under
+    /// `condition`), and how many were asked for.
+    private var streams: ExtraStreams?
+    private var streamsAsked = 0
+    /// A push sends this much at least before it asks for extra streams: below it, their SSH handshakes cost more
+    /// than they could save.
+    static let streamsThreshold: UInt64 = 64 << 20
+    /// Why extra streams could not be opened (told as warnings).
+    private(set) var streamWarnings: [String] = []
+
+    init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
+         window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
+         readsLocalFiles: Bool = true, checkInstance: @escaping (String) throws -> Void) {
+        self.checkInstance = checkInstance
+        self.readsLocalFiles = readsLocalFiles
+        self.force = force
+        self.storeFeed = storeFeed
+        sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
+        self.project = project
+        self.link = link
+        self.ops = ops
+        results = OpAnswers(count: ops.count)
+        self.pushed = pushed
+        remoteDigests = Set(pushed.values.compactMap(\.digest))
+        self.hasher = hasher
+        self.window = window
+        self.progress = progress
+        self.totalBytes = totalBytes
+        reader = link.reader
+        writer = link.writer
+        bytesAtStart = (writer.bytesWritten, reader.bytesRead)
+    }
+
+    /// The link's byte counts when this session began (a persistent link carries many sessions).
+    private let bytesAtStart: (written: UInt64, read: UInt64)
+
+    /// The connection has sent the handshake and hello already; operations follow at once, and the reader thread
+    /// checks the agent's handshake and welcome as they arrive.
+    func run() throws -> PipelineOutcome {
+        do { return try exchange() } catch {
+            // A transport error here often follows the agent's own account of what went wrong (it said so and
+            // exited), which the reader thread is about to take in: that is the better message.
+            condition.lock()
+            let deadline = Date().addingTimeInterval(0.5)
+            while fatal == nil && !agentDone && Date() < deadline { _ = condition.wait(until: deadline) }
+            let reported = fatal
+            condition.unlock()
+            if let reported = reported as? SyncError, reported.description.hasPrefix("agent:") { throw reported }
+            throw error
+        }
+    }
+
+    private func exchange() throws -> PipelineOutcome {
+        let readerThread = Thread { [self] in readLoop() }
+        readerThread.start()
+        var finished = false
+        defer {
+            condition.lock()
+            let streams = self.streams
+            condition.unlock()
+            if let streams {
+                if finished { streamWarnings = streams.finish() } else { streams.abort() }
+            }
+        }
+        if readsLocalFiles, totalBytes >= Self.streamsThreshold, project.streamCount > 1 {
+            streamsAsked = project.streamCount - 1
+            try writer.send(.streamsOpen(count: UInt8(streamsAsked)))
+        }
+        if let storeFeed { try sendPacks(storeFeed.packs(from: 0), of: storeFeed) }
+
+        for index in ops.indices {
+            let id = UInt32(index + 1)
+            if case .file(var e, let base) = ops[index], e.content == nil {
+                switch hasher.result(for: index) {
+                case .success(let hashed):
+                    let record = hashed.file
+                    heldBytes = hashed.bytes.map { (UInt32(index + 1), $0) }
+                    e.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
+                    ops[index] = .file(e, base: base)
+                    if pushed[e.path] == e.synced && !force {
+                        outcome.notSent.insert(id)
+                        continue
+                    }
+                case .failure(let warning):
+                    outcome.notSent.insert(id)
+                    outcome.skipped.append(warning)
+                    continue
+                }
+            }
+            try waitForWindow()
+            try send(ops[index], id: id)
+            heldBytes = nil
+        }
+        try writer.send(.endOfOperations)
+        Trace.mark("push: all operations sent")
+        while true {
+            try serviceNeeds()
+            condition.lock()
+            if let fatal { condition.unlock(); throw fatal }
+            if agentDone && needs.isEmpty { condition.unlock(); break }
+            let idle = needs.isEmpty
+            condition.unlock()
+            if idle {
+                try flushAll()
+                condition.lock()
+                var broken: String?
+                while needs.isEmpty && !agentDone && fatal == nil && broken == nil { broken = waitWatchingStreams() }
+                condition.unlock()
+                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
+            }
+        }
+        try flushAll()
+        finished = true
+        condition.lock()
+        let streams = self.streams
+        condition.unlock()
+        outcome.bytesSent = writer.bytesWritten - bytesAtStart.written + (streams?.bytesWritten ?? 0)
+        outcome.streams = 1 + (streams?.carryingCount ?? 0)
+        condition.lock()
+        outcome.bytesReceived = reader.bytesRead - bytesAtStart.read
+        outcome.results = results
+        condition.unlock()
+        outcome.ops = ops
+        return outcome
+    }
+
+    /// After `run` failed: the operations and whatever answers came before the failure (operations without an
+    /// answer count as not answered).
+    func answeredSoFar() -> PipelineOutcome {
+        var partial = outcome
+        condition.lock()
+        partial.results = results
+        condition.unlock()
+        partial.ops = ops
+        return partial
+    }
+
+    private func readLoop() {
+        do {
+            try checkInstance(try link.readWelcome())
+            Trace.mark("push: welcome")
+        } catch {
+            fail(error)
+            return
+        }
+        while true {
+            let message: Message?
+            do { message = try reader.next() } catch {
+                fail(error)
+                return
+            }
+            condition.lock()
+            defer { condition.broadcast(); condition.unlock() }
+            switch message {
+            case nil:
+                if fatal == nil { fatal = SyncError("\(link.connection.peerDescription) closed the connection") }
+                return
+            case .need(let op, let indices)?:
+                needs.append((op, indices))
+            case .result(let r)?:
+                guard results.record(r) else {
+                    if fatal == nil { fatal = ProtocolError("the agent answered operation \(r.op), which was not sent") }
+                    return
+                }
+                inFlight -= 1
+            case .streamsReady(let address, let token)? where streamsAsked > 0 && streams == nil:
+                // An empty address: the agent offers no streams (it cannot poll its input, say).
+                if !address.isEmpty { streams = ExtraStreams(project: project, address: address, token: token, count: streamsAsked) }
+            case .done?:
+                agentDone = true
+                return
+            case .error(let text)?:
+                if fatal == nil { fatal = SyncError("agent: \(text)") }
+                return
+            case let other?:
+                if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }
+                return
+            }
+        }
+    }
+
+    private func fail(_ error: Error) {
+        condition.lock()
+        if fatal == nil { fatal = error }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func waitForWindow() throws {
+        while true {
+            try serviceNeeds()
+            condition.lock()
+            if let fatal { condition.unlock(); throw fatal }
+            if inFlight < window && needs.isEmpty {
+                inFlight += 1
+                condition.unlock()
+                return
+            }
+            let mustWait = needs.isEmpty
+            condition.unlock()
+            if mustWait {
+                try flushAll()
+                condition.lock()
+                var broken: String?
+                while inFlight >= window && needs.isEmpty && fatal == nil && broken == nil { broken = waitWatchingStreams() }
+                condition.unlock()
+                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
+            }
+        }
+    }
+
+    private func send(_ op: PushOperation, id: UInt32) throws {
+        switch op {
+        case .file(let e, let base):
+            let content = e.content!
+            // A small file whose content the remote is not known to hold goes with its data, unasked: one round
+            // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
+            // Nor does a file whose chunks the agent reads from the store.
+            if let storeFeed { try sendPlaces(of: content, from: storeFeed) }
+            let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
+                && content.chunks.contains { !$0.id.isHole && !placesSent.contains($0.id) }
+            try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
+                                                  mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
+                                                  base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
+                                                  force: force)))
+            var start = 0
+            while start < content.chunks.count {
+                let end = min(start + maxListItems, content.chunks.count)
+                try writer.send(.chunkList(op: id, chunks: Array(content.chunks[start..<end])))
+                start = end
+            }
+            if eager {
+                var seen: Set<ChunkID> = []
+                let distinct = content.chunks.indices.filter {
+                    !content.chunks[$0].id.isHole && seen.insert(content.chunks[$0].id).inserted
+                }.map { UInt32($0) }
+                try sendChunks(op: id, indices: distinct, eager: true)
+            }
+        case .symlink(let e, let base):
+            try writer.send(.symlink(op: id, path: e.path.bytes, target: e.linkTarget ?? [], base: base, force: force))
+        case .directory(let e):
+            try writer.send(.directory(op: id, path: e.path.bytes, permissions: e.stat.permissions, force: force))
+        case .delete(let path, let base):
+            try writer.send(.delete(op: id, path: path.bytes, base: base, force: force))
+        }
+    }
+
+    /// Packs of the store, numbered in the order sent: those known at the start go ahead of the operations, the
+    /// others (uploaded meanwhile) ahead of the first file that needs them.
+    private func sendPacks(_ packs: ArraySlice<StorePack>, of feed: StoreFeed) throws {
+        var start = packs.startIndex
+        repeat {
+            let end = min(start + 2000, packs.endIndex)
+            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<end])))
+            start = end
+        } while start < packs.endIndex
+        packsSent = packs.endIndex
+    }
+
+    /// Where the store holds the chunks of `content` that the agent has not been told of yet, ahead of the file's
+    /// operation (so a push of a few files does not carry the places of the whole project); waits for the packs
+    /// an upload still going on will hold.
+    private func sendPlaces(of content: ChunkedContent, from feed: StoreFeed) throws {
+        var seen: Set<ChunkID> = []
+        let wanted = content.chunks.compactMap { c in !c.id.isHole && !placesSent.contains(c.id) && seen.insert(c.id).inserted ? c.id : nil }
+        guard !wanted.isEmpty else { return }
+        // What was sent so far goes out before waiting: the agent works on it meanwhile.
+        if !feed.isReady(for: wanted) { try writer.flush() }
+        let (packs, places) = try feed.places(of: wanted, packsFrom: packsSent)
+        if !packs.isEmpty { try sendPacks(packs, of: feed) }
+        var start = 0
+        while start < places.count {
+            let end = min(start + maxStoreChunks, places.count)
+            try writer.send(.storeChunks(Array(places[start..<end])))
+            start = end
+        }
+        for p in places { placesSent.insert(p.id) }
+    }
+
+    private func serviceNeeds() throws {
+        condition.lock()
+        let batch = needs
+        needs.removeAll()
+        condition.unlock()
+        for (op, indices) in batch { try sendChunks(op: op, indices: indices) }
+    }
+
+    /// Waits on `condition` (held) for the reader thread. With extra streams it wakes each second and returns
+    /// why one failed, if one did, since the agent would then wait for data that never comes.
+    private func waitWatchingStreams() -> String? {
+        guard let streams else {
+            condition.wait()
+            return nil
+        }
+        _ = condition.wait(until: Date().addingTimeInterval(1))
+        return streams.failure()
+    }
+
+    /// Sends what the main connection's writer and every joined stream's hold.
+    private func flushAll() throws {
+        try writer.flush()
+        condition.lock()
+        let streams = self.streams
+        condition.unlock()
+        try streams?.flush()
+    }
+
+    /// Sends chunks of file `op`. Data sent unasked (`eager`) follows its file's frames on this connection; data
+    /// the agent asked for may go over any stream.
+    private func sendChunks(op: UInt32, indices: [UInt32], eager: Bool = false) throws {
+        guard op >= 1, Int(op) <= ops.count, case .file(let entry, _) = ops[Int(op) - 1], let content = entry.content else {
+            throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
+        }
+        if outcome.aborted.contains(op) { return }
+        sender.begin(op: op, name: entry.path.name)
+        guard readsLocalFiles else {
+            outcome.aborted.insert(op)
+            try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))
+            return
+        }
+        if let held = heldBytes, held.op == op {
+            try held.bytes.withUnsafeBytes { whole in
+                for index in indices {
+                    guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
+                        throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
+                    }
+                    let chunk = content.chunks[Int(index)]
+                    try sender.send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(rebasing: whole[Int(chunk.offset)..<Int(chunk.offset) + Int(chunk.length)]), to: writer)
+                    outcome.chunksSent += 1
+                    bytesDone += UInt64(chunk.length)
+                }
+            }
+            progress.update(done: bytesDone, total: totalBytes)
+            return
+        }
+        let fd: FileDescriptor
+        if let open = openFile, open.op == op { fd = open.fd } else {
+            do { fd = try project.tree.openForReading(entry.path) } catch {
+                outcome.aborted.insert(op)
+                try writer.send(.abort(op: op, reason: "cannot read \(entry.path) locally: \(error)"))
+                return
+            }
+            openFile = (op, fd)
+        }
+        condition.lock()
+        let streams = eager ? nil : self.streams
+        condition.unlock()
+        let mainStream = link.connection.stream
+        for index in indices {
+            guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
+                throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
+            }
+            let chunk = content.chunks[Int(index)]
+            let target = streams?.writer(main: writer, mainStream: mainStream) ?? writer
+            let sent: Bool
+            do { sent = try sender.send(chunk, index: index, op: op, from: fd, to: target) } catch where target !== writer {
+                throw SyncError("an extra stream of this push failed: \(error)")
+            }
+            guard sent else {
+                outcome.aborted.insert(op)
+                try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
+                return
+            }
+            outcome.chunksSent += 1
+            bytesDone += UInt64(chunk.length)
+            progress.update(done: bytesDone, total: totalBytes)
+        }
+    }
+}
