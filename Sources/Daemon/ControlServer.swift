@@ -7,9 +7,9 @@ import SyncSystem
 final class ControlServer {
     let path: String
     private let fd: Int32
-    private let handle: ([String: Any]) -> [String: Any]
+    private let handle: (ControlRequest) -> ControlAnswer
 
-    init(path: String, handle: @escaping ([String: Any]) -> [String: Any]) throws {
+    init(path: String, handle: @escaping (ControlRequest) -> ControlAnswer) throws {
         self.path = path
         self.handle = handle
         let dir = (path as NSString).deletingLastPathComponent
@@ -47,24 +47,36 @@ final class ControlServer {
     }
 
     private func serve(_ client: FileDescriptor) {
-        var answer: [String: Any]
+        let answer: ControlAnswer
         // The request is read before the peer is judged, so that a refused client still gets its answer (a
         // close with unread data would reset the connection under it).
         let request = readRequest(client)
         let peer = peerUID(client.raw)
         if peer != getuid() {
-            answer = ["ok": false, "error": "refused: peer uid \(peer.map(String.init) ?? "unknown") is not this daemon's uid \(getuid())"]
-        } else if let request, request["command"] as? String == "logs", request["follow"] as? Bool == true {
-            return follow(client)
-        } else if let request {
-            answer = handle(request)
+            answer = .failure("refused: peer uid \(peer.map(String.init) ?? "unknown") is not this daemon's uid \(getuid())")
         } else {
-            answer = ["ok": false, "error": "expected one line of JSON"]
+            switch request {
+            case .success(let request) where request.command == .logs && request.follow == true:
+                return follow(client)
+            case .success(let request):
+                answer = handle(request)
+            case .failure(let error):
+                answer = .failure("\(error)")
+            }
         }
-        if var data = try? JSONSerialization.data(withJSONObject: answer) {
-            data.append(UInt8(ascii: "\n"))
-            _ = try? data.withUnsafeBytes { try client.writeAll($0) }
-        }
+        _ = try? answer.line().withUnsafeBytes { try client.writeAll($0) }
+        if !answer.ok { drain(client) }
+    }
+
+    /// After refusing a request: ends our side, then reads what the client still sends (bounded by bytes and
+    /// time), so that closing with unread data does not reset the connection before the client reads the answer.
+    private func drain(_ client: FileDescriptor) {
+        shutdown(client.raw, Int32(SHUT_WR))
+        var timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(client.raw, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var left = 16 << 20
+        while left > 0, let n = try? buffer.withUnsafeMutableBytes({ try client.read(into: $0) }), n > 0 { left -= n }
     }
 
     /// `logs -f`: the kept lines, then every new one, one JSON line each, until the client goes away.
@@ -79,12 +91,12 @@ final class ControlServer {
             queue.unlock()
         }
         defer { if let token { LogBook.unfollow(token) } }
-        func send(_ object: [String: Any]) -> Bool {
-            guard var data = try? JSONSerialization.data(withJSONObject: object) else { return true }
-            data.append(UInt8(ascii: "\n"))
-            return (try? data.withUnsafeBytes { try client.writeAll($0) }) != nil
+        func send(_ batch: [String]) -> Bool {
+            var answer = ControlAnswer()
+            answer.lines = batch
+            return (try? answer.line().withUnsafeBytes { try client.writeAll($0) }) != nil
         }
-        guard send(["ok": true, "lines": lines]) else { return }
+        guard send(lines) else { return }
         while !gone {
             queue.lock()
             while waiting.isEmpty { _ = queue.wait(until: Date().addingTimeInterval(1)); if waiting.isEmpty { break } }
@@ -92,18 +104,22 @@ final class ControlServer {
             waiting.removeAll()
             queue.unlock()
             // An idle second: probe the client with an empty batch, so a closed one is noticed.
-            gone = !send(["lines": batch])
+            gone = !send(batch)
         }
     }
 
-    private func readRequest(_ client: FileDescriptor) -> [String: Any]? {
+    /// The request line, decoded; or why there is none: no line, a line too long, or one that does not decode.
+    private func readRequest(_ client: FileDescriptor) -> Result<ControlRequest, ControlProtocolError> {
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 4096)
-        while !bytes.contains(UInt8(ascii: "\n")) && bytes.count < 65536 {
+        while !bytes.contains(UInt8(ascii: "\n")) && bytes.count <= ControlRequest.maxLineBytes {
             guard let n = try? buffer.withUnsafeMutableBytes({ try client.read(into: $0) }), n > 0 else { break }
             bytes.append(contentsOf: buffer[0..<n])
         }
-        guard let end = bytes.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-        return (try? JSONSerialization.jsonObject(with: Data(bytes[..<end]))) as? [String: Any]
+        guard let end = bytes.firstIndex(of: UInt8(ascii: "\n")) else {
+            return .failure(ControlProtocolError(bytes.count > ControlRequest.maxLineBytes
+                ? "the request is longer than \(ControlRequest.maxLineBytes) bytes" : "expected one line of JSON, ended by a newline"))
+        }
+        return Result { try ControlRequest.decode(line: Array(bytes[..<end])) }.mapError { $0 as? ControlProtocolError ?? ControlProtocolError("\($0)") }
     }
 }

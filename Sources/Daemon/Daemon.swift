@@ -73,40 +73,36 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
     }
 
     /// Answers one control request (on the connection's thread).
-    private func answer(_ request: [String: Any]) -> [String: Any] {
-        let command = request["command"] as? String ?? ""
-        let project = (request["project"] as? String).map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+    private func answer(_ request: ControlRequest) -> ControlAnswer {
+        let project = request.project.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         let all = signals.sync { Array(runners.values) }
         let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
-        if project != nil && chosen.isEmpty {
-            return ["ok": false, "unregistered": true, "error": "\(project!) is not registered with syncd (`syncctl add \(project!)`)"]
+        if let project, chosen.isEmpty {
+            return .failure("\(project) is not registered with syncd (`syncctl add \(project)`)", unregistered: true)
         }
-        switch command {
-        case "status":
-            return ["ok": true, "pid": Int(getpid()), "projects": chosen.sorted { $0.directory < $1.directory }.map(\.status)]
-        case "push", "pull":
-            guard let runner = chosen.first, chosen.count == 1 else { return ["ok": false, "error": "\(command) needs one project"] }
-            switch runner.syncAndWait(command == "push" ? .push : .pull) {
-            case .success(let stats):
-                let object = (try? JSONSerialization.jsonObject(with: Data(stats.internalJSON().utf8))) ?? [:]
-                return ["ok": true, "stats": object]
-            case .failure(let error):
-                return ["ok": false, "error": "\(error)"]
+        var answer = ControlAnswer()
+        switch request.command {
+        case .status:
+            answer.pid = getpid()
+            answer.projects = chosen.sorted { $0.directory < $1.directory }.map(\.status)
+        case .push, .pull:
+            guard let runner = chosen.first, chosen.count == 1 else { return .failure("\(request.command.rawValue) needs one project") }
+            switch runner.syncAndWait(request.command == .push ? .push : .pull) {
+            case .success(let stats): answer.stats = stats
+            case .failure(let error): return .failure("\(error)")
             }
-        case "logs":
-            return ["ok": true, "lines": LogBook.lines().lines]
-        case "reload":
+        case .logs:
+            answer.lines = LogBook.lines().lines
+        case .reload:
             // `syncctl add` / `remove`: the project list changed; runners start and stop before the answer, so
             // `status` shows the change at once.
-            let failed = signals.sync { reload() }
-            let running = signals.sync { runners.keys.sorted() }
-            return ["ok": true, "projects": running, "failed": failed]
-        case "pause", "resume":
-            for runner in chosen { runner.setPaused(command == "pause") }
-            return ["ok": true, "projects": chosen.map(\.directory)]
-        default:
-            return ["ok": false, "error": "unknown command '\(command)'"]
+            answer.failed = signals.sync { reload() }
+            answer.directories = signals.sync { runners.keys.sorted() }
+        case .pause, .resume:
+            for runner in chosen { runner.setPaused(request.command == .pause) }
+            answer.directories = chosen.map(\.directory)
         }
+        return answer
     }
 
     private var status: String {

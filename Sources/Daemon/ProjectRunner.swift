@@ -175,26 +175,17 @@ final class ProjectRunner {
         log.info("\(directory): \(value ? "paused" : "resumed")")
     }
 
-    var status: [String: Any] {
+    var status: ProjectStatus {
         condition.lock()
         defer { condition.unlock() }
         let iso = ISO8601DateFormatter()
-        return [
-            "project": directory,
-            "state": paused ? "paused" : (syncing != nil ? "syncing" : "idle"),
-            "connected": connected,
-            "pending_changes": pendingChanges,
-            "last_push": lastPush.map { iso.string(from: $0) } ?? NSNull(),
-            "last_pull": lastPull.map { iso.string(from: $0) } ?? NSNull(),
-            "conflicts": conflictPaths.sorted().map(\.text),
-            "bytes_sent": bytesSent,
-            "bytes_received": bytesReceived,
-            "last_error": lastError ?? NSNull(),
-            "snapshot": lastHosts?.snapshot ?? NSNull(),
-            "hosts": (lastHosts?.hosts ?? []).map { h -> [String: Any] in
-                ["host": h.host, "ok": h.ok, "error": h.error ?? NSNull(), "files_changed": h.filesChanged, "bytes_sent": h.bytesSent]
-            },
-        ]
+        return ProjectStatus(project: directory, state: paused ? "paused" : (syncing != nil ? "syncing" : "idle"), connected: connected,
+                             pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
+                             lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflictPaths.sorted().map(\.text),
+                             bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError, snapshot: lastHosts?.snapshot,
+                             hosts: (lastHosts?.hosts ?? []).map {
+                                 HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
+                             })
     }
 
     private func loop() {

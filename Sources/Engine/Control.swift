@@ -3,8 +3,8 @@ import SyncSystem
 
 /// The daemon's control socket: `$XDG_RUNTIME_DIR/syncd/control.sock` (a 0700 directory), or
 /// `/tmp/syncd-<uid>/control.sock` without a runtime directory. One request per connection: a line of JSON
-/// (`{"command": "status" | "push" | "pause" | "resume", "project": "/abs/dir"}`), answered by a line of JSON
-/// (`{"ok": true, …}` or `{"ok": false, "error": "…"}`). The daemon serves only peers of its own uid.
+/// (`ControlRequest`), answered by a line of JSON (`ControlAnswer`: `{"ok": true, …}` or `{"ok": false,
+/// "error": "…"}`). The daemon serves only peers of its own uid.
 public enum ControlSocket {
     public static func path(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let runtime = environment["XDG_RUNTIME_DIR"], !runtime.isEmpty { return runtime + "/syncd/control.sock" }
@@ -24,9 +24,9 @@ public enum ControlSocket {
     }
 
     /// Sends one request to the running daemon and returns its answer; nil when no daemon listens.
-    public static func request(_ body: [String: Any], environment: [String: String] = ProcessInfo.processInfo.environment) throws -> [String: Any]? {
-        var answer: [String: Any]?
-        guard try stream(body, environment: environment, each: { answer = $0; return true }) else { return nil }
+    public static func request(_ body: ControlRequest, environment: [String: String] = ProcessInfo.processInfo.environment) throws -> ControlAnswer? {
+        var answer: ControlAnswer?
+        guard try stream(body, environment: environment, each: { answer = $0; return false }) else { return nil }
         guard let answer else { throw SyncError("syncd closed the control connection without an answer") }
         return answer
     }
@@ -34,8 +34,8 @@ public enum ControlSocket {
     /// Sends one request and hands each JSON line of the answer to `each` until the daemon closes the
     /// connection or `each` returns false. Returns false when no daemon listens.
     @discardableResult
-    public static func stream(_ body: [String: Any], environment: [String: String] = ProcessInfo.processInfo.environment,
-                              each: ([String: Any]) throws -> Bool) throws -> Bool {
+    public static func stream(_ body: ControlRequest, environment: [String: String] = ProcessInfo.processInfo.environment,
+                              each: (ControlAnswer) throws -> Bool) throws -> Bool {
         let path = path(environment: environment)
         guard var address = address(path) else { return false }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -48,7 +48,7 @@ public enum ControlSocket {
             if errno == ENOENT || errno == ECONNREFUSED { return false }
             throw SyncError("cannot reach syncd at \(path): \(String(cString: strerror(errno)))")
         }
-        var line = try JSONSerialization.data(withJSONObject: body)
+        var line = try JSONEncoder().encode(body)
         line.append(UInt8(ascii: "\n"))
         signal(SIGPIPE, SIG_IGN)
         _ = try? line.withUnsafeBytes { try file.writeAll($0) }  // a refusing daemon may answer before reading
@@ -59,12 +59,13 @@ public enum ControlSocket {
             while let end = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<end])
                 pending.removeSubrange(...end)
-                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
-                    throw SyncError("syncd at \(path) sent an answer that is not JSON: \(String(decoding: line.prefix(200), as: UTF8.self))")
+                let object: ControlAnswer
+                do { object = try JSONDecoder().decode(ControlAnswer.self, from: Data(line)) } catch {
+                    throw SyncError("syncd at \(path) sent an answer this syncctl cannot read (\(error)): \(String(decoding: line.prefix(200), as: UTF8.self))")
                 }
                 // A project the daemon does not run is the caller's to handle (it syncs on its own).
-                if first && object["ok"] as? Bool != true && object["unregistered"] as? Bool != true {
-                    throw SyncError("syncd: \(object["error"] as? String ?? "request refused")")
+                if first && !object.ok && object.unregistered != true {
+                    throw SyncError("syncd: \(object.error ?? "request refused")")
                 }
                 first = false
                 if try !each(object) { return true }

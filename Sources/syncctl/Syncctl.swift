@@ -85,7 +85,7 @@ struct Push: ParsableCommand {
 
     func run() throws {
         // Without a daemon, a push of our own is just as complete.
-        if wait && !force && !pruneIgnored, let stats = try throughDaemon("push", options.directory) {
+        if wait && !force && !pruneIgnored, let stats = try throughDaemon(.push, options.directory) {
             return report(stats, json: options.json)
         }
         let project = try options.project()
@@ -119,7 +119,7 @@ struct Pull: ParsableCommand {
     var force = false
 
     func run() throws {
-        if wait && !force, let stats = try throughDaemon("pull", options.directory) { return report(stats, json: options.json) }
+        if wait && !force, let stats = try throughDaemon(.pull, options.directory) { return report(stats, json: options.json) }
         let project = try options.project()
         var stats = try project.pullFromHosts(force: force)
         if force {
@@ -167,88 +167,6 @@ struct Conflicts: ParsableCommand {
     }
 }
 
-struct Snapshots: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The project's snapshots in its store: time, id, files, bytes, new bytes.")
-    @Argument(help: "Project directory.") var directory: String = "."
-    @Flag(help: "Print JSON.") var json = false
-
-    func run() throws {
-        let project = try Project(directory: directory)
-        let list = try project.snapshots()
-        if json {
-            struct Out: Encodable { let snapshots: [SnapshotListing] }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(Out(snapshots: list)), as: UTF8.self))
-            return
-        }
-        if list.isEmpty { printError("no snapshots of \(project.config.name) yet; `syncctl push` makes one") }
-        for s in list {
-            print("\(s.time)  \(s.id)  \(s.files) files  \(formatBytes(s.bytes))  \(formatBytes(s.newBytes)) new")
-        }
-    }
-}
-
-struct Restore: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Materialize a snapshot exactly: in a new local directory, or on one of the hosts from the store.")
-    @Argument(help: "The snapshot: its id (or a unique prefix), as `syncctl snapshots` shows it.") var snapshot: String
-    @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String?
-    @Option(name: .customLong("host"), help: "A host of the project (as hosts: names it): its copy becomes the snapshot, read from the store.")
-    var host: String?
-    @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
-    @Flag(help: "On the host, replace what was changed there since the last push too (kept beside as a conflict copy).")
-    var force = false
-    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
-
-    func validate() throws {
-        guard (target == nil) != (host == nil) else { throw ValidationError("give one of --to DIR or --host H") }
-        if force && host == nil { throw ValidationError("--force is for --host (a directory given to --to must be empty)") }
-    }
-
-    func run() throws {
-        let project = try Project(directory: directory)
-        if let host {
-            let restore = StorePush(project: project)
-            restore.force = force
-            let stats = try restore.restore(snapshot, host: host)
-            if !json && stats.errors.isEmpty { printError("restored snapshot \(stats.snapshot ?? snapshot) on \(host)") }
-            return report(stats, json: json)
-        }
-        let stats = try project.restore(snapshot, to: target!)
-        if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target!)") }
-        report(stats, json: json)
-    }
-}
-
-struct Store: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The snapshot store.", subcommands: [GC.self])
-
-    struct GC: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "gc",
-            abstract: "Delete this project's snapshots beyond what is kept, then the packs and manifests no kept snapshot uses.")
-        @Argument(help: "Project directory.") var directory: String = "."
-        @Option(help: "Keep the newest N snapshots.") var keep: Int?
-        @Option(name: .customLong("keep-days"), help: "Keep the snapshots of the last D days.") var keepDays: Double?
-        @Option(help: "Leave objects younger than this many seconds (a push may be writing them).") var grace: Double = 3600
-        @Flag(help: "Print JSON.") var json = false
-
-        func run() throws {
-            let project = try Project(directory: directory)
-            let stats = try project.collectGarbage(keep: keep, keepDays: keepDays, grace: grace)
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                print(String(decoding: try encoder.encode(stats), as: UTF8.self))
-            } else {
-                printError("store gc: kept \(stats.snapshotsKept) snapshots, deleted \(stats.snapshotsDeleted); deleted \(stats.packsDeleted) packs and "
-                           + "\(stats.manifestsDeleted) manifests, \(formatBytes(stats.bytesFreed)) freed")
-            }
-        }
-    }
-}
-
 struct Resolve: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Settle conflicts: keep the local or the remote version of each PATH; the other is kept beside it as NAME.sync-conflict-YYYYMMDD-HHMMSS.EXT.")
@@ -275,13 +193,13 @@ struct Resolve: ParsableCommand {
 }
 
 /// A push or pull run by the daemon for `directory`; nil when no daemon runs.
-func throughDaemon(_ command: String, _ directory: String) throws -> SyncStats? {
+func throughDaemon(_ command: ControlRequest.Command, _ directory: String) throws -> SyncStats? {
     let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
-    guard let answer = try ControlSocket.request(["command": command, "project": dir]) else { return nil }
+    guard let answer = try ControlSocket.request(ControlRequest(command, project: dir)) else { return nil }
     // A project the daemon does not run is synced by this process, just as completely.
-    if answer["unregistered"] as? Bool == true { return nil }
-    let data = try JSONSerialization.data(withJSONObject: answer["stats"] ?? [:])
-    return try JSONDecoder().decode(SyncStats.self, from: data)
+    if answer.unregistered == true { return nil }
+    guard let stats = answer.stats else { throw SyncError("syncd answered the \(command.rawValue) without its statistics") }
+    return stats
 }
 
 func report(_ stats: SyncStats, json: Bool) {
@@ -361,281 +279,4 @@ struct Chunks: ParsableCommand {
 func exitWith(_ code: Int32) -> Never {
     fflush(stdout)
     exit(code)
-}
-
-struct Add: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Register DIR with the syncd daemon (it watches and syncs it).")
-    @Argument(help: "Project directory (with a syncd.yaml).") var directory: String = "."
-
-    func run() throws {
-        let registry = ProjectRegistry()
-        let added = try registry.add(directory)
-        printError(added ? "added \(directory) to \(registry.file)" : "\(directory) is already in \(registry.file)")
-        try tellDaemon(directory, starting: true)
-    }
-}
-
-struct Remove: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop the syncd daemon from syncing DIR (its files stay).")
-    @Argument(help: "Project directory.") var directory: String = "."
-
-    func run() throws {
-        let registry = ProjectRegistry()
-        guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", exitCode: 2) }
-        printError("removed \(directory) from \(registry.file)")
-        try tellDaemon(directory, starting: false)
-    }
-}
-
-/// Has a running syncd read the project list again, and says what became of `directory`.
-func tellDaemon(_ directory: String, starting: Bool) throws {
-    let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
-    guard let answer = try ControlSocket.request(["command": "reload"]) else {
-        printError("syncd is not running; it \(starting ? "syncs" : "leaves") \(dir) \(starting ? "from" : "alone from") its next start")
-        return
-    }
-    if let why = (answer["failed"] as? [String: String])?[dir] {
-        throw SyncError("syncd could not start syncing \(dir): \(why)")
-    }
-    let running = (answer["projects"] as? [String] ?? []).contains(dir)
-    printError(starting ? (running ? "syncd is syncing \(dir) now" : "syncd did not take \(dir) up; see `syncctl logs`")
-                        : (running ? "syncd still runs \(dir); see `syncctl logs`" : "syncd stopped syncing \(dir)"))
-}
-
-struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What the running syncd is doing, per project.")
-    @Flag(help: "Print the daemon's answer as JSON.") var json = false
-
-    func run() throws {
-        guard let answer = try ControlSocket.request(["command": "status"]) else {
-            throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
-        }
-        if json {
-            let data = try JSONSerialization.data(withJSONObject: answer["projects"] ?? [], options: [.sortedKeys])
-            print(PathText.publicJSON([UInt8](data)))
-            return
-        }
-        let projects = answer["projects"] as? [[String: Any]] ?? []
-        if projects.isEmpty { print("syncd (pid \(answer["pid"] ?? "?")): no projects; `syncctl add DIR`") }
-        for p in projects {
-            var line = "\(p["project"] ?? "?"): \(p["state"] ?? "?"), \(p["pending_changes"] ?? 0) pending"
-            if let push = p["last_push"] as? String { line += ", last push \(push)" }
-            if let pull = p["last_pull"] as? String { line += ", last pull \(pull)" }
-            if let conflicts = p["conflicts"] as? [String], !conflicts.isEmpty {
-                line += ", conflicts: " + conflicts.map { (try? RelativePath(text: $0).description) ?? $0 }.joined(separator: " ")
-            }
-            if let error = p["last_error"] as? String { line += ", last error: \(error)" }
-            if let snapshot = p["snapshot"] as? String { line += ", snapshot \(snapshot.prefix(12))" }
-            print(line)
-            for h in p["hosts"] as? [[String: Any]] ?? [] {
-                let how = h["ok"] as? Bool == true ? "ok, \(h["files_changed"] ?? 0) changed in the last push" : "failed: \(h["error"] as? String ?? "see the log")"
-                print("  \(h["host"] ?? "?"): \(how)")
-            }
-        }
-    }
-}
-
-struct Pause: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop the running syncd from syncing DIR (all projects without DIR).")
-    @Argument(help: "Project directory.") var directory: String?
-    func run() throws { try pauseOrResume("pause", directory) }
-}
-
-struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Let the running syncd sync DIR again (all projects without DIR).")
-    @Argument(help: "Project directory.") var directory: String?
-    func run() throws { try pauseOrResume("resume", directory) }
-}
-
-func pauseOrResume(_ command: String, _ directory: String?) throws {
-    var request: [String: Any] = ["command": command]
-    if let directory { request["project"] = URL(fileURLWithPath: directory).standardizedFileURL.path }
-    guard let answer = try ControlSocket.request(request) else {
-        throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
-    }
-    if answer["unregistered"] as? Bool == true { throw SyncError("syncd: \(answer["error"] as? String ?? "not registered")") }
-    for p in answer["projects"] as? [String] ?? [] { printError("\(command)d \(p)") }
-}
-
-struct Logs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The running syncd's recent log lines.")
-    @Flag(name: .shortAndLong, help: "Keep printing new lines as they come (Ctrl-C to stop).") var follow = false
-
-    func run() throws {
-        let running = try ControlSocket.stream(["command": "logs", "follow": follow]) { object in
-            for line in object["lines"] as? [String] ?? [] { print(line) }
-            fflush(stdout)
-            return true
-        }
-        guard running else { throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))") }
-    }
-}
-
-// MARK: builds
-
-struct Plan: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Per image layer: what it reads from the build context, its cache key, and whether it rebuilds.")
-    @Argument(help: "Project directory.") var directory: String = "."
-    @Option(help: "Only this compose service.") var service: String?
-    @Flag(help: "Print JSON.") var json = false
-
-    func run() throws {
-        let project = try Project(directory: directory)
-        let (plans, warnings) = try project.buildPlans(service: service)
-        if plans.isEmpty && warnings.isEmpty {
-            throw SyncError("\(project.directory): no compose file with a build and no Dockerfile", exitCode: 2)
-        }
-        if json {
-            let out: [String: Any] = ["services": plans.map(\.json), "warnings": warnings]
-            print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
-            return
-        }
-        for w in warnings { print("warning: \(w)") }
-        for plan in plans { printPlan(plan) }
-    }
-}
-
-func printPlan(_ plan: BuildPlan) {
-    print("\(plan.spec.name): context \(plan.spec.context.isEmpty ? "." : plan.spec.context), \(plan.spec.dockerfile)"
-          + (plan.spec.target.map { ", target \($0)" } ?? "") + (plan.ignoreFile.isEmpty ? "" : ", ignore file \(plan.ignoreFile)"))
-    for stage in plan.stages {
-        // Unnamed stages are already called "stage N"; stage names cannot hold a space.
-        print("  " + (stage.name.hasPrefix("stage ") ? stage.name : "stage \(stage.name)"))
-        for layer in stage.layers {
-            let head = layer.display
-            let files = layer.files > 0 ? "  (\(layer.files) file\(layer.files == 1 ? "" : "s"), \(formatBytes(layer.bytes)))" : ""
-            print("    \(layer.changed ? "rebuild" : "cached ") \(layer.key.hex.prefix(12))  \(head)\(files)")
-        }
-    }
-    print("  context: docker build sends \(plan.contextFiles) files, \(formatBytes(plan.contextBytes)); this build reads \(plan.neededFiles) files, \(formatBytes(plan.neededBytes))")
-    for w in plan.warnings { print("  warning: \(w)") }
-}
-
-/// Options shared by the commands that push and then act on the remote.
-struct RemoteRunOptions: ParsableArguments {
-    @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
-    @Flag(name: .customLong("no-push"), help: "Do not push first.") var noPush = false
-}
-
-/// Pushes for a build: through the daemon when it runs (its push is complete on return), else a push of our
-/// own that sends what the earliest changed layer reads first. Records the layer keys as the last build's.
-func pushForBuild(_ project: Project, quiet: Bool = false) throws -> [BuildPlan] {
-    let (plans, warnings) = try project.buildPlans()
-    for w in warnings { printError("warning: \(w)") }
-    let stats: SyncStats
-    if project.config.store != nil {
-        stats = try StorePush(project: project).run()
-    } else if let viaDaemon = try throughDaemon("push", project.directory) {
-        stats = viaDaemon
-    } else {
-        let session = PushSession(project: project)
-        let prefixFor: (BuildPlan) -> String = { $0.spec.context.isEmpty ? "" : $0.spec.context + "/" }
-        session.firstPaths = plans.flatMap { plan in
-            plan.changedFilesInBuildOrder.compactMap { try? RelativePath(bytes: Array(prefixFor(plan).utf8) + $0.bytes) }
-        }
-        stats = try session.run()
-    }
-    for e in stats.errors { printError("error: \(e)") }
-    if !quiet { printError(stats.summary()) }
-    guard stats.exitCode == 0 else { throw SyncError("the push did not complete; not going on", exitCode: stats.exitCode) }
-    return plans
-}
-
-struct Exec: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Push, then run CMD in the project's directory on the remote; ends with CMD's exit status.",
-        discussion: "One argument is run by the remote shell as written ('make && ls'); several are quoted one by one.")
-    @OptionGroup var options: RemoteRunOptions
-    @Argument(parsing: .captureForPassthrough, help: "The command.") var command: [String] = []
-
-    func run() throws {
-        let words = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !words.isEmpty else { throw SyncError("syncctl exec needs a command: syncctl exec -- CMD ARGS…", exitCode: 2) }
-        let project = try Project(directory: options.directory, options: SyncOptions(progress: false))
-        if !options.noPush { _ = try pushForBuild(project, quiet: true) }
-        exitWith(try RemoteCommand.run(project: project, RemoteCommand.commandLine(words)))
-    }
-}
-
-struct Compose: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Push, then run `docker compose ARGS` (or docker-compose) in the project's directory on the remote.")
-    @OptionGroup var options: RemoteRunOptions
-    @Argument(parsing: .captureForPassthrough, help: "Arguments for docker compose.") var arguments: [String] = []
-
-    func run() throws {
-        let args = arguments.first == "--" ? Array(arguments.dropFirst()) : arguments
-        let project = try Project(directory: options.directory, options: SyncOptions(progress: false))
-        var plans: [BuildPlan] = []
-        if !options.noPush {
-            plans = try pushForBuild(project, quiet: true)
-            for plan in plans { printError(plan.summary) }
-        }
-        let status = try RemoteCommand.run(project: project, RemoteCommand.composeLine(args))
-        if status == 0 { for plan in plans { try project.recordLayers(plan) } }
-        exitWith(status)
-    }
-}
-
-struct Hook: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Hooks to call from make, a shell alias or git.",
-                                                    subcommands: [PreBuild.self])
-
-    struct PreBuild: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "pre-build",
-            abstract: "Before `docker compose up --build` on the remote: push --wait, then one line per image saying what rebuilds.")
-        @Argument(help: "Project directory.") var directory: String = "."
-
-        func run() throws {
-            let project = try Project(directory: directory, options: SyncOptions(progress: false))
-            let plans = try pushForBuild(project, quiet: true)
-            for plan in plans {
-                print(plan.summary)
-                try project.recordLayers(plan)
-            }
-        }
-    }
-}
-
-struct ComposeOverride: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "compose-override",
-        abstract: "Write a compose override file whose bind mounts name the remote's absolute paths (for DOCKER_HOST=ssh://…).")
-    @Argument(help: "Project directory.") var directory: String = "."
-    @Option(name: .customLong("remote-dir"), help: "The project's directory on the remote (default: asked of the agent by a push).")
-    var remoteDirectory: String?
-
-    func run() throws {
-        let project = try Project(directory: directory, options: SyncOptions(progress: false))
-        guard let compose = try project.buildSpecs().compose else {
-            throw SyncError("\(project.directory): no compose file (compose.yaml or docker-compose.yml)", exitCode: 2)
-        }
-        let remoteDir: String
-        if let remoteDirectory { remoteDir = remoteDirectory } else {
-            let stats = try PushSession(project: project).run()
-            guard let dir = stats.remoteDirectory else { throw SyncError("the agent did not say where the project is") }
-            remoteDir = dir
-        }
-        let name = compose.files[0].hasPrefix("compose.") ? "compose.override.yaml" : "docker-compose.override.yml"
-        let path = project.directory + "/" + name
-        let marker = "# written by syncctl compose-override"
-        if let existing = try? String(contentsOfFile: path, encoding: .utf8), !existing.hasPrefix(marker) {
-            throw SyncError("\(path) exists and was not written by syncctl; move it aside or merge by hand", exitCode: 2)
-        }
-        var lines = [marker + ": bind mounts point at \(remoteDir) on the remote", "services:"]
-        for service in compose.services {
-            let mounts = service.mounts.compactMap { m -> String? in
-                guard let rel = m.relativeSource else { return nil }
-                return "\(rel == "." ? remoteDir : remoteDir + "/" + rel):\(m.target)\(m.readOnly ? ":ro" : "")"
-            }
-            guard !mounts.isEmpty else { continue }
-            lines.append("  \(service.name):")
-            lines.append("    volumes:")
-            for m in mounts { lines.append("      - \"\(m)\"") }
-        }
-        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
-        printError("wrote \(path)")
-    }
 }

@@ -33,28 +33,77 @@ struct DaemonInProcessTests {
         defer { if !stopped { daemon.stop(); _ = exit.done.wait(timeout: .now() + 30) } }
 
         // The control socket answers once the daemon is up; the project is running and pushed at start.
-        #expect(eventually { (try? ControlSocket.request(["command": "status"], environment: env)) != nil })
-        let status = try #require(try ControlSocket.request(["command": "status"], environment: env))
-        let projects = status["projects"] as? [[String: Any]] ?? []
-        #expect(projects.map { $0["project"] as? String } == [f.project], "\(status)")
+        #expect(eventually { (try? ControlSocket.request(ControlRequest(.status), environment: env)) != nil })
+        let status = try #require(try ControlSocket.request(ControlRequest(.status), environment: env))
+        #expect(status.ok && status.version == ControlRequest.currentVersion)
+        #expect(status.projects?.map(\.project) == [f.project])
         #expect(eventually { f.read("src/train.py", in: f.remoteProject) == Array("print(1)\n".utf8) })
 
         // A change is pushed by the watcher, and a push asked for over the socket answers with its statistics.
         try f.write("src/train.py", "print(2)\n")
         #expect(eventually { f.read("src/train.py", in: f.remoteProject) == Array("print(2)\n".utf8) })
         try f.write("src/new.py", "x = 1\n")
-        let push = try #require(try ControlSocket.request(["command": "push", "project": f.project], environment: env))
-        #expect(push["ok"] as? Bool == true, "\(push)")
+        let push = try #require(try ControlSocket.request(ControlRequest(.push, project: f.project), environment: env))
+        #expect(push.ok, "\(push.error ?? "")")
+        #expect(push.stats?.direction == "push")
         #expect(f.read("src/new.py", in: f.remoteProject) == Array("x = 1\n".utf8))
 
-        // An unknown command is an error answer; the daemon goes on.
-        #expect(throws: SyncError.self) { try ControlSocket.request(["command": "fly"], environment: env) }
-        #expect((try? ControlSocket.request(["command": "status"], environment: env)) != nil)
+        // Requests that do not decode are answered with an error that names what is wrong; the daemon goes on.
+        let socket = ControlSocket.path(environment: env)
+        let refused: [(String, [UInt8])] = [
+            ("not a JSON object", Array("hello\n".utf8)),
+            ("not a JSON object", Array("[1, 2]\n".utf8)),
+            ("longer than 65536 bytes", [UInt8](repeating: UInt8(ascii: "x"), count: 200_000) + [0x0A]),
+            ("expected one line of JSON", Array(#"{"version": 1, "command": "status"}"#.utf8)),
+            ("version 99", Array(#"{"version": 99, "command": "status"}"#.utf8) + [0x0A]),
+            ("no integer \"version\"", Array(#"{"command": "status"}"#.utf8) + [0x0A]),
+            ("unknown command 'fly'", Array(#"{"version": 1, "command": "fly"}"#.utf8) + [0x0A]),
+            ("\"project\" must be a string", Array(#"{"version": 1, "command": "pause", "project": 7}"#.utf8) + [0x0A]),
+        ]
+        for (expected, bytes) in refused {
+            let line = try Self.exchange(bytes, socket: socket, closeAfterWriting: expected.hasPrefix("expected"))
+            let answer = try JSONDecoder().decode(ControlAnswer.self, from: Data(line.utf8))
+            #expect(!answer.ok && answer.error?.contains(expected) == true, "\(expected): \(line)")
+        }
+        // A project the daemon does not run: answered as such, for the caller to sync on its own.
+        let elsewhere = try ControlSocket.request(ControlRequest(.push, project: f.base + "/elsewhere"), environment: env)
+        #expect(elsewhere?.unregistered == true && elsewhere?.ok == false)
+        #expect(try ControlSocket.request(ControlRequest(.status), environment: env)?.projects?.count == 1)
 
         daemon.stop()
         stopped = true
         #expect(exit.done.wait(timeout: .now() + 30) == .success, "run did not return after stop")
         #expect(exit.code == 0)
         #expect(!FileManager.default.fileExists(atPath: runtime + "/syncd/control.sock"))
+    }
+
+    /// Writes `bytes` to the control socket at `socket` as a client would (ending its side when asked), and
+    /// returns the answer's first line.
+    static func exchange(_ bytes: [UInt8], socket path: String, closeAfterWriting: Bool) throws -> String {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        guard var address = ControlSocket.address(path) else { throw FixtureError("socket path too long") }
+        let connected = withUnsafePointer(to: &address) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
+        }
+        guard connected else { throw FixtureError("cannot connect to \(path)") }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { break }  // the daemon answered and stopped reading
+            offset += n
+        }
+        if closeAfterWriting { shutdown(fd, Int32(SHUT_WR)) }
+        var answer: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !answer.contains(0x0A) {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n <= 0 { break }
+            answer += buffer[0..<n]
+        }
+        return String(decoding: answer.prefix { $0 != 0x0A }, as: UTF8.self)
     }
 }

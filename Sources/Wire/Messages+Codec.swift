@@ -1,0 +1,274 @@
+import Chunking
+import SyncSystem
+
+// Every frame's type byte and payload layout: encoding, and decoding through bounds-checked reads.
+extension Message {
+    var typeByte: UInt8 {
+        switch self {
+        case .hello: return 0x01
+        case .welcome: return 0x02
+        case .fileBegin: return 0x10
+        case .chunkList: return 0x11
+        case .chunkData: return 0x12
+        case .abort: return 0x13
+        case .symlink: return 0x14
+        case .directory: return 0x15
+        case .delete: return 0x16
+        case .endOfOperations: return 0x17
+        case .need: return 0x30
+        case .result: return 0x31
+        case .done: return 0x32
+        case .remoteEntry: return 0x40
+        case .skipped: return 0x42
+        case .listEnd: return 0x43
+        case .fetch: return 0x44
+        case .fetchEnd: return 0x45
+        case .watch: return 0x50
+        case .remoteChanged: return 0x51
+        case .watchEnd: return 0x52
+        case .watchEnded: return 0x53
+        case .storePacks: return 0x60
+        case .storeChunks: return 0x61
+        case .streamsOpen: return 0x18
+        case .streamsReady: return 0x33
+        case .join: return 0x03
+        case .error: return 0x7F
+        }
+    }
+
+    /// Type byte and payload of this message.
+    public func encode() -> (type: UInt8, payload: [UInt8]) {
+        var w = PayloadWriter()
+        switch self {
+        case .hello(let h):
+            w.u8(h.role.rawValue)
+            w.string(h.project)
+            w.string(h.remoteRoot)
+            w.u32(UInt32(h.pullPaths.count))
+            for p in h.pullPaths { w.string(p) }
+            w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
+            w.string(h.expectInstance)
+            w.u8(h.compress ? 1 : 0)
+            w.string(h.conflictStamp)
+            w.u32(UInt32(h.roots.count))
+            for r in h.roots { w.byteString(r) }
+        case .welcome(let version, let dir, let instance):
+            w.string(version); w.string(dir); w.string(instance)
+        case .fileBegin(let f):
+            w.u32(f.op); w.byteString(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
+            Message.encode(f.base, into: &w)
+            w.u32(f.chunkCount)
+            w.u8((f.dataFollows ? 1 : 0) | (f.force ? 2 : 0))
+        case .chunkList(let op, let chunks):
+            w.u32(op); w.u32(UInt32(chunks.count))
+            for c in chunks { w.id(c.id); w.u32(c.length) }
+        case .chunkData(let op, let index, let compressed, let rawLength, let payload):
+            w.u32(op); w.u32(index); w.u8(compressed ? 1 : 0); w.u32(rawLength); w.raw(payload)
+        case .abort(let op, let reason):
+            w.u32(op); w.string(reason)
+        case .symlink(let op, let path, let target, let base, let force):
+            w.u32(op); w.byteString(path); w.byteString(target); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
+        case .directory(let op, let path, let permissions, let force):
+            w.u32(op); w.byteString(path); w.u32(permissions); w.u8(force ? 1 : 0)
+        case .delete(let op, let path, let base, let force):
+            w.u32(op); w.byteString(path); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
+        case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
+            break
+        case .storePacks(let store, let signingRegion, let packs):
+            w.string(store)
+            w.string(signingRegion)
+            w.u32(UInt32(packs.count))
+            for p in packs { w.id(p.digest); w.string(p.url) }
+        case .storeChunks(let chunks):
+            w.u32(UInt32(chunks.count))
+            for c in chunks {
+                w.id(c.id); w.u32(c.pack); w.u64(c.offset); w.u32(c.storedLength); w.u32(c.rawLength); w.u8(c.compressed ? 1 : 0)
+            }
+        case .remoteChanged(let paths):
+            w.u32(UInt32(paths.count))
+            for p in paths { w.byteString(p) }
+        case .need(let op, let indices), .fetch(let op, let indices):
+            w.u32(op); w.u32(UInt32(indices.count))
+            for i in indices { w.u32(i) }
+        case .result(let r):
+            w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
+            w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
+        case .remoteEntry(let e):
+            w.u32(e.op); w.byteString(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
+            w.u64(e.size); w.u32(e.chunkCount)
+        case .skipped(let path, let reason):
+            w.byteString(path); w.string(reason)
+        case .streamsOpen(let count):
+            w.u8(count)
+        case .streamsReady(let address, let token):
+            w.string(address); w.byteString(token)
+        case .join(let token):
+            w.byteString(token)
+        case .error(let message):
+            w.string(message)
+        }
+        return (typeByte, w.bytes)
+    }
+
+    static func encode(_ state: PathState, into w: inout PayloadWriter) {
+        switch state {
+        case .absent: w.u8(0)
+        case .file(let id): w.u8(1); w.id(id)
+        case .symlink(let target): w.u8(2); w.byteString(target)
+        case .directory: w.u8(3)
+        }
+    }
+
+    static func decodeState(_ r: inout PayloadReader) throws -> PathState {
+        switch try r.u8("state tag") {
+        case 0: return .absent
+        case 1: return .file(try r.id("state digest"))
+        case 2: return .symlink(try r.byteString("symlink target"))
+        case 3: return .directory
+        case let tag: throw ProtocolError("unknown path state tag \(tag)")
+        }
+    }
+
+    static func decodeFlag(_ r: inout PayloadReader) throws -> Bool {
+        let flag = try r.u8("force flag")
+        guard flag <= 1 else { throw ProtocolError("unknown force flag \(flag)") }
+        return flag == 1
+    }
+
+    /// Decodes one frame. Throws `ProtocolError` for unknown types, truncation, bad UTF-8 or trailing bytes.
+    public static func decode(type: UInt8, payload: UnsafeRawBufferPointer) throws -> Message {
+        let name = "type 0x" + String(type, radix: 16)
+        var r = PayloadReader(payload, frame: name)
+        let message: Message
+        switch type {
+        case 0x01:
+            guard let role = SessionRole(rawValue: try r.u8("role")) else { throw ProtocolError("hello: unknown session role") }
+            let project = try r.string("project")
+            let root = try r.string("remote root")
+            let n = try r.count("pull paths", itemSize: 4, limit: 1024)
+            var paths: [String] = []
+            for _ in 0..<n { paths.append(try r.string("pull path")) }
+            var h = Hello(role: role, project: project, remoteRoot: root, pullPaths: paths, chunking: .default)
+            h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
+            h.expectInstance = try r.string("expected instance")
+            h.compress = try r.u8("compress flag") != 0
+            h.conflictStamp = try r.string("conflict stamp", limit: 64)
+            let roots = try r.count("roots", itemSize: 4, limit: 65536)
+            for _ in 0..<roots { h.roots.append(try r.byteString("root")) }
+            message = .hello(h)
+        case 0x02:
+            message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
+                               instance: try r.string("instance"))
+        case 0x10:
+            let op = try r.u32("op")
+            let path = try r.byteString("path")
+            let perms = try r.u32("permissions")
+            let mtime = try r.i64("mtime")
+            let size = try r.u64("size")
+            let digest = try r.id("digest")
+            let base = try decodeState(&r)
+            let count = try r.u32("chunk count")
+            let flags = try r.u8("flags")
+            guard flags <= 3 else { throw ProtocolError("file header: unknown flags \(flags)") }
+            message = .fileBegin(FileHeader(op: op, path: path, permissions: perms, mtimeNanos: mtime, size: size,
+                                            digest: digest, base: base, chunkCount: count, dataFollows: flags & 1 != 0,
+                                            force: flags & 2 != 0))
+        case 0x11:
+            let op = try r.u32("op")
+            let n = try r.count("chunks", itemSize: 20, limit: maxListItems)
+            var chunks: [ChunkRef] = []
+            chunks.reserveCapacity(n)
+            for _ in 0..<n {
+                let id = try r.id("chunk id")
+                chunks.append(ChunkRef(id: id, offset: 0, length: try r.u32("chunk length")))
+            }
+            message = .chunkList(op: op, chunks: chunks)
+        case 0x12:
+            let op = try r.u32("op")
+            let index = try r.u32("index")
+            let flags = try r.u8("flags")
+            guard flags <= 1 else { throw ProtocolError("chunk data: unknown flags \(flags)") }
+            let rawLength = try r.u32("raw length")
+            guard rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
+                throw ProtocolError("chunk data: raw length \(rawLength) exceeds the largest chunk size")
+            }
+            message = .chunkData(op: op, index: index, compressed: flags == 1, rawLength: rawLength, payload: r.rest())
+        case 0x13:
+            message = .abort(op: try r.u32("op"), reason: try r.string("reason"))
+        case 0x14:
+            message = .symlink(op: try r.u32("op"), path: try r.byteString("path"), target: try r.byteString("target"),
+                               base: try decodeState(&r), force: try decodeFlag(&r))
+        case 0x15:
+            message = .directory(op: try r.u32("op"), path: try r.byteString("path"), permissions: try r.u32("permissions"),
+                                 force: try decodeFlag(&r))
+        case 0x16:
+            message = .delete(op: try r.u32("op"), path: try r.byteString("path"), base: try decodeState(&r),
+                              force: try decodeFlag(&r))
+        case 0x17: message = .endOfOperations
+        case 0x30, 0x44:
+            let op = try r.u32("op")
+            let n = try r.count("indices", itemSize: 4, limit: maxListItems)
+            var indices: [UInt32] = []
+            indices.reserveCapacity(n)
+            for _ in 0..<n { indices.append(try r.u32("index")) }
+            message = type == 0x30 ? .need(op: op, indices: indices) : .fetch(op: op, indices: indices)
+        case 0x31:
+            let op = try r.u32("op")
+            guard let status = OpStatus(rawValue: try r.u8("status")) else { throw ProtocolError("result: unknown status") }
+            let text = try r.string("message", limit: 65536)
+            let current = try decodeState(&r)
+            message = .result(OpResult(op: op, status: status, message: text, current: current, currentSize: try r.u64("size"),
+                                       currentMtimeNanos: try r.i64("mtime"), keptAs: try r.byteString("kept as", limit: 255)))
+        case 0x32: message = .done
+        case 0x40:
+            let op = try r.u32("op")
+            let path = try r.byteString("path")
+            let state = try decodeState(&r)
+            message = .remoteEntry(RemoteEntry(op: op, path: path, state: state, permissions: try r.u32("permissions"),
+                                               mtimeNanos: try r.i64("mtime"), size: try r.u64("size"),
+                                               chunkCount: try r.u32("chunk count")))
+        case 0x42: message = .skipped(path: try r.byteString("path"), reason: try r.string("reason"))
+        case 0x43: message = .listEnd
+        case 0x45: message = .fetchEnd
+        case 0x50: message = .watch
+        case 0x51:
+            let n = try r.count("changed paths", itemSize: 4, limit: maxNotifiedPaths)
+            var paths: [[UInt8]] = []
+            for _ in 0..<n { paths.append(try r.byteString("changed path")) }
+            message = .remoteChanged(paths: paths)
+        case 0x52: message = .watchEnd
+        case 0x53: message = .watchEnded
+        case 0x60:
+            let store = try r.string("store", limit: 4096)
+            let signingRegion = try r.string("signing region", limit: 256)
+            let n = try r.count("store packs", itemSize: 20, limit: maxListItems)
+            var packs: [StorePack] = []
+            packs.reserveCapacity(n)
+            for _ in 0..<n { packs.append(StorePack(digest: try r.id("pack digest"), url: try r.string("pack url", limit: 16384))) }
+            message = .storePacks(store: store, signingRegion: signingRegion, packs: packs)
+        case 0x61:
+            let n = try r.count("store chunks", itemSize: 37, limit: maxStoreChunks)
+            var chunks: [StoreChunk] = []
+            chunks.reserveCapacity(n)
+            for _ in 0..<n {
+                let id = try r.id("chunk id")
+                let pack = try r.u32("pack")
+                let offset = try r.u64("offset")
+                let stored = try r.u32("stored length")
+                let raw = try r.u32("raw length")
+                let flag = try r.u8("flags")
+                guard flag <= 1, raw <= UInt32(ChunkParameters.largestMaxSize) else { throw ProtocolError("store chunk: bad flags or length") }
+                chunks.append(StoreChunk(id: id, pack: pack, offset: offset, storedLength: stored, rawLength: raw, compressed: flag == 1))
+            }
+            message = .storeChunks(chunks)
+        case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
+        case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
+        case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))
+        case 0x7F: message = .error(message: try r.string("message", limit: 65536))
+        default:
+            throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")
+        }
+        try r.finish()
+        return message
+    }
+}

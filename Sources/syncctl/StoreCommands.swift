@@ -1,0 +1,92 @@
+import ArgumentParser
+import Chunking
+import Engine
+import Foundation
+import SyncConfig
+import SSHTransport
+import SyncSystem
+import Wire
+
+// The snapshot store: snapshots, restore, store gc.
+
+struct Snapshots: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The project's snapshots in its store: time, id, files, bytes, new bytes.")
+    @Argument(help: "Project directory.") var directory: String = "."
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        let project = try Project(directory: directory)
+        let list = try project.snapshots()
+        if json {
+            struct Out: Encodable { let snapshots: [SnapshotListing] }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(Out(snapshots: list)), as: UTF8.self))
+            return
+        }
+        if list.isEmpty { printError("no snapshots of \(project.config.name) yet; `syncctl push` makes one") }
+        for s in list {
+            print("\(s.time)  \(s.id)  \(s.files) files  \(formatBytes(s.bytes))  \(formatBytes(s.newBytes)) new")
+        }
+    }
+}
+
+struct Restore: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Materialize a snapshot exactly: in a new local directory, or on one of the hosts from the store.")
+    @Argument(help: "The snapshot: its id (or a unique prefix), as `syncctl snapshots` shows it.") var snapshot: String
+    @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String?
+    @Option(name: .customLong("host"), help: "A host of the project (as hosts: names it): its copy becomes the snapshot, read from the store.")
+    var host: String?
+    @Option(name: .customLong("dir"), help: "Project directory (default: the current directory).") var directory: String = "."
+    @Flag(help: "On the host, replace what was changed there since the last push too (kept beside as a conflict copy).")
+    var force = false
+    @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+
+    func validate() throws {
+        guard (target == nil) != (host == nil) else { throw ValidationError("give one of --to DIR or --host H") }
+        if force && host == nil { throw ValidationError("--force is for --host (a directory given to --to must be empty)") }
+    }
+
+    func run() throws {
+        let project = try Project(directory: directory)
+        if let host {
+            let restore = StorePush(project: project)
+            restore.force = force
+            let stats = try restore.restore(snapshot, host: host)
+            if !json && stats.errors.isEmpty { printError("restored snapshot \(stats.snapshot ?? snapshot) on \(host)") }
+            return report(stats, json: json)
+        }
+        let stats = try project.restore(snapshot, to: target!)
+        if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target!)") }
+        report(stats, json: json)
+    }
+}
+
+struct Store: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The snapshot store.", subcommands: [GC.self])
+
+    struct GC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Delete this project's snapshots beyond what is kept, then the packs and manifests no kept snapshot uses.")
+        @Argument(help: "Project directory.") var directory: String = "."
+        @Option(help: "Keep the newest N snapshots.") var keep: Int?
+        @Option(name: .customLong("keep-days"), help: "Keep the snapshots of the last D days.") var keepDays: Double?
+        @Option(help: "Leave objects younger than this many seconds (a push may be writing them).") var grace: Double = 3600
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let project = try Project(directory: directory)
+            let stats = try project.collectGarbage(keep: keep, keepDays: keepDays, grace: grace)
+            if json {
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+            } else {
+                printError("store gc: kept \(stats.snapshotsKept) snapshots, deleted \(stats.snapshotsDeleted); deleted \(stats.packsDeleted) packs and "
+                           + "\(stats.manifestsDeleted) manifests, \(formatBytes(stats.bytesFreed)) freed")
+            }
+        }
+    }
+}
