@@ -3,13 +3,14 @@ import PackageDescription
 
 /// syncd: content-addressed project sync for remote GPU hosts.
 ///
-/// Layering (lower modules never import higher ones):
-///   C boxes:   CXXHash, CZlib, CLibSSH2
-///   base:      SyncSystem (syscalls, errors, safe paths)
-///   engine:    Chunking, Wire, Transport, Placement, ProjectScan
-///   remote:    AgentCore                          -> syncd-agent (no libssh2, no Foundation)
-///   local:     LocalState (GRDB), SyncConfig (Yams), Engine -> syncctl, syncd
+/// The module graph, bottom up, is drawn in docs/ARCHITECTURE.md ("Modules"); scripts/check-imports.py (run by
+/// `make test`) fails when a target imports a module it does not declare here, or when anything syncd-agent
+/// links imports Foundation.
 let swiftSettings: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-O3"]) ]
+
+/// Targets still built in the Swift 5 language mode (their threads capture types not yet Sendable); every other
+/// target is Swift 6 (`swiftLanguageModes` below).
+let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
 
 let package = Package(
     name: "syncd",
@@ -56,7 +57,7 @@ let package = Package(
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
             "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",
-        ]),
+        ], swiftSettings: swift5),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
@@ -65,7 +66,7 @@ let package = Package(
         ]),
         .target(name: "Daemon", dependencies: [
             "Engine", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: swift5),
         .executableTarget(name: "syncd", dependencies: [
             "Daemon", "Engine", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -80,7 +81,8 @@ let package = Package(
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
-                                                             "ObjectStore", "Store", "StoreClient", "LocalState"]),
+                                                             "ObjectStore", "Store", "StoreClient", "LocalState"],
+                    swiftSettings: swift5),
     ],
-    swiftLanguageModes: [.v5]
+    swiftLanguageModes: [.v6]
 )

@@ -13,7 +13,7 @@ public struct StoredChunk: Sendable, Equatable {
 /// What this machine knows a store holds: its packs and every chunk in them, from the pack indexes. One SQLite
 /// file per store location, shared by the projects that use it; refreshed by reading the indexes it has not
 /// seen. Knowing a chunk here is a promise only as good as the store: a reader checks every chunk it gets.
-public final class StoreCatalog {
+public final class StoreCatalog: Sendable {
     let db: DatabaseQueue
     public let path: String
 

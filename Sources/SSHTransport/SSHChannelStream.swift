@@ -13,7 +13,7 @@ import Wire
 /// Wake-ups are kept few, since on a small machine they cost as much as the copying: readers and writers wait
 /// on separate conditions, a writer blocked on a full buffer is woken only once the buffer has drained to half,
 /// and the pump is poked through its pipe only when it may be asleep with nothing to send.
-public final class SSHChannelStream: ByteStream {
+public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock` guards the buffers and flags; only the pump thread touches the channel
     private let owner: SSHSession
     private let channel: OpaquePointer
     private let lock = Mutex()

@@ -72,7 +72,7 @@ public final class StoreUploader {
 
     /// Uploads every chunk of `files` that the store does not hold, read from `tree`. `stored` hears of each pack
     /// once it is in the store (and the catalog), on the uploading thread.
-    public func upload(_ files: [UploadFile], from tree: Tree, stored: ((PackIndex) -> Void)? = nil) throws -> UploadStats {
+    public func upload(_ files: [UploadFile], from tree: Tree, stored: (@Sendable (PackIndex) -> Void)? = nil) throws -> UploadStats {
         var wanted: Set<ChunkID> = []
         for f in files { for c in f.chunks where !c.id.isHole { wanted.insert(c.id) } }
         let held = try catalog.locations(wanted)
@@ -82,8 +82,14 @@ public final class StoreUploader {
         let queue = PackQueue(capacity: threads)
         var workers: [Thread] = []
         for n in 0..<threads {
-            let store = try makeStore()
-            let worker = Thread { [catalog] in
+            // Each worker makes its own store (a connection of its own) on its thread; one that cannot fails the
+            // upload as a failed put would.
+            let worker = Thread { [catalog, location, credentials] in
+                let store: SnapshotStore
+                do { store = SnapshotStore(client: try S3Client(location: location, credentials: credentials)) } catch {
+                    queue.fail(error)
+                    return
+                }
                 while let pack = queue.take() {
                     do {
                         let index = try store.put(pack)

@@ -58,9 +58,7 @@ public final class LocalAgentConnection: AgentConnection {
     public let processIdentifier: pid_t
     private let stdinWrite: Int32
     private let stdoutRead: Int32
-    private let stderrLock = NSLock()
-    private var stderrTail: [UInt8] = []
-    private let stderrDone = DispatchSemaphore(value: 0)
+    private let stderrTail = StderrTail()
     private var exitStatus: Int32?
 
     public init(agentPath: String, arguments: [String] = ["serve"]) throws {
@@ -90,20 +88,17 @@ public final class LocalAgentConnection: AgentConnection {
         stdoutRead = fromAgent.read
         stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent", roundTrip: 0)
         let errorFD = errors.read
-        Thread.detachNewThread { [self] in
+        Thread.detachNewThread { [stderrTail] in
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(errorFD, $0.baseAddress!, $0.count) }
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
                 _ = buffer.withUnsafeBytes { write(2, $0.baseAddress!, n) }
-                stderrLock.lock()
-                stderrTail.append(contentsOf: buffer[0..<n])
-                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
-                stderrLock.unlock()
+                stderrTail.append(buffer[0..<n])
             }
             close(errorFD)
-            stderrDone.signal()
+            stderrTail.done.signal()
         }
     }
 
@@ -119,16 +114,14 @@ public final class LocalAgentConnection: AgentConnection {
             var status: Int32 = 0
             while waitpid(processIdentifier, &status, 0) < 0 && errno == EINTR {}
             exitStatus = status
-            _ = stderrDone.wait(timeout: .now() + 2)
+            _ = stderrTail.done.wait(timeout: .now() + 2)
         }
         let status = exitStatus!
         let signal = status & 0x7F
         if signal != 0 { return "the agent was killed by signal \(signal)" }
         let code = (status >> 8) & 0xFF
         guard code != 0 else { return nil }
-        stderrLock.lock()
-        let text = String(decoding: stderrTail, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
-        stderrLock.unlock()
+        let text = stderrTail.lastLine
         return "the agent exited with status \(code)" + (text.isEmpty ? "" : ": \(text)")
     }
 
@@ -136,3 +129,25 @@ public final class LocalAgentConnection: AgentConnection {
         if exitStatus == nil { kill(processIdentifier, SIGTERM) }
     }
 }
+
+/// The end of what an agent wrote to stderr, kept by the thread that copies it through.
+final class StderrTail: @unchecked Sendable {  // `lock` guards `bytes`
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    /// Signalled once stderr reached its end.
+    let done = DispatchSemaphore(value: 0)
+
+    func append(_ more: ArraySlice<UInt8>) {
+        lock.lock()
+        bytes.append(contentsOf: more)
+        if bytes.count > 8192 { bytes.removeFirst(bytes.count - 4096) }
+        lock.unlock()
+    }
+
+    var lastLine: String {
+        lock.lock()
+        defer { lock.unlock() }
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+    }
+}
+

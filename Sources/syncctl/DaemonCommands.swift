@@ -110,7 +110,7 @@ struct Logs: ParsableCommand {
     func run() throws {
         let running = try ControlSocket.stream(ControlRequest(.logs, follow: follow)) { answer in
             for line in answer.lines ?? [] { print(line) }
-            fflush(stdout)
+            fflush(nil)
             return true
         }
         guard running else { throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))") }

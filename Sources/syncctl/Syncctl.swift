@@ -277,6 +277,6 @@ struct Chunks: ParsableCommand {
 }
 
 func exitWith(_ code: Int32) -> Never {
-    fflush(stdout)
+    fflush(nil)
     exit(code)
 }

@@ -5,7 +5,7 @@ import Testing
 import Watch
 
 /// Collects what a watcher delivers, for assertions from the test thread.
-final class Collected: @unchecked Sendable {
+final class Collected: @unchecked Sendable {  // `lock` guards `batches`
     private let lock = NSLock()
     private var batches: [WatchEvent] = []
 

@@ -33,7 +33,7 @@ func measure(bytes: Int, runs: Int = 5, _ body: () throws -> Void) rethrows -> D
 }
 
 var rows: [(String, String, String)] = []
-func row(_ name: String, _ value: Double, unit: String = "GB/s", note: String = "") {
+@MainActor func row(_ name: String, _ value: Double, unit: String = "GB/s", note: String = "") {
     rows.append((name, String(format: "%.2f %@", value, unit), note))
     print("\(name): \(String(format: "%.2f", value)) \(unit) \(note)")
 }
