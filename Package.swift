@@ -8,10 +8,6 @@ import PackageDescription
 /// links imports Foundation.
 let swiftSettings: [SwiftSetting] = [.unsafeFlags(["-Xcc", "-O3"]) ]
 
-/// Targets still built in the Swift 5 language mode (their threads capture types not yet Sendable); every other
-/// target is Swift 6 (`swiftLanguageModes` below).
-let swift5: [SwiftSetting] = [.swiftLanguageMode(.v5)]
-
 let package = Package(
     name: "syncd",
     platforms: [.macOS(.v14)],
@@ -57,7 +53,7 @@ let package = Package(
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
             "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",
-        ], swiftSettings: swift5),
+        ]),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
@@ -66,7 +62,7 @@ let package = Package(
         ]),
         .target(name: "Daemon", dependencies: [
             "Engine", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: swift5),
+        ]),
         .executableTarget(name: "syncd", dependencies: [
             "Daemon", "Engine", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
@@ -81,8 +77,7 @@ let package = Package(
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
-                                                             "ObjectStore", "Store", "StoreClient", "LocalState"],
-                    swiftSettings: swift5),
+                                                             "ObjectStore", "Store", "StoreClient", "LocalState"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -263,9 +263,10 @@ final class JoinedOutput: ByteStream, @unchecked Sendable {  // `lock` guards th
 
     /// Bytes queued, in the writer and here: what the stream still has to send.
     var waiting: Int {
+        let buffered = writer.pendingBytes
         lock.lock()
         defer { lock.unlock() }
-        return queued + writer.pendingBytes
+        return queued + buffered
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { 0 }

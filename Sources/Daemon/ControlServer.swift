@@ -4,12 +4,12 @@ import SyncSystem
 
 /// Serves the control socket (see `ControlSocket`): accepts on its own thread, one thread per connection, and
 /// refuses peers whose uid (SO_PEERCRED) is not the daemon's.
-final class ControlServer {
+final class ControlServer: Sendable {
     let path: String
     private let fd: Int32
-    private let handle: (ControlRequest) -> ControlAnswer
+    private let handle: @Sendable (ControlRequest) -> ControlAnswer
 
-    init(path: String, handle: @escaping (ControlRequest) -> ControlAnswer) throws {
+    init(path: String, handle: @escaping @Sendable (ControlRequest) -> ControlAnswer) throws {
         self.path = path
         self.handle = handle
         let dir = (path as NSString).deletingLastPathComponent
@@ -81,15 +81,8 @@ final class ControlServer {
 
     /// `logs -f`: the kept lines, then every new one, one JSON line each, until the client goes away.
     private func follow(_ client: FileDescriptor) {
-        let queue = NSCondition()
-        var waiting: [String] = []
-        var gone = false
-        let (lines, token) = LogBook.lines { line in
-            queue.lock()
-            waiting.append(line)
-            queue.signal()
-            queue.unlock()
-        }
+        let queue = LineQueue()
+        let (lines, token) = LogBook.lines { queue.add($0) }
         defer { if let token { LogBook.unfollow(token) } }
         func send(_ batch: [String]) -> Bool {
             var answer = ControlAnswer()
@@ -97,15 +90,8 @@ final class ControlServer {
             return (try? answer.line().withUnsafeBytes { try client.writeAll($0) }) != nil
         }
         guard send(lines) else { return }
-        while !gone {
-            queue.lock()
-            while waiting.isEmpty { _ = queue.wait(until: Date().addingTimeInterval(1)); if waiting.isEmpty { break } }
-            let batch = waiting
-            waiting.removeAll()
-            queue.unlock()
-            // An idle second: probe the client with an empty batch, so a closed one is noticed.
-            gone = !send(batch)
-        }
+        // An idle second gives an empty batch: it probes the client, so a closed one is noticed.
+        while send(queue.take(waitingAtMost: 1)) {}
     }
 
     /// The request line, decoded; or why there is none: no line, a line too long, or one that does not decode.
@@ -123,3 +109,27 @@ final class ControlServer {
         return Result { try ControlRequest.decode(line: Array(bytes[..<end])) }.mapError { $0 as? ControlProtocolError ?? ControlProtocolError("\($0)") }
     }
 }
+
+/// Log lines on their way to a `logs -f` client: the logging thread adds, the connection's thread takes.
+private final class LineQueue: @unchecked Sendable {  // `condition` guards `lines`
+    private let condition = NSCondition()
+    private var lines: [String] = []
+
+    func add(_ line: String) {
+        condition.lock()
+        lines.append(line)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// What came, waiting up to `seconds` for something (an empty batch after that).
+    func take(waitingAtMost seconds: Double) -> [String] {
+        condition.lock()
+        defer { condition.unlock() }
+        if lines.isEmpty { _ = condition.wait(until: Date().addingTimeInterval(seconds)) }
+        let batch = lines
+        lines.removeAll()
+        return batch
+    }
+}
+

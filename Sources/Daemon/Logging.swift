@@ -42,40 +42,50 @@ public struct DaemonLogHandler: LogHandler {
 /// The last 1000 log lines, for `syncctl logs`, and the followers of `syncctl logs -f`, which get new lines as
 /// they come.
 enum LogBook {
-    private static let lock = NSLock()
-    private static var recent: [String] = []
-    private static var followers: [Int: (String) -> Void] = [:]
-    private static var nextFollower = 0
-    private static let stamps = ISO8601DateFormatter()  // used under `lock`
+    private static let book = Book()
 
     /// The kept lines, and (when `follow` is given) a token for `unfollow`; `follow` gets every later line.
-    static func lines(follow: ((String) -> Void)? = nil) -> (lines: [String], token: Int?) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let follow else { return (recent, nil) }
-        nextFollower += 1
-        followers[nextFollower] = follow
-        return (recent, nextFollower)
-    }
+    static func lines(follow: (@Sendable (String) -> Void)? = nil) -> (lines: [String], token: Int?) { book.lines(follow: follow) }
 
-    static func unfollow(_ token: Int) {
-        lock.lock()
-        followers[token] = nil
-        lock.unlock()
-    }
+    static func unfollow(_ token: Int) { book.unfollow(token) }
 
-    static func write(priority: Int, level: Logger.Level, text: String) {
-        lock.lock()
-        defer { lock.unlock() }
-        let stamp = stamps.string(from: Date())
-        let marker = level >= .warning ? "\(level): " : ""
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            let shown = DaemonLogHandler.toJournal ? "<\(priority)>\(marker)\(line)\n" : "syncd: \(marker)\(line)\n"
-            FileHandle.standardError.write(Data(shown.utf8))
-            let kept = "\(stamp) \(marker)\(line)"
-            recent.append(kept)
-            if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
-            for follower in followers.values { follower(kept) }
+    static func write(priority: Int, level: Logger.Level, text: String) { book.write(priority: priority, level: level, text: text) }
+
+    private final class Book: @unchecked Sendable {  // `lock` guards recent, followers, nextFollower and stamps
+        private let lock = NSLock()
+        private var recent: [String] = []
+        private var followers: [Int: @Sendable (String) -> Void] = [:]
+        private var nextFollower = 0
+        private let stamps = ISO8601DateFormatter()
+
+        func lines(follow: (@Sendable (String) -> Void)?) -> (lines: [String], token: Int?) {
+            lock.lock()
+            defer { lock.unlock() }
+            guard let follow else { return (recent, nil) }
+            nextFollower += 1
+            followers[nextFollower] = follow
+            return (recent, nextFollower)
+        }
+
+        func unfollow(_ token: Int) {
+            lock.lock()
+            followers[token] = nil
+            lock.unlock()
+        }
+
+        func write(priority: Int, level: Logger.Level, text: String) {
+            lock.lock()
+            defer { lock.unlock() }
+            let stamp = stamps.string(from: Date())
+            let marker = level >= .warning ? "\(level): " : ""
+            for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+                let shown = DaemonLogHandler.toJournal ? "<\(priority)>\(marker)\(line)\n" : "syncd: \(marker)\(line)\n"
+                FileHandle.standardError.write(Data(shown.utf8))
+                let kept = "\(stamp) \(marker)\(line)"
+                recent.append(kept)
+                if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
+                for follower in followers.values { follower(kept) }
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ import Watch
 /// Sessions run one at a time on the runner's thread; `stop` lets a session in flight finish. An edit of the
 /// project's syncd.yaml, .syncignore or .dockerignore reopens the project before the next session: a rescan, and
 /// a new connection when the settings changed.
-final class ProjectRunner {
+final class ProjectRunner: @unchecked Sendable {  // `condition` guards the state the runner thread shares with the control thread
     let directory: String
     /// Replaced only on the runner's thread (a settings change), under `condition`.
     private var project: Project

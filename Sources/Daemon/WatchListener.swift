@@ -7,13 +7,13 @@ import SyncSystem
 import Watch
 
 /// Reads the agent's reports during a watch, on a thread of its own.
-final class WatchListener {
+final class WatchListener: @unchecked Sendable {  // `state` guards done and failure
     private let link: AgentLink
     private let state = NSCondition()
     private var done = false
     private var failure: Error?
 
-    init(link: AgentLink, changed: @escaping ([RelativePath]) -> Void, ended: @escaping () -> Void) {
+    init(link: AgentLink, changed: @escaping @Sendable ([RelativePath]) -> Void, ended: @escaping @Sendable () -> Void) {
         self.link = link
         let thread = Thread { [self] in
             var failed: Error?

@@ -10,7 +10,7 @@ import Wire
 /// overlap with connecting and sending instead of preceding them. Each result is handed over once (the sender
 /// keeps it), and the records go to the stat cache in batches as they are made, so a push of 100k new files
 /// does not hold them all twice.
-final class ContentHasher {
+final class ContentHasher: @unchecked Sendable {  // `condition` guards results, finished, cancelled, waiting and keptBytes
     private let project: Project
     private let state: StateStore
     private let entries: [(op: Int, entry: LocalEntry)]

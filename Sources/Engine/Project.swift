@@ -39,7 +39,7 @@ public struct SyncOptions: Sendable {
 }
 
 /// A project opened for a push, pull or listing: its config, ignore rules, tree and local state.
-public final class Project {
+public final class Project: Sendable {
     public let directory: String
     public let config: ProjectConfig
     public let tree: Tree
@@ -179,17 +179,37 @@ public final class Project {
 /// The client's end of a connection to the agent, with the framed reader and writer over it: used for one
 /// session (syncctl), or kept for many (the daemon keeps one per project, so a session costs no SSH handshake,
 /// no authentication and no agent start).
-public final class AgentLink {
+public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeRead, directory and closed
     public let connection: AgentConnection
     let reader: FrameReader
     let writer: FrameWriter
     /// Kept open after a session, for the next one.
     public let persistent: Bool
+    private let lock = NSLock()
     private var handshakeRead = false
     /// The project's absolute directory on the remote, from the last welcome.
-    public private(set) var remoteDirectory: String?
+    private var directory: String?
+    public var remoteDirectory: String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return directory
+    }
     /// Set once the link failed or was closed: it must not carry another session.
-    public private(set) var isClosed = false
+    private var closed = false
+    public var isClosed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return closed
+    }
+
+    /// Marks the link closed; returns whether it was open.
+    private func markClosed() -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let was = closed
+        closed = true
+        return !was
+    }
 
     init(connection: AgentConnection, persistent: Bool) {
         self.connection = connection
@@ -210,17 +230,24 @@ public final class AgentLink {
     /// Reads the agent's handshake (once per connection) and the welcome that answers a hello; returns the
     /// remote's instance id.
     func readWelcome() throws -> String {
-        if !handshakeRead {
+        lock.lock()
+        let first = !handshakeRead
+        lock.unlock()
+        if first {
             let version = try reader.readHandshake()
             guard version == wireVersion else {
                 throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
             }
+            lock.lock()
             handshakeRead = true
+            lock.unlock()
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
         if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
         guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
-        remoteDirectory = directory
+        lock.lock()
+        self.directory = directory
+        lock.unlock()
         return instance
     }
 
@@ -234,7 +261,7 @@ public final class AgentLink {
     /// say) wins over how the connection then ended, which was our doing; otherwise how the agent or the link
     /// ended is the better account ("the agent exited with status 1: …").
     func fail(_ error: Error) -> String {
-        isClosed = true
+        _ = markClosed()
         connection.terminate()
         let why = connection.finish()
         if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
@@ -243,14 +270,13 @@ public final class AgentLink {
 
     /// Closes the link between sessions: the agent sees the end of input and exits.
     public func close() {
-        guard !isClosed else { return }
-        isClosed = true
+        guard markClosed() else { return }
         _ = connection.finish()
     }
 
     /// Drops the link at once (a dead network): whoever is reading it gets an error.
     public func abort() {
-        isClosed = true
+        _ = markClosed()
         connection.terminate()
     }
 
@@ -286,13 +312,13 @@ public final class AgentLink {
 /// The link a session runs over, being made: a new connection is made on a thread of its own, so the SSH
 /// handshake, authentication and agent start overlap with scanning the project; a persistent link given by
 /// the caller only needs the session's hello.
-final class PendingConnection {
+final class PendingConnection: @unchecked Sendable {  // `condition` guards outcome and abandoned
     private let condition = NSCondition()
     private var outcome: Result<AgentLink, Error>?
     private var abandoned = false
 
     /// `hello` is given the link's round-trip time (nil when unknown).
-    init(project: Project, link: AgentLink?, hello: @escaping (Double?) -> Hello) {
+    init(project: Project, link: AgentLink?, hello: @escaping @Sendable (Double?) -> Hello) {
         if let link, !link.isClosed {
             outcome = Result {
                 try link.writer.send(.hello(hello(link.connection.stream.roundTripSeconds)))
@@ -302,7 +328,7 @@ final class PendingConnection {
             if case .failure(let error) = outcome! { outcome = .failure(SyncError("the connection to the agent failed: \(link.fail(error))")) }
             return
         }
-        let greeting: (Double?) -> [UInt8] = { clientGreeting(hello($0)) }
+        let greeting: @Sendable (Double?) -> [UInt8] = { clientGreeting(hello($0)) }
         let thread = Thread { [self] in
             let result = Result { () throws -> AgentLink in
                 let connection = try project.connect(greeting: greeting)

@@ -256,7 +256,7 @@ public final class PullSession {
                     try writer.send(.fetchEnd)
                     try writer.flush()
                 } catch {
-                    link.connection.stream.closeWrite()
+                    writer.closeOutput()
                 }
             }
             sender.start()

@@ -46,7 +46,7 @@ struct PipelineOutcome {
 
 /// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
 /// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
-final class PushPipeline {
+final class PushPipeline: @unchecked Sendable {  // `condition` guards what the reader thread shares (needs, inFlight, agentDone, fatal, results, streams); the rest is the sender thread's
     private let project: Project
     private let link: AgentLink
     private var ops: [PushOperation]

@@ -126,7 +126,7 @@ public final class StorePush {
         let lock = try access.lock()
         defer { lock.release() }
         let feed: StoreFeed
-        let link: (ChunkID) -> StorePack
+        let link: @Sendable (ChunkID) -> StorePack
         do {
             try uploader.refresh()
             feed = StoreFeed(try access.source(for: files))
@@ -139,7 +139,8 @@ public final class StorePush {
         // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
         let connected = DispatchGroup()
         for _ in hosts { connected.enter() }
-        let uploading = Thread { [project, access, files, entries] in
+        let location = access.location
+        let uploading = Thread { [project, files, entries] in
             _ = connected.wait(timeout: .now() + 15)
             do {
                 let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
@@ -152,7 +153,7 @@ public final class StorePush {
                 let shown: Error
                 switch error {
                 case let e as ChangedWhileUploading: shown = SyncError("\(e)")
-                case let e as S3Error: shown = SyncError("store \(access.location): \(e)")
+                case let e as S3Error: shown = SyncError("store \(location): \(e)")
                 default: shown = error
                 }
                 feed.finish(failure: "\(shown)")
@@ -163,7 +164,8 @@ public final class StorePush {
         uploading.start()
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
-        var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { [self] i, host in
+        let project = self.project
+        var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { i, host in
             let session = PushSession(project: i == 0 ? first : try project.forHost(host))
             session.fixedTree = snapshot.entries
             session.onConnected = arrivals[i].run
@@ -208,9 +210,11 @@ public final class StorePush {
             tree.append(LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target))
         }
         let feed = StoreFeed(try access.source(for: files), complete: true)
-        var stats = fanOut(to: [target], feed: feed) { [self] _, host in
+        let project = self.project
+        let fixed = tree
+        var stats = fanOut(to: [target], feed: feed) { _, host in
             let session = PushSession(project: try project.forHost(host))
-            session.fixedTree = tree
+            session.fixedTree = fixed
             session.restoring = true
             return session
         }
@@ -222,13 +226,14 @@ public final class StorePush {
     }
 
     /// Runs the session `makeSession` gives each host, all at once, each reading from `source`; sums what they did.
-    private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: ((Int) -> Void)? = nil,
-                        makeSession: @escaping (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
+    private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
+                        makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
+        let (force, pruneIgnored) = (self.force, self.pruneIgnored)
         let results = Results(count: hosts.count)
         let group = DispatchGroup()
         for (i, host) in hosts.enumerated() {
             group.enter()
-            let thread = Thread { [self] in
+            let thread = Thread {
                 defer {
                     ended?(i)
                     group.leave()
@@ -324,7 +329,7 @@ private struct StoreAccess {
     }
 
     /// How the hosts reach a pack uploaded from now on.
-    func packLink() throws -> (ChunkID) -> StorePack {
+    func packLink() throws -> @Sendable (ChunkID) -> StorePack {
         try uploader.packLink(endpoint: hostEndpoint, hostSigns: hostSigns)
     }
 

@@ -23,7 +23,7 @@ final class CurlLibrary: @unchecked Sendable {
         var api = syncd_curl_api()
         var error = [CChar](repeating: 0, count: 512)
         guard syncd_curl_load(&api, &error, error.count) == 0 else {
-            let why = String(cString: error)
+            let why = String(nulTerminated: error)
             return .failure(HTTPError("cannot load libcurl (\(why)); a project with a store needs libcurl 7.75 or later on this machine (Debian/Ubuntu: apt install libcurl4)"))
         }
         return .success(CurlLibrary(api: api))
@@ -145,7 +145,7 @@ public final class HTTPConnection {
             }
         }
         guard code == CURLE_OK else {
-            let detail = String(cString: errorText)
+            let detail = String(nulTerminated: errorText)
             let reason = detail.isEmpty ? curl.api.easy_strerror(code).map { String(cString: $0) } ?? "error \(code.rawValue)" : detail
             throw HTTPError("\(request.method) \(Self.redacted(request.url)): \(reason)")
         }

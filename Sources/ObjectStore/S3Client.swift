@@ -232,16 +232,14 @@ public final class S3Client {
     }
 
     /// The object's plain URL, for a reader that signs its own requests.
-    public func objectURL(_ name: String) -> String {
-        "\(location.scheme)://\(location.requestHost)\(location.path(location.key(name)))"
-    }
+    public func objectURL(_ name: String) -> String { links.objectURL(name) }
 
     /// A URL that reads the object `name` (or its bytes `range` with a Range header) for `expires` seconds, with
     /// no credentials: what hosts are given.
-    public func presignedGet(_ name: String, expires: Int) -> String {
-        signer.presign(method: "GET", scheme: location.scheme, host: location.requestHost, path: location.path(location.key(name)),
-                       expires: expires)
-    }
+    public func presignedGet(_ name: String, expires: Int) -> String { links.presignedGet(name, expires: expires) }
+
+    /// URLs of this client's objects, made without it (any thread may use them).
+    public var links: S3Links { S3Links(location: location, signer: signer) }
 
     /// Makes the bucket (for tests and first use); an existing bucket of this owner is fine.
     public func createBucket() throws {
@@ -280,3 +278,20 @@ func xmlEscaped(_ s: String) -> String {
     s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
         .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
 }
+
+/// URLs of the objects at one location, plain or presigned: what hosts are handed. Needs no connection, so one
+/// value serves every thread.
+public struct S3Links: Sendable {
+    public let location: S3Location
+    let signer: SigV4
+
+    public func objectURL(_ name: String) -> String {
+        "\(location.scheme)://\(location.requestHost)\(location.path(location.key(name)))"
+    }
+
+    public func presignedGet(_ name: String, expires: Int) -> String {
+        signer.presign(method: "GET", scheme: location.scheme, host: location.requestHost, path: location.path(location.key(name)),
+                       expires: expires)
+    }
+}
+

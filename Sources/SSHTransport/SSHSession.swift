@@ -213,7 +213,7 @@ public final class SSHSession {
                 throw SSHError.handshake(host: settings.hostName, reason: "cannot format the new host key: \(lastError())")
             }
             let file = files.first ?? options.home + "/.ssh/known_hosts"
-            try appendLine(String(cString: buffer), to: file)
+            try appendLine(String(nulTerminated: buffer), to: file)
             printError("syncd: added host key for \(knownHostsName) (\(fingerprint)) to \(file)")
         default:
             throw SSHError.handshake(host: settings.hostName, reason: "host key check failed: \(lastError())")

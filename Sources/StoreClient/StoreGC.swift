@@ -44,7 +44,7 @@ public struct StoreBusy: Error, CustomStringConvertible {
 
 func hostName() -> String {
     var buffer = [CChar](repeating: 0, count: 256)
-    return gethostname(&buffer, buffer.count) == 0 ? String(cString: buffer) : "?"
+    return gethostname(&buffer, buffer.count) == 0 ? String(nulTerminated: buffer) : "?"
 }
 
 /// What a gc did.

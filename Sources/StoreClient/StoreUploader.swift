@@ -39,19 +39,20 @@ public struct ChangedWhileUploading: Error, CustomStringConvertible {
 /// Sends to the store the chunks it lacks, each once: what the catalog (refreshed from the pack indexes) does
 /// not know is read from the local files, checked against its id, compressed where that pays, packed into packs
 /// of about `packTarget` bytes and uploaded by several threads at once; then the manifest and the ref.
-public final class StoreUploader {
+public final class StoreUploader: Sendable {
     public let location: S3Location
     let credentials: AWSCredentials
     public let catalog: StoreCatalog
     private let threads: Int
     /// A pack is closed and uploaded once it holds this many bytes.
-    public var packTarget = 32 << 20
+    public let packTarget: Int
 
-    public init(location: S3Location, credentials: AWSCredentials, catalog: StoreCatalog, threads: Int = 4) {
+    public init(location: S3Location, credentials: AWSCredentials, catalog: StoreCatalog, threads: Int = 4, packTarget: Int = 32 << 20) {
         self.location = location
         self.credentials = credentials
         self.catalog = catalog
         self.threads = max(1, threads)
+        self.packTarget = packTarget
     }
 
     private func makeStore() throws -> SnapshotStore { SnapshotStore(client: try S3Client(location: location, credentials: credentials)) }
@@ -253,13 +254,13 @@ extension StoreUploader {
 
     /// How a host reaches a pack: its URL at `endpoint` (default the store's), presigned for `expires` seconds,
     /// or plain for a host that signs its reads itself.
-    public func packLink(expires: Int = 6 * 3600, endpoint: String? = nil, hostSigns: Bool = false) throws -> (ChunkID) -> StorePack {
+    public func packLink(expires: Int = 6 * 3600, endpoint: String? = nil, hostSigns: Bool = false) throws -> @Sendable (ChunkID) -> StorePack {
         var hostLocation = location
         if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
-        let client = try S3Client(location: hostLocation, credentials: credentials)
+        let links = try S3Client(location: hostLocation, credentials: credentials).links
         return { digest in
             let key = StoreKeys.pack(digest)
-            return StorePack(digest: digest, url: hostSigns ? client.objectURL(key) : client.presignedGet(key, expires: expires))
+            return StorePack(digest: digest, url: hostSigns ? links.objectURL(key) : links.presignedGet(key, expires: expires))
         }
     }
 }

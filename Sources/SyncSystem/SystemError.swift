@@ -137,3 +137,10 @@ public func releaseFreeMemory() { syncd_release_free_memory() }
 /// Caps the heap arenas of this process (glibc): a long-lived process with many short-lived threads keeps less
 /// memory resident.
 public func limitHeapArenas(_ count: Int32 = 2) { syncd_limit_malloc_arenas(count) }
+
+extension String {
+    /// The text of a C buffer up to its first NUL (or its end), as UTF-8 with invalid bytes repaired.
+    public init(nulTerminated buffer: [CChar]) {
+        self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

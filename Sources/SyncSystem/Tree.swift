@@ -5,7 +5,7 @@ import Glibc
 
 /// A directory tree that is only ever entered with openat and O_NOFOLLOW, so that no path
 /// given to it can reach outside: symlinks on the way are refused, not followed.
-public final class Tree {
+public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `devices`
     /// Absolute path of the root, for messages.
     public let rootPath: String
     /// The open root directory.
@@ -16,9 +16,12 @@ public final class Tree {
     /// else moves it meanwhile; the agent forgets them all whenever it removes or moves a directory itself, and
     /// at the end of each push.
     private var cache: [[UInt8]: FileDescriptor]?
+    private let lock = Mutex()
 
     /// Turns the cache of open directories on or off (off forgets them).
     public func cachesDirectories(_ on: Bool) {
+        lock.lock()
+        defer { lock.unlock() }
         cache = on ? [:] : nil
         devices.removeAll()
     }
@@ -26,15 +29,22 @@ public final class Tree {
     /// The device of an open directory under the root: the root's own unless caching is off or it differs (a
     /// mount inside the tree), remembered per descriptor while caching.
     public func device(of directory: FileDescriptor) throws -> UInt64 {
-        if let known = devices[ObjectIdentifier(directory)] { return known }
+        lock.lock()
+        let known = devices[ObjectIdentifier(directory)]
+        lock.unlock()
+        if let known { return known }
         let device = try directory.stat().device
+        lock.lock()
         if cache != nil { devices[ObjectIdentifier(directory)] = device }
+        lock.unlock()
         return device
     }
     private var devices: [ObjectIdentifier: UInt64] = [:]
 
     /// Forgets the open directories cached so far (after a directory was removed or moved).
     public func forgetDirectories() {
+        lock.lock()
+        defer { lock.unlock() }
         if cache != nil { cache = [:] }
         devices.removeAll()
     }
@@ -67,14 +77,22 @@ public final class Tree {
             if !path.isEmpty { path.append(slash) }
             path += name
         }
-        if let cached = cache?[path] { return cached }
+        lock.lock()
+        let cached = cache?[path]
+        let caching = cache != nil
+        lock.unlock()
+        if let cached { return cached }
         let opened = try openUncached(components, path: path, create: create)
-        if let opened, !path.isEmpty, cache != nil {
-            if cache!.count >= 1024 {
-                cache!.removeAll()
-                devices.removeAll()
+        if let opened, !path.isEmpty, caching {
+            lock.lock()
+            if cache != nil {
+                if cache!.count >= 1024 {
+                    cache!.removeAll()
+                    devices.removeAll()
+                }
+                cache![path] = opened
             }
-            cache![path] = opened
+            lock.unlock()
         }
         return opened
     }

@@ -3,15 +3,23 @@ import SyncSystem
 /// The 6 magic bytes that open every syncd stream, before the 2-byte big-endian version.
 public let wireMagic: [UInt8] = Array("SYNCD".utf8) + [0]
 
-/// Reads length-prefixed frames from a byte stream, with a hard size limit and byte accounting.
-public final class FrameReader {
+/// Reads length-prefixed frames from a byte stream, with a hard size limit and byte accounting. One thread reads
+/// at a time; a reader may be handed from one thread to another (a pull's receiving thread, then the session's).
+public final class FrameReader: @unchecked Sendable {  // `lock` guards the buffer, its bounds and `read`
+    private let lock = Mutex()
     private let stream: ByteStream
     private var buffer: UnsafeMutableRawBufferPointer
     private var start = 0
     private var end = 0
+    private var read: UInt64 = 0
     /// Bytes read from the stream so far (what crossed the transport).
-    public private(set) var bytesRead: UInt64 = 0
-    /// Called before the reader blocks on an empty buffer, so a pipelined writer can flush first.
+    public var bytesRead: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return read
+    }
+    /// Called before the reader blocks on an empty buffer, so a pipelined writer can flush first. Set before the
+    /// reader is first used; called with the reader's lock held, so it must not read.
     public var willBlock: (() throws -> Void)?
 
     public init(_ stream: ByteStream) {
@@ -23,6 +31,8 @@ public final class FrameReader {
 
     /// True when a whole frame is already buffered (reading it will not block).
     public var hasBufferedFrame: Bool {
+        lock.lock()
+        defer { lock.unlock() }
         guard end - start >= 4 else { return false }
         let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
         return end - start >= 4 + length
@@ -44,13 +54,15 @@ public final class FrameReader {
                 throw ProtocolError("connection closed in the middle of \(context()) (\(end - start) of \(count) bytes)")
             }
             end += n
-            bytesRead += UInt64(n)
+            read += UInt64(n)
         }
         return true
     }
 
     /// Reads and checks the peer's magic and version. Returns the peer's version.
     public func readHandshake() throws -> UInt16 {
+        lock.lock()
+        defer { lock.unlock() }
         guard try fill(8, context: { "the handshake" }) else {
             throw ProtocolError("the peer closed the connection before the handshake")
         }
@@ -65,6 +77,8 @@ public final class FrameReader {
 
     /// Next frame; nil at a clean end of stream between frames.
     public func next() throws -> Message? {
+        lock.lock()
+        defer { lock.unlock() }
         guard try fill(4, context: { "a frame header" }) else { return nil }
         let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
         guard length >= 1 else { throw ProtocolError("empty frame (length 0)") }
@@ -103,13 +117,20 @@ public func clientHandshake() -> [UInt8] {
     wireMagic + [UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)]
 }
 
-/// Buffers frames and writes them to a byte stream. Not thread safe: one writer at a time.
-public final class FrameWriter {
+/// Buffers frames and writes them to a byte stream. Frames from several threads never interleave (a sender
+/// thread and a reader answering for it may share one).
+public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buffer and `written`
+    private let lock = Mutex()
     private let stream: ByteStream
     private var buffer: [UInt8] = []
     private let flushThreshold = 512 * 1024
+    private var written: UInt64 = 0
     /// Bytes written to the stream so far.
-    public private(set) var bytesWritten: UInt64 = 0
+    public var bytesWritten: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return written
+    }
 
     public init(_ stream: ByteStream) {
         self.stream = stream
@@ -117,26 +138,32 @@ public final class FrameWriter {
     }
 
     public func writeHandshake() throws {
+        lock.lock()
+        defer { lock.unlock() }
         buffer.append(contentsOf: wireMagic)
         buffer.append(UInt8(wireVersion >> 8))
         buffer.append(UInt8(wireVersion & 0xFF))
-        try flush()
+        try flushLocked()
     }
 
     /// Queues a frame; writes when the buffer is large.
     public func send(_ message: Message) throws {
         let (type, payload) = message.encode()
         precondition(payload.count + 1 <= maxFrameLength, "frame too large to send")
+        lock.lock()
+        defer { lock.unlock() }
         withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { buffer.append(contentsOf: $0) }
         buffer.append(type)
         buffer.append(contentsOf: payload)
-        if buffer.count >= flushThreshold { try flush() }
+        if buffer.count >= flushThreshold { try flushLocked() }
     }
 
     /// Queues a chunk-data frame straight from `bytes`, without building an intermediate message.
     public func sendChunk(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, bytes: UnsafeRawBufferPointer) throws {
         let length = 1 + 4 + 4 + 1 + 4 + bytes.count
         precondition(length <= maxFrameLength, "chunk frame too large to send")
+        lock.lock()
+        defer { lock.unlock() }
         withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
         buffer.append(0x12)
         withUnsafeBytes(of: op.littleEndian) { buffer.append(contentsOf: $0) }
@@ -144,17 +171,34 @@ public final class FrameWriter {
         buffer.append(compressed ? 1 : 0)
         withUnsafeBytes(of: rawLength.littleEndian) { buffer.append(contentsOf: $0) }
         buffer.append(contentsOf: bytes)
-        if buffer.count >= flushThreshold { try flush() }
+        if buffer.count >= flushThreshold { try flushLocked() }
     }
 
     /// Writes everything queued.
     public func flush() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        try flushLocked()
+    }
+
+    private func flushLocked() throws {
         guard !buffer.isEmpty else { return }
         try buffer.withUnsafeBytes { try stream.write($0) }
-        bytesWritten += UInt64(buffer.count)
+        written += UInt64(buffer.count)
         buffer.removeAll(keepingCapacity: true)
     }
 
+    /// Ends the stream's output (after a failure on the writing side: the peer then sees the end).
+    public func closeOutput() {
+        lock.lock()
+        defer { lock.unlock() }
+        stream.closeWrite()
+    }
+
     /// Number of queued bytes not yet written.
-    public var pendingBytes: Int { buffer.count }
+    public var pendingBytes: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return buffer.count
+    }
 }

@@ -48,9 +48,10 @@ while index < arguments.count {
     }
     index += 1
 }
+let chosenLevel = logLevel
 LoggingSystem.bootstrap { label in
     var handler = DaemonLogHandler(label: label)
-    handler.logLevel = logLevel
+    handler.logLevel = chosenLevel
     return handler
 }
 let daemon = Daemon(settings: DaemonSettings(pullInterval: pullInterval))

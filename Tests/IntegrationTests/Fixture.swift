@@ -46,7 +46,7 @@ struct FixtureError: Error, CustomStringConvertible {
 
 /// A throwaway project, remote root and state directory, driven through the real syncctl binary
 /// and the real syncd-agent.
-final class SyncFixture {
+final class SyncFixture: Sendable {
     let base: String
     let project: String
     let remoteRoot: String

@@ -152,14 +152,14 @@ struct LinkTests {
         var description: String { "\(paths) at \(at) (closed \(closedAt.map { "\($0)" } ?? "-"))" }
     }
 
-    private final class Reports: @unchecked Sendable {
+    private final class Reports: @unchecked Sendable {  // `lock` guards list and closedAt
         let lock = NSLock()
         var list: [Report] = []
         var closedAt: Date?
     }
 
     /// Watches while `work` runs on another thread, then 1.5 s more; returns the reports.
-    private func watch(_ link: AgentLink, _ work: @escaping (_ closedAt: (Date) -> Void) -> Void) throws -> [Report] {
+    private func watch(_ link: AgentLink, _ work: @escaping @Sendable (_ closedAt: (Date) -> Void) -> Void) throws -> [Report] {
         let box = Reports()
         try link.beginWatch()
         let listener = Thread {

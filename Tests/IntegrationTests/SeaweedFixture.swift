@@ -12,7 +12,7 @@ let weedBinary: String? = {
 /// ports, with its own data directory and an S3 identity config, so that wrong credentials are refused. A shell
 /// beside it kills it once the test process is gone, whatever happens to the tests. (Not a parent-death signal:
 /// that follows the thread that spawned it, and the test runner retires its threads.)
-final class SeaweedServer: @unchecked Sendable {
+final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init, before the server is shared
     static let admin = (key: "AKIATESTADMIN0000001", secret: "testsecret/admin+key0000000000000000000")
     static let reader = (key: "AKIATESTREADER000001", secret: "readersecret00000000000000000000000000")
 

@@ -18,8 +18,8 @@ struct StorePushTests {
         let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
         let location = try S3Location(url: "s3://p\(UUID().uuidString.prefix(12).lowercased())/syncd", endpoint: server.endpoint, region: "us-east-1")
         try S3Client(location: location, credentials: credentials).createBucket()
-        let uploader = StoreUploader(location: location, credentials: credentials, catalog: try StoreCatalog(path: base + "/catalog.sqlite"))
-        uploader.packTarget = 1 << 20
+        let uploader = StoreUploader(location: location, credentials: credentials, catalog: try StoreCatalog(path: base + "/catalog.sqlite"),
+                                     packTarget: 1 << 20)
         return uploader
     }
 

@@ -79,8 +79,7 @@ struct StoreUploaderTests {
         let distinct = Set(files.flatMap { $0.chunks.map(\.id) })
 
         let uploader = StoreUploader(location: location, credentials: credentials,
-                                     catalog: try StoreCatalog(path: f.base + "/catalog-a.sqlite"), threads: 3)
-        uploader.packTarget = 2 << 20
+                                     catalog: try StoreCatalog(path: f.base + "/catalog-a.sqlite"), threads: 3, packTarget: 2 << 20)
         let before = proxy.upBytes()
         let tree = try Tree(rootPath: f.project, create: false)
         let stats = try uploader.upload(files, from: tree)
