@@ -97,8 +97,11 @@ public final class SSHAgentConnection: AgentConnection {
         channel.closeWrite()
         let status = channel.waitForExit()
         // Closed by `terminate`: how it ended is our doing, and says nothing the caller's error does not.
-        if terminated && status == nil { return nil }
-        if let error = channel.error, !terminated { return error.description }
+        terminationLock.lock()
+        let closedHere = terminated
+        terminationLock.unlock()
+        if closedHere && status == nil { return nil }
+        if let error = channel.error, !closedHere { return error.description }
         guard let status else { return "the agent ended without an exit status" }
         if status != 0 {
             let last = channel.stderrText.split(separator: "\n").last.map(String.init) ?? ""
@@ -107,11 +110,16 @@ public final class SSHAgentConnection: AgentConnection {
         return nil
     }
 
-    /// Set when `terminate` closed a channel that was still healthy.
+    /// Set when `terminate` closed a channel that was still healthy (under `terminationLock`: a link is dropped
+    /// from another thread than the one that finishes it).
     private var terminated = false
+    private let terminationLock = NSLock()
 
     public func terminate() {
-        terminated = channel.error == nil && channel.exitStatus == nil
+        let healthy = channel.error == nil && channel.exitStatus == nil
+        terminationLock.lock()
+        if healthy { terminated = true }
+        terminationLock.unlock()
         channel.abort()
     }
 }
