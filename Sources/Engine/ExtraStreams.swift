@@ -50,8 +50,9 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
                         onJoin(connection, n)
                     }
                 } catch {
+                    // One still connecting when the session ended failed because it ended: not worth a word.
                     lock.lock()
-                    failures.append("\(error)")
+                    if !closed { failures.append("\(error)") }
                     lock.unlock()
                 }
             }
