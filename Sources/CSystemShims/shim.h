@@ -96,14 +96,18 @@ static inline int syncd_abstract_address(struct sockaddr_un *address, const char
     memcpy(address->sun_path + 1, name, length);
     return (int)(offsetof(struct sockaddr_un, sun_path) + 1 + length);
 }
-/// A listening socket bound to abstract `name`, close-on-exec; -1 with errno set (EADDRINUSE when taken).
-static inline int syncd_listen_abstract(const char *name) {
+/// A stream socket, close-on-exec, bound and listening at abstract `name` (`listening`) or connected to it;
+/// -1 with errno set (EADDRINUSE when the name is taken, ECONNREFUSED when nobody listens).
+static inline int syncd_abstract_socket(const char *name, int listening) {
     struct sockaddr_un address;
     int length = syncd_abstract_address(&address, name);
     if (length < 0) { errno = ENAMETOOLONG; return -1; }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return -1;
-    if (bind(fd, (struct sockaddr *)&address, (socklen_t)length) != 0 || listen(fd, 16) != 0) {
+    int failed = listening
+        ? bind(fd, (struct sockaddr *)&address, (socklen_t)length) != 0 || listen(fd, 16) != 0
+        : connect(fd, (struct sockaddr *)&address, (socklen_t)length) != 0;
+    if (failed) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -111,21 +115,8 @@ static inline int syncd_listen_abstract(const char *name) {
     }
     return fd;
 }
-/// A socket connected to abstract `name`, close-on-exec; -1 with errno set (ECONNREFUSED when nobody listens).
-static inline int syncd_connect_abstract(const char *name) {
-    struct sockaddr_un address;
-    int length = syncd_abstract_address(&address, name);
-    if (length < 0) { errno = ENAMETOOLONG; return -1; }
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    if (connect(fd, (struct sockaddr *)&address, (socklen_t)length) != 0) {
-        int saved = errno;
-        close(fd);
-        errno = saved;
-        return -1;
-    }
-    return fd;
-}
+static inline int syncd_listen_abstract(const char *name) { return syncd_abstract_socket(name, 1); }
+static inline int syncd_connect_abstract(const char *name) { return syncd_abstract_socket(name, 0); }
 /// Sends `count` (at most 4) descriptors over a unix socket with one byte of data (SCM_RIGHTS); 0 or -1.
 static inline int syncd_send_fds(int socket_fd, const int *fds, int count) {
     if (count < 1 || count > 4) { errno = EINVAL; return -1; }

@@ -155,23 +155,12 @@ extension Project {
 
     /// A new SSH connection whose agent joins the session at `address` as an extra stream.
     func connectStream(address: String, token: [UInt8]) throws -> AgentConnection {
-        guard case .ssh(let destination) = config.remote else { throw SyncError("extra streams need an SSH remote") }
         guard !address.isEmpty, address.utf8.count <= 100,
               address.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x41 && $0 <= 0x5A) || $0 == 0x2D }) else {
             throw ProtocolError("the agent named a stream address that is not letters, digits and dashes")
         }
-        let settings = try sshSettings(destination)
-        let agent: String
-        do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
-            throw SyncError(e.description, exitCode: 2)
-        }
         let greeting = clientGreeting(.join(token: token))
-        do {
-            return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: NSHomeDirectory()),
-                                          agentBinary: agent, greeting: { _ in greeting }, join: address)
-        } catch let e as SSHError {
-            throw SyncError("ssh \(destination) (extra stream): \(e)")
-        }
+        return try connect(greeting: { _ in greeting }, join: address)
     }
 }
 

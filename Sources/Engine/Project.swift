@@ -134,9 +134,12 @@ public final class Project: Sendable {
         }
     }
 
-    func connect(greeting: ((Double?) -> [UInt8])? = nil) throws -> AgentConnection {
+    /// With `join` (SSH remotes only), the agent started joins the session at that address as an extra stream
+    /// (see `ExtraStreams`).
+    func connect(greeting: ((Double?) -> [UInt8])? = nil, join: String? = nil) throws -> AgentConnection {
         switch config.remote {
         case .local:
+            if join != nil { throw SyncError("extra streams need an SSH remote") }
             let agent: String
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
                 throw SyncError(e.description, exitCode: 2)
@@ -153,9 +156,9 @@ public final class Project: Sendable {
             }
             do {
                 return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
-                                              agentBinary: agent, greeting: greeting)
+                                              agentBinary: agent, greeting: greeting, join: join)
             } catch let e as SSHError {
-                throw SyncError("ssh \(destination): \(e)")
+                throw SyncError("ssh \(destination)\(join == nil ? "" : " (extra stream)"): \(e)")
             }
         }
     }

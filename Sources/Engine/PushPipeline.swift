@@ -188,11 +188,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             condition.unlock()
             if idle {
                 try flushAll()
-                condition.lock()
-                var broken: String?
-                while needs.isEmpty && !agentDone && fatal == nil && broken == nil { broken = waitWatchingStreams() }
-                condition.unlock()
-                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
+                try waitForReader { needs.isEmpty && !agentDone && fatal == nil }
             }
         }
         try flushAll()
@@ -286,11 +282,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             condition.unlock()
             if mustWait {
                 try flushAll()
-                condition.lock()
-                var broken: String?
-                while inFlight >= window && needs.isEmpty && fatal == nil && broken == nil { broken = waitWatchingStreams() }
-                condition.unlock()
-                if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
+                try waitForReader { inFlight >= window && needs.isEmpty && fatal == nil }
             }
         }
     }
@@ -371,15 +363,21 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         for (op, indices) in batch { try sendChunks(op: op, indices: indices) }
     }
 
-    /// Waits on `condition` (held) for the reader thread. With extra streams it wakes each second and returns
-    /// why one failed, if one did, since the agent would then wait for data that never comes.
-    private func waitWatchingStreams() -> String? {
-        guard let streams else {
-            condition.wait()
-            return nil
+    /// Waits for the reader thread while `waiting` holds (checked under `condition`). With extra streams it wakes
+    /// each second and throws if one failed, since the agent would then wait for data that never comes.
+    private func waitForReader(while waiting: () -> Bool) throws {
+        condition.lock()
+        var broken: String?
+        while waiting() && broken == nil {
+            if let streams {
+                _ = condition.wait(until: Date().addingTimeInterval(1))
+                broken = streams.failure()
+            } else {
+                condition.wait()
+            }
         }
-        _ = condition.wait(until: Date().addingTimeInterval(1))
-        return streams.failure()
+        condition.unlock()
+        if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
     }
 
     /// Sends what the main connection's writer and every joined stream's hold.

@@ -28,6 +28,14 @@ struct StreamsTests {
 
     static func joinersLeft() -> Int { joiners().count }
 
+    /// Kills the sshd that serves each joined stream's connection (the joining agent's parent): the connection
+    /// drops as a network failure would drop it.
+    static func dropJoinedStreams() {
+        for pid in joiners() {
+            if let parent = parent(of: pid), parent > 1 { kill(parent, SIGKILL) }
+        }
+    }
+
     static func parent(of pid: pid_t) -> pid_t? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = stat.lastIndex(of: ")") else { return nil }
@@ -83,12 +91,7 @@ struct StreamsTests {
         }
         #expect(Self.differences(many, one).isEmpty, "\(Self.differences(many, one))")
         // Each joined stream's process exits once its push is over.
-        var left = Self.joinersLeft()
-        for _ in 0..<50 where left > 0 {
-            usleep(100_000)
-            left = Self.joinersLeft()
-        }
-        #expect(left == 0, "join processes still running after the push")
+        #expect(eventually(seconds: 5) { Self.joinersLeft() == 0 }, "join processes still running after the push")
     }
 
     /// A pull with much to fetch reads over extra streams too: the files that arrive are the remote's, byte for
@@ -141,12 +144,7 @@ struct StreamsTests {
             #expect(same, "\(diff)")
             #expect(f.read("checkpoint/step-2.pt") == tuned ? true : false)
         }
-        var left = Self.joinersLeft()
-        for _ in 0..<50 where left > 0 {
-            usleep(100_000)
-            left = Self.joinersLeft()
-        }
-        #expect(left == 0, "join processes still running after the pull")
+        #expect(eventually(seconds: 5) { Self.joinersLeft() == 0 }, "join processes still running after the pull")
     }
 
     /// A joined stream of a pull dropped midway: the pull ends with an error (never a hang), keeps what it has,
@@ -166,9 +164,7 @@ struct StreamsTests {
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline && process.isRunning {
                 if ResumeTests.partialBytes(in: f.project + "/checkpoint") >= 16 << 20, !Self.joiners().isEmpty {
-                    for pid in Self.joiners() {
-                        if let parent = Self.parent(of: pid), parent > 1 { kill(parent, SIGKILL) }
-                    }
+                    Self.dropJoinedStreams()
                     killed = true
                     return
                 }
@@ -199,11 +195,7 @@ struct StreamsTests {
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline && process.isRunning {
                 if ResumeTests.partialBytes(in: f.remoteProject + "/data") >= megabytes << 20, !Self.joiners().isEmpty {
-                    // The sshd that serves the stream's connection (the joining agent's parent): the
-                    // connection drops as a network failure would drop it.
-                    for pid in Self.joiners() {
-                        if let parent = Self.parent(of: pid), parent > 1 { kill(parent, SIGKILL) }
-                    }
+                    Self.dropJoinedStreams()
                     killed = true
                     return
                 }
