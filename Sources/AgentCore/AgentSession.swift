@@ -45,7 +45,16 @@ public final class AgentSession {
 
     var state: AgentState!
 
-    var store: ChunkStore!
+    /// Where each chunk of a recorded file is, to copy it into new files. Made on first use: a session that
+    /// moves no data (a no-op push, a push of deletions) does not pay for indexing every chunk of the project.
+    var store: ChunkStore {
+        if let indexedStore { return indexedStore }
+        let made = ChunkStore(tree: tree)
+        for record in state.records.values { made.add(path: record.path, chunks: record.chunks) }
+        indexedStore = made
+        return made
+    }
+    private var indexedStore: ChunkStore?
 
     var chunker = FileChunker()
 
@@ -226,8 +235,7 @@ public final class AgentSession {
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)
-            store = ChunkStore(tree: tree)
-            for record in state.records.values { store.add(path: record.path, chunks: record.chunks) }
+            indexedStore = nil
             openProjectPath = projectPath
         }
         let paths = try hello.pullPaths.map { try RelativePath($0) }
@@ -346,15 +354,4 @@ public final class AgentSession {
 
     /// Set when this session added to the cache; only then can it have outgrown its bound.
     var cacheGrew = false
-}
-
-/// A wall-clock time in nanoseconds, local time: `YYYY-MM-DD HH:MM:SS` for messages, or `YYYYMMDD-HHMMSS` (compact).
-func formatTime(_ nanos: Int64, compact: Bool = false) -> String {
-    var seconds = time_t(nanos / 1_000_000_000)
-    var parts = tm()
-    localtime_r(&seconds, &parts)
-    func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
-    let (d, t, between) = compact ? ("", "", "-") : ("-", ":", " ")
-    return "\(parts.tm_year + 1900)\(d)\(two(parts.tm_mon + 1))\(d)\(two(parts.tm_mday))\(between)"
-        + "\(two(parts.tm_hour))\(t)\(two(parts.tm_min))\(t)\(two(parts.tm_sec))"
 }

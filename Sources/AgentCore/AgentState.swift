@@ -111,6 +111,8 @@ final class AgentState {
 
     private func load() throws {
         if let snapshot = try readWhole("state"), snapshot.count >= 8, Array(snapshot[0..<8]) == Self.snapshotMagic {
+            // A record takes at least 80 bytes (a small file with one chunk): room for them all without rehashing.
+            records.reserveCapacity(snapshot.count / 80)
             replay(Array(snapshot[8...]))
             snapshotBytes = snapshot.count
         }

@@ -96,7 +96,39 @@ public final class StreamingDigest {
     /// XXH3-128 of a whole file that nobody truncates meanwhile (an executable: it is mapped, and a mapped file cut
     /// short would fault).
     public static func digest(ofFile path: String) throws -> ChunkID {
+        try digest(of: try FileDescriptor.open(path, flags: O_RDONLY))
+    }
+
+    /// `digest(ofFile:)`, remembered in the small file `stamp` against the file's identity (device, inode, size,
+    /// mtime, ctime): while that is unchanged the file is not read again. The agent binary is named by its digest
+    /// on every connection, and checks itself at every start; hashing its 14 MB took 3-7 ms of each. A file changed
+    /// within the last second is not stamped (a second change in the same clock tick would leave its stat as it
+    /// was), and a stamp that cannot be read or written costs only the hashing.
+    public static func digest(ofFile path: String, rememberedIn stamp: String) throws -> ChunkID {
         let file = try FileDescriptor.open(path, flags: O_RDONLY)
+        let st = try file.stat()
+        let identity = "\(st.device) \(st.inode) \(st.size) \(st.mtimeNanos) \(st.ctimeNanos)"
+        if let stamped = try? FileDescriptor.open(stamp, flags: O_RDONLY | O_NOFOLLOW),
+           let bytes = try? stamped.readExactly(identity.utf8.count + 34, at: 0) {
+            let text = String(decoding: bytes, as: UTF8.self)
+            if text.hasPrefix(identity + " "), text.hasSuffix("\n"), let id = ChunkID(hex: String(text.dropFirst(identity.count + 1).dropLast())) {
+                return id
+            }
+        }
+        let id = try digest(of: file)
+        if wallClockNanos() - st.ctimeNanos > 1_000_000_000 {
+            // A temporary name, then a rename: a reader sees a whole stamp or none.
+            let temporary = stamp + ".\(getpid())"
+            if let out = try? FileDescriptor.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode: 0o644) {
+                let line = Array((identity + " " + id.hex + "\n").utf8)
+                let written = (try? line.withUnsafeBytes { try out.writeAll($0) }) != nil
+                if !written || rename(temporary, stamp) != 0 { unlink(temporary) }
+            }
+        }
+        return id
+    }
+
+    static func digest(of file: FileDescriptor) throws -> ChunkID {
         let state = StreamingDigest()
         // Mapped, the bytes are hashed where the page cache holds them: no copy (the 14 MB agent binary is hashed
         // on every connection, and by the agent itself at every start).

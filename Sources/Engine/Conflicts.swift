@@ -13,12 +13,7 @@ public struct KeptCopy: Codable, Sendable, Equatable {
 }
 
 /// The stamp in this session's conflict copy names: the laptop's local time, `YYYYMMDD-HHMMSS`.
-func conflictStamp(_ date: Date = Date()) -> String {
-    let formatter = DateFormatter()
-    formatter.locale = Locale(identifier: "en_US_POSIX")
-    formatter.dateFormat = "yyyyMMdd-HHmmss"
-    return formatter.string(from: date)
-}
+func conflictStamp() -> String { formatTime(wallClockNanos(), compact: true) }
 
 /// A path as a shell word, for commands suggested in messages.
 func shellQuoted(_ path: RelativePath) -> String {
@@ -67,12 +62,7 @@ extension ConflictSide {
 }
 
 /// Local time as `2026-12-01 07:40:12`.
-func formatTimestamp(_ nanos: Int64) -> String {
-    let formatter = DateFormatter()
-    formatter.locale = Locale(identifier: "en_US_POSIX")
-    formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
-    return formatter.string(from: Date(timeIntervalSince1970: Double(nanos) / 1e9))
-}
+func formatTimestamp(_ nanos: Int64) -> String { formatTime(nanos) }
 
 /// One conflict as `syncctl conflicts` shows it.
 public struct ConflictReport: Codable, Sendable {

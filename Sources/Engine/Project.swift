@@ -107,12 +107,15 @@ public final class Project: Sendable {
         return rules
     }
 
+    /// This machine's syncd state: `--state-dir`, else `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
+    var stateBase: String {
+        options.stateDirectory ?? ProcessInfo.processInfo.environment["XDG_STATE_HOME"].map { $0 + "/syncd" }
+            ?? (NSHomeDirectory() + "/.local/state/syncd")
+    }
+
     /// The local state database for this project and remote.
     func openState() throws -> StateStore {
-        let env = ProcessInfo.processInfo.environment
-        let base = options.stateDirectory
-            ?? env["XDG_STATE_HOME"].map { $0 + "/syncd" }
-            ?? (NSHomeDirectory() + "/.local/state/syncd")
+        let base = stateBase
         let key = ChunkID(hashing: Array("\(directory)\n\(config.remote)\n\(config.remoteRoot ?? "")\n\(config.name)".utf8))
         let path = "\(base)/projects/\(config.name)-\(key.hex.prefix(16)).sqlite"
         do { return try StateStore(path: path) } catch {
@@ -136,7 +139,7 @@ public final class Project: Sendable {
 
     /// With `join` (SSH remotes only), the agent started joins the session at that address as an extra stream
     /// (see `ExtraStreams`).
-    func connect(greeting: ((Double?) -> [UInt8])? = nil, join: String? = nil) throws -> AgentConnection {
+    func connect(greeting: ((Double?) throws -> [UInt8])? = nil, join: String? = nil) throws -> AgentConnection {
         switch config.remote {
         case .local:
             if join != nil { throw SyncError("extra streams need an SSH remote") }
@@ -154,9 +157,11 @@ public final class Project: Sendable {
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
                 throw SyncError(e.description, exitCode: 2)
             }
+            // The binary's digest is remembered in the state directory, per binary path.
+            let stamp = "\(stateBase)/agent-digest-\(ChunkID(hashing: Array(agent.utf8)).hex.prefix(16))"
             do {
                 return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
-                                              agentBinary: agent, greeting: greeting, join: join)
+                                              agentBinary: agent, digestStamp: stamp, greeting: greeting, join: join)
             } catch let e as SSHError {
                 throw SyncError("ssh \(destination)\(join == nil ? "" : " (extra stream)"): \(e)")
             }
@@ -312,6 +317,27 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     }
 }
 
+/// A session's hello, for a connection started before the caller could make it (it reads the local state): the
+/// connecting thread waits for it once the agent is up, and fails with the caller's error if there is none.
+final class HelloInWaiting: @unchecked Sendable {  // `condition` guards value
+    private let condition = NSCondition()
+    private var value: Result<Hello, Error>?
+
+    func set(_ result: Result<Hello, Error>) {
+        condition.lock()
+        value = result
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    func wait() throws -> Hello {
+        condition.lock()
+        defer { condition.unlock() }
+        while value == nil { condition.wait() }
+        return try value!.get()
+    }
+}
+
 /// The link a session runs over, being made: a new connection is made on a thread of its own, so the SSH
 /// handshake, authentication and agent start overlap with scanning the project; a persistent link given by
 /// the caller only needs the session's hello.
@@ -320,8 +346,9 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
     private var outcome: Result<AgentLink, Error>?
     private var abandoned = false
 
-    /// `hello` is given the link's round-trip time (nil when unknown).
-    init(project: Project, link: AgentLink?, hello: @escaping @Sendable (Double?) -> Hello) {
+    /// `hello` is given the link's round-trip time (nil when unknown); it may wait for what the caller is still
+    /// reading (see `HelloInWaiting`), and what it throws fails the connection.
+    init(project: Project, link: AgentLink?, hello: @escaping @Sendable (Double?) throws -> Hello) {
         if let link, !link.isClosed {
             outcome = Result {
                 try link.writer.send(.hello(hello(link.connection.stream.roundTripSeconds)))
@@ -331,8 +358,9 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
             if case .failure(let error) = outcome! { outcome = .failure(SyncError("the connection to the agent failed: \(link.fail(error))")) }
             return
         }
-        let greeting: @Sendable (Double?) -> [UInt8] = { clientGreeting(hello($0)) }
+        let greeting: @Sendable (Double?) throws -> [UInt8] = { clientGreeting(try hello($0)) }
         let thread = Thread { [self] in
+            Trace.mark("connect: started")
             let result = Result { () throws -> AgentLink in
                 let connection = try project.connect(greeting: greeting)
                 if !connection.greetingSent {

@@ -52,22 +52,26 @@ public final class PullSession {
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
         var stats = SyncStats(direction: "pull")
-        let state = try project.openState()
-        var pulled = try state.load(.pulled)
-        // What this pull brings in is recorded where its owner's side is: the pulled snapshot for pull paths,
-        // the pushed one for the local-owned paths a resolve brings from the remote.
-        var pushed = try resolving.map { try state.load(.pushed, paths: $0, subtrees: $0) } ?? [:]
         let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           conflictStamp: stamp, roots: resolving?.map(\.bytes) ?? [])
         let project = self.project
+        // Connecting starts first, while the local state opens and the pull paths are looked at.
         let connecting = PendingConnection(project: project, link: link) { roundTrip in
             var h = hello
             h.compress = project.compresses(roundTrip: roundTrip)
             return h
         }
+        let state: StateStore
+        var pulled: [RelativePath: SyncedEntry]
+        var pushed: [RelativePath: SyncedEntry]
         let snapshot: Snapshotter.Result
         do {
+            state = try project.openState()
+            pulled = try state.load(.pulled)
+            // What this pull brings in is recorded where its owner's side is: the pulled snapshot for pull paths,
+            // the pushed one for the local-owned paths a resolve brings from the remote.
+            pushed = try resolving.map { try state.load(.pushed, paths: $0, subtrees: $0) } ?? [:]
             // With a host folder too, every pull path is looked at: what other hosts' pulls brought is where this
             // one finds the chunks it need not fetch (the same checkpoint from every rank).
             snapshot = try Snapshotter(project: project, state: state).run(roots: resolving ?? project.pullPaths)

@@ -204,14 +204,27 @@ public final class PushSession {
 
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
-        let state = try project.openState()
-        // Connecting starts first: it is most of a small push's time, and runs while the state loads and the tree
-        // is scanned. The operations go out right behind the hello, without waiting for the welcome: the agent
+        // Connecting starts first: it is most of a small push's time, and runs while the state opens and loads and
+        // the tree is scanned. The hello, which names the remote instance the state remembers, is waited for only
+        // when the agent is up. The operations go out right behind it, without waiting for the welcome: the agent
         // refuses them all if its instance is not the one expected (a wiped or replaced remote).
-        let hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+        let waiting = HelloInWaiting()
+        let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait() } : nil
+        let state: StateStore
+        let hello: Hello
+        do {
+            state = try project.openState()
+            hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
-        let connecting = PendingConnection(project: project, link: link) { _ in hello }
+        } catch {
+            waiting.set(.failure(error))
+            fresh?.cancel()
+            throw error
+        }
+        waiting.set(.success(hello))
+        Trace.mark("push: state opened")
+        let connecting = fresh ?? PendingConnection(project: project, link: link) { _ in hello }
         var pushed: [RelativePath: SyncedEntry] = [:]
         var knownScan: Snapshotter.Scan?
         var resolveOps: [PushOperation]?

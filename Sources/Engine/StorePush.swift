@@ -64,8 +64,7 @@ extension Project {
 
     /// The catalog of what the store holds, shared by the projects of this machine that use it.
     func storeCatalog(_ location: S3Location) throws -> StoreCatalog {
-        let env = ProcessInfo.processInfo.environment
-        let base = options.stateDirectory ?? env["XDG_STATE_HOME"].map { $0 + "/syncd" } ?? (NSHomeDirectory() + "/.local/state/syncd")
+        let base = stateBase
         let key = ChunkID(hashing: Array("\(location.scheme)://\(location.host)\n\(location.bucket)\n\(location.prefix)".utf8))
         let path = "\(base)/stores/\(location.bucket)-\(key.hex.prefix(16)).sqlite"
         do { return try StoreCatalog(path: path) } catch { throw SyncError("cannot open the store catalog \(path): \(error)") }

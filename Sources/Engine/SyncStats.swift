@@ -127,28 +127,3 @@ final class ProgressReporter {
     }
 }
 
-/// Phase timings on stderr when `SYNCD_TRACE=1`: where a push or pull spends its wall time.
-/// This process's resident set, from /proc/self/statm (0 where unreadable).
-func residentMegabytes() -> Int {
-    let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return 0 }
-    defer { close(fd) }
-    var buffer = [UInt8](repeating: 0, count: 128)
-    let n = read(fd, &buffer, buffer.count)
-    guard n > 0 else { return 0 }
-    let fields = String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return (pages * Int(sysconf(Int32(_SC_PAGESIZE)))) >> 20
-}
-
-public enum Trace {
-    static let enabled = getenv("SYNCD_TRACE").map { String(cString: $0) == "1" } ?? false
-    static let origin = monotonicNanos()
-
-    public static func mark(_ what: @autoclosure () -> String) {
-        guard enabled else { return }
-        let start = origin
-        let ms = Double(monotonicNanos() - start) / 1e6
-        printError(String(format: "[%8.1f ms %5d MB] ", ms, residentMegabytes()) + what())
-    }
-}

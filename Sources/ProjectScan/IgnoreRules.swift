@@ -121,6 +121,10 @@ public struct IgnorePattern: Sendable {
         case exact([UInt8])
         case prefix([UInt8])
         case suffix([UInt8])
+        /// `**/P` where P cannot match a `/`: P against the last path component only (`**/*.swp`).
+        case lastComponent([Token])
+        /// `**/*S`: the last path component ends with S.
+        case lastComponentSuffix([UInt8])
         case glob([Token])
     }
 
@@ -226,8 +230,34 @@ public struct IgnorePattern: Sendable {
         case .exact: kind = .exact(Array(text.utf8))
         case .prefix: kind = .prefix(Array(text.dropLast(2).utf8))
         case .suffix: kind = .suffix(Array(text.dropFirst(2).utf8))
-        case .glob: kind = .glob(tokens)
+        case .glob: kind = Self.lastComponentKind(tokens) ?? .glob(tokens)
         }
+    }
+
+    /// `**/` followed by tokens none of which can match a `/` (`(.*/)?P` in the regular expression) matches a
+    /// path exactly when P matches its last component: that is all a scan checks for most default patterns, and
+    /// it skips trying P after every slash.
+    private static func lastComponentKind(_ tokens: [Token]) -> Kind? {
+        guard tokens.first == .anyDirectories else { return nil }
+        let rest = Array(tokens.dropFirst())
+        let slash = UInt8(ascii: "/")
+        for token in rest {
+            switch token {
+            case .byte(let b): if b == slash { return nil }
+            case .anyInSegment, .oneInSegment: continue
+            case .set(let ranges, let negated): if negated || ranges.contains(where: { $0.contains(slash) }) { return nil }
+            case .anyDirectories, .anything: return nil
+            }
+        }
+        if rest.first == .anyInSegment {
+            var literal: [UInt8] = []
+            for token in rest.dropFirst() {
+                guard case .byte(let b) = token else { return .lastComponent(rest) }
+                literal.append(b)
+            }
+            return .lastComponentSuffix(literal)
+        }
+        return .lastComponent(rest)
     }
 
     func matches(_ path: ArraySlice<UInt8>) -> Bool {
@@ -239,6 +269,12 @@ public struct IgnorePattern: Sendable {
         case .suffix(let s):
             if path.count >= s.count && path.suffix(s.count).elementsEqual(s) { return true }
             return s.first == UInt8(ascii: "/") && path.elementsEqual(s.dropFirst())
+        case .lastComponent(let tokens):
+            let start = path.lastIndex(of: UInt8(ascii: "/")).map { $0 + 1 } ?? path.startIndex
+            return IgnorePattern.match(tokens[...], path[start...])
+        case .lastComponentSuffix(let s):
+            let start = path.lastIndex(of: UInt8(ascii: "/")).map { $0 + 1 } ?? path.startIndex
+            return path.endIndex - start >= s.count && path.suffix(s.count).elementsEqual(s)
         case .glob(let tokens):
             return IgnorePattern.match(tokens[...], path)
         }

@@ -27,14 +27,16 @@ public final class SSHAgentConnection: AgentConnection {
 
     /// With `join` (the address a push's agent gave), the agent started is an extra stream of that push
     /// (`syncd-agent join`) instead of a session of its own.
-    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, greeting: ((Double?) -> [UInt8])? = nil,
-                join: String? = nil) throws {
+    /// `digestStamp`: a file where the agent binary's digest is remembered (see `StreamingDigest.digest(ofFile:rememberedIn:)`).
+    public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, digestStamp: String? = nil,
+                greeting: ((Double?) throws -> [UInt8])? = nil, join: String? = nil) throws {
         greetingSent = greeting != nil
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
         let host = settings.hostName
         let session = try SSHSession(settings: settings, options: options)
-        let digest = try Self.digest(ofFile: agentBinary)
+        let digest = try digestStamp.map { try StreamingDigest.digest(ofFile: agentBinary, rememberedIn: $0).hex } ?? Self.digest(ofFile: agentBinary)
+        Trace.mark("ssh: agent binary hashed")
         let local = machineName()
         let verb = join.map { "join --expect-digest \(digest) \($0)" } ?? "serve --expect-digest \(digest)"
         let start = """
@@ -45,9 +47,12 @@ public final class SSHAgentConnection: AgentConnection {
         var uploaded = false
         while true {
             let channel = try session.openStream(start, lend: true)
+            Trace.mark("ssh: agent command started")
             // If the agent is missing, the shell never reads this: it is dropped with the channel.
             if let greeting { try greeting(channel.roundTripSeconds).withUnsafeBytes { try channel.write($0) } }
-            if try channel.peek(wireMagic.count) == wireMagic {
+            let first = try channel.peek(wireMagic.count)
+            Trace.mark("ssh: first bytes from the remote")
+            if first == wireMagic {
                 channel.adoptSession()
                 self.channel = channel
                 break

@@ -44,6 +44,7 @@ public final class SSHSession {
         user = settings.user ?? ProcessInfo.processInfo.environment["USER"] ?? String(cString: getpwuid(getuid()).pointee.pw_name)
         let timeout = settings.connectTimeoutSeconds ?? 30
         socket = try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout)
+        Trace.mark("ssh: TCP connected")
         guard let s = syncd_ssh_session_init() else {
             close(socket)
             throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a session")
@@ -55,8 +56,10 @@ public final class SSHSession {
             if libssh2_session_handshake(session, socket) != 0 {
                 throw SSHError.handshake(host: settings.hostName, reason: lastError())
             }
+            Trace.mark("ssh: key exchange done")
             try verifyHostKey(options: options)
             try authenticate(options: options)
+            Trace.mark("ssh: authenticated")
             libssh2_session_set_timeout(session, 0)
             libssh2_keepalive_config(session, 1, UInt32(settings.serverAliveIntervalSeconds ?? 15))
         } catch {

@@ -144,3 +144,15 @@ extension String {
         self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
+
+/// A wall-clock time in nanoseconds, in local time by libc (Foundation's date formatters load ICU first, which costs
+/// a short command milliseconds): `YYYY-MM-DD HH:MM:SS` for messages, or `YYYYMMDD-HHMMSS` (compact).
+public func formatTime(_ nanos: Int64, compact: Bool = false) -> String {
+    var seconds = time_t(nanos / 1_000_000_000)
+    var parts = tm()
+    localtime_r(&seconds, &parts)
+    func two(_ n: Int32) -> String { n < 10 ? "0\(n)" : "\(n)" }
+    let (d, t, between) = compact ? ("", "", "-") : ("-", ":", " ")
+    return "\(parts.tm_year + 1900)\(d)\(two(parts.tm_mon + 1))\(d)\(two(parts.tm_mday))\(between)"
+        + "\(two(parts.tm_hour))\(t)\(two(parts.tm_min))\(t)\(two(parts.tm_sec))"
+}

@@ -11,7 +11,7 @@ import Wire
 
 struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Per image layer: what it reads from the build context, its cache key, and whether it rebuilds.")
+        commandName: "plan", abstract: "Per image layer: what it reads from the build context, its cache key, and whether it rebuilds.")
     @Argument(help: "Project directory.") var directory: String = "."
     @Option(help: "Only this compose service.") var service: String?
     @Flag(help: "Print JSON.") var json = false
@@ -80,7 +80,7 @@ func pushForBuild(_ project: Project, quiet: Bool = false) throws -> [BuildPlan]
 
 struct Exec: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Push, then run CMD in the project's directory on the remote; ends with CMD's exit status.",
+        commandName: "exec", abstract: "Push, then run CMD in the project's directory on the remote; ends with CMD's exit status.",
         discussion: "One argument is run by the remote shell as written ('make && ls'); several are quoted one by one.")
     @OptionGroup var options: RemoteRunOptions
     @Argument(parsing: .captureForPassthrough, help: "The command.") var command: [String] = []
@@ -96,7 +96,7 @@ struct Exec: ParsableCommand {
 
 struct Compose: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Push, then run `docker compose ARGS` (or docker-compose) in the project's directory on the remote.")
+        commandName: "compose", abstract: "Push, then run `docker compose ARGS` (or docker-compose) in the project's directory on the remote.")
     @OptionGroup var options: RemoteRunOptions
     @Argument(parsing: .captureForPassthrough, help: "Arguments for docker compose.") var arguments: [String] = []
 
@@ -115,7 +115,7 @@ struct Compose: ParsableCommand {
 }
 
 struct Hook: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Hooks to call from make, a shell alias or git.",
+    static let configuration = CommandConfiguration(commandName: "hook", abstract: "Hooks to call from make, a shell alias or git.",
                                                     subcommands: [PreBuild.self])
 
     struct PreBuild: ParsableCommand {

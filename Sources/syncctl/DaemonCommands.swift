@@ -10,7 +10,7 @@ import Wire
 // Talking to the running syncd over its control socket: add, remove, status, pause, resume, logs.
 
 struct Add: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Register DIR with the syncd daemon (it watches and syncs it).")
+    static let configuration = CommandConfiguration(commandName: "add", abstract: "Register DIR with the syncd daemon (it watches and syncs it).")
     @Argument(help: "Project directory (with a syncd.yaml).") var directory: String = "."
 
     func run() throws {
@@ -22,7 +22,7 @@ struct Add: ParsableCommand {
 }
 
 struct Remove: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop the syncd daemon from syncing DIR (its files stay).")
+    static let configuration = CommandConfiguration(commandName: "remove", abstract: "Stop the syncd daemon from syncing DIR (its files stay).")
     @Argument(help: "Project directory.") var directory: String = "."
 
     func run() throws {
@@ -49,7 +49,7 @@ func tellDaemon(_ directory: String, starting: Bool) throws {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What the running syncd is doing, per project.")
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "What the running syncd is doing, per project.")
     @Flag(help: "Print the daemon's answer as JSON.") var json = false
 
     func run() throws {
@@ -83,13 +83,13 @@ struct Status: ParsableCommand {
 }
 
 struct Pause: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Stop the running syncd from syncing DIR (all projects without DIR).")
+    static let configuration = CommandConfiguration(commandName: "pause", abstract: "Stop the running syncd from syncing DIR (all projects without DIR).")
     @Argument(help: "Project directory.") var directory: String?
     func run() throws { try pauseOrResume(.pause, directory) }
 }
 
 struct Resume: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Let the running syncd sync DIR again (all projects without DIR).")
+    static let configuration = CommandConfiguration(commandName: "resume", abstract: "Let the running syncd sync DIR again (all projects without DIR).")
     @Argument(help: "Project directory.") var directory: String?
     func run() throws { try pauseOrResume(.resume, directory) }
 }
@@ -104,7 +104,7 @@ func pauseOrResume(_ command: ControlRequest.Command, _ directory: String?) thro
 }
 
 struct Logs: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The running syncd's recent log lines.")
+    static let configuration = CommandConfiguration(commandName: "logs", abstract: "The running syncd's recent log lines.")
     @Flag(name: .shortAndLong, help: "Keep printing new lines as they come (Ctrl-C to stop).") var follow = false
 
     func run() throws {

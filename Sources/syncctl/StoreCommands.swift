@@ -10,7 +10,7 @@ import Wire
 // The snapshot store: snapshots, restore, store gc.
 
 struct Snapshots: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The project's snapshots in its store: time, id, files, bytes, new bytes.")
+    static let configuration = CommandConfiguration(commandName: "snapshots", abstract: "The project's snapshots in its store: time, id, files, bytes, new bytes.")
     @Argument(help: "Project directory.") var directory: String = "."
     @Flag(help: "Print JSON.") var json = false
 
@@ -33,7 +33,7 @@ struct Snapshots: ParsableCommand {
 
 struct Restore: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Materialize a snapshot exactly: in a new local directory, or on one of the hosts from the store.")
+        commandName: "restore", abstract: "Materialize a snapshot exactly: in a new local directory, or on one of the hosts from the store.")
     @Argument(help: "The snapshot: its id (or a unique prefix), as `syncctl snapshots` shows it.") var snapshot: String
     @Option(name: .customLong("to"), help: "An empty or new directory to restore into.") var target: String?
     @Option(name: .customLong("host"), help: "A host of the project (as hosts: names it): its copy becomes the snapshot, read from the store.")
@@ -64,7 +64,7 @@ struct Restore: ParsableCommand {
 }
 
 struct Store: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The snapshot store.", subcommands: [GC.self])
+    static let configuration = CommandConfiguration(commandName: "store", abstract: "The snapshot store.", subcommands: [GC.self])
 
     struct GC: ParsableCommand {
         static let configuration = CommandConfiguration(

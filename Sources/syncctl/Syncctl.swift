@@ -10,6 +10,8 @@ import Wire
 /// Ends the process with the CLI contract's exit codes: 0 ok, 1 error, 2 usage or config, 3 conflicts.
 struct Exit: Error { let code: Int32 }
 
+/// Every command names itself (`commandName:`): without a name, the argument parser derives one from the type's name
+/// through `String(describing:)`, a runtime conformance search that cost a few milliseconds of every run.
 struct Syncctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "syncctl",
@@ -30,7 +32,7 @@ struct StateOption: ParsableArguments {
 }
 
 struct Init: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Write DIR/syncd.yaml.")
+    static let configuration = CommandConfiguration(commandName: "init", abstract: "Write DIR/syncd.yaml.")
     @Argument(help: "Project directory.") var directory: String = "."
     @Option(help: "SSH destination ([user@]host[:port], ssh config alias) or local:/abs/path.") var remote: String
     @Option(help: "Project name on the remote (default: the directory's name).") var name: String?
@@ -74,7 +76,7 @@ struct SyncArguments: ParsableArguments {
 }
 
 struct Push: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Send local changes to the remote.")
+    static let configuration = CommandConfiguration(commandName: "push", abstract: "Send local changes to the remote.")
     @OptionGroup var options: SyncArguments
     @Flag(help: "Through the running syncd: return once everything changed before the call is on the remote.")
     var wait = false
@@ -111,7 +113,7 @@ struct Push: ParsableCommand {
 }
 
 struct Pull: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Bring remote-owned paths (output/, checkpoint/) back.")
+    static let configuration = CommandConfiguration(commandName: "pull", abstract: "Bring remote-owned paths (output/, checkpoint/) back.")
     @OptionGroup var options: SyncArguments
     @Flag(help: "Through the running syncd: return once a pull that started after the call has finished.")
     var wait = false
@@ -133,7 +135,7 @@ struct Pull: ParsableCommand {
 
 struct Conflicts: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Every path in conflict: each side's size, mtime and digest, what the last sync recorded, and since when.")
+        commandName: "conflicts", abstract: "Every path in conflict: each side's size, mtime and digest, what the last sync recorded, and since when.")
     @Argument(help: "Project directory.") var directory: String = "."
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var state: StateOption
@@ -169,7 +171,7 @@ struct Conflicts: ParsableCommand {
 
 struct Resolve: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Settle conflicts: keep the local or the remote version of each PATH; the other is kept beside it as NAME.sync-conflict-YYYYMMDD-HHMMSS.EXT.")
+        commandName: "resolve", abstract: "Settle conflicts: keep the local or the remote version of each PATH; the other is kept beside it as NAME.sync-conflict-YYYYMMDD-HHMMSS.EXT.")
     @Argument(help: "Paths relative to the project (or absolute, inside it).") var paths: [String]
     @Option(help: "local: send the local version over the remote one; remote: bring the remote version here.")
     var keep: Side
@@ -246,7 +248,7 @@ struct List: ParsableCommand {
 }
 
 struct Chunks: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show a file's chunk boundaries and ids.")
+    static let configuration = CommandConfiguration(commandName: "chunks", abstract: "Show a file's chunk boundaries and ids.")
     @Argument(help: "The file.") var file: String
     @Option(help: "Minimum chunk size.") var min: Int = ChunkParameters.default.minSize
     @Option(help: "Average chunk size.") var avg: Int = ChunkParameters.default.avgSize

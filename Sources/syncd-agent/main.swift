@@ -63,9 +63,19 @@ default:
     exit(2)
 }
 
-/// Exits unless this executable hashes to `expected` (what the client installed).
+/// Exits unless this executable hashes to `expected` (what the client installed). The digest is remembered in
+/// `.<name>.checked` beside the executable (where that can be written) for as long as the file's identity is the same.
 func checkDigest(_ expected: String) {
-    let actual = (try? StreamingDigest.digest(ofFile: "/proc/self/exe").hex) ?? "unreadable"
+    var target = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &target, target.count - 1)
+    let path = n > 0 ? String(nulTerminated: Array(target[0..<n])) : ""
+    let actual: String
+    if let slash = path.lastIndex(of: "/"), !path.hasSuffix(" (deleted)") {
+        let stamp = String(path[...slash]) + "." + String(path[path.index(after: slash)...]) + ".checked"
+        actual = (try? StreamingDigest.digest(ofFile: "/proc/self/exe", rememberedIn: stamp).hex) ?? "unreadable"
+    } else {
+        actual = (try? StreamingDigest.digest(ofFile: "/proc/self/exe").hex) ?? "unreadable"
+    }
     guard actual == expected else {
         printError("syncd-agent: this executable's digest is \(actual), expected \(expected); it is damaged or replaced")
         print("syncd-agent-missing \(machineName()) digest-mismatch")

@@ -1,3 +1,4 @@
+import Glibc
 import Chunking
 import SyncSystem
 import Testing
@@ -90,5 +91,50 @@ struct ChunkerTests {
         let id = ChunkID(hashing: Array("hello".utf8))
         #expect(ChunkID(hex: id.hex) == id)
         #expect(id.hex.count == 32)
+    }
+
+    /// The agent binary's digest is remembered against the file's identity: used while that holds (the file is not
+    /// read: a forged stamp shows through), never once the file changed, and not written for a file changed within
+    /// the last second.
+    @Test func fileDigestIsRememberedOnlyWhileTheFileIsTheSame() throws {
+        let dir = try TempDir()
+        let path = dir.path + "/agent", stamp = dir.path + "/.agent.checked"
+        func write(seed: UInt64) throws {
+            var rng = SplitMix(seed: seed)
+            let bytes = (0..<(1 << 20)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let file = try FileDescriptor.open(path, flags: O_WRONLY_CREAT_TRUNC)
+            try bytes.withUnsafeBytes { try file.write($0, at: 0) }
+        }
+        func stampText() -> String? {
+            guard let file = try? FileDescriptor.open(stamp, flags: O_RDONLY), let st = try? file.stat() else { return nil }
+            return (try? file.readExactly(Int(st.size), at: 0)).map { String(decoding: $0, as: UTF8.self) }
+        }
+        try write(seed: 1)
+        let first = try StreamingDigest.digest(ofFile: path)
+        #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == first)
+        #expect(stampText() == nil, "a file changed within the last second is not stamped")
+
+        usleep(1_100_000)
+        #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == first)
+        let text = try #require(stampText())
+        #expect(text.hasSuffix(" \(first.hex)\n"))
+
+        // The same identity with another digest: the stamp is believed, so the file was not read.
+        let forged = ChunkID(hashing: Array("not the file".utf8))
+        let line = text.dropLast(33) + forged.hex + "\n"
+        let out = try FileDescriptor.open(stamp, flags: O_WRONLY_CREAT_TRUNC)
+        try Array(line.utf8).withUnsafeBytes { try out.write($0, at: 0) }
+        #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == forged)
+
+        // Rewritten in place with as many bytes: its ctime moved, so it is hashed again.
+        try write(seed: 2)
+        let second = try StreamingDigest.digest(ofFile: path)
+        #expect(second != first)
+        #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == second)
+
+        // A stamp that is not one is ignored.
+        let junk = try FileDescriptor.open(stamp, flags: O_WRONLY_CREAT_TRUNC)
+        try Array("garbage".utf8).withUnsafeBytes { try junk.write($0, at: 0) }
+        #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == second)
     }
 }

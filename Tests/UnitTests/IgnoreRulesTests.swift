@@ -8,6 +8,24 @@ struct IgnoreRulesTests {
         ("*.tmp", "dir/a.tmp", false),            // '*' does not cross '/'
         ("**/*.tmp", "dir/sub/a.tmp", true),
         ("**/*.tmp", "a.tmp", true),              // '**/' matches zero directories
+        // `**/P` with P inside one component is matched against the last component only; these pin that down.
+        ("**/*.tmp", "dir/a.tmp.keep", false),
+        ("**/*.tmp", "a.tmp/inner", true),        // the parent directory matches
+        ("**/.#*", "src/.#module.py", true),
+        ("**/.#*", "src/x.#module.py", false),
+        ("**/#*#", "a/#draft#", true),
+        ("**/#*#", "a/#draft", false),
+        ("**/*~", "notes.txt~", true),
+        ("**/?.py", "pkg/a.py", true),
+        ("**/?.py", "pkg/ab.py", false),
+        ("**/[ab]*.log", "x/b1.log", true),
+        ("**/[ab]*.log", "x/c1.log", false),
+        ("**/[^a]x", "b/x", false),               // a negated class can match '/', so the generic matcher runs
+        ("**/[^a]x", "bx", true),
+        ("**/*.sync-conflict-*", "d/m.sync-conflict-20261201-101010.py", true),
+        ("**/*.sync-conflict-*", "d.sync-conflict-1/m.py", true),
+        ("**/a*/b", "x/a1/b", true),              // a '/' in P: the generic matcher
+        ("**/a*/b", "x/a1/c/b", false),
         ("data", "data/raw/x.bin", true),         // a parent match excludes children
         ("data/**", "data/raw/x.bin", true),
         ("data/**", "database", false),
