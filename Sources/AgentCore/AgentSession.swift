@@ -57,6 +57,8 @@ public final class AgentSession {
     private var indexedStore: ChunkStore?
 
     var chunker = FileChunker()
+    /// A large file is hashed on this many threads (one per core, see `FileChunker.chunk(_:threads:)`).
+    static let hashThreads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     var pullPaths: [RelativePath] = []
 
@@ -296,7 +298,7 @@ public final class AgentSession {
     func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
         if let r = state.records[path], r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
-        let content = try chunker.chunk(fd)
+        let content = try chunker.chunk(fd, threads: Self.hashThreads)
         let after = try fd.stat()
         if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
         let record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)

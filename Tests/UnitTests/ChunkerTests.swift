@@ -1,5 +1,5 @@
 import Glibc
-import Chunking
+@testable import Chunking
 import SyncSystem
 import Testing
 
@@ -136,5 +136,43 @@ struct ChunkerTests {
         let junk = try FileDescriptor.open(stamp, flags: O_WRONLY_CREAT_TRUNC)
         try Array("garbage".utf8).withUnsafeBytes { try junk.write($0, at: 0) }
         #expect(try StreamingDigest.digest(ofFile: path, rememberedIn: stamp) == second)
+    }
+
+    /// A large file chunked on several threads gives exactly the chunks and digest of one thread: random data
+    /// (pieces meet at a shared cut), a long run of zeros across the piece bounds (no shared cut: the rest is
+    /// chunked in order), and a repeating block.
+    @Test(arguments: ["random", "zeros", "repeating"])
+    func parallelChunkingEqualsSequential(kind: String) throws {
+        let dir = try TempDir()
+        let path = dir.path + "/data"
+        var rng = SplitMix(seed: 7)
+        func random(_ n: Int) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: n)
+            out.withUnsafeMutableBytes { raw in
+                let words = raw.bindMemory(to: UInt64.self)
+                for i in words.indices { words[i] = rng.next() }
+            }
+            return out
+        }
+        var bytes: [UInt8]
+        switch kind {
+        case "random": bytes = random(90 << 20)
+        case "zeros": bytes = random(10 << 20) + [UInt8](repeating: 0, count: 60 << 20) + random(5 << 20)
+        default:
+            let block = random(3 << 20)
+            bytes = []
+            for _ in 0..<24 { bytes += block }
+        }
+        let out = try FileDescriptor.open(path, flags: O_WRONLY_CREAT_TRUNC)
+        try bytes.withUnsafeBytes { try out.write($0, at: 0) }
+        let chunker = FileChunker()
+        let expected = try chunker.chunk(try FileDescriptor.open(path, flags: O_RDONLY))
+        for threads in [2, 3, 4] {
+            let got = try chunker.chunk(try FileDescriptor.open(path, flags: O_RDONLY), threads: threads)
+            #expect(got == expected, "\(kind), \(threads) threads")
+            #expect(chunker.lastParallelRun.pieces == threads)
+            if kind == "random" { #expect(chunker.lastParallelRun.inOrderFrom == nil, "random pieces meet at a shared cut") }
+            if kind == "zeros" { #expect(chunker.lastParallelRun.inOrderFrom != nil, "pieces inside the zeros share no cut") }
+        }
     }
 }
