@@ -48,11 +48,17 @@ public final class SSHAgentConnection: AgentConnection {
         while true {
             let channel = try session.openStream(start, lend: true)
             Trace.mark("ssh: agent command started")
-            // If the agent is missing, the shell never reads this: it is dropped with the channel.
-            if let greeting { try greeting(channel.roundTripSeconds).withUnsafeBytes { try channel.write($0) } }
+            // If the agent is missing, the shell never reads this: it is dropped with the channel. The shell may
+            // even have answered and ended already, and then the write fails; its answer is read below.
+            var unsent: Error?
+            if let greeting {
+                let bytes = try greeting(channel.roundTripSeconds)
+                do { try bytes.withUnsafeBytes { try channel.write($0) } } catch { unsent = error }
+            }
             let first = try channel.peek(wireMagic.count)
             Trace.mark("ssh: first bytes from the remote")
             if first == wireMagic {
+                if let unsent { throw unsent }
                 channel.adoptSession()
                 self.channel = channel
                 break

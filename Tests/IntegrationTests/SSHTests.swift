@@ -1,6 +1,8 @@
 import Foundation
 import SSHTransport
+import SyncConfig
 import Testing
+import Wire
 
 @Suite(.serialized, .enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
 struct SSHTests {
@@ -174,6 +176,26 @@ struct SSHTests {
         #expect(f.read("c.txt", in: f.remoteProject) == Array("z".utf8))
     }
 
+    /// Where no agent is installed, the shell answers and ends; a greeting written after that fails, and the
+    /// answer is still read: the agent is installed and started, and it speaks.
+    @Test func agentIsInstalledWhenTheShellEndsBeforeTheGreeting() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let config = try f.useSSH(server)
+        let settings = try SSHConfigFile(path: config, home: f.base).settings(for: "gpu-test")
+        let greetings = Counter()
+        let connection = try SSHAgentConnection(settings: settings, options: SSHOptions(identity: nil, knownHosts: nil, home: f.base),
+                                                agentBinary: agentForSSH, greeting: { _ in
+                                                    greetings.add()
+                                                    usleep(700_000)  // the shell of the first try is gone by now
+                                                    return clientHandshake()
+                                                })
+        #expect(connection.installedAgent)
+        #expect(greetings.value == 2, "one greeting per exec channel")
+        #expect(try FrameReader(connection.stream).readHandshake() == wireVersion)
+        connection.terminate()
+    }
+
     @Test func connectionFailuresHaveClearMessages() throws {
         let f = try SyncFixture()
         try f.write("a.txt", "x")
@@ -337,4 +359,12 @@ struct SSHCredentialTests {
         #expect(!FileManager.default.fileExists(atPath: small + "/\(f.name)/big.bin"), "no torn file at the final path")
         #expect(FileManager.default.contents(atPath: small + "/\(f.name)/a_small.txt") == Data("fits".utf8))
     }
+}
+
+/// A count shared with a closure that may run on another thread.
+final class Counter: @unchecked Sendable {  // `lock` guards count
+    private let lock = NSLock()
+    private var count = 0
+    func add() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
 }
