@@ -4,6 +4,8 @@
 # deleted inodes make ext4 allocation slower, so nothing is reused between runs). Root only (mount).
 # Prints a markdown table, one column per round.
 # usage: Bench/many-files.sh [RELEASE_DIR] [FILES] [ROUNDS]
+#   PULL=1         the other way: the files are a remote project's output/, brought back by syncctl pull (and
+#                  rsync from the remote), into a local directory on the same fresh file system
 #   ONLY_SYNCD=1   skip the two rsync rows
 #   LOCAL=1        also push to a local: agent (no SSH), as the bench did before it went over SSH
 set -euo pipefail
@@ -51,11 +53,39 @@ timed() {
     python3 -c "print(f'{$end - $start:.2f}')"
 }
 
+# For PULL=1: the files become the remote project's output/, old enough to be offered, and an empty local
+# project waits for them.
+fresh_pull() {
+    fresh
+    mkdir -p "$mnt/remote/many" "$mnt/local"
+    mv "$mnt/proj/src" "$mnt/remote/many/output"
+    find "$mnt/remote/many/output" -exec touch -h -d '1 min ago' {} +
+    printf 'name: many\nremote: bench\nremote_root: %s/remote\nssh_config: %s\nagent_path: %s/syncd-agent\n' \
+        "$mnt" "$work/sshd/ssh_config" "$release" > "$mnt/local/syncd.yaml"
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+}
+
 placed() {
     [ "$(find "$1" -type f -name '*.py' | wc -l)" = "$files" ] || { echo "many-files: $1 does not hold $files files" >&2; exit 1; }
 }
 
 plain=() synced=() ours=() local=()
+if [ -n "${PULL:-}" ]; then
+    for r in $(seq 1 "$rounds"); do
+        if [ -z "${ONLY_SYNCD:-}" ]; then
+            fresh_pull; plain+=("$(timed rsync -a -e "$ssh_cmd" "bench:$mnt/remote/many/output/" "$mnt/r/")"); placed "$mnt/r"
+            fresh_pull; synced+=("$(timed rsync -a --fsync -e "$ssh_cmd" "bench:$mnt/remote/many/output/" "$mnt/r/")"); placed "$mnt/r"
+        fi
+        fresh_pull
+        ours+=("$(timed "$release/syncctl" pull "$mnt/local" --state-dir "$mnt/state")"); placed "$mnt/local/output"
+    done
+    echo "| $files files of 200 B pulled, first copy over loopback SSH, fresh ext4 | wall s ($rounds rounds) |"
+    echo "|---|---|"
+    [ -z "${ONLY_SYNCD:-}" ] && echo "| rsync -a (no fsync) | ${plain[*]} |" && echo "| rsync -a --fsync | ${synced[*]} |"
+    echo "| syncctl pull (durable: data before rename) | ${ours[*]} |"
+    exit 0
+fi
 for r in $(seq 1 "$rounds"); do
     if [ -z "${ONLY_SYNCD:-}" ]; then
         fresh; plain+=("$(timed rsync -a -e "$ssh_cmd" "$mnt/proj/" "bench:$mnt/r/")"); placed "$mnt/r"

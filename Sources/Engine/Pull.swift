@@ -103,6 +103,37 @@ public final class PullSession {
             cleared.append(path)
         }
         func recorded(_ path: RelativePath) -> SyncedEntry? { project.isPullPath(path) ? pulled[path] : pushed[path] }
+        // Files are made durable in batches (one syncfs for many small ones, an fsync of its own on a worker for a
+        // large one) while the next ones come in; each is renamed once its data is durable, and the renames are
+        // durable before the state records them.
+        let durability = try DurableBatches<RelativePath>(fileSystem: project.tree.root)
+        defer { durability.shutdown() }
+        var sealed: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
+        /// Hands a complete file to `durability`; it is placed once its data is durable (see `settle`).
+        func seal(_ op: UInt32, _ assembly: FileAssembly, _ offer: Offer, expected: FileStat?) throws {
+            let alone = durability.syncsAlone(size: assembly.size, device: assembly.device)
+            let fd = try assembly.seal(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos, startWriteback: alone)
+            try durability.add(op: op, fd: fd, size: assembly.size, device: assembly.device)
+            sealed[op] = (assembly, offer, expected)
+            // Group commit: while a sync runs, the files sealed meanwhile wait for the next one.
+            if durability.outstanding == 0 { durability.closeBatch() }
+        }
+        /// Renames the files whose data became durable, unless the local file changed since the decision.
+        func settle(_ progress: DurableBatches<RelativePath>.Progress) throws {
+            for (op, error) in progress.durable {
+                guard let (assembly, offer, expected) = sealed.removeValue(forKey: op) else { continue }
+                guard error == 0 else {
+                    assembly.discard()
+                    stats.errors.append("\(offer.path): \(SystemError(call: "fsync", path: offer.path.description, errno: error))")
+                    continue
+                }
+                if let (cached, parent) = try commit(assembly, offer, expected: expected, stats: &stats) {
+                    cacheUpdates.append(cached)
+                    agreed(offer.path, Self.synced(offer.entry))
+                    durability.renamed(offer.path, directory: (offer.path.parentBytes, parent))
+                }
+            }
+        }
         do {
             if try state.adoptRemoteInstance(try link.readWelcome()) {
                 // Nothing local may be deleted or called a conflict on the word of a remote that is gone.
@@ -207,10 +238,8 @@ public final class PullSession {
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
                         if assembly.isComplete {
-                            if let cached = try place(assembly, offer, expected: now?.stat, stats: &stats) {
-                                cacheUpdates.append(cached)
-                                agreed(key, remoteSynced)
-                            }
+                            try seal(op, assembly, offer, expected: now?.stat)
+                            try settle(durability.take())
                         } else {
                             assembly.suspend()
                             assemblies[op] = (assembly, offer, now?.stat)
@@ -319,11 +348,9 @@ public final class PullSession {
                     progress.update(done: received, total: expectedBytes)
                     if assembly.isComplete {
                         assemblies[op] = nil
-                        if let cached = try place(assembly, offer, expected: expected, stats: &stats) {
-                            cacheUpdates.append(cached)
-                            agreed(offer.path, Self.synced(offer.entry))
-                        }
+                        try seal(op, assembly, offer, expected: expected)
                     }
+                    if !sealed.isEmpty { try settle(durability.take()) }
                 case .abort(let op, let reason):
                     if let (assembly, offer, _) = assemblies.removeValue(forKey: op) {
                         assembly.suspend()
@@ -356,6 +383,10 @@ public final class PullSession {
                 streams = nil
             }
 
+            // The last files: durable, renamed, and the renames durable.
+            durability.closeBatch()
+            while durability.outstanding > 0 { try settle(durability.wait()) }
+            _ = durability.flush()
             Trace.mark("pull: received and placed")
             // 4. Remote deletions, children first.
             let offered = Set(offers.values.map(\.path))
@@ -414,6 +445,8 @@ public final class PullSession {
             stats.bytesReceived = reader.bytesRead - bytesAtStart.read + (merger?.extraBytesRead ?? 0)
         } catch {
             progress.finish()
+            // What was renamed is recorded only once the renames are durable.
+            _ = durability.flush()
             try? state.update(.pulled, changes)
             try? state.update(.pushed, pushedChanges)
             try? state.saveFiles(cacheUpdates)
@@ -452,10 +485,12 @@ public final class PullSession {
 
     private struct LocalConflict: Error {}
 
-    /// Places a pulled file unless the local file changed since the decision; returns its new cache entry, or nil on conflict.
-    private func place(_ assembly: FileAssembly, _ offer: Offer, expected: FileStat?, stats: inout SyncStats) throws -> CachedFile? {
+    /// Renames a sealed, durable file into place unless the local file changed since the decision; returns its new
+    /// cache entry and the directory the rename changed, or nil on conflict.
+    private func commit(_ assembly: FileAssembly, _ offer: Offer, expected: FileStat?, stats: inout SyncStats) throws -> (CachedFile, FileDescriptor)? {
+        let parent: FileDescriptor?
         do {
-            try assembly.place(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos) { now in
+            parent = try assembly.commit(expectingNothing: expected == nil) { now in
                 let same = (now == nil && expected == nil) || (now != nil && expected != nil && now!.sameContentIdentity(as: expected!))
                 if !same { throw LocalConflict() }
             }
@@ -466,8 +501,8 @@ public final class PullSession {
             stats.conflictMessages.append("\(offer.path): changed here during the pull; the local version is kept, and the next pull looks again")
             return nil
         }
-        guard let st = try project.tree.lstat(offer.path) else { return nil }
-        return CachedFile(path: offer.path, stat: st, digest: assembly.digest, chunks: assembly.chunks, cachedAtNanos: wallClockNanos())
+        guard let parent, let st = try project.tree.lstat(offer.path) else { return nil }
+        return (CachedFile(path: offer.path, stat: st, digest: assembly.digest, chunks: assembly.chunks, cachedAtNanos: wallClockNanos()), parent)
     }
 
     private func placeSymlink(_ path: RelativePath, target: [UInt8]) throws {

@@ -140,6 +140,49 @@ struct ResumeTests {
         #expect(leftovers.isEmpty, "\(leftovers.prefix(5))")
     }
 
+    /// The client places pulled files in batches too (one syncfs for many small files, an fsync on a worker for a
+    /// large one, each renamed once durable). A pull killed (kill -9 of syncctl) at random points leaves every
+    /// file at a local final path whole, and the next pull completes the tree, with no temporary file left.
+    @Test func pulledFilesAreWholeAfterKillsAtRandomPoints() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        #expect(try f.push().status == 0)
+        var random = SystemRandomNumberGenerator()
+        var versions: [String: [UInt8]] = [:]
+        var killedMidway = 0
+        for round in 1...4 {
+            for i in 0..<1500 {
+                let path = "output/r\(round)/d\(i / 100)/f\(i).txt"
+                versions[path] = Array("round \(round) file \(i)\n".utf8) + randomBytes(200 + i % 500, seed: UInt64(round * 10_000 + i))
+                try f.write(path, versions[path]!, in: f.remoteProject)
+            }
+            let big = "output/r\(round)/model.bin"
+            versions[big] = randomBytes(5 << 20, seed: 77 + UInt64(round))
+            try f.write(big, versions[big]!, in: f.remoteProject)
+            #expect(try run("/usr/bin/find", [f.remoteProject + "/output", "-exec", "touch", "-d", "1 minute ago", "{}", "+"]).status == 0)
+            let delay = UInt32.random(in: 20_000...700_000, using: &random)
+            var killed = false
+            _ = try f.syncctl(["pull", f.project, "--json"]) { process in
+                usleep(delay)
+                if process.isRunning {
+                    kill(process.processIdentifier, SIGKILL)
+                    killed = true
+                }
+            }
+            if killed { killedMidway += 1 }
+            for (path, bytes) in versions {
+                guard let local = f.read(path) else { continue }
+                #expect(local == bytes, "round \(round), killed after \(delay / 1000) ms: \(path) holds \(local.count) bytes that are not the remote's")
+            }
+        }
+        #expect(killedMidway >= 2, "the pull was killed midway in only \(killedMidway) of 4")
+        let r = try f.pull()
+        #expect(r.status == 0, "\(r.stderr)")
+        for (path, bytes) in versions { #expect(f.read(path) == bytes, "\(path) after the last pull") }
+        let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.project)).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers.prefix(5))")
+    }
+
     /// A push that ends sweeps the temporary files left in the directories it knows held some, but not while
     /// another push to the project runs (it holds `.syncd/push.lock` shared): that push may be building them.
     @Test func temporaryFilesOfAnotherPushInFlightAreNotSwept() throws {
