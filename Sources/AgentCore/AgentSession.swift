@@ -144,7 +144,7 @@ public final class AgentSession {
             try servePull(tree: tree, roots: pullRoots.isEmpty ? pullPaths : pullRoots, chunker: chunker, recordFor: { path, st in
                 let r = try self.record(for: path, stat: st)
                 return (r.digest, r.chunks)
-            }, quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress,
+            }, recordAll: { self.recordAll($0) }, quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress,
                reader: reader, writer: writer)
             try state.save()
         }
@@ -295,6 +295,41 @@ public final class AgentSession {
 
     /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
     /// the record is racy).
+    /// Hashes, on several threads, those of `files` that have no record matching their stat and are too small to
+    /// be hashed on several threads themselves, and records them here, so that `record(for:stat:)` then finds
+    /// them. Many small files read from a cold cache otherwise wait on the disk one after another (a pull listed
+    /// 20 000 new outputs in 4.1 s that way). A file that cannot be read, or changes while read, is left to
+    /// `record(for:stat:)`.
+    func recordAll(_ files: [(RelativePath, FileStat)]) {
+        let missing = files.filter { path, st in
+            st.size < FileChunker.parallelThreshold && !(state.records[path].map { $0.stat.sameContentIdentity(as: st) } ?? false)
+        }
+        guard missing.count > 1 else { return }
+        let results = HashResults(count: missing.count)
+        let parameters = chunker.cdc.parameters
+        let tree: Tree = self.tree
+        var threads: [pthread_t] = []
+        for _ in 0..<min(missing.count, max(4, Self.hashThreads)) {
+            let worker = {
+                let chunker = FileChunker(parameters)
+                while let i = results.claim() {
+                    guard let fd = try? tree.openForReading(missing[i].0), let content = try? chunker.chunk(fd), let after = try? fd.stat()
+                    else { continue }
+                    results.set(i, (content, after))
+                }
+            }
+            guard let thread = try? startThread(worker) else { break }
+            threads.append(thread)
+        }
+        for thread in threads { pthread_join(thread, nil) }
+        for (i, (path, st)) in missing.enumerated() {
+            guard let (content, after) = results.get(i), after.sameContentIdentity(as: st) else { continue }
+            if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
+            state.put(FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks))
+            store.add(path: path, chunks: content.chunks)
+        }
+    }
+
     func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
         if let r = state.records[path], r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
@@ -356,4 +391,33 @@ public final class AgentSession {
 
     /// Set when this session added to the cache; only then can it have outgrown its bound.
     var cacheGrew = false
+}
+
+/// What `recordAll`'s workers hashed, by index, and the next index to take.
+private final class HashResults: @unchecked Sendable {  // `lock` guards next and results
+    private let lock = Mutex()
+    private var next = 0
+    private var results: [(ChunkedContent, FileStat)?]
+
+    init(count: Int) { results = Array(repeating: nil, count: count) }
+
+    func claim() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next < results.count else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    func set(_ i: Int, _ value: (ChunkedContent, FileStat)) {
+        lock.lock()
+        results[i] = value
+        lock.unlock()
+    }
+
+    func get(_ i: Int) -> (ChunkedContent, FileStat)? {
+        lock.lock()
+        defer { lock.unlock() }
+        return results[i]
+    }
 }

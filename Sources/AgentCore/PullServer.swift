@@ -65,14 +65,19 @@ extension AgentSession {
 
 extension AgentSession {
     /// Lists `roots` (the pull paths, or the paths of conflicts being resolved) and serves the chunks asked for.
+    /// `recordAll` is given the files about to be offered first, to hash those it has no record of at once.
     func servePull(tree: Tree, roots: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   quietNanos: Int64, compress: Bool, reader: FrameReader, writer: FrameWriter) throws {
+                   recordAll: ([(RelativePath, FileStat)]) -> Void, quietNanos: Int64, compress: Bool, reader: FrameReader,
+                   writer: FrameWriter) throws {
         // Conflict copies kept on this side stay here; everything else below the roots is offered.
         var rules = IgnoreRules()
         try rules.add(pattern: conflictCopyPattern, source: "built-in defaults", line: 0)
         let scan = try ProjectScanner(tree: tree, rules: rules).scan(roots: roots)
         let writers = scan.entries.contains { $0.kind == .regular } ? filesOpenForWriting() : [:]
         let now = wallClockNanos()
+        recordAll(scan.entries.filter {
+            $0.kind == .regular && now - $0.stat.mtimeNanos >= quietNanos && writers[$0.stat.device]?[$0.stat.inode] == nil
+        }.map { ($0.path, $0.stat) })
         var offered: [UInt32: Offered] = [:]
         var op: UInt32 = 0
         for entry in scan.entries {
