@@ -49,7 +49,9 @@ let package = Package(
             "Chunking", "ProjectScan", "Store", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
-        .target(name: "SSHTransport", dependencies: ["CLibSSH2", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
+        // AES-CTR keystream in batches under libssh2, which calls the cipher once per 16-byte block.
+        .target(name: "CSSHCipher", linkerSettings: [.linkedLibrary("crypto")]),
+        .target(name: "SSHTransport", dependencies: ["CLibSSH2", "CSSHCipher", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
             "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",

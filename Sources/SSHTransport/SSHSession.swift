@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibSSH2
+import CSSHCipher
 import Foundation
 import SyncConfig
 import SyncSystem
@@ -56,7 +57,7 @@ public final class SSHSession {
             if libssh2_session_handshake(session, socket) != 0 {
                 throw SSHError.handshake(host: settings.hostName, reason: lastError())
             }
-            Trace.mark("ssh: key exchange done")
+            Trace.mark("ssh: key exchange done (\(negotiatedMethods), CTR keystream batched: \(syncd_cipher_batching() != 0 ? "yes" : "no"))")
             try verifyHostKey(options: options)
             try authenticate(options: options)
             Trace.mark("ssh: authenticated")

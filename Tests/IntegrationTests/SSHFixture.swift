@@ -17,7 +17,11 @@ final class SSHServer {
     /// long-lived child and then never reaps the short ones.
     private var pid: pid_t?
 
-    init() throws {
+    /// Lines added to sshd_config (`RekeyLimit 1M`, say).
+    private let extraConfig: String
+
+    init(extraConfig: String = "") throws {
+        self.extraConfig = extraConfig
         dir = NSTemporaryDirectory() + "syncd-sshd-" + UUID().uuidString.prefix(8)
         try FileManager.default.createDirectory(atPath: dir + "/home", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: "/run/sshd", withIntermediateDirectories: true)
@@ -60,6 +64,7 @@ final class SSHServer {
             PermitRootLogin yes
             SetEnv HOME=\(dir)/home
             LogLevel ERROR
+            \(extraConfig)
             """.write(toFile: dir + "/sshd_config", atomically: true, encoding: .utf8)
     }
 

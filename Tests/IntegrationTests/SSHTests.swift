@@ -176,6 +176,31 @@ struct SSHTests {
         #expect(f.read("c.txt", in: f.remoteProject) == Array("z".utf8))
     }
 
+    /// The client computes AES-CTR keystream 4 KiB at a time under libssh2 (CSSHCipher): both ways, through
+    /// rekeys (sshd rekeys every 1 MB here, so each direction gets new cipher contexts many times), the bytes
+    /// arrive as sent, with the batching on and with it turned off.
+    @Test func bytesSurviveRekeysWithAndWithoutKeystreamBatching() throws {
+        let server = try SSHServer(extraConfig: "RekeyLimit 1M")
+        for batching in ["1", "0"] {
+            let f = try SyncFixture()
+            try f.useSSH(server)
+            let data = randomBytes(24 << 20, seed: batching == "1" ? 5 : 6)
+            try f.write("data/blob.bin", data)
+            let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SYNCD_TRACE": "1",
+                       "SYNCD_SSH_CIPHER_BATCH": batching]
+            let pushed = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+            #expect(pushed.status == 0, "\(pushed.stderr)")
+            #expect(pushed.stderr.contains("CTR keystream batched: \(batching == "1" ? "yes" : "no")"), "\(pushed.stderr.prefix(2000))")
+            #expect(f.read("data/blob.bin", in: f.remoteProject) == data, "push, batching \(batching)")
+            let back = randomBytes(24 << 20, seed: batching == "1" ? 7 : 8)
+            try f.write("output/result.bin", back, in: f.remoteProject)
+            try f.age("output/result.bin")
+            let pulled = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
+            #expect(pulled.status == 0, "\(pulled.stderr)")
+            #expect(f.read("output/result.bin") == back, "pull, batching \(batching)")
+        }
+    }
+
     /// Where no agent is installed, the shell answers and ends; a greeting written after that fails, and the
     /// answer is still read: the agent is installed and started, and it speaks.
     @Test func agentIsInstalledWhenTheShellEndsBeforeTheGreeting() throws {
