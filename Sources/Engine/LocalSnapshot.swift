@@ -110,6 +110,9 @@ struct Snapshotter {
     }
 
     /// Reads and chunks one file; the record for the stat cache, or why the file is skipped this time.
+    /// Threads for hashing one large file (`FileChunker.chunk(_:threads:)` uses at most 4).
+    static let hashThreads = ProcessInfo.processInfo.activeProcessorCount
+
     static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
         hash(entry, in: project, with: chunker, keepingUpTo: 0).map(\.file)
     }
@@ -119,7 +122,10 @@ struct Snapshotter {
                      keepingUpTo keep: Int) -> Swift.Result<(file: CachedFile, bytes: [UInt8]?), ScanWarning> {
         do {
             let fd = try project.tree.openForReading(entry.path)
-            let (content, bytes) = try chunker.chunk(fd, keepingUpTo: keep)
+            // A large file is hashed on several threads: the first file of a push is sent only once it is hashed.
+            let (content, bytes) = entry.stat.size >= FileChunker.parallelThreshold
+                ? (try chunker.chunk(fd, threads: Self.hashThreads), nil)
+                : try chunker.chunk(fd, keepingUpTo: keep)
             let after = try fd.stat()
             guard after.sameContentIdentity(as: entry.stat) else {
                 return .failure(ScanWarning(path: entry.path.description, message: "changed while being read; skipped this time"))
