@@ -71,40 +71,38 @@ placed() {
 }
 
 plain=() synced=() ours=() local=()
+# The direction: how each run starts, what rsync copies from and to, and the syncctl run.
 if [ -n "${PULL:-}" ]; then
-    for r in $(seq 1 "$rounds"); do
-        if [ -z "${ONLY_SYNCD:-}" ]; then
-            fresh_pull; plain+=("$(timed rsync -a -e "$ssh_cmd" "bench:$mnt/remote/many/output/" "$mnt/r/")"); placed "$mnt/r"
-            fresh_pull; synced+=("$(timed rsync -a --fsync -e "$ssh_cmd" "bench:$mnt/remote/many/output/" "$mnt/r/")"); placed "$mnt/r"
-        fi
-        fresh_pull
-        ours+=("$(timed "$release/syncctl" pull "$mnt/local" --state-dir "$mnt/state")"); placed "$mnt/local/output"
-    done
-    echo "| $files files of 200 B pulled, first copy over loopback SSH, fresh ext4 | wall s ($rounds rounds) |"
-    echo "|---|---|"
-    [ -z "${ONLY_SYNCD:-}" ] && echo "| rsync -a (no fsync) | ${plain[*]} |" && echo "| rsync -a --fsync | ${synced[*]} |"
-    echo "| syncctl pull (durable: data before rename) | ${ours[*]} |"
-    exit 0
+    prepare=fresh_pull from="bench:$mnt/remote/many/output/" to="$mnt/r/" verb=pull moved="pulled"
+else
+    prepare=fresh from="$mnt/proj/" to="bench:$mnt/r/" verb=push moved=""
 fi
-for r in $(seq 1 "$rounds"); do
-    if [ -z "${ONLY_SYNCD:-}" ]; then
-        fresh; plain+=("$(timed rsync -a -e "$ssh_cmd" "$mnt/proj/" "bench:$mnt/r/")"); placed "$mnt/r"
-        fresh; synced+=("$(timed rsync -a --fsync -e "$ssh_cmd" "$mnt/proj/" "bench:$mnt/r/")"); placed "$mnt/r"
+ours_run() {
+    if [ -n "${PULL:-}" ]; then
+        ours+=("$(timed "$release/syncctl" pull "$mnt/local" --state-dir "$mnt/state")"); placed "$mnt/local/output"
+        return
     fi
-    fresh
     printf 'name: many\nremote: bench\nremote_root: %s/remote\nssh_config: %s\nagent_path: %s/syncd-agent\n' \
         "$mnt" "$work/sshd/ssh_config" "$release" > "$mnt/proj/syncd.yaml"
     ours+=("$(timed "$release/syncctl" push "$mnt/proj" --state-dir "$mnt/state")"); placed "$mnt/remote/many"
-    if [ -n "${LOCAL:-}" ]; then
+}
+for r in $(seq 1 "$rounds"); do
+    if [ -z "${ONLY_SYNCD:-}" ]; then
+        $prepare; plain+=("$(timed rsync -a -e "$ssh_cmd" "$from" "$to")"); placed "$mnt/r"
+        $prepare; synced+=("$(timed rsync -a --fsync -e "$ssh_cmd" "$from" "$to")"); placed "$mnt/r"
+    fi
+    $prepare
+    ours_run
+    if [ -n "${LOCAL:-}" ] && [ -z "${PULL:-}" ]; then
         fresh
         printf 'name: many\nremote: local:%s/remote\nagent_path: %s/syncd-agent\n' "$mnt" "$release" > "$mnt/proj/syncd.yaml"
         local+=("$(timed "$release/syncctl" push "$mnt/proj" --state-dir "$mnt/state")"); placed "$mnt/remote/many"
     fi
 done
 
-echo "| $files files of 200 B, first copy over loopback SSH, fresh ext4 | wall s ($rounds rounds) |"
+echo "| $files files of 200 B${moved:+ $moved}, first copy over loopback SSH, fresh ext4 | wall s ($rounds rounds) |"
 echo "|---|---|"
 [ -z "${ONLY_SYNCD:-}" ] && echo "| rsync -a (no fsync) | ${plain[*]} |" && echo "| rsync -a --fsync | ${synced[*]} |"
-echo "| syncctl push (durable: data before rename) | ${ours[*]} |"
-[ -n "${LOCAL:-}" ] && echo "| syncctl push, local: agent | ${local[*]} |"
+echo "| syncctl $verb (durable: data before rename) | ${ours[*]} |"
+[ -n "${LOCAL:-}" ] && [ -z "${PULL:-}" ] && echo "| syncctl push, local: agent | ${local[*]} |"
 true

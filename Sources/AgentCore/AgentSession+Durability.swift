@@ -76,10 +76,10 @@ extension AgentSession {
                                             keptAs: file.keptAs), directory: nil)
                 continue
             }
-            if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
             if let st = try tree.lstat(file.path) {
-                state.put(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
-                store.add(path: file.path, chunks: assembly.chunks)
+                replaceRecord(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
+            } else if let old = state.records[file.path] {
+                store.remove(path: old.path, chunks: old.chunks)
             }
             durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
                                         current: .file(header.digest), keptAs: file.keptAs),

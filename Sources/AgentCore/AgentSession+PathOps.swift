@@ -158,4 +158,11 @@ extension AgentSession {
         if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
         state.remove(path)
     }
+
+    /// Records `record` in place of the path's old one, in the state and in the chunk index.
+    func replaceRecord(_ record: FileRecord) {
+        if let old = state.records[record.path] { store.remove(path: old.path, chunks: old.chunks) }
+        state.put(record)
+        store.add(path: record.path, chunks: record.chunks)
+    }
 }

@@ -262,10 +262,10 @@ extension AgentSession {
         }
         _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
         dropRecord(cachedPath)
-        if let old = state.records[file.path] { store.remove(path: old.path, chunks: old.chunks) }
         if let placed = try tree.lstat(file.path) {
-            state.put(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))
-            store.add(path: file.path, chunks: record.chunks)
+            replaceRecord(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))
+        } else if let old = state.records[file.path] {
+            store.remove(path: old.path, chunks: old.chunks)
         }
         pending[header.op] = nil
         durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),

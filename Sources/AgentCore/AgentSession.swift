@@ -57,8 +57,6 @@ public final class AgentSession {
     private var indexedStore: ChunkStore?
 
     var chunker = FileChunker()
-    /// A large file is hashed on this many threads (one per core, see `FileChunker.chunk(_:threads:)`).
-    static let hashThreads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     var pullPaths: [RelativePath] = []
 
@@ -293,8 +291,6 @@ public final class AgentSession {
         }
     }
 
-    /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
-    /// the record is racy).
     /// Hashes, on several threads, those of `files` that have no record matching their stat and are too small to
     /// be hashed on several threads themselves, and records them here, so that `record(for:stat:)` then finds
     /// them. Many small files read from a cold cache otherwise wait on the disk one after another (a pull listed
@@ -305,11 +301,11 @@ public final class AgentSession {
             st.size < FileChunker.parallelThreshold && !(state.records[path].map { $0.stat.sameContentIdentity(as: st) } ?? false)
         }
         guard missing.count > 1 else { return }
-        let results = HashResults(count: missing.count)
+        let results = IndexedResults<(ChunkedContent, FileStat)>(count: missing.count)
         let parameters = chunker.cdc.parameters
         let tree: Tree = self.tree
         var threads: [pthread_t] = []
-        for _ in 0..<min(missing.count, max(4, Self.hashThreads)) {
+        for _ in 0..<min(missing.count, max(4, FileChunker.processors)) {
             let worker = {
                 let chunker = FileChunker(parameters)
                 while let i = results.claim() {
@@ -323,24 +319,24 @@ public final class AgentSession {
         }
         for thread in threads { pthread_join(thread, nil) }
         for (i, (path, st)) in missing.enumerated() {
-            guard let (content, after) = results.get(i), after.sameContentIdentity(as: st) else { continue }
-            if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
-            state.put(FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks))
-            store.add(path: path, chunks: content.chunks)
+            guard let (content, after) = results[i], after.sameContentIdentity(as: st) else { continue }
+            replaceRecord(FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks))
         }
     }
 
+    /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
+    /// the record is racy).
     func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
         if let r = state.records[path], r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
-        let content = try chunker.chunk(fd, threads: Self.hashThreads)
+        let content = try chunker.chunk(fd, threads: FileChunker.processors)
         let after = try fd.stat()
-        if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
         let record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
         // A file modified while being read is not recorded, so it is hashed again next time.
         if after.sameContentIdentity(as: st) {
-            state.put(record)
-            store.add(path: path, chunks: content.chunks)
+            replaceRecord(record)
+        } else if let old = state.records[path] {
+            store.remove(path: old.path, chunks: old.chunks)
         }
         return record
     }
@@ -391,33 +387,4 @@ public final class AgentSession {
 
     /// Set when this session added to the cache; only then can it have outgrown its bound.
     var cacheGrew = false
-}
-
-/// What `recordAll`'s workers hashed, by index, and the next index to take.
-private final class HashResults: @unchecked Sendable {  // `lock` guards next and results
-    private let lock = Mutex()
-    private var next = 0
-    private var results: [(ChunkedContent, FileStat)?]
-
-    init(count: Int) { results = Array(repeating: nil, count: count) }
-
-    func claim() -> Int? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard next < results.count else { return nil }
-        next += 1
-        return next - 1
-    }
-
-    func set(_ i: Int, _ value: (ChunkedContent, FileStat)) {
-        lock.lock()
-        results[i] = value
-        lock.unlock()
-    }
-
-    func get(_ i: Int) -> (ChunkedContent, FileStat)? {
-        lock.lock()
-        defer { lock.unlock() }
-        return results[i]
-    }
 }

@@ -210,6 +210,9 @@ extension FileChunker {
         var inOrderFrom: UInt64?
     }
 
+    /// This machine's online processors: how many threads `chunk(_:threads:)` is usually given.
+    public static let processors = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+
     /// Files at least this large are worth chunking on several threads (`chunk(_:threads:)`).
     public static let parallelThreshold: UInt64 = 32 << 20
 
@@ -241,7 +244,7 @@ extension FileChunker {
         bounds.append(size)
         let lookahead = UInt64(16 * cdc.parameters.maxSize)
 
-        let pieces = PieceResults(count: count)
+        let pieces = IndexedResults<Result<[ChunkRef], Error>>(count: count)
         var threadsStarted: [pthread_t] = []
         defer { for t in threadsStarted { pthread_join(t, nil) } }
         for k in 1..<count {
@@ -253,7 +256,7 @@ extension FileChunker {
                 return chunks
             }
             // No thread to be had: that piece is chunked here.
-            do { threadsStarted.append(try startThread { pieces.run(k, work) }) } catch { pieces.run(k, work) }
+            do { threadsStarted.append(try startThread { pieces.set(k, Result { try work() }) }) } catch { pieces.set(k, Result { try work() }) }
         }
         digest.reset()
         var merged: [ChunkRef] = []
@@ -264,7 +267,8 @@ extension FileChunker {
 
         func end(_ c: ChunkRef) -> UInt64 { c.offset + UInt64(c.length) }
         pieceByPiece: for k in 1..<count {
-            let piece = try pieces.take(k)
+            guard let result = pieces[k] else { throw SystemError(call: "chunk worker (no result)", path: nil, errno: EIO) }
+            let piece = try result.get()
             var startIndex: [UInt64: Int] = [:]
             for (i, c) in piece.enumerated() { startIndex[c.offset] = i }
             guard let shared = merged.firstIndex(where: { end($0) >= bounds[k] && startIndex[end($0)] != nil }) else {
@@ -280,27 +284,5 @@ extension FileChunker {
         // the change; what is returned is at least whole.
         if (merged.last.map(end) ?? 0) != digestedTo { return try chunk(file) }
         return ChunkedContent(chunks: merged, digest: digest.finish(), size: digestedTo)
-    }
-}
-
-/// The chunk lists of `chunk(_:threads:)`'s pieces: each slot written by one worker, read after it was joined.
-private final class PieceResults: @unchecked Sendable {  // `lock` guards results
-    private let lock = Mutex()
-    private var results: [Result<[ChunkRef], Error>?]
-
-    init(count: Int) { results = Array(repeating: nil, count: count) }
-
-    func run(_ k: Int, _ body: () throws -> [ChunkRef]) {
-        let result = Result { try body() }
-        lock.lock()
-        results[k] = result
-        lock.unlock()
-    }
-
-    func take(_ k: Int) throws -> [ChunkRef] {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let result = results[k] else { throw SystemError(call: "chunk worker (no result)", path: nil, errno: EIO) }
-        return try result.get()
     }
 }

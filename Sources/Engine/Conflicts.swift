@@ -54,15 +54,12 @@ extension ConflictSide {
             var text = "file \(digest.map { String($0.hex.prefix(12)) } ?? "?")"
             var details: [String] = []
             if size > 0 || mtimeNanos != 0 { details.append(formatBytes(size)) }
-            if mtimeNanos != 0 { details.append("modified " + formatTimestamp(mtimeNanos)) }
+            if mtimeNanos != 0 { details.append("modified " + formatTime(mtimeNanos)) }
             if !details.isEmpty { text += " (" + details.joined(separator: ", ") + ")" }
             return text
         }
     }
 }
-
-/// Local time as `2026-12-01 07:40:12`.
-func formatTimestamp(_ nanos: Int64) -> String { formatTime(nanos) }
 
 /// One conflict as `syncctl conflicts` shows it.
 public struct ConflictReport: Codable, Sendable {

@@ -110,9 +110,6 @@ struct Snapshotter {
     }
 
     /// Reads and chunks one file; the record for the stat cache, or why the file is skipped this time.
-    /// Threads for hashing one large file (`FileChunker.chunk(_:threads:)` uses at most 4).
-    static let hashThreads = ProcessInfo.processInfo.activeProcessorCount
-
     static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
         hash(entry, in: project, with: chunker, keepingUpTo: 0).map(\.file)
     }
@@ -124,7 +121,7 @@ struct Snapshotter {
             let fd = try project.tree.openForReading(entry.path)
             // A large file is hashed on several threads: the first file of a push is sent only once it is hashed.
             let (content, bytes) = entry.stat.size >= FileChunker.parallelThreshold
-                ? (try chunker.chunk(fd, threads: Self.hashThreads), nil)
+                ? (try chunker.chunk(fd, threads: FileChunker.processors), nil)
                 : try chunker.chunk(fd, keepingUpTo: keep)
             let after = try fd.stat()
             guard after.sameContentIdentity(as: entry.stat) else {

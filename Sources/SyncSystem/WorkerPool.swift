@@ -100,3 +100,34 @@ public final class WorkerPool<Job, Output> {
         mutex.unlock()
     }
 }
+
+/// Results of work shared out among threads, by index: a worker claims the next index (or is given one) and sets
+/// its slot; the slots are read once the workers are joined.
+public final class IndexedResults<Value>: @unchecked Sendable {  // `lock` guards next and slots
+    private let lock = Mutex()
+    private var next = 0
+    private var slots: [Value?]
+
+    public init(count: Int) { slots = Array(repeating: nil, count: count) }
+
+    /// The next index no worker has claimed yet; nil once all are.
+    public func claim() -> Int? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard next < slots.count else { return nil }
+        next += 1
+        return next - 1
+    }
+
+    public func set(_ index: Int, _ value: Value) {
+        lock.lock()
+        slots[index] = value
+        lock.unlock()
+    }
+
+    public subscript(_ index: Int) -> Value? {
+        lock.lock()
+        defer { lock.unlock() }
+        return slots[index]
+    }
+}
