@@ -34,6 +34,7 @@ SetEnv HOME=$dir/home ${BENCH_SSHD_SETENV:-}
 LogLevel ERROR
 CONF
     : >"$dir/known_hosts"
+    : >"$dir/ssh_config"
     bench_ssh_alias "$dir" bench 127.0.0.1 "$SSHD_PORT"
     /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
     local i

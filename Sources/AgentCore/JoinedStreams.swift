@@ -185,6 +185,8 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
             Glibc.close(output)
             Glibc.close(connection)
         }
+        enlargePipeBuffer(input)
+        enlargePipeBuffer(output)
         let stream = FileDescriptorStream(input: input, output: output, name: "joined stream")
         let reader = FrameReader(stream)
         var admitted = false

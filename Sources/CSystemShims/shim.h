@@ -33,6 +33,11 @@ static inline int syncd_pipe(int fds[2], int nonblocking) {
     return pipe2(fds, 02000000 /* O_CLOEXEC */ | (nonblocking ? 04000 /* O_NONBLOCK */ : 0));
 }
 
+/// Asks for a pipe's buffer to hold `bytes` (F_SETPIPE_SZ); returns the size it got, or -1 with errno set (EBADF
+/// or EINVAL when `fd` is no pipe, EPERM past the user's share of pipe memory).
+extern int fcntl(int fd, int command, ...);
+static inline int syncd_grow_pipe(int fd, int bytes) { return fcntl(fd, 1031 /* F_SETPIPE_SZ */, bytes); }
+
 /// accept(2) whose new socket is close-on-exec from birth.
 extern int accept4(int fd, void *address, unsigned int *length, int flags);
 static inline int syncd_accept(int fd) { return accept4(fd, 0, 0, 02000000 /* SOCK_CLOEXEC */); }

@@ -83,6 +83,8 @@ public final class LocalAgentConnection: AgentConnection {
             throw TransportError("cannot start \(agentPath): \(error.reason)")
         }
         close(toAgent.read); close(fromAgent.write); close(errors.write)
+        enlargePipeBuffer(toAgent.write)
+        enlargePipeBuffer(fromAgent.read)
         processIdentifier = pid
         stdinWrite = toAgent.write
         stdoutRead = fromAgent.read

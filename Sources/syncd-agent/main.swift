@@ -113,6 +113,9 @@ let home: String = {
     if let pw = getpwuid(getuid()), let dir = pw.pointee.pw_dir { return String(cString: dir) }
     return "/"
 }()
+// sshd's pipes carry every byte of a push or pull.
+enlargePipeBuffer(0)
+enlargePipeBuffer(1)
 let session = AgentSession(stream: FileDescriptorStream(input: 0, output: 1, name: "agent stdio"), homeDirectory: home)
 do {
     try session.run()
