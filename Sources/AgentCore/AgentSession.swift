@@ -142,7 +142,7 @@ public final class AgentSession {
             try servePull(tree: tree, roots: pullRoots.isEmpty ? pullPaths : pullRoots, chunker: chunker, recordFor: { path, st in
                 let r = try self.record(for: path, stat: st)
                 return (r.digest, r.chunks)
-            }, recordAll: { self.recordAll($0) }, quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress,
+            }, recordAll: { self.recordAll($0) }, quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress, compressAdaptively: hello.compressAdaptively,
                reader: reader, writer: writer)
             try state.save()
         }

@@ -67,7 +67,7 @@ extension AgentSession {
     /// Lists `roots` (the pull paths, or the paths of conflicts being resolved) and serves the chunks asked for.
     /// `recordAll` is given the files about to be offered first, to hash those it has no record of at once.
     func servePull(tree: Tree, roots: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   recordAll: ([(RelativePath, FileStat)]) -> Void, quietNanos: Int64, compress: Bool, reader: FrameReader,
+                   recordAll: ([(RelativePath, FileStat)]) -> Void, quietNanos: Int64, compress: Bool, compressAdaptively: Bool, reader: FrameReader,
                    writer: FrameWriter) throws {
         // Conflict copies kept on this side stay here; everything else below the roots is offered.
         var rules = IgnoreRules()
@@ -123,6 +123,8 @@ extension AgentSession {
 
         var openFile: (op: UInt32, fd: FileDescriptor)?
         let sender = ChunkSender(compress: compress)
+        // The main connection's pace only: joined streams add to the link, so this errs toward compressing.
+        if compressAdaptively { sender.linkRate = { writer.drainRate } }
         var abandoned: Set<UInt32> = []
         // Extra connections the client asked for (a large pull): chunk data goes over them too.
         var streams: JoinedStreams?

@@ -38,6 +38,16 @@ static inline int syncd_pipe(int fds[2], int nonblocking) {
 extern int fcntl(int fd, int command, ...);
 static inline int syncd_grow_pipe(int fd, int bytes) { return fcntl(fd, 1031 /* F_SETPIPE_SZ */, bytes); }
 
+/// A pipe's buffer size (F_GETPIPE_SZ), or -1 with errno set when `fd` is no pipe.
+static inline int syncd_pipe_size(int fd) { return fcntl(fd, 1032 /* F_GETPIPE_SZ */); }
+
+/// Bytes waiting in the pipe at `fd`, either end (FIONREAD), or -1 with errno set.
+extern int ioctl(int fd, unsigned long request, ...);
+static inline int syncd_pipe_queued(int fd) {
+    int n = 0;
+    return ioctl(fd, 0x541B /* FIONREAD */, &n) == 0 ? n : -1;
+}
+
 /// accept(2) whose new socket is close-on-exec from birth.
 extern int accept4(int fd, void *address, unsigned int *length, int flags);
 static inline int syncd_accept(int fd) { return accept4(fd, 0, 0, 02000000 /* SOCK_CLOEXEC */); }

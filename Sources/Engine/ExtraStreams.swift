@@ -101,6 +101,9 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
         return nil
     }
 
+    /// What the joined streams carry per second, those whose rate is known.
+    var drainRate: Double { current.reduce(0) { $0 + ($1.connection.stream.drainRate ?? 0) } }
+
     /// Bytes written to the joined streams.
     var bytesWritten: UInt64 { current.reduce(0) { $0 + $1.writer.bytesWritten } }
 

@@ -60,6 +60,7 @@ public final class PullSession {
         let connecting = PendingConnection(project: project, link: link) { roundTrip in
             var h = hello
             h.compress = project.compresses(roundTrip: roundTrip)
+            h.compressAdaptively = project.config.compress == .auto
             return h
         }
         let state: StateStore

@@ -115,6 +115,16 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         reader = link.reader
         writer = link.writer
         bytesAtStart = (writer.bytesWritten, reader.bytesRead)
+        if project.config.compress == .auto { sender.linkRate = { [unowned self] in linkRate() } }
+    }
+
+    /// What the main connection and the joined streams carry per second between them, once the main one's is known.
+    private func linkRate() -> Double? {
+        guard let main = link.connection.stream.drainRate else { return nil }
+        condition.lock()
+        let streams = self.streams
+        condition.unlock()
+        return main + (streams?.drainRate ?? 0)
     }
 
     /// The link's byte counts when this session began (a persistent link carries many sessions).

@@ -180,5 +180,17 @@ public func enlargePipeBuffer(_ fd: Int32, to bytes: Int32 = bulkPipeBytes) -> I
     return size > 0 ? size : nil
 }
 
+/// The buffer size of the pipe at `fd`; nil when it is no pipe.
+public func pipeBufferSize(_ fd: Int32) -> Int32? {
+    let size = syncd_pipe_size(fd)
+    return size > 0 ? size : nil
+}
+
+/// Bytes written to the pipe at `fd` (either end) and not read yet; nil when it is no pipe.
+public func bytesWaitingInPipe(_ fd: Int32) -> Int32? {
+    let n = syncd_pipe_queued(fd)
+    return n >= 0 ? n : nil
+}
+
 /// Accepts a connection on a listening socket; the new socket is close-on-exec from birth. -1 with errno set.
 public func acceptConnection(_ listener: Int32) -> Int32 { syncd_accept(listener) }

@@ -18,12 +18,17 @@ public protocol ByteStream: AnyObject {
     var roundTripSeconds: Double? { get }
     /// Bytes written but not yet sent on (a transport with a buffer of its own); 0 when writes go straight out.
     var queuedOutputBytes: Int { get }
+    /// How fast the transport sends on what is written to it, in bytes per second, measured over the time it had
+    /// output waiting: what the link (cipher, socket, network) can carry, whatever the writer's pace. Nil until
+    /// enough has been sent to tell, and for a transport that cannot see it.
+    var drainRate: Double? { get }
 }
 
 extension ByteStream {
     public var readinessFD: Int32? { nil }
     public var roundTripSeconds: Double? { nil }
     public var queuedOutputBytes: Int { 0 }
+    public var drainRate: Double? { nil }
 }
 
 /// Whether chunk data is worth compressing on a link: always over a network, never through a pipe to a
@@ -41,14 +46,30 @@ public final class FileDescriptorStream: ByteStream {
     private var output: Int32
     private let name: String
     public let roundTripSeconds: Double?
+    /// For `drainRate` (with `measuresDrain`): what the output pipe must hold for a write to count as waiting on
+    /// the reader, the bytes and time of such writes, and when the last one returned (0: the backlog ran out).
+    private let backlogBytes: Int32
+    private var drainedBytes: UInt64 = 0
+    private var drainNanos: UInt64 = 0
+    private var lastBackloggedWrite: UInt64 = 0
 
     /// `name` describes the peer in errors ("agent stdout", "stdin"); `roundTrip` is 0 for pipes to a local
-    /// process, nil when the far end is unknown (the agent's stdio, fed by sshd).
-    public init(input: Int32, output: Int32, name: String, roundTrip: Double? = nil) {
+    /// process, nil when the far end is unknown (the agent's stdio, fed by sshd). With `measuresDrain`, and an
+    /// output that is a pipe, the stream times how fast the far end empties it (`drainRate`): for the agent, sshd's
+    /// pace, which is the link's.
+    public init(input: Int32, output: Int32, name: String, roundTrip: Double? = nil, measuresDrain: Bool = false) {
         self.input = input
         self.output = output
         self.name = name
         roundTripSeconds = roundTrip
+        backlogBytes = measuresDrain ? (pipeBufferSize(output) ?? 0) / 2 : 0
+    }
+
+    /// Measured only over writes that found the pipe at least half full (the writer was not what kept it
+    /// empty), and known once 4 MiB went out that way over at least 10 ms.
+    public var drainRate: Double? {
+        guard drainedBytes >= 4 << 20, drainNanos >= 10_000_000 else { return nil }
+        return Double(drainedBytes) / (Double(drainNanos) / 1e9)
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -58,10 +79,23 @@ public final class FileDescriptorStream: ByteStream {
     public var readinessFD: Int32? { input }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        let backlogged = backlogBytes > 0 && (bytesWaitingInPipe(output) ?? 0) >= backlogBytes
         var done = 0
         while done < bytes.count {
             let n = try syscall("write", path: name) { Glibc.write(output, bytes.baseAddress! + done, bytes.count - done) }
             done += n
+        }
+        guard backlogBytes > 0 else { return }
+        if backlogged {
+            // Since the last write that also found a backlog, the reader was emptying the pipe all along.
+            let now = monotonicNanos()
+            if lastBackloggedWrite != 0 {
+                drainNanos += now - lastBackloggedWrite
+                drainedBytes += UInt64(bytes.count)
+            }
+            lastBackloggedWrite = now
+        } else {
+            lastBackloggedWrite = 0
         }
     }
 

@@ -5,20 +5,61 @@ import SyncSystem
 /// frame, compressed when that pays. One per sending thread: it owns a read buffer and a compressor.
 public final class ChunkSender {
     /// zlib level 6 for the first `tightBudget` bytes of a session, level 1 after that: a small transfer (an edit,
-    /// an appended log) is compressed as hard as rsync -z does, and a bulk transfer is not slowed to 26 MB/s
-    /// per core (level 6 on CSV here; level 1 runs at 136 MB/s for 11% less gain).
+    /// an appended log) is compressed as hard as rsync -z does, and a bulk transfer is not slowed to 12-26 MB/s
+    /// per core (level 6 on CSV here; level 1 runs at 50-136 MB/s for 11% less gain). 2 MB holds the compare
+    /// bench's edit (1.1 MB) and costs a fast link at most 0.2 s.
     private let tight = ChunkCompressor(level: 6)
     private let fast = ChunkCompressor(level: 1)
-    private static let tightBudget = 16 << 20
+    private static let tightBudget = 2 << 20
     private var bytesSeen = 0
     private var policy = CompressionPolicy()
     private let compression: Bool
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+    /// How fast the link carries what is written to it (`ByteStream.drainRate`), when that can be seen. Set, bulk
+    /// data (past the first 2 MB) is compressed only while zlib runs faster than the link carries bytes:
+    /// compression runs on the sending thread, so a link faster than zlib would wait for it. On loopback SSH the
+    /// compare project's first push took 3.7-4.3 s compressing and 2.6-2.7 s not (Bench/RESULTS.md).
+    public var linkRate: (() -> Double?)?
+    /// Past the tight budget, whether zlib keeps ahead of the link, and the chunks it was tried on since it
+    /// fell behind (every `probeEvery`th still is, so its speed on the data at hand stays known).
+    private var bulkCompresses = true
+    private var skippedSinceProbe = 0
+    /// Whether a bulk chunk has been judged yet (the first verdict is traced, then each change).
+    private var judged = false
+    public static let probeEvery = 16
 
     /// `compress` false sends every chunk raw (a link faster than zlib; see `worthCompressing`).
-    public init(compress: Bool = true) { compression = compress }
+    public init(compress: Bool = true, linkRate: (() -> Double?)? = nil) {
+        compression = compress
+        self.linkRate = linkRate
+    }
+
+    /// Whether bulk chunks are compressed now (for tests and traces).
+    public var compressingBulk: Bool { bulkCompresses }
+
+    /// Sets `bulkCompresses` from what has been measured: zlib's speed on this session's data against the link's.
+    /// - A link whose rate is unknown has never had a backlog: it takes bytes faster than they come, so waiting
+    ///   for zlib only slows it. Raw, then, until it backs up.
+    /// - A backed-up link with zlib's speed unknown: compressed, to learn it.
+    /// - Both known: compressed while zlib is the faster. Level 6's speed stands in for level 1's until level 1
+    ///   has one of its own, since level 1 is faster.
+    private func judgeBulk() {
+        guard let linkRate else { return }
+        let link = linkRate()
+        let zlib = fast.speed ?? tight.speed
+        let compresses: Bool
+        if let link, let zlib { compresses = zlib > link } else { compresses = link != nil }
+        if compresses != bulkCompresses || !judged {
+            judged = true
+            bulkCompresses = compresses
+            skippedSinceProbe = 0
+            Trace.mark("compression: \(compresses ? "on" : "off") for bulk data (zlib \(Self.megabytes(zlib)), link \(Self.megabytes(link)))")
+        }
+    }
 
     deinit { buffer.deallocate() }
+
+    private static func megabytes(_ rate: Double?) -> String { rate.map { "\(Int($0 / 1e6)) MB/s" } ?? "unknown" }
 
     /// Queues `chunk` (number `index` of file `op`) read from `file`. Returns false, sending nothing, when the file
     /// no longer holds those bytes: it changed since it was chunked.
@@ -37,8 +78,16 @@ public final class ChunkSender {
     /// Queues `chunk` from `bytes`, which hold it as it was read when it was hashed (so it matches its id).
     public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, bytes: UnsafeRawBufferPointer, to writer: FrameWriter) throws {
         bytesSeen += bytes.count
-        let compressor = bytesSeen <= Self.tightBudget ? tight : fast
-        if compression, let packed = policy.compress(bytes, op: op, offset: chunk.offset, with: compressor) {
+        let bulk = bytesSeen > Self.tightBudget
+        var tries = compression
+        if tries && bulk && linkRate != nil {
+            judgeBulk()
+            if !bulkCompresses {
+                skippedSinceProbe += 1
+                if skippedSinceProbe >= Self.probeEvery { skippedSinceProbe = 0 } else { tries = false }
+            }
+        }
+        if tries, let packed = policy.compress(bytes, op: op, offset: chunk.offset, with: bulk ? fast : tight) {
             try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
         } else {
             try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: bytes)

@@ -1,5 +1,6 @@
 import CZlib
 import Chunking
+import SyncSystem
 
 /// Per-chunk raw-deflate compression that gives up where it does not pay.
 public final class ChunkCompressor {
@@ -27,6 +28,17 @@ public final class ChunkCompressor {
         }
     }
 
+    /// Bytes put through whole-chunk deflates (past the sample), and the time they took: this level's speed on
+    /// the data at hand.
+    public private(set) var deflatedBytes: UInt64 = 0
+    public private(set) var deflateNanos: UInt64 = 0
+
+    /// Input bytes per second of whole-chunk deflates so far; nil before 1 MiB of them.
+    public var speed: Double? {
+        guard deflatedBytes >= 1 << 20, deflateNanos > 0 else { return nil }
+        return Double(deflatedBytes) / (Double(deflateNanos) / 1e9)
+    }
+
     /// The compressed form of `input` when it is at least 1/8 smaller, else nil. Large inputs are probed with a
     /// 4 KiB sample first so incompressible data (images, archives, weights) costs almost nothing.
     public func compress(_ input: UnsafeRawBufferPointer) -> [UInt8]? {
@@ -36,7 +48,11 @@ public final class ChunkCompressor {
             guard let n = deflateAll(sample, limit: 4096), n < 3584 else { return nil }
         }
         let limit = input.count - input.count / 8
-        guard let n = deflateAll(input, limit: limit), n < limit else { return nil }
+        let started = monotonicNanos()
+        let n = deflateAll(input, limit: limit)
+        deflateNanos += monotonicNanos() - started
+        deflatedBytes += UInt64(input.count)
+        guard let n, n < limit else { return nil }
         return Array(output[0..<n])
     }
 }

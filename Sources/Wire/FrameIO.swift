@@ -137,6 +137,9 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
         buffer.reserveCapacity(flushThreshold + maxFrameLength)
     }
 
+    /// The stream's `drainRate`: how fast what this writer flushes is carried on.
+    public var drainRate: Double? { stream.drainRate }
+
     public func writeHandshake() throws {
         lock.lock()
         defer { lock.unlock() }

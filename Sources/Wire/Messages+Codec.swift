@@ -48,7 +48,7 @@ extension Message {
             for p in h.pullPaths { w.string(p) }
             w.u32(h.chunkMin); w.u32(h.chunkAvg); w.u32(h.chunkMax)
             w.string(h.expectInstance)
-            w.u8(h.compress ? 1 : 0)
+            w.u8(h.compress ? (h.compressAdaptively ? 2 : 1) : 0)
             w.string(h.conflictStamp)
             w.u32(UInt32(h.roots.count))
             for r in h.roots { w.byteString(r) }
@@ -151,7 +151,10 @@ extension Message {
             var h = Hello(role: role, project: project, remoteRoot: root, pullPaths: paths, chunking: .default)
             h.chunkMin = try r.u32("chunk min"); h.chunkAvg = try r.u32("chunk avg"); h.chunkMax = try r.u32("chunk max")
             h.expectInstance = try r.string("expected instance")
-            h.compress = try r.u8("compress flag") != 0
+            let compression = try r.u8("compress flag")
+            guard compression <= 2 else { throw ProtocolError("hello: unknown compress flag \(compression)") }
+            h.compress = compression != 0
+            h.compressAdaptively = compression == 2
             h.conflictStamp = try r.string("conflict stamp", limit: 64)
             let roots = try r.count("roots", itemSize: 4, limit: 65536)
             for _ in 0..<roots { h.roots.append(try r.byteString("root")) }

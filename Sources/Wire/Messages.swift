@@ -54,6 +54,9 @@ public struct Hello: Equatable, Sendable {
     public var expectInstance: String
     /// Whether the agent should compress the chunks it sends (pulls): the client knows the link, the agent not.
     public var compress: Bool
+    /// With `compress`: bulk data only while zlib runs faster than the link (`compress: auto`; see
+    /// `ChunkSender.linkRate`). On the wire, the compress flag's value 2.
+    public var compressAdaptively = false
     /// The time stamp (`YYYYMMDD-HHMMSS`, the client's local time) in the names of the losing copies that forced
     /// operations of this session keep (`NAME.sync-conflict-<stamp>.EXT`).
     public var conflictStamp: String

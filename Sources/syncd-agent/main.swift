@@ -116,7 +116,7 @@ let home: String = {
 // sshd's pipes carry every byte of a push or pull.
 enlargePipeBuffer(0)
 enlargePipeBuffer(1)
-let session = AgentSession(stream: FileDescriptorStream(input: 0, output: 1, name: "agent stdio"), homeDirectory: home)
+let session = AgentSession(stream: FileDescriptorStream(input: 0, output: 1, name: "agent stdio", measuresDrain: true), homeDirectory: home)
 do {
     try session.run()
     exit(0)

@@ -201,6 +201,37 @@ struct SSHTests {
         }
     }
 
+    /// `compress: auto` weighs zlib against the link for bulk data (the trace says what it chose), `always` does
+    /// not; either way compressible files arrive as they were, both ways.
+    @Test func compressionSettingsAllDeliverTheSameBytes() throws {
+        let server = try SSHServer()
+        for (setting, seed) in [("auto", UInt64(11)), ("always", 12), ("never", 13)] {
+            let f = try SyncFixture()
+            try f.useSSH(server)
+            try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "compress: \(setting)\n")
+                .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+            // Digits, commas and newlines from random bytes: zlib shrinks it to about half.
+            func csv(_ bytes: Int, seed: UInt64) -> [UInt8] {
+                randomBytes(bytes, seed: seed).enumerated().map { i, b in
+                    i % 32 == 31 ? 0x0A : i % 8 == 7 ? 0x2C : 0x30 + b % 10
+                }
+            }
+            let data = csv(6 << 20, seed: seed)
+            try f.write("data/metrics.csv", data)
+            let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SYNCD_TRACE": "1"]
+            let pushed = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+            #expect(pushed.status == 0, "\(pushed.stderr)")
+            #expect(pushed.stderr.contains("for bulk data (zlib ") == (setting == "auto"), "compress: \(setting): \(pushed.stderr.suffix(1500))")
+            #expect(f.read("data/metrics.csv", in: f.remoteProject) == data, "push, compress: \(setting)")
+            let back = csv(6 << 20, seed: seed + 100)
+            try f.write("output/log.csv", back, in: f.remoteProject)
+            try f.age("output/log.csv")
+            let pulled = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
+            #expect(pulled.status == 0, "\(pulled.stderr)")
+            #expect(f.read("output/log.csv") == back, "pull, compress: \(setting)")
+        }
+    }
+
     /// Where no agent is installed, the shell answers and ends; a greeting written after that fails, and the
     /// answer is still read: the agent is installed and started, and it speaks.
     @Test func agentIsInstalledWhenTheShellEndsBeforeTheGreeting() throws {

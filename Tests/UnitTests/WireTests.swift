@@ -27,6 +27,12 @@ struct WireTests {
         .remoteChanged(paths: [b("output/c"), [0x80]]),
         .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output"], chunking: .default,
                      conflictStamp: "20261201-073616", roots: [b("src/a.py"), [0xE9]])),
+        .hello({
+            var h = Hello(role: .pull, project: "p", remoteRoot: "", pullPaths: ["output"], chunking: .default)
+            h.compressAdaptively = true
+            return h
+        }()),
+        .hello(Hello(role: .pull, project: "p", remoteRoot: "", pullPaths: [], chunking: .default, compress: false)),
         .error(message: "boom"),
         .storePacks(store: "s3://b/p", signingRegion: "", packs: [StorePack(digest: ChunkID(low: 7, high: 8), url: "http://h/b/p?X-Amz-Signature=1")]),
         .storePacks(store: "s3://b/p", signingRegion: "eu-west-1", packs: [StorePack(digest: ChunkID(low: 9, high: 1), url: "http://h/b/p/packs/x")]),
