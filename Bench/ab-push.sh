@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# First push of one project, a few syncd.yaml settings against each other and rsync -a, rounds interleaved, on a
+# throwaway loopback sshd. Prints wall time and the whole machine's busy and idle CPU-seconds for every run (from
+# /proc/stat), then the sorted walls per variant.
+#
+#   Bench/ab-push.sh RELEASE_DIR PROJECT_DIR ROUNDS 'SETTING' ['SETTING' ...]
+#
+# Each SETTING is a syncd.yaml line added to the run's config ('compress: never', 'streams: 2'; '' for none).
+# The remote copies go to REMOTE_DIR (default: a fresh directory beside PROJECT_DIR, so on its file system; a
+# tmpfs path takes the disk out). CLIENT_CPUS / SERVER_CPUS pin syncctl and rsync's ssh, and sshd with everything
+# it starts, with taskset (e.g. CLIENT_CPUS=0 SERVER_CPUS=1 for a laptop/server split on two cores).
+#
+#   Bench/ab-push.sh .build/release /tmp/p 5 'compress: auto' 'compress: never'
+set -euo pipefail
+[ $# -ge 4 ] || { sed -n 2,12p "$0"; exit 2; }
+release=$(cd "$1" && pwd); project=$(cd "$2" && pwd); rounds=$3; shift 3
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib/sshd.sh"
+work=$(mktemp -d /tmp/syncd-ab.XXXXXX)
+remote=${REMOTE_DIR:-$(dirname "$project")/syncd-ab-remote.$$}
+pin_client=(); [ -n "${CLIENT_CPUS:-}" ] && pin_client=(taskset -c "$CLIENT_CPUS")
+pin_server=(); [ -n "${SERVER_CPUS:-}" ] && pin_server=(taskset -c "$SERVER_CPUS")
+cleanup() { bench_sshd_stop; rm -rf "$work" "$remote"; [ -f "$work.yaml" ] && mv "$work.yaml" "$project/syncd.yaml"; true; }
+trap cleanup EXIT
+[ -f "$project/syncd.yaml" ] && cp "$project/syncd.yaml" "$work.yaml"
+"${pin_server[@]}" true  # fails early if taskset or the CPU list is wrong
+if [ -n "${SERVER_CPUS:-}" ]; then
+    taskset -c "$SERVER_CPUS" bash -c "source '$here/lib/sshd.sh'; bench_sshd_start '$work/sshd'"
+    BENCH_SSHD_DIR=$work/sshd
+else
+    bench_sshd_start "$work/sshd"
+fi
+
+# busy/idle CPU-seconds of the whole machine around a command, and its wall time
+measure() {
+    local u n s i w q sq u2 n2 s2 i2 w2 q2 sq2 t0 t1
+    read -r _ u n s i w q sq _ < /proc/stat
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>"$work/stderr" || { echo "failed: $*" >&2; cat "$work/stderr" >&2; exit 1; }
+    t1=$(date +%s.%N)
+    read -r _ u2 n2 s2 i2 w2 q2 sq2 _ < /proc/stat
+    python3 -c "import sys; t0,t1,b,i=map(float,sys.argv[1:]); print(f'{t1-t0:.3f} {b/100:.2f} {i/100:.2f}')" \
+        "$t0" "$t1" $(( (u2+n2+s2+q2+sq2) - (u+n+s+q+sq) )) $(( (i2+w2) - (i+w) ))
+}
+
+results=$work/results
+: >"$results"
+for round in $(seq 1 "$rounds"); do
+    for index in $(seq 0 $(( $# - 1 ))); do
+        args=("$@"); setting=${args[$index]}
+        printf 'name: ab\nremote: bench\nremote_root: %s\nssh_config: %s\nagent_path: %s\n%s\n' \
+            "$remote/syncd" "$work/sshd/ssh_config" "$release/syncd-agent" "$setting" >"$project/syncd.yaml"
+        rm -rf "$remote/syncd" "$work/state"; mkdir -p "$remote/syncd"; sync
+        # The first run installs the agent on the "remote"; it is not counted.
+        [ "$round" = 1 ] && [ "$index" = 0 ] && "${pin_client[@]}" "$release/syncctl" push "$project" --state-dir "$work/state" >/dev/null 2>&1 \
+            && rm -rf "$remote/syncd" "$work/state" && mkdir -p "$remote/syncd" && sync
+        line=$(measure "${pin_client[@]}" "$release/syncctl" push "$project" --state-dir "$work/state")
+        echo "round $round  syncd ${setting:-(defaults)}: wall ${line% * *} s  busy $(echo "$line" | cut -d' ' -f2) cpu-s  idle ${line##* } cpu-s"
+        echo "syncd ${setting:-(defaults)}|${line%% *}" >>"$results"
+    done
+    rm -rf "$remote/rsync"; mkdir -p "$remote/rsync"; sync
+    line=$(measure "${pin_client[@]}" rsync -a --exclude=/syncd.yaml -e "ssh -F $work/sshd/ssh_config" "$project/" "bench:$remote/rsync/")
+    echo "round $round  rsync -a: wall ${line% * *} s  busy $(echo "$line" | cut -d' ' -f2) cpu-s  idle ${line##* } cpu-s"
+    echo "rsync -a|${line%% *}" >>"$results"
+done
+echo
+echo "| variant | walls, sorted (s) | median |"
+echo "|---|---|---|"
+python3 - "$results" <<'PY'
+import sys, statistics
+runs = {}
+for line in open(sys.argv[1]):
+    name, wall = line.rstrip("\n").rsplit("|", 1)
+    runs.setdefault(name, []).append(float(wall))
+for name, walls in runs.items():
+    walls.sort()
+    print(f"| {name} | {', '.join(f'{w:.2f}' for w in walls)} | {statistics.median(walls):.2f} |")
+PY
