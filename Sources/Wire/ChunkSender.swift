@@ -34,21 +34,19 @@ public final class ChunkSender {
         self.linkRate = linkRate
     }
 
-    /// Whether bulk chunks are compressed now (for tests and traces).
-    public var compressingBulk: Bool { bulkCompresses }
-
-    /// Sets `bulkCompresses` from what has been measured: zlib's speed on this session's data against the link's.
+    /// Sets `bulkCompresses` from what has been measured: level 1's speed on this session's data against the
+    /// link's.
     /// - A link whose rate is unknown has never had a backlog: it takes bytes faster than they come, so waiting
     ///   for zlib only slows it. Raw, then, until it backs up.
-    /// - A backed-up link with zlib's speed unknown: compressed, to learn it.
-    /// - Both known: compressed while zlib is the faster. Level 6's speed stands in for level 1's until level 1
-    ///   has one of its own, since level 1 is faster.
+    /// - A backed-up link with level 1's speed unknown: compressed, to learn it (1 MiB of deflates).
+    /// - Both known: compressed while zlib is the faster, and compressed again only once it is a quarter faster,
+    ///   so that two rates close to each other do not flip the choice chunk by chunk.
     private func judgeBulk() {
         guard let linkRate else { return }
         let link = linkRate()
-        let zlib = fast.speed ?? tight.speed
+        let zlib = fast.speed
         let compresses: Bool
-        if let link, let zlib { compresses = zlib > link } else { compresses = link != nil }
+        if let link, let zlib { compresses = zlib > (bulkCompresses ? link : link * 1.25) } else { compresses = link != nil }
         if compresses != bulkCompresses || !judged {
             judged = true
             bulkCompresses = compresses
