@@ -37,11 +37,8 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private let wakeRead: Int32
     private let wakeWrite: Int32
     private let bufferLimit = 16 << 20
-    /// For `drainRate`: bytes handed to libssh2 while a backlog waited, the time that took, and when the last
-    /// such write returned (0: the backlog ran out).
-    private var drainedBytes: UInt64 = 0
-    private var drainNanos: UInt64 = 0
-    private var lastBackloggedWrite: UInt64 = 0
+    /// For `drainRate`: writes to libssh2, timed while a backlog waited.
+    private var drain = DrainMeter()
     /// Output waiting that makes a backlog: the pump then never waits for the writer, so its pace is the link's.
     private static let backlogBytes = 1 << 20
     private var lowWater: Int { bufferLimit / 2 }
@@ -87,14 +84,11 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         return outboundBytes
     }
 
-    /// Measured only while at least 1 MiB waited to go (a writer slower than the link leaves it unknown), and
-    /// known once 4 MiB went out that way over at least 10 ms: a shorter sample says more about the socket buffer
-    /// than about the link.
+    /// Measured only while at least 1 MiB waited to go (a writer slower than the link leaves it unknown).
     public var drainRate: Double? {
         lock.lock()
         defer { lock.unlock() }
-        guard drainedBytes >= 4 << 20, drainNanos >= 10_000_000 else { return nil }
-        return Double(drainedBytes) / (Double(drainNanos) / 1e9)
+        return drain.rate
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
@@ -265,17 +259,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                     outboundOffset += n
                     let before = outboundBytes
                     outboundBytes -= n
-                    if before >= Self.backlogBytes {
-                        // The interval since the last write that also had a backlog behind it was all link time.
-                        let now = monotonicNanos()
-                        if lastBackloggedWrite != 0 {
-                            drainNanos += now - lastBackloggedWrite
-                            drainedBytes += UInt64(n)
-                        }
-                        lastBackloggedWrite = now
-                    } else {
-                        lastBackloggedWrite = 0
-                    }
+                    drain.wrote(n, backlogged: before >= Self.backlogBytes)
                     if outboundOffset == chunk.count {
                         outbound.removeFirst()
                         outboundOffset = 0

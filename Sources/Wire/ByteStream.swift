@@ -31,6 +31,39 @@ extension ByteStream {
     public var drainRate: Double? { nil }
 }
 
+/// Times how fast a transport's far side takes bytes, from writes made while a backlog waited (the writer was
+/// then not what held things up): the interval since the previous such write was all the far side's. The rate
+/// is known once 4 MiB went out that way over at least 10 ms; a shorter sample says more about the socket or
+/// pipe buffer than about the link. Not thread-safe: the owner serializes.
+public struct DrainMeter: Sendable {
+    private var bytes: UInt64 = 0
+    private var nanos: UInt64 = 0
+    /// When the last backlogged write returned (0: the backlog ran out since).
+    private var lastBacklogged: UInt64 = 0
+
+    public init() {}
+
+    /// `count` bytes were just written; `backlogged` when at least the transport's threshold waited before.
+    public mutating func wrote(_ count: Int, backlogged: Bool) {
+        guard backlogged else {
+            lastBacklogged = 0
+            return
+        }
+        let now = monotonicNanos()
+        if lastBacklogged != 0 {
+            nanos += now - lastBacklogged
+            bytes += UInt64(count)
+        }
+        lastBacklogged = now
+    }
+
+    /// Bytes per second, once known.
+    public var rate: Double? {
+        guard bytes >= 4 << 20, nanos >= 10_000_000 else { return nil }
+        return Double(bytes) / (Double(nanos) / 1e9)
+    }
+}
+
 /// Whether chunk data is worth compressing on a link: always over a network, never through a pipe to a
 /// process on this machine (round trip 0), where it could only cost CPU. Skipping it on fast networks as well
 /// (round trip under 1 ms) was measured with Bench/compare on loopback SSH: no faster in wall time, and an edit
@@ -47,11 +80,9 @@ public final class FileDescriptorStream: ByteStream {
     private let name: String
     public let roundTripSeconds: Double?
     /// For `drainRate` (with `measuresDrain`): what the output pipe must hold for a write to count as waiting on
-    /// the reader, the bytes and time of such writes, and when the last one returned (0: the backlog ran out).
+    /// the reader (half of it), and the meter.
     private let backlogBytes: Int32
-    private var drainedBytes: UInt64 = 0
-    private var drainNanos: UInt64 = 0
-    private var lastBackloggedWrite: UInt64 = 0
+    private var drain = DrainMeter()
 
     /// `name` describes the peer in errors ("agent stdout", "stdin"); `roundTrip` is 0 for pipes to a local
     /// process, nil when the far end is unknown (the agent's stdio, fed by sshd). With `measuresDrain`, and an
@@ -65,12 +96,8 @@ public final class FileDescriptorStream: ByteStream {
         backlogBytes = measuresDrain ? (pipeBufferSize(output) ?? 0) / 2 : 0
     }
 
-    /// Measured only over writes that found the pipe at least half full (the writer was not what kept it
-    /// empty), and known once 4 MiB went out that way over at least 10 ms.
-    public var drainRate: Double? {
-        guard drainedBytes >= 4 << 20, drainNanos >= 10_000_000 else { return nil }
-        return Double(drainedBytes) / (Double(drainNanos) / 1e9)
-    }
+    /// Measured only over writes that found the pipe at least half full (the writer was not what kept it empty).
+    public var drainRate: Double? { drain.rate }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         try syscall("read", path: name) { Glibc.read(input, buffer.baseAddress!, buffer.count) }
@@ -85,18 +112,7 @@ public final class FileDescriptorStream: ByteStream {
             let n = try syscall("write", path: name) { Glibc.write(output, bytes.baseAddress! + done, bytes.count - done) }
             done += n
         }
-        guard backlogBytes > 0 else { return }
-        if backlogged {
-            // Since the last write that also found a backlog, the reader was emptying the pipe all along.
-            let now = monotonicNanos()
-            if lastBackloggedWrite != 0 {
-                drainNanos += now - lastBackloggedWrite
-                drainedBytes += UInt64(bytes.count)
-            }
-            lastBackloggedWrite = now
-        } else {
-            lastBackloggedWrite = 0
-        }
+        if backlogBytes > 0 { drain.wrote(bytes.count, backlogged: backlogged) }
     }
 
     public func closeWrite() {

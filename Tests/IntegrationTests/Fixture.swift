@@ -89,6 +89,12 @@ final class SyncFixture: Sendable {
         FileManager.default.contents(atPath: (root ?? project) + "/" + relative).map { [UInt8]($0) }
     }
 
+    /// Adds `line` (a setting, "compress: always") to the project's syncd.yaml.
+    func addSetting(_ line: String) throws {
+        let config = project + "/syncd.yaml"
+        try (String(contentsOfFile: config, encoding: .utf8) + line + "\n").write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
     /// Sets a remote file's mtime into the past so a pull does not treat it as being written.
     func age(_ relative: String, in root: String? = nil, seconds: Double = 10) throws {
         try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSinceNow: -seconds)],

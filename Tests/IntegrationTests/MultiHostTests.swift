@@ -167,8 +167,7 @@ struct MultiHostTests {
         try Self.configure(f, hosts: ["local:" + host], endpoint: server.endpoint, bucket: bucket)
         try f.write("data/weights.bin", randomBytes(3 << 20, seed: 700))
         #expect(try ctl(["push", f.project]).status == 0)
-        try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "ignore: [\"*.tmp\"]\n")
-            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.addSetting("ignore: [\"*.tmp\"]")
         try f.write("data/weights.bin", randomBytes(3 << 20, seed: 701))
         #expect(try ctl(["push", f.project]).status == 0)
         let secondTree = SyncFixture.describeTree(f.project)
@@ -314,8 +313,7 @@ struct MultiHostTests {
         try FileManager.default.removeItem(atPath: f.project + "/output")
         try FileManager.default.removeItem(atPath: f.project + "/checkpoint")
 
-        try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "pull_from: all\n")
-            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.addSetting("pull_from: all")
         for r in roots {
             try f.age("checkpoint/step40.pt", in: r + "/proj")
             try f.age("output/rank.log", in: r + "/proj")

@@ -287,8 +287,7 @@ struct PushPullTests {
         #expect(auto.status == 0, "\(auto.stderr)")
         #expect(try auto.int("bytes_sent") > csv.count, "auto: not compressed to a local remote")
 
-        let config = f.project + "/syncd.yaml"
-        try (String(contentsOfFile: config, encoding: .utf8) + "compress: always\n").write(toFile: config, atomically: true, encoding: .utf8)
+        try f.addSetting("compress: always")
         try f.write("data/log2.csv", csv.reversed())
         let always = try f.push()
         #expect(always.status == 0, "\(always.stderr)")
@@ -303,6 +302,7 @@ struct PushPullTests {
         #expect(try pull.int("bytes_received") < csv.count / 2)
         #expect(f.read("output/metrics.csv") == csv ? true : false, "contents differ")
 
+        let config = f.project + "/syncd.yaml"
         try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "compress: always", with: "compress: sometimes")
             .write(toFile: config, atomically: true, encoding: .utf8)
         let bad = try f.push()
@@ -323,8 +323,7 @@ struct PushPullTests {
     /// when (as here) they would compress: the hint changes what crosses the link, never what arrives.
     @Test func fileTypeHintsSendRawAndNeverChangeTheBytes() throws {
         let f = try SyncFixture()
-        let config = f.project + "/syncd.yaml"
-        try (String(contentsOfFile: config, encoding: .utf8) + "compress: always\n").write(toFile: config, atomically: true, encoding: .utf8)
+        try f.addSetting("compress: always")
         #expect(try f.push().status == 0)
         // Compressible, and different in every file (a chunk two files share is sent once).
         func text(_ k: Int) -> [UInt8] { Array((0..<40_000).map { "\($0 + k * 1_000_000),\($0 % 13),loss\n" }.joined().utf8) }

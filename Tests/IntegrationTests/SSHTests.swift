@@ -186,19 +186,28 @@ struct SSHTests {
             try f.useSSH(server)
             let data = randomBytes(24 << 20, seed: batching == "1" ? 5 : 6)
             try f.write("data/blob.bin", data)
-            let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SYNCD_TRACE": "1",
-                       "SYNCD_SSH_CIPHER_BATCH": batching]
-            let pushed = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
-            #expect(pushed.status == 0, "\(pushed.stderr)")
+            let pushed = try pushThenPull(f, env: ["SYNCD_SSH_CIPHER_BATCH": batching], pushing: ("data/blob.bin", data),
+                                          pulling: ("output/result.bin", randomBytes(24 << 20, seed: batching == "1" ? 7 : 8)),
+                                          what: "batching \(batching)")
             #expect(pushed.stderr.contains("CTR keystream batched: \(batching == "1" ? "yes" : "no")"), "\(pushed.stderr.prefix(2000))")
-            #expect(f.read("data/blob.bin", in: f.remoteProject) == data, "push, batching \(batching)")
-            let back = randomBytes(24 << 20, seed: batching == "1" ? 7 : 8)
-            try f.write("output/result.bin", back, in: f.remoteProject)
-            try f.age("output/result.bin")
-            let pulled = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
-            #expect(pulled.status == 0, "\(pulled.stderr)")
-            #expect(f.read("output/result.bin") == back, "pull, batching \(batching)")
         }
+    }
+
+    /// Pushes the project (which holds `pushing`) over SSH with tracing on, checks the file arrived, then writes
+    /// `pulling` on the remote, pulls and checks it came back. Returns the push's result for its trace.
+    private func pushThenPull(_ f: SyncFixture, env extra: [String: String], pushing: (path: String, bytes: [UInt8]),
+                              pulling: (path: String, bytes: [UInt8]), what: String) throws -> RunResult {
+        let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SYNCD_TRACE": "1"]
+            .merging(extra) { $1 }
+        let pushed = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        #expect(f.read(pushing.path, in: f.remoteProject) == pushing.bytes, "push, \(what)")
+        try f.write(pulling.path, pulling.bytes, in: f.remoteProject)
+        try f.age(pulling.path)
+        let pulled = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        #expect(f.read(pulling.path) == pulling.bytes, "pull, \(what)")
+        return pushed
     }
 
     /// `compress: auto` weighs zlib against the link for bulk data (the trace says what it chose), `always` does
@@ -208,8 +217,7 @@ struct SSHTests {
         for (setting, seed) in [("auto", UInt64(11)), ("always", 12), ("never", 13)] {
             let f = try SyncFixture()
             try f.useSSH(server)
-            try (try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8) + "compress: \(setting)\n")
-                .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+            try f.addSetting("compress: \(setting)")
             // Digits, commas and newlines from random bytes: zlib shrinks it to about half.
             func csv(_ bytes: Int, seed: UInt64) -> [UInt8] {
                 randomBytes(bytes, seed: seed).enumerated().map { i, b in
@@ -218,17 +226,9 @@ struct SSHTests {
             }
             let data = csv(6 << 20, seed: seed)
             try f.write("data/metrics.csv", data)
-            let env = ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": "", "SYNCD_TRACE": "1"]
-            let pushed = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
-            #expect(pushed.status == 0, "\(pushed.stderr)")
+            let pushed = try pushThenPull(f, env: [:], pushing: ("data/metrics.csv", data),
+                                          pulling: ("output/log.csv", csv(6 << 20, seed: seed + 100)), what: "compress: \(setting)")
             #expect(pushed.stderr.contains("for bulk data (zlib ") == (setting == "auto"), "compress: \(setting): \(pushed.stderr.suffix(1500))")
-            #expect(f.read("data/metrics.csv", in: f.remoteProject) == data, "push, compress: \(setting)")
-            let back = csv(6 << 20, seed: seed + 100)
-            try f.write("output/log.csv", back, in: f.remoteProject)
-            try f.age("output/log.csv")
-            let pulled = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
-            #expect(pulled.status == 0, "\(pulled.stderr)")
-            #expect(f.read("output/log.csv") == back, "pull, compress: \(setting)")
         }
     }
 

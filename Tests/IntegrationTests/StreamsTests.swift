@@ -16,8 +16,7 @@ struct StreamsTests {
 
     static func use(_ server: SSHServer, _ f: SyncFixture, streams: Int) throws {
         try f.useSSH(server)
-        let yaml = f.project + "/syncd.yaml"
-        try (String(contentsOfFile: yaml, encoding: .utf8) + "streams: \(streams)\n").write(toFile: yaml, atomically: true, encoding: .utf8)
+        try f.addSetting("streams: \(streams)")
     }
 
     /// Join processes (`syncd-agent join`) running now.
