@@ -572,9 +572,11 @@ def main():
                    help="a line added to syncd's syncd.yaml (as in --syncd-setting 'streams: 1'); repeatable")
     p.add_argument("--json", default=os.path.join(HERE, "compare-results.json"), help="where to write all numbers")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
-    p.add_argument("--fs", choices=["loop", "tmp"], default="loop",
-                   help="loop (default): a fresh ext4 image mounted for the run, so no tool pays for the inode "
-                        "allocator's memory of earlier runs; tmp: a directory under $TMPDIR")
+    p.add_argument("--fs", choices=["loop", "loop-buffered", "tmp"], default="loop",
+                   help="loop (default): a fresh ext4 image mounted for the run through a direct-I/O loop device, so "
+                        "no tool pays for the inode allocator's memory of earlier runs; loop-buffered: the same through "
+                        "a buffered loop device (every byte written back is copied again, by the loop worker, into "
+                        "the host's page cache); tmp: a directory under $TMPDIR")
     args = p.parse_args()
     SYNCD_SETTINGS.extend(args.syncd_setting)
     args.release = os.path.abspath(args.release)
@@ -588,20 +590,42 @@ def main():
     cleanup = []
     work = base
     fs_note = f"a directory on {base}'s file system"
-    if args.fs == "loop":
+    if args.fs in ("loop", "loop-buffered"):
         image = os.path.join(base, "fs.img")
         mnt = os.path.join(base, "mnt")
         os.makedirs(mnt)
         with open(image, "wb") as f:
             f.truncate(24 << 30)
         made = run(["mkfs.ext4", "-q", "-F", image], check=False)
-        mounted = made.returncode == 0 and run(["mount", "-o", "loop", image, mnt], check=False).returncode == 0
+        device = None
+        if made.returncode == 0 and args.fs == "loop":
+            # Direct I/O: written-back pages go to the disk as they would from a real one. A buffered loop device
+            # copies each of them once more into the host file system's page cache, on the same cores, which
+            # only a tool that makes its writes durable pays inside its timing (rsync's wait for the kernel).
+            attached = run(["losetup", "--find", "--show", "--direct-io=on", image], check=False)
+            if attached.returncode == 0:
+                device = attached.stdout.strip()
+            else:
+                log(f"compare: no direct-I/O loop device ({attached.stderr.strip()}); using a buffered one")
+        if device:
+            mounted = run(["mount", device, mnt], check=False).returncode == 0
+            if not mounted:
+                run(["losetup", "-d", device], check=False)
+        else:
+            mounted = made.returncode == 0 and run(["mount", "-o", "loop", image, mnt], check=False).returncode == 0
         if mounted:
             work = mnt
-            fs_note = "a fresh ext4 file system (loop device, 24 GB sparse image)"
-            # Recursive, for dockerd's overlay mounts below; lazy if something still holds it.
-            cleanup.append(lambda: run(["umount", "-R", mnt], check=False).returncode == 0
-                           or run(["umount", "-l", mnt], check=False))
+            fs_note = (f"a fresh ext4 file system (loop device{', direct I/O' if device else ', buffered'}, "
+                       "24 GB sparse image)")
+
+            def unmount(device=device):
+                # Recursive, for dockerd's overlay mounts below; lazy if something still holds it (a busy loop
+                # device then detaches itself once free).
+                done = run(["umount", "-R", mnt], check=False).returncode == 0 or run(["umount", "-l", mnt], check=False)
+                if device:
+                    run(["losetup", "-d", device], check=False)
+                return done
+            cleanup.append(unmount)
         else:
             log("compare: cannot mount a loop ext4 image; using a plain directory (numbers carry this disk's history)")
     try:
