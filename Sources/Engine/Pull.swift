@@ -311,14 +311,39 @@ public final class PullSession {
                 let (joined, connecting) = streams.state
                 return assemblies.isEmpty || (!connecting && streamsEnded >= joined)
             }
-            /// The next frame of the pull, from this connection or a joined one; nil once it is over.
+            /// Writes chunk `index` of file `op` where it goes (its payload as it came: compressed or not).
+            func receive(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: UnsafeRawBufferPointer) throws {
+                guard let (assembly, offer, expected) = assemblies[op] else { return }
+                if open != op, let previous = open { assemblies[previous]?.0.suspend() }
+                open = op
+                if compressed {
+                    try decompressor.decompress(payload, rawLength: Int(rawLength), into: scratch)
+                    try assembly.write(index: Int(index), bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<Int(rawLength)]))
+                } else {
+                    try assembly.write(index: Int(index), bytes: payload)
+                }
+                stats.chunksSent += 1
+                received += UInt64(rawLength)
+                progress.update(done: received, total: expectedBytes)
+                if assembly.isComplete {
+                    assemblies[op] = nil
+                    try seal(op, assembly, offer, expected: expected)
+                }
+                if !sealed.isEmpty { try settle(durability.take()) }
+            }
+            /// The next frame of the pull other than chunk data, from this connection or a joined one; nil once it
+            /// is over. Chunk data is written on the way: over this connection alone, straight from the reader's
+            /// buffer.
             func nextFrame() throws -> Message? {
                 guard let merger else {
-                    guard let message = try reader.next() else { throw SyncError("the agent closed the connection during the pull") }
+                    let message = try reader.next { try receive(op: $0.op, index: $0.index, compressed: $0.compressed, rawLength: $0.rawLength, payload: $0.payload) }
+                    guard let message else { throw SyncError("the agent closed the connection during the pull") }
                     return message
                 }
                 while !over() {
                     switch merger.next() {
+                    case .frame(.chunkData(let op, let index, let compressed, let rawLength, let payload), _):
+                        try payload.withUnsafeBytes { try receive(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: $0) }
                     case .frame(let message, _): return message
                     case .ended(source: 0): throw SyncError("the agent closed the connection during the pull")
                     case .ended: streamsEnded += 1
@@ -332,26 +357,6 @@ public final class PullSession {
             receive: while true {
                 guard let message = try nextFrame() else { break receive }
                 switch message {
-                case .chunkData(let op, let index, let compressed, let rawLength, let payload):
-                    guard let (assembly, offer, expected) = assemblies[op] else { continue }
-                    if open != op, let previous = open { assemblies[previous]?.0.suspend() }
-                    open = op
-                    let bytes: UnsafeRawBufferPointer
-                    if compressed {
-                        try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: Int(rawLength), into: scratch) }
-                        bytes = UnsafeRawBufferPointer(rebasing: scratch[0..<Int(rawLength)])
-                        try assembly.write(index: Int(index), bytes: bytes)
-                    } else {
-                        try payload.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
-                    }
-                    stats.chunksSent += 1
-                    received += UInt64(rawLength)
-                    progress.update(done: received, total: expectedBytes)
-                    if assembly.isComplete {
-                        assemblies[op] = nil
-                        try seal(op, assembly, offer, expected: expected)
-                    }
-                    if !sealed.isEmpty { try settle(durability.take()) }
                 case .abort(let op, let reason):
                     if let (assembly, offer, _) = assemblies.removeValue(forKey: op) {
                         assembly.suspend()
@@ -384,6 +389,7 @@ public final class PullSession {
                 streams = nil
             }
 
+            Trace.mark("pull: every chunk in")
             // The last files: durable, renamed, and the renames durable.
             durability.closeBatch()
             while durability.outstanding > 0 { try settle(durability.wait()) }

@@ -42,6 +42,8 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     /// Output waiting that makes a backlog: the pump then never waits for the writer, so its pace is the link's.
     private static let backlogBytes = 1 << 20
     private var lowWater: Int { bufferLimit / 2 }
+    /// What the pump asks libssh2 for at a time.
+    private static let readSize = 256 * 1024
     private var stopRequested = false
 
     /// Whether the session is shut down when the channel ends (else it goes back to blocking mode for reuse).
@@ -211,7 +213,21 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private func pump() {
         let session = owner.session
         let host = owner.settings.hostName
-        var readBuffer = [UInt8](repeating: 0, count: 256 * 1024)
+        var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+        /// Reads what stderr has (shown on this side's stderr, its tail kept); libssh2's count or error.
+        func readStderr() -> Int {
+            let e = readBuffer.withUnsafeMutableBytes { raw in
+                syncd_ssh_channel_read_stderr(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+            }
+            if e > 0 {
+                FileHandle.standardError.write(Data(readBuffer[0..<e]))
+                lock.lock()
+                stderrTail.append(contentsOf: readBuffer[0..<e])
+                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
+                lock.unlock()
+            }
+            return e
+        }
         var sentEOF = false
         var nextKeepalive = Date()
         defer {
@@ -278,16 +294,27 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 }
             }
 
-            // Inbound.
+            // Inbound, stderr first. Every libssh2 read first drains the socket into the session's packet list,
+            // whatever stream the data is for, and the poll below sees only the socket. So the stdout read comes
+            // last: once it says EAGAIN, nothing for stdout waits inside libssh2. (The other way round, stdout
+            // data that came in between the two reads sat in the list while the pump slept until the next
+            // keepalive: a pull once waited 15 s for its last chunks.)
+            let e = readStderr()
+            if e > 0 { progressed = true }
             var inboundEmpty = false
             if roomToRead {
-                let n = readBuffer.withUnsafeMutableBytes { raw in
-                    syncd_ssh_channel_read(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                // Read into a buffer of its own that is queued as it is (a bulk transfer is not copied again
+                // here); a short read is copied out, so a trickle does not hold 256 KiB per piece.
+                var n = 0
+                var piece = [UInt8](unsafeUninitializedCapacity: Self.readSize) { raw, count in
+                    n = Int(syncd_ssh_channel_read(channel, UnsafeMutableRawPointer(raw.baseAddress!).assumingMemoryBound(to: CChar.self), raw.count))
+                    count = max(n, 0)
                 }
                 if n > 0 {
                     progressed = true
+                    if n < Self.readSize / 4 { piece = Array(piece[...]) }
                     lock.lock()
-                    inbound.append(Array(readBuffer[0..<n]))
+                    inbound.append(piece)
                     inboundBytes += n
                     readable.broadcast()
                     lock.unlock()
@@ -298,20 +325,10 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                     inboundEmpty = true
                 }
             }
-            let e = readBuffer.withUnsafeMutableBytes { raw in
-                syncd_ssh_channel_read_stderr(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
-            }
-            if e > 0 {
-                progressed = true
-                FileHandle.standardError.write(Data(readBuffer[0..<e]))
-                lock.lock()
-                stderrTail.append(contentsOf: readBuffer[0..<e])
-                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
-                lock.unlock()
-            }
 
             // The remote closed its side and everything it sent has been taken in.
             if inboundEmpty && e <= 0 && libssh2_channel_eof(channel) != 0 {
+                while readStderr() > 0 {}
                 libssh2_session_set_blocking(session, 1)
                 libssh2_session_set_timeout(session, 5000)
                 libssh2_channel_close(channel)

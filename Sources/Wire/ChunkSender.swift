@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Sends chunks of local files: reads each one, checks it still matches its id, and queues it as a chunk-data
-/// frame, compressed when that pays. One per sending thread: it owns a read buffer and a compressor.
+/// frame, compressed when that pays. One per sending thread: it owns the compressors.
 public final class ChunkSender {
     /// zlib level 6 for the first `tightBudget` bytes of a session, level 1 after that: a small transfer (an edit,
     /// an appended log) is compressed as hard as rsync -z does, and a bulk transfer is not slowed to 12-26 MB/s
@@ -14,7 +14,6 @@ public final class ChunkSender {
     private var bytesSeen = 0
     private var policy = CompressionPolicy()
     private let compression: Bool
-    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
     /// How fast the link carries what is written to it (`ByteStream.drainRate`), when that can be seen. Set, bulk
     /// data (past the first 2 MB) is compressed only while zlib runs faster than the link carries bytes:
     /// compression runs on the sending thread, so a link faster than zlib would wait for it. On loopback SSH the
@@ -55,18 +54,17 @@ public final class ChunkSender {
         }
     }
 
-    deinit { buffer.deallocate() }
-
     private static func megabytes(_ rate: Double?) -> String { rate.map { "\(Int($0 / 1e6)) MB/s" } ?? "unknown" }
 
-    /// Queues `chunk` (number `index` of file `op`) read from `file`. Returns false, sending nothing, when the file
-    /// no longer holds those bytes: it changed since it was chunked.
+    /// Queues `chunk` (number `index` of file `op`) read from `file`, straight into the writer's buffer. Returns
+    /// false, sending nothing, when the file no longer holds those bytes: it changed since it was chunked.
     public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, from file: FileDescriptor, to writer: FrameWriter) throws -> Bool {
-        let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(chunk.length)])
-        let n = try file.read(into: view, at: chunk.offset)
-        guard n == Int(chunk.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == chunk.id else { return false }
-        try send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(view), to: writer)
-        return true
+        try writer.sendChunk(op: op, index: index, rawLength: chunk.length) { room in
+            let n = try file.read(into: room, at: chunk.offset)
+            let bytes = UnsafeRawBufferPointer(room)
+            guard n == Int(chunk.length), ChunkID(hashing: bytes) == chunk.id else { return .nothing }
+            return compressed(chunk, op: op, bytes: bytes).map { .compressed($0) } ?? .raw
+        }
     }
 
     /// The chunks of file `op` that follow are of a file named `name` (its last component): its type may say
@@ -75,6 +73,16 @@ public final class ChunkSender {
 
     /// Queues `chunk` from `bytes`, which hold it as it was read when it was hashed (so it matches its id).
     public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, bytes: UnsafeRawBufferPointer, to writer: FrameWriter) throws {
+        if let packed = compressed(chunk, op: op, bytes: bytes) {
+            try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
+        } else {
+            try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: bytes)
+        }
+    }
+
+    /// `bytes` (chunk `chunk` of file `op`) compressed, when this session compresses it and that pays; nil to send
+    /// it raw. Counts it toward the session's bytes either way.
+    private func compressed(_ chunk: ChunkRef, op: UInt32, bytes: UnsafeRawBufferPointer) -> [UInt8]? {
         bytesSeen += bytes.count
         let bulk = bytesSeen > Self.tightBudget
         var tries = compression
@@ -85,10 +93,7 @@ public final class ChunkSender {
                 if skippedSinceProbe >= Self.probeEvery { skippedSinceProbe = 0 } else { tries = false }
             }
         }
-        if tries, let packed = policy.compress(bytes, op: op, offset: chunk.offset, with: bulk ? fast : tight) {
-            try packed.withUnsafeBytes { try writer.sendChunk(op: op, index: index, compressed: true, rawLength: chunk.length, bytes: $0) }
-        } else {
-            try writer.sendChunk(op: op, index: index, compressed: false, rawLength: chunk.length, bytes: bytes)
-        }
+        guard tries else { return nil }
+        return policy.compress(bytes, op: op, offset: chunk.offset, with: bulk ? fast : tight)
     }
 }

@@ -91,9 +91,12 @@ public struct PayloadReader {
         return n
     }
 
-    public mutating func rest() -> [UInt8] {
+    public mutating func rest() -> [UInt8] { Array(restInPlace()) }
+
+    /// What is left, where it lies (valid as long as the frame's bytes are).
+    public mutating func restInPlace() -> UnsafeRawBufferPointer {
         defer { offset = base.count }
-        return Array(UnsafeRawBufferPointer(rebasing: base[offset...]))
+        return UnsafeRawBufferPointer(rebasing: base[offset...])
     }
 
     /// Throws when bytes are left over: a frame must be consumed exactly.

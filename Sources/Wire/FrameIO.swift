@@ -79,6 +79,25 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     public func next() throws -> Message? {
         lock.lock()
         defer { lock.unlock() }
+        guard let (type, payload) = try nextFrameLocked() else { return nil }
+        return try Message.decode(type: type, payload: payload)
+    }
+
+    /// Next frame other than chunk data; the chunk-data frames on the way are handed to `chunk` as they lie in
+    /// this reader's buffer, not copied into messages (a pull's bulk). Nil at a clean end of stream between
+    /// frames. The reader's lock is held while `chunk` runs: it must not use this reader.
+    public func next(chunk: (ChunkFrame) throws -> Void) throws -> Message? {
+        lock.lock()
+        defer { lock.unlock() }
+        while true {
+            guard let (type, payload) = try nextFrameLocked() else { return nil }
+            guard type == ChunkFrame.type else { return try Message.decode(type: type, payload: payload) }
+            try chunk(try ChunkFrame(payload: payload))
+        }
+    }
+
+    /// The next frame's type and payload, which stays valid in the buffer until the next fill.
+    private func nextFrameLocked() throws -> (UInt8, UnsafeRawBufferPointer)? {
         guard try fill(4, context: { "a frame header" }) else { return nil }
         let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
         guard length >= 1 else { throw ProtocolError("empty frame (length 0)") }
@@ -92,7 +111,7 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
         let payload = UnsafeRawBufferPointer(rebasing: buffer[(start + 5)..<(start + 4 + length)])
         start += 4 + length
         if start == end { start = 0; end = 0 }
-        return try Message.decode(type: type, payload: payload)
+        return (type, payload)
     }
 }
 
@@ -119,11 +138,14 @@ public func clientHandshake() -> [UInt8] {
 
 /// Buffers frames and writes them to a byte stream. Frames from several threads never interleave (a sender
 /// thread and a reader answering for it may share one).
-public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buffer and `written`
+public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buffer, `used` and `written`
     private let lock = Mutex()
     private let stream: ByteStream
-    private var buffer: [UInt8] = []
-    private let flushThreshold = 512 * 1024
+    private static let flushThreshold = 512 * 1024
+    /// Frames queued so far fill `buffer[0..<used]`. It holds a whole frame past the threshold, so a frame is
+    /// always built in place (chunk data read straight into it; see `sendChunk(op:index:rawLength:fill:)`).
+    private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: flushThreshold + maxFrameLength + 4, alignment: 16)
+    private var used = 0
     private var written: UInt64 = 0
     /// Bytes written to the stream so far.
     public var bytesWritten: UInt64 {
@@ -134,8 +156,9 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
 
     public init(_ stream: ByteStream) {
         self.stream = stream
-        buffer.reserveCapacity(flushThreshold + maxFrameLength)
     }
+
+    deinit { buffer.deallocate() }
 
     /// The stream's `drainRate`: how fast what this writer flushes is carried on.
     public var drainRate: Double? { stream.drainRate }
@@ -143,10 +166,25 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     public func writeHandshake() throws {
         lock.lock()
         defer { lock.unlock() }
-        buffer.append(contentsOf: wireMagic)
-        buffer.append(UInt8(wireVersion >> 8))
-        buffer.append(UInt8(wireVersion & 0xFF))
+        appendLocked(wireMagic)
+        appendLocked([UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)])
         try flushLocked()
+    }
+
+    private func appendLocked(_ bytes: some Collection<UInt8>) {
+        UnsafeMutableRawBufferPointer(rebasing: buffer[used..<used + bytes.count]).copyBytes(from: bytes)
+        used += bytes.count
+    }
+
+    private func appendLocked(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        (buffer.baseAddress! + used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        used += bytes.count
+    }
+
+    private func appendLocked(_ value: UInt32) {
+        buffer.storeBytes(of: value.littleEndian, toByteOffset: used, as: UInt32.self)
+        used += 4
     }
 
     /// Queues a frame; writes when the buffer is large.
@@ -155,26 +193,74 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
         precondition(payload.count + 1 <= maxFrameLength, "frame too large to send")
         lock.lock()
         defer { lock.unlock() }
-        withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { buffer.append(contentsOf: $0) }
-        buffer.append(type)
-        buffer.append(contentsOf: payload)
-        if buffer.count >= flushThreshold { try flushLocked() }
+        appendLocked(UInt32(payload.count + 1))
+        buffer[used] = type
+        used += 1
+        payload.withUnsafeBytes { appendLocked($0) }
+        if used >= Self.flushThreshold { try flushLocked() }
     }
 
     /// Queues a chunk-data frame straight from `bytes`, without building an intermediate message.
     public func sendChunk(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, bytes: UnsafeRawBufferPointer) throws {
-        let length = 1 + 4 + 4 + 1 + 4 + bytes.count
-        precondition(length <= maxFrameLength, "chunk frame too large to send")
+        precondition(chunkFrameHeader + bytes.count <= maxFrameLength, "chunk frame too large to send")
         lock.lock()
         defer { lock.unlock() }
-        withUnsafeBytes(of: UInt32(length).littleEndian) { buffer.append(contentsOf: $0) }
-        buffer.append(0x12)
-        withUnsafeBytes(of: op.littleEndian) { buffer.append(contentsOf: $0) }
-        withUnsafeBytes(of: index.littleEndian) { buffer.append(contentsOf: $0) }
-        buffer.append(compressed ? 1 : 0)
-        withUnsafeBytes(of: rawLength.littleEndian) { buffer.append(contentsOf: $0) }
-        buffer.append(contentsOf: bytes)
-        if buffer.count >= flushThreshold { try flushLocked() }
+        appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: bytes.count)
+        appendLocked(bytes)
+        if used >= Self.flushThreshold { try flushLocked() }
+    }
+
+    /// What `sendChunk(op:index:rawLength:fill:)`'s `fill` put in the room it was given.
+    public enum ChunkFill {
+        /// The chunk's raw bytes, all `rawLength` of them: sent as they are.
+        case raw
+        /// Sent instead of the raw bytes (fewer of them).
+        case compressed([UInt8])
+        /// Nothing: no frame is sent.
+        case nothing
+    }
+
+    /// Queues a chunk-data frame whose bytes `fill` puts straight into this writer's buffer: it is handed room
+    /// for `rawLength` bytes there (read a file into it, say), so the chunk is not copied on its way to the
+    /// stream. The writer's lock is held meanwhile: `fill` must not use this writer. Returns false when `fill`
+    /// sent nothing.
+    public func sendChunk(op: UInt32, index: UInt32, rawLength: UInt32, fill: (UnsafeMutableRawBufferPointer) throws -> ChunkFill) throws -> Bool {
+        precondition(chunkFrameHeader + Int(rawLength) <= maxFrameLength, "chunk frame too large to send")
+        lock.lock()
+        defer { lock.unlock() }
+        let frameStart = used
+        let payloadStart = frameStart + 4 + chunkFrameHeader
+        let room = UnsafeMutableRawBufferPointer(rebasing: buffer[payloadStart..<payloadStart + Int(rawLength)])
+        let payload: Int
+        let compressed: Bool
+        switch try fill(room) {
+        case .nothing:
+            return false
+        case .raw:
+            (payload, compressed) = (Int(rawLength), false)
+        case .compressed(let packed):
+            precondition(packed.count <= Int(rawLength), "compressed chunk larger than its raw bytes")
+            packed.withUnsafeBytes { room.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            (payload, compressed) = (packed.count, true)
+        }
+        appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: payload)
+        used = payloadStart + payload
+        if used >= Self.flushThreshold { try flushLocked() }
+        return true
+    }
+
+    /// Bytes of a chunk-data frame between its length prefix and its payload: type, op, index, flags, raw length.
+    private var chunkFrameHeader: Int { 1 + 4 + 4 + 1 + 4 }
+
+    private func appendChunkHeaderLocked(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: Int) {
+        appendLocked(UInt32(chunkFrameHeader + payload))
+        buffer[used] = ChunkFrame.type
+        used += 1
+        appendLocked(op)
+        appendLocked(index)
+        buffer[used] = compressed ? 1 : 0
+        used += 1
+        appendLocked(rawLength)
     }
 
     /// Writes everything queued.
@@ -185,10 +271,10 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     }
 
     private func flushLocked() throws {
-        guard !buffer.isEmpty else { return }
-        try buffer.withUnsafeBytes { try stream.write($0) }
-        written += UInt64(buffer.count)
-        buffer.removeAll(keepingCapacity: true)
+        guard used > 0 else { return }
+        try stream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<used]))
+        written += UInt64(used)
+        used = 0
     }
 
     /// Ends the stream's output (after a failure on the writing side: the peer then sees the end).
@@ -202,6 +288,6 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     public var pendingBytes: Int {
         lock.lock()
         defer { lock.unlock() }
-        return buffer.count
+        return used
     }
 }

@@ -186,16 +186,9 @@ extension Message {
                 chunks.append(ChunkRef(id: id, offset: 0, length: try r.u32("chunk length")))
             }
             message = .chunkList(op: op, chunks: chunks)
-        case 0x12:
-            let op = try r.u32("op")
-            let index = try r.u32("index")
-            let flags = try r.u8("flags")
-            guard flags <= 1 else { throw ProtocolError("chunk data: unknown flags \(flags)") }
-            let rawLength = try r.u32("raw length")
-            guard rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
-                throw ProtocolError("chunk data: raw length \(rawLength) exceeds the largest chunk size")
-            }
-            message = .chunkData(op: op, index: index, compressed: flags == 1, rawLength: rawLength, payload: r.rest())
+        case ChunkFrame.type:
+            let f = try ChunkFrame(&r)
+            message = .chunkData(op: f.op, index: f.index, compressed: f.compressed, rawLength: f.rawLength, payload: Array(f.payload))
         case 0x13:
             message = .abort(op: try r.u32("op"), reason: try r.string("reason"))
         case 0x14:
@@ -273,5 +266,35 @@ extension Message {
         }
         try r.finish()
         return message
+    }
+}
+
+/// A chunk-data frame as it lies in a reader's buffer (`FrameReader.next(chunk:)`): the fields of
+/// `Message.chunkData`, with the payload not copied out.
+public struct ChunkFrame {
+    public static let type: UInt8 = 0x12
+    public let op: UInt32
+    public let index: UInt32
+    public let compressed: Bool
+    public let rawLength: UInt32
+    /// Valid only while the frame is being handled.
+    public let payload: UnsafeRawBufferPointer
+
+    init(_ r: inout PayloadReader) throws {
+        op = try r.u32("op")
+        index = try r.u32("index")
+        let flags = try r.u8("flags")
+        guard flags <= 1 else { throw ProtocolError("chunk data: unknown flags \(flags)") }
+        compressed = flags == 1
+        rawLength = try r.u32("raw length")
+        guard rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
+            throw ProtocolError("chunk data: raw length \(rawLength) exceeds the largest chunk size")
+        }
+        payload = r.restInPlace()
+    }
+
+    init(payload: UnsafeRawBufferPointer) throws {
+        var r = PayloadReader(payload, frame: "type 0x12")
+        try self.init(&r)
     }
 }
