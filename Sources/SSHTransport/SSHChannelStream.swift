@@ -21,7 +21,9 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private let readable = Condition()
     /// Signalled when the outbound buffer drains to `lowWater`, or the stream fails.
     private let writable = Condition()
-    private var inbound: [[UInt8]] = []
+    /// What came from the channel and waits for `read`, each piece in the memory libssh2 read it into (owned
+    /// here, freed once read).
+    private var inbound: [(bytes: UnsafeMutableRawBufferPointer, count: Int)] = []
     private var inboundOffset = 0
     private var inboundBytes = 0
     private var outbound: [[UInt8]] = []
@@ -71,6 +73,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     deinit {
         close(wakeRead)
         close(wakeWrite)
+        for piece in inbound { piece.bytes.deallocate() }
     }
 
     private func wake() {
@@ -104,13 +107,12 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         var copied = 0
         while copied < buffer.count, let first = inbound.first {
             let n = min(buffer.count - copied, first.count - inboundOffset)
-            first.withUnsafeBytes { src in
-                (buffer.baseAddress! + copied).copyMemory(from: src.baseAddress! + inboundOffset, byteCount: n)
-            }
+            (buffer.baseAddress! + copied).copyMemory(from: first.bytes.baseAddress! + inboundOffset, byteCount: n)
             copied += n
             inboundOffset += n
             if inboundOffset == first.count {
                 inbound.removeFirst()
+                first.bytes.deallocate()
                 inboundOffset = 0
             }
         }
@@ -137,7 +139,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         var offset = inboundOffset
         for piece in inbound where out.count < count {
             let n = min(count - out.count, piece.count - offset)
-            out.append(contentsOf: piece[offset..<offset + n])
+            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: piece.bytes[offset..<offset + n]))
             offset = 0
         }
         return out
@@ -214,6 +216,9 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         let session = owner.session
         let host = owner.settings.hostName
         var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+        /// Memory for the next read from the channel.
+        var spare: UnsafeMutableRawBufferPointer?
+        defer { spare?.deallocate() }
         /// Reads what stderr has (shown on this side's stderr, its tail kept); libssh2's count or error.
         func readStderr() -> Int {
             let e = readBuffer.withUnsafeMutableBytes { raw in
@@ -303,18 +308,21 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
             if e > 0 { progressed = true }
             var inboundEmpty = false
             if roomToRead {
-                // Read into a buffer of its own that is queued as it is (a bulk transfer is not copied again
-                // here); a short read is copied out, so a trickle does not hold 256 KiB per piece.
-                var n = 0
-                var piece = [UInt8](unsafeUninitializedCapacity: Self.readSize) { raw, count in
-                    n = Int(syncd_ssh_channel_read(channel, UnsafeMutableRawPointer(raw.baseAddress!).assumingMemoryBound(to: CChar.self), raw.count))
-                    count = max(n, 0)
-                }
+                // Read into memory that is queued as it is (a bulk transfer is not copied again here); a short
+                // read is copied out, so a trickle does not hold 256 KiB per piece, and the memory kept for the
+                // next read.
+                let piece = spare ?? .allocate(byteCount: Self.readSize, alignment: 16)
+                let n = syncd_ssh_channel_read(channel, piece.baseAddress!.assumingMemoryBound(to: CChar.self), piece.count)
+                spare = n >= Self.readSize / 4 ? nil : piece  // else the piece itself is queued below
                 if n > 0 {
                     progressed = true
-                    if n < Self.readSize / 4 { piece = Array(piece[...]) }
+                    var queued = piece
+                    if n < Self.readSize / 4 {
+                        queued = .allocate(byteCount: n, alignment: 16)
+                        queued.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[0..<n]))
+                    }
                     lock.lock()
-                    inbound.append(piece)
+                    inbound.append((queued, n))
                     inboundBytes += n
                     readable.broadcast()
                     lock.unlock()
