@@ -127,12 +127,13 @@ extension AgentSession {
     static let maxJoinedStreams = 8
 
     /// The next frame of a push, from this connection or, once the client asked for streams, from any joined
-    /// one (`joined`). While neither has a frame, it does what `commitWhileIdle` does and sends the answers.
-    func nextPushMessage() throws -> (message: Message?, joined: Bool) {
-        guard let streams = joinedStreams, let input = stream.readinessFD else { return (try reader.next(), false) }
+    /// one (`joined`). While neither has a frame, it does what `commitWhileIdle` does and sends the answers. Chunk
+    /// data on this connection goes to `chunk` straight from the reader's buffer.
+    func nextPushMessage(chunk: (ChunkFrame) throws -> Void) throws -> (frame: FrameReader.Frame, joined: Bool) {
+        guard let streams = joinedStreams, let input = stream.readinessFD else { return (try reader.nextFrame(chunk: chunk), false) }
         while true {
-            if let message = try streams.take() { return (message, true) }
-            if reader.hasBufferedFrame { return (try reader.next(), false) }
+            if let message = try streams.take() { return (.message(message), true) }
+            if reader.hasBufferedFrame { return (try reader.nextFrame(chunk: chunk), false) }
             notifyLock.lock()
             do {
                 try commitWhileIdle(alsoWaking: streams.wakeFD)
@@ -146,7 +147,7 @@ extension AgentSession {
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: streams.wakeFD, events: Int16(POLLIN), revents: 0)]
             if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
             if fds[0].revents == 0 { continue }
-            return (try reader.next(), false)
+            return (try reader.nextFrame(chunk: chunk), false)
         }
     }
 }

@@ -79,16 +79,22 @@ extension AgentSession {
             if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
                 try syncDirectoriesAndAnswer()
             }
-            let (next, joined) = try nextPushMessage()
-            guard let message = next else {
+            let (next, joined) = try nextPushMessage { try receiveChunk($0) }
+            let message: Message
+            switch next {
+            case .chunk: continue
+            case .end:
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
+            case .message(let m): message = m
             }
             if joined, case .chunkData(let op, let index, let compressed, let rawLength, let payload) = message {
                 guard let file = pending[op], let assembly = file.assembly else {
                     if op <= highestBegun { continue }
                     throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
                 }
-                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
+                try payload.withUnsafeBytes {
+                    try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: $0)
+                }
                 continue
             }
             switch message {
@@ -125,18 +131,6 @@ extension AgentSession {
                     }
                     if file.path == nil { pending[op] = nil; continue }
                     try startFile(file)
-                }
-            case .chunkData(let op, let index, let compressed, let rawLength, let payload):
-                let eager = eagerFrames[op]
-                if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
-                guard let file = pending[op], let assembly = file.assembly else {
-                    if eager != nil { continue }  // sent unasked for a file already placed, unchanged or refused
-                    throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
-                }
-                try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: payload)
-                if eager == 1, pending[op] != nil, !assembly.isComplete {
-                    // Everything announced has come and the file is still short: ask, as for any other file.
-                    try requestMissing(op, assembly)
                 }
             case .abort(let op, let reason):
                 eagerFrames[op] = nil
@@ -296,18 +290,35 @@ extension AgentSession {
         }
     }
 
+    /// Chunk data that came over the main connection (read in place by `nextPushMessage`).
+    func receiveChunk(_ frame: ChunkFrame) throws {
+        let op = frame.op
+        let eager = eagerFrames[op]
+        if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
+        guard let file = pending[op], let assembly = file.assembly else {
+            if eager != nil { return }  // sent unasked for a file already placed, unchanged or refused
+            throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
+        }
+        try receiveChunk(file, assembly, index: Int(frame.index), compressed: frame.compressed, rawLength: Int(frame.rawLength),
+                         payload: frame.payload)
+        if eager == 1, pending[op] != nil, !assembly.isComplete {
+            // Everything announced has come and the file is still short: ask, as for any other file.
+            try requestMissing(op, assembly)
+        }
+    }
+
     func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
-                              payload: [UInt8]) throws {
+                              payload: UnsafeRawBufferPointer) throws {
         guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
             throw ProtocolError("\(file.path!): chunk \(index) does not fit the file's chunk list")
         }
         do {
             if compressed {
-                try payload.withUnsafeBytes { try decompressor.decompress($0, rawLength: rawLength, into: scratch) }
+                try decompressor.decompress(payload, rawLength: rawLength, into: scratch)
                 try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
             } else {
                 guard payload.count == rawLength else { throw ProtocolError("\(file.path!): chunk \(index) length mismatch") }
-                try payload.withUnsafeBytes { try assembly.write(index: index, bytes: $0) }
+                try assembly.write(index: index, bytes: payload)
             }
         } catch let error as PlacementError {
             throw ProtocolError("\(error)")

@@ -87,13 +87,33 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     /// this reader's buffer, not copied into messages (a pull's bulk). Nil at a clean end of stream between
     /// frames. The reader's lock is held while `chunk` runs: it must not use this reader.
     public func next(chunk: (ChunkFrame) throws -> Void) throws -> Message? {
+        while true {
+            switch try nextFrame(chunk: chunk) {
+            case .message(let message): return message
+            case .chunk: continue
+            case .end: return nil
+            }
+        }
+    }
+
+    /// What `nextFrame(chunk:)` read.
+    public enum Frame {
+        case message(Message)
+        /// A chunk-data frame, handed to the closure.
+        case chunk
+        /// A clean end of stream between frames.
+        case end
+    }
+
+    /// One frame: chunk data is handed to `chunk` as it lies in this reader's buffer (and `.chunk` returned),
+    /// anything else decoded. The reader's lock is held while `chunk` runs: it must not use this reader.
+    public func nextFrame(chunk: (ChunkFrame) throws -> Void) throws -> Frame {
         lock.lock()
         defer { lock.unlock() }
-        while true {
-            guard let (type, payload) = try nextFrameLocked() else { return nil }
-            guard type == ChunkFrame.type else { return try Message.decode(type: type, payload: payload) }
-            try chunk(try ChunkFrame(payload: payload))
-        }
+        guard let (type, payload) = try nextFrameLocked() else { return .end }
+        guard type == ChunkFrame.type else { return .message(try Message.decode(type: type, payload: payload)) }
+        try chunk(try ChunkFrame(payload: payload))
+        return .chunk
     }
 
     /// The next frame's type and payload, which stays valid in the buffer until the next fill.
