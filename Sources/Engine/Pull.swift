@@ -43,6 +43,30 @@ public final class PullSession {
         return try RelativePath(bytes: root.bytes + [UInt8(ascii: "/")] + Array(hostFolder.utf8) + remote.bytes.dropFirst(root.bytes.count))
     }
 
+    /// The fetches a pull's sender thread sends after its first ones: handed over once the files are built from
+    /// local chunks, then `fetchEnd` follows.
+    private final class LaterFetches: @unchecked Sendable {  // `lock` guards both fields
+        private let lock = Mutex()
+        private let ready = Condition()
+        private var batch: [(UInt32, [UInt32])] = []
+        private var finished = false
+
+        func finish(_ fetches: [(UInt32, [UInt32])]) {
+            lock.lock()
+            batch = fetches
+            finished = true
+            ready.broadcast()
+            lock.unlock()
+        }
+
+        func wait() -> [(UInt32, [UInt32])] {
+            lock.lock()
+            defer { lock.unlock() }
+            while !finished { ready.wait(lock) }
+            return batch
+        }
+    }
+
     private struct Offer {
         var entry: RemoteEntry
         var path: RelativePath
@@ -180,8 +204,10 @@ public final class PullSession {
             stats.filesScanned = order.count
             Trace.mark("pull: listing of \(order.count) entries")
 
-            // 2. Decide, and build what can be built from local chunks.
+            // 2. Decide. What the local chunks cannot give is asked for first; the rest is built from them while
+            // it comes (see 3).
             var assemblies: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
+            var building: [(op: UInt32, assembly: FileAssembly, offer: Offer, expected: FileStat?)] = []
             var fetches: [(UInt32, [UInt32])] = []
             for op in order {
                 guard let offer = offers[op] else { continue }
@@ -234,18 +260,12 @@ public final class PullSession {
                     case .file(let digest):
                         guard offer.chunks.count == Int(offer.entry.chunkCount) else { throw ProtocolError("\(key): chunk list incomplete") }
                         let assembly = try FileAssembly(tree: project.tree, path: offer.path, digest: digest, size: offer.entry.size, chunkList: offer.chunks)
-                        try assembly.fill(from: store)
                         stats.filesChanged += 1
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
-                        if assembly.isComplete {
-                            try seal(op, assembly, offer, expected: now?.stat)
-                            try settle(durability.take())
-                        } else {
-                            assembly.suspend()
-                            assemblies[op] = (assembly, offer, now?.stat)
-                            fetches.append((op, assembly.missingIndices))
-                        }
+                        building.append((op, assembly, offer, now?.stat))
+                        let lacking = assembly.missingIndices.filter { !store.contains(assembly.chunks[Int($0)].id) }
+                        if !lacking.isEmpty { fetches.append((op, lacking)) }
                     case .absent:
                         continue
                     }
@@ -257,9 +277,12 @@ public final class PullSession {
             }
 
             Trace.mark("pull: decided; \(fetches.count) files to fetch")
-            // 3. Fetch what is missing: requests go out on their own thread while this one takes in chunks.
+            // 3. Fetch what is missing: requests go out on their own thread, first those decided above, then any
+            // a local chunk turns out not to give (its file changed since it was recorded), while this thread
+            // builds files from local chunks and then takes in the chunks that come.
+            let chunksOf = Dictionary(building.map { ($0.op, $0.assembly.chunks) }, uniquingKeysWith: { a, _ in a })
             let expectedBytes = fetches.reduce(UInt64(0)) { sum, f in
-                sum + f.1.reduce(UInt64(0)) { $0 + UInt64(assemblies[f.0]!.0.chunks[Int($1)].length) }
+                sum + f.1.reduce(UInt64(0)) { $0 + UInt64(chunksOf[f.0]![Int($1)].length) }
             }
             // Much to fetch: the agent is asked for extra connections to send over (see `ExtraStreams`), and
             // every connection is read on a thread of its own into one queue.
@@ -273,13 +296,10 @@ public final class PullSession {
                 }
             }
             let requests = fetches
+            let later = LaterFetches()
             let sender = Thread {
-                do {
-                    if extraStreams > 0 {
-                        try writer.send(.streamsOpen(count: UInt8(extraStreams)))
-                        try writer.flush()
-                    }
-                    for (op, indices) in requests {
+                func send(_ batch: [(UInt32, [UInt32])]) throws {
+                    for (op, indices) in batch {
                         var start = 0
                         while start < indices.count {
                             let end = min(start + maxListItems, indices.count)
@@ -287,6 +307,15 @@ public final class PullSession {
                             start = end
                         }
                     }
+                }
+                do {
+                    if extraStreams > 0 {
+                        try writer.send(.streamsOpen(count: UInt8(extraStreams)))
+                        try writer.flush()
+                    }
+                    try send(requests)
+                    try writer.flush()
+                    try send(later.wait())
                     try writer.send(.fetchEnd)
                     try writer.flush()
                 } catch {
@@ -294,6 +323,30 @@ public final class PullSession {
                 }
             }
             sender.start()
+            var more: [(UInt32, [UInt32])] = []
+            do {
+                defer { later.finish(more) }
+                let asked = Dictionary(fetches.map { f in (f.0, Set(f.1.map { chunksOf[f.0]![Int($0)].id })) }, uniquingKeysWith: { a, _ in a })
+                for (op, assembly, offer, expected) in building {
+                    do {
+                        try assembly.fill(from: store)
+                        if assembly.isComplete {
+                            try seal(op, assembly, offer, expected: expected)
+                            try settle(durability.take())
+                        } else {
+                            assembly.suspend()
+                            assemblies[op] = (assembly, offer, expected)
+                            let lacking = assembly.missingIndices.filter { !(asked[op]?.contains(assembly.chunks[Int($0)].id) ?? false) }
+                            if !lacking.isEmpty { more.append((op, lacking)) }
+                        }
+                    } catch let error as ProtocolError {
+                        throw error
+                    } catch {
+                        stats.errors.append("\(error)")
+                    }
+                }
+            }
+            Trace.mark("pull: built from local chunks")
             let decompressor = ChunkDecompressor()
             let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
             defer { scratch.deallocate() }
