@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Many small files, first copy over SSH: syncctl push against rsync -a and rsync -a --fsync, all three through
 # the same throwaway loopback sshd into a fresh journaled ext4 loop file system with cold caches (freshly
-# deleted inodes make ext4 allocation slower, so nothing is reused between runs). Root only (mount).
+# deleted inodes make ext4 allocation slower, so nothing is reused between runs). The loop device does direct
+# I/O, so written-back pages go to the disk once, as from a real one (a buffered loop device copies each again
+# into the host's page cache, which only the tools that make data durable pay for). Root only (mount).
 # Prints a markdown table, one column per round.
 # usage: Bench/many-files.sh [RELEASE_DIR] [FILES] [ROUNDS]
 #   PULL=1         the other way: the files are a remote project's output/, brought back by syncctl pull (and
@@ -17,7 +19,14 @@ source "$here/lib/sshd.sh"
 work=$(mktemp -d /tmp/syncd-many.XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt"
-trap 'bench_sshd_stop; umount "$mnt" 2>/dev/null || true; rm -rf "$work"' EXIT
+device=""
+# Unmounts the file system and lets its loop device go.
+detach() {
+    umount "$mnt" 2>/dev/null || true
+    if [ -n "$device" ]; then losetup -d "$device" 2>/dev/null || true; fi
+    device=""
+}
+trap 'bench_sshd_stop; detach; rm -rf "$work"' EXIT
 bench_sshd_start "$work/sshd"
 ssh_cmd=$(cat "$work/sshd/ssh_options.bench")
 
@@ -34,11 +43,17 @@ EOF
 
 # A fresh file system holding a copy of the project (the source side), caches dropped.
 fresh() {
-    umount "$mnt" 2>/dev/null || true
+    detach
     rm -f "$work/fs.img"
     truncate -s 4G "$work/fs.img"
     mkfs.ext4 -q -F "$work/fs.img"
-    mount -o loop "$work/fs.img" "$mnt"
+    if device=$(losetup --find --show --direct-io=on "$work/fs.img") && mount "$device" "$mnt"; then
+        :
+    else
+        detach
+        echo "many-files: no direct-I/O loop device here; using a buffered one" >&2
+        mount -o loop "$work/fs.img" "$mnt"
+    fi
     cp -a "$work/proj" "$mnt/proj"
     sync
     echo 3 > /proc/sys/vm/drop_caches
