@@ -215,7 +215,15 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private func pump() {
         let session = owner.session
         let host = owner.settings.hostName
-        var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+        // Every read of the channel, stderr's too, asks for the same length. libssh2 (1.10) sizes the window
+        // adjustment a read sends by the length asked for, and when that send would block (as it does during a
+        // key re-exchange) it sends the adjustment it built the first time on the next read but credits its own
+        // window with the one the next read computed. A stdout read of 256 KiB cut off that way and finished by a
+        // stderr read of 64 KiB left libssh2 believing in a window 192 KiB smaller than sshd's; once sshd used
+        // the difference, libssh2 dropped the data beyond its window without a word, and a pull got a chunk whose
+        // bytes did not match its id (a 2 MiB window and `RekeyLimit 1M`, about one pull in five on a busy
+        // machine). With one length the adjustment sent and the one credited are always the same.
+        var readBuffer = [UInt8](repeating: 0, count: Self.readSize)
         /// Memory for the next read from the channel.
         var spare: UnsafeMutableRawBufferPointer?
         defer { spare?.deallocate() }

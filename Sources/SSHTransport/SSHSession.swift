@@ -99,6 +99,27 @@ public final class SSHSession {
 
     // MARK: TCP
 
+    /// The receive window of a stream: what sshd may send before it hears back, sized to carry 400 MB/s over the
+    /// round trip, between 2 MiB (OpenSSH's own window) and 16 MiB. A window is also what sshd holds in memory
+    /// when this side reads slower than the remote command writes, as on loopback where the client is the
+    /// slower end: there a 16 MiB window made sshd grow, fault in and zero its buffers, and spend about twice
+    /// the CPU of the 2 MiB one on a pull. A long link (50 ms and more) keeps the 16 MiB it needs. Unknown
+    /// round trip: 16 MiB.
+    public static func receiveWindow(roundTripSeconds: Double?) -> UInt32 {
+        let least = 2 << 20, most = 16 << 20
+        guard let rtt = roundTripSeconds, rtt.isFinite, rtt >= 0 else { return UInt32(most) }
+        return UInt32(min(max(rtt * 400e6, Double(least)), Double(most)))
+    }
+
+    /// The kernel's smoothed round-trip time of the connection (several samples by the time the session is
+    /// authenticated); nil where it cannot say. A TCP proxy in the way (the bench's wanem) hides the hops beyond it.
+    public func tcpRoundTripSeconds() -> Double? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(socket, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0, info.tcpi_rtt > 0 else { return nil }
+        return Double(info.tcpi_rtt) / 1e6
+    }
+
     static func connect(host: String, port: Int, timeoutSeconds: Int) throws -> Int32 {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
@@ -358,7 +379,9 @@ public final class SSHSession {
         // Opening the channel and starting the command are one round trip to sshd each: the shorter of the two
         // is the stream's estimate of the link's round-trip time (the other may include a hiccup on either side).
         let opening = monotonicNanos()
-        guard let channel = libssh2_channel_open_ex(session, "session", 7, 16 << 20, 32768, nil, 0) else {
+        let window = Self.receiveWindow(roundTripSeconds: tcpRoundTripSeconds())
+        Trace.mark("ssh: stream window \(window >> 10) KiB")
+        guard let channel = libssh2_channel_open_ex(session, "session", 7, window, 32768, nil, 0) else {
             throw SSHError.channel(host: settings.hostName, reason: lastError())
         }
         let opened = monotonicNanos()

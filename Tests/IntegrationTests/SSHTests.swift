@@ -252,6 +252,25 @@ struct SSHTests {
         connection.terminate()
     }
 
+    /// A stream's window follows the round trip: loopback gets OpenSSH's 2 MiB (sshd then holds no more than that
+    /// for a reader slower than the command), a long link up to 16 MiB, so that the window never caps it below
+    /// 400 MB/s; a round trip nobody could measure keeps 16 MiB.
+    @Test func streamWindowFollowsTheRoundTrip() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        let config = try f.useSSH(server)
+        let settings = try SSHConfigFile(path: config, home: f.base).settings(for: "gpu-test")
+        let session = try SSHSession(settings: settings, options: SSHOptions(identity: nil, knownHosts: nil, home: f.base))
+        let rtt = try #require(session.tcpRoundTripSeconds(), "the kernel gave no round trip for a connected socket")
+        #expect(rtt > 0 && rtt < 0.005, "loopback round trip \(rtt) s")
+        #expect(SSHSession.receiveWindow(roundTripSeconds: rtt) == 2 << 20)
+        #expect(SSHSession.receiveWindow(roundTripSeconds: 0.010) == 4_000_000)
+        #expect(SSHSession.receiveWindow(roundTripSeconds: 0.050) == 16 << 20)
+        #expect(SSHSession.receiveWindow(roundTripSeconds: 2.0) == 16 << 20)
+        #expect(SSHSession.receiveWindow(roundTripSeconds: nil) == 16 << 20)
+        #expect(SSHSession.receiveWindow(roundTripSeconds: .nan) == 16 << 20)
+    }
+
     @Test func connectionFailuresHaveClearMessages() throws {
         let f = try SyncFixture()
         try f.write("a.txt", "x")
