@@ -9,6 +9,9 @@
 # The remote copies go to REMOTE_DIR (default: a fresh directory beside PROJECT_DIR, so on its file system; a
 # tmpfs path takes the disk out). CLIENT_CPUS / SERVER_CPUS pin syncctl and rsync's ssh, and sshd with everything
 # it starts, with taskset (e.g. CLIENT_CPUS=0 SERVER_CPUS=1 for a laptop/server split on two cores).
+# PROFILE=1 runs each measured push under `perf record -a` (cpu-clock, a sample per CPU-millisecond) and prints the CPU-seconds
+# of each process name (syncctl, sshd, syncd-agent; ssh, rsync) and per GB of the project; PROFILE_KEEP=DIR keeps
+# each run's perf.data there (for `perf report --comm syncctl --sort sym`).
 #
 #   Bench/ab-push.sh .build/release /tmp/p 5 'compress: auto' 'compress: never'
 set -euo pipefail
@@ -36,11 +39,30 @@ measure() {
     local u n s i w q sq u2 n2 s2 i2 w2 q2 sq2 t0 t1
     read -r _ u n s i w q sq _ < /proc/stat
     t0=$(date +%s.%N)
-    "$@" >/dev/null 2>"$work/stderr" || { echo "failed: $*" >&2; cat "$work/stderr" >&2; exit 1; }
+    "${profile[@]}" "$@" >/dev/null 2>"$work/stderr" || { echo "failed: $*" >&2; cat "$work/stderr" >&2; exit 1; }
     t1=$(date +%s.%N)
     read -r _ u2 n2 s2 i2 w2 q2 sq2 _ < /proc/stat
     python3 -c "import sys; t0,t1,b,i=map(float,sys.argv[1:]); print(f'{t1-t0:.3f} {b/100:.2f} {i/100:.2f}')" \
         "$t0" "$t1" $(( (u2+n2+s2+q2+sq2) - (u+n+s+q+sq) )) $(( (i2+w2) - (i+w) ))
+}
+
+profile=()
+[ -n "${PROFILE:-}" ] && profile=(perf record -q -a -c 1000000 -e cpu-clock -o "$work/perf.data" --)
+project_gb=$(du -sb "$project" | python3 -c "import sys; print(int(sys.stdin.read().split()[0]) / 1e9)")
+# CPU-seconds per process name in the last profiled run (a cpu-clock sample per CPU-millisecond)
+per_process() {
+    [ -n "${PROFILE:-}" ] || return 0
+    [ -n "${PROFILE_KEEP:-}" ] && mkdir -p "$PROFILE_KEEP" && cp "$work/perf.data" "$PROFILE_KEEP/$1.data"
+    perf report -q -i "$work/perf.data" --sort comm --stdio -F overhead,sample,comm 2>/dev/null | python3 -c '
+import sys
+gb = float(sys.argv[1]); rows = []
+for line in sys.stdin:
+    parts = line.split()
+    if len(parts) >= 3 and parts[0].endswith("%"):
+        rows.append((int(parts[1]) / 1000, " ".join(parts[2:])))
+rows.sort(reverse=True)
+print("    cpu-s (per GB): " + ", ".join(f"{name} {s:.2f} ({s / gb:.2f})" for s, name in rows if s >= 0.05 and name != "swapper"))
+' "$project_gb"
 }
 
 results=$work/results
@@ -56,11 +78,13 @@ for round in $(seq 1 "$rounds"); do
             && rm -rf "$remote/syncd" "$work/state" && mkdir -p "$remote/syncd" && sync
         line=$(measure "${pin_client[@]}" "$release/syncctl" push "$project" --state-dir "$work/state")
         echo "round $round  syncd ${setting:-(defaults)}: wall ${line% * *} s  busy $(echo "$line" | cut -d' ' -f2) cpu-s  idle ${line##* } cpu-s"
+        per_process "round$round-syncd$index"
         echo "syncd ${setting:-(defaults)}|${line%% *}" >>"$results"
     done
     rm -rf "$remote/rsync"; mkdir -p "$remote/rsync"; sync
     line=$(measure "${pin_client[@]}" rsync -a --exclude=/syncd.yaml -e "ssh -F $work/sshd/ssh_config" "$project/" "bench:$remote/rsync/")
     echo "round $round  rsync -a: wall ${line% * *} s  busy $(echo "$line" | cut -d' ' -f2) cpu-s  idle ${line##* } cpu-s"
+    per_process "round$round-rsync"
     echo "rsync -a|${line%% *}" >>"$results"
 done
 echo

@@ -25,7 +25,8 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
     /// `keptLimit` at once (beyond it a file is read again when sent).
     private var keptBytes = 0
     private static let keptLimit = 64 << 20
-    static let keepFilesUpTo = 64 << 10
+    /// Every file small enough to go with its data unasked is kept, so that its bytes are read once.
+    static let keepFilesUpTo = Int(PushPipeline.eagerLimit)
 
     /// A file's content, and its bytes when it is small and was read whole.
     struct Hashed {

@@ -66,7 +66,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     private let sender: ChunkSender
     /// Digests of every file the remote holds as far as the last push knows.
     private let remoteDigests: Set<ChunkID>
-    private static let eagerLimit: UInt64 = 256 << 10
+    /// The largest file sent with its data, unasked (see `send`).
+    static let eagerLimit: UInt64 = 256 << 10
 
     private let condition = NSCondition()
     private var needs: [(UInt32, [UInt32])] = []

@@ -366,6 +366,30 @@ struct PushPullTests {
         #expect(try f.push().int("files_changed") == 0)
     }
 
+    @Test func filesOnBothSidesOfTheUnaskedLimitArriveWhole() throws {
+        // Files of up to 256 KiB go with their data, sent from the bytes the hasher read; larger ones are read
+        // again when the agent asks. Sizes on both sides of each limit (64 KiB, 256 KiB, the largest chunk)
+        // arrive byte for byte, and so does an edit of each: the new bytes, never the ones read before.
+        let f = try SyncFixture()
+        let sizes = [1, 16_383, 65_536, 65_537, 200_000, 262_144, 262_145, 600_000]
+        var contents = sizes.enumerated().map { randomBytes($1, seed: UInt64(100 + $0)) }
+        for (i, bytes) in contents.enumerated() { try f.write("data/f\(i).bin", bytes) }
+        let first = try f.push()
+        #expect(first.status == 0, "\(first.stderr)")
+        var (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        for i in contents.indices {
+            contents[i][contents[i].count / 2] ^= 0xFF
+            try f.write("data/f\(i).bin", contents[i])
+        }
+        let edit = try f.push()
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect(try edit.int("files_changed") == sizes.count)
+        (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        for (i, bytes) in contents.enumerated() { #expect(f.read("data/f\(i).bin", in: f.remoteProject) == bytes, "f\(i).bin differs") }
+    }
+
     @Test func cliErrorsNameWhatIsWrong() throws {
         let f = try SyncFixture()
         try f.write("syncd.yaml", "remote: local:/tmp/x\npul: [output]\n")
