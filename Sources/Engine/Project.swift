@@ -259,10 +259,10 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         return instance
     }
 
-    /// Ends a session that went well. A link for one session waits for the agent to exit and returns its
-    /// account of an abnormal end; a persistent link stays open.
-    func endSession() -> String? {
-        persistent ? nil : connection.finish()
+    /// Ends a session that went well (the agent said `done`, with everything recorded on its side). A link for
+    /// one session lets the agent go (see `AgentConnection.release`); a persistent link stays open.
+    func endSession() {
+        if !persistent && markClosed() { connection.release() }
     }
 
     /// Ends the link after a failed session; returns what to tell the user. What the agent said (a full disk,

@@ -513,7 +513,7 @@ public final class PullSession {
             throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume")
         }
         progress.finish()
-        if let why = link.endSession() { stats.warnings.append(why) }
+        link.endSession()
         stats.remoteDirectory = link.remoteDirectory
         try state.update(.pulled, changes)
         try state.update(.pushed, pushedChanges)

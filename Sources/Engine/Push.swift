@@ -321,7 +321,7 @@ public final class PushSession {
         progress.finish()
         Trace.mark("push: pipeline done")
         hasher.stop()
-        if let why = link.endSession() { stats.warnings.append(why) }
+        link.endSession()
         stats.remoteDirectory = link.remoteDirectory
         Trace.mark("push: session ended")
         let ops = outcome.ops

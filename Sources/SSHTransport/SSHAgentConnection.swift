@@ -126,6 +126,13 @@ public final class SSHAgentConnection: AgentConnection {
     private var terminated = false
     private let terminationLock = NSLock()
 
+    /// Drops the connection without waiting for the agent's exit status: the agent, done, sees its input end
+    /// and exits, and sshd needs no answer from here.
+    public func release() {
+        terminate()
+        _ = finish()
+    }
+
     public func terminate() {
         let healthy = channel.error == nil && channel.exitStatus == nil
         terminationLock.lock()

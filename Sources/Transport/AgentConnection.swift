@@ -12,12 +12,16 @@ public protocol AgentConnection: AnyObject {
     func finish() -> String?
     /// Ends the agent now.
     func terminate()
+    /// After a session the agent ended with `done`: nothing it does from then on changes the outcome, so the
+    /// connection may go without waiting for the agent's exit (over SSH that wait is a round trip).
+    func release()
     /// True when the transport already wrote the client's greeting (handshake and hello) to the agent.
     var greetingSent: Bool { get }
 }
 
 extension AgentConnection {
     public var greetingSent: Bool { false }
+    public func release() { _ = finish() }
 }
 
 /// Finds the `syncd-agent` binary: an explicit path, `$SYNCD_AGENT`, or beside the running executable.
