@@ -9,9 +9,9 @@
 # The remote copies go to REMOTE_DIR (default: a fresh directory beside PROJECT_DIR, so on its file system; a
 # tmpfs path takes the disk out). CLIENT_CPUS / SERVER_CPUS pin syncctl and rsync's ssh, and sshd with everything
 # it starts, with taskset (e.g. CLIENT_CPUS=0 SERVER_CPUS=1 for a laptop/server split on two cores).
-# PROFILE=1 runs each measured push under `perf record -a` (cpu-clock, a sample per CPU-millisecond) and prints the CPU-seconds
-# of each process name (syncctl, sshd, syncd-agent; ssh, rsync) and per GB of the project; PROFILE_KEEP=DIR keeps
-# each run's perf.data there (for `perf report --comm syncctl --sort sym`).
+# PROFILE=1 runs each measured push under `perf record -a` (cpu-clock, a sample per CPU-millisecond) and prints
+# the CPU-seconds of each process name (syncctl, sshd, syncd-agent; ssh, rsync), also per GB of the project;
+# PROFILE_KEEP=DIR keeps each run's perf.data there (for `perf report --comm syncctl --sort sym`).
 #
 #   Bench/ab-push.sh .build/release /tmp/p 5 'compress: auto' 'compress: never'
 set -euo pipefail
