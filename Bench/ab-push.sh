@@ -12,10 +12,13 @@
 # PROFILE=1 runs each measured push under `perf record -a` (cpu-clock, a sample per CPU-millisecond) and prints
 # the CPU-seconds of each process name (syncctl, sshd, syncd-agent; ssh, rsync), also per GB of the project;
 # PROFILE_KEEP=DIR keeps each run's perf.data there (for `perf report --comm syncctl --sort sym`).
+# READS=1 adds, after the rounds, one unmeasured push per setting under `strace -f -e pread64` and prints how many
+# bytes syncctl read from files, against the project's size (1.0x: each byte read once).
 #
 #   Bench/ab-push.sh .build/release /tmp/p 5 'compress: auto' 'compress: never'
 set -euo pipefail
-[ $# -ge 4 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 4 ] || { sed -n 2,14p "$0"; exit 2; }
+[ -z "${READS:-}" ] || command -v strace >/dev/null || { echo "READS=1 needs strace (apt-get install strace)" >&2; exit 1; }
 release=$(cd "$1" && pwd); project=$(cd "$2" && pwd); rounds=$3; shift 3
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib/sshd.sh"
@@ -87,6 +90,21 @@ for round in $(seq 1 "$rounds"); do
     per_process "round$round-rsync"
     echo "rsync -a|${line%% *}" >>"$results"
 done
+if [ -n "${READS:-}" ]; then
+    for setting in "$@"; do
+        printf 'name: ab\nremote: bench\nremote_root: %s\nssh_config: %s\nagent_path: %s\n%s\n' \
+            "$remote/syncd" "$work/sshd/ssh_config" "$release/syncd-agent" "$setting" >"$project/syncd.yaml"
+        rm -rf "$remote/syncd" "$work/state"; mkdir -p "$remote/syncd"
+        strace -f -qq -y -e trace=pread64 -e signal=none -o "$work/reads" "$release/syncctl" push "$project" --state-dir "$work/state" >/dev/null
+        python3 - "$work/reads" "$project_gb" "${setting:-(defaults)}" "$project/" <<'PY'
+import re, sys
+# Only reads of the project's files (`-y` names each descriptor's file), not of the state database or the agent.
+total = sum(int(m.group(1)) for line in open(sys.argv[1])
+            if "<" + sys.argv[4] in line and (m := re.search(r"= (\d+)$", line.rstrip())))
+print(f"reads  syncd {sys.argv[3]}: {total / 1e6:.1f} MB read from files, {total / 1e9 / float(sys.argv[2]):.2f}x the project")
+PY
+    done
+fi
 echo
 echo "| variant | walls, sorted (s) | median |"
 echo "|---|---|---|"

@@ -13,7 +13,7 @@ extension AgentSession {
     /// True while a file of the push still waits for frames from the client (its chunk list, data sent unasked,
     /// or chunks asked for).
     func waitsOnClient(_ file: PendingFile) -> Bool {
-        file.path == nil || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
+        file.path == nil || !file.listEnded || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
     }
 
     /// Places the chunks the store answered with; a file whose read failed is answered failed, naming the object.
@@ -62,6 +62,7 @@ extension AgentSession {
             fetcher?.shutdown()
             fetcher = nil
             storeChunks.removeAll()
+            givenUp.removeAll()
         }
         while !ended || !pending.isEmpty || !sealed.isEmpty {
             if ended && pending.isEmpty {
@@ -108,12 +109,23 @@ extension AgentSession {
                     path = try checkedPath(header.path)
                 } catch {
                     try reply(header.op, .failed, "\(error)", .absent)
-                    if header.chunkCount > 0 { pending[header.op] = PendingFile(header: header, path: nil) }
+                    if header.chunkCount > 0 || header.streamed { pending[header.op] = PendingFile(header: header, path: nil) }
                     continue
                 }
                 let file = PendingFile(header: header, path: path)
                 pending[header.op] = file
-                if header.chunkCount == 0 { try startFile(file) }
+                if header.streamed {
+                    try beginStreamed(file)
+                } else if header.chunkCount == 0 {
+                    try startFile(file)
+                }
+            case .chunkList(let op, let chunks) where pending[op]?.listEnded == false:
+                try continueStreamed(pending[op]!, chunks)
+            case .fileEnd(let op, let size, let digest, let count):
+                guard let file = pending[op], !file.listEnded else {
+                    throw ProtocolError("end of the chunk list of operation \(op), which is no streamed file being listed")
+                }
+                try endStreamed(file, size: size, digest: digest, count: count)
             case .chunkList(let op, let chunks):
                 guard let file = pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
                 guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
@@ -136,7 +148,10 @@ extension AgentSession {
                 eagerFrames[op] = nil
                 if let file = pending.removeValue(forKey: op) {
                     file.assembly?.suspend()
-                    try reply(op, .failed, "sender gave up: \(reason)", .absent)
+                    openAssemblies.removeAll { $0 == op }
+                    if file.asksClient { givenUp.insert(op) }
+                    // A file refused already was answered then.
+                    if file.path != nil { try reply(op, .failed, "sender gave up: \(reason)", .absent) }
                 }
             case .symlink(let op, _, _, _, _) where refusing, .directory(let op, _, _, _) where refusing,
                  .delete(let op, _, _, _) where refusing:
@@ -232,6 +247,112 @@ extension AgentSession {
         }
     }
 
+    /// The header of a streamed file: whether it may be built while its list comes (see `PendingFile.asksEarly`).
+    func beginStreamed(_ file: PendingFile) throws {
+        do {
+            if isPullPath(file.path) && !file.header.force {
+                throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
+            }
+            let (current, st) = try currentState(file.path)
+            file.asksEarly = current == file.header.base
+            file.targetStat = st
+        } catch let error where error is PathError || error is SystemError || error is AgentError {
+            try giveUp(file, describeFailure(error))
+        }
+    }
+
+    /// A part of a streamed file's list, answered with one `need` (empty when nothing of it is wanted): the
+    /// client keeps each part's bytes until that answer came, so it reads nothing twice. Once a chunk comes that
+    /// this side does not hold (the file's content is new, so it can be neither unchanged nor moved), the file is
+    /// built as its list comes: chunks held here are copied, and the others asked for.
+    func continueStreamed(_ file: PendingFile, _ chunks: [ChunkRef]) throws {
+        file.listedCount += chunks.count
+        // A file answered already drops its list.
+        try acknowledge(file.header.op, file.path == nil ? [] : try buildStreamed(file, chunks))
+    }
+
+    /// What of `chunks` (the next part of `file`'s list) the client must send.
+    private func buildStreamed(_ file: PendingFile, _ chunks: [ChunkRef]) throws -> [UInt32] {
+        do {
+            let list: [ChunkRef]
+            if file.assembly == nil {
+                var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+                for c in chunks {
+                    file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+                    offset += UInt64(c.length)
+                }
+                guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !store.contains($0.id) }) else { return [] }
+                // Journaled before the temporary file exists, so that a kill leaves nothing a sweep cannot find.
+                state.noteTemporaryFile(in: file.path.parentBytes)
+                file.assembly = try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions)
+                noteOpen(file.header.op)
+                list = file.chunks
+                file.chunks = []
+            } else {
+                list = chunks
+            }
+            let assembly = file.assembly!
+            let added = try assembly.append(list)
+            try assembly.fill(from: store, in: added)
+            let wanted = assembly.missingIndices(in: added)
+            if !wanted.isEmpty { file.asksClient = true }
+            return wanted
+        } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
+            try giveUp(file, describeFailure(error))
+            return []
+        }
+    }
+
+    /// The answer to one list frame of a streamed file: exactly one `need`, so that the client can count them.
+    private func acknowledge(_ op: UInt32, _ wanted: [UInt32]) throws {
+        if wanted.count <= maxListItems {
+            try writer.send(.need(op: op, indices: wanted))
+        } else {
+            try requestMissing(op, wanted)  // a late start of a huge file: the client reads what it no longer holds
+        }
+    }
+
+    /// The end of a streamed file's list. A file not built yet takes the usual way (unchanged, a conflict, a move,
+    /// or built now); one being built is placed once its last chunks are in.
+    func endStreamed(_ file: PendingFile, size: UInt64, digest: ChunkID, count: UInt32) throws {
+        let op = file.header.op
+        let listed = file.listedCount
+        guard Int(count) == listed else {
+            throw ProtocolError("\(displayPath(file.header.path)): the chunk list ended after \(listed) chunks, but its end says \(count)")
+        }
+        file.header.size = size
+        file.header.digest = digest
+        file.header.chunkCount = count
+        file.listEnded = true
+        guard file.path != nil else {
+            pending[op] = nil
+            return
+        }
+        guard let assembly = file.assembly else { return try startFile(file) }
+        do {
+            try assembly.end(size: size, digest: digest)
+            if assembly.isComplete { try finish(file) }
+        } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+            try giveUp(file, describeFailure(error))
+        }
+    }
+
+    /// Answers a streamed file failed. While its list still comes, what follows of it is read and dropped.
+    private func giveUp(_ file: PendingFile, _ message: String) throws {
+        let op = file.header.op
+        file.assembly?.suspend()
+        openAssemblies.removeAll { $0 == op }
+        if file.asksClient { givenUp.insert(op) }
+        if file.listEnded {
+            pending[op] = nil
+        } else {
+            let dropping = PendingFile(header: file.header, path: nil)
+            dropping.listedCount = file.listedCount
+            pending[op] = dropping
+        }
+        try reply(op, .failed, message, .absent)
+    }
+
     /// A new file whose content the cache holds whole (the old half of a move, deleted earlier in this push) is
     /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
     func adoptCached(_ file: PendingFile) throws -> Bool {
@@ -296,7 +417,8 @@ extension AgentSession {
         let eager = eagerFrames[op]
         if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
         guard let file = pending[op], let assembly = file.assembly else {
-            if eager != nil { return }  // sent unasked for a file already placed, unchanged or refused
+            // Sent unasked for a file already placed, unchanged or refused, or asked for by a file given up since.
+            if eager != nil || givenUp.contains(op) { return }
             throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
         }
         try receiveChunk(file, assembly, index: Int(frame.index), compressed: frame.compressed, rawLength: Int(frame.rawLength),

@@ -344,10 +344,19 @@ public final class AgentSession {
     // MARK: - The push in progress (served in AgentSession+Push.swift)
 
     final class PendingFile {
-        let header: FileHeader
-        /// nil when the path was refused: the chunk list is read and dropped.
+        /// A streamed file's gets its size, digest and chunk count from `fileEnd`.
+        var header: FileHeader
+        /// nil when the path was refused (or a streamed file was answered before its list ended): the chunk list
+        /// is read and dropped.
         let path: RelativePath!
+        /// The chunk list so far; a streamed file being built early keeps it in its assembly instead.
         var chunks: [ChunkRef] = []
+        /// False while a streamed file's list is still coming; how many chunks it listed so far.
+        var listEnded: Bool
+        var listedCount = 0
+        /// A streamed file whose path holds what the client last saw: what it lacks is asked for as its list
+        /// comes. Otherwise every answer waits for the digest at the end.
+        var asksEarly = false
         var assembly: FileAssembly?
         var targetStat: FileStat?
         /// A forced file: the name the remote's version was kept under.
@@ -358,6 +367,7 @@ public final class AgentSession {
         init(header: FileHeader, path: RelativePath?) {
             self.header = header
             self.path = path
+            listEnded = !header.streamed
         }
     }
 
@@ -366,6 +376,10 @@ public final class AgentSession {
     /// Data frames still to come for files sent with `dataFollows`: taken while the file is being built, dropped
     /// once it is placed, unchanged or refused.
     var eagerFrames: [UInt32: Int] = [:]
+
+    /// Streamed files given up (answered failed) after chunks of theirs were asked for: data still on its way
+    /// for them is dropped.
+    var givenUp: Set<UInt32> = []
 
     /// A push that reads chunks from the snapshot store: the reader, and where each chunk is.
     var fetcher: StoreFetcher?

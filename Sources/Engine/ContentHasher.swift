@@ -15,7 +15,15 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
     private let state: StateStore
     private let entries: [(op: Int, entry: LocalEntry)]
     private let condition = NSCondition()
-    private var results: [Int: Result<Hashed, ScanWarning>] = [:]
+    private var results: [Int: Hashing] = [:]
+    /// Which files larger than what goes unasked are cut while they are sent (`FileStream`); nil when none are
+    /// (the push does not read the local tree, or a store serves its chunks).
+    private let streams: ((LocalEntry) -> Bool)?
+    /// The file being streamed, cancelled by `stop`.
+    private var streaming: FileStream?
+    /// The buffers streamed files are read into (8 MiB each): a few are in use at once (the sender's kept parts
+    /// and the stream's queue, 48 MiB), and idle ones are kept for the next part.
+    private lazy var buffers = ReadBufferPool(size: max(8 << 20, 4 * project.chunking.maxSize), keep: 8)
     private var finished = false
     private var cancelled = false
     /// True while the sender waits in `result(for:)`: only then is it woken.
@@ -34,8 +42,15 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
         var bytes: [UInt8]?
     }
 
+    /// What the sender gets for a file: its content, or a stream of it.
+    enum Hashing {
+        case done(Result<Hashed, ScanWarning>)
+        case streaming(FileStream)
+    }
+
     /// `ops` indices whose file entries have no content yet.
-    init(project: Project, state: StateStore, ops: [PushOperation]) {
+    init(project: Project, state: StateStore, ops: [PushOperation], streams: ((LocalEntry) -> Bool)? = nil) {
+        self.streams = streams
         self.project = project
         self.state = state
         var list: [(Int, LocalEntry)] = []
@@ -54,13 +69,31 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
                 let stop = cancelled
                 condition.unlock()
                 if stop { break }
+                if entry.stat.size > PushPipeline.eagerLimit, streams?(entry) == true,
+                   let fd = try? project.tree.openForReading(entry.path), FileChunker.isDense(fd) {
+                    let stream = FileStream()
+                    condition.lock()
+                    results[op] = .streaming(stream)
+                    streaming = stream
+                    if waiting { condition.broadcast() }
+                    let stop = cancelled
+                    condition.unlock()
+                    if stop { stream.cancel() }
+                    let end = Snapshotter.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream)
+                    if case .whole(let file) = end { unsaved.append(file) }
+                    stream.finish(end)
+                    condition.lock()
+                    streaming = nil
+                    condition.unlock()
+                    continue
+                }
                 condition.lock()
                 let keep = keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0
                 condition.unlock()
                 let result = Snapshotter.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
                 if case .success(let hashed) = result { unsaved.append(hashed.file) }
                 condition.lock()
-                results[op] = result
+                results[op] = .done(result)
                 if case .success(let hashed) = result { keptBytes += hashed.bytes?.count ?? 0 }
                 if waiting { condition.broadcast() }
                 condition.unlock()
@@ -81,7 +114,7 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
     }
 
     /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
-    func result(for op: Int) -> Result<Hashed, ScanWarning> {
+    func result(for op: Int) -> Hashing {
         condition.lock()
         defer { condition.unlock() }
         while results[op] == nil && !finished {
@@ -89,15 +122,20 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
             condition.wait()
             waiting = false
         }
-        let result = results.removeValue(forKey: op) ?? .failure(ScanWarning(path: "?", message: "not hashed"))
-        if case .success(let hashed) = result { keptBytes -= hashed.bytes?.count ?? 0 }
+        let result = results.removeValue(forKey: op) ?? .done(.failure(ScanWarning(path: "?", message: "not hashed")))
+        if case .done(.success(let hashed)) = result { keptBytes -= hashed.bytes?.count ?? 0 }
         return result
     }
 
-    /// Stops hashing after the current file and waits until what was hashed is in the stat cache.
+    /// Stops hashing after the current file (a file being streamed is cut short) and waits until what was hashed
+    /// is in the stat cache.
     func stop() {
         condition.lock()
         cancelled = true
+        let stream = streaming
+        condition.unlock()
+        stream?.cancel()
+        condition.lock()
         while !finished { condition.wait() }
         condition.unlock()
     }

@@ -278,7 +278,14 @@ public final class PushSession {
         }
         stats.filesScanned = scan.entries.count
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
-        let hasher = ContentHasher(project: project, state: state, ops: planned)
+        // A large file is cut while it is sent, so that it is read once, unless its size and mtime are what the
+        // last push recorded: then it is most likely unchanged (hashed again only because the stat cache could not
+        // vouch for it), which is best found before anything is sent.
+        let streams: ((LocalEntry) -> Bool)? = restoring || storeFeed != nil || storeSource != nil ? nil : { entry in
+            guard let last = pushed[entry.path] else { return true }
+            return last.size != entry.stat.size || last.mtimeNanos != entry.stat.mtimeNanos
+        }
+        let hasher = ContentHasher(project: project, state: state, ops: planned, streams: streams)
         hasher.start()
         let link: AgentLink
         do { link = try connecting.wait() } catch {

@@ -58,7 +58,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// False when the tree pushed is not the local one (a restore): every chunk must come from the store.
     private let readsLocalFiles: Bool
     private let checkInstance: (String) throws -> Void
-    private let window: Int
+    /// How many operations may wait for their answers at once.
+    private let opsInFlight: Int
     private let reader: FrameReader
     private let writer: FrameWriter
     private let progress: ProgressReporter
@@ -82,6 +83,22 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     private var openFile: (op: UInt32, fd: FileDescriptor)?
     /// The bytes of the file being sent, as the hasher read them (small files only): sent from memory.
     private var heldBytes: (op: UInt32, bytes: [UInt8])?
+    /// Streamed files whose list has not ended: the chunks listed so far.
+    private var streamedChunks: [UInt32: [ChunkRef]] = [:]
+    /// The parts of streamed files listed and not yet answered, oldest first, with their bytes: the agent answers
+    /// each list frame with one `need`, and a part is let go once every frame of it was answered and served.
+    /// Beyond `keptLimit` bytes of them, no further part is listed until answers come.
+    private var keptParts: [(op: UInt32, first: Int, count: Int, offset: UInt64, buffer: ReadBuffer, range: Range<Int>, framesThrough: Int)] = []
+    private var keptBytes = 0
+    static let keptLimit = 32 << 20
+    /// Streamed files this side gave up on before their list ended (or found unchanged at its end): what the agent
+    /// asked of them meanwhile is not sent.
+    private var abandoned: Set<UInt32> = []
+    /// For each streamed file, the list frames sent and those answered so far.
+    private var listFrames: [UInt32: (sent: Int, answered: Int)] = [:]
+    /// Chunks sent from memory (as the hasher read them), and those read from their files (traced at the end).
+    private var sentFromMemory = 0
+    private var readFromFiles = 0
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
     private var packsSent = 0
@@ -110,7 +127,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         self.pushed = pushed
         remoteDigests = Set(pushed.values.compactMap(\.digest))
         self.hasher = hasher
-        self.window = window
+        opsInFlight = window
         self.progress = progress
         self.totalBytes = totalBytes
         reader = link.reader
@@ -169,7 +186,11 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             let id = UInt32(index + 1)
             if case .file(var e, let base) = ops[index], e.content == nil {
                 switch hasher.result(for: index) {
-                case .success(let hashed):
+                case .streaming(let stream):
+                    try waitForWindow()
+                    try sendStreamed(e, base: base, id: id, from: stream)
+                    continue
+                case .done(.success(let hashed)):
                     let record = hashed.file
                     heldBytes = hashed.bytes.map { (UInt32(index + 1), $0) }
                     e.content = ChunkedContent(chunks: record.chunks, digest: record.digest, size: record.stat.size)
@@ -178,7 +199,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                         outcome.notSent.insert(id)
                         continue
                     }
-                case .failure(let warning):
+                case .done(.failure(let warning)):
                     outcome.notSent.insert(id)
                     outcome.skipped.append(warning)
                     continue
@@ -204,6 +225,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
         try flushAll()
         finished = true
+        Trace.mark("push: chunks sent from memory \(sentFromMemory), read from their files \(readFromFiles)")
         condition.lock()
         let streams = self.streams
         condition.unlock()
@@ -284,7 +306,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             try serviceNeeds()
             condition.lock()
             if let fatal { condition.unlock(); throw fatal }
-            if inFlight < window && needs.isEmpty {
+            if inFlight < opsInFlight && needs.isEmpty {
                 inFlight += 1
                 condition.unlock()
                 return
@@ -293,7 +315,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             condition.unlock()
             if mustWait {
                 try flushAll()
-                try waitForReader { inFlight >= window && needs.isEmpty && fatal == nil }
+                try waitForReader { inFlight >= opsInFlight && needs.isEmpty && fatal == nil }
             }
         }
     }
@@ -334,6 +356,102 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
     }
 
+    /// A large file cut while it is sent: each part of its chunk list goes out as the hasher cuts it, with its
+    /// bytes kept in `keptParts` for the chunks the agent will ask for; the end says the size and digest. Chunks
+    /// other files wait for are sent meanwhile. A file the agent answered early (refused) is cut short.
+    private func sendStreamed(_ e: LocalEntry, base: PathState, id: UInt32, from stream: FileStream) throws {
+        stream.onReady { [unowned self] in
+            condition.lock()
+            condition.broadcast()
+            condition.unlock()
+        }
+        try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos,
+                                              size: e.stat.size, digest: .empty, base: base, chunkCount: 0, force: force, streamed: true)))
+        streamedChunks[id] = []
+        var ended = false
+        defer {
+            streamedChunks[id] = nil
+            if !ended { abandoned.insert(id) }
+        }
+        while true {
+            try serviceNeeds()
+            condition.lock()
+            if let fatal {
+                condition.unlock()
+                throw fatal
+            }
+            let answered = results[id] != nil
+            condition.unlock()
+            if answered {
+                stream.cancel()
+                try writer.send(.abort(op: id, reason: "answered before its chunk list ended"))
+                return
+            }
+            // Enough bytes wait for answers: the hasher waits too, once its queue is full.
+            let next = keptBytes < Self.keptLimit ? stream.next() : .nothingYet
+            switch next {
+            case .batch(let batch):
+                let first = streamedChunks[id]!.count
+                streamedChunks[id]!.append(contentsOf: batch.chunks)
+                var start = 0
+                var frames = listFrames[id] ?? (0, 0)
+                while start < batch.chunks.count {
+                    let end = min(start + maxListItems, batch.chunks.count)
+                    try writer.send(.chunkList(op: id, chunks: Array(batch.chunks[start..<end])))
+                    frames.sent += 1
+                    start = end
+                }
+                listFrames[id] = frames
+                // The agent answers each part as it comes: the sooner it has it, the sooner its bytes are let go.
+                try writer.flush()
+                if let offset = batch.chunks.first?.offset {
+                    keptParts.append((id, first, batch.chunks.count, offset, batch.buffer, batch.range, frames.sent))
+                    keptBytes += batch.range.count
+                }
+            case .end(.whole(let file)):
+                let content = ChunkedContent(chunks: file.chunks, digest: file.digest, size: file.stat.size)
+                var entry = e
+                entry.content = content
+                ops[Int(id) - 1] = .file(entry, base: base)
+                if pushed[e.path] == entry.synced && !force {
+                    // As last pushed after all (touched, or a change within the stat cache's second): not a change,
+                    // just as for a file hashed before it is sent. The agent answers it failed, which is not counted.
+                    outcome.notSent.insert(id)
+                    try writer.send(.abort(op: id, reason: "\(e.path) is what the last push left"))
+                    return
+                }
+                try writer.send(.fileEnd(op: id, size: content.size, digest: content.digest, chunkCount: UInt32(content.chunks.count)))
+                ended = true
+                return
+            case .end(.changed):
+                outcome.aborted.insert(id)
+                try writer.send(.abort(op: id, reason: "\(e.path) changed locally while being pushed"))
+                return
+            case .end(.failed(let why)):
+                try writer.send(.abort(op: id, reason: why))
+                return
+            case .nothingYet:
+                try flushAll()
+                let full = keptBytes >= Self.keptLimit
+                try waitForReader { needs.isEmpty && fatal == nil && results[id] == nil && (full || !stream.isReady) }
+            }
+        }
+    }
+
+    /// Counts a `need` of a streamed file as the answer to its next list frame, if any is unanswered; then lets
+    /// go of the parts of that file whose frames are all answered (after the need was served).
+    private func noteAnswered(_ op: UInt32) {
+        guard var frames = listFrames[op], frames.answered < frames.sent else { return }
+        frames.answered += 1
+        listFrames[op] = frames
+        keptParts.removeAll { part in
+            guard part.op == op, part.framesThrough <= frames.answered else { return false }
+            keptBytes -= part.range.count
+            return true
+        }
+        if frames.answered == frames.sent && streamedChunks[op] == nil { listFrames[op] = nil }
+    }
+
     /// Packs of the store, numbered in the order sent: those known at the start go ahead of the operations, the
     /// others (uploaded meanwhile) ahead of the first file that needs them.
     private func sendPacks(_ packs: ArraySlice<StorePack>, of feed: StoreFeed) throws {
@@ -371,7 +489,10 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         let batch = needs
         needs.removeAll()
         condition.unlock()
-        for (op, indices) in batch { try sendChunks(op: op, indices: indices) }
+        for (op, indices) in batch {
+            try sendChunks(op: op, indices: indices)
+            noteAnswered(op)
+        }
     }
 
     /// Waits for the reader thread while `waiting` holds (checked under `condition`). With extra streams it wakes
@@ -401,9 +522,12 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     }
 
     /// Sends chunks of file `op`. Data sent unasked (`eager`) follows its file's frames on this connection; data
-    /// the agent asked for may go over any stream.
+    /// the agent asked for may go over any stream. Bytes still in memory (a small file as hashed, the last parts of
+    /// streamed files) are sent from there; the rest is read again, and checked against its id.
     private func sendChunks(op: UInt32, indices: [UInt32], eager: Bool = false) throws {
-        guard op >= 1, Int(op) <= ops.count, case .file(let entry, _) = ops[Int(op) - 1], let content = entry.content else {
+        if abandoned.contains(op) || indices.isEmpty { return }
+        guard op >= 1, Int(op) <= ops.count, case .file(let entry, _) = ops[Int(op) - 1],
+              let chunks = entry.content?.chunks ?? streamedChunks[op] else {
             throw ProtocolError("the agent asked for chunks of operation \(op), which is not a file")
         }
         if outcome.aborted.contains(op) { return }
@@ -413,52 +537,59 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))
             return
         }
-        if let held = heldBytes, held.op == op {
-            try held.bytes.withUnsafeBytes { whole in
-                for index in indices {
-                    guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
-                        throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
-                    }
-                    let chunk = content.chunks[Int(index)]
-                    try sender.send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(rebasing: whole[Int(chunk.offset)..<Int(chunk.offset) + Int(chunk.length)]), to: writer)
-                    outcome.chunksSent += 1
-                    bytesDone += UInt64(chunk.length)
-                }
-            }
-            progress.update(done: bytesDone, total: totalBytes)
-            return
-        }
-        let fd: FileDescriptor
-        if let open = openFile, open.op == op { fd = open.fd } else {
-            do { fd = try project.tree.openForReading(entry.path) } catch {
-                outcome.aborted.insert(op)
-                try writer.send(.abort(op: op, reason: "cannot read \(entry.path) locally: \(error)"))
-                return
-            }
-            openFile = (op, fd)
-        }
         condition.lock()
         let streams = eager ? nil : self.streams
         condition.unlock()
         let mainStream = link.connection.stream
         for index in indices {
-            guard Int(index) < content.chunks.count, !content.chunks[Int(index)].id.isHole else {
-                throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(content.chunks.count) (holes are never sent)")
+            guard Int(index) < chunks.count, !chunks[Int(index)].id.isHole else {
+                throw ProtocolError("the agent asked for chunk \(index) of \(entry.path), which has \(chunks.count) (holes are never sent)")
             }
-            let chunk = content.chunks[Int(index)]
+            let chunk = chunks[Int(index)]
             let target = streams?.writer(main: writer, mainStream: mainStream) ?? writer
-            let sent: Bool
-            do { sent = try sender.send(chunk, index: index, op: op, from: fd, to: target) } catch where target !== writer {
+            do {
+                if try !send(chunk, index: index, op: op, path: entry.path, to: target) { return }
+            } catch where target !== writer {
                 throw SyncError("an extra stream of this push failed: \(error)")
-            }
-            guard sent else {
-                outcome.aborted.insert(op)
-                try writer.send(.abort(op: op, reason: "\(entry.path) changed locally while being pushed"))
-                return
             }
             outcome.chunksSent += 1
             bytesDone += UInt64(chunk.length)
-            progress.update(done: bytesDone, total: totalBytes)
         }
+        progress.update(done: bytesDone, total: totalBytes)
+    }
+
+    /// Sends one chunk from memory when it is there, else from the file; false (the file given up) when the file
+    /// no longer holds it.
+    private func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, path: RelativePath, to target: FrameWriter) throws -> Bool {
+        if let held = heldBytes, held.op == op {
+            try held.bytes.withUnsafeBytes { whole in
+                try sender.send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(rebasing: whole[Int(chunk.offset)..<Int(chunk.offset) + Int(chunk.length)]), to: target)
+            }
+            sentFromMemory += 1
+            return true
+        }
+        if let part = keptParts.last(where: { $0.op == op && $0.first <= Int(index) && Int(index) < $0.first + $0.count }) {
+            let start = part.range.lowerBound + Int(chunk.offset - part.offset)
+            try sender.send(chunk, index: index, op: op, bytes: UnsafeRawBufferPointer(rebasing: part.buffer.bytes[start..<start + Int(chunk.length)]),
+                            to: target)
+            sentFromMemory += 1
+            return true
+        }
+        readFromFiles += 1
+        let fd: FileDescriptor
+        if let open = openFile, open.op == op { fd = open.fd } else {
+            do { fd = try project.tree.openForReading(path) } catch {
+                outcome.aborted.insert(op)
+                try writer.send(.abort(op: op, reason: "cannot read \(path) locally: \(error)"))
+                return false
+            }
+            openFile = (op, fd)
+        }
+        guard try sender.send(chunk, index: index, op: op, from: fd, to: target) else {
+            outcome.aborted.insert(op)
+            try writer.send(.abort(op: op, reason: "\(path) changed locally while being pushed"))
+            return false
+        }
+        return true
     }
 }

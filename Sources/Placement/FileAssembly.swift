@@ -19,14 +19,19 @@ public struct PlacementError: Error, CustomStringConvertible {
 /// Builds one file from chunks in a temporary file beside its final path (`.syncd-part.<digest>`), then places
 /// it atomically: verify the whole-file digest, fchmod, futimens, fsync, rename, fsync the directory.
 /// A temporary file left by an interrupted run is reused: chunks already in it are not fetched again.
+///
+/// A streamed file (`init(tree:streaming:permissions:)`) is built while its chunk list still grows: `append`
+/// adds each part of the list as it comes, and `end` gives the size and digest once the sender knows them.
 public final class FileAssembly {
     public let path: RelativePath
-    public let digest: ChunkID
-    public let size: UInt64
-    /// The chunk list with offsets.
-    public let chunks: [ChunkRef]
-    public private(set) var present: [Bool]
-    public private(set) var missingCount: Int
+    public private(set) var digest: ChunkID
+    public private(set) var size: UInt64
+    /// The chunk list with offsets (so far, for a streamed file not yet ended).
+    public private(set) var chunks: [ChunkRef] = []
+    public private(set) var present: [Bool] = []
+    public private(set) var missingCount = 0
+    /// False while a streamed file's chunk list is still coming.
+    public private(set) var ended: Bool
     /// Chunks found already written in a temporary file from an earlier, interrupted run.
     public private(set) var resumedCount = 0
     public let partName: String
@@ -34,6 +39,15 @@ public final class FileAssembly {
     public private(set) var device: UInt64 = 0
     private let tree: Tree
     private var partFD: FileDescriptor?
+    /// The size of the temporary file found from an earlier run (0 when it was made new): chunks within it are
+    /// checked as they are listed.
+    private var leftover: UInt64 = 0
+    /// The first index of each chunk id, and for a first index the later ones with the same id: one write fills
+    /// them all, so each id is asked for once.
+    private var firstIndex: [ChunkID: Int] = [:]
+    private var repeats: [Int: [Int]] = [:]
+    /// Size of a buffer that holds any chunk of this file that is not a hole (at least one byte).
+    private var largestChunk = 1
 
     /// The mode a new temporary file got when it was made (what `permissions` asked, less the umask); nil when it
     /// was found from an earlier run. `seal` skips the fchmod when this is already the mode wanted.
@@ -46,27 +60,31 @@ public final class FileAssembly {
 
     /// Opens (or resumes) the temporary file, made with `permissions` when new. Parent directories are created as
     /// needed, without following symlinks.
-    public init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef],
-                permissions: UInt32 = 0o600) throws {
+    public convenience init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef],
+                            permissions: UInt32 = 0o600) throws {
+        let total = chunkList.reduce(UInt64(0)) { $0 + UInt64($1.length) }
+        guard total == size else {
+            throw PlacementError(path: path.description, message: "chunk lengths add up to \(total) bytes, but the file is \(size)")
+        }
+        try self.init(tree: tree, path: path, partName: Self.partName(for: path, digest: digest), permissions: permissions)
+        try append(chunkList)
+        try end(size: size, digest: digest)
+    }
+
+    /// A streamed file: its chunk list comes in parts (`append`), its size and digest at the end (`end`). The
+    /// temporary file is named after the path alone (`.syncd-part.stream-<hash of the name>`), so a later push of
+    /// the same path resumes it: every chunk found in it is checked against its id as the list reaches it.
+    public convenience init(tree: Tree, streaming path: RelativePath, permissions: UInt32 = 0o600) throws {
+        try self.init(tree: tree, path: path, partName: Self.streamedPartName(for: path), permissions: permissions)
+    }
+
+    private init(tree: Tree, path: RelativePath, partName: String, permissions: UInt32) throws {
         self.tree = tree
         self.path = path
-        self.digest = digest
-        self.size = size
-        var offset: UInt64 = 0
-        var withOffsets: [ChunkRef] = []
-        withOffsets.reserveCapacity(chunkList.count)
-        for c in chunkList {
-            withOffsets.append(ChunkRef(id: c.id, offset: offset, length: c.length))
-            offset += UInt64(c.length)
-        }
-        guard offset == size else {
-            throw PlacementError(path: path.description, message: "chunk lengths add up to \(offset) bytes, but the file is \(size)")
-        }
-        chunks = withOffsets
-        // Holes are never sent: they are there already, as the file is never written at their offsets.
-        present = withOffsets.map(\.id.isHole)
-        missingCount = present.filter { !$0 }.count
-        partName = Self.partName(for: path, digest: digest)
+        self.partName = partName
+        digest = .empty
+        size = 0
+        ended = false
         guard let parent = try tree.openParent(path, create: true) else {
             throw PlacementError(path: path.description, message: "parent directory could not be made")
         }
@@ -90,15 +108,65 @@ public final class FileAssembly {
         }
         guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
         device = existing.device
-        if existing.size > 0 {
-            try detectResumedChunks(part, existingSize: existing.size)
-            try clearHoles(part, existingSize: existing.size)
+        leftover = existing.size
+        extent = existing.size
+        partFD = part
+    }
+
+    /// Adds chunks to the end of the list (their offsets follow from the lengths). Chunks a leftover temporary
+    /// file holds already, repeats of chunks written before, and holes count as present. Returns the indices
+    /// added.
+    @discardableResult
+    public func append(_ list: [ChunkRef]) throws -> Range<Int> {
+        guard !ended else {
+            throw PlacementError(path: path.description, message: "chunks listed after the end of the file's list")
         }
+        let first = chunks.count
+        var offset = chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+        chunks.reserveCapacity(first + list.count)
+        for c in list {
+            let index = chunks.count
+            chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+            offset += UInt64(c.length)
+            // Holes are never sent: they are there already, as the file is never written at their offsets.
+            present.append(c.id.isHole)
+            if c.id.isHole { continue }
+            largestChunk = max(largestChunk, Int(c.length))
+            missingCount += 1
+            if let earlier = firstIndex[c.id] {
+                repeats[earlier, default: []].append(index)
+            } else {
+                firstIndex[c.id] = index
+            }
+        }
+        let added = first..<chunks.count
+        guard !added.isEmpty else { return added }
+        let part = try openPart()
+        if leftover > 0 {
+            try detectResumedChunks(part, in: added)
+            try clearHoles(part, in: added)
+        }
+        try copyRepeats(part, in: added)
+        feedHoles()
+        return added
+    }
+
+    /// The end of a streamed file's list: its size and digest. A leftover temporary file longer than that is cut.
+    public func end(size: UInt64, digest: ChunkID) throws {
+        guard !ended else { throw PlacementError(path: path.description, message: "the chunk list ended twice") }
+        let total = chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+        guard total == size else {
+            throw PlacementError(path: path.description, message: "chunk lengths add up to \(total) bytes, but the file is \(size)")
+        }
+        self.size = size
+        self.digest = digest
+        ended = true
         // Only a longer leftover needs cutting: the writes extend the file to its size (`seal` extends it over a
         // hole at the end).
-        if existing.size > size { try part.truncate(size) }
-        extent = min(existing.size, size)
-        partFD = part
+        if extent > size {
+            try openPart().truncate(size)
+            extent = size
+        }
     }
 
     /// The open temporary file, reopened (without following symlinks) after `suspend()`.
@@ -121,13 +189,21 @@ public final class FileAssembly {
         return partialFilePrefix + digest.hex + "-" + String(repeating: "0", count: 16 - suffix.count) + suffix
     }
 
+    /// A streamed file's temporary name: `.syncd-part.stream-<hash of the final name>`.
+    public static func streamedPartName(for path: RelativePath) -> String {
+        let name = String(ChunkID(hashing: path.name).low, radix: 16)
+        return partialFilePrefix + "stream-" + String(repeating: "0", count: 16 - name.count) + name
+    }
+
     /// True while the temporary file is held open.
     public var isOpen: Bool { partFD != nil }
 
-    private func detectResumedChunks(_ part: FileDescriptor, existingSize: UInt64) throws {
+    /// Marks the chunks of `range` that a leftover temporary file holds already (checked against their ids).
+    private func detectResumedChunks(_ part: FileDescriptor, in range: Range<Int>) throws {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
-        for (i, c) in chunks.enumerated() where !c.id.isHole && c.offset + UInt64(c.length) <= existingSize {
+        for i in range where !present[i] && chunks[i].offset + UInt64(chunks[i].length) <= leftover {
+            let c = chunks[i]
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(c.length)])
             guard try part.read(into: view, at: c.offset) == Int(c.length) else { continue }
             if ChunkID(hashing: UnsafeRawBufferPointer(view)) == c.id {
@@ -140,9 +216,9 @@ public final class FileAssembly {
 
     /// A resumed temporary file may hold bytes where this file has holes (an earlier run cut elsewhere): they
     /// are made holes again, so the placed file reads as zeros there and takes no disk.
-    private func clearHoles(_ part: FileDescriptor, existingSize: UInt64) throws {
-        for c in chunks where c.id.isHole && c.offset < existingSize {
-            let length = min(UInt64(c.length), existingSize - c.offset)
+    private func clearHoles(_ part: FileDescriptor, in range: Range<Int>) throws {
+        for c in chunks[range] where c.id.isHole && c.offset < leftover {
+            let length = min(UInt64(c.length), leftover - c.offset)
             if syncd_punch_hole(part.raw, Int64(c.offset), Int64(length)) == 0 { continue }
             // No hole punching here: zeros, written, read the same.
             let zeros = [UInt8](repeating: 0, count: 1 << 20)
@@ -155,27 +231,56 @@ public final class FileAssembly {
         }
     }
 
-    /// Size of a buffer that holds any chunk of this file that is not a hole (at least one byte).
-    private lazy var largestChunk: Int = max(chunks.lazy.filter { !$0.id.isHole }.map { Int($0.length) }.max() ?? 1, 1)
+    /// Chunks of `range` that repeat one already in the temporary file (written for an earlier part of a
+    /// streamed list, or found in a leftover) are copied from there.
+    private func copyRepeats(_ part: FileDescriptor, in range: Range<Int>) throws {
+        var buffer: UnsafeMutableRawBufferPointer?
+        defer { buffer?.deallocate() }
+        for i in range where !present[i] {
+            guard let earlier = firstIndex[chunks[i].id], earlier != i, present[earlier] else { continue }
+            let c = chunks[earlier]
+            if buffer == nil { buffer = .allocate(byteCount: largestChunk, alignment: 16) }
+            let view = UnsafeMutableRawBufferPointer(rebasing: buffer![0..<Int(c.length)])
+            guard try part.read(into: view, at: c.offset) == Int(c.length), ChunkID(hashing: UnsafeRawBufferPointer(view)) == c.id else {
+                continue  // asked for again, through its first index
+            }
+            try writeVerified(index: i, bytes: UnsafeRawBufferPointer(view))
+        }
+    }
 
     /// Indices of chunks still missing, one per distinct chunk id: `write` fills the repeats of a chunk (a run
     /// of zeros, say) from the first, so each id is asked for once.
-    public var missingIndices: [UInt32] {
+    public var missingIndices: [UInt32] { missingIndices(in: 0..<chunks.count) }
+
+    /// `missingIndices` among the chunks of `range` (the part of a streamed list just appended). A chunk
+    /// whose id came earlier in the file is not asked for: its first is (or was).
+    public func missingIndices(in range: Range<Int>) -> [UInt32] {
         var out: [UInt32] = []
-        var asked: Set<ChunkID> = []
-        for (i, p) in present.enumerated() where !p && asked.insert(chunks[i].id).inserted { out.append(UInt32(i)) }
+        for i in range where !present[i] {
+            let id = chunks[i].id
+            if firstIndex[id] == i {
+                out.append(UInt32(i))
+            } else if let earlier = firstIndex[id], present[earlier] {
+                out.append(UInt32(i))  // its first was found in a leftover, but this one was not copied: asked anew
+            }
+        }
         return out
     }
 
     /// Fills missing chunks from what this side already holds; returns how many were copied.
     @discardableResult
-    public func fill(from store: ChunkStore) throws -> Int {
+    public func fill(from store: ChunkStore) throws -> Int { try fill(from: store, in: 0..<chunks.count) }
+
+    /// `fill(from:)` for the chunks of `range`.
+    @discardableResult
+    public func fill(from store: ChunkStore, in range: Range<Int>) throws -> Int {
         guard missingCount > 0 else { return 0 }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
         var copied = 0
-        // A file often repeats chunks (zeros, say); write each id once read.
-        for (i, c) in chunks.enumerated() where !present[i] {
+        // A repeat is filled with its first chunk.
+        for i in range where !present[i] && (firstIndex[chunks[i].id] == i || present[firstIndex[chunks[i].id]!]) {
+            let c = chunks[i]
             if store.read(c.id, length: c.length, into: buffer) {
                 try writeVerified(index: i, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<Int(c.length)]))
                 copied += 1
@@ -201,10 +306,6 @@ public final class FileAssembly {
         }
         if present[index] { return }
         try writeVerified(index: index, bytes: bytes)
-        // The same id may appear again later in the file.
-        for j in (index + 1)..<chunks.count where !present[j] && chunks[j].id == c.id {
-            try writeVerified(index: j, bytes: bytes)
-        }
     }
 
     /// Bytes written since writeback was last started; see `writeVerified`.
@@ -235,12 +336,17 @@ public final class FileAssembly {
             present[index] = true
             missingCount -= 1
         }
+        // The same id may appear again later in the file.
+        if let later = repeats[index] {
+            for j in later where !present[j] { try writeVerified(index: j, bytes: bytes) }
+        }
         // Chunks that came ahead of this one (over another stream, say) are read back while the page cache has
         // them, so the digest keeps up and `seal` has nothing left to read.
         if digested < chunks.count && present[digested] && !chunks[digested].id.isHole { try advanceDigest(part) }
     }
 
-    public var isComplete: Bool { missingCount == 0 }
+    /// Every chunk is in the temporary file, and (streamed) the list has ended.
+    public var isComplete: Bool { ended && missingCount == 0 }
 
     /// Verifies the whole file against its digest, sets mode and mtime, makes it durable and renames it
     /// into place. `checkTarget` runs just before the rename with what is at the final path now; it throws
@@ -257,7 +363,8 @@ public final class FileAssembly {
     /// calling `commit`. A digest mismatch discards the temporary file.
     public func seal(permissions: UInt32, mtimeNanos: Int64, startWriteback: Bool) throws -> FileDescriptor {
         guard isComplete else {
-            throw PlacementError(path: path.description, message: "cannot place: \(missingCount) chunks still missing")
+            throw PlacementError(path: path.description, message: ended ? "cannot place: \(missingCount) chunks still missing"
+                                                                        : "cannot place: the chunk list has not ended")
         }
         let part = try openPart()
         try advanceDigest(part)

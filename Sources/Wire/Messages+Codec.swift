@@ -10,6 +10,7 @@ extension Message {
         case .fileBegin: return 0x10
         case .chunkList: return 0x11
         case .chunkData: return 0x12
+        case .fileEnd: return 0x19
         case .abort: return 0x13
         case .symlink: return 0x14
         case .directory: return 0x15
@@ -58,7 +59,9 @@ extension Message {
             w.u32(f.op); w.byteString(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
             Message.encode(f.base, into: &w)
             w.u32(f.chunkCount)
-            w.u8((f.dataFollows ? 1 : 0) | (f.force ? 2 : 0))
+            w.u8((f.dataFollows ? 1 : 0) | (f.force ? 2 : 0) | (f.streamed ? 4 : 0))
+        case .fileEnd(let op, let size, let digest, let count):
+            w.u32(op); w.u64(size); w.id(digest); w.u32(count)
         case .chunkList(let op, let chunks):
             w.u32(op); w.u32(UInt32(chunks.count))
             for c in chunks { w.id(c.id); w.u32(c.length) }
@@ -172,10 +175,13 @@ extension Message {
             let base = try decodeState(&r)
             let count = try r.u32("chunk count")
             let flags = try r.u8("flags")
-            guard flags <= 3 else { throw ProtocolError("file header: unknown flags \(flags)") }
+            guard flags <= 7 else { throw ProtocolError("file header: unknown flags \(flags)") }
+            guard flags & 5 != 5 else { throw ProtocolError("file header: a streamed file cannot send its data unasked") }
             message = .fileBegin(FileHeader(op: op, path: path, permissions: perms, mtimeNanos: mtime, size: size,
                                             digest: digest, base: base, chunkCount: count, dataFollows: flags & 1 != 0,
-                                            force: flags & 2 != 0))
+                                            force: flags & 2 != 0, streamed: flags & 4 != 0))
+        case 0x19:
+            message = .fileEnd(op: try r.u32("op"), size: try r.u64("size"), digest: try r.id("digest"), chunkCount: try r.u32("chunk count"))
         case 0x11:
             let op = try r.u32("op")
             let n = try r.count("chunks", itemSize: 20, limit: maxListItems)

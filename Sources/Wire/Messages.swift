@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 4
+public let wireVersion: UInt16 = 5
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -99,10 +99,16 @@ public struct FileHeader: Equatable, Sendable {
     /// conflict name beside it and places this file anyway (`resolve --keep local`, `push --force`). Allowed
     /// on pull paths too: the user chose the local version of a remote-owned file.
     public var force: Bool
+    /// The sender cuts the file while it sends it (a large file, read once): `digest` and `chunkCount` are not
+    /// known yet (zero) and `size` is what the file's stat said. The chunk list follows in frames as the file is
+    /// cut, the receiver answers each list frame with a `need` (see there), and `fileEnd` ends the list with the
+    /// real size, digest and count (or `abort` gives the file up).
+    public var streamed: Bool
 
     public init(op: UInt32, path: [UInt8], permissions: UInt32, mtimeNanos: Int64, size: UInt64, digest: ChunkID,
-                base: PathState, chunkCount: UInt32, dataFollows: Bool = false, force: Bool = false) {
+                base: PathState, chunkCount: UInt32, dataFollows: Bool = false, force: Bool = false, streamed: Bool = false) {
         self.dataFollows = dataFollows
+        self.streamed = streamed
         self.force = force
         self.op = op
         self.path = path
@@ -239,6 +245,8 @@ public enum Message: Equatable, Sendable {
     case fileBegin(FileHeader)
     /// Part of the chunk list of file `op` (push: sender's file; pull: remote entry).
     case chunkList(op: UInt32, chunks: [ChunkRef])
+    /// The end of a streamed file's chunk list (`FileHeader.streamed`): the file as it was cut.
+    case fileEnd(op: UInt32, size: UInt64, digest: ChunkID, chunkCount: UInt32)
     /// One chunk's bytes, zlib (raw deflate) compressed when `compressed`.
     case chunkData(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: [UInt8])
     /// The sender gives up on file `op` (it changed while being read, say).
@@ -249,7 +257,9 @@ public enum Message: Equatable, Sendable {
     case delete(op: UInt32, path: [UInt8], base: PathState, force: Bool)
     /// The client has sent every operation of this push.
     case endOfOperations
-    /// The agent lacks these chunks (indices into the file's chunk list).
+    /// The agent lacks these chunks (indices into the file's chunk list). Each list frame of a streamed file is
+    /// answered with exactly one, empty when nothing of it is wanted, before any other `need` of that file: the
+    /// client keeps a part's bytes until then.
     case need(op: UInt32, indices: [UInt32])
     case result(OpResult)
     /// The session's work is complete; the side receiving it may close.

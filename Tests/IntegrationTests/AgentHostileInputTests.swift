@@ -55,7 +55,7 @@ struct AgentHostileInputTests {
             func write(_ bytes: UnsafeRawBufferPointer) throws {}
             func closeWrite() {}
         }
-        let reader = FrameReader(Bytes(Array(r.stdout.utf8)))
+        let reader = FrameReader(Bytes(r.stdoutBytes))
         var replies: [Message] = []
         if (try? reader.readHandshake()) != nil {
             while let m = try? reader.next() { replies.append(m) }
@@ -141,6 +141,83 @@ struct AgentHostileInputTests {
         #expect(stderr.contains("does not match"), "\(stderr)")
         #expect(replies.contains { if case .error = $0 { return true }; return false })
         #expect(!FileManager.default.fileExists(atPath: box.project + "/model.bin"), "nothing at the final path")
+    }
+
+    /// A streamed file (wire v5): its list in `parts`, the data of every chunk after its part, then the end, with
+    /// the size, digest and count of what was listed unless told otherwise.
+    static func streamedFrames(op: UInt32, path: String, parts: [[[UInt8]]], digest: ChunkID? = nil, size: UInt64? = nil,
+                               count: UInt32? = nil, base: PathState = .absent) -> [Message] {
+        var messages: [Message] = [.fileBegin(FileHeader(op: op, path: Array(path.utf8), permissions: 0o644, mtimeNanos: 0, size: 0,
+                                                         digest: .empty, base: base, chunkCount: 0, streamed: true))]
+        var index: UInt32 = 0
+        for part in parts {
+            messages.append(.chunkList(op: op, chunks: part.map { ChunkRef(id: ChunkID(hashing: $0), offset: 0, length: UInt32($0.count)) }))
+            for bytes in part {
+                messages.append(.chunkData(op: op, index: index, compressed: false, rawLength: UInt32(bytes.count), payload: bytes))
+                index += 1
+            }
+        }
+        let whole = parts.flatMap { $0.flatMap { $0 } }
+        messages.append(.fileEnd(op: op, size: size ?? UInt64(whole.count), digest: digest ?? ChunkID(hashing: whole), chunkCount: count ?? index))
+        return messages
+    }
+
+    @Test func aStreamedFileIsBuiltAsItsListComes() throws {
+        let box = try Sandbox()
+        let a = Array("alpha bytes".utf8), b = Array("bravo bytes".utf8), d = Array("delta".utf8)
+        var messages: [Message] = [Self.hello(box)]
+        // The first part's chunk comes again in the second: it is copied, not asked for again.
+        messages += Self.streamedFrames(op: 1, path: "s.bin", parts: [[a, b], [a, d]])
+        messages.append(.endOfOperations)
+        let (status, stderr, replies) = try Self.agent(Self.frames(messages))
+        #expect(status == 0, "\(stderr)")
+        var results: [UInt32: OpResult] = [:]
+        for case .result(let r) in replies { results[r.op] = r }
+        #expect(results[1]?.status == .applied, "\(String(describing: results[1]))")
+        #expect(FileManager.default.contents(atPath: box.project + "/s.bin") == Data(a + b + a + d))
+        let needs = replies.compactMap { if case .need(1, let indices) = $0 { return indices }; return nil }
+        #expect(needs == [[0, 1], [3]], "each part's missing chunks, once each: \(needs)")
+    }
+
+    @Test func streamedFilesThatDisagreeWithTheirEndAreRefused() throws {
+        let box = try Sandbox()
+        let a = Array("alpha bytes".utf8), b = Array("bravo bytes".utf8)
+        // A count the list does not have ends the session: the two sides no longer agree on the frames.
+        var r = try Self.agent(Self.frames([Self.hello(box)] + Self.streamedFrames(op: 1, path: "n.bin", parts: [[a, b]], count: 3)))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("the chunk list ended after 2 chunks, but its end says 3"), "\(r.stderr)")
+        // An end for a file that is not being streamed.
+        r = try Self.agent(Self.frames([Self.hello(box), .fileEnd(op: 9, size: 0, digest: .empty, chunkCount: 0)]))
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("operation 9, which is no streamed file being listed"), "\(r.stderr)")
+
+        // A digest or size that the chunks do not give fails that file alone; a refused path is answered once, and
+        // what follows of its list is dropped.
+        var messages: [Message] = [Self.hello(box)]
+        messages += Self.streamedFrames(op: 1, path: "digest.bin", parts: [[a], [b]], digest: ChunkID(low: 1, high: 2))
+        messages += Self.streamedFrames(op: 2, path: "size.bin", parts: [[a, b]], size: 5)
+        var refused = Self.streamedFrames(op: 3, path: "../escape.bin", parts: [[a], [b]])
+        refused.removeAll { if case .chunkData = $0 { return true }; return false }
+        messages += refused
+        messages += Self.streamedFrames(op: 4, path: "fine.bin", parts: [[b], [a]])
+        messages.append(.endOfOperations)
+        r = try Self.agent(Self.frames(messages))
+        #expect(r.status == 0, "\(r.stderr)")
+        var results: [UInt32: [OpResult]] = [:]
+        for case .result(let answer) in r.replies { results[answer.op, default: []].append(answer) }
+        #expect(results.values.allSatisfy { $0.count == 1 }, "one answer per operation: \(results)")
+        #expect(results[1]?.first?.status == .failed)
+        #expect(results[1]?.first?.message.contains("does not match its digest") == true, "\(String(describing: results[1]))")
+        #expect(results[2]?.first?.status == .failed)
+        #expect(results[2]?.first?.message.contains("chunk lengths add up to 22 bytes, but the file is 5") == true, "\(String(describing: results[2]))")
+        #expect(results[3]?.first?.status == .failed)
+        #expect(results[3]?.first?.message.contains("'..'") == true)
+        #expect(results[4]?.first?.status == .applied)
+        #expect(FileManager.default.contents(atPath: box.project + "/fine.bin") == Data(b + a))
+        for name in ["digest.bin", "size.bin"] { #expect(!FileManager.default.fileExists(atPath: box.project + "/" + name)) }
+        #expect(!FileManager.default.fileExists(atPath: box.root + "/escape.bin"))
+        let leftovers = (try FileManager.default.contentsOfDirectory(atPath: box.project)).filter { $0.hasPrefix(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
     @Test func truncatedOversizeAndGarbageStreamsEndTheSessionCleanly() throws {

@@ -64,14 +64,20 @@ struct ChunkerTests {
         }
     }
 
-    @Test func fileChunkerMatchesInMemoryChunking() throws {
-        var generator = SplitMix(seed: 7)
-        let data = (0..<(3 << 20) + 12345).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
-        let dir = try TempDir()
+    /// `data` written to a file in `dir`; its path.
+    static func blob(_ data: [UInt8], in dir: TempDir) throws -> String {
         let path = dir.path + "/blob"
         let out = try FileDescriptor.open(path, flags: O_WRONLY_CREAT_TRUNC)
         try data.withUnsafeBytes { try out.writeAll($0) }
         out.close()
+        return path
+    }
+
+    @Test func fileChunkerMatchesInMemoryChunking() throws {
+        var generator = SplitMix(seed: 7)
+        let data = (0..<(3 << 20) + 12345).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+        let dir = try TempDir()
+        let path = try Self.blob(data, in: dir)
         let chunker = FileChunker()
         let fromFile = try chunker.chunk(try FileDescriptor.open(path, flags: 0))
         let fromMemory = data.withUnsafeBytes { chunker.chunk(bytes: $0) }
@@ -79,6 +85,38 @@ struct ChunkerTests {
         #expect(fromFile.digest == ChunkID(hashing: data))
         #expect(fromFile.chunks.reduce(0) { $0 + UInt64($1.length) } == UInt64(data.count))
         #expect(fromFile.chunks.allSatisfy { $0.length <= 256 * 1024 })
+    }
+
+    @Test(arguments: [8 << 20, 512 << 10])
+    func streamingChunkingEqualsWholeFileAndHandsOverEveryByteOnce(bufferSize: Int) throws {
+        // Random data with a run of zeros (cuts at the largest size), more than a few buffers, and a tail that is
+        // no whole buffer. The smallest buffer (two of the largest chunks) moves a tail into almost every next one.
+        var generator = SplitMix(seed: 11)
+        var data = (0..<(5 << 20)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+        data += [UInt8](repeating: 0, count: 3 << 20)
+        data += (0..<((9 << 20) + 4321)).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+        let dir = try TempDir()
+        let path = try Self.blob(data, in: dir)
+        let chunker = FileChunker()
+        let expected = try chunker.chunk(try FileDescriptor.open(path, flags: 0))
+        let pool = ReadBufferPool(size: bufferSize, keep: 2)
+        var handed: [UInt8] = []
+        var listed: [ChunkRef] = []
+        var kept: [(ReadBuffer, Range<Int>)] = []
+        let got = try chunker.chunkStreaming(try FileDescriptor.open(path, flags: 0), pool: pool) { chunks, buffer, range in
+            #expect(chunks.first?.offset == UInt64(handed.count), "each hand-over starts where the last ended")
+            #expect(UInt64(range.count) == chunks.reduce(0) { $0 + UInt64($1.length) })
+            handed += UnsafeRawBufferPointer(rebasing: buffer.bytes[range])
+            listed += chunks
+            kept.append((buffer, range))  // held, as the sender holds parts until they are answered
+        }
+        #expect(got == expected)
+        #expect(listed == expected.chunks)
+        #expect(handed == data)
+        #expect(kept.count > 2)
+        // Read again from the held buffers at the end: nothing held was written over by later reads.
+        let again = kept.flatMap { buffer, range in Array(UnsafeRawBufferPointer(rebasing: buffer.bytes[range])) }
+        #expect(again == data)
     }
 
     @Test func rejectsBadParameters() {
