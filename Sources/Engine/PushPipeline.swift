@@ -334,12 +334,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
                                                   base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,
                                                   force: force)))
-            var start = 0
-            while start < content.chunks.count {
-                let end = min(start + maxListItems, content.chunks.count)
-                try writer.send(.chunkList(op: id, chunks: Array(content.chunks[start..<end])))
-                start = end
-            }
+            try sendList(content.chunks, of: id)
             if eager {
                 var seen: Set<ChunkID> = []
                 let distinct = content.chunks.indices.filter {
@@ -393,14 +388,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             case .batch(let batch):
                 let first = streamedChunks[id]!.count
                 streamedChunks[id]!.append(contentsOf: batch.chunks)
-                var start = 0
                 var frames = listFrames[id] ?? (0, 0)
-                while start < batch.chunks.count {
-                    let end = min(start + maxListItems, batch.chunks.count)
-                    try writer.send(.chunkList(op: id, chunks: Array(batch.chunks[start..<end])))
-                    frames.sent += 1
-                    start = end
-                }
+                frames.sent += try sendList(batch.chunks, of: id)
                 listFrames[id] = frames
                 // The agent answers each part as it comes: the sooner it has it, the sooner its bytes are let go.
                 try writer.flush()
@@ -436,6 +425,19 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 try waitForReader { needs.isEmpty && fatal == nil && results[id] == nil && (full || !stream.isReady) }
             }
         }
+    }
+
+    /// Sends `chunks` of file `op` in as many list frames as they take; returns how many.
+    @discardableResult
+    private func sendList(_ chunks: [ChunkRef], of op: UInt32) throws -> Int {
+        var start = 0, frames = 0
+        while start < chunks.count {
+            let end = min(start + maxListItems, chunks.count)
+            try writer.send(.chunkList(op: op, chunks: Array(chunks[start..<end])))
+            frames += 1
+            start = end
+        }
+        return frames
     }
 
     /// Counts a `need` of a streamed file as the answer to its next list frame, if any is unanswered; then lets
