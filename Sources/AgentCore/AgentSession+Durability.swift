@@ -54,11 +54,15 @@ extension AgentSession {
             let parent: FileDescriptor?
             do {
                 var stashed: ChunkID?
-                parent = try assembly.commit(expectingNothing: file.targetStat == nil) { now in
-                    let same = (now == nil && file.targetStat == nil)
-                        || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
-                    if !same { throw ConflictAtPlacement(current: now) }
-                    if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
+                // Checked and renamed while no other session places anything: one that placed this path meanwhile
+                // is seen here, and its version is not replaced.
+                parent = try building.placing {
+                    try assembly.commit(expectingNothing: file.targetStat == nil) { now in
+                        let same = (now == nil && file.targetStat == nil)
+                            || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
+                        if !same { throw ConflictAtPlacement(current: now) }
+                        if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
+                    }
                 }
                 if let stashed { refreshStash(stashed) }
             } catch is ConflictAtPlacement {

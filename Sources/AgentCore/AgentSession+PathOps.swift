@@ -78,23 +78,42 @@ extension AgentSession {
         }
     }
 
+    /// Runs `change` with what is at `path` now, while no other session of the project changes a final path
+    /// (`BuildSession.placing`): what is there is found first (which may mean hashing a file) and confirmed by
+    /// its stat under the lock, or found again if it changed meanwhile. `change` returns the answer, which is sent
+    /// once the lock is let go.
+    func changing(_ path: RelativePath, _ change: (PathState, FileStat?) throws -> () throws -> Void) throws {
+        let (found, foundStat) = try currentState(path)
+        let answer = try building.placing {
+            let now = try tree.lstat(path)
+            let same = (now == nil && foundStat == nil)
+                || (now != nil && foundStat != nil && now!.kind == foundStat!.kind && now!.sameContentIdentity(as: foundStat!))
+            if same { return try change(found, foundStat) }
+            let (current, st) = try currentState(path)
+            return try change(current, st)
+        }
+        try answer()
+    }
+
     func applySymlink(_ op: UInt32, _ raw: [UInt8], _ target: [UInt8], _ base: PathState, force: Bool) throws {
         let path = try checkedPath(raw)
         if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
-        guard symlinkStaysInside(linkPath: path, target: target) else {
-            throw PathError(path: path.description, reason: "symlink target \(displayPath(target)) points outside the project")
+        if let why = symlinkEscapes(linkPath: path, target: target) {
+            throw PathError(path: path.description, reason: "symlink to \(displayPath(target)): its target \(why); not placed")
         }
-        let (current, st) = try currentState(path)
-        if current == .symlink(target) { return try reply(op, .unchanged, "", current) }
-        var keptAs: [UInt8] = []
-        if current != base {
-            guard force, current != .absent else { return try replyConflict(op, path, current, st, base: base) }
-            keptAs = try keepAside(path)
+        try changing(path) { current, st in
+            if current == .symlink(target) { return { try self.reply(op, .unchanged, "", current) } }
+            var keptAs: [UInt8] = []
+            if current != base {
+                guard force, current != .absent else { return { try self.replyConflict(op, path, current, st, base: base) } }
+                keptAs = try keepAside(path)
+            }
+            guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
+            try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description,
+                                  temporaryName: building.linkName(for: path.name))
+            if state.records[path] != nil { dropRecord(path) }
+            return { try self.writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs))) }
         }
-        guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
-        try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
-        if state.records[path] != nil { dropRecord(path) }
-        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs)))
     }
 
     func applyDirectory(_ op: UInt32, _ raw: [UInt8], _ permissions: UInt32, force: Bool) throws {
@@ -102,56 +121,61 @@ extension AgentSession {
         if isPullPath(path) && !pullPaths.contains(path) && !force {
             throw AgentError("\(path) is remote-owned (a pull path); push refused")
         }
-        let (current, st) = try currentState(path)
-        if current == .directory, let st {
-            if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
-                try dir.setPermissions(permissions & 0o777)
-                return try reply(op, .applied, "", .directory)
+        try changing(path) { current, st in
+            if current == .directory, let st {
+                if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
+                    try dir.setPermissions(permissions & 0o777)
+                    return { try self.reply(op, .applied, "", .directory) }
+                }
+                return { try self.reply(op, .unchanged, "", .directory) }
             }
-            return try reply(op, .unchanged, "", .directory)
+            var keptAs: [UInt8] = []
+            if current != .absent {
+                guard force else {
+                    return { try self.replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
+                }
+                keptAs = try keepAside(path)
+            }
+            guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
+            try dir.setPermissions(permissions & 0o777)
+            return { try self.writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs))) }
         }
-        var keptAs: [UInt8] = []
-        if current != .absent {
-            guard force else { return try replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
-            keptAs = try keepAside(path)
-        }
-        guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
-        try dir.setPermissions(permissions & 0o777)
-        try writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs)))
     }
 
     func applyDelete(_ op: UInt32, _ raw: [UInt8], _ base: PathState, force: Bool) throws {
         let path = try checkedPath(raw)
         if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
-        let (current, st) = try currentState(path)
-        if current == .absent { return try reply(op, .unchanged, "", .absent) }
-        if current == .directory { tree.forgetDirectories() }
-        guard let parent = try tree.openParent(path, create: false) else { return try reply(op, .unchanged, "", .absent) }
-        if current != base {
-            guard force else { return try replyConflict(op, path, current, st, base: base) }
-            // Deleted here, changed there: the remote's version is kept under a conflict name.
-            let keptAs = try keepAside(path)
-            durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs), directory: nil)
-            return
-        }
-        if current == .directory {
-            if withCName(path.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 {
-                if errno == ENOTEMPTY || errno == EEXIST {
-                    let names = (try? tree.openDirectory(path, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
-                    let shown = names.prefix(3).map { displayPath($0.name) }.joined(separator: ", ")
-                    return try replyConflict(op, path, .directory, st, base: base, "the directory holds files created on the remote (\(shown)); kept")
-                }
-                throw SystemError(call: "rmdir", path: path.description, errno: errno)
+        try changing(path) { current, st in
+            if current == .absent { return { try self.reply(op, .unchanged, "", .absent) } }
+            if current == .directory { tree.forgetDirectories() }
+            guard let parent = try tree.openParent(path, create: false) else { return { try self.reply(op, .unchanged, "", .absent) } }
+            if current != base {
+                guard force else { return { try self.replyConflict(op, path, current, st, base: base) } }
+                // Deleted here, changed there: the remote's version is kept under a conflict name.
+                let keptAs = try keepAside(path)
+                durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs), directory: nil)
+                return {}
             }
-        } else {
-            var stashed: ChunkID?
-            if let st = try Tree.lstat(at: parent, name: path.name, shown: path.description), st.kind == .regular { stashed = stash(path, stat: st) }
-            try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.description)
-            if let stashed { refreshStash(stashed) }
+            if current == .directory {
+                if withCName(path.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 {
+                    if errno == ENOTEMPTY || errno == EEXIST {
+                        let names = (try? tree.openDirectory(path, create: false)).flatMap { $0 }.map { (try? Tree.list($0)) ?? [] } ?? []
+                        let shown = names.prefix(3).map { displayPath($0.name) }.joined(separator: ", ")
+                        return { try self.replyConflict(op, path, .directory, st, base: base, "the directory holds files created on the remote (\(shown)); kept") }
+                    }
+                    throw SystemError(call: "rmdir", path: path.description, errno: errno)
+                }
+            } else {
+                var stashed: ChunkID?
+                if let st = try Tree.lstat(at: parent, name: path.name, shown: path.description), st.kind == .regular { stashed = stash(path, stat: st) }
+                try Tree.remove(at: parent, name: path.name, isDirectory: false, shown: path.description)
+                if let stashed { refreshStash(stashed) }
+            }
+            dropRecord(path)
+            // Durable, and answered, with the next sync of renames.
+            durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent), directory: (path.parentBytes, parent))
+            return {}
         }
-        dropRecord(path)
-        // Durable, and answered, with the next sync of renames.
-        durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent), directory: (path.parentBytes, parent))
     }
 
     func dropRecord(_ path: RelativePath) {

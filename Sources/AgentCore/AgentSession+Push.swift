@@ -52,7 +52,8 @@ extension AgentSession {
     func servePush() throws {
         var ended = false
         let durability = durability!
-        try state.beginPush()
+        // What sessions that are gone left may be taken over by this one, file by file; the rest goes at the end.
+        building.findDeadSessions()
         tree.cachesDirectories(true)
         highestBegun = 0
         defer {
@@ -186,8 +187,10 @@ extension AgentSession {
             }
         }
         try syncDirectoriesAndAnswer()
-        // Every operation is answered: temporary files no push is building any more are stale.
-        state.endPush(in: tree)
+        // Every operation is answered: this session's temporary files, and what sessions that are gone left, are
+        // stale. Those of other sessions still running are theirs.
+        building.sweep(in: tree)
+        state.sweepLegacyPartials(in: tree)
         if cacheGrew { evictCache() }
         cacheGrew = false
         try state.save()
@@ -217,10 +220,8 @@ extension AgentSession {
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
-            // Journaled before the temporary file exists, so that a kill leaves nothing a sweep cannot find.
-            state.noteTemporaryFile(in: file.path.parentBytes)
             let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
-                                            permissions: header.permissions)
+                                            permissions: header.permissions, session: building)
             file.assembly = assembly
             try assembly.fill(from: store)
             if assembly.isComplete {
@@ -282,9 +283,7 @@ extension AgentSession {
                     offset += UInt64(c.length)
                 }
                 guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !store.contains($0.id) }) else { return [] }
-                // Journaled before the temporary file exists, so that a kill leaves nothing a sweep cannot find.
-                state.noteTemporaryFile(in: file.path.parentBytes)
-                file.assembly = try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions)
+                file.assembly = try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions, session: building)
                 noteOpen(file.header.op)
                 list = file.chunks
                 file.chunks = []
@@ -368,14 +367,21 @@ extension AgentSession {
               record.stat.sameContentIdentity(as: st),
               let parent = try tree.openParent(file.path, create: true)
         else { return false }
-        let cached = try Tree.openFile(at: cache, name: name, flags: O_RDONLY, shown: cachedPath.description)
-        try cached.setPermissions(header.permissions & 0o777)
-        try cached.setModificationTime(header.mtimeNanos)
-        // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
-        guard withCName(name, { from in withCName(file.path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
-            return false
+        // Linked and taken out of the cache while no other session places anything, so that no two paths get
+        // the one inode.
+        let linked = try building.placing { () throws -> Bool in
+            let cached = try Tree.openFile(at: cache, name: name, flags: O_RDONLY, shown: cachedPath.description)
+            guard let now = try? cached.stat(), now.sameContentIdentity(as: st) else { return false }
+            try cached.setPermissions(header.permissions & 0o777)
+            try cached.setModificationTime(header.mtimeNanos)
+            // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
+            guard withCName(name, { from in withCName(file.path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
+                return false
+            }
+            _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
+            return true
         }
-        _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
+        guard linked else { return false }
         dropRecord(cachedPath)
         if let placed = try tree.lstat(file.path) {
             replaceRecord(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))

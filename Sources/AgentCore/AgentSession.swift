@@ -235,6 +235,7 @@ public final class AgentSession {
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)
+            building = try Self.buildSession(in: tree)
             indexedStore = nil
             openProjectPath = projectPath
         }
@@ -254,6 +255,17 @@ public final class AgentSession {
     }
 
     var openProjectPath: String?
+
+    /// The temporary files this agent builds in the open project, apart from every other session's.
+    var building: BuildSession!
+
+    static func buildSession(in tree: Tree) throws -> BuildSession {
+        let components = [Array(agentStateDirectoryName.utf8), Array("sessions".utf8)]
+        guard let sessions = try tree.openDirectory(components, create: true) else {
+            throw AgentError("cannot make \(agentStateDirectoryName)/sessions in \(tree.rootPath)")
+        }
+        return try BuildSession(sessionsIn: sessions, shown: tree.rootPath + "/" + agentStateDirectoryName + "/sessions")
+    }
 
     func isStillCurrent() -> Bool {
         guard let tree, let state, let root = try? tree.root.stat() else { return false }

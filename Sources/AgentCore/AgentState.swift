@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Chunking
+import Placement
 import SyncSystem
 import Wire
 
@@ -27,8 +28,8 @@ struct FileRecord: Equatable {
 /// fact is written at once: a directory that is about to hold a temporary file.
 final class AgentState {
     private(set) var records: [RelativePath: FileRecord] = [:]
-    /// Directories that may hold temporary files of a session that did not finish (journaled before the first
-    /// one is made there); swept when a push ends with every operation answered.
+    /// Directories that may hold temporary files of an agent from before build sessions (see
+    /// `sweepLegacyPartials`); today's sessions list theirs in their own leases (`BuildSession`).
     private(set) var partialDirectories: Set<[UInt8]> = []
     private let directory: FileDescriptor
     private var journal: FileDescriptor?
@@ -214,56 +215,13 @@ final class AgentState {
         appendJournal(w.bytes)
     }
 
-    /// A temporary file is about to be made in `directory` (its path bytes). The first one there journals the
-    /// directory, at once, so that a sweep finds what a kill leaves there.
-    func noteTemporaryFile(in directory: [UInt8]) {
-        guard partialDirectories.insert(directory).inserted else { return }
-        var w = PayloadWriter()
-        w.u8(5)
-        w.byteString(directory)
-        appendJournal(w.bytes)
-        flushJournal()
-    }
-
-    /// Every push holds `.syncd/push.lock` shared while it runs (several may run at once: the daemon's and a
-    /// CLI push). A sweep needs it exclusive, so it never removes a temporary file another push is building.
-    private var pushLock: FileDescriptor?
-
-    /// Takes the push lock shared, waiting while a sweep holds it (a sweep is short).
-    func beginPush() throws {
-        if pushLock == nil {
-            let fd = try syscall("openat", path: ".syncd/push.lock") {
-                openat(directory.raw, "push.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            }
-            pushLock = FileDescriptor(raw: fd, path: ".syncd/push.lock")
-        }
-        var rc: Int32
-        repeat { rc = flock(pushLock!.raw, LOCK_SH) } while rc != 0 && errno == EINTR
-        if rc != 0 { throw SystemError(call: "flock", path: ".syncd/push.lock", errno: errno) }
-    }
-
-    /// Ends this push: sweeps the temporary files left in the directories journaled (when no other push runs;
-    /// otherwise a later push does), then lets go of the lock.
-    func endPush(in tree: Tree) {
-        guard let pushLock else { return }
-        _ = flock(pushLock.raw, LOCK_UN)
-        if flock(pushLock.raw, LOCK_EX | LOCK_NB) == 0 {
-            sweepPartials(in: tree)
-            _ = flock(pushLock.raw, LOCK_UN)
-        }
-    }
-
-    /// Removes every temporary file in the directories that may hold some (no session is building one any more:
-    /// call when every operation of a push is answered, holding the push lock exclusive), and forgets them.
-    private func sweepPartials(in tree: Tree) {
-        for directory in partialDirectories {
-            let components = directory.isEmpty ? [] : directory.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Array.init)
-            guard let dir = try? tree.openDirectory(components, create: false), let entries = try? Tree.list(dir) else { continue }
-            for entry in entries where entry.kind != .directory && entry.name.starts(with: partialFilePrefix.utf8) {
-                try? Tree.remove(at: dir, name: entry.name, isDirectory: false, shown: displayPath(joinPath(directory, entry.name)))
-            }
-        }
+    /// Removes the temporary files an agent from before build sessions (0.14) left in the directories it
+    /// journaled, and forgets those directories. Their names carry no session; today's agents never make such names.
+    func sweepLegacyPartials(in tree: Tree) {
         guard !partialDirectories.isEmpty else { return }
+        for directory in partialDirectories {
+            BuildSession.removeParts(in: tree, directory: directory) { BuildSession.owner(ofPartName: $0) == nil }
+        }
         partialDirectories.removeAll()
         appendJournal([6])
     }

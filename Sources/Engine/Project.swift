@@ -1,6 +1,7 @@
 import Chunking
 import Foundation
 import LocalState
+import Placement
 import ProjectScan
 import SyncConfig
 import SyncSystem
@@ -120,6 +121,20 @@ public final class Project: Sendable {
         let path = "\(base)/projects/\(config.name)-\(key.hex.prefix(16)).sqlite"
         do { return try StateStore(path: path) } catch {
             throw SyncError("cannot open local state \(path): \(error)")
+        }
+    }
+
+    /// A session for the temporary files a pull builds in this project (see `BuildSession`), whose lease sits
+    /// in this machine's state directory, one folder per project directory: every pull into the directory (the
+    /// daemon's, a CLI's) keeps apart from the others, and takes over what one that is gone left.
+    func openBuildSession() throws -> BuildSession {
+        let key = ChunkID(hashing: Array(directory.utf8))
+        let path = "\(stateBase)/sessions/\(config.name)-\(key.hex.prefix(16))"
+        do {
+            try Tree.makeDirectories(path)
+            return try BuildSession(sessionsIn: try FileDescriptor.open(path, flags: O_RDONLY | O_DIRECTORY), shown: path)
+        } catch {
+            throw SyncError("cannot open the build sessions of \(directory) in \(path): \(error)")
         }
     }
 

@@ -104,6 +104,12 @@ public final class PullSession {
             connecting.cancel()
             throw error
         }
+        let buildSession: BuildSession
+        do { buildSession = try project.openBuildSession() } catch {
+            connecting.cancel()
+            throw error
+        }
+        buildSession.findDeadSessions()
         var local: [RelativePath: LocalEntry] = [:]
         for e in snapshot.entries { local[e.path] = e }
         let store = ChunkStore(tree: project.tree)
@@ -152,7 +158,7 @@ public final class PullSession {
                     stats.errors.append("\(offer.path): \(SystemError(call: "fsync", path: offer.path.description, errno: error))")
                     continue
                 }
-                if let (cached, parent) = try commit(assembly, offer, expected: expected, stats: &stats) {
+                if let (cached, parent) = try buildSession.placing({ try commit(assembly, offer, expected: expected, stats: &stats) }) {
                     cacheUpdates.append(cached)
                     agreed(offer.path, Self.synced(offer.entry))
                     durability.renamed(offer.path, directory: (offer.path.parentBytes, parent))
@@ -251,15 +257,16 @@ public final class PullSession {
                         _ = try project.tree.openDirectory(offer.path, create: true)
                         agreed(key, remoteSynced)
                     case .symlink(let target):
-                        guard symlinkStaysInside(linkPath: key, target: target) else {
-                            throw SyncError("\(key): remote symlink to \(displayPath(target)) points outside the project; not pulled")
+                        if let why = symlinkEscapes(linkPath: key, target: target) {
+                            throw SyncError("\(key): remote symlink to \(displayPath(target)): its target \(why); not pulled")
                         }
                         try placeSymlink(offer.path, target: target)
                         agreed(key, remoteSynced)
                         stats.filesChanged += 1
                     case .file(let digest):
                         guard offer.chunks.count == Int(offer.entry.chunkCount) else { throw ProtocolError("\(key): chunk list incomplete") }
-                        let assembly = try FileAssembly(tree: project.tree, path: offer.path, digest: digest, size: offer.entry.size, chunkList: offer.chunks)
+                        let assembly = try FileAssembly(tree: project.tree, path: offer.path, digest: digest, size: offer.entry.size,
+                                                        chunkList: offer.chunks, session: buildSession)
                         stats.filesChanged += 1
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
@@ -514,6 +521,8 @@ public final class PullSession {
         }
         progress.finish()
         link.endSession()
+        // Every file is placed or given up: this pull's temporary files, and those of pulls that are gone, are stale.
+        buildSession.sweep(in: project.tree)
         stats.remoteDirectory = link.remoteDirectory
         try state.update(.pulled, changes)
         try state.update(.pushed, pushedChanges)

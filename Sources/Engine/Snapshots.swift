@@ -95,6 +95,8 @@ extension Project {
                 throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)
             }
             let tree = try Tree(rootPath: absolute, create: true)
+            // A new directory: no other session builds there.
+            let building = BuildSession.unshared()
             var directories: [ManifestEntry] = []
             for entry in manifest.entries {
                 switch entry.kind {
@@ -107,7 +109,7 @@ extension Project {
                     stats.filesChanged += 1
                 case .file:
                     let assembly = try FileAssembly(tree: tree, path: entry.path, digest: entry.digest ?? .empty, size: entry.size,
-                                                    chunkList: entry.chunks)
+                                                    chunkList: entry.chunks, session: building)
                     for index in assembly.missingIndices {
                         let chunk = assembly.chunks[Int(index)]
                         guard let place = places[chunk.id] else { continue }

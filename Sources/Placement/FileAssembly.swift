@@ -16,12 +16,14 @@ public struct PlacementError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(message)" }
 }
 
-/// Builds one file from chunks in a temporary file beside its final path (`.syncd-part.<digest>`), then places
-/// it atomically: verify the whole-file digest, fchmod, futimens, fsync, rename, fsync the directory.
-/// A temporary file left by an interrupted run is reused: chunks already in it are not fetched again.
+/// Builds one file from chunks in a temporary file beside its final path, named for the building session
+/// (`BuildSession.partName(for:)`), then places it atomically: verify the whole-file digest, fchmod, futimens,
+/// fsync, rename, fsync the directory. A temporary file left for the same path by an interrupted run of this
+/// session, or taken over from a session that is gone, is reused: chunks already in it (checked against their
+/// ids) are not fetched again.
 ///
-/// A streamed file (`init(tree:streaming:permissions:)`) is built while its chunk list still grows: `append`
-/// adds each part of the list as it comes, and `end` gives the size and digest once the sender knows them.
+/// A streamed file (`init(tree:streaming:permissions:session:)`) is built while its chunk list still grows:
+/// `append` adds each part of the list as it comes, and `end` gives the size and digest once the sender knows them.
 public final class FileAssembly {
     public let path: RelativePath
     public private(set) var digest: ChunkID
@@ -61,33 +63,35 @@ public final class FileAssembly {
     /// Opens (or resumes) the temporary file, made with `permissions` when new. Parent directories are created as
     /// needed, without following symlinks.
     public convenience init(tree: Tree, path: RelativePath, digest: ChunkID, size: UInt64, chunkList: [ChunkRef],
-                            permissions: UInt32 = 0o600) throws {
+                            permissions: UInt32 = 0o600, session: BuildSession) throws {
         let total = chunkList.reduce(UInt64(0)) { $0 + UInt64($1.length) }
         guard total == size else {
             throw PlacementError(path: path.description, message: "chunk lengths add up to \(total) bytes, but the file is \(size)")
         }
-        try self.init(tree: tree, path: path, partName: Self.partName(for: path, digest: digest), permissions: permissions)
+        try self.init(tree: tree, path: path, permissions: permissions, session: session)
         try append(chunkList)
         try end(size: size, digest: digest)
     }
 
-    /// A streamed file: its chunk list comes in parts (`append`), its size and digest at the end (`end`). The
-    /// temporary file is named after the path alone (`.syncd-part.stream-<hash of the name>`), so a later push of
-    /// the same path resumes it: every chunk found in it is checked against its id as the list reaches it.
-    public convenience init(tree: Tree, streaming path: RelativePath, permissions: UInt32 = 0o600) throws {
-        try self.init(tree: tree, path: path, partName: Self.streamedPartName(for: path), permissions: permissions)
+    /// A streamed file: its chunk list comes in parts (`append`), its size and digest at the end (`end`). Every
+    /// chunk found in a temporary file left for the path is checked against its id as the list reaches it.
+    public convenience init(tree: Tree, streaming path: RelativePath, permissions: UInt32 = 0o600, session: BuildSession) throws {
+        try self.init(tree: tree, path: path, permissions: permissions, session: session)
     }
 
-    private init(tree: Tree, path: RelativePath, partName: String, permissions: UInt32) throws {
+    private init(tree: Tree, path: RelativePath, permissions: UInt32, session: BuildSession) throws {
         self.tree = tree
         self.path = path
-        self.partName = partName
+        partName = session.partName(for: path)
         digest = .empty
         size = 0
         ended = false
+        // Listed before the temporary file exists, so that a kill leaves nothing a later session cannot find.
+        try session.willBuild(in: path.parentBytes)
         guard let parent = try tree.openParent(path, create: true) else {
             throw PlacementError(path: path.description, message: "parent directory could not be made")
         }
+        session.adoptLeftover(for: path, in: parent)
         let shown = displayPath(joinPath(path.parentBytes, Array(partName.utf8)))
         let mode = permissions & 0o777
         var made: FileDescriptor?
@@ -178,21 +182,6 @@ public final class FileAssembly {
         let part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: partName)
         partFD = part
         return part
-    }
-
-    /// The temporary file's name: `.syncd-part.<digest>-<hash of the final name>`. The digest lets a later run
-    /// find and resume it; the name keeps two files with the same content in one directory (copies, empty
-    /// `__init__.py`s) from building into the same temporary file.
-    public static func partName(for path: RelativePath, digest: ChunkID) -> String {
-        let name = ChunkID(hashing: path.name).low
-        let suffix = String(name, radix: 16)
-        return partialFilePrefix + digest.hex + "-" + String(repeating: "0", count: 16 - suffix.count) + suffix
-    }
-
-    /// A streamed file's temporary name: `.syncd-part.stream-<hash of the final name>`.
-    public static func streamedPartName(for path: RelativePath) -> String {
-        let name = String(ChunkID(hashing: path.name).low, radix: 16)
-        return partialFilePrefix + "stream-" + String(repeating: "0", count: 16 - name.count) + name
     }
 
     /// True while the temporary file is held open.

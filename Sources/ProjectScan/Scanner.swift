@@ -115,10 +115,10 @@ public struct ProjectScanner {
         case .symlink:
             if excluded { return }
             let target = try Tree.readLink(at: dir, name: name, shown: pathString)
-            if symlinkStaysInside(linkPath: path, target: target) {
-                result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: target))
+            if let why = symlinkEscapes(linkPath: path, target: target) {
+                result.warnings.append(ScanWarning(path: pathString, message: "symlink to \(displayPath(target)): its target \(why); skipped"))
             } else {
-                result.warnings.append(ScanWarning(path: pathString, message: "symlink to \(displayPath(target)) points outside the project; skipped"))
+                result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: target))
             }
         case .other:
             if !excluded { result.warnings.append(ScanWarning(path: pathString, message: "not a regular file, directory or symlink; skipped")) }

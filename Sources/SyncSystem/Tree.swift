@@ -288,10 +288,12 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
         throw PathError(path: path.description, reason: "no free conflict copy name beside it (100 exist)")
     }
 
-    /// Makes `name` in `dir` a symlink to `target`, replacing what is there in one rename (a temporary link
-    /// is made beside it first), and syncs the directory.
-    public static func placeSymlink(at dir: FileDescriptor, name: [UInt8], target: [UInt8], shown: String) throws {
-        let temp = Array((partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)).utf8)
+    /// Makes `name` in `dir` a symlink to `target`, replacing what is there in one rename (a temporary link,
+    /// `temporaryName` or a random one, is made beside it first), and syncs the directory.
+    public static func placeSymlink(at dir: FileDescriptor, name: [UInt8], target: [UInt8], shown: String,
+                                    temporaryName: [UInt8]? = nil) throws {
+        let temp = temporaryName ?? Array((partialFilePrefix + "link." + String(UInt32.random(in: 0...UInt32.max), radix: 16)).utf8)
+        try? remove(at: dir, name: temp, isDirectory: false, shown: shown)
         try syscall("symlinkat", path: shown) { withCName(target) { t in withCName(temp) { symlinkat(t, dir.raw, $0) } } }
         do {
             try syscall("renameat", path: shown) { withCName(temp) { t in withCName(name) { renameat(dir.raw, t, dir.raw, $0) } } }

@@ -183,27 +183,32 @@ struct ResumeTests {
         #expect(leftovers.isEmpty, "\(leftovers.prefix(5))")
     }
 
-    /// A push that ends sweeps the temporary files left in the directories it knows held some, but not while
-    /// another push to the project runs (it holds `.syncd/push.lock` shared): that push may be building them.
-    @Test func temporaryFilesOfAnotherPushInFlightAreNotSwept() throws {
+    /// A push that ends sweeps its own temporary files and those of sessions that are gone, never those of a
+    /// session still running (its lease, `.syncd/sessions/<id>`, is locked): that one may be building them.
+    @Test func temporaryFilesOfAnotherSessionInFlightAreNotSwept() throws {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
         #expect(try f.push().status == 0)
-        let lock = open(f.remoteProject + "/.syncd/push.lock", O_RDWR | O_CREAT, 0o600)
-        #expect(lock >= 0)
-        #expect(flock(lock, LOCK_SH) == 0)
-        let building = f.remoteProject + "/src/.syncd-part.built-by-another-push"
-        try f.write("src/.syncd-part.built-by-another-push", "half a file", in: f.remoteProject)
+        // Another session, alive: its lease locked, listing src/ (a length-prefixed path), a file of its in src/.
+        let id = "0123456789abcdef"
+        let lease = open(f.remoteProject + "/.syncd/sessions/" + id, O_RDWR | O_CREAT, 0o600)
+        #expect(lease >= 0)
+        #expect(flock(lease, LOCK_EX) == 0)
+        let record: [UInt8] = [3, 0, 0, 0] + Array("src".utf8)
+        #expect(write(lease, record, record.count) == record.count)
+        let building = f.remoteProject + "/src/.syncd-part.\(id).00000000000000aa"
+        try f.write("src/.syncd-part.\(id).00000000000000aa", "half a file", in: f.remoteProject)
         try f.write("src/b.py", "b = 2\n")
         let held = try f.push()
         #expect(held.status == 0, "\(held.stderr)")
-        #expect(FileManager.default.fileExists(atPath: building), "swept while another push held the lock")
-        flock(lock, LOCK_UN)
-        close(lock)
+        #expect(FileManager.default.fileExists(atPath: building), "swept while its session was alive")
+        // The session ends: its lock goes with its descriptor, and the next push clears what it left.
+        close(lease)
         try f.write("src/c.py", "c = 3\n")
         let free = try f.push()
         #expect(free.status == 0, "\(free.stderr)")
-        #expect(!FileManager.default.fileExists(atPath: building), "left behind once no other push ran")
+        #expect(!FileManager.default.fileExists(atPath: building), "left behind once its session was gone")
+        #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/.syncd/sessions/" + id), "the gone session's lease stays")
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
     }

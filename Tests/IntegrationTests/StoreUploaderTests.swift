@@ -8,13 +8,14 @@ import SyncSystem
 import Testing
 
 /// ../shared/tools/wanem as a byte counter between a client and a loopback server: what crossed, counted
-/// outside the tool under test.
+/// outside the tool under test. With `rateMbit`, a slow link; `stall()` makes it a link that stays open and
+/// moves nothing (wanem stopped with SIGSTOP: its sockets stay, unread), `wake()` lets it go on.
 final class CountingProxy {
     let port: Int
     let stats: String
     private let pid: pid_t
 
-    init(target: Int, directory: String) throws {
+    init(target: Int, directory: String, rateMbit: Double = 0) throws {
         var dir = #filePath
         for _ in 0..<3 { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
         let wanem = dir + "/../shared/tools/wanem"
@@ -22,13 +23,19 @@ final class CountingProxy {
         port = freePortForTest()
         stats = directory + "/wanem-\(port).json"
         pid = try spawnDaemon(["/usr/bin/env", "python3", wanem, "--listen", "127.0.0.1:\(port)", "--target", "127.0.0.1:\(target)",
-                               "--stats", stats, "--max-seconds", "600"], env: [:], log: directory + "/wanem-\(port).log")
+                               "--rate-mbit", "\(rateMbit)", "--stats", stats, "--max-seconds", "600"],
+                              env: [:], log: directory + "/wanem-\(port).log")
         guard eventually(seconds: 10, { !portIsFree(self.port) }) else { throw FixtureError("wanem did not listen on \(port)") }
     }
+
+    func stall() { kill(pid, SIGSTOP) }
+
+    func wake() { kill(pid, SIGCONT) }
 
     deinit {
         // Not SIGTERM: wanem then waits for open connections (a client's keep-alive) to close.
         kill(pid, SIGKILL)
+        kill(pid, SIGCONT)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
     }
