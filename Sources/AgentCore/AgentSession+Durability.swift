@@ -120,7 +120,9 @@ extension AgentSession {
                        pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
             if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
             if let extra { fds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0)) }
-            if poll(&fds, nfds_t(fds.count), -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            let ready = poll(&fds, nfds_t(fds.count), 1000)
+            if ready < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            if ready == 0 { try stream.checkProgress() }
             try handle(durability.take())
             if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
             if fds[0].revents != 0 || (extra != nil && fds.last!.revents != 0) { return }
@@ -149,7 +151,9 @@ extension AgentSession {
             notifyLock.unlock()
             if streams.hasQueued { continue }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: streams.wakeFD, events: Int16(POLLIN), revents: 0)]
-            if poll(&fds, 2, -1) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            let ready = poll(&fds, 2, 1000)
+            if ready < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
+            if ready == 0 { try stream.checkProgress() }
             if fds[0].revents == 0 { continue }
             return (try reader.nextFrame(chunk: chunk), false)
         }

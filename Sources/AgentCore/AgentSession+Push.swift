@@ -175,7 +175,8 @@ extension AgentSession {
             case .streamsOpen(let count):
                 guard !ended, joinedStreams == nil else { throw ProtocolError("streams asked for twice, or after end of operations") }
                 // Over a transport without a descriptor to poll (in-process tests) there are no extra streams.
-                if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams)) {
+                if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams),
+                                                                                                 timeoutSeconds: timeoutSeconds) {
                     joinedStreams = streams
                     try writer.send(.streamsReady(address: streams.address, token: streams.token))
                 } else {
@@ -408,10 +409,10 @@ extension AgentSession {
         }
     }
 
-    /// Keeps at most 32 temporary files open; older ones are closed and reopened on demand.
+    /// Keeps at most `maxOpenAssemblies` temporary files open; older ones are closed and reopened on demand.
     func noteOpen(_ op: UInt32) {
         openAssemblies.append(op)
-        if openAssemblies.count > 32 {
+        if openAssemblies.count > Self.maxOpenAssemblies {
             let old = openAssemblies.removeFirst()
             pending[old]?.assembly?.suspend()
         }

@@ -33,8 +33,12 @@ public final class AgentSession {
     /// Files sealed and waiting to be durable, by operation id.
     var sealed: [UInt32: PendingFile] = [:]
 
-    /// Syncs in flight at most (each holds a descriptor).
-    static let maxSyncs = 256
+    /// Syncs in flight at most (each holds a descriptor): a sixteenth of the descriptors this process may open,
+    /// at most 256.
+    static let maxSyncs = OpenFiles.budget(share: 1.0 / 16, most: 256)
+
+    /// Temporary files held open at most while their chunks come (older ones are closed and reopened on demand).
+    static let maxOpenAssemblies = OpenFiles.budget(share: 1.0 / 32, most: 32)
 
     /// Renames whose answers wait for durability with no batch to carry them are synced at this many.
     static let maxUnsyncedAnswers = 512
@@ -90,9 +94,19 @@ public final class AgentSession {
 
     /// Serves sessions until the client closes the connection between two of them. Errors are reported to the
     /// client (when it still listens) and rethrown; they end the connection.
+    /// The session's timeout (`Hello.timeoutSeconds`): input that stays silent this long, or output the client
+    /// does not take for this long, ends the connection, and with it this agent.
+    var timeoutSeconds = Double(Hello.defaultTimeoutSeconds)
+
+    /// Keeps the client sure this agent is alive while it works without a word (hashing, syncing).
+    var heartbeat: Heartbeat?
+
     public func run() throws {
+        stream.progressTimeout = timeoutSeconds
+        defer { heartbeat?.stop() }
         do {
             try writer.writeHandshake()
+            heartbeat = Heartbeat(writer: writer, timeoutSeconds: timeoutSeconds)
             let version = try reader.readHandshake()
             guard version == wireVersion else {
                 throw AgentError("protocol version mismatch: client speaks \(version), this agent speaks \(wireVersion); install matching syncd versions")
@@ -117,8 +131,12 @@ public final class AgentSession {
             stopWatching()
         } catch {
             stopWatching()
-            try? writer.send(.error(message: "\(error)"))
-            try? writer.flush()
+            heartbeat?.stop()
+            // A stalled client would not read the account either: the link is given up at once.
+            if !(error is StalledError) {
+                try? writer.send(.error(message: "\(error)"))
+                try? writer.flush()
+            }
             durability?.shutdown()
             pending.values.forEach { $0.assembly?.suspend() }
             sealed.values.forEach { $0.assembly?.suspend() }
@@ -128,6 +146,9 @@ public final class AgentSession {
     }
 
     func serve(_ hello: Hello) throws {
+        timeoutSeconds = Double(hello.timeoutSeconds)
+        stream.progressTimeout = timeoutSeconds
+        heartbeat?.setTimeout(seconds: timeoutSeconds)
         try open(hello)
         switch hello.role {
         case .push: try servePush()
@@ -232,6 +253,11 @@ public final class AgentSession {
         if projectPath != openProjectPath || !(isStillCurrent()) {
             stopWatching()
             tree = try Tree(rootPath: projectPath, create: true)
+            // Out of descriptors: the temporary files held open are closed too (each reopens when next written).
+            tree.onDescriptorShortage = { [unowned self] in
+                for op in openAssemblies { pending[op]?.assembly?.suspend() }
+                openAssemblies.removeAll()
+            }
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)

@@ -40,9 +40,13 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
     /// Bytes of chunk data queued at most; a stream's reader waits beyond it (and so, through sshd, the client).
     private static let queueLimit = 32 << 20
 
+    /// How long an outbound stream may take nothing before it fails (the session's timeout).
+    private let timeoutSeconds: Double
+
     /// Listens for up to `limit` streams; throws when no socket can be made.
-    init(limit: Int, direction: Direction = .inbound) throws {
+    init(limit: Int, direction: Direction = .inbound, timeoutSeconds: Double) throws {
         self.limit = limit
+        self.timeoutSeconds = timeoutSeconds
         self.direction = direction
         token = (0..<16).map { _ in UInt8.random(in: 0...255) }
         var listening: Int32 = -1
@@ -208,6 +212,8 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
             try writer.writeHandshake()
             try writer.flush()
             if direction == .outbound {
+                // A client that stops taking data fails the stream, and so the session, instead of holding it.
+                stream.progressTimeout = timeoutSeconds
                 let output = JoinedOutput()
                 lock.lock()
                 let late = closed

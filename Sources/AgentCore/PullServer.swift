@@ -160,7 +160,8 @@ extension AgentSession {
                 }
             case .streamsOpen(let count):
                 guard streams == nil else { throw ProtocolError("streams asked for twice in one pull") }
-                if count > 0, let joined = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams), direction: .outbound) {
+                if count > 0, let joined = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams), direction: .outbound,
+                                                                  timeoutSeconds: timeoutSeconds) {
                     streams = joined
                     try writer.send(.streamsReady(address: joined.address, token: joined.token))
                 } else {

@@ -46,6 +46,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private var lastHosts: (hosts: [HostResult], snapshot: String?)?
     private var lastPull: Date?
     private var lastError: String?
+    /// While a failed session waits to be tried again: "stalled" when its link stopped moving data, else
+    /// "reconnecting".
+    private var retrying: String?
     private var conflictPaths: Set<RelativePath> = []
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
@@ -179,7 +182,8 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         condition.lock()
         defer { condition.unlock() }
         let iso = ISO8601DateFormatter()
-        return ProjectStatus(project: directory, state: paused ? "paused" : (syncing != nil ? "syncing" : "idle"), connected: connected,
+        let state = paused ? "paused" : syncing != nil ? "syncing" : retrying ?? "idle"
+        return ProjectStatus(project: directory, state: state, connected: connected,
                              pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
                              lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflictPaths.sorted().map(\.text),
                              bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError, snapshot: lastHosts?.snapshot,
@@ -393,8 +397,10 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 pulls.done = pulls.started
             }
             condition.broadcast()
+            retrying = (error as? SyncError)?.stalled == true ? "stalled" : "reconnecting"
             let until = Date().addingTimeInterval(delay)
             while !stopping && Date() < until { _ = condition.wait(until: until) }
+            retrying = nil
             condition.unlock()
             return .failure(error)
         }

@@ -80,7 +80,8 @@ public struct ControlProtocolError: Error, CustomStringConvertible {
 /// One project as `status` shows it (`syncctl status --json` prints a list of these; absent values are null).
 public struct ProjectStatus: Codable, Sendable, Equatable {
     public var project: String
-    /// idle, syncing or paused.
+    /// idle, syncing, paused, or between a failed session and the next try: stalled (its link stopped moving
+    /// data for the timeout) or reconnecting.
     public var state: String
     public var connected: Bool
     public var pendingChanges: Int

@@ -29,7 +29,8 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
          joined onJoin: @escaping @Sendable (AgentConnection, Int) -> Void = { _, _ in }, settled: @escaping @Sendable () -> Void = {}) {
         connecting = max(count, 1)
         for n in 1...max(count, 1) {
-            let thread = Thread { [self] in
+            // Joined before the process exits: an attempt may still be in its SSH handshake when the session ends.
+            let attempt = { [self] in
                 defer {
                     lock.lock()
                     connecting -= 1
@@ -38,6 +39,9 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
                 }
                 do {
                     let connection = try project.connectStream(address: address, token: token)
+                    // A joined stream may rightly carry nothing for a while (the agent sends no heartbeats on it):
+                    // its link is watched by SSH keepalives, and the session by its own connection's timeout.
+                    connection.stream.progressTimeout = nil
                     lock.lock()
                     let late = closed
                     if !late { joined.append((connection, FrameWriter(connection.stream))) }
@@ -56,8 +60,12 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
                     lock.unlock()
                 }
             }
-            thread.name = "stream-connect"
-            thread.start()
+            do { try LibraryThreads.start(attempt) } catch {
+                lock.lock()
+                connecting -= 1
+                failures.append("cannot start a thread: \(error)")
+                lock.unlock()
+            }
         }
     }
 

@@ -14,9 +14,17 @@ public struct SyncError: Error, CustomStringConvertible {
     /// 1: runtime error; 2: usage or configuration error.
     public let exitCode: Int32
     public let description: String
+    /// The session failed because nothing moved on its link for its timeout (see `StalledError`).
+    public var stalled = false
     public init(_ text: String, exitCode: Int32 = 1) {
         self.description = text
         self.exitCode = exitCode
+    }
+
+    /// A session's failure, marked `stalled` when `cause` was a link or peer that stopped moving data.
+    init(_ text: String, cause: Error) {
+        self.init(text)
+        stalled = cause is StalledError || { if case .stalled? = cause as? SSHError { return true } else { return false } }()
     }
 }
 
@@ -162,7 +170,11 @@ public final class Project: Sendable {
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
                 throw SyncError(e.description, exitCode: 2)
             }
-            do { return try LocalAgentConnection(agentPath: agent) } catch {
+            do {
+                let connection = try LocalAgentConnection(agentPath: agent)
+                connection.exitGraceSeconds = Double(config.timeoutSeconds)
+                return connection
+            } catch {
                 throw SyncError("\(error)")
             }
         case .ssh(let destination):
@@ -175,8 +187,13 @@ public final class Project: Sendable {
             // The binary's digest is remembered in the state directory, per binary path.
             let stamp = "\(stateBase)/agent-digest-\(ChunkID(hashing: Array(agent.utf8)).hex.prefix(16))"
             do {
-                return try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
-                                              agentBinary: agent, digestStamp: stamp, greeting: greeting, join: join)
+                let connection = try SSHAgentConnection(settings: settings, options: SSHOptions(identity: config.identity, knownHosts: config.knownHosts, home: home),
+                                                        agentBinary: agent, digestStamp: stamp, greeting: greeting, join: join,
+                                                        timeoutSeconds: Double(config.timeoutSeconds))
+                connection.exitGraceSeconds = Double(config.timeoutSeconds)
+                return connection
+            } catch let e as StalledError {
+                throw SyncError("ssh \(destination)\(join == nil ? "" : " (extra stream)"): \(e)")
             } catch let e as SSHError {
                 throw SyncError("ssh \(destination)\(join == nil ? "" : " (extra stream)"): \(e)")
             }
@@ -190,6 +207,12 @@ public final class Project: Sendable {
         case .never: return false
         case .auto: return worthCompressing(roundTrip: roundTrip)
         }
+    }
+
+    /// The session's limits, as syncd.yaml sets them: the timeout both sides keep, the largest file.
+    func limit(_ hello: inout Hello) {
+        hello.timeoutSeconds = UInt32(config.timeoutSeconds)
+        hello.maxFileSize = config.maxFileSize
     }
 
     /// The remote root sent to the agent ("" lets the agent use its user's home).
@@ -234,11 +257,18 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         return !was
     }
 
-    init(connection: AgentConnection, persistent: Bool) {
+    /// Keeps the agent sure this side is alive while it has nothing to say (see `Heartbeat`).
+    private let heartbeat: Heartbeat
+
+    /// The link's reads and writes fail once nothing moved for `timeoutSeconds` (the agent sends heartbeats
+    /// meanwhile, and this side does too).
+    init(connection: AgentConnection, persistent: Bool, timeoutSeconds: Int) {
         self.connection = connection
         self.persistent = persistent
+        connection.stream.progressTimeout = Double(timeoutSeconds)
         reader = FrameReader(connection.stream)
         writer = FrameWriter(connection.stream)
+        heartbeat = Heartbeat(writer: writer, timeoutSeconds: Double(timeoutSeconds))
     }
 
     /// Connects to the project's agent for many sessions.
@@ -247,7 +277,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         if !connection.greetingSent {
             try clientHandshake().withUnsafeBytes { try connection.stream.write($0) }
         }
-        return AgentLink(connection: connection, persistent: true)
+        return AgentLink(connection: connection, persistent: true, timeoutSeconds: project.config.timeoutSeconds)
     }
 
     /// Reads the agent's handshake (once per connection) and the welcome that answers a hello; returns the
@@ -277,7 +307,9 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     /// Ends a session that went well (the agent said `done`, with everything recorded on its side). A link for
     /// one session lets the agent go (see `AgentConnection.release`); a persistent link stays open.
     func endSession() {
-        if !persistent && markClosed() { connection.release() }
+        guard !persistent && markClosed() else { return }
+        heartbeat.stop()
+        connection.release()
     }
 
     /// Ends the link after a failed session; returns what to tell the user. What the agent said (a full disk,
@@ -286,6 +318,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     func fail(_ error: Error) -> String {
         _ = markClosed()
         connection.terminate()
+        heartbeat.stop()
         let why = connection.finish()
         if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
         return why ?? "\(error)"
@@ -294,6 +327,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     /// Closes the link between sessions: the agent sees the end of input and exits.
     public func close() {
         guard markClosed() else { return }
+        heartbeat.stop()
         _ = connection.finish()
     }
 
@@ -301,6 +335,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     public func abort() {
         _ = markClosed()
         connection.terminate()
+        heartbeat.stop()
     }
 
     // MARK: watching the remote between sessions
@@ -374,14 +409,15 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
             return
         }
         let greeting: @Sendable (Double?) throws -> [UInt8] = { clientGreeting(try hello($0)) }
-        let thread = Thread { [self] in
+        // Joined before the process exits (it may be in an SSH handshake when the session ends).
+        let connecting = { [self] in
             Trace.mark("connect: started")
             let result = Result { () throws -> AgentLink in
                 let connection = try project.connect(greeting: greeting)
                 if !connection.greetingSent {
                     try greeting(connection.stream.roundTripSeconds).withUnsafeBytes { try connection.stream.write($0) }
                 }
-                return AgentLink(connection: connection, persistent: false)
+                return AgentLink(connection: connection, persistent: false, timeoutSeconds: project.config.timeoutSeconds)
             }
             condition.lock()
             outcome = result
@@ -390,8 +426,9 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
             condition.unlock()
             if drop, case .success(let link) = result { _ = link.fail(SyncError("abandoned")) }
         }
-        thread.name = "connect"
-        thread.start()
+        do { try LibraryThreads.start(connecting) } catch {
+            outcome = .failure(SyncError("cannot start a thread to connect: \(error)"))
+        }
     }
 
     /// The link, once made; rethrows what stopped it.

@@ -71,14 +71,40 @@ public final class PullSession {
         var entry: RemoteEntry
         var path: RelativePath
         var chunks: [ChunkRef] = []
+        /// Chunks listed so far, and their bytes.
+        var listed = 0
+        var listedBytes: UInt64 = 0
+        /// Why the file is not taken (too large to be real or to fit here); its list is read and dropped.
+        var refused: String?
+
+        /// Adds a part of the chunk list; the list may not run past the count or the size the entry declared.
+        mutating func append(_ part: [ChunkRef]) throws {
+            guard listed + part.count <= Int(entry.chunkCount) else {
+                throw ProtocolError("\(path): the agent listed more than the \(entry.chunkCount) chunks it declared")
+            }
+            listed += part.count
+            let before = listedBytes
+            for c in part { listedBytes += UInt64(c.length) }
+            guard listedBytes <= entry.size else {
+                throw ProtocolError("\(path): the agent listed chunks (and holes) beyond the \(entry.size) bytes it declared")
+            }
+            guard refused == nil else { return }
+            var offset = before
+            for c in part {
+                chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+                offset += UInt64(c.length)
+            }
+        }
     }
 
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
         var stats = SyncStats(direction: "pull")
-        let hello = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
-                          pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
-                          conflictStamp: stamp, roots: resolving?.map(\.bytes) ?? [])
+        var greeting = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                             pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
+                             conflictStamp: stamp, roots: resolving?.map(\.bytes) ?? [])
+        project.limit(&greeting)
+        let hello = greeting
         let project = self.project
         // Connecting starts first, while the local state opens and the pull paths are looked at.
         let connecting = PendingConnection(project: project, link: link) { roundTrip in
@@ -145,6 +171,8 @@ public final class PullSession {
             let alone = durability.syncsAlone(size: assembly.size, device: assembly.device)
             let fd = try assembly.seal(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos, startWriteback: alone)
             try durability.add(op: op, fd: fd, size: assembly.size, device: assembly.device)
+            // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
+            assembly.suspend()
             sealed[op] = (assembly, offer, expected)
             // Group commit: while a sync runs, the files sealed meanwhile wait for the next one.
             if durability.outstanding == 0 { durability.closeBatch() }
@@ -184,18 +212,18 @@ public final class PullSession {
                     let path: RelativePath
                     do { path = try RelativePath(bytes: e.path) } catch { throw ProtocolError("the agent offered a bad path: \(error)") }
                     guard isWanted(path) else { throw ProtocolError("the agent offered \(path), which this pull did not ask for") }
-                    offers[e.op] = Offer(entry: e, path: try localPath(path))
+                    guard offers[e.op] == nil else { throw ProtocolError("the agent offered entry \(e.op) twice") }
+                    var offer = Offer(entry: e, path: try localPath(path))
+                    if case .file = e.state, let why = project.tree.refusal(ofFileSize: e.size, largest: project.config.maxFileSize) {
+                        offer.refused = why
+                        stats.errors.append("\(path): \(why)")
+                    }
+                    offers[e.op] = offer
                     order.append(e.op)
                 case .chunkList(let op, let chunks):
-                    guard var offer = offers[op], offer.chunks.count + chunks.count <= Int(offer.entry.chunkCount) else {
-                        throw ProtocolError("chunk list for unknown or complete entry \(op)")
-                    }
-                    var offset = offer.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
-                    for c in chunks {
-                        offer.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
-                        offset += UInt64(c.length)
-                    }
-                    offers[op] = offer
+                    // Appended in place: a copy of the list per frame made a long one cost quadratic time.
+                    guard offers[op] != nil else { throw ProtocolError("chunk list for unknown entry \(op)") }
+                    try offers[op]!.append(chunks)
                 case .skipped(let path, let reason):
                     if let p = try? RelativePath(bytes: path) { skipped.insert(p) }
                     stats.skipped.append("\(displayPath(path)): \(reason)")
@@ -216,7 +244,7 @@ public final class PullSession {
             var building: [(op: UInt32, assembly: FileAssembly, offer: Offer, expected: FileStat?)] = []
             var fetches: [(UInt32, [UInt32])] = []
             for op in order {
-                guard let offer = offers[op] else { continue }
+                guard let offer = offers[op], offer.refused == nil else { continue }
                 let key = offer.path
                 var now = local[key]
                 var current = now?.state ?? .absent
@@ -271,6 +299,8 @@ public final class PullSession {
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
                         building.append((op, assembly, offer, now?.stat))
+                        // Closed until its chunks come: a pull of thousands of files holds no descriptor for each.
+                        assembly.suspend()
                         let lacking = assembly.missingIndices.filter { !store.contains(assembly.chunks[Int($0)].id) }
                         if !lacking.isEmpty { fetches.append((op, lacking)) }
                     case .absent:
@@ -517,7 +547,7 @@ public final class PullSession {
             try? state.update(.pulled, changes)
             try? state.update(.pushed, pushedChanges)
             try? state.saveFiles(cacheUpdates)
-            throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume")
+            throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume", cause: error)
         }
         progress.finish()
         link.endSession()

@@ -211,17 +211,19 @@ public final class PushSession {
         let waiting = HelloInWaiting()
         let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait() } : nil
         let state: StateStore
-        let hello: Hello
+        var greeting: Hello
         do {
             state = try project.openState()
-            hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+            greeting = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
+            project.limit(&greeting)
         } catch {
             waiting.set(.failure(error))
             fresh?.cancel()
             throw error
         }
+        let hello = greeting
         waiting.set(.success(hello))
         Trace.mark("push: state opened")
         let connecting = fresh ?? PendingConnection(project: project, link: link) { _ in hello }
@@ -323,7 +325,7 @@ public final class PushSession {
             var partial = SyncStats(direction: "push")
             let answered = pipeline.answeredSoFar()
             try? record(answered, pushed: pushed, state: state, into: &partial, allOf: nil)
-            throw SyncError("push to \(project.config.remote) failed: \(why); run the push again to resume")
+            throw SyncError("push to \(project.config.remote) failed: \(why); run the push again to resume", cause: error)
         }
         progress.finish()
         Trace.mark("push: pipeline done")

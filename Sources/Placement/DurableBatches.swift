@@ -61,9 +61,12 @@ public final class DurableBatches<Answer> {
     /// Descriptors kept (duplicated) for files fsynced alone, or that may be: the first files of a batch that
     /// may stay small. Closed once their fsync completes, or when the batch grows past `smallestBatch`.
     private var kept: [UInt32: FileDescriptor] = [:]
-    /// Renames done whose answers wait for durability, and the directories they touched.
+    /// Renames done whose answers wait for durability, and the directories they touched: kept open only while
+    /// they are few enough to be fsynced one by one (`manyDirectories` once they are not: then `flush` syncs the
+    /// file system, and no descriptor is held for them).
     private var renames: [Answer] = []
     private var directories: [[UInt8]: FileDescriptor] = [:]
+    private var manyDirectories = false
     /// `syncfs` jobs in flight, by token (per-file fsyncs use the operation id, below 2^32).
     private var batches: [UInt64: Batch] = [:]
     private var nextBatch: UInt64 = 1 << 32
@@ -132,6 +135,7 @@ public final class DurableBatches<Answer> {
         batches[token] = Batch(files: filling, answers: renames)
         renames.removeAll(keepingCapacity: true)
         directories.removeAll()
+        manyDirectories = false
         flushes.submitFileSystemSync(token: token, fd: fileSystem.raw)
     }
 
@@ -139,7 +143,13 @@ public final class DurableBatches<Answer> {
     /// out once it is durable. `directory` is the parent it changed, keyed by its path.
     public func renamed(_ answer: Answer, directory: (key: [UInt8], fd: FileDescriptor)?) {
         renames.append(answer)
-        if let directory, directories[directory.key] == nil { directories[directory.key] = directory.fd }
+        guard let directory, !manyDirectories, directories[directory.key] == nil else { return }
+        if directories.count >= limits.directoriesPerFlush {
+            manyDirectories = true
+            directories.removeAll()
+        } else {
+            directories[directory.key] = directory.fd
+        }
     }
 
     /// Completions ready now, without waiting.
@@ -153,12 +163,13 @@ public final class DurableBatches<Answer> {
     public func flush() -> [(answer: Answer, error: Int32)] {
         guard !renames.isEmpty || !directories.isEmpty else { return [] }
         var error: Int32 = 0
-        if directories.count > limits.directoriesPerFlush {
+        if manyDirectories {
             if syncd_syncfs(fileSystem.raw) != 0 { error = errno }
         } else {
             for directory in directories.values where fsync(directory.raw) != 0 && error == 0 { error = errno }
         }
         directories.removeAll()
+        manyDirectories = false
         let answers = renames.map { (answer: $0, error: error) }
         renames.removeAll(keepingCapacity: true)
         return answers

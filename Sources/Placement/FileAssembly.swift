@@ -96,7 +96,9 @@ public final class FileAssembly {
         let mode = permissions & 0o777
         var made: FileDescriptor?
         do {
-            made = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR | O_CREAT | O_EXCL, mode: mode_t(mode), shown: shown)
+            made = try tree.withDescriptors {
+                try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR | O_CREAT | O_EXCL, mode: mode_t(mode), shown: shown)
+            }
         } catch let error as SystemError where error.errno == EEXIST {}
         let part: FileDescriptor
         let existing: FileStat
@@ -107,7 +109,7 @@ public final class FileAssembly {
             existing = FileStat(device: try tree.device(of: parent), inode: 0, kind: .regular, permissions: mode & ~Self.processUmask,
                                 size: 0, mtimeNanos: 0, ctimeNanos: 0)
         } else {
-            part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: shown)
+            part = try tree.withDescriptors { try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: shown) }
             existing = try part.stat()
         }
         guard existing.kind == .regular else { throw PlacementError(path: shown, message: "temporary file is not a regular file") }
@@ -179,7 +181,7 @@ public final class FileAssembly {
         guard let parent = try tree.openParent(path, create: false) else {
             throw PlacementError(path: path.description, message: "parent directory vanished while the file was being built")
         }
-        let part = try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: partName)
+        let part = try tree.withDescriptors { try Tree.openFile(at: parent, name: Array(partName.utf8), flags: O_RDWR, shown: partName) }
         partFD = part
         return part
     }

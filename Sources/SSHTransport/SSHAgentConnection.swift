@@ -29,7 +29,7 @@ public final class SSHAgentConnection: AgentConnection {
     /// (`syncd-agent join`) instead of a session of its own.
     /// `digestStamp`: a file where the agent binary's digest is remembered (see `StreamingDigest.digest(ofFile:rememberedIn:)`).
     public init(settings: SSHHostSettings, options: SSHOptions, agentBinary: String, digestStamp: String? = nil,
-                greeting: ((Double?) throws -> [UInt8])? = nil, join: String? = nil) throws {
+                greeting: ((Double?) throws -> [UInt8])? = nil, join: String? = nil, timeoutSeconds: Double = 60) throws {
         greetingSent = greeting != nil
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
@@ -47,6 +47,8 @@ public final class SSHAgentConnection: AgentConnection {
         var uploaded = false
         while true {
             let channel = try session.openStream(start, lend: true)
+            // A remote that never answers (a hung shell, a full disk) fails the connection instead of holding it.
+            channel.progressTimeout = timeoutSeconds
             Trace.mark("ssh: agent command started")
             // If the agent is missing, the shell never reads this: it is dropped with the channel. The shell may
             // even have answered and ended already, and then the write fails; its answer is read below.
@@ -65,7 +67,7 @@ public final class SSHAgentConnection: AgentConnection {
             }
             // Not the agent: the shell's answer, or a failure to run it.
             let answer = String(decoding: try channel.readToEnd(limit: 4096), as: UTF8.self)
-            let status = channel.waitForExit()
+            let status = channel.waitForExit(seconds: timeoutSeconds)
             let words = answer.split(whereSeparator: \.isWhitespace).map(String.init)
             guard words.first == Self.missingMarker else {
                 let why = channel.stderrText.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -104,9 +106,12 @@ public final class SSHAgentConnection: AgentConnection {
         try StreamingDigest.digest(ofFile: path).hex
     }
 
+    /// How long `finish` waits for the agent to exit once its input ended, before it drops the connection.
+    public var exitGraceSeconds: Double = 60
+
     public func finish() -> String? {
         channel.closeWrite()
-        let status = channel.waitForExit()
+        let status = channel.waitForExit(seconds: exitGraceSeconds)
         // Closed by `terminate`: how it ended is our doing, and says nothing the caller's error does not.
         terminationLock.lock()
         let closedHere = terminated

@@ -56,18 +56,41 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     /// How long opening this channel took: one round trip to sshd.
     public let roundTripSeconds: Double?
 
+    /// See `ByteStream.progressTimeout`; nil (the default) for a remote command that may be silent for long.
+    public var progressTimeout: Double? {
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return timeout
+        }
+        set {
+            lock.lock()
+            timeout = newValue
+            lock.unlock()
+        }
+    }
+    private var timeout: Double?
+    /// When the pump last took in data from the channel, and last handed some to libssh2 (`monotonicNanos`).
+    private var lastInbound = monotonicNanos()
+    private var lastOutbound = monotonicNanos()
+    /// Who is at the other end, for `StalledError`.
+    public var peerName: String
+
     init(session: SSHSession, channel: OpaquePointer, ownsSession: Bool, roundTrip: Double) {
         roundTripSeconds = roundTrip
         owner = session
+        peerName = "\(session.settings.hostName):\(session.settings.port)"
         self.channel = channel
         self.ownsSession = ownsSession
         let wake = try! makePipe(nonBlocking: true)
         wakeRead = wake.read
         wakeWrite = wake.write
         libssh2_session_set_blocking(session.session, 0)
-        let thread = Thread { [self] in pump() }
-        thread.name = "ssh-pump"
-        thread.start()
+        do { try LibraryThreads.start { [self] in pump() } } catch {
+            failure = .disconnected(host: session.settings.hostName, reason: "cannot start a thread for the connection: \(error)")
+            finished = true
+            inputEnded = true
+        }
     }
 
     deinit {
@@ -96,10 +119,36 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         return drain.rate
     }
 
+    /// Waits on `condition` (with the lock held) while `waiting` holds, failing with `StalledError` once nothing
+    /// moved for `timeout` since `progress()` last changed.
+    private func waitLocked(_ condition: Condition, writing: Bool, while waiting: () -> Bool) throws {
+        while waiting() {
+            guard let timeout else {
+                condition.wait(lock)
+                continue
+            }
+            let since = writing ? lastOutbound : lastInbound
+            let deadline = since &+ UInt64(timeout * 1e9)
+            let now = monotonicNanos()
+            if now >= deadline { throw StalledError(peer: peerName, seconds: Double(now - since) / 1e9, writing: writing) }
+            condition.wait(lock, until: deadline)
+        }
+    }
+
+    public func checkProgress() throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let timeout, inboundBytes == 0 else { return }
+        let now = monotonicNanos()
+        if now &- lastInbound > UInt64(timeout * 1e9) {
+            throw StalledError(peer: peerName, seconds: Double(now - lastInbound) / 1e9, writing: false)
+        }
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
         lock.lock()
         defer { lock.unlock() }
-        while inboundBytes == 0 && !inputEnded && failure == nil { readable.wait(lock) }
+        try waitLocked(readable, writing: false) { inboundBytes == 0 && !inputEnded && failure == nil }
         if inboundBytes == 0 {
             if let failure { throw failure }
             return 0
@@ -133,7 +182,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     public func peek(_ count: Int) throws -> [UInt8] {
         lock.lock()
         defer { lock.unlock() }
-        while inboundBytes < count && !inputEnded && failure == nil { readable.wait(lock) }
+        try waitLocked(readable, writing: false) { inboundBytes < count && !inputEnded && failure == nil }
         if inboundBytes == 0, let failure { throw failure }
         var out: [UInt8] = []
         var offset = inboundOffset
@@ -159,7 +208,10 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         lock.lock()
-        while outboundBytes >= bufferLimit && failure == nil && !finished { writable.wait(lock) }
+        do { try waitLocked(writable, writing: true) { outboundBytes >= bufferLimit && failure == nil && !finished } } catch {
+            lock.unlock()
+            throw error
+        }
         if let failure { lock.unlock(); throw failure }
         // The remote command ended (the channel closed cleanly): nothing written now would be read.
         if finished || exitStatus != nil {
@@ -180,11 +232,26 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         wake()
     }
 
-    /// Waits for the remote command to end; returns its exit status (nil if the connection failed first).
-    public func waitForExit() -> Int32? {
+    /// Waits for the remote command to end; returns its exit status (nil if the connection failed first). With
+    /// `seconds`, waits at most that long, then drops the connection (nil).
+    public func waitForExit(seconds: Double? = nil) -> Int32? {
         lock.lock()
+        let deadline = seconds.map { monotonicNanos() + UInt64($0 * 1e9) }
+        while !finished {
+            guard let deadline else {
+                readable.wait(lock)
+                continue
+            }
+            if monotonicNanos() >= deadline {
+                lock.unlock()
+                abort()
+                lock.lock()
+                while !finished { readable.wait(lock) }
+                break
+            }
+            readable.wait(lock, until: deadline)
+        }
         defer { lock.unlock() }
-        while !finished { readable.wait(lock) }
         return exitStatus
     }
 
@@ -285,6 +352,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 if n > 0 {
                     progressed = true
                     lock.lock()
+                    lastOutbound = monotonicNanos()
                     outboundOffset += n
                     let before = outboundBytes
                     outboundBytes -= n
@@ -330,6 +398,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                         queued.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[0..<n]))
                     }
                     lock.lock()
+                    lastInbound = monotonicNanos()
                     inbound.append((queued, n))
                     inboundBytes += n
                     readable.broadcast()
@@ -358,6 +427,12 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
             }
 
             if Date() >= nextKeepalive {
+                // The keepalives sshd answers keep data coming on a live link; none for the count of them means a
+                // link that stays open and carries nothing (OpenSSH's ServerAliveCountMax).
+                if let silent = owner.silentSeconds(), silent >= Double(owner.keepalive.interval * owner.keepalive.countMax) {
+                    fail(.stalled(host: host, seconds: Int(silent), interval: owner.keepalive.interval, countMax: owner.keepalive.countMax))
+                    return
+                }
                 var next: Int32 = 0
                 if libssh2_keepalive_send(session, &next) == 0 { nextKeepalive = Date().addingTimeInterval(Double(max(next, 1))) }
             }
@@ -370,7 +445,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 if events == 0 { events = Int16(POLLIN) }
                 var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
                 // Idle, the thread sleeps until the next keepalive is due.
-                let untilKeepalive = Int32(min(max(nextKeepalive.timeIntervalSinceNow, 0.05), 30) * 1000)
+                let untilKeepalive = Int32(min(max(nextKeepalive.timeIntervalSinceNow, 0.05), Double(owner.keepalive.interval)) * 1000)
                 _ = poll(&fds, 2, untilKeepalive)
                 var drain = [UInt8](repeating: 0, count: 256)
                 while Glibc.read(wakeRead, &drain, drain.count) > 0 {}

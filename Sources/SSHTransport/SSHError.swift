@@ -13,6 +13,7 @@ public enum SSHError: Error, CustomStringConvertible {
     case agentInstall(host: String, reason: String)
     case architecture(host: String, remote: String, local: String)
     case disconnected(host: String, reason: String)
+    case stalled(host: String, seconds: Int, interval: Int, countMax: Int)
 
     public var description: String {
         switch self {
@@ -47,6 +48,9 @@ public enum SSHError: Error, CustomStringConvertible {
             return "\(host) is a \(remote) machine but this syncd-agent is built for \(local); build syncd-agent for \(remote) and set agent_path"
         case .disconnected(let host, let reason):
             return "connection to \(host) lost: \(reason)"
+        case .stalled(let host, let seconds, let interval, let countMax):
+            return "connection to \(host) stalled: no answer to \(countMax) keepalives, nothing came for \(seconds) s "
+                + "(ServerAliveInterval \(interval) x ServerAliveCountMax \(countMax)); the link or the host stopped moving data"
         }
     }
 }

@@ -38,6 +38,20 @@ public final class SSHSession {
     /// True while a stream owns the session (it shuts the session down when it ends).
     var handedOff = false
 
+    /// Keepalives every `interval` seconds; the connection is taken for stalled once nothing came for `countMax`
+    /// of them (ssh_config's ServerAliveInterval and ServerAliveCountMax; 15 and 4 unless set).
+    public var keepalive: (interval: Int, countMax: Int) {
+        (settings.serverAliveIntervalSeconds.flatMap { $0 > 0 ? $0 : nil } ?? 15, settings.serverAliveCountMax ?? 4)
+    }
+
+    /// Seconds since data last came in on the connection (the kernel's count), nil where it cannot say.
+    func silentSeconds() -> Double? {
+        var info = tcp_info()
+        var length = socklen_t(MemoryLayout<tcp_info>.size)
+        guard getsockopt(socket, Int32(IPPROTO_TCP), TCP_INFO, &info, &length) == 0 else { return nil }
+        return Double(info.tcpi_last_data_recv) / 1000
+    }
+
     /// Connects, verifies the host key against known_hosts, and authenticates.
     public init(settings: SSHHostSettings, options: SSHOptions) throws {
         precondition(libraryReady, "libssh2_init failed")
@@ -45,8 +59,10 @@ public final class SSHSession {
         user = settings.user ?? ProcessInfo.processInfo.environment["USER"] ?? String(cString: getpwuid(getuid()).pointee.pw_name)
         let timeout = settings.connectTimeoutSeconds ?? 30
         socket = try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout)
+        socketKey = LibraryThreads.register(socket: socket)
         Trace.mark("ssh: TCP connected")
         guard let s = syncd_ssh_session_init() else {
+            LibraryThreads.unregister(socket: socketKey)
             close(socket)
             throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a session")
         }
@@ -61,8 +77,9 @@ public final class SSHSession {
             try verifyHostKey(options: options)
             try authenticate(options: options)
             Trace.mark("ssh: authenticated")
-            libssh2_session_set_timeout(session, 0)
-            libssh2_keepalive_config(session, 1, UInt32(settings.serverAliveIntervalSeconds ?? 15))
+            // Blocking calls made later (an agent upload, a short command) are bounded too.
+            libssh2_session_set_timeout(session, max(timeout, 60) * 1000)
+            libssh2_keepalive_config(session, 1, UInt32(keepalive.interval))
         } catch {
             // Every stored property is set, so deinit runs and closes the session and socket.
             throw error
@@ -78,8 +95,12 @@ public final class SSHSession {
         libssh2_session_set_timeout(session, 2000)
         libssh2_session_disconnect_ex(session, 11, "syncd: done", "")
         libssh2_session_free(session)
+        LibraryThreads.unregister(socket: socketKey)
         close(socket)
     }
+
+    /// The socket's key in `LibraryThreads`, which shuts it down if the process exits while it is open.
+    private let socketKey: UInt64
 
     /// The negotiated cipher and MAC, client to server ("aes128-ctr/hmac-sha2-256").
     public var negotiatedMethods: String {

@@ -45,7 +45,7 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
                                    "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from",
-                                   "host_credentials", "streams"]
+                                   "host_credentials", "streams", "timeout", "max_file_size"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -72,6 +72,12 @@ public struct ProjectConfig: Equatable, Sendable {
     /// How many SSH connections a large push or pull spreads its chunk data over (`streams:`): nil for `auto`,
     /// which is half this machine's cores, at most 4; 1 keeps every session on one connection.
     public var streams: Int?
+    /// How long a session waits without a byte from the other side before it fails, in seconds (`timeout:`,
+    /// 1 to 86400, default 60). Both sides send a heartbeat after a quarter of it in silence.
+    public var timeoutSeconds = 60
+    /// The largest file a push sends or a pull takes, in bytes (`max_file_size:`, default 1 TiB): a size
+    /// declared beyond it (or beyond what the receiving file system holds) is refused before it costs anything.
+    public var maxFileSize: UInt64 = 1 << 40
     /// `DOCKER_HOST` for `syncctl compose` and `exec` on the remote (a rootless or non-default daemon).
     public var dockerHost: String?
     /// Every host a push reaches (`hosts:`), the first being `remote`; just `remote` without the setting.
@@ -238,6 +244,18 @@ public struct ProjectConfig: Equatable, Sendable {
             }
             config.streams = n
         }
+        if let text = try string("timeout") {
+            guard let n = Int(text), (1...86_400).contains(n) else {
+                throw ConfigError("\(file): setting 'timeout' must be a number of seconds from 1 to 86400, not '\(text)'")
+            }
+            config.timeoutSeconds = n
+        }
+        if let text = try string("max_file_size") {
+            guard let bytes = parseByteSize(text), bytes > 0 else {
+                throw ConfigError("\(file): setting 'max_file_size' must be a size such as 500G, 2T or 1073741824 (bytes), not '\(text)'")
+            }
+            config.maxFileSize = bytes
+        }
         config.identity = try string("identity")
         config.knownHosts = try string("known_hosts")
         config.sshConfig = try string("ssh_config")
@@ -316,4 +334,23 @@ func cleanRelative(_ p: String) -> String? {
     }
     if p.hasPrefix("/") || parts.isEmpty { return nil }
     return parts.joined(separator: "/")
+}
+
+/// `1073741824`, `512K`, `100M`, `500G`, `2T` (binary units, an optional trailing `B` or `iB`); nil when it is
+/// none of those or does not fit 64 bits.
+func parseByteSize(_ text: String) -> UInt64? {
+    var digits = text.trimmingCharacters(in: .whitespaces).uppercased()
+    for suffix in ["IB", "B"] where digits.hasSuffix(suffix) && digits.count > suffix.count {
+        digits.removeLast(suffix.count)
+        break
+    }
+    let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30, "T": 40, "P": 50]
+    var shift: UInt64 = 0
+    if let last = digits.last, let s = shifts[last] {
+        shift = s
+        digits.removeLast()
+    }
+    guard let value = UInt64(digits) else { return nil }
+    let (scaled, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
+    return overflow ? nil : scaled
 }

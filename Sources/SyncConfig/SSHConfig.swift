@@ -14,6 +14,7 @@ public struct SSHHostSettings: Equatable, Sendable {
     public var strictHostKeyChecking: String = "yes"
     public var connectTimeoutSeconds: Int?
     public var serverAliveIntervalSeconds: Int?
+    public var serverAliveCountMax: Int?
 
     public init(alias: String, hostName: String) {
         self.alias = alias
@@ -66,7 +67,7 @@ public struct SSHDestination: Equatable, Sendable {
 
 /// The subset of ssh_config(5) syncd honours: Host blocks with `*`, `?` and `!` patterns (several per line),
 /// first value wins, `Include` (relative to ~/.ssh, globs allowed), HostName, User, Port, IdentityFile,
-/// UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval. Other keywords are ignored;
+/// UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval, ServerAliveCountMax. Other keywords are ignored;
 /// `Match` blocks are skipped.
 public struct SSHConfigFile {
     struct Line {
@@ -177,6 +178,15 @@ public struct SSHConfigFile {
         return pi == p.count
     }
 
+    /// A whole number of seconds (or a count) from 0 or 1 up to a day: syncd waits in milliseconds, and a
+    /// larger number would not fit the calls that take them.
+    static func seconds(_ value: String, _ line: Line, atLeast least: Int, counting: Bool = false) throws -> Int {
+        guard let n = Int(value), n >= least, n <= 86_400 else {
+            throw ConfigError("\(line.file):\(line.number): \(line.keyword) '\(value)' must be \(counting ? "a count" : "a number of seconds") from \(least) to 86400")
+        }
+        return n
+    }
+
     /// Settings for `destination` (an alias or `[user@]host[:port]`).
     public func settings(for destinationText: String) throws -> SSHHostSettings {
         let destination = try SSHDestination(parsing: destinationText)
@@ -209,8 +219,9 @@ public struct SSHConfigFile {
             case "identityfile": s.identityFiles.append(expandTilde(value))
             case "userknownhostsfile": if firstTime { s.userKnownHostsFiles = line.arguments.map(expandTilde) }
             case "stricthostkeychecking": if firstTime { s.strictHostKeyChecking = value.lowercased() }
-            case "connecttimeout": if firstTime { s.connectTimeoutSeconds = Int(value) }
-            case "serveraliveinterval": if firstTime { s.serverAliveIntervalSeconds = Int(value) }
+            case "connecttimeout": if firstTime { s.connectTimeoutSeconds = try Self.seconds(value, line, atLeast: 1) }
+            case "serveraliveinterval": if firstTime { s.serverAliveIntervalSeconds = try Self.seconds(value, line, atLeast: 0) }
+            case "serveralivecountmax": if firstTime { s.serverAliveCountMax = try Self.seconds(value, line, atLeast: 1, counting: true) }
             default: break
             }
             seen.insert(line.keyword)

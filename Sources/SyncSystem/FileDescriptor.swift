@@ -194,3 +194,37 @@ public func bytesWaitingInPipe(_ fd: Int32) -> Int32? {
 
 /// Accepts a connection on a listening socket; the new socket is close-on-exec from birth. -1 with errno set.
 public func acceptConnection(_ listener: Int32) -> Int32 { syncd_accept(listener) }
+
+/// The process's budget of open descriptors. A stock host gives a session a soft limit of 1024 (and a hard one
+/// far above): `raiseLimit` lifts the soft limit to the hard one at start, and every cache of descriptors takes
+/// its size from `budget`, so a project of many directories never runs out where closing one would do.
+public enum OpenFiles {
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit (at most 1 << 20); returns the soft limit now in force.
+    @discardableResult
+    public static func raiseLimit() -> Int {
+        var limits = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return 1024 }
+        let wanted = min(limits.rlim_max, 1 << 20)
+        if limits.rlim_cur < wanted {
+            var raised = limits
+            raised.rlim_cur = wanted
+            if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &raised) == 0 { limits = raised }
+        }
+        return Int(limits.rlim_cur)
+    }
+
+    /// The soft limit in force.
+    public static var limit: Int {
+        var limits = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limits) == 0 else { return 1024 }
+        return Int(min(limits.rlim_cur, 1 << 20))
+    }
+
+    /// How many descriptors a cache may hold that takes `share` of the limit: at most `most`, at least 4.
+    public static func budget(share: Double, most: Int) -> Int {
+        max(4, min(most, Int(Double(limit) * share)))
+    }
+
+    /// True for the errors that mean this process (or the system) has no descriptor to give.
+    public static func exhausted(_ code: Int32) -> Bool { code == EMFILE || code == ENFILE }
+}

@@ -109,17 +109,31 @@ public final class Mutex {
     }
     public func lock() { pthread_mutex_lock(raw) }
     public func unlock() { pthread_mutex_unlock(raw) }
+    /// Takes the lock if it is free; false (not taken) if another thread holds it.
+    public func tryLock() -> Bool { pthread_mutex_trylock(raw) == 0 }
 }
 
-/// A pthread condition variable used with a `Mutex`.
+/// A pthread condition variable used with a `Mutex`; timed waits run on the monotonic clock.
 public final class Condition {
     private let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    public init() { pthread_cond_init(raw, nil) }
+    public init() {
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(raw, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
     deinit {
         pthread_cond_destroy(raw)
         raw.deallocate()
     }
     public func wait(_ mutex: Mutex) { pthread_cond_wait(raw, mutex.raw) }
+    /// Waits until signalled or until `monotonicNanos()` reaches `deadline`; false when the deadline passed.
+    @discardableResult
+    public func wait(_ mutex: Mutex, until deadline: UInt64) -> Bool {
+        var ts = timespec(tv_sec: Int(deadline / 1_000_000_000), tv_nsec: Int(deadline % 1_000_000_000))
+        return pthread_cond_timedwait(raw, mutex.raw, &ts) == 0
+    }
     public func signal() { pthread_cond_signal(raw) }
     public func broadcast() { pthread_cond_broadcast(raw) }
 }

@@ -82,11 +82,11 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
         let caching = cache != nil
         lock.unlock()
         if let cached { return cached }
-        let opened = try openUncached(components, path: path, create: create)
+        let opened = try withDescriptors { try openUncached(components, path: path, create: create) }
         if let opened, !path.isEmpty, caching {
             lock.lock()
             if cache != nil {
-                if cache!.count >= 1024 {
+                if cache!.count >= cacheLimit {
                     cache!.removeAll()
                     devices.removeAll()
                 }
@@ -97,6 +97,22 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
         return opened
     }
 
+    /// Directories the cache holds at most: an eighth of the descriptors this process may open, at most 1024.
+    private let cacheLimit = OpenFiles.budget(share: 1.0 / 8, most: 1024)
+
+    /// Runs `body`, which opens a descriptor; when the process has none left, the cached directories are closed
+    /// (`onDescriptorShortage` is asked to close what else it can) and `body` is tried once more.
+    public func withDescriptors<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SystemError where OpenFiles.exhausted(error.errno) {
+            forgetDirectories()
+            onDescriptorShortage?()
+            return try body()
+        }
+    }
+
+    /// Called when the process ran out of descriptors, to close what its owner keeps open (set before use).
+    public var onDescriptorShortage: (() -> Void)?
+
     private func openUncached<C: Collection>(_ components: C, path: [UInt8], create: Bool) throws -> FileDescriptor?
     where C.Element == [UInt8] {
         // One openat2 for the whole path when the kernel has it; anything but success or "absent" (a symlink on
@@ -105,6 +121,7 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
             let fd = withCName(path) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
             if fd >= 0 { return FileDescriptor(raw: fd, path: displayPath(path)) }
             if errno == ENOENT && !create { return nil }
+            if OpenFiles.exhausted(errno) { throw SystemError(call: "open", path: displayPath(path), errno: errno) }
         }
         var current = FileDescriptor(raw: try syscall("dup", path: rootPath) { dup(root.raw) }, path: "")
         var walked: [UInt8] = []
@@ -168,13 +185,17 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
 
     /// Opens a regular file for reading without following a final symlink.
     public func openForReading(_ path: RelativePath) throws -> FileDescriptor {
+        try withDescriptors { try openForReadingOnce(path) }
+    }
+
+    private func openForReadingOnce(_ path: RelativePath) throws -> FileDescriptor {
         // One openat2 when the kernel has it, without touching the file's access time where that is allowed (a
         // read for hashing or sending is not a use); a symlink on the way or an old kernel takes the walk below.
         if Tree.resolvesBeneath {
             var fd = withCName(path.bytes) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_CLOEXEC | syncd_o_noatime) }
             if fd < 0 && errno == EPERM { fd = withCName(path.bytes) { syncd_open_beneath(root.raw, $0, O_RDONLY | O_CLOEXEC) } }
             if fd >= 0 { return FileDescriptor(raw: fd, path: path.description) }
-            if errno == ENOENT { throw SystemError(call: "open", path: path.description, errno: ENOENT) }
+            if errno == ENOENT || OpenFiles.exhausted(errno) { throw SystemError(call: "open", path: path.description, errno: errno) }
         }
         guard let parent = try openParent(path, create: false) else {
             throw SystemError(call: "open", path: path.description, errno: ENOENT)
@@ -302,6 +323,24 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
             throw error
         }
         syncDirectory(dir)
+    }
+
+    /// The size of the file system the tree is on, and the bytes free to this user there; nil where it cannot say.
+    public func space() -> (total: UInt64, available: UInt64)? {
+        var st = statvfs()
+        guard fstatvfs(root.raw, &st) == 0 else { return nil }
+        return (UInt64(st.f_blocks) * UInt64(st.f_frsize), UInt64(st.f_bavail) * UInt64(st.f_frsize))
+    }
+
+    /// Why a file of `size` bytes cannot be taken into this tree, or nil when it can: more than `largest` (the
+    /// configured `max_file_size`), or more than the whole file system holds. Checked before the file costs
+    /// anything, whatever its sender claims.
+    public func refusal(ofFileSize size: UInt64, largest: UInt64) -> String? {
+        if size > largest { return "declared \(size) bytes, more than max_file_size (\(largest)); refused" }
+        if let total = space()?.total, total > 0, size > total {
+            return "declared \(size) bytes, more than the whole file system at \(rootPath) holds (\(total)); refused"
+        }
+        return nil
     }
 
     /// fsync on a directory, so that a rename in it is durable.

@@ -114,25 +114,58 @@ public final class LocalAgentConnection: AgentConnection {
         close(stdoutRead)
     }
 
+    /// How long `finish` waits for the agent to exit once its input ended, before it kills it.
+    public var exitGraceSeconds: Double = 60
+    /// Set by `terminate`: the agent was told to stop, so a death by signal is this side's doing.
+    private var terminated = false
+    /// Set when `finish` had to kill an agent that would not exit.
+    private var killedStuck = false
+
     public func finish() -> String? {
         stream.closeWrite()
         if exitStatus == nil {
-            var status: Int32 = 0
-            while waitpid(processIdentifier, &status, 0) < 0 && errno == EINTR {}
-            exitStatus = status
+            exitStatus = reap()
             _ = stderrTail.done.wait(timeout: .now() + 2)
         }
         let status = exitStatus!
         let signal = status & 0x7F
-        if signal != 0 { return "the agent was killed by signal \(signal)" }
+        if killedStuck { return "the agent did not exit within \(Int(exitGraceSeconds)) s of its input's end; killed it" }
+        // Ended by this side's SIGTERM: the caller's own error says what went wrong.
+        if signal != 0 { return terminated && (signal == SIGTERM || signal == SIGKILL) ? nil : "the agent was killed by signal \(signal)" }
         let code = (status >> 8) & 0xFF
         guard code != 0 else { return nil }
         let text = stderrTail.lastLine
         return "the agent exited with status \(code)" + (text.isEmpty ? "" : ": \(text)")
     }
 
+    /// Waits for the agent's exit, at most `exitGraceSeconds` (5 s once told to stop), then kills it with SIGKILL.
+    private func reap() -> Int32 {
+        var status: Int32 = 0
+        let grace = terminated ? 5 : exitGraceSeconds
+        let deadline = monotonicNanos() + UInt64(grace * 1e9)
+        while true {
+            let r = waitpid(processIdentifier, &status, WNOHANG)
+            if r == processIdentifier { return status }
+            if r < 0 && errno != EINTR { return status }
+            if monotonicNanos() >= deadline { break }
+            usleep(5_000)
+        }
+        killedStuck = !terminated
+        kill(processIdentifier, SIGKILL)
+        while waitpid(processIdentifier, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
+
     public func terminate() {
-        if exitStatus == nil { kill(processIdentifier, SIGTERM) }
+        guard exitStatus == nil else { return }
+        // An agent that is gone already (killed, crashed) keeps its own account of how it ended.
+        var status: Int32 = 0
+        if waitpid(processIdentifier, &status, WNOHANG) == processIdentifier {
+            exitStatus = status
+            return
+        }
+        terminated = true
+        kill(processIdentifier, SIGTERM)
     }
 }
 

@@ -22,6 +22,12 @@ public protocol ByteStream: AnyObject {
     /// output waiting: what the link (cipher, socket, network) can carry, whatever the writer's pace. Nil until
     /// enough has been sent to tell, and for a transport that cannot see it.
     var drainRate: Double? { get }
+    /// How long a read may wait for a byte, or a write for the peer to take one, before it fails with
+    /// `StalledError`; nil waits as long as it takes. A peer that runs a `Heartbeat` is never silent for long.
+    var progressTimeout: Double? { get set }
+    /// Throws `StalledError` when nothing came from the peer for longer than `progressTimeout`: for a caller that
+    /// waits on `readinessFD` itself, between its polls.
+    func checkProgress() throws
 }
 
 extension ByteStream {
@@ -29,6 +35,34 @@ extension ByteStream {
     public var roundTripSeconds: Double? { nil }
     public var queuedOutputBytes: Int { 0 }
     public var drainRate: Double? { nil }
+    public var progressTimeout: Double? {
+        get { nil }
+        set {}  // a stream that cannot time its waits (in-memory, in tests) never stalls
+    }
+    public func checkProgress() throws {}
+}
+
+/// Nothing moved between this side and its peer for longer than the session allows: the link, or the peer,
+/// stalled (a frozen proxy or NAT box, a hung host, a stopped process) without closing.
+public struct StalledError: Error, CustomStringConvertible {
+    /// Who was silent ("the agent on gpu-1:22", "the client").
+    public let peer: String
+    public let seconds: Double
+    /// True when it was the peer that stopped taking what this side wrote.
+    public let writing: Bool
+
+    public init(peer: String, seconds: Double, writing: Bool) {
+        self.peer = peer
+        self.seconds = seconds
+        self.writing = writing
+    }
+
+    public var description: String {
+        let tenths = Int((seconds * 10).rounded())
+        let waited = seconds >= 10 ? String(Int(seconds.rounded())) : "\(tenths / 10).\(tenths % 10)"
+        return (writing ? "\(peer) took no data for \(waited) s" : "nothing came from \(peer) for \(waited) s")
+            + ": the link or the remote stalled (timeout: in syncd.yaml sets how long to wait)"
+    }
 }
 
 /// Times how fast a transport's far side takes bytes, from writes made while a backlog waited (the writer was
@@ -94,13 +128,48 @@ public final class FileDescriptorStream: ByteStream {
         self.name = name
         roundTripSeconds = roundTrip
         backlogBytes = measuresDrain ? (pipeBufferSize(output) ?? 0) / 2 : 0
+        // Writes wait in poll, where they can be timed, never inside write(2).
+        _ = fcntl(output, F_SETFL, fcntl(output, F_GETFL) | O_NONBLOCK)
     }
 
     /// Measured only over writes that found the pipe at least half full (the writer was not what kept it empty).
     public var drainRate: Double? { drain.rate }
 
+    public var progressTimeout: Double?
+
+    /// When a byte last came in (reads are made by one thread at a time).
+    private var lastInput = monotonicNanos()
+
+    /// Waits (at most until `progressTimeout` after the last progress) for `fd` to be ready for `events`.
+    private func waitReady(_ fd: Int32, _ events: Int32, since: UInt64, writing: Bool) throws {
+        var pfd = pollfd(fd: fd, events: Int16(events), revents: 0)
+        while true {
+            var wait: Int32 = -1
+            if let timeout = progressTimeout {
+                let deadline = since &+ UInt64(timeout * 1e9)
+                let now = monotonicNanos()
+                guard now < deadline else { throw StalledError(peer: name, seconds: Double(now - since) / 1e9, writing: writing) }
+                wait = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
+            }
+            let rc = poll(&pfd, 1, wait)
+            if rc > 0 { return }
+            if rc < 0 && errno != EINTR { throw SystemError(call: "poll", path: name, errno: errno) }
+        }
+    }
+
+    public func checkProgress() throws {
+        guard let timeout = progressTimeout else { return }
+        let now = monotonicNanos()
+        if now &- lastInput > UInt64(timeout * 1e9) {
+            throw StalledError(peer: name, seconds: Double(now - lastInput) / 1e9, writing: false)
+        }
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        try syscall("read", path: name) { Glibc.read(input, buffer.baseAddress!, buffer.count) }
+        if progressTimeout != nil { try waitReady(input, POLLIN, since: lastInput, writing: false) }
+        let n = try syscall("read", path: name) { Glibc.read(input, buffer.baseAddress!, buffer.count) }
+        if n > 0 { lastInput = monotonicNanos() }
+        return n
     }
 
     public var readinessFD: Int32? { input }
@@ -108,9 +177,17 @@ public final class FileDescriptorStream: ByteStream {
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
         let backlogged = backlogBytes > 0 && (bytesWaitingInPipe(output) ?? 0) >= backlogBytes
         var done = 0
+        var progressed = monotonicNanos()
         while done < bytes.count {
-            let n = try syscall("write", path: name) { Glibc.write(output, bytes.baseAddress! + done, bytes.count - done) }
-            done += n
+            let n = Glibc.write(output, bytes.baseAddress! + done, bytes.count - done)
+            if n > 0 {
+                done += n
+                progressed = monotonicNanos()
+            } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                try waitReady(output, POLLOUT, since: progressed, writing: true)
+            } else if n < 0 && errno != EINTR {
+                throw SystemError(call: "write", path: name, errno: errno)
+            }
         }
         if backlogBytes > 0 { drain.wrote(bytes.count, backlogged: backlogged) }
     }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SyncSystem
 
 /// The 6 magic bytes that open every syncd stream, before the 2-byte big-endian version.
@@ -29,13 +32,23 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
 
     deinit { buffer.deallocate() }
 
-    /// True when a whole frame is already buffered (reading it will not block).
+    /// True when a whole frame other than a heartbeat is already buffered (reading it will not block).
     public var hasBufferedFrame: Bool {
         lock.lock()
         defer { lock.unlock() }
-        guard end - start >= 4 else { return false }
+        while let length = bufferedFrameLengthLocked() {
+            guard length >= 1, buffer[start + 4] == Message.heartbeatType else { return true }
+            start += 4 + length
+            if start == end { start = 0; end = 0 }
+        }
+        return false
+    }
+
+    /// The length of the frame at the head of the buffer when all of it is there.
+    private func bufferedFrameLengthLocked() -> Int? {
+        guard end - start >= 4 else { return nil }
         let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
-        return end - start >= 4 + length
+        return end - start >= 4 + length ? length : nil
     }
 
     /// Fills until `count` bytes are buffered. Returns false on end of stream before any new byte.
@@ -116,8 +129,17 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
         return .chunk
     }
 
-    /// The next frame's type and payload, which stays valid in the buffer until the next fill.
+    /// The next frame's type and payload, which stays valid in the buffer until the next fill. Heartbeats are
+    /// skipped: they only prove the peer alive, which reading them already did.
     private func nextFrameLocked() throws -> (UInt8, UnsafeRawBufferPointer)? {
+        while true {
+            guard let (type, payload) = try frameLocked() else { return nil }
+            if type == Message.heartbeatType && payload.isEmpty { continue }
+            return (type, payload)
+        }
+    }
+
+    private func frameLocked() throws -> (UInt8, UnsafeRawBufferPointer)? {
         guard try fill(4, context: { "a frame header" }) else { return nil }
         let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: buffer[start..<start + 4]).loadUnaligned(as: UInt32.self)))
         guard length >= 1 else { throw ProtocolError("empty frame (length 0)") }
@@ -167,6 +189,8 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     private let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: flushThreshold + maxFrameLength + 4, alignment: 16)
     private var used = 0
     private var written: UInt64 = 0
+    /// When the stream last took bytes from this writer (`monotonicNanos`).
+    private var lastWrite = monotonicNanos()
     /// Bytes written to the stream so far.
     public var bytesWritten: UInt64 {
         lock.lock()
@@ -295,6 +319,20 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
         try stream.write(UnsafeRawBufferPointer(rebasing: buffer[0..<used]))
         written += UInt64(used)
         used = 0
+        lastWrite = monotonicNanos()
+    }
+
+    /// Sends a heartbeat (with whatever else is queued) when nothing went out for `idleNanos`, unless another
+    /// thread is writing right now (that write is proof of life enough). Returns false once the stream failed.
+    public func heartbeatIfIdle(_ idleNanos: UInt64) -> Bool {
+        guard lock.tryLock() else { return true }
+        defer { lock.unlock() }
+        guard monotonicNanos() &- lastWrite >= idleNanos else { return true }
+        appendLocked(UInt32(1))
+        buffer[used] = Message.heartbeatType
+        used += 1
+        do { try flushLocked() } catch { return false }
+        return true
     }
 
     /// Ends the stream's output (after a failure on the writing side: the peer then sees the end).
@@ -309,5 +347,62 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
         lock.lock()
         defer { lock.unlock() }
         return used
+    }
+}
+
+/// A thread that keeps a connection's far side sure this side is alive: whenever `writer` has sent nothing for
+/// `interval`, it sends a heartbeat frame. The far side fails the session once nothing at all came for its
+/// timeout (four intervals), so a peer that is busy (hashing, syncing a large file, waiting for its user) is
+/// never taken for a dead one, and a dead one is found within the timeout.
+public final class Heartbeat: @unchecked Sendable {  // `lock` guards interval and stopping
+    private let writer: FrameWriter
+    private let lock = Mutex()
+    private let wake = Condition()
+    private var intervalNanos: UInt64
+    private var stopping = false
+    private var thread: pthread_t?
+
+    /// Starts sending on `writer` every `timeoutSeconds / 4` of quiet.
+    public init(writer: FrameWriter, timeoutSeconds: Double) {
+        self.writer = writer
+        intervalNanos = Self.interval(timeoutSeconds)
+        thread = try? startThread { [self] in run() }
+    }
+
+    deinit { stop() }
+
+    static func interval(_ timeoutSeconds: Double) -> UInt64 { UInt64(max(timeoutSeconds / 4, 0.05) * 1e9) }
+
+    /// A new timeout (the next session's hello said so).
+    public func setTimeout(seconds: Double) {
+        lock.lock()
+        intervalNanos = Self.interval(seconds)
+        wake.broadcast()
+        lock.unlock()
+    }
+
+    private func run() {
+        lock.lock()
+        defer { lock.unlock() }
+        while !stopping {
+            let interval = intervalNanos
+            wake.wait(lock, until: monotonicNanos() + interval / 2)
+            if stopping { return }
+            lock.unlock()
+            let alive = writer.heartbeatIfIdle(interval)
+            lock.lock()
+            if !alive { return }
+        }
+    }
+
+    /// Stops and joins the thread; later calls do nothing.
+    public func stop() {
+        lock.lock()
+        stopping = true
+        wake.broadcast()
+        let running = thread
+        thread = nil
+        lock.unlock()
+        if let running { pthread_join(running, nil) }
     }
 }

@@ -33,9 +33,13 @@ extension Message {
         case .streamsOpen: return 0x18
         case .streamsReady: return 0x33
         case .join: return 0x03
+        case .heartbeat: return Message.heartbeatType
         case .error: return 0x7F
         }
     }
+
+    /// The type byte of `heartbeat`, which readers skip without decoding.
+    static let heartbeatType: UInt8 = 0x04
 
     /// Type byte and payload of this message.
     public func encode() -> (type: UInt8, payload: [UInt8]) {
@@ -53,6 +57,8 @@ extension Message {
             w.string(h.conflictStamp)
             w.u32(UInt32(h.roots.count))
             for r in h.roots { w.byteString(r) }
+            w.u32(h.timeoutSeconds)
+            w.u64(h.maxFileSize)
         case .welcome(let version, let dir, let instance):
             w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
@@ -75,7 +81,7 @@ extension Message {
             w.u32(op); w.byteString(path); w.u32(permissions); w.u8(force ? 1 : 0)
         case .delete(let op, let path, let base, let force):
             w.u32(op); w.byteString(path); Message.encode(base, into: &w); w.u8(force ? 1 : 0)
-        case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded:
+        case .endOfOperations, .done, .listEnd, .fetchEnd, .watch, .watchEnd, .watchEnded, .heartbeat:
             break
         case .storePacks(let store, let signingRegion, let packs):
             w.string(store)
@@ -161,6 +167,11 @@ extension Message {
             h.conflictStamp = try r.string("conflict stamp", limit: 64)
             let roots = try r.count("roots", itemSize: 4, limit: 65536)
             for _ in 0..<roots { h.roots.append(try r.byteString("root")) }
+            h.timeoutSeconds = try r.u32("timeout")
+            guard (1...Hello.maxTimeoutSeconds).contains(h.timeoutSeconds) else {
+                throw ProtocolError("hello: timeout \(h.timeoutSeconds) s is outside 1...\(Hello.maxTimeoutSeconds)")
+            }
+            h.maxFileSize = try r.u64("largest file size")
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
@@ -267,6 +278,7 @@ extension Message {
         case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
         case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))
         case 0x7F: message = .error(message: try r.string("message", limit: 65536))
+        case Message.heartbeatType: message = .heartbeat
         default:
             throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")
         }

@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 5
+public let wireVersion: UInt16 = 6
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -62,6 +62,16 @@ public struct Hello: Equatable, Sendable {
     public var conflictStamp: String
     /// A pull: list these paths (any path of the project, to resolve a conflict) instead of the pull paths.
     public var roots: [[UInt8]]
+    /// How long either side may wait without a byte from the other before it gives the session up (`timeout:`);
+    /// each side sends `heartbeat` when it has sent nothing for a quarter of it.
+    public var timeoutSeconds: UInt32 = Hello.defaultTimeoutSeconds
+    /// The largest file the client sends or takes (`max_file_size:`): a declared size beyond it is refused
+    /// before it costs anything.
+    public var maxFileSize: UInt64 = Hello.defaultMaxFileSize
+
+    public static let defaultTimeoutSeconds: UInt32 = 60
+    public static let maxTimeoutSeconds: UInt32 = 86_400
+    public static let defaultMaxFileSize: UInt64 = 1 << 40
 
     public init(role: SessionRole, project: String, remoteRoot: String, pullPaths: [String], chunking: ChunkParameters,
                 expectInstance: String = "", compress: Bool = true, conflictStamp: String = "", roots: [[UInt8]] = []) {
@@ -296,4 +306,7 @@ public enum Message: Equatable, Sendable {
     case join(token: [UInt8])
     /// A fatal error; the sender closes after it.
     case error(message: String)
+    /// Sent by either side when it has sent nothing for a while (see `Hello.timeoutSeconds`): proof that it and
+    /// the link are alive. Readers skip it (`FrameReader` never returns it).
+    case heartbeat
 }

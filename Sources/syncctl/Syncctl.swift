@@ -278,7 +278,10 @@ struct Chunks: ParsableCommand {
     }
 }
 
+/// Leaves the process once no thread can touch libssh2 or libcrypto any more (see `LibraryThreads`): `exit` runs
+/// their cleanup. Should a thread not end within 5 s, the process leaves without running it (`_exit`).
 func exitWith(_ code: Int32) -> Never {
     fflush(nil)
-    exit(code)
+    if LibraryThreads.stopAll(seconds: 5) { exit(code) }
+    _exit(code)
 }

@@ -4,6 +4,7 @@ import Foundation
 import SyncSystem
 
 signal(SIGPIPE, SIG_IGN)
+OpenFiles.raiseLimit()
 limitHeapArenas()
 Trace.mark("syncctl: started")
 var command: ParsableCommand

@@ -108,6 +108,8 @@ func joinPush(at address: String) -> Never {
 }
 
 signal(SIGPIPE, SIG_IGN)
+// A stock host starts a session with 1024 descriptors and allows far more: every cache is sized from what is here.
+OpenFiles.raiseLimit()
 let home: String = {
     if let h = getenv("HOME") { return String(cString: h) }
     if let pw = getpwuid(getuid()), let dir = pw.pointee.pw_dir { return String(cString: dir) }

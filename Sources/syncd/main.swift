@@ -8,6 +8,7 @@ import SyncSystem
 // project registered with `syncctl add` is watched and pushed on change, and pulled every --pull-interval.
 let arguments = Array(CommandLine.arguments.dropFirst())
 limitHeapArenas()
+OpenFiles.raiseLimit()
 var pullInterval: TimeInterval = 10
 var logLevel = ProcessInfo.processInfo.environment["SYNCD_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
 var index = 0
@@ -72,4 +73,5 @@ withExtendedLifetime(signalSources) {}
 // its very end (a SIGSEGV after SIGTERM was seen once in the tests). Everything the daemon keeps is written by
 // now: the state databases commit as they go, and the log is written unbuffered.
 fflush(nil)
+LibraryThreads.stopAll(seconds: 5)
 _exit(code)

@@ -90,4 +90,191 @@ struct FaultTests {
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
     }
+
+    /// Quick pushes that ask for extra streams and end while those are still connecting (a 70 MB file the remote
+    /// holds already, touched, and sparse so that hashing it takes no time): every one exits 0. The extra streams' SSH handshakes used to run on when the push
+    /// returned, and `exit` tore libcrypto down under them (SIGSEGV after a complete, successful result).
+    @Test func quickPushesWithExtraStreamsExitCleanly() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.addSetting("streams: 3")
+        // Sparse (a hole but for its first bytes): hashed in no time, so the push is over before its streams join.
+        try f.write("data/weights.bin", randomBytes(4096, seed: 2405))
+        #expect(truncate(f.project + "/data/weights.bin", 70 << 20) == 0)
+        let first = try f.sshctl(["push", f.project, "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        let rounds = Int(ProcessInfo.processInfo.environment["SYNCD_EXIT_ROUNDS"] ?? "") ?? 300
+        var failures: [String] = []
+        let path = f.project + "/data/weights.bin"
+        for round in 0..<rounds {
+            // A new mtime: the file is planned (and streams asked for), then found unchanged on the remote.
+            let stamp = Date(timeIntervalSince1970: 1_700_000_000 + Double(round))
+            try FileManager.default.setAttributes([.modificationDate: stamp], ofItemAtPath: path)
+            let r = try f.sshctl(["push", f.project, "--json"])
+            if r.status != 0 { failures.append("round \(round): status \(r.status): \(r.stderr.suffix(300))") }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(rounds) pushes failed: \(failures.prefix(3))")
+    }
+
+    /// The agents serving sessions of `server` (their command lines name its home).
+    static func agents(of server: SSHServer) -> [pid_t] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        return pids.filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.hasPrefix(server.home + "/.local/lib/syncd/agent-")
+        }
+    }
+
+    /// A push whose link stays open but moves nothing (a frozen proxy) fails once nothing moved for `timeout:`,
+    /// naming the host and the wait; the agent on the far side, whose input stopped too, exits within it.
+    @Test func aStalledLinkFailsThePushAndTheAgentExits() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.addSetting("streams: 1")
+        try f.addSetting("timeout: 3")
+        let proxy = try CountingProxy(target: server.port, directory: f.base, rateMbit: 80)
+        defer { proxy.wake() }
+        try f.write("data/big.bin", randomBytes(48 << 20, seed: 2403))
+        try Self.point(f, server, at: proxy.port)
+        let push = BackgroundRun { started in try f.sshctl(["push", f.project, "--json"], onStart: started) }
+        #expect(eventually(seconds: 60) { ResumeTests.partialBytes(in: f.remoteProject + "/data") >= 4 << 20 }, "the push never got going")
+        #expect(!Self.agents(of: server).isEmpty, "no agent runs for the push")
+        proxy.stall()
+        let stalled = Date()
+        let r = push.wait(seconds: 60)
+        #expect(r != nil, "the push still waits on a link that moves nothing")
+        guard let r else { return }
+        #expect(Date().timeIntervalSince(stalled) < 20, "the push took \(Date().timeIntervalSince(stalled)) s to give up")
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("127.0.0.1:\(proxy.port)") && r.stderr.contains("the link or the remote stalled"), "\(r.stderr)")
+        #expect(eventually(seconds: 15) { Self.agents(of: server).isEmpty }, "the agent lives on: \(Self.agents(of: server))")
+        // The link back, the next push completes.
+        proxy.wake()
+        let again = try f.sshctl(["push", f.project, "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+    }
+
+    /// ssh_config's ServerAliveInterval and ServerAliveCountMax are honoured: keepalives go out that often, and
+    /// the connection is given up once that many went unanswered, whatever `timeout:` says.
+    @Test func unansweredKeepalivesEndTheConnection() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.addSetting("streams: 1")
+        try f.addSetting("timeout: 600")
+        let proxy = try CountingProxy(target: server.port, directory: f.base, rateMbit: 80)
+        defer { proxy.wake() }
+        try f.write("data/big.bin", randomBytes(48 << 20, seed: 2404))
+        let config = server.sshConfig().replacingOccurrences(of: "Port \(server.port)", with: "Port \(proxy.port)")
+            + "  ServerAliveInterval 1\n  ServerAliveCountMax 3\n"
+        try config.write(toFile: f.base + "/ssh_config", atomically: true, encoding: .utf8)
+        let push = BackgroundRun { started in try f.sshctl(["push", f.project, "--json"], onStart: started) }
+        #expect(eventually(seconds: 60) { ResumeTests.partialBytes(in: f.remoteProject + "/data") >= 4 << 20 }, "the push never got going")
+        proxy.stall()
+        let stalled = Date()
+        let r = push.wait(seconds: 60)
+        #expect(r != nil, "the push still waits on a link whose keepalives go unanswered")
+        guard let r else { return }
+        #expect(Date().timeIntervalSince(stalled) < 20, "the push took \(Date().timeIntervalSince(stalled)) s to give up")
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("ServerAliveInterval 1 x ServerAliveCountMax 3"), "\(r.stderr)")
+    }
+
+    /// A remote that stops answering in the middle of a pull (its agent stopped, sshd alive and answering
+    /// keepalives) fails the pull once nothing came for `timeout:`.
+    @Test func aHungRemoteFailsThePull() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.addSetting("timeout: 3")
+        try f.write("src/a.py", "a = 1\n")
+        let first = try f.sshctl(["push", f.project, "--json"])
+        #expect(first.status == 0, "\(first.stderr)")
+        for i in 0..<20_000 { try f.write("output/d\(i / 500)/f\(i).txt", "output \(i)\n", in: f.remoteProject) }
+        try f.age("output", seconds: 60)
+        let pull = BackgroundRun { started in try f.sshctl(["pull", f.project, "--json"], onStart: started) }
+        var stopped: [pid_t] = []
+        #expect(eventually(seconds: 30) {
+            stopped = Self.agents(of: server)
+            return !stopped.isEmpty
+        }, "no agent serves the pull")
+        for pid in stopped { kill(pid, SIGSTOP) }
+        defer { for pid in stopped { kill(pid, SIGKILL); kill(pid, SIGCONT) } }
+        let at = Date()
+        let r = pull.wait(seconds: 60)
+        #expect(r != nil, "the pull still waits on a remote that answers nothing")
+        guard let r else { return }
+        #expect(Date().timeIntervalSince(at) < 20, "the pull took \(Date().timeIntervalSince(at)) s to give up")
+        #expect(r.status == 1, "\(r.stderr)")
+        #expect(r.stderr.contains("nothing came from 127.0.0.1:\(server.port)"), "\(r.stderr)")
+    }
+}
+
+/// A `local:` agent that misbehaves: the client bounds every wait on it and reports what it found itself.
+@Suite struct LocalAgentFaultTests {
+    /// An "agent" (a shell script) for `f`: `body` runs with TERM ignored, as an agent that ignores SIGTERM.
+    static func fakeAgent(_ f: SyncFixture, _ body: String) throws {
+        let path = f.base + "/fake-agent"
+        try "#!/bin/sh\ntrap '' TERM\n\(body)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+        try f.addSetting("agent_path: \(path)")
+        try f.addSetting("timeout: 2")
+    }
+
+    /// An agent that speaks no protocol and ignores SIGTERM: the push reports what it found wrong (not how the
+    /// agent was then stopped), and kills the agent when it does not go.
+    @Test func anAgentThatIgnoresSigtermDoesNotHoldTheClient() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        try Self.fakeAgent(f, "printf 'GARBAGE!'; exec sleep 600")
+        let started = Date()
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project], env: ["XDG_STATE_HOME": f.state], timeout: 60)
+        #expect(Date().timeIntervalSince(started) < 30, "the push took \(Date().timeIntervalSince(started)) s")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("not speaking the syncd protocol"), "\(r.stderr)")
+        #expect(!r.stderr.contains("killed by signal"), "\(r.stderr)")
+    }
+
+    /// An agent that says nothing at all: the push fails once nothing came for `timeout:`.
+    @Test func aSilentAgentFailsThePushWithinTheTimeout() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        try Self.fakeAgent(f, "exec sleep 600")
+        let started = Date()
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project], env: ["XDG_STATE_HOME": f.state], timeout: 60)
+        #expect(Date().timeIntervalSince(started) < 30, "the push took \(Date().timeIntervalSince(started)) s")
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("nothing came from local agent"), "\(r.stderr)")
+    }
+
+    /// A stock host's 1024 descriptors, or fewer: an agent (and a syncctl) held to 256 places a project of 5000
+    /// directories, as ImageNet's train/ and val/ have 1000 each, and pulls them back.
+    @Test func aLowOpenFileLimitPlacesManyDirectories() throws {
+        let f = try SyncFixture()
+        let wrapper = f.base + "/agent-256"
+        try "#!/bin/sh\nulimit -n 256 || exit 97\nexec \(binDirectory())/syncd-agent \"$@\"\n".write(toFile: wrapper, atomically: true, encoding: .utf8)
+        chmod(wrapper, 0o755)
+        try f.addSetting("agent_path: \(wrapper)")
+        for d in 0..<5000 { try f.write("data/train/n\(d)/img.jpg", "image \(d)\n") }
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stderr.prefix(2000))")
+        #expect(try r.int("files_changed") == 5001, "\(r.stdout.prefix(500))")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        // The other way, with syncctl itself held to 256 too.
+        for d in 0..<5000 { try f.write("output/run/e\(d)/metrics.json", "{\"epoch\": \(d)}\n", in: f.remoteProject) }
+        try f.age("output", seconds: 60)
+        #expect(try run("/usr/bin/find", [f.remoteProject + "/output", "-exec", "touch", "-d", "1 minute ago", "{}", "+"]).status == 0)
+        let pull = try run("/bin/sh", ["-c", "ulimit -n 256 && exec \"$0\" pull \"$1\" --json", binDirectory() + "/syncctl", f.project],
+                           env: ["XDG_STATE_HOME": f.state])
+        #expect(pull.status == 0, "\(pull.stderr.prefix(1500))")
+        #expect(f.read("output/run/e4999/metrics.json") == Array("{\"epoch\": 4999}\n".utf8))
+        let (again, diffAgain) = f.treesMatch()
+        #expect(again, "\(diffAgain)")
+    }
 }
