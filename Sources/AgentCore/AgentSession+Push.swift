@@ -108,6 +108,8 @@ extension AgentSession {
                 do {
                     if refusing { throw AgentError(Self.refusal) }
                     path = try checkedPath(header.path)
+                    // A size beyond what this side accepts is refused before its list costs anything.
+                    if let why = tree.refusal(ofFileSize: header.size, largest: maxFileSize) { throw AgentError("\(path): \(why)") }
                 } catch {
                     try reply(header.op, .failed, "\(error)", .absent)
                     if header.chunkCount > 0 || header.streamed { pending[header.op] = PendingFile(header: header, path: nil) }
@@ -136,6 +138,9 @@ extension AgentSession {
                 for c in chunks {
                     file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
                     offset += UInt64(c.length)
+                }
+                guard offset <= file.header.size else {
+                    throw ProtocolError("\(displayPath(file.header.path)): chunks (and holes) listed beyond the \(file.header.size) bytes announced")
                 }
                 if file.chunks.count == Int(file.header.chunkCount) {
                     if file.header.dataFollows {
@@ -269,6 +274,12 @@ extension AgentSession {
     /// built as its list comes: chunks held here are copied, and the others asked for.
     func continueStreamed(_ file: PendingFile, _ chunks: [ChunkRef]) throws {
         file.listedCount += chunks.count
+        for c in chunks { file.listedBytes += UInt64(c.length) }
+        // Past what this side accepts, the file is given up before its holes or chunks cost anything.
+        if file.path != nil, let why = tree.refusal(ofFileSize: file.listedBytes, largest: maxFileSize) {
+            try giveUp(file, "\(file.path!): its chunk list reached \(file.listedBytes) bytes: \(why)")
+            return try acknowledge(file.header.op, [])
+        }
         // A file answered already drops its list.
         try acknowledge(file.header.op, file.path == nil ? [] : try buildStreamed(file, chunks))
     }
@@ -348,6 +359,7 @@ extension AgentSession {
         } else {
             let dropping = PendingFile(header: file.header, path: nil)
             dropping.listedCount = file.listedCount
+            dropping.listedBytes = file.listedBytes
             pending[op] = dropping
         }
         try reply(op, .failed, message, .absent)

@@ -145,7 +145,11 @@ public final class AgentSession {
         }
     }
 
+    /// The largest file the client accepts (`Hello.maxFileSize`): a larger declared size is refused.
+    var maxFileSize = Hello.defaultMaxFileSize
+
     func serve(_ hello: Hello) throws {
+        maxFileSize = hello.maxFileSize
         timeoutSeconds = Double(hello.timeoutSeconds)
         stream.progressTimeout = timeoutSeconds
         heartbeat?.setTimeout(seconds: timeoutSeconds)
@@ -389,9 +393,10 @@ public final class AgentSession {
         let path: RelativePath!
         /// The chunk list so far; a streamed file being built early keeps it in its assembly instead.
         var chunks: [ChunkRef] = []
-        /// False while a streamed file's list is still coming; how many chunks it listed so far.
+        /// False while a streamed file's list is still coming; how many chunks it listed so far, and their bytes.
         var listEnded: Bool
         var listedCount = 0
+        var listedBytes: UInt64 = 0
         /// A streamed file whose path holds what the client last saw: what it lacks is asked for as its list
         /// comes. Otherwise every answer waits for the digest at the end.
         var asksEarly = false

@@ -40,8 +40,8 @@ struct AgentHostileInputTests {
     }
 
     /// Runs the agent on `input`; returns its status, stderr and the frames it sent back.
-    static func agent(_ input: Data) throws -> (status: Int32, stderr: String, replies: [Message]) {
-        let r = try run(binDirectory() + "/syncd-agent", [], stdin: input)
+    static func agent(_ input: Data, timeout: Double = 300) throws -> (status: Int32, stderr: String, replies: [Message]) {
+        let r = try run(binDirectory() + "/syncd-agent", [], stdin: input, timeout: timeout)
         final class Bytes: ByteStream {
             var data: [UInt8]
             var offset = 0
