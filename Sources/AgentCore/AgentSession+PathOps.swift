@@ -58,12 +58,36 @@ extension AgentSession {
     }
 
     /// A failure's text; a name the remote file system refuses (not in its encoding, a character it does not
-    /// allow, too long) says so.
-    func describeFailure(_ error: Error) -> String {
+    /// allow, too long) says so, and a full file system says how much room `assembly`'s file still needs and how
+    /// much there is.
+    func describeFailure(_ error: Error, building assembly: FileAssembly? = nil) -> String {
         if let e = error as? SystemError, [EILSEQ, ENAMETOOLONG, EINVAL].contains(e.errno) {
             return "the remote file system cannot hold this name (\(e.call): \(e.reason)); rename it here or add it to .syncignore"
         }
+        if let e = error as? SystemError, Self.isFull(e.errno) {
+            let free = tree.space()?.available ?? 0
+            var text = "the remote file system at \(tree.rootPath) is full (\(e.call): \(e.reason)), with \(byteCount(free)) free"
+            if let assembly {
+                text += assembly.ended ? "; this file needs \(byteCount(assembly.bytesMissing)) more of its \(byteCount(assembly.size))"
+                                       : "; this file needs at least \(byteCount(assembly.bytesMissing)) more of the \(byteCount(assembly.bytesListed)) listed so far"
+            }
+            return text + ". Make room there (or raise the quota), then push again"
+        }
         return "\(error)"
+    }
+
+    /// True for the errors of a file system (or quota) with no room left.
+    static func isFull(_ code: Int32) -> Bool { code == ENOSPC || code == EDQUOT }
+
+    /// Runs `body`, which needs room in the project; when the file system is full, what sessions that are gone
+    /// left behind is removed first (their temporary files), and `body` is tried once more.
+    @discardableResult
+    func makingRoom<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SystemError where Self.isFull(error.errno) {
+            building.findDeadSessions()
+            guard building.reclaimDead(in: tree) > 0 else { throw error }
+            return try body()
+        }
     }
 
     func updateMetadata(_ path: RelativePath, _ st: FileStat, _ header: FileHeader) throws {
@@ -189,4 +213,18 @@ extension AgentSession {
         state.put(record)
         store.add(path: record.path, chunks: record.chunks)
     }
+}
+
+/// `n` bytes for a person: "812 KiB", "3.4 GiB".
+func byteCount(_ n: UInt64) -> String {
+    let units = ["bytes", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(n)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    if unit == 0 { return "\(n) bytes" }
+    let tenths = Int((value * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10) \(units[unit])"
 }

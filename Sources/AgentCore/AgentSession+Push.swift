@@ -64,14 +64,16 @@ extension AgentSession {
             fetcher = nil
             storeChunks.removeAll()
             givenUp.removeAll()
+            asked.removeAll()
         }
-        while !ended || !pending.isEmpty || !sealed.isEmpty {
-            if ended && pending.isEmpty {
+        while !ended || !pending.isEmpty || !sealed.isEmpty || drainingGivenUp {
+            let draining = drainingGivenUp
+            if ended && pending.isEmpty && !draining {
                 durability.closeBatch()
                 try handle(durability.wait())
                 continue
             }
-            if ended && !pending.values.contains(where: waitsOnClient) {
+            if ended && !draining && !pending.values.contains(where: waitsOnClient) {
                 // Everything still missing comes from the store: wait for it (and for fsyncs), not for input.
                 try waitForFetchesOrFlushes()
                 continue
@@ -90,6 +92,7 @@ extension AgentSession {
             case .message(let m): message = m
             }
             if joined, case .chunkData(let op, let index, let compressed, let rawLength, let payload) = message {
+                arrived(op)
                 guard let file = pending[op], let assembly = file.assembly else {
                     if op <= highestBegun { continue }
                     throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
@@ -109,7 +112,7 @@ extension AgentSession {
                     if refusing { throw AgentError(Self.refusal) }
                     path = try checkedPath(header.path)
                     // A size beyond what this side accepts is refused before its list costs anything.
-                    if let why = tree.refusal(ofFileSize: header.size, largest: maxFileSize) { throw AgentError("\(path): \(why)") }
+                    if let why = tree.refusal(ofFileSize: header.size, largest: maxFileSize) { throw AgentError(why) }
                 } catch {
                     try reply(header.op, .failed, "\(error)", .absent)
                     if header.chunkCount > 0 || header.streamed { pending[header.op] = PendingFile(header: header, path: nil) }
@@ -152,6 +155,7 @@ extension AgentSession {
                 }
             case .abort(let op, let reason):
                 eagerFrames[op] = nil
+                asked[op] = nil
                 if let file = pending.removeValue(forKey: op) {
                     file.assembly?.suspend()
                     openAssemblies.removeAll { $0 == op }
@@ -199,7 +203,9 @@ extension AgentSession {
         state.sweepLegacyPartials(in: tree)
         if cacheGrew { evictCache() }
         cacheGrew = false
-        try state.save()
+        // The state is a cache of what was hashed: one that cannot be written (a full disk) costs hashing again,
+        // not the push.
+        do { try state.save() } catch { printError("syncd-agent: cannot save the project's state: \(error)") }
         try writer.send(.done)
     }
 
@@ -226,10 +232,12 @@ extension AgentSession {
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
-            let assembly = try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
-                                            permissions: header.permissions, session: building)
+            let assembly = try makingRoom {
+                try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
+                                 permissions: header.permissions, session: building)
+            }
             file.assembly = assembly
-            try assembly.fill(from: store)
+            try makingRoom { try assembly.fill(from: store) }
             if assembly.isComplete {
                 try finish(file)
             } else {
@@ -250,7 +258,7 @@ extension AgentSession {
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
             pending[header.op] = nil
-            try reply(header.op, .failed, describeFailure(error), .absent)
+            try reply(header.op, .failed, describeFailure(error, building: file.assembly), .absent)
         }
     }
 
@@ -277,7 +285,7 @@ extension AgentSession {
         for c in chunks { file.listedBytes += UInt64(c.length) }
         // Past what this side accepts, the file is given up before its holes or chunks cost anything.
         if file.path != nil, let why = tree.refusal(ofFileSize: file.listedBytes, largest: maxFileSize) {
-            try giveUp(file, "\(file.path!): its chunk list reached \(file.listedBytes) bytes: \(why)")
+            try giveUp(file, "its chunk list reached \(file.listedBytes) bytes: \(why)")
             return try acknowledge(file.header.op, [])
         }
         // A file answered already drops its list.
@@ -295,7 +303,7 @@ extension AgentSession {
                     offset += UInt64(c.length)
                 }
                 guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !store.contains($0.id) }) else { return [] }
-                file.assembly = try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions, session: building)
+                file.assembly = try makingRoom { try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions, session: building) }
                 noteOpen(file.header.op)
                 list = file.chunks
                 file.chunks = []
@@ -303,13 +311,13 @@ extension AgentSession {
                 list = chunks
             }
             let assembly = file.assembly!
-            let added = try assembly.append(list)
-            try assembly.fill(from: store, in: added)
+            let added = try makingRoom { try assembly.append(list) }
+            try makingRoom { try assembly.fill(from: store, in: added) }
             let wanted = assembly.missingIndices(in: added)
             if !wanted.isEmpty { file.asksClient = true }
             return wanted
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
-            try giveUp(file, describeFailure(error))
+            try giveUp(file, describeFailure(error, building: file.assembly))
             return []
         }
     }
@@ -317,6 +325,7 @@ extension AgentSession {
     /// The answer to one list frame of a streamed file: exactly one `need`, so that the client can count them.
     private func acknowledge(_ op: UInt32, _ wanted: [UInt32]) throws {
         if wanted.count <= maxListItems {
+            if !wanted.isEmpty { asked[op, default: 0] += wanted.count }
             try writer.send(.need(op: op, indices: wanted))
         } else {
             try requestMissing(op, wanted)  // a late start of a huge file: the client reads what it no longer holds
@@ -344,11 +353,11 @@ extension AgentSession {
             try assembly.end(size: size, digest: digest)
             if assembly.isComplete { try finish(file) }
         } catch let error where error is SystemError || error is PlacementError || error is AgentError {
-            try giveUp(file, describeFailure(error))
+            try giveUp(file, describeFailure(error, building: assembly))
         }
     }
 
-    /// Answers a streamed file failed. While its list still comes, what follows of it is read and dropped.
+    /// Answers a file failed. While a streamed file's list still comes, what follows of it is read and dropped.
     private func giveUp(_ file: PendingFile, _ message: String) throws {
         let op = file.header.op
         file.assembly?.suspend()
@@ -416,6 +425,7 @@ extension AgentSession {
         var start = 0
         while start < missing.count {
             let end = min(start + maxListItems, missing.count)
+            asked[op, default: 0] += end - start
             try writer.send(.need(op: op, indices: Array(missing[start..<end])))
             start = end
         }
@@ -430,14 +440,28 @@ extension AgentSession {
         }
     }
 
+    /// Notes that a chunk asked of the client for `op` came; false when none was asked (it came unasked).
+    @discardableResult
+    func arrived(_ op: UInt32) -> Bool {
+        guard let count = asked[op] else { return false }
+        asked[op] = count > 1 ? count - 1 : nil
+        return true
+    }
+
+    /// True while chunks asked for by files given up or failed since are still on their way: the push is not
+    /// over before they came (or the client gave those files up too), or they would arrive after its `done`.
+    var drainingGivenUp: Bool { asked.keys.contains { pending[$0] == nil } }
+
     /// Chunk data that came over the main connection (read in place by `nextPushMessage`).
     func receiveChunk(_ frame: ChunkFrame) throws {
         let op = frame.op
+        let wasAsked = arrived(op)
         let eager = eagerFrames[op]
         if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
         guard let file = pending[op], let assembly = file.assembly else {
-            // Sent unasked for a file already placed, unchanged or refused, or asked for by a file given up since.
-            if eager != nil || givenUp.contains(op) { return }
+            // Sent unasked for a file already placed, unchanged or refused, or asked for by a file given up or
+            // failed since.
+            if eager != nil || wasAsked || givenUp.contains(op) { return }
             throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
         }
         try receiveChunk(file, assembly, index: Int(frame.index), compressed: frame.compressed, rawLength: Int(frame.rawLength),
@@ -456,13 +480,21 @@ extension AgentSession {
         do {
             if compressed {
                 try decompressor.decompress(payload, rawLength: rawLength, into: scratch)
-                try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength]))
+                try makingRoom { try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength])) }
             } else {
                 guard payload.count == rawLength else { throw ProtocolError("\(file.path!): chunk \(index) length mismatch") }
-                try assembly.write(index: index, bytes: payload)
+                try makingRoom { try assembly.write(index: index, bytes: payload) }
             }
         } catch let error as PlacementError {
             throw ProtocolError("\(error)")
+        } catch let error as SystemError where Self.isFull(error.errno) {
+            // No room even after what gone sessions left was cleared: this file fails, saying how much it needs,
+            // and what arrived of it goes, leaving its room to the rest of the push.
+            givenUp.insert(file.header.op)
+            let message = describeFailure(error, building: assembly)
+            try giveUp(file, message)
+            assembly.discard()
+            return
         }
         if assembly.isComplete {
             do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {

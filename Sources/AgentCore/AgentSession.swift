@@ -424,6 +424,9 @@ public final class AgentSession {
     /// for them is dropped.
     var givenUp: Set<UInt32> = []
 
+    /// Chunks asked of the client and not yet come, by operation.
+    var asked: [UInt32: Int] = [:]
+
     /// A push that reads chunks from the snapshot store: the reader, and where each chunk is.
     var fetcher: StoreFetcher?
 

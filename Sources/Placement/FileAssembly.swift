@@ -339,6 +339,16 @@ public final class FileAssembly {
     /// Every chunk is in the temporary file, and (streamed) the list has ended.
     public var isComplete: Bool { ended && missingCount == 0 }
 
+    /// Bytes the chunk list covers so far (all of the file once it `ended`).
+    public var bytesListed: UInt64 { chunks.last.map { $0.offset + UInt64($0.length) } ?? 0 }
+
+    /// Bytes of chunks still to be written (of those listed so far).
+    public var bytesMissing: UInt64 {
+        var total: UInt64 = 0
+        for (i, c) in chunks.enumerated() where !present[i] { total += UInt64(c.length) }
+        return total
+    }
+
     /// Verifies the whole file against its digest, sets mode and mtime, makes it durable and renames it
     /// into place. `checkTarget` runs just before the rename with what is at the final path now; it throws
     /// to stop the placement (a conflicting change appeared meanwhile).

@@ -117,6 +117,70 @@ struct FaultTests {
         #expect(failures.isEmpty, "\(failures.count) of \(rounds) pushes failed: \(failures.prefix(3))")
     }
 
+    /// Whether this machine lets the tests mount a small tmpfs (root, outside a locked-down container).
+    static let canMountTmpfs: Bool = {
+        let dir = NSTemporaryDirectory() + "syncd-tmpfs-probe-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard (try? run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dir]))?.status == 0 else { return false }
+        _ = try? run("/bin/umount", [dir])
+        return true
+    }()
+
+    /// A remote with room for the project but not for two copies of its large file (a 96 MiB tmpfs, a 60 MiB
+    /// file): a push killed once most of the file arrived (and once this side had hashed it whole, so the next
+    /// push knows its content without reading it) is finished by the next push, which takes over what the dead
+    /// one left instead of building a second copy and sends only what the remote lacks (plus 5%). A file there
+    /// is no room for fails alone, saying how much room it needs and where, and advises no plain retry.
+    @Test(.enabled(if: FaultTests.canMountTmpfs, "needs to mount a tmpfs"))
+    func anInterruptedPushResumesOnAFullRemoteDisk() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.addSetting("streams: 1")
+        let mounted = try run("/bin/mount", ["-t", "tmpfs", "-o", "size=96m", "tmpfs", f.remoteRoot])
+        #expect(mounted.status == 0, "\(mounted.stderr)")
+        defer { _ = try? run("/bin/umount", ["-l", f.remoteRoot]) }
+        let proxy = try CountingProxy(target: server.port, directory: f.base, rateMbit: 80)
+        let big = randomBytes(60 << 20, seed: 2406)
+        try f.write("data/big.bin", big)
+        try f.write("src/train.py", "print('train')\n")
+        try Self.point(f, server, at: proxy.port)
+        let first = BackgroundRun { started in try f.sshctl(["push", f.project, "--json"], onStart: started) }
+        var arrived = 0
+        #expect(eventually(seconds: 60) {
+            arrived = ResumeTests.partialBytes(in: f.remoteProject + "/data")
+            return arrived >= 45 << 20
+        }, "the first push never got going")
+        if let process = first.process { kill(process.processIdentifier, SIGKILL) }
+        #expect(first.wait(seconds: 30) != nil)
+        #expect(eventually(seconds: 15) { Self.agents(of: server).isEmpty }, "the killed push's agent lives on")
+        #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/data/big.bin"), "no partial file at the final path")
+
+        try Self.point(f, server, at: server.port)
+        let second = try f.sshctl(["push", f.project, "--json"])
+        #expect(second.status == 0, "\(second.stderr)")
+        let lacking = Double(big.count - arrived)
+        let sent = Double(try second.int("bytes_sent"))
+        #expect(sent <= lacking * 1.05 + 256 * 1024, "sent \(Int(sent)) bytes; the remote lacked \(Int(lacking))")
+        #expect(f.read("data/big.bin", in: f.remoteProject).map { ChunkID(hashing: $0) } == ChunkID(hashing: big))
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+        let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)).filter { $0.contains(".syncd-part.") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+
+        // No room for a second large file: it fails alone, naming the room it needs and where.
+        try f.write("data/more.bin", randomBytes(60 << 20, seed: 2407))
+        try f.write("src/eval.py", "print('eval')\n")
+        let full = try f.sshctl(["push", f.project, "--json"])
+        #expect(full.status == 1, "\(full.stderr)")
+        let errors = (try? full.json())?["errors"] as? [String] ?? []
+        #expect(errors.contains { $0.hasPrefix("data/more.bin:") && $0.contains("\(f.remoteProject) is full") && $0.contains("this file needs") && $0.contains("Make room there") },
+                "\(errors)")
+        #expect(!full.stderr.contains("run the push again"), "\(full.stderr)")
+        #expect(f.read("src/eval.py", in: f.remoteProject) == Array("print('eval')\n".utf8), "the rest of the push went on")
+    }
+
     /// The agents serving sessions of `server` (their command lines name its home).
     static func agents(of server: SSHServer) -> [pid_t] {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }

@@ -32,7 +32,7 @@ struct HostilePeerTests {
         var results: [UInt32: OpResult] = [:]
         for case .result(let r) in replies { results[r.op] = r }
         #expect(results[1]?.status == .failed)
-        #expect(results[1]?.message.contains("bomb.bin") == true && results[1]?.message.contains("max_file_size") == true,
+        #expect(results[1]?.message.contains("declared \(Self.holeBombSize) bytes, more than max_file_size") == true,
                 "\(String(describing: results[1]))")
         #expect(results[2]?.status == .applied)
         #expect(!FileManager.default.fileExists(atPath: box.project + "/bomb.bin"))
