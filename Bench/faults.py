@@ -100,9 +100,12 @@ class Link:
         self.proc.wait()
         self.start()
 
-    def stall(self, seconds):
+    def stall(self, seconds, run):
+        """Stops the link for `seconds`, or until `run` (the session's process) ended by itself."""
         self.proc.send_signal(signal.SIGSTOP)
-        time.sleep(seconds)
+        deadline = time.time() + seconds
+        while time.time() < deadline and run.poll() is None:
+            time.sleep(0.05)
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self):
@@ -121,7 +124,7 @@ class Campaign:
             raise SystemExit(f"faults: sshd did not start: {r.stderr}")
         self.sshd_port = int(r.stdout.split()[-1])
         self.config = os.path.join(self.sshd_dir, "ssh_config")
-        self.link = Link(self.sshd_port, rate_mbit=400)
+        self.link = Link(self.sshd_port, rate_mbit=100)
         sh(["bash", "-c", f'source "{SSHD_LIB}" && bench_ssh_alias "$1" wan 127.0.0.1 "$2"', "_", self.sshd_dir, str(self.link.port)])
         self.project = os.path.join(work, "proj")
         self.remote_root = os.path.join(work, "remote")
@@ -221,18 +224,19 @@ class Campaign:
     # ---------------------------------------------------------------- one round
 
     def inject(self, fault, p):
+        """Injects `fault` into the run `p`; false when there was nothing to hit (no agent or session yet)."""
         if fault == "kill-client":
             os.killpg(p.pid, signal.SIGKILL)
-        elif fault == "kill-agent":
-            for pid in self.agents():
+        elif fault in ("kill-agent", "kill-session"):
+            pids = self.agents() if fault == "kill-agent" else self.sessions()
+            for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-        elif fault == "kill-session":
-            for pid in self.sessions():
-                os.kill(pid, signal.SIGKILL)
+            return bool(pids)
         elif fault == "cut-link":
             self.link.cut()
         elif fault == "stall-link":
-            self.link.stall(TIMEOUT + 4)
+            self.link.stall(TIMEOUT * 3, p)
+        return True
 
     def round(self, n):
         r = self.rng
@@ -244,14 +248,12 @@ class Campaign:
             self.change_here()
         else:
             self.change_there()
-        delay = r.uniform(0.02, 1.5)
+        delay = r.uniform(0.02, 0.8)
         p = self.syncctl(verb)
         started = time.time()
         time.sleep(delay)
-        injected = p.poll() is None
         fault_at = time.time()
-        if injected:
-            self.inject(fault, p)
+        injected = p.poll() is None and self.inject(fault, p)
         try:
             out, err = p.communicate(timeout=TIMEOUT * 3 + 60)
             hung = False

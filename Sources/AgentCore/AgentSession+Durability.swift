@@ -81,7 +81,9 @@ extension AgentSession {
                 continue
             }
             if let st = try tree.lstat(file.path) {
-                replaceRecord(FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks))
+                var placed = FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks)
+                placed.placedBy = clientID
+                replaceRecord(placed)
             } else if let old = state.records[file.path] {
                 store.remove(path: old.path, chunks: old.chunks)
             }

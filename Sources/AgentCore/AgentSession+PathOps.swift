@@ -173,7 +173,7 @@ extension AgentSession {
             if current == .absent { return { try self.reply(op, .unchanged, "", .absent) } }
             if current == .directory { tree.forgetDirectories() }
             guard let parent = try tree.openParent(path, create: false) else { return { try self.reply(op, .unchanged, "", .absent) } }
-            if current != base {
+            if !matchesBase(base, current, path, st) {
                 guard force else { return { try self.replyConflict(op, path, current, st, base: base) } }
                 // Deleted here, changed there: the remote's version is kept under a conflict name.
                 let keptAs = try keepAside(path)

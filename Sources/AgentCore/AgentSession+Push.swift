@@ -222,7 +222,7 @@ extension AgentSession {
                 pending[header.op] = nil
                 return try reply(header.op, .unchanged, "", current)
             }
-            if current != header.base {
+            if !matchesBase(header.base, current, file.path, st) {
                 guard header.force, current != .absent else {
                     pending[header.op] = nil
                     return try replyConflict(header.op, file.path, current, st, base: header.base)
@@ -269,7 +269,7 @@ extension AgentSession {
                 throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
             }
             let (current, st) = try currentState(file.path)
-            file.asksEarly = current == file.header.base
+            file.asksEarly = matchesBase(file.header.base, current, file.path, st)
             file.targetStat = st
         } catch let error where error is PathError || error is SystemError || error is AgentError {
             try giveUp(file, describeFailure(error))
@@ -406,7 +406,9 @@ extension AgentSession {
         guard linked else { return false }
         dropRecord(cachedPath)
         if let placed = try tree.lstat(file.path) {
-            replaceRecord(FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks))
+            var moved = FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks)
+            moved.placedBy = clientID
+            replaceRecord(moved)
         } else if let old = state.records[file.path] {
             store.remove(path: old.path, chunks: old.chunks)
         }

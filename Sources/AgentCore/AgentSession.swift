@@ -148,7 +148,20 @@ public final class AgentSession {
     /// The largest file the client accepts (`Hello.maxFileSize`): a larger declared size is refused.
     var maxFileSize = Hello.defaultMaxFileSize
 
+    /// The client of the session (`Hello.clientID`).
+    var clientID = ""
+
+    /// True when what is at `path` now counts as `base`, what the client believes is there: it is, or it is a
+    /// file this very client placed and nobody changed since (the answer that placed it was lost to a kill or a
+    /// cut, so the client's record still names what was there before).
+    func matchesBase(_ base: PathState, _ current: PathState, _ path: RelativePath, _ st: FileStat?) -> Bool {
+        if current == base { return true }
+        guard !clientID.isEmpty, case .file(let digest) = current, let st, let record = state.records[path] else { return false }
+        return record.digest == digest && record.placedBy == clientID && record.stat.sameContentIdentity(as: st)
+    }
+
     func serve(_ hello: Hello) throws {
+        clientID = hello.clientID
         maxFileSize = hello.maxFileSize
         timeoutSeconds = Double(hello.timeoutSeconds)
         stream.progressTimeout = timeoutSeconds
@@ -373,7 +386,10 @@ public final class AgentSession {
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd, threads: FileChunker.processors)
         let after = try fd.stat()
-        let record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
+        var record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
+        // Hashed again (its stat changed, or the record was too fresh to trust), the same content is still what
+        // its client placed.
+        if let old = state.records[path], old.digest == record.digest { record.placedBy = old.placedBy }
         // A file modified while being read is not recorded, so it is hashed again next time.
         if after.sameContentIdentity(as: st) {
             replaceRecord(record)

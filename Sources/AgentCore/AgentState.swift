@@ -13,6 +13,8 @@ struct FileRecord: Equatable {
     var stat: FileStat
     var digest: ChunkID
     var chunks: [ChunkRef]
+    /// The client that placed this content (its `Hello.clientID`; "" when unknown or hashed here).
+    var placedBy = ""
     /// When this process made or loaded the record (wall clock). File times are coarse (a kernel tick), so a
     /// file changed in the same tick as it was recorded keeps its stat: a record made within a second of the
     /// file's last change is not trusted to say the file is unchanged (`isRacy`).
@@ -138,8 +140,9 @@ final class AgentState {
     }
 
     private func apply(_ r: inout PayloadReader) throws {
-        switch try r.u8("tag") {
-        case 1:
+        let tag = try r.u8("tag")
+        switch tag {
+        case 1, 7:
             let path = try RelativePath(bytes: try r.byteString("path"))
             let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
                               size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
@@ -154,7 +157,9 @@ final class AgentState {
                 chunks.append(ChunkRef(id: id, offset: offset, length: length))
                 offset += UInt64(length)
             }
-            records[path] = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
+            var record = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
+            if tag == 7 { record.placedBy = try r.string("placed by") }
+            records[path] = record
         case 2:
             records[try RelativePath(bytes: try r.byteString("path"))] = nil
         case 3:
@@ -173,14 +178,16 @@ final class AgentState {
     }
 
     private static func encode(_ record: FileRecord) -> [UInt8] {
-        var w = PayloadWriter(capacity: 64 + record.chunks.count * 20)
-        w.u8(1)
+        var w = PayloadWriter(capacity: 80 + record.chunks.count * 20)
+        // 7: a record with the client that placed it (agents before 0.14 know only 1, and stop at 7).
+        w.u8(record.placedBy.isEmpty ? 1 : 7)
         w.byteString(record.path.bytes)
         w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
         w.i64(record.stat.mtimeNanos); w.i64(record.stat.ctimeNanos)
         w.id(record.digest)
         w.u32(UInt32(record.chunks.count))
         for c in record.chunks { w.id(c.id); w.u32(c.length) }
+        if !record.placedBy.isEmpty { w.string(record.placedBy) }
         return w.bytes
     }
 

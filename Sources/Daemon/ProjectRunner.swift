@@ -182,7 +182,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         condition.lock()
         defer { condition.unlock() }
         let iso = ISO8601DateFormatter()
-        let state = paused ? "paused" : syncing != nil ? "syncing" : retrying ?? "idle"
+        let state = paused ? "paused" : retrying ?? (syncing != nil ? "syncing" : "idle")
         return ProjectStatus(project: directory, state: state, connected: connected,
                              pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
                              lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflictPaths.sorted().map(\.text),

@@ -146,10 +146,8 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
         let streams = joined
         joined = []
         lock.unlock()
-        for s in streams {
-            s.connection.terminate()
-            _ = s.connection.finish()
-        }
+        for s in streams { s.connection.terminate() }
+        for s in streams { _ = s.connection.finish() }
     }
 }
 

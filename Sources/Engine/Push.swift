@@ -218,6 +218,7 @@ public final class PushSession {
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
             project.limit(&greeting)
+            greeting.clientID = try state.clientID()
         } catch {
             waiting.set(.failure(error))
             fresh?.cancel()

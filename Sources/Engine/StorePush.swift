@@ -139,7 +139,7 @@ public final class StorePush {
         let connected = DispatchGroup()
         for _ in hosts { connected.enter() }
         let location = access.location
-        let uploading = Thread { [project, files, entries] in
+        let uploading = { [project, files, entries] in
             _ = connected.wait(timeout: .now() + 15)
             do {
                 let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
@@ -159,8 +159,10 @@ public final class StorePush {
                 upload.set(.failure(shown))
             }
         }
-        uploading.name = "store upload"
-        uploading.start()
+        // libcurl and libcrypto run on it: the process joins it before it exits.
+        do { try LibraryThreads.start(uploading) } catch {
+            upload.set(.failure(SyncError("cannot start the upload thread: \(error)")))
+        }
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
         let project = self.project

@@ -127,6 +127,19 @@ public final class StateStore {
 
     // MARK: remote identity
 
+    /// This side's id for the remote (16 hex digits, made on first use): the agent remembers which client placed
+    /// each file, so that a file this client placed in a push whose answer was lost (a kill, a cut) is not taken
+    /// for a change made on the remote.
+    public func clientID() throws -> String {
+        try db.write { db in
+            if let id = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'client_id'") { return id }
+            let hex = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+            let id = String(repeating: "0", count: 16 - hex.count) + hex
+            try db.execute(sql: "INSERT INTO meta (key, value) VALUES ('client_id', ?)", arguments: [id])
+            return id
+        }
+    }
+
     /// The remote project's instance id as of the last sync (see the agent's `.syncd/instance`).
     public func remoteInstance() throws -> String? {
         try db.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'remote_instance'") }

@@ -34,7 +34,7 @@ public final class SSHAgentConnection: AgentConnection {
         let destination = "\(settings.user.map { $0 + "@" } ?? "")\(settings.hostName):\(settings.port)"
         peerDescription = "agent on \(destination)"
         let host = settings.hostName
-        let session = try SSHSession(settings: settings, options: options)
+        let session = try SSHSession(settings: settings, options: options, stallSeconds: timeoutSeconds)
         let digest = try digestStamp.map { try StreamingDigest.digest(ofFile: agentBinary, rememberedIn: $0).hex } ?? Self.digest(ofFile: agentBinary)
         Trace.mark("ssh: agent binary hashed")
         let local = machineName()

@@ -53,11 +53,13 @@ public final class SSHSession {
     }
 
     /// Connects, verifies the host key against known_hosts, and authenticates.
-    public init(settings: SSHHostSettings, options: SSHOptions) throws {
+    /// The handshake and authentication wait at most ConnectTimeout (30 s unless set), or `stallSeconds` (the
+    /// session's `timeout:`) when that is shorter.
+    public init(settings: SSHHostSettings, options: SSHOptions, stallSeconds: Double? = nil) throws {
         precondition(libraryReady, "libssh2_init failed")
         self.settings = settings
         user = settings.user ?? ProcessInfo.processInfo.environment["USER"] ?? String(cString: getpwuid(getuid()).pointee.pw_name)
-        let timeout = settings.connectTimeoutSeconds ?? 30
+        let timeout = min(settings.connectTimeoutSeconds ?? 30, stallSeconds.map { max(Int($0.rounded(.up)), 1) } ?? Int.max)
         socket = try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout)
         socketKey = LibraryThreads.register(socket: socket)
         Trace.mark("ssh: TCP connected")
@@ -77,8 +79,9 @@ public final class SSHSession {
             try verifyHostKey(options: options)
             try authenticate(options: options)
             Trace.mark("ssh: authenticated")
-            // Blocking calls made later (an agent upload, a short command) are bounded too.
-            libssh2_session_set_timeout(session, max(timeout, 60) * 1000)
+            // Blocking calls made later (opening a channel, an agent upload, a short command) fail once nothing
+            // moved for the session's timeout.
+            libssh2_session_set_timeout(session, (stallSeconds.map { max(Int($0.rounded(.up)), 1) } ?? max(timeout, 60)) * 1000)
             libssh2_keepalive_config(session, 1, UInt32(keepalive.interval))
         } catch {
             // Every stored property is set, so deinit runs and closes the session and socket.
@@ -92,7 +95,8 @@ public final class SSHSession {
 
     func shutdown() {
         libssh2_session_set_blocking(session, 1)
-        libssh2_session_set_timeout(session, 2000)
+        // The goodbye is a courtesy: over a link that stalled it is not waited for long.
+        libssh2_session_set_timeout(session, 300)
         libssh2_session_disconnect_ex(session, 11, "syncd: done", "")
         libssh2_session_free(session)
         LibraryThreads.unregister(socket: socketKey)

@@ -81,11 +81,10 @@ public final class StoreUploader: Sendable {
         guard held.count < wanted.count else { return stats }
 
         let queue = PackQueue(capacity: threads)
-        var workers: [Thread] = []
-        for n in 0..<threads {
+        for _ in 0..<threads {
             // Each worker makes its own store (a connection of its own) on its thread; one that cannot fails the
-            // upload as a failed put would.
-            let worker = Thread { [catalog, location, credentials] in
+            // upload as a failed put would. They use libcurl and libcrypto: the process joins them before it exits.
+            let worker = { [catalog, location, credentials] in
                 let store: SnapshotStore
                 do { store = SnapshotStore(client: try S3Client(location: location, credentials: credentials)) } catch {
                     queue.fail(error)
@@ -102,9 +101,10 @@ public final class StoreUploader: Sendable {
                     }
                 }
             }
-            worker.name = "store upload \(n)"
-            worker.start()
-            workers.append(worker)
+            do { try LibraryThreads.start(worker) } catch {
+                queue.close()
+                throw error
+            }
         }
         defer { queue.close() }
 

@@ -59,6 +59,7 @@ extension Message {
             for r in h.roots { w.byteString(r) }
             w.u32(h.timeoutSeconds)
             w.u64(h.maxFileSize)
+            w.string(h.clientID)
         case .welcome(let version, let dir, let instance):
             w.string(version); w.string(dir); w.string(instance)
         case .fileBegin(let f):
@@ -172,6 +173,7 @@ extension Message {
                 throw ProtocolError("hello: timeout \(h.timeoutSeconds) s is outside 1...\(Hello.maxTimeoutSeconds)")
             }
             h.maxFileSize = try r.u64("largest file size")
+            h.clientID = try r.string("client id", limit: 64)
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),

@@ -68,6 +68,9 @@ public struct Hello: Equatable, Sendable {
     /// The largest file the client sends or takes (`max_file_size:`): a declared size beyond it is refused
     /// before it costs anything.
     public var maxFileSize: UInt64 = Hello.defaultMaxFileSize
+    /// The client's id for this remote ("" when it has none): a file it placed itself and nobody changed since is
+    /// no conflict, even when the answer that placed it never reached it.
+    public var clientID: String = ""
 
     public static let defaultTimeoutSeconds: UInt32 = 60
     public static let maxTimeoutSeconds: UInt32 = 86_400

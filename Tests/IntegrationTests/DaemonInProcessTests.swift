@@ -77,6 +77,38 @@ struct DaemonInProcessTests {
         #expect(!FileManager.default.fileExists(atPath: runtime + "/syncd/control.sock"))
     }
 
+    /// An agent that stops answering (a hung remote) is not `syncing` for ever: the push fails once nothing came
+    /// for `timeout:`, and the project shows as stalled, with the error, until the next try.
+    @Test func aStalledProjectShowsAsStalled() throws {
+        let f = try SyncFixture()
+        try f.write("src/train.py", "print(1)\n")
+        let agent = f.base + "/silent-agent"
+        try "#!/bin/sh\nexec sleep 600\n".write(toFile: agent, atomically: true, encoding: .utf8)
+        chmod(agent, 0o755)
+        try f.addSetting("agent_path: \(agent)")
+        try f.addSetting("timeout: 2")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try ProjectRegistry(environment: env).add(f.project))
+        let daemon = Daemon(settings: DaemonSettings(pullInterval: 60, environment: env))
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = daemon.run()
+            done.signal()
+        }
+        defer {
+            daemon.stop()
+            _ = done.wait(timeout: .now() + 30)
+        }
+        var seen: ProjectStatus?
+        #expect(eventually(seconds: 30) {
+            seen = (try? ControlSocket.request(ControlRequest(.status), environment: env))??.projects?.first
+            return seen?.state == "stalled"
+        }, "last status: \(String(describing: seen))")
+        #expect(seen?.lastError?.contains("nothing came from local agent") == true, "\(String(describing: seen?.lastError))")
+    }
+
     /// Writes `bytes` to the control socket at `socket` as a client would (ending its side when asked), and
     /// returns the answer's first line.
     static func exchange(_ bytes: [UInt8], socket path: String, closeAfterWriting: Bool) throws -> String {

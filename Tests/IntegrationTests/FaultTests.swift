@@ -279,6 +279,63 @@ struct FaultTests {
     }
 }
 
+/// A push killed after the agent placed a file but before its answer came back: the client's record still names
+/// what was there before, yet the file there is its own. The next push, with that file edited again (or put back
+/// as it was), replaces it without calling it a conflict; a file changed on the remote since still is one.
+@Suite struct LostAnswerTests {
+    @Test func aFileThisClientPlacedIsNoConflictWhenItsAnswerWasLost() throws {
+        let f = try SyncFixture()
+        try f.write("a_config.yaml", "lr: 0.1\n")
+        try f.write("b_notes.txt", "v1\n")
+        try f.write("z_big.bin", randomBytes(160 << 20, seed: 2410))
+        var killed = false
+        _ = try f.syncctl(["push", f.project, "--json"]) { process in
+            killed = eventually(seconds: 60) { f.read("b_notes.txt", in: f.remoteProject) != nil }
+            kill(process.processIdentifier, SIGKILL)
+        }
+        #expect(killed, "the small files were never placed")
+        // The killed client's agent sees its input end and goes.
+        usleep(300_000)
+        try f.write("a_config.yaml", "lr: 0.01\n")
+        try f.write("b_notes.txt", "remote edit\n", in: f.remoteProject)
+        let r = try f.push()
+        #expect(r.status == 3, "\(r.stderr)")
+        #expect(try r.int("conflicts") == 1, "only the file changed on the remote: \(r.stdout)")
+        #expect(f.read("a_config.yaml", in: f.remoteProject) == Array("lr: 0.01\n".utf8), "its own placement replaced")
+        #expect(f.read("b_notes.txt", in: f.remoteProject) == Array("remote edit\n".utf8), "the remote's edit kept")
+    }
+}
+
+/// Two laptops pushing one project at once (or the daemon and a CLI push): each session builds in files of its
+/// own, and the placements take turns, so the remote file is always one laptop's version whole (forced, each
+/// keeps the other's aside instead of writing into it).
+@Suite struct ConcurrentSessionTests {
+    @Test func twoLaptopsPushingOneProjectAtOnceNeverMixTheirFiles() throws {
+        let a = try SyncFixture()
+        let b = try SyncFixture()
+        // b's project is a second laptop's copy of a's: the same remote project.
+        try "name: \(a.name)\nremote: local:\(a.remoteRoot)\n".write(toFile: b.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        var versions: Set<ChunkID> = []
+        for round in 0..<6 {
+            let va = randomBytes(24 << 20, seed: 2500 + UInt64(round)), vb = randomBytes(24 << 20, seed: 2600 + UInt64(round))
+            versions.formUnion([ChunkID(hashing: va), ChunkID(hashing: vb)])
+            try a.write("data/model.bin", va)
+            try b.write("data/model.bin", vb)
+            let first = BackgroundRun { started in try a.syncctl(["push", a.project, "--json", "--force"], onStart: started) }
+            let second = try b.syncctl(["push", b.project, "--json", "--force"])
+            let other = first.wait(seconds: 120)
+            #expect(other != nil)
+            for r in [second, other].compactMap({ $0 }) {
+                #expect([0, 3].contains(r.status), "round \(round): \(r.stderr)")
+            }
+            let placed = a.read("data/model.bin", in: a.remoteProject).map { ChunkID(hashing: $0) }
+            #expect(placed.map { versions.contains($0) } == true, "round \(round): the remote file is no version written")
+        }
+        let parts = (try FileManager.default.subpathsOfDirectory(atPath: a.remoteProject)).filter { $0.contains(".syncd-part.") }
+        #expect(parts.isEmpty, "\(parts)")
+    }
+}
+
 /// A `local:` agent that misbehaves: the client bounds every wait on it and reports what it found itself.
 @Suite struct LocalAgentFaultTests {
     /// An "agent" (a shell script) for `f`: `body` runs with TERM ignored, as an agent that ignores SIGTERM.
