@@ -194,25 +194,10 @@ struct FaultTests {
     /// A push whose link stays open but moves nothing (a frozen proxy) fails once nothing moved for `timeout:`,
     /// naming the host and the wait; the agent on the far side, whose input stopped too, exits within it.
     @Test func aStalledLinkFailsThePushAndTheAgentExits() throws {
-        let server = try SSHServer()
-        let f = try SyncFixture()
-        try f.useSSH(server)
-        try f.addSetting("streams: 1")
-        try f.addSetting("timeout: 3")
-        let proxy = try CountingProxy(target: server.port, directory: f.base, rateMbit: 80)
+        let (server, f, proxy) = try Self.linkThroughProxy(timeout: 3)
         defer { proxy.wake() }
-        try f.write("data/big.bin", randomBytes(48 << 20, seed: 2403))
-        try Self.point(f, server, at: proxy.port)
-        let push = BackgroundRun { started in try f.sshctl(["push", f.project, "--json"], onStart: started) }
-        #expect(eventually(seconds: 60) { ResumeTests.partialBytes(in: f.remoteProject + "/data") >= 4 << 20 }, "the push never got going")
-        #expect(!Self.agents(of: server).isEmpty, "no agent runs for the push")
-        proxy.stall()
-        let stalled = Date()
-        let r = push.wait(seconds: 60)
-        #expect(r != nil, "the push still waits on a link that moves nothing")
+        let r = try Self.pushThenStall(f, proxy, seed: 2403) { #expect(!Self.agents(of: server).isEmpty, "no agent runs for the push") }
         guard let r else { return }
-        #expect(Date().timeIntervalSince(stalled) < 20, "the push took \(Date().timeIntervalSince(stalled)) s to give up")
-        #expect(r.status == 1, "\(r.stderr)")
         #expect(r.stderr.contains("127.0.0.1:\(proxy.port)") && r.stderr.contains("the link or the remote stalled"), "\(r.stderr)")
         #expect(eventually(seconds: 15) { Self.agents(of: server).isEmpty }, "the agent lives on: \(Self.agents(of: server))")
         // The link back, the next push completes.
@@ -226,27 +211,42 @@ struct FaultTests {
     /// ssh_config's ServerAliveInterval and ServerAliveCountMax are honoured: keepalives go out that often, and
     /// the connection is given up once that many went unanswered, whatever `timeout:` says.
     @Test func unansweredKeepalivesEndTheConnection() throws {
+        let (server, f, proxy) = try Self.linkThroughProxy(timeout: 600, sshConfig: "  ServerAliveInterval 1\n  ServerAliveCountMax 3\n")
+        defer { proxy.wake() }
+        let r = try withExtendedLifetime(server) { try Self.pushThenStall(f, proxy, seed: 2404) }
+        guard let r else { return }
+        #expect(r.stderr.contains("ServerAliveInterval 1 x ServerAliveCountMax 3"), "\(r.stderr)")
+    }
+
+    /// A project reaching its sshd through a wanem link of 80 Mbit/s, with `timeout:` and lines added to its
+    /// ssh_config host entry.
+    static func linkThroughProxy(timeout: Int, sshConfig extra: String = "") throws -> (SSHServer, SyncFixture, CountingProxy) {
         let server = try SSHServer()
         let f = try SyncFixture()
         try f.useSSH(server)
         try f.addSetting("streams: 1")
-        try f.addSetting("timeout: 600")
+        try f.addSetting("timeout: \(timeout)")
         let proxy = try CountingProxy(target: server.port, directory: f.base, rateMbit: 80)
-        defer { proxy.wake() }
-        try f.write("data/big.bin", randomBytes(48 << 20, seed: 2404))
-        let config = server.sshConfig().replacingOccurrences(of: "Port \(server.port)", with: "Port \(proxy.port)")
-            + "  ServerAliveInterval 1\n  ServerAliveCountMax 3\n"
+        let config = server.sshConfig().replacingOccurrences(of: "Port \(server.port)", with: "Port \(proxy.port)") + extra
         try config.write(toFile: f.base + "/ssh_config", atomically: true, encoding: .utf8)
+        return (server, f, proxy)
+    }
+
+    /// Pushes a 48 MiB file, stalls the link once 4 MiB arrived (after `beforeStall`), and returns how the push
+    /// ended: a failure within 20 s of the stall (nil, recorded as an issue, when it still waited after 60 s).
+    static func pushThenStall(_ f: SyncFixture, _ proxy: CountingProxy, seed: UInt64, beforeStall: () -> Void = {}) throws -> RunResult? {
+        try f.write("data/big.bin", randomBytes(48 << 20, seed: seed))
         let push = BackgroundRun { started in try f.sshctl(["push", f.project, "--json"], onStart: started) }
         #expect(eventually(seconds: 60) { ResumeTests.partialBytes(in: f.remoteProject + "/data") >= 4 << 20 }, "the push never got going")
+        beforeStall()
         proxy.stall()
         let stalled = Date()
         let r = push.wait(seconds: 60)
-        #expect(r != nil, "the push still waits on a link whose keepalives go unanswered")
-        guard let r else { return }
+        #expect(r != nil, "the push still waits on a link that moves nothing")
+        guard let r else { return nil }
         #expect(Date().timeIntervalSince(stalled) < 20, "the push took \(Date().timeIntervalSince(stalled)) s to give up")
         #expect(r.status == 1, "\(r.stderr)")
-        #expect(r.stderr.contains("ServerAliveInterval 1 x ServerAliveCountMax 3"), "\(r.stderr)")
+        return r
     }
 
     /// A remote that stops answering in the middle of a pull (its agent stopped, sshd alive and answering
