@@ -54,9 +54,11 @@ extension AgentSession {
         let durability = durability!
         // What sessions that are gone left may be taken over by this one, file by file; the rest goes at the end.
         building.findDeadSessions()
+        state.beginPush()
         tree.cachesDirectories(true)
         highestBegun = 0
         defer {
+            state.endPush()
             joinedStreams?.close()
             joinedStreams = nil
             tree.cachesDirectories(false)
@@ -65,6 +67,8 @@ extension AgentSession {
             storeChunks.removeAll()
             givenUp.removeAll()
             asked.removeAll()
+            onlyDraining = false
+            lastArrivalNanos = 0
         }
         while !ended || !pending.isEmpty || !sealed.isEmpty || drainingGivenUp {
             let draining = drainingGivenUp
@@ -83,10 +87,13 @@ extension AgentSession {
             if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
                 try syncDirectoriesAndAnswer()
             }
+            let drainingOnly = ended && pending.isEmpty && sealed.isEmpty && draining
+            if drainingOnly && !onlyDraining { lastArrivalNanos = monotonicNanos() }  // the wait starts now
+            onlyDraining = drainingOnly
             let (next, joined) = try nextPushMessage { try receiveChunk($0) }
             let message: Message
             switch next {
-            case .chunk: continue
+            case .chunk, .heartbeat: continue
             case .end:
                 throw AgentError("the client closed the connection in the middle of a push; finished files are kept and the next push resumes")
             case .message(let m): message = m
@@ -447,7 +454,16 @@ extension AgentSession {
     func arrived(_ op: UInt32) -> Bool {
         guard let count = asked[op] else { return false }
         asked[op] = count > 1 ? count - 1 : nil
+        lastArrivalNanos = monotonicNanos()
         return true
+    }
+
+    /// Called before the reader waits: a push that waits only for chunks of failed files, while none came for the
+    /// session's timeout (the client sends heartbeats, not them), ends with an error rather than wait for ever.
+    func checkDraining() throws {
+        guard onlyDraining, monotonicNanos() &- lastArrivalNanos > UInt64(timeoutSeconds * 1e9) else { return }
+        let missing = asked.filter { pending[$0.key] == nil }.values.reduce(0, +)
+        throw AgentError("\(missing) chunks asked for files that failed never came in \(Int(timeoutSeconds)) s; the push ends here")
     }
 
     /// True while chunks asked for by files given up or failed since are still on their way: the push is not

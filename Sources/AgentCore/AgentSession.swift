@@ -84,6 +84,7 @@ public final class AgentSession {
             defer { notifyLock.unlock() }
             try commitWhileIdle()
             try writer.flush()
+            try checkDraining()
         }
     }
 
@@ -271,10 +272,10 @@ public final class AgentSession {
             stopWatching()
             tree = try Tree(rootPath: projectPath, create: true)
             // Out of descriptors: the temporary files held open are closed too (each reopens when next written).
-            tree.onDescriptorShortage = { [unowned self] in
+            tree.onDescriptorShortage = (pthread_self(), { [unowned self] in
                 for op in openAssemblies { pending[op]?.assembly?.suspend() }
                 openAssemblies.removeAll()
-            }
+            })
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)
@@ -442,6 +443,10 @@ public final class AgentSession {
 
     /// Chunks asked of the client and not yet come, by operation.
     var asked: [UInt32: Int] = [:]
+
+    /// Set while the push waits only for chunks asked for by files that failed since; when the last of them came.
+    var onlyDraining = false
+    var lastArrivalNanos: UInt64 = 0
 
     /// A push that reads chunks from the snapshot store: the reader, and where each chunk is.
     var fetcher: StoreFetcher?

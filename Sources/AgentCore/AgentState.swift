@@ -38,7 +38,10 @@ final class AgentState {
     /// A random id made with the state directory: a client that finds another one knows the remote project was
     /// wiped or replaced since it last synced, and stops trusting what it remembers of it.
     let instance: String
-    private static let snapshotMagic = Array("SYNCDST1".utf8)
+    /// Snapshots written now may hold records with the client that placed them (tag 7): `SYNCDST2`, which agents
+    /// before 0.14 do not read at all (they hash again) rather than read in part. `SYNCDST1` is still read.
+    private static let snapshotMagic = Array("SYNCDST2".utf8)
+    private static let olderSnapshotMagic = Array("SYNCDST1".utf8)
 
     /// Opens (making it if needed) the state directory under the project root and loads snapshot plus journal.
     init(project: Tree) throws {
@@ -113,7 +116,8 @@ final class AgentState {
     private var journalBytes = 0
 
     private func load() throws {
-        if let snapshot = try readWhole("state"), snapshot.count >= 8, Array(snapshot[0..<8]) == Self.snapshotMagic {
+        if let snapshot = try readWhole("state"), snapshot.count >= 8,
+           [Self.snapshotMagic, Self.olderSnapshotMagic].contains(Array(snapshot[0..<8])) {
             // A record takes at least 80 bytes (a small file with one chunk): room for them all without rehashing.
             records.reserveCapacity(snapshot.count / 80)
             replay(Array(snapshot[8...]))
@@ -220,6 +224,24 @@ final class AgentState {
         w.u8(2)
         w.byteString(path.bytes)
         appendJournal(w.bytes)
+    }
+
+    /// Held shared while a push runs: an agent from before build sessions (0.14) on the same project sweeps every
+    /// temporary file only when it can take this lock exclusive, so it never removes those of a push running here.
+    private var pushLock: FileDescriptor?
+
+    func beginPush() {
+        if pushLock == nil {
+            let fd = openat(directory.raw, "push.lock", O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { return }
+            pushLock = FileDescriptor(raw: fd, path: ".syncd/push.lock")
+        }
+        // Bounded: an older agent holds it exclusive only for its short sweep.
+        for _ in 0..<3000 where flock(pushLock!.raw, LOCK_SH | LOCK_NB) != 0 { usleep(10_000) }
+    }
+
+    func endPush() {
+        if let pushLock { _ = flock(pushLock.raw, LOCK_UN) }
     }
 
     /// Removes the temporary files an agent from before build sessions (0.14) left in the directories it

@@ -117,6 +117,13 @@ public final class BuildSession {
     /// leases locked, so that no other session sweeps what this one may take over. Call at the start of a push.
     public func findDeadSessions() {
         guard let directory, let names = try? Tree.list(directory) else { return }
+        // A lease a session made but never named (it died in between): it lists nothing, and goes.
+        for entry in names where entry.kind == .regular && entry.name.count == 20 && entry.name.suffix(4).elementsEqual(".new".utf8) {
+            let fd = withCName(entry.name) { openat(directory.raw, $0, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }
+            guard fd >= 0 else { continue }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { _ = withCName(entry.name) { unlinkat(directory.raw, $0, 0) } }
+            close(fd)
+        }
         for entry in names where entry.kind == .regular && entry.name.count == 16 {
             let other = String(decoding: entry.name, as: UTF8.self)
             guard other != id, !dead.contains(where: { $0.id == other }) else { continue }
@@ -199,7 +206,7 @@ public final class BuildSession {
         let components = directory.isEmpty ? [] : directory.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map(Array.init)
         guard let dir = try? tree.openDirectory(components, create: false), let entries = try? Tree.list(dir) else { return 0 }
         var freed: UInt64 = 0
-        for entry in entries where entry.kind == .regular && entry.name.starts(with: partialFilePrefix.utf8) && matches(entry.name) {
+        for entry in entries where entry.kind != .directory && entry.name.starts(with: partialFilePrefix.utf8) && matches(entry.name) {
             let shown = displayPath(joinPath(directory, entry.name))
             let size = (try? Tree.lstat(at: dir, name: entry.name, shown: shown))?.size ?? 0
             if (try? Tree.remove(at: dir, name: entry.name, isDirectory: false, shown: shown)) != nil { freed += size }

@@ -105,13 +105,14 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
     public func withDescriptors<T>(_ body: () throws -> T) throws -> T {
         do { return try body() } catch let error as SystemError where OpenFiles.exhausted(error.errno) {
             forgetDirectories()
-            onDescriptorShortage?()
+            if let (owner, close) = onDescriptorShortage, pthread_equal(owner, pthread_self()) != 0 { close() }
             return try body()
         }
     }
 
-    /// Called when the process ran out of descriptors, to close what its owner keeps open (set before use).
-    public var onDescriptorShortage: (() -> Void)?
+    /// Called when the process ran out of descriptors, to close what its owner keeps open; only on the thread
+    /// that set it (other threads sharing the tree, a watcher's, only drop the cached directories).
+    public var onDescriptorShortage: (owner: pthread_t, close: () -> Void)?
 
     private func openUncached<C: Collection>(_ components: C, path: [UInt8], create: Bool) throws -> FileDescriptor?
     where C.Element == [UInt8] {

@@ -121,13 +121,22 @@ public final class LocalAgentConnection: AgentConnection {
     /// Set when `finish` had to kill an agent that would not exit.
     private var killedStuck = false
 
+    /// Guards `exitStatus`, `terminated` and `killedStuck`: `terminate` may come from another thread than
+    /// `finish` (a link dropped by the daemon's watcher while a session fails).
+    private let stateLock = NSLock()
+    private var stderrRead = false
+
     public func finish() -> String? {
         stream.closeWrite()
-        if exitStatus == nil {
-            exitStatus = reap()
-            _ = stderrTail.done.wait(timeout: .now() + 2)
-        }
+        stateLock.lock()
+        let first = !stderrRead
+        stderrRead = true
+        if exitStatus == nil { exitStatus = reap() }
         let status = exitStatus!
+        let (terminated, killedStuck) = (self.terminated, self.killedStuck)
+        stateLock.unlock()
+        // The first to finish waits (a little) for the end of what the agent wrote to stderr.
+        if first { _ = stderrTail.done.wait(timeout: .now() + 2) }
         let signal = status & 0x7F
         if killedStuck { return "the agent did not exit within \(Int(exitGraceSeconds)) s of its input's end; killed it" }
         // Ended by this side's SIGTERM: the caller's own error says what went wrong.
@@ -139,6 +148,7 @@ public final class LocalAgentConnection: AgentConnection {
     }
 
     /// Waits for the agent's exit, at most `exitGraceSeconds` (5 s once told to stop), then kills it with SIGKILL.
+    /// With `stateLock` held: the only place the child is reaped.
     private func reap() -> Int32 {
         var status: Int32 = 0
         let grace = terminated ? 5 : exitGraceSeconds
@@ -146,19 +156,30 @@ public final class LocalAgentConnection: AgentConnection {
         while true {
             let r = waitpid(processIdentifier, &status, WNOHANG)
             if r == processIdentifier { return status }
-            if r < 0 && errno != EINTR { return status }
+            if r < 0 && errno != EINTR { return Self.unknownStatus }
             if monotonicNanos() >= deadline { break }
+            // Lets `terminate` from another thread through meanwhile.
+            stateLock.unlock()
             usleep(5_000)
+            stateLock.lock()
         }
         killedStuck = !terminated
         kill(processIdentifier, SIGKILL)
-        while waitpid(processIdentifier, &status, 0) < 0 && errno == EINTR {}
+        while waitpid(processIdentifier, &status, 0) < 0 {
+            if errno != EINTR { return Self.unknownStatus }
+        }
         return status
     }
 
+    /// What `finish` reports when the exit status could not be had (exit code 255).
+    private static let unknownStatus: Int32 = 0xFF00
+
     public func terminate() {
+        stateLock.lock()
+        defer { stateLock.unlock() }
         guard exitStatus == nil else { return }
-        // An agent that is gone already (killed, crashed) keeps its own account of how it ended.
+        // An agent that is gone already (killed, crashed) keeps its own account of how it ended; the child is
+        // only signalled while unreaped, so its pid cannot belong to another process yet.
         var status: Int32 = 0
         if waitpid(processIdentifier, &status, WNOHANG) == processIdentifier {
             exitStatus = status

@@ -140,20 +140,24 @@ public final class FileDescriptorStream: ByteStream {
     /// When a byte last came in (reads are made by one thread at a time).
     private var lastInput = monotonicNanos()
 
-    /// Waits (at most until `progressTimeout` after the last progress) for `fd` to be ready for `events`.
+    /// Waits (at most until `progressTimeout` after the last progress) for `fd` to be ready for `events`. Ready
+    /// is looked at first: a reader that was busy for long finds what came meanwhile, and only a descriptor still
+    /// not ready past the deadline means the peer was silent (nothing unread means nothing came since `since`).
     private func waitReady(_ fd: Int32, _ events: Int32, since: UInt64, writing: Bool) throws {
         var pfd = pollfd(fd: fd, events: Int16(events), revents: 0)
+        var wait: Int32 = 0
         while true {
-            var wait: Int32 = -1
-            if let timeout = progressTimeout {
-                let deadline = since &+ UInt64(timeout * 1e9)
-                let now = monotonicNanos()
-                guard now < deadline else { throw StalledError(peer: name, seconds: Double(now - since) / 1e9, writing: writing) }
-                wait = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
-            }
             let rc = poll(&pfd, 1, wait)
             if rc > 0 { return }
             if rc < 0 && errno != EINTR { throw SystemError(call: "poll", path: name, errno: errno) }
+            guard let timeout = progressTimeout else {
+                wait = -1
+                continue
+            }
+            let deadline = since &+ UInt64(timeout * 1e9)
+            let now = monotonicNanos()
+            guard now < deadline else { throw StalledError(peer: name, seconds: Double(now - since) / 1e9, writing: writing) }
+            wait = Int32(min((deadline - now) / 1_000_000 + 1, 60_000))
         }
     }
 

@@ -103,7 +103,7 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
         while true {
             switch try nextFrame(chunk: chunk) {
             case .message(let message): return message
-            case .chunk: continue
+            case .chunk, .heartbeat: continue
             case .end: return nil
             }
         }
@@ -114,6 +114,8 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
         case message(Message)
         /// A chunk-data frame, handed to the closure.
         case chunk
+        /// A heartbeat: nothing to act on, but the caller may look at its other sources before it reads again.
+        case heartbeat
         /// A clean end of stream between frames.
         case end
     }
@@ -123,7 +125,8 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     public func nextFrame(chunk: (ChunkFrame) throws -> Void) throws -> Frame {
         lock.lock()
         defer { lock.unlock() }
-        guard let (type, payload) = try nextFrameLocked() else { return .end }
+        guard let (type, payload) = try frameLocked() else { return .end }
+        if type == Message.heartbeatType && payload.isEmpty { return .heartbeat }
         guard type == ChunkFrame.type else { return .message(try Message.decode(type: type, payload: payload)) }
         try chunk(try ChunkFrame(payload: payload))
         return .chunk

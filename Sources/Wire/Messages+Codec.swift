@@ -202,7 +202,14 @@ extension Message {
             chunks.reserveCapacity(n)
             for _ in 0..<n {
                 let id = try r.id("chunk id")
-                chunks.append(ChunkRef(id: id, offset: 0, length: try r.u32("chunk length")))
+                let length = try r.u32("chunk length")
+                // A chunk of no bytes adds nothing but work; one larger than any chunk size is no chunk (holes,
+                // which are never sent, may be up to 4 GiB).
+                guard length > 0 else { throw ProtocolError("chunk list: a chunk of 0 bytes") }
+                guard id.isHole || length <= UInt32(ChunkParameters.largestMaxSize) else {
+                    throw ProtocolError("chunk list: a chunk of \(length) bytes, more than the largest chunk size \(ChunkParameters.largestMaxSize)")
+                }
+                chunks.append(ChunkRef(id: id, offset: 0, length: length))
             }
             message = .chunkList(op: op, chunks: chunks)
         case ChunkFrame.type:

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Chunking
 import Testing
 import Wire
@@ -103,6 +106,46 @@ struct WireTests {
         }
         #expect(throws: ProtocolError.self) {
             try noise.withUnsafeBytes { p in try small.withUnsafeMutableBytes { try decompressor.decompress(p, rawLength: 10, into: $0) } }
+        }
+    }
+}
+
+/// Issue 24: what a peer claims in a chunk list is checked before it costs anything, and a reader that was busy
+/// finds what came meanwhile instead of taking the peer for stalled.
+struct WireLimitTests {
+    static func decodeList(_ chunks: [ChunkRef]) throws -> Message {
+        let (type, payload) = Message.chunkList(op: 1, chunks: chunks).encode()
+        return try payload.withUnsafeBytes { try Message.decode(type: type, payload: $0) }
+    }
+
+    @Test func chunkListsRefuseEmptyAndOversizedChunks() throws {
+        let id = ChunkID(hashing: Array("x".utf8))
+        #expect(throws: ProtocolError.self) { try Self.decodeList([ChunkRef(id: id, offset: 0, length: 0)]) }
+        #expect(throws: ProtocolError.self) { try Self.decodeList([ChunkRef(id: .hole, offset: 0, length: 0)]) }
+        let big = UInt32(ChunkParameters.largestMaxSize) + 1
+        #expect(throws: ProtocolError.self) { try Self.decodeList([ChunkRef(id: id, offset: 0, length: big)]) }
+        // A hole may be large: it is never sent.
+        _ = try Self.decodeList([ChunkRef(id: .hole, offset: 0, length: UInt32.max), ChunkRef(id: id, offset: 0, length: big - 1)])
+    }
+
+    @Test func aReaderThatWasBusyFindsWhatCameMeanwhile() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(pipe(&fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let stream = FileDescriptorStream(input: fds[0], output: fds[1], name: "test pipe")
+        stream.progressTimeout = 0.2
+        // The peer wrote, then this side was busy past the timeout before it read.
+        try [UInt8](repeating: 7, count: 10).withUnsafeBytes { try stream.write($0) }
+        usleep(400_000)
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = try buffer.withUnsafeMutableBytes { try stream.read(into: $0) }
+        #expect(n == 10)
+        // Nothing more comes: the next read gives up after the timeout, naming the peer.
+        do {
+            _ = try buffer.withUnsafeMutableBytes { try stream.read(into: $0) }
+            Issue.record("a read on a silent peer returned")
+        } catch let error as StalledError {
+            #expect("\(error)".contains("nothing came from test pipe"))
         }
     }
 }
