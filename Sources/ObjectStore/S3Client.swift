@@ -129,10 +129,23 @@ public final class S3Client {
     private func shown(_ key: String) -> String { "s3://\(location.bucket)/\(key)" }
 
     /// Sends one signed request; an error status throws `S3Error.server` unless it is in `accepting`.
+    ///
+    /// Every request with a body says what it carries (`application/octet-stream` unless the caller says
+    /// otherwise: left to libcurl, a part went out as a form and one server stored it as 0 bytes) and carries its
+    /// MD5 (`Content-MD5`), which the server checks before it keeps anything. An ETag answered for an upload that
+    /// is an MD5 (32 hex digits) must be the body's.
     @discardableResult
     func send(_ method: String, key: String, query: String = "", headers: [(String, String)] = [], body: [UInt8] = [],
               accepting: Set<Int> = []) throws -> HTTPResponse {
         let path = location.path(key)
+        var headers = headers
+        var bodyMD5: [UInt8]?
+        if !body.isEmpty || method == "PUT" {
+            if !headers.contains(where: { $0.0 == "content-type" }) { headers.append(("content-type", "application/octet-stream")) }
+            let digest = md5(body)
+            bodyMD5 = digest
+            headers.append(("content-md5", Data(digest).base64EncodedString()))
+        }
         let signed = signer.sign(method: method, path: path, query: query, headers: [("host", location.requestHost)] + headers,
                                  payloadHash: sha256Hex(body))
         let url = "\(location.scheme)://\(location.requestHost)\(path)" + (query.isEmpty ? "" : "?" + query)
@@ -142,7 +155,18 @@ public final class S3Client {
         } catch let e as HTTPError {
             throw S3Error.transport(what: key.isEmpty ? "s3://\(location.bucket)" : shown(key), reason: e.description)
         }
-        if (200..<300).contains(response.status) || accepting.contains(response.status) { return response }
+        if (200..<300).contains(response.status) {
+            // (An object kept with SSE-KMS has an ETag that is no MD5; the server checked Content-MD5 all the same.)
+            if method == "PUT", let bodyMD5, let etag = response.headers["etag"], response.headers["x-amz-server-side-encryption"] != "aws:kms" {
+                let hex = etag.trimmingCharacters(in: CharacterSet(charactersIn: "\" "))
+                if hex.count == 32, hex.allSatisfy(\.isHexDigit), hex.lowercased() != bodyMD5.map({ String(format: "%02x", $0) }).joined() {
+                    throw S3Error.server(what: key.isEmpty ? "s3://\(location.bucket)" : shown(key), status: response.status, code: "BadDigest",
+                                         message: "the store answered ETag \(hex) for \(body.count) bytes whose MD5 is another; it did not keep what was sent")
+                }
+            }
+            return response
+        }
+        if accepting.contains(response.status) { return response }
         let code = XMLFields(response.body).first("Code") ?? ""
         let message = XMLFields(response.body).first("Message") ?? ""
         throw S3Error.server(what: key.isEmpty ? "s3://\(location.bucket) at \(location.scheme)://\(location.host)" : shown(key),
@@ -224,6 +248,14 @@ public final class S3Client {
             // CompleteMultipartUpload may answer 200 with an error inside.
             if let code = XMLFields(done.body).first("Code") {
                 throw S3Error.server(what: shown(key), status: done.status, code: code, message: XMLFields(done.body).first("Message") ?? "")
+            }
+            // The object is the parts together, or it is not kept.
+            let expected = parts.reduce(UInt64(0)) { $0 + UInt64($1.count) }
+            let stored = try size(name)
+            guard stored == expected else {
+                try? delete(name)
+                throw S3Error.server(what: shown(key), status: done.status, code: "IncompleteBody",
+                                     message: "the store holds \(stored.map { "\($0) bytes" } ?? "nothing") after the upload of \(expected); removed")
             }
         } catch {
             _ = try? send("DELETE", key: key, query: uploadQuery, accepting: [404])

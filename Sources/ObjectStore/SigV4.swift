@@ -8,6 +8,13 @@ public func sha256Hex<C: Collection>(_ bytes: C) -> String where C.Element == UI
     return hex(out)
 }
 
+/// The MD5 of `bytes` (16 bytes): S3's integrity check of an upload (Content-MD5) and the ETag of a simple one.
+func md5(_ bytes: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 16)
+    _ = bytes.withUnsafeBytes { b in out.withUnsafeMutableBufferPointer { syncd_md5(b.baseAddress, b.count, $0.baseAddress!) } }
+    return out
+}
+
 func hmacSHA256(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
     var out = [UInt8](repeating: 0, count: 32)
     key.withUnsafeBytes { k in data.withUnsafeBytes { d in _ = syncd_hmac_sha256(k.baseAddress, k.count, d.baseAddress, d.count, &out) } }

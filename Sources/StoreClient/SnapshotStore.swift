@@ -37,6 +37,11 @@ public final class SnapshotStore {
         } else {
             try client.put(key, pack.bytes)
         }
+        // A pack is known to readers once its index is written: only after the store is seen to hold all of it.
+        let stored = try client.size(key)
+        guard stored == UInt64(pack.bytes.count) else {
+            throw StoreError(object: shown(key), reason: "the store holds \(stored.map { "\($0) bytes" } ?? "nothing") of the \(pack.bytes.count) uploaded; its index is not written")
+        }
         try client.put(StoreKeys.index(digest), index.encoded())
         return index
     }
