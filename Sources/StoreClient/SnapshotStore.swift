@@ -51,6 +51,19 @@ public final class SnapshotStore {
         try client.list(StoreKeys.indexPrefix, startAfter: after.map(StoreKeys.index)).compactMap { StoreKeys.packOfIndex($0.name) }
     }
 
+    /// The packs the store holds now: an index and a pack object both listed (one without the other, left by a
+    /// gc cut short or a lifecycle rule, serves nothing).
+    public func heldPacks() throws -> Set<ChunkID> {
+        let indexed = Set(try packs())
+        var held: Set<ChunkID> = []
+        for object in try client.list("packs/") {
+            guard object.name.hasSuffix(".pack"), let digest = ChunkID(hex: String(object.name.split(separator: "/").last?.dropLast(5) ?? "")),
+                  indexed.contains(digest) else { continue }
+            held.insert(digest)
+        }
+        return held
+    }
+
     /// A pack's index, checked.
     public func index(_ pack: ChunkID) throws -> PackIndex {
         let key = StoreKeys.index(pack)

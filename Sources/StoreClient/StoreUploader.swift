@@ -57,18 +57,23 @@ public final class StoreUploader: Sendable {
 
     private func makeStore() throws -> SnapshotStore { SnapshotStore(client: try S3Client(location: location, credentials: credentials)) }
 
-    /// Reads the indexes of the packs the catalog does not know yet (another laptop's pushes, say); returns how
-    /// many it added.
+    /// Makes the catalog what the store holds now: the indexes of packs it does not know yet (another laptop's
+    /// pushes) are read, and packs it knows that the store no longer holds (a teammate's gc, a bucket emptied or
+    /// replaced, a lifecycle rule) are forgotten, so their chunks go up again. The catalog is a cache of the
+    /// store, never the truth. Returns how many packs were added and forgotten.
     @discardableResult
-    public func refresh() throws -> Int {
+    public func refresh() throws -> (added: Int, forgotten: Int) {
         let store = try makeStore()
         let known = try catalog.packs()
+        let held = try store.heldPacks()
+        let gone = known.subtracting(held)
+        if !gone.isEmpty { try catalog.forget(packs: Array(gone)) }
         var added = 0
-        for pack in try store.packs() where !known.contains(pack) {
+        for pack in held where !known.contains(pack) {
             try catalog.add(try store.index(pack))
             added += 1
         }
-        return added
+        return (added, gone.count)
     }
 
     /// Uploads every chunk of `files` that the store does not hold, read from `tree`. `stored` hears of each pack
@@ -142,9 +147,19 @@ public final class StoreUploader: Sendable {
         return stats
     }
 
-    /// Writes the manifest, then the ref that names it: the snapshot exists from then on.
+    /// Writes the manifest, then the ref that names it: the snapshot exists from then on. Only when every chunk
+    /// the manifest names is in a pack the store holds at that moment (the caller holds the push lock, so no gc
+    /// of this store runs meanwhile); otherwise nothing is written, and the error says what is missing.
     public func commit(_ manifest: SnapshotManifest, uploaded: UploadStats) throws -> SnapshotRef {
         let store = try makeStore()
+        let held = try store.heldPacks()
+        let ids = manifest.chunkIDs
+        let places = try catalog.locations(ids)
+        if let lost = ids.first(where: { places[$0].map { !held.contains($0.pack) } ?? true }) {
+            let pack = places[lost].map { " (its pack \($0.pack.hex.prefix(12)) is gone from the store)" } ?? ""
+            throw StoreError(object: location.description,
+                             reason: "chunk \(lost.hex.prefix(12)) of this snapshot is in no pack the store holds\(pack); nothing was committed, push again")
+        }
         let digest = try store.put(manifest)
         let files = manifest.entries.filter { $0.kind != .directory }.count
         let bytes = manifest.entries.reduce(UInt64(0)) { $0 + $1.size }

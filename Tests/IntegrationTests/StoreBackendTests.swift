@@ -48,3 +48,43 @@ struct StoreBackendTests {
         for entry in index.entries.prefix(3) { _ = try store.chunk(entry, in: digest) }
     }
 }
+
+/// Issue 25, item 1: a store a team shares may lose packs this laptop's catalog still lists (a teammate's gc, a
+/// bucket emptied or replaced, a lifecycle rule). A push never commits a snapshot that names a chunk the store
+/// does not hold: the catalog follows the store, and what it lost goes up again.
+@Suite(.serialized)
+struct SharedStoreTests {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func aPushAfterTheStoreLostPacksCommitsOnlyWhatItCanServe(_ backend: StoreBackend) throws {
+        let f = try SyncFixture()
+        let server = try backend.server()
+        let s3 = try StoreBackendTests.client(backend)
+        let bucket = s3.location.bucket
+        let root = f.base + "/host1"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "name: proj\nhosts: [\"local:\(root)\"]\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n"
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("data/weights.bin", randomBytes(3 << 20, seed: 2701))
+        for i in 0..<20 { try f.write("src/m\(i).py", "value = \(i)\n") }
+        let env = ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": server.key, "AWS_SECRET_ACCESS_KEY": server.secret]
+        let first = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(first.status == 0, "\(first.stderr)")
+
+        // The store loses every pack (its indexes too), behind this laptop's back.
+        let team = try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint, region: "us-east-1"),
+                                credentials: AWSCredentials(accessKey: server.key, secretKey: server.secret, source: "test"))
+        let lost = try team.list("packs/") + team.list("index/")
+        #expect(!lost.isEmpty)
+        for object in lost { try team.delete(object.name) }
+
+        try f.write("src/m0.py", "value = 100  # edited\n")
+        let second = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(second.status == 0, "\(second.stderr)")
+        let snapshot = try #require(try second.json()["snapshot"] as? String)
+        // Every chunk of that snapshot is in the store again: it restores whole.
+        let target = f.base + "/restored"
+        let restore = try run(binDirectory() + "/syncctl", ["restore", snapshot, "--to", target, "--dir", f.project], env: env)
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
+    }
+}
