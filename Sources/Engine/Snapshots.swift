@@ -146,7 +146,18 @@ extension Project {
     }
 }
 
+/// Releases the store locks this process holds (on Ctrl-C or SIGTERM, before it leaves).
+public func releaseStoreLocks() { StoreLock.releaseAll() }
+
 extension Project {
+    /// `syncctl store unlock`: removes the store's stale locks (with `all`, every lock); returns what each said.
+    public func unlockStore(all: Bool) throws -> [StoreLock.Info] {
+        let (store, _) = try openStore()
+        do { return try StoreLock.unlock(store.client, all: all) } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        }
+    }
+
     /// `syncctl store gc`: see `StoreUploader.collectGarbage`.
     public func collectGarbage(keep: Int?, keepDays: Double?, grace: Double) throws -> GCStats {
         guard keep != nil || keepDays != nil else {

@@ -5,35 +5,150 @@ import ObjectStore
 import Store
 import SyncSystem
 
-/// Pushes and gc keep out of each other's way with lock objects (`locks/push-…`, `locks/gc-…`): each writes its
-/// own, then looks for the other kind. Whoever finds the other's fresh lock backs off, so a gc never deletes a
-/// pack that a push running at the same time counts on (one that the store held before, so it did not upload it
-/// again). A lock older than `staleAfter` is a crashed run's and is ignored.
-public struct StoreLock {
-    public enum Kind: String { case push, gc }
-    public static let staleAfter: Double = 3600
+/// Pushes and gc keep out of each other's way with lock objects (`locks/push-…`, `locks/gc-…`), as restic's do:
+/// each writes its own, naming its host, pid and time, then looks for the other kind. Whoever finds the other's
+/// live lock backs off, so a gc never deletes a pack that a push running at the same time counts on. A held lock
+/// is written again (its time refreshed) every `refreshEvery` seconds; one not refreshed for `staleAfter`, or one
+/// naming this host and a pid that is gone, belongs to a run that died and is ignored (`syncctl store unlock`
+/// removes such locks). A lock is released when its run ends, and on Ctrl-C or SIGTERM (`releaseAll`).
+public final class StoreLock: @unchecked Sendable {  // `state` guards `released`
+    public enum Kind: String, Sendable { case push, gc }
+    public static let staleAfter: Double = 1800
+    public static let refreshEvery: Double = 300
     let client: S3Client
     public let name: String
+    let kind: Kind
+    private let state = Mutex()
+    private let wake = Condition()
+    private var released = false
 
-    /// Takes a lock of `kind`; throws when a fresh lock of the other kind is there (after removing its own).
-    public static func take(_ kind: Kind, client: S3Client) throws -> StoreLock {
+    private init(client: S3Client, name: String, kind: Kind) {
+        self.client = client
+        self.name = name
+        self.kind = kind
+    }
+
+    static func body(_ kind: Kind, time: Double) -> [UInt8] {
+        Array("syncd store lock\nkind \(kind.rawValue)\nhost \(hostName())\npid \(getpid())\ntime \(Int(time))\n".utf8)
+    }
+
+    /// Takes a lock of `kind`; throws `StoreBusy` when a live lock of the other kind is there (after removing its
+    /// own). `refreshEvery` (seconds) is for tests.
+    public static func take(_ kind: Kind, client: S3Client, refreshEvery: Double = StoreLock.refreshEvery) throws -> StoreLock {
         var random = SystemRandomNumberGenerator()
-        let name = "locks/\(kind.rawValue)-\(Int(Date().timeIntervalSince1970))-\(String(random.next(), radix: 16))"
-        try client.put(name, Array("\(kind.rawValue) by pid \(getpid()) on \(hostName())\n".utf8), contentType: "text/plain")
-        let lock = StoreLock(client: client, name: name)
-        let other: Kind = kind == .push ? .gc : .push
         let now = Date().timeIntervalSince1970
-        if let held = try client.list("locks/\(other.rawValue)-").first(where: { now - $0.lastModified < staleAfter }) {
+        let name = "locks/\(kind.rawValue)-\(Int(now))-\(String(random.next(), radix: 16))"
+        try client.put(name, body(kind, time: now), contentType: "text/plain")
+        let lock = StoreLock(client: client, name: name, kind: kind)
+        let other: Kind = kind == .push ? .gc : .push
+        for held in try locks(client, prefix: "locks/\(other.rawValue)-") where !held.isStale(now: now) {
             lock.release()
             let store = "s3://\(client.location.bucket)/\(client.location.key(""))"
+            let who = "\(held.name), by pid \(held.pid.map(String.init) ?? "?") on \(held.host ?? "?"), written \(Int(now - held.time)) s ago"
             throw StoreBusy(message: kind == .push
-                ? "\(store): a store gc is running (\(held.name)); push again once it is done, or delete that object if the gc died"
-                : "\(store): a push is running (\(held.name)); run gc again once it is done")
+                ? "\(store): a store gc is running (\(who)); push again once it is done. If that run died, its lock goes stale "
+                  + "\(Int(staleAfter / 60)) min after it was last written, or `syncctl store unlock` removes it now"
+                : "\(store): a push is running (\(who)); run gc again once it is done. If that push died, its lock goes stale "
+                  + "\(Int(staleAfter / 60)) min after it was last written, or `syncctl store unlock` removes it now")
         }
+        try lock.startRefreshing(every: refreshEvery)
+        Held.shared.add(lock)
         return lock
     }
 
-    public func release() { try? client.delete(name) }
+    /// Writes the lock again every `interval` seconds until released, on a client of its own.
+    private func startRefreshing(every interval: Double) throws {
+        let refresher = try client.copy()
+        try LibraryThreads.start { [self] in
+            state.lock()
+            defer { state.unlock() }
+            while !released {
+                wake.wait(state, until: monotonicNanos() + UInt64(interval * 1e9))
+                if released { return }
+                state.unlock()
+                try? refresher.put(name, Self.body(kind, time: Date().timeIntervalSince1970), contentType: "text/plain")
+                state.lock()
+            }
+        }
+    }
+
+    public func release() {
+        state.lock()
+        let first = !released
+        released = true
+        wake.broadcast()
+        state.unlock()
+        guard first else { return }
+        Held.shared.remove(self)
+        try? client.copy().delete(name)
+    }
+
+    /// Releases every lock this process holds (Ctrl-C, SIGTERM): the store is not left busy for half an hour.
+    public static func releaseAll() {
+        for lock in Held.shared.all() { lock.release() }
+    }
+
+    /// The locks this process holds.
+    private final class Held: @unchecked Sendable {  // `lock` guards `locks`
+        static let shared = Held()
+        private let lock = Mutex()
+        private var locks: [String: StoreLock] = [:]
+        func add(_ l: StoreLock) { lock.lock(); locks[l.name] = l; lock.unlock() }
+        func remove(_ l: StoreLock) { lock.lock(); locks[l.name] = nil; lock.unlock() }
+        func all() -> [StoreLock] { lock.lock(); defer { lock.unlock() }; return Array(locks.values) }
+    }
+
+    /// What a lock object says of the run that wrote it.
+    public struct Info: Sendable {
+        public var name: String
+        public var host: String?
+        public var pid: Int32?
+        /// When it was last written (its own time, else the object's).
+        public var time: Double
+
+        /// True for a lock of a run that is gone: not written for `staleAfter`, or of this host and a pid that is
+        /// no more.
+        public func isStale(now: Double) -> Bool {
+            if now - time >= StoreLock.staleAfter { return true }
+            guard host == hostName(), let pid else { return false }
+            return kill(pid, 0) != 0 && errno == ESRCH
+        }
+    }
+
+    /// Every lock under `prefix` (`locks/` for all), with what it says.
+    public static func locks(_ client: S3Client, prefix: String = "locks/") throws -> [Info] {
+        try client.list(prefix).map { object in
+            let text = (try? client.get(object.name)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            var info = Info(name: object.name, host: nil, pid: nil, time: object.lastModified)
+            for line in text.split(separator: "\n") {
+                let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+                guard words.count == 2 else { continue }
+                switch words[0] {
+                case "host": info.host = words[1]
+                case "pid": info.pid = Int32(words[1])
+                case "time": if let t = Double(words[1]) { info.time = t }
+                default: break
+                }
+            }
+            // Locks written before 0.14: "push by pid N on HOST".
+            if info.host == nil, let by = text.range(of: " by pid "), let on = text.range(of: " on ") {
+                info.pid = Int32(text[by.upperBound..<on.lowerBound])
+                info.host = text[on.upperBound...].trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            return info
+        }
+    }
+
+    /// `syncctl store unlock`: removes the stale locks (with `all`, every lock); returns those removed.
+    public static func unlock(_ client: S3Client, all: Bool) throws -> [Info] {
+        let now = Date().timeIntervalSince1970
+        var removed: [Info] = []
+        for info in try locks(client) where all || info.isStale(now: now) {
+            try client.delete(info.name)
+            removed.append(info)
+        }
+        return removed
+    }
 }
 
 /// The store is busy with a run that must not overlap this one.

@@ -42,10 +42,19 @@ public func spawnProcess(_ arguments: [String], environment: [String: String]? =
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
+    // The child starts with the default action for the signals this process handles or ignores itself (syncctl
+    // and syncd catch SIGINT and SIGTERM, and ignore SIGPIPE): an ignored signal would otherwise stay ignored
+    // across exec, and a local agent would not stop on SIGTERM, nor a shell command on Ctrl-C.
+    var defaults = sigset_t()
+    sigemptyset(&defaults)
+    for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE] { sigaddset(&defaults, sig) }
+    posix_spawnattr_setsigdefault(&attributes, &defaults)
+    var flags = Int16(POSIX_SPAWN_SETSIGDEF)
     if newProcessGroup {
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP))
+        flags |= Int16(POSIX_SPAWN_SETPGROUP)
         posix_spawnattr_setpgroup(&attributes, 0)
     }
+    posix_spawnattr_setflags(&attributes, flags)
 
     let argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }

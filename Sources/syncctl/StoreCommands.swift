@@ -64,7 +64,23 @@ struct Restore: ParsableCommand {
 }
 
 struct Store: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "store", abstract: "The snapshot store.", subcommands: [GC.self])
+    static let configuration = CommandConfiguration(commandName: "store", abstract: "The snapshot store.", subcommands: [GC.self, Unlock.self])
+
+    struct Unlock: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "unlock",
+            abstract: "Remove the store's stale locks: those not refreshed for 30 minutes, or of a process of this machine that is gone.")
+        @Argument(help: "Project directory.") var directory: String = "."
+        @Flag(help: "Remove every lock, live ones too (only when no push or gc of this store runs anywhere).") var all = false
+
+        func run() throws {
+            let removed = try Project(directory: directory).unlockStore(all: all)
+            for lock in removed {
+                print("removed \(lock.name) (pid \(lock.pid.map(String.init) ?? "?") on \(lock.host ?? "?"))")
+            }
+            if removed.isEmpty { printError("store unlock: no \(all ? "" : "stale ")lock to remove") }
+        }
+    }
 
     struct GC: ParsableCommand {
         static let configuration = CommandConfiguration(

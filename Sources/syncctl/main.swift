@@ -4,6 +4,20 @@ import Foundation
 import SyncSystem
 
 signal(SIGPIPE, SIG_IGN)
+// Ctrl-C and SIGTERM end syncctl as before, but release the store locks it holds first: a push interrupted that
+// way must not leave the store busy for half an hour. (`_exit`: the work in flight is dropped, as the default
+// action would drop it.)
+for sig in [SIGINT, SIGTERM] { signal(sig, SIG_IGN) }
+let stopSignals = [SIGINT, SIGTERM].map { sig in
+    let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+    source.setEventHandler {
+        releaseStoreLocks()
+        fflush(nil)
+        _exit(128 + sig)
+    }
+    source.resume()
+    return source
+}
 OpenFiles.raiseLimit()
 limitHeapArenas()
 Trace.mark("syncctl: started")

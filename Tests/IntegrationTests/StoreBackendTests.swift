@@ -3,6 +3,7 @@ import Foundation
 import ObjectStore
 import Store
 import StoreClient
+import SyncSystem
 import Testing
 
 /// Issue 25: every upload to the store is verified, on SeaweedFS and on moto's S3 server alike. A part sent as a
@@ -86,5 +87,95 @@ struct SharedStoreTests {
         let restore = try run(binDirectory() + "/syncctl", ["restore", snapshot, "--to", target, "--dir", f.project], env: env)
         #expect(restore.status == 0, "\(restore.stderr)")
         #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
+    }
+}
+
+/// Issue 25, item 3: locks that go stale safely, as restic's. A lock names its host, pid and time and is written
+/// again while held; one not refreshed for 30 minutes, or of this host and a pid that is gone, is a dead run's
+/// and holds nothing; Ctrl-C and SIGTERM release it; `store unlock` removes stale ones.
+@Suite(.serialized)
+struct StoreLockTests {
+    static func project(_ backend: StoreBackend) throws -> (SyncFixture, S3Client, [String: String]) {
+        let f = try SyncFixture()
+        let server = try backend.server()
+        let bucket = try StoreBackendTests.client(backend).location.bucket
+        let root = f.base + "/host1"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try "name: proj\nhosts: [\"local:\(root)\"]\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n"
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let team = try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint, region: "us-east-1"),
+                                credentials: AWSCredentials(accessKey: server.key, secretKey: server.secret, source: "test"))
+        return (f, team, ["XDG_STATE_HOME": f.state, "AWS_ACCESS_KEY_ID": server.key, "AWS_SECRET_ACCESS_KEY": server.secret])
+    }
+
+    static func lockBody(host: String, pid: Int32, time: Double) -> [UInt8] {
+        Array("syncd store lock\nkind push\nhost \(host)\npid \(pid)\ntime \(Int(time))\n".utf8)
+    }
+
+    static var thisHost: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count)
+        return String(nulTerminated: buffer)
+    }
+
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func staleLocksHoldNothingAndUnlockRemovesThem(_ backend: StoreBackend) throws {
+        let (f, team, env) = try Self.project(backend)
+        func gc() throws -> RunResult { try run(binDirectory() + "/syncctl", ["store", "gc", f.project, "--keep", "1"], env: env) }
+        let now = Date().timeIntervalSince1970
+        // A push of this machine that died: its pid is gone.
+        let dead = try spawnProcess(["/bin/true"])
+        _ = waitForExit(dead)
+        try team.put("locks/push-1-dead", Self.lockBody(host: Self.thisHost, pid: dead, time: now))
+        let first = try gc()
+        #expect(first.status == 0, "a dead process's lock held the store: \(first.stderr)")
+        // A push elsewhere, live: gc backs off, and says how to clear a lock that is not.
+        try team.put("locks/push-2-elsewhere", Self.lockBody(host: "elsewhere.example", pid: 1, time: now))
+        let busy = try gc()
+        #expect(busy.status == 1)
+        #expect(busy.stderr.contains("a push is running") && busy.stderr.contains("syncctl store unlock"), "\(busy.stderr)")
+        // The same lock, not refreshed for 31 minutes: stale.
+        try team.put("locks/push-2-elsewhere", Self.lockBody(host: "elsewhere.example", pid: 1, time: now - 31 * 60))
+        let later = try gc()
+        #expect(later.status == 0, "a lock not refreshed for 31 minutes held the store: \(later.stderr)")
+        // unlock removes the stale locks, not a live one; --all removes every one.
+        try team.put("locks/push-3-live", Self.lockBody(host: "elsewhere.example", pid: 1, time: now))
+        let unlock = try run(binDirectory() + "/syncctl", ["store", "unlock", f.project], env: env)
+        #expect(unlock.status == 0, "\(unlock.stderr)")
+        #expect(Set(try team.list("locks/").map(\.name)) == ["locks/push-3-live"], "\(unlock.stdout)")
+        #expect(try run(binDirectory() + "/syncctl", ["store", "unlock", f.project, "--all"], env: env).status == 0)
+        #expect(try team.list("locks/").isEmpty)
+    }
+
+    /// A held lock is written again while its run goes on.
+    @Test func aHeldLockIsRefreshed() throws {
+        let (_, team, _) = try Self.project(.seaweedfs)
+        let lock = try StoreLock.take(.push, client: team, refreshEvery: 0.3)
+        let written = try #require(try StoreLock.locks(team).first { $0.name == lock.name }).time
+        #expect(eventually(seconds: 10) { ((try? StoreLock.locks(team).first { $0.name == lock.name })??.time ?? 0) > written })
+        lock.release()
+        #expect(try team.list("locks/").isEmpty)
+    }
+
+    /// A push stopped with SIGTERM (or Ctrl-C) in the middle of its upload leaves no lock behind.
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func aSignalledPushReleasesItsLock(_ backend: StoreBackend) throws {
+        let (f, team, env) = try Self.project(backend)
+        let server = try backend.server()
+        let port = Int(server.endpoint.split(separator: ":").last!)!
+        let proxy = try CountingProxy(target: port, directory: f.base, rateMbit: 16)
+        let config = try String(contentsOfFile: f.project + "/syncd.yaml", encoding: .utf8)
+            .replacingOccurrences(of: server.endpoint, with: "http://127.0.0.1:\(proxy.port)")
+        try config.write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        try f.write("data/weights.bin", randomBytes(24 << 20, seed: 2801))
+        var sawLock = false
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project], env: env, timeout: 120) { process in
+            sawLock = eventually(seconds: 30) { ((try? team.list("locks/push-")) ?? []).isEmpty == false }
+            usleep(500_000)
+            kill(process.processIdentifier, SIGTERM)
+        }
+        #expect(sawLock, "the push never took its lock")
+        #expect(r.status == 128 + SIGTERM, "\(r.stderr)")
+        #expect(try team.list("locks/").isEmpty, "the interrupted push left its lock")
     }
 }
