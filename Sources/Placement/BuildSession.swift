@@ -117,8 +117,11 @@ public final class BuildSession {
     /// leases locked, so that no other session sweeps what this one may take over. Call at the start of a push.
     public func findDeadSessions() {
         guard let directory, let names = try? Tree.list(directory) else { return }
-        // A lease a session made but never named (it died in between): it lists nothing, and goes.
+        // A lease a session made but never named (it died in between): it lists nothing, and goes once it is a
+        // minute old (a session names its lease within microseconds of making it, locked only from the flock on).
+        let now = wallClockNanos()
         for entry in names where entry.kind == .regular && entry.name.count == 20 && entry.name.suffix(4).elementsEqual(".new".utf8) {
+            guard let st = try? Tree.lstat(at: directory, name: entry.name, shown: ""), now - st.mtimeNanos > 60_000_000_000 else { continue }
             let fd = withCName(entry.name) { openat(directory.raw, $0, O_RDWR | O_NOFOLLOW | O_CLOEXEC) }
             guard fd >= 0 else { continue }
             if flock(fd, LOCK_EX | LOCK_NB) == 0 { _ = withCName(entry.name) { unlinkat(directory.raw, $0, 0) } }

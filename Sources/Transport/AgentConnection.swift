@@ -118,8 +118,9 @@ public final class LocalAgentConnection: AgentConnection {
     public var exitGraceSeconds: Double = 60
     /// Set by `terminate`: the agent was told to stop, so a death by signal is this side's doing.
     private var terminated = false
-    /// Set when `finish` had to kill an agent that would not exit.
+    /// Set when `finish` had to kill an agent that would not exit (`killedStuck`: one not told to stop first).
     private var killedStuck = false
+    private var killedHere = false
 
     /// Guards `exitStatus`, `terminated` and `killedStuck`: `terminate` may come from another thread than
     /// `finish` (a link dropped by the daemon's watcher while a session fails).
@@ -133,14 +134,18 @@ public final class LocalAgentConnection: AgentConnection {
         stderrRead = true
         if exitStatus == nil { exitStatus = reap() }
         let status = exitStatus!
-        let (terminated, killedStuck) = (self.terminated, self.killedStuck)
+        let (terminated, killedStuck, killedHere) = (self.terminated, self.killedStuck, self.killedHere)
         stateLock.unlock()
         // The first to finish waits (a little) for the end of what the agent wrote to stderr.
         if first { _ = stderrTail.done.wait(timeout: .now() + 2) }
         let signal = status & 0x7F
         if killedStuck { return "the agent did not exit within \(Int(exitGraceSeconds)) s of its input's end; killed it" }
-        // Ended by this side's SIGTERM: the caller's own error says what went wrong.
-        if signal != 0 { return terminated && (signal == SIGTERM || signal == SIGKILL) ? nil : "the agent was killed by signal \(signal)" }
+        // Ended by the signal this side sent: the caller's own error says what went wrong. (A SIGKILL from elsewhere,
+        // which may land just as this side decides to stop the agent, is still reported.)
+        if signal != 0 {
+            let ours = (signal == SIGTERM && terminated) || (signal == SIGKILL && killedHere)
+            return ours ? nil : "the agent was killed by signal \(signal)"
+        }
         let code = (status >> 8) & 0xFF
         guard code != 0 else { return nil }
         let text = stderrTail.lastLine
@@ -164,6 +169,7 @@ public final class LocalAgentConnection: AgentConnection {
             stateLock.lock()
         }
         killedStuck = !terminated
+        killedHere = true
         kill(processIdentifier, SIGKILL)
         while waitpid(processIdentifier, &status, 0) < 0 {
             if errno != EINTR { return Self.unknownStatus }
