@@ -138,9 +138,6 @@ public final class BuildSession {
         }
     }
 
-    /// True when sessions that are gone left temporary files that may be taken over.
-    public var hasDeadSessions: Bool { !dead.isEmpty }
-
     private static func readDirectories(_ lease: FileDescriptor) -> Set<[UInt8]> {
         guard let size = try? lease.stat().size, size > 0, size < 64 << 20,
               let bytes = try? lease.readExactly(Int(size), at: 0) else { return [] }

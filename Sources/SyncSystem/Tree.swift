@@ -326,6 +326,15 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
         syncDirectory(dir)
     }
 
+    /// The size of the file system the tree is on, read once (asked for every file a push or pull declares).
+    private var capacity: UInt64? {
+        lock.lock()
+        defer { lock.unlock() }
+        if knownCapacity == nil { knownCapacity = space()?.total ?? 0 }
+        return knownCapacity
+    }
+    private var knownCapacity: UInt64?  // under `lock`
+
     /// The size of the file system the tree is on, and the bytes free to this user there; nil where it cannot say.
     public func space() -> (total: UInt64, available: UInt64)? {
         var st = statvfs()
@@ -338,7 +347,7 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
     /// anything, whatever its sender claims.
     public func refusal(ofFileSize size: UInt64, largest: UInt64) -> String? {
         if size > largest { return "declared \(size) bytes, more than max_file_size (\(largest)); refused" }
-        if let total = space()?.total, total > 0, size > total {
+        if let total = capacity, total > 0, size > total {
             return "declared \(size) bytes, more than the whole file system at \(rootPath) holds (\(total)); refused"
         }
         return nil

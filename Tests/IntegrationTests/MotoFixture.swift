@@ -9,8 +9,7 @@ let motoBinary: String? = {
 }()
 
 /// moto's S3 server on a free loopback port: a second S3 implementation, with a dialect of its own, beside
-/// SeaweedFS. It takes any credentials. One for the whole test run; a shell beside it kills it once the test
-/// process is gone.
+/// SeaweedFS. It takes any credentials. One for the whole test run (see `spawnWatchedServer`).
 final class MotoServer: @unchecked Sendable {  // `pid` is set once, in init
     let port: Int
     let directory: String
@@ -31,29 +30,19 @@ final class MotoServer: @unchecked Sendable {  // `pid` is set once, in init
         var lastError = ""
         for _ in 0..<5 {
             let chosen = freePortForTest()
-            let watch = "\"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null' EXIT TERM; "
-                + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done"
-            let child = try spawnDaemon(["/bin/sh", "-c", watch, "sh", moto, "-H", "127.0.0.1", "-p", "\(chosen)"], env: [:],
-                                        log: directory + "/moto.log")
+            let child = try spawnWatchedServer([moto, "-H", "127.0.0.1", "-p", "\(chosen)"], log: directory + "/moto.log")
             if eventually(seconds: 30, { !portIsFree(chosen) }) {
                 pid = child
                 port = chosen
                 return
             }
-            kill(child, SIGTERM)
-            var status: Int32 = 0
-            waitpid(child, &status, 0)
-            lastError = (try? String(contentsOfFile: directory + "/moto.log", encoding: .utf8))?.suffix(2000).description ?? ""
+            lastError = stopWatchedServer(child, log: directory + "/moto.log")
         }
         throw FixtureError("moto_server did not start: \(lastError)")
     }
 
     deinit {
-        if pid > 0 {
-            kill(pid, SIGTERM)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-        }
+        if pid > 0 { stopWatchedServer(pid, log: directory + "/moto.log") }
         try? FileManager.default.removeItem(atPath: directory)
     }
 }

@@ -54,9 +54,7 @@ final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init,
                         "-s3", "-s3.port=\(chosen[3])", "-s3.config=\(directory)/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
                         "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
                         "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false"]
-            let watch = "\"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null' EXIT TERM; "
-                + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done"
-            let child = try spawnDaemon(["/bin/sh", "-c", watch, "sh", weed] + args, env: [:], log: directory + "/weed.log")
+            let child = try spawnWatchedServer([weed] + args, log: directory + "/weed.log")
             let deadline = Date().addingTimeInterval(40)
             var ready = false
             while Date() < deadline {
@@ -71,10 +69,7 @@ final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init,
                 ports = chosen
                 return
             }
-            kill(child, SIGTERM)
-            var status: Int32 = 0
-            waitpid(child, &status, 0)
-            lastError = (try? String(contentsOfFile: directory + "/weed.log", encoding: .utf8))?.suffix(2000).description ?? ""
+            lastError = stopWatchedServer(child, log: directory + "/weed.log")
         }
         throw FixtureError("SeaweedFS did not start: \(lastError)")
     }
@@ -90,6 +85,24 @@ final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init,
         } }
         try? FileManager.default.removeItem(atPath: directory)
     }
+}
+
+/// Starts a test server (`words`, output to `log`) under a shell that kills it once the test process is gone,
+/// whatever happens to the tests (not a parent-death signal: that follows the thread that spawned it, and the test
+/// runner retires its threads). Returns the shell's pid; SIGTERM to it stops the server.
+func spawnWatchedServer(_ words: [String], log: String) throws -> pid_t {
+    let watch = "\"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null' EXIT TERM; "
+        + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done"
+    return try spawnDaemon(["/bin/sh", "-c", watch, "sh"] + words, env: [:], log: log)
+}
+
+/// Stops a server `spawnWatchedServer` started; returns the end of its log (why it did not come up).
+@discardableResult
+func stopWatchedServer(_ pid: pid_t, log: String) -> String {
+    kill(pid, SIGTERM)
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    return (try? String(contentsOfFile: log, encoding: .utf8))?.suffix(2000).description ?? ""
 }
 
 /// True when nothing listens on 127.0.0.1:`port` and it can be bound.
