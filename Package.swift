@@ -59,7 +59,7 @@ let package = Package(
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
-            "SSHTransport",
+            "SSHTransport", "StoreClient",
             "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "Daemon", dependencies: [

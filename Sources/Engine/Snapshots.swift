@@ -39,10 +39,12 @@ extension Project {
 
     /// Every snapshot of this project in its store, oldest first.
     public func snapshots() throws -> [SnapshotListing] {
-        let (store, _) = try openStore()
+        let (store, uploader) = try openStore()
         let iso = ISO8601DateFormatter()
         do {
-            return try store.snapshots(config.name).map {
+            let (refs, broken) = try store.snapshots(config.name, cache: uploader.catalog)
+            for problem in broken { printError("warning: \(problem); skipped (`syncctl store check` looks at the whole store)") }
+            return refs.map {
                 SnapshotListing(id: $0.id, name: $0.name, time: iso.string(from: Date(timeIntervalSince1970: Double($0.createdNanos) / 1e9)),
                                 files: $0.files, bytes: $0.bytes, newBytes: $0.newBytes)
             }
@@ -63,13 +65,13 @@ extension Project {
     func findSnapshot(_ id: String, in store: SnapshotStore,
                       uploader: StoreUploader) throws -> (SnapshotRef, SnapshotManifest, [ChunkID: StoredChunk]) {
         do {
-            let refs = try store.snapshots(config.name).filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
+            let refs = try store.snapshots(config.name, cache: uploader.catalog).refs.filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
             guard refs.count == 1, let ref = refs.first else {
                 throw SyncError(refs.isEmpty ? "no snapshot \(id) of \(config.name) in \(store.client.location); `syncctl snapshots` lists them"
                                              : "\(id) names \(refs.count) snapshots; give more of the id", exitCode: 2)
             }
             let manifest = try store.manifest(ref.manifest)
-            try uploader.refresh()
+            for problem in try uploader.refresh().broken { printError("warning: \(problem); skipped") }
             let places = try uploader.catalog.locations(manifest.chunkIDs)
             if let lost = manifest.chunkIDs.first(where: { places[$0] == nil }) {
                 throw SyncError("snapshot \(ref.id) needs chunk \(lost.hex.prefix(12)), which no pack of \(store.client.location) holds any more")
@@ -176,3 +178,33 @@ extension Project {
     }
 }
 
+
+extension Project {
+    /// `syncctl store check`: the whole store, every project's snapshots in it (see `SnapshotStore.check`).
+    public func checkStore(readData: Bool) throws -> StoreCheckReport {
+        let (store, _) = try openStore()
+        do { return try store.check(readData: readData) } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        }
+    }
+
+    /// `syncctl store repair`: sets aside what is broken and uploads again, from this project's files, what the
+    /// store lacks (see `StoreUploader.repair`).
+    public func repairStore(readData: Bool) throws -> StoreRepairReport {
+        let (store, uploader) = try openStore()
+        let first = try forHost(try hostList()[0])
+        let scan = try Snapshotter(project: first, state: try first.openState()).run(roots: nil)
+        let files = scan.entries.compactMap { e in e.content.map { UploadFile(path: e.path, chunks: $0.chunks) } }
+        do {
+            return try uploader.repair(files: files, from: tree, readData: readData)
+        } catch let e as StoreBusy {
+            throw SyncError(e.message)
+        } catch let e as S3Error {
+            throw SyncError("store \(store.client.location): \(e)")
+        } catch let e as StoreError {
+            throw SyncError("\(e)")
+        } catch let e as ChangedWhileUploading {
+            throw SyncError("\(e)")
+        }
+    }
+}

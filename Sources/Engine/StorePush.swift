@@ -126,8 +126,9 @@ public final class StorePush {
         defer { lock.release() }
         let feed: StoreFeed
         let link: @Sendable (ChunkID) -> StorePack
+        let broken: [StoreProblem]
         do {
-            try uploader.refresh()
+            broken = try uploader.refresh().broken
             feed = StoreFeed(try access.source(for: files))
             link = try access.packLink()
         } catch let e as S3Error {
@@ -179,6 +180,7 @@ public final class StorePush {
         stats.snapshot = ref.id
         stats.filesScanned = snapshot.entries.count
         stats.warnings = snapshot.warnings.map(\.description) + stats.warnings
+            + broken.map { "\($0); passed over, its chunks uploaded again where this push needs them (`syncctl store repair` sets it aside)" }
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
     }

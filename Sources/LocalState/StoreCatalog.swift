@@ -28,7 +28,48 @@ public final class StoreCatalog: Sendable {
                     raw INTEGER NOT NULL, compressed INTEGER NOT NULL);
                 """)
         }
+        // Refs are written once and never changed (a new push is a new name), so a ref read once is known by name.
+        migrator.registerMigration("v2") { db in
+            try db.execute(sql: "CREATE TABLE refs (name TEXT PRIMARY KEY, body BLOB NOT NULL)")
+        }
         try migrator.migrate(db)
+    }
+
+    /// The bodies of those of `names` read before.
+    public func refBodies(_ names: [String]) throws -> [String: [UInt8]] {
+        try db.read { db in
+            var out: [String: [UInt8]] = [:]
+            let select = try db.makeStatement(sql: "SELECT body FROM refs WHERE name = ?")
+            for name in names {
+                if let data = try Data.fetchOne(select, arguments: [name]) { out[name] = Array(data) }
+            }
+            return out
+        }
+    }
+
+    /// Keeps refs' bodies (each checked by its reader first) so that they are not read from the store again.
+    public func rememberRefs(_ bodies: [(name: String, body: [UInt8])]) throws {
+        guard !bodies.isEmpty else { return }
+        try db.write { db in
+            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO refs (name, body) VALUES (?, ?)")
+            for (name, body) in bodies { try insert.execute(arguments: [name, Data(body)]) }
+        }
+    }
+
+    /// Forgets refs the store no longer lists (gc'd, set aside).
+    public func forgetRefs(_ names: [String]) throws {
+        guard !names.isEmpty else { return }
+        try db.write { db in
+            for name in names { try db.execute(sql: "DELETE FROM refs WHERE name = ?", arguments: [name]) }
+        }
+    }
+
+    /// Forgets where the store keeps `ids` (found damaged): they are uploaded again by the next upload that needs
+    /// them, into a pack of their own, and found there from then on.
+    public func forget(chunks ids: [ChunkID]) throws {
+        try db.write { db in
+            for id in ids { try db.execute(sql: "DELETE FROM chunks WHERE id = ?", arguments: [StateStore.encodeID(id)]) }
+        }
     }
 
     /// The packs known.

@@ -191,6 +191,28 @@ public final class S3Client {
         return response.body
     }
 
+    /// Reads each of `names`, up to `connections` at a time (this client and copies of it, on threads joined
+    /// before it returns); each name's object or why it could not be read, in the order given.
+    public func getAll(_ names: [String], connections: Int) throws -> [Result<[UInt8], Error>] {
+        let results = IndexedResults<Result<[UInt8], Error>>(count: names.count)
+        let readers = max(1, min(connections, names.count / 4))
+        var clients: [S3Client] = [self]
+        for _ in 1..<max(readers, 1) { clients.append(try copy()) }
+        let work = { (client: S3Client) in
+            while let i = results.claim() { results.set(i, Result { try client.get(names[i]) }) }
+        }
+        var threads: [pthread_t] = []
+        defer { for t in threads { pthread_join(t, nil) } }
+        for client in clients.dropFirst() {
+            // No thread to be had: the others (this one at least) do its share.
+            if let t = try? startThread({ work(client) }) { threads.append(t) }
+        }
+        work(self)
+        for t in threads { pthread_join(t, nil) }
+        threads = []
+        return names.indices.map { results[$0] ?? .failure(S3Error.transport(what: shown(names[$0]), reason: "not read")) }
+    }
+
     /// An object's size, or nil when there is none by that name.
     public func size(_ name: String) throws -> UInt64? {
         let response = try send("HEAD", key: location.key(name), accepting: [404])

@@ -20,6 +20,8 @@ public enum StoreKeys {
     public static func pack(_ digest: ChunkID) -> String { "packs/\(digest.hex.prefix(2))/\(digest.hex).pack" }
     public static func index(_ pack: ChunkID) -> String { "index/\(pack.hex).idx" }
     public static let indexPrefix = "index/"
+    /// Where `store repair` sets broken objects aside, under their own names.
+    public static let brokenPrefix = "broken/"
     public static func manifest(_ digest: ChunkID) -> String { "manifests/\(digest.hex.prefix(2))/\(digest.hex).manifest" }
     public static func snapshots(_ project: String) -> String { "projects/\(project)/snapshots/" }
 

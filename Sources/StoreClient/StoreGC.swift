@@ -169,12 +169,16 @@ public struct GCStats: Codable, Sendable, Equatable {
     public var packsDeleted = 0
     public var bytesFreed: UInt64 = 0
     public var manifestsDeleted = 0
+    /// Objects found broken and passed over (`store check` and `store repair` look at them).
+    public var problems: [StoreProblem] = []
+    /// Objects `store repair` set aside (under `broken/`), kept for a person to look at.
+    public var setAside = 0
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case snapshotsKept = "snapshots_kept", snapshotsDeleted = "snapshots_deleted", packsDeleted = "packs_deleted"
-        case bytesFreed = "bytes_freed", manifestsDeleted = "manifests_deleted"
+        case bytesFreed = "bytes_freed", manifestsDeleted = "manifests_deleted", problems, setAside = "set_aside"
     }
 }
 
@@ -191,7 +195,8 @@ extension StoreUploader {
         let now = Date().timeIntervalSince1970
 
         // 1. This project's snapshots beyond what is kept.
-        let mine = try store.snapshots(project)
+        let (mine, brokenMine) = try store.snapshots(project, cache: catalog)
+        stats.problems += brokenMine
         var kept: Set<String> = []
         if let keep { for ref in mine.suffix(max(keep, 0)) { kept.insert(ref.name) } }
         if let keepDays {
@@ -201,24 +206,35 @@ extension StoreUploader {
             try client.delete(ref.name)
             stats.snapshotsDeleted += 1
         }
+        try catalog.forgetRefs(mine.filter { !kept.contains($0.name) }.map(\.name))
         stats.snapshotsKept = kept.count
 
-        // 2. What every remaining snapshot (of any project in the store) uses.
+        // 2. What every remaining snapshot (of any project in the store) uses. A ref or manifest that cannot be
+        //    read is reported and passed over: it keeps nothing alive, and it stops no one's gc.
+        let (refs, brokenRefs) = try store.refs(under: "projects/", cache: catalog)
+        stats.problems += brokenRefs.filter { problem in !brokenMine.contains { $0.object == problem.object } }
         var liveChunks: Set<ChunkID> = []
         var liveManifests: Set<ChunkID> = []
-        for object in try client.list("projects/") where object.name.contains("/snapshots/") {
-            let ref = try SnapshotRef(decoding: try client.get(object.name), name: object.name, object: store.shown(object.name))
-            guard liveManifests.insert(ref.manifest).inserted else { continue }
-            liveChunks.formUnion(try store.manifest(ref.manifest).chunkIDs)
+        for ref in refs where liveManifests.insert(ref.manifest).inserted {
+            do {
+                liveChunks.formUnion(try store.manifest(ref.manifest).chunkIDs)
+            } catch let e as StoreError {
+                stats.problems.append(StoreProblem(object: e.object, kind: .manifest, reason: "\(e.reason) (named by \(ref.name))"))
+            } catch let e as S3Error where e.code == "NoSuchKey" {
+                stats.problems.append(StoreProblem(object: store.shown(StoreKeys.manifest(ref.manifest)), kind: .manifest,
+                                                   reason: "\(e.code ?? "missing"): not in the store (named by \(ref.name))"))
+            }
         }
 
         // 3. Packs none of whose chunks is used, and manifests no snapshot names: index first, so no reader
-        //    learns of a pack that is going.
-        try refresh()
+        //    learns of a pack that is going. A pack whose index cannot be read is left as it is (what it holds is
+        //    unknown); `store repair` sets it aside.
+        stats.problems += try refresh().broken
         var gone: [ChunkID] = []
         for object in try client.list(StoreKeys.indexPrefix) where now - object.lastModified >= grace {
             guard let pack = StoreKeys.packOfIndex(object.name) else { continue }
-            let index = try store.index(pack)
+            let index: PackIndex
+            do { index = try store.index(pack) } catch is StoreError { continue } catch let e as S3Error where e.code == "NoSuchKey" { continue }
             guard !index.entries.contains(where: { liveChunks.contains($0.id) }) else { continue }
             try client.delete(StoreKeys.index(pack))
             try client.delete(StoreKeys.pack(pack))
@@ -234,6 +250,7 @@ extension StoreUploader {
             stats.manifestsDeleted += 1
             stats.bytesFreed += object.size
         }
+        stats.setAside = try client.list(StoreKeys.brokenPrefix).count
         return stats
     }
 }

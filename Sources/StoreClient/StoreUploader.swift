@@ -60,20 +60,31 @@ public final class StoreUploader: Sendable {
     /// Makes the catalog what the store holds now: the indexes of packs it does not know yet (another laptop's
     /// pushes) are read, and packs it knows that the store no longer holds (a teammate's gc, a bucket emptied or
     /// replaced, a lifecycle rule) are forgotten, so their chunks go up again. The catalog is a cache of the
-    /// store, never the truth. Returns how many packs were added and forgotten.
+    /// store, never the truth. An index that cannot be read or fails its checks is reported and skipped: its
+    /// pack's chunks count as unknown (uploaded again where needed), and nothing else stops for it.
     @discardableResult
-    public func refresh() throws -> (added: Int, forgotten: Int) {
+    public func refresh() throws -> (added: Int, forgotten: Int, broken: [StoreProblem]) {
         let store = try makeStore()
         let known = try catalog.packs()
         let held = try store.heldPacks()
         let gone = known.subtracting(held)
         if !gone.isEmpty { try catalog.forget(packs: Array(gone)) }
         var added = 0
-        for pack in held where !known.contains(pack) {
-            try catalog.add(try store.index(pack))
-            added += 1
+        var broken: [StoreProblem] = []
+        let unknown = held.subtracting(known).sorted { $0.hex < $1.hex }
+        let bodies = try store.client.getAll(unknown.map(StoreKeys.index), connections: 8)
+        for (pack, body) in zip(unknown, bodies) {
+            let key = StoreKeys.index(pack)
+            do {
+                try catalog.add(try PackIndex(decoding: try body.get(), pack: pack, object: store.shown(key)))
+                added += 1
+            } catch let e as StoreError {
+                broken.append(StoreProblem(object: store.shown(key), kind: .index, reason: e.reason))
+            } catch let e as S3Error {
+                broken.append(StoreProblem(object: store.shown(key), kind: .index, reason: "cannot be read: \(e)"))
+            }
         }
-        return (added, gone.count)
+        return (added, gone.count, broken)
     }
 
     /// Uploads every chunk of `files` that the store does not hold, read from `tree`. `stored` hears of each pack

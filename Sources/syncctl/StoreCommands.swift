@@ -4,6 +4,7 @@ import Engine
 import Foundation
 import SyncConfig
 import SSHTransport
+import StoreClient
 import SyncSystem
 import Wire
 
@@ -63,8 +64,65 @@ struct Restore: ParsableCommand {
     }
 }
 
+/// One JSON object on stdout, keys sorted.
+func printJSON<T: Encodable>(_ value: T) {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    print(String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self))
+}
+
 struct Store: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "store", abstract: "The snapshot store.", subcommands: [GC.self, Unlock.self])
+    static let configuration = CommandConfiguration(commandName: "store", abstract: "The snapshot store.", subcommands: [Check.self, Repair.self, GC.self, Unlock.self])
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "check",
+            abstract: "Check the whole store: every ref, manifest, index and pack consistent; with --read-data every chunk re-hashed.",
+            discussion: "Exits 0 when all is well, 1 when something is wrong (each object named, with what is wrong).")
+        @Argument(help: "Project directory (its store is checked, every project's snapshots in it).") var directory: String = "."
+        @Flag(name: .customLong("read-data"), help: "Read every pack whole and re-hash every chunk (reads the whole store).") var readData = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let report = try Project(directory: directory).checkStore(readData: readData)
+            if json {
+                printJSON(report)
+            } else {
+                for problem in report.problems { print("\(problem.kind.rawValue): \(problem)") }
+                for name in report.unrestorable { print("unrestorable: \(name)") }
+                printError("store check: \(report.refs) snapshots, \(report.manifests) manifests, \(report.packs) packs, \(report.chunks) chunks"
+                           + (readData ? ", \(formatBytes(report.bytesRead)) read" : "")
+                           + (report.setAside > 0 ? "; \(report.setAside) objects set aside under broken/" : "")
+                           + (report.ok ? "; no problems" : "; \(report.problems.count) problems, `syncctl store repair` mends what it can"))
+            }
+            if !report.ok { throw ExitCode(1) }
+        }
+    }
+
+    struct Repair: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "repair",
+            abstract: "Set broken objects aside (under broken/) and upload again, from this project's files, what the store lacks.",
+            discussion: "Sound chunks of a damaged pack are saved into a new pack first. Exits 1 when snapshots remain that cannot be restored.")
+        @Argument(help: "Project directory: its files are the source of what is uploaded again.") var directory: String = "."
+        @Flag(name: .customLong("read-data"), help: "Find damaged chunks too, by reading every pack whole.") var readData = false
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() throws {
+            let report = try Project(directory: directory).repairStore(readData: readData)
+            if json {
+                printJSON(report)
+            } else {
+                for name in report.setAside { print("set aside: \(name) -> broken/\(name)") }
+                for problem in report.remaining { print("remains: \(problem)") }
+                printError("store repair: \(report.found.count) problems found; \(report.setAside.count) objects set aside, "
+                           + "\(report.chunksSalvaged) chunks saved from damaged packs, \(report.chunksUploaded) uploaded again "
+                           + "(\(formatBytes(report.bytesUploaded)))" + (report.remaining.isEmpty ? "; the store is sound"
+                           : "; \(report.unrestorable.count) snapshots still lack chunks this project no longer holds"))
+            }
+            if !report.remaining.isEmpty { throw ExitCode(1) }
+        }
+    }
 
     struct Unlock: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -96,10 +154,9 @@ struct Store: ParsableCommand {
             let project = try Project(directory: directory)
             let stats = try project.collectGarbage(keep: keep, keepDays: keepDays, grace: grace)
             if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.sortedKeys]
-                print(String(decoding: try encoder.encode(stats), as: UTF8.self))
+                printJSON(stats)
             } else {
+                for problem in stats.problems { printError("warning: \(problem); passed over (`syncctl store check`, `store repair`)") }
                 printError("store gc: kept \(stats.snapshotsKept) snapshots, deleted \(stats.snapshotsDeleted); deleted \(stats.packsDeleted) packs and "
                            + "\(stats.manifestsDeleted) manifests, \(formatBytes(stats.bytesFreed)) freed")
             }

@@ -96,7 +96,7 @@ struct MultiHostTests {
 
         let store = SnapshotStore(client: try S3Client(location: try S3Location(url: "s3://\(bucket)/team", endpoint: server.endpoint,
                                                                                     region: "us-east-1"), credentials: credentials))
-        #expect(try store.snapshots("proj").count == 4, "every push is a snapshot")
+        #expect(try store.snapshots("proj").refs.count == 4, "every push is a snapshot")
 
         // snapshots lists them; restore brings the first back exactly, though the project changed since.
         let listed = try run(binDirectory() + "/syncctl", ["snapshots", f.project, "--json"], env: env)
@@ -116,7 +116,7 @@ struct MultiHostTests {
         // exec pushes (a snapshot) and tells the command which one it runs on.
         let ran = try run(binDirectory() + "/syncctl", ["exec", "--dir", f.project, "--", "sh", "-c", "echo $SYNCD_SNAPSHOT > output/ran.txt"], env: env)
         #expect(ran.status == 0, "\(ran.stderr)")
-        let latest = try store.snapshots("proj").last?.id
+        let latest = try store.snapshots("proj").refs.last?.id
         #expect(latest != nil && (try? String(contentsOfFile: roots[0] + "/proj/output/ran.txt", encoding: .utf8)) == latest! + "\n")
     }
 

@@ -179,3 +179,79 @@ struct StoreLockTests {
         #expect(try team.list("locks/").isEmpty, "the interrupted push left its lock")
     }
 }
+
+/// Issue 25, item 4: one broken object never blocks unrelated work, `store check` finds and names every broken
+/// object, and `store repair` mends what the project's files can mend. A corrupt index used to fail every push,
+/// restore and gc of every laptop that had not read it yet; a ref whose manifest is missing failed every gc.
+@Suite(.serialized)
+struct StoreRepairTests {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func brokenObjectsArePassedOverFoundAndRepaired(_ backend: StoreBackend) throws {
+        let (f, team, env) = try StoreLockTests.project(backend)
+        let syncctl = binDirectory() + "/syncctl"
+        try f.write("data/weights.bin", randomBytes(3 << 20, seed: 2801))
+        for i in 0..<10 { try f.write("src/m\(i).py", "value = \(i)\n") }
+        let first = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(first.status == 0, "\(first.stderr)")
+        let snapshot = try #require(try first.json()["snapshot"] as? String)
+        let firstPacks = Set(try team.list("index/").map(\.name))
+        try f.write("data/extra.bin", randomBytes(1 << 20, seed: 2802))
+        let second = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(second.status == 0, "\(second.stderr)")
+        let secondIndex = try #require(try team.list("index/").map(\.name).first { !firstPacks.contains($0) })
+
+        // Damage: the second pack's index altered, a byte of the first pack flipped (inside a chunk), and a ref
+        // naming a manifest that is not there.
+        var index = try team.get(secondIndex)
+        index[20] ^= 0xFF
+        try team.put(secondIndex, index)
+        let firstIndex = try #require(firstPacks.first)
+        let firstPack = try #require(StoreKeys.packOfIndex(firstIndex))
+        var pack = try team.get(StoreKeys.pack(firstPack))
+        pack[PackBuilder.magic.count + 100] ^= 0x01
+        try team.put(StoreKeys.pack(firstPack), pack)
+        let nowhere = ChunkID(hashing: Array("no such manifest".utf8))
+        let orphan = SnapshotRef(name: SnapshotRef.key(project: "proj", manifest: nowhere, createdNanos: 1_600_000_000_000_000_000),
+                                 manifest: nowhere, files: 1, bytes: 1, newBytes: 0, createdNanos: 1_600_000_000_000_000_000)
+        try team.put(orphan.name, orphan.encoded())
+
+        // check names all three, and exits 1.
+        let check = try run(syncctl, ["store", "check", f.project, "--read-data", "--json"], env: env)
+        #expect(check.status == 1, "\(check.stderr)")
+        let problems = (try check.json()["problems"] as? [[String: Any]]) ?? []
+        let kinds = Set(problems.compactMap { $0["kind"] as? String })
+        #expect(kinds.isSuperset(of: ["index", "chunk", "manifest"]), "\(check.stdout)")
+        #expect(problems.contains { ($0["object"] as? String)?.hasSuffix(secondIndex) == true }, "\(check.stdout)")
+        #expect(problems.contains { ($0["object"] as? String)?.hasSuffix(StoreKeys.pack(firstPack)) == true }, "\(check.stdout)")
+
+        // A second laptop (its own state: it has read no index yet) pushes, lists and collects garbage all the same.
+        var laptop2 = env
+        laptop2["XDG_STATE_HOME"] = f.base + "/state2"
+        try f.write("src/m0.py", "value = 100  # edited\n")
+        let other = try run(syncctl, ["push", f.project, "--json", "--force"], env: laptop2)
+        #expect(other.status == 0, "a broken index of another push stopped this one: \(other.stderr)")
+        let warnings = (try other.json()["warnings"] as? [String]) ?? []
+        #expect(warnings.contains { $0.contains(secondIndex) }, "the broken index is named in the warnings: \(other.stdout)")
+        let listed = try run(syncctl, ["snapshots", f.project, "--json"], env: laptop2)
+        #expect(listed.status == 0, "\(listed.stderr)")
+        let gc = try run(syncctl, ["store", "gc", f.project, "--keep", "10", "--json"], env: laptop2)
+        #expect(gc.status == 0, "a ref without its manifest stopped gc: \(gc.stderr)")
+
+        // repair sets the broken objects aside, saves the pack's sound chunks, uploads the rest from the project.
+        let repair = try run(syncctl, ["store", "repair", f.project, "--read-data", "--json"], env: env)
+        #expect(repair.status == 0, "\(repair.stdout)\n\(repair.stderr)")
+        let setAside = (try repair.json()["set_aside"] as? [String]) ?? []
+        #expect(setAside.contains(secondIndex) && setAside.contains(orphan.name), "\(repair.stdout)")
+        #expect(try team.list("broken/").count >= 3)
+        let after = try run(syncctl, ["store", "check", f.project, "--read-data"], env: env)
+        #expect(after.status == 0, "\(after.stdout)\n\(after.stderr)")
+
+        // The first snapshot restores whole again (its damaged chunk came back from the project's files).
+        try f.write("src/m0.py", "value = 0\n")
+        try FileManager.default.removeItem(atPath: f.project + "/data/extra.bin")
+        let target = f.base + "/restored"
+        let restore = try run(syncctl, ["restore", snapshot, "--to", target, "--dir", f.project], env: env)
+        #expect(restore.status == 0, "\(restore.stderr)")
+        #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
+    }
+}

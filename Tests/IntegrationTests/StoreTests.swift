@@ -100,10 +100,10 @@ struct StoreTests {
             try store.put(ref)
             refs.append(ref)
         }
-        let listed = try store.snapshots("proj")
+        let listed = try store.snapshots("proj").refs
         #expect(listed == refs, "oldest first")
         #expect(listed.first?.name.range(of: #"^projects/proj/snapshots/\d{8}T\d{6}\.\d{9}Z-[0-9a-f]{12}$"#, options: .regularExpression) != nil)
-        #expect(try store.snapshots("other").isEmpty)
+        #expect(try store.snapshots("other").refs.isEmpty)
 
         // An altered manifest is refused, named.
         var stored = try store.client.get(StoreKeys.manifest(digest))
