@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Chunking
 import Placement
+import Store
 import ProjectScan
 import Watch
 import SyncSystem
@@ -16,34 +17,57 @@ extension AgentSession {
         file.path == nil || !file.listEnded || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
     }
 
-    /// Places the chunks the store answered with; a file whose read failed is answered failed, naming the object.
+    /// Places the chunks the store answered with. Chunks it could not give intact are asked of the client instead
+    /// (`need`): damaged ones are reported (`storeTrouble`) so the client uploads them again, and after a few reads
+    /// that got no usable answer the push stops reading from the store altogether, saying so once.
     func receiveFetched(_ done: [StoreFetcher.Completion]) throws {
         for completion in done {
             guard let file = pending[completion.op], let assembly = file.assembly else { continue }
             file.fetching -= 1
-            switch completion.result {
-            case .success(let pieces):
-                do {
-                    for piece in pieces {
-                        try piece.bytes.withUnsafeBytes { try assembly.write(index: piece.index, bytes: $0) }
-                    }
-                } catch {
-                    assembly.suspend()
-                    pending[completion.op] = nil
-                    try reply(completion.op, .failed, "\(error)", .absent)
-                    continue
+            do {
+                for piece in completion.chunks {
+                    try piece.bytes.withUnsafeBytes { try assembly.write(index: piece.index, bytes: $0) }
                 }
-                if assembly.isComplete {
-                    do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
-                        pending[completion.op] = nil
-                        try reply(completion.op, .failed, "\(error)", .absent)
-                    }
-                }
-            case .failure(let error):
+            } catch {
                 assembly.suspend()
                 pending[completion.op] = nil
                 try reply(completion.op, .failed, "\(error)", .absent)
+                continue
             }
+            if let failure = completion.failure {
+                try storeReadFailed(failure, damaged: completion.damaged, pack: completion.pack, chunks: completion.failed.map(\.chunk.id))
+                file.asksClient = true
+                try requestMissing(completion.op, completion.failed.map { UInt32($0.index) })
+            }
+            if assembly.isComplete {
+                do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
+                    pending[completion.op] = nil
+                    try reply(completion.op, .failed, "\(error)", .absent)
+                }
+            }
+        }
+    }
+
+    /// Tells the client what went wrong reading from the store; gives up on the store once it failed to answer
+    /// `maxStoreFailures` times, sending the reads not begun yet to the client too.
+    private func storeReadFailed(_ failure: StoreError, damaged: Bool, pack: ChunkID?, chunks: [ChunkID]) throws {
+        if damaged {
+            let new = chunks.filter { reportedDamage.insert($0).inserted }
+            if !new.isEmpty {
+                try writer.send(.storeTrouble(unreachable: false, pack: pack ?? ChunkID(low: 0, high: 0), damaged: new, reason: "\(failure)"))
+            }
+            return
+        }
+        storeFailures += 1
+        guard storeFailures >= Self.maxStoreFailures, !storeGivenUp, let fetcher else { return }
+        storeGivenUp = true
+        try writer.send(.storeTrouble(unreachable: true, pack: ChunkID(low: 0, high: 0), damaged: [],
+                                      reason: "\(storeFailures) reads of \(fetcher.store) at \(fetcher.endpoint) failed, the last: \(failure)"))
+        for job in fetcher.withdrawQueued() {
+            guard let file = pending[job.op] else { continue }
+            file.fetching -= 1
+            file.asksClient = true
+            try requestMissing(job.op, job.pieces.map { UInt32($0.index) })
         }
     }
 
@@ -65,6 +89,9 @@ extension AgentSession {
             fetcher?.shutdown()
             fetcher = nil
             storeChunks.removeAll()
+            storeFailures = 0
+            storeGivenUp = false
+            reportedDamage.removeAll()
             givenUp.removeAll()
             asked.removeAll()
             onlyDraining = false
@@ -183,7 +210,9 @@ extension AgentSession {
                 ended = true
             case .storePacks(let store, let signingRegion, let packs):
                 guard !ended else { throw ProtocolError("store packs after end of operations") }
-                if fetcher == nil { fetcher = try StoreFetcher(store: store, signingRegion: signingRegion) }
+                if fetcher == nil {
+                    fetcher = try StoreFetcher(store: store, signingRegion: signingRegion, stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
+                }
                 fetcher!.add(packs)
             case .storeChunks(let chunks):
                 guard let fetcher else { throw ProtocolError("store chunks before any store pack") }
@@ -253,9 +282,10 @@ extension AgentSession {
                 // snapshot store holds is read from there; the rest is asked of the client.
                 if eagerFrames[header.op] == nil {
                     let missing = assembly.missingIndices
+                    let reading = storeGivenUp ? nil : fetcher
                     let fromStore = missing.compactMap { i in storeChunks[assembly.chunks[Int(i)].id].map { (index: Int(i), chunk: $0) } }
-                    if let fetcher, !fromStore.isEmpty { file.fetching += fetcher.submit(op: header.op, fromStore) }
-                    let fromClient = missing.filter { storeChunks[assembly.chunks[Int($0)].id] == nil || fetcher == nil }
+                    if let reading, !fromStore.isEmpty { file.fetching += reading.submit(op: header.op, fromStore) }
+                    let fromClient = missing.filter { storeChunks[assembly.chunks[Int($0)].id] == nil || reading == nil }
                     if !fromClient.isEmpty {
                         file.asksClient = true
                         try requestMissing(header.op, fromClient)

@@ -453,6 +453,15 @@ public final class AgentSession {
 
     var storeChunks: [ChunkID: StoreChunk] = [:]
 
+    /// Reads from the store that failed without an answer worth checking (no connection, a stall, an error
+    /// status); at `maxStoreFailures` the push stops reading from the store (`storeGivenUp`) and asks the client
+    /// for everything instead.
+    var storeFailures = 0
+    var storeGivenUp = false
+    static let maxStoreFailures = 3
+    /// Damaged chunks already reported to the client in this push.
+    var reportedDamage: Set<ChunkID> = []
+
     /// The client expected another instance of this project (it was wiped or replaced since): every operation
     /// of this push is refused unapplied, since its bases describe a remote that is gone.
     var refusing = false

@@ -14,8 +14,22 @@ import Wire
 final class StoreFetcher {
     struct Completion {
         let op: UInt32
-        /// The chunks read (index in the file's chunk list, bytes), or why they could not be.
-        let result: Result<[(index: Int, bytes: [UInt8])], StoreError>
+        /// The pack read from (nil when the push never named it).
+        let pack: ChunkID?
+        /// The chunks read and checked (index in the file's chunk list, bytes).
+        var chunks: [(index: Int, bytes: [UInt8])] = []
+        /// The chunks the store did not give intact (index in the file's list, the chunk's place).
+        var failed: [(index: Int, chunk: StoreChunk)] = []
+        /// Why they failed: the object and what was wrong.
+        var failure: StoreError?
+        /// The store served bytes that fail their check (altered or cut short), rather than failing to answer.
+        var damaged = false
+    }
+
+    /// A job withdrawn before it ran: its chunks, to be read some other way.
+    struct Withdrawn {
+        let op: UInt32
+        let pieces: [(index: Int, chunk: StoreChunk)]
     }
 
     private struct Job {
@@ -36,7 +50,7 @@ final class StoreFetcher {
 
     /// With a `signingRegion`, the pack URLs are not presigned: this host signs each read with its own AWS
     /// credentials (its environment, or its `~/.aws/credentials`), which must exist.
-    init(store: String, signingRegion: String = "", workers count: Int = 4) throws {
+    init(store: String, signingRegion: String = "", workers count: Int = 4, stallSeconds: Int = 30) throws {
         self.store = store
         var signing: (credentials: AWSCredentials, region: String)?
         if !signingRegion.isEmpty {
@@ -48,7 +62,7 @@ final class StoreFetcher {
             var http: HTTPConnection?
             let decompressor = ChunkDecompressor()
             return { job in
-                Completion(op: job.op, result: Self.read(job, store: store, signing: signing, http: &http, decompressor: decompressor))
+                Self.read(job, store: store, signing: signing, http: &http, stallSeconds: stallSeconds, decompressor: decompressor)
             }
         }
     }
@@ -59,6 +73,13 @@ final class StoreFetcher {
     func shutdown() { pool.shutdown() }
 
     func add(_ more: [StorePack]) { packs += more }
+
+    /// Where the pack URLs point (`scheme://host:port`), for messages.
+    var endpoint: String {
+        guard let url = packs.first?.url, let schemeEnd = url.firstRange(of: "://") else { return store }
+        let rest = url[schemeEnd.upperBound...]
+        return String(url[..<schemeEnd.upperBound]) + String(rest.prefix { $0 != "/" && $0 != "?" })
+    }
 
     /// The store's name of a pack, for messages.
     static func shown(_ pack: ChunkID, in store: String) -> String { "\(store)/\(StoreKeys.pack(pack))" }
@@ -88,41 +109,60 @@ final class StoreFetcher {
         return made.count
     }
 
-    /// One job, on a worker thread: the GET, then every chunk checked.
+    /// Takes back the reads not begun yet (the push stops reading from the store).
+    func withdrawQueued() -> [Withdrawn] { pool.withdrawQueued().map { Withdrawn(op: $0.op, pieces: $0.pieces) } }
+
+    /// One job, on a worker thread: the GET, then every chunk checked. Chunks that check are kept even when
+    /// others of the same read do not.
     private static func read(_ job: Job, store: String, signing: (credentials: AWSCredentials, region: String)?,
-                             http: inout HTTPConnection?,
-                             decompressor: ChunkDecompressor) -> Result<[(index: Int, bytes: [UInt8])], StoreError> {
+                             http: inout HTTPConnection?, stallSeconds: Int, decompressor: ChunkDecompressor) -> Completion {
+        var done = Completion(op: job.op, pack: job.pack?.digest)
+        func fail(_ reason: String, object: String, damaged: Bool) -> Completion {
+            done.failed = job.pieces
+            done.failure = StoreError(object: object, reason: reason)
+            done.damaged = damaged
+            return done
+        }
         guard let pack = job.pack else {
-            return .failure(StoreError(object: store, reason: "chunk refers to pack \(job.packNumber), which the push did not name"))
+            return fail("chunk refers to pack \(job.packNumber), which the push did not name", object: store, damaged: false)
         }
         let object = shown(pack.digest, in: store)
+        let response: HTTPResponse
         do {
-            if http == nil { http = try HTTPConnection() }
-            let response = try http!.perform(HTTPRequest(method: "GET", url: pack.url,
-                                                         headers: [("Range", "bytes=\(job.range.lowerBound)-\(job.range.upperBound - 1)")],
-                                                         signing: signing))
-            var body = response.body
-            if response.status == 200 && body.count > Int(job.range.upperBound) {
-                body = Array(body[Int(job.range.lowerBound)..<Int(job.range.upperBound)])  // a server that sent it all
-            } else if response.status != 206 && response.status != 200 {
-                let code = errorCode(response.body) ?? "HTTP \(response.status)"
-                return .failure(StoreError(object: object, reason: "the store answered \(code) (HTTP \(response.status))"))
+            if http == nil {
+                http = try HTTPConnection()
+                http!.stallSeconds = stallSeconds
+                http!.connectTimeout = min(http!.connectTimeout, stallSeconds)
             }
-            guard body.count == Int(job.range.count) else {
-                return .failure(StoreError(object: object, reason: "read \(body.count) bytes of \(job.range.count) at \(job.range.lowerBound) (truncated?); refused"))
-            }
-            var out: [(index: Int, bytes: [UInt8])] = []
-            for piece in job.pieces {
-                let from = Int(piece.chunk.offset - job.range.lowerBound)
-                let stored = Array(body[from..<(from + Int(piece.chunk.storedLength))])
-                out.append((piece.index, try verifiedChunk(stored, entry: PackEntry(piece.chunk), object: object, decompressor: decompressor)))
-            }
-            return .success(out)
-        } catch let e as StoreError {
-            return .failure(e)
+            response = try http!.perform(HTTPRequest(method: "GET", url: pack.url,
+                                                     headers: [("Range", "bytes=\(job.range.lowerBound)-\(job.range.upperBound - 1)")],
+                                                     signing: signing))
         } catch {
-            return .failure(StoreError(object: object, reason: "\(error)"))
+            http = nil
+            return fail("\(error)", object: object, damaged: false)
         }
+        var body = response.body
+        if response.status == 200 && body.count > Int(job.range.upperBound) {
+            body = Array(body[Int(job.range.lowerBound)..<Int(job.range.upperBound)])  // a server that sent it all
+        } else if response.status != 206 && response.status != 200 {
+            let code = errorCode(response.body) ?? "HTTP \(response.status)"
+            return fail("the store answered \(code) (HTTP \(response.status))", object: object, damaged: false)
+        }
+        guard body.count == Int(job.range.count) else {
+            return fail("read \(body.count) bytes of \(job.range.count) at \(job.range.lowerBound) (truncated?); refused", object: object, damaged: true)
+        }
+        for piece in job.pieces {
+            let from = Int(piece.chunk.offset - job.range.lowerBound)
+            let stored = Array(body[from..<(from + Int(piece.chunk.storedLength))])
+            do {
+                done.chunks.append((piece.index, try verifiedChunk(stored, entry: PackEntry(piece.chunk), object: object, decompressor: decompressor)))
+            } catch {
+                done.failed.append(piece)
+                if done.failure == nil { done.failure = (error as? StoreError) ?? StoreError(object: object, reason: "\(error)") }
+                done.damaged = true
+            }
+        }
+        return done
     }
 
     /// The `<Code>` of an S3 error answer.

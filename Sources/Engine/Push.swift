@@ -308,6 +308,7 @@ public final class PushSession {
                                     readsLocalFiles: !restoring) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
+        pipeline.storeFallback = project.config.storeFallback
         planned = []  // the pipeline owns the operations now: filling in contents copies nothing
         let outcome: PipelineOutcome
         do {
@@ -342,6 +343,16 @@ public final class PushSession {
         stats.bytesReceived = outcome.bytesReceived
         stats.streams = outcome.streams
         stats.warnings += pipeline.streamWarnings.map { "an extra stream could not be opened, so the push used fewer: \($0)" }
+        let trouble = pipeline.storeTrouble
+        if let why = trouble.unreachable {
+            let line = "\(project.config.remote) cannot read the store: \(why)"
+            if project.config.storeFallback { stats.warnings.append(line + "; this push went to it over SSH instead (store_fallback: ssh)") }
+            else { stats.errors.append(line + "; its files were not sent (store_fallback: no)") }
+        }
+        for reason in trouble.reasons {
+            stats.warnings.append("\(project.config.remote) found damage in the store: \(reason); it got those chunks over SSH instead")
+        }
+        stats.storeDamaged = trouble.damaged
 
         Trace.mark("push: recording")
         // A full push looked at every local-owned path: a push conflict it did not find again is gone.

@@ -44,6 +44,15 @@ struct PipelineOutcome {
     var streams = 1
 }
 
+/// What a host's agent said of the store during a push.
+struct StoreTrouble: Sendable {
+    /// Set once it stopped reading from the store: why.
+    var unreachable: String?
+    /// Chunks the store served damaged, by pack, and what the agent said of them.
+    var damaged: [ChunkID: [ChunkID]] = [:]
+    var reasons: [String] = []
+}
+
 /// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
 /// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
 final class PushPipeline: @unchecked Sendable {  // `condition` guards what the reader thread shares (needs, inFlight, agentDone, fatal, results, streams); the rest is the sender thread's
@@ -111,6 +120,10 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     static let streamsThreshold: UInt64 = 64 << 20
     /// Why extra streams could not be opened (told as warnings).
     private(set) var streamWarnings: [String] = []
+    /// What the agent said of the store (`storeTrouble`), written by the reader thread under `condition`.
+    private var trouble = StoreTrouble()
+    /// With `store_fallback: no`: once the agent gives up on the store, what it asks for is refused, not sent.
+    var storeFallback = true
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
@@ -250,6 +263,13 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         return partial
     }
 
+    /// What the agent said of the store in this push.
+    var storeTrouble: StoreTrouble {
+        condition.lock()
+        defer { condition.unlock() }
+        return trouble
+    }
+
     private func readLoop() {
         do {
             try checkInstance(try link.readWelcome())
@@ -272,6 +292,13 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 return
             case .need(let op, let indices)?:
                 needs.append((op, indices))
+            case .storeTrouble(let unreachable, let pack, let damaged, let reason)?:
+                if unreachable {
+                    trouble.unreachable = reason
+                } else {
+                    trouble.damaged[pack, default: []] += damaged
+                    trouble.reasons.append(reason)
+                }
             case .result(let r)?:
                 guard results.record(r) else {
                     if fatal == nil { fatal = ProtocolError("the agent answered operation \(r.op), which was not sent") }
@@ -534,14 +561,17 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
         if outcome.aborted.contains(op) { return }
         sender.begin(op: op, name: entry.path.name)
-        guard readsLocalFiles else {
-            outcome.aborted.insert(op)
-            try writer.send(.abort(op: op, reason: "\(entry.path): the agent asked this machine for chunks, but a restore reads only from the store"))
-            return
-        }
         condition.lock()
         let streams = eager ? nil : self.streams
+        let unreachable = trouble.unreachable
         condition.unlock()
+        guard readsLocalFiles && (storeFallback || unreachable == nil) else {
+            outcome.aborted.insert(op)
+            let why = readsLocalFiles ? "the host cannot read the store (\(unreachable ?? "")) and store_fallback is no"
+                : "the agent asked this machine for chunks, but a restore reads only from the store" + (unreachable.map { " (\($0))" } ?? "")
+            try writer.send(.abort(op: op, reason: "\(entry.path): \(why)"))
+            return
+        }
         let mainStream = link.connection.stream
         for index in indices {
             guard Int(index) < chunks.count, !chunks[Int(index)].id.isHole else {

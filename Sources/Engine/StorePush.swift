@@ -174,9 +174,25 @@ public final class StorePush {
             return session
         }
         let (uploaded, ref) = try upload.wait().get()
+        // Packs a host found damaged: checked here (a host may be wrong), their sound chunks saved, the rest of what
+        // they held uploaded again from the files, so that the next host reads it whole.
+        for pack in stats.storeDamaged.keys.sorted(by: { $0.hex < $1.hex }) {
+            do {
+                guard let mended = try uploader.mend(pack) else {
+                    stats.warnings.append("pack \(pack.hex.prefix(12)) was reported damaged, but reads whole from here; left as it is")
+                    continue
+                }
+                let again = try uploader.upload(files, from: project.tree)
+                stats.bytesUploaded = (stats.bytesUploaded ?? 0) + again.bytesUploaded
+                stats.warnings.append("pack \(pack.hex.prefix(12)) held \(mended.damaged) damaged chunks: set aside under broken/, its "
+                                      + "\(mended.salvaged) sound chunks kept in a new pack, \(again.chunksUploaded) chunks uploaded again")
+            } catch {
+                stats.errors.append("cannot mend pack \(pack.hex.prefix(12)), which a host found damaged: \(error); `syncctl store repair` may")
+            }
+        }
         // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
         try? firstState.setValue(ref.id, for: "last_snapshot")
-        stats.bytesUploaded = uploaded.bytesUploaded
+        stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         stats.snapshot = ref.id
         stats.filesScanned = snapshot.entries.count
         stats.warnings = snapshot.warnings.map(\.description) + stats.warnings
@@ -281,6 +297,7 @@ public final class StorePush {
                 stats.errors += s.errors
                 stats.warnings += s.warnings
                 stats.kept += s.kept
+                stats.storeDamaged.merge(s.storeDamaged) { $0 + $1 }
             case .failure(let error):
                 result.error = "\(error)"
                 stats.errors.append("\(host): \(error); the next push tries it again")

@@ -1,3 +1,4 @@
+import Chunking
 import Foundation
 import SyncSystem
 
@@ -37,6 +38,8 @@ public struct SyncStats: Codable, Sendable {
     public var skipped: [String] = []
     public var errors: [String] = []
     public var warnings: [String] = []
+    /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).
+    var storeDamaged: [ChunkID: [ChunkID]] = [:]
     /// The project's absolute directory on the remote, as the agent reported it.
     public var remoteDirectory: String?
 

@@ -206,27 +206,17 @@ extension StoreUploader {
         out.found = report.problems
 
         // Damaged packs: their sound chunks go into new packs first, then the pack and its index are set aside.
-        let decompressor = ChunkDecompressor()
         for pack in report.damagedPacks.sorted(by: { $0.hex < $1.hex }) {
-            let index = try store.index(pack)
-            let bytes = try client.get(StoreKeys.pack(pack))
-            var salvaged = PackBuilder(capacity: bytes.count)
-            for entry in index.entries where SnapshotStore.holds(bytes, entry, decompressor: decompressor) {
-                let stored = Array(bytes[Int(entry.offset)..<Int(entry.offset + UInt64(entry.storedLength))])
-                let raw = try verifiedChunk(stored, entry: entry, object: "", decompressor: decompressor)
-                raw.withUnsafeBytes { salvaged.add(id: entry.id, raw: $0, compressed: entry.compressed ? stored : nil) }
-            }
-            if !salvaged.entries.isEmpty {
-                try store.put(salvaged)
-                out.chunksSalvaged += salvaged.entries.count
-            }
+            guard let mended = try mend(pack, in: store) else { continue }
+            out.chunksSalvaged += mended.salvaged
             out.setAside += [StoreKeys.index(pack), StoreKeys.pack(pack)]
         }
         for pack in report.lostPacks.sorted(by: { $0.hex < $1.hex }) { out.setAside += [StoreKeys.index(pack), StoreKeys.pack(pack)] }
         let refsOfBroken = try store.refs(under: "projects/").refs.filter { report.brokenManifests.contains($0.manifest) }.map(\.name)
         out.setAside += report.brokenRefs + refsOfBroken + report.brokenManifests.map(StoreKeys.manifest).sorted()
-        for name in out.setAside { try store.setAside(name) }
-        try catalog.forget(packs: Array(report.damagedPacks.union(report.lostPacks)))
+        for pack in report.lostPacks { for name in [StoreKeys.index(pack), StoreKeys.pack(pack)] { try store.setAside(name) } }
+        for name in report.brokenRefs + refsOfBroken + report.brokenManifests.map(StoreKeys.manifest) { try store.setAside(name) }
+        try catalog.forget(packs: Array(report.lostPacks))
         try catalog.forgetRefs(report.brokenRefs + refsOfBroken)
 
         // What the store lacks now, from the project's files.
@@ -238,5 +228,36 @@ extension StoreUploader {
         out.remaining = after.problems
         out.unrestorable = after.unrestorable
         return out
+    }
+
+    /// Reads `pack` whole and checks every chunk in it. A sound pack is left as it is (nil: a host that reported
+    /// it damaged was wrong, or its link was). Otherwise its sound chunks go into a new pack, the pack and its
+    /// index are set aside under `broken/`, and the catalog forgets it, so the next upload that needs its lost
+    /// chunks sends them again.
+    public func mend(_ pack: ChunkID) throws -> (damaged: Int, salvaged: Int)? {
+        try mend(pack, in: SnapshotStore(client: try S3Client(location: location, credentials: credentials)))
+    }
+
+    func mend(_ pack: ChunkID, in store: SnapshotStore) throws -> (damaged: Int, salvaged: Int)? {
+        let index = try store.index(pack)
+        let bytes = try store.client.get(StoreKeys.pack(pack))
+        let decompressor = ChunkDecompressor()
+        var salvaged = PackBuilder(capacity: bytes.count)
+        var damaged = 0
+        for entry in index.entries {
+            guard SnapshotStore.holds(bytes, entry, decompressor: decompressor) else {
+                damaged += 1
+                continue
+            }
+            let stored = Array(bytes[Int(entry.offset)..<Int(entry.offset + UInt64(entry.storedLength))])
+            let raw = try verifiedChunk(stored, entry: entry, object: "", decompressor: decompressor)
+            raw.withUnsafeBytes { salvaged.add(id: entry.id, raw: $0, compressed: entry.compressed ? stored : nil) }
+        }
+        if damaged == 0 && ChunkID(hashing: bytes) == pack && UInt64(bytes.count) == index.size { return nil }
+        if !salvaged.entries.isEmpty { try catalog.add(try store.put(salvaged)) }
+        try catalog.forget(packs: [pack])
+        try store.setAside(StoreKeys.index(pack))
+        try store.setAside(StoreKeys.pack(pack))
+        return (damaged, salvaged.entries.count)
     }
 }

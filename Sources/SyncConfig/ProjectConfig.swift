@@ -45,7 +45,7 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
                                    "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from",
-                                   "host_credentials", "streams", "timeout", "max_file_size"]
+                                   "host_credentials", "store_fallback", "streams", "timeout", "max_file_size"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -99,6 +99,9 @@ public struct ProjectConfig: Equatable, Sendable {
     /// How hosts read the store: with URLs this machine presigns (no secret reaches a host), or with credentials
     /// of their own (`own`: an instance role's, or the host's ~/.aws/credentials).
     public var hostCredentialsOwn = false
+    /// When a host cannot read the store (`host_endpoint` unreachable or silent), its push goes over its SSH link
+    /// instead, with a warning (`store_fallback: ssh`, the default); `no` fails that host's files.
+    public var storeFallback = true
 
     /// The hosts a push reaches.
     public var allHosts: [RemoteSpec] { hosts.isEmpty ? [remote] : hosts }
@@ -279,7 +282,7 @@ public struct ProjectConfig: Equatable, Sendable {
                 throw ConfigError("\(file): setting '\(key)' must be an http:// or https:// URL, not '\(value)'")
             }
         }
-        if config.store == nil, let key = ["endpoint", "host_endpoint", "region", "host_credentials"].first(where: { map[$0] != nil }) {
+        if config.store == nil, let key = ["endpoint", "host_endpoint", "region", "host_credentials", "store_fallback"].first(where: { map[$0] != nil }) {
             throw ConfigError("\(file): setting '\(key)' needs store: s3://BUCKET/PREFIX")
         }
         if let text = try string("host_credentials") {
@@ -287,6 +290,15 @@ public struct ProjectConfig: Equatable, Sendable {
                 throw ConfigError("\(file): setting 'host_credentials' must be presigned or own, not '\(text)'")
             }
             config.hostCredentialsOwn = text == "own"
+        }
+        // YAML reads a bare `no` as false (and `yes` as true).
+        if let flag = map["store_fallback"] as? Bool {
+            config.storeFallback = flag
+        } else if let text = try string("store_fallback") {
+            guard text == "ssh" || text == "no" else {
+                throw ConfigError("\(file): setting 'store_fallback' must be ssh or no, not '\(text)'")
+            }
+            config.storeFallback = text == "ssh"
         }
         if let text = try string("pull_from") {
             guard let mode = PullFrom(rawValue: text) else {

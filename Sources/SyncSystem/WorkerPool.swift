@@ -56,6 +56,17 @@ public final class WorkerPool<Job, Output> {
         outstanding += more.count
     }
 
+    /// Takes back the jobs no worker has begun (they will not run, and count as collected).
+    public func withdrawQueued() -> [Job] {
+        mutex.lock()
+        let queued = Array(jobs[jobHead...])
+        jobs.removeAll(keepingCapacity: true)
+        jobHead = 0
+        mutex.unlock()
+        outstanding -= queued.count
+        return queued
+    }
+
     /// Results ready now, without waiting.
     public func takeCompletions() -> [Output] {
         guard outstanding > 0 else { return [] }

@@ -30,6 +30,7 @@ extension Message {
         case .watchEnded: return 0x53
         case .storePacks: return 0x60
         case .storeChunks: return 0x61
+        case .storeTrouble: return 0x62
         case .streamsOpen: return 0x18
         case .streamsReady: return 0x33
         case .join: return 0x03
@@ -94,6 +95,12 @@ extension Message {
             for c in chunks {
                 w.id(c.id); w.u32(c.pack); w.u64(c.offset); w.u32(c.storedLength); w.u32(c.rawLength); w.u8(c.compressed ? 1 : 0)
             }
+        case .storeTrouble(let unreachable, let pack, let damaged, let reason):
+            w.u8(unreachable ? 1 : 0)
+            w.id(pack)
+            w.u32(UInt32(damaged.count))
+            for id in damaged { w.id(id) }
+            w.string(reason)
         case .remoteChanged(let paths):
             w.u32(UInt32(paths.count))
             for p in paths { w.byteString(p) }
@@ -283,6 +290,15 @@ extension Message {
                 chunks.append(StoreChunk(id: id, pack: pack, offset: offset, storedLength: stored, rawLength: raw, compressed: flag == 1))
             }
             message = .storeChunks(chunks)
+        case 0x62:
+            let flag = try r.u8("unreachable")
+            guard flag <= 1 else { throw ProtocolError("store trouble: bad flag \(flag)") }
+            let pack = try r.id("pack")
+            let n = try r.count("damaged chunks", itemSize: 16, limit: maxListItems)
+            var damaged: [ChunkID] = []
+            damaged.reserveCapacity(n)
+            for _ in 0..<n { damaged.append(try r.id("chunk id")) }
+            message = .storeTrouble(unreachable: flag == 1, pack: pack, damaged: damaged, reason: try r.string("reason", limit: 4096))
         case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
         case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
         case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))

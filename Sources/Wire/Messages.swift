@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 6
+public let wireVersion: UInt16 = 7
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -298,6 +298,11 @@ public enum Message: Equatable, Sendable {
     /// empty when the pack URLs are presigned, else the region to sign them in with the host's own credentials.
     case storePacks(store: String, signingRegion: String, packs: [StorePack])
     case storeChunks([StoreChunk])
+    /// The agent could not use the store for part of a push, and asks the client (`need`) for those chunks
+    /// instead. `damaged`: chunks of `pack` that the store served altered or cut short (the client uploads them
+    /// again). `unreachable`: the store failed to answer often enough that the agent stopped reading from it for
+    /// the rest of the push (`pack` and `damaged` then say nothing). `reason` names the object and what went wrong.
+    case storeTrouble(unreachable: Bool, pack: ChunkID, damaged: [ChunkID], reason: String)
     /// Streams (a push with much to send): the client asks for up to `count` more connections to carry chunk
     /// data beside this one, so the encryption of a large push is spread over several sshd processes and client
     /// threads. The agent answers `streamsReady` with where a joining agent finds it and the token a joining

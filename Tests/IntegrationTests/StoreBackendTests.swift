@@ -255,3 +255,94 @@ struct StoreRepairTests {
         #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
     }
 }
+
+/// Issue 25, items 4 and 5: a host that cannot use the store for part of a push gets it over its SSH link
+/// instead. A chunk the store serves damaged used to fail that file on every new host forever, though the laptop
+/// held the right bytes; a `host_endpoint` that accepts connections and never answers cost 30 s per file.
+@Suite(.serialized)
+struct StoreFallbackTests {
+    static func configure(_ f: SyncFixture, bucket: String, endpoint: String, hosts: [String], extra: String = "") throws {
+        for host in hosts { try FileManager.default.createDirectory(atPath: f.base + "/" + host, withIntermediateDirectories: true) }
+        let list = hosts.map { "\"local:\(f.base)/\($0)\"" }.joined(separator: ", ")
+        try "name: proj\nhosts: [\(list)]\nstore: s3://\(bucket)/team\nendpoint: \(endpoint)\n\(extra)"
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+    }
+
+    /// A host's copy as the project's: the remote-owned folders each host makes left out.
+    static func hostTree(_ root: String) -> [String: String] {
+        SyncFixture.describeTree(root).filter { !["output", "checkpoint"].contains($0.key) }
+    }
+
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func aDamagedChunkComesOverTheLinkAndIsUploadedAgain(_ backend: StoreBackend) throws {
+        let (f, team, env) = try StoreLockTests.project(backend)
+        let server = try backend.server()
+        let syncctl = binDirectory() + "/syncctl"
+        try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1"])
+        try f.write("data/weights.bin", randomBytes(2 << 20, seed: 2901))
+        for i in 0..<8 { try f.write("src/m\(i).py", "value = \(i)\n") }
+        let first = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(first.status == 0, "\(first.stderr)")
+
+        // A byte of a chunk of the pack flipped in the store; then a new host joins.
+        let packKey = try #require(try team.list("packs/").first?.name)
+        var pack = try team.get(packKey)
+        pack[PackBuilder.magic.count + 10] ^= 0x01
+        try team.put(packKey, pack)
+        try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1", "host2"])
+        let second = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(second.status == 0, "the new host failed the damaged files: \(second.stdout)\n\(second.stderr)")
+        #expect(Self.hostTree(f.base + "/host2/proj") == SyncFixture.describeTree(f.project), "host2 differs")
+        let warnings = (try second.json()["warnings"] as? [String]) ?? []
+        #expect(warnings.contains { $0.contains("found damage") } && warnings.contains { $0.contains("set aside") }, "\(warnings)")
+
+        // The store is whole again: a third host reads everything from it without trouble.
+        let check = try run(syncctl, ["store", "check", f.project, "--read-data"], env: env)
+        #expect(check.status == 0, "\(check.stdout)\n\(check.stderr)")
+        try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1", "host2", "host3"])
+        let third = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(third.status == 0, "\(third.stderr)")
+        #expect(!((try third.json()["warnings"] as? [String]) ?? []).contains { $0.contains("damage") }, "\(third.stdout)")
+        #expect(Self.hostTree(f.base + "/host3/proj") == SyncFixture.describeTree(f.project), "host3 differs")
+    }
+
+    /// A host endpoint that accepts connections and never answers: after a few reads time out, the host gives up on
+    /// the store and the push goes over SSH, with one warning naming it; `store_fallback: no` fails the host.
+    @Test func aSilentHostEndpointFallsBackToSSH() throws {
+        let backend = StoreBackend.seaweedfs
+        guard backend.available else { return }
+        let (f, team, env) = try StoreLockTests.project(backend)
+        let server = try backend.server()
+        let syncctl = binDirectory() + "/syncctl"
+        // Listening, never accepting: connections complete (the kernel's backlog) and nothing ever answers.
+        let silent = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(silent) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, length) } }
+        listen(silent, 128)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(silent, $0, &length) } }
+        let port = Int(UInt16(bigEndian: address.sin_port))
+        let settings = "host_endpoint: http://127.0.0.1:\(port)\ntimeout: 4\n"
+        try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1"], extra: settings)
+        for i in 0..<40 { try f.write("src/f\(i).bin", randomBytes(20_000, seed: 3000 + UInt64(i))) }
+
+        let started = Date()
+        let push = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(push.status == 0, "\(push.stdout)\n\(push.stderr)")
+        #expect(Date().timeIntervalSince(started) < 60, "the fallback took \(Date().timeIntervalSince(started)) s")
+        let warnings = (try push.json()["warnings"] as? [String]) ?? []
+        let named = warnings.filter { $0.contains("cannot read the store") }
+        #expect(named.count == 1 && named[0].contains("127.0.0.1:\(port)") && named[0].contains("store_fallback: ssh"), "\(warnings)")
+        #expect(Self.hostTree(f.base + "/host1/proj") == SyncFixture.describeTree(f.project), "host1 differs")
+
+        // With store_fallback: no, the host's files fail, and the error says why.
+        try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1"], extra: settings + "store_fallback: no\n")
+        for i in 0..<40 { try f.write("src/f\(i).bin", randomBytes(20_000, seed: 3100 + UInt64(i))) }
+        let refused = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(refused.status != 0, "\(refused.stdout)")
+        #expect(refused.stdout.contains("store_fallback: no") || refused.stderr.contains("store_fallback: no"), "\(refused.status) \(refused.stdout)\n\(refused.stderr)")
+    }
+}
