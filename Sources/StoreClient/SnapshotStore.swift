@@ -118,8 +118,8 @@ public final class SnapshotStore {
     /// reported rather than thrown: one broken ref does not hide the others (a ref that cannot be read at all, for
     /// a reason other than its being gone, throws). Refs never change once
     /// written, so those `cache` holds are not read again; the rest are read `readers` at a time, each on a
-    /// connection of its own (a thousand refs through a 25 ms link: one listing and about 40 rounds, not 1,000).
-    public func refs(under prefix: String, cache: StoreCatalog? = nil, readers: Int = 24) throws -> (refs: [SnapshotRef], broken: [StoreProblem]) {
+    /// connection of its own (a thousand refs through a 25 ms link: one listing and about 32 rounds, not 1,000).
+    public func refs(under prefix: String, cache: StoreCatalog? = nil, readers: Int = 32) throws -> (refs: [SnapshotRef], broken: [StoreProblem]) {
         let names = try client.list(prefix).map(\.name).filter { $0.contains("/snapshots/") }
         var bodies = (try? cache?.refBodies(names)) ?? [:]
         let unread = names.filter { bodies[$0] == nil }

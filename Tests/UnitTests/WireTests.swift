@@ -43,6 +43,8 @@ struct WireTests {
         .storePacks(store: "s3://b/p", signingRegion: "", packs: [StorePack(digest: ChunkID(low: 7, high: 8), url: "http://h/b/p?X-Amz-Signature=1")]),
         .storePacks(store: "s3://b/p", signingRegion: "eu-west-1", packs: [StorePack(digest: ChunkID(low: 9, high: 1), url: "http://h/b/p/packs/x")]),
         .storeChunks([StoreChunk(id: ChunkID(low: 2, high: 3), pack: 1, offset: 99, storedLength: 10, rawLength: 20, compressed: true)]),
+        .storeTrouble(unreachable: false, pack: ChunkID(low: 4, high: 5), damaged: [ChunkID(low: 6, high: 7)], reason: "s3://b/p/packs/x.pack: altered"),
+        .storeTrouble(unreachable: true, pack: ChunkID(low: 0, high: 0), damaged: [], reason: "3 reads failed"),
         .streamsOpen(count: 3),
         .streamsReady(address: "syncd-12-0af3", token: Array(0..<16)),
         .streamsReady(address: "", token: []),
