@@ -58,11 +58,15 @@ extension AgentSession {
             }
             return
         }
+        // Said before the chunks are asked for, so that a client that may not send them (`store_fallback: no`)
+        // knows why they are asked.
         storeFailures += 1
-        guard storeFailures >= Self.maxStoreFailures, !storeGivenUp, let fetcher else { return }
-        storeGivenUp = true
-        try writer.send(.storeTrouble(unreachable: true, pack: ChunkID(low: 0, high: 0), damaged: [],
-                                      reason: "\(storeFailures) reads of \(fetcher.store) at \(fetcher.endpoint) failed, the last: \(failure)"))
+        guard !storeGivenUp, let fetcher else { return }
+        storeGivenUp = storeFailures >= Self.maxStoreFailures
+        try writer.send(.storeTrouble(unreachable: true, pack: ChunkID(low: 0, high: 0), damaged: [], reason:
+            "\(storeFailures) \(storeFailures == 1 ? "read" : "reads") of \(fetcher.store) at \(fetcher.endpoint) failed"
+            + (storeGivenUp ? " and it stopped reading from there" : "") + ", the last: \(failure)"))
+        guard storeGivenUp else { return }
         for job in fetcher.withdrawQueued() {
             guard let file = pending[job.op] else { continue }
             file.fetching -= 1

@@ -193,6 +193,7 @@ extension SyncStats {
         for keyPath in [\SyncStats.conflictMessages, \.errors, \.warnings, \.skipped] {
             self[keyPath: keyPath] = self[keyPath: keyPath].map { "\(host): \($0)" }
         }
+        for i in failures.indices where failures[i].host == nil { failures[i].host = host }
     }
 
     public mutating func absorb(_ other: SyncStats) {
@@ -210,6 +211,7 @@ extension SyncStats {
         conflictMessages += other.conflictMessages
         skipped += other.skipped
         errors += other.errors
+        failures += other.failures
         warnings += other.warnings
         kept += other.kept
     }

@@ -216,7 +216,7 @@ public final class PullSession {
                     var offer = Offer(entry: e, path: try localPath(path))
                     if case .file = e.state, let why = project.tree.refusal(ofFileSize: e.size, largest: project.config.maxFileSize) {
                         offer.refused = why
-                        stats.errors.append("\(path): \(why)")
+                        stats.fail(offer.path, why)
                     }
                     offers[e.op] = offer
                     order.append(e.op)
@@ -471,7 +471,7 @@ public final class PullSession {
             }
             for (_, (assembly, offer, _)) in assemblies {
                 assembly.suspend()
-                stats.errors.append("\(offer.path): the agent did not send every chunk")
+                stats.fail(offer.path, "the agent did not send every chunk")
             }
             if let extra = streams {
                 stats.streams = 1 + extra.state.joined

@@ -379,15 +379,6 @@ public final class PushSession {
                 if case .file(let e, _) = op, e.content != nil { changes.append((e.path, e.synced)) }
                 continue
             }
-            switch op {
-            case .file(let e, _):
-                stats.filesChanged += 1
-                stats.bytesLogical += e.content?.size ?? 0
-                stats.chunksTotal += e.content?.chunks.count ?? 0
-            case .symlink: stats.filesChanged += 1
-            case .delete: stats.filesDeleted += 1
-            case .directory: break
-            }
             guard let result = outcome.results[id] else {
                 stats.errors.append("\(op.path): no answer from the agent")
                 continue
@@ -397,6 +388,16 @@ public final class PushSession {
             }
             switch result.status {
             case .applied, .unchanged:
+                // Only what the remote now holds counts as changed: a file that failed or conflicted did not change.
+                switch op {
+                case .file(let e, _):
+                    stats.filesChanged += 1
+                    stats.bytesLogical += e.content?.size ?? 0
+                    stats.chunksTotal += e.content?.chunks.count ?? 0
+                case .symlink: stats.filesChanged += 1
+                case .delete: stats.filesDeleted += 1
+                case .directory: break
+                }
                 let entry: SyncedEntry?
                 switch op {
                 case .file(let e, _), .symlink(let e, _), .directory(let e): entry = e.synced
@@ -417,7 +418,7 @@ public final class PushSession {
                 if outcome.aborted.contains(id) && !restoring {
                     stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
                 } else {
-                    stats.errors.append("\(op.path): \(result.message)")
+                    stats.fail(op.path, result.message)
                 }
             }
         }

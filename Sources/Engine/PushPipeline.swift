@@ -124,6 +124,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     private var trouble = StoreTrouble()
     /// With `store_fallback: no`: once the agent gives up on the store, what it asks for is refused, not sent.
     var storeFallback = true
+    /// Files whose chunks this side refused to send (sender thread only).
+    private var refused: Set<UInt32> = []
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
@@ -566,10 +568,12 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         let unreachable = trouble.unreachable
         condition.unlock()
         guard readsLocalFiles && (storeFallback || unreachable == nil) else {
-            outcome.aborted.insert(op)
-            let why = readsLocalFiles ? "the host cannot read the store (\(unreachable ?? "")) and store_fallback is no"
+            // Not `aborted` (a file that changed while read, a warning): the agent answers it failed, with this.
+            guard refused.insert(op).inserted else { return }
+            let why = readsLocalFiles ? "the host cannot read the store (see the error above) and store_fallback is no"
                 : "the agent asked this machine for chunks, but a restore reads only from the store" + (unreachable.map { " (\($0))" } ?? "")
-            try writer.send(.abort(op: op, reason: "\(entry.path): \(why)"))
+            // No path in it: the same cause for every file, so the report groups them.
+            try writer.send(.abort(op: op, reason: why))
             return
         }
         let mainStream = link.connection.stream

@@ -37,7 +37,9 @@ public struct HostResult: Codable, Sendable {
         bytesSent = s.bytesSent
         bytesReceived = s.bytesReceived
         conflicts = s.conflicts
-        errors = s.errors
+        var grouped = s
+        grouped.groupFailures()
+        errors = grouped.errors
     }
 
     enum CodingKeys: String, CodingKey {
@@ -295,6 +297,7 @@ public final class StorePush {
                 stats.conflictPaths += s.conflictPaths
                 stats.conflictMessages += s.conflictMessages
                 stats.errors += s.errors
+                stats.failures += s.failures
                 stats.warnings += s.warnings
                 stats.kept += s.kept
                 stats.storeDamaged.merge(s.storeDamaged) { $0 + $1 }

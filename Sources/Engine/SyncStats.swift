@@ -38,6 +38,9 @@ public struct SyncStats: Codable, Sendable {
     public var skipped: [String] = []
     public var errors: [String] = []
     public var warnings: [String] = []
+    /// Each file that failed, with its cause (and host): `errors` holds one line per cause once grouped
+    /// (`groupFailures`), and `--json` has every one here.
+    public var failures: [FileFailure] = []
     /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).
     var storeDamaged: [ChunkID: [ChunkID]] = [:]
     /// The project's absolute directory on the remote, as the agent reported it.
@@ -53,7 +56,41 @@ public struct SyncStats: Codable, Sendable {
         case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
         case conflictMessages = "conflict_messages", leftIgnored = "left_ignored", kept
         case bytesUploaded = "bytes_uploaded", snapshot, hosts
-        case remoteDirectory = "remote_directory", streams
+        case remoteDirectory = "remote_directory", streams, failures
+    }
+
+    /// Notes that `path` failed because of `cause`: one line in `errors` (until grouped) and one in `failures`.
+    mutating func fail(_ path: RelativePath, _ cause: String) {
+        let failure = FileFailure(path: path.description, cause: cause)
+        failures.append(failure)
+        errors.append(failure.line)
+    }
+
+    /// Replaces the per-file lines of `errors` with one line per cause, saying how many files (on which hosts)
+    /// and the first `showing` paths: a store every host could not read is one line, not one per file per host.
+    public mutating func groupFailures(showing: Int = 3) {
+        let perFile = Set(failures.map(\.line))
+        guard failures.count > 1, !perFile.isEmpty else { return }
+        var order: [String] = []
+        var byCause: [String: [FileFailure]] = [:]
+        for f in failures {
+            if byCause[f.cause] == nil { order.append(f.cause) }
+            byCause[f.cause, default: []].append(f)
+        }
+        var grouped = errors.filter { !perFile.contains($0) }
+        for cause in order {
+            let group = byCause[cause]!
+            if group.count == 1 {
+                grouped.append(group[0].line)
+                continue
+            }
+            var hosts: [String] = []
+            for f in group { if let h = f.host, !hosts.contains(h) { hosts.append(h) } }
+            let shown = group.prefix(showing).map(\.path).joined(separator: ", ")
+            let more = group.count > showing ? " and \(group.count - showing) more" : ""
+            grouped.append("\(group.count) files" + (hosts.isEmpty ? "" : " on \(hosts.joined(separator: ", "))") + ": \(cause) (\(shown)\(more))")
+        }
+        errors = grouped
     }
 
     /// Exit code per the CLI contract: 1 when operations failed, 3 when conflicts were left, else 0.
@@ -82,6 +119,21 @@ public struct SyncStats: Codable, Sendable {
         if conflicts > 0 { s += "; \(conflicts) conflict(s)" }
         return s
     }
+}
+
+/// One file that failed, and why.
+public struct FileFailure: Codable, Sendable, Equatable {
+    public var host: String?
+    public var path: String
+    public var cause: String
+
+    init(path: String, cause: String) {
+        self.path = path
+        self.cause = cause
+    }
+
+    /// Its line in `errors`, as it reads before grouping.
+    var line: String { (host.map { "\($0): " } ?? "") + "\(path): \(cause)" }
 }
 
 /// 1.5 MB style sizes.

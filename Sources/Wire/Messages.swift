@@ -300,8 +300,9 @@ public enum Message: Equatable, Sendable {
     case storeChunks([StoreChunk])
     /// The agent could not use the store for part of a push, and asks the client (`need`) for those chunks
     /// instead. `damaged`: chunks of `pack` that the store served altered or cut short (the client uploads them
-    /// again). `unreachable`: the store failed to answer often enough that the agent stopped reading from it for
-    /// the rest of the push (`pack` and `damaged` then say nothing). `reason` names the object and what went wrong.
+    /// again). `unreachable`: a read got no usable answer (no connection, a stall, an error status); after a few the
+    /// agent stops reading from the store for the rest of the push, and says so (`pack` and `damaged` then say
+    /// nothing). Sent before the `need` for those chunks. `reason` names the object and what went wrong.
     case storeTrouble(unreachable: Bool, pack: ChunkID, damaged: [ChunkID], reason: String)
     /// Streams (a push with much to send): the client asks for up to `count` more connections to carry chunk
     /// data beside this one, so the encryption of a large push is spread over several sshd processes and client

@@ -205,6 +205,8 @@ func throughDaemon(_ command: ControlRequest.Command, _ directory: String) throw
 }
 
 func report(_ stats: SyncStats, json: Bool) {
+    var stats = stats
+    stats.groupFailures()
     for w in stats.warnings { printError("warning: \(w)") }
     for h in stats.hosts ?? [] where stats.hosts!.count > 1 || !h.ok {
         printError("\(h.host): " + (h.error ?? "\(h.filesChanged) changed, \(h.filesDeleted) deleted, \(formatBytes(h.bytesSent)) over the link"

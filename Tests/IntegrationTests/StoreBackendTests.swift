@@ -343,6 +343,13 @@ struct StoreFallbackTests {
         for i in 0..<40 { try f.write("src/f\(i).bin", randomBytes(20_000, seed: 3100 + UInt64(i))) }
         let refused = try run(syncctl, ["push", f.project, "--json"], env: env)
         #expect(refused.status != 0, "\(refused.stdout)")
-        #expect(refused.stdout.contains("store_fallback: no") || refused.stderr.contains("store_fallback: no"), "\(refused.status) \(refused.stdout)\n\(refused.stderr)")
+        // Item 6: a failed file is not counted as changed, and forty files failing for one cause are one line.
+        let report = try refused.json()
+        let errors = (report["errors"] as? [String]) ?? []
+        #expect(report["files_changed"] as? Int == 0, "\(refused.stdout)")
+        #expect(((report["hosts"] as? [[String: Any]])?.first?["files_changed"] as? Int) == 0, "\(refused.stdout)")
+        #expect((report["failures"] as? [Any])?.count == 41, "the forty files and syncd.yaml: \(refused.stdout)")
+        let fileLines = errors.filter { $0.contains("store_fallback is no") }
+        #expect(fileLines.count == 1 && fileLines[0].hasPrefix("41 files"), "\(errors)")
     }
 }
