@@ -146,7 +146,11 @@ final class StoreFetcher {
             body = Array(body[Int(job.range.lowerBound)..<Int(job.range.upperBound)])  // a server that sent it all
         } else if response.status != 206 && response.status != 200 {
             let code = errorCode(response.body) ?? "HTTP \(response.status)"
-            return fail("the store answered \(code) (HTTP \(response.status))", object: object, damaged: false)
+            // Refused with this host's own credentials: say whose they are and where they came from.
+            let whose = signing.map { s in [401, 403].contains(response.status)
+                ? "; this host signed with its own credentials (host_credentials: own), key \(s.credentials.accessKey.prefix(8))… from \(s.credentials.source)"
+                : "" } ?? ""
+            return fail("the store answered \(code) (HTTP \(response.status))\(whose)", object: object, damaged: false)
         }
         guard body.count == Int(job.range.count) else {
             return fail("read \(body.count) bytes of \(job.range.count) at \(job.range.lowerBound) (truncated?); refused", object: object, damaged: true)

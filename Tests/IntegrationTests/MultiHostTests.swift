@@ -499,13 +499,25 @@ struct MultiHostTests {
         #expect(none.stderr.contains("host_credentials: own, but this host has none"), "\(none.stderr)")
         #expect(f.read("data/weights.bin", in: f.remoteProject) == nil)
 
-        // With a read-only identity of its own in ~/.aws/credentials, it reads the packs itself.
+        // A wrong secret: the store refuses the host's reads, the warning says they were the host's own
+        // credentials and which file they came from, and the push goes over SSH (issue 25, items 5 and 6).
         try FileManager.default.createDirectory(atPath: sshd.home + "/.aws", withIntermediateDirectories: true)
+        try "[default]\naws_access_key_id = \(SeaweedServer.reader.key)\naws_secret_access_key = wrong\(SeaweedServer.reader.secret)\n"
+            .write(toFile: sshd.home + "/.aws/credentials", atomically: true, encoding: .utf8)
+        let wrong = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
+        #expect(wrong.status == 0, "\(wrong.stderr)")
+        let warnings = (try wrong.json()["warnings"] as? [String]) ?? []
+        #expect(warnings.contains { $0.contains("its own credentials") && $0.contains(sshd.home + "/.aws/credentials [default]") }, "\(warnings)")
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == weights ? true : false)
+
+        // With a read-only identity of its own in ~/.aws/credentials, it reads the packs itself.
         try "[default]\naws_access_key_id = \(SeaweedServer.reader.key)\naws_secret_access_key = \(SeaweedServer.reader.secret)\n"
             .write(toFile: sshd.home + "/.aws/credentials", atomically: true, encoding: .utf8)
+        let newWeights = randomBytes(3 << 20, seed: 971)
+        try f.write("data/weights.bin", newWeights)
         let own = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(own.status == 0, "\(own.stderr)")
-        #expect(f.read("data/weights.bin", in: f.remoteProject) == weights ? true : false)
+        #expect(f.read("data/weights.bin", in: f.remoteProject) == newWeights ? true : false)
         #expect((try own.int("bytes_sent")) < 100_000, "the weights came from the store: \(own.stdout)")
     }
 }
