@@ -86,6 +86,9 @@ extension Project {
 
     /// Materializes snapshot `id` (or a unique prefix of it, or its ref's name) exactly in `target`, which must
     /// be empty or absent: every path with its bytes, mode and mtime, every chunk read from the store and checked.
+    /// The snapshot is built in a directory beside the target (`.NAME.syncd-restore-ID`) and renamed into place
+    /// once whole, so a restore that fails leaves no partial target; run again, it resumes there, keeping the
+    /// files already restored.
     public func restore(_ id: String, to target: String) throws -> SyncStats {
         let started = monotonicNanos()
         let (store, uploader) = try openStore()
@@ -96,55 +99,85 @@ extension Project {
             if let names = try? FileManager.default.contentsOfDirectory(atPath: absolute), !names.isEmpty {
                 throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)
             }
-            let tree = try Tree(rootPath: absolute, create: true)
-            // A new directory: no other session builds there.
-            let building = BuildSession.unshared()
-            var directories: [ManifestEntry] = []
-            for entry in manifest.entries {
-                switch entry.kind {
-                case .directory:
-                    _ = try tree.openDirectory(entry.path, create: true)
-                    directories.append(entry)
-                case .symlink:
-                    guard let parent = try tree.openParent(entry.path, create: true) else { continue }
-                    try Tree.placeSymlink(at: parent, name: entry.path.name, target: entry.target ?? [], shown: entry.path.description)
-                    stats.filesChanged += 1
-                case .file:
-                    let assembly = try FileAssembly(tree: tree, path: entry.path, digest: entry.digest ?? .empty, size: entry.size,
-                                                    chunkList: entry.chunks, session: building)
-                    for index in assembly.missingIndices {
-                        let chunk = assembly.chunks[Int(index)]
-                        guard let place = places[chunk.id] else { continue }
-                        let bytes = try store.chunk(place.entry, in: place.pack)
-                        try bytes.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
-                        stats.chunksSent += 1
-                        stats.bytesReceived += UInt64(place.entry.storedLength)
-                    }
-                    try assembly.place(permissions: entry.mode, mtimeNanos: entry.mtimeNanos) { now in
-                        if now != nil { throw SyncError("\(entry.path): something appeared there during the restore") }
-                    }
-                    stats.filesChanged += 1
-                    stats.bytesLogical += entry.size
-                    stats.chunksTotal += entry.chunks.count
+            let parent = (absolute as NSString).deletingLastPathComponent
+            let building = "\(parent)/.\((absolute as NSString).lastPathComponent).syncd-restore-\(ref.id)"
+            let resumed = FileManager.default.fileExists(atPath: building)
+            try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
+            let tree = try Tree(rootPath: building, create: true)
+            if resumed {
+                // What the stopped run was building is started again: no half-built file is kept.
+                for dir in [[]] + manifest.entries.filter({ $0.kind == .directory }).map(\.path.bytes) {
+                    BuildSession.removeParts(in: tree, directory: dir) { _ in true }
                 }
             }
-            // Directories last, deepest first: their modes and times, once nothing more is made in them.
-            for entry in directories.reversed() {
-                if let dir = try tree.openDirectory(entry.path, create: false) {
-                    try dir.setPermissions(entry.mode & 0o7777)
-                    try dir.setModificationTime(entry.mtimeNanos)
-                }
+            try restore(manifest, places: places, from: store, into: tree, stats: &stats)
+            // Whole: into place (an empty target directory is replaced).
+            if FileManager.default.fileExists(atPath: absolute) { try? FileManager.default.removeItem(atPath: absolute) }
+            guard rename(building, absolute) == 0 else {
+                throw SyncError("\(SystemError(call: "rename", path: absolute, errno: errno)); the restored tree is in \(building)")
             }
+            if resumed { stats.warnings.append("resumed the restore left in \(building)") }
             stats.snapshot = ref.id
             stats.filesScanned = manifest.entries.count
             stats.remoteDirectory = absolute
         } catch let e as S3Error {
-            throw SyncError("store \(store.client.location): \(e)")
+            throw SyncError("store \(store.client.location): \(e); run the restore again to resume")
         } catch let e as StoreError {
-            throw SyncError("\(e)")
+            throw SyncError("\(e); run the restore again to resume")
         }
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
+    }
+
+    /// Builds `manifest` in `tree`: files a restore that stopped placed already (same size and mtime) are kept.
+    private func restore(_ manifest: SnapshotManifest, places: [ChunkID: StoredChunk], from store: SnapshotStore, into tree: Tree,
+                         stats: inout SyncStats) throws {
+        // A directory of its own: no other session builds there.
+        let building = BuildSession.unshared()
+        var directories: [ManifestEntry] = []
+        for entry in manifest.entries {
+            switch entry.kind {
+            case .directory:
+                _ = try tree.openDirectory(entry.path, create: true)
+                directories.append(entry)
+            case .symlink:
+                guard let parent = try tree.openParent(entry.path, create: true) else { continue }
+                if try tree.lstat(entry.path) != nil {
+                    try Tree.remove(at: parent, name: entry.path.name, isDirectory: false, shown: entry.path.description)
+                }
+                try Tree.placeSymlink(at: parent, name: entry.path.name, target: entry.target ?? [], shown: entry.path.description)
+                stats.filesChanged += 1
+            case .file:
+                if let there = try tree.lstat(entry.path) {
+                    if there.kind == .regular && there.size == entry.size && there.mtimeNanos == entry.mtimeNanos { continue }
+                    guard let parent = try tree.openParent(entry.path, create: false) else { continue }
+                    try Tree.remove(at: parent, name: entry.path.name, isDirectory: there.kind == .directory, shown: entry.path.description)
+                }
+                let assembly = try FileAssembly(tree: tree, path: entry.path, digest: entry.digest ?? .empty, size: entry.size,
+                                                chunkList: entry.chunks, session: building)
+                for index in assembly.missingIndices {
+                    let chunk = assembly.chunks[Int(index)]
+                    guard let place = places[chunk.id] else { continue }
+                    let bytes = try store.chunk(place.entry, in: place.pack)
+                    try bytes.withUnsafeBytes { try assembly.write(index: Int(index), bytes: $0) }
+                    stats.chunksSent += 1
+                    stats.bytesReceived += UInt64(place.entry.storedLength)
+                }
+                try assembly.place(permissions: entry.mode, mtimeNanos: entry.mtimeNanos) { now in
+                    if now != nil { throw SyncError("\(entry.path): something appeared there during the restore") }
+                }
+                stats.filesChanged += 1
+                stats.bytesLogical += entry.size
+                stats.chunksTotal += entry.chunks.count
+            }
+        }
+        // Directories last, deepest first: their modes and times, once nothing more is made in them.
+        for entry in directories.reversed() {
+            if let dir = try tree.openDirectory(entry.path, create: false) {
+                try dir.setPermissions(entry.mode & 0o7777)
+                try dir.setModificationTime(entry.mtimeNanos)
+            }
+        }
     }
 }
 

@@ -256,6 +256,48 @@ struct StoreRepairTests {
     }
 }
 
+/// Issue 25, item 6: a restore that fails leaves no partial target, and run again it resumes.
+@Suite(.serialized)
+struct RestoreResumeTests {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func aFailedRestoreLeavesNoPartialTargetAndResumes(_ backend: StoreBackend) throws {
+        let (f, team, env) = try StoreLockTests.project(backend)
+        let syncctl = binDirectory() + "/syncctl"
+        for i in 0..<5 { try f.write("a/\(i).bin", randomBytes(100_000, seed: 3200 + UInt64(i))) }
+        let last = randomBytes(10_000, seed: 3210)
+        try f.write("z/last.bin", last)
+        let push = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(push.status == 0, "\(push.stderr)")
+        let snapshot = try #require(try push.json()["snapshot"] as? String)
+
+        // The chunk of the last file in path order is altered in the store: the restore fails there.
+        let indexKey = try #require(try team.list("index/").first?.name)
+        let pack = try #require(StoreKeys.packOfIndex(indexKey))
+        let index = try PackIndex(decoding: try team.get(indexKey), pack: pack, object: indexKey)
+        let entry = try #require(index.entries.first { $0.id == ChunkID(hashing: last) })
+        let original = try team.get(StoreKeys.pack(pack))
+        var altered = original
+        altered[Int(entry.offset) + 5] ^= 0x01
+        try team.put(StoreKeys.pack(pack), altered)
+
+        let target = f.base + "/restored"
+        let failed = try run(syncctl, ["restore", snapshot, "--to", target, "--dir", f.project], env: env)
+        #expect(failed.status != 0, "\(failed.stderr)")
+        #expect(failed.stderr.contains("does not match its id"), "\(failed.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: target), "a failed restore left a partial target")
+
+        // Mended, the restore runs again and resumes: only the last file's chunk is read.
+        try team.put(StoreKeys.pack(pack), original)
+        let again = try run(syncctl, ["restore", snapshot, "--to", target, "--dir", f.project, "--json"], env: env)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(try again.int("chunks_sent") == 1, "\(again.stdout)")
+        #expect(((try again.json()["warnings"] as? [String]) ?? []).contains { $0.contains("resumed") }, "\(again.stdout)")
+        #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: f.base).filter { $0.contains("syncd-restore") }
+        #expect(leftovers.isEmpty, "\(leftovers)")
+    }
+}
+
 /// Issue 25, items 4 and 5: a host that cannot use the store for part of a push gets it over its SSH link
 /// instead. A chunk the store serves damaged used to fail that file on every new host forever, though the laptop
 /// held the right bytes; a `host_endpoint` that accepts connections and never answers cost 30 s per file.
