@@ -42,7 +42,7 @@ public struct SyncStats: Codable, Sendable {
     /// (`groupFailures`), and `--json` has every one here.
     public var failures: [FileFailure] = []
     /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).
-    var storeDamaged: [ChunkID: [ChunkID]] = [:]
+    public internal(set) var storeDamaged: [ChunkID: [ChunkID]] = [:]
     /// The project's absolute directory on the remote, as the agent reported it.
     public var remoteDirectory: String?
 

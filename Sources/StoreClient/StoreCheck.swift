@@ -254,8 +254,9 @@ extension StoreUploader {
             raw.withUnsafeBytes { salvaged.add(id: entry.id, raw: $0, compressed: entry.compressed ? stored : nil) }
         }
         if damaged == 0 && ChunkID(hashing: bytes) == pack && UInt64(bytes.count) == index.size { return nil }
-        if !salvaged.entries.isEmpty { try catalog.add(try store.put(salvaged)) }
+        // Forgotten first: a chunk the catalog knows keeps its place, so the new pack's would not be recorded.
         try catalog.forget(packs: [pack])
+        if !salvaged.entries.isEmpty { try catalog.add(try store.put(salvaged)) }
         try store.setAside(StoreKeys.index(pack))
         try store.setAside(StoreKeys.pack(pack))
         return (damaged, salvaged.entries.count)
