@@ -97,7 +97,7 @@ public struct BuildFile: Sendable {
                 guard name == "mount" else { continue }
                 var fields: [String: String] = [:]
                 for part in value.split(separator: ",") {
-                    let kv = part.split(separator: "=", maxSplits: 1)
+                    let kv = part.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
                     fields[String(kv[0]).lowercased()] = kv.count == 2 ? String(kv[1]) : "true"
                 }
                 guard (fields["type"] ?? "bind") == "bind" else { continue }
@@ -146,6 +146,7 @@ public struct BuildFile: Sendable {
                     notes.append("ONBUILD at line \(raw.line): triggers run in later builds and are not modelled, so the whole context counts")
                     try append(raw, text: "ONBUILD " + raw.rest)
                 case "ENV":
+                    guard inStage else { throw fail(raw.line, "ENV before the first FROM (only ARG may come before it)") }
                     for (k, v) in try Self.keyValues(raw.rest, lexer: lexer(scope)) { env[k] = v }
                     envByStage[stages.count - 1] = env
                     try append(raw, text: "ENV " + raw.rest)

@@ -55,17 +55,47 @@ public final class SSHSession {
     /// Connects, verifies the host key against known_hosts, and authenticates.
     /// The handshake and authentication wait at most ConnectTimeout (30 s unless set), or `stallSeconds` (the
     /// session's `timeout:`) when that is shorter.
-    public init(settings: SSHHostSettings, options: SSHOptions, stallSeconds: Double? = nil) throws {
+    public convenience init(settings: SSHHostSettings, options: SSHOptions, stallSeconds: Double? = nil) throws {
         precondition(libraryReady, "libssh2_init failed")
+        let timeout = Self.timeout(settings, stallSeconds)
+        let transport: (fd: Int32, proxy: ProxyTransport?)
+        if let command = settings.proxyCommand {
+            // The user's ProxyCommand carries the connection: this side never reaches the host by itself.
+            let (fd, proxy) = try ProxyCommandTransport.start(command, host: settings.hostName)
+            transport = (fd, proxy)
+        } else if let first = settings.jumps.first {
+            // ProxyJump: each hop through a channel of the one before, every hop's host key checked.
+            var through = try SSHSession(settings: first, options: options, stallSeconds: stallSeconds)
+            for hop in settings.jumps.dropFirst() {
+                let (fd, proxy) = try JumpTransport.start(through: through, to: hop.hostName, port: hop.port)
+                through = try SSHSession(settings: hop, options: options, stallSeconds: stallSeconds, transport: (fd, proxy))
+            }
+            let (fd, proxy) = try JumpTransport.start(through: through, to: settings.hostName, port: settings.port)
+            transport = (fd, proxy)
+        } else {
+            transport = (try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout,
+                                          family: settings.addressFamily), nil)
+            Trace.mark("ssh: TCP connected")
+        }
+        try self.init(settings: settings, options: options, stallSeconds: stallSeconds, transport: transport)
+    }
+
+    static func timeout(_ settings: SSHHostSettings, _ stallSeconds: Double?) -> Int {
+        min(settings.connectTimeoutSeconds ?? 30, stallSeconds.map { max(Int($0.rounded(.up)), 1) } ?? Int.max)
+    }
+
+    /// A session over `transport`: a connected socket, and what carries it when it is not a TCP connection.
+    init(settings: SSHHostSettings, options: SSHOptions, stallSeconds: Double?, transport: (fd: Int32, proxy: ProxyTransport?)) throws {
         self.settings = settings
         user = settings.user ?? ProcessInfo.processInfo.environment["USER"] ?? String(cString: getpwuid(getuid()).pointee.pw_name)
-        let timeout = min(settings.connectTimeoutSeconds ?? 30, stallSeconds.map { max(Int($0.rounded(.up)), 1) } ?? Int.max)
-        socket = try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout)
+        let timeout = Self.timeout(settings, stallSeconds)
+        socket = transport.fd
+        proxy = transport.proxy
         socketKey = LibraryThreads.register(socket: socket)
-        Trace.mark("ssh: TCP connected")
         guard let s = syncd_ssh_session_init() else {
             LibraryThreads.unregister(socket: socketKey)
             close(socket)
+            proxy?.finish()
             throw SSHError.handshake(host: settings.hostName, reason: "libssh2 could not allocate a session")
         }
         session = s
@@ -101,7 +131,11 @@ public final class SSHSession {
         libssh2_session_free(session)
         LibraryThreads.unregister(socket: socketKey)
         close(socket)
+        proxy?.finish()
     }
+
+    /// What carries the connection when it is not a TCP connection of its own (ProxyCommand, ProxyJump).
+    private let proxy: ProxyTransport?
 
     /// The socket's key in `LibraryThreads`, which shuts it down if the process exits while it is open.
     private let socketKey: UInt64
@@ -145,9 +179,9 @@ public final class SSHSession {
         return Double(info.tcpi_rtt) / 1e6
     }
 
-    static func connect(host: String, port: Int, timeoutSeconds: Int) throws -> Int32 {
+    static func connect(host: String, port: Int, timeoutSeconds: Int, family: String? = nil) throws -> Int32 {
         var hints = addrinfo()
-        hints.ai_family = AF_UNSPEC
+        hints.ai_family = family == "inet" ? AF_INET : family == "inet6" ? AF_INET6 : AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &list)
@@ -306,16 +340,17 @@ public final class SSHSession {
 
     private func authenticate(options: SSHOptions) throws {
         var tried: [String] = []
-        // No userauth_list ("none") first: the first real attempt makes the service request, one round trip less.
-        if let socketPath = ProcessInfo.processInfo.environment["SSH_AUTH_SOCK"], !socketPath.isEmpty {
-            if tryAgent(&tried) { return }
-        }
         var candidates: [String] = []
         if let identity = options.identity { candidates.append(expandTilde(identity, home: options.home)) }
         candidates += settings.identityFiles.map { expandTilde($0, home: options.home) }
         if candidates.isEmpty {
             candidates = ["id_ed25519", "id_ecdsa", "id_rsa"].map { options.home + "/.ssh/" + $0 }
                 .filter { FileManager.default.fileExists(atPath: $0) }
+        }
+        // No userauth_list ("none") first: the first real attempt makes the service request, one round trip less.
+        // With IdentitiesOnly, the agent may offer only keys that are one of the identity files.
+        if let socketPath = ProcessInfo.processInfo.environment["SSH_AUTH_SOCK"], !socketPath.isEmpty {
+            if tryAgent(&tried, only: settings.identitiesOnly ? Set(candidates.compactMap(Self.publicKeyBlob)) : nil) { return }
         }
         var seen: Set<String> = []
         for key in candidates where seen.insert(key).inserted {
@@ -335,7 +370,15 @@ public final class SSHSession {
         throw SSHError.authentication(user: user, host: settings.hostName, tried: tried)
     }
 
-    private func tryAgent(_ tried: inout [String]) -> Bool {
+    /// The key blob of `key`'s public half (`key.pub`: "type base64 comment"), nil when there is none.
+    static func publicKeyBlob(_ key: String) -> [UInt8]? {
+        guard let text = try? String(contentsOfFile: key + ".pub", encoding: .utf8) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count >= 2, let data = Data(base64Encoded: String(fields[1])) else { return nil }
+        return Array(data)
+    }
+
+    private func tryAgent(_ tried: inout [String], only allowed: Set<[UInt8]>? = nil) -> Bool {
         guard let agent = libssh2_agent_init(session) else { return false }
         defer { libssh2_agent_disconnect(agent); libssh2_agent_free(agent) }
         guard libssh2_agent_connect(agent) == 0, libssh2_agent_list_identities(agent) == 0 else {
@@ -345,12 +388,17 @@ public final class SSHSession {
         var previous: UnsafeMutablePointer<libssh2_agent_publickey>?
         var identity: UnsafeMutablePointer<libssh2_agent_publickey>?
         var count = 0
+        var skipped = 0
         while libssh2_agent_get_identity(agent, &identity, previous) == 0, let current = identity {
+            previous = current
+            if let allowed, !allowed.contains(Array(UnsafeBufferPointer(start: current.pointee.blob, count: Int(current.pointee.blob_len)))) {
+                skipped += 1
+                continue
+            }
             count += 1
             if libssh2_agent_userauth(agent, user, current) == 0 { return true }
-            previous = current
         }
-        tried.append(count == 0 ? "ssh-agent (no keys)" : "ssh-agent (\(count) keys refused)")
+        tried.append(count == 0 ? "ssh-agent (no keys\(skipped > 0 ? " among the identity files, IdentitiesOnly" : ""))" : "ssh-agent (\(count) keys refused)")
         return false
     }
 

@@ -15,6 +15,15 @@ public struct SSHHostSettings: Equatable, Sendable {
     public var connectTimeoutSeconds: Int?
     public var serverAliveIntervalSeconds: Int?
     public var serverAliveCountMax: Int?
+    /// `ProxyCommand` with `%h %p %r %n %%` expanded: run through `sh -c`, its stdin and stdout are the transport.
+    public var proxyCommand: String?
+    /// `ProxyJump`: the hops, in order, each with its own settings (the first with its own hops, if any). The
+    /// connection to each goes through a `direct-tcpip` channel of the one before.
+    public var jumps: [SSHHostSettings] = []
+    /// `IdentitiesOnly yes`: only the configured identity files, and agent keys that are one of them.
+    public var identitiesOnly = false
+    /// `AddressFamily`: `inet`, `inet6`, or nil for either.
+    public var addressFamily: String?
 
     public init(alias: String, hostName: String) {
         self.alias = alias
@@ -67,8 +76,11 @@ public struct SSHDestination: Equatable, Sendable {
 
 /// The subset of ssh_config(5) syncd honours: Host blocks with `*`, `?` and `!` patterns (several per line),
 /// first value wins, `Include` (relative to ~/.ssh, globs allowed), HostName, User, Port, IdentityFile,
-/// UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval, ServerAliveCountMax. Other keywords are ignored;
-/// `Match` blocks are skipped.
+/// IdentitiesOnly, UserKnownHostsFile, StrictHostKeyChecking, ConnectTimeout, ServerAliveInterval,
+/// ServerAliveCountMax, AddressFamily, ProxyCommand and ProxyJump. A keyword that would change where or how to
+/// connect and that syncd does not implement (`Match`, `ProxyUseFdpass`, `HostKeyAlias`, `Ciphers`, …) is an
+/// error naming it, its file and line: the user's policy is never dropped in silence. Other keywords (forwarding,
+/// multiplexing, terminal settings) do not change where the connection goes, and are ignored.
 public struct SSHConfigFile {
     struct Line {
         let keyword: String
@@ -187,20 +199,36 @@ public struct SSHConfigFile {
         return n
     }
 
+    /// Keywords that change where or how a connection is made which syncd does not implement, with the values
+    /// that change nothing (and so are accepted).
+    static let unimplemented: [String: Set<String>] = [
+        "proxyusefdpass": ["no"], "canonicalizehostname": ["no"], "bindaddress": [], "bindinterface": [], "hostkeyalias": [],
+        "certificatefile": [], "pkcs11provider": ["none"], "securitykeyprovider": ["internal"], "identityagent": ["SSH_AUTH_SOCK"],
+        "kexalgorithms": [], "ciphers": [], "macs": [], "hostkeyalgorithms": [], "pubkeyacceptedalgorithms": [],
+        "pubkeyacceptedkeytypes": [], "tunnel": ["no"], "gatewayports": ["no"], "hostbasedauthentication": ["no"],
+    ]
+
     /// Settings for `destination` (an alias or `[user@]host[:port]`).
     public func settings(for destinationText: String) throws -> SSHHostSettings {
+        try settings(for: destinationText, depth: 0)
+    }
+
+    private func settings(for destinationText: String, depth: Int) throws -> SSHHostSettings {
+        guard depth < 8 else { throw ConfigError("ProxyJump to \(destinationText): more than 8 hops (a loop?)") }
         let destination = try SSHDestination(parsing: destinationText)
         var s = SSHHostSettings(alias: destination.host, hostName: destination.host)
         var seen: Set<String> = []
         var active = true
+        var proxyCommand: (String, Line)?
+        var proxyJump: (String, Line)?
         for line in lines {
             switch line.keyword {
             case "host":
                 active = Self.hostMatches(destination.host, patterns: line.arguments)
                 continue
             case "match":
-                active = false
-                continue
+                throw ConfigError("\(line.file):\(line.number): Match blocks are not supported by syncd (its conditions could change where "
+                                  + "\(destination.host) is reached); use Host blocks, or a config file of its own (ssh_config: in syncd.yaml)")
             default:
                 break
             }
@@ -222,12 +250,75 @@ public struct SSHConfigFile {
             case "connecttimeout": if firstTime { s.connectTimeoutSeconds = try Self.seconds(value, line, atLeast: 1) }
             case "serveraliveinterval": if firstTime { s.serverAliveIntervalSeconds = try Self.seconds(value, line, atLeast: 0) }
             case "serveralivecountmax": if firstTime { s.serverAliveCountMax = try Self.seconds(value, line, atLeast: 1, counting: true) }
-            default: break
+            case "identitiesonly":
+                if firstTime { s.identitiesOnly = try Self.flag(value, line) }
+            case "addressfamily":
+                guard ["any", "inet", "inet6"].contains(value.lowercased()) else {
+                    throw ConfigError("\(line.file):\(line.number): AddressFamily '\(value)' must be any, inet or inet6")
+                }
+                if firstTime { s.addressFamily = value.lowercased() == "any" ? nil : value.lowercased() }
+            case "proxycommand":
+                // The first of ProxyCommand and ProxyJump wins, as in ssh.
+                if !seen.contains("proxycommand") && !seen.contains("proxyjump") && value.lowercased() != "none" {
+                    proxyCommand = (line.arguments.joined(separator: " "), line)
+                }
+                seen.insert("proxyjump")
+            case "proxyjump":
+                if !seen.contains("proxycommand") && !seen.contains("proxyjump") && value.lowercased() != "none" {
+                    proxyJump = (line.arguments.joined(separator: ","), line)
+                }
+                seen.insert("proxycommand")
+            default:
+                if let harmless = Self.unimplemented[line.keyword], !harmless.contains(value.lowercased()) && !harmless.contains(value) {
+                    throw ConfigError("\(line.file):\(line.number): \(line.keyword) is not supported by syncd, and it changes how "
+                                      + "\(destination.host) is reached; remove it for this host (or use a config file of its own: ssh_config: in syncd.yaml)")
+                }
             }
             seen.insert(line.keyword)
         }
         if let user = destination.user { s.user = user }
         if let port = destination.port { s.port = port }
+        if let (command, line) = proxyCommand {
+            s.proxyCommand = try Self.expandTokens(command, s, line)
+        } else if let (list, line) = proxyJump {
+            for (i, hop) in list.split(separator: ",").map({ String($0).trimmingCharacters(in: .whitespaces) }).enumerated() {
+                let text = hop.hasPrefix("ssh://") ? String(hop.dropFirst(6)) : hop
+                do {
+                    var jump = try settings(for: text, depth: depth + 1)
+                    if i > 0 { jump.jumps = []; jump.proxyCommand = nil }  // later hops go through the earlier ones
+                    s.jumps.append(jump)
+                } catch let e as ConfigError {
+                    throw ConfigError("\(line.file):\(line.number): ProxyJump \(hop): \(e)")
+                }
+            }
+        }
         return s
+    }
+
+    static func flag(_ value: String, _ line: Line) throws -> Bool {
+        switch value.lowercased() {
+        case "yes", "true": return true
+        case "no", "false": return false
+        default: throw ConfigError("\(line.file):\(line.number): \(line.keyword) '\(value)' must be yes or no")
+        }
+    }
+
+    /// `%h` (host name), `%p` (port), `%r` (user), `%n` (the name as given) and `%%`, as ssh expands them.
+    static func expandTokens(_ text: String, _ s: SSHHostSettings, _ line: Line) throws -> String {
+        var out = ""
+        var iterator = text.makeIterator()
+        while let ch = iterator.next() {
+            guard ch == "%" else { out.append(ch); continue }
+            switch iterator.next() {
+            case "h": out += s.hostName
+            case "p": out += String(s.port)
+            case "r": out += s.user ?? ProcessInfo.processInfo.environment["USER"] ?? "root"
+            case "n": out += s.alias
+            case "%": out += "%"
+            case let other:
+                throw ConfigError("\(line.file):\(line.number): \(line.keyword): '%\(other.map(String.init) ?? "")' is not a token syncd expands (%h %p %r %n %%)")
+            }
+        }
+        return out
     }
 }

@@ -137,3 +137,20 @@ struct DockerfileTests {
         }
     }
 }
+
+/// Issue 26, item 2: a bad Dockerfile is an error naming the file and line, never a crash.
+struct DockerfileCrashTests {
+    @Test func envBeforeFromIsAnErrorNotACrash() throws {
+        let syntax = try DockerfileParser.parse("ENV A=1\nFROM busybox\nRUN true\n", file: "ctx/Dockerfile")
+        #expect(throws: DockerfileError.self) { try BuildFile(syntax, file: "ctx/Dockerfile") }
+        do { _ = try BuildFile(syntax, file: "ctx/Dockerfile") } catch let e as DockerfileError {
+            #expect(e.line == 1 && e.file == "ctx/Dockerfile" && e.message.contains("ENV before the first FROM"), "\(e)")
+        }
+    }
+
+    @Test func emptyMountFieldsAreNoCrash() throws {
+        for text in ["FROM b\nRUN --mount== true\n", "FROM b\nRUN --mount=type=bind,=,src= true\n", "FROM b\nRUN --mount=, true\n"] {
+            _ = try BuildFile(try DockerfileParser.parse(text))
+        }
+    }
+}

@@ -70,3 +70,72 @@ struct SSHConfigTests {
         }
     }
 }
+
+/// Issue 26, item 2: numbers in ssh_config too large for the calls that take them are errors naming the file and
+/// line (ConnectTimeout 2147484 once overflowed an Int32 in every connection).
+struct SSHConfigNumberTests {
+    @Test func hugeNumbersAreErrorsNamingTheLine() throws {
+        for (keyword, value) in [("ConnectTimeout", "2147484"), ("ServerAliveInterval", "99999999999999999999"), ("ServerAliveCountMax", "-1"),
+                                 ("Port", "70000")] {
+            let (path, home) = try SSHConfigTests().write("Host gpu\n  \(keyword) \(value)\n")
+            do {
+                _ = try SSHConfigFile(path: path, home: home).settings(for: "gpu")
+                Issue.record("\(keyword) \(value) was accepted")
+            } catch let e as ConfigError {
+                #expect("\(e)".contains("\(path):2"), "\(e)")
+            }
+        }
+    }
+}
+
+/// Issue 26, item 1: what syncd does not implement of the user's policy is an error naming it, never dropped.
+struct SSHConfigPolicyTests {
+    @Test func unimplementedConnectionKeywordsAreErrorsNamingFileAndLine() throws {
+        for (line, keyword) in [("Match host gpu", "Match"), ("ProxyUseFdpass yes", "proxyusefdpass"), ("HostKeyAlias other", "hostkeyalias"),
+                                ("Ciphers aes256-gcm@openssh.com", "ciphers"), ("BindAddress 10.0.0.1", "bindaddress")] {
+            let (path, home) = try SSHConfigTests().write("Host gpu\n  User me\n\(line.hasPrefix("Match") ? "" : "  ")\(line)\n")
+            do {
+                _ = try SSHConfigFile(path: path, home: home).settings(for: "gpu")
+                Issue.record("\(line) was dropped in silence")
+            } catch let e as ConfigError {
+                #expect("\(e)".contains("\(path):3") && "\(e)".contains(keyword), "\(e)")
+            }
+        }
+        // Values that change nothing, and keywords that do not change where the connection goes, are fine.
+        let (path, home) = try SSHConfigTests().write("Host gpu\n  ProxyUseFdpass no\n  ForwardAgent yes\n  ControlMaster auto\n")
+        _ = try SSHConfigFile(path: path, home: home).settings(for: "gpu")
+    }
+
+    @Test func proxySettingsAndTokens() throws {
+        let (path, home) = try SSHConfigTests().write("""
+            Host gpu
+              HostName 10.0.0.5
+              User me
+              Port 2200
+              IdentitiesOnly yes
+              ProxyCommand nc -X connect -x proxy:3128 %h %p # %r %n %%
+            Host inner
+              ProxyJump bastion,ops@jump2:2222
+            Host bastion
+              HostName 192.0.2.1
+              ProxyJump outer
+            Host direct
+              ProxyJump none
+              ProxyCommand ssh -W %h:%p other
+            """)
+        let config = try SSHConfigFile(path: path, home: home)
+        let gpu = try config.settings(for: "gpu")
+        #expect(gpu.identitiesOnly)
+        #expect(gpu.proxyCommand == "nc -X connect -x proxy:3128 10.0.0.5 2200 # me gpu %", "\(gpu.proxyCommand ?? "")")
+        let inner = try config.settings(for: "inner")
+        #expect(inner.jumps.map(\.hostName) == ["192.0.2.1", "jump2"])
+        #expect(inner.jumps[0].jumps.map(\.hostName) == ["outer"], "the first hop keeps its own ProxyJump")
+        #expect(inner.jumps[1].user == "ops" && inner.jumps[1].port == 2222)
+        // `none` is a first value too: what follows does not apply.
+        let direct = try config.settings(for: "direct")
+        #expect(direct.proxyCommand == nil && direct.jumps.isEmpty)
+        // A token syncd does not know is an error.
+        let (bad, badHome) = try SSHConfigTests().write("Host gpu\n  ProxyCommand connect %z\n")
+        #expect(throws: ConfigError.self) { try SSHConfigFile(path: bad, home: badHome).settings(for: "gpu") }
+    }
+}
