@@ -281,46 +281,71 @@ public struct IgnorePattern: Sendable {
     }
 
     private static func match(_ tokens: ArraySlice<Token>, _ path: ArraySlice<UInt8>) -> Bool {
-        guard let token = tokens.first else { return path.isEmpty }
-        let rest = tokens.dropFirst()
+        var steps = 0
+        return match(tokens, path, steps: &steps)
+    }
+
+    /// Runs the pattern as an automaton over `path`, all its possible states at once (as a regular expression
+    /// engine without backtracking does): time in proportion to the tokens times the bytes, whatever the pattern.
+    /// A backtracking matcher took minutes on a 21-byte pattern of stars. `steps` counts the state visits.
+    static func match(_ tokens: ArraySlice<Token>, _ path: ArraySlice<UInt8>, steps: inout Int) -> Bool {
+        let tokens = Array(tokens)
+        let path = Array(path)
+        let count = tokens.count, width = count + 1
+        // Rows for the positions p...p+4 (a `?` consumes one UTF-8 character, at most 4 bytes), reused in turn.
+        // In each cell: bit 1, the state before token i is live; bit 2, inside a `**/` that has not ended in '/'.
+        let live: UInt8 = 1, looping: UInt8 = 2, rows = 5
+        var cells = [UInt8](repeating: 0, count: rows * width)
+        cells[0] = live
         let slash = UInt8(ascii: "/")
-        switch token {
-        case .byte(let b):
-            guard path.first == b else { return false }
-            return match(rest, path.dropFirst())
-        case .oneInSegment:
-            guard let first = path.first, first != slash else { return false }
-            var next = path.dropFirst()
-            if first >= 0xC0 { while let c = next.first, c & 0xC0 == 0x80 { next = next.dropFirst() } }
-            return match(rest, next)
-        case .set(let ranges, let negated):
-            guard let first = path.first else { return false }
-            let inSet = ranges.contains { $0.contains(first) }
-            guard inSet != negated else { return false }
-            return match(rest, path.dropFirst())
-        case .anyInSegment:
-            var candidate = path
-            while true {
-                if match(rest, candidate) { return true }
-                guard let first = candidate.first, first != slash else { return false }
-                candidate = candidate.dropFirst()
+        for p in 0...path.count {
+            let base = (p % rows) * width
+            // Tokens that may match nothing let the next one start here too (forward only: one pass).
+            for i in 0..<count where cells[base + i] & live != 0 {
+                switch tokens[i] {
+                case .anyInSegment, .anyDirectories, .anything: cells[base + i + 1] |= live
+                default: break
+                }
             }
-        case .anyDirectories:
-            if match(rest, path) { return true }
-            var index = path.startIndex
-            while index < path.endIndex {
-                if path[index] == slash && match(rest, path[(index + 1)...]) { return true }
-                index += 1
+            if p == path.count { return cells[base + count] & live != 0 }
+            let c = path[p]
+            var any = false
+            func mark(_ q: Int, _ state: Int, _ flag: UInt8) {
+                cells[(q % rows) * width + state] |= flag
+                any = true
             }
-            return false
-        case .anything:
-            var candidate = path
-            while true {
-                if match(rest, candidate) { return true }
-                if candidate.isEmpty { return false }
-                candidate = candidate.dropFirst()
+            for i in 0..<count where cells[base + i] != 0 {
+                steps += 1
+                let isLive = cells[base + i] & live != 0
+                switch tokens[i] {
+                case .byte(let b):
+                    if isLive && c == b { mark(p + 1, i + 1, live) }
+                case .set(let ranges, let negated):
+                    if isLive && ranges.contains(where: { $0.contains(c) }) != negated { mark(p + 1, i + 1, live) }
+                case .oneInSegment:
+                    guard isLive && c != slash else { break }
+                    var next = p + 1
+                    if c >= 0xC0 { while next < path.count && next < p + 4 && path[next] & 0xC0 == 0x80 { next += 1 } }
+                    mark(next, i + 1, live)
+                case .anyInSegment:
+                    if isLive && c != slash { mark(p + 1, i, live) }
+                case .anything:
+                    if isLive { mark(p + 1, i, live) }
+                case .anyDirectories:
+                    // `(.*/)?`: any bytes, left only just after a '/'.
+                    if c == slash { mark(p + 1, i + 1, live) }
+                    mark(p + 1, i, looping)
+                }
+            }
+            for i in 0..<width { cells[base + i] = 0 }
+            if !any {
+                // Nothing goes on from here; states a `?` put further ahead may still.
+                var ahead = false
+                for r in 1..<rows where !ahead { ahead = cells[((p + r) % rows) * width..<((p + r) % rows) * width + width].contains { $0 != 0 } }
+                if !ahead { return false }
             }
         }
+        return false
     }
 }
 
