@@ -1,6 +1,7 @@
 import Chunking
 import Dockerfile
 import Foundation
+import SyncConfig
 import LocalState
 import ProjectScan
 import SyncSystem
@@ -90,9 +91,9 @@ public struct BuildPlan: Sendable {
     public static func make(project: Project, spec: BuildSpec, recorded: [String: String] = [:]) throws -> BuildPlan {
         let contextPath = spec.context.isEmpty ? project.directory : project.directory + "/" + spec.context
         let dockerfilePath = contextPath + "/" + spec.dockerfile
-        guard let text = try? String(contentsOfFile: dockerfilePath, encoding: .utf8) else {
-            throw SyncError("\(spec.name): cannot read \(dockerfilePath)", exitCode: 2)
-        }
+        let dockerfile: String?
+        do { dockerfile = try readConfigFile(dockerfilePath) } catch { throw SyncError("\(spec.name): \(error)", exitCode: 2) }
+        guard let text = dockerfile else { throw SyncError("\(spec.name): cannot read \(dockerfilePath)", exitCode: 2) }
         let shownFile = (spec.context.isEmpty ? "" : spec.context + "/") + spec.dockerfile
         let build: BuildFile
         do {
@@ -109,7 +110,9 @@ public struct BuildPlan: Sendable {
         var rules = IgnoreRules()
         var ignoreFile = ""
         for candidate in [dockerfilePath + ".dockerignore", contextPath + "/.dockerignore"] {
-            guard let contents = try? String(contentsOfFile: candidate, encoding: .utf8) else { continue }
+            let contents: String?
+            do { contents = try readConfigFile(candidate) } catch { throw SyncError("\(error)", exitCode: 2) }
+            guard let contents else { continue }
             do { try rules.add(fileContents: contents, source: candidate) } catch { throw SyncError("\(error)", exitCode: 2) }
             ignoreFile = String(candidate.dropFirst(project.directory.count + 1))
             break

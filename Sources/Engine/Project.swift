@@ -82,8 +82,8 @@ public final class Project: Sendable {
             for p in IgnoreRules.defaultPatterns { try rules.add(pattern: p, source: "built-in defaults", line: 0) }
             try rules.add(pattern: agentStateDirectoryName, source: "built-in defaults", line: 0)
             let ignoreFile = absolute + "/.syncignore"
-            if let data = FileManager.default.contents(atPath: ignoreFile) {
-                try rules.add(fileContents: String(decoding: data, as: UTF8.self), source: ignoreFile)
+            if let text = try readConfigFile(ignoreFile) {
+                try rules.add(fileContents: text, source: ignoreFile)
             }
             for (i, p) in config.ignore.enumerated() {
                 try rules.add(pattern: p, source: absolute + "/" + ProjectConfig.fileName + " ignore[\(i)]", line: i + 1)

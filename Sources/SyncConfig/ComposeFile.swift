@@ -51,7 +51,7 @@ public struct ComposeFile: Equatable, Sendable {
         var order: [String] = []
         for file in files {
             let path = directory + "/" + file
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ConfigError("\(path): cannot read") }
+            guard let text = try readConfigFile(path) else { throw ConfigError("\(path): cannot read") }
             for service in try parse(text, file: file) {
                 if var existing = merged[service.name] {
                     existing.merge(service)
@@ -66,8 +66,7 @@ public struct ComposeFile: Equatable, Sendable {
     }
 
     static func parse(_ text: String, file: String) throws -> [Service] {
-        let node: Any?
-        do { node = try Yams.load(yaml: text) } catch { throw ConfigError("\(file): not valid YAML: \(error)") }
+        let node = try BoundedYAML.load(text, file: file)
         guard let root = node as? [String: Any] else { throw ConfigError("\(file): expected a mapping at the top") }
         guard let services = root["services"] as? [String: Any] else { return [] }
         var out: [Service] = []

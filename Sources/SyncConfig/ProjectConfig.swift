@@ -127,19 +127,15 @@ public struct ProjectConfig: Equatable, Sendable {
     /// Reads `<projectDirectory>/syncd.yaml`. Errors name the file and the setting.
     public static func load(projectDirectory: String) throws -> ProjectConfig {
         let file = projectDirectory + "/" + fileName
-        guard let data = FileManager.default.contents(atPath: file) else {
+        guard let text = try readConfigFile(file) else {
             throw ConfigError("\(file): not found; run `syncctl init \(projectDirectory) --remote DEST` first")
         }
-        guard let text = String(data: data, encoding: .utf8) else { throw ConfigError("\(file): not UTF-8 text") }
         return try parse(text, file: file, directoryName: (projectDirectory as NSString).lastPathComponent)
     }
 
     /// Parses config text; `file` is used in messages, `directoryName` is the default project name.
     public static func parse(_ text: String, file: String, directoryName: String) throws -> ProjectConfig {
-        let node: Any?
-        do { node = try Yams.load(yaml: text) } catch {
-            throw ConfigError("\(file): not valid YAML: \(error)")
-        }
+        let node = try BoundedYAML.load(text, file: file)
         let map: [String: Any]
         if node == nil { map = [:] } else if let m = node as? [String: Any] { map = m } else {
             throw ConfigError("\(file): expected a mapping of settings (name:, remote:, …)")

@@ -100,8 +100,7 @@ public struct SSHConfigFile {
 
     private mutating func load(_ path: String, depth: Int) throws {
         guard depth < 16 else { throw ConfigError("\(path): Include nested too deeply") }
-        guard let data = FileManager.default.contents(atPath: path) else { return }
-        let text = String(decoding: data, as: UTF8.self)
+        guard let text = try readConfigFile(path) else { return }
         var number = 0
         for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
             number += 1

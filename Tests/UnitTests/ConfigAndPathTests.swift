@@ -1,3 +1,4 @@
+import Foundation
 import SyncConfig
 import SyncSystem
 import Testing
@@ -93,5 +94,50 @@ struct ConfigAndPathTests {
         #expect(!symlinkStaysInside(linkPath: try RelativePath("a"), target: Array("/etc/passwd".utf8)))
         #expect(cleanPath("a/./b/../c/") == "a/c")
         #expect(cleanPath("/../x") == "/x")
+    }
+}
+
+/// Issue 26, item 4: config parsing is bounded. 420 bytes of nested YAML aliases reached 7.4 GB of memory.
+struct BoundedConfigTests {
+    static let laughs: String = {
+        var text = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+        for (i, name) in ["b", "c", "d", "e", "f", "g", "h", "i"].enumerated() {
+            let previous = i == 0 ? "a" : ["b", "c", "d", "e", "f", "g", "h", "i"][i - 1]
+            text += "\(name): &\(name) [" + Array(repeating: "*\(previous)", count: 9).joined(separator: ",") + "]\n"
+        }
+        return "name: p\nremote: gpu\n" + text + "laughs: *i\n"
+    }()
+
+    @Test func aliasesThatExpandPastTheBoundAreRefused() throws {
+        #expect(Self.laughs.utf8.count < 1000)
+        do {
+            _ = try ProjectConfig.parse(Self.laughs, file: "/p/syncd.yaml", directoryName: "p")
+            Issue.record("accepted")
+        } catch let e as ConfigError {
+            #expect("\(e)".hasPrefix("/p/syncd.yaml: ") && "\(e)".contains("expands to more than"), "\(e)")
+        }
+        // A few aliases, as compose files use them, are fine.
+        let dir = NSTemporaryDirectory() + "syncd-compose-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try "x-env: &env {A: 1}\nservices:\n  a: {build: ., environment: *env}\n  b: {image: busybox, environment: *env}\n"
+            .write(toFile: dir + "/compose.yaml", atomically: true, encoding: .utf8)
+        #expect(try ComposeFile.load(directory: dir)?.services.count == 2)
+        try ("services:\n  a: {build: .}\n" + Self.laughs.replacingOccurrences(of: "name: p\nremote: gpu\n", with: ""))
+            .write(toFile: dir + "/compose.yaml", atomically: true, encoding: .utf8)
+        #expect(throws: ConfigError.self) { try ComposeFile.load(directory: dir) }
+    }
+
+    @Test func configFilesPastTheSizeCapAreRefusedUnread() throws {
+        let dir = NSTemporaryDirectory() + "syncd-big-" + UUID().uuidString.prefix(8)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try ("name: p\nremote: gpu\n" + String(repeating: "# padding\n", count: 120_000)).write(toFile: dir + "/syncd.yaml", atomically: true, encoding: .utf8)
+        do {
+            _ = try ProjectConfig.load(projectDirectory: dir)
+            Issue.record("accepted")
+        } catch let e as ConfigError {
+            #expect("\(e)".contains(dir + "/syncd.yaml") && "\(e)".contains("at most"), "\(e)")
+        }
+        mkfifo(dir + "/fifo", 0o600)
+        #expect(throws: ConfigError.self) { try readConfigFile(dir + "/fifo") }
     }
 }
