@@ -13,8 +13,9 @@ final class ControlServer: Sendable {
         self.path = path
         self.handle = handle
         let dir = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        chmod(dir, 0o700)
+        // Its parent ($XDG_RUNTIME_DIR, or /tmp) may need making; the directory itself must be this user's own.
+        try FileManager.default.createDirectory(atPath: (dir as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try ControlSocket.checkDirectory(dir, create: true)
         guard var address = ControlSocket.address(path) else { throw SyncError("control socket path too long: \(path)") }
         unlink(path)
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -11,6 +11,37 @@ public enum ControlSocket {
         return "/tmp/syncd-\(getuid())/control.sock"
     }
 
+    /// Checks that `directory` (the control socket's) is this user's own: a real directory, not a symlink, owned
+    /// by this uid, with no access for anyone else (made so with `create`, when missing or too open). Another
+    /// local user could otherwise make `/tmp/syncd-<uid>` first and put a daemon of theirs in front of syncctl.
+    /// Returns false when it does not exist (and `create` is false).
+    @discardableResult
+    public static func checkDirectory(_ directory: String, create: Bool) throws -> Bool {
+        if create && mkdir(directory, 0o700) != 0 && errno != EEXIST {
+            throw SyncError("cannot make the control socket's directory \(directory): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT && !create { return false }
+            let why = errno == ELOOP || errno == ENOTDIR ? "it is a symlink or not a directory" : String(cString: strerror(errno))
+            throw SyncError("the control socket's directory \(directory) cannot be trusted: \(why); remove it and start syncd again")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError(call: "fstat", path: directory, errno: errno) }
+        guard st.st_uid == getuid() else {
+            throw SyncError("the control socket's directory \(directory) belongs to uid \(st.st_uid), not to you (uid \(getuid())): "
+                            + "another user may be standing in for syncd; remove it (as root) and start syncd again")
+        }
+        if st.st_mode & 0o077 != 0 {
+            guard create, fchmod(fd, 0o700) == 0 else {
+                throw SyncError("the control socket's directory \(directory) is open to other users (mode \(String(st.st_mode & 0o777, radix: 8))); "
+                                + "chmod 700 it, or start syncd again")
+            }
+        }
+        return true
+    }
+
     /// Fills a `sockaddr_un` for `path`; nil when the path is too long for one.
     public static func address(_ path: String) -> sockaddr_un? {
         var address = sockaddr_un()
@@ -38,6 +69,7 @@ public enum ControlSocket {
                               each: (ControlAnswer) throws -> Bool) throws -> Bool {
         let path = path(environment: environment)
         guard var address = address(path) else { return false }
+        guard try checkDirectory((path as NSString).deletingLastPathComponent, create: false) else { return false }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError(call: "socket", path: path, errno: errno) }
         let file = FileDescriptor(raw: fd, path: path)
@@ -47,6 +79,12 @@ public enum ControlSocket {
         guard connected else {
             if errno == ENOENT || errno == ECONNREFUSED { return false }
             throw SyncError("cannot reach syncd at \(path): \(String(cString: strerror(errno)))")
+        }
+        // Nothing is sent to a process of another user.
+        let peer = peerUID(fd)
+        guard peer == getuid() else {
+            throw SyncError("the process listening at \(path) runs as uid \(peer.map(String.init) ?? "unknown"), not as you (uid \(getuid())); "
+                            + "refusing to talk to it")
         }
         var line = try JSONEncoder().encode(body)
         line.append(UInt8(ascii: "\n"))
