@@ -296,7 +296,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             lock.unlock()
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
-        if case .error(let message) = welcome { throw SyncError("agent: \(message)") }
+        if case .error(let message) = welcome { throw SyncError("agent: \(displayText(message))") }
         guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
         lock.lock()
         self.directory = directory
@@ -354,7 +354,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             switch message {
             case .remoteChanged(let paths): changed(paths.compactMap { try? RelativePath(bytes: $0) })
             case .watchEnded: return
-            case .error(let text): throw SyncError("agent: \(text)")
+            case .error(let text): throw SyncError("agent: \(displayText(text))")
             default: throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during a watch")
             }
         }

@@ -226,11 +226,11 @@ public final class PullSession {
                     try offers[op]!.append(chunks)
                 case .skipped(let path, let reason):
                     if let p = try? RelativePath(bytes: path) { skipped.insert(p) }
-                    stats.skipped.append("\(displayPath(path)): \(reason)")
+                    stats.skipped.append("\(displayPath(path)): \(displayText(reason))")
                 case .listEnd:
                     break listing
                 case .error(let m):
-                    throw SyncError("agent: \(m)")
+                    throw SyncError("agent: \(displayText(m))")
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the listing")
                 }
@@ -464,7 +464,7 @@ public final class PullSession {
                                                }, settled: { merger.wake() })
                     }
                 case .error(let m):
-                    throw SyncError("agent: \(m)")
+                    throw SyncError("agent: \(displayText(m))")
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the pull")
                 }

@@ -294,14 +294,16 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 return
             case .need(let op, let indices)?:
                 needs.append((op, indices))
-            case .storeTrouble(let unreachable, let pack, let damaged, let reason)?:
+            case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
+                let reason = displayText(said)
                 if unreachable {
                     trouble.unreachable = reason
                 } else {
                     trouble.damaged[pack, default: []] += damaged
                     trouble.reasons.append(reason)
                 }
-            case .result(let r)?:
+            case .result(var r)?:
+                r.message = displayText(r.message)  // the agent's words reach a terminal
                 guard results.record(r) else {
                     if fatal == nil { fatal = ProtocolError("the agent answered operation \(r.op), which was not sent") }
                     return
@@ -314,7 +316,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 agentDone = true
                 return
             case .error(let text)?:
-                if fatal == nil { fatal = SyncError("agent: \(text)") }
+                if fatal == nil { fatal = SyncError("agent: \(displayText(text))") }
                 return
             case let other?:
                 if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }

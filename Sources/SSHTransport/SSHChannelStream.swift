@@ -266,7 +266,9 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     public var stderrText: String {
         lock.lock()
         defer { lock.unlock() }
-        return String(decoding: stderrTail, as: UTF8.self)
+        // The remote's words reach a terminal: control characters escaped, lines kept.
+        return String(decoding: stderrTail, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+            .map { displayText(String($0)) }.joined(separator: "\n")
     }
 
     /// Drops the connection now.

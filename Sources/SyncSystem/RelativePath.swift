@@ -187,6 +187,28 @@ public func displayPath<C: Collection>(_ bytes: C) -> String where C.Element == 
     return out + "\""
 }
 
+/// Text from another machine (an agent's error, a skip reason) for people: control characters (an escape
+/// sequence that would move the cursor, recolour or retitle the terminal, a carriage return that would hide
+/// what came before) become `\xHH`, `\r` or `\n`; the rest is unchanged.
+public func displayText(_ text: String) -> String {
+    guard text.unicodeScalars.contains(where: isControl) else { return text }
+    var out = ""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if isControl(scalar) {
+                for b in String(scalar).utf8 { out += hexEscape(b) }
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out
+}
+
 private func isPlain(_ text: String) -> Bool {
     if text.hasPrefix("\"") { return false }
     return !text.unicodeScalars.contains { isControl($0) }

@@ -192,3 +192,21 @@ struct HostileAgentTests {
         }
     }
 }
+
+/// Issue 26, item 6: text from the remote reaches the terminal escaped, as paths do: an agent's error or skip
+/// reason holding escape sequences (retitle the terminal, clear the screen, hide a line with a carriage return)
+/// is printed with them as `\x1b`, `\r`.
+@Suite(.serialized)
+struct RemoteTextTests {
+    static let hostile = "\u{1B}]0;pwned\u{07}\u{1B}[2J\rall is well"
+
+    @Test func anAgentsSkipReasonAndErrorAreEscaped() throws {
+        let f = try SyncFixture()
+        try FakeAgent.install(f, frames: [FakeAgent.welcome(f), .skipped(path: Array("output/x".utf8), reason: Self.hostile),
+                                          .error(message: Self.hostile)])
+        let r = try run(binDirectory() + "/syncctl", ["pull", f.project], env: ["XDG_STATE_HOME": f.state], timeout: 60)
+        #expect(r.status != 0)
+        #expect(!r.stderr.contains("\u{1B}") && !r.stderr.contains("\r") && !r.stderr.contains("\u{07}"), "raw control characters reached the terminal")
+        #expect(r.stderr.contains("\\x1b]0;pwned\\x07\\x1b[2J\\rall is well"), "\(r.stderr.debugDescription)")
+    }
+}
