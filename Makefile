@@ -10,7 +10,7 @@ WEED_VENV  := /opt/syncd-test/seaweedfs
 MOTO_VENV  := /opt/syncd-test/moto
 RELEASE := .build/release
 
-.PHONY: deps test-deps build agent run test bench bench-ssh install clean
+.PHONY: deps test-deps build agent run test fuzz fuzz-smoke bench bench-ssh install clean
 
 deps:
 	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
@@ -45,6 +45,20 @@ test: test-deps agent
 	python3 scripts/check-imports.py
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) scripts/test-with-deadline.sh
+	$(MAKE) fuzz-smoke
+
+## fuzz: every libFuzzer target (Fuzz/Targets.swift: frames, messages, syncd.yaml, compose, ignore rules, Dockerfiles,
+##       ssh_config, the store's manifest, index and pack) for FUZZ_SECONDS each (default 60), from its seed corpus;
+##       a table of executions and findings (docs/FUZZING.md)
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	Fuzz/build.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) Fuzz/run.sh
+
+## fuzz-smoke: each target for a few seconds, as CI runs them
+fuzz-smoke: deps
+	Fuzz/build.sh
+	FUZZ_SECONDS=8 Fuzz/run.sh
 
 ## bench: micro benchmarks (chunking, hashing, zlib, frames) and a local end-to-end push against rsync
 bench: build

@@ -76,7 +76,7 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore", "Store",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
                                                              "ObjectStore", "Store", "StoreClient", "LocalState"]),

@@ -143,7 +143,7 @@ public struct PackIndex: Sendable, Equatable {
                     let stored = try r.u32("stored length")
                     let rawLength = try r.u32("raw length")
                     let flag = try r.u8("flags")
-                    guard flag <= 1, offset + UInt64(stored) <= size, rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
+                    guard flag <= 1, offset <= size, UInt64(stored) <= size - offset, rawLength <= UInt32(ChunkParameters.largestMaxSize) else {
                         throw ProtocolError("entry \(id.hex.prefix(12)) lies outside the pack or is not a chunk")
                     }
                     entries.append(PackEntry(id: id, offset: offset, storedLength: stored, rawLength: rawLength, compressed: flag == 1))

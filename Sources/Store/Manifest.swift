@@ -82,8 +82,12 @@ public struct SnapshotManifest: Sendable, Equatable {
         func refuse(_ why: String) -> StoreError { StoreError(object: object, reason: "\(why); refused") }
         guard ChunkID(hashing: stored) == digest else { throw refuse("its bytes do not hash to its name (altered or truncated)") }
         guard stored.count >= 16, Array(stored[0..<8]) == Self.magic else { throw refuse("not a syncd snapshot manifest") }
-        let rawLength = stored[8..<16].withUnsafeBytes { Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self))) }
-        guard rawLength > 0, rawLength <= 1 << 31, let body = WholeDeflate.decompress(stored[16...], rawLength: rawLength) else {
+        let announced = stored[8..<16].withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        // Deflate shrinks at most about 1032 to 1: a body announcing more than that is refused before anything is
+        // allocated for it.
+        let rawLength = Int(min(announced, 1 << 40))
+        guard rawLength > 0, rawLength <= 1 << 31, rawLength <= (stored.count - 16) * 1032 + 64,
+              let body = WholeDeflate.decompress(stored[16...], rawLength: rawLength) else {
             throw refuse("its body does not inflate to the \(rawLength) bytes it announces")
         }
         do {

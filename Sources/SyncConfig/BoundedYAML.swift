@@ -15,6 +15,10 @@ enum BoundedYAML {
         guard text.utf8.count <= maxFileBytes else {
             throw ConfigError("\(file): \(text.utf8.count) bytes; a config file may have at most \(maxFileBytes) (1 MiB)")
         }
+        // The parser recurses once per level of nesting: a file of brackets would exhaust the stack.
+        guard flowDepth(text) <= maxDepth else {
+            throw ConfigError("\(file): YAML nested more than \(maxDepth) levels deep ([ and {); refused")
+        }
         let node: Node?
         do { node = try Yams.compose(yaml: text) } catch { throw ConfigError("\(file): not valid YAML: \(error)") }
         guard let node else { return nil }
@@ -23,7 +27,68 @@ enum BoundedYAML {
             throw ConfigError("\(file): its YAML expands to more than \(maxNodes) nodes (aliases, `*name`, repeating an anchor's "
                               + "content?); refused")
         }
-        return node.any
+        return try value(node, file: file, depth: 0)
+    }
+
+    static let maxDepth = 64
+
+    /// The deepest nesting of `[` and `{` outside quotes and comments (an upper bound of the flow nesting).
+    static func flowDepth(_ text: String) -> Int {
+        var depth = 0, deepest = 0
+        var quote: UInt8?
+        var comment = false
+        var previous: UInt8 = 0x0A
+        for c in text.utf8 {
+            defer { previous = c }
+            if comment { if c == 0x0A { comment = false }; continue }
+            if let q = quote { if c == q { quote = nil }; continue }
+            switch c {
+            case UInt8(ascii: "\""), UInt8(ascii: "'"): quote = c
+            case UInt8(ascii: "#") where previous == 0x20 || previous == 0x0A || previous == 0x09: comment = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"): depth += 1; deepest = max(deepest, depth)
+            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth = max(0, depth - 1)
+            default: break
+            }
+        }
+        return deepest
+    }
+
+    /// A composed node as plain values: mappings as `[String: Any]` (keys must be scalars; `<<` merges, as YAML's
+    /// merge key does), sequences as `[Any]`, scalars as Yams resolves them. Yams' own conversion traps on a key
+    /// that is not a string.
+    private static func value(_ node: Node, file: String, depth: Int) throws -> Any {
+        guard depth <= maxDepth else { throw ConfigError("\(file): YAML nested more than \(maxDepth) levels deep; refused") }
+        switch node {
+        case .scalar, .alias:
+            return node.any
+        case .sequence(let sequence):
+            return try sequence.map { try value($0, file: file, depth: depth + 1) }
+        case .mapping(let mapping):
+            var out: [String: Any] = [:]
+            var merged: [String: Any] = [:]
+            for (key, item) in mapping {
+                guard case .scalar(let scalar) = key else {
+                    throw ConfigError("\(file):\(key.mark.map { "\($0.line):" } ?? "") a mapping key is not a string; refused")
+                }
+                if scalar.string == "<<" && scalar.style == .plain {
+                    let sources: [Node]
+                    switch item {
+                    case .mapping: sources = [item]
+                    case .sequence(let list): sources = Array(list)
+                    default: throw ConfigError("\(file): `<<` must merge a mapping or a list of mappings")
+                    }
+                    for source in sources.reversed() {
+                        guard let fields = try value(source, file: file, depth: depth + 1) as? [String: Any] else {
+                            throw ConfigError("\(file): `<<` must merge a mapping or a list of mappings")
+                        }
+                        merged.merge(fields) { _, later in later }
+                    }
+                    continue
+                }
+                out[scalar.string] = try value(item, file: file, depth: depth + 1)
+            }
+            return merged.merging(out) { _, own in own }
+        }
     }
 
     /// Counts `node`'s expanded tree against `budget`; false once it is spent (without looking further).

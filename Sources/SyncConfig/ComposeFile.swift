@@ -65,7 +65,8 @@ public struct ComposeFile: Equatable, Sendable {
         return ComposeFile(files: files, services: order.map { merged[$0]! })
     }
 
-    static func parse(_ text: String, file: String) throws -> [Service] {
+    /// The services of one compose file's text (`file` names it in messages).
+    public static func parse(_ text: String, file: String) throws -> [Service] {
         let node = try BoundedYAML.load(text, file: file)
         guard let root = node as? [String: Any] else { throw ConfigError("\(file): expected a mapping at the top") }
         guard let services = root["services"] as? [String: Any] else { return [] }

@@ -98,9 +98,19 @@ public struct SSHConfigFile {
         try load(path, depth: 0)
     }
 
+    /// Config `text` as if read from `file` (its Includes are read from disk).
+    public init(text: String, file: String, home: String = NSHomeDirectory()) throws {
+        self.home = home
+        try load(text: text, path: file, depth: 0)
+    }
+
     private mutating func load(_ path: String, depth: Int) throws {
         guard depth < 16 else { throw ConfigError("\(path): Include nested too deeply") }
         guard let text = try readConfigFile(path) else { return }
+        try load(text: text, path: path, depth: depth)
+    }
+
+    private mutating func load(text: String, path: String, depth: Int) throws {
         var number = 0
         for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
             number += 1

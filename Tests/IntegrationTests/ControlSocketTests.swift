@@ -49,7 +49,7 @@ struct ControlSocketTests {
         // Bound as root in our directory, listening as another uid (the credentials a peer sees are the
         // listener's): what it receives goes to `heard`.
         let script = """
-            import os, socket
+            os = __import__("os"); socket = __import__("socket")
             s = socket.socket(socket.AF_UNIX); s.bind("\(socketPath)"); os.setgid(\(Self.nobody)); os.setuid(\(Self.nobody)); s.listen(1)
             c, _ = s.accept(); c.settimeout(5)
             data = b""

@@ -1,0 +1,76 @@
+import Chunking
+import Foundation
+import Store
+import SyncConfig
+import Testing
+
+/// Inputs the fuzzers (Fuzz/Targets.swift) found that crashed or hung, replayed as the target fed them: each
+/// must now be refused with an error.
+struct FuzzRegressionTests {
+    static func regressions(_ target: String) -> [[UInt8]] {
+        var dir = #filePath
+        for _ in 0..<3 { dir = String(dir[..<dir.lastIndex(of: "/")!]) }
+        let path = dir + "/Fuzz/regressions/" + target
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        return names.sorted().compactMap { FileManager.default.contents(atPath: path + "/" + $0).map(Array.init) }
+    }
+
+    /// A pack index entry whose offset plus length overflowed 64 bits trapped the decoder (found by fuzz-index in
+    /// seconds): it lies outside the pack, and is refused.
+    @Test func packIndexEntriesOutsideThePackAreRefused() throws {
+        let found = Self.regressions("index")
+        #expect(!found.isEmpty)
+        for bytes in found {
+            let body = PackIndex.magic + bytes
+            let sum = ChunkID(hashing: body)
+            var full = body
+            withUnsafeBytes(of: sum.low.littleEndian) { full += $0 }
+            withUnsafeBytes(of: sum.high.littleEndian) { full += $0 }
+            let pack = bytes.count >= 16 ? bytes.withUnsafeBytes {
+                ChunkID(low: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+                        high: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+            } : ChunkID(low: 0, high: 0)
+            #expect(throws: StoreError.self) { try PackIndex(decoding: full, pack: pack, object: "index") }
+        }
+    }
+}
+
+/// A manifest announcing a body of 2^63 bytes or more trapped converting it to Int, and one announcing up to 2 GiB
+/// had that much allocated before inflating (found by fuzz-manifest): both are refused.
+struct FuzzManifestRegressionTests {
+    @Test func announcedLengthsBeyondWhatDeflateCanReachAreRefused() throws {
+        let found = FuzzRegressionTests.regressions("manifest")
+        #expect(!found.isEmpty)
+        var huge = Array("SYNCDMF1".utf8)
+        for announced in [UInt64.max, 1 << 31] {
+            huge = Array("SYNCDMF1".utf8)
+            withUnsafeBytes(of: announced.littleEndian) { huge += $0 }
+            huge += [0x78, 0x9C, 0x03, 0x00]
+            for bytes in found + [huge] {
+                #expect(throws: StoreError.self) { try SnapshotManifest(decoding: bytes, digest: ChunkID(hashing: bytes), object: "m") }
+            }
+        }
+    }
+}
+
+/// YAML that Yams' own conversion trapped on (a mapping key that is not a string, found by fuzz-config and
+/// fuzz-compose within 30 s): refused with an error naming the file.
+struct FuzzYAMLRegressionTests {
+    @Test func mappingKeysThatAreNotStringsAreRefused() throws {
+        let found = FuzzRegressionTests.regressions("config") + FuzzRegressionTests.regressions("compose")
+        #expect(found.count >= 2)
+        for bytes in found {
+            let text = String(decoding: bytes, as: UTF8.self)
+            #expect(throws: ConfigError.self) { try ProjectConfig.parse(text, file: "syncd.yaml", directoryName: "p") }
+            #expect(throws: ConfigError.self) { try ComposeFile.parse(text, file: "compose.yaml") }
+        }
+        for text in ["? [a]\n: 1\n", "? {a: 1}\n: 2\n", "a: {? [x]: 1}\n"] {
+            #expect(throws: ConfigError.self) { try ProjectConfig.parse(text, file: "syncd.yaml", directoryName: "p") }
+        }
+        // Merge keys still work, the mapping's own keys winning.
+        let services = try ComposeFile.parse("x: &c {build: ., command: a}\nservices:\n  s: {<<: *c, command: b}\n", file: "compose.yaml")
+        #expect(services.count == 1)
+        // A file of brackets is refused before the parser recurses into it.
+        #expect(throws: ConfigError.self) { try ProjectConfig.parse(String(repeating: "[", count: 100_000), file: "syncd.yaml", directoryName: "p") }
+    }
+}
