@@ -4,7 +4,7 @@ import Yams
 /// YAML as syncd reads it: a file of bounded size whose tree, aliases expanded, stays small. An alias is cheap to
 /// write and expands at load: 420 bytes of nested aliases reached 7.4 GB ("billion laughs"), and the daemon
 /// reloads syncd.yaml on every edit. The tree is composed first (aliases shared, not copied), counted with a
-/// bound, and only then turned into values.
+/// bound, and only then turned into values (by syncd, not by Yams' constructors, which trap on some inputs).
 enum BoundedYAML {
     static let maxFileBytes = configFileLimit
     /// Nodes the expanded tree may hold: far beyond any real syncd.yaml or compose file.
@@ -53,14 +53,37 @@ enum BoundedYAML {
         return deepest
     }
 
+    /// A scalar as a value: quoted, a string; plain, a boolean (`true`/`false`, and YAML 1.1's `yes`/`no`/`on`/`off`),
+    /// nothing (`~`, `null`, empty), a decimal or hexadecimal integer that fits, a decimal number, else a string. Yams'
+    /// own constructors trap on some (a base-60 integer that overflows: `92999999999999999998:9`).
+    static func value(_ scalar: Node.Scalar) -> Any {
+        let text = scalar.string
+        guard scalar.style == .plain else { return text }
+        switch text {
+        case "true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON": return true
+        case "false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF": return false
+        case "", "~", "null", "Null", "NULL": return NSNull()
+        default: break
+        }
+        if let n = Int(text) { return n }
+        if text.hasPrefix("0x"), let n = Int(text.dropFirst(2), radix: 16) { return n }
+        if text.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }), text.first.map({ $0.isNumber || $0 == "-" || $0 == "+" || $0 == "." }) == true,
+           let d = Double(text), d.isFinite {
+            return d
+        }
+        return text
+    }
+
     /// A composed node as plain values: mappings as `[String: Any]` (keys must be scalars; `<<` merges, as YAML's
     /// merge key does), sequences as `[Any]`, scalars as Yams resolves them. Yams' own conversion traps on a key
     /// that is not a string.
     private static func value(_ node: Node, file: String, depth: Int) throws -> Any {
         guard depth <= maxDepth else { throw ConfigError("\(file): YAML nested more than \(maxDepth) levels deep; refused") }
         switch node {
-        case .scalar, .alias:
-            return node.any
+        case .scalar(let scalar):
+            return value(scalar)
+        case .alias:
+            throw ConfigError("\(file): an alias that was not resolved; refused")
         case .sequence(let sequence):
             return try sequence.map { try value($0, file: file, depth: depth + 1) }
         case .mapping(let mapping):
