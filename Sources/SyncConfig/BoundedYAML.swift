@@ -139,6 +139,7 @@ public let configFileLimit = 1 << 20
 public func readConfigFile(_ path: String) throws -> String? {
     var st = stat()
     guard stat(path, &st) == 0 else { return nil }
+    if path == "/dev/null" { return "" }  // `--ssh-config /dev/null`, as with ssh -F
     guard (st.st_mode & S_IFMT) == S_IFREG else { throw ConfigError("\(path): not a regular file") }
     guard st.st_size <= configFileLimit else {
         throw ConfigError("\(path): \(st.st_size) bytes; a config file may have at most \(configFileLimit) (1 MiB)")
