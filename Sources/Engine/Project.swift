@@ -57,9 +57,26 @@ public final class Project: Sendable {
     public let chunking: ChunkParameters
     let options: SyncOptions
 
-    /// Opens the project at `directory`. Config and ignore-file problems throw `SyncError` with exit code 2.
+    /// The project `directory` belongs to: the nearest directory at or above it holding a `syncd.yaml`, as git
+    /// finds its repository from any subdirectory; nil when there is none up to the root.
+    public static func enclosing(_ directory: String) -> String? {
+        var candidate = URL(fileURLWithPath: directory).standardizedFileURL.path
+        for _ in 0..<4096 {
+            if FileManager.default.fileExists(atPath: (candidate == "/" ? "" : candidate) + "/" + ProjectConfig.fileName) { return candidate }
+            guard candidate != "/" else { return nil }
+            candidate = (candidate as NSString).deletingLastPathComponent
+        }
+        return nil
+    }
+
+    /// Opens the project `directory` is in (see `enclosing`). Config and ignore-file problems throw `SyncError`
+    /// with exit code 2.
     public init(directory: String, options: SyncOptions = SyncOptions()) throws {
-        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let given = URL(fileURLWithPath: directory).standardizedFileURL.path
+        guard let absolute = Self.enclosing(given) else {
+            throw SyncError("no \(ProjectConfig.fileName) in \(given) or any directory above it; `syncctl init --remote DEST` makes one",
+                            exitCode: 2)
+        }
         self.directory = absolute
         self.options = options
         var config: ProjectConfig

@@ -20,8 +20,8 @@ public struct ProjectRegistry: Sendable {
     /// Adds `directory` (made absolute); it must hold a valid syncd.yaml. Returns false when it was there already.
     @discardableResult
     public func add(_ directory: String) throws -> Bool {
-        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
-        _ = try Project(directory: absolute)
+        // The project the directory is in (run from a subdirectory, its root).
+        let absolute = try Project(directory: directory).directory
         var projects = try list()
         if projects.contains(absolute) { return false }
         projects.append(absolute)
@@ -32,8 +32,10 @@ public struct ProjectRegistry: Sendable {
     /// Removes `directory`; returns false when it was not registered.
     @discardableResult
     public func remove(_ directory: String) throws -> Bool {
-        let absolute = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let given = URL(fileURLWithPath: directory).standardizedFileURL.path
         var projects = try list()
+        // The directory as registered, else the project it is in.
+        let absolute = projects.contains(given) ? given : (Project.enclosing(given) ?? given)
         guard let index = projects.firstIndex(of: absolute) else { return false }
         projects.remove(at: index)
         try save(projects)

@@ -35,7 +35,8 @@ struct Remove: ParsableCommand {
 
 /// Has a running syncd read the project list again, and says what became of `directory`.
 func tellDaemon(_ directory: String, starting: Bool) throws {
-    let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
+    let given = URL(fileURLWithPath: directory).standardizedFileURL.path
+    let dir = Project.enclosing(given) ?? given
     guard let answer = try ControlSocket.request(ControlRequest(.reload)) else {
         printError("syncd is not running; it \(starting ? "syncs" : "leaves") \(dir) \(starting ? "from" : "alone from") its next start")
         return
@@ -95,7 +96,10 @@ struct Resume: ParsableCommand {
 }
 
 func pauseOrResume(_ command: ControlRequest.Command, _ directory: String?) throws {
-    let request = ControlRequest(command, project: directory.map { URL(fileURLWithPath: $0).standardizedFileURL.path })
+    let request = ControlRequest(command, project: directory.map {
+        let given = URL(fileURLWithPath: $0).standardizedFileURL.path
+        return Project.enclosing(given) ?? given
+    })
     guard let answer = try ControlSocket.request(request) else {
         throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
     }

@@ -49,6 +49,11 @@ struct Init: ParsableCommand {
         if FileManager.default.fileExists(atPath: file) && !force {
             throw SyncError("\(file) already exists; pass --force to overwrite it", exitCode: 2)
         }
+        // A project inside another would be synced twice, and commands run here would find the inner one.
+        if !force, let outer = Project.enclosing((dir as NSString).deletingLastPathComponent), dir != "/" {
+            throw SyncError("\(dir) is inside the project at \(outer) (\(outer)/\(ProjectConfig.fileName)); "
+                            + "pass --force to make a project of its own here", exitCode: 2)
+        }
         let spec: RemoteSpec
         do { spec = try RemoteSpec(parsing: remote) } catch let e as ConfigError { throw SyncError("--remote: \(e)", exitCode: 2) }
         var config = ProjectConfig(name: name ?? (dir as NSString).lastPathComponent, remote: spec, remoteRoot: remoteRoot)
@@ -196,7 +201,8 @@ struct Resolve: ParsableCommand {
 
 /// A push or pull run by the daemon for `directory`; nil when no daemon runs.
 func throughDaemon(_ command: ControlRequest.Command, _ directory: String) throws -> SyncStats? {
-    let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
+    let given = URL(fileURLWithPath: directory).standardizedFileURL.path
+    let dir = Project.enclosing(given) ?? given
     guard let answer = try ControlSocket.request(ControlRequest(command, project: dir)) else { return nil }
     // A project the daemon does not run is synced by this process, just as completely.
     if answer.unregistered == true { return nil }
