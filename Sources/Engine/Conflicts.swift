@@ -212,6 +212,7 @@ extension SyncStats {
         skipped += other.skipped
         errors += other.errors
         failures += other.failures
+        itemized += other.itemized
         warnings += other.warnings
         kept += other.kept
     }

@@ -98,7 +98,7 @@ func countMoved(_ ops: [PushOperation], pushed: [RelativePath: SyncedEntry]) -> 
 
 /// Runs a push of a project to its remote.
 public final class PushSession {
-    private let project: Project
+    let project: Project
     /// Files in flight at once; bounds agent memory, not latency (no round trip per file). Well above the agent's
     /// batch of small files made durable together (2000), so the next batch fills while one is synced.
     private let window = 8192
@@ -164,7 +164,7 @@ public final class PushSession {
     }
 
     /// Pushed paths that a push leaves alone: pull paths, and (unless pruning) paths now ignored.
-    private func isLeftAlone(_ path: RelativePath) -> Bool {
+    func isLeftAlone(_ path: RelativePath) -> Bool {
         project.isPullPath(path) || (!pruneIgnored && project.rules.isExcluded(path.bytes))
     }
 
@@ -388,6 +388,7 @@ public final class PushSession {
             }
             switch result.status {
             case .applied, .unchanged:
+                if result.status == .applied { stats.itemized.append(itemizeCode(op, pushed: pushed[op.path]) + " " + op.path.description) }
                 // Only what the remote now holds counts as changed: a file that failed or conflicted did not change.
                 switch op {
                 case .file(let e, _):

@@ -72,6 +72,9 @@ extension Project {
         do { return try StoreCatalog(path: path) } catch { throw SyncError("cannot open the store catalog \(path): \(error)") }
     }
 
+    /// This project as its first host sees it (what `push --dry-run` compares with, for a store project).
+    public func forFirstHost() throws -> Project { try forHost(try hostList()[0]) }
+
     /// This project as one of its hosts sees it: the same directory and settings, that host as the remote (its
     /// own local state: what was pushed to it, its conflicts).
     func forHost(_ host: RemoteSpec) throws -> Project {
@@ -289,6 +292,7 @@ public final class StorePush {
                     stats.chunksTotal = s.chunksTotal
                     stats.remoteDirectory = s.remoteDirectory
                     stats.leftIgnored = s.leftIgnored
+                    stats.itemized = s.itemized
                 }
                 stats.chunksSent += s.chunksSent
                 stats.bytesSent += s.bytesSent

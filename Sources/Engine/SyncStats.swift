@@ -41,6 +41,8 @@ public struct SyncStats: Codable, Sendable {
     /// Each file that failed, with its cause (and host): `errors` holds one line per cause once grouped
     /// (`groupFailures`), and `--json` has every one here.
     public var failures: [FileFailure] = []
+    /// Each path a push changed, as `push --itemize` lists it (rsync's codes; see `PushPlan.Change`).
+    public var itemized: [String] = []
     /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).
     public internal(set) var storeDamaged: [ChunkID: [ChunkID]] = [:]
     /// The project's absolute directory on the remote, as the agent reported it.

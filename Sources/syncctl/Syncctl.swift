@@ -89,8 +89,29 @@ struct Push: ParsableCommand {
     var force = false
     @Flag(name: .customLong("prune-ignored"), help: "Delete on the remote what was pushed before and is ignored now (never a pull path).")
     var pruneIgnored = false
+    @Flag(name: [.customShort("n"), .customLong("dry-run")],
+          help: "Change nothing, here or on the remote: list what a push would send and delete (rsync's itemize codes), and the totals.")
+    var dryRun = false
+    @Flag(name: [.customShort("i"), .customLong("itemize"), .customShort("v"), .customLong("verbose")],
+          help: "List each path the push changed, with rsync's itemize code (>f+++++++++ a new file, >f.st...... a changed one, *deleting).")
+    var itemize = false
 
     func run() throws {
+        if dryRun {
+            let project = try options.project()
+            let first = project.config.store != nil ? try project.forFirstHost() : project
+            let session = PushSession(project: first)
+            session.pruneIgnored = pruneIgnored
+            let plan = try session.dryRun()
+            for w in plan.warnings { printError("warning: \(w)") }
+            if options.json {
+                printJSON(plan)
+            } else {
+                for change in plan.changes { print("\(change.code) \(change.path)") }
+            }
+            printError(plan.summary)
+            return
+        }
         // Without a daemon, a push of our own is just as complete.
         if wait && !force && !pruneIgnored, let stats = try throughDaemon(.push, options.directory) {
             return report(stats, json: options.json)
@@ -102,7 +123,7 @@ struct Push: ParsableCommand {
             let push = StorePush(project: project)
             push.force = force
             push.pruneIgnored = pruneIgnored
-            return report(try push.run(), json: options.json)
+            return report(try push.run(), json: options.json, itemize: itemize)
         }
         let session = PushSession(project: project)
         session.force = force
@@ -113,7 +134,7 @@ struct Push: ParsableCommand {
             let pending = try project.conflictPathsFound(by: "pull")
             if !pending.isEmpty { stats.absorb(try PushSession(project: project, resolving: pending).run()) }
         }
-        report(stats, json: options.json)
+        report(stats, json: options.json, itemize: itemize)
     }
 }
 
@@ -210,9 +231,10 @@ func throughDaemon(_ command: ControlRequest.Command, _ directory: String) throw
     return stats
 }
 
-func report(_ stats: SyncStats, json: Bool) {
+func report(_ stats: SyncStats, json: Bool, itemize: Bool = false) {
     var stats = stats
     stats.groupFailures()
+    if itemize && !json { for line in stats.itemized { print(line) } }
     for w in stats.warnings { printError("warning: \(w)") }
     for h in stats.hosts ?? [] where stats.hosts!.count > 1 || !h.ok {
         printError("\(h.host): " + (h.error ?? "\(h.filesChanged) changed, \(h.filesDeleted) deleted, \(formatBytes(h.bytesSent)) over the link"
