@@ -86,9 +86,10 @@ extension Project {
 
     /// Materializes snapshot `id` (or a unique prefix of it, or its ref's name) exactly in `target`, which must
     /// be empty or absent: every path with its bytes, mode and mtime, every chunk read from the store and checked.
-    /// The snapshot is built in a directory beside the target (`.NAME.syncd-restore-ID`) and renamed into place
-    /// once whole, so a restore that fails leaves no partial target; run again, it resumes there, keeping the
-    /// files already restored.
+    /// An absent target is built beside it (`.NAME.syncd-restore-ID`) and renamed into place once whole; an empty
+    /// directory (a mount point, say) is built in place, marked with `.syncd-restore-ID` until done. Either way a
+    /// restore that fails is resumed when run again, keeping the files already restored, and a target that is
+    /// anything else (a file, a directory with other files in it) is refused and left as it is.
     public func restore(_ id: String, to target: String) throws -> SyncStats {
         let started = monotonicNanos()
         let (store, uploader) = try openStore()
@@ -96,14 +97,29 @@ extension Project {
         do {
             let (ref, manifest, places) = try findSnapshot(id, in: store, uploader: uploader)
             let absolute = URL(fileURLWithPath: target).standardizedFileURL.path
-            if let names = try? FileManager.default.contentsOfDirectory(atPath: absolute), !names.isEmpty {
-                throw SyncError("\(absolute) is not empty; restore into a new directory", exitCode: 2)
+            let marker = ".syncd-restore-" + ref.id
+            var st = stat()
+            let inPlace: Bool
+            if lstat(absolute, &st) != 0 {
+                guard errno == ENOENT else { throw SyncError("\(SystemError(call: "lstat", path: absolute, errno: errno))", exitCode: 2) }
+                inPlace = false
+            } else {
+                guard (st.st_mode & S_IFMT) == S_IFDIR else {
+                    throw SyncError("\(absolute) exists and is not a directory; restore into a new or empty directory", exitCode: 2)
+                }
+                let names = try FileManager.default.contentsOfDirectory(atPath: absolute)
+                // Empty, or holding a restore of this snapshot that stopped (its marker says so).
+                guard names.isEmpty || names.contains(marker) else {
+                    throw SyncError("\(absolute) is not empty; restore into a new or empty directory", exitCode: 2)
+                }
+                inPlace = true
             }
             let parent = (absolute as NSString).deletingLastPathComponent
-            let building = "\(parent)/.\((absolute as NSString).lastPathComponent).syncd-restore-\(ref.id)"
-            let resumed = FileManager.default.fileExists(atPath: building)
+            let building = inPlace ? absolute : "\(parent)/.\((absolute as NSString).lastPathComponent)\(marker)"
+            let resumed = inPlace ? FileManager.default.fileExists(atPath: absolute + "/" + marker) : FileManager.default.fileExists(atPath: building)
             try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
             let tree = try Tree(rootPath: building, create: true)
+            if inPlace { _ = FileManager.default.createFile(atPath: absolute + "/" + marker, contents: Data(ref.name.utf8)) }
             if resumed {
                 // What the stopped run was building is started again: no half-built file is kept.
                 for dir in [[]] + manifest.entries.filter({ $0.kind == .directory }).map(\.path.bytes) {
@@ -111,10 +127,13 @@ extension Project {
                 }
             }
             try restore(manifest, places: places, from: store, into: tree, stats: &stats)
-            // Whole: into place (an empty target directory is replaced).
-            if FileManager.default.fileExists(atPath: absolute) { try? FileManager.default.removeItem(atPath: absolute) }
-            guard rename(building, absolute) == 0 else {
-                throw SyncError("\(SystemError(call: "rename", path: absolute, errno: errno)); the restored tree is in \(building)")
+            if inPlace {
+                unlink(absolute + "/" + marker)
+            } else {
+                // Whole: into place. rename(2) never replaces a directory that is not empty, nor a file by a directory.
+                guard rename(building, absolute) == 0 else {
+                    throw SyncError("\(SystemError(call: "rename", path: absolute, errno: errno)); the restored tree is in \(building)")
+                }
             }
             if resumed { stats.warnings.append("resumed the restore left in \(building)") }
             stats.snapshot = ref.id

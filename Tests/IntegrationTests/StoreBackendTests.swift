@@ -298,6 +298,39 @@ struct RestoreResumeTests {
     }
 }
 
+/// A restore's target is never replaced: a file or a directory with files in it is refused and left as it was; an
+/// empty directory (a mount point) is restored in place.
+@Suite(.serialized)
+struct RestoreTargetTests {
+    @Test func aRestoreNeverReplacesWhatIsThere() throws {
+        guard StoreBackend.seaweedfs.available else { return }
+        let (f, _, env) = try StoreLockTests.project(.seaweedfs)
+        let syncctl = binDirectory() + "/syncctl"
+        try f.write("src/a.py", "a = 1\n")
+        let push = try run(syncctl, ["push", f.project, "--json"], env: env)
+        let snapshot = try #require(try push.json()["snapshot"] as? String)
+
+        let file = f.base + "/notes.txt"
+        try "mine\n".write(toFile: file, atomically: true, encoding: .utf8)
+        let onFile = try run(syncctl, ["restore", snapshot, "--to", file, "--dir", f.project], env: env)
+        #expect(onFile.status == 2 && onFile.stderr.contains("not a directory"), "\(onFile.stderr)")
+        #expect((try? String(contentsOfFile: file, encoding: .utf8)) == "mine\n", "the file was replaced")
+
+        let full = f.base + "/full"
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        try "keep\n".write(toFile: full + "/keep.txt", atomically: true, encoding: .utf8)
+        let onFull = try run(syncctl, ["restore", snapshot, "--to", full, "--dir", f.project], env: env)
+        #expect(onFull.status == 2 && onFull.stderr.contains("not empty"), "\(onFull.stderr)")
+        #expect(FileManager.default.fileExists(atPath: full + "/keep.txt"))
+
+        let empty = f.base + "/mnt"
+        try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: true)
+        let inPlace = try run(syncctl, ["restore", snapshot, "--to", empty, "--dir", f.project], env: env)
+        #expect(inPlace.status == 0, "\(inPlace.stderr)")
+        #expect(SyncFixture.describeTree(empty) == SyncFixture.describeTree(f.project), "the restored tree differs")
+    }
+}
+
 /// Issue 25, items 4 and 5: a host that cannot use the store for part of a push gets it over its SSH link
 /// instead. A chunk the store serves damaged used to fail that file on every new host forever, though the laptop
 /// held the right bytes; a `host_endpoint` that accepts connections and never answers cost 30 s per file.
