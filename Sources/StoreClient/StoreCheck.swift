@@ -70,12 +70,13 @@ extension SnapshotStore {
     public func check(readData: Bool) throws -> StoreCheckReport {
         var report = StoreCheckReport()
 
-        // Packs and their indexes.
+        // Indexes, then packs: a pack is written before its index, so one listed with an index is listed here
+        // too, even while a push adds packs.
+        let indexed = try packs()
         var packSizes: [ChunkID: UInt64] = [:]
         for object in try client.list("packs/") where object.name.hasSuffix(".pack") {
             if let digest = ChunkID(hex: String(object.name.split(separator: "/").last?.dropLast(5) ?? "")) { packSizes[digest] = object.size }
         }
-        let indexed = try packs()
         report.indexes = indexed.count
         report.unindexedPacks = Set(packSizes.keys).subtracting(indexed).count
         var indexes: [ChunkID: PackIndex] = [:]
@@ -182,9 +183,11 @@ extension SnapshotStore {
         return true
     }
 
-    /// Moves an object under `broken/` (same name), where it serves no reader and a person can look at it.
+    /// Moves an object under `broken/` (same name), where it serves no reader and a person can look at it. One
+    /// that is gone already is done with; any other failure to read it leaves it where it is.
     func setAside(_ name: String) throws {
-        guard let body = try? client.get(name) else { return try client.delete(name) }
+        let body: [UInt8]
+        do { body = try client.get(name) } catch let e as S3Error where e.code == "NoSuchKey" { return }
         try client.put(StoreKeys.brokenPrefix + name, body)
         try client.delete(name)
     }
@@ -211,12 +214,16 @@ extension StoreUploader {
             out.chunksSalvaged += mended.salvaged
             out.setAside += [StoreKeys.index(pack), StoreKeys.pack(pack)]
         }
-        for pack in report.lostPacks.sorted(by: { $0.hex < $1.hex }) { out.setAside += [StoreKeys.index(pack), StoreKeys.pack(pack)] }
+        // A pack found missing is looked for once more before its index goes: never set aside what is there.
+        let lost = try report.lostPacks.sorted(by: { $0.hex < $1.hex }).filter { pack in
+            try client.size(StoreKeys.pack(pack)) == nil || (try? store.index(pack)) == nil
+        }
+        for pack in lost { out.setAside += [StoreKeys.index(pack), StoreKeys.pack(pack)] }
         let refsOfBroken = try store.refs(under: "projects/").refs.filter { report.brokenManifests.contains($0.manifest) }.map(\.name)
         out.setAside += report.brokenRefs + refsOfBroken + report.brokenManifests.map(StoreKeys.manifest).sorted()
-        for pack in report.lostPacks { for name in [StoreKeys.index(pack), StoreKeys.pack(pack)] { try store.setAside(name) } }
+        for pack in lost { for name in [StoreKeys.index(pack), StoreKeys.pack(pack)] { try store.setAside(name) } }
         for name in report.brokenRefs + refsOfBroken + report.brokenManifests.map(StoreKeys.manifest) { try store.setAside(name) }
-        try catalog.forget(packs: Array(report.lostPacks))
+        try catalog.forget(packs: lost)
         try catalog.forgetRefs(report.brokenRefs + refsOfBroken)
 
         // What the store lacks now, from the project's files.
@@ -256,7 +263,13 @@ extension StoreUploader {
         if damaged == 0 && ChunkID(hashing: bytes) == pack && UInt64(bytes.count) == index.size { return nil }
         // Forgotten first: a chunk the catalog knows keeps its place, so the new pack's would not be recorded.
         try catalog.forget(packs: [pack])
-        if !salvaged.entries.isEmpty { try catalog.add(try store.put(salvaged)) }
+        if !salvaged.entries.isEmpty {
+            let rebuilt = try store.put(salvaged)
+            try catalog.add(rebuilt)
+            // Every chunk sound (bytes past the end, a damaged header): the rebuilt pack is the pack, under its own
+            // name, written over the damaged one. Nothing to set aside.
+            if rebuilt.pack == pack { return (damaged, salvaged.entries.count) }
+        }
         try store.setAside(StoreKeys.index(pack))
         try store.setAside(StoreKeys.pack(pack))
         return (damaged, salvaged.entries.count)

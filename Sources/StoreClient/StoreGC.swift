@@ -173,12 +173,15 @@ public struct GCStats: Codable, Sendable, Equatable {
     public var problems: [StoreProblem] = []
     /// Objects `store repair` set aside (under `broken/`), kept for a person to look at.
     public var setAside = 0
+    /// Packs and manifests were not collected, because a ref or manifest could not be read (see `problems`).
+    public var collectionDeferred = false
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case snapshotsKept = "snapshots_kept", snapshotsDeleted = "snapshots_deleted", packsDeleted = "packs_deleted"
         case bytesFreed = "bytes_freed", manifestsDeleted = "manifests_deleted", problems, setAside = "set_aside"
+        case collectionDeferred = "collection_deferred"
     }
 }
 
@@ -228,7 +231,14 @@ extension StoreUploader {
 
         // 3. Packs none of whose chunks is used, and manifests no snapshot names: index first, so no reader
         //    learns of a pack that is going. A pack whose index cannot be read is left as it is (what it holds is
-        //    unknown); `store repair` sets it aside.
+        //    unknown); `store repair` sets it aside. While a ref or manifest is broken, what it names is unknown
+        //    (a teammate's newer syncd may have written it, or the damage may be in a line that does not matter),
+        //    so nothing more is deleted until `store repair` has set it aside.
+        guard stats.problems.isEmpty else {
+            stats.collectionDeferred = true
+            stats.problems += try refresh().broken
+            return stats
+        }
         stats.problems += try refresh().broken
         var gone: [ChunkID] = []
         for object in try client.list(StoreKeys.indexPrefix) where now - object.lastModified >= grace {

@@ -157,6 +157,10 @@ struct Store: ParsableCommand {
                 printJSON(stats)
             } else {
                 for problem in stats.problems { printError("warning: \(problem); passed over (`syncctl store check`, `store repair`)") }
+                if stats.collectionDeferred {
+                    printError("warning: packs and manifests were not collected while a ref or manifest cannot be read; "
+                               + "`syncctl store repair` sets it aside, and the next gc collects")
+                }
                 printError("store gc: kept \(stats.snapshotsKept) snapshots, deleted \(stats.snapshotsDeleted); deleted \(stats.packsDeleted) packs and "
                            + "\(stats.manifestsDeleted) manifests, \(formatBytes(stats.bytesFreed)) freed")
             }

@@ -256,6 +256,46 @@ struct StoreRepairTests {
     }
 }
 
+/// Review mends of issue 25's repair: gc keeps what a broken ref may name, and a pack whose every chunk is sound
+/// (bytes past its end) is mended in place, not set aside.
+@Suite(.serialized)
+struct StoreRepairSafetyTests {
+    @Test(arguments: StoreBackend.allCases.filter(\.available))
+    func gcKeepsWhatABrokenRefMayNameAndRepairMendsInPlace(_ backend: StoreBackend) throws {
+        let (f, team, env) = try StoreLockTests.project(backend)
+        let syncctl = binDirectory() + "/syncctl"
+        try f.write("data/w.bin", randomBytes(1 << 20, seed: 3301))
+        let push = try run(syncctl, ["push", f.project, "--json"], env: env)
+        #expect(push.status == 0, "\(push.stderr)")
+        let snapshot = try #require(try push.json()["snapshot"] as? String)
+        let packs = try team.list("packs/").map(\.name)
+        #expect(packs.count == 1)
+
+        // A ref a newer syncd might write: gc cannot tell what it names, so it deletes no pack.
+        let refName = try #require(try team.list("projects/").first?.name)
+        var ref = try team.get(refName)
+        ref.replaceSubrange(0..<16, with: Array("syncd snapshot 9".utf8))
+        try team.put(refName, ref)
+        let gc = try run(syncctl, ["store", "gc", f.project, "--keep", "5", "--grace", "0", "--json"], env: env)
+        #expect(gc.status == 0, "\(gc.stderr)")
+        #expect(try gc.json()["collection_deferred"] as? Bool == true, "\(gc.stdout)")
+        #expect(try team.list("packs/").map(\.name) == packs, "gc deleted a pack a broken ref may name")
+        ref.replaceSubrange(0..<16, with: Array("syncd snapshot 1".utf8))
+        try team.put(refName, ref)
+
+        // Bytes past the pack's end: every chunk is sound, and repair writes the pack again under its name.
+        try team.put(packs[0], try team.get(packs[0]) + [1, 2, 3])
+        let repair = try run(syncctl, ["store", "repair", f.project, "--json"], env: env)
+        #expect(repair.status == 0, "\(repair.stdout)\(repair.stderr)")
+        #expect(try team.list("packs/").map(\.name) == packs, "the sound pack was set aside")
+        let check = try run(syncctl, ["store", "check", f.project, "--read-data"], env: env)
+        #expect(check.status == 0, "\(check.stdout)\(check.stderr)")
+        let target = f.base + "/restored"
+        let restore = try run(syncctl, ["restore", snapshot, "--to", target, "--dir", f.project], env: env)
+        #expect(restore.status == 0, "\(restore.stderr)")
+    }
+}
+
 /// Issue 25, item 6: a restore that fails leaves no partial target, and run again it resumes.
 @Suite(.serialized)
 struct RestoreResumeTests {
