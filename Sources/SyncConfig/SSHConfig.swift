@@ -87,6 +87,8 @@ public struct SSHConfigFile {
         let arguments: [String]
         let file: String
         let number: Int
+        /// The line after its keyword (and `=`), as written: ProxyCommand's command, quotes and all.
+        var rest: String = ""
     }
 
     private var lines: [Line] = []
@@ -137,8 +139,17 @@ public struct SSHConfigFile {
                 }
                 continue
             }
-            lines.append(Line(keyword: keyword, arguments: arguments, file: path, number: number))
+            lines.append(Line(keyword: keyword, arguments: arguments, file: path, number: number, rest: Self.rest(of: String(raw))))
         }
+    }
+
+    /// The text after a line's keyword and its separator (spaces, or `=` with spaces around it), unchanged.
+    static func rest(of line: String) -> String {
+        var text = Substring(line.trimmingCharacters(in: .whitespaces))
+        text = text.drop { !($0 == " " || $0 == "\t" || $0 == "=") }
+        text = text.drop { $0 == " " || $0 == "\t" }
+        if text.first == "=" { text = text.dropFirst().drop { $0 == " " || $0 == "\t" } }
+        return String(text).trimmingCharacters(in: CharacterSet(charactersIn: "\r"))
     }
 
     /// Splits a config line into words, honouring double quotes.
@@ -215,6 +226,7 @@ public struct SSHConfigFile {
         "certificatefile": [], "pkcs11provider": ["none"], "securitykeyprovider": ["internal"], "identityagent": ["SSH_AUTH_SOCK"],
         "kexalgorithms": [], "ciphers": [], "macs": [], "hostkeyalgorithms": [], "pubkeyacceptedalgorithms": [],
         "pubkeyacceptedkeytypes": [], "tunnel": ["no"], "gatewayports": ["no"], "hostbasedauthentication": ["no"],
+        "revokedhostkeys": [], "verifyhostkeydns": ["no"],
     ]
 
     /// Settings for `destination` (an alias or `[user@]host[:port]`).
@@ -269,7 +281,7 @@ public struct SSHConfigFile {
             case "proxycommand":
                 // The first of ProxyCommand and ProxyJump wins, as in ssh.
                 if !seen.contains("proxycommand") && !seen.contains("proxyjump") && value.lowercased() != "none" {
-                    proxyCommand = (line.arguments.joined(separator: " "), line)
+                    proxyCommand = (line.rest, line)  // as written: sh reads its quotes
                 }
                 seen.insert("proxyjump")
             case "proxyjump":
@@ -312,8 +324,19 @@ public struct SSHConfigFile {
         }
     }
 
-    /// `%h` (host name), `%p` (port), `%r` (user), `%n` (the name as given) and `%%`, as ssh expands them.
+    /// `%h` (host name), `%p` (port), `%r` (user), `%n` (the name as given) and `%%`, as ssh expands them. The
+    /// command goes to a shell: a host or user name holding anything a shell would interpret (a destination from
+    /// a cloned repository's syncd.yaml, or from a swarm's node list) is refused, as OpenSSH 9.6 refuses them.
     static func expandTokens(_ text: String, _ s: SSHHostSettings, _ line: Line) throws -> String {
+        let user = s.user ?? ProcessInfo.processInfo.environment["USER"] ?? "root"
+        for (what, value) in [("host name", s.hostName), ("user name", user), ("host", s.alias)] {
+            let safe = !value.isEmpty && !value.hasPrefix("-")
+                && value.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || "._-:[]%@".unicodeScalars.contains($0) }
+            guard safe else {
+                throw ConfigError("\(line.file):\(line.number): \(line.keyword): the \(what) '\(value)' holds characters a shell would "
+                                  + "interpret; refused")
+            }
+        }
         var out = ""
         var iterator = text.makeIterator()
         while let ch = iterator.next() {
@@ -321,7 +344,7 @@ public struct SSHConfigFile {
             switch iterator.next() {
             case "h": out += s.hostName
             case "p": out += String(s.port)
-            case "r": out += s.user ?? ProcessInfo.processInfo.environment["USER"] ?? "root"
+            case "r": out += user
             case "n": out += s.alias
             case "%": out += "%"
             case let other:

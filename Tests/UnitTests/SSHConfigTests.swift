@@ -134,6 +134,15 @@ struct SSHConfigPolicyTests {
         // `none` is a first value too: what follows does not apply.
         let direct = try config.settings(for: "direct")
         #expect(direct.proxyCommand == nil && direct.jumps.isEmpty)
+        // The command as written, quotes and all (sh reads them): AWS's SSM recipe.
+        let (ssm, ssmHome) = try SSHConfigTests().write("Host i-*\n  ProxyCommand sh -c \"aws ssm start-session --target %h --parameters 'portNumber=%p'\"\n")
+        #expect(try SSHConfigFile(path: ssm, home: ssmHome).settings(for: "i-0abc").proxyCommand
+                == "sh -c \"aws ssm start-session --target i-0abc --parameters 'portNumber=22'\"")
+        // A destination a shell would interpret never reaches one.
+        let (any, anyHome) = try SSHConfigTests().write("Host *\n  ProxyCommand nc %h %p\n")
+        for hostile in ["a$(touch${IFS}x)", "b;id", "-oProxyCommand=x", "u`id`@h"] {
+            #expect(throws: ConfigError.self, "\(hostile)") { try SSHConfigFile(path: any, home: anyHome).settings(for: hostile) }
+        }
         // A token syncd does not know is an error.
         let (bad, badHome) = try SSHConfigTests().write("Host gpu\n  ProxyCommand connect %z\n")
         #expect(throws: ConfigError.self) { try SSHConfigFile(path: bad, home: badHome).settings(for: "gpu") }
