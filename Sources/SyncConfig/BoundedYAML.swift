@@ -16,8 +16,14 @@ enum BoundedYAML {
             throw ConfigError("\(file): \(text.utf8.count) bytes; a config file may have at most \(maxFileBytes) (1 MiB)")
         }
         // The parser recurses once per level of nesting: a file of brackets would exhaust the stack.
-        guard flowDepth(text) <= maxDepth else {
+        let (depth, aliases) = scan(text)
+        guard depth <= maxDepth else {
             throw ConfigError("\(file): YAML nested more than \(maxDepth) levels deep ([ and {); refused")
+        }
+        // Composing hashes each mapping key whole, aliases expanded, before any count can stop it: with k aliases
+        // no tree passes about 3^(k/3) nodes, so few aliases keep even that bounded (32: some 65,000).
+        guard aliases <= maxAliases else {
+            throw ConfigError("\(file): \(aliases) YAML aliases (`*name`); a config file may use at most \(maxAliases); refused")
         }
         let node: Node?
         do { node = try Yams.compose(yaml: text) } catch { throw ConfigError("\(file): not valid YAML: \(error)") }
@@ -31,10 +37,12 @@ enum BoundedYAML {
     }
 
     static let maxDepth = 64
+    static let maxAliases = 32
 
-    /// The deepest nesting of `[` and `{` outside quotes and comments (an upper bound of the flow nesting).
-    static func flowDepth(_ text: String) -> Int {
-        var depth = 0, deepest = 0
+    /// The deepest nesting of `[` and `{` outside quotes and comments (an upper bound of the flow nesting), and
+    /// the aliases (`*name` where a node may start).
+    static func scan(_ text: String) -> (depth: Int, aliases: Int) {
+        var depth = 0, deepest = 0, aliases = 0
         var quote: UInt8?
         var comment = false
         var previous: UInt8 = 0x0A
@@ -45,12 +53,15 @@ enum BoundedYAML {
             switch c {
             case UInt8(ascii: "\""), UInt8(ascii: "'"): quote = c
             case UInt8(ascii: "#") where previous == 0x20 || previous == 0x0A || previous == 0x09: comment = true
+            case UInt8(ascii: "*") where [0x20, 0x0A, 0x09, UInt8(ascii: "["), UInt8(ascii: "{"), UInt8(ascii: ","), UInt8(ascii: ":"),
+                                          UInt8(ascii: "?"), UInt8(ascii: "-")].contains(previous):
+                aliases += 1
             case UInt8(ascii: "["), UInt8(ascii: "{"): depth += 1; deepest = max(deepest, depth)
             case UInt8(ascii: "]"), UInt8(ascii: "}"): depth = max(0, depth - 1)
             default: break
             }
         }
-        return deepest
+        return (deepest, aliases)
     }
 
     /// A scalar as a value: quoted, a string; plain, a boolean (`true`/`false`, and YAML 1.1's `yes`/`no`/`on`/`off`),

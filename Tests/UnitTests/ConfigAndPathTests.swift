@@ -114,7 +114,15 @@ struct BoundedConfigTests {
             _ = try ProjectConfig.parse(Self.laughs, file: "/p/syncd.yaml", directoryName: "p")
             Issue.record("accepted")
         } catch let e as ConfigError {
-            #expect("\(e)".hasPrefix("/p/syncd.yaml: ") && "\(e)".contains("expands to more than"), "\(e)")
+            #expect("\(e)".hasPrefix("/p/syncd.yaml: ") && "\(e)".contains("refused"), "\(e)")
+        }
+        // Few aliases that still expand past the bound (4 levels of 9, each level one alias used 9 times over a
+        // list of lists), and an alias used as a mapping key (composing hashes keys whole): refused, at once.
+        var wide = "a: &a [" + Array(repeating: "[x, x, x, x, x, x, x, x, x, x]", count: 60).joined(separator: ", ") + "]\n"
+        wide += "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c]\n"
+        #expect(throws: ConfigError.self) { try ProjectConfig.parse(wide, file: "/p/syncd.yaml", directoryName: "p") }
+        #expect(throws: ConfigError.self) {
+            try ProjectConfig.parse(Self.laughs.replacingOccurrences(of: "laughs: *i\n", with: "? *i\n: 1\n"), file: "/p/syncd.yaml", directoryName: "p")
         }
         // A few aliases, as compose files use them, are fine.
         let dir = NSTemporaryDirectory() + "syncd-compose-" + UUID().uuidString.prefix(8)
