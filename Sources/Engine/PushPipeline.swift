@@ -568,8 +568,12 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         condition.lock()
         let streams = eager ? nil : self.streams
         let unreachable = trouble.unreachable
+        // With store_fallback: no, chunks the store served damaged are still sent (that is about the store's
+        // bytes, not the host's reach); the rest is refused once the host could not read the store.
+        let damaged = storeFallback || unreachable == nil ? [] : Set(trouble.damaged.values.joined())
         condition.unlock()
-        guard readsLocalFiles && (storeFallback || unreachable == nil) else {
+        let onlyDamaged = indices.allSatisfy { Int($0) < chunks.count && damaged.contains(chunks[Int($0)].id) }
+        guard readsLocalFiles && (storeFallback || unreachable == nil || onlyDamaged) else {
             // Not `aborted` (a file that changed while read, a warning): the agent answers it failed, with this.
             guard refused.insert(op).inserted else { return }
             let why = readsLocalFiles ? "the host cannot read the store (see the error above) and store_fallback is no"

@@ -72,7 +72,8 @@ public struct SyncStats: Codable, Sendable {
     /// and the first `showing` paths: a store every host could not read is one line, not one per file per host.
     public mutating func groupFailures(showing: Int = 3) {
         let perFile = Set(failures.map(\.line))
-        guard failures.count > 1, !perFile.isEmpty else { return }
+        // Once grouped, no per-file line is left to group (a second call changes nothing).
+        guard failures.count > 1, errors.contains(where: perFile.contains) else { return }
         var order: [String] = []
         var byCause: [String: [FileFailure]] = [:]
         for f in failures {
