@@ -155,7 +155,8 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
             if !progressed {
                 // Wait for either side: the jump host's socket (as libssh2 needs it) or our end of the pair.
                 var fds = [pollfd(fd: jump.socket, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: end, events: Int16(endOpen && toChannel.isEmpty ? POLLIN : 0), revents: 0)]
+                           // Once our end said EOF it is left out: it would report POLLHUP for ever, and spin.
+                           pollfd(fd: endOpen ? end : -1, events: Int16(toChannel.isEmpty ? POLLIN : 0), revents: 0)]
                 let directions = libssh2_session_block_directions(session)
                 if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { fds[0].events |= Int16(POLLOUT) }
                 _ = poll(&fds, 2, 250)
