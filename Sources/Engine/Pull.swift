@@ -291,11 +291,13 @@ public final class PullSession {
                         try placeSymlink(offer.path, target: target)
                         agreed(key, remoteSynced)
                         stats.filesChanged += 1
+                        stats.itemized.append("cL+++++++++ \(offer.path)")
                     case .file(let digest):
                         guard offer.chunks.count == Int(offer.entry.chunkCount) else { throw ProtocolError("\(key): chunk list incomplete") }
                         let assembly = try FileAssembly(tree: project.tree, path: offer.path, digest: digest, size: offer.entry.size,
                                                         chunkList: offer.chunks, session: buildSession)
                         stats.filesChanged += 1
+                        stats.itemized.append("\(current == .absent ? ">f+++++++++" : ">f.st......") \(offer.path)")
                         stats.bytesLogical += offer.entry.size
                         stats.chunksTotal += offer.chunks.count
                         building.append((op, assembly, offer, now?.stat))

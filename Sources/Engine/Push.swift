@@ -280,6 +280,9 @@ public final class PushSession {
             }
         }
         stats.filesScanned = scan.entries.count
+        if pushed.isEmpty && knownScan == nil {
+            stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
+        }
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
         // A large file is cut while it is sent, so that it is read once, unless its size and mtime are what the
         // last push recorded: then it is most likely unchanged (hashed again only because the stat cache could not

@@ -41,6 +41,8 @@ public struct SyncStats: Codable, Sendable {
     /// Each file that failed, with its cause (and host): `errors` holds one line per cause once grouped
     /// (`groupFailures`), and `--json` has every one here.
     public var failures: [FileFailure] = []
+    /// A first push to this remote: what it sent, and where the bytes are (told once, so a surprise shows).
+    public var firstPush: TreeSummary?
     /// Each path a push changed, as `push --itemize` lists it (rsync's codes; see `PushPlan.Change`).
     public var itemized: [String] = []
     /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).

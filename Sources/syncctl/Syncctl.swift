@@ -145,6 +145,9 @@ struct Pull: ParsableCommand {
     var wait = false
     @Flag(help: "Keep the remote version of every conflict (as `resolve --keep remote`); the local one is kept beside it.")
     var force = false
+    @Flag(name: [.customShort("i"), .customLong("itemize"), .customShort("v"), .customLong("verbose")],
+          help: "List each path the pull brought back, with rsync's itemize code.")
+    var itemize = false
 
     func run() throws {
         if wait && !force, let stats = try throughDaemon(.pull, options.directory) { return report(stats, json: options.json) }
@@ -155,7 +158,7 @@ struct Pull: ParsableCommand {
             let pending = try project.conflictPathsFound(by: "push")
             if !pending.isEmpty { stats.absorb(try PullSession(project: project, resolving: pending).run()) }
         }
-        report(stats, json: options.json)
+        report(stats, json: options.json, itemize: itemize)
     }
 }
 
@@ -235,6 +238,12 @@ func report(_ stats: SyncStats, json: Bool, itemize: Bool = false) {
     var stats = stats
     stats.groupFailures()
     if itemize && !json { for line in stats.itemized { print(line) } }
+    if let first = stats.firstPush, !json { printError("first push: \(first)") }
+    // A pull names what it brought back (every path with -i; else the first few).
+    if stats.direction == "pull" && !itemize && !json && !stats.itemized.isEmpty {
+        let names = stats.itemized.map { String($0.dropFirst(12)) }
+        printError("received " + names.prefix(10).joined(separator: ", ") + (names.count > 10 ? " and \(names.count - 10) more (-i lists them)" : ""))
+    }
     for w in stats.warnings { printError("warning: \(w)") }
     for h in stats.hosts ?? [] where stats.hosts!.count > 1 || !h.ok {
         printError("\(h.host): " + (h.error ?? "\(h.filesChanged) changed, \(h.filesDeleted) deleted, \(formatBytes(h.bytesSent)) over the link"
@@ -256,11 +265,20 @@ struct List: ParsableCommand {
     @Flag(help: "Print JSON (names that are not UTF-8 carry \\udcXX escapes, see README).") var json = false
     @Flag(name: [.customShort("0"), .customLong("print0")], help: "Print each path's bytes as they are, ended by NUL.")
     var print0 = false
+    @Flag(help: "Only the totals, and the top-level directories holding the most bytes.") var summary = false
 
     func run() throws {
         let project = try Project(directory: directory)
         let (paths, warnings) = try project.listPushable()
         for w in warnings { printError("warning: \(w)") }
+        if summary {
+            let totals = TreeSummary(paths.map { (path: $0.path, kind: $0.kind == "file" ? FileKind.regular : $0.kind == "directory" ? .directory : .symlink,
+                                                 size: $0.size) }, keep: 10)
+            if json { return printJSON(totals) }
+            print("\(totals.files) files, \(formatBytes(totals.bytes)) in \(totals.directories) directories")
+            for d in totals.largest { print("  \(formatBytes(d.bytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.files) files\t\(d.path)") }
+            return
+        }
         if json {
             struct Out: Encodable { let paths: [ListedPath] }
             let encoder = JSONEncoder()

@@ -41,3 +41,30 @@ struct DryRunTests {
         #expect(after.stdout.isEmpty && after.stderr.contains("up to date"), "\(after.stdout)\(after.stderr)")
     }
 }
+
+/// Issue 27, item 3: a first push and `ls --summary` show the totals and where the bytes are; a pull names what it
+/// brought back.
+struct SummaryTests {
+    @Test func firstPushAndLsSummaryShowTheLargestDirectoriesAndAPullNamesItsFiles() throws {
+        let f = try SyncFixture()
+        try f.write("data/big.bin", randomBytes(300_000, seed: 2711))
+        try f.write("src/a.py", "a = 1\n")
+        let env = ["XDG_STATE_HOME": f.state]
+        let ls = try run(binDirectory() + "/syncctl", ["ls", f.project, "--summary"], env: env)
+        #expect(ls.status == 0 && ls.stdout.contains("3 files") && ls.stdout.contains("data/"), "\(ls.stdout)")
+        #expect(ls.stdout.split(separator: "\n").dropFirst().first?.hasSuffix("data/") == true, "largest first: \(ls.stdout)")
+        let json = try run(binDirectory() + "/syncctl", ["ls", f.project, "--summary", "--json"], env: env)
+        #expect(try json.int("files") == 3, "\(json.stdout)")
+
+        let first = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(first.status == 0 && first.stderr.contains("first push: 3 files") && first.stderr.contains("largest: data/"), "\(first.stderr)")
+        try f.write("src/a.py", "a = 2\n")
+        let second = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(!second.stderr.contains("first push"), "\(second.stderr)")
+
+        try f.write("output/run1.log", "loss 0.1\n", in: f.remoteProject)
+        try f.age("output/run1.log", in: f.remoteProject)
+        let pull = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
+        #expect(pull.status == 0 && pull.stderr.contains("received output/run1.log"), "\(pull.stderr)")
+    }
+}
