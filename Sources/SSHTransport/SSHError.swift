@@ -1,11 +1,15 @@
 /// Why an SSH connection could not be made or used; each names the host and what to do.
 public enum SSHError: Error, CustomStringConvertible {
-    case resolve(host: String, reason: String)
+    case resolve(host: String, reason: String, configFile: String?)
     case connectionRefused(host: String, port: Int)
     case timeout(host: String, port: Int, seconds: Int)
     case connect(host: String, port: Int, reason: String)
     case handshake(host: String, reason: String)
-    case unknownHostKey(host: String, fingerprint: String, knownHosts: String)
+    /// The peer answered in something other than SSH, or closed before its greeting.
+    case notSSH(host: String, port: Int)
+    /// No SSH greeting came within the connect timeout.
+    case noGreeting(host: String, port: Int, seconds: Int)
+    case unknownHostKey(host: String, fingerprint: String, knownHosts: String, hostName: String, port: Int)
     case changedHostKey(host: String, fingerprint: String, file: String, line: Int?)
     case authentication(user: String, host: String, tried: [String])
     case passphraseUnavailable(key: String)
@@ -17,8 +21,9 @@ public enum SSHError: Error, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .resolve(let host, let reason):
-            return "cannot resolve host '\(host)': \(reason); check the remote setting or your ssh config's HostName"
+        case .resolve(let host, let reason, let configFile):
+            return "cannot resolve host '\(host)': \(reason); check the remote setting, or a HostName for it in "
+                + (configFile.map { "\($0) (the ssh_config read)" } ?? "your ssh config")
         case .connectionRefused(let host, let port):
             return "connection to \(host) port \(port) refused: is sshd running there, and is the port right?"
         case .timeout(let host, let port, let seconds):
@@ -27,9 +32,15 @@ public enum SSHError: Error, CustomStringConvertible {
             return "cannot connect to \(host) port \(port): \(reason)"
         case .handshake(let host, let reason):
             return "SSH handshake with \(host) failed: \(reason)"
-        case .unknownHostKey(let host, let fingerprint, let knownHosts):
-            return "host key for \(host) is not known (\(fingerprint)); verify it, then add it to \(knownHosts) "
-                + "(ssh \(host) once), or set StrictHostKeyChecking accept-new for this host"
+        case .notSSH(let host, let port):
+            return "the server at \(host):\(port) does not speak SSH (it sent no SSH greeting, or closed at once); is that the SSH port?"
+        case .noGreeting(let host, let port, let seconds):
+            return "no SSH greeting from \(host):\(port) within \(seconds) s (ConnectTimeout): the port accepts connections but says "
+                + "nothing; is sshd there, or is a firewall holding the connection?"
+        case .unknownHostKey(let host, let fingerprint, let knownHosts, let hostName, let port):
+            return "host key for \(host) is not known (\(fingerprint)). Check that fingerprint with the host's owner, then record it: "
+                + "ssh-keyscan\(port == 22 ? "" : " -p \(port)") \(hostName) >> \(knownHosts) "
+                + "(or set StrictHostKeyChecking accept-new for this host)"
         case .changedHostKey(let host, let fingerprint, let file, let line):
             let at = line.map { "\(file):\($0)" } ?? file
             return "HOST KEY FOR \(host) HAS CHANGED (now \(fingerprint)); the key recorded at \(at) does not match. "

@@ -74,7 +74,7 @@ public final class SSHSession {
             transport = (fd, proxy)
         } else {
             transport = (try Self.connect(host: settings.hostName, port: settings.port, timeoutSeconds: timeout,
-                                          family: settings.addressFamily), nil)
+                                          family: settings.addressFamily, configFile: settings.configFile), nil)
             Trace.mark("ssh: TCP connected")
         }
         try self.init(settings: settings, options: options, stallSeconds: stallSeconds, transport: transport)
@@ -102,8 +102,16 @@ public final class SSHSession {
         libssh2_session_set_blocking(session, 1)
         libssh2_session_set_timeout(session, timeout * 1000)
         do {
-            if libssh2_session_handshake(session, socket) != 0 {
-                throw SSHError.handshake(host: settings.hostName, reason: lastError())
+            let rc = libssh2_session_handshake(session, socket)
+            if rc != 0 {
+                // libssh2's codes in words: what a person can act on.
+                switch rc {
+                case LIBSSH2_ERROR_TIMEOUT: throw SSHError.noGreeting(host: settings.hostName, port: settings.port, seconds: timeout)
+                case LIBSSH2_ERROR_BANNER_RECV, LIBSSH2_ERROR_SOCKET_DISCONNECT, LIBSSH2_ERROR_SOCKET_RECV, LIBSSH2_ERROR_KEX_FAILURE,
+                     LIBSSH2_ERROR_PROTO:
+                    throw SSHError.notSSH(host: settings.hostName, port: settings.port)
+                default: throw SSHError.handshake(host: settings.hostName, reason: lastError())
+                }
             }
             Trace.mark("ssh: key exchange done (\(negotiatedMethods), CTR keystream batched: \(syncd_cipher_batching() != 0 ? "yes" : "no"))")
             try verifyHostKey(options: options)
@@ -179,14 +187,14 @@ public final class SSHSession {
         return Double(info.tcpi_rtt) / 1e6
     }
 
-    static func connect(host: String, port: Int, timeoutSeconds: Int, family: String? = nil) throws -> Int32 {
+    static func connect(host: String, port: Int, timeoutSeconds: Int, family: String? = nil, configFile: String? = nil) throws -> Int32 {
         var hints = addrinfo()
         hints.ai_family = family == "inet" ? AF_INET : family == "inet6" ? AF_INET6 : AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &list)
         guard rc == 0, let first = list else {
-            throw SSHError.resolve(host: host, reason: String(cString: gai_strerror(rc)))
+            throw SSHError.resolve(host: host, reason: String(cString: gai_strerror(rc)), configFile: configFile)
         }
         defer { freeaddrinfo(list) }
         var lastError: SSHError = .connect(host: host, port: port, reason: "no usable address")
@@ -283,7 +291,8 @@ public final class SSHSession {
         case LIBSSH2_KNOWNHOST_CHECK_NOTFOUND:
             let policy = settings.strictHostKeyChecking
             guard policy == "accept-new" || policy == "no" || policy == "off" else {
-                throw SSHError.unknownHostKey(host: knownHostsName, fingerprint: fingerprint, knownHosts: files.first ?? "~/.ssh/known_hosts")
+                throw SSHError.unknownHostKey(host: knownHostsName, fingerprint: fingerprint, knownHosts: files.first ?? "~/.ssh/known_hosts",
+                                              hostName: settings.hostName, port: settings.port)
             }
             var added: UnsafeMutablePointer<libssh2_knownhost>?
             guard libssh2_knownhost_addc(hosts, knownHostsName, nil, key, keyLength, nil, 0,

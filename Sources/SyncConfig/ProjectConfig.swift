@@ -141,6 +141,9 @@ public struct ProjectConfig: Equatable, Sendable {
             throw ConfigError("\(file): expected a mapping of settings (name:, remote:, …)")
         }
         for key in map.keys where !knownKeys.contains(key) {
+            if let near = closest(key, among: knownKeys) {
+                throw ConfigError("\(file): unknown setting '\(key)'; did you mean '\(near)'?")
+            }
             throw ConfigError("\(file): unknown setting '\(key)' (known: \(knownKeys.joined(separator: ", ")))")
         }
         func string(_ key: String) throws -> String? {
@@ -361,4 +364,25 @@ func parseByteSize(_ text: String) -> UInt64? {
     guard let value = UInt64(digits) else { return nil }
     let (scaled, overflow) = value.multipliedReportingOverflow(by: 1 << shift)
     return overflow ? nil : scaled
+}
+
+/// The candidate nearest `word` (edit distance, at most a third of its length, and at most 3), if one is that near.
+public func closest(_ word: String, among candidates: [String]) -> String? {
+    func distance(_ a: [Character], _ b: [Character]) -> Int {
+        var row = Array(0...b.count)
+        for i in 1...max(a.count, 1) where !a.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in stride(from: 1, through: b.count, by: 1) {
+                let saved = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                previous = saved
+            }
+        }
+        return a.isEmpty ? b.count : row[b.count]
+    }
+    let w = Array(word.lowercased())
+    let scored = candidates.map { ($0, distance(w, Array($0))) }.min { $0.1 < $1.1 }
+    guard let (best, d) = scored, d <= min(3, max(1, w.count / 3)) else { return nil }
+    return best
 }

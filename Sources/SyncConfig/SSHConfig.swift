@@ -24,6 +24,8 @@ public struct SSHHostSettings: Equatable, Sendable {
     public var identitiesOnly = false
     /// `AddressFamily`: `inet`, `inet6`, or nil for either.
     public var addressFamily: String?
+    /// The ssh_config file these settings were read from (for messages).
+    public var configFile: String?
 
     public init(alias: String, hostName: String) {
         self.alias = alias
@@ -93,16 +95,20 @@ public struct SSHConfigFile {
 
     private var lines: [Line] = []
     private let home: String
+    /// The file read first (its Includes aside).
+    private var root = ""
 
     /// Reads `path` (a missing file is an empty config). `home` expands `~`.
     public init(path: String, home: String = NSHomeDirectory()) throws {
         self.home = home
+        root = path
         try load(path, depth: 0)
     }
 
     /// Config `text` as if read from `file` (its Includes are read from disk).
     public init(text: String, file: String, home: String = NSHomeDirectory()) throws {
         self.home = home
+        root = file
         try load(text: text, path: file, depth: 0)
     }
 
@@ -238,6 +244,7 @@ public struct SSHConfigFile {
         guard depth < 8 else { throw ConfigError("ProxyJump to \(destinationText): more than 8 hops (a loop?)") }
         let destination = try SSHDestination(parsing: destinationText)
         var s = SSHHostSettings(alias: destination.host, hostName: destination.host)
+        s.configFile = root
         var seen: Set<String> = []
         var active = true
         var proxyCommand: (String, Line)?
