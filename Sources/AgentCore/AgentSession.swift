@@ -134,15 +134,16 @@ public final class AgentSession {
             stopWatching()
             heartbeat?.stop()
             // A stalled client would not read the account either: the link is given up at once.
+            var told = false
             if !(error is StalledError) {
-                try? writer.send(.error(message: "\(error)"))
-                try? writer.flush()
+                told = (try? writer.send(.error(message: "\(error)"))) != nil && (try? writer.flush()) != nil
             }
             durability?.shutdown()
             pending.values.forEach { $0.assembly?.suspend() }
             sealed.values.forEach { $0.assembly?.suspend() }
             try? state?.save()
-            throw error
+            // Told to the client, which prints it: not printed here a second time.
+            throw told ? AgentReported(error: error) : error
         }
     }
 
@@ -270,6 +271,11 @@ public final class AgentSession {
         // another agent changed its state meanwhile.
         if projectPath != openProjectPath || !(isStillCurrent()) {
             stopWatching()
+            // A pull from a remote nothing was pushed to makes nothing there, and says so.
+            var st = stat()
+            if hello.role == .pull && lstat(projectPath, &st) != 0 && errno == ENOENT {
+                throw AgentError("nothing has been pushed to \(projectPath) yet (push first; a pull makes nothing on the remote)")
+            }
             tree = try Tree(rootPath: projectPath, create: true)
             // Out of descriptors: the temporary files held open are closed too (each reopens when next written).
             tree.onDescriptorShortage = (pthread_self(), { [unowned self] in
@@ -477,4 +483,11 @@ public final class AgentSession {
 
     /// Set when this session added to the cache; only then can it have outgrown its bound.
     var cacheGrew = false
+}
+
+/// An error the session already sent to its client (an `error` frame): the client shows it, so the agent's own
+/// stderr need not.
+public struct AgentReported: Error, CustomStringConvertible {
+    public let error: Error
+    public var description: String { "\(error)" }
 }

@@ -332,7 +332,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         condition.unlock()
         let failed = listener.stop()
         if let failed {
-            if case let e as SyncError = failed, e.description.hasPrefix("agent: watch") {
+            if let e = failed as? AgentSaid, e.message.hasPrefix("watch") {
                 // The agent cannot watch here: fall back to periodic pulls, on the same connection.
                 log.warning("\(directory): the remote cannot be watched (\(e)); pulling every \(Int(pullInterval)) s")
                 watchWorks = false

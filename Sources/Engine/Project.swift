@@ -313,7 +313,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             lock.unlock()
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
-        if case .error(let message) = welcome { throw SyncError("agent: \(displayText(message))") }
+        if case .error(let message) = welcome { throw AgentSaid(message: displayText(message)) }
         guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
         lock.lock()
         self.directory = directory
@@ -337,7 +337,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         connection.terminate()
         heartbeat.stop()
         let why = connection.finish()
-        if let e = error as? SyncError, e.description.hasPrefix("agent:") { return e.description }
+        if let said = error as? AgentSaid { return said.description }
         return why ?? "\(error)"
     }
 
@@ -371,7 +371,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             switch message {
             case .remoteChanged(let paths): changed(paths.compactMap { try? RelativePath(bytes: $0) })
             case .watchEnded: return
-            case .error(let text): throw SyncError("agent: \(displayText(text))")
+            case .error(let text): throw AgentSaid(message: displayText(text))
             default: throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during a watch")
             }
         }
@@ -465,4 +465,11 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
         condition.unlock()
         if case .success(let link)? = made { _ = link.fail(SyncError("abandoned")) }
     }
+}
+
+/// The agent ended the session with an error of its own (an `error` frame), escaped for a terminal. A retry does
+/// not mend what it reports by itself (a remote root that is a file, a permission): the message says so.
+public struct AgentSaid: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { "agent: \(message)" }
 }

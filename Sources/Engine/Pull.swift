@@ -230,7 +230,7 @@ public final class PullSession {
                 case .listEnd:
                     break listing
                 case .error(let m):
-                    throw SyncError("agent: \(displayText(m))")
+                    throw AgentSaid(message: displayText(m))
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the listing")
                 }
@@ -466,7 +466,7 @@ public final class PullSession {
                                                }, settled: { merger.wake() })
                     }
                 case .error(let m):
-                    throw SyncError("agent: \(displayText(m))")
+                    throw AgentSaid(message: displayText(m))
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the pull")
                 }
@@ -549,7 +549,8 @@ public final class PullSession {
             try? state.update(.pulled, changes)
             try? state.update(.pushed, pushedChanges)
             try? state.saveFiles(cacheUpdates)
-            throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); run the pull again to resume", cause: error)
+            let next = error is AgentSaid ? "what arrived is kept; mend that, then pull again" : "run the pull again to resume"
+            throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); \(next)", cause: error)
         }
         progress.finish()
         link.endSession()

@@ -330,7 +330,9 @@ public final class PushSession {
             var partial = SyncStats(direction: "push")
             let answered = pipeline.answeredSoFar()
             try? record(answered, pushed: pushed, state: state, into: &partial, allOf: nil)
-            throw SyncError("push to \(project.config.remote) failed: \(why); run the push again to resume", cause: error)
+            // A link that failed resumes with the next push; what the agent refused needs mending first.
+            let next = error is AgentSaid ? "what arrived is kept; mend that, then push again" : "run the push again to resume"
+            throw SyncError("push to \(project.config.remote) failed: \(why); \(next)", cause: error)
         }
         progress.finish()
         Trace.mark("push: pipeline done")

@@ -174,7 +174,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             while fatal == nil && !agentDone && Date() < deadline { _ = condition.wait(until: deadline) }
             let reported = fatal
             condition.unlock()
-            if let reported = reported as? SyncError, reported.description.hasPrefix("agent:") { throw reported }
+            if let reported = reported as? AgentSaid { throw reported }
             throw error
         }
     }
@@ -316,7 +316,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 agentDone = true
                 return
             case .error(let text)?:
-                if fatal == nil { fatal = SyncError("agent: \(displayText(text))") }
+                if fatal == nil { fatal = AgentSaid(message: displayText(text)) }
                 return
             case let other?:
                 if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }

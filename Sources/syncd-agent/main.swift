@@ -122,6 +122,8 @@ let session = AgentSession(stream: FileDescriptorStream(input: 0, output: 1, nam
 do {
     try session.run()
     exit(0)
+} catch is AgentReported {
+    exit(1)
 } catch {
     printError("syncd-agent: \(error)")
     exit(1)

@@ -60,7 +60,10 @@ struct AgentHostileInputTests {
         if (try? reader.readHandshake()) != nil {
             while let m = try? reader.next() { replies.append(m) }
         }
-        return (r.status, r.stderr, replies)
+        // What the agent said: its stderr, and the error it sent its client (which it prints only when it could
+        // not send it: the client shows it, once).
+        let told = replies.compactMap { m -> String? in if case .error(let text) = m { return text }; return nil }
+        return (r.status, ([r.stderr] + told).joined(separator: "\n"), replies)
     }
 
     static func fileFrames(op: UInt32, path: String, content: [UInt8], sendBytes: [UInt8]? = nil) -> [Message] {

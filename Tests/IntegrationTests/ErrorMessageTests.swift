@@ -73,3 +73,25 @@ struct ErrorMessageTests {
         }
     }
 }
+
+/// Issue 27, item 7: the agent's message printed once, no "run again to resume" where a retry cannot help, and a
+/// pull from a remote nothing was pushed to says so and makes nothing there.
+struct AgentErrorTests {
+    @Test func whatTheAgentRefusesIsSaidOnceWithoutAFalsePromise() throws {
+        let f = try SyncFixture()
+        try f.write("a.txt", "a\n")
+        let rootFile = f.base + "/rootfile"
+        try "not a directory\n".write(toFile: rootFile, atomically: true, encoding: .utf8)
+        let env = ["XDG_STATE_HOME": f.state]
+        let push = try run(binDirectory() + "/syncctl", ["push", f.project, "--remote", "local:" + rootFile], env: env)
+        #expect(push.status == 1)
+        let mentions = push.stderr.components(separatedBy: "Not a directory").count - 1
+        #expect(mentions == 1, "the agent's message was printed \(mentions) times: \(push.stderr)")
+        #expect(!push.stderr.contains("run the push again to resume") && push.stderr.contains("mend that"), "\(push.stderr)")
+
+        let never = f.base + "/never"
+        let pull = try run(binDirectory() + "/syncctl", ["pull", f.project, "--remote", "local:" + never], env: env)
+        #expect(pull.status == 1 && pull.stderr.contains("nothing has been pushed"), "\(pull.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: never + "/" + f.name), "the pull made the project on the remote")
+    }
+}
