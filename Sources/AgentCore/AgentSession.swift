@@ -273,7 +273,7 @@ public final class AgentSession {
             stopWatching()
             // A pull from a remote nothing was pushed to makes nothing there, and says so.
             var st = stat()
-            if hello.role == .pull && lstat(projectPath, &st) != 0 && errno == ENOENT {
+            if hello.role == .pull && hello.expectInstance.isEmpty && lstat(projectPath, &st) != 0 && errno == ENOENT {
                 throw AgentError("nothing has been pushed to \(projectPath) yet (push first; a pull makes nothing on the remote)")
             }
             tree = try Tree(rootPath: projectPath, create: true)

@@ -313,7 +313,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             lock.unlock()
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
-        if case .error(let message) = welcome { throw AgentSaid(message: displayText(message)) }
+        if case .error(let message) = welcome { throw AgentSaid(message: displayText(message), atStart: true) }
         guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
         lock.lock()
         self.directory = directory
@@ -471,5 +471,12 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
 /// not mend what it reports by itself (a remote root that is a file, a permission): the message says so.
 public struct AgentSaid: Error, CustomStringConvertible {
     public let message: String
+    /// Said instead of a welcome: the agent could not open the project (its remote root, its name, its
+    /// directory), which a retry does not mend.
+    public var atStart = false
+    public init(message: String, atStart: Bool = false) {
+        self.message = message
+        self.atStart = atStart
+    }
     public var description: String { "agent: \(message)" }
 }

@@ -103,6 +103,9 @@ public final class PullSession {
         var greeting = Hello(role: .pull, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                              pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                              conflictStamp: stamp, roots: resolving?.map(\.bytes) ?? [])
+        // The remote this machine synced with before: one that is gone since was wiped (and is made again); with
+        // none, a remote without the project was never pushed to, and the agent makes nothing there.
+        greeting.expectInstance = ((try? project.openState().remoteInstance()) ?? nil) ?? ""
         project.limit(&greeting)
         let hello = greeting
         let project = self.project
@@ -549,7 +552,7 @@ public final class PullSession {
             try? state.update(.pulled, changes)
             try? state.update(.pushed, pushedChanges)
             try? state.saveFiles(cacheUpdates)
-            let next = error is AgentSaid ? "what arrived is kept; mend that, then pull again" : "run the pull again to resume"
+            let next = (error as? AgentSaid)?.atStart == true ? "mend that, then pull again" : "run the pull again to resume"
             throw SyncError("pull from \(project.config.remote) failed: \(link.fail(error)); \(next)", cause: error)
         }
         progress.finish()

@@ -331,7 +331,7 @@ public final class PushSession {
             let answered = pipeline.answeredSoFar()
             try? record(answered, pushed: pushed, state: state, into: &partial, allOf: nil)
             // A link that failed resumes with the next push; what the agent refused needs mending first.
-            let next = error is AgentSaid ? "what arrived is kept; mend that, then push again" : "run the push again to resume"
+            let next = (error as? AgentSaid)?.atStart == true ? "mend that, then push again" : "run the push again to resume"
             throw SyncError("push to \(project.config.remote) failed: \(why); \(next)", cause: error)
         }
         progress.finish()

@@ -87,7 +87,7 @@ struct AgentErrorTests {
         #expect(push.status == 1)
         let mentions = push.stderr.components(separatedBy: "Not a directory").count - 1
         #expect(mentions == 1, "the agent's message was printed \(mentions) times: \(push.stderr)")
-        #expect(!push.stderr.contains("run the push again to resume") && push.stderr.contains("mend that"), "\(push.stderr)")
+        #expect(!push.stderr.contains("run the push again to resume") && push.stderr.contains("mend that, then push again"), "\(push.stderr)")
 
         let never = f.base + "/never"
         let pull = try run(binDirectory() + "/syncctl", ["pull", f.project, "--remote", "local:" + never], env: env)
