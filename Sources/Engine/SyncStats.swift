@@ -118,10 +118,18 @@ public struct SyncStats: Codable, Sendable {
 
     /// A short human summary for stderr.
     public func summary() -> String {
-        var s = "\(direction): \(filesChanged) changed, \(filesDeleted) deleted"
+        let seconds = formatSeconds(Double(durationMs) / 1000)
+        if direction == "push" && filesChanged == 0 && filesDeleted == 0 && filesMoved == 0 && conflicts == 0 && errors.isEmpty {
+            return "push: up to date" + (remoteDirectory.map { " (\($0))" } ?? "") + "; \(filesScanned) paths looked at, \(seconds)"
+        }
+        var s = "\(direction): \(filesChanged) \(direction == "pull" ? "received" : "changed"), \(filesDeleted) deleted"
         if filesMoved > 0 { s += ", \(filesMoved) moved" }
-        s += "; \(chunksSent)/\(chunksTotal) chunks sent, \(formatBytes(bytesSent)) out, \(formatBytes(bytesReceived)) in, \(durationMs) ms"
-        if conflicts > 0 { s += "; \(conflicts) conflict(s)" }
+        // "3/40 chunks" only where the total is known to hold what was sent.
+        let chunks = chunksTotal >= chunksSent && chunksTotal > 0 ? "\(chunksSent)/\(chunksTotal) chunk\(chunksTotal == 1 ? "" : "s")"
+            : "\(chunksSent) chunk\(chunksSent == 1 ? "" : "s")"
+        s += "; \(chunks) \(direction == "pull" ? "fetched" : "sent"), \(formatBytes(bytesSent)) out, \(formatBytes(bytesReceived)) in, \(seconds)"
+        if conflicts > 0 { s += "; \(conflicts) conflict\(conflicts == 1 ? "" : "s")" }
+        if direction == "push", let dir = remoteDirectory { s += "; in \(dir)" }
         return s
     }
 }
@@ -139,6 +147,13 @@ public struct FileFailure: Codable, Sendable, Equatable {
 
     /// Its line in `errors`, as it reads before grouping.
     var line: String { (host.map { "\($0): " } ?? "") + "\(path): \(cause)" }
+}
+
+/// Durations as people read them: `0.4 s`, `48.2 s`, `12 min 5 s`.
+public func formatSeconds(_ seconds: Double) -> String {
+    if seconds < 60 { return String(format: "%.1f s", seconds) }
+    let whole = Int(seconds.rounded())
+    return whole < 3600 ? "\(whole / 60) min \(whole % 60) s" : "\(whole / 3600) h \(whole % 3600 / 60) min"
 }
 
 /// 1.5 MB style sizes.

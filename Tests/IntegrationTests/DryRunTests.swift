@@ -61,10 +61,14 @@ struct SummaryTests {
         try f.write("src/a.py", "a = 2\n")
         let second = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
         #expect(!second.stderr.contains("first push"), "\(second.stderr)")
+        #expect(second.stderr.contains("push: 1 changed") && second.stderr.contains("; in \(f.remoteProject)"), "\(second.stderr)")
+        let noop = try run(binDirectory() + "/syncctl", ["push", f.project], env: env)
+        #expect(noop.stderr.contains("push: up to date"), "\(noop.stderr)")
 
         try f.write("output/run1.log", "loss 0.1\n", in: f.remoteProject)
         try f.age("output/run1.log", in: f.remoteProject)
         let pull = try run(binDirectory() + "/syncctl", ["pull", f.project], env: env)
         #expect(pull.status == 0 && pull.stderr.contains("received output/run1.log"), "\(pull.stderr)")
+        #expect(pull.stderr.contains("pull: 1 received") && pull.stderr.contains("1/1 chunk fetched"), "\(pull.stderr)")
     }
 }
