@@ -23,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lib"))
+import weed  # noqa: E402
 ADMIN = ("AKIAFANOUTBENCH00001", "fanoutbenchsecret0000000000000000000000")
 
 
@@ -46,13 +47,6 @@ def wait_port(port, seconds=30):
     sys.exit(f"fanout: nothing listens on {port} after {seconds} s")
 
 
-def weed_binary():
-    for c in [os.environ.get("SYNCD_WEED", ""), "/opt/syncd-test/seaweedfs/bin/weed", shutil.which("weed") or ""]:
-        if c and os.access(c, os.X_OK):
-            return c
-    sys.exit("fanout: no weed binary (make test-deps installs SeaweedFS)")
-
-
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -65,40 +59,7 @@ class Bench:
     # --- servers ---------------------------------------------------------------------------------------
     def start(self):
         w = self.work
-        os.makedirs(f"{w}/weed/data")
-        with open(f"{w}/weed/s3.json", "w") as f:
-            json.dump({"identities": [{"name": "admin", "credentials": [{"accessKey": ADMIN[0], "secretKey": ADMIN[1]}],
-                                       "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
-        def is_free(port):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                    return True
-                except OSError:
-                    return False
-        while True:
-            # weed puts each HTTP port's gRPC port 10000 above it.
-            base = random.randint(12000, 19000)
-            ports = [base, base + 1, base + 2, base + 3]
-            if all(is_free(p) and is_free(p + 10000) for p in ports):
-                break
-        self.s3_port = ports[3]
-        log = open(f"{w}/weed/log", "w")
-        self.procs.append(subprocess.Popen(
-            [weed_binary(), "server", f"-dir={w}/weed/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-             f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
-             "-s3", f"-s3.port={ports[3]}", f"-s3.config={w}/weed/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
-             "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0"],
-            stdout=log, stderr=log))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.s3_port}/healthz", timeout=1)
-                break
-            except Exception:
-                time.sleep(0.3)
-        else:
-            sys.exit("fanout: SeaweedFS did not start; see " + f"{w}/weed/log")
+        self.s3_port = weed.start(w, self.procs, *ADMIN)
 
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{w}/client"], check=True)
         os.makedirs("/run/sshd", exist_ok=True)

@@ -16,14 +16,12 @@ usage: Bench/history.py [--release DIR] [--refs 1000] [--delay-ms 25]
 import argparse
 import json
 import os
-import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 MOTO_PYTHON = "/opt/syncd-test/moto/bin/python"
 try:
@@ -34,6 +32,8 @@ except ImportError:
     sys.exit("history: needs boto3 (make test-deps installs it in /opt/syncd-test/moto)")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "lib"))
+import weed  # noqa: E402
 KEY, SECRET = "AKIAHISTORYBENCH0001", "historybenchsecret000000000000000000000"
 
 
@@ -41,47 +41,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def weed_binary():
-    for c in [os.environ.get("SYNCD_WEED", ""), "/opt/syncd-test/seaweedfs/bin/weed", shutil.which("weed") or ""]:
-        if c and os.access(c, os.X_OK):
-            return c
-    sys.exit("history: no weed binary (make test-deps installs SeaweedFS)")
-
-
-def start_weed(work, procs):
-    os.makedirs(f"{work}/weed/data")
-    with open(f"{work}/weed/s3.json", "w") as f:
-        json.dump({"identities": [{"name": "admin", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-                                   "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, f)
-
-    def is_free(port):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-    for _ in range(1000):
-        base = random.randint(12000, 19000)  # weed puts each HTTP port's gRPC port 10000 above it
-        ports = [base, base + 1, base + 2, base + 3]
-        if all(is_free(p) and is_free(p + 10000) for p in ports):
-            break
-    log = open(f"{work}/weed/log", "w")
-    procs.append(subprocess.Popen(
-        [weed_binary(), "server", f"-dir={work}/weed/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-         f"-master.port={ports[0]}", f"-volume.port={ports[1]}", "-filer", f"-filer.port={ports[2]}",
-         "-s3", f"-s3.port={ports[3]}", f"-s3.config={work}/weed/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
-         "-master.telemetry=false", "-master.volumeSizeLimitMB=1024", "-volume.max=0"], stdout=log, stderr=log))
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{ports[3]}/healthz", timeout=1)
-            return ports[3]
-        except Exception:
-            time.sleep(0.3)
-    sys.exit(f"history: SeaweedFS did not start; see {work}/weed/log")
 
 
 def ref_key(project, manifest, nanos):
@@ -99,7 +58,7 @@ def main():
     work = tempfile.mkdtemp(prefix="syncd-history.")
     procs = []
     try:
-        port = start_weed(work, procs)
+        port = weed.start(work, procs, KEY, SECRET)
         endpoint = f"http://127.0.0.1:{port}"
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=KEY, aws_secret_access_key=SECRET, region_name="us-east-1")
         s3.create_bucket(Bucket="hist")

@@ -207,9 +207,7 @@ extension Project {
     /// `syncctl store unlock`: removes the store's stale locks (with `all`, every lock); returns what each said.
     public func unlockStore(all: Bool) throws -> [StoreLock.Info] {
         let (store, _) = try openStore()
-        do { return try StoreLock.unlock(store.client, all: all) } catch let e as S3Error {
-            throw SyncError("store \(store.client.location): \(e)")
-        }
+        return try storeWork(store) { try StoreLock.unlock(store.client, all: all) }
     }
 
     /// `syncctl store gc`: see `StoreUploader.collectGarbage`.
@@ -218,13 +216,20 @@ extension Project {
             throw SyncError("store gc needs --keep N (the newest N snapshots) or --keep-days D", exitCode: 2)
         }
         let (store, uploader) = try openStore()
+        return try storeWork(store) { try uploader.collectGarbage(project: config.name, keep: keep, keepDays: keepDays, grace: grace) }
+    }
+
+    /// Runs a store command's `work`, its errors as the CLI tells them (the store named where the error does not).
+    func storeWork<T>(_ store: SnapshotStore, _ work: () throws -> T) throws -> T {
         do {
-            return try uploader.collectGarbage(project: config.name, keep: keep, keepDays: keepDays, grace: grace)
+            return try work()
         } catch let e as StoreBusy {
             throw SyncError(e.message)
         } catch let e as S3Error {
             throw SyncError("store \(store.client.location): \(e)")
         } catch let e as StoreError {
+            throw SyncError("\(e)")
+        } catch let e as ChangedWhileUploading {
             throw SyncError("\(e)")
         }
     }
@@ -235,28 +240,16 @@ extension Project {
     /// `syncctl store check`: the whole store, every project's snapshots in it (see `SnapshotStore.check`).
     public func checkStore(readData: Bool) throws -> StoreCheckReport {
         let (store, _) = try openStore()
-        do { return try store.check(readData: readData) } catch let e as S3Error {
-            throw SyncError("store \(store.client.location): \(e)")
-        }
+        return try storeWork(store) { try store.check(readData: readData) }
     }
 
     /// `syncctl store repair`: sets aside what is broken and uploads again, from this project's files, what the
     /// store lacks (see `StoreUploader.repair`).
     public func repairStore(readData: Bool) throws -> StoreRepairReport {
         let (store, uploader) = try openStore()
-        let first = try forHost(try hostList()[0])
+        let first = try forFirstHost()
         let scan = try Snapshotter(project: first, state: try first.openState()).run(roots: nil)
         let files = scan.entries.compactMap { e in e.content.map { UploadFile(path: e.path, chunks: $0.chunks) } }
-        do {
-            return try uploader.repair(files: files, from: tree, readData: readData)
-        } catch let e as StoreBusy {
-            throw SyncError(e.message)
-        } catch let e as S3Error {
-            throw SyncError("store \(store.client.location): \(e)")
-        } catch let e as StoreError {
-            throw SyncError("\(e)")
-        } catch let e as ChangedWhileUploading {
-            throw SyncError("\(e)")
-        }
+        return try storeWork(store) { try uploader.repair(files: files, from: tree, readData: readData) }
     }
 }

@@ -6,36 +6,12 @@ import Testing
 /// host key, the ssh_config that was read, and "did you mean" for a mistyped setting.
 @Suite(.serialized, .enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
 struct ErrorMessageTests {
-    /// A loopback listener; `answer` (when given) is written to each connection, which is then closed.
-    static func listener(answer: [UInt8]?) -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-        listen(fd, 8)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        if let answer {
-            let thread = Thread {
-                for _ in 0..<4 {
-                    let client = accept(fd, nil, nil)
-                    if client < 0 { return }
-                    _ = answer.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
-                    close(client)
-                }
-            }
-            thread.start()
-        }
-        return (fd, Int(UInt16(bigEndian: address.sin_port)))
-    }
-
     @Test func connectionErrorsSayWhatIsWrongAndWhatToDo() throws {
         let f = try SyncFixture()
         try f.write("a.txt", "a\n")
-        let http = Self.listener(answer: Array("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".utf8))
+        let http = loopbackListener(answer: Array("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".utf8))
         defer { shutdown(http.fd, Int32(SHUT_RDWR)); close(http.fd) }
-        let silent = Self.listener(answer: nil)
+        let silent = loopbackListener(answer: nil)
         defer { close(silent.fd) }
         let config = f.base + "/ssh_config"
         try """
@@ -94,4 +70,29 @@ struct AgentErrorTests {
         #expect(pull.status == 1 && pull.stderr.contains("nothing has been pushed"), "\(pull.stderr)")
         #expect(!FileManager.default.fileExists(atPath: never + "/" + f.name), "the pull made the project on the remote")
     }
+}
+
+/// A loopback listener that never accepts (connections complete in the kernel's backlog, and nothing ever answers),
+/// or with `answer`, one that writes it to each connection and closes it.
+func loopbackListener(answer: [UInt8]?, backlog: Int32 = 8) -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    listen(fd, backlog)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    if let answer {
+        let thread = Thread {
+            for _ in 0..<4 {
+                let client = accept(fd, nil, nil)
+                if client < 0 { return }
+                _ = answer.withUnsafeBytes { write(client, $0.baseAddress, $0.count) }
+                close(client)
+            }
+        }
+        thread.start()
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }

@@ -430,16 +430,8 @@ struct StoreFallbackTests {
         let server = try backend.server()
         let syncctl = binDirectory() + "/syncctl"
         // Listening, never accepting: connections complete (the kernel's backlog) and nothing ever answers.
-        let silent = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (silent, port) = loopbackListener(answer: nil, backlog: 128)
         defer { close(silent) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(silent, $0, length) } }
-        listen(silent, 128)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(silent, $0, &length) } }
-        let port = Int(UInt16(bigEndian: address.sin_port))
         let settings = "host_endpoint: http://127.0.0.1:\(port)\ntimeout: 4\n"
         try Self.configure(f, bucket: team.location.bucket, endpoint: server.endpoint, hosts: ["host1"], extra: settings)
         for i in 0..<40 { try f.write("src/f\(i).bin", randomBytes(20_000, seed: 3000 + UInt64(i))) }
