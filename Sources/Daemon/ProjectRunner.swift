@@ -67,7 +67,8 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private static let settingsPaths = Set(settingsFiles.compactMap { try? RelativePath($0) })
 
     private func makeWatcher(_ project: Project) -> TreeWatcher {
-        TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, alwaysReported: Self.settingsFiles,
+        let gitignore = project.config.gitignore
+        return TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, alwaysReported: Self.settingsFiles,
                     log: { log.warning("\($0)") }) { [weak self] event in
             guard let self else { return }
             condition.lock()
@@ -75,6 +76,8 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             case .changed(let paths):
                 changedPaths.formUnion(paths)
                 if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
+                // git's rules are read once per opening of the project: a changed `.gitignore` opens it again.
+                if gitignore && paths.contains(where: { $0.name.elementsEqual(".gitignore".utf8) }) { settingsChanged = true }
             case .rescan(let reason):
                 fullPushNeeded = true
                 log.warning("\(directory): \(reason); the next push compares the whole project")

@@ -1,6 +1,7 @@
 import Chunking
 import Foundation
 import ProjectScan
+import SyncConfig
 import SyncSystem
 
 /// One path a push would send.
@@ -67,5 +68,110 @@ public struct TreeSummary: Codable, Sendable, CustomStringConvertible {
                 .joined(separator: ", ")
         }
         return text
+    }
+}
+
+/// Why a push sends a path or leaves it out: `syncctl ls --why`.
+public struct PathVerdict: Codable, Sendable {
+    public let path: String
+    public let sent: Bool
+    public let reason: String
+}
+
+extension Project {
+    /// What decides `path` (relative to the project): a pull path, or the ignore rule and the file it is in.
+    public func why(_ path: RelativePath) throws -> PathVerdict {
+        let shown = path.description
+        let isDirectory = try tree.lstat(path)?.kind == .directory
+        if let pull = pullPaths.first(where: { path.isWithin($0) }) {
+            return PathVerdict(path: shown, sent: false, reason: "below the pull path \(pull)/ in \(ProjectConfig.fileName): "
+                               + "the remote's, brought back by `syncctl pull` and never sent")
+        }
+        if path.nameHasPrefix(partialFilePrefix) {
+            return PathVerdict(path: shown, sent: false, reason: "a file a pull is still building (\(partialFilePrefix)…)")
+        }
+        let (excluded, reason) = rules.explain(path.bytes, isDirectory: isDirectory)
+        return PathVerdict(path: shown, sent: !excluded, reason: reason)
+    }
+}
+
+/// A path git's rules leave out of a push, with what is below it: what `syncctl init` shows in a repository.
+public struct GitIgnoredPath: Sendable {
+    public let path: String
+    public let isDirectory: Bool
+    public let files: Int
+    public let bytes: UInt64
+    /// A directory that looks like a dataset (named `data` or `datasets`, or large and not a tool's): `init` puts
+    /// it under `include:`.
+    public let looksLikeData: Bool
+}
+
+extension Project {
+    /// Directories that tools make and that are never data, whatever their size.
+    static let toolDirectories: Set<String> = [
+        ".venv", "venv", "env", ".env", ".tox", ".nox", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache",
+        ".ruff_cache", ".cache", ".ipynb_checkpoints", "wandb", "runs", "mlruns", "lightning_logs", "logs", "log",
+        "build", "dist", ".eggs", "site-packages", ".idea", ".vscode", "target", ".gradle", ".terraform",
+    ]
+
+    /// The highest paths git's rules exclude in the project at `directory` (its `.gitignore` files and the
+    /// repository's `info/exclude`), largest first; `pull` paths are left out (a pull brings them back anyway).
+    public static func gitIgnored(in directory: String, pull: [String]) throws -> [GitIgnoredPath] {
+        let tree = try Tree(rootPath: directory, create: false)
+        let git = gitIgnore(projectDirectory: directory, tree: tree)
+        var defaults = IgnoreRules()
+        for p in IgnoreRules.defaultPatterns { try defaults.add(pattern: p, source: "built-in defaults", line: 0) }
+        let pullPaths = Set(pull)
+        var found: [GitIgnoredPath] = []
+        var budget = 2_000_000  // entries looked at, so that init on a huge tree still ends
+        func sizeBelow(_ dir: FileDescriptor) -> (files: Int, bytes: UInt64) {
+            var total = (files: 0, bytes: UInt64(0))
+            guard budget > 0, let items = try? Tree.list(dir) else { return total }
+            for item in items {
+                budget -= 1
+                if item.kind == .directory {
+                    if let child = try? Tree.openChildDirectory(dir, name: item.name, shown: "") {
+                        let below = sizeBelow(child)
+                        total.files += below.files
+                        total.bytes += below.bytes
+                    }
+                } else if item.kind == .regular, let st = try? Tree.lstat(at: dir, name: item.name, shown: "") {
+                    total.files += 1
+                    total.bytes += st.size
+                }
+            }
+            return total
+        }
+        func walk(_ dir: FileDescriptor, prefix: [UInt8]) {
+            guard budget > 0, let items = try? Tree.list(dir) else { return }
+            for item in items {
+                budget -= 1
+                let bytes = prefix.isEmpty ? item.name : prefix + [UInt8(ascii: "/")] + item.name
+                let text = String(decoding: bytes, as: UTF8.self)
+                if defaults.isExcluded(bytes) || pullPaths.contains(text) { continue }
+                let isDirectory = item.kind == .directory
+                if git.isIgnored(bytes, isDirectory: isDirectory, parentsChecked: true) {
+                    var size = (files: 0, bytes: UInt64(0))
+                    var isVirtualEnv = false
+                    if isDirectory, let child = try? Tree.openChildDirectory(dir, name: item.name, shown: text) {
+                        size = sizeBelow(child)
+                        if case .some(.some) = try? Tree.lstat(at: child, name: Array("pyvenv.cfg".utf8), shown: "") { isVirtualEnv = true }
+                    } else if let st = try? Tree.lstat(at: dir, name: item.name, shown: text) {
+                        size = (1, st.size)
+                    }
+                    let name = String(decoding: item.name, as: UTF8.self)
+                    let dataName = ["data", "dataset", "datasets"].contains(name.lowercased())
+                    let large = size.bytes >= 100 << 20
+                    let looksLikeData = isDirectory && !isVirtualEnv && !toolDirectories.contains(name)
+                        && !name.hasSuffix(".egg-info") && (dataName || large)
+                    found.append(GitIgnoredPath(path: text, isDirectory: isDirectory, files: size.files, bytes: size.bytes,
+                                                looksLikeData: looksLikeData))
+                } else if isDirectory, let child = try? Tree.openChildDirectory(dir, name: item.name, shown: text) {
+                    walk(child, prefix: bytes)
+                }
+            }
+        }
+        walk(tree.root, prefix: [])
+        return found.sorted { ($0.bytes, $1.path) > ($1.bytes, $0.path) }
     }
 }

@@ -65,7 +65,7 @@ struct Snapshotter {
     /// Walks the tree and fills contents from the stat cache. `roots` nil scans the local-owned part (pull paths
     /// excluded); otherwise only below `roots`.
     func scan(roots: [RelativePath]?) throws -> Scan {
-        let rules = roots == nil ? project.rulesWithPullPaths : project.rules
+        let rules = roots == nil ? project.rulesWithPullPaths : project.pullRules
         let scan: ScanResult
         do { scan = try ProjectScanner(tree: project.tree, rules: rules).scan(roots: roots) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
@@ -88,8 +88,15 @@ struct Snapshotter {
     /// The entries at `paths` themselves, pull paths included (the ignore rules still apply): what
     /// `resolve --keep local` sends.
     func scan(resolving paths: [RelativePath]) throws -> Scan {
-        let scan: ScanResult
-        do { scan = try ProjectScanner(tree: project.tree, rules: project.rules).entries(at: paths) } catch {
+        var scan: ScanResult
+        do {
+            // git's rules do not hide a pulled path's local copy.
+            let (pulled, pushed) = (paths.filter(project.isPullPath), paths.filter { !project.isPullPath($0) })
+            scan = try ProjectScanner(tree: project.tree, rules: project.rules).entries(at: pushed)
+            let more = try ProjectScanner(tree: project.tree, rules: project.pullRules).entries(at: pulled)
+            if !more.entries.isEmpty { scan.entries = (scan.entries + more.entries).sorted { $0.path < $1.path } }
+            scan.warnings += more.warnings
+        } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
         return try identify(scan, cache: try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path)))

@@ -53,6 +53,9 @@ public final class Project: Sendable {
     public let config: ProjectConfig
     public let tree: Tree
     public let rules: IgnoreRules
+    /// syncd's own rules without git's: what a pull's paths are scanned with, since git's rules decide what a push
+    /// sends, never what a pull brings back.
+    public let pullRules: IgnoreRules
     public let pullPaths: [RelativePath]
     public let chunking: ChunkParameters
     let options: SyncOptions
@@ -108,6 +111,14 @@ public final class Project: Sendable {
         } catch let e as IgnoreRuleError {
             throw SyncError(e.description, exitCode: 2)
         }
+        pullRules = rules
+        if config.gitignore {
+            let git = Self.gitIgnore(projectDirectory: absolute, tree: tree)
+            let includes = config.include.enumerated().map { (text: $0.element, origin: "\(ProjectConfig.fileName) include[\($0.offset)]") }
+            do { try rules.add(git: git, includes: includes) } catch let e as IgnoreRuleError {
+                throw SyncError("\(absolute)/\(e.description)", exitCode: 2)
+            }
+        }
         self.rules = rules
         do {
             pullPaths = try config.pull.map { try RelativePath($0) }
@@ -121,6 +132,56 @@ public final class Project: Sendable {
         } catch {
             throw SyncError("\(absolute)/\(ProjectConfig.fileName): chunk sizes: \(error)", exitCode: 2)
         }
+    }
+
+    /// git's rules for the project in `projectDirectory`: the repository holding it (the nearest directory above
+    /// with a `.git`) gives `info/exclude` and the `.gitignore` files between its root and the project; the
+    /// project's own are read as the scan meets them. Outside a repository only the project's `.gitignore` files count.
+    static func gitIgnore(projectDirectory: String, tree: Tree) -> GitIgnore {
+        var outer: [(text: String, source: String, base: String)] = []
+        guard let repository = gitRepository(enclosing: projectDirectory) else { return GitIgnore(tree: tree, projectPrefix: "", outerFiles: []) }
+        let prefix = repository == projectDirectory ? "" : String(projectDirectory.dropFirst(repository == "/" ? 1 : repository.count + 1))
+        if let gitDirectory = gitDirectory(of: repository) {
+            let exclude = gitDirectory + "/info/exclude"
+            if let text = try? readConfigFile(exclude) { outer.append((text, exclude, "")) }
+        }
+        // The `.gitignore` files from the repository's root down to the project's parent.
+        var base = ""
+        for component in prefix.split(separator: "/") {
+            let file = repository + (base.isEmpty ? "" : "/" + base) + "/.gitignore"
+            if let text = try? readConfigFile(file) { outer.append((text, file, base)) }
+            base += (base.isEmpty ? "" : "/") + component
+        }
+        return GitIgnore(tree: tree, projectPrefix: prefix, outerFiles: outer)
+    }
+
+    /// The root of the git repository holding `directory` (absolute): the nearest directory at or above it with a
+    /// `.git`; nil outside any.
+    public static func gitRepository(enclosing directory: String) -> String? {
+        var candidate = directory
+        for _ in 0..<4096 {
+            if FileManager.default.fileExists(atPath: (candidate == "/" ? "" : candidate) + "/.git") { return candidate }
+            guard candidate != "/" else { return nil }
+            candidate = (candidate as NSString).deletingLastPathComponent
+        }
+        return nil
+    }
+
+    /// The git directory of the repository at `root`: `.git` itself, or where a `.git` file (a worktree, a
+    /// submodule) points, and then that worktree's common directory, which holds `info/exclude`.
+    private static func gitDirectory(of root: String) -> String? {
+        let dotGit = root + "/.git"
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dotGit, isDirectory: &isDirectory) else { return nil }
+        if isDirectory.boolValue { return dotGit }
+        guard let text = try? readConfigFile(dotGit), text.hasPrefix("gitdir:") else { return nil }
+        var target = text.dropFirst("gitdir:".count).trimmingCharacters(in: .whitespacesAndNewlines)
+        if !target.hasPrefix("/") { target = root + "/" + target }
+        if let common = try? readConfigFile(target + "/commondir") {
+            let path = common.trimmingCharacters(in: .whitespacesAndNewlines)
+            return path.hasPrefix("/") ? path : target + "/" + path
+        }
+        return target
     }
 
     /// True when `path` is remote-owned.

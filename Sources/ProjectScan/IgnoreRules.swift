@@ -16,10 +16,35 @@ public let conflictCopyPattern = "**/*.sync-conflict-*"
 public struct IgnoreRules: Sendable {
     /// The patterns in order, after cleaning.
     public private(set) var patterns: [IgnorePattern] = []
-    /// True when some pattern re-includes (`!`); then an excluded directory must still be walked.
-    public private(set) var hasExceptions = false
+    /// Where each pattern was written ("FILE:LINE", or the setting), in the same order.
+    private var origins: [String] = []
+    /// True when some pattern re-includes (`!`).
+    private var ownExceptions = false
+    /// git's rules (`gitignore: true`), applied after these: a path either excludes is left out, unless `include:`
+    /// brings back one git alone excludes.
+    public private(set) var git: GitIgnore?
+    /// `include:` patterns with where each was written: paths that travel although git's rules exclude them.
+    private var includes: [(pattern: IgnorePattern, origin: String)] = []
+
+    /// True when something can bring back a path below an excluded directory (a `!` pattern, or `include:` over
+    /// git's rules): then an excluded directory must still be walked, and its parents matched.
+    public var hasExceptions: Bool { ownExceptions || (git != nil && !includes.isEmpty) }
 
     public init() {}
+
+    /// Adds git's rules, with `include:` patterns that override them.
+    public mutating func add(git: GitIgnore, includes patterns: [(text: String, origin: String)]) throws {
+        self.git = git
+        for item in patterns {
+            var text = cleanPath(item.text.trimmingSpace())
+            if text.count > 1 && text.hasPrefix("/") { text.removeFirst() }
+            do {
+                includes.append((try IgnorePattern(text, exclusion: false), item.origin))
+            } catch let error as IgnorePattern.SyntaxError {
+                throw IgnoreRuleError(source: item.origin, line: 0, message: "bad pattern '\(item.text)': \(error.message)")
+            }
+        }
+    }
 
     /// Rules that syncd always starts from: VCS metadata and editor temp files.
     public static let defaultPatterns = [
@@ -67,39 +92,95 @@ public struct IgnoreRules: Sendable {
         if text.count > 1 && text.hasPrefix("/") { text.removeFirst() }
         do {
             patterns.append(try IgnorePattern(text, exclusion: exclusion))
+            origins.append(line == 0 || source.hasSuffix("]") ? source : "\(source):\(line)")
         } catch let error as IgnorePattern.SyntaxError {
             throw IgnoreRuleError(source: source, line: line, message: "bad pattern '\(raw)': \(error.message)")
         }
-        if exclusion { hasExceptions = true }
+        if exclusion { ownExceptions = true }
     }
 
     /// True when `path` (slash separated, relative) is excluded: the last pattern that matches it or one of
     /// its parent directories decides.
     public func isExcluded(_ path: String) -> Bool { isExcluded(Array(path.utf8)) }
 
-    /// True when `path` (slash-separated bytes) is excluded; see `isExcluded(_: String)`.
-    public func isExcluded(_ bytes: [UInt8]) -> Bool { isExcluded(bytes, parentsChecked: false) }
+    /// True when `path` (slash-separated bytes) is excluded; see `isExcluded(_: String)`. Not knowing whether it
+    /// is a directory, git's directory-only patterns (`build/`) match only the directories above it.
+    public func isExcluded(_ bytes: [UInt8], isDirectory: Bool = false) -> Bool {
+        isExcluded(bytes, isDirectory: isDirectory, parentsChecked: false)
+    }
 
     /// With `parentsChecked` the caller knows that no directory above `bytes` is excluded (a walk does not go
     /// into one) and that there are no exceptions: only the path itself is matched then, not each of its parents.
-    public func isExcluded(_ bytes: [UInt8], parentsChecked: Bool) -> Bool {
-        if parentsChecked && !hasExceptions {
-            return patterns.contains { $0.matches(bytes[...]) }
+    public func isExcluded(_ bytes: [UInt8], isDirectory: Bool = false, parentsChecked: Bool) -> Bool {
+        if ownDecision(bytes, parentsChecked: parentsChecked)?.excluded == true { return true }
+        guard let git else { return false }
+        // Below a directory brought back by `include:`, git's rules may still ignore the path: its parents count.
+        guard git.isIgnored(bytes, isDirectory: isDirectory, parentsChecked: parentsChecked && !hasExceptions) else { return false }
+        return included(bytes) == nil
+    }
+
+    /// False when nothing below the excluded directory `bytes` can be brought back, so a walk may pass it by.
+    public func mayBringBack(below bytes: [UInt8]) -> Bool {
+        if ownExceptions { return true }
+        guard git != nil, ownDecision(bytes, parentsChecked: false)?.excluded != true else { return false }
+        let components = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        return includes.contains { include in
+            // The pattern's leading components without wildcards must agree with the directory's.
+            for (i, part) in include.pattern.text.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).enumerated() {
+                if part.contains(where: { "*?[\\".utf8.contains($0) }) || i >= components.count { return true }
+                if !part.elementsEqual(components[i]) { return false }
+            }
+            return true
         }
-        var matched = false
+    }
+
+    /// The last of syncd's own patterns matching `bytes` or a directory above it, and whether it excludes.
+    private func ownDecision(_ bytes: [UInt8], parentsChecked: Bool) -> (excluded: Bool, index: Int, directory: Int?)? {
+        if parentsChecked && !ownExceptions {
+            return patterns.firstIndex { $0.matches(bytes[...]) }.map { (true, $0, nil) }
+        }
+        var decision: (excluded: Bool, index: Int, directory: Int?)?
         var parentEnds: [Int] = []
         for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { parentEnds.append(i) }
-        for pattern in patterns {
-            if pattern.exclusion != matched { continue }
-            var match = pattern.matches(bytes[...])
-            if !match {
-                for end in parentEnds {
-                    if pattern.matches(bytes[..<end]) { match = true; break }
-                }
+        for (index, pattern) in patterns.enumerated() {
+            if pattern.exclusion != (decision?.excluded ?? false) { continue }
+            if pattern.matches(bytes[...]) {
+                decision = (!pattern.exclusion, index, nil)
+            } else if let end = parentEnds.first(where: { pattern.matches(bytes[..<$0]) }) {
+                decision = (!pattern.exclusion, index, end)
             }
-            if match { matched = !pattern.exclusion }
         }
-        return matched
+        return decision
+    }
+
+    /// The `include:` pattern matching `bytes` or a directory above it.
+    private func included(_ bytes: [UInt8]) -> (pattern: IgnorePattern, origin: String)? {
+        guard !includes.isEmpty else { return nil }
+        var ends = [bytes.count]
+        for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { ends.append(i) }
+        return includes.first { include in ends.contains { include.pattern.matches(bytes[..<$0]) } }
+    }
+
+    /// Why `bytes` is sent or left out, naming the rule and where it was written: `syncctl ls --why`.
+    public func explain(_ bytes: [UInt8], isDirectory: Bool) -> (excluded: Bool, reason: String) {
+        if let own = ownDecision(bytes, parentsChecked: false), own.excluded || git == nil {
+            let pattern = patterns[own.index]
+            let rule = "\(origins[own.index]): `\(pattern.exclusion ? "!" : "")\(pattern.text)`"
+            if !own.excluded { return (false, "brought back by \(rule)") }
+            if let end = own.directory { return (true, "below \(String(decoding: bytes[..<end], as: UTF8.self))/, which \(rule) ignores") }
+            return (true, "ignored by \(rule)")
+        }
+        if let git, let decision = git.decide(bytes, isDirectory: isDirectory) {
+            guard decision.ignored else { return (false, "git: \(decision)") }
+            if let include = included(bytes) {
+                return (false, "git: \(decision); sent because \(include.origin) includes `\(include.pattern.text)`")
+            }
+            return (true, "git: \(decision)")
+        }
+        if let own = ownDecision(bytes, parentsChecked: false) {
+            return (false, "brought back by \(origins[own.index]): `!\(patterns[own.index].text)`")
+        }
+        return (false, git == nil ? "no ignore rule matches it" : "no ignore rule matches it, git's included")
     }
 }
 

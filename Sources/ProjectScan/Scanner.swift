@@ -44,9 +44,10 @@ public struct ProjectScanner {
         if let roots {
             for root in roots {
                 guard let st = try tree.lstat(root) else { continue }
-                if rules.isExcluded(root.bytes) && !rules.hasExceptions { continue }
-                if st.kind == .directory {
-                    if !rules.isExcluded(root.bytes) { result.entries.append(ScannedEntry(path: root, stat: st, linkTarget: nil)) }
+                let isDirectory = st.kind == .directory
+                if rules.isExcluded(root.bytes, isDirectory: isDirectory) && !(isDirectory && rules.mayBringBack(below: root.bytes)) { continue }
+                if isDirectory {
+                    if !rules.isExcluded(root.bytes, isDirectory: true) { result.entries.append(ScannedEntry(path: root, stat: st, linkTarget: nil)) }
                     guard let dir = try tree.openDirectory(root, create: false) else { continue }
                     try walk(dir, prefix: root.bytes, into: &result)
                 } else if let parent = try tree.openParent(root, create: false) {
@@ -68,7 +69,7 @@ public struct ProjectScanner {
             var hidden = false
             for component in path.parentComponents {
                 ancestor = joinPath(ancestor, component)
-                if rules.isExcluded(ancestor) && !rules.hasExceptions { hidden = true; break }
+                if rules.isExcluded(ancestor, isDirectory: true) && !rules.mayBringBack(below: ancestor) { hidden = true; break }
             }
             if hidden { continue }
             guard let parent = try tree.openParent(path, create: false),
@@ -88,9 +89,10 @@ public struct ProjectScanner {
                        into result: inout ScanResult) throws {
         let bytes = joinPath(prefix, name)
         if name.starts(with: partialFilePrefix.utf8) { return }
-        // A walk goes into no excluded directory unless there are exceptions: then the parents need no matching.
-        let excluded = rules.isExcluded(bytes, parentsChecked: recurse)
-        if excluded && (kind != .directory || !rules.hasExceptions) { return }
+        // A walk goes into no excluded directory unless something below it may be brought back: then the
+        // parents need no matching.
+        let excluded = rules.isExcluded(bytes, isDirectory: kind == .directory, parentsChecked: recurse)
+        if excluded && (kind != .directory || !rules.mayBringBack(below: bytes)) { return }
         let path: RelativePath
         do { path = try RelativePath(bytes: bytes) } catch {
             result.warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))

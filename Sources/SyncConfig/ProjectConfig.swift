@@ -45,7 +45,8 @@ public struct ProjectConfig: Equatable, Sendable {
     public static let knownKeys = ["name", "remote", "remote_root", "pull", "ignore", "identity", "known_hosts",
                                    "ssh_config", "agent_path", "chunk_min", "chunk_avg", "chunk_max", "compress", "docker_host",
                                    "hosts", "store", "endpoint", "host_endpoint", "region", "pull_from",
-                                   "host_credentials", "store_fallback", "streams", "timeout", "max_file_size"]
+                                   "host_credentials", "store_fallback", "streams", "timeout", "max_file_size",
+                                   "gitignore", "include"]
 
     /// When chunk data is zlib-compressed: `auto` over SSH but not through pipes to a `local:` agent (where it
     /// could only cost CPU), or `always`, or `never`.
@@ -60,6 +61,11 @@ public struct ProjectConfig: Equatable, Sendable {
     public var remoteRoot: String?
     public var pull: [String]
     public var ignore: [String]
+    /// `gitignore: true`: git's ignore rules (nested `.gitignore` files, `.git/info/exclude`) also decide what a
+    /// push sends, never what a pull brings back.
+    public var gitignore = false
+    /// Paths that a push sends although git's rules exclude them (a gitignored dataset), as patterns.
+    public var include: [String] = []
     public var identity: String?
     public var knownHosts: String?
     public var sshConfig: String?
@@ -234,6 +240,19 @@ public struct ProjectConfig: Equatable, Sendable {
             config.pull = pull.compactMap(cleanRelative)
         }
         config.ignore = try list("ignore") ?? []
+        if let value = map["gitignore"] {
+            guard let flag = value as? Bool else {
+                throw ConfigError("\(file): setting 'gitignore' must be true or false, not '\(value)'")
+            }
+            config.gitignore = flag
+        }
+        config.include = try list("include") ?? []
+        for p in config.include where cleanRelative(p.hasPrefix("/") ? String(p.dropFirst()) : p) == nil {
+            throw ConfigError("\(file): setting 'include': '\(p)' must be a path or pattern inside the project")
+        }
+        if !config.include.isEmpty && !config.gitignore {
+            throw ConfigError("\(file): setting 'include' brings back paths git's rules exclude, and needs gitignore: true")
+        }
         if let text = try string("compress") {
             guard let mode = Compression(rawValue: text) else {
                 throw ConfigError("\(file): setting 'compress' must be auto, always or never, not '\(text)'")
@@ -327,6 +346,11 @@ public struct ProjectConfig: Equatable, Sendable {
         if let remoteRoot { lines.append("remote_root: \(quoted(remoteRoot))") }
         lines.append("pull: [\(pull.map(quoted).joined(separator: ", "))]")
         lines.append("ignore: [\(ignore.map(quoted).joined(separator: ", "))]")
+        if gitignore {
+            lines.append("# git's ignore rules (.gitignore files, .git/info/exclude) decide what a push sends; include: sends paths they exclude.")
+            lines.append("gitignore: true")
+            lines.append("include: [\(include.map(quoted).joined(separator: ", "))]")
+        }
         return lines.joined(separator: "\n") + "\n"
     }
 

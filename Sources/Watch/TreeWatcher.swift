@@ -279,7 +279,7 @@ public final class TreeWatcher {
             note(relative)
             return
         }
-        if rules.isExcluded(path) && !(isDirectory && rules.hasExceptions) { return }
+        if rules.isExcluded(path, isDirectory: isDirectory) && !(isDirectory && rules.mayBringBack(below: path)) { return }
         if !inScope(path) {
             // Only a directory leading into the scope matters here: watch it so the scope is seen when it appears.
             if isDirectory && leadsIntoScope(path) && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
@@ -377,7 +377,7 @@ public final class TreeWatcher {
         var out: [[UInt8]] = []
         for item in items where item.kind == .directory {
             let path = joinPath(dir, item.name)
-            if rules.isExcluded(path) && !rules.hasExceptions { continue }
+            if rules.isExcluded(path, isDirectory: true) && !rules.mayBringBack(below: path) { continue }
             if !inScope(path) && !leadsIntoScope(path) { continue }
             out.append(path)
         }

@@ -38,6 +38,8 @@ struct Init: ParsableCommand {
     @Option(help: "Project name on the remote (default: the directory's name).") var name: String?
     @Option(name: .customLong("remote-root"), help: "Remote root directory (default: the login user's home).") var remoteRoot: String?
     @Flag(help: "Overwrite an existing syncd.yaml.") var force = false
+    @Flag(name: .customLong("no-gitignore"), help: "In a git repository, send what git ignores too (gitignore: false).")
+    var noGitignore = false
 
     func run() throws {
         let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
@@ -58,12 +60,33 @@ struct Init: ParsableCommand {
         do { spec = try RemoteSpec(parsing: remote) } catch let e as ConfigError { throw SyncError("--remote: \(e)", exitCode: 2) }
         var config = ProjectConfig(name: name ?? (dir as NSString).lastPathComponent, remote: spec, remoteRoot: remoteRoot)
         config.ignore = []
+        var report: [String] = []
+        if let repository = Project.gitRepository(enclosing: dir), !noGitignore {
+            config.gitignore = true
+            let ignored = try Project.gitIgnored(in: dir, pull: config.pull)
+            config.include = ignored.filter(\.looksLikeData).map(\.path)
+            report.append("\(repository) is a git repository: gitignore: true, so what git ignores stays here (--no-gitignore: send it).")
+            let left = ignored.filter { !$0.looksLikeData }
+            if !left.isEmpty {
+                let total = left.reduce(UInt64(0)) { $0 + $1.bytes }
+                report.append("git's rules leave out \(left.count) path\(left.count == 1 ? "" : "s"), \(formatBytes(total)):")
+                for p in left.prefix(10) {
+                    report.append("  \(formatBytes(p.bytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(p.path)\(p.isDirectory ? "/" : "")")
+                }
+                if left.count > 10 { report.append("  … and \(left.count - 10) more (`syncctl ls --why PATH` says why a path is left out)") }
+            }
+            for p in ignored where p.looksLikeData {
+                report.append("\(p.path)/ (\(formatBytes(p.bytes)), gitignored, looks like data: put under include:, so it reaches the host; "
+                              + "take it out of include: in \(ProjectConfig.fileName) if it should not")
+            }
+        }
         // Validate by parsing what we are about to write.
         do { _ = try ProjectConfig.parse(config.yaml(), file: file, directoryName: (dir as NSString).lastPathComponent) } catch let e as ConfigError {
             throw SyncError(e.description, exitCode: 2)
         }
         try config.yaml().write(toFile: file, atomically: true, encoding: .utf8)
         printError("wrote \(file)")
+        for line in report { print(line) }
     }
 }
 
@@ -266,8 +289,33 @@ struct List: ParsableCommand {
     @Flag(name: [.customShort("0"), .customLong("print0")], help: "Print each path's bytes as they are, ended by NUL.")
     var print0 = false
     @Flag(help: "Only the totals, and the top-level directories holding the most bytes.") var summary = false
+    @Option(name: .customLong("why"), help: ArgumentHelp("Say whether a push sends PATH and which rule, in which file, decided it.",
+                                                          valueName: "PATH"))
+    var why: [String] = []
 
     func run() throws {
+        if !why.isEmpty {
+            // PATH as the shell sees it: relative to the working directory, which may be below the project.
+            let project = try Project(directory: directory == "." ? FileManager.default.currentDirectoryPath : directory)
+            var verdicts: [PathVerdict] = []
+            for text in why {
+                let absolute = URL(fileURLWithPath: text).standardizedFileURL.path
+                guard absolute.hasPrefix(project.directory + "/") else {
+                    throw SyncError("--why \(text): \(absolute) is not inside the project at \(project.directory)", exitCode: 2)
+                }
+                let relative: RelativePath
+                do { relative = try RelativePath(String(absolute.dropFirst(project.directory.count + 1))) } catch {
+                    throw SyncError("--why \(text): \(error)", exitCode: 2)
+                }
+                verdicts.append(try project.why(relative))
+            }
+            if json {
+                struct Out: Encodable { let paths: [PathVerdict] }
+                return printJSON(Out(paths: verdicts))
+            }
+            for v in verdicts { print("\(v.path): \(v.sent ? "sent" : "not sent"): \(v.reason)") }
+            return
+        }
         let project = try Project(directory: directory)
         let (paths, warnings) = try project.listPushable()
         for w in warnings { printError("warning: \(w)") }

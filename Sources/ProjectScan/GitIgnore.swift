@@ -1,0 +1,235 @@
+import Glibc
+import SyncSystem
+
+/// git's ignore rules over a project (gitignore(5)): the `.gitignore` of each directory, read when a path below
+/// it is first asked about, the ones of directories between the repository's root and the project, and the
+/// repository's `info/exclude`.
+///
+/// The rules differ from `.syncignore`'s in three ways, all of them git's: a pattern without a slash matches a
+/// name at any depth below its file's directory; a trailing slash matches directories only; and nothing below
+/// an ignored directory can be brought back by `!`.
+public final class GitIgnore: @unchecked Sendable {
+    /// One line of an ignore file.
+    struct Rule {
+        let pattern: IgnorePattern
+        let negated: Bool
+        let directoryOnly: Bool
+        /// With a slash before its end, the pattern is matched against the path below its file's directory;
+        /// without, against the last component only.
+        let anchored: Bool
+        /// Where the line is, for `ls --why`: "FILE:LINE".
+        let origin: String
+        let text: String
+    }
+
+    /// Rules read from one file, and the directory (repository-relative, no trailing slash) they apply below.
+    struct RuleFile {
+        let base: [UInt8]
+        let rules: [Rule]
+    }
+
+    /// What decided a path: the rule, and the directory it matched when that was one above the path.
+    public struct Decision: Sendable, CustomStringConvertible {
+        public let ignored: Bool
+        public let origin: String
+        public let pattern: String
+        /// Set when the path lies below a directory the rule ignores.
+        public let directory: String?
+
+        public var description: String {
+            let rule = "\(origin): `\(pattern)`"
+            if let directory { return "\(directory)/ is ignored by \(rule), and git cannot re-include what is below it" }
+            return (ignored ? "ignored by " : "re-included by ") + rule
+        }
+    }
+
+    private let tree: Tree
+    /// The project's path inside the repository, with a trailing slash ("" when the project is the root).
+    private let projectPrefix: [UInt8]
+    /// `info/exclude` and the `.gitignore` files of directories above the project, lowest precedence first.
+    private let outer: [RuleFile]
+    private let mutex = Mutex()
+    /// The project's own `.gitignore` files by project-relative directory; an empty list where there is none.
+    private var inner: [[UInt8]: [Rule]] = [:]
+    /// Lines that are not patterns git understands; git passes over them, and so does this, but `ls --why` says so.
+    private var skipped: [String] = []
+
+    /// `outerFiles` are (text, shown name, repository-relative directory) for `info/exclude` (directory "") and the
+    /// `.gitignore` files between the repository's root and the project, root first.
+    public init(tree: Tree, projectPrefix: String, outerFiles: [(text: String, source: String, base: String)]) {
+        self.tree = tree
+        var prefix = Array(projectPrefix.utf8)
+        if !prefix.isEmpty && prefix.last != UInt8(ascii: "/") { prefix.append(UInt8(ascii: "/")) }
+        self.projectPrefix = prefix
+        var skipped: [String] = []
+        outer = outerFiles.map { RuleFile(base: Array($0.base.utf8), rules: Self.parse($0.text, source: $0.source, skipped: &skipped)) }
+        self.skipped = skipped
+    }
+
+    /// Lines passed over so far, each as "FILE:LINE: why".
+    public var skippedLines: [String] {
+        mutex.lock()
+        defer { mutex.unlock() }
+        return skipped
+    }
+
+    /// True when git ignores `path` (project-relative bytes). With `parentsChecked` the caller knows that no
+    /// directory above it is ignored, and only the path itself is matched.
+    public func isIgnored(_ path: [UInt8], isDirectory: Bool, parentsChecked: Bool = false) -> Bool {
+        decide(path, isDirectory: isDirectory, parentsChecked: parentsChecked)?.ignored ?? false
+    }
+
+    /// The rule that decides `path`, nil when none matches it or a directory above it.
+    public func decide(_ path: [UInt8], isDirectory: Bool, parentsChecked: Bool = false) -> Decision? {
+        if !parentsChecked {
+            for (i, byte) in path.enumerated() where byte == UInt8(ascii: "/") {
+                if let (rule, _) = match(Array(path[..<i]), isDirectory: true), !rule.negated {
+                    return Decision(ignored: true, origin: rule.origin, pattern: rule.text,
+                                    directory: String(decoding: path[..<i], as: UTF8.self))
+                }
+            }
+        }
+        guard let (rule, _) = match(path, isDirectory: isDirectory) else { return nil }
+        return Decision(ignored: !rule.negated, origin: rule.origin, pattern: rule.text, directory: nil)
+    }
+
+    /// The last rule matching `path` itself, looking at the deepest file first as git does.
+    private func match(_ path: [UInt8], isDirectory: Bool) -> (Rule, [UInt8])? {
+        let full = projectPrefix + path
+        // The project's directories holding `path`, deepest first, then the ones above the project.
+        var directories: [[UInt8]] = []
+        var end = path.count
+        while let slash = path[..<end].lastIndex(of: UInt8(ascii: "/")) {
+            directories.append(Array(path[..<slash]))
+            end = slash
+        }
+        directories.append([])
+        for directory in directories {
+            let rules = rules(in: directory)
+            let base = directory.isEmpty ? projectPrefix : projectPrefix + directory + [UInt8(ascii: "/")]
+            if let rule = Self.lastMatch(rules, below: base, full, isDirectory: isDirectory) { return (rule, directory) }
+        }
+        for file in outer.reversed() {
+            let base = file.base.isEmpty ? [] : file.base + [UInt8(ascii: "/")]
+            guard full.starts(with: base) else { continue }
+            if let rule = Self.lastMatch(file.rules, below: base, full, isDirectory: isDirectory) { return (rule, file.base) }
+        }
+        return nil
+    }
+
+    private static func lastMatch(_ rules: [Rule], below base: [UInt8], _ full: [UInt8], isDirectory: Bool) -> Rule? {
+        guard !rules.isEmpty else { return nil }
+        let relative = full[base.count...]
+        let name = relative.lastIndex(of: UInt8(ascii: "/")).map { relative[($0 + 1)...] } ?? relative
+        for rule in rules.reversed() {
+            if rule.directoryOnly && !isDirectory { continue }
+            if rule.pattern.matches(rule.anchored ? relative : name) { return rule }
+        }
+        return nil
+    }
+
+    /// The rules of `directory`'s own `.gitignore` (project-relative), read the first time they are asked for.
+    private func rules(in directory: [UInt8]) -> [Rule] {
+        mutex.lock()
+        if let known = inner[directory] {
+            mutex.unlock()
+            return known
+        }
+        mutex.unlock()
+        var found: [String] = []
+        let rules = read(directory).map { Self.parse($0.text, source: $0.shown, skipped: &found) } ?? []
+        mutex.lock()
+        inner[directory] = rules
+        skipped += found
+        mutex.unlock()
+        return rules
+    }
+
+    /// The text of `directory/.gitignore`; nil when there is none, or it is a symlink (git does not follow one),
+    /// or it cannot be read.
+    private func read(_ directory: [UInt8]) -> (text: String, shown: String)? {
+        let name = Array(".gitignore".utf8)
+        let shown = directory.isEmpty ? ".gitignore" : String(decoding: directory, as: UTF8.self) + "/.gitignore"
+        do {
+            let relative = directory.isEmpty ? nil : try RelativePath(bytes: directory)
+            guard let dir = try tree.openDirectory(relative, create: false) else { return nil }
+            let file = try Tree.openFile(at: dir, name: name, flags: O_RDONLY, shown: shown)
+            let limit = 1 << 20
+            var bytes = [UInt8](repeating: 0, count: limit + 1)
+            let n = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+            guard n <= limit else {
+                mutex.lock()
+                skipped.append("\(shown): larger than 1 MiB; not read")
+                mutex.unlock()
+                return nil
+            }
+            return (String(decoding: bytes[..<n], as: UTF8.self), shown)
+        } catch {
+            return nil
+        }
+    }
+
+    /// The patterns of one ignore file, as gitignore(5) reads them.
+    static func parse(_ contents: String, source: String, skipped: inout [String]) -> [Rule] {
+        var rules: [Rule] = []
+        var number = 0
+        for raw in contents.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            var line = Array(raw.utf8)
+            if line.last == UInt8(ascii: "\r") { line.removeLast() }
+            if number == 1 && line.starts(with: [0xEF, 0xBB, 0xBF]) { line.removeFirst(3) }
+            if line.first == UInt8(ascii: "#") { continue }
+            // Trailing spaces go unless a backslash keeps one.
+            while line.last == UInt8(ascii: " ") {
+                let count = line.count
+                if count >= 2 && line[count - 2] == UInt8(ascii: "\\") {
+                    line.remove(at: count - 2)
+                    break
+                }
+                line.removeLast()
+            }
+            if line.isEmpty { continue }
+            var negated = false
+            if line.first == UInt8(ascii: "!") {
+                negated = true
+                line.removeFirst()
+            } else if line.starts(with: Array("\\!".utf8)) || line.starts(with: Array("\\#".utf8)) {
+                line.removeFirst()
+            }
+            var directoryOnly = false
+            if line.last == UInt8(ascii: "/") {
+                directoryOnly = true
+                line.removeLast()
+            }
+            let anchored = line.contains(UInt8(ascii: "/"))
+            if line.first == UInt8(ascii: "/") { line.removeFirst() }
+            let text = String(decoding: raw.utf8, as: UTF8.self).trimmingSpace()
+            guard !line.isEmpty else {
+                skipped.append("\(source):\(number): `\(text)` names nothing; passed over")
+                continue
+            }
+            do {
+                let pattern = try IgnorePattern(String(decoding: gitClasses(line), as: UTF8.self), exclusion: false)
+                rules.append(Rule(pattern: pattern, negated: negated, directoryOnly: directoryOnly, anchored: anchored,
+                                  origin: "\(source):\(number)", text: text))
+            } catch let error as IgnorePattern.SyntaxError {
+                skipped.append("\(source):\(number): `\(text)`: \(error.message); passed over")
+            } catch {
+                skipped.append("\(source):\(number): `\(text)`: \(error); passed over")
+            }
+        }
+        return rules
+    }
+
+    /// git writes a negated class `[!a-z]` as well as `[^a-z]`; the pattern compiler knows the second.
+    private static func gitClasses(_ line: [UInt8]) -> [UInt8] {
+        var out = line
+        var i = 0
+        while i < out.count {
+            if out[i] == UInt8(ascii: "\\") { i += 2; continue }
+            if out[i] == UInt8(ascii: "["), i + 1 < out.count, out[i + 1] == UInt8(ascii: "!") { out[i + 1] = UInt8(ascii: "^") }
+            i += 1
+        }
+        return out
+    }
+}
