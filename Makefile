@@ -10,7 +10,7 @@ WEED_VENV  := /opt/syncd-test/seaweedfs
 MOTO_VENV  := /opt/syncd-test/moto
 RELEASE := .build/release
 
-.PHONY: deps test-deps build agent run test fuzz fuzz-smoke bench bench-ssh install clean
+.PHONY: deps test-deps build agent run test fuzz fuzz-smoke bench bench-ssh install uninstall clean
 
 deps:
 	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
@@ -71,11 +71,16 @@ bench-ssh: build test-deps
 	$(SWIFT) build -c release --product syncd-ssh-bench
 	Bench/ssh-push.sh $(RELEASE) 5
 
-## install: binaries in ~/.local/bin, the user unit in ~/.config/systemd/user/ (then: systemctl --user enable --now syncd)
+## install: the binaries in ~/.local/bin (then `syncctl daemon install` runs syncd as a systemd user service);
+##          uninstall: the service and the binaries
 install: build
-	install -d $(HOME)/.local/bin $(HOME)/.config/systemd/user
+	install -d $(HOME)/.local/bin
 	install -m 755 $(RELEASE)/syncctl $(RELEASE)/syncd $(RELEASE)/syncd-agent $(HOME)/.local/bin/
-	install -m 644 Systemd/syncd.service $(HOME)/.config/systemd/user/syncd.service
+	@echo "installed in $(HOME)/.local/bin; next: syncctl daemon install (a systemd user service with your ssh-agent)"
+
+uninstall:
+	-test -x $(HOME)/.local/bin/syncctl && $(HOME)/.local/bin/syncctl daemon uninstall
+	rm -f $(HOME)/.local/bin/syncctl $(HOME)/.local/bin/syncd $(HOME)/.local/bin/syncd-agent
 
 clean:
 	rm -rf .build

@@ -88,11 +88,16 @@ public final class SSHAgentConnection: AgentConnection {
         installedAgent = uploaded
     }
 
+    /// How many agent binaries a host keeps in ~/.local/lib/syncd: each upload removes all but the newest ones
+    /// (a running agent is unaffected; its file stays until it exits).
+    static let keptAgents = 3
+
     private static func upload(_ agentBinary: String, digest: String, over session: SSHSession, host: String) throws {
         let bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: agentBinary)))
         let upload = """
             set -e; d="$HOME/.local/lib/syncd"; mkdir -p "$d"; t="$d/.agent-\(digest).$$"; trap 'rm -f "$t"' EXIT; \
-            cat > "$t"; chmod 755 "$t"; mv -f "$t" "$d/agent-\(digest)"; trap - EXIT
+            cat > "$t"; chmod 755 "$t"; mv -f "$t" "$d/agent-\(digest)"; trap - EXIT; \
+            ls -1t "$d"/agent-* 2>/dev/null | tail -n +\(keptAgents + 1) | while IFS= read -r old; do rm -f -- "$old"; done
             """
         let result = try session.run(upload, stdin: bytes)
         guard result.status == 0 else {

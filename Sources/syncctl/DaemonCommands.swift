@@ -38,7 +38,8 @@ func tellDaemon(_ directory: String, starting: Bool) throws {
     let given = URL(fileURLWithPath: directory).standardizedFileURL.path
     let dir = Project.enclosing(given) ?? given
     guard let answer = try ControlSocket.request(ControlRequest(.reload)) else {
-        printError("syncd is not running; it \(starting ? "syncs" : "leaves") \(dir) \(starting ? "from" : "alone from") its next start")
+        printError("syncd is not running; it \(starting ? "syncs" : "leaves") \(dir) \(starting ? "from" : "alone from") its next start. "
+                   + daemonStartHint)
         return
     }
     if let why = answer.failed?[dir] {
@@ -55,7 +56,7 @@ struct Status: ParsableCommand {
 
     func run() throws {
         guard let answer = try ControlSocket.request(ControlRequest(.status)) else {
-            throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
+            throw daemonNotRunning()
         }
         let projects = answer.projects ?? []
         if json {
@@ -101,7 +102,7 @@ func pauseOrResume(_ command: ControlRequest.Command, _ directory: String?) thro
         return Project.enclosing(given) ?? given
     })
     guard let answer = try ControlSocket.request(request) else {
-        throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))")
+        throw daemonNotRunning()
     }
     if answer.unregistered == true { throw SyncError("syncd: \(answer.error ?? "not registered")") }
     for p in answer.directories ?? [] { printError("\(command.rawValue)d \(p)") }
@@ -117,6 +118,6 @@ struct Logs: ParsableCommand {
             fflush(nil)
             return true
         }
-        guard running else { throw SyncError("syncd is not running (no control socket at \(ControlSocket.path()))") }
+        guard running else { throw daemonNotRunning() }
     }
 }

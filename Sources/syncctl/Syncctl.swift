@@ -19,7 +19,7 @@ struct Syncctl: ParsableCommand {
         version: "syncctl \(syncdVersion) (wire protocol \(wireVersion), libssh2 \(libssh2Version))",
         subcommands: [Init.self, Push.self, Pull.self, List.self, Chunks.self, Conflicts.self, Resolve.self, Snapshots.self,
                       Restore.self, Store.self, Add.self, Remove.self,
-                      Status.self, Pause.self, Resume.self, Logs.self, Plan.self, Exec.self, Compose.self, Hook.self,
+                      Status.self, Pause.self, Resume.self, Logs.self, DaemonService.self, Plan.self, Exec.self, Compose.self, Hook.self,
                       ComposeOverride.self]
     )
 }

@@ -38,6 +38,9 @@ do {
 } catch let error as SyncError {
     printError("syncctl: \(error.description)")
     exitWith(error.exitCode)
+} catch let code as ExitCode {
+    // A command that has said what it had to and exits with a status of its own (`daemon status`: 3, not running).
+    exitWith(code.rawValue)
 } catch {
     // ArgumentParser reports `SUBCOMMAND --help` from run(); anything else here is a runtime error.
     if Syncctl.exitCode(for: error) == .success {

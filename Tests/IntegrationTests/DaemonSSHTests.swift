@@ -1,4 +1,5 @@
 import Foundation
+import SyncSystem
 import Testing
 
 /// The daemon against a real sshd: one SSH connection per project kept across sessions, remote files pulled
@@ -88,5 +89,73 @@ struct DaemonSSHTests {
         #expect(code == 0, "exit status \(code); log:\n\(logText())")
         let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
         #expect(same, "\(diff)")
+    }
+
+    /// Issue 27, item 8: under systemd the daemon gets only what the unit gives it. `syncctl daemon install`
+    /// writes a drop-in naming the ssh-agent socket, and a daemon started as bare as systemd starts it (`env -i`
+    /// plus the unit's settings) pushes with the one key that lives only in the agent. Without the drop-in's
+    /// setting, the same daemon cannot log in.
+    @Test func theInstalledServiceUsesTheKeyInSshAgent() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server, config: server.sshConfig(key: f.base + "/missing-key"))  // no usable key file
+        try f.addSetting("agent_path: \(agentForSSH)")
+        try f.write("src/train.py", "print(1)\n")
+        let socket = f.base + "/agent.sock"
+        let agent = try spawnQuietly(["/usr/bin/ssh-agent", "-D", "-a", socket])
+        defer { kill(agent, SIGKILL); var s: Int32 = 0; waitpid(agent, &s, 0) }
+        #expect(eventually(seconds: 5) { (try? run("/usr/bin/ssh-add", ["-l"], env: ["SSH_AUTH_SOCK": socket]))?.status == 1 })
+        #expect(try run("/usr/bin/ssh-add", [server.clientKey], env: ["SSH_AUTH_SOCK": socket]).status == 0)
+
+        let home = f.base + "/home"
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let user = ["HOME": home, "XDG_RUNTIME_DIR": runtime, "XDG_CONFIG_HOME": "", "XDG_STATE_HOME": ""]
+        let install = try run(binDirectory() + "/syncctl", ["daemon", "install", "--no-start"], env: user.merging(["SSH_AUTH_SOCK": socket]) { $1 })
+        #expect(install.status == 0, "\(install.stderr)")
+        let unitPath = home + "/.config/systemd/user/syncd.service"
+        let unit = try String(contentsOfFile: unitPath, encoding: .utf8)
+        let dropIn = try String(contentsOfFile: unitPath + ".d/ssh-agent.conf", encoding: .utf8)
+        #expect(!unit.contains("network-online"), "a user manager has no network-online.target")
+        // What systemd would start: ExecStart, and the environment the drop-in sets.
+        let exec = unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }.map { String($0.dropFirst(10)) }
+        #expect(exec == binDirectory() + "/syncd", "\(unit)")
+        let assignment = dropIn.split(separator: "\n").first { $0.hasPrefix("Environment=") }
+            .map { String($0.dropFirst("Environment=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
+        #expect(assignment == "SSH_AUTH_SOCK=" + socket, "\(dropIn)")
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            let verify = try run("/usr/bin/systemd-analyze", ["--user", "verify", unitPath], env: ["HOME": home, "XDG_RUNTIME_DIR": runtime])
+            #expect(verify.status == 0 && verify.stderr.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(verify.stderr)")
+        }
+        let status = try run(binDirectory() + "/syncctl", ["daemon", "status"], env: user)
+        #expect(status.status == 3 && status.stdout.contains("ssh-agent: \(socket)") && status.stdout.contains("not running"),
+                "\(status.stdout)\(status.stderr)")
+        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: user).status == 0)
+
+        // As bare as systemd's: env -i, then what a user manager always sets, then the unit's own settings.
+        var bare = ["HOME": home, "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh", "PATH": "/usr/local/bin:/usr/bin:/bin",
+                    "XDG_RUNTIME_DIR": runtime]
+        let log = f.base + "/syncd.log"
+        func logText() -> String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }
+        func startDaemon(_ environment: [String: String]) throws -> pid_t {
+            try spawnProcess([exec ?? "", "--pull-interval", "600"], environment: environment, stdin: .null,
+                             stdout: .append(log), stderr: .append(log))
+        }
+        func stop(_ pid: pid_t) { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+
+        // Without the drop-in's line: no key.
+        let without = try startDaemon(bare)
+        #expect(eventually(seconds: 20) { logText().contains("authentication as root") }, "\(logText())")
+        stop(without)
+        #expect(f.read("src/train.py", in: f.remoteProject) == nil)
+
+        if let assignment, let equals = assignment.firstIndex(of: "=") {
+            bare[String(assignment[..<equals])] = String(assignment[assignment.index(after: equals)...])
+        }
+        let with = try startDaemon(bare)
+        defer { stop(with) }
+        #expect(eventually(seconds: 20) { f.read("src/train.py", in: f.remoteProject) == Array("print(1)\n".utf8) }, "\(logText())")
+        let running = try run(binDirectory() + "/syncctl", ["daemon", "status"], env: user)
+        #expect(running.status == 0 && running.stdout.contains("daemon: running"), "\(running.stdout)\(running.stderr)")
     }
 }

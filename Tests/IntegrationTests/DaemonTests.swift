@@ -223,11 +223,13 @@ struct DaemonTests {
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed"))
     func userUnitVerifies() throws {
         let f = try SyncFixture()
-        let unit = (#filePath as NSString).deletingLastPathComponent + "/../../Systemd/syncd.service"
-        // %h/.local/bin/syncd must exist for verify: a home of our own with the built daemon in it.
+        // The unit a package installs, as `syncctl daemon unit` prints it.
+        let unit = f.base + "/syncd.service"
+        let printed = try run(binDirectory() + "/syncctl", ["daemon", "unit", "--exec", binDirectory() + "/syncd"])
+        #expect(printed.status == 0, "\(printed.stderr)")
+        try printed.stdout.write(toFile: unit, atomically: true, encoding: .utf8)
         let home = f.base + "/home"
-        try FileManager.default.createDirectory(atPath: home + "/.local/bin", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: home + "/.local/bin/syncd", withDestinationPath: binDirectory() + "/syncd")
+        try FileManager.default.createDirectory(atPath: home, withIntermediateDirectories: true)
         let runtime = f.base + "/run"
         try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let r = try run("/usr/bin/systemd-analyze", ["--user", "verify", unit], env: ["HOME": home, "XDG_RUNTIME_DIR": runtime])

@@ -376,6 +376,33 @@ struct SSHCredentialTests {
         #expect(r.status == 0, "\(r.stderr)")
     }
 
+    /// Each new syncd version uploads its agent to the host; the host keeps the newest three (issue 27, item 8).
+    @Test func aHostKeepsTheLastThreeAgents() throws {
+        let server = try SSHServer()
+        let f = try SyncFixture()
+        try f.useSSH(server)
+        try f.write("a.txt", "x")
+        let original = try Data(contentsOf: URL(fileURLWithPath: agentForSSH))
+        var digests: [String] = []
+        for version in 0..<5 {
+            // Another build of the agent: the same program with other bytes at its end, so another digest.
+            let copy = f.base + "/agent-v\(version)"
+            try (original + Data("syncd test build \(version)".utf8)).write(to: URL(fileURLWithPath: copy))
+            chmod(copy, 0o755)
+            let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"],
+                            env: ["XDG_STATE_HOME": f.state, "SYNCD_AGENT": copy, "SSH_AUTH_SOCK": ""])
+            #expect(r.status == 0, "\(r.stderr)")
+            let installed = try FileManager.default.contentsOfDirectory(atPath: server.home + "/.local/lib/syncd")
+                .filter { $0.hasPrefix("agent-") }
+            digests.append(contentsOf: installed.filter { !digests.contains($0) })
+            #expect(installed.count == min(version + 1, 3), "after \(version + 1) versions: \(installed)")
+            // Never the one in use.
+            #expect(digests.last.map(installed.contains) == true)
+            usleep(20_000)  // distinct modification times
+        }
+        #expect(digests.count == 5, "\(digests)")
+    }
+
     @Test func sshAgentIsTriedFirst() throws {
         let server = try SSHServer()
         let f = try SyncFixture()
