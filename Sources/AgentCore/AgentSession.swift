@@ -267,6 +267,9 @@ public final class AgentSession {
         let root = hello.remoteRoot.isEmpty ? homeDirectory : hello.remoteRoot
         guard root.hasPrefix("/") else { throw AgentError("remote root '\(root)' is not an absolute path") }
         let projectPath = cleanPath(root + "/" + name)
+        // A remote root that is not there is made, and the client is told: a typo in remote_root shows.
+        var rootStat = stat()
+        let createdRoot = lstat(root, &rootStat) != 0 && errno == ENOENT ? root : ""
         // A connection kept for many sessions keeps the project open between them, unless it was replaced or
         // another agent changed its state meanwhile.
         if projectPath != openProjectPath || !(isStillCurrent()) {
@@ -301,7 +304,8 @@ public final class AgentSession {
         }
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
         refusing = hello.role == .push && !hello.expectInstance.isEmpty && hello.expectInstance != state.instance
-        try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance))
+        try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance,
+                                 createdRoot: createdRoot))
     }
 
     var openProjectPath: String?

@@ -84,7 +84,16 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
         switch request.command {
         case .status:
             answer.pid = getpid()
-            answer.projects = chosen.sorted { $0.directory < $1.directory }.map(\.status)
+            var statuses = chosen.map(\.status)
+            // A registered project that could not start (its syncd.yaml does not load, say) shows with why.
+            if project == nil {
+                for (dir, why) in signals.sync(execute: { notStarted }) {
+                    statuses.append(ProjectStatus(project: dir, state: "error", connected: false, pendingChanges: 0, lastPush: nil,
+                                                  lastPull: nil, conflicts: [], bytesSent: 0, bytesReceived: 0, lastError: why,
+                                                  snapshot: nil, hosts: []))
+                }
+            }
+            answer.projects = statuses.sorted { $0.project < $1.project }
         case .push, .pull:
             guard let runner = chosen.first, chosen.count == 1 else { return .failure("\(request.command.rawValue) needs one project") }
             switch runner.syncAndWait(request.command == .push ? .push : .pull) {
@@ -105,6 +114,9 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
         return answer
     }
 
+    /// Registered projects that could not start, with why (on `signals`); `status` lists them.
+    private var notStarted: [String: String] = [:]
+
     private var status: String {
         runners.isEmpty ? "no projects registered; add one with `syncctl add DIR`" : "syncing \(runners.count) project(s)"
     }
@@ -119,6 +131,7 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
             return ["": "cannot read the project list: \(error)"]
         }
         var failed: [String: String] = [:]
+        defer { notStarted = failed }
         for (dir, runner) in runners where !wanted.contains(dir) {
             runner.stop()
             runners[dir] = nil
@@ -133,7 +146,7 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
                 log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")
             } catch {
                 log.error("\(dir): not started: \(error)")
-                failed[dir] = "\(error)"
+                failed[dir] = "not started: \(error); once it is mended, `syncctl add \(dir)` starts it"
             }
         }
         return failed

@@ -43,13 +43,16 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private var pendingChanges = 0
     private var lastPush: Date?
     /// A project with several hosts: how each fared in the last push that reached any, and its snapshot.
-    private var lastHosts: (hosts: [HostResult], snapshot: String?)?
+    private var lastHosts: (hosts: [HostResult], snapshot: String?, uploaded: UInt64?)?
     private var lastPull: Date?
     private var lastError: String?
     /// While a failed session waits to be tried again: "stalled" when its link stopped moving data, else
-    /// "reconnecting".
+    /// "disconnected"; and when it is tried again.
     private var retrying: String?
-    private var conflictPaths: Set<RelativePath> = []
+    private var retryAt: Date?
+    /// How far the push or pull in flight is (its sessions report here).
+    private let progress = ProgressBox()
+    private var conflicts: [SyncConflict] = []
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
 
@@ -60,8 +63,15 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         self.stateDirectory = stateDirectory
         self.directory = directory
         self.pullInterval = pullInterval
-        project = try Project(directory: directory, options: SyncOptions(stateDirectory: stateDirectory, progress: false))
+        project = try Project(directory: directory, options: Self.options(stateDirectory, progress))
         currentWatcher = makeWatcher(project)
+    }
+
+    /// The daemon's sessions draw no progress; they tell `box`, which `status` reads.
+    private static func options(_ stateDirectory: String?, _ box: ProgressBox) -> SyncOptions {
+        var options = SyncOptions(stateDirectory: stateDirectory, progress: false)
+        options.onProgress = { box.set($0.bytesTotal == 0 && $0.bytesDone == 0 ? nil : $0) }
+        return options
     }
 
     private static let settingsPaths = Set(settingsFiles.compactMap { try? RelativePath($0) })
@@ -110,7 +120,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// in use, and `status` says why. Runs on the runner's thread between sessions.
     private func reopenProject() {
         let fresh: Project
-        do { fresh = try Project(directory: directory, options: SyncOptions(stateDirectory: stateDirectory, progress: false)) } catch {
+        do { fresh = try Project(directory: directory, options: Self.options(stateDirectory, progress)) } catch {
             log.error("\(directory): the changed settings do not load, so the previous ones stay in use: \(error)")
             condition.lock()
             lastError = "settings: \(error)"
@@ -185,14 +195,20 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         condition.lock()
         defer { condition.unlock() }
         let iso = ISO8601DateFormatter()
-        let state = paused ? "paused" : retrying ?? (syncing != nil ? "syncing" : "idle")
-        return ProjectStatus(project: directory, state: state, connected: connected,
-                             pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
-                             lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflictPaths.sorted().map(\.text),
-                             bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError, snapshot: lastHosts?.snapshot,
-                             hosts: (lastHosts?.hosts ?? []).map {
-                                 HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
-                             })
+        // While a session connects, it is not syncing yet.
+        let state = paused ? "paused" : retrying ?? (syncing != nil ? (connected || project.config.store != nil ? "syncing" : "connecting") : "idle")
+        var status = ProjectStatus(project: directory, state: state, connected: connected,
+                                   pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
+                                   lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflicts,
+                                   bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError, snapshot: lastHosts?.snapshot,
+                                   hosts: (lastHosts?.hosts ?? []).map {
+                                       HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
+                                   })
+        status.remote = project.config.remote.description
+        status.bytesUploaded = lastHosts?.uploaded
+        status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSinceNow.rounded(.up))) }
+        if syncing != nil { status.progress = progress.value }
+        return status
     }
 
     private func loop() {
@@ -254,13 +270,13 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 }
                 pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
                 pushes.result = result
-                if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot) }
+                if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot, stats.bytesUploaded) }
                 pushes.done = pushes.started
-                lastPush = Date()
+                if case .success = result { lastPush = Date() }
             } else {
                 pulls.result = result
                 pulls.done = pulls.started
-                lastPull = Date()
+                if case .success = result { lastPull = Date() }
                 // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
                 // periodic pull: its close may come without a watcher event we can use (a busy writer).
                 if case .success(let stats) = result, stats.skipped.contains(where: { $0.contains("being written") || $0.contains("open for writing") }) {
@@ -373,7 +389,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             lastError = nil
             bytesSent += stats.bytesSent
             bytesReceived += stats.bytesReceived
-            if kind == .push || stats.conflicts > 0 { conflictPaths = Set(stats.conflictPaths) }
+            if kind == .push || stats.conflicts > 0 { conflicts = stats.conflictList }
             condition.unlock()
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
                 log.info("\(directory): \(stats.summary())")
@@ -400,12 +416,32 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 pulls.done = pulls.started
             }
             condition.broadcast()
-            retrying = (error as? SyncError)?.stalled == true ? "stalled" : "reconnecting"
+            retrying = (error as? SyncError)?.stalled == true ? "stalled" : "disconnected"
             let until = Date().addingTimeInterval(delay)
+            retryAt = until
             while !stopping && Date() < until { _ = condition.wait(until: until) }
             retrying = nil
+            retryAt = nil
             condition.unlock()
             return .failure(error)
         }
+    }
+}
+
+/// The progress a session reports, for `status` to read from another thread.
+final class ProgressBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var current: SyncProgress?
+
+    func set(_ progress: SyncProgress?) {
+        lock.lock()
+        current = progress
+        lock.unlock()
+    }
+
+    var value: SyncProgress? {
+        lock.lock()
+        defer { lock.unlock() }
+        return current
     }
 }

@@ -79,6 +79,12 @@ public struct ConflictReport: Codable, Sendable {
     public let remote: Side
     public let recorded: Side
     public let message: String
+
+    /// The sides are `local_side`, `remote_side` and `recorded_side`: `remote` is the remote's name everywhere
+    /// else in syncctl's JSON (docs/JSON.md).
+    enum CodingKeys: String, CodingKey {
+        case path, found, since, message, local = "local_side", remote = "remote_side", recorded = "recorded_side"
+    }
 }
 
 extension ConflictReport.Side {
@@ -190,7 +196,8 @@ extension SyncStats {
     /// Starts every line meant for a person (conflicts, errors, warnings, skipped paths) with `host`, for a
     /// summary of several hosts.
     mutating func attribute(to host: String) {
-        for keyPath in [\SyncStats.conflictMessages, \.errors, \.warnings, \.skipped] {
+        for i in conflictList.indices where conflictList[i].host == nil { conflictList[i].host = host }
+        for keyPath in [\SyncStats.errors, \.warnings, \.skipped] {
             self[keyPath: keyPath] = self[keyPath: keyPath].map { "\(host): \($0)" }
         }
         for i in failures.indices where failures[i].host == nil { failures[i].host = host }
@@ -206,9 +213,7 @@ extension SyncStats {
         bytesSent += other.bytesSent
         bytesReceived += other.bytesReceived
         durationMs += other.durationMs
-        conflicts += other.conflicts
-        conflictPaths += other.conflictPaths
-        conflictMessages += other.conflictMessages
+        conflictList += other.conflictList
         skipped += other.skipped
         errors += other.errors
         failures += other.failures

@@ -88,8 +88,16 @@ public struct ProjectStatus: Codable, Sendable, Equatable {
     /// ISO 8601 times of the last push and pull that went through.
     public var lastPush: String?
     public var lastPull: String?
-    /// Paths in conflict, in their lossless text form (`PathText`).
-    public var conflicts: [String]
+    /// The remote it syncs with, as written in its syncd.yaml.
+    public var remote: String?
+    /// Paths in conflict, with what the session that found each said.
+    public var conflicts: [SyncConflict]
+    /// What the last push through a store uploaded.
+    public var bytesUploaded: UInt64?
+    /// While a failed session waits to be tried again: in how many seconds.
+    public var retryInSeconds: Int?
+    /// A push or pull in flight: how far it is.
+    public var progress: SyncProgress?
     public var bytesSent: UInt64
     public var bytesReceived: UInt64
     public var lastError: String?
@@ -98,7 +106,7 @@ public struct ProjectStatus: Codable, Sendable, Equatable {
     public var hosts: [HostStatus]
 
     public init(project: String, state: String, connected: Bool, pendingChanges: Int, lastPush: String?, lastPull: String?,
-                conflicts: [String], bytesSent: UInt64, bytesReceived: UInt64, lastError: String?, snapshot: String?, hosts: [HostStatus]) {
+                conflicts: [SyncConflict], bytesSent: UInt64, bytesReceived: UInt64, lastError: String?, snapshot: String?, hosts: [HostStatus]) {
         self.project = project
         self.state = state
         self.connected = connected
@@ -114,7 +122,8 @@ public struct ProjectStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case project, state, connected, conflicts, snapshot, hosts
+        case project, remote, state, connected, conflicts, snapshot, hosts, bytesUploaded = "bytes_uploaded", progress
+        case retryInSeconds = "retry_in_seconds"
         case pendingChanges = "pending_changes", lastPush = "last_push", lastPull = "last_pull"
         case bytesSent = "bytes_sent", bytesReceived = "bytes_received", lastError = "last_error"
     }
@@ -122,6 +131,10 @@ public struct ProjectStatus: Codable, Sendable, Equatable {
     public func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(project, forKey: .project)
+        try c.encodeIfPresent(remote, forKey: .remote)
+        try c.encodeIfPresent(bytesUploaded, forKey: .bytesUploaded)
+        try c.encodeIfPresent(retryInSeconds, forKey: .retryInSeconds)
+        try c.encodeIfPresent(progress, forKey: .progress)
         try c.encode(state, forKey: .state)
         try c.encode(connected, forKey: .connected)
         try c.encode(pendingChanges, forKey: .pendingChanges)

@@ -34,8 +34,10 @@ public struct SyncOptions: Sendable {
     public var remote: String?
     /// Where local state lives; default `$XDG_STATE_HOME/syncd` (or `~/.local/state/syncd`).
     public var stateDirectory: String?
-    /// Show progress on stderr (only honoured when stderr is a terminal).
+    /// Show progress on stderr: redrawn on a terminal, a line every 10 s otherwise (`--quiet`: false).
     public var progress: Bool = true
+    /// Told how a push or pull in flight is going, a few times a second; a finished one reports all zeros.
+    public var onProgress: (@Sendable (SyncProgress) -> Void)?
     /// ssh_config file to read instead of `~/.ssh/config` (overrides the config's `ssh_config:`).
     public var sshConfig: String?
 
@@ -318,6 +320,19 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         defer { lock.unlock() }
         return directory
     }
+    /// A remote root the agent had to make for the last session, until `takeCreatedRoot` reports it.
+    private var createdRoot: String?
+
+    /// The warning for a remote root the agent made (it did not exist): said once.
+    public func takeCreatedRoot() -> String? {
+        lock.lock()
+        defer { createdRoot = nil; lock.unlock() }
+        return createdRoot.map {
+            "the remote root \(displayText($0)) did not exist on \(connection.peerDescription) and was made; "
+                + "if that is not where the project belongs, fix remote_root in \(ProjectConfig.fileName)"
+        }
+    }
+
     /// Set once the link failed or was closed: it must not carry another session.
     private var closed = false
     public var isClosed: Bool {
@@ -375,9 +390,12 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
         if case .error(let message) = welcome { throw AgentSaid(message: displayText(message), atStart: true) }
-        guard case .welcome(_, let directory, let instance) = welcome else { throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)") }
+        guard case .welcome(_, let directory, let instance, let created) = welcome else {
+            throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)")
+        }
         lock.lock()
         self.directory = directory
+        if !created.isEmpty { createdRoot = created }
         lock.unlock()
         return instance
     }

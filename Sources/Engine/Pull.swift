@@ -150,7 +150,7 @@ public final class PullSession {
         let reader = link.reader
         let writer = link.writer
         let bytesAtStart = (written: writer.bytesWritten, read: reader.bytesRead)
-        let progress = ProgressReporter(label: "pull", enabled: project.options.progress)
+        let progress = ProgressReporter(label: "pull", options: project.options)
         var changes: [(RelativePath, SyncedEntry?)] = []
         var pushedChanges: [(RelativePath, SyncedEntry?)] = []
         var cacheUpdates: [CachedFile] = []
@@ -263,13 +263,11 @@ public final class PullSession {
                 if current == .absent && resolving == nil && recorded(key) != nil && remote == last { continue }
                 if current != .absent && current != last {
                     guard forced else {
-                        stats.conflicts += 1
-                        stats.conflictPaths.append(key)
                         let localSide = Self.side(now)
                         let message = "changed here since the last pull: here \(localSide.shown), the remote holds "
                             + "\(ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos).shown), the last pull recorded "
                             + "\(ConflictSide(last, synced: recorded(key)).shown)"
-                        stats.conflictMessages.append("\(key): \(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
+                        stats.conflict(key, "\(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
                         conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
                                                         remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
                                                         recorded: ConflictSide(last, synced: recorded(key)), message: message))
@@ -510,12 +508,10 @@ public final class PullSession {
                     if current == .absent { changes.append((key, nil)); continue }
                     if current != last {
                         guard force else {
-                            stats.conflicts += 1
-                            stats.conflictPaths.append(key)
                             let localSide = Self.side(local[key])
                             let message = "deleted on the remote but changed here since the last pull: here \(localSide.shown), the last pull recorded "
                                 + "\(ConflictSide(last, synced: pulled[key]).shown)"
-                            stats.conflictMessages.append("\(key): \(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
+                            stats.conflict(key, "\(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
                             conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
                                                             remote: .absent, recorded: ConflictSide(last, synced: pulled[key]), message: message))
                             continue
@@ -560,6 +556,7 @@ public final class PullSession {
         // Every file is placed or given up: this pull's temporary files, and those of pulls that are gone, are stale.
         buildSession.sweep(in: project.tree)
         stats.remoteDirectory = link.remoteDirectory
+        if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
         try state.update(.pulled, changes)
         try state.update(.pushed, pushedChanges)
         try state.saveFiles(cacheUpdates)
@@ -601,9 +598,7 @@ public final class PullSession {
             }
         } catch is LocalConflict {
             assembly.discard()
-            stats.conflicts += 1
-            stats.conflictPaths.append(offer.path)
-            stats.conflictMessages.append("\(offer.path): changed here during the pull; the local version is kept, and the next pull looks again")
+            stats.conflict(offer.path, "changed here during the pull; the local version is kept, and the next pull looks again")
             return nil
         }
         guard let parent, let st = try project.tree.lstat(offer.path) else { return nil }

@@ -304,7 +304,7 @@ public final class PushSession {
             if case .file(let e, _) = op { return sum + e.stat.size }
             return sum
         }
-        let progress = ProgressReporter(label: "push", enabled: project.options.progress)
+        let progress = ProgressReporter(label: "push", options: project.options)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
                                     force: force || resolving != nil, storeFeed: storeFeed ?? storeSource.map { StoreFeed($0, complete: true) },
@@ -339,6 +339,7 @@ public final class PushSession {
         hasher.stop()
         link.endSession()
         stats.remoteDirectory = link.remoteDirectory
+        if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
         Trace.mark("push: session ended")
         let ops = outcome.ops
         stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
@@ -412,11 +413,8 @@ public final class PushSession {
                 if project.isPullPath(op.path) { pulledChanges.append((op.path, entry)) } else { changes.append((op.path, entry)) }
                 cleared.append(op.path)
             case .conflict:
-                stats.conflicts += 1
-                stats.conflictPaths.append(op.path)
-                let message = "\(op.path): \(result.message); both versions kept (`syncctl resolve \(shellQuoted(op.path))"
-                    + " --keep local|remote`, or `push --force`)"
-                stats.conflictMessages.append(message)
+                stats.conflict(op.path, "\(result.message); both versions kept (`syncctl resolve \(shellQuoted(op.path))"
+                    + " --keep local|remote`, or `push --force`)")
                 conflicts.append(ConflictRecord(path: op.path, found: .push, sinceNanos: now, local: localSide(op),
                                                 remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
                                                 recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message))

@@ -20,7 +20,8 @@ public struct SnapshotListing: Codable, Sendable {
     /// What the push that made it uploaded.
     public let newBytes: UInt64
 
-    enum CodingKeys: String, CodingKey { case id, name, time, files, bytes, newBytes = "new_bytes" }
+    /// Named as a push names them: the snapshot's id is `snapshot`, what its push uploaded `bytes_uploaded`.
+    enum CodingKeys: String, CodingKey { case id = "snapshot", name, time, files, bytes, newBytes = "bytes_uploaded" }
 }
 
 extension Project {

@@ -19,7 +19,7 @@ public struct HostResult: Codable, Sendable {
     public var chunksSent = 0
     public var bytesSent: UInt64 = 0
     public var bytesReceived: UInt64 = 0
-    public var conflicts = 0
+    public var conflicts: [SyncConflict] = []
     public var errors: [String] = []
 
     init(host: String, ok: Bool, error: String? = nil) {
@@ -36,7 +36,7 @@ public struct HostResult: Codable, Sendable {
         chunksSent = s.chunksSent
         bytesSent = s.bytesSent
         bytesReceived = s.bytesReceived
-        conflicts = s.conflicts
+        conflicts = s.conflictList
         var grouped = s
         grouped.groupFailures()
         errors = grouped.errors
@@ -297,9 +297,7 @@ public final class StorePush {
                 stats.chunksSent += s.chunksSent
                 stats.bytesSent += s.bytesSent
                 stats.bytesReceived += s.bytesReceived
-                stats.conflicts += s.conflicts
-                stats.conflictPaths += s.conflictPaths
-                stats.conflictMessages += s.conflictMessages
+                stats.conflictList += s.conflictList
                 stats.errors += s.errors
                 stats.failures += s.failures
                 stats.warnings += s.warnings

@@ -21,10 +21,16 @@ public struct SyncStats: Codable, Sendable {
     /// Connections that carried chunk data: 1, or more for a push spread over extra streams (`streams:`).
     public var streams = 1
     public var durationMs: UInt64 = 0
-    public var conflicts = 0
-    public var conflictPaths: [RelativePath] = []
+    /// Each conflict the session found or left: its path, and a line on what each side holds and what to do.
+    public var conflictList: [SyncConflict] = []
+    /// How many conflicts.
+    public var conflicts: Int { conflictList.count }
+    public var conflictPaths: [RelativePath] { conflictList.map(\.path) }
     /// One line per conflict: what each side holds and what the last sync recorded.
-    public var conflictMessages: [String] = []
+    public var conflictMessages: [String] { conflictList.map(\.line) }
+    /// The local project directory and its remote, which `--json` names (docs/JSON.md).
+    public var project: String?
+    public var remote: String?
     /// Paths pushed before and ignored now, left on the remote (`push --prune-ignored` deletes them).
     public var leftIgnored: [RelativePath] = []
     /// Losing versions of forced operations, and where they were kept.
@@ -57,10 +63,15 @@ public struct SyncStats: Codable, Sendable {
         case filesScanned = "files_scanned", filesChanged = "files_changed", filesDeleted = "files_deleted"
         case filesMoved = "files_moved", bytesLogical = "bytes_logical", chunksTotal = "chunks_total"
         case chunksSent = "chunks_sent", bytesSent = "bytes_sent", bytesReceived = "bytes_received"
-        case durationMs = "duration_ms", conflicts, conflictPaths = "conflict_paths", skipped, errors, warnings
-        case conflictMessages = "conflict_messages", leftIgnored = "left_ignored", kept
+        case durationMs = "duration_ms", conflictList = "conflicts", skipped, errors, warnings
+        case leftIgnored = "left_ignored", kept, project, remote
         case bytesUploaded = "bytes_uploaded", snapshot, hosts
         case remoteDirectory = "remote_directory", streams, failures
+    }
+
+    /// Notes a conflict at `path`; `message` says what each side holds and what to do (without the path).
+    public mutating func conflict(_ path: RelativePath, _ message: String) {
+        conflictList.append(SyncConflict(path: path, message: message))
     }
 
     /// Notes that `path` failed because of `cause`: one line in `errors` (until grouped) and one in `failures`.
@@ -105,8 +116,41 @@ public struct SyncStats: Codable, Sendable {
         return 0
     }
 
-    /// The JSON object `--json` prints: paths that are not UTF-8 carry `\udcXX` escapes (see `PathText`).
-    public func json() -> String { PathText.publicJSON(Array(internalJSON().utf8)) }
+    /// The JSON object `--json` prints (docs/JSON.md): paths that are not UTF-8 carry `\udcXX` escapes (see `PathText`).
+    public func json() -> String { JSONOutput.text(self) }
+
+    enum SchemaKey: String, CodingKey { case schema }
+
+    public func encode(to encoder: any Encoder) throws {
+        var schema = encoder.container(keyedBy: SchemaKey.self)
+        try schema.encode(JSONOutput.schema, forKey: .schema)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(direction, forKey: .direction)
+        try c.encodeIfPresent(project, forKey: .project)
+        try c.encodeIfPresent(remote, forKey: .remote)
+        try c.encode(filesScanned, forKey: .filesScanned)
+        try c.encode(filesChanged, forKey: .filesChanged)
+        try c.encode(filesDeleted, forKey: .filesDeleted)
+        try c.encode(filesMoved, forKey: .filesMoved)
+        try c.encode(bytesLogical, forKey: .bytesLogical)
+        try c.encode(chunksTotal, forKey: .chunksTotal)
+        try c.encode(chunksSent, forKey: .chunksSent)
+        try c.encode(bytesSent, forKey: .bytesSent)
+        try c.encode(bytesReceived, forKey: .bytesReceived)
+        try c.encode(streams, forKey: .streams)
+        try c.encode(durationMs, forKey: .durationMs)
+        try c.encode(conflictList, forKey: .conflictList)
+        try c.encode(leftIgnored, forKey: .leftIgnored)
+        try c.encode(kept, forKey: .kept)
+        try c.encodeIfPresent(bytesUploaded, forKey: .bytesUploaded)
+        try c.encodeIfPresent(snapshot, forKey: .snapshot)
+        try c.encodeIfPresent(hosts, forKey: .hosts)
+        try c.encode(skipped, forKey: .skipped)
+        try c.encode(errors, forKey: .errors)
+        try c.encode(warnings, forKey: .warnings)
+        try c.encode(failures, forKey: .failures)
+        try c.encodeIfPresent(remoteDirectory, forKey: .remoteDirectory)
+    }
 
     /// The same object with paths in their lossless text form, for the control socket (JSONSerialization
     /// cannot hold the surrogate escapes of the public form).
@@ -132,6 +176,23 @@ public struct SyncStats: Codable, Sendable {
         if direction == "push", let dir = remoteDirectory { s += "; in \(dir)" }
         return s
     }
+}
+
+/// A conflict a push or pull found: both sides changed `path` since the last sync (docs/JSON.md, "conflict").
+public struct SyncConflict: Codable, Sendable, Equatable {
+    public var path: RelativePath
+    public var message: String
+    /// The host it is on, in a push to several.
+    public var host: String?
+
+    public init(path: RelativePath, message: String, host: String? = nil) {
+        self.path = path
+        self.message = message
+        self.host = host
+    }
+
+    /// Its line for a person: "[HOST: ]PATH: message".
+    public var line: String { (host.map { "\($0): " } ?? "") + "\(path): \(message)" }
 }
 
 /// One file that failed, and why.
@@ -165,40 +226,110 @@ public func formatBytes(_ n: UInt64) -> String {
     return unit == 0 ? "\(n) B" : String(format: "%.1f %@", value, units[unit])
 }
 
-/// Progress on stderr when it is a terminal: bytes, rate, ETA. Thread safe.
+/// How far a sync in flight is: what the daemon's `status` shows.
+public struct SyncProgress: Codable, Sendable, Equatable {
+    public var bytesDone: UInt64
+    public var bytesTotal: UInt64
+    public var bytesPerSecond: Double
+    public var etaSeconds: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case bytesDone = "bytes_done", bytesTotal = "bytes_total", bytesPerSecond = "bytes_per_second", etaSeconds = "eta_seconds"
+    }
+
+    /// "1.2 MB / 40.0 MB, 3.1 MB/s, 12 s left"
+    public var description: String {
+        var text = formatBytes(bytesDone) + (bytesTotal > 0 ? " / \(formatBytes(bytesTotal))" : "")
+        text += ", \(formatBytes(UInt64(bytesPerSecond)))/s"
+        if let eta = etaSeconds { text += ", \(formatSeconds(Double(eta))) left" }
+        return text
+    }
+}
+
+/// Progress of a push or pull: redrawn in place on stderr when it is a terminal, a line every 10 s when it is not
+/// (a CI log), none with `--quiet`; and handed to `SyncOptions.onProgress` (the daemon's status). Thread safe.
 final class ProgressReporter {
-    private let enabled: Bool
+    private let draw: Bool
+    private let lines: Bool
+    private let observer: (@Sendable (SyncProgress) -> Void)?
     private let label: String
     private let start = Date()
     private var lastDraw = Date.distantPast
+    private var lastLine = Date()
+    private var lastObserved = Date.distantPast
     private let lock = NSLock()
     private var drawn = false
 
-    init(label: String, enabled: Bool) {
+    init(label: String, options: SyncOptions) {
         self.label = label
-        self.enabled = enabled && isatty(2) != 0
+        let terminal = isatty(2) != 0
+        draw = options.progress && terminal
+        lines = options.progress && !terminal
+        observer = options.onProgress
     }
 
     func update(done: UInt64, total: UInt64) {
-        guard enabled else { return }
+        InFlight.note(label, done: done, total: total)
+        guard draw || lines || observer != nil else { return }
         lock.lock()
         defer { lock.unlock() }
         let now = Date()
-        guard now.timeIntervalSince(lastDraw) > 0.2 else { return }
-        lastDraw = now
         let elapsed = max(now.timeIntervalSince(start), 0.001)
         let rate = Double(done) / elapsed
-        var line = "\r\(label): \(formatBytes(done))"
-        if total > 0 { line += " / \(formatBytes(total))" }
-        line += "  \(formatBytes(UInt64(rate)))/s"
-        if total > done && rate > 0 { line += "  ETA \(Int(Double(total - done) / rate))s" }
-        FileHandle.standardError.write(Data((line + "\u{1B}[K").utf8))
-        drawn = true
+        let progress = SyncProgress(bytesDone: done, bytesTotal: total, bytesPerSecond: rate,
+                                    etaSeconds: total > done && rate > 0 ? Int(Double(total - done) / rate) : nil)
+        if let observer, now.timeIntervalSince(lastObserved) > 0.2 {
+            lastObserved = now
+            observer(progress)
+        }
+        if draw && now.timeIntervalSince(lastDraw) > 0.2 {
+            lastDraw = now
+            FileHandle.standardError.write(Data(("\r\(label): \(progress.description)" + "\u{1B}[K").utf8))
+            drawn = true
+        }
+        if lines && now.timeIntervalSince(lastLine) >= 10 {
+            lastLine = now
+            FileHandle.standardError.write(Data("\(label): \(progress.description)\n".utf8))
+        }
     }
 
     func finish() {
-        guard enabled, drawn else { return }
+        InFlight.clear()
+        if let observer { observer(SyncProgress(bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: nil)) }
+        guard draw, drawn else { return }
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
     }
 }
 
+/// The push or pull this process has in flight, for what Ctrl-C prints (see `interruptedSummary`).
+public enum InFlight {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var current: (label: String, done: UInt64, total: UInt64)?
+
+    static func note(_ label: String, done: UInt64, total: UInt64) {
+        lock.lock()
+        current = (label, done, total)
+        lock.unlock()
+    }
+
+    static func clear() {
+        lock.lock()
+        current = nil
+        lock.unlock()
+    }
+
+    /// What reached the other side before an interruption, and that the next run resumes; nil when nothing was in
+    /// flight.
+    public static func interruptedSummary() -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let (label, done, total) = current else { return nil }
+        let amount = formatBytes(done) + (total > 0 ? " of \(formatBytes(total))" : "")
+        if label == "pull" {
+            return "pull interrupted: \(amount) received; no file was left half-written here, and the next pull resumes"
+                + " (what arrived is not fetched again)"
+        }
+        return "\(label) interrupted: \(amount) sent; the files placed on the remote are whole, no file there is half-written,"
+            + " and the next push resumes (the chunks the remote holds are not sent again)"
+    }
+}

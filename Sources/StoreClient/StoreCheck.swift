@@ -33,9 +33,11 @@ public struct StoreCheckReport: Codable, Sendable {
 
     public var ok: Bool { problems.isEmpty }
 
+    /// Named so that no key means two things across syncctl's JSON (docs/JSON.md): `chunks` is a list elsewhere,
+    /// and `set_aside` the list of names in a repair's report.
     enum CodingKeys: String, CodingKey {
-        case refs, manifests, indexes, packs, chunks, problems, unrestorable
-        case bytesRead = "bytes_read", unindexedPacks = "unindexed_packs", setAside = "set_aside"
+        case refs, manifests, indexes, packs, chunks = "chunks_checked", problems, unrestorable
+        case bytesRead = "bytes_read", unindexedPacks = "unindexed_packs", setAside = "objects_set_aside"
     }
 }
 
@@ -57,7 +59,7 @@ public struct StoreRepairReport: Codable, Sendable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case found, remaining, unrestorable
+        case found = "problems", remaining, unrestorable
         case setAside = "set_aside", chunksSalvaged = "chunks_salvaged", chunksUploaded = "chunks_uploaded", bytesUploaded = "bytes_uploaded"
     }
 }

@@ -180,7 +180,7 @@ public struct GCStats: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case snapshotsKept = "snapshots_kept", snapshotsDeleted = "snapshots_deleted", packsDeleted = "packs_deleted"
-        case bytesFreed = "bytes_freed", manifestsDeleted = "manifests_deleted", problems, setAside = "set_aside"
+        case bytesFreed = "bytes_freed", manifestsDeleted = "manifests_deleted", problems, setAside = "objects_set_aside"
         case collectionDeferred = "collection_deferred"
     }
 }

@@ -61,8 +61,8 @@ extension Message {
             w.u32(h.timeoutSeconds)
             w.u64(h.maxFileSize)
             w.string(h.clientID)
-        case .welcome(let version, let dir, let instance):
-            w.string(version); w.string(dir); w.string(instance)
+        case .welcome(let version, let dir, let instance, let created):
+            w.string(version); w.string(dir); w.string(instance); w.string(created)
         case .fileBegin(let f):
             w.u32(f.op); w.byteString(f.path); w.u32(f.permissions); w.i64(f.mtimeNanos); w.u64(f.size); w.id(f.digest)
             Message.encode(f.base, into: &w)
@@ -184,7 +184,7 @@ extension Message {
             message = .hello(h)
         case 0x02:
             message = .welcome(agentVersion: try r.string("agent version"), projectDirectory: try r.string("project directory"),
-                               instance: try r.string("instance"))
+                               instance: try r.string("instance"), createdRoot: try r.string("created root"))
         case 0x10:
             let op = try r.u32("op")
             let path = try r.byteString("path")

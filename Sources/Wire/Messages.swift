@@ -2,7 +2,7 @@ import Chunking
 import SyncSystem
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 7
+public let wireVersion: UInt16 = 8
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -254,7 +254,8 @@ public enum Message: Equatable, Sendable {
     case hello(Hello)
     /// Agent's answer to hello: its version and the absolute project directory it serves.
     /// `instance` names this copy of the remote project: it changes when the project directory is wiped or replaced.
-    case welcome(agentVersion: String, projectDirectory: String, instance: String)
+    /// `createdRoot`: the remote root, when this session had to make it (it did not exist); empty otherwise.
+    case welcome(agentVersion: String, projectDirectory: String, instance: String, createdRoot: String = "")
     case fileBegin(FileHeader)
     /// Part of the chunk list of file `op` (push: sender's file; pull: remote entry).
     case chunkList(op: UInt32, chunks: [ChunkRef])

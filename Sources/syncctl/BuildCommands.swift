@@ -23,8 +23,7 @@ struct Plan: ParsableCommand {
             throw SyncError("\(project.directory): no compose file with a build and no Dockerfile", exitCode: 2)
         }
         if json {
-            let out: [String: Any] = ["services": plans.map(\.json), "warnings": warnings]
-            print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
+            print(project.jsonText(JSONValue(["services": plans.map(\.json), "warnings": warnings] as [String: Any])))
             return
         }
         for w in warnings { print("warning: \(w)") }
@@ -86,6 +85,8 @@ struct Exec: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "The command.") var command: [String] = []
 
     func run() throws {
+        // `exec --help` is about syncctl; `exec -- --help` runs `--help` there.
+        if ["-h", "--help"].contains(command.first) { throw CleanExit.helpRequest(self) }
         let words = command.first == "--" ? Array(command.dropFirst()) : command
         guard !words.isEmpty else { throw SyncError("syncctl exec needs a command: syncctl exec -- CMD ARGS…", exitCode: 2) }
         let project = try Project(directory: options.directory, options: SyncOptions(progress: false))
@@ -101,6 +102,8 @@ struct Compose: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "Arguments for docker compose.") var arguments: [String] = []
 
     func run() throws {
+        // `compose --help` is about syncctl, in a project or not; `compose -- --help` asks docker compose.
+        if ["-h", "--help"].contains(arguments.first) { throw CleanExit.helpRequest(self) }
         let args = arguments.first == "--" ? Array(arguments.dropFirst()) : arguments
         let project = try Project(directory: options.directory, options: SyncOptions(progress: false))
         var plans: [BuildPlan] = []

@@ -53,35 +53,85 @@ func tellDaemon(_ directory: String, starting: Bool) throws {
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "What the running syncd is doing, per project.")
     @Flag(help: "Print the daemon's answer as JSON.") var json = false
+    @Flag(help: "Redraw in place every second until Ctrl-C.") var watch = false
 
     func run() throws {
+        if watch { return try watchStatus() }
         guard let answer = try ControlSocket.request(ControlRequest(.status)) else {
             throw daemonNotRunning()
         }
-        let projects = answer.projects ?? []
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(PathText.publicJSON([UInt8](try encoder.encode(projects))))
+            // One object: the daemon, and each project with its remote (docs/JSON.md).
+            struct Out: Encodable { let pid: Int32?; let projects: [ProjectStatus] }
+            print(JSONOutput.text(Out(pid: answer.pid, projects: answer.projects ?? []), project: nil))
             return
         }
-        if projects.isEmpty { print("syncd (pid \(answer.pid.map(String.init) ?? "?")): no projects; `syncctl add DIR`") }
-        for p in projects {
-            var line = "\(p.project): \(p.state), \(p.pendingChanges) pending"
-            if let push = p.lastPush { line += ", last push \(push)" }
-            if let pull = p.lastPull { line += ", last pull \(pull)" }
-            if !p.conflicts.isEmpty {
-                line += ", conflicts: " + p.conflicts.map { (try? RelativePath(text: $0).description) ?? $0 }.joined(separator: " ")
+        print(Self.render(answer, now: Date()), terminator: "")
+    }
+
+    /// Draws the status, then draws it again in place each second (the screen cleared from the top, as `watch`
+    /// does), until Ctrl-C; a daemon that stops or starts shows as such.
+    private func watchStatus() throws {
+        let terminal = isatty(1) != 0
+        while true {
+            let text: String
+            if let answer = try? ControlSocket.request(ControlRequest(.status)) {
+                text = Self.render(answer, now: Date())
+            } else {
+                text = "syncd is not running. \(daemonStartHint)\n"
             }
-            if let error = p.lastError { line += ", last error: \(error)" }
-            if let snapshot = p.snapshot { line += ", snapshot \(snapshot.prefix(12))" }
-            print(line)
-            for h in p.hosts {
-                let how = h.ok ? "ok, \(h.filesChanged) changed in the last push" : "failed: \(h.error ?? "see the log")"
-                print("  \(h.host): \(how)")
-            }
+            let stamp = "syncctl status --watch: every 1 s, Ctrl-C to stop (\(formatTime(wallClockNanos(), compact: true)))\n\n"
+            // On a terminal: home and clear below, then the new text; elsewhere each view follows the last.
+            print((terminal ? "\u{1B}[H\u{1B}[J" : "") + stamp + text, terminator: terminal ? "" : "\n")
+            fflush(nil)
+            sleep(1)
         }
     }
+
+    /// The daemon's answer as lines a person reads: each project, its remote, and the truth about it.
+    static func render(_ answer: ControlAnswer, now: Date) -> String {
+        let projects = answer.projects ?? []
+        var out = ""
+        if projects.isEmpty { out += "syncd (pid \(answer.pid.map(String.init) ?? "?")): no projects; `syncctl add DIR`\n" }
+        let iso = ISO8601DateFormatter()
+        func ago(_ text: String?) -> String? {
+            guard let text, let date = iso.date(from: text) else { return nil }
+            return formatAgo(now.timeIntervalSince(date))
+        }
+        for p in projects {
+            out += "\(p.project) -> \(p.remote ?? "?")\n"
+            var state = p.state
+            if let seconds = p.retryInSeconds { state += ", retrying in \(seconds) s" }
+            if p.state == "syncing", let progress = p.progress { state += ": \(progress.description)" }
+            var facts = [state]
+            if p.pendingChanges > 0 { facts.append("\(p.pendingChanges) change\(p.pendingChanges == 1 ? "" : "s") waiting") }
+            facts.append(ago(p.lastPush).map { "last push \($0)" } ?? "never pushed")
+            if let pull = ago(p.lastPull) { facts.append("last pull \(pull)") }
+            out += "  " + facts.joined(separator: ", ") + "\n"
+            if !p.conflicts.isEmpty {
+                out += "  conflicts (`syncctl conflicts`): " + p.conflicts.map(\.path.description).joined(separator: " ") + "\n"
+            }
+            if let error = p.lastError { out += "  \(p.state == "error" ? "error" : "last error"): \(error)\n" }
+            if let snapshot = p.snapshot {
+                out += "  snapshot \(snapshot.prefix(12))" + (p.bytesUploaded.map { ", \(formatBytes($0)) uploaded" } ?? "") + "\n"
+            }
+            for h in p.hosts {
+                let how = h.ok ? "ok, \(h.filesChanged) changed in the last push" : "failed: \(h.error ?? "see the log")"
+                out += "  \(h.host): \(how)\n"
+            }
+        }
+        return out
+    }
+}
+
+/// "just now", "12 s ago", "3 min ago", "2 h ago", "4 days ago".
+func formatAgo(_ seconds: TimeInterval) -> String {
+    let s = max(0, Int(seconds))
+    if s < 1 { return "just now" }
+    if s < 60 { return "\(s) s ago" }
+    if s < 3600 { return "\(s / 60) min ago" }
+    if s < 86_400 { return "\(s / 3600) h ago" }
+    return "\(s / 86_400) day\(s / 86_400 == 1 ? "" : "s") ago"
 }
 
 struct Pause: ParsableCommand {

@@ -20,9 +20,7 @@ struct Snapshots: ParsableCommand {
         let list = try project.snapshots()
         if json {
             struct Out: Encodable { let snapshots: [SnapshotListing] }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(Out(snapshots: list)), as: UTF8.self))
+            print(project.jsonText(Out(snapshots: list)))
             return
         }
         if list.isEmpty { printError("no snapshots of \(project.config.name) yet; `syncctl push` makes one") }
@@ -56,19 +54,12 @@ struct Restore: ParsableCommand {
             restore.force = force
             let stats = try restore.restore(snapshot, host: host)
             if !json && stats.errors.isEmpty { printError("restored snapshot \(stats.snapshot ?? snapshot) on \(host)") }
-            return report(stats, json: json)
+            return report(stats, json: json, project: project)
         }
         let stats = try project.restore(snapshot, to: target!)
         if !json { printError("restored snapshot \(stats.snapshot ?? snapshot) into \(stats.remoteDirectory ?? target!)") }
-        report(stats, json: json)
+        report(stats, json: json, project: project)
     }
-}
-
-/// One JSON object on stdout, keys sorted.
-func printJSON<T: Encodable>(_ value: T) {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-    print(String(decoding: (try? encoder.encode(value)) ?? Data("{}".utf8), as: UTF8.self))
 }
 
 struct Store: ParsableCommand {
@@ -84,9 +75,10 @@ struct Store: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let report = try Project(directory: directory).checkStore(readData: readData)
+            let project = try Project(directory: directory)
+            let report = try project.checkStore(readData: readData)
             if json {
-                printJSON(report)
+                print(project.jsonText(report))
             } else {
                 for problem in report.problems { print("\(problem.kind.rawValue): \(problem)") }
                 for name in report.unrestorable { print("unrestorable: \(name)") }
@@ -109,9 +101,10 @@ struct Store: ParsableCommand {
         @Flag(help: "Print JSON.") var json = false
 
         func run() throws {
-            let report = try Project(directory: directory).repairStore(readData: readData)
+            let project = try Project(directory: directory)
+            let report = try project.repairStore(readData: readData)
             if json {
-                printJSON(report)
+                print(project.jsonText(report))
             } else {
                 for name in report.setAside { print("set aside: \(name) -> broken/\(name)") }
                 for problem in report.remaining { print("remains: \(problem)") }
@@ -154,7 +147,7 @@ struct Store: ParsableCommand {
             let project = try Project(directory: directory)
             let stats = try project.collectGarbage(keep: keep, keepDays: keepDays, grace: grace)
             if json {
-                printJSON(stats)
+                print(project.jsonText(stats))
             } else {
                 for problem in stats.problems { printError("warning: \(problem); passed over (`syncctl store check`, `store repair`)") }
                 if stats.collectionDeferred {

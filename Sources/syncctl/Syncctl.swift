@@ -95,11 +95,13 @@ struct SyncArguments: ParsableArguments {
     @Argument(help: "Project directory.") var directory: String = "."
     @Option(help: "Override the config's remote.") var remote: String?
     @Flag(help: "Print one JSON object with the statistics on stdout.") var json = false
+    @Flag(name: .shortAndLong, help: "No progress on stderr (by default: redrawn on a terminal, a line every 10 s otherwise).")
+    var quiet = false
     @OptionGroup var state: StateOption
 
     func project() throws -> Project {
         try Project(directory: directory, options: SyncOptions(remote: remote, stateDirectory: state.stateDirectory,
-                                                               sshConfig: state.sshConfig))
+                                                               progress: !quiet, sshConfig: state.sshConfig))
     }
 }
 
@@ -128,16 +130,16 @@ struct Push: ParsableCommand {
             let plan = try session.dryRun()
             for w in plan.warnings { printError("warning: \(w)") }
             if options.json {
-                printJSON(plan)
+                print(project.jsonText(plan))
             } else {
                 for change in plan.changes { print("\(change.code) \(change.path)") }
             }
-            printError(plan.summary)
+            if !options.json { print(plan.summary) }
             return
         }
         // Without a daemon, a push of our own is just as complete.
         if wait && !force && !pruneIgnored, let stats = try throughDaemon(.push, options.directory) {
-            return report(stats, json: options.json)
+            return report(stats, json: options.json, project: try? options.project())
         }
         let project = try options.project()
         Trace.mark("push: project opened")
@@ -146,7 +148,7 @@ struct Push: ParsableCommand {
             let push = StorePush(project: project)
             push.force = force
             push.pruneIgnored = pruneIgnored
-            return report(try push.run(), json: options.json, itemize: itemize)
+            return report(try push.run(), json: options.json, itemize: itemize, project: project)
         }
         let session = PushSession(project: project)
         session.force = force
@@ -157,7 +159,7 @@ struct Push: ParsableCommand {
             let pending = try project.conflictPathsFound(by: "pull")
             if !pending.isEmpty { stats.absorb(try PushSession(project: project, resolving: pending).run()) }
         }
-        report(stats, json: options.json, itemize: itemize)
+        report(stats, json: options.json, itemize: itemize, project: project)
     }
 }
 
@@ -173,7 +175,9 @@ struct Pull: ParsableCommand {
     var itemize = false
 
     func run() throws {
-        if wait && !force, let stats = try throughDaemon(.pull, options.directory) { return report(stats, json: options.json) }
+        if wait && !force, let stats = try throughDaemon(.pull, options.directory) {
+            return report(stats, json: options.json, project: try? options.project())
+        }
         let project = try options.project()
         var stats = try project.pullFromHosts(force: force)
         if force {
@@ -181,7 +185,7 @@ struct Pull: ParsableCommand {
             let pending = try project.conflictPathsFound(by: "push")
             if !pending.isEmpty { stats.absorb(try PullSession(project: project, resolving: pending).run()) }
         }
-        report(stats, json: options.json, itemize: itemize)
+        report(stats, json: options.json, itemize: itemize, project: project)
     }
 }
 
@@ -197,9 +201,7 @@ struct Conflicts: ParsableCommand {
         let conflicts = try project.conflicts()
         if json {
             struct Out: Encodable { let conflicts: [ConflictReport] }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(PathText.publicJSON(Array(try encoder.encode(Out(conflicts: conflicts)))))
+            print(project.jsonText(Out(conflicts: conflicts)))
             return
         }
         if conflicts.isEmpty {
@@ -242,7 +244,7 @@ struct Resolve: ParsableCommand {
         for k in stats.kept {
             printError("kept the \(k.side) version of \(k.path) as \(k.copy) (\(k.side == "local" ? "here" : "on the remote"))")
         }
-        report(stats, json: json)
+        report(stats, json: json, project: project)
     }
 }
 
@@ -257,28 +259,33 @@ func throughDaemon(_ command: ControlRequest.Command, _ directory: String) throw
     return stats
 }
 
-func report(_ stats: SyncStats, json: Bool, itemize: Bool = false) {
+func report(_ stats: SyncStats, json: Bool, itemize: Bool = false, project: Project?) {
     var stats = stats
     stats.groupFailures()
+    if let project {
+        stats.project = project.directory
+        if stats.remote == nil { stats.remote = project.config.remote.description }
+    }
     if itemize && !json { for line in stats.itemized { print(line) } }
-    if let first = stats.firstPush, !json { printError("first push: \(first)") }
+    if let first = stats.firstPush, !json { print("first push: \(first)") }
     // A pull names what it brought back (every path with -i; else the first few).
     if stats.direction == "pull" && !itemize && !json && !stats.itemized.isEmpty {
         let names = stats.itemized.map { String($0.dropFirst(12)) }
-        printError("received " + names.prefix(10).joined(separator: ", ") + (names.count > 10 ? " and \(names.count - 10) more (-i lists them)" : ""))
+        print("received " + names.prefix(10).joined(separator: ", ") + (names.count > 10 ? " and \(names.count - 10) more (-i lists them)" : ""))
     }
     for w in stats.warnings { printError("warning: \(w)") }
     for h in stats.hosts ?? [] where stats.hosts!.count > 1 || !h.ok {
         printError("\(h.host): " + (h.error ?? "\(h.filesChanged) changed, \(h.filesDeleted) deleted, \(formatBytes(h.bytesSent)) over the link"
-                                                + (h.conflicts > 0 ? ", \(h.conflicts) conflict(s)" : "")))
+                                                + (h.conflicts.isEmpty ? "" : ", \(h.conflicts.count) conflict\(h.conflicts.count == 1 ? "" : "s")")))
     }
-    if let uploaded = stats.bytesUploaded {
-        printError("store: \(formatBytes(uploaded)) uploaded; snapshot \(stats.snapshot ?? "?")")
+    if let uploaded = stats.bytesUploaded, !json {
+        print("store: \(formatBytes(uploaded)) uploaded; snapshot \(stats.snapshot ?? "?")")
     }
     for c in stats.conflictMessages { printError("conflict: \(c)") }
     for s in stats.skipped { printError("skipped: \(s)") }
     for e in stats.errors { printError("error: \(e)") }
-    if json { print(stats.json()) } else { printError(stats.summary()) }
+    // The summary is the command's output (stdout); progress, warnings and errors go to stderr.
+    if json { print(stats.json()) } else { print(stats.summary()) }
     if stats.exitCode != 0 { exitWith(stats.exitCode) }
 }
 
@@ -311,7 +318,7 @@ struct List: ParsableCommand {
             }
             if json {
                 struct Out: Encodable { let paths: [PathVerdict] }
-                return printJSON(Out(paths: verdicts))
+                return print(project.jsonText(Out(paths: verdicts)))
             }
             for v in verdicts { print("\(v.path): \(v.sent ? "sent" : "not sent"): \(v.reason)") }
             return
@@ -322,16 +329,14 @@ struct List: ParsableCommand {
         if summary {
             let totals = TreeSummary(paths.map { (path: $0.path, kind: $0.kind == "file" ? FileKind.regular : $0.kind == "directory" ? .directory : .symlink,
                                                  size: $0.size) }, keep: 10)
-            if json { return printJSON(totals) }
+            if json { return print(project.jsonText(totals)) }
             print("\(totals.files) files, \(formatBytes(totals.bytes)) in \(totals.directories) directories")
             for d in totals.largest { print("  \(formatBytes(d.bytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.files) files\t\(d.path)") }
             return
         }
         if json {
             struct Out: Encodable { let paths: [ListedPath] }
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(PathText.publicJSON(Array(try encoder.encode(Out(paths: paths)))))
+            print(project.jsonText(Out(paths: paths)))
         } else if print0 {
             // The names' bytes as they are, each ended by NUL, as `find -print0` writes them.
             var out: [UInt8] = []
@@ -364,9 +369,7 @@ struct Chunks: ParsableCommand {
             struct Out: Encodable { let file: String; let size: UInt64; let digest: String; let min: Int; let avg: Int; let max: Int; let chunks: [Item] }
             let out = Out(file: file, size: content.size, digest: content.digest.hex, min: min, avg: avg, max: max,
                           chunks: content.chunks.map { Item(offset: $0.offset, length: $0.length, id: $0.id.hex) })
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(out), as: UTF8.self))
+            print(JSONOutput.text(out, project: nil))
         } else {
             print("# \(file): \(content.size) bytes, \(content.chunks.count) chunks (\(parameters)), digest \(content.digest.hex)")
             for c in content.chunks { print("\(c.offset)\t\(c.length)\t\(c.id.hex)") }

@@ -11,6 +11,8 @@ for sig in [SIGINT, SIGTERM] { signal(sig, SIG_IGN) }
 let stopSignals = [SIGINT, SIGTERM].map { sig in
     let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
     source.setEventHandler {
+        // What reached the remote, and that the next run resumes, before anything else is said.
+        if let note = InFlight.interruptedSummary() { printError("\n" + note) }
         releaseStoreLocks()
         fflush(nil)
         _exit(128 + sig)

@@ -68,7 +68,7 @@ struct ConflictTests {
         #expect(c["path"] as? String == "src/model.py")
         #expect(c["found"] as? String == "push")
         #expect(c["since"] is String)
-        let local = c["local"] as? [String: Any], remote = c["remote"] as? [String: Any], recorded = c["recorded"] as? [String: Any]
+        let local = c["local_side"] as? [String: Any], remote = c["remote_side"] as? [String: Any], recorded = c["recorded_side"] as? [String: Any]
         #expect(local?["size"] as? Int == 11 && local?["digest"] as? String == ChunkID(hashing: Array("local edit\n".utf8)).hex)
         #expect(remote?["size"] as? Int == 13 && remote?["digest"] as? String == ChunkID(hashing: Array("remote edit!\n".utf8)).hex)
         #expect(remote?["mtime"] is String && local?["mtime"] is String)

@@ -120,7 +120,7 @@ struct DaemonTests {
         #expect(try waited.int("files_changed") <= 1)
         let statusRun = try ctl(["status", "--json"])
         #expect(statusRun.status == 0, "\(statusRun.stderr)")
-        let projects = (try JSONSerialization.jsonObject(with: Data(statusRun.stdout.utf8)) as? [[String: Any]]) ?? []
+        let projects = ((try JSONSerialization.jsonObject(with: Data(statusRun.stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []
         #expect(projects.first?["project"] as? String == f.project)
         #expect(projects.first?["last_push"] is String)
         #expect((projects.first?["bytes_sent"] as? Int ?? 0) > 50_000)
@@ -130,7 +130,7 @@ struct DaemonTests {
         try f.write("src/paused.py", "p = 1\n")
         usleep(400_000)
         #expect(f.read("src/paused.py", in: f.remoteProject) == nil, "nothing is pushed while paused")
-        let pausedStatus = (try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+        let pausedStatus = ((try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []
         #expect(pausedStatus.first?["state"] as? String == "paused")
         #expect((pausedStatus.first?["pending_changes"] as? Int ?? 0) >= 1)
         let refused = try ctl(["push", f.project, "--wait"])
@@ -249,7 +249,7 @@ struct DaemonTests {
         let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
         func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         func statusProjects() throws -> [[String: Any]] {
-            (try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [[String: Any]]) ?? []
+            ((try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []
         }
         let notify = try NotifyListener(path: f.base + "/notify.sock")
         let log = f.base + "/syncd.log"

@@ -70,6 +70,25 @@ struct AgentErrorTests {
         #expect(pull.status == 1 && pull.stderr.contains("nothing has been pushed"), "\(pull.stderr)")
         #expect(!FileManager.default.fileExists(atPath: never + "/" + f.name), "the pull made the project on the remote")
     }
+
+    /// A remote root that is not there is made, and the push says so once (a typo in remote_root shows).
+    @Test func aRemoteRootThatWasMadeIsNamed() throws {
+        let f = try SyncFixture()
+        try f.write("a.txt", "a\n")
+        let env = ["XDG_STATE_HOME": f.state]
+        let typo = f.base + "/scratch/mee"
+        let first = try run(binDirectory() + "/syncctl", ["push", f.project, "--remote", "local:" + typo], env: env)
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(first.stderr.contains("warning: the remote root \(typo) did not exist") && first.stderr.contains("fix remote_root"),
+                "\(first.stderr)")
+        #expect(f.read("a.txt", in: typo + "/" + f.name) == Array("a\n".utf8))
+        try f.write("b.txt", "b\n")
+        let second = try run(binDirectory() + "/syncctl", ["push", f.project, "--remote", "local:" + typo], env: env)
+        #expect(second.status == 0 && !second.stderr.contains("did not exist"), "\(second.stderr)")
+        // The fixture's own remote root existed: no warning there.
+        let usual = try f.push()
+        #expect(!usual.stderr.contains("did not exist"), "\(usual.stderr)")
+    }
 }
 
 /// A loopback listener that never accepts (connections complete in the kernel's backlog, and nothing ever answers),

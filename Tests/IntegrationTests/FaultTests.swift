@@ -300,7 +300,7 @@ struct FaultTests {
         try f.write("b_notes.txt", "remote edit\n", in: f.remoteProject)
         let r = try f.push()
         #expect(r.status == 3, "\(r.stderr)")
-        #expect(try r.int("conflicts") == 1, "only the file changed on the remote: \(r.stdout)")
+        #expect(try r.count("conflicts") == 1, "only the file changed on the remote: \(r.stdout)")
         #expect(f.read("a_config.yaml", in: f.remoteProject) == Array("lr: 0.01\n".utf8), "its own placement replaced")
         #expect(f.read("b_notes.txt", in: f.remoteProject) == Array("remote edit\n".utf8), "the remote's edit kept")
     }

@@ -33,6 +33,12 @@ struct RunResult {
         return object
     }
 
+    /// The length of the array at `key` (`conflicts` is a list of objects, docs/JSON.md).
+    func count(_ key: String) throws -> Int {
+        guard let list = try json()[key] as? [Any] else { throw FixtureError("no array '\(key)' in \(stdout)") }
+        return list.count
+    }
+
     func int(_ key: String) throws -> Int {
         guard let n = try json()[key] as? Int else { throw FixtureError("no integer '\(key)' in \(stdout)") }
         return n

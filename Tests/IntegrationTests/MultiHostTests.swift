@@ -102,8 +102,8 @@ struct MultiHostTests {
         let listed = try run(binDirectory() + "/syncctl", ["snapshots", f.project, "--json"], env: env)
         #expect(listed.status == 0, "\(listed.stderr)")
         let snapshots = ((try JSONSerialization.jsonObject(with: Data(listed.stdout.utf8)) as? [String: Any])?["snapshots"] as? [[String: Any]]) ?? []
-        #expect(snapshots.count == 4 && snapshots.first?["id"] as? String == firstSnapshot, "\(listed.stdout)")
-        #expect(snapshots.allSatisfy { $0["time"] is String && $0["files"] is Int && $0["bytes"] is Int && $0["new_bytes"] is Int })
+        #expect(snapshots.count == 4 && snapshots.first?["snapshot"] as? String == firstSnapshot, "\(listed.stdout)")
+        #expect(snapshots.allSatisfy { $0["time"] is String && $0["files"] is Int && $0["bytes"] is Int && $0["bytes_uploaded"] is Int })
         let restored = f.base + "/restored"
         let r = try run(binDirectory() + "/syncctl", ["restore", String(firstSnapshot.prefix(8)), "--to", restored, "--dir", f.project], env: env)
         #expect(r.status == 0, "\(r.stderr)")
@@ -161,7 +161,7 @@ struct MultiHostTests {
         func ids() throws -> [String] {
             let out = try ctl(["snapshots", f.project, "--json"])
             return (((try JSONSerialization.jsonObject(with: Data(out.stdout.utf8)) as? [String: Any])?["snapshots"] as? [[String: Any]]) ?? [])
-                .compactMap { $0["id"] as? String }
+                .compactMap { $0["snapshot"] as? String }
         }
         // First push: its own syncd.yaml and weights; then both replaced, so nothing of the first stays in use.
         try Self.configure(f, hosts: ["local:" + host], endpoint: server.endpoint, bucket: bucket)
@@ -471,7 +471,7 @@ struct MultiHostTests {
         for r in roots { #expect(f.read("src/train.py", in: r + "/proj") == Array("lr = 2\n".utf8), "\(r)") }
 
         let status = try ctl(["status", "--json"])
-        let project = ((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [[String: Any]]) ?? []).first ?? [:]
+        let project = (((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []).first ?? [:]
         let hosts = project["hosts"] as? [[String: Any]] ?? []
         #expect(hosts.map { $0["host"] as? String ?? "" } == roots.map { "local:" + $0 } && hosts.allSatisfy { $0["ok"] as? Bool == true },
                 "\(status.stdout)")

@@ -22,8 +22,9 @@ struct ResumeTests {
         return best
     }
 
-    /// Starts a push of a large file and kills one side with SIGKILL once about a third of it has arrived.
-    static func interruptedPush(killAgent: Bool) throws -> (SyncFixture, [UInt8]) {
+    /// Starts a push of a large file and kills one side with SIGKILL once about a third of it has arrived (or,
+    /// with `signal`, sends syncctl that signal instead).
+    static func interruptedPush(killAgent: Bool, signal: Int32 = SIGKILL) throws -> (SyncFixture, [UInt8], RunResult) {
         let f = try SyncFixture()
         let small = randomBytes(8 << 20, seed: 21)
         let big = randomBytes(256 << 20, seed: 22)
@@ -37,7 +38,7 @@ struct ResumeTests {
                     if killAgent {
                         for child in children(of: process.processIdentifier) { kill(child, SIGKILL) }
                     } else {
-                        kill(process.processIdentifier, SIGKILL)
+                        kill(process.processIdentifier, signal)
                     }
                     killed = true
                     return
@@ -49,7 +50,16 @@ struct ResumeTests {
         #expect(r.status != 0)
         if killAgent { #expect(r.stderr.contains("killed by signal 9"), "\(r.stderr)") }
         #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/data/big.bin"), "no partial file at the final path")
-        return (f, big)
+        return (f, big, r)
+    }
+
+    /// Issue 27, item 7: Ctrl-C says how far the push got and that the next push resumes, and it does.
+    @Test func ctrlCSaysWhatReachedTheRemoteAndTheNextPushResumes() throws {
+        let (f, big, r) = try Self.interruptedPush(killAgent: false, signal: SIGINT)
+        #expect(r.status == 128 + SIGINT, "\(r.stderr)")
+        #expect(r.stderr.range(of: #"push interrupted: [0-9.]+ MB of [0-9.]+ MB sent"#, options: .regularExpression) != nil, "\(r.stderr)")
+        #expect(r.stderr.contains("the next push resumes"), "\(r.stderr)")
+        try Self.resume(f, big)
     }
 
     static func resume(_ f: SyncFixture, _ big: [UInt8]) throws {
@@ -67,12 +77,12 @@ struct ResumeTests {
     }
 
     @Test func killedAgentThenResume() throws {
-        let (f, big) = try Self.interruptedPush(killAgent: true)
+        let (f, big, _) = try Self.interruptedPush(killAgent: true)
         try Self.resume(f, big)
     }
 
     @Test func whatLandedBeforeAFailedPushIsRecorded() throws {
-        let (f, _) = try Self.interruptedPush(killAgent: true)
+        let (f, _, _) = try Self.interruptedPush(killAgent: true)
         let small = randomBytes(8 << 20, seed: 21)
         #expect(f.read("data/a_first.bin", in: f.remoteProject) == small, "placed before the kill")
         // Changed on both sides since: a conflict against what landed, not a push that believes the remote empty.
@@ -85,7 +95,7 @@ struct ResumeTests {
     }
 
     @Test func killedClientThenResume() throws {
-        let (f, big) = try Self.interruptedPush(killAgent: false)
+        let (f, big, _) = try Self.interruptedPush(killAgent: false)
         // Give the orphaned agent a moment to see end of input and exit.
         usleep(300_000)
         try Self.resume(f, big)

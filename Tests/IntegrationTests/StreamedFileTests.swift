@@ -93,7 +93,7 @@ struct StreamedFileTests {
         try f.write("data/w.bin", both, in: f.remoteProject)
         let same = try f.push()
         #expect(same.status == 0, "\(same.stderr)")
-        #expect(try same.int("conflicts") == 0)
+        #expect(try same.count("conflicts") == 0)
         #expect(try same.int("chunks_sent") == 0)
 
         let local = randomBytes(3 << 20, seed: 53), remote = randomBytes(3 << 20, seed: 54)
@@ -101,7 +101,7 @@ struct StreamedFileTests {
         try f.write("data/w.bin", remote, in: f.remoteProject)
         let clash = try f.push()
         #expect(clash.status == 3, "\(clash.stderr)")
-        #expect(try clash.int("conflicts") == 1)
+        #expect(try clash.count("conflicts") == 1)
         #expect(f.read("data/w.bin", in: f.remoteProject) == remote)
         let leftovers = (try FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)).filter { $0.contains(".syncd-part.") }
         #expect(leftovers.isEmpty, "\(leftovers)")

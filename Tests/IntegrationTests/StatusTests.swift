@@ -1,0 +1,97 @@
+import Foundation
+import SyncSystem
+import Testing
+
+/// Issue 27, item 5: `status` tells the truth (the remote, times as "12 s ago", progress, a remote that cannot be
+/// reached as "disconnected, retrying in N s", no last push for a project that never pushed, a config that does not
+/// load as the project's error), and `status --watch` redraws in place.
+@Suite(.serialized)
+struct StatusTests {
+    static let tmux = "/usr/bin/tmux"
+
+    @Test func statusSaysWhatIsTrueForEachProject() throws {
+        let good = try SyncFixture()
+        try good.write("src/a.py", "a = 1\n")
+        // A remote nothing listens on: every connection is refused.
+        let unreachable = try SyncFixture()
+        let port = freePortForTest()
+        try "Host nowhere\n  HostName 127.0.0.1\n  Port \(port)\n  User root\n".write(toFile: unreachable.base + "/ssh_config",
+                                                                                     atomically: true, encoding: .utf8)
+        try "name: proj\nremote: nowhere\nssh_config: \(unreachable.base)/ssh_config\n"
+            .write(toFile: unreachable.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let broken = try SyncFixture()
+
+        let runtime = good.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": good.base + "/config", "XDG_STATE_HOME": good.state, "XDG_RUNTIME_DIR": runtime]
+        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
+        for f in [good, unreachable, broken] { #expect(try ctl(["add", f.project]).status == 0) }
+        // Registered, then broken: the daemon starts with a syncd.yaml that does not load.
+        try "remote: [unclosed\n".write(toFile: broken.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+
+        let log = good.base + "/syncd.log"
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        func projects() -> [String: [String: Any]] {
+            let r = try? ctl(["status", "--json"])
+            let list = ((try? JSONSerialization.jsonObject(with: Data((r?.stdout ?? "").utf8))) as? [String: Any])?["projects"] as? [[String: Any]]
+            var out: [String: [String: Any]] = [:]
+            for p in list ?? [] { if let dir = p["project"] as? String { out[dir] = p } }
+            return out
+        }
+        #expect(eventually(seconds: 20) { projects()[good.project]?["last_push"] is String && projects()[unreachable.project]?["retry_in_seconds"] is Int },
+                "\(projects())")
+        let all = projects()
+        let down = all[unreachable.project] ?? [:]
+        #expect(down["state"] as? String == "disconnected", "\(down)")
+        #expect(down["last_push"] == nil || down["last_push"] is NSNull, "a project that never pushed has no last push: \(down)")
+        #expect((down["last_error"] as? String)?.contains("127.0.0.1 port \(port)") == true, "\(down)")
+        #expect(down["remote"] as? String == "nowhere")
+        let error = all[broken.project] ?? [:]
+        #expect(error["state"] as? String == "error" && (error["last_error"] as? String)?.contains("syncd.yaml") == true, "\(error)")
+
+        let text = try ctl(["status"])
+        #expect(text.status == 0, "\(text.stderr)")
+        #expect(text.stdout.contains("\(good.project) -> local:\(good.remoteRoot)"), "\(text.stdout)")
+        #expect(text.stdout.range(of: #"last push (just now|\d+ s ago)"#, options: .regularExpression) != nil, "\(text.stdout)")
+        #expect(text.stdout.range(of: #"disconnected, retrying in \d+ s, never pushed"#, options: .regularExpression) != nil, "\(text.stdout)")
+        #expect(text.stdout.contains("error: not started:"), "\(text.stdout)")
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: tmux), "needs tmux"))
+    func watchRedrawsInPlace() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
+        let log = f.base + "/syncd.log"
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+
+        let socket = f.base + "/tmux.sock"
+        let session = "watch"
+        let command = env.map { "\($0.key)=\($0.value)" }.sorted().joined(separator: " ") + " " + binDirectory() + "/syncctl status --watch"
+        let started = try run(Self.tmux, ["-S", socket, "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "env " + command])
+        #expect(started.status == 0, "\(started.stderr)")
+        defer { _ = try? run(Self.tmux, ["-S", socket, "kill-server"]) }
+        func screen() -> String { (try? run(Self.tmux, ["-S", socket, "capture-pane", "-p", "-t", session]))?.stdout ?? "" }
+
+        #expect(eventually(seconds: 20) { screen().contains("last push") }, "\(screen())")
+        // Seconds later the view has been redrawn (the clock moved on), and it is still one view, at the top.
+        let first = screen()
+        #expect(eventually(seconds: 5) { screen() != first }, "the view did not change: \(first)")
+        let later = screen()
+        #expect(later.components(separatedBy: "\(f.project) -> ").count == 2, "one copy of the project on screen:\n\(later)")
+        #expect(later.hasPrefix("syncctl status --watch"), "drawn from the top:\n\(later)")
+        // A change shows up in place.
+        try f.write("src/b.py", "b = 2\n")
+        #expect(eventually(seconds: 20) { f.read("src/b.py", in: f.remoteProject) != nil })
+        #expect(eventually(seconds: 5) { screen().contains(#"last push"#) && screen().components(separatedBy: "\(f.project) -> ").count == 2 },
+                "\(screen())")
+        // The daemon gone: the view says so, and how to start it.
+        kill(pid, SIGTERM)
+        #expect(eventually(seconds: 20) { screen().contains("syncd is not running") }, "\(screen())")
+    }
+}
