@@ -268,7 +268,9 @@ final class ProgressReporter {
         observer = options.onProgress
     }
 
-    func update(done: UInt64, total: UInt64) {
+    func update(done: UInt64, total given: UInt64) {
+        // A file that grew while it was read makes more bytes than the scan counted: never "278 MB / 24 MB".
+        let total = given == 0 ? 0 : max(given, done)
         InFlight.note(label, done: done, total: total)
         guard draw || lines || observer != nil else { return }
         lock.lock()

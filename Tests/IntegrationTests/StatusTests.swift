@@ -58,6 +58,41 @@ struct StatusTests {
         #expect(text.stdout.contains("error: not started:"), "\(text.stdout)")
     }
 
+    /// A sync in flight shows its bytes, rate and what is left, in `status --json` and in the text.
+    @Test func aPushInFlightShowsItsProgress() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: f.base + "/syncd.log")
+        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        #expect(eventually(seconds: 20) { f.read("src/a.py", in: f.remoteProject) != nil })
+        // Large enough that the push takes a while here; written aside and moved in whole.
+        try f.write("big.bin", randomBytes(384 << 20, seed: 77), in: f.base)
+        try FileManager.default.createDirectory(atPath: f.project + "/data", withIntermediateDirectories: true)
+        try FileManager.default.moveItem(atPath: f.base + "/big.bin", toPath: f.project + "/data/big.bin")
+        var seen: [String: Any]?
+        var text = ""
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline && seen == nil {
+            let r = try run(binDirectory() + "/syncctl", ["status", "--json"], env: env)
+            let project = (((try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any])?["projects"] as? [[String: Any]])?.first
+            if let progress = project?["progress"] as? [String: Any], (progress["bytes_done"] as? Int ?? 0) > 0 {
+                seen = progress
+                text = try run(binDirectory() + "/syncctl", ["status"], env: env).stdout
+            }
+            if f.read("data/big.bin", in: f.remoteProject) != nil { break }
+            usleep(20_000)
+        }
+        let progress = try #require(seen, "no progress was seen while the push ran")
+        let done = progress["bytes_done"] as? Int ?? 0, total = progress["bytes_total"] as? Int ?? 0
+        #expect(total >= 384 << 20 && done <= total && progress["bytes_per_second"] is NSNumber, "\(progress)")
+        #expect(text.range(of: #"syncing: [0-9.]+ [kMG]?B / [0-9.]+ MB"#, options: .regularExpression) != nil
+                || text.contains("idle"), "\(text)")
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: tmux), "needs tmux"))
     func watchRedrawsInPlace() throws {
         let f = try SyncFixture()
