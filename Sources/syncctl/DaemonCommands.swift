@@ -80,7 +80,7 @@ struct Status: ParsableCommand {
             } else {
                 text = "syncd is not running. \(daemonStartHint)\n"
             }
-            let stamp = "syncctl status --watch: every 1 s, Ctrl-C to stop (\(formatTime(wallClockNanos(), compact: true)))\n\n"
+            let stamp = "syncctl status --watch: every 1 s, Ctrl-C to stop (\(formatTime(wallClockNanos())))\n\n"
             // On a terminal: home and clear below, then the new text; elsewhere each view follows the last.
             print((terminal ? "\u{1B}[H\u{1B}[J" : "") + stamp + text, terminator: terminal ? "" : "\n")
             fflush(nil)
@@ -122,6 +122,12 @@ struct Status: ParsableCommand {
         }
         return out
     }
+}
+
+/// An ISO 8601 time (as JSON carries it) the way every message shows one: `YYYY-MM-DD HH:MM:SS`, local time.
+func humanTime(_ iso: String) -> String {
+    guard let date = ISO8601DateFormatter().date(from: iso) else { return iso }
+    return formatTime(Int64(date.timeIntervalSince1970 * 1e9))
 }
 
 /// "just now", "12 s ago", "3 min ago", "2 h ago", "4 days ago".

@@ -25,7 +25,7 @@ struct Snapshots: ParsableCommand {
         }
         if list.isEmpty { printError("no snapshots of \(project.config.name) yet; `syncctl push` makes one") }
         for s in list {
-            print("\(s.time)  \(s.id)  \(s.files) files  \(formatBytes(s.bytes))  \(formatBytes(s.newBytes)) new")
+            print("\(humanTime(s.time))  \(s.id)  \(s.files) files  \(formatBytes(s.bytes))  \(formatBytes(s.newBytes)) new")
         }
     }
 }

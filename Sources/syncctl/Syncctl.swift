@@ -209,12 +209,12 @@ struct Conflicts: ParsableCommand {
             return
         }
         for c in conflicts {
-            print("\(c.path)  (found by a \(c.found), since \(c.since))")
+            print("\(c.path)  (found by a \(c.found), since \(humanTime(c.since)))")
             for (label, side) in [("here", c.local), ("remote", c.remote), ("last sync", c.recorded)] {
                 var line = "  \(label.padding(toLength: 10, withPad: " ", startingAt: 0)) \(side.kind)"
                 if let digest = side.digest { line += " \(digest.prefix(12))" }
                 if let size = side.size { line += ", \(formatBytes(size))" }
-                if let mtime = side.mtime { line += ", modified \(mtime)" }
+                if let mtime = side.mtime { line += ", modified \(humanTime(mtime))" }
                 if let target = side.target { line += " -> \(target)" }
                 print(line)
             }
