@@ -182,13 +182,9 @@ struct JSONContractTests {
         #expect(pulled["direction"] as? String == "pull" && pulled["files_changed"] as? Int == 1, "\(pulled)")
 
         // The daemon's view.
-        let runtime = f.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let daemonEnv = env.merging(["XDG_CONFIG_HOME": f.base + "/config", "XDG_RUNTIME_DIR": runtime]) { $1 }
-        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: daemonEnv).status == 0)
-        let log = f.base + "/syncd.log"
-        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: daemonEnv, log: log)
-        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        let daemonEnv = daemon.env
         #expect(try run(binDirectory() + "/syncctl", ["push", "--wait", f.project], env: daemonEnv).status == 0)
         let status = try check("status", ["status", "--json"], env: daemonEnv)
         let project = (status["projects"] as? [[String: Any]])?.first

@@ -2,6 +2,31 @@ import Foundation
 import SyncSystem
 import Testing
 
+/// A syncd of a test's own: its config, state and runtime directories under the fixture, the projects added, and
+/// the daemon killed when the value goes away.
+final class TestDaemon {
+    let env: [String: String]
+    let pid: pid_t
+    let log: String
+
+    init(_ f: SyncFixture, projects: [String]? = nil, before: () throws -> Void = {}) throws {
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        for dir in projects ?? [f.project] {
+            let added = try run(binDirectory() + "/syncctl", ["add", dir], env: env)
+            guard added.status == 0 else { throw FixtureError("syncctl add \(dir): \(added.stderr)") }
+        }
+        try before()
+        log = f.base + "/syncd.log"
+        pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
+    }
+
+    deinit { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+
+    func ctl(_ arguments: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", arguments, env: env) }
+}
+
 /// Issue 27, item 5: `status` tells the truth (the remote, times as "12 s ago", progress, a remote that cannot be
 /// reached as "disconnected, retrying in N s", no last push for a project that never pushed, a config that does not
 /// load as the project's error), and `status --watch` redraws in place.
@@ -21,17 +46,12 @@ struct StatusTests {
             .write(toFile: unreachable.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         let broken = try SyncFixture()
 
-        let runtime = good.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let env = ["XDG_CONFIG_HOME": good.base + "/config", "XDG_STATE_HOME": good.state, "XDG_RUNTIME_DIR": runtime]
-        func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
-        for f in [good, unreachable, broken] { #expect(try ctl(["add", f.project]).status == 0) }
         // Registered, then broken: the daemon starts with a syncd.yaml that does not load.
-        try "remote: [unclosed\n".write(toFile: broken.project + "/syncd.yaml", atomically: true, encoding: .utf8)
-
-        let log = good.base + "/syncd.log"
-        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
-        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        let daemon = try TestDaemon(good, projects: [good, unreachable, broken].map(\.project)) {
+            try "remote: [unclosed\n".write(toFile: broken.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        }
+        defer { withExtendedLifetime(daemon) {} }
+        let ctl = daemon.ctl
         func projects() -> [String: [String: Any]] {
             let r = try? ctl(["status", "--json"])
             let list = ((try? JSONSerialization.jsonObject(with: Data((r?.stdout ?? "").utf8))) as? [String: Any])?["projects"] as? [[String: Any]]
@@ -62,12 +82,9 @@ struct StatusTests {
     @Test func aPushInFlightShowsItsProgress() throws {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
-        let runtime = f.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
-        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
-        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: f.base + "/syncd.log")
-        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        let env = daemon.env
         #expect(eventually(seconds: 20) { f.read("src/a.py", in: f.remoteProject) != nil })
         // Large enough that the push takes a while here; written aside and moved in whole.
         try f.write("big.bin", randomBytes(384 << 20, seed: 77), in: f.base)
@@ -97,13 +114,9 @@ struct StatusTests {
     func watchRedrawsInPlace() throws {
         let f = try SyncFixture()
         try f.write("src/a.py", "a = 1\n")
-        let runtime = f.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
-        #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: env).status == 0)
-        let log = f.base + "/syncd.log"
-        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
-        defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        let env = daemon.env
 
         let socket = f.base + "/tmux.sock"
         let session = "watch"
@@ -126,7 +139,7 @@ struct StatusTests {
         #expect(eventually(seconds: 5) { screen().contains(#"last push"#) && screen().components(separatedBy: "\(f.project) -> ").count == 2 },
                 "\(screen())")
         // The daemon gone: the view says so, and how to start it.
-        kill(pid, SIGTERM)
+        kill(daemon.pid, SIGTERM)
         #expect(eventually(seconds: 20) { screen().contains("syncd is not running") }, "\(screen())")
     }
 }
