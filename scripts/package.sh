@@ -78,8 +78,12 @@ for f in $files; do
   fi
 done
 if [ $uninstall = yes ]; then
+  rm -f "$prefix/lib/systemd/user/syncd.service"
   echo "removed syncd from $prefix (run \`syncctl daemon uninstall\` first if the service was installed)"
 else
+  # The user unit, starting the syncd just installed (`syncctl daemon install` writes its own as well).
+  mkdir -p "$prefix/lib/systemd/user"
+  "$prefix/bin/syncctl" daemon unit --exec "$prefix/bin/syncd" > "$prefix/lib/systemd/user/syncd.service"
   echo "installed syncd in $prefix; put $prefix/bin on PATH, then optionally: syncctl daemon install"
 fi
 EOF
@@ -106,6 +110,10 @@ deb)
   if [ -n "$curl" ] && curl_package=$(dpkg -S "$(readlink -f "$curl")" 2>/dev/null || dpkg -S "$curl" 2>/dev/null); then
     depends="$depends, ${curl_package%%:*}"
   fi
+  # The C library the binaries need at least: the newest GLIBC_ symbol version they use.
+  glibc=$(for b in syncctl syncd syncd-agent; do objdump -T "$release/$b"; done | grep -o 'GLIBC_[0-9][0-9.]*' |
+    sed 's/GLIBC_//' | sort -V | tail -1)
+  [ -n "$glibc" ] && depends=$(echo "$depends" | sed "s/\blibc6\b/libc6 (>= $glibc)/")
   size=$(du -sk "$root/usr" | cut -f1)
   cat > "$root/DEBIAN/control" <<EOF
 Package: syncd

@@ -78,6 +78,9 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
         let all = signals.sync { Array(runners.values) }
         let chosen = project.map { p in all.filter { $0.directory == p } } ?? all
         if let project, chosen.isEmpty {
+            if let why = signals.sync(execute: { notStarted[project] }) {
+                return .failure("\(project) is registered with syncd but did not start: \(why)")
+            }
             return .failure("\(project) is not registered with syncd (`syncctl add \(project)`)", unregistered: true)
         }
         var answer = ControlAnswer()

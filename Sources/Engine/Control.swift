@@ -99,7 +99,8 @@ public enum ControlSocket {
                 pending.removeSubrange(...end)
                 let object: ControlAnswer
                 do { object = try JSONDecoder().decode(ControlAnswer.self, from: Data(line)) } catch {
-                    throw SyncError("syncd at \(path) sent an answer this syncctl cannot read (\(error)): \(String(decoding: line.prefix(200), as: UTF8.self))")
+                    throw SyncError("syncd at \(path) sent an answer this syncctl cannot read (\(error)): \(String(decoding: line.prefix(200), as: UTF8.self)); "
+                                    + "if syncd is older than this syncctl, restart it (systemctl --user restart syncd)")
                 }
                 // A project the daemon does not run is the caller's to handle (it syncs on its own).
                 if first && !object.ok && object.unregistered != true {

@@ -7,7 +7,8 @@ import Foundation
 public struct ControlRequest: Codable, Sendable, Equatable {
     /// The control protocol this build speaks. A request from a newer one is refused by name, so that a syncctl
     /// newer than the running syncd says "restart syncd" rather than failing obscurely.
-    public static let currentVersion = 1
+    /// 2: conflicts as objects (docs/JSON.md), status with remote, progress and retry_in_seconds.
+    public static let currentVersion = 2
     /// A request line longer than this is refused unread.
     public static let maxLineBytes = 65536
 
@@ -81,7 +82,7 @@ public struct ControlProtocolError: Error, CustomStringConvertible {
 public struct ProjectStatus: Codable, Sendable, Equatable {
     public var project: String
     /// idle, syncing, paused, or between a failed session and the next try: stalled (its link stopped moving
-    /// data for the timeout) or reconnecting.
+    /// data for the timeout) or disconnected; connecting while a session opens its link; error when it did not start.
     public var state: String
     public var connected: Bool
     public var pendingChanges: Int

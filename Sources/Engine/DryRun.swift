@@ -82,7 +82,7 @@ extension PushSession {
             }
         }
         let local = scan.entries.filter { $0.stat.kind != .regular || $0.content != nil }
-        for op in planPush(local: local, pushed: pushed, isLeftAlone: { [self] in isLeftAlone($0) }) {
+        for op in planPush(local: local, pushed: pushed, isLeftAlone: { [self] in isLeftAlone($0, $1) }) {
             var change = PushPlan.Change(code: itemizeCode(op, pushed: pushed[op.path]), path: op.path.description, bytes: 0)
             switch op {
             case .file(let e, _):

@@ -18,6 +18,7 @@ extension Project {
         do { scan = try ProjectScanner(tree: tree, rules: rulesWithPullPaths).scan() } catch {
             throw SyncError("scanning \(directory): \(error)")
         }
+        let skipped = rules.git?.skippedLines ?? []
         let paths = scan.entries.map { e -> ListedPath in
             let kind: String
             switch e.kind {
@@ -27,7 +28,7 @@ extension Project {
             }
             return ListedPath(path: e.path, kind: kind, size: e.kind == .regular ? e.stat.size : 0)
         }
-        return (paths, scan.warnings.map(\.description))
+        return (paths, (scan.warnings + skipped).map(\.description))
     }
 }
 

@@ -66,10 +66,11 @@ struct Snapshotter {
     /// excluded); otherwise only below `roots`.
     func scan(roots: [RelativePath]?) throws -> Scan {
         let rules = roots == nil ? project.rulesWithPullPaths : project.pullRules
-        let scan: ScanResult
+        var scan: ScanResult
         do { scan = try ProjectScanner(tree: project.tree, rules: rules).scan(roots: roots) } catch {
             throw SyncError("scanning \(project.directory): \(error)")
         }
+        if roots == nil, let git = project.rules.git { scan.warnings += git.skippedLines }
         // Below given roots (a pull's paths), only their own records are read, not the whole project's.
         let cache = roots == nil ? try state.loadFiles()
             : try state.loadFiles(paths: scan.entries.filter { $0.kind == .regular }.map(\.path))

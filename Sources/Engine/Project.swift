@@ -141,6 +141,8 @@ public final class Project: Sendable {
     /// project's own are read as the scan meets them. Outside a repository only the project's `.gitignore` files count.
     static func gitIgnore(projectDirectory: String, tree: Tree) -> GitIgnore {
         var outer: [(text: String, source: String, base: String)] = []
+        // The repository is found from where the project really is (a symlinked checkout).
+        let projectDirectory = URL(fileURLWithPath: projectDirectory).resolvingSymlinksInPath().path
         guard let repository = gitRepository(enclosing: projectDirectory) else { return GitIgnore(tree: tree, projectPrefix: "", outerFiles: []) }
         let prefix = repository == projectDirectory ? "" : String(projectDirectory.dropFirst(repository == "/" ? 1 : repository.count + 1))
         if let gitDirectory = gitDirectory(of: repository) {
@@ -160,7 +162,8 @@ public final class Project: Sendable {
     /// The root of the git repository holding `directory` (absolute): the nearest directory at or above it with a
     /// `.git`; nil outside any.
     public static func gitRepository(enclosing directory: String) -> String? {
-        var candidate = directory
+        // Where the directory really is: a symlinked checkout belongs to the repository it points into.
+        var candidate = URL(fileURLWithPath: directory).resolvingSymlinksInPath().path
         for _ in 0..<4096 {
             if FileManager.default.fileExists(atPath: (candidate == "/" ? "" : candidate) + "/.git") { return candidate }
             guard candidate != "/" else { return nil }

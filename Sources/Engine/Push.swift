@@ -38,7 +38,7 @@ enum PushOperation {
 /// deleted nor compared. With `everything`, every local entry is sent, changed since the last push or not, so
 /// that the agent compares each with what the remote holds (a restore: the remote must end up exactly so).
 func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], everything: Bool = false,
-              isLeftAlone: (RelativePath) -> Bool) -> [PushOperation] {
+              isLeftAlone: (RelativePath, SyncedEntry) -> Bool) -> [PushOperation] {
     var present: Set<RelativePath> = []
     present.reserveCapacity(local.count)
     for e in local { present.insert(e.path) }
@@ -54,7 +54,7 @@ func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], everythi
         }
         if differs { upserts.append(e) }
     }
-    var deleted = Set(pushed.keys.filter { !present.contains($0) && !isLeftAlone($0) })
+    var deleted = Set(pushed.filter { !present.contains($0.key) && !isLeftAlone($0.key, $0.value) }.keys)
     // Paths whose kind changes: what was there must go before the new kind can be placed.
     var clearFirst: Set<RelativePath> = []
     for e in upserts {
@@ -163,9 +163,10 @@ public final class PushSession {
         return Array(head) + early.sorted { $0.0 < $1.0 }.map(\.1) + rest
     }
 
-    /// Pushed paths that a push leaves alone: pull paths, and (unless pruning) paths now ignored.
-    func isLeftAlone(_ path: RelativePath) -> Bool {
-        project.isPullPath(path) || (!pruneIgnored && project.rules.isExcluded(path.bytes))
+    /// Pushed paths that a push leaves alone: pull paths, and (unless pruning) paths now ignored. What was pushed
+    /// says whether the path is a directory, which git's `dir/` patterns need.
+    func isLeftAlone(_ path: RelativePath, _ pushed: SyncedEntry) -> Bool {
+        project.isPullPath(path) || (!pruneIgnored && project.rules.isExcluded(path.bytes, isDirectory: pushed.kind == .directory))
     }
 
     /// The paths a full push would send now, in sending order (directories with a trailing "/"); for tests and
@@ -269,9 +270,10 @@ public final class PushSession {
         if resolveOps == nil {
             // Pushed earlier, ignored now: left on the remote unless pruned, and said so.
             let present = Set(scan.entries.map(\.path))
-            stats.leftIgnored = pushed.keys.filter {
-                !present.contains($0) && !project.isPullPath($0) && project.rules.isExcluded($0.bytes)
-            }.sorted()
+            stats.leftIgnored = pushed.filter {
+                !present.contains($0.key) && !project.isPullPath($0.key)
+                    && project.rules.isExcluded($0.key.bytes, isDirectory: $0.value.kind == .directory)
+            }.keys.sorted()
             if pruneIgnored { stats.leftIgnored = [] }
             if !stats.leftIgnored.isEmpty {
                 stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"

@@ -88,6 +88,12 @@ public func shellQuote(_ text: String) -> String {
 }
 
 extension Project {
+    /// A bind mount's source is a directory unless it is a file here (docker makes a missing one a directory).
+    func mountIsDirectory(_ source: String) -> Bool {
+        guard let path = try? RelativePath(source), let st = try? tree.lstat(path) else { return true }
+        return st.kind != .regular
+    }
+
     /// The builds of this project: one per compose service with `build:`, or the lone `Dockerfile` at the root.
     /// Warnings name compose bind mounts whose source syncd does not sync.
     public func buildSpecs() throws -> (specs: [BuildSpec], compose: ComposeFile?, warnings: [String]) {
@@ -115,7 +121,7 @@ extension Project {
                     warnings.append("services.\(service.name): the bind mount \(mount.source) is outside the project, so it is not synced")
                 } else if let path = try? RelativePath(source), isPullPath(path) {
                     continue
-                } else if source != "." && rules.isExcluded(source) {
+                } else if source != "." && rules.isExcluded(Array(source.utf8), isDirectory: mountIsDirectory(source)) {
                     warnings.append("services.\(service.name): the bind mount \(mount.source) -> \(mount.target) is ignored by syncd, so it is empty or stale on the remote")
                 }
             }

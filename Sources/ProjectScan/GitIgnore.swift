@@ -52,7 +52,7 @@ public final class GitIgnore: @unchecked Sendable {
     /// The project's own `.gitignore` files by project-relative directory; an empty list where there is none.
     private var inner: [[UInt8]: [Rule]] = [:]
     /// Lines that are not patterns git understands; git passes over them, and so does this, but `ls --why` says so.
-    private var skipped: [String] = []
+    private var skipped: [ScanWarning] = []
 
     /// `outerFiles` are (text, shown name, repository-relative directory) for `info/exclude` (directory "") and the
     /// `.gitignore` files between the repository's root and the project, root first.
@@ -61,13 +61,32 @@ public final class GitIgnore: @unchecked Sendable {
         var prefix = Array(projectPrefix.utf8)
         if !prefix.isEmpty && prefix.last != UInt8(ascii: "/") { prefix.append(UInt8(ascii: "/")) }
         self.projectPrefix = prefix
-        var skipped: [String] = []
+        var skipped: [ScanWarning] = []
         outer = outerFiles.map { RuleFile(base: Array($0.base.utf8), rules: Self.parse($0.text, source: $0.source, skipped: &skipped)) }
+        // A project inside a directory git ignores: git tracks nothing in it. syncd applies the rules below the
+        // project as if it were not ignored, and says so.
+        var above: [UInt8] = []
+        components: for component in prefix.split(separator: UInt8(ascii: "/")) {
+            above += (above.isEmpty ? [] : [UInt8(ascii: "/")]) + component
+            for file in outer.reversed() {
+                let base = file.base.isEmpty ? [] : file.base + [UInt8(ascii: "/")]
+                guard above.starts(with: base), above.count > base.count else { continue }
+                if let rule = Self.lastMatch(file.rules, below: base, above, isDirectory: true) {
+                    if !rule.negated {
+                        skipped.append(ScanWarning(path: String(decoding: above, as: UTF8.self) + "/",
+                                                   message: "git ignores this directory, which holds the project (\(rule.origin): "
+                                                       + "`\(rule.text)`), so git tracks nothing here; syncd applies the rules below it as if it did not"))
+                        break components
+                    }
+                    break
+                }
+            }
+        }
         self.skipped = skipped
     }
 
-    /// Lines passed over so far, each as "FILE:LINE: why".
-    public var skippedLines: [String] {
+    /// Lines passed over so far (path "FILE:LINE", and why): a push and `ls` warn about each.
+    public var skippedLines: [ScanWarning] {
         mutex.lock()
         defer { mutex.unlock() }
         return skipped
@@ -136,12 +155,14 @@ public final class GitIgnore: @unchecked Sendable {
             return known
         }
         mutex.unlock()
-        var found: [String] = []
+        var found: [ScanWarning] = []
         let rules = read(directory).map { Self.parse($0.text, source: $0.shown, skipped: &found) } ?? []
         mutex.lock()
+        defer { mutex.unlock() }
+        // Another thread may have read the same file meanwhile: its lines are noted once.
+        if let known = inner[directory] { return known }
         inner[directory] = rules
         skipped += found
-        mutex.unlock()
         return rules
     }
 
@@ -153,13 +174,15 @@ public final class GitIgnore: @unchecked Sendable {
         do {
             let relative = directory.isEmpty ? nil : try RelativePath(bytes: directory)
             guard let dir = try tree.openDirectory(relative, create: false) else { return nil }
-            let file = try Tree.openFile(at: dir, name: name, flags: O_RDONLY, shown: shown)
+            // Non-blocking, and a regular file only: a FIFO named .gitignore must not hang a scan.
+            let file = try Tree.openFile(at: dir, name: name, flags: O_RDONLY | O_NONBLOCK, shown: shown)
+            guard try file.stat().kind == .regular else { return nil }
             let limit = 1 << 20
             var bytes = [UInt8](repeating: 0, count: limit + 1)
             let n = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
             guard n <= limit else {
                 mutex.lock()
-                skipped.append("\(shown): larger than 1 MiB; not read")
+                skipped.append(ScanWarning(path: shown, message: "larger than 1 MiB; not read, so git's rules in it do not apply"))
                 mutex.unlock()
                 return nil
             }
@@ -170,7 +193,7 @@ public final class GitIgnore: @unchecked Sendable {
     }
 
     /// The patterns of one ignore file, as gitignore(5) reads them.
-    static func parse(_ contents: String, source: String, skipped: inout [String]) -> [Rule] {
+    static func parse(_ contents: String, source: String, skipped: inout [ScanWarning]) -> [Rule] {
         var rules: [Rule] = []
         var number = 0
         for raw in contents.split(separator: "\n", omittingEmptySubsequences: false) {
@@ -205,7 +228,7 @@ public final class GitIgnore: @unchecked Sendable {
             if line.first == UInt8(ascii: "/") { line.removeFirst() }
             let text = String(decoding: raw.utf8, as: UTF8.self).trimmingSpace()
             guard !line.isEmpty else {
-                skipped.append("\(source):\(number): `\(text)` names nothing; passed over")
+                skipped.append(ScanWarning(path: "\(source):\(number)", message: "`\(text)` names nothing; passed over"))
                 continue
             }
             do {
@@ -213,21 +236,44 @@ public final class GitIgnore: @unchecked Sendable {
                 rules.append(Rule(pattern: pattern, negated: negated, directoryOnly: directoryOnly, anchored: anchored,
                                   origin: "\(source):\(number)", text: text))
             } catch let error as IgnorePattern.SyntaxError {
-                skipped.append("\(source):\(number): `\(text)`: \(error.message); passed over")
+                skipped.append(ScanWarning(path: "\(source):\(number)", message: "`\(text)`: \(error.message); passed over, so what it names is sent"))
             } catch {
-                skipped.append("\(source):\(number): `\(text)`: \(error); passed over")
+                skipped.append(ScanWarning(path: "\(source):\(number)", message: "`\(text)`: \(error); passed over, so what it names is sent"))
             }
         }
         return rules
     }
 
-    /// git writes a negated class `[!a-z]` as well as `[^a-z]`; the pattern compiler knows the second.
+    /// git writes a negated class `[!a-z]` as well as `[^a-z]`; the pattern compiler knows the second. And `**`
+    /// means any directories only between slashes (or at either end); elsewhere (`a**b`, `a/**b`) it is one `*`.
     private static func gitClasses(_ line: [UInt8]) -> [UInt8] {
-        var out = line
+        let star = UInt8(ascii: "*"), slash = UInt8(ascii: "/")
+        var out: [UInt8] = []
         var i = 0
-        while i < out.count {
-            if out[i] == UInt8(ascii: "\\") { i += 2; continue }
-            if out[i] == UInt8(ascii: "["), i + 1 < out.count, out[i + 1] == UInt8(ascii: "!") { out[i + 1] = UInt8(ascii: "^") }
+        while i < line.count {
+            let c = line[i]
+            if c == UInt8(ascii: "\\") {
+                out.append(c)
+                if i + 1 < line.count { out.append(line[i + 1]) }
+                i += 2
+                continue
+            }
+            if c == UInt8(ascii: "["), i + 1 < line.count, line[i + 1] == UInt8(ascii: "!") {
+                out += [c, UInt8(ascii: "^")]
+                i += 2
+                continue
+            }
+            if c == star {
+                var end = i
+                while end < line.count && line[end] == star { end += 1 }
+                let run = end - i
+                let before = i == 0 || line[i - 1] == slash
+                let after = end == line.count || line[end] == slash
+                out += run >= 2 && before && after ? [star, star] : [star]
+                i = end
+                continue
+            }
+            out.append(c)
             i += 1
         }
         return out

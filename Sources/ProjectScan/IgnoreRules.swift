@@ -121,8 +121,9 @@ public struct IgnoreRules: Sendable {
 
     /// False when nothing below the excluded directory `bytes` can be brought back, so a walk may pass it by.
     public func mayBringBack(below bytes: [UInt8]) -> Bool {
-        if ownExceptions { return true }
-        guard git != nil, ownDecision(bytes, parentsChecked: false)?.excluded != true else { return false }
+        // syncd's own `!` can bring back what its own patterns exclude, never what git's do: only `include:` can.
+        if ownDecision(bytes, parentsChecked: false)?.excluded == true { return ownExceptions }
+        guard git != nil else { return ownExceptions }
         let components = bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
         return includes.contains { include in
             // The pattern's leading components without wildcards must agree with the directory's.

@@ -41,7 +41,7 @@ struct ServiceFiles {
 
         [Service]
         Type=notify
-        ExecStart=\(escape(executable))
+        ExecStart="\(escape(executable).replacingOccurrences(of: "$", with: "$$"))"
         ExecReload=/bin/kill -HUP $MAINPID
         WatchdogSec=30
         Restart=on-failure
@@ -74,6 +74,19 @@ struct ServiceFiles {
     static func escape(_ text: String) -> String {
         text.replacingOccurrences(of: "%", with: "%%").replacingOccurrences(of: "\\", with: "\\\\")
             .replacingOccurrences(of: "\"", with: "\\\"")
+    }
+
+    /// The path a unit's `ExecStart=` line names, its quoting and escapes undone.
+    static func execPath(inUnit text: String) -> String? {
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("ExecStart=") }) else { return nil }
+        var value = String(line.dropFirst("ExecStart=".count))
+        if value.hasPrefix("\""), let end = value.dropFirst().firstIndex(of: "\"") {
+            value = String(value[value.index(after: value.startIndex)..<end])
+        } else {
+            value = String(value.split(separator: " ").first ?? "")
+        }
+        return value.replacingOccurrences(of: "$$", with: "$").replacingOccurrences(of: "%%", with: "%")
+            .replacingOccurrences(of: "\\\"", with: "\"").replacingOccurrences(of: "\\\\", with: "\\")
     }
 
     /// The socket named in the drop-in, as the daemon will see it; nil without a drop-in.
@@ -125,8 +138,8 @@ func daemonExecutable() throws -> String {
     return path
 }
 
-/// Runs `systemctl --user ARGS`, waiting at most 30 s; nil when there is no systemctl.
-func systemctl(_ arguments: [String], environment: [String: String]) -> (status: Int32, output: String)? {
+/// Runs `systemctl --user ARGS`, waiting at most `seconds`; nil when there is no systemctl.
+func systemctl(_ arguments: [String], environment: [String: String], seconds: Int = 30) -> (status: Int32, output: String)? {
     guard let tool = ["/usr/bin/systemctl", "/bin/systemctl"].first(where: FileManager.default.isExecutableFile) else { return nil }
     let process = Process()
     process.executableURL = URL(fileURLWithPath: tool)
@@ -143,9 +156,9 @@ func systemctl(_ arguments: [String], environment: [String: String]) -> (status:
         output = pipe.fileHandleForReading.readDataToEndOfFile()
         done.signal()
     }
-    if done.wait(timeout: .now() + 30) == .timedOut {
+    if done.wait(timeout: .now() + .seconds(seconds)) == .timedOut {
         process.terminate()
-        return (124, "systemctl --user \(arguments.joined(separator: " ")) did not answer within 30 s")
+        return (124, "systemctl --user \(arguments.joined(separator: " ")) did not answer within \(seconds) s")
     }
     process.waitUntilExit()
     return (process.terminationStatus, String(decoding: output, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
@@ -163,7 +176,12 @@ struct InstallService: ParsableCommand {
         let fm = FileManager.default
         try fm.createDirectory(atPath: files.unitDirectory, withIntermediateDirectories: true)
         if fm.fileExists(atPath: ServiceFiles.packagedUnit) && executable == "/usr/bin/syncd" {
-            // The package's unit runs this very binary: only the drop-in is ours to write.
+            // The package's unit runs this very binary: only the drop-in is ours to write. A user unit an earlier
+            // install wrote would hide it (and start another binary): it goes.
+            if let old = try? String(contentsOfFile: files.unitPath, encoding: .utf8), old.contains("syncctl daemon install") {
+                try fm.removeItem(atPath: files.unitPath)
+                print("unit: removed \(files.unitPath), which an earlier install wrote and which would hide the package's")
+            }
             print("unit: \(ServiceFiles.packagedUnit) (from the package)")
         } else {
             try ServiceFiles.unit(executable: executable).write(toFile: files.unitPath, atomically: true, encoding: .utf8)
@@ -196,8 +214,13 @@ struct InstallService: ParsableCommand {
         var steps = [["daemon-reload"], ["enable", "syncd"], ["restart", "syncd"]]
         if importSocket { steps.insert(["import-environment", "SSH_AUTH_SOCK"], at: 0) }
         for step in steps {
-            guard let (status, output) = systemctl(step, environment: env) else {
+            // A restart waits for READY, which syncd sends once every project's watches are set up: give it time.
+            guard let (status, output) = systemctl(step, environment: env, seconds: step.first == "restart" ? 180 : 30) else {
                 throw SyncError("the files are written, but there is no systemctl here: run \(executable) yourself (it stays in the foreground)")
+            }
+            if status == 124 {
+                throw SyncError("the files are written, but `systemctl --user \(step.joined(separator: " "))` did not finish within the time "
+                                + "given; `syncctl daemon status` shows whether syncd came up (`journalctl --user -u syncd` says why not)")
             }
             guard status == 0 else {
                 throw SyncError("the files are written, but `systemctl --user \(step.joined(separator: " "))` failed (status \(status))"
@@ -230,7 +253,7 @@ struct UninstallService: ParsableCommand {
             try FileManager.default.removeItem(atPath: path)
             removed.append(path)
         }
-        try? FileManager.default.removeItem(atPath: files.dropInDirectory)  // only when empty
+        rmdir(files.dropInDirectory)  // only when empty: other drop-ins there (`systemctl --user edit`) are the user's
         _ = systemctl(["daemon-reload"], environment: ProcessInfo.processInfo.environment)
         print(removed.isEmpty ? "nothing to remove" : "removed " + removed.joined(separator: ", "))
     }
@@ -246,7 +269,7 @@ struct ServiceStatus: ParsableCommand {
         let fm = FileManager.default
         if fm.fileExists(atPath: files.unitPath) {
             let text = (try? String(contentsOfFile: files.unitPath, encoding: .utf8)) ?? ""
-            let exec = text.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }.map { String($0.dropFirst(10)) } ?? "?"
+            let exec = ServiceFiles.execPath(inUnit: text) ?? "?"
             print("unit: \(files.unitPath) (ExecStart=\(exec)\(fm.isExecutableFile(atPath: exec) ? "" : ", which is missing"))")
         } else if fm.fileExists(atPath: ServiceFiles.packagedUnit) {
             print("unit: \(ServiceFiles.packagedUnit) (from the package)")

@@ -316,9 +316,10 @@ struct List: ParsableCommand {
                 }
                 verdicts.append(try project.why(relative))
             }
+            for w in project.rules.git?.skippedLines ?? [] { printError("warning: \(w)") }
             if json {
-                struct Out: Encodable { let paths: [PathVerdict] }
-                return print(project.jsonText(Out(paths: verdicts)))
+                struct Out: Encodable { let verdicts: [PathVerdict] }
+                return print(project.jsonText(Out(verdicts: verdicts)))
             }
             for v in verdicts { print("\(v.path): \(v.sent ? "sent" : "not sent"): \(v.reason)") }
             return

@@ -118,7 +118,8 @@ struct DaemonSSHTests {
         let dropIn = try String(contentsOfFile: unitPath + ".d/ssh-agent.conf", encoding: .utf8)
         #expect(!unit.contains("network-online"), "a user manager has no network-online.target")
         // What systemd would start: ExecStart, and the environment the drop-in sets.
-        let exec = unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }.map { String($0.dropFirst(10)) }
+        let exec = unit.split(separator: "\n").first { $0.hasPrefix("ExecStart=") }
+            .map { String($0.dropFirst(10)).trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
         #expect(exec == binDirectory() + "/syncd", "\(unit)")
         let assignment = dropIn.split(separator: "\n").first { $0.hasPrefix("Environment=") }
             .map { String($0.dropFirst("Environment=".count)).trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }
@@ -128,7 +129,8 @@ struct DaemonSSHTests {
             #expect(verify.status == 0 && verify.stderr.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "\(verify.stderr)")
         }
         let status = try run(binDirectory() + "/syncctl", ["daemon", "status"], env: user)
-        #expect(status.status == 3 && status.stdout.contains("ssh-agent: \(socket)") && status.stdout.contains("not running"),
+        #expect(status.status == 3 && status.stdout.contains("ssh-agent: \(socket)") && status.stdout.contains("not running")
+                && status.stdout.contains("ExecStart=\(binDirectory())/syncd)"),
                 "\(status.stdout)\(status.stderr)")
         #expect(try run(binDirectory() + "/syncctl", ["add", f.project], env: user).status == 0)
 
@@ -157,5 +159,13 @@ struct DaemonSSHTests {
         #expect(eventually(seconds: 20) { f.read("src/train.py", in: f.remoteProject) == Array("print(1)\n".utf8) }, "\(logText())")
         let running = try run(binDirectory() + "/syncctl", ["daemon", "status"], env: user)
         #expect(running.status == 0 && running.stdout.contains("daemon: running"), "\(running.stdout)\(running.stderr)")
+
+        // uninstall removes what install wrote, and nothing of the user's (an override from `systemctl --user edit`).
+        let override = unitPath + ".d/override.conf"
+        try "[Service]\nNice=5\n".write(toFile: override, atomically: true, encoding: .utf8)
+        let uninstall = try run(binDirectory() + "/syncctl", ["daemon", "uninstall"], env: user)
+        #expect(uninstall.status == 0, "\(uninstall.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: unitPath) && !FileManager.default.fileExists(atPath: unitPath + ".d/ssh-agent.conf"))
+        #expect(FileManager.default.fileExists(atPath: override), "uninstall removed the user's own drop-in")
     }
 }

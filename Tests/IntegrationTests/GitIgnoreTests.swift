@@ -11,6 +11,7 @@ struct GitIgnoreTests {
         "trailing ", "m.pyc", "m.py", "cache/f", "src/cache", "foo/bar", "foo/a/b/bar", "foo/barn", "sub/x.csv",
         "sub/sub-keep.csv", "sub/local.txt", "sub/d/local.txt", "sub/nested/f", "sub/d/nested/f", "secret.key",
         "src/secret.key", "sub/d/x.csv", "sub/d/again.log", "sub/d/.gitignore", "Weird[1].txt", "deep/one/two/three.md",
+        "x/abz", "x/a/q/z", "x.bak",
     ]
     static let rootIgnore = """
         # comment
@@ -29,6 +30,8 @@ struct GitIgnoreTests {
         foo/**/bar
         Weird\\[1\\].txt
         deep/*/two
+        x/a**z
+        [[:space:]]*.bak
 
         """
     static let subIgnore = """
@@ -49,7 +52,9 @@ struct GitIgnoreTests {
         let git = try run("/usr/bin/git", ["init", "-q", f.project])
         #expect(git.status == 0, "\(git.stderr)")
         try "secret.key\n".write(toFile: f.project + "/.git/info/exclude", atomically: true, encoding: .utf8)
-        let listed = try run("/usr/bin/git", ["-C", f.project, "ls-files", "-z", "--others", "--exclude-standard"])
+        // git alone, without this machine's global excludes (which syncd does not read).
+        let isolated = ["HOME": f.base, "XDG_CONFIG_HOME": f.base + "/xdg", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1"]
+        let listed = try run("/usr/bin/git", ["-C", f.project, "ls-files", "-z", "--others", "--exclude-standard"], env: isolated)
         #expect(listed.status == 0, "\(listed.stderr)")
         return Set(listed.stdout.split(separator: "\0").map(String.init))
     }
@@ -77,13 +82,17 @@ struct GitIgnoreTests {
         #expect(listed == expected, "sent but git ignores: \(extra); git keeps but not sent: \(missing)")
         // The rules this table is about, spelled out, so that a git that changed would not silently pass it.
         for path in ["a.log", "data/important.csv", "src/build/out.o", "sub/nested/f", "secret.key", "docs/c.tmp", "bx.bin",
-                     "trailing ", "#hash", "Weird[1].txt", "deep/one/two/three.md", "foo/a/b/bar"] {
+                     "trailing ", "#hash", "Weird[1].txt", "deep/one/two/three.md", "foo/a/b/bar", "x/abz"] {
             #expect(!listed.contains(path), "\(path) was to be ignored")
         }
         for path in ["keep.log", "build", "src/top-only.txt", "ax.bin", "sub/sub-keep.csv", "sub/d/x.csv", "sub/d/local.txt",
-                     "sub/d/again.log", "foo/barn", "m.py", ".gitignore"] {
+                     "sub/d/again.log", "foo/barn", "m.py", ".gitignore", "x/a/q/z", "x.bak"] {
             #expect(listed.contains(path), "\(path) was to be sent")
         }
+
+        // The line git reads and syncd cannot (a POSIX class) is not passed over in silence.
+        let ls = try f.syncctl(["ls", f.project])
+        #expect(ls.stderr.contains("warning: .gitignore:18: `[[:space:]]*.bak`") && ls.stderr.contains("passed over"), "\(ls.stderr)")
 
         let push = try f.push()
         #expect(push.status == 0, "\(push.stderr)")
@@ -200,5 +209,55 @@ struct GitIgnoreTests {
                             env: ["XDG_STATE_HOME": state], cwd: base)
         #expect(plain.status == 0, "\(plain.stderr)")
         #expect(!(try String(contentsOfFile: project + "/syncd.yaml", encoding: .utf8)).contains("gitignore"))
+    }
+
+    /// A directory pushed before git's `dir/` rule applied is left on the remote (and said so), not planned for a
+    /// delete that leaves its files and reads as a conflict on every push.
+    @Test func aDirectoryPushedBeforeADirRuleIsLeftAlone() throws {
+        let f = try SyncFixture()
+        try f.write("build/out.o", "o")
+        try f.write("src/a.py", "a")
+        #expect(try f.push().status == 0)
+        try f.write(".gitignore", "build/\n")
+        try f.addSetting("gitignore: true")
+        let r = try f.push()
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        #expect(try r.count("conflicts") == 0, "\(r.stdout)")
+        let left = (try r.json()["left_ignored"] as? [String]) ?? []
+        #expect(Set(left) == ["build", "build/out.o"], "\(r.stdout)")
+        #expect(f.read("build/out.o", in: f.remoteProject) != nil)
+        let again = try f.push()
+        let remaining = try again.count("conflicts")
+        #expect(again.status == 0 && remaining == 0, "\(again.stdout)")
+    }
+
+    /// A project in a subdirectory of a repository: the repository's `.gitignore` and `info/exclude` apply below it,
+    /// and a project inside a directory git ignores is warned about.
+    @Test func aProjectInsideARepositoryFollowsTheRulesAboveIt() throws {
+        let base = NSTemporaryDirectory() + "syncd-gitsub-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let repo = base + "/repo"
+        #expect(try run("/usr/bin/git", ["init", "-q", repo]).status == 0)
+        try "*.log\nml/local.tmp\nscratch/\n".write(toFile: repo + "/.gitignore", atomically: true, encoding: .utf8)
+        try "*.secret\n".write(toFile: repo + "/.git/info/exclude", atomically: true, encoding: .utf8)
+        for (dir, files) in [("ml", ["train.py", "run.log", "local.tmp", "key.secret"]), ("scratch/exp", ["x.py"])] {
+            try FileManager.default.createDirectory(atPath: repo + "/" + dir, withIntermediateDirectories: true)
+            for name in files { try "x".write(toFile: repo + "/" + dir + "/" + name, atomically: true, encoding: .utf8) }
+        }
+        let state = base + "/state"
+        let env = ["XDG_STATE_HOME": state]
+        // Through a symlink to the checkout, as ~/proj -> /data/repo/ml would be.
+        try FileManager.default.createSymbolicLink(atPath: base + "/link", withDestinationPath: repo + "/ml")
+        for (project, expected) in [(base + "/link", ["syncd.yaml", "train.py"]), (repo + "/scratch/exp", ["syncd.yaml", "x.py"])] {
+            let initialized = try run(binDirectory() + "/syncctl", ["init", project, "--remote", "local:" + base + "/remote"], env: env)
+            #expect(initialized.status == 0, "\(initialized.stderr)")
+            let config = try String(contentsOfFile: project + "/syncd.yaml", encoding: .utf8)
+            #expect(config.contains("gitignore: true"))
+            let ls = try run(binDirectory() + "/syncctl", ["ls", project], env: env)
+            #expect(ls.stdout.split(separator: "\n").map(String.init).sorted() == expected, "\(project): \(ls.stdout)")
+            if project.hasSuffix("exp") {
+                #expect(ls.stderr.contains("scratch/: git ignores this directory, which holds the project"), "\(ls.stderr)")
+            }
+        }
     }
 }

@@ -91,23 +91,22 @@ struct StatusTests {
         try FileManager.default.createDirectory(atPath: f.project + "/data", withIntermediateDirectories: true)
         try FileManager.default.moveItem(atPath: f.base + "/big.bin", toPath: f.project + "/data/big.bin")
         var seen: [String: Any]?
-        var text = ""
+        var text: String?
         let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline && seen == nil {
+        while Date() < deadline && (seen == nil || text == nil) {
             let r = try run(binDirectory() + "/syncctl", ["status", "--json"], env: env)
             let project = (((try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [String: Any])?["projects"] as? [[String: Any]])?.first
-            if let progress = project?["progress"] as? [String: Any], (progress["bytes_done"] as? Int ?? 0) > 0 {
-                seen = progress
-                text = try run(binDirectory() + "/syncctl", ["status"], env: env).stdout
-            }
+            if let progress = project?["progress"] as? [String: Any], (progress["bytes_done"] as? Int ?? 0) > 0 { seen = progress }
+            let shown = try run(binDirectory() + "/syncctl", ["status"], env: env).stdout
+            if shown.contains("syncing: ") { text = shown }
             if f.read("data/big.bin", in: f.remoteProject) != nil { break }
             usleep(20_000)
         }
         let progress = try #require(seen, "no progress was seen while the push ran")
         let done = progress["bytes_done"] as? Int ?? 0, total = progress["bytes_total"] as? Int ?? 0
         #expect(total >= 384 << 20 && done <= total && progress["bytes_per_second"] is NSNumber, "\(progress)")
-        #expect(text.range(of: #"syncing: [0-9.]+ [kMG]?B / [0-9.]+ MB"#, options: .regularExpression) != nil
-                || text.contains("idle"), "\(text)")
+        let shown = try #require(text, "the text never showed the push in flight")
+        #expect(shown.range(of: #"syncing: [0-9.]+ [kMG]?B / [0-9.]+ MB, [0-9.]+ [kMG]?B/s"#, options: .regularExpression) != nil, "\(shown)")
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: tmux), "needs tmux"))
