@@ -260,4 +260,22 @@ struct GitIgnoreTests {
             }
         }
     }
+
+    /// The daemon reads git's rules again when a `.gitignore` changes: a file the new rule ignores stays here.
+    @Test func theDaemonFollowsAnEditedGitignore() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        try f.addSetting("gitignore: true")
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        #expect(eventually(seconds: 20) { f.read("src/a.py", in: f.remoteProject) != nil }, "\((try? String(contentsOfFile: daemon.log, encoding: .utf8)) ?? "")")
+        try f.write("src/.gitignore", "*.log\n")
+        #expect(eventually(seconds: 20) { f.read("src/.gitignore", in: f.remoteProject) != nil })
+        try f.write("src/train.log", "loss 0.1\n")
+        try f.write("src/b.py", "b = 2\n")
+        #expect(eventually(seconds: 20) { f.read("src/b.py", in: f.remoteProject) != nil })
+        let waited = try daemon.ctl(["push", "--wait", f.project])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(f.read("src/train.log", in: f.remoteProject) == nil, "the daemon pushed what the edited .gitignore ignores")
+    }
 }
