@@ -92,16 +92,17 @@ extension AgentSession {
                                                          permissions: 0o777, mtimeNanos: entry.stat.mtimeNanos, size: 0, chunkCount: 0)))
             case .regular:
                 if now - entry.stat.mtimeNanos < quietNanos {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?",
+                                                kind: .beingWritten))
                     continue
                 }
                 if let pid = writers[entry.stat.device]?[entry.stat.inode] {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "open for writing by process \(pid)"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "open for writing by process \(pid)", kind: .beingWritten))
                     continue
                 }
                 let (digest, chunks) = try recordFor(entry.path, entry.stat)
                 guard let after = try tree.lstat(entry.path), after.sameContentIdentity(as: entry.stat) else {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "changed while being read"))
+                    try writer.send(.skipped(path: entry.path.bytes, reason: "changed while being read", kind: .changedWhileRead))
                     continue
                 }
                 offered[op] = Offered(path: entry.path, chunks: chunks)

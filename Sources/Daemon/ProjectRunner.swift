@@ -279,7 +279,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 if case .success = result { lastPull = Date() }
                 // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
                 // periodic pull: its close may come without a watcher event we can use (a busy writer).
-                if case .success(let stats) = result, stats.skipped.contains(where: { $0.contains("being written") || $0.contains("open for writing") }) {
+                if case .success(let stats) = result, stats.skippedBeingWritten > 0 {
                     deferredPulls += 1
                     nextPull = Date().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
                 } else {

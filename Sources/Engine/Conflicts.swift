@@ -215,6 +215,7 @@ extension SyncStats {
         durationMs += other.durationMs
         conflictList += other.conflictList
         skipped += other.skipped
+        skippedBeingWritten += other.skippedBeingWritten
         errors += other.errors
         failures += other.failures
         itemized += other.itemized

@@ -227,9 +227,10 @@ public final class PullSession {
                     // Appended in place: a copy of the list per frame made a long one cost quadratic time.
                     guard offers[op] != nil else { throw ProtocolError("chunk list for unknown entry \(op)") }
                     try offers[op]!.append(chunks)
-                case .skipped(let path, let reason):
+                case .skipped(let path, let reason, let kind):
                     if let p = try? RelativePath(bytes: path) { skipped.insert(p) }
                     stats.skipped.append("\(displayPath(path)): \(displayText(reason))")
+                    if kind == .beingWritten { stats.skippedBeingWritten += 1 }
                 case .listEnd:
                     break listing
                 case .error(let m):

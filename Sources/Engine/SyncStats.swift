@@ -42,6 +42,9 @@ public struct SyncStats: Codable, Sendable {
     public var hosts: [HostResult]?
     /// Remote files a pull left for later because they were being written.
     public var skipped: [String] = []
+    /// How many of them the agent said were being written (modified just now, or open for writing): the daemon
+    /// pulls again soon for those. Not in `--json` (`skipped` says it in words).
+    public var skippedBeingWritten = 0
     public var errors: [String] = []
     public var warnings: [String] = []
     /// Each file that failed, with its cause (and host): `errors` holds one line per cause once grouped

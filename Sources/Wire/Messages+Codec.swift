@@ -113,8 +113,8 @@ extension Message {
         case .remoteEntry(let e):
             w.u32(e.op); w.byteString(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
             w.u64(e.size); w.u32(e.chunkCount)
-        case .skipped(let path, let reason):
-            w.byteString(path); w.string(reason)
+        case .skipped(let path, let reason, let kind):
+            w.byteString(path); w.string(reason); w.u8(kind.rawValue)
         case .streamsOpen(let count):
             w.u8(count)
         case .streamsReady(let address, let token):
@@ -256,7 +256,10 @@ extension Message {
             message = .remoteEntry(RemoteEntry(op: op, path: path, state: state, permissions: try r.u32("permissions"),
                                                mtimeNanos: try r.i64("mtime"), size: try r.u64("size"),
                                                chunkCount: try r.u32("chunk count")))
-        case 0x42: message = .skipped(path: try r.byteString("path"), reason: try r.string("reason"))
+        case 0x42:
+            let path = try r.byteString("path"), reason = try r.string("reason"), code = try r.u8("skip kind")
+            guard let kind = SkipKind(rawValue: code) else { throw ProtocolError("skipped: unknown kind \(code)") }
+            message = .skipped(path: path, reason: reason, kind: kind)
         case 0x43: message = .listEnd
         case 0x45: message = .fetchEnd
         case 0x50: message = .watch

@@ -1,6 +1,15 @@
 import Chunking
 import SyncSystem
 
+/// Why a pull left a remote file for later, as the daemon decides on it (never by reading the words).
+public enum SkipKind: UInt8, Sendable {
+    case other = 0
+    /// Modified within the quiet time, or open for writing: a pull soon after will find it whole.
+    case beingWritten = 1
+    /// Changed while the agent read it.
+    case changedWhileRead = 2
+}
+
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
 public let wireVersion: UInt16 = 8
 
@@ -279,8 +288,8 @@ public enum Message: Equatable, Sendable {
     /// The session's work is complete; the side receiving it may close.
     case done
     case remoteEntry(RemoteEntry)
-    /// A remote-owned file that was not offered because it is being written.
-    case skipped(path: [UInt8], reason: String)
+    /// A remote-owned file that was not offered, why in words (for a person) and by kind (for a program).
+    case skipped(path: [UInt8], reason: String, kind: SkipKind = .other)
     case listEnd
     /// The client asks for these chunks of remote entry `op`.
     case fetch(op: UInt32, indices: [UInt32])

@@ -142,3 +142,20 @@ struct StatusTests {
         #expect(eventually(seconds: 20) { screen().contains("syncd is not running") }, "\(screen())")
     }
 }
+
+/// Issue 28, item 5 (a first part): the daemon decides on what the agent says by kind, not by its words. A remote
+/// file the pull leaves because it was written a moment ago is pulled again within seconds, not at the next periodic
+/// pull (600 s here).
+struct TypedSkipTests {
+    @Test func aFileLeftBecauseItWasBeingWrittenComesSoonAfter() throws {
+        let f = try SyncFixture()
+        try f.write("src/a.py", "a = 1\n")
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        #expect(eventually(seconds: 20) { f.read("src/a.py", in: f.remoteProject) != nil })
+        // Written and closed now: the agent reports it once quiet, the pull finds it too fresh and leaves it.
+        try f.write("output/metrics.json", "{\"loss\": 0.1}\n", in: f.remoteProject)
+        let arrived = eventually(seconds: 15) { f.read("output/metrics.json") != nil }
+        #expect(arrived, "\((try? String(contentsOfFile: daemon.log, encoding: .utf8)) ?? "")")
+    }
+}

@@ -30,6 +30,7 @@ struct WireTests {
                          currentMtimeNanos: 99, keptAs: b("a.sync-conflict-20261201-000000.txt"))),
         .remoteEntry(RemoteEntry(op: 9, path: b("output/a"), state: .directory, permissions: 0o755, mtimeNanos: 1, size: 0, chunkCount: 0)),
         .skipped(path: b("output/b"), reason: "open"),
+        .skipped(path: b("output/c"), reason: "open for writing by process 7", kind: .beingWritten),
         .remoteChanged(paths: [b("output/c"), [0x80]]),
         .hello(Hello(role: .pull, project: "p", remoteRoot: "/r", pullPaths: ["output"], chunking: .default,
                      conflictStamp: "20261201-073616", roots: [b("src/a.py"), [0xE9]])),
