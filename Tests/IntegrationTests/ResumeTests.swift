@@ -117,7 +117,12 @@ struct ResumeTests {
         for i in 0..<5000 { try write("src/d\(i / 100)/f\(i).txt", Array("file \(i) version 0\n".utf8) + randomBytes(200 + i % 700, seed: UInt64(i))) }
         for i in 0..<3 { try write("data/w\(i).bin", randomBytes(5 << 20, seed: 900 + UInt64(i))) }
         var killedMidway = 0
-        for round in 1...5 {
+        // A kill at a random point of the push: when a push ends before its kill, the next kills come sooner (within
+        // 80% of how long that push took), so that enough of them land midway on a fast machine or a slow one.
+        var latest: UInt32 = 900_000
+        var round = 0
+        while round < 10 && killedMidway < 3 {
+            round += 1
             // Every round adds 500 small files and a large one, so each push has work to cut. (It adds rather
             // than edits: a file placed by a killed push whose answer never came, then edited here, is a conflict
             // by design, since the client cannot know that the remote's copy is its own.)
@@ -125,8 +130,9 @@ struct ResumeTests {
                 try write("new\(round)/d\(i / 100)/f\(i).txt", Array("round \(round) file \(i)\n".utf8) + randomBytes(300, seed: UInt64(round * 10_000 + i)))
             }
             try write("data/w\(round + 3).bin", randomBytes(5 << 20, seed: 1000 + UInt64(round)))
-            let delay = UInt32.random(in: 20_000...900_000, using: &random)
+            let delay = UInt32.random(in: 20_000...max(20_001, latest), using: &random)
             var killed = false
+            let started = Date()
             _ = try f.syncctl(["push", f.project, "--json"]) { process in
                 usleep(delay)
                 for child in Self.children(of: process.processIdentifier) {
@@ -134,14 +140,14 @@ struct ResumeTests {
                     killed = true
                 }
             }
-            if killed { killedMidway += 1 }
+            if killed { killedMidway += 1 } else { latest = UInt32(Date().timeIntervalSince(started) * 0.8 * 1e6) }
             // Whatever is at a final path is whole: one of the versions written.
             for (path, known) in versions {
                 guard let remote = f.read(path, in: f.remoteProject) else { continue }
                 #expect(known.contains(remote), "round \(round), killed after \(delay / 1000) ms: \(path) holds \(remote.count) bytes that are no version of it")
             }
         }
-        #expect(killedMidway >= 2, "the agent was killed midway in only \(killedMidway) of 5 pushes")
+        #expect(killedMidway >= 2, "the agent was killed midway in only \(killedMidway) of \(round) pushes")
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
         let (same, diff) = f.treesMatch()
@@ -160,7 +166,11 @@ struct ResumeTests {
         var random = SystemRandomNumberGenerator()
         var versions: [String: [UInt8]] = [:]
         var killedMidway = 0
-        for round in 1...4 {
+        // As for the push: a pull that ends before its kill makes the next kills come sooner.
+        var latest: UInt32 = 700_000
+        var round = 0
+        while round < 8 && killedMidway < 3 {
+            round += 1
             for i in 0..<1500 {
                 let path = "output/r\(round)/d\(i / 100)/f\(i).txt"
                 versions[path] = Array("round \(round) file \(i)\n".utf8) + randomBytes(200 + i % 500, seed: UInt64(round * 10_000 + i))
@@ -170,8 +180,9 @@ struct ResumeTests {
             versions[big] = randomBytes(5 << 20, seed: 77 + UInt64(round))
             try f.write(big, versions[big]!, in: f.remoteProject)
             #expect(try run("/usr/bin/find", [f.remoteProject + "/output", "-exec", "touch", "-d", "1 minute ago", "{}", "+"]).status == 0)
-            let delay = UInt32.random(in: 20_000...700_000, using: &random)
+            let delay = UInt32.random(in: 20_000...max(20_001, latest), using: &random)
             var killed = false
+            let started = Date()
             _ = try f.syncctl(["pull", f.project, "--json"]) { process in
                 usleep(delay)
                 if process.isRunning {
@@ -179,13 +190,13 @@ struct ResumeTests {
                     killed = true
                 }
             }
-            if killed { killedMidway += 1 }
+            if killed { killedMidway += 1 } else { latest = UInt32(Date().timeIntervalSince(started) * 0.8 * 1e6) }
             for (path, bytes) in versions {
                 guard let local = f.read(path) else { continue }
                 #expect(local == bytes, "round \(round), killed after \(delay / 1000) ms: \(path) holds \(local.count) bytes that are not the remote's")
             }
         }
-        #expect(killedMidway >= 2, "the pull was killed midway in only \(killedMidway) of 4")
+        #expect(killedMidway >= 2, "the pull was killed midway in only \(killedMidway) of \(round)")
         let r = try f.pull()
         #expect(r.status == 0, "\(r.stderr)")
         for (path, bytes) in versions { #expect(f.read(path) == bytes, "\(path) after the last pull") }
