@@ -255,30 +255,30 @@ public final class PullSession {
                 let last = recorded(key)?.pathState ?? .absent
                 let remote = offer.entry.state
                 let remoteSynced = Self.synced(offer.entry)
-                if current == remote {
+                switch decidePull(local: current, remote: remote, recorded: recorded(key)?.pathState, forced: force || resolving != nil,
+                                  resolving: resolving != nil) {
+                case .same:
                     if recorded(key) != remoteSynced || resolving != nil { agreed(key, remoteSynced) } else { cleared.append(key) }
                     continue
-                }
-                let forced = force || resolving != nil
-                // Pulled once, deleted here since, unchanged there: it stays deleted.
-                if current == .absent && resolving == nil && recorded(key) != nil && remote == last { continue }
-                if current != .absent && current != last {
-                    guard forced else {
-                        let localSide = Self.side(now)
-                        let message = "changed here since the last pull: here \(localSide.shown), the remote holds "
-                            + "\(ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos).shown), the last pull recorded "
-                            + "\(ConflictSide(last, synced: recorded(key)).shown)"
-                        stats.conflict(key, "\(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
-                        conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
-                                                        remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
-                                                        recorded: ConflictSide(last, synced: recorded(key)), message: message))
-                        continue
-                    }
+                case .staysDeleted, .nothing:
+                    continue
+                case .conflict:
+                    let localSide = Self.side(now)
+                    let message = "changed here since the last pull: here \(localSide.shown), the remote holds "
+                        + "\(ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos).shown), the last pull recorded "
+                        + "\(ConflictSide(last, synced: recorded(key)).shown)"
+                    stats.conflict(key, "\(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
+                    conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
+                                                    remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
+                                                    recorded: ConflictSide(last, synced: recorded(key)), message: message))
+                    continue
+                case .keepLocalAsideThenTake:
                     // The local version loses: kept beside, under a conflict name.
-                    if remote == .directory && current == .directory { continue }
                     let copy = try project.tree.keepAside(key, stamp: stamp)
                     stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
                     (now, current) = (nil, .absent)
+                case .take:
+                    break
                 }
                 do {
                     switch remote {
@@ -506,18 +506,23 @@ public final class PullSession {
                     guard project.isPullPath(key) else { continue }
                     let last = pulled[key]!.pathState
                     let current = local[key]?.state ?? .absent
-                    if current == .absent { changes.append((key, nil)); continue }
-                    if current != last {
-                        guard force else {
-                            let localSide = Self.side(local[key])
-                            let message = "deleted on the remote but changed here since the last pull: here \(localSide.shown), the last pull recorded "
-                                + "\(ConflictSide(last, synced: pulled[key]).shown)"
-                            stats.conflict(key, "\(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
-                            conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
-                                                            remote: .absent, recorded: ConflictSide(last, synced: pulled[key]), message: message))
-                            continue
-                        }
-                        if current == .directory { continue }
+                    switch decidePullOfDeletion(local: current, recorded: last, force: force) {
+                    case .take where current == .absent:
+                        changes.append((key, nil))
+                        continue
+                    case .take, .same, .staysDeleted:
+                        break
+                    case .nothing:
+                        continue
+                    case .conflict:
+                        let localSide = Self.side(local[key])
+                        let message = "deleted on the remote but changed here since the last pull: here \(localSide.shown), the last pull recorded "
+                            + "\(ConflictSide(last, synced: pulled[key]).shown)"
+                        stats.conflict(key, "\(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
+                        conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
+                                                        remote: .absent, recorded: ConflictSide(last, synced: pulled[key]), message: message))
+                        continue
+                    case .keepLocalAsideThenTake:
                         let copy = try project.tree.keepAside(key, stamp: stamp)
                         stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
                         stats.filesDeleted += 1
