@@ -51,7 +51,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private var retrying: String?
     private var retryAt: Date?
     /// How far the push or pull in flight is (its sessions report here).
-    private let progress = ProgressBox()
+    private let progress = Locked<SyncProgress?>(nil)
     private var conflicts: [SyncConflict] = []
     private var bytesSent: UInt64 = 0
     private var bytesReceived: UInt64 = 0
@@ -68,9 +68,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     }
 
     /// The daemon's sessions draw no progress; they tell `box`, which `status` reads.
-    private static func options(_ stateDirectory: String?, _ box: ProgressBox) -> SyncOptions {
+    private static func options(_ stateDirectory: String?, _ box: Locked<SyncProgress?>) -> SyncOptions {
         var options = SyncOptions(stateDirectory: stateDirectory, progress: false)
-        options.onProgress = { box.set($0.bytesTotal == 0 && $0.bytesDone == 0 ? nil : $0) }
+        options.onProgress = { progress in box.withLock { $0 = progress.bytesTotal == 0 && progress.bytesDone == 0 ? nil : progress } }
         return options
     }
 
@@ -207,7 +207,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         status.remote = project.config.remote.description
         status.bytesUploaded = lastHosts?.uploaded
         status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSinceNow.rounded(.up))) }
-        if syncing != nil { status.progress = progress.value }
+        if syncing != nil { status.progress = progress.current }
         return status
     }
 
@@ -425,23 +425,5 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             condition.unlock()
             return .failure(error)
         }
-    }
-}
-
-/// The progress a session reports, for `status` to read from another thread.
-final class ProgressBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var current: SyncProgress?
-
-    func set(_ progress: SyncProgress?) {
-        lock.lock()
-        current = progress
-        lock.unlock()
-    }
-
-    var value: SyncProgress? {
-        lock.lock()
-        defer { lock.unlock() }
-        return current
     }
 }

@@ -308,27 +308,16 @@ final class ProgressReporter {
 
 /// The push or pull this process has in flight, for what Ctrl-C prints (see `interruptedSummary`).
 public enum InFlight {
-    private static let lock = NSLock()
-    nonisolated(unsafe) private static var current: (label: String, done: UInt64, total: UInt64)?
+    private static let current = Locked<(label: String, done: UInt64, total: UInt64)?>(nil)
 
-    static func note(_ label: String, done: UInt64, total: UInt64) {
-        lock.lock()
-        current = (label, done, total)
-        lock.unlock()
-    }
+    static func note(_ label: String, done: UInt64, total: UInt64) { current.withLock { $0 = (label, done, total) } }
 
-    static func clear() {
-        lock.lock()
-        current = nil
-        lock.unlock()
-    }
+    static func clear() { current.withLock { $0 = nil } }
 
     /// What reached the other side before an interruption, and that the next run resumes; nil when nothing was in
     /// flight.
     public static func interruptedSummary() -> String? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let (label, done, total) = current else { return nil }
+        guard let (label, done, total) = current.current else { return nil }
         let amount = formatBytes(done) + (total > 0 ? " of \(formatBytes(total))" : "")
         if label == "pull" {
             return "pull interrupted: \(amount) received; no file was left half-written here, and the next pull resumes"

@@ -48,11 +48,9 @@ public final class GitIgnore: @unchecked Sendable {
     private let projectPrefix: [UInt8]
     /// `info/exclude` and the `.gitignore` files of directories above the project, lowest precedence first.
     private let outer: [RuleFile]
-    private let mutex = Mutex()
-    /// The project's own `.gitignore` files by project-relative directory; an empty list where there is none.
-    private var inner: [[UInt8]: [Rule]] = [:]
-    /// Lines that are not patterns git understands; git passes over them, and so does this, but `ls --why` says so.
-    private var skipped: [ScanWarning] = []
+    /// Read as the walk asks, under one lock: the project's own `.gitignore` files by project-relative directory
+    /// (an empty list where there is none), and the lines passed over.
+    private let loaded: Locked<(inner: [[UInt8]: [Rule]], skipped: [ScanWarning])>
 
     /// `outerFiles` are (text, shown name, repository-relative directory) for `info/exclude` (directory "") and the
     /// `.gitignore` files between the repository's root and the project, root first.
@@ -82,15 +80,11 @@ public final class GitIgnore: @unchecked Sendable {
                 }
             }
         }
-        self.skipped = skipped
+        loaded = Locked((inner: [:], skipped: skipped))
     }
 
     /// Lines passed over so far (path "FILE:LINE", and why): a push and `ls` warn about each.
-    public var skippedLines: [ScanWarning] {
-        mutex.lock()
-        defer { mutex.unlock() }
-        return skipped
-    }
+    public var skippedLines: [ScanWarning] { loaded.withLock { $0.skipped } }
 
     /// True when git ignores `path` (project-relative bytes). With `parentsChecked` the caller knows that no
     /// directory above it is ignored, and only the path itself is matched.
@@ -149,21 +143,16 @@ public final class GitIgnore: @unchecked Sendable {
 
     /// The rules of `directory`'s own `.gitignore` (project-relative), read the first time they are asked for.
     private func rules(in directory: [UInt8]) -> [Rule] {
-        mutex.lock()
-        if let known = inner[directory] {
-            mutex.unlock()
-            return known
-        }
-        mutex.unlock()
+        if let known = loaded.withLock({ $0.inner[directory] }) { return known }
         var found: [ScanWarning] = []
         let rules = read(directory).map { Self.parse($0.text, source: $0.shown, skipped: &found) } ?? []
-        mutex.lock()
-        defer { mutex.unlock() }
-        // Another thread may have read the same file meanwhile: its lines are noted once.
-        if let known = inner[directory] { return known }
-        inner[directory] = rules
-        skipped += found
-        return rules
+        return loaded.withLock { state in
+            // Another thread may have read the same file meanwhile: its lines are noted once.
+            if let known = state.inner[directory] { return known }
+            state.inner[directory] = rules
+            state.skipped += found
+            return rules
+        }
     }
 
     /// The text of `directory/.gitignore`; nil when there is none, or it is a symlink (git does not follow one),
@@ -181,9 +170,7 @@ public final class GitIgnore: @unchecked Sendable {
             var bytes = [UInt8](repeating: 0, count: limit + 1)
             let n = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
             guard n <= limit else {
-                mutex.lock()
-                skipped.append(ScanWarning(path: shown, message: "larger than 1 MiB; not read, so git's rules in it do not apply"))
-                mutex.unlock()
+                loaded.withLock { $0.skipped.append(ScanWarning(path: shown, message: "larger than 1 MiB; not read, so git's rules in it do not apply")) }
                 return nil
             }
             return (String(decoding: bytes[..<n], as: UTF8.self), shown)

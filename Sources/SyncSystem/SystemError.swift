@@ -113,6 +113,26 @@ public final class Mutex {
     public func tryLock() -> Bool { pthread_mutex_trylock(raw) == 0 }
 }
 
+/// A value only touched under its own lock: `withLock` instead of a lock and an unlock paired by hand (issue 28,
+/// item 5). Foundation-free, for the agent's side too.
+public final class Locked<Value>: @unchecked Sendable {
+    private let mutex = Mutex()
+    private var value: Value
+
+    public init(_ value: Value) { self.value = value }
+
+    /// Runs `body` with the value, the lock held; what `body` returns is returned.
+    @discardableResult
+    public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        mutex.lock()
+        defer { mutex.unlock() }
+        return try body(&value)
+    }
+
+    /// A copy of the value, read under the lock.
+    public var current: Value { withLock { $0 } }
+}
+
 /// A pthread condition variable used with a `Mutex`; timed waits run on the monotonic clock.
 public final class Condition {
     private let raw = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
