@@ -44,6 +44,16 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
         return pad(high) + pad(low)
     }
 
+    /// An id as the store's formats write it: 16 bytes, the low half first, each little-endian; nil for another length.
+    public init?(stored bytes: ArraySlice<UInt8>) {
+        guard bytes.count == 16 else { return nil }
+        let (low, high) = bytes.withUnsafeBytes {
+            (UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+             UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        }
+        self.init(low: low, high: high)
+    }
+
     /// Parses the `hex` form.
     public init?(hex: String) {
         guard hex.utf8.count == 32, let hi = UInt64(hex.prefix(16), radix: 16), let lo = UInt64(hex.suffix(16), radix: 16)

@@ -51,6 +51,8 @@ public final class GitIgnore: @unchecked Sendable {
     /// Read as the walk asks, under one lock: the project's own `.gitignore` files by project-relative directory
     /// (an empty list where there is none), and the lines passed over.
     private let loaded: Locked<(inner: [[UInt8]: [Rule]], skipped: [ScanWarning])>
+    /// `chain(for:)`'s answer for the directory asked about last.
+    private let lastChain = Locked<(parent: [UInt8], chain: [(base: [UInt8], rules: [Rule])])?>(nil)
 
     /// `outerFiles` are (text, shown name, repository-relative directory) for `info/exclude` (directory "") and the
     /// `.gitignore` files between the repository's root and the project, root first.
@@ -96,38 +98,46 @@ public final class GitIgnore: @unchecked Sendable {
     public func decide(_ path: [UInt8], isDirectory: Bool, parentsChecked: Bool = false) -> Decision? {
         if !parentsChecked {
             for (i, byte) in path.enumerated() where byte == UInt8(ascii: "/") {
-                if let (rule, _) = match(Array(path[..<i]), isDirectory: true), !rule.negated {
+                if let rule = match(Array(path[..<i]), isDirectory: true), !rule.negated {
                     return Decision(ignored: true, origin: rule.origin, pattern: rule.text,
                                     directory: String(decoding: path[..<i], as: UTF8.self))
                 }
             }
         }
-        guard let (rule, _) = match(path, isDirectory: isDirectory) else { return nil }
+        guard let rule = match(path, isDirectory: isDirectory) else { return nil }
         return Decision(ignored: !rule.negated, origin: rule.origin, pattern: rule.text, directory: nil)
     }
 
     /// The last rule matching `path` itself, looking at the deepest file first as git does.
-    private func match(_ path: [UInt8], isDirectory: Bool) -> (Rule, [UInt8])? {
-        let full = projectPrefix + path
-        // The project's directories holding `path`, deepest first, then the ones above the project.
-        var directories: [[UInt8]] = []
-        var end = path.count
-        while let slash = path[..<end].lastIndex(of: UInt8(ascii: "/")) {
-            directories.append(Array(path[..<slash]))
-            end = slash
-        }
-        directories.append([])
-        for directory in directories {
-            let rules = rules(in: directory)
-            let base = directory.isEmpty ? projectPrefix : projectPrefix + directory + [UInt8(ascii: "/")]
-            if let rule = Self.lastMatch(rules, below: base, full, isDirectory: isDirectory) { return (rule, directory) }
-        }
-        for file in outer.reversed() {
-            let base = file.base.isEmpty ? [] : file.base + [UInt8(ascii: "/")]
-            guard full.starts(with: base) else { continue }
-            if let rule = Self.lastMatch(file.rules, below: base, full, isDirectory: isDirectory) { return (rule, file.base) }
+    private func match(_ path: [UInt8], isDirectory: Bool) -> Rule? {
+        let parent = path[..<(path.lastIndex(of: UInt8(ascii: "/")) ?? path.startIndex)]
+        let full = projectPrefix.isEmpty ? path : projectPrefix + path
+        for (base, rules) in chain(for: parent) {
+            if let rule = Self.lastMatch(rules, below: base, full, isDirectory: isDirectory) { return rule }
         }
         return nil
+    }
+
+    /// The rule files that apply to the entries of `parent` (project-relative), deepest first, each with the
+    /// prefix of `projectPrefix + path` below which it matches; files without rules left out. Kept for the last
+    /// directory asked about: a walk asks for every entry of one directory in a row.
+    private func chain(for parent: ArraySlice<UInt8>) -> [(base: [UInt8], rules: [Rule])] {
+        if let known = lastChain.withLock({ $0.flatMap { $0.parent.elementsEqual(parent) ? $0.chain : nil } }) { return known }
+        let slash = UInt8(ascii: "/")
+        var chain: [(base: [UInt8], rules: [Rule])] = []
+        var directory = Array(parent)
+        while true {
+            let rules = rules(in: directory)
+            if !rules.isEmpty { chain.append((directory.isEmpty ? projectPrefix : projectPrefix + directory + [slash], rules)) }
+            if directory.isEmpty { break }
+            directory = directory.lastIndex(of: slash).map { Array(directory[..<$0]) } ?? []
+        }
+        for file in outer.reversed() where !file.rules.isEmpty {
+            let base = file.base.isEmpty ? [] : file.base + [slash]
+            if projectPrefix.starts(with: base) { chain.append((base, file.rules)) }
+        }
+        lastChain.withLock { $0 = (Array(parent), chain) }
+        return chain
     }
 
     private static func lastMatch(_ rules: [Rule], below base: [UInt8], _ full: [UInt8], isDirectory: Bool) -> Rule? {

@@ -114,8 +114,14 @@ public struct PackIndex: Sendable, Equatable {
             w.u32(e.rawLength)
             w.u8(e.compressed ? 1 : 0)
         }
-        let sum = ChunkID(hashing: w.bytes)
-        w.id(sum)
+        return Self.sealed(w.bytes)
+    }
+
+    /// `body` with its checksum (XXH3-128 of the body) after it: what an index object holds.
+    public static func sealed(_ body: [UInt8]) -> [UInt8] {
+        var w = PayloadWriter(capacity: body.count + 16)
+        w.raw(body)
+        w.id(ChunkID(hashing: body))
         return w.bytes
     }
 
@@ -124,10 +130,7 @@ public struct PackIndex: Sendable, Equatable {
         func refuse(_ why: String) -> StoreError { StoreError(object: object, reason: "\(why); refused") }
         guard bytes.count >= 8 + 16 + 8 + 4 + 16, Array(bytes[0..<8]) == Self.magic else { throw refuse("not a syncd pack index") }
         let body = bytes[0..<(bytes.count - 16)]
-        let sum = bytes[(bytes.count - 16)...].withUnsafeBytes { raw in
-            ChunkID(low: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-                    high: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
-        }
+        let sum = ChunkID(stored: bytes[(bytes.count - 16)...])
         guard ChunkID(hashing: Array(body)) == sum else { throw refuse("its checksum does not match its bytes (altered or truncated)") }
         do {
             self = try Array(body.dropFirst(8)).withUnsafeBytes { raw in

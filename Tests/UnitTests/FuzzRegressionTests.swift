@@ -21,16 +21,11 @@ struct FuzzRegressionTests {
         let found = Self.regressions("index")
         #expect(!found.isEmpty)
         for bytes in found {
-            let body = PackIndex.magic + bytes
-            let sum = ChunkID(hashing: body)
-            var full = body
-            withUnsafeBytes(of: sum.low.littleEndian) { full += $0 }
-            withUnsafeBytes(of: sum.high.littleEndian) { full += $0 }
-            let pack = bytes.count >= 16 ? bytes.withUnsafeBytes {
-                ChunkID(low: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
-                        high: UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
-            } : ChunkID(low: 0, high: 0)
-            #expect(throws: StoreError.self) { try PackIndex(decoding: full, pack: pack, object: "index") }
+            // Framed as the fuzz target frames it: sealed with its checksum, the pack named by the first 16 bytes.
+            let pack = ChunkID(stored: bytes.prefix(16)) ?? ChunkID(low: 0, high: 0)
+            #expect(throws: StoreError.self) {
+                try PackIndex(decoding: PackIndex.sealed(PackIndex.magic + bytes), pack: pack, object: "index")
+            }
         }
     }
 }
