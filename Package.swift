@@ -36,6 +36,8 @@ let package = Package(
         .target(name: "Chunking", dependencies: ["CXXHash", "CSystemShims", "SyncSystem"], swiftSettings: swiftSettings),
         .target(name: "Wire", dependencies: ["CZlib", "Chunking", "SyncSystem"]),
         .target(name: "Transport", dependencies: ["Wire", "SyncSystem"]),
+        // What a push sends, what a pull takes, the three-way check and conflict records: pure rules, no I/O.
+        .target(name: "SyncRules", dependencies: ["Chunking", "Wire", "SyncSystem"]),
         .target(name: "Placement", dependencies: ["Chunking", "CSystemShims", "SyncSystem"]),
         .target(name: "ProjectScan", dependencies: ["Chunking", "SyncSystem"]),
         .target(name: "Watch", dependencies: ["ProjectScan", "SyncSystem"]),
@@ -44,9 +46,9 @@ let package = Package(
         .target(name: "ObjectStore", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "Store", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store"]),
+        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store", "SyncRules"]),
         .target(name: "LocalState", dependencies: [
-            "Chunking", "ProjectScan", "Store", .product(name: "GRDB", package: "GRDB.swift"),
+            "Chunking", "ProjectScan", "Store", "SyncRules", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
         // AES-CTR keystream in batches under libssh2, which calls the cipher once per 16-byte block.
@@ -54,7 +56,7 @@ let package = Package(
         .target(name: "SSHTransport", dependencies: ["CLibSSH2", "CSSHCipher", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
         .target(name: "Engine", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
-            "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient",
+            "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient", "SyncRules",
         ]),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
@@ -76,7 +78,7 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore", "Store",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore", "Store", "SyncRules",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
                                                              "ObjectStore", "Store", "StoreClient", "LocalState"]),

@@ -5,6 +5,7 @@ import Chunking
 import Placement
 import ProjectScan
 import Watch
+import SyncRules
 import SyncSystem
 import Wire
 
@@ -28,7 +29,8 @@ extension AgentSession {
     /// Answers a conflict: what the remote holds now (with size and mtime for a file) and what the sender
     /// believed it held, so the client can say both.
     func replyConflict(_ op: UInt32, _ path: RelativePath, _ current: PathState, _ st: FileStat?, base: PathState,
-                               _ what: String = "changed on the remote since the last sync") throws {
+                               _ told: String? = nil) throws {
+        let what = told ?? (current == .absent ? "deleted on the remote since the last sync" : "changed on the remote since the last sync")
         let isFile = st?.kind == .regular
         try writer.send(.result(OpResult(op: op, status: .conflict,
                                          message: "\(what): the remote holds \(describe(current, st)), the last sync recorded \(base)",
@@ -126,11 +128,12 @@ extension AgentSession {
             throw PathError(path: path.description, reason: "symlink to \(displayPath(target)): its target \(why); not placed")
         }
         try changing(path) { current, st in
-            if current == .symlink(target) { return { try self.reply(op, .unchanged, "", current) } }
             var keptAs: [UInt8] = []
-            if current != base {
-                guard force, current != .absent else { return { try self.replyConflict(op, path, current, st, base: base) } }
-                keptAs = try keepAside(path)
+            switch decidePushAtRemote(current: current, incoming: .symlink(target), base: base, forced: force) {
+            case .same: return { try self.reply(op, .unchanged, "", current) }
+            case .conflict, .staysDeleted, .nothing: return { try self.replyConflict(op, path, current, st, base: base) }
+            case .keepAsideThenTake: keptAs = try keepAside(path)
+            case .take: break
             }
             guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
             try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description,
@@ -146,19 +149,19 @@ extension AgentSession {
             throw AgentError("\(path) is remote-owned (a pull path); push refused")
         }
         try changing(path) { current, st in
-            if current == .directory, let st {
-                if st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
+            var keptAs: [UInt8] = []
+            // A directory is sent as new (its base absent): whatever else is there is in its way.
+            switch decidePushAtRemote(current: current, incoming: .directory, base: .absent, forced: force) {
+            case .same:
+                if let st, st.permissions & 0o777 != permissions & 0o777, let dir = try tree.openDirectory(path, create: false) {
                     try dir.setPermissions(permissions & 0o777)
                     return { try self.reply(op, .applied, "", .directory) }
                 }
                 return { try self.reply(op, .unchanged, "", .directory) }
-            }
-            var keptAs: [UInt8] = []
-            if current != .absent {
-                guard force else {
-                    return { try self.replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
-                }
-                keptAs = try keepAside(path)
+            case .conflict, .staysDeleted, .nothing:
+                return { try self.replyConflict(op, path, current, st, base: .absent, "a \(current) is in the way on the remote") }
+            case .keepAsideThenTake: keptAs = try keepAside(path)
+            case .take: break
             }
             guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
             try dir.setPermissions(permissions & 0o777)
@@ -170,15 +173,20 @@ extension AgentSession {
         let path = try checkedPath(raw)
         if isPullPath(path) && !force { throw AgentError("\(path) is remote-owned (a pull path); push refused") }
         try changing(path) { current, st in
-            if current == .absent { return { try self.reply(op, .unchanged, "", .absent) } }
+            let decision = decidePushAtRemote(current: current, incoming: .absent, base: base,
+                                              currentIsBase: matchesBase(base, current, path, st), forced: force)
+            if decision == .same { return { try self.reply(op, .unchanged, "", .absent) } }
             if current == .directory { tree.forgetDirectories() }
             guard let parent = try tree.openParent(path, create: false) else { return { try self.reply(op, .unchanged, "", .absent) } }
-            if !matchesBase(base, current, path, st) {
-                guard force else { return { try self.replyConflict(op, path, current, st, base: base) } }
+            switch decision {
+            case .same: return { try self.reply(op, .unchanged, "", .absent) }
+            case .conflict, .staysDeleted, .nothing: return { try self.replyConflict(op, path, current, st, base: base) }
+            case .keepAsideThenTake:
                 // Deleted here, changed there: the remote's version is kept under a conflict name.
                 let keptAs = try keepAside(path)
                 durability!.renamed(OpResult(op: op, status: .applied, message: "", current: .absent, keptAs: keptAs), directory: nil)
                 return {}
+            case .take: break
             }
             if current == .directory {
                 if withCName(path.name, { unlinkat(parent.raw, $0, AT_REMOVEDIR) }) != 0 {

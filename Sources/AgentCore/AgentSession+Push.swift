@@ -6,6 +6,7 @@ import Placement
 import Store
 import ProjectScan
 import Watch
+import SyncRules
 import SyncSystem
 import Wire
 
@@ -257,18 +258,20 @@ extension AgentSession {
             }
             guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path!): chunk list incomplete") }
             var (current, st) = try currentState(file.path)
-            if current == .file(header.digest), let st {
-                try updateMetadata(file.path, st, header)
+            switch decidePushAtRemote(current: current, incoming: .file(header.digest), base: header.base,
+                                      currentIsBase: matchesBase(header.base, current, file.path, st), forced: header.force) {
+            case .same:
+                if let st { try updateMetadata(file.path, st, header) }
                 pending[header.op] = nil
                 return try reply(header.op, .unchanged, "", current)
-            }
-            if !matchesBase(header.base, current, file.path, st) {
-                guard header.force, current != .absent else {
-                    pending[header.op] = nil
-                    return try replyConflict(header.op, file.path, current, st, base: header.base)
-                }
+            case .conflict, .staysDeleted, .nothing:
+                pending[header.op] = nil
+                return try replyConflict(header.op, file.path, current, st, base: header.base)
+            case .keepAsideThenTake:
                 file.keptAs = try keepAside(file.path)
                 (current, st) = (.absent, nil)
+            case .take:
+                break
             }
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }

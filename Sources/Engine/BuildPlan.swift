@@ -4,6 +4,7 @@ import Foundation
 import SyncConfig
 import LocalState
 import ProjectScan
+import SyncRules
 import SyncSystem
 
 /// One image build to plan: where its context and Dockerfile are, its build args and target.

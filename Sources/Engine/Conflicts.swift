@@ -1,6 +1,7 @@
 import Chunking
 import Foundation
 import LocalState
+import SyncRules
 import SyncSystem
 import Wire
 
@@ -29,21 +30,6 @@ func shellQuoted(_ path: RelativePath) -> String {
 }
 
 extension ConflictSide {
-    /// What a path state says, with a file's size and mtime.
-    init(_ state: PathState, size: UInt64 = 0, mtimeNanos: Int64 = 0) {
-        switch state {
-        case .absent: self.init(kind: .absent)
-        case .directory: self.init(kind: .directory)
-        case .symlink(let target): self.init(kind: .symlink, target: target)
-        case .file(let digest): self.init(kind: .file, digest: digest, size: size, mtimeNanos: mtimeNanos)
-        }
-    }
-
-    /// What the last sync recorded: `base`, with the size and mtime kept in the snapshot entry.
-    init(_ base: PathState, synced: SyncedEntry?) {
-        self.init(base, size: synced?.size ?? 0, mtimeNanos: synced?.mtimeNanos ?? 0)
-    }
-
     /// "file 3a4f09c1b2e7 (12.0 KB, modified 2026-12-01 07:40:12)".
     var shown: String {
         switch kind {

@@ -1,6 +1,7 @@
 import Chunking
 import Foundation
 import LocalState
+import SyncRules
 import SyncSystem
 
 /// What `push --dry-run` found a push would do: each change with its rsync-style code, and the totals.

@@ -2,6 +2,7 @@ import Chunking
 import Foundation
 import LocalState
 import ProjectScan
+import SyncRules
 import SyncSystem
 
 /// A large file cut while it is sent, so that its bytes are read once: the hasher thread puts each run of chunks

@@ -2,44 +2,9 @@ import Chunking
 import Foundation
 import LocalState
 import ProjectScan
+import SyncRules
 import SyncSystem
 import Wire
-
-/// One local entry with its content identity.
-struct LocalEntry {
-    let path: RelativePath
-    let stat: FileStat
-    var content: ChunkedContent?
-    let linkTarget: [UInt8]?
-
-    var state: PathState {
-        switch stat.kind {
-        case .directory: return .directory
-        case .symlink: return .symlink(linkTarget ?? [])
-        default: return .file(content?.digest ?? ChunkID(low: 0, high: 0))
-        }
-    }
-
-    var synced: SyncedEntry {
-        switch stat.kind {
-        case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: stat.permissions, mtimeNanos: 0)
-        case .symlink: return SyncedEntry(kind: .symlink, digest: nil, target: linkTarget, permissions: 0o777, mtimeNanos: 0)
-        default:
-            return SyncedEntry(kind: .file, digest: content?.digest, target: nil, permissions: stat.permissions, mtimeNanos: stat.mtimeNanos,
-                               size: content?.size ?? stat.size)
-        }
-    }
-}
-
-extension SyncedEntry {
-    var pathState: PathState {
-        switch kind {
-        case .directory: return .directory
-        case .symlink: return .symlink(target ?? [])
-        case .file: return .file(digest ?? ChunkID(low: 0, high: 0))
-        }
-    }
-}
 
 /// Scans a project and identifies file contents, reading only files whose stat identity changed.
 struct Snapshotter {

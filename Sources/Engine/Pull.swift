@@ -4,6 +4,7 @@ import LocalState
 import Placement
 import ProjectScan
 import SyncConfig
+import SyncRules
 import SyncSystem
 import Transport
 import Wire
@@ -263,16 +264,13 @@ public final class PullSession {
                 case .staysDeleted, .nothing:
                     continue
                 case .conflict:
-                    let localSide = Self.side(now)
-                    let message = "changed here since the last pull: here \(localSide.shown), the remote holds "
-                        + "\(ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos).shown), the last pull recorded "
-                        + "\(ConflictSide(last, synced: recorded(key)).shown)"
-                    stats.conflict(key, "\(message); both versions kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`, or `pull --force`)")
-                    conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
-                                                    remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
-                                                    recorded: ConflictSide(last, synced: recorded(key)), message: message))
+                    let localSide = ConflictSide(now), remoteSide = ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos)
+                    let recordedSide = ConflictSide(last, synced: recorded(key))
+                    stats.conflict(.found(.pull, at: key, nowNanos: wallClockNanos(), local: localSide, remote: remoteSide, recorded: recordedSide,
+                                          message: "changed here since the last pull: here \(localSide.shown), the remote holds "
+                                              + "\(remoteSide.shown), the last pull recorded \(recordedSide.shown)"), into: &conflicts)
                     continue
-                case .keepLocalAsideThenTake:
+                case .keepAsideThenTake:
                     // The local version loses: kept beside, under a conflict name.
                     let copy = try project.tree.keepAside(key, stamp: stamp)
                     stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
@@ -506,7 +504,7 @@ public final class PullSession {
                     guard project.isPullPath(key) else { continue }
                     let last = pulled[key]!.pathState
                     let current = local[key]?.state ?? .absent
-                    switch decidePullOfDeletion(local: current, recorded: last, force: force) {
+                    switch decidePullOfDeletion(local: current, recorded: last, forced: force) {
                     case .take where current == .absent:
                         changes.append((key, nil))
                         continue
@@ -515,14 +513,12 @@ public final class PullSession {
                     case .nothing:
                         continue
                     case .conflict:
-                        let localSide = Self.side(local[key])
-                        let message = "deleted on the remote but changed here since the last pull: here \(localSide.shown), the last pull recorded "
-                            + "\(ConflictSide(last, synced: pulled[key]).shown)"
-                        stats.conflict(key, "\(message); the local version is kept (`syncctl resolve \(shellQuoted(key)) --keep local|remote`)")
-                        conflicts.append(ConflictRecord(path: key, found: .pull, sinceNanos: wallClockNanos(), local: localSide,
-                                                        remote: .absent, recorded: ConflictSide(last, synced: pulled[key]), message: message))
+                        let localSide = ConflictSide(local[key]), recordedSide = ConflictSide(last, synced: pulled[key])
+                        stats.conflict(.found(.pull, at: key, nowNanos: wallClockNanos(), local: localSide, remote: .absent, recorded: recordedSide,
+                                              message: "deleted on the remote but changed here since the last pull: here \(localSide.shown), "
+                                                  + "the last pull recorded \(recordedSide.shown)"), into: &conflicts)
                         continue
-                    case .keepLocalAsideThenTake:
+                    case .keepAsideThenTake:
                         let copy = try project.tree.keepAside(key, stamp: stamp)
                         stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
                         stats.filesDeleted += 1
@@ -582,15 +578,6 @@ public final class PullSession {
     }
 
     /// What is at a path here, for a conflict report.
-    private static func side(_ entry: LocalEntry?) -> ConflictSide {
-        guard let entry else { return .absent }
-        switch entry.stat.kind {
-        case .directory: return ConflictSide(kind: .directory)
-        case .symlink: return ConflictSide(kind: .symlink, target: entry.linkTarget)
-        default: return ConflictSide(kind: .file, digest: entry.content?.digest, size: entry.stat.size, mtimeNanos: entry.stat.mtimeNanos)
-        }
-    }
-
     private struct LocalConflict: Error {}
 
     /// Renames a sealed, durable file into place unless the local file changed since the decision; returns its new

@@ -2,99 +2,10 @@ import Chunking
 import Foundation
 import LocalState
 import ProjectScan
+import SyncRules
 import SyncSystem
 import Transport
 import Wire
-
-/// One operation of a push, in the order it is sent.
-enum PushOperation {
-    case file(LocalEntry, base: PathState)
-    case symlink(LocalEntry, base: PathState)
-    case directory(LocalEntry)
-    case delete(path: RelativePath, base: PathState)
-
-    var path: RelativePath {
-        switch self {
-        case .file(let e, _), .symlink(let e, _), .directory(let e): return e.path
-        case .delete(let p, _): return p
-        }
-    }
-
-    /// What the sender believes the remote holds at the path.
-    var base: PathState {
-        switch self {
-        case .file(_, let base), .symlink(_, let base), .delete(_, let base): return base
-        case .directory: return .absent
-        }
-    }
-}
-
-/// Works out what a push must send: compares the local snapshot with what was last pushed and orders the
-/// operations: deletes first (children before their directory), then directories, then files and symlinks.
-/// Deleting first clears the way for type changes, and a deleted file's content stays in the agent's cache,
-/// so a moved file is renamed out of it on the remote instead of being copied or sent.
-/// Files whose content is not known yet (`content` nil: their stat changed) are planned as changed; the sender
-/// drops those that turn out unchanged once hashed. Pushed paths for which `isLeftAlone` holds are neither
-/// deleted nor compared. With `everything`, every local entry is sent, changed since the last push or not, so
-/// that the agent compares each with what the remote holds (a restore: the remote must end up exactly so).
-func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], everything: Bool = false,
-              isLeftAlone: (RelativePath, SyncedEntry) -> Bool) -> [PushOperation] {
-    var present: Set<RelativePath> = []
-    present.reserveCapacity(local.count)
-    for e in local { present.insert(e.path) }
-    var upserts: [LocalEntry] = []
-    for e in local {
-        guard let old = pushed[e.path], !everything else { upserts.append(e); continue }
-        let now = e.synced
-        let differs: Bool
-        switch now.kind {
-        case .file: differs = now.digest == nil || old != now
-        case .directory: differs = old.kind != .directory || old.permissions != now.permissions
-        case .symlink: differs = old.kind != .symlink || old.target != now.target
-        }
-        if differs { upserts.append(e) }
-    }
-    var deleted = Set(pushed.filter { !present.contains($0.key) && !isLeftAlone($0.key, $0.value) }.keys)
-    // Paths whose kind changes: what was there must go before the new kind can be placed.
-    var clearFirst: Set<RelativePath> = []
-    for e in upserts {
-        if let old = pushed[e.path], old.kind != e.synced.kind { clearFirst.insert(e.path) }
-        var parent = e.path.parent
-        while let p = parent {
-            if let old = pushed[p], old.kind != .directory { clearFirst.insert(p) }
-            parent = p.parent
-        }
-    }
-    var early: [RelativePath] = []
-    for p in clearFirst {
-        early.append(p)
-        early.append(contentsOf: deleted.filter { $0.isWithin(p) && $0 != p })
-    }
-    let earlySet = Set(early)
-    deleted.subtract(earlySet)
-    var ops: [PushOperation] = []
-    for p in earlySet.union(deleted).sorted(by: >) { ops.append(.delete(path: p, base: pushed[p]!.pathState)) }
-    let base: (LocalEntry) -> PathState = { e in
-        earlySet.contains(e.path) ? .absent : (pushed[e.path]?.pathState ?? .absent)
-    }
-    for e in upserts where e.stat.kind == .directory { ops.append(.directory(e)) }
-    for e in upserts where e.stat.kind != .directory {
-        ops.append(e.stat.kind == .symlink ? .symlink(e, base: base(e)) : .file(e, base: base(e)))
-    }
-    return ops
-}
-
-/// New files whose content is that of a deleted file: moves and renames.
-func countMoved(_ ops: [PushOperation], pushed: [RelativePath: SyncedEntry]) -> Int {
-    var gone: Set<ChunkID> = []
-    for case .delete(_, .file(let digest)) in ops { gone.insert(digest) }
-    guard !gone.isEmpty else { return 0 }
-    var moved = 0
-    for case .file(let e, _) in ops where pushed[e.path] == nil {
-        if let digest = e.content?.digest, gone.contains(digest) { moved += 1 }
-    }
-    return moved
-}
 
 /// Runs a push of a project to its remote.
 public final class PushSession {
@@ -415,11 +326,9 @@ public final class PushSession {
                 if project.isPullPath(op.path) { pulledChanges.append((op.path, entry)) } else { changes.append((op.path, entry)) }
                 cleared.append(op.path)
             case .conflict:
-                stats.conflict(op.path, "\(result.message); both versions kept (`syncctl resolve \(shellQuoted(op.path))"
-                    + " --keep local|remote`, or `push --force`)")
-                conflicts.append(ConflictRecord(path: op.path, found: .push, sinceNanos: now, local: localSide(op),
-                                                remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
-                                                recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message))
+                stats.conflict(.found(.push, at: op.path, nowNanos: now, local: localSide(op),
+                                      remote: ConflictSide(result.current, size: result.currentSize, mtimeNanos: result.currentMtimeNanos),
+                                      recorded: ConflictSide(op.base, synced: pushed[op.path]), message: result.message), into: &conflicts)
             case .failed:
                 if outcome.aborted.contains(id) && !restoring {
                     stats.warnings.append("\(op.path): changed while being pushed; it goes with the next push")
@@ -437,9 +346,7 @@ public final class PushSession {
 
     private func localSide(_ op: PushOperation) -> ConflictSide {
         switch op {
-        case .file(let e, _):
-            return ConflictSide(kind: .file, digest: e.content?.digest, size: e.stat.size, mtimeNanos: e.stat.mtimeNanos)
-        case .symlink(let e, _): return ConflictSide(kind: .symlink, target: e.linkTarget)
+        case .file(let e, _), .symlink(let e, _): return ConflictSide(e)
         case .directory: return ConflictSide(kind: .directory)
         case .delete: return .absent
         }

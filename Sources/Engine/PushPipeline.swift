@@ -2,6 +2,7 @@ import Chunking
 import Foundation
 import LocalState
 import ProjectScan
+import SyncRules
 import SyncSystem
 import Transport
 import Wire

@@ -5,6 +5,7 @@ import ObjectStore
 import Store
 import StoreClient
 import SyncConfig
+import SyncRules
 import SyncSystem
 import Wire
 

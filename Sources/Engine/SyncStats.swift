@@ -1,5 +1,6 @@
 import Chunking
 import Foundation
+import SyncRules
 import SyncSystem
 
 /// What a push or pull did; `syncctl --json` prints it as one object.
@@ -72,8 +73,16 @@ public struct SyncStats: Codable, Sendable {
         case remoteDirectory = "remote_directory", streams, failures
     }
 
-    /// Notes a conflict at `path`; `message` says what each side holds and what to do (without the path).
-    public mutating func conflict(_ path: RelativePath, _ message: String) {
+    /// Notes a conflict found by a sync: its line for a person (what each side holds, what was kept, how to settle
+    /// it), and its record for `syncctl conflicts`. Every conflict of a push or a pull goes through here.
+    mutating func conflict(_ record: ConflictRecord, into records: inout [ConflictRecord]) {
+        conflictList.append(SyncConflict(path: record.path, message: record.message + "; " + record.advice(quotedPath: shellQuoted(record.path))))
+        records.append(record)
+    }
+
+    /// Notes a conflict that lasts only this session and is not recorded (a file changed here while a pull ran:
+    /// the next pull looks again).
+    mutating func conflict(_ path: RelativePath, _ message: String) {
         conflictList.append(SyncConflict(path: path, message: message))
     }
 

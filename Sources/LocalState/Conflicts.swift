@@ -1,27 +1,10 @@
 import Chunking
 import Foundation
 import GRDB
+import SyncRules
 import SyncSystem
 
-/// One side of a conflict, or what the last sync recorded: what was at the path, with size and mtime for a file.
-public struct ConflictSide: Sendable, Equatable {
-    public enum Kind: UInt8, Sendable { case absent = 0, file = 1, directory = 2, symlink = 3 }
-    public var kind: Kind
-    public var digest: ChunkID?
-    public var target: [UInt8]?
-    public var size: UInt64
-    public var mtimeNanos: Int64
-
-    public init(kind: Kind, digest: ChunkID? = nil, target: [UInt8]? = nil, size: UInt64 = 0, mtimeNanos: Int64 = 0) {
-        self.kind = kind
-        self.digest = digest
-        self.target = target
-        self.size = size
-        self.mtimeNanos = mtimeNanos
-    }
-
-    public static let absent = ConflictSide(kind: .absent)
-
+extension ConflictSide {
     /// kind, digest (16 bytes, zero when none), size, mtime, then the symlink target.
     func encoded() -> Data {
         var d = Data([kind.rawValue])
@@ -39,33 +22,6 @@ public struct ConflictSide: Sendable, Equatable {
         func u64(_ at: Int) -> UInt64 { bytes[at..<(at + 8)].reversed().reduce(0) { $0 << 8 | UInt64($1) } }
         return ConflictSide(kind: kind, digest: kind == .file ? digest : nil, target: kind == .symlink ? Array(bytes[33...]) : nil,
                             size: u64(17), mtimeNanos: Int64(bitPattern: u64(25)))
-    }
-}
-
-/// A path left in conflict by a push or a pull: both sides changed it since the last sync.
-public struct ConflictRecord: Sendable, Equatable {
-    /// Where it was found: `push` (the remote changed a local-owned path) or `pull` (this side changed a
-    /// remote-owned one).
-    public enum Found: String, Sendable { case push, pull }
-    public var path: RelativePath
-    public var found: Found
-    /// When it was first found (wall clock, ns); kept while the conflict lasts.
-    public var sinceNanos: Int64
-    public var local: ConflictSide
-    public var remote: ConflictSide
-    /// What the last sync recorded at the path (what both sides held then).
-    public var recorded: ConflictSide
-    public var message: String
-
-    public init(path: RelativePath, found: Found, sinceNanos: Int64, local: ConflictSide, remote: ConflictSide,
-                recorded: ConflictSide, message: String) {
-        self.path = path
-        self.found = found
-        self.sinceNanos = sinceNanos
-        self.local = local
-        self.remote = remote
-        self.recorded = recorded
-        self.message = message
     }
 }
 

@@ -2,6 +2,7 @@ import Chunking
 import Foundation
 import GRDB
 import SyncSystem
+import SyncRules
 
 /// A file as last read: its stat identity, content digest and chunk list. Valid while the identity is unchanged.
 public struct CachedFile: Sendable, Equatable {
@@ -24,34 +25,6 @@ public struct CachedFile: Sendable, Equatable {
     public func isFresh(for current: FileStat) -> Bool {
         stat.sameContentIdentity(as: current) && stat.permissions == current.permissions
             && cachedAtNanos - current.mtimeNanos > 1_000_000_000
-    }
-}
-
-/// The state of a path as both sides last agreed on it. Equality leaves out `size`, which the digest decides.
-public struct SyncedEntry: Sendable, Equatable {
-    public enum Kind: Int, Sendable { case file = 1, directory = 2, symlink = 3 }
-    public var kind: Kind
-    /// File digest (files) — nil otherwise.
-    public var digest: ChunkID?
-    /// Symlink target (bytes) — nil otherwise.
-    public var target: [UInt8]?
-    public var permissions: UInt32
-    public var mtimeNanos: Int64
-    /// A file's size, for reports; nil when not recorded (entries made before it was).
-    public var size: UInt64?
-
-    public init(kind: Kind, digest: ChunkID?, target: [UInt8]?, permissions: UInt32, mtimeNanos: Int64, size: UInt64? = nil) {
-        self.size = size
-        self.kind = kind
-        self.digest = digest
-        self.target = target
-        self.permissions = permissions
-        self.mtimeNanos = mtimeNanos
-    }
-
-    public static func == (a: SyncedEntry, b: SyncedEntry) -> Bool {
-        a.kind == b.kind && a.digest == b.digest && a.target == b.target && a.permissions == b.permissions
-            && a.mtimeNanos == b.mtimeNanos
     }
 }
 

@@ -176,6 +176,35 @@ struct ConflictTests {
         #expect(try g.push().int("files_changed") == 0, "the copies are not pushed")
     }
 
+    /// Deleted on the remote, changed here: a conflict, and one that `resolve --keep local` and `push --force`
+    /// settle by placing the local version (there is nothing of the remote's to keep aside). Both used to answer
+    /// the same conflict again, so the advice the conflict gave could never work.
+    @Test func aFileDeletedOnTheRemoteAndChangedHereIsAConflictThatForceSettles() throws {
+        let f = try SyncFixture()
+        for name in ["a.txt", "b.txt"] {
+            try f.write(name, "base\n")
+        }
+        #expect(try f.push().status == 0)
+        for name in ["a.txt", "b.txt"] {
+            try f.write(name, "mine \(name)\n")
+            try FileManager.default.removeItem(atPath: f.remoteProject + "/" + name)
+        }
+        let r = try f.push()
+        #expect(r.status == 3, "\(r.stderr)")
+        #expect(r.stderr.contains("the remote holds absent"), "\(r.stderr)")
+        #expect(Set(try f.conflictsJSON().compactMap { $0["path"] as? String }) == ["a.txt", "b.txt"])
+
+        let keep = try f.syncctl(["resolve", "--dir", f.project, "a.txt", "--keep", "local"])
+        #expect(keep.status == 0, "\(keep.stderr)")
+        #expect(text(f.read("a.txt", in: f.remoteProject)) == "mine a.txt\n")
+        let forced = try f.syncctl(["push", f.project, "--force", "--json"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        #expect(text(f.read("b.txt", in: f.remoteProject)) == "mine b.txt\n")
+        #expect(conflictCopies(of: "b.txt", in: f.remoteProject).isEmpty, "nothing of the remote's to keep")
+        #expect(try f.conflictsJSON().isEmpty)
+        #expect(try f.push().int("files_changed") == 0)
+    }
+
     @Test func pathsThatBecomeIgnoredAreReportedThenPrunedButNeverAPullPath() throws {
         let f = try SyncFixture()
         for i in 0..<3 { try f.write("scratch/tmp\(i).bin", "t\(i)") }

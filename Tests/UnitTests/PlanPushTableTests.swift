@@ -1,6 +1,5 @@
 import Chunking
-@testable import Engine
-import LocalState
+import SyncRules
 import SyncSystem
 import Testing
 import Wire
