@@ -16,7 +16,6 @@ let package = Package(
         .executable(name: "syncd", targets: ["syncd"]),
         .executable(name: "syncd-agent", targets: ["syncd-agent"]),
         .executable(name: "syncd-bench", targets: ["syncd-bench"]),
-        .library(name: "Engine", targets: ["Engine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -43,32 +42,42 @@ let package = Package(
         .target(name: "Watch", dependencies: ["ProjectScan", "SyncSystem"]),
         .target(name: "Dockerfile"),
         .target(name: "HTTP", dependencies: ["CCurl", "SyncSystem"]),
-        .target(name: "ObjectStore", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
-        .target(name: "Store", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "StoreClient", dependencies: ["ObjectStore", "Store", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "Store", "SyncRules"]),
+        .target(name: "S3", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
+        .target(name: "SnapshotFormat", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
+        .target(name: "StoreClient", dependencies: ["S3", "SnapshotFormat", "LocalState", "Chunking", "Wire", "SyncSystem"]),
+        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules"]),
         .target(name: "LocalState", dependencies: [
-            "Chunking", "ProjectScan", "Store", "SyncRules", .product(name: "GRDB", package: "GRDB.swift"),
+            "Chunking", "ProjectScan", "SnapshotFormat", "SyncRules", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
         .target(name: "SyncConfig", dependencies: ["ProjectScan", "Yams"]),
         // AES-CTR keystream in batches under libssh2, which calls the cipher once per 16-byte block.
         .target(name: "CSSHCipher", linkerSettings: [.linkedLibrary("crypto")]),
         .target(name: "SSHTransport", dependencies: ["CLibSSH2", "CSSHCipher", "Chunking", "Wire", "Transport", "SyncConfig", "SyncSystem"]),
-        .target(name: "Engine", dependencies: [
+        // A project on the laptop: its scan, push and pull sessions over one agent link, what they report.
+        .target(name: "Client", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
-            "SyncSystem", "Dockerfile", "ObjectStore", "Store", "StoreClient", "SyncRules",
+            "SyncSystem", "SnapshotFormat", "SyncRules",
         ]),
+        // Builds: BuildKit-style layer keys and push order; exec and compose on the remote.
+        .target(name: "Builds", dependencies: ["Client", "Dockerfile", "SyncConfig", "ProjectScan", "SyncSystem", "Transport", "Wire", "LocalState", "SyncRules", "Chunking"]),
+        // Many hosts: a push through the snapshot store, snapshots and restore, pull_from: all, swarm discovery.
+        .target(name: "Fleet", dependencies: [
+            "Client", "Builds", "S3", "SnapshotFormat", "StoreClient", "LocalState", "SyncConfig", "SyncRules", "SyncSystem",
+            "Transport", "Wire", "Chunking", "SSHTransport",
+        ]),
+        // The daemon's control socket: requests, answers, the client; the registry of the daemon's projects.
+        .target(name: "Control", dependencies: ["Client", "SyncConfig", "SyncSystem"]),
 
         .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
         .executableTarget(name: "syncctl", dependencies: [
             "SSHTransport", "StoreClient",
-            "Engine", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "Client", "Builds", "Fleet", "Control", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .target(name: "Daemon", dependencies: [
-            "Engine", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
+            "Client", "Fleet", "Control", "Watch", "ProjectScan", "SyncConfig", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "syncd", dependencies: [
-            "Daemon", "Engine", "SyncSystem", .product(name: "Logging", package: "swift-log"),
+            "Daemon", "Client", "Control", "SyncSystem", .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(name: "syncd-bench", dependencies: ["Chunking", "Wire", "SyncSystem", "LocalState"],
@@ -78,10 +87,10 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "ObjectStore", "Store", "SyncRules",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "S3", "SnapshotFormat", "SyncRules",
         ], exclude: ["SigV4Vectors"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Engine", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
-                                                             "ObjectStore", "Store", "StoreClient", "LocalState"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Client", "Builds", "Fleet", "Control", "SyncRules", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
+                                                             "S3", "SnapshotFormat", "StoreClient", "LocalState"]),
     ],
     swiftLanguageModes: [.v6]
 )

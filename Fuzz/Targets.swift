@@ -6,7 +6,7 @@ import Chunking
 import Dockerfile
 import Foundation
 import ProjectScan
-import Store
+import SnapshotFormat
 import SyncConfig
 import SyncSystem
 import Wire
@@ -132,7 +132,7 @@ struct Seeds {
         .storePacks(store: "s3://b/p", signingRegion: "", packs: [StorePack(digest: ChunkID(low: 7, high: 8), url: "http://h/b/p/packs/x")]),
         .storeChunks([StoreChunk(id: ChunkID(low: 2, high: 3), pack: 0, offset: 8, storedLength: 10, rawLength: 20, compressed: true)]),
         .storeTrouble(unreachable: false, pack: ChunkID(low: 4, high: 5), damaged: [ChunkID(low: 6, high: 7)], reason: "altered"),
-        .endOfOperations, .done, .error(message: "boom"),
+        .endOfOperations, .done, .error(message: "boom", reason: .cannotWatch),
     ]
 
     static func write(_ name: String, _ seeds: [[UInt8]]) throws {

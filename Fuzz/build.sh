@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=.build-fuzz
 FLAGS=(-Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,trace-cmp,inline-8bit-counters,pc-table)
-for target in Store SyncConfig Dockerfile; do
+for target in SnapshotFormat SyncConfig Dockerfile; do
     swift build --build-path "$BUILD" -c release --target "$target" "${FLAGS[@]}" >/dev/null
 done
-MODULES=(SyncSystem Chunking Wire Store ProjectScan Yams CYaml SyncConfig Dockerfile)
+MODULES=(SyncSystem Chunking Wire SnapshotFormat ProjectScan Yams CYaml SyncConfig Dockerfile)
 OBJECTS=()
 for m in "${MODULES[@]}"; do
     while IFS= read -r o; do OBJECTS+=("$o"); done < <(find "$BUILD/release/$m.build" -name '*.o' | sort)

@@ -6,6 +6,7 @@
   to be built first, so a lower module could come to import a higher one unseen: this makes it fail.
 - No target the agent links imports Foundation: the agent is one self-contained file, hashed by both sides at
   every connection (it grew from 14 MB to 73 MB once through one such import).
+- The pure sync core (SyncRules) imports no platform module at all: its decisions do no I/O, so tables test them.
 
 Exits 1 and names each violation. `--self-test` checks that made-up violations are caught.
 """
@@ -18,6 +19,8 @@ PLATFORM = {"Foundation", "FoundationEssentials", "Glibc", "Darwin", "Dispatch",
 # Modules of the package's dependencies, by the product names Package.swift uses.
 PRODUCT_MODULES = {"ArgumentParser": "ArgumentParser", "Logging": "Logging", "GRDB": "GRDB", "Yams": "Yams"}
 AGENT = "syncd-agent"
+# Modules of pure decisions: no platform module (no I/O, no Foundation).
+PURE = {"SyncRules"}
 
 
 def parse_package(text):
@@ -69,6 +72,8 @@ def violations(targets, imports):
                 found.append(f"{path}:{line}: {name} imports {module}, which it does not depend on in Package.swift")
             if module == "Foundation" and name in agent_side:
                 found.append(f"{path}:{line}: {name} is linked by syncd-agent, which must not link Foundation")
+            if name in PURE and module in PLATFORM:
+                found.append(f"{path}:{line}: {name} is the pure sync core and imports {module}, a platform module")
     return found
 
 
@@ -93,24 +98,25 @@ def scan(targets):
 
 def self_test(targets):
     made_up = {
-        "Chunking": [("Sources/Chunking/X.swift", 1, "Engine")],  # a lower module importing a higher one
+        "Chunking": [("Sources/Chunking/X.swift", 1, "Client")],  # a lower module importing a higher one
         "Wire": [("Sources/Wire/X.swift", 1, "Foundation")],      # Foundation on the agent's side
-        "Engine": [("Sources/Engine/X.swift", 1, "Wire"), ("Sources/Engine/Y.swift", 2, "Foundation")],  # fine
+        "Client": [("Sources/Client/X.swift", 1, "Wire"), ("Sources/Client/Y.swift", 2, "Foundation")],  # fine
+        "SyncRules": [("Sources/SyncRules/X.swift", 1, "Glibc")],  # I/O in the pure core
     }
     found = violations(targets, made_up)
-    expected = ["Chunking imports Engine", "Wire is linked by syncd-agent"]
+    expected = ["Chunking imports Client", "Wire is linked by syncd-agent", "SyncRules is the pure sync core"]
     missing = [e for e in expected if not any(e in f for f in found)]
-    if missing or len(found) != 2:
+    if missing or len(found) != 3:
         print("check-imports self-test failed: expected", expected, "got", found)
         return 1
-    print("check-imports self-test: both made-up violations caught")
+    print("check-imports self-test: the three made-up violations caught")
     return 0
 
 
 def main():
     with open(os.path.join(ROOT, "Package.swift"), encoding="utf-8") as handle:
         targets = parse_package(handle.read())
-    if AGENT not in targets or "Engine" not in targets:
+    if AGENT not in targets or "Client" not in targets:
         print("check-imports: could not read the targets of Package.swift")
         return 1
     if "--self-test" in sys.argv:

@@ -41,7 +41,7 @@ extension AgentSession {
         let cachedPath = Self.cachePath(record.digest)
         cacheGrew = true
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
-        store.add(path: cachedPath, chunks: record.chunks)
+        held.add(path: cachedPath, chunks: record.chunks)
         return record.digest
     }
 

@@ -85,7 +85,7 @@ extension AgentSession {
                 placed.placedBy = clientID
                 replaceRecord(placed)
             } else if let old = state.records[file.path] {
-                store.remove(path: old.path, chunks: old.chunks)
+                held.remove(path: old.path, chunks: old.chunks)
             }
             durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
                                         current: .file(header.digest), keptAs: file.keptAs),

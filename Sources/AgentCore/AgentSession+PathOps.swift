@@ -52,7 +52,7 @@ extension AgentSession {
             dropRecord(path)
             if let st = try tree.lstat(kept) {
                 state.put(FileRecord(path: kept, stat: st, digest: record.digest, chunks: record.chunks))
-                store.add(path: kept, chunks: record.chunks)
+                held.add(path: kept, chunks: record.chunks)
             }
         }
         for below in state.records.keys where below.isWithin(path) { dropRecord(below) }
@@ -211,15 +211,15 @@ extension AgentSession {
     }
 
     func dropRecord(_ path: RelativePath) {
-        if let old = state.records[path] { store.remove(path: old.path, chunks: old.chunks) }
+        if let old = state.records[path] { held.remove(path: old.path, chunks: old.chunks) }
         state.remove(path)
     }
 
     /// Records `record` in place of the path's old one, in the state and in the chunk index.
     func replaceRecord(_ record: FileRecord) {
-        if let old = state.records[record.path] { store.remove(path: old.path, chunks: old.chunks) }
+        if let old = state.records[record.path] { held.remove(path: old.path, chunks: old.chunks) }
         state.put(record)
-        store.add(path: record.path, chunks: record.chunks)
+        held.add(path: record.path, chunks: record.chunks)
     }
 }
 

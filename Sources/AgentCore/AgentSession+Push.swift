@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Chunking
 import Placement
-import Store
+import SnapshotFormat
 import ProjectScan
 import Watch
 import SyncRules
@@ -280,7 +280,7 @@ extension AgentSession {
                                  permissions: header.permissions, session: building)
             }
             file.assembly = assembly
-            try makingRoom { try assembly.fill(from: store) }
+            try makingRoom { try assembly.fill(from: held) }
             if assembly.isComplete {
                 try finish(file)
             } else {
@@ -346,7 +346,7 @@ extension AgentSession {
                     file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
                     offset += UInt64(c.length)
                 }
-                guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !store.contains($0.id) }) else { return [] }
+                guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !held.contains($0.id) }) else { return [] }
                 file.assembly = try makingRoom { try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions, session: building) }
                 noteOpen(file.header.op)
                 list = file.chunks
@@ -356,7 +356,7 @@ extension AgentSession {
             }
             let assembly = file.assembly!
             let added = try makingRoom { try assembly.append(list) }
-            try makingRoom { try assembly.fill(from: store, in: added) }
+            try makingRoom { try assembly.fill(from: held, in: added) }
             let wanted = assembly.missingIndices(in: added)
             if !wanted.isEmpty { file.asksClient = true }
             return wanted
@@ -424,7 +424,7 @@ extension AgentSession {
         let header = file.header
         // A cached file's chunks are in the store: a file whose first chunk is not (every file of a first push)
         // cannot be in the cache, and is not looked for.
-        guard let first = file.chunks.first(where: { !$0.id.isHole }), store.contains(first.id) else { return false }
+        guard let first = file.chunks.first(where: { !$0.id.isHole }), held.contains(first.id) else { return false }
         let cachedPath = Self.cachePath(header.digest)
         let name = cachedPath.name
         guard let record = state.records[cachedPath], record.digest == header.digest,
@@ -454,7 +454,7 @@ extension AgentSession {
             moved.placedBy = clientID
             replaceRecord(moved)
         } else if let old = state.records[file.path] {
-            store.remove(path: old.path, chunks: old.chunks)
+            held.remove(path: old.path, chunks: old.chunks)
         }
         pending[header.op] = nil
         durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),

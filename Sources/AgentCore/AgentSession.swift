@@ -11,7 +11,12 @@ import Wire
 /// A fatal session error on the agent side; sent to the client as an error frame, then the agent exits.
 public struct AgentError: Error, CustomStringConvertible {
     public let description: String
-    init(_ text: String) { description = text }
+    /// Why, as the client is told it (`Message.error`).
+    public let reason: ErrorReason
+    init(_ text: String, reason: ErrorReason = .other) {
+        description = text
+        self.reason = reason
+    }
 }
 
 /// One client session served over a byte stream: handshake, hello, then a push or a pull.
@@ -51,14 +56,14 @@ public final class AgentSession {
 
     /// Where each chunk of a recorded file is, to copy it into new files. Made on first use: a session that
     /// moves no data (a no-op push, a push of deletions) does not pay for indexing every chunk of the project.
-    var store: ChunkStore {
-        if let indexedStore { return indexedStore }
-        let made = ChunkStore(tree: tree)
+    var held: HeldChunks {
+        if let indexedHeld { return indexedHeld }
+        let made = HeldChunks(tree: tree)
         for record in state.records.values { made.add(path: record.path, chunks: record.chunks) }
-        indexedStore = made
+        indexedHeld = made
         return made
     }
-    private var indexedStore: ChunkStore?
+    private var indexedHeld: HeldChunks?
 
     var chunker = FileChunker()
 
@@ -136,7 +141,8 @@ public final class AgentSession {
             // A stalled client would not read the account either: the link is given up at once.
             var told = false
             if !(error is StalledError) {
-                told = (try? writer.send(.error(message: "\(error)"))) != nil && (try? writer.flush()) != nil
+                let reason = (error as? AgentError)?.reason ?? (error is ProtocolError ? .protocolViolation : .other)
+                told = (try? writer.send(.error(message: "\(error)", reason: reason))) != nil && (try? writer.flush()) != nil
             }
             durability?.shutdown()
             pending.values.forEach { $0.assembly?.suspend() }
@@ -202,11 +208,11 @@ public final class AgentSession {
     /// Answers `watch`: reports completed remote-owned files as they come, until the client's `watchEnd`.
     func watchUntilEnded() throws {
         if watcher == nil {
-            guard !pullPaths.isEmpty else { throw AgentError("watch: the project has no pull paths") }
+            guard !pullPaths.isEmpty else { throw AgentError("watch: the project has no pull paths", reason: .cannotWatch) }
             let started = TreeWatcher(tree: tree, rules: IgnoreRules(), quietMillis: Self.watchQuietMillis, maxHoldMillis: 5000,
                                       scope: pullPaths, completedFilesOnly: true,
                                       log: { printError("syncd-agent: \($0)") }) { [unowned self] event in remoteEvent(event) }
-            do { try started.start() } catch { throw AgentError("watch: cannot watch the pull paths: \(error)") }
+            do { try started.start() } catch { throw AgentError("watch: cannot watch the pull paths: \(error)", reason: .cannotWatch) }
             watcher = started
             // Whatever was finished between the last pull and now went unseen: the client should look once.
             notifyLock.lock()
@@ -289,7 +295,7 @@ public final class AgentSession {
             durability = try DurableBatches(fileSystem: tree.root)
             state = try AgentState(project: tree)
             building = try Self.buildSession(in: tree)
-            indexedStore = nil
+            indexedHeld = nil
             openProjectPath = projectPath
         }
         let paths = try hello.pullPaths.map { try RelativePath($0) }
@@ -405,7 +411,7 @@ public final class AgentSession {
         if after.sameContentIdentity(as: st) {
             replaceRecord(record)
         } else if let old = state.records[path] {
-            store.remove(path: old.path, chunks: old.chunks)
+            held.remove(path: old.path, chunks: old.chunks)
         }
         return record
     }

@@ -24,7 +24,7 @@ struct FileRecord: Equatable {
     var isRacy: Bool { recordedAtNanos - stat.ctimeNanos < 1_000_000_000 }
 }
 
-/// The agent's persistent state in `<project>/.syncd/`: a snapshot file rewritten at the end of a session and an
+/// The agent's persistent state in `<project>/.syncd/`: a state file rewritten at the end of a session and an
 /// append-only journal. Records of placed files are journaled in batches (`flushJournal`, at the latest when
 /// answers go out); a record a kill loses costs only hashing that file again. What must be on disk before the
 /// fact is written at once: a directory that is about to hold a temporary file.
@@ -38,12 +38,12 @@ final class AgentState {
     /// A random id made with the state directory: a client that finds another one knows the remote project was
     /// wiped or replaced since it last synced, and stops trusting what it remembers of it.
     let instance: String
-    /// Snapshots written now may hold records with the client that placed them (tag 7): `SYNCDST2`, which agents
+    /// State files written now may hold records with the client that placed them (tag 7): `SYNCDST2`, which agents
     /// before 0.14 do not read at all (they hash again) rather than read in part. `SYNCDST1` is still read.
-    private static let snapshotMagic = Array("SYNCDST2".utf8)
-    private static let olderSnapshotMagic = Array("SYNCDST1".utf8)
+    private static let stateMagic = Array("SYNCDST2".utf8)
+    private static let olderStateMagic = Array("SYNCDST1".utf8)
 
-    /// Opens (making it if needed) the state directory under the project root and loads snapshot plus journal.
+    /// Opens (making it if needed) the state directory under the project root and loads the state file plus the journal.
     init(project: Tree) throws {
         guard let dir = try project.openDirectory([Array(agentStateDirectoryName.utf8)], create: true) else {
             throw PlacementErrorText("cannot make \(agentStateDirectoryName)/ in \(project.rootPath)")
@@ -107,21 +107,21 @@ final class AgentState {
             return fstatat(directory.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? Int(st.st_size) : nil
         }
         guard (try? Self.loadInstance(directory)) == instance else { return false }
-        return (size("journal") ?? 0) == journalBytes && (size("state") ?? 0) == snapshotBytes
+        return (size("journal") ?? 0) == journalBytes && (size("state") ?? 0) == stateBytes
     }
 
-    /// Bytes in the snapshot and in the journal: the snapshot is rewritten only once the journal is large next
+    /// Bytes in the state file and in the journal: the state file is rewritten only once the journal is large next
     /// to it, so a small push does not rewrite (and fsync) the state of a 100k-file project.
-    private var snapshotBytes = 0
+    private var stateBytes = 0
     private var journalBytes = 0
 
     private func load() throws {
-        if let snapshot = try readWhole("state"), snapshot.count >= 8,
-           [Self.snapshotMagic, Self.olderSnapshotMagic].contains(Array(snapshot[0..<8])) {
+        if let whole = try readWhole("state"), whole.count >= 8,
+           [Self.stateMagic, Self.olderStateMagic].contains(Array(whole[0..<8])) {
             // A record takes at least 80 bytes (a small file with one chunk): room for them all without rehashing.
-            records.reserveCapacity(snapshot.count / 80)
-            replay(Array(snapshot[8...]))
-            snapshotBytes = snapshot.count
+            records.reserveCapacity(whole.count / 80)
+            replay(Array(whole[8...]))
+            stateBytes = whole.count
         }
         if let journal = try readWhole("journal") {
             replay(journal)
@@ -255,12 +255,12 @@ final class AgentState {
         appendJournal([6])
     }
 
-    /// Folds the journal into the snapshot (written atomically) once the journal has grown past a quarter of
-    /// the snapshot, or 1 MiB; until then the journal, replayed at load, is the record.
+    /// Folds the journal into the state file (written atomically) once the journal has grown past a quarter of
+    /// the state file, or 1 MiB; until then the journal, replayed at load, is the record.
     func save() throws {
         flushJournal()
-        guard journalBytes > max(1 << 20, snapshotBytes / 4) else { return }
-        var body = Self.snapshotMagic
+        guard journalBytes > max(1 << 20, stateBytes / 4) else { return }
+        var body = Self.stateMagic
         for record in records.values {
             let payload = Self.encode(record)
             withUnsafeBytes(of: UInt32(payload.count).littleEndian) { body.append(contentsOf: $0) }
@@ -282,7 +282,7 @@ final class AgentState {
         try syscall("renameat", path: ".syncd/state") { renameat(directory.raw, "state.tmp", directory.raw, "state") }
         Tree.syncDirectory(directory)
         try journal?.truncate(0)
-        snapshotBytes = body.count
+        stateBytes = body.count
         journalBytes = 0
     }
 }

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import Chunking
 import HTTP
-import Store
+import SnapshotFormat
 import SyncSystem
 import Wire
 

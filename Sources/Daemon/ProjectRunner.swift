@@ -1,4 +1,7 @@
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import Logging
 import ProjectScan
@@ -45,7 +48,10 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// A project with several hosts: how each fared in the last push that reached any, and its snapshot.
     private var lastHosts: (hosts: [HostResult], snapshot: String?, uploaded: UInt64?)?
     private var lastPull: Date?
-    private var lastError: String?
+    /// The last failure, and what failed: settings that did not load are forgotten once new ones load; a failed
+    /// sync once a sync succeeds.
+    private var lastError: (cause: FailureCause, text: String)?
+    private enum FailureCause { case settings, sync }
     /// While a failed session waits to be tried again: "stalled" when its link stopped moving data, else
     /// "disconnected"; and when it is tried again.
     private var retrying: String?
@@ -123,7 +129,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         do { fresh = try Project(directory: directory, options: Self.options(stateDirectory, progress)) } catch {
             log.error("\(directory): the changed settings do not load, so the previous ones stay in use: \(error)")
             condition.lock()
-            lastError = "settings: \(error)"
+            lastError = (.settings, "settings: \(error)")
             condition.unlock()
             return
         }
@@ -141,7 +147,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         fullPushNeeded = true
         changedPaths.removeAll()
         if relink { connected = false }
-        if lastError?.hasPrefix("settings:") == true { lastError = nil }
+        if lastError?.cause == .settings { lastError = nil }
         condition.unlock()
         log.info("\(directory): settings changed\(relink ? " (remote settings too: a new connection)" : ""); comparing the whole project again")
     }
@@ -200,7 +206,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         var status = ProjectStatus(project: directory, state: state, connected: connected,
                                    pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
                                    lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflicts,
-                                   bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError, snapshot: lastHosts?.snapshot,
+                                   bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError?.text, snapshot: lastHosts?.snapshot,
                                    hosts: (lastHosts?.hosts ?? []).map {
                                        HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
                                    })
@@ -351,7 +357,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         condition.unlock()
         let failed = listener.stop()
         if let failed {
-            if let e = failed as? AgentSaid, e.message.hasPrefix("watch") {
+            if let e = failed as? AgentSaid, e.reason == .cannotWatch {
                 // The agent cannot watch here: fall back to periodic pulls, on the same connection.
                 log.warning("\(directory): the remote cannot be watched (\(e)); pulling every \(Int(pullInterval)) s")
                 watchWorks = false
@@ -404,7 +410,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             let delay = min(30.0, pow(2.0, Double(failures - 1)))
             log.error("\(directory): \(kind.rawValue) failed: \(error); retrying in \(Int(delay)) s")
             condition.lock()
-            lastError = "\(kind.rawValue): \(error)"
+            lastError = (.sync, "\(kind.rawValue): \(error)")
             connected = link != nil
             // Waiters learn of the failure now; the push itself is tried again after the pause.
             if kind == .push {

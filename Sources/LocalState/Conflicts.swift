@@ -8,7 +8,7 @@ extension ConflictSide {
     /// kind, digest (16 bytes, zero when none), size, mtime, then the symlink target.
     func encoded() -> Data {
         var d = Data([kind.rawValue])
-        d.append(StateStore.encodeID(digest ?? ChunkID(low: 0, high: 0)))
+        d.append(LocalDatabase.encodeID(digest ?? ChunkID(low: 0, high: 0)))
         withUnsafeBytes(of: size.littleEndian) { d.append(contentsOf: $0) }
         withUnsafeBytes(of: mtimeNanos.littleEndian) { d.append(contentsOf: $0) }
         d.append(contentsOf: target ?? [])
@@ -18,14 +18,14 @@ extension ConflictSide {
     static func decode(_ d: Data) -> ConflictSide? {
         let bytes = [UInt8](d)
         guard bytes.count >= 33, let kind = Kind(rawValue: bytes[0]) else { return nil }
-        let digest = StateStore.decodeID(Data(bytes[1..<17]))
+        let digest = LocalDatabase.decodeID(Data(bytes[1..<17]))
         func u64(_ at: Int) -> UInt64 { bytes[at..<(at + 8)].reversed().reduce(0) { $0 << 8 | UInt64($1) } }
         return ConflictSide(kind: kind, digest: kind == .file ? digest : nil, target: kind == .symlink ? Array(bytes[33...]) : nil,
                             size: u64(17), mtimeNanos: Int64(bitPattern: u64(25)))
     }
 }
 
-extension StateStore {
+extension LocalDatabase {
     /// Every conflict left by the last pushes and pulls, sorted by path.
     public func conflicts() throws -> [ConflictRecord] {
         try db.read { db in

@@ -1,7 +1,7 @@
 import Chunking
 import Foundation
 import GRDB
-import Store
+import SnapshotFormat
 import SyncSystem
 
 /// Where the store keeps a chunk: its pack, and its entry in that pack's index.
@@ -68,7 +68,7 @@ public final class StoreCatalog: Sendable {
     /// them, into a pack of their own, and found there from then on.
     public func forget(chunks ids: [ChunkID]) throws {
         try db.write { db in
-            for id in ids { try db.execute(sql: "DELETE FROM chunks WHERE id = ?", arguments: [StateStore.encodeID(id)]) }
+            for id in ids { try db.execute(sql: "DELETE FROM chunks WHERE id = ?", arguments: [LocalDatabase.encodeID(id)]) }
         }
     }
 
@@ -77,7 +77,7 @@ public final class StoreCatalog: Sendable {
         try db.read { db in
             var out: Set<ChunkID> = []
             let rows = try Row.fetchCursor(db, sql: "SELECT pack FROM packs")
-            while let row = try rows.next() { if let id = StateStore.decodeID(row[0]) { out.insert(id) } }
+            while let row = try rows.next() { if let id = LocalDatabase.decodeID(row[0]) { out.insert(id) } }
             return out
         }
     }
@@ -86,13 +86,13 @@ public final class StoreCatalog: Sendable {
     public func add(_ index: PackIndex) throws {
         let pack = index.pack
         try db.write { db in
-            try db.execute(sql: "INSERT OR REPLACE INTO packs (pack, size) VALUES (?, ?)", arguments: [StateStore.encodeID(pack), Int64(index.size)])
+            try db.execute(sql: "INSERT OR REPLACE INTO packs (pack, size) VALUES (?, ?)", arguments: [LocalDatabase.encodeID(pack), Int64(index.size)])
             let insert = try db.makeStatement(sql: """
                 INSERT OR IGNORE INTO chunks (id, pack, offset, stored, raw, compressed) VALUES (?, ?, ?, ?, ?, ?)
                 """)
-            let packData = StateStore.encodeID(pack)
+            let packData = LocalDatabase.encodeID(pack)
             for e in index.entries {
-                try insert.execute(arguments: [StateStore.encodeID(e.id), packData, Int64(e.offset), Int64(e.storedLength),
+                try insert.execute(arguments: [LocalDatabase.encodeID(e.id), packData, Int64(e.offset), Int64(e.storedLength),
                                                Int64(e.rawLength), e.compressed ? 1 : 0])
             }
         }
@@ -104,7 +104,7 @@ public final class StoreCatalog: Sendable {
             var out: [ChunkID: StoredChunk] = [:]
             let select = try db.makeStatement(sql: "SELECT pack, offset, stored, raw, compressed FROM chunks WHERE id = ?")
             for id in ids where out[id] == nil {
-                guard let row = try Row.fetchOne(select, arguments: [StateStore.encodeID(id)]), let pack = StateStore.decodeID(row[0]) else { continue }
+                guard let row = try Row.fetchOne(select, arguments: [LocalDatabase.encodeID(id)]), let pack = LocalDatabase.decodeID(row[0]) else { continue }
                 out[id] = StoredChunk(pack: pack, entry: PackEntry(id: id, offset: UInt64(row[1] as Int64), storedLength: UInt32(row[2] as Int64),
                                                                    rawLength: UInt32(row[3] as Int64), compressed: (row[4] as Int64) != 0))
             }
@@ -116,8 +116,8 @@ public final class StoreCatalog: Sendable {
     public func forget(packs: [ChunkID]) throws {
         try db.write { db in
             for pack in packs {
-                try db.execute(sql: "DELETE FROM chunks WHERE pack = ?", arguments: [StateStore.encodeID(pack)])
-                try db.execute(sql: "DELETE FROM packs WHERE pack = ?", arguments: [StateStore.encodeID(pack)])
+                try db.execute(sql: "DELETE FROM chunks WHERE pack = ?", arguments: [LocalDatabase.encodeID(pack)])
+                try db.execute(sql: "DELETE FROM packs WHERE pack = ?", arguments: [LocalDatabase.encodeID(pack)])
             }
         }
     }

@@ -260,11 +260,11 @@ public final class FileAssembly {
 
     /// Fills missing chunks from what this side already holds; returns how many were copied.
     @discardableResult
-    public func fill(from store: ChunkStore) throws -> Int { try fill(from: store, in: 0..<chunks.count) }
+    public func fill(from held: HeldChunks) throws -> Int { try fill(from: held, in: 0..<chunks.count) }
 
     /// `fill(from:)` for the chunks of `range`.
     @discardableResult
-    public func fill(from store: ChunkStore, in range: Range<Int>) throws -> Int {
+    public func fill(from held: HeldChunks, in range: Range<Int>) throws -> Int {
         guard missingCount > 0 else { return 0 }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: largestChunk, alignment: 16)
         defer { buffer.deallocate() }
@@ -272,7 +272,7 @@ public final class FileAssembly {
         // A repeat is filled with its first chunk.
         for i in range where !present[i] && (firstIndex[chunks[i].id] == i || present[firstIndex[chunks[i].id]!]) {
             let c = chunks[i]
-            if store.read(c.id, length: c.length, into: buffer) {
+            if held.read(c.id, length: c.length, into: buffer) {
                 try writeVerified(index: i, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<Int(c.length)]))
                 copied += 1
             }

@@ -1,7 +1,7 @@
 import Chunking
 import LocalState
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import SyncSystem
 import Wire
 

@@ -1,8 +1,8 @@
 import Chunking
 import Foundation
 import LocalState
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import SyncSystem
 
 /// Pushes and gc keep out of each other's way with lock objects (`locks/push-…`, `locks/gc-…`), as restic's do:

@@ -58,7 +58,7 @@ public enum PushOperation: Sendable {
     }
 }
 
-/// Works out what a push must send: compares the local snapshot with what was last pushed and orders the
+/// Works out what a push must send: compares the local tree with what was last pushed and orders the
 /// operations: deletes first (children before their directory), then directories, then files and symlinks.
 /// Deleting first clears the way for type changes, and a deleted file's content stays in the agent's cache,
 /// so a moved file is renamed out of it on the remote instead of being copied or sent.

@@ -49,7 +49,7 @@ public final class TreeWatcher {
     /// Watch descriptor to directory path ("" is the root), and back.
     private var directories: [Int32: [UInt8]] = [:]
     private var watches: [[UInt8]: Int32] = [:]
-    /// Subtrees polled because inotify refused them, with their last stat snapshot.
+    /// Subtrees polled because inotify refused them, with the stats of their last poll.
     private var polled: [[UInt8]: [RelativePath: FileStat]] = [:]
     private var pollInterval = 2000
     private var lastPoll: UInt64 = 0
@@ -91,7 +91,7 @@ public final class TreeWatcher {
         countLock.unlock()
     }
 
-    /// Sets up the watches (or the first poll snapshot) and starts the watcher thread. Changes made after
+    /// Sets up the watches (or the first poll) and starts the watcher thread. Changes made after
     /// `start` returns are reported.
     public func start() throws {
         (wakeRead, wakeWrite) = try makePipe(nonBlocking: true)
@@ -102,7 +102,7 @@ public final class TreeWatcher {
             addWatches(below: [])
         case .polling(let interval):
             pollInterval = interval
-            polled[[]] = snapshot(of: [])
+            polled[[]] = statsBelow([])
         }
         lastPoll = monotonicNanos()
         thread = try startThread { [self] in run() }
@@ -369,7 +369,7 @@ public final class TreeWatcher {
                 + "`sysctl fs.inotify.max_user_watches=524288`. Until then \(dir.isEmpty ? "the project" : displayPath(dir + [UInt8(ascii: "/")])) "
                 + "and other unwatched directories are scanned every \(pollInterval / 1000) s.")
         }
-        polled[dir] = snapshot(of: dir)
+        polled[dir] = statsBelow(dir)
     }
 
     private func subdirectories(of dir: [UInt8]) -> [[UInt8]] {
@@ -396,7 +396,7 @@ public final class TreeWatcher {
 
     // MARK: polling
 
-    private func snapshot(of dir: [UInt8]) -> [RelativePath: FileStat] {
+    private func statsBelow(_ dir: [UInt8]) -> [RelativePath: FileStat] {
         let roots = dir.isEmpty ? nil : (try? RelativePath(bytes: dir)).map { [$0] }
         if !dir.isEmpty && roots == nil { return [:] }
         guard let scan = try? ProjectScanner(tree: tree, rules: rules).scan(roots: roots) else { return [:] }
@@ -407,7 +407,7 @@ public final class TreeWatcher {
 
     private func pollSubtrees() {
         for (dir, before) in polled {
-            let now = snapshot(of: dir)
+            let now = statsBelow(dir)
             for (path, st) in now where before[path].map({ !$0.sameContentIdentity(as: st) || $0.permissions != st.permissions }) ?? true {
                 note(path)
             }

@@ -121,8 +121,8 @@ extension Message {
             w.string(address); w.byteString(token)
         case .join(let token):
             w.byteString(token)
-        case .error(let message):
-            w.string(message)
+        case .error(let message, let reason):
+            w.string(message); w.u8(reason.rawValue)
         }
         return (typeByte, w.bytes)
     }
@@ -305,7 +305,10 @@ extension Message {
         case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
         case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
         case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))
-        case 0x7F: message = .error(message: try r.string("message", limit: 65536))
+        case 0x7F:
+            let text = try r.string("message", limit: 65536)
+            // A reason this side does not know is read as `other`: the message still says what happened.
+            message = .error(message: text, reason: ErrorReason(rawValue: try r.u8("error reason")) ?? .other)
         case Message.heartbeatType: message = .heartbeat
         default:
             throw ProtocolError("unknown frame type 0x\(String(type, radix: 16))")

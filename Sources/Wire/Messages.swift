@@ -11,7 +11,7 @@ public enum SkipKind: UInt8, Sendable {
 }
 
 /// Wire protocol version spoken by this build. Peers with another version are refused at the handshake.
-public let wireVersion: UInt16 = 8
+public let wireVersion: UInt16 = 9
 
 /// Hard limit on one frame (type byte plus payload). Larger length prefixes end the session unread.
 public let maxFrameLength = 2 << 20
@@ -21,6 +21,15 @@ public let maxListItems = 32768
 
 /// Most paths named by one `remoteChanged` frame.
 public let maxNotifiedPaths = 64
+
+/// Why a session ended in an error, carried with its message: the other side decides by this, never by the text.
+public enum ErrorReason: UInt8, Sendable, Equatable {
+    case other = 0
+    /// The agent cannot watch the pull paths (no inotify here, or nothing to watch): pull on a timer instead.
+    case cannotWatch = 1
+    /// A frame broke the protocol.
+    case protocolViolation = 2
+}
 
 /// What a session is for.
 public enum SessionRole: UInt8, Sendable {
@@ -323,8 +332,9 @@ public enum Message: Equatable, Sendable {
     case streamsOpen(count: UInt8)
     case streamsReady(address: String, token: [UInt8])
     case join(token: [UInt8])
-    /// A fatal error; the sender closes after it.
-    case error(message: String)
+    /// A fatal error, and why (a reason the other side decides by; the message is for a person); the sender
+    /// closes after it.
+    case error(message: String, reason: ErrorReason)
     /// Sent by either side when it has sent nothing for a while (see `Hello.timeoutSeconds`): proof that it and
     /// the link are alive. Readers skip it (`FrameReader` never returns it).
     case heartbeat

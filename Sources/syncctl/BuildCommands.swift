@@ -1,6 +1,9 @@
 import ArgumentParser
 import Chunking
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import SyncConfig
 import SSHTransport

@@ -1,5 +1,8 @@
 import ArgumentParser
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import SyncSystem
 

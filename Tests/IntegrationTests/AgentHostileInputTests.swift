@@ -62,7 +62,7 @@ struct AgentHostileInputTests {
         }
         // What the agent said: its stderr, and the error it sent its client (which it prints only when it could
         // not send it: the client shows it, once).
-        let told = replies.compactMap { m -> String? in if case .error(let text) = m { return text }; return nil }
+        let told = replies.compactMap { m -> String? in if case .error(let text, _) = m { return text }; return nil }
         return (r.status, ([r.stderr] + told).joined(separator: "\n"), replies)
     }
 
@@ -318,7 +318,7 @@ struct AgentHostileInputTests {
             reply = try reader.next()
             if case .error = reply { break }
         }
-        guard case .error(let message)? = reply else { throw FixtureError("no error for a bad frame on a joined stream: \(String(describing: reply))") }
+        guard case .error(let message, _)? = reply else { throw FixtureError("no error for a bad frame on a joined stream: \(String(describing: reply))") }
         #expect(message.contains("only chunk data"), "\(message)")
         #expect(main.finish() != nil)
         // No join attempt reached the tree outside the project.

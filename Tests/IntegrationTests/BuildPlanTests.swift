@@ -1,4 +1,7 @@
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import SyncSystem
 import Testing

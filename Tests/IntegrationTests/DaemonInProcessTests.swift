@@ -1,5 +1,8 @@
 import Daemon
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import Testing
 

@@ -1,5 +1,8 @@
 import Chunking
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import SyncSystem
 import Testing

@@ -131,7 +131,7 @@ struct HostileAgentTests {
                                 mtimeNanos: 0, size: UInt64(count), chunkCount: UInt32(count))
         try FakeAgent.install(f, frames: [FakeAgent.welcome(f), .remoteEntry(entry)]
                                   + Array(repeating: Message.chunkList(op: 1, chunks: part), count: frames)
-                                  + [.error(message: "the fake agent ends here")])
+                                  + [.error(message: "the fake agent ends here", reason: .other)])
         let started = Date()
         let r = try run(binDirectory() + "/syncctl", ["pull", f.project], env: ["XDG_STATE_HOME": f.state], timeout: 300)
         #expect(r.stderr.contains("the fake agent ends here"), "\(r.stderr)")
@@ -203,7 +203,7 @@ struct RemoteTextTests {
     @Test func anAgentsSkipReasonAndErrorAreEscaped() throws {
         let f = try SyncFixture()
         try FakeAgent.install(f, frames: [FakeAgent.welcome(f), .skipped(path: Array("output/x".utf8), reason: Self.hostile),
-                                          .error(message: Self.hostile)])
+                                          .error(message: Self.hostile, reason: .other)])
         let r = try run(binDirectory() + "/syncctl", ["pull", f.project], env: ["XDG_STATE_HOME": f.state], timeout: 60)
         #expect(r.status != 0)
         #expect(!r.stderr.contains("\u{1B}") && !r.stderr.contains("\r") && !r.stderr.contains("\u{07}"), "raw control characters reached the terminal")

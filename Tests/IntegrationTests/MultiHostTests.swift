@@ -1,6 +1,6 @@
 import Foundation
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import StoreClient
 import Testing
 

@@ -1,6 +1,6 @@
 import Foundation
 import HTTP
-import ObjectStore
+import S3
 import Testing
 
 let seaweedAvailable = weedBinary != nil && FileManager.default.isExecutableFile(atPath: "/usr/bin/curl")

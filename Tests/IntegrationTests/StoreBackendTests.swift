@@ -1,7 +1,7 @@
 import Chunking
 import Foundation
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import StoreClient
 import SyncSystem
 import Testing

@@ -1,9 +1,12 @@
 import Chunking
-import Engine
+import Builds
+import Client
+import Control
+import Fleet
 import Foundation
 import LocalState
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import StoreClient
 import SyncSystem
 import Testing

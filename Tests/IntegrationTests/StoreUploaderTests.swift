@@ -1,8 +1,8 @@
 import Chunking
 import Foundation
 import LocalState
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import StoreClient
 import SyncSystem
 import Testing

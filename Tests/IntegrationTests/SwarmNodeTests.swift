@@ -1,4 +1,6 @@
-@testable import Engine
+@testable import Client
+@testable import Fleet
+@testable import Control
 import SyncConfig
 import Testing
 

@@ -1,6 +1,6 @@
 import Chunking
 import Foundation
-import Store
+import SnapshotFormat
 import SyncConfig
 import Testing
 

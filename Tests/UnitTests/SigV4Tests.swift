@@ -1,5 +1,5 @@
 import Foundation
-import ObjectStore
+import S3
 import Testing
 
 /// AWS's published Signature Version 4 test suite (SigV4Vectors/, one directory per case: the request `.req`, and

@@ -40,7 +40,7 @@ struct WireTests {
             return h
         }()),
         .hello(Hello(role: .pull, project: "p", remoteRoot: "", pullPaths: [], chunking: .default, compress: false)),
-        .error(message: "boom"),
+        .error(message: "boom", reason: .cannotWatch),
         .storePacks(store: "s3://b/p", signingRegion: "", packs: [StorePack(digest: ChunkID(low: 7, high: 8), url: "http://h/b/p?X-Amz-Signature=1")]),
         .storePacks(store: "s3://b/p", signingRegion: "eu-west-1", packs: [StorePack(digest: ChunkID(low: 9, high: 1), url: "http://h/b/p/packs/x")]),
         .storeChunks([StoreChunk(id: ChunkID(low: 2, high: 3), pack: 1, offset: 99, storedLength: 10, rawLength: 20, compressed: true)]),

@@ -118,7 +118,7 @@ row("frame decode (need, 4 indices)", decodeRate * 1e9 / 1e6, unit: "M frames/s"
 // The stat cache as a push uses it: load every record once, then one lookup and freshness check per entry.
 let cachePath = NSTemporaryDirectory() + "syncd-bench-state-\(getpid()).sqlite"
 defer { for suffix in ["", "-wal", "-shm"] { unlink(cachePath + suffix) } }
-let store = try StateStore(path: cachePath)
+let store = try LocalDatabase(path: cachePath)
 let cachedCount = 100_000
 let now = wallClockNanos()
 var records: [CachedFile] = []

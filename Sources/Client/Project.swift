@@ -60,7 +60,7 @@ public final class Project: Sendable {
     public let pullRules: IgnoreRules
     public let pullPaths: [RelativePath]
     public let chunking: ChunkParameters
-    let options: SyncOptions
+    package let options: SyncOptions
 
     /// The project `directory` belongs to: the nearest directory at or above it holding a `syncd.yaml`, as git
     /// finds its repository from any subdirectory; nil when there is none up to the root.
@@ -200,17 +200,17 @@ public final class Project: Sendable {
     }
 
     /// This machine's syncd state: `--state-dir`, else `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`.
-    var stateBase: String {
+    package var stateBase: String {
         options.stateDirectory ?? ProcessInfo.processInfo.environment["XDG_STATE_HOME"].map { $0 + "/syncd" }
             ?? (NSHomeDirectory() + "/.local/state/syncd")
     }
 
     /// The local state database for this project and remote.
-    func openState() throws -> StateStore {
+    package func openState() throws -> LocalDatabase {
         let base = stateBase
         let key = ChunkID(hashing: Array("\(directory)\n\(config.remote)\n\(config.remoteRoot ?? "")\n\(config.name)".utf8))
         let path = "\(base)/projects/\(config.name)-\(key.hex.prefix(16)).sqlite"
-        do { return try StateStore(path: path) } catch {
+        do { return try LocalDatabase(path: path) } catch {
             throw SyncError("cannot open local state \(path): \(error)")
         }
     }
@@ -233,7 +233,7 @@ public final class Project: Sendable {
     /// `greeting` (given the link's round-trip time) is written by transports that can send it before the agent
     /// answers (see `clientGreeting`).
     /// The SSH settings for `destination` from the ssh_config in effect.
-    func sshSettings(_ destination: String) throws -> SSHHostSettings {
+    package func sshSettings(_ destination: String) throws -> SSHHostSettings {
         let home = NSHomeDirectory()
         let configPath = expandTilde(options.sshConfig ?? config.sshConfig ?? "~/.ssh/config", home: home)
         do {
@@ -392,7 +392,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             lock.unlock()
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
-        if case .error(let message) = welcome { throw AgentSaid(message: displayText(message), atStart: true) }
+        if case .error(let message, let reason) = welcome { throw AgentSaid(message: displayText(message), reason: reason, atStart: true) }
         guard case .welcome(_, let directory, let instance, let created) = welcome else {
             throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)")
         }
@@ -453,7 +453,7 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
             switch message {
             case .remoteChanged(let paths): changed(paths.compactMap { try? RelativePath(bytes: $0) })
             case .watchEnded: return
-            case .error(let text): throw AgentSaid(message: displayText(text))
+            case .error(let text, let reason): throw AgentSaid(message: displayText(text), reason: reason)
             default: throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during a watch")
             }
         }
@@ -553,12 +553,24 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
 /// not mend what it reports by itself (a remote root that is a file, a permission): the message says so.
 public struct AgentSaid: Error, CustomStringConvertible {
     public let message: String
+    /// Why, as the agent gave it: what the client decides by.
+    public let reason: ErrorReason
     /// Said instead of a welcome: the agent could not open the project (its remote root, its name, its
     /// directory), which a retry does not mend.
     public var atStart = false
-    public init(message: String, atStart: Bool = false) {
+    public init(message: String, reason: ErrorReason = .other, atStart: Bool = false) {
         self.message = message
+        self.reason = reason
         self.atStart = atStart
     }
     public var description: String { "agent: \(message)" }
+}
+
+extension Project {
+    /// The id of the snapshot the last push through the store made (what `exec` and `compose` export as
+    /// `SYNCD_SNAPSHOT`); nil without a store.
+    public func lastSnapshot() -> String? {
+        guard config.store != nil else { return nil }
+        return try? openState().value("last_snapshot")
+    }
 }

@@ -1,3 +1,5 @@
+import Builds
+import Client
 import Foundation
 import SSHTransport
 import SyncConfig

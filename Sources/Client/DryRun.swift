@@ -71,13 +71,13 @@ extension PushSession {
     public func dryRun() throws -> PushPlan {
         let state = try project.openState()
         let pushed = try state.load(.pushed)
-        var scan = try Snapshotter(project: project, state: state).scan(roots: nil)
+        var scan = try LocalScanner(project: project, state: state).scan(roots: nil)
         var plan = PushPlan(remote: project.config.remote.description)
         plan.warnings = scan.warnings.map(\.description)
         let chunker = FileChunker(project.chunking)
         for i in scan.entries.indices where scan.entries[i].stat.kind == .regular && scan.entries[i].content == nil {
             plan.filesRead += 1
-            switch Snapshotter.hash(scan.entries[i], in: project, with: chunker) {
+            switch LocalScanner.hash(scan.entries[i], in: project, with: chunker) {
             case .success(let file): scan.entries[i].content = ChunkedContent(chunks: file.chunks, digest: file.digest, size: file.stat.size)
             case .failure(let warning): plan.warnings.append(warning.description)
             }

@@ -1,9 +1,10 @@
+import Client
 import Chunking
 import Foundation
 import LocalState
-import ObjectStore
+import S3
 import Placement
-import Store
+import SnapshotFormat
 import StoreClient
 import SyncConfig
 import SyncSystem
@@ -52,13 +53,6 @@ extension Project {
         } catch let e as S3Error {
             throw SyncError("store \(store.client.location): \(e)")
         }
-    }
-
-    /// The id of the snapshot the last push through the store made (what `exec` and `compose` export as
-    /// `SYNCD_SNAPSHOT`); nil without a store.
-    public func lastSnapshot() -> String? {
-        guard config.store != nil else { return nil }
-        return try? openState().value("last_snapshot")
     }
 
     /// Snapshot `id` (a unique prefix of its id, or its ref's name), its manifest, and where the store holds each
@@ -249,7 +243,7 @@ extension Project {
     public func repairStore(readData: Bool) throws -> StoreRepairReport {
         let (store, uploader) = try openStore()
         let first = try forFirstHost()
-        let scan = try Snapshotter(project: first, state: try first.openState()).run(roots: nil)
+        let scan = try LocalScanner(project: first, state: try first.openState()).run(roots: nil)
         let files = scan.entries.compactMap { e in e.content.map { UploadFile(path: e.path, chunks: $0.chunks) } }
         return try storeWork(store) { try uploader.repair(files: files, from: tree, readData: readData) }
     }

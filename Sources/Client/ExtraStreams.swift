@@ -127,7 +127,7 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
 
     /// Closes every stream once the push is answered (the agent has read all they carried); streams still
     /// connecting close as soon as they are made. Returns why streams could not be opened, if any could not.
-    func finish() -> [String] {
+    package func finish() -> [String] {
         lock.lock()
         closed = true
         let streams = joined

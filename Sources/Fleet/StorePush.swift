@@ -1,54 +1,15 @@
+import Client
 import Chunking
 import Foundation
 import LocalState
-import ObjectStore
-import Store
+import S3
+import SnapshotFormat
 import StoreClient
 import SyncConfig
 import SyncRules
 import SyncSystem
 import Wire
 
-/// One host's part of a push through a store.
-public struct HostResult: Codable, Sendable {
-    public var host: String
-    /// The push reached the host and did all it could (conflicts aside).
-    public var ok: Bool
-    public var error: String?
-    public var filesChanged = 0
-    public var filesDeleted = 0
-    public var chunksSent = 0
-    public var bytesSent: UInt64 = 0
-    public var bytesReceived: UInt64 = 0
-    public var conflicts: [SyncConflict] = []
-    public var errors: [String] = []
-
-    init(host: String, ok: Bool, error: String? = nil) {
-        self.host = host
-        self.ok = ok
-        self.error = error
-    }
-
-    /// What a host's push did.
-    init(host: String, stats s: SyncStats) {
-        self.init(host: host, ok: s.errors.isEmpty)
-        filesChanged = s.filesChanged
-        filesDeleted = s.filesDeleted
-        chunksSent = s.chunksSent
-        bytesSent = s.bytesSent
-        bytesReceived = s.bytesReceived
-        conflicts = s.conflictList
-        var grouped = s
-        grouped.groupFailures()
-        errors = grouped.errors
-    }
-
-    enum CodingKeys: String, CodingKey {
-        case host, ok, error, errors, conflicts
-        case filesChanged = "files_changed", filesDeleted = "files_deleted", chunksSent = "chunks_sent"
-        case bytesSent = "bytes_sent", bytesReceived = "bytes_received"
-    }
-}
 
 extension Project {
     /// The store's location, from `store:`, `endpoint:` (else `AWS_ENDPOINT_URL`) and `region:` (else
@@ -105,11 +66,11 @@ public final class StorePush {
         // 1. The project, read and hashed once (the first host's stat cache).
         let first = try project.forHost(hosts[0])
         let firstState = try first.openState()
-        let snapshot = try Snapshotter(project: first, state: firstState).run(roots: nil)
-        Trace.mark("store push: scanned and hashed \(snapshot.entries.count) entries")
+        let scan = try LocalScanner(project: first, state: firstState).run(roots: nil)
+        Trace.mark("store push: scanned and hashed \(scan.entries.count) entries")
         var files: [UploadFile] = []
         var entries: [ManifestEntry] = []
-        for e in snapshot.entries {
+        for e in scan.entries {
             switch e.stat.kind {
             case .directory:
                 entries.append(ManifestEntry(path: e.path, kind: .directory, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos, size: 0))
@@ -175,7 +136,7 @@ public final class StorePush {
         let project = self.project
         var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { i, host in
             let session = PushSession(project: i == 0 ? first : try project.forHost(host))
-            session.fixedTree = snapshot.entries
+            session.fixedTree = scan.entries
             session.onConnected = arrivals[i].run
             return session
         }
@@ -200,8 +161,8 @@ public final class StorePush {
         try? firstState.setValue(ref.id, for: "last_snapshot")
         stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         stats.snapshot = ref.id
-        stats.filesScanned = snapshot.entries.count
-        stats.warnings = snapshot.warnings.map(\.description) + stats.warnings
+        stats.filesScanned = scan.entries.count
+        stats.warnings = scan.warnings.map(\.description) + stats.warnings
             + broken.map { "\($0); passed over, its chunks uploaded again where this push needs them (`syncctl store repair` sets it aside)" }
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
@@ -375,7 +336,7 @@ private final class Once: @unchecked Sendable {
     private let lock = NSLock()
     private var action: (() -> Void)?
     init(_ action: @escaping () -> Void) { self.action = action }
-    func run() {
+    package func run() {
         lock.lock()
         let todo = action
         action = nil

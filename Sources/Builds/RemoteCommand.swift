@@ -1,3 +1,4 @@
+import Client
 import Foundation
 import SSHTransport
 import SyncConfig
@@ -77,14 +78,6 @@ public enum RemoteCommand {
         }
         return waitForExit(pid)
     }
-}
-
-/// `text` as one POSIX shell word.
-public func shellQuote(_ text: String) -> String {
-    if !text.isEmpty && text.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=:@,+%".contains($0) }) && text.unicodeScalars.allSatisfy(\.isASCII) {
-        return text
-    }
-    return "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }
 
 extension Project {

@@ -16,6 +16,14 @@ public struct KeptCopy: Codable, Sendable, Equatable {
 /// The stamp in this session's conflict copy names: the laptop's local time, `YYYYMMDD-HHMMSS`.
 func conflictStamp() -> String { formatTime(wallClockNanos(), compact: true) }
 
+/// `text` as one POSIX shell word.
+public func shellQuote(_ text: String) -> String {
+    if !text.isEmpty && text.allSatisfy({ $0.isLetter || $0.isNumber || "-_./=:@,+%".contains($0) }) && text.unicodeScalars.allSatisfy(\.isASCII) {
+        return text
+    }
+    return "'" + text.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
 /// A path as a shell word, for commands suggested in messages.
 func shellQuoted(_ path: RelativePath) -> String {
     if let text = String(validating: path.bytes, as: UTF8.self), !text.contains("\n") { return shellQuote(text) }
@@ -181,7 +189,7 @@ extension SyncStats {
     /// Adds what a second session of the same command did (`push --force` resolving pull conflicts too).
     /// Starts every line meant for a person (conflicts, errors, warnings, skipped paths) with `host`, for a
     /// summary of several hosts.
-    mutating func attribute(to host: String) {
+    package mutating func attribute(to host: String) {
         for i in conflictList.indices where conflictList[i].host == nil { conflictList[i].host = host }
         for keyPath in [\SyncStats.errors, \.warnings, \.skipped] {
             self[keyPath: keyPath] = self[keyPath: keyPath].map { "\(host): \($0)" }

@@ -56,7 +56,7 @@ public struct SyncStats: Codable, Sendable {
     /// Each path a push changed, as `push --itemize` lists it (rsync's codes; see `PushPlan.Change`).
     public var itemized: [String] = []
     /// Chunks a host found damaged in the store, by pack (a push through the store mends those packs).
-    public internal(set) var storeDamaged: [ChunkID: [ChunkID]] = [:]
+    public package(set) var storeDamaged: [ChunkID: [ChunkID]] = [:]
     /// The project's absolute directory on the remote, as the agent reported it.
     public var remoteDirectory: String?
 
@@ -307,7 +307,7 @@ final class ProgressReporter {
         }
     }
 
-    func finish() {
+    package func finish() {
         InFlight.clear()
         if let observer { observer(SyncProgress(bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: nil)) }
         guard draw, drawn else { return }
@@ -334,5 +334,46 @@ public enum InFlight {
         }
         return "\(label) interrupted: \(amount) sent; the files placed on the remote are whole, no file there is half-written,"
             + " and the next push resumes (the chunks the remote holds are not sent again)"
+    }
+}
+
+/// One host's part of a push or pull to several.
+public struct HostResult: Codable, Sendable {
+    public var host: String
+    /// The push reached the host and did all it could (conflicts aside).
+    public var ok: Bool
+    public var error: String?
+    public var filesChanged = 0
+    public var filesDeleted = 0
+    public var chunksSent = 0
+    public var bytesSent: UInt64 = 0
+    public var bytesReceived: UInt64 = 0
+    public var conflicts: [SyncConflict] = []
+    public var errors: [String] = []
+
+    package init(host: String, ok: Bool, error: String? = nil) {
+        self.host = host
+        self.ok = ok
+        self.error = error
+    }
+
+    /// What a host's push did.
+    package init(host: String, stats s: SyncStats) {
+        self.init(host: host, ok: s.errors.isEmpty)
+        filesChanged = s.filesChanged
+        filesDeleted = s.filesDeleted
+        chunksSent = s.chunksSent
+        bytesSent = s.bytesSent
+        bytesReceived = s.bytesReceived
+        conflicts = s.conflictList
+        var grouped = s
+        grouped.groupFailures()
+        errors = grouped.errors
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case host, ok, error, errors, conflicts
+        case filesChanged = "files_changed", filesDeleted = "files_deleted", chunksSent = "chunks_sent"
+        case bytesSent = "bytes_sent", bytesReceived = "bytes_received"
     }
 }

@@ -39,9 +39,9 @@ func openDatabase(_ path: String) throws -> DatabaseQueue {
     return try DatabaseQueue(path: path, configuration: config)
 }
 
-/// Local persistent state of one project and remote, in SQLite: the stat cache, the last pushed snapshot
-/// and the last pulled snapshot.
-public final class StateStore {
+/// Local persistent state of one project and remote, in SQLite: the stat cache, the record of what the last pushes
+/// placed on the remote and of what the last pulls took from it, and the conflicts left.
+public final class LocalDatabase {
     let db: DatabaseQueue
     public let path: String
 
@@ -118,7 +118,7 @@ public final class StateStore {
         try db.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'remote_instance'") }
     }
 
-    /// Records the remote's instance id. When it differs from the one recorded, the pushed and pulled snapshots
+    /// Records the remote's instance id. When it differs from the one recorded, the pushed and pulled records
     /// describe a remote that is gone and are dropped in the same transaction; returns true then.
     @discardableResult
     public func adoptRemoteInstance(_ instance: String) throws -> Bool {
@@ -193,30 +193,30 @@ public final class StateStore {
         }
     }
 
-    // MARK: snapshots
+    // MARK: records
 
-    /// Which snapshot: what was pushed, or what was pulled.
-    public enum Snapshot: String { case pushed, pulled }
+    /// Which record: what was pushed, or what was pulled (the tables keep their names).
+    public enum Record: String { case pushed, pulled }
 
-    public func load(_ snapshot: Snapshot) throws -> [RelativePath: SyncedEntry] {
+    public func load(_ record: Record) throws -> [RelativePath: SyncedEntry] {
         try db.read { db in
             var out: [RelativePath: SyncedEntry] = [:]
-            let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue)")
+            let rows = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(record.rawValue)")
             while let row = try rows.next() { Self.addEntry(row, to: &out) }
             return out
         }
     }
 
-    /// The snapshot's entries at `paths`, and every entry below each of `subtrees`.
-    public func load(_ snapshot: Snapshot, paths: [RelativePath], subtrees: [RelativePath]) throws -> [RelativePath: SyncedEntry] {
+    /// The record's entries at `paths`, and every entry below each of `subtrees`.
+    public func load(_ record: Record, paths: [RelativePath], subtrees: [RelativePath]) throws -> [RelativePath: SyncedEntry] {
         try db.read { db in
             var out: [RelativePath: SyncedEntry] = [:]
-            let one = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path = ?")
+            let one = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(record.rawValue) WHERE path = ?")
             for path in paths {
                 if let row = try Row.fetchOne(one, arguments: [Data(path.bytes)]) { Self.addEntry(row, to: &out) }
             }
             // Below "a/b": every path from "a/b/" up to, not including, "a/b0" ('0' follows '/'; BLOBs compare bytewise).
-            let below = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(snapshot.rawValue) WHERE path >= ? AND path < ?")
+            let below = try db.makeStatement(sql: "SELECT \(Self.entryColumns) FROM \(record.rawValue) WHERE path >= ? AND path < ?")
             for root in subtrees {
                 let rows = try Row.fetchCursor(below, arguments: [Data(root.bytes + [UInt8(ascii: "/")]), Data(root.bytes + [UInt8(ascii: "0")])])
                 while let row = try rows.next() { Self.addEntry(row, to: &out) }
@@ -237,12 +237,12 @@ public final class StateStore {
                                 permissions: UInt32(row[4] as Int64), mtimeNanos: row[5], size: (row[6] as Int64?).map { UInt64($0) })
     }
 
-    /// Applies changes to a snapshot in one transaction: a nil entry removes the path.
-    public func update(_ snapshot: Snapshot, _ changes: [(RelativePath, SyncedEntry?)]) throws {
+    /// Applies changes to a record in one transaction: a nil entry removes the path.
+    public func update(_ record: Record, _ changes: [(RelativePath, SyncedEntry?)]) throws {
         guard !changes.isEmpty else { return }
         try db.write { db in
-            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(snapshot.rawValue) (path, kind, digest, target, perm, mtime, size) VALUES (?, ?, ?, ?, ?, ?, ?)")
-            let delete = try db.makeStatement(sql: "DELETE FROM \(snapshot.rawValue) WHERE path = ?")
+            let insert = try db.makeStatement(sql: "INSERT OR REPLACE INTO \(record.rawValue) (path, kind, digest, target, perm, mtime, size) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            let delete = try db.makeStatement(sql: "DELETE FROM \(record.rawValue) WHERE path = ?")
             for (path, entry) in changes {
                 if let e = entry {
                     try insert.execute(arguments: [Data(path.bytes), e.kind.rawValue, e.digest.map(Self.encodeID), e.target.map { Data($0) },

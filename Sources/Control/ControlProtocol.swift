@@ -1,3 +1,4 @@
+import Client
 import Foundation
 
 /// A request on the daemon's control socket (see `ControlSocket`): one line of JSON per connection, as in

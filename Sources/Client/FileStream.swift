@@ -62,7 +62,7 @@ final class FileStream: @unchecked Sendable {  // `condition` guards everything
         return true
     }
 
-    func finish(_ end: End) {
+    package func finish(_ end: End) {
         condition.lock()
         self.end = end
         let wake = self.wake
@@ -100,7 +100,7 @@ final class FileStream: @unchecked Sendable {  // `condition` guards everything
     }
 }
 
-extension Snapshotter {
+extension LocalScanner {
     private struct StreamCancelled: Error {}
 
     /// Cuts `entry`'s file (open as `fd`, without holes) into `stream` as it reads it, into buffers of `pool`.

@@ -13,7 +13,7 @@ import Wire
 /// does not hold them all twice.
 final class ContentHasher: @unchecked Sendable {  // `condition` guards results, finished, cancelled, waiting and keptBytes
     private let project: Project
-    private let state: StateStore
+    private let state: LocalDatabase
     private let entries: [(op: Int, entry: LocalEntry)]
     private let condition = NSCondition()
     private var results: [Int: Hashing] = [:]
@@ -50,7 +50,7 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
     }
 
     /// `ops` indices whose file entries have no content yet.
-    init(project: Project, state: StateStore, ops: [PushOperation], streams: ((LocalEntry) -> Bool)? = nil) {
+    init(project: Project, state: LocalDatabase, ops: [PushOperation], streams: ((LocalEntry) -> Bool)? = nil) {
         self.streams = streams
         self.project = project
         self.state = state
@@ -80,7 +80,7 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
                     let stop = cancelled
                     condition.unlock()
                     if stop { stream.cancel() }
-                    let end = Snapshotter.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream)
+                    let end = LocalScanner.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream)
                     if case .whole(let file) = end { unsaved.append(file) }
                     stream.finish(end)
                     condition.lock()
@@ -91,7 +91,7 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
                 condition.lock()
                 let keep = keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0
                 condition.unlock()
-                let result = Snapshotter.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
+                let result = LocalScanner.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
                 if case .success(let hashed) = result { unsaved.append(hashed.file) }
                 condition.lock()
                 results[op] = .done(result)

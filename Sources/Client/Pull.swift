@@ -52,7 +52,7 @@ public final class PullSession {
         private var batch: [(UInt32, [UInt32])] = []
         private var finished = false
 
-        func finish(_ fetches: [(UInt32, [UInt32])]) {
+        package func finish(_ fetches: [(UInt32, [UInt32])]) {
             lock.lock()
             batch = fetches
             finished = true
@@ -117,19 +117,19 @@ public final class PullSession {
             h.compressAdaptively = project.config.compress == .auto
             return h
         }
-        let state: StateStore
+        let state: LocalDatabase
         var pulled: [RelativePath: SyncedEntry]
         var pushed: [RelativePath: SyncedEntry]
-        let snapshot: Snapshotter.Result
+        let scan: LocalScanner.Result
         do {
             state = try project.openState()
             pulled = try state.load(.pulled)
-            // What this pull brings in is recorded where its owner's side is: the pulled snapshot for pull paths,
+            // What this pull brings in is recorded where its owner's side is: the pulled record for pull paths,
             // the pushed one for the local-owned paths a resolve brings from the remote.
             pushed = try resolving.map { try state.load(.pushed, paths: $0, subtrees: $0) } ?? [:]
             // With a host folder too, every pull path is looked at: what other hosts' pulls brought is where this
             // one finds the chunks it need not fetch (the same checkpoint from every rank).
-            snapshot = try Snapshotter(project: project, state: state).run(roots: resolving ?? project.pullPaths)
+            scan = try LocalScanner(project: project, state: state).run(roots: resolving ?? project.pullPaths)
         } catch {
             connecting.cancel()
             throw error
@@ -141,11 +141,11 @@ public final class PullSession {
         }
         buildSession.findDeadSessions()
         var local: [RelativePath: LocalEntry] = [:]
-        for e in snapshot.entries { local[e.path] = e }
-        let store = ChunkStore(tree: project.tree)
-        for file in snapshot.cache.values { store.add(path: file.path, chunks: file.chunks) }
+        for e in scan.entries { local[e.path] = e }
+        let held = HeldChunks(tree: project.tree)
+        for file in scan.cache.values { held.add(path: file.path, chunks: file.chunks) }
 
-        Trace.mark("pull: local snapshot of \(snapshot.entries.count) entries")
+        Trace.mark("pull: local scan of \(scan.entries.count) entries")
         let link = try connecting.wait()
         Trace.mark("pull: connected")
         let reader = link.reader
@@ -234,8 +234,8 @@ public final class PullSession {
                     if kind == .beingWritten { stats.skippedBeingWritten += 1 }
                 case .listEnd:
                     break listing
-                case .error(let m):
-                    throw AgentSaid(message: displayText(m))
+                case .error(let m, let reason):
+                    throw AgentSaid(message: displayText(m), reason: reason)
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the listing")
                 }
@@ -303,7 +303,7 @@ public final class PullSession {
                         building.append((op, assembly, offer, now?.stat))
                         // Closed until its chunks come: a pull of thousands of files holds no descriptor for each.
                         assembly.suspend()
-                        let lacking = assembly.missingIndices.filter { !store.contains(assembly.chunks[Int($0)].id) }
+                        let lacking = assembly.missingIndices.filter { !held.contains(assembly.chunks[Int($0)].id) }
                         if !lacking.isEmpty { fetches.append((op, lacking)) }
                     case .absent:
                         continue
@@ -368,7 +368,7 @@ public final class PullSession {
                 let asked = Dictionary(fetches.map { f in (f.0, Set(f.1.map { chunksOf[f.0]![Int($0)].id })) }, uniquingKeysWith: { a, _ in a })
                 for (op, assembly, offer, expected) in building {
                     do {
-                        try assembly.fill(from: store)
+                        try assembly.fill(from: held)
                         if assembly.isComplete {
                             try seal(op, assembly, offer, expected: expected)
                             try settle(durability.take())
@@ -465,8 +465,8 @@ public final class PullSession {
                                                    merger.read(FrameReader(connection.stream), source: n, handshake: true)
                                                }, settled: { merger.wake() })
                     }
-                case .error(let m):
-                    throw AgentSaid(message: displayText(m))
+                case .error(let m, let reason):
+                    throw AgentSaid(message: displayText(m), reason: reason)
                 default:
                     throw ProtocolError("unexpected frame type 0x\(String(message.encode().type, radix: 16)) during the pull")
                 }
@@ -601,40 +601,5 @@ public final class PullSession {
     private func placeSymlink(_ path: RelativePath, target: [UInt8]) throws {
         guard let parent = try project.tree.openParent(path, create: true) else { return }
         try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description)
-    }
-}
-
-extension Project {
-    /// A pull as `pull_from:` says. `first`: from the first host, into the pull paths (over `link` when given).
-    /// `all`: from every host in turn, each into `<pull path>/<host>/`, so a host's outputs never overwrite
-    /// another's. In turn, not at once: the bytes cross this machine's one link either way, and a file that a
-    /// host holds like one pulled before (a checkpoint every rank wrote) is built from the chunks here and not
-    /// fetched again. A host that cannot be reached is reported and the others go on.
-    public func pullFromHosts(force: Bool = false, link: AgentLink? = nil) throws -> SyncStats {
-        guard config.pullFrom == .all else {
-            let session = PullSession(project: self, link: link)
-            session.force = force
-            return try session.run()
-        }
-        let started = monotonicNanos()
-        var stats = SyncStats(direction: "pull")
-        var results: [HostResult] = []
-        for (i, host) in try hostList().enumerated() {
-            do {
-                let session = PullSession(project: try forHost(host), link: i == 0 ? link : nil)
-                session.force = force
-                session.hostFolder = ProjectConfig.folderName(for: host)
-                var s = try session.run()
-                results.append(HostResult(host: host.description, stats: s))
-                s.attribute(to: host.description)
-                stats.absorb(s)
-            } catch {
-                results.append(HostResult(host: host.description, ok: false, error: "\(error)"))
-                stats.errors.append("\(host): \(error); the next pull tries it again")
-            }
-        }
-        stats.hosts = results
-        stats.durationMs = (monotonicNanos() - started) / 1_000_000
-        return stats
     }
 }

@@ -16,7 +16,7 @@ public struct ChunkLocation: Sendable, Equatable {
 
 /// The chunks one side already holds in the files of its tree. Reads are verified: a file that changed
 /// since it was indexed yields nil for the chunks it no longer holds, never wrong bytes.
-public final class ChunkStore {
+public final class HeldChunks {
     public let tree: Tree
     private var locations: [ChunkID: ChunkLocation] = [:]
     private var openFile: (path: RelativePath, fd: FileDescriptor)?

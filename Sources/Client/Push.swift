@@ -29,14 +29,14 @@ public final class PushSession {
     /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
     public var storeSource: StoreSource?
     /// Instead of `storeSource`: places that grow while the push runs (the packs of an upload still going on).
-    var storeFeed: StoreFeed?
+    package var storeFeed: StoreFeed?
     /// Called once the agent is connected (the hello sent), before any operation.
-    var onConnected: (() -> Void)?
+    package var onConnected: (() -> Void)?
     /// The tree to push instead of scanning: the local one as a scan just found it (a push through the store to
     /// several hosts scans once), or with `restoring` a snapshot's entries, every chunk in `storeSource`; then no
     /// local file is read, and every entry is compared on the remote.
-    var fixedTree: [LocalEntry]?
-    var restoring = false
+    package var fixedTree: [LocalEntry]?
+    package var restoring = false
 
     /// With `link`, the push runs over that persistent connection (the daemon's); without, it makes its own.
     /// With `changedPaths` (what a watcher reported), only those paths are looked at, and what was below those
@@ -84,7 +84,7 @@ public final class PushSession {
     /// diagnostics.
     public func plannedOrder() throws -> [String] {
         let state = try project.openState()
-        let scan = try Snapshotter(project: project, state: state).scan(roots: nil)
+        let scan = try LocalScanner(project: project, state: state).scan(roots: nil)
         var ops = planPush(local: scan.entries, pushed: try state.load(.pushed), isLeftAlone: isLeftAlone)
         if !firstPaths.isEmpty { ops = Self.sendingFirst(firstPaths, in: ops) }
         return ops.map { if case .directory = $0 { return $0.path.description + "/" } else { return $0.path.description } }
@@ -92,8 +92,8 @@ public final class PushSession {
 
     /// The operations of `resolve --keep local`: each path as it is here now (a delete where it is gone), its
     /// base what the last sync recorded (the pulled snapshot for a pull path).
-    private func resolveOperations(_ paths: [RelativePath], state: StateStore) throws -> (ops: [PushOperation], scan: Snapshotter.Scan) {
-        let scan = try Snapshotter(project: project, state: state).scan(resolving: paths)
+    private func resolveOperations(_ paths: [RelativePath], state: LocalDatabase) throws -> (ops: [PushOperation], scan: LocalScanner.Scan) {
+        let scan = try LocalScanner(project: project, state: state).scan(resolving: paths)
         let pushed = try state.load(.pushed, paths: paths, subtrees: [])
         let pulled = try state.load(.pulled, paths: paths, subtrees: [])
         var ops: [PushOperation] = []
@@ -122,7 +122,7 @@ public final class PushSession {
         // refuses them all if its instance is not the one expected (a wiped or replaced remote).
         let waiting = HelloInWaiting()
         let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait() } : nil
-        let state: StateStore
+        let state: LocalDatabase
         var greeting: Hello
         do {
             state = try project.openState()
@@ -141,12 +141,12 @@ public final class PushSession {
         Trace.mark("push: state opened")
         let connecting = fresh ?? PendingConnection(project: project, link: link) { _ in hello }
         var pushed: [RelativePath: SyncedEntry] = [:]
-        var knownScan: Snapshotter.Scan?
+        var knownScan: LocalScanner.Scan?
         var resolveOps: [PushOperation]?
         do {
             if let fixedTree {
                 pushed = try state.load(.pushed)
-                knownScan = Snapshotter.Scan(entries: fixedTree, warnings: [], cache: [:])
+                knownScan = LocalScanner.Scan(entries: fixedTree, warnings: [], cache: [:])
             } else if let resolving {
                 let (ops, scan) = try resolveOperations(resolving, state: state)
                 pushed = try state.load(.pushed, paths: resolving, subtrees: [])
@@ -154,7 +154,7 @@ public final class PushSession {
                 knownScan = scan
             } else if let only {
                 let paths = only.sorted()
-                let scan = try Snapshotter(project: project, state: state).scan(only: paths)
+                let scan = try LocalScanner(project: project, state: state).scan(only: paths)
                 let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
                 // What was below a path that is no longer a directory is gone too.
                 pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
@@ -168,10 +168,10 @@ public final class PushSession {
             connecting.cancel()
             throw error
         }
-        let scan: Snapshotter.Scan
+        let scan: LocalScanner.Scan
         var planned: [PushOperation]
         do {
-            scan = try knownScan ?? Snapshotter(project: project, state: state).scan(roots: nil)
+            scan = try knownScan ?? LocalScanner(project: project, state: state).scan(roots: nil)
             Trace.mark("push: scanned \(scan.entries.count) entries")
             planned = resolveOps ?? planPush(local: scan.entries, pushed: pushed, everything: restoring, isLeftAlone: isLeftAlone)
         } catch {
@@ -283,7 +283,7 @@ public final class PushSession {
 
     /// Counts what the agent did into `stats`, and records it: the pushed (and, for pull paths a resolve sent,
     /// the pulled) snapshot, and the conflicts found and cleared.
-    private func record(_ outcome: PipelineOutcome, pushed: [RelativePath: SyncedEntry], state: StateStore,
+    private func record(_ outcome: PipelineOutcome, pushed: [RelativePath: SyncedEntry], state: LocalDatabase,
                         into stats: inout SyncStats, allOf: ConflictRecord.Found?) throws {
         let ops = outcome.ops
         var changes: [(RelativePath, SyncedEntry?)] = []

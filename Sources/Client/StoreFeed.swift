@@ -1,13 +1,13 @@
 import Chunking
 import Foundation
-import Store
+import SnapshotFormat
 import Wire
 
 /// Where the chunks of a push lie in the store, as the pushes to the hosts learn it: what the store held when the
 /// push began, then each pack as its upload completes. A host's push sends a file once every chunk of it has a
 /// place (or the upload is over), so the hosts read from the store while this machine is still uploading to it,
 /// instead of after.
-final class StoreFeed: @unchecked Sendable {
+package final class StoreFeed: @unchecked Sendable {
     let name: String
     let signingRegion: String
     // `condition` guards the fields below.
@@ -18,7 +18,7 @@ final class StoreFeed: @unchecked Sendable {
     private var failure: String?
 
     /// A feed that starts with `source`; `complete` when nothing more will come (a restore, a test).
-    init(_ source: StoreSource, complete: Bool = false) {
+    package init(_ source: StoreSource, complete: Bool = false) {
         name = source.name
         signingRegion = source.signingRegion
         packs = source.packs
@@ -27,7 +27,7 @@ final class StoreFeed: @unchecked Sendable {
     }
 
     /// A pack whose upload completed, with its chunks.
-    func add(_ pack: StorePack, entries: [PackEntry]) {
+    package func add(_ pack: StorePack, entries: [PackEntry]) {
         condition.lock()
         let number = UInt32(packs.count)
         packs.append(pack)
@@ -39,7 +39,7 @@ final class StoreFeed: @unchecked Sendable {
     }
 
     /// Nothing more comes: the upload is over, or failed (`failure` says why).
-    func finish(failure: String? = nil) {
+    package func finish(failure: String? = nil) {
         condition.lock()
         complete = true
         self.failure = failure

@@ -7,13 +7,18 @@ import SyncSystem
 import Wire
 
 /// Scans a project and identifies file contents, reading only files whose stat identity changed.
-struct Snapshotter {
+package struct LocalScanner {
     let project: Project
-    let state: StateStore
+    let state: LocalDatabase
 
-    struct Result {
-        var entries: [LocalEntry]
-        var warnings: [ScanWarning]
+    package init(project: Project, state: LocalDatabase) {
+        self.project = project
+        self.state = state
+    }
+
+    package struct Result {
+        package var entries: [LocalEntry]
+        package var warnings: [ScanWarning]
         var filesRead: Int
         var cache: [RelativePath: CachedFile]
         /// The records this run made (files read).
@@ -22,8 +27,8 @@ struct Snapshotter {
 
     /// A scan whose regular files not known from the stat cache still need hashing (`content` nil).
     struct Scan {
-        var entries: [LocalEntry]
-        var warnings: [ScanWarning]
+        package var entries: [LocalEntry]
+        package var warnings: [ScanWarning]
         var cache: [RelativePath: CachedFile]
     }
 
@@ -83,12 +88,12 @@ struct Snapshotter {
     }
 
     /// Reads and chunks one file; the record for the stat cache, or why the file is skipped this time.
-    static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
+    package static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker) -> Swift.Result<CachedFile, ScanWarning> {
         hash(entry, in: project, with: chunker, keepingUpTo: 0).map(\.file)
     }
 
     /// `hash`, keeping the bytes of a file of at most `keep` bytes as they were read (and found unchanged).
-    static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker,
+    package static func hash(_ entry: LocalEntry, in project: Project, with chunker: FileChunker,
                      keepingUpTo keep: Int) -> Swift.Result<(file: CachedFile, bytes: [UInt8]?), ScanWarning> {
         do {
             let fd = try project.tree.openForReading(entry.path)
@@ -108,7 +113,7 @@ struct Snapshotter {
     }
 
     /// Scan and hash everything now.
-    func run(roots: [RelativePath]?) throws -> Result {
+    package func run(roots: [RelativePath]?) throws -> Result {
         var scan = try scan(roots: roots)
         let chunker = FileChunker(project.chunking)
         var updated: [CachedFile] = []

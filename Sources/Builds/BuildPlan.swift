@@ -1,3 +1,4 @@
+import Client
 import Chunking
 import Dockerfile
 import Foundation
@@ -243,7 +244,7 @@ struct ContextFiles {
                     digest = cached.digest
                 } else {
                     let entry = LocalEntry(path: projectPath, stat: e.stat, content: nil, linkTarget: nil)
-                    switch Snapshotter.hash(entry, in: project, with: chunker) {
+                    switch LocalScanner.hash(entry, in: project, with: chunker) {
                     case .success(let record):
                         digest = record.digest
                         fresh.append(record)

@@ -166,7 +166,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
 
     /// The connection has sent the handshake and hello already; operations follow at once, and the reader thread
     /// checks the agent's handshake and welcome as they arrive.
-    func run() throws -> PipelineOutcome {
+    package func run() throws -> PipelineOutcome {
         do { return try exchange() } catch {
             // A transport error here often follows the agent's own account of what went wrong (it said so and
             // exited), which the reader thread is about to take in: that is the better message.
@@ -316,8 +316,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             case .done?:
                 agentDone = true
                 return
-            case .error(let text)?:
-                if fatal == nil { fatal = AgentSaid(message: displayText(text)) }
+            case .error(let text, let reason)?:
+                if fatal == nil { fatal = AgentSaid(message: displayText(text), reason: reason) }
                 return
             case let other?:
                 if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }
