@@ -39,7 +39,7 @@ extension AgentSession {
         }
         guard let linked = try? Tree.lstat(at: cache, name: name, shown: record.digest.hex), linked.kind == .regular else { return nil }
         let cachedPath = Self.cachePath(record.digest)
-        cacheGrew = true
+        push.cacheGrew = true
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
         held.add(path: cachedPath, chunks: record.chunks)
         return record.digest

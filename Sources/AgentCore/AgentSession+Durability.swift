@@ -16,10 +16,10 @@ extension AgentSession {
         let durability = durability!
         if durability.outstanding == 0 { durability.closeBatch() }
         var fds = [pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
-        if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+        if let fetcher = push.fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
         if poll(&fds, nfds_t(fds.count), 1000) < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent", errno: errno) }
         try handle(durability.take())
-        if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+        if let fetcher = push.fetcher { try receiveFetched(fetcher.takeCompletions()) }
         if durability.outstanding == 0 && !durability.hasOpenBatch { try syncDirectoriesAndAnswer() }
     }
 
@@ -43,7 +43,7 @@ extension AgentSession {
         guard !done.isEmpty, let durability else { return }
         for completion in done {
             let op = completion.op
-            guard let file = sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
+            guard let file = push.sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
             let header = file.header
             if completion.error != 0 {
                 assembly.discard()
@@ -116,17 +116,17 @@ extension AgentSession {
         }
         while true {
             if durability.outstanding == 0 { durability.closeBatch() }
-            let fetching = fetcher.map { $0.outstanding > 0 } ?? false
+            let fetching = push.fetcher.map { $0.outstanding > 0 } ?? false
             if durability.outstanding == 0 && !fetching { return try syncDirectoriesAndAnswer() }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: durability.completionFD, events: Int16(POLLIN), revents: 0)]
-            if let fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
+            if let fetcher = push.fetcher { fds.append(pollfd(fd: fetcher.completionFD, events: Int16(POLLIN), revents: 0)) }
             if let extra { fds.append(pollfd(fd: extra, events: Int16(POLLIN), revents: 0)) }
             let ready = poll(&fds, nfds_t(fds.count), 1000)
             if ready < 0 && errno != EINTR { throw SystemError(call: "poll", path: "agent input", errno: errno) }
             if ready == 0 { try stream.checkProgress() }
             try handle(durability.take())
-            if let fetcher { try receiveFetched(fetcher.takeCompletions()) }
+            if let fetcher = push.fetcher { try receiveFetched(fetcher.takeCompletions()) }
             if fds[0].revents != 0 || (extra != nil && fds.last!.revents != 0) { return }
         }
     }
@@ -138,7 +138,7 @@ extension AgentSession {
     /// one (`joined`). While neither has a frame, it does what `commitWhileIdle` does and sends the answers. Chunk
     /// data on this connection goes to `chunk` straight from the reader's buffer.
     func nextPushMessage(chunk: (ChunkFrame) throws -> Void) throws -> (frame: FrameReader.Frame, joined: Bool) {
-        guard let streams = joinedStreams, let input = stream.readinessFD else { return (try reader.nextFrame(chunk: chunk), false) }
+        guard let streams = push.joinedStreams, let input = stream.readinessFD else { return (try reader.nextFrame(chunk: chunk), false) }
         while true {
             if let message = try streams.take() { return (.message(message), true) }
             if reader.hasBufferedFrame { return (try reader.nextFrame(chunk: chunk), false) }

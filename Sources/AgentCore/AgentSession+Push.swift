@@ -15,7 +15,7 @@ extension AgentSession {
     /// True while a file of the push still waits for frames from the client (its chunk list, data sent unasked,
     /// or chunks asked for).
     func waitsOnClient(_ file: PendingFile) -> Bool {
-        file.path == nil || !file.listEnded || file.assembly == nil || file.asksClient || eagerFrames[file.header.op] != nil
+        file.path == nil || !file.listEnded || file.assembly == nil || file.asksClient || push.eagerFrames[file.header.op] != nil
     }
 
     /// Places the chunks the store answered with. Chunks it could not give intact are asked of the client instead
@@ -23,7 +23,7 @@ extension AgentSession {
     /// that got no usable answer the push stops reading from the store altogether, saying so once.
     func receiveFetched(_ done: [StoreFetcher.Completion]) throws {
         for completion in done {
-            guard let file = pending[completion.op], let assembly = file.assembly else { continue }
+            guard let file = push.pending[completion.op], let assembly = file.assembly else { continue }
             file.fetching -= 1
             do {
                 for piece in completion.chunks {
@@ -31,7 +31,7 @@ extension AgentSession {
                 }
             } catch {
                 assembly.suspend()
-                pending[completion.op] = nil
+                push.pending[completion.op] = nil
                 try reply(completion.op, .failed, "\(error)", .absent)
                 continue
             }
@@ -42,7 +42,7 @@ extension AgentSession {
             }
             if assembly.isComplete {
                 do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
-                    pending[completion.op] = nil
+                    push.pending[completion.op] = nil
                     try reply(completion.op, .failed, "\(error)", .absent)
                 }
             }
@@ -53,7 +53,7 @@ extension AgentSession {
     /// `maxStoreFailures` times, sending the reads not begun yet to the client too.
     private func storeReadFailed(_ failure: StoreError, damaged: Bool, pack: ChunkID?, chunks: [ChunkID]) throws {
         if damaged {
-            let new = chunks.filter { reportedDamage.insert($0).inserted }
+            let new = chunks.filter { push.reportedDamage.insert($0).inserted }
             if !new.isEmpty {
                 try writer.send(.storeTrouble(unreachable: false, pack: pack ?? ChunkID(low: 0, high: 0), damaged: new, reason: "\(failure)"))
             }
@@ -61,15 +61,15 @@ extension AgentSession {
         }
         // Said before the chunks are asked for, so that a client that may not send them (`store_fallback: no`)
         // knows why they are asked.
-        storeFailures += 1
-        guard !storeGivenUp, let fetcher else { return }
-        storeGivenUp = storeFailures >= Self.maxStoreFailures
+        push.storeFailures += 1
+        guard !push.storeGivenUp, let fetcher = push.fetcher else { return }
+        push.storeGivenUp = push.storeFailures >= Self.maxStoreFailures
         try writer.send(.storeTrouble(unreachable: true, pack: ChunkID(low: 0, high: 0), damaged: [], reason:
-            "\(storeFailures) \(storeFailures == 1 ? "read" : "reads") of \(fetcher.store) at \(fetcher.endpoint) failed"
-            + (storeGivenUp ? " and it stopped reading from there" : "") + ", the last: \(failure)"))
-        guard storeGivenUp else { return }
+            "\(push.storeFailures) \(push.storeFailures == 1 ? "read" : "reads") of \(fetcher.store) at \(fetcher.endpoint) failed"
+            + (push.storeGivenUp ? " and it stopped reading from there" : "") + ", the last: \(failure)"))
+        guard push.storeGivenUp else { return }
         for job in fetcher.withdrawQueued() {
-            guard let file = pending[job.op] else { continue }
+            guard let file = push.pending[job.op] else { continue }
             file.fetching -= 1
             file.asksClient = true
             try requestMissing(job.op, job.pieces.map { UInt32($0.index) })
@@ -79,49 +79,42 @@ extension AgentSession {
     static let refusal = "the remote project was wiped or replaced since the last sync; nothing applied"
 
     func servePush() throws {
-        var ended = false
         let durability = durability!
         // What sessions that are gone left may be taken over by this one, file by file; the rest goes at the end.
         building.findDeadSessions()
         state.beginPush()
         tree.cachesDirectories(true)
-        highestBegun = 0
+        // The push's own state (`push`) was made new for it; what holds resources is let go here. Files still
+        // pending after a failure stay in it until the session's error handling suspends them.
         defer {
             state.endPush()
-            joinedStreams?.close()
-            joinedStreams = nil
+            push.joinedStreams?.close()
+            push.joinedStreams = nil
             tree.cachesDirectories(false)
-            fetcher?.shutdown()
-            fetcher = nil
-            storeChunks.removeAll()
-            storeFailures = 0
-            storeGivenUp = false
-            reportedDamage.removeAll()
-            givenUp.removeAll()
-            asked.removeAll()
-            onlyDraining = false
-            lastArrivalNanos = 0
+            push.fetcher?.shutdown()
+            push.fetcher = nil
+            push.storeChunks.removeAll()
         }
-        while !ended || !pending.isEmpty || !sealed.isEmpty || drainingGivenUp {
+        while !push.ended || !push.pending.isEmpty || !push.sealed.isEmpty || drainingGivenUp {
             let draining = drainingGivenUp
-            if ended && pending.isEmpty && !draining {
+            if push.ended && push.pending.isEmpty && !draining {
                 durability.closeBatch()
                 try handle(durability.wait())
                 continue
             }
-            if ended && !draining && !pending.values.contains(where: waitsOnClient) {
+            if push.ended && !draining && !push.pending.values.contains(where: waitsOnClient) {
                 // Everything still missing comes from the store: wait for it (and for fsyncs), not for input.
                 try waitForFetchesOrFlushes()
                 continue
             }
             if durability.outstanding > 0 { try handle(durability.take()) }
-            if let fetcher, fetcher.outstanding > 0 { try receiveFetched(fetcher.takeCompletions()) }
+            if let fetcher = push.fetcher, fetcher.outstanding > 0 { try receiveFetched(fetcher.takeCompletions()) }
             if durability.waitingRenames >= Self.maxUnsyncedAnswers && durability.outstanding == 0 && !durability.hasOpenBatch {
                 try syncDirectoriesAndAnswer()
             }
-            let drainingOnly = ended && pending.isEmpty && sealed.isEmpty && draining
-            if drainingOnly && !onlyDraining { lastArrivalNanos = monotonicNanos() }  // the wait starts now
-            onlyDraining = drainingOnly
+            let drainingOnly = push.ended && push.pending.isEmpty && push.sealed.isEmpty && draining
+            if drainingOnly && !push.onlyDraining { push.lastArrivalNanos = monotonicNanos() }  // the wait starts now
+            push.onlyDraining = drainingOnly
             let (next, joined) = try nextPushMessage { try receiveChunk($0) }
             let message: Message
             switch next {
@@ -131,123 +124,144 @@ extension AgentSession {
             case .message(let m): message = m
             }
             if joined, case .chunkData(let op, let index, let compressed, let rawLength, let payload) = message {
-                arrived(op)
-                guard let file = pending[op], let assembly = file.assembly else {
-                    if op <= highestBegun { continue }
-                    throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
-                }
-                try payload.withUnsafeBytes {
-                    try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: $0)
-                }
+                try takeJoinedChunk(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: payload)
                 continue
             }
-            switch message {
-            case .fileBegin(let header):
-                guard !ended else { throw ProtocolError("file frame after end of operations") }
-                guard pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
-                highestBegun = max(highestBegun, header.op)
-                let path: RelativePath
-                do {
-                    if refusing { throw AgentError(Self.refusal) }
-                    path = try checkedPath(header.path)
-                    // A size beyond what this side accepts is refused before its list costs anything.
-                    if let why = tree.refusal(ofFileSize: header.size, largest: maxFileSize) { throw AgentError(why) }
-                } catch {
-                    try reply(header.op, .failed, "\(error)", .absent)
-                    if header.chunkCount > 0 || header.streamed { pending[header.op] = PendingFile(header: header, path: nil) }
-                    continue
-                }
-                let file = PendingFile(header: header, path: path)
-                pending[header.op] = file
-                if header.streamed {
-                    try beginStreamed(file)
-                } else if header.chunkCount == 0 {
-                    try startFile(file)
-                }
-            case .chunkList(let op, let chunks) where pending[op]?.listEnded == false:
-                try continueStreamed(pending[op]!, chunks)
-            case .fileEnd(let op, let size, let digest, let count):
-                guard let file = pending[op], !file.listEnded else {
-                    throw ProtocolError("end of the chunk list of operation \(op), which is no streamed file being listed")
-                }
-                try endStreamed(file, size: size, digest: digest, count: count)
-            case .chunkList(let op, let chunks):
-                guard let file = pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
-                guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
-                    throw ProtocolError("\(displayPath(file.header.path)): more chunks than the \(file.header.chunkCount) announced")
-                }
-                var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
-                for c in chunks {
-                    file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
-                    offset += UInt64(c.length)
-                }
-                guard offset <= file.header.size else {
-                    throw ProtocolError("\(displayPath(file.header.path)): chunks (and holes) listed beyond the \(file.header.size) bytes announced")
-                }
-                if file.chunks.count == Int(file.header.chunkCount) {
-                    if file.header.dataFollows {
-                        let coming = Set(file.chunks.lazy.map(\.id).filter { !$0.isHole }).count
-                        if coming > 0 { eagerFrames[op] = coming }
-                    }
-                    if file.path == nil { pending[op] = nil; continue }
-                    try startFile(file)
-                }
-            case .abort(let op, let reason):
-                eagerFrames[op] = nil
-                asked[op] = nil
-                if let file = pending.removeValue(forKey: op) {
-                    file.assembly?.suspend()
-                    openAssemblies.removeAll { $0 == op }
-                    if file.asksClient { givenUp.insert(op) }
-                    // A file refused already was answered then.
-                    if file.path != nil { try reply(op, .failed, "sender gave up: \(reason)", .absent) }
-                }
-            case .symlink(let op, _, _, _, _) where refusing, .directory(let op, _, _, _) where refusing,
-                 .delete(let op, _, _, _) where refusing:
-                try reply(op, .failed, Self.refusal, .absent)
-            case .symlink(let op, let path, let target, let base, let force):
-                try guardOp { try applySymlink(op, path, target, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
-            case .directory(let op, let path, let permissions, let force):
-                try guardOp { try applyDirectory(op, path, permissions, force: force) } fail: { try reply(op, .failed, $0, .absent) }
-            case .delete(let op, let path, let base, let force):
-                try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
-            case .endOfOperations:
-                ended = true
-            case .storePacks(let store, let signingRegion, let packs):
-                guard !ended else { throw ProtocolError("store packs after end of operations") }
-                if fetcher == nil {
-                    fetcher = try StoreFetcher(store: store, signingRegion: signingRegion, stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
-                }
-                fetcher!.add(packs)
-            case .storeChunks(let chunks):
-                guard let fetcher else { throw ProtocolError("store chunks before any store pack") }
-                for c in chunks where Int(c.pack) < fetcher.packs.count { storeChunks[c.id] = c }
-            case .streamsOpen(let count):
-                guard !ended, joinedStreams == nil else { throw ProtocolError("streams asked for twice, or after end of operations") }
-                // Over a transport without a descriptor to poll (in-process tests) there are no extra streams.
-                if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams),
-                                                                                                 timeoutSeconds: timeoutSeconds) {
-                    joinedStreams = streams
-                    try writer.send(.streamsReady(address: streams.address, token: streams.token))
-                } else {
-                    try writer.send(.streamsReady(address: "", token: []))
-                }
-                try writer.flush()
-            default:
-                throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
-            }
+            try take(message)
         }
         try syncDirectoriesAndAnswer()
         // Every operation is answered: this session's temporary files, and what sessions that are gone left, are
         // stale. Those of other sessions still running are theirs.
         building.sweep(in: tree)
         state.sweepLegacyPartials(in: tree)
-        if cacheGrew { evictCache() }
-        cacheGrew = false
+        if push.cacheGrew { evictCache() }
+        push.cacheGrew = false
         // The state is a cache of what was hashed: one that cannot be written (a full disk) costs hashing again,
         // not the push.
         do { try state.save() } catch { printError("syncd-agent: cannot save the project's state: \(error)") }
         try writer.send(.done)
+    }
+
+    /// One frame of a push other than chunk data.
+    private func take(_ message: Message) throws {
+        switch message {
+        case .fileBegin(let header):
+            try begin(header)
+        case .chunkList(let op, let chunks) where push.pending[op]?.listEnded == false:
+            try continueStreamed(push.pending[op]!, chunks)
+        case .fileEnd(let op, let size, let digest, let count):
+            guard let file = push.pending[op], !file.listEnded else {
+                throw ProtocolError("end of the chunk list of operation \(op), which is no streamed file being listed")
+            }
+            try endStreamed(file, size: size, digest: digest, count: count)
+        case .chunkList(let op, let chunks):
+            try list(op, chunks)
+        case .abort(let op, let reason):
+            push.eagerFrames[op] = nil
+            push.asked[op] = nil
+            if let file = push.pending.removeValue(forKey: op) {
+                file.assembly?.suspend()
+                push.openAssemblies.removeAll { $0 == op }
+                if file.asksClient { push.givenUp.insert(op) }
+                // A file refused already was answered then.
+                if file.path != nil { try reply(op, .failed, "sender gave up: \(reason)", .absent) }
+            }
+        case .symlink(let op, _, _, _, _) where push.refusing, .directory(let op, _, _, _) where push.refusing,
+             .delete(let op, _, _, _) where push.refusing:
+            try reply(op, .failed, Self.refusal, .absent)
+        case .symlink(let op, let path, let target, let base, let force):
+            try guardOp { try applySymlink(op, path, target, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+        case .directory(let op, let path, let permissions, let force):
+            try guardOp { try applyDirectory(op, path, permissions, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+        case .delete(let op, let path, let base, let force):
+            try guardOp { try applyDelete(op, path, base, force: force) } fail: { try reply(op, .failed, $0, .absent) }
+        case .endOfOperations:
+            push.ended = true
+        case .storePacks(let store, let signingRegion, let packs):
+            guard !push.ended else { throw ProtocolError("store packs after end of operations") }
+            if push.fetcher == nil {
+                push.fetcher = try StoreFetcher(store: store, signingRegion: signingRegion, stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
+            }
+            push.fetcher!.add(packs)
+        case .storeChunks(let chunks):
+            guard let fetcher = push.fetcher else { throw ProtocolError("store chunks before any store pack") }
+            for c in chunks where Int(c.pack) < fetcher.packs.count { push.storeChunks[c.id] = c }
+        case .streamsOpen(let count):
+            guard !push.ended, push.joinedStreams == nil else { throw ProtocolError("streams asked for twice, or after end of operations") }
+            // Over a transport without a descriptor to poll (in-process tests) there are no extra streams.
+            if stream.readinessFD != nil, count > 0, let streams = try? JoinedStreams(limit: min(Int(count), Self.maxJoinedStreams),
+                                                                                             timeoutSeconds: timeoutSeconds) {
+                push.joinedStreams = streams
+                try writer.send(.streamsReady(address: streams.address, token: streams.token))
+            } else {
+                try writer.send(.streamsReady(address: "", token: []))
+            }
+            try writer.flush()
+        default:
+            throw ProtocolError("unexpected frame during a push: \(message.encode().type)")
+        }
+    }
+
+    /// Chunk data that came over a joined stream: written into its file, or dropped when the file is done with.
+    private func takeJoinedChunk(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, payload: [UInt8]) throws {
+        arrived(op)
+        guard let file = push.pending[op], let assembly = file.assembly else {
+            if op <= push.highestBegun { return }
+            throw ProtocolError("a joined stream brought chunk data for operation \(op), which was never begun")
+        }
+        try payload.withUnsafeBytes {
+            try receiveChunk(file, assembly, index: Int(index), compressed: compressed, rawLength: Int(rawLength), payload: $0)
+        }
+    }
+
+    /// A file's header: its path checked (a refused one is answered, its list read and dropped), then built at
+    /// once if it lists no chunks, or begun as its list streams in.
+    private func begin(_ header: FileHeader) throws {
+        guard !push.ended else { throw ProtocolError("file frame after end of operations") }
+        guard push.pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
+        push.highestBegun = max(push.highestBegun, header.op)
+        let path: RelativePath
+        do {
+            if push.refusing { throw AgentError(Self.refusal) }
+            path = try checkedPath(header.path)
+            // A size beyond what this side accepts is refused before its list costs anything.
+            if let why = tree.refusal(ofFileSize: header.size, largest: maxFileSize) { throw AgentError(why) }
+        } catch {
+            try reply(header.op, .failed, "\(error)", .absent)
+            if header.chunkCount > 0 || header.streamed { push.pending[header.op] = PendingFile(header: header, path: nil) }
+            return
+        }
+        let file = PendingFile(header: header, path: path)
+        push.pending[header.op] = file
+        if header.streamed {
+            try beginStreamed(file)
+        } else if header.chunkCount == 0 {
+            try startFile(file)
+        }
+    }
+
+    /// A part of a file's chunk list (not a streamed one); the whole list starts the file.
+    private func list(_ op: UInt32, _ chunks: [ChunkRef]) throws {
+        guard let file = push.pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
+        guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
+            throw ProtocolError("\(displayPath(file.header.path)): more chunks than the \(file.header.chunkCount) announced")
+        }
+        var offset = file.chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
+        for c in chunks {
+            file.chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+            offset += UInt64(c.length)
+        }
+        guard offset <= file.header.size else {
+            throw ProtocolError("\(displayPath(file.header.path)): chunks (and holes) listed beyond the \(file.header.size) bytes announced")
+        }
+        if file.chunks.count == Int(file.header.chunkCount) {
+            if file.header.dataFollows {
+                let coming = Set(file.chunks.lazy.map(\.id).filter { !$0.isHole }).count
+                if coming > 0 { push.eagerFrames[op] = coming }
+            }
+            if file.path == nil { push.pending[op] = nil; return }
+            try startFile(file)
+        }
     }
 
     func startFile(_ file: PendingFile) throws {
@@ -262,10 +276,10 @@ extension AgentSession {
                                       currentIsBase: matchesBase(header.base, current, file.path, st), forced: header.force) {
             case .same:
                 if let st { try updateMetadata(file.path, st, header) }
-                pending[header.op] = nil
+                push.pending[header.op] = nil
                 return try reply(header.op, .unchanged, "", current)
             case .conflict, .staysDeleted, .nothing:
-                pending[header.op] = nil
+                push.pending[header.op] = nil
                 return try replyConflict(header.op, file.path, current, st, base: header.base)
             case .keepAsideThenTake:
                 file.keptAs = try keepAside(file.path)
@@ -287,12 +301,12 @@ extension AgentSession {
                 noteOpen(header.op)
                 // Data sent unasked is on its way; only what is still missing after it is asked for. What the
                 // snapshot store holds is read from there; the rest is asked of the client.
-                if eagerFrames[header.op] == nil {
+                if push.eagerFrames[header.op] == nil {
                     let missing = assembly.missingIndices
-                    let reading = storeGivenUp ? nil : fetcher
-                    let fromStore = missing.compactMap { i in storeChunks[assembly.chunks[Int(i)].id].map { (index: Int(i), chunk: $0) } }
+                    let reading = push.storeGivenUp ? nil : push.fetcher
+                    let fromStore = missing.compactMap { i in push.storeChunks[assembly.chunks[Int(i)].id].map { (index: Int(i), chunk: $0) } }
                     if let reading, !fromStore.isEmpty { file.fetching += reading.submit(op: header.op, fromStore) }
-                    let fromClient = missing.filter { storeChunks[assembly.chunks[Int($0)].id] == nil || reading == nil }
+                    let fromClient = missing.filter { push.storeChunks[assembly.chunks[Int($0)].id] == nil || reading == nil }
                     if !fromClient.isEmpty {
                         file.asksClient = true
                         try requestMissing(header.op, fromClient)
@@ -301,7 +315,7 @@ extension AgentSession {
             }
         } catch let error where error is PathError || error is SystemError || error is AgentError || error is PlacementError {
             file.assembly?.suspend()
-            pending[header.op] = nil
+            push.pending[header.op] = nil
             try reply(header.op, .failed, describeFailure(error, building: file.assembly), .absent)
         }
     }
@@ -369,7 +383,7 @@ extension AgentSession {
     /// The answer to one list frame of a streamed file: exactly one `need`, so that the client can count them.
     private func acknowledge(_ op: UInt32, _ wanted: [UInt32]) throws {
         if wanted.count <= maxListItems {
-            if !wanted.isEmpty { asked[op, default: 0] += wanted.count }
+            if !wanted.isEmpty { push.asked[op, default: 0] += wanted.count }
             try writer.send(.need(op: op, indices: wanted))
         } else {
             try requestMissing(op, wanted)  // a late start of a huge file: the client reads what it no longer holds
@@ -389,7 +403,7 @@ extension AgentSession {
         file.header.chunkCount = count
         file.listEnded = true
         guard file.path != nil else {
-            pending[op] = nil
+            push.pending[op] = nil
             return
         }
         guard let assembly = file.assembly else { return try startFile(file) }
@@ -405,15 +419,15 @@ extension AgentSession {
     private func giveUp(_ file: PendingFile, _ message: String) throws {
         let op = file.header.op
         file.assembly?.suspend()
-        openAssemblies.removeAll { $0 == op }
-        if file.asksClient { givenUp.insert(op) }
+        push.openAssemblies.removeAll { $0 == op }
+        if file.asksClient { push.givenUp.insert(op) }
         if file.listEnded {
-            pending[op] = nil
+            push.pending[op] = nil
         } else {
             let dropping = PendingFile(header: file.header, path: nil)
             dropping.listedCount = file.listedCount
             dropping.listedBytes = file.listedBytes
-            pending[op] = dropping
+            push.pending[op] = dropping
         }
         try reply(op, .failed, message, .absent)
     }
@@ -456,14 +470,14 @@ extension AgentSession {
         } else if let old = state.records[file.path] {
             held.remove(path: old.path, chunks: old.chunks)
         }
-        pending[header.op] = nil
+        push.pending[header.op] = nil
         durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),
                                      keptAs: file.keptAs), directory: (file.path.parentBytes, parent))
         return true
     }
 
     func requestMissing(_ op: UInt32, _ assembly: FileAssembly) throws {
-        if let file = pending[op] { file.asksClient = true }
+        if let file = push.pending[op] { file.asksClient = true }
         try requestMissing(op, assembly.missingIndices)
     }
 
@@ -471,7 +485,7 @@ extension AgentSession {
         var start = 0
         while start < missing.count {
             let end = min(start + maxListItems, missing.count)
-            asked[op, default: 0] += end - start
+            push.asked[op, default: 0] += end - start
             try writer.send(.need(op: op, indices: Array(missing[start..<end])))
             start = end
         }
@@ -479,49 +493,49 @@ extension AgentSession {
 
     /// Keeps at most `maxOpenAssemblies` temporary files open; older ones are closed and reopened on demand.
     func noteOpen(_ op: UInt32) {
-        openAssemblies.append(op)
-        if openAssemblies.count > Self.maxOpenAssemblies {
-            let old = openAssemblies.removeFirst()
-            pending[old]?.assembly?.suspend()
+        push.openAssemblies.append(op)
+        if push.openAssemblies.count > Self.maxOpenAssemblies {
+            let old = push.openAssemblies.removeFirst()
+            push.pending[old]?.assembly?.suspend()
         }
     }
 
     /// Notes that a chunk asked of the client for `op` came; false when none was asked (it came unasked).
     @discardableResult
     func arrived(_ op: UInt32) -> Bool {
-        guard let count = asked[op] else { return false }
-        asked[op] = count > 1 ? count - 1 : nil
-        lastArrivalNanos = monotonicNanos()
+        guard let count = push.asked[op] else { return false }
+        push.asked[op] = count > 1 ? count - 1 : nil
+        push.lastArrivalNanos = monotonicNanos()
         return true
     }
 
     /// Called before the reader waits: a push that waits only for chunks of failed files, while none came for the
     /// session's timeout (the client sends heartbeats, not them), ends with an error rather than wait for ever.
     func checkDraining() throws {
-        guard onlyDraining, monotonicNanos() &- lastArrivalNanos > UInt64(timeoutSeconds * 1e9) else { return }
-        let missing = asked.filter { pending[$0.key] == nil }.values.reduce(0, +)
+        guard push.onlyDraining, monotonicNanos() &- push.lastArrivalNanos > UInt64(timeoutSeconds * 1e9) else { return }
+        let missing = push.asked.filter { push.pending[$0.key] == nil }.values.reduce(0, +)
         throw AgentError("\(missing) chunks asked for files that failed never came in \(Int(timeoutSeconds)) s; the push ends here")
     }
 
     /// True while chunks asked for by files given up or failed since are still on their way: the push is not
     /// over before they came (or the client gave those files up too), or they would arrive after its `done`.
-    var drainingGivenUp: Bool { asked.keys.contains { pending[$0] == nil } }
+    var drainingGivenUp: Bool { push.asked.keys.contains { push.pending[$0] == nil } }
 
     /// Chunk data that came over the main connection (read in place by `nextPushMessage`).
     func receiveChunk(_ frame: ChunkFrame) throws {
         let op = frame.op
         let wasAsked = arrived(op)
-        let eager = eagerFrames[op]
-        if let eager { eagerFrames[op] = eager > 1 ? eager - 1 : nil }
-        guard let file = pending[op], let assembly = file.assembly else {
+        let eager = push.eagerFrames[op]
+        if let eager { push.eagerFrames[op] = eager > 1 ? eager - 1 : nil }
+        guard let file = push.pending[op], let assembly = file.assembly else {
             // Sent unasked for a file already placed, unchanged or refused, or asked for by a file given up or
             // failed since.
-            if eager != nil || wasAsked || givenUp.contains(op) { return }
+            if eager != nil || wasAsked || push.givenUp.contains(op) { return }
             throw ProtocolError("chunk data for operation \(op), which is not waiting for data")
         }
         try receiveChunk(file, assembly, index: Int(frame.index), compressed: frame.compressed, rawLength: Int(frame.rawLength),
                          payload: frame.payload)
-        if eager == 1, pending[op] != nil, !assembly.isComplete {
+        if eager == 1, push.pending[op] != nil, !assembly.isComplete {
             // Everything announced has come and the file is still short: ask, as for any other file.
             try requestMissing(op, assembly)
         }
@@ -545,7 +559,7 @@ extension AgentSession {
         } catch let error as SystemError where Self.isFull(error.errno) {
             // No room even after what gone sessions left was cleared: this file fails, saying how much it needs,
             // and what arrived of it goes, leaving its room to the rest of the push.
-            givenUp.insert(file.header.op)
+            push.givenUp.insert(file.header.op)
             let message = describeFailure(error, building: assembly)
             try giveUp(file, message)
             assembly.discard()
@@ -553,7 +567,7 @@ extension AgentSession {
         }
         if assembly.isComplete {
             do { try finish(file) } catch let error where error is SystemError || error is PlacementError || error is AgentError {
-                pending[file.header.op] = nil
+                push.pending[file.header.op] = nil
                 try reply(file.header.op, .failed, "\(error)", .absent)
             }
         }
@@ -566,8 +580,8 @@ extension AgentSession {
     func finish(_ file: PendingFile) throws {
         let header = file.header
         guard let assembly = file.assembly, let durability else { return }
-        pending[header.op] = nil
-        openAssemblies.removeAll { $0 == header.op }
+        push.pending[header.op] = nil
+        push.openAssemblies.removeAll { $0 == header.op }
         let alone = durability.syncsAlone(size: header.size, device: assembly.device)
         let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos, startWriteback: alone)
         do {
@@ -576,7 +590,7 @@ extension AgentSession {
             assembly.suspend()
             throw error
         }
-        sealed[header.op] = file
+        push.sealed[header.op] = file
         // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
         assembly.suspend()
         if durability.outstanding >= Self.maxSyncs { try handle(durability.wait()) }

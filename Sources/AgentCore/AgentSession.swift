@@ -35,9 +35,6 @@ public final class AgentSession {
     /// project's tree when it is opened.
     var durability: DurableBatches<OpResult>?
 
-    /// Files sealed and waiting to be durable, by operation id.
-    var sealed: [UInt32: PendingFile] = [:]
-
     /// Syncs in flight at most (each holds a descriptor): a sixteenth of the descriptors this process may open,
     /// at most 256.
     static let maxSyncs = OpenFiles.budget(share: 1.0 / 16, most: 256)
@@ -145,8 +142,8 @@ public final class AgentSession {
                 told = (try? writer.send(.error(message: "\(error)", reason: reason))) != nil && (try? writer.flush()) != nil
             }
             durability?.shutdown()
-            pending.values.forEach { $0.assembly?.suspend() }
-            sealed.values.forEach { $0.assembly?.suspend() }
+            push.pending.values.forEach { $0.assembly?.suspend() }
+            push.sealed.values.forEach { $0.assembly?.suspend() }
             try? state?.save()
             // Told to the client, which prints it: not printed here a second time.
             throw told ? AgentReported(error: error) : error
@@ -288,8 +285,8 @@ public final class AgentSession {
             tree = try Tree(rootPath: projectPath, create: true)
             // Out of descriptors: the temporary files held open are closed too (each reopens when next written).
             tree.onDescriptorShortage = (pthread_self(), { [unowned self] in
-                for op in openAssemblies { pending[op]?.assembly?.suspend() }
-                openAssemblies.removeAll()
+                for op in push.openAssemblies { push.pending[op]?.assembly?.suspend() }
+                push.openAssemblies.removeAll()
             })
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
@@ -309,7 +306,10 @@ public final class AgentSession {
             for p in pullPaths { _ = try? tree.openDirectory(p, create: true) }
         }
         chunker = FileChunker(try ChunkParameters(min: Int(hello.chunkMin), avg: Int(hello.chunkAvg), max: Int(hello.chunkMax)))
-        refusing = hello.role == .push && !hello.expectInstance.isEmpty && hello.expectInstance != state.instance
+        // A push that expected another instance of this project (wiped or replaced since) is refused whole.
+        if hello.role == .push {
+            push = PushInProgress(refusing: !hello.expectInstance.isEmpty && hello.expectInstance != state.instance)
+        }
         try writer.send(.welcome(agentVersion: syncdVersion, projectDirectory: projectPath, instance: state.instance,
                                  createdRoot: createdRoot))
     }
@@ -447,52 +447,11 @@ public final class AgentSession {
         }
     }
 
-    var pending: [UInt32: PendingFile] = [:]
+    /// What belongs to the push being served, and to it alone: made new for each push.
+    var push = PushInProgress(refusing: false)
 
-    /// Data frames still to come for files sent with `dataFollows`: taken while the file is being built, dropped
-    /// once it is placed, unchanged or refused.
-    var eagerFrames: [UInt32: Int] = [:]
-
-    /// Streamed files given up (answered failed) after chunks of theirs were asked for: data still on its way
-    /// for them is dropped.
-    var givenUp: Set<UInt32> = []
-
-    /// Chunks asked of the client and not yet come, by operation.
-    var asked: [UInt32: Int] = [:]
-
-    /// Set while the push waits only for chunks asked for by files that failed since; when the last of them came.
-    var onlyDraining = false
-    var lastArrivalNanos: UInt64 = 0
-
-    /// A push that reads chunks from the snapshot store: the reader, and where each chunk is.
-    var fetcher: StoreFetcher?
-
-    var storeChunks: [ChunkID: StoreChunk] = [:]
-
-    /// Reads from the store that failed without an answer worth checking (no connection, a stall, an error
-    /// status); at `maxStoreFailures` the push stops reading from the store (`storeGivenUp`) and asks the client
-    /// for everything instead.
-    var storeFailures = 0
-    var storeGivenUp = false
+    /// Reads from the store that fail without an answer this many times end reading from the store for the push.
     static let maxStoreFailures = 3
-    /// Damaged chunks already reported to the client in this push.
-    var reportedDamage: Set<ChunkID> = []
-
-    /// The client expected another instance of this project (it was wiped or replaced since): every operation
-    /// of this push is refused unapplied, since its bases describe a remote that is gone.
-    var refusing = false
-
-    var openAssemblies: [UInt32] = []
-
-    /// The push's extra connections, once the client asked for them.
-    var joinedStreams: JoinedStreams?
-
-    /// The highest operation id of a file begun in this push: chunk data a joined stream brings for an id up to it
-    /// whose file is no longer pending arrived after the file was given up or finished, and is dropped.
-    var highestBegun: UInt32 = 0
-
-    /// Set when this session added to the cache; only then can it have outgrown its bound.
-    var cacheGrew = false
 }
 
 /// An error the session already sent to its client (an `error` frame): the client shows it, so the agent's own
