@@ -182,11 +182,13 @@ public final class AgentSession {
             // With a watcher, a file is known to be finished once it was closed and the watcher then saw nothing
             // for a while; without one, only its age tells. Resolving a conflict, the user chose the version there
             // now: only a file some process holds open for writing is left.
-            try servePull(tree: tree, roots: pullRoots.isEmpty ? pullPaths : pullRoots, chunker: chunker, recordFor: { path, st in
-                let r = try self.record(for: path, stat: st)
-                return (r.digest, r.chunks)
-            }, recordAll: { self.recordAll($0) }, quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos, compress: hello.compress, compressAdaptively: hello.compressAdaptively,
-               reader: reader, writer: writer)
+            let lister = PullLister(tree: tree, roots: pullRoots.isEmpty ? pullPaths : pullRoots,
+                                    quietNanos: !pullRoots.isEmpty ? 0 : watcher == nil ? quietPeriodNanos : watchedQuietNanos,
+                                    recordFor: { path, st in
+                                        let r = try self.record(for: path, stat: st)
+                                        return (r.digest, r.chunks)
+                                    }, recordAll: { self.recordAll($0) })
+            try servePull(lister, compress: hello.compress, compressAdaptively: hello.compressAdaptively)
             try state.save()
         }
     }

@@ -55,21 +55,27 @@ extension Substring {
 /// How long a remote file must be left alone before a pull takes it, when no watcher saw it closed.
 let quietPeriodNanos: Int64 = 2_000_000_000
 
-extension AgentSession {
-    /// Offered entry kept for serving fetches.
+/// What a pull may take, listed for the client: every entry below the roots (conflict copies kept on this side
+/// aside), each file with its chunk list, except files still being written (modified within `quietNanos`, or open
+/// for writing by some process) and files that changed while they were read, which are reported as skipped.
+struct PullLister {
+    let tree: Tree
+    /// The pull paths, or the paths of conflicts being resolved.
+    let roots: [RelativePath]
+    let quietNanos: Int64
+    /// A file's digest and chunks, from its record or hashed now.
+    let recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef])
+    /// Given the files about to be offered first, to hash those without a record at once.
+    let recordAll: ([(RelativePath, FileStat)]) -> Void
+
+    /// An offered file, kept to serve its chunks.
     struct Offered {
         let path: RelativePath
         let chunks: [ChunkRef]
     }
-}
 
-extension AgentSession {
-    /// Lists `roots` (the pull paths, or the paths of conflicts being resolved) and serves the chunks asked for.
-    /// `recordAll` is given the files about to be offered first, to hash those it has no record of at once.
-    func servePull(tree: Tree, roots: [RelativePath], chunker: FileChunker, recordFor: (RelativePath, FileStat) throws -> (ChunkID, [ChunkRef]),
-                   recordAll: ([(RelativePath, FileStat)]) -> Void, quietNanos: Int64, compress: Bool, compressAdaptively: Bool, reader: FrameReader,
-                   writer: FrameWriter) throws {
-        // Conflict copies kept on this side stay here; everything else below the roots is offered.
+    /// Sends the listing, then `listEnd`; returns the files offered, by operation id.
+    func list(to writer: FrameWriter) throws -> [UInt32: Offered] {
         var rules = IgnoreRules()
         try rules.add(pattern: conflictCopyPattern, source: "built-in defaults", line: 0)
         let scan = try ProjectScanner(tree: tree, rules: rules).scan(roots: roots)
@@ -91,37 +97,58 @@ extension AgentSession {
                 try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .symlink(entry.linkTarget ?? []),
                                                          permissions: 0o777, mtimeNanos: entry.stat.mtimeNanos, size: 0, chunkCount: 0)))
             case .regular:
-                if now - entry.stat.mtimeNanos < quietNanos {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?",
-                                                kind: .beingWritten))
+                if let why = stillBeingWritten(entry, now: now, writers: writers) {
+                    try writer.send(.skipped(path: entry.path.bytes, reason: why, kind: .beingWritten))
                     continue
                 }
-                if let pid = writers[entry.stat.device]?[entry.stat.inode] {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "open for writing by process \(pid)", kind: .beingWritten))
-                    continue
-                }
-                let (digest, chunks) = try recordFor(entry.path, entry.stat)
-                guard let after = try tree.lstat(entry.path), after.sameContentIdentity(as: entry.stat) else {
-                    try writer.send(.skipped(path: entry.path.bytes, reason: "changed while being read", kind: .changedWhileRead))
-                    continue
-                }
-                offered[op] = Offered(path: entry.path, chunks: chunks)
-                try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .file(digest),
-                                                         permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
-                                                         size: entry.stat.size, chunkCount: UInt32(chunks.count))))
-                var start = 0
-                while start < chunks.count {
-                    let end = min(start + maxListItems, chunks.count)
-                    try writer.send(.chunkList(op: op, chunks: Array(chunks[start..<end])))
-                    start = end
-                }
+                if let file = try offer(entry, op: op, to: writer) { offered[op] = file }
             case .other:
                 continue
             }
         }
         for warning in scan.warnings { try writer.send(.skipped(path: Array(warning.path.utf8), reason: warning.message)) }
         try writer.send(.listEnd)
+        return offered
+    }
 
+    /// Why a file is left for a later pull: modified too recently, or open for writing by some process.
+    private func stillBeingWritten(_ entry: ScannedEntry, now: Int64, writers: [UInt64: [UInt64: Int32]]) -> String? {
+        if now - entry.stat.mtimeNanos < quietNanos { return "modified \((now - entry.stat.mtimeNanos) / 1_000_000) ms ago; still being written?" }
+        if let pid = writers[entry.stat.device]?[entry.stat.inode] { return "open for writing by process \(pid)" }
+        return nil
+    }
+
+    /// Offers a file with its chunk list, unless it changed while it was read (then it is reported as skipped).
+    private func offer(_ entry: ScannedEntry, op: UInt32, to writer: FrameWriter) throws -> Offered? {
+        let (digest, chunks) = try recordFor(entry.path, entry.stat)
+        guard let after = try tree.lstat(entry.path), after.sameContentIdentity(as: entry.stat) else {
+            try writer.send(.skipped(path: entry.path.bytes, reason: "changed while being read", kind: .changedWhileRead))
+            return nil
+        }
+        try writer.send(.remoteEntry(RemoteEntry(op: op, path: entry.path.bytes, state: .file(digest),
+                                                 permissions: entry.stat.permissions, mtimeNanos: entry.stat.mtimeNanos,
+                                                 size: entry.stat.size, chunkCount: UInt32(chunks.count))))
+        var start = 0
+        while start < chunks.count {
+            let end = min(start + maxListItems, chunks.count)
+            try writer.send(.chunkList(op: op, chunks: Array(chunks[start..<end])))
+            start = end
+        }
+        return Offered(path: entry.path, chunks: chunks)
+    }
+}
+
+extension AgentSession {
+    /// A pull: the listing (`PullLister`), then the chunks the client asks for, until `fetchEnd`.
+    func servePull(_ lister: PullLister, compress: Bool, compressAdaptively: Bool) throws {
+        let offered = try lister.list(to: writer)
+        try serveFetches(of: offered, in: lister.tree, compress: compress, compressAdaptively: compressAdaptively)
+    }
+
+    /// Sends the chunks asked for, each re-hashed as it is read; a file that changed since it was listed is
+    /// aborted (the client skips it), as is one that cannot be opened.
+    private func serveFetches(of offered: [UInt32: PullLister.Offered], in tree: Tree, compress: Bool, compressAdaptively: Bool) throws {
+        let (reader, writer) = (self.reader, self.writer)
         var openFile: (op: UInt32, fd: FileDescriptor)?
         let sender = ChunkSender(compress: compress)
         // The main connection's pace only: joined streams add to the link, so this errs toward compressing.

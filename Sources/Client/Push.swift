@@ -116,10 +116,43 @@ public final class PushSession {
 
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
-        // Connecting starts first: it is most of a small push's time, and runs while the state opens and loads and
-        // the tree is scanned. The hello, which names the remote instance the state remembers, is waited for only
-        // when the agent is up. The operations go out right behind it, without waiting for the welcome: the agent
-        // refuses them all if its instance is not the one expected (a wiped or replaced remote).
+        let (state, connecting) = try greet()
+        let known: KnownHere
+        let scan: LocalScanner.Scan
+        var planned: [PushOperation]
+        do {
+            known = try lookHere(state: state, only: only)
+            scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
+            Trace.mark("push: scanned \(scan.entries.count) entries")
+            planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
+        } catch {
+            connecting.cancel()
+            throw error
+        }
+        let pushed = known.pushed
+        if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, into: &stats) }
+        stats.filesScanned = scan.entries.count
+        if pushed.isEmpty && known.scan == nil {
+            stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
+        }
+        if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
+        let (outcome, pipeline) = try send(&planned, pushed: pushed, state: state, connecting: connecting, into: &stats)
+        stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
+        summarize(outcome, of: pipeline, pushed: pushed, into: &stats)
+        Trace.mark("push: recording")
+        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
+        try record(outcome, pushed: pushed, state: state, into: &stats, allOf: only == nil && resolving == nil ? .push : nil)
+        Trace.mark("push: recorded")
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        return stats
+    }
+
+    /// Opens the local state and starts connecting. Connecting starts first: it is most of a small push's time, and
+    /// runs while the state opens and loads and the tree is scanned. The hello, which names the remote instance the
+    /// state remembers, is waited for only when the agent is up. The operations go out right behind it, without
+    /// waiting for the welcome: the agent refuses them all if its instance is not the one expected (a wiped or
+    /// replaced remote).
+    private func greet() throws -> (LocalDatabase, PendingConnection) {
         let waiting = HelloInWaiting()
         let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait() } : nil
         let state: LocalDatabase
@@ -139,64 +172,61 @@ public final class PushSession {
         let hello = greeting
         waiting.set(.success(hello))
         Trace.mark("push: state opened")
-        let connecting = fresh ?? PendingConnection(project: project, link: link) { _ in hello }
+        return (state, fresh ?? PendingConnection(project: project, link: link) { _ in hello })
+    }
+
+    /// What a push knows before it scans: the pushed records it compares with, and, unless the whole project is
+    /// scanned, the entries it looks at (a fixed tree, a resolve's paths, or what a watcher reported).
+    private struct KnownHere {
         var pushed: [RelativePath: SyncedEntry] = [:]
-        var knownScan: LocalScanner.Scan?
+        var scan: LocalScanner.Scan?
         var resolveOps: [PushOperation]?
-        do {
-            if let fixedTree {
-                pushed = try state.load(.pushed)
-                knownScan = LocalScanner.Scan(entries: fixedTree, warnings: [], cache: [:])
-            } else if let resolving {
-                let (ops, scan) = try resolveOperations(resolving, state: state)
-                pushed = try state.load(.pushed, paths: resolving, subtrees: [])
-                resolveOps = ops
-                knownScan = scan
-            } else if let only {
-                let paths = only.sorted()
-                let scan = try LocalScanner(project: project, state: state).scan(only: paths)
-                let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
-                // What was below a path that is no longer a directory is gone too.
-                pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
-                knownScan = scan
-                Trace.mark("push: looked at \(paths.count) reported paths")
-            } else {
-                pushed = try state.load(.pushed)
-                Trace.mark("push: loaded \(pushed.count) pushed entries")
-            }
-        } catch {
-            connecting.cancel()
-            throw error
+    }
+
+    private func lookHere(state: LocalDatabase, only: Set<RelativePath>?) throws -> KnownHere {
+        var known = KnownHere()
+        if let fixedTree {
+            known.pushed = try state.load(.pushed)
+            known.scan = LocalScanner.Scan(entries: fixedTree, warnings: [], cache: [:])
+        } else if let resolving {
+            let (ops, scan) = try resolveOperations(resolving, state: state)
+            known.pushed = try state.load(.pushed, paths: resolving, subtrees: [])
+            known.resolveOps = ops
+            known.scan = scan
+        } else if let only {
+            let paths = only.sorted()
+            let scan = try LocalScanner(project: project, state: state).scan(only: paths)
+            let directories = Set(scan.entries.filter { $0.stat.kind == .directory }.map(\.path))
+            // What was below a path that is no longer a directory is gone too.
+            known.pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
+            known.scan = scan
+            Trace.mark("push: looked at \(paths.count) reported paths")
+        } else {
+            known.pushed = try state.load(.pushed)
+            Trace.mark("push: loaded \(known.pushed.count) pushed entries")
         }
-        let scan: LocalScanner.Scan
-        var planned: [PushOperation]
-        do {
-            scan = try knownScan ?? LocalScanner(project: project, state: state).scan(roots: nil)
-            Trace.mark("push: scanned \(scan.entries.count) entries")
-            planned = resolveOps ?? planPush(local: scan.entries, pushed: pushed, everything: restoring, isLeftAlone: isLeftAlone)
-        } catch {
-            connecting.cancel()
-            throw error
+        return known
+    }
+
+    /// Pushed earlier, ignored now: left on the remote unless pruned, and said so.
+    private func noteLeftIgnored(scan: LocalScanner.Scan, pushed: [RelativePath: SyncedEntry], into stats: inout SyncStats) {
+        let present = Set(scan.entries.map(\.path))
+        stats.leftIgnored = pushed.filter {
+            !present.contains($0.key) && !project.isPullPath($0.key)
+                && project.rules.isExcluded($0.key.bytes, isDirectory: $0.value.kind == .directory)
+        }.keys.sorted()
+        if pruneIgnored { stats.leftIgnored = [] }
+        if !stats.leftIgnored.isEmpty {
+            stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"
+                                  + " (\(stats.leftIgnored.prefix(3).map(\.description).joined(separator: ", "))"
+                                  + (stats.leftIgnored.count > 3 ? ", …" : "") + "); `syncctl push --prune-ignored` deletes them there")
         }
-        if resolveOps == nil {
-            // Pushed earlier, ignored now: left on the remote unless pruned, and said so.
-            let present = Set(scan.entries.map(\.path))
-            stats.leftIgnored = pushed.filter {
-                !present.contains($0.key) && !project.isPullPath($0.key)
-                    && project.rules.isExcluded($0.key.bytes, isDirectory: $0.value.kind == .directory)
-            }.keys.sorted()
-            if pruneIgnored { stats.leftIgnored = [] }
-            if !stats.leftIgnored.isEmpty {
-                stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"
-                                      + " (\(stats.leftIgnored.prefix(3).map(\.description).joined(separator: ", "))"
-                                      + (stats.leftIgnored.count > 3 ? ", …" : "") + "); `syncctl push --prune-ignored` deletes them there")
-            }
-        }
-        stats.filesScanned = scan.entries.count
-        if pushed.isEmpty && knownScan == nil {
-            stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
-        }
-        if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
+    }
+
+    /// Hashes what the plan needs while the link comes up, then runs the pipeline over it. A failure records what
+    /// the agent answered before it, so that the next push compares against what is on the remote.
+    private func send(_ planned: inout [PushOperation], pushed: [RelativePath: SyncedEntry], state: LocalDatabase,
+                      connecting: PendingConnection, into stats: inout SyncStats) throws -> (PipelineOutcome, PushPipeline) {
         // A large file is cut while it is sent, so that it is read once, unless its size and mtime are what the
         // last push recorded: then it is most likely unchanged (hashed again only because the stat cache could not
         // vouch for it), which is best found before anything is sent.
@@ -241,8 +271,7 @@ public final class PushSession {
             // What the agent answered before the failure is on the remote: the record says so, so that the next
             // push compares against it rather than against nothing.
             var partial = SyncStats(direction: "push")
-            let answered = pipeline.answeredSoFar()
-            try? record(answered, pushed: pushed, state: state, into: &partial, allOf: nil)
+            try? record(pipeline.answeredSoFar(), pushed: pushed, state: state, into: &partial, allOf: nil)
             // A link that failed resumes with the next push; what the agent refused needs mending first.
             let next = (error as? AgentSaid)?.atStart == true ? "mend that, then push again" : "run the push again to resume"
             throw SyncError("push to \(project.config.remote) failed: \(why); \(next)", cause: error)
@@ -254,9 +283,13 @@ public final class PushSession {
         stats.remoteDirectory = link.remoteDirectory
         if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
         Trace.mark("push: session ended")
-        let ops = outcome.ops
-        stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
-        stats.filesMoved = countMoved(ops, pushed: pushed)
+        return (outcome, pipeline)
+    }
+
+    /// What the pipeline counted, and what the remote said of the store.
+    private func summarize(_ outcome: PipelineOutcome, of pipeline: PushPipeline, pushed: [RelativePath: SyncedEntry],
+                           into stats: inout SyncStats) {
+        stats.filesMoved = countMoved(outcome.ops, pushed: pushed)
         stats.chunksSent = outcome.chunksSent
         stats.bytesSent = outcome.bytesSent
         stats.bytesReceived = outcome.bytesReceived
@@ -272,13 +305,6 @@ public final class PushSession {
             stats.warnings.append("\(project.config.remote) found damage in the store: \(reason); it got those chunks over SSH instead")
         }
         stats.storeDamaged = trouble.damaged
-
-        Trace.mark("push: recording")
-        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
-        try record(outcome, pushed: pushed, state: state, into: &stats, allOf: only == nil && resolving == nil ? .push : nil)
-        Trace.mark("push: recorded")
-        stats.durationMs = (monotonicNanos() - started) / 1_000_000
-        return stats
     }
 
     /// Counts what the agent did into `stats`, and records it: the pushed (and, for pull paths a resolve sent,
