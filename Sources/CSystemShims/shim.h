@@ -4,6 +4,11 @@
 
 extern int sync_file_range(int fd, long long offset, long long nbytes, unsigned int flags);
 
+/* Names the calling thread (at most 15 bytes and the NUL). */
+#include <pthread.h>
+extern int pthread_setname_np(pthread_t thread, const char *name);
+static inline int syncd_name_thread(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
 /// Starts writeback of a file's dirty pages without waiting for it (SYNC_FILE_RANGE_WRITE).
 static inline int syncd_start_writeback(int fd) { return sync_file_range(fd, 0, 0, 2); }
 

@@ -61,8 +61,8 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
         entries = list
     }
 
-    func start() {
-        let thread = Thread { [self] in
+    func start() throws {
+        try startDetachedThread(name: "hasher") { [self] in
             let chunker = FileChunker(project.chunking)
             var unsaved: [CachedFile] = []
             for (op, entry) in entries {
@@ -110,8 +110,6 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
             condition.broadcast()
             condition.unlock()
         }
-        thread.name = "hasher"
-        thread.start()
     }
 
     /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.

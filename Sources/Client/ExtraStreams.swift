@@ -201,7 +201,7 @@ final class FrameMerger: @unchecked Sendable {  // `condition` guards the queue
     /// Reads `reader` on a thread of its own until its end, a failure, or a frame `last` says is its last (the
     /// session's connection must be left alone after `done`: the next session's frames follow).
     func read(_ reader: FrameReader, source: Int, handshake: Bool = false, last: @escaping @Sendable (Message) -> Bool = { _ in false }) {
-        let thread = Thread { [self] in
+        let reading = { [self] in
             do {
                 if handshake { _ = try reader.readHandshake() }
                 while let message = try reader.next() {
@@ -213,8 +213,9 @@ final class FrameMerger: @unchecked Sendable {  // `condition` guards the queue
                 put(.failed(error, source: source), bytes: 0, source: source, read: reader.bytesRead)
             }
         }
-        thread.name = "frames-\(source)"
-        thread.start()
+        do { try startDetachedThread(name: "frames-\(source)", reading) } catch {
+            put(.failed(error, source: source), bytes: 0, source: source, read: reader.bytesRead)
+        }
     }
 
     func wake() { put(.wake, bytes: 0) }

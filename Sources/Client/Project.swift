@@ -466,27 +466,6 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     }
 }
 
-/// A session's hello, for a connection started before the caller could make it (it reads the local state): the
-/// connecting thread waits for it once the agent is up, and fails with the caller's error if there is none.
-final class HelloInWaiting: @unchecked Sendable {  // `condition` guards value
-    private let condition = NSCondition()
-    private var value: Result<Hello, Error>?
-
-    func set(_ result: Result<Hello, Error>) {
-        condition.lock()
-        value = result
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    func wait() throws -> Hello {
-        condition.lock()
-        defer { condition.unlock() }
-        while value == nil { condition.wait() }
-        return try value!.get()
-    }
-}
-
 /// The link a session runs over, being made: a new connection is made on a thread of its own, so the SSH
 /// handshake, authentication and agent start overlap with scanning the project; a persistent link given by
 /// the caller only needs the session's hello.
@@ -496,7 +475,7 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
     private var abandoned = false
 
     /// `hello` is given the link's round-trip time (nil when unknown); it may wait for what the caller is still
-    /// reading (see `HelloInWaiting`), and what it throws fails the connection.
+    /// reading (a push's hello waits for its local state), and what it throws fails the connection.
     init(project: Project, link: AgentLink?, hello: @escaping @Sendable (Double?) throws -> Hello) {
         if let link, !link.isClosed {
             outcome = Result {

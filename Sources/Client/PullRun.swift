@@ -302,7 +302,7 @@ final class PullRun {
             merger = merged
         }
         let later = OneShot<[(UInt32, [UInt32])]>()
-        startSender(first: fetches, then: later, extraStreams: extraStreams)
+        try startSender(first: fetches, then: later, extraStreams: extraStreams)
         var more: [(UInt32, [UInt32])] = []
         defer { later.set(more) }
         let chunksOf = Dictionary(building.map { ($0.op, $0.assembly.chunks) }, uniquingKeysWith: { a, _ in a })
@@ -330,9 +330,9 @@ final class PullRun {
 
     /// The thread that sends the fetches: `first`, then what `then` hands over, then `fetchEnd`. A send that
     /// fails closes the output, which ends the pull on this side.
-    private func startSender(first: [(UInt32, [UInt32])], then later: OneShot<[(UInt32, [UInt32])]>, extraStreams: Int) {
+    private func startSender(first: [(UInt32, [UInt32])], then later: OneShot<[(UInt32, [UInt32])]>, extraStreams: Int) throws {
         let writer = link.writer
-        let sender = Thread {
+        try startDetachedThread(name: "pull-fetches") {
             func send(_ batch: [(UInt32, [UInt32])]) throws {
                 for (op, indices) in batch {
                     var start = 0
@@ -357,7 +357,6 @@ final class PullRun {
                 writer.closeOutput()
             }
         }
-        sender.start()
     }
 
     // MARK: 4. receiving

@@ -153,8 +153,10 @@ public final class PushSession {
     /// waiting for the welcome: the agent refuses them all if its instance is not the one expected (a wiped or
     /// replaced remote).
     private func greet() throws -> (LocalDatabase, PendingConnection) {
-        let waiting = HelloInWaiting()
-        let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait() } : nil
+        // The hello, for the connecting thread, which waits for it once the agent is up: it fails with this
+        // thread's error if there is none.
+        let waiting = OneShot<Result<Hello, Error>>()
+        let fresh = link == nil ? PendingConnection(project: project, link: nil) { _ in try waiting.wait().get() } : nil
         let state: LocalDatabase
         var greeting: Hello
         do {
@@ -235,7 +237,7 @@ public final class PushSession {
             return last.size != entry.stat.size || last.mtimeNanos != entry.stat.mtimeNanos
         }
         let hasher = ContentHasher(project: project, state: state, ops: planned, streams: streams)
-        hasher.start()
+        try hasher.start()
         let link: AgentLink
         do { link = try connecting.wait() } catch {
             hasher.stop()

@@ -181,8 +181,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     }
 
     private func exchange() throws -> PipelineOutcome {
-        let readerThread = Thread { [self] in readLoop() }
-        readerThread.start()
+        try startDetachedThread(name: "push-answers") { [self] in readLoop() }
         var finished = false
         defer {
             condition.lock()

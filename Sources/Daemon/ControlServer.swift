@@ -27,9 +27,7 @@ final class ControlServer: Sendable {
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0 }
         }
         guard bound, listen(fd, 16) == 0 else { throw SystemError(call: "bind/listen", path: path, errno: errno) }
-        let thread = Thread { [self] in acceptLoop() }
-        thread.name = "control"
-        thread.start()
+        try startDetachedThread(name: "control") { [self] in acceptLoop() }
     }
 
     func close() {
@@ -45,8 +43,9 @@ final class ControlServer: Sendable {
                 if errno == EINTR || errno == ECONNABORTED { continue }
                 return
             }
-            let thread = Thread { [self] in serve(FileDescriptor(raw: client, path: path)) }
-            thread.start()
+            let connection = FileDescriptor(raw: client, path: path)
+            // Without a thread for it, the connection is closed (its descriptor goes with `connection`).
+            try? startDetachedThread(name: "control-client") { [self] in serve(connection) }
         }
     }
 

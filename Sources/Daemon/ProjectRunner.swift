@@ -113,9 +113,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
 
     func start() throws {
         try watcher.start()
-        let thread = Thread { [self] in loop() }
-        thread.name = "project"
-        thread.start()
+        try startDetachedThread(name: "project") { [self] in loop() }
     }
 
     /// Directories watched through inotify.

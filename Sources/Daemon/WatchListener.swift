@@ -10,33 +10,24 @@ import SyncSystem
 import Watch
 
 /// Reads the agent's reports during a watch, on a thread of its own.
-final class WatchListener: @unchecked Sendable {  // `state` guards done and failure
+final class WatchListener: Sendable {
     private let link: AgentLink
-    private let state = NSCondition()
-    private var done = false
-    private var failure: Error?
+    /// How the watch ended: the agent confirmed its end, or the link failed.
+    private let outcome = OneShot<Result<Void, Error>>()
 
     init(link: AgentLink, changed: @escaping @Sendable ([RelativePath]) -> Void, ended: @escaping @Sendable () -> Void) {
         self.link = link
-        let thread = Thread { [self] in
-            var failed: Error?
-            do { try link.listen(changed: changed) } catch { failed = error }
-            state.lock()
-            failure = failed
-            done = true
-            state.broadcast()
-            state.unlock()
+        let listening = { [outcome] in
+            outcome.set(Result { try link.listen(changed: changed) })
             ended()
         }
-        thread.name = "watch"
-        thread.start()
+        do { try startDetachedThread(name: "watch", listening) } catch {
+            outcome.set(.failure(error))
+            ended()
+        }
     }
 
-    var finished: Bool {
-        state.lock()
-        defer { state.unlock() }
-        return done
-    }
+    var finished: Bool { outcome.current != nil }
 
     /// Ends the watch: the agent confirms, and only then may a session use the link. Returns why the link
     /// failed, if it did (it is aborted when the agent does not answer within 10 s).
@@ -44,15 +35,13 @@ final class WatchListener: @unchecked Sendable {  // `state` guards done and fai
         if !finished {
             do { try link.endWatch() } catch { link.abort() }
         }
-        state.lock()
-        defer { state.unlock() }
-        let deadline = Date().addingTimeInterval(10)
-        while !done && state.wait(until: deadline) {}
-        if !done {
-            link.abort()
-            while !done { state.wait() }
-            failure = failure ?? SyncError("the agent did not answer for 10 s")
+        if let ending = outcome.wait(until: monotonicNanos() + 10_000_000_000) {
+            if case .failure(let error) = ending { return error }
+            return nil
         }
-        return failure
+        // Aborted, the link fails at once and the listening thread ends.
+        link.abort()
+        if case .failure(let error) = outcome.wait() { return error }
+        return SyncError("the agent did not answer for 10 s")
     }
 }

@@ -101,7 +101,7 @@ public final class StorePush {
         } catch let e as S3Error {
             throw SyncError("store \(access.location): \(e)")
         }
-        let upload = UploadOutcome()
+        let upload = OneShot<Result<(UploadStats, SnapshotRef), Error>>()
         // The hosts are connected first: once the upload fills this machine's uplink, an SSH handshake queued
         // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
         let connected = DispatchGroup()
@@ -215,16 +215,16 @@ public final class StorePush {
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
-        let results = Results(count: hosts.count)
+        let results = hosts.map { _ in OneShot<Result<SyncStats, Error>>() }
         let group = DispatchGroup()
         for (i, host) in hosts.enumerated() {
             group.enter()
-            let thread = Thread {
+            let pushing = {
                 defer {
                     ended?(i)
                     group.leave()
                 }
-                results.set(i, Result { () throws -> SyncStats in
+                results[i].set(Result { () throws -> SyncStats in
                     let session = try makeSession(i, host)
                     session.force = force
                     session.pruneIgnored = pruneIgnored
@@ -232,8 +232,11 @@ public final class StorePush {
                     return try session.run()
                 })
             }
-            thread.name = "push \(host)"
-            thread.start()
+            do { try startDetachedThread(name: "push \(host)", pushing) } catch {
+                results[i].set(.failure(SyncError("cannot start a thread for \(host): \(error)")))
+                ended?(i)
+                group.leave()
+            }
         }
         group.wait()
 
@@ -241,7 +244,7 @@ public final class StorePush {
         var perHost: [HostResult] = []
         for (i, host) in hosts.enumerated() {
             var result = HostResult(host: host.description, ok: false)
-            switch results.get(i) {
+            switch results[i].current {
             case .success(var s):
                 result = HostResult(host: host.description, stats: s)
                 // With several hosts, each line of the summary says whose it is.
@@ -331,53 +334,8 @@ private struct StoreAccess {
 }
 
 /// Runs its action the first time `run` is called, from any thread.
-private final class Once: @unchecked Sendable {
-    // `lock` guards `action`.
-    private let lock = NSLock()
-    private var action: (() -> Void)?
-    init(_ action: @escaping () -> Void) { self.action = action }
-    package func run() {
-        lock.lock()
-        let todo = action
-        action = nil
-        lock.unlock()
-        todo?()
-    }
-}
-
-/// The upload's outcome, from its thread.
-private final class UploadOutcome: @unchecked Sendable {
-    // `condition` guards `value`.
-    private let condition = NSCondition()
-    private var value: Result<(UploadStats, SnapshotRef), Error>?
-    func set(_ v: Result<(UploadStats, SnapshotRef), Error>) {
-        condition.lock()
-        value = v
-        condition.broadcast()
-        condition.unlock()
-    }
-    func wait() -> Result<(UploadStats, SnapshotRef), Error> {
-        condition.lock()
-        defer { condition.unlock() }
-        while value == nil { condition.wait() }
-        return value!
-    }
-}
-
-/// Each host's outcome, written by its thread.
-private final class Results: @unchecked Sendable {
-    // `lock` guards `values`.
-    private let lock = NSLock()
-    private var values: [Result<SyncStats, Error>?]
-    init(count: Int) { values = Array(repeating: nil, count: count) }
-    func set(_ i: Int, _ value: Result<SyncStats, Error>) {
-        lock.lock()
-        values[i] = value
-        lock.unlock()
-    }
-    func get(_ i: Int) -> Result<SyncStats, Error>? {
-        lock.lock()
-        defer { lock.unlock() }
-        return values[i]
-    }
+private final class Once: Sendable {
+    private let action: Locked<(@Sendable () -> Void)?>
+    init(_ action: @escaping @Sendable () -> Void) { self.action = Locked(action) }
+    func run() { action.withLock { todo in defer { todo = nil }; return todo }?() }
 }

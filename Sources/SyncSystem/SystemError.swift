@@ -77,10 +77,22 @@ private final class ThreadBody {
     init(_ run: @escaping () -> Void) { self.run = run }
 }
 
-/// Starts a joinable thread running `body`, for code that does without Foundation (the agent). The closure,
-/// and whatever it captures, lives until it returns.
-public func startThread(_ body: @escaping () -> Void) throws -> pthread_t {
-    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+/// Starts a joinable thread running `body`; the closure, and whatever it captures, lives until it returns. `name`
+/// (at most 15 bytes are kept) is what a debugger and `top -H` show. Every thread of syncd starts here: directly
+/// (the agent's, joined by their owner), through `startDetachedThread`, or through `LibraryThreads.start`.
+@discardableResult
+public func startThread(name: String? = nil, _ body: @escaping () -> Void) throws -> pthread_t {
+    let run: () -> Void
+    if let name {
+        let short = Array(name.utf8.prefix(15)) + [0]
+        run = {
+            short.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { _ = syncd_name_thread($0.baseAddress!) } }
+            body()
+        }
+    } else {
+        run = body
+    }
+    let context = Unmanaged.passRetained(ThreadBody(run)).toOpaque()
     var handle = pthread_t()
     let rc = pthread_create(&handle, nil, { raw in
         Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().run()
@@ -91,6 +103,11 @@ public func startThread(_ body: @escaping () -> Void) throws -> pthread_t {
         throw SystemError(call: "pthread_create", path: nil, errno: rc)
     }
     return handle
+}
+
+/// Starts a thread nobody joins: its end is told by what it hands over (a `OneShot`, a queue, a closed socket).
+public func startDetachedThread(name: String, _ body: @escaping () -> Void) throws {
+    pthread_detach(try startThread(name: name, body))
 }
 
 /// The uid of the peer of a connected unix socket (SO_PEERCRED); nil when it cannot be had.

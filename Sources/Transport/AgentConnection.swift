@@ -94,7 +94,7 @@ public final class LocalAgentConnection: AgentConnection {
         stdoutRead = fromAgent.read
         stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent", roundTrip: 0)
         let errorFD = errors.read
-        Thread.detachNewThread { [stderrTail] in
+        try startDetachedThread(name: "agent-stderr") { [stderrTail] in
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
                 let n = buffer.withUnsafeMutableBytes { read(errorFD, $0.baseAddress!, $0.count) }
@@ -104,7 +104,7 @@ public final class LocalAgentConnection: AgentConnection {
                 stderrTail.append(buffer[0..<n])
             }
             close(errorFD)
-            stderrTail.done.signal()
+            stderrTail.done.set(())
         }
     }
 
@@ -137,7 +137,7 @@ public final class LocalAgentConnection: AgentConnection {
         let (terminated, killedStuck, killedHere) = (self.terminated, self.killedStuck, self.killedHere)
         stateLock.unlock()
         // The first to finish waits (a little) for the end of what the agent wrote to stderr.
-        if first { _ = stderrTail.done.wait(timeout: .now() + 2) }
+        if first { _ = stderrTail.done.wait(until: monotonicNanos() + 2_000_000_000) }
         let signal = status & 0x7F
         if killedStuck { return "the agent did not exit within \(Int(exitGraceSeconds)) s of its input's end; killed it" }
         // Ended by the signal this side sent: the caller's own error says what went wrong. (A SIGKILL from elsewhere,
@@ -197,23 +197,20 @@ public final class LocalAgentConnection: AgentConnection {
 }
 
 /// The end of what an agent wrote to stderr, kept by the thread that copies it through.
-final class StderrTail: @unchecked Sendable {  // `lock` guards `bytes`
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
-    /// Signalled once stderr reached its end.
-    let done = DispatchSemaphore(value: 0)
+final class StderrTail: Sendable {
+    private let bytes = Locked<[UInt8]>([])
+    /// Set once stderr reached its end.
+    let done = OneShot<Void>()
 
     func append(_ more: ArraySlice<UInt8>) {
-        lock.lock()
-        bytes.append(contentsOf: more)
-        if bytes.count > 8192 { bytes.removeFirst(bytes.count - 4096) }
-        lock.unlock()
+        bytes.withLock { bytes in
+            bytes.append(contentsOf: more)
+            if bytes.count > 8192 { bytes.removeFirst(bytes.count - 4096) }
+        }
     }
 
     var lastLine: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
+        String(decoding: bytes.current, as: UTF8.self).split(separator: "\n").last.map(String.init) ?? ""
     }
 }
 
