@@ -94,18 +94,18 @@ public struct BuildPlan: Sendable {
         let contextPath = spec.context.isEmpty ? project.directory : project.directory + "/" + spec.context
         let dockerfilePath = contextPath + "/" + spec.dockerfile
         let dockerfile: String?
-        do { dockerfile = try readConfigFile(dockerfilePath) } catch { throw SyncError("\(spec.name): \(error)", exitCode: 2) }
-        guard let text = dockerfile else { throw SyncError("\(spec.name): cannot read \(dockerfilePath)", exitCode: 2) }
+        do { dockerfile = try readConfigFile(dockerfilePath) } catch { throw SyncError("\(spec.name): \(error)", code: .usage) }
+        guard let text = dockerfile else { throw SyncError("\(spec.name): cannot read \(dockerfilePath)", code: .usage) }
         let shownFile = (spec.context.isEmpty ? "" : spec.context + "/") + spec.dockerfile
         let build: BuildFile
         do {
             build = try BuildFile(try DockerfileParser.parse(text, file: shownFile), buildArgs: spec.args, file: shownFile)
         } catch let e as DockerfileError {
-            throw SyncError("\(e)", exitCode: 2)
+            throw SyncError("\(e)", code: .usage)
         }
         let needed: [Int]
         do { needed = try build.stagesNeeded(target: spec.target) } catch let e as DockerfileError {
-            throw SyncError("\(spec.name): \(e.message)", exitCode: 2)
+            throw SyncError("\(spec.name): \(e.message)", code: .usage)
         }
 
         // The ignore file: `<Dockerfile>.dockerignore` beside the Dockerfile replaces the context's .dockerignore.
@@ -113,9 +113,9 @@ public struct BuildPlan: Sendable {
         var ignoreFile = ""
         for candidate in [dockerfilePath + ".dockerignore", contextPath + "/.dockerignore"] {
             let contents: String?
-            do { contents = try readConfigFile(candidate) } catch { throw SyncError("\(error)", exitCode: 2) }
+            do { contents = try readConfigFile(candidate) } catch { throw SyncError("\(error)", code: .usage) }
             guard let contents else { continue }
-            do { try rules.add(fileContents: contents, source: candidate) } catch { throw SyncError("\(error)", exitCode: 2) }
+            do { try rules.add(fileContents: contents, source: candidate) } catch { throw SyncError("\(error)", code: .usage) }
             ignoreFile = String(candidate.dropFirst(project.directory.count + 1))
             break
         }
@@ -222,7 +222,7 @@ struct ContextFiles {
     init(project: Project, contextPath: String, contextRelative: String, rules: IgnoreRules) throws {
         let tree: Tree
         do { tree = try Tree(rootPath: contextPath, create: false) } catch {
-            throw SyncError("build context \(contextPath): \(error)", exitCode: 2)
+            throw SyncError("build context \(contextPath): \(error)", code: .usage)
         }
         let scan = try ProjectScanner(tree: tree, rules: rules).scan()
         let prefix = contextRelative.isEmpty ? [] : Array(contextRelative.utf8) + [UInt8(ascii: "/")]

@@ -92,7 +92,7 @@ extension Project {
     public func buildSpecs() throws -> (specs: [BuildSpec], compose: ComposeFile?, warnings: [String]) {
         let compose: ComposeFile?
         do { compose = try ComposeFile.load(directory: directory) } catch let e as ConfigError {
-            throw SyncError(e.description, exitCode: 2)
+            throw SyncError(e.description, code: .usage)
         }
         guard let compose else {
             guard FileManager.default.fileExists(atPath: directory + "/Dockerfile") else { return ([], nil, []) }
@@ -145,7 +145,7 @@ extension Project {
         if let service {
             chosen = specs.filter { $0.name == service }
             guard !chosen.isEmpty else {
-                throw SyncError("no service '\(service)' with a build; services with one: \(specs.map(\.name).joined(separator: ", "))", exitCode: 2)
+                throw SyncError("no service '\(service)' with a build; services with one: \(specs.map(\.name).joined(separator: ", "))", code: .usage)
             }
         }
         return (try chosen.map { try BuildPlan.make(project: self, spec: $0, recorded: try recordedLayers($0)) }, warnings)

@@ -163,12 +163,12 @@ extension Project {
         }
         let rootParts = root.split(separator: UInt8(ascii: "/")).map(Array.init)
         guard parts.count > rootParts.count, Array(parts.prefix(rootParts.count)) == rootParts else {
-            throw SyncError("\(argument): not a path inside the project \(directory)", exitCode: 2)
+            throw SyncError("\(argument): not a path inside the project \(directory)", code: .usage)
         }
         do {
             return try RelativePath(bytes: parts.dropFirst(rootParts.count).joined(separator: [UInt8(ascii: "/")]).map { $0 })
         } catch {
-            throw SyncError("\(argument): \(error)", exitCode: 2)
+            throw SyncError("\(argument): \(error)", code: .usage)
         }
     }
 }

@@ -11,19 +11,35 @@ import Wire
 
 /// Errors the engine reports to the user, each with its exit code.
 public struct SyncError: Error, CustomStringConvertible {
-    /// 1: runtime error; 2: usage or configuration error.
-    public let exitCode: Int32
+    /// What kind of failure, and with it the exit status a command ends with.
+    public enum Code: Int32, Sendable {
+        /// Something failed while doing the work (a link, a file system, the remote): exit status 1.
+        case failed = 1
+        /// The command or the configuration is wrong, and trying again will not help: exit status 2.
+        case usage = 2
+        /// The work is done but paths were left in conflict: exit status 3.
+        case conflict = 3
+    }
+    public let code: Code
     public let description: String
+    /// The error underneath, when this one says what it meant for the command (a link that failed, for a push).
+    public let cause: Error?
     /// The session failed because nothing moved on its link for its timeout (see `StalledError`).
     public var stalled = false
-    public init(_ text: String, exitCode: Int32 = 1) {
+
+    public var exitCode: Int32 { code.rawValue }
+
+    public init(_ text: String, code: Code = .failed) {
         self.description = text
-        self.exitCode = exitCode
+        self.code = code
+        cause = nil
     }
 
     /// A session's failure, marked `stalled` when `cause` was a link or peer that stopped moving data.
-    init(_ text: String, cause: Error) {
-        self.init(text)
+    public init(_ text: String, cause: Error) {
+        self.description = text
+        self.code = (cause as? SyncError)?.code ?? .failed
+        self.cause = cause
         stalled = cause is StalledError || { if case .stalled? = cause as? SSHError { return true } else { return false } }()
     }
 }
@@ -80,7 +96,7 @@ public final class Project: Sendable {
         let given = URL(fileURLWithPath: directory).standardizedFileURL.path
         guard let absolute = Self.enclosing(given) else {
             throw SyncError("no \(ProjectConfig.fileName) in \(given) or any directory above it; `syncctl init --remote DEST` makes one",
-                            exitCode: 2)
+                            code: .usage)
         }
         self.directory = absolute
         self.options = options
@@ -91,13 +107,13 @@ public final class Project: Sendable {
             // A host of `hosts:` may have a remote root of its own.
             if let root = config.hostRoots[config.remote.description] { config.remoteRoot = root }
         } catch let e as ConfigError {
-            throw SyncError(e.description, exitCode: 2)
+            throw SyncError(e.description, code: .usage)
         }
         self.config = config
         do {
             tree = try Tree(rootPath: absolute, create: false)
         } catch {
-            throw SyncError("project directory \(absolute): \(error)", exitCode: 2)
+            throw SyncError("project directory \(absolute): \(error)", code: .usage)
         }
         var rules = IgnoreRules()
         do {
@@ -111,28 +127,28 @@ public final class Project: Sendable {
                 try rules.add(pattern: p, source: absolute + "/" + ProjectConfig.fileName + " ignore[\(i)]", line: i + 1)
             }
         } catch let e as IgnoreRuleError {
-            throw SyncError(e.description, exitCode: 2)
+            throw SyncError(e.description, code: .usage)
         }
         pullRules = rules
         if config.gitignore {
             let git = Self.gitIgnore(projectDirectory: absolute, tree: tree)
             let includes = config.include.enumerated().map { (text: $0.element, origin: "\(ProjectConfig.fileName) include[\($0.offset)]") }
             do { try rules.add(git: git, includes: includes) } catch let e as IgnoreRuleError {
-                throw SyncError("\(absolute)/\(e.description)", exitCode: 2)
+                throw SyncError("\(absolute)/\(e.description)", code: .usage)
             }
         }
         self.rules = rules
         do {
             pullPaths = try config.pull.map { try RelativePath($0) }
         } catch {
-            throw SyncError("\(absolute)/\(ProjectConfig.fileName): setting 'pull': \(error)", exitCode: 2)
+            throw SyncError("\(absolute)/\(ProjectConfig.fileName): setting 'pull': \(error)", code: .usage)
         }
         do {
             let d = ChunkParameters.default
             chunking = try ChunkParameters(min: config.chunkMin ?? d.minSize, avg: config.chunkAvg ?? d.avgSize,
                                            max: config.chunkMax ?? d.maxSize)
         } catch {
-            throw SyncError("\(absolute)/\(ProjectConfig.fileName): chunk sizes: \(error)", exitCode: 2)
+            throw SyncError("\(absolute)/\(ProjectConfig.fileName): chunk sizes: \(error)", code: .usage)
         }
     }
 
@@ -239,7 +255,7 @@ public final class Project: Sendable {
         do {
             return try SSHConfigFile(path: configPath, home: home).settings(for: destination)
         } catch let e as ConfigError {
-            throw SyncError("remote '\(destination)': \(e)", exitCode: 2)
+            throw SyncError("remote '\(destination)': \(e)", code: .usage)
         }
     }
 
@@ -251,7 +267,7 @@ public final class Project: Sendable {
             if join != nil { throw SyncError("extra streams need an SSH remote") }
             let agent: String
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
-                throw SyncError(e.description, exitCode: 2)
+                throw SyncError(e.description, code: .usage)
             }
             do {
                 let connection = try LocalAgentConnection(agentPath: agent)
@@ -265,7 +281,7 @@ public final class Project: Sendable {
             let settings = try sshSettings(destination)
             let agent: String
             do { agent = try locateAgentBinary(configured: config.agentPath) } catch let e as TransportError {
-                throw SyncError(e.description, exitCode: 2)
+                throw SyncError(e.description, code: .usage)
             }
             // The binary's digest is remembered in the state directory, per binary path.
             let stamp = "\(stateBase)/agent-digest-\(ChunkID(hashing: Array(agent.utf8)).hex.prefix(16))"

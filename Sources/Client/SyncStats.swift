@@ -121,12 +121,15 @@ public struct SyncStats: Codable, Sendable {
         errors = grouped
     }
 
-    /// Exit code per the CLI contract: 1 when operations failed, 3 when conflicts were left, else 0.
-    public var exitCode: Int32 {
-        if !errors.isEmpty { return 1 }
-        if conflicts > 0 { return 3 }
-        return 0
+    /// What kind of failure this session ended with, if any: failed operations, else conflicts left.
+    public var failure: SyncError.Code? {
+        if !errors.isEmpty { return .failed }
+        if conflicts > 0 { return .conflict }
+        return nil
     }
+
+    /// Exit status per the CLI contract, from `failure`: 1 when operations failed, 3 when conflicts were left, else 0.
+    public var exitCode: Int32 { failure?.rawValue ?? 0 }
 
     /// The JSON object `--json` prints (docs/JSON.md): paths that are not UTF-8 carry `\udcXX` escapes (see `PathText`).
     public func json() -> String { JSONOutput.text(self) }

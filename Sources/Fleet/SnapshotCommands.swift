@@ -29,10 +29,10 @@ extension Project {
     /// The store named by `store:`, with the laptop's credentials.
     func openStore() throws -> (SnapshotStore, StoreUploader) {
         guard let location = try storeLocation() else {
-            throw SyncError("\(directory): no store: setting in \(ProjectConfig.fileName); snapshots need a store", exitCode: 2)
+            throw SyncError("\(directory): no store: setting in \(ProjectConfig.fileName); snapshots need a store", code: .usage)
         }
         let credentials: AWSCredentials
-        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", code: .usage) }
         do {
             let store = SnapshotStore(client: try S3Client(location: location, credentials: credentials))
             return (store, StoreUploader(location: location, credentials: credentials, catalog: try storeCatalog(location)))
@@ -63,7 +63,7 @@ extension Project {
             let refs = try store.snapshots(config.name, cache: uploader.catalog).refs.filter { $0.id.hasPrefix(id) || $0.name == id || $0.name.hasSuffix("/" + id) }
             guard refs.count == 1, let ref = refs.first else {
                 throw SyncError(refs.isEmpty ? "no snapshot \(id) of \(config.name) in \(store.client.location); `syncctl snapshots` lists them"
-                                             : "\(id) names \(refs.count) snapshots; give more of the id", exitCode: 2)
+                                             : "\(id) names \(refs.count) snapshots; give more of the id", code: .usage)
             }
             let manifest = try store.manifest(ref.manifest)
             for problem in try uploader.refresh().broken { printError("warning: \(problem); skipped") }
@@ -96,16 +96,16 @@ extension Project {
             var st = stat()
             let inPlace: Bool
             if lstat(absolute, &st) != 0 {
-                guard errno == ENOENT else { throw SyncError("\(SystemError(call: "lstat", path: absolute, errno: errno))", exitCode: 2) }
+                guard errno == ENOENT else { throw SyncError("\(SystemError(call: "lstat", path: absolute, errno: errno))", code: .usage) }
                 inPlace = false
             } else {
                 guard (st.st_mode & S_IFMT) == S_IFDIR else {
-                    throw SyncError("\(absolute) exists and is not a directory; restore into a new or empty directory", exitCode: 2)
+                    throw SyncError("\(absolute) exists and is not a directory; restore into a new or empty directory", code: .usage)
                 }
                 let names = try FileManager.default.contentsOfDirectory(atPath: absolute)
                 // Empty, or holding a restore of this snapshot that stopped (its marker says so).
                 guard names.isEmpty || names.contains(marker) else {
-                    throw SyncError("\(absolute) is not empty; restore into a new or empty directory", exitCode: 2)
+                    throw SyncError("\(absolute) is not empty; restore into a new or empty directory", code: .usage)
                 }
                 inPlace = true
             }
@@ -208,7 +208,7 @@ extension Project {
     /// `syncctl store gc`: see `StoreUploader.collectGarbage`.
     public func collectGarbage(keep: Int?, keepDays: Double?, grace: Double) throws -> GCStats {
         guard keep != nil || keepDays != nil else {
-            throw SyncError("store gc needs --keep N (the newest N snapshots) or --keep-days D", exitCode: 2)
+            throw SyncError("store gc needs --keep N (the newest N snapshots) or --keep-days D", code: .usage)
         }
         let (store, uploader) = try openStore()
         return try storeWork(store) { try uploader.collectGarbage(project: config.name, keep: keep, keepDays: keepDays, grace: grace) }

@@ -22,7 +22,7 @@ extension Project {
         do {
             return try S3Location(url: url, endpoint: forHosts ? (config.hostEndpoint ?? laptop) : laptop, region: region)
         } catch let e as S3Error {
-            throw SyncError("\(directory)/\(ProjectConfig.fileName): \(e)", exitCode: 2)
+            throw SyncError("\(directory)/\(ProjectConfig.fileName): \(e)", code: .usage)
         }
     }
 
@@ -177,7 +177,7 @@ public final class StorePush {
         let hosts = try project.hostList()
         guard let target = hosts.first(where: { $0.description == host }) else {
             throw SyncError("\(host) is not one of the hosts of \(project.config.name) (\(hosts.map(\.description).joined(separator: ", ")))",
-                            exitCode: 2)
+                            code: .usage)
         }
         let access = try StoreAccess(project)
         let lock = try access.lock()
@@ -296,11 +296,11 @@ private struct StoreAccess {
     init(_ project: Project) throws {
         hostSigns = project.config.hostCredentialsOwn
         guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
-            throw SyncError("\(project.directory): no store: setting", exitCode: 2)
+            throw SyncError("\(project.directory): no store: setting", code: .usage)
         }
         self.location = location
         self.hostLocation = hostLocation
-        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", exitCode: 2) }
+        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", code: .usage) }
         do {
             uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
             store = SnapshotStore(client: try S3Client(location: location, credentials: credentials))

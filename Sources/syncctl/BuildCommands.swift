@@ -23,7 +23,7 @@ struct Plan: ParsableCommand {
         let project = try Project(directory: directory)
         let (plans, warnings) = try project.buildPlans(service: service)
         if plans.isEmpty && warnings.isEmpty {
-            throw SyncError("\(project.directory): no compose file with a build and no Dockerfile", exitCode: 2)
+            throw SyncError("\(project.directory): no compose file with a build and no Dockerfile", code: .usage)
         }
         if json {
             print(project.jsonText(JSONValue(["services": plans.map(\.json), "warnings": warnings] as [String: Any])))
@@ -76,7 +76,7 @@ func pushForBuild(_ project: Project, quiet: Bool = false) throws -> [BuildPlan]
     }
     for e in stats.errors { printError("error: \(e)") }
     if !quiet { printError(stats.summary()) }
-    guard stats.exitCode == 0 else { throw SyncError("the push did not complete; not going on", exitCode: stats.exitCode) }
+    if let failure = stats.failure { throw SyncError("the push did not complete; not going on", code: failure) }
     return plans
 }
 
@@ -91,7 +91,7 @@ struct Exec: ParsableCommand {
         // `exec --help` is about syncctl; `exec -- --help` runs `--help` there.
         if ["-h", "--help"].contains(command.first) { throw CleanExit.helpRequest(self) }
         let words = command.first == "--" ? Array(command.dropFirst()) : command
-        guard !words.isEmpty else { throw SyncError("syncctl exec needs a command: syncctl exec -- CMD ARGS…", exitCode: 2) }
+        guard !words.isEmpty else { throw SyncError("syncctl exec needs a command: syncctl exec -- CMD ARGS…", code: .usage) }
         let project = try Project(directory: options.directory, options: SyncOptions(progress: false))
         if !options.noPush { _ = try pushForBuild(project, quiet: true) }
         exitWith(try RemoteCommand.run(project: project, RemoteCommand.commandLine(words)))
@@ -152,7 +152,7 @@ struct ComposeOverride: ParsableCommand {
     func run() throws {
         let project = try Project(directory: directory, options: SyncOptions(progress: false))
         guard let compose = try project.buildSpecs().compose else {
-            throw SyncError("\(project.directory): no compose file (compose.yaml or docker-compose.yml)", exitCode: 2)
+            throw SyncError("\(project.directory): no compose file (compose.yaml or docker-compose.yml)", code: .usage)
         }
         let remoteDir: String
         if let remoteDirectory { remoteDir = remoteDirectory } else {
@@ -164,7 +164,7 @@ struct ComposeOverride: ParsableCommand {
         let path = project.directory + "/" + name
         let marker = "# written by syncctl compose-override"
         if let existing = try? String(contentsOfFile: path, encoding: .utf8), !existing.hasPrefix(marker) {
-            throw SyncError("\(path) exists and was not written by syncctl; move it aside or merge by hand", exitCode: 2)
+            throw SyncError("\(path) exists and was not written by syncctl; move it aside or merge by hand", code: .usage)
         }
         var lines = [marker + ": bind mounts point at \(remoteDir) on the remote", "services:"]
         for service in compose.services {

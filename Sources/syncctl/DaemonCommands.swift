@@ -30,7 +30,7 @@ struct Remove: ParsableCommand {
 
     func run() throws {
         let registry = ProjectRegistry()
-        guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", exitCode: 2) }
+        guard try registry.remove(directory) else { throw SyncError("\(directory) is not in \(registry.file)", code: .usage) }
         printError("removed \(directory) from \(registry.file)")
         try tellDaemon(directory, starting: false)
     }

@@ -136,7 +136,7 @@ func daemonExecutable() throws -> String {
     let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     let path = (me as NSString).deletingLastPathComponent + "/syncd"
     guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw SyncError("no syncd beside syncctl (looked for \(path)); install the three binaries together", exitCode: 2)
+        throw SyncError("no syncd beside syncctl (looked for \(path)); install the three binaries together", code: .usage)
     }
     return path
 }

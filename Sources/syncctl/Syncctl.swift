@@ -48,19 +48,19 @@ struct Init: ParsableCommand {
         let dir = URL(fileURLWithPath: directory).standardizedFileURL.path
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw SyncError("\(dir) is not a directory", exitCode: 2)
+            throw SyncError("\(dir) is not a directory", code: .usage)
         }
         let file = dir + "/" + ProjectConfig.fileName
         if FileManager.default.fileExists(atPath: file) && !force {
-            throw SyncError("\(file) already exists; pass --force to overwrite it", exitCode: 2)
+            throw SyncError("\(file) already exists; pass --force to overwrite it", code: .usage)
         }
         // A project inside another would be synced twice, and commands run here would find the inner one.
         if !force, let outer = Project.enclosing((dir as NSString).deletingLastPathComponent), dir != "/" {
             throw SyncError("\(dir) is inside the project at \(outer) (\(outer)/\(ProjectConfig.fileName)); "
-                            + "pass --force to make a project of its own here", exitCode: 2)
+                            + "pass --force to make a project of its own here", code: .usage)
         }
         let spec: RemoteSpec
-        do { spec = try RemoteSpec(parsing: remote) } catch let e as ConfigError { throw SyncError("--remote: \(e)", exitCode: 2) }
+        do { spec = try RemoteSpec(parsing: remote) } catch let e as ConfigError { throw SyncError("--remote: \(e)", code: .usage) }
         var config = ProjectConfig(name: name ?? (dir as NSString).lastPathComponent, remote: spec, remoteRoot: remoteRoot)
         config.ignore = []
         var report: [String] = []
@@ -85,7 +85,7 @@ struct Init: ParsableCommand {
         }
         // Validate by parsing what we are about to write.
         do { _ = try ProjectConfig.parse(config.yaml(), file: file, directoryName: (dir as NSString).lastPathComponent) } catch let e as ConfigError {
-            throw SyncError(e.description, exitCode: 2)
+            throw SyncError(e.description, code: .usage)
         }
         try config.yaml().write(toFile: file, atomically: true, encoding: .utf8)
         printError("wrote \(file)")
@@ -311,11 +311,11 @@ struct List: ParsableCommand {
             for text in why {
                 let absolute = URL(fileURLWithPath: text).standardizedFileURL.path
                 guard absolute.hasPrefix(project.directory + "/") else {
-                    throw SyncError("--why \(text): \(absolute) is not inside the project at \(project.directory)", exitCode: 2)
+                    throw SyncError("--why \(text): \(absolute) is not inside the project at \(project.directory)", code: .usage)
                 }
                 let relative: RelativePath
                 do { relative = try RelativePath(String(absolute.dropFirst(project.directory.count + 1))) } catch {
-                    throw SyncError("--why \(text): \(error)", exitCode: 2)
+                    throw SyncError("--why \(text): \(error)", code: .usage)
                 }
                 verdicts.append(try project.why(relative))
             }
@@ -363,7 +363,7 @@ struct Chunks: ParsableCommand {
     func run() throws {
         let parameters: ChunkParameters
         do { parameters = try ChunkParameters(min: min, avg: avg, max: max) } catch {
-            throw SyncError("--min/--avg/--max: \(error)", exitCode: 2)
+            throw SyncError("--min/--avg/--max: \(error)", code: .usage)
         }
         let fd: FileDescriptor
         do { fd = try FileDescriptor.open(file, flags: O_RDONLY) } catch { throw SyncError("\(error)") }
