@@ -89,7 +89,7 @@ let package = Package(
         .testTarget(name: "UnitTests", dependencies: [
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "S3", "SnapshotFormat", "SyncRules",
         ], exclude: ["SigV4Vectors"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Client", "Builds", "Fleet", "Control", "SyncRules", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
+        .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Client", "Builds", "Fleet", "Control", "SyncRules", "AgentCore", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
                                                              "S3", "SnapshotFormat", "StoreClient", "LocalState"]),
     ],
     swiftLanguageModes: [.v6]

@@ -56,6 +56,9 @@ public struct SyncOptions: Sendable {
     public var onProgress: (@Sendable (SyncProgress) -> Void)?
     /// ssh_config file to read instead of `~/.ssh/config` (overrides the config's `ssh_config:`).
     public var sshConfig: String?
+    /// Makes the connection to the agent instead of `remote:` (tests run the agent's session in-process over a
+    /// pipe pair); the hello still names `remote:`'s root.
+    public var connectAgent: (@Sendable () throws -> AgentConnection)?
 
     public init(remote: String? = nil, stateDirectory: String? = nil, progress: Bool = true, sshConfig: String? = nil) {
         self.remote = remote
@@ -262,6 +265,10 @@ public final class Project: Sendable {
     /// With `join` (SSH remotes only), the agent started joins the session at that address as an extra stream
     /// (see `ExtraStreams`).
     func connect(greeting: ((Double?) throws -> [UInt8])? = nil, join: String? = nil) throws -> AgentConnection {
+        if let connectAgent = options.connectAgent {
+            if join != nil { throw SyncError("extra streams need an SSH remote") }
+            return try connectAgent()
+        }
         switch config.remote {
         case .local:
             if join != nil { throw SyncError("extra streams need an SSH remote") }
