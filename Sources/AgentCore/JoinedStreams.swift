@@ -161,7 +161,7 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
                 Glibc.close(connection)
                 return
             }
-            guard peerUID(connection) == getuid() else {
+            guard Platform.peerUID(connection) == getuid() else {
                 Glibc.close(connection)
                 continue
             }

@@ -82,7 +82,7 @@ public enum ControlSocket {
             throw SyncError("cannot reach syncd at \(path): \(String(cString: strerror(errno)))")
         }
         // Nothing is sent to a process of another user.
-        let peer = peerUID(fd)
+        let peer = Platform.peerUID(fd)
         guard peer == getuid() else {
             throw SyncError("the process listening at \(path) runs as uid \(peer.map(String.init) ?? "unknown"), not as you (uid \(getuid())); "
                             + "refusing to talk to it")

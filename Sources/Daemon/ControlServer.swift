@@ -54,7 +54,7 @@ final class ControlServer: Sendable {
         // The request is read before the peer is judged, so that a refused client still gets its answer (a
         // close with unread data would reset the connection under it).
         let request = readRequest(client)
-        let peer = peerUID(client.raw)
+        let peer = Platform.peerUID(client.raw)
         if peer != getuid() {
             answer = .failure("refused: peer uid \(peer.map(String.init) ?? "unknown") is not this daemon's uid \(getuid())")
         } else {

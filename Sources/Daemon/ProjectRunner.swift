@@ -297,7 +297,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             condition.unlock()
             // A full push of a big project frees most of what it allocated; give it back to the system rather
             // than keep it resident while idle.
-            releaseFreeMemory()
+            Platform.releaseFreeMemory()
         }
     }
 

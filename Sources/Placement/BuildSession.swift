@@ -161,7 +161,7 @@ public final class BuildSession {
         let mine = Array(partName(for: path).utf8)
         for gone in dead where gone.directories.contains(directory) {
             let theirs = Array(Self.partName(session: gone.id, name: path.name).utf8)
-            let rc = withCName(theirs) { from in withCName(mine) { syncd_rename_noreplace(parent.raw, from, parent.raw, $0) } }
+            let rc = withCName(theirs) { from in withCName(mine) { Platform.renameNoReplace(in: parent.raw, from: from, to: $0) } }
             if rc == 0 { return true }
             if errno == EEXIST { return false }  // this session has one already: that one is resumed
         }

@@ -164,7 +164,7 @@ public final class DurableBatches<Answer> {
         guard !renames.isEmpty || !directories.isEmpty else { return [] }
         var error: Int32 = 0
         if manyDirectories {
-            if syncd_syncfs(fileSystem.raw) != 0 { error = errno }
+            if Platform.syncFileSystem(fileSystem.raw) != 0 { error = errno }
         } else {
             for directory in directories.values where fsync(directory.raw) != 0 && error == 0 { error = errno }
         }

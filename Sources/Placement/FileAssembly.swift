@@ -210,7 +210,7 @@ public final class FileAssembly {
     private func clearHoles(_ part: FileDescriptor, in range: Range<Int>) throws {
         for c in chunks[range] where c.id.isHole && c.offset < leftover {
             let length = min(UInt64(c.length), leftover - c.offset)
-            if syncd_punch_hole(part.raw, Int64(c.offset), Int64(length)) == 0 { continue }
+            if Platform.punchHole(part.raw, offset: Int64(c.offset), length: Int64(length)) == 0 { continue }
             // No hole punching here: zeros, written, read the same.
             let zeros = [UInt8](repeating: 0, count: 1 << 20)
             var offset = c.offset
@@ -396,7 +396,7 @@ public final class FileAssembly {
             throw PlacementError(path: path.description, message: "parent directory vanished")
         }
         if expectingNothing {
-            let rc = withCName(Array(partName.utf8)) { from in withCName(path.name) { syncd_rename_noreplace(parent.raw, from, parent.raw, $0) } }
+            let rc = withCName(Array(partName.utf8)) { from in withCName(path.name) { Platform.renameNoReplace(in: parent.raw, from: from, to: $0) } }
             if rc == 0 {
                 partFD?.close()
                 partFD = nil

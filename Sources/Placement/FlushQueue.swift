@@ -24,7 +24,7 @@ public final class FlushQueue {
             pool = try WorkerPool(workers: count) {
                 { job in
                     var rc: Int32
-                    repeat { rc = job.wholeFileSystem ? syncd_syncfs(job.fd) : fsync(job.fd) } while rc != 0 && errno == EINTR
+                    repeat { rc = job.wholeFileSystem ? Platform.syncFileSystem(job.fd) : fsync(job.fd) } while rc != 0 && errno == EINTR
                     return Completion(token: job.token, error: rc == 0 ? 0 : errno)
                 }
             }

@@ -140,7 +140,7 @@ public final class FileDescriptor {
 
     /// Asks the kernel to start writing dirty pages back without waiting (a hint; errors are ignored).
     public func startWriteback() {
-        _ = syncd_start_writeback(raw)
+        Platform.startWriteback(raw)
     }
 
     public func truncate(_ size: UInt64) throws { try syscall("ftruncate", path: path) { ftruncate(raw, off_t(size)) } }

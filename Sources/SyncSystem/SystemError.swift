@@ -110,12 +110,6 @@ public func startDetachedThread(name: String, _ body: @escaping () -> Void) thro
     pthread_detach(try startThread(name: name, body))
 }
 
-/// The uid of the peer of a connected unix socket (SO_PEERCRED); nil when it cannot be had.
-public func peerUID(_ fd: Int32) -> uid_t? {
-    let uid = syncd_peer_uid(fd)
-    return uid < 0 ? nil : uid_t(uid)
-}
-
 /// A pthread mutex with a stable address (for code that does without Foundation, like the agent).
 public final class Mutex {
     let raw = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -181,13 +175,6 @@ public func machineName() -> String {
     uname(&name)
     return withUnsafePointer(to: &name.machine) { $0.withMemoryRebound(to: CChar.self, capacity: 65) { String(cString: $0) } }
 }
-
-/// Gives heap memory freed by a big job back to the system, so an idle process stays small.
-public func releaseFreeMemory() { syncd_release_free_memory() }
-
-/// Caps the heap arenas of this process (glibc): a long-lived process with many short-lived threads keeps less
-/// memory resident.
-public func limitHeapArenas(_ count: Int32 = 2) { syncd_limit_malloc_arenas(count) }
 
 extension String {
     /// The text of a C buffer up to its first NUL (or its end), as UTF-8 with invalid bytes repaired.

@@ -19,15 +19,5 @@ public enum Trace {
     }
 }
 
-/// This process's resident set, from /proc/self/statm (0 where unreadable).
-func residentMegabytes() -> Int {
-    let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return 0 }
-    defer { close(fd) }
-    var buffer = [UInt8](repeating: 0, count: 128)
-    let n = read(fd, &buffer, buffer.count)
-    guard n > 0 else { return 0 }
-    let fields = String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ")
-    guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
-    return (pages * Int(sysconf(Int32(_SC_PAGESIZE)))) >> 20
-}
+/// This process's resident set in MB (0 where unknown).
+func residentMegabytes() -> Int { Int((Platform.residentBytes() ?? 0) >> 20) }

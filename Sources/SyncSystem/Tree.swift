@@ -287,7 +287,7 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
     /// Renames `from` to `to` in one directory, failing with EEXIST rather than replacing what is at `to`.
     public static func renameNoReplace(at dir: FileDescriptor, from: [UInt8], to: [UInt8], shown: String) throws {
         try syscall("renameat2", path: shown) {
-            withCName(from) { f in withCName(to) { t in syncd_rename_noreplace(dir.raw, f, dir.raw, t) } }
+            withCName(from) { f in withCName(to) { t in Platform.renameNoReplace(in: dir.raw, from: f, to: t) } }
         }
     }
 

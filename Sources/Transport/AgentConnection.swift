@@ -39,7 +39,7 @@ public func locateAgentBinary(configured: String?) throws -> String {
         }
         return env
     }
-    let selfPath = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    let selfPath = Platform.executablePath() ?? CommandLine.arguments[0]
     let beside = ((selfPath as NSString).deletingLastPathComponent as NSString).appendingPathComponent("syncd-agent")
     guard FileManager.default.isExecutableFile(atPath: beside) else {
         throw TransportError("cannot find syncd-agent beside \(selfPath); install it there, set SYNCD_AGENT, or set agent_path in syncd.yaml")

@@ -133,7 +133,7 @@ struct ServiceFiles {
 
 /// The syncd binary beside this syncctl (they are installed together).
 func daemonExecutable() throws -> String {
-    let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+    let me = Platform.executablePath() ?? CommandLine.arguments[0]
     let path = (me as NSString).deletingLastPathComponent + "/syncd"
     guard FileManager.default.isExecutableFile(atPath: path) else {
         throw SyncError("no syncd beside syncctl (looked for \(path)); install the three binaries together", code: .usage)

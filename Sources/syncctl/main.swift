@@ -24,7 +24,7 @@ let stopSignals = [SIGINT, SIGTERM].map { sig in
     return source
 }
 OpenFiles.raiseLimit()
-limitHeapArenas()
+Platform.limitHeapArenas()
 Trace.mark("syncctl: started")
 var command: ParsableCommand
 do {

@@ -10,7 +10,7 @@ import SyncSystem
 // syncd: the local daemon. With no arguments it runs in the foreground (what the systemd unit starts): every
 // project registered with `syncctl add` is watched and pushed on change, and pulled every --pull-interval.
 let arguments = Array(CommandLine.arguments.dropFirst())
-limitHeapArenas()
+Platform.limitHeapArenas()
 OpenFiles.raiseLimit()
 var pullInterval: TimeInterval = 10
 var logLevel = ProcessInfo.processInfo.environment["SYNCD_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
