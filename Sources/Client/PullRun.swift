@@ -92,6 +92,20 @@ final class PullRun {
         cleared.append(path)
     }
 
+    /// A path changed here since the last pull that the remote changed (or deleted) too: the local version stays.
+    private func noteConflict(_ path: RelativePath, local: ConflictSide, remote: ConflictSide, recorded: ConflictSide) {
+        let there = remote.kind == .absent ? "deleted on the remote but changed here since the last pull: here \(local.shown)"
+                                           : "changed here since the last pull: here \(local.shown), the remote holds \(remote.shown)"
+        stats.conflict(.found(.pull, at: path, nowNanos: wallClockNanos(), local: local, remote: remote, recorded: recorded,
+                              message: there + ", the last pull recorded \(recorded.shown)"), into: &conflicts)
+    }
+
+    /// The local version loses (a forced pull or a resolve): kept beside, under a conflict name.
+    private func keepLocalAside(_ path: RelativePath) throws {
+        let copy = try project.tree.keepAside(path, stamp: session.stamp)
+        stats.kept.append(KeptCopy(path: path, copy: copy, side: "local"))
+    }
+
     /// What the last sync recorded at `path`, on its owner's side.
     private func recorded(_ path: RelativePath) -> SyncedEntry? { project.isPullPath(path) ? pulled[path] : pushed[path] }
 
@@ -236,16 +250,11 @@ final class PullRun {
         case .staysDeleted, .nothing:
             return
         case .conflict:
-            let localSide = ConflictSide(now), remoteSide = ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos)
-            let recordedSide = ConflictSide(recorded(key)?.pathState ?? .absent, synced: recorded(key))
-            stats.conflict(.found(.pull, at: key, nowNanos: wallClockNanos(), local: localSide, remote: remoteSide, recorded: recordedSide,
-                                  message: "changed here since the last pull: here \(localSide.shown), the remote holds "
-                                      + "\(remoteSide.shown), the last pull recorded \(recordedSide.shown)"), into: &conflicts)
+            noteConflict(key, local: ConflictSide(now), remote: ConflictSide(remote, size: offer.entry.size, mtimeNanos: offer.entry.mtimeNanos),
+                         recorded: ConflictSide(recorded(key)?.pathState ?? .absent, synced: recorded(key)))
             return
         case .keepAsideThenTake:
-            // The local version loses: kept beside, under a conflict name.
-            let copy = try project.tree.keepAside(key, stamp: session.stamp)
-            stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+            try keepLocalAside(key)
             (now, current) = (nil, .absent)
         case .take:
             break
@@ -543,8 +552,7 @@ final class PullRun {
             // Keeping the remote's version of a path it no longer has: the local one goes aside.
             for key in resolving where !offered.contains(key) && !skipped.contains(key) {
                 if local[key] != nil {
-                    let copy = try project.tree.keepAside(key, stamp: session.stamp)
-                    stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+                    try keepLocalAside(key)
                     stats.filesDeleted += 1
                 }
                 agreed(key, nil)
@@ -568,14 +576,10 @@ final class PullRun {
         case .nothing:
             return
         case .conflict:
-            let localSide = ConflictSide(local[key]), recordedSide = ConflictSide(last, synced: recorded)
-            stats.conflict(.found(.pull, at: key, nowNanos: wallClockNanos(), local: localSide, remote: .absent, recorded: recordedSide,
-                                  message: "deleted on the remote but changed here since the last pull: here \(localSide.shown), "
-                                      + "the last pull recorded \(recordedSide.shown)"), into: &conflicts)
+            noteConflict(key, local: ConflictSide(local[key]), remote: .absent, recorded: ConflictSide(last, synced: recorded))
             return
         case .keepAsideThenTake:
-            let copy = try project.tree.keepAside(key, stamp: session.stamp)
-            stats.kept.append(KeptCopy(path: key, copy: copy, side: "local"))
+            try keepLocalAside(key)
             stats.filesDeleted += 1
             agreed(key, nil)
             return
