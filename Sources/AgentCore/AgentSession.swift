@@ -47,9 +47,24 @@ public final class AgentSession {
 
     let homeDirectory: String
 
-    var tree: Tree!
+    /// The project a session serves, opened by its hello: its tree, its state, and this agent's build session in
+    /// it (its temporary files, apart from every other session's). A connection kept for many sessions keeps it.
+    struct OpenedProject {
+        let path: String
+        let tree: Tree
+        let state: AgentState
+        let building: BuildSession
+    }
+    private var opened: OpenedProject?
 
-    var state: AgentState!
+    /// The open project: every session runs after its hello opened one.
+    private var project: OpenedProject {
+        guard let opened else { preconditionFailure("a session ran before its hello opened a project") }
+        return opened
+    }
+    var tree: Tree { project.tree }
+    var state: AgentState { project.state }
+    var building: BuildSession { project.building }
 
     /// Where each chunk of a recorded file is, to copy it into new files. Made on first use: a session that
     /// moves no data (a no-op push, a push of deletions) does not pay for indexing every chunk of the project.
@@ -144,7 +159,7 @@ public final class AgentSession {
             durability?.shutdown()
             push.pending.values.forEach { $0.assembly?.suspend() }
             push.sealed.values.forEach { $0.assembly?.suspend() }
-            try? state?.save()
+            try? opened?.state.save()
             // Told to the client, which prints it: not printed here a second time.
             throw told ? AgentReported(error: error) : error
         }
@@ -284,7 +299,8 @@ public final class AgentSession {
             if hello.role == .pull && hello.expectInstance.isEmpty && lstat(projectPath, &st) != 0 && errno == ENOENT {
                 throw AgentError("nothing has been pushed to \(projectPath) yet (push first; a pull makes nothing on the remote)")
             }
-            tree = try Tree(rootPath: projectPath, create: true)
+            opened = nil
+            let tree = try Tree(rootPath: projectPath, create: true)
             // Out of descriptors: the temporary files held open are closed too (each reopens when next written).
             tree.onDescriptorShortage = (pthread_self(), { [unowned self] in
                 for op in push.openAssemblies { push.pending[op]?.assembly?.suspend() }
@@ -292,10 +308,8 @@ public final class AgentSession {
             })
             durability?.shutdown()
             durability = try DurableBatches(fileSystem: tree.root)
-            state = try AgentState(project: tree)
-            building = try Self.buildSession(in: tree)
+            opened = OpenedProject(path: projectPath, tree: tree, state: try AgentState(project: tree), building: try Self.buildSession(in: tree))
             indexedHeld = nil
-            openProjectPath = projectPath
         }
         let paths = try hello.pullPaths.map { try RelativePath($0) }
         if paths != pullPaths { stopWatching() }
@@ -316,10 +330,7 @@ public final class AgentSession {
                                  createdRoot: createdRoot))
     }
 
-    var openProjectPath: String?
-
-    /// The temporary files this agent builds in the open project, apart from every other session's.
-    var building: BuildSession!
+    var openProjectPath: String? { opened?.path }
 
     static func buildSession(in tree: Tree) throws -> BuildSession {
         let components = [Array(agentStateDirectoryName.utf8), Array("sessions".utf8)]
@@ -330,7 +341,7 @@ public final class AgentSession {
     }
 
     func isStillCurrent() -> Bool {
-        guard let tree, let state, let root = try? tree.root.stat() else { return false }
+        guard let tree = opened?.tree, let state = opened?.state, let root = try? tree.root.stat() else { return false }
         var now = stat()
         guard stat(tree.rootPath, &now) == 0, UInt64(now.st_dev) == root.device, UInt64(now.st_ino) == root.inode else { return false }
         return state.isCurrent()
