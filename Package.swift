@@ -45,7 +45,9 @@ let package = Package(
         .target(name: "S3", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "SnapshotFormat", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "StoreClient", dependencies: ["S3", "SnapshotFormat", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules"]),
+        // The data plane both directions share: receiving a file's chunks (more to come: serving them, extra streams).
+        .target(name: "Transfer", dependencies: ["Chunking", "Placement", "Wire", "SyncSystem"]),
+        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules", "Transfer"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", "SnapshotFormat", "SyncRules", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
@@ -56,7 +58,7 @@ let package = Package(
         // A project on the laptop: its scan, push and pull sessions over one agent link, what they report.
         .target(name: "Client", dependencies: [
             "Wire", "Transport", "SSHTransport", "Placement", "ProjectScan", "LocalState", "SyncConfig", "Chunking",
-            "SyncSystem", "SnapshotFormat", "SyncRules",
+            "SyncSystem", "SnapshotFormat", "SyncRules", "Transfer",
         ]),
         // Builds: BuildKit-style layer keys and push order; exec and compose on the remote.
         .target(name: "Builds", dependencies: ["Client", "Dockerfile", "SyncConfig", "ProjectScan", "SyncSystem", "Transport", "Wire", "LocalState", "SyncRules", "Chunking"]),
@@ -87,7 +89,7 @@ let package = Package(
                           path: "Bench/Sources/syncd-ssh-bench"),
 
         .testTarget(name: "UnitTests", dependencies: [
-            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "S3", "SnapshotFormat", "SyncRules",
+            "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "S3", "SnapshotFormat", "SyncRules", "Transfer",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Client", "Builds", "Fleet", "Control", "SyncRules", "AgentCore", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
                                                              "S3", "SnapshotFormat", "StoreClient", "LocalState"]),

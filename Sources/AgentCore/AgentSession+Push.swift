@@ -8,6 +8,7 @@ import ProjectScan
 import Watch
 import SyncRules
 import SyncSystem
+import Transfer
 import Wire
 
 // A push: files and their chunks, from the client, the store and the cache.
@@ -543,19 +544,11 @@ extension AgentSession {
 
     func receiveChunk(_ file: PendingFile, _ assembly: FileAssembly, index: Int, compressed: Bool, rawLength: Int,
                               payload: UnsafeRawBufferPointer) throws {
-        guard index < assembly.chunks.count, Int(assembly.chunks[index].length) == rawLength else {
-            throw ProtocolError("\(file.path!): chunk \(index) does not fit the file's chunk list")
-        }
         do {
-            if compressed {
-                try decompressor.decompress(payload, rawLength: rawLength, into: scratch)
-                try makingRoom { try assembly.write(index: index, bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<rawLength])) }
-            } else {
-                guard payload.count == rawLength else { throw ProtocolError("\(file.path!): chunk \(index) length mismatch") }
-                try makingRoom { try assembly.write(index: index, bytes: payload) }
+            try makingRoom {
+                try chunkWriter.write(payload, compressed: compressed, rawLength: rawLength, index: index, into: assembly,
+                                      shown: file.path.description)
             }
-        } catch let error as PlacementError {
-            throw ProtocolError("\(error)")
         } catch let error as SystemError where Self.isFull(error.errno) {
             // No room even after what gone sessions left was cleared: this file fails, saying how much it needs,
             // and what arrived of it goes, leaving its room to the rest of the push.

@@ -6,6 +6,7 @@ import Placement
 import ProjectScan
 import Watch
 import SyncSystem
+import Transfer
 import Wire
 
 /// A fatal session error on the agent side; sent to the client as an error frame, then the agent exits.
@@ -87,9 +88,9 @@ public final class AgentSession {
     /// A pull that lists these paths instead of the pull paths (resolving conflicts); empty otherwise.
     var pullRoots: [RelativePath] = []
 
-    let decompressor = ChunkDecompressor()
+    /// Writes the chunks a push sends into their files.
+    let chunkWriter = ChunkWriter()
 
-    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
 
     public init(stream: ByteStream, homeDirectory: String) {
         self.stream = stream
@@ -107,7 +108,6 @@ public final class AgentSession {
 
     deinit {
         durability?.shutdown()
-        scratch.deallocate()
     }
 
     /// Serves sessions until the client closes the connection between two of them. Errors are reported to the

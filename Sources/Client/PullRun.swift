@@ -5,6 +5,7 @@ import Placement
 import ProjectScan
 import SyncRules
 import SyncSystem
+import Transfer
 import Transport
 import Wire
 
@@ -412,11 +413,10 @@ final class PullRun {
         Trace.mark("pull: every chunk in")
     }
 
-    /// Reads the pull's frames and writes chunk data where it goes on the way.
+    /// Reads the pull's frames and writes chunk data where it goes on the way (through `ChunkWriter`, as the agent does).
     private final class ChunkReceiver {
         unowned let run: PullRun
-        let decompressor = ChunkDecompressor()
-        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: ChunkParameters.largestMaxSize, alignment: 16)
+        let chunkWriter = ChunkWriter()
         var streams: ExtraStreams?
         var agentDone = false
         private var streamsEnded = 0
@@ -425,7 +425,6 @@ final class PullRun {
         private var open: UInt32?
 
         init(run: PullRun) { self.run = run }
-        deinit { scratch.deallocate() }
 
         /// With extra streams, `done` can come ahead of data still on its way over them: the pull is over once
         /// every chunk asked for is in, or every stream has ended.
@@ -466,12 +465,8 @@ final class PullRun {
             guard let (assembly, offer, expected) = run.assemblies[op] else { return }
             if open != op, let previous = open { run.assemblies[previous]?.0.suspend() }
             open = op
-            if compressed {
-                try decompressor.decompress(payload, rawLength: Int(rawLength), into: scratch)
-                try assembly.write(index: Int(index), bytes: UnsafeRawBufferPointer(rebasing: scratch[0..<Int(rawLength)]))
-            } else {
-                try assembly.write(index: Int(index), bytes: payload)
-            }
+            try chunkWriter.write(payload, compressed: compressed, rawLength: Int(rawLength), index: Int(index), into: assembly,
+                                  shown: offer.path.description)
             run.stats.chunksSent += 1
             received += UInt64(rawLength)
             run.progress.update(done: received, total: run.expectedBytes)
