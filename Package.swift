@@ -45,7 +45,7 @@ let package = Package(
         .target(name: "S3", dependencies: ["COpenSSL", "HTTP", "SyncSystem"]),
         .target(name: "SnapshotFormat", dependencies: ["CZlib", "Chunking", "Wire", "SyncSystem"]),
         .target(name: "StoreClient", dependencies: ["S3", "SnapshotFormat", "LocalState", "Chunking", "Wire", "SyncSystem"]),
-        // The data plane both directions share: receiving a file's chunks (more to come: serving them, extra streams).
+        // The data plane both directions share: chunks sent (ChunkSender) and received into a file (ChunkWriter).
         .target(name: "Transfer", dependencies: ["Chunking", "Placement", "Wire", "SyncSystem"]),
         .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules", "Transfer"]),
         .target(name: "LocalState", dependencies: [

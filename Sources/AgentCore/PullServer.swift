@@ -4,6 +4,7 @@ import Glibc
 import Chunking
 import ProjectScan
 import SyncSystem
+import Transfer
 import Wire
 
 /// Files some process on this host holds open for writing, keyed by (device, inode), with one such process id.

@@ -5,6 +5,7 @@ import ProjectScan
 import SyncRules
 import SyncSystem
 import Transport
+import Transfer
 import Wire
 
 /// The agent's answers to a push, compactly: a status byte per operation, and the whole answer for the few

@@ -1,5 +1,6 @@
 import Chunking
 import Testing
+import Transfer
 import Wire
 
 /// `ChunkSender` with a link rate: past its first 2 MB, it compresses only while zlib outpaces the link, and

@@ -2,6 +2,7 @@ import Chunking
 import Glibc
 import SyncSystem
 import Testing
+import Transfer
 import Wire
 
 /// Chunk data built in the writer's buffer (`ChunkSender.send(from:)`) and handed over in the reader's

@@ -1,5 +1,6 @@
 import Chunking
 import SyncSystem
+import Wire
 
 /// Sends chunks of local files: reads each one, checks it still matches its id, and queues it as a chunk-data
 /// frame, compressed when that pays. One per sending thread: it owns the compressors.
