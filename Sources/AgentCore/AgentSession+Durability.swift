@@ -6,6 +6,7 @@ import Placement
 import ProjectScan
 import Watch
 import SyncSystem
+import Transfer
 import Wire
 
 // Waiting in a push: for input from every stream, for syncs, and for store reads; renames and answers once
@@ -58,9 +59,7 @@ extension AgentSession {
                 // is seen here, and its version is not replaced.
                 parent = try building.placing {
                     try assembly.commit(expectingNothing: file.targetStat == nil) { now in
-                        let same = (now == nil && file.targetStat == nil)
-                            || (now != nil && file.targetStat != nil && now!.sameContentIdentity(as: file.targetStat!) && now!.kind == file.targetStat!.kind)
-                        if !same { throw ConflictAtPlacement(current: now) }
+                        if !FileAssembly.targetUnchanged(now, since: file.targetStat) { throw ConflictAtPlacement(current: now) }
                         if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
                     }
                 }

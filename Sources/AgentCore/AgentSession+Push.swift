@@ -575,17 +575,8 @@ extension AgentSession {
         guard let assembly = file.assembly, let durability else { return }
         push.pending[header.op] = nil
         push.openAssemblies.removeAll { $0 == header.op }
-        let alone = durability.syncsAlone(size: header.size, device: assembly.device)
-        let part = try assembly.seal(permissions: header.permissions, mtimeNanos: header.mtimeNanos, startWriteback: alone)
-        do {
-            try durability.add(op: header.op, fd: part, size: header.size, device: assembly.device)
-        } catch {
-            assembly.suspend()
-            throw error
-        }
+        try durability.add(sealing: assembly, op: header.op, permissions: header.permissions, mtimeNanos: header.mtimeNanos)
         push.sealed[header.op] = file
-        // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
-        assembly.suspend()
         if durability.outstanding >= Self.maxSyncs { try handle(durability.wait()) }
     }
 }

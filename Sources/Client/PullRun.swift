@@ -482,11 +482,7 @@ final class PullRun {
 
     /// Hands a complete file to `durability`; it is placed once its data is durable (see `settle`).
     private func seal(_ op: UInt32, _ assembly: FileAssembly, _ offer: Offer, expected: FileStat?) throws {
-        let alone = durability.syncsAlone(size: assembly.size, device: assembly.device)
-        let fd = try assembly.seal(permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos, startWriteback: alone)
-        try durability.add(op: op, fd: fd, size: assembly.size, device: assembly.device)
-        // Renamed by name once durable; `durability` keeps a descriptor of its own where it needs one.
-        assembly.suspend()
+        try durability.add(sealing: assembly, op: op, permissions: offer.entry.permissions, mtimeNanos: offer.entry.mtimeNanos)
         sealed[op] = (assembly, offer, expected)
         // Group commit: while a sync runs, the files sealed meanwhile wait for the next one.
         if durability.outstanding == 0 { durability.closeBatch() }
@@ -525,8 +521,7 @@ final class PullRun {
         let parent: FileDescriptor?
         do {
             parent = try assembly.commit(expectingNothing: expected == nil) { now in
-                let same = (now == nil && expected == nil) || (now != nil && expected != nil && now!.sameContentIdentity(as: expected!))
-                if !same { throw LocalConflict() }
+                if !FileAssembly.targetUnchanged(now, since: expected) { throw LocalConflict() }
             }
         } catch is LocalConflict {
             assembly.discard()
