@@ -15,26 +15,27 @@ import Wire
 /// the push's own included, has the least waiting to go out. In a pull `joined` hands each new one to the
 /// caller, which reads it. One that cannot be opened leaves the session on fewer; one that fails once joined
 /// fails the session, since what it carried is lost (the next one resumes).
-final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `closed`, `failures` and `connecting`
-    private let lock = NSLock()
-    private var joined: [(connection: AgentConnection, writer: FrameWriter)] = []
-    private var closed = false
-    private var failures: [String] = []
-    private var connecting: Int
+final class ExtraStreams: @unchecked Sendable {
+    /// The streams joined, attempts still under way, why some failed, and whether the session is over.
+    private struct Joined {
+        var joined: [(connection: AgentConnection, writer: FrameWriter)] = []
+        var closed = false
+        var failures: [String] = []
+        var connecting: Int
+    }
+    private let streams: Locked<Joined>
 
     /// Starts connecting `count` streams to the session's agent, which listens at `address` and admits `token`.
     /// `joined` gets each connection as it joins (its number from 1), and `settled` is called once each attempt
     /// is over, joined or not; both on the connecting thread.
     init(project: Project, address: String, token: [UInt8], count: Int,
          joined onJoin: @escaping @Sendable (AgentConnection, Int) -> Void = { _, _ in }, settled: @escaping @Sendable () -> Void = {}) {
-        connecting = max(count, 1)
+        streams = Locked(Joined(connecting: max(count, 1)))
         for n in 1...max(count, 1) {
             // Joined before the process exits: an attempt may still be in its SSH handshake when the session ends.
             let attempt = { [self] in
                 defer {
-                    lock.lock()
-                    connecting -= 1
-                    lock.unlock()
+                    streams.withLock { $0.connecting -= 1 }
                     settled()
                 }
                 do {
@@ -42,10 +43,10 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
                     // A joined stream may rightly carry nothing for a while (the agent sends no heartbeats on it):
                     // its link is watched by SSH keepalives, and the session by its own connection's timeout.
                     connection.stream.progressTimeout = nil
-                    lock.lock()
-                    let late = closed
-                    if !late { joined.append((connection, FrameWriter(connection.stream))) }
-                    lock.unlock()
+                    let late = streams.withLock { set in
+                        if !set.closed { set.joined.append((connection, FrameWriter(connection.stream))) }
+                        return set.closed
+                    }
                     if late {
                         connection.terminate()
                         _ = connection.finish()
@@ -55,25 +56,19 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
                     }
                 } catch {
                     // One still connecting when the session ended failed because it ended: not worth a word.
-                    lock.lock()
-                    if !closed { failures.append("\(error)") }
-                    lock.unlock()
+                    streams.withLock { set in if !set.closed { set.failures.append("\(error)") } }
                 }
             }
             do { try LibraryThreads.start(attempt) } catch {
-                lock.lock()
-                connecting -= 1
-                failures.append("cannot start a thread: \(error)")
-                lock.unlock()
+                streams.withLock { set in
+                    set.connecting -= 1
+                    set.failures.append("cannot start a thread: \(error)")
+                }
             }
         }
     }
 
-    private var current: [(connection: AgentConnection, writer: FrameWriter)] {
-        lock.lock()
-        defer { lock.unlock() }
-        return joined
-    }
+    private var current: [(connection: AgentConnection, writer: FrameWriter)] { streams.current.joined }
 
     /// The writer for the next chunk: `main` or a joined stream's, whichever has the fewest bytes waiting.
     func writer(main: FrameWriter, mainStream: ByteStream) -> FrameWriter {
@@ -119,35 +114,28 @@ final class ExtraStreams: @unchecked Sendable {  // `lock` guards `joined`, `clo
     var carryingCount: Int { current.filter { $0.writer.bytesWritten > 0 }.count }
 
     /// Streams joined so far, and whether attempts are still under way.
-    var state: (joined: Int, connecting: Bool) {
-        lock.lock()
-        defer { lock.unlock() }
-        return (joined.count, connecting > 0)
-    }
+    var state: (joined: Int, connecting: Bool) { streams.withLock { ($0.joined.count, $0.connecting > 0) } }
 
     /// Closes every stream once the push is answered (the agent has read all they carried); streams still
     /// connecting close as soon as they are made. Returns why streams could not be opened, if any could not.
     package func finish() -> [String] {
-        lock.lock()
-        closed = true
-        let streams = joined
-        joined = []
-        let why = failures
-        lock.unlock()
-        for s in streams { s.connection.stream.closeWrite() }
-        for s in streams { _ = s.connection.finish() }
+        let (open, why) = streams.withLock { set in
+            defer { (set.closed, set.joined) = (true, []) }
+            return (set.joined, set.failures)
+        }
+        for s in open { s.connection.stream.closeWrite() }
+        for s in open { _ = s.connection.finish() }
         return why
     }
 
     /// Drops every stream at once (the push failed).
     func abort() {
-        lock.lock()
-        closed = true
-        let streams = joined
-        joined = []
-        lock.unlock()
-        for s in streams { s.connection.terminate() }
-        for s in streams { _ = s.connection.finish() }
+        let open = streams.withLock { set in
+            defer { (set.closed, set.joined) = (true, []) }
+            return set.joined
+        }
+        for s in open { s.connection.terminate() }
+        for s in open { _ = s.connection.finish() }
     }
 }
 

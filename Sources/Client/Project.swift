@@ -331,49 +331,40 @@ public final class Project: Sendable {
 /// The client's end of a connection to the agent, with the framed reader and writer over it: used for one
 /// session (syncctl), or kept for many (the daemon keeps one per project, so a session costs no SSH handshake,
 /// no authentication and no agent start).
-public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeRead, directory and closed
+public final class AgentLink: @unchecked Sendable {
     public let connection: AgentConnection
     let reader: FrameReader
     let writer: FrameWriter
     /// Kept open after a session, for the next one.
     public let persistent: Bool
-    private let lock = NSLock()
-    private var handshakeRead = false
-    /// The project's absolute directory on the remote, from the last welcome.
-    private var directory: String?
-    public var remoteDirectory: String? {
-        lock.lock()
-        defer { lock.unlock() }
-        return directory
+    /// What the link learned and whether it is still usable, read and written from the session's threads.
+    private struct State {
+        var handshakeRead = false
+        /// The project's absolute directory on the remote, from the last welcome.
+        var directory: String?
+        /// A remote root the agent had to make for the last session, until `takeCreatedRoot` reports it.
+        var createdRoot: String?
+        /// Set once the link failed or was closed: it must not carry another session.
+        var closed = false
     }
-    /// A remote root the agent had to make for the last session, until `takeCreatedRoot` reports it.
-    private var createdRoot: String?
+    private let state = Locked(State())
+
+    public var remoteDirectory: String? { state.current.directory }
 
     /// The warning for a remote root the agent made (it did not exist): said once.
     public func takeCreatedRoot() -> String? {
-        lock.lock()
-        defer { createdRoot = nil; lock.unlock() }
-        return createdRoot.map {
+        let made = state.withLock { state in defer { state.createdRoot = nil }; return state.createdRoot }
+        return made.map {
             "the remote root \(displayText($0)) did not exist on \(connection.peerDescription) and was made; "
                 + "if that is not where the project belongs, fix remote_root in \(ProjectConfig.fileName)"
         }
     }
 
-    /// Set once the link failed or was closed: it must not carry another session.
-    private var closed = false
-    public var isClosed: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        return closed
-    }
+    public var isClosed: Bool { state.current.closed }
 
     /// Marks the link closed; returns whether it was open.
     private func markClosed() -> Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        let was = closed
-        closed = true
-        return !was
+        state.withLock { state in defer { state.closed = true }; return !state.closed }
     }
 
     /// Keeps the agent sure this side is alive while it has nothing to say (see `Heartbeat`).
@@ -402,27 +393,22 @@ public final class AgentLink: @unchecked Sendable {  // `lock` guards handshakeR
     /// Reads the agent's handshake (once per connection) and the welcome that answers a hello; returns the
     /// remote's instance id.
     func readWelcome() throws -> String {
-        lock.lock()
-        let first = !handshakeRead
-        lock.unlock()
-        if first {
+        if !state.current.handshakeRead {
             let version = try reader.readHandshake()
             guard version == wireVersion else {
                 throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
             }
-            lock.lock()
-            handshakeRead = true
-            lock.unlock()
+            state.withLock { $0.handshakeRead = true }
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
         if case .error(let message, let reason) = welcome { throw AgentSaid(message: displayText(message), reason: reason, atStart: true) }
         guard case .welcome(_, let directory, let instance, let created) = welcome else {
             throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)")
         }
-        lock.lock()
-        self.directory = directory
-        if !created.isEmpty { createdRoot = created }
-        lock.unlock()
+        state.withLock { state in
+            state.directory = directory
+            if !created.isEmpty { state.createdRoot = created }
+        }
         return instance
     }
 

@@ -269,11 +269,14 @@ final class ProgressReporter {
     private let observer: (@Sendable (SyncProgress) -> Void)?
     private let label: String
     private let start = Date()
-    private var lastDraw = Date.distantPast
-    private var lastLine = Date()
-    private var lastObserved = Date.distantPast
-    private let lock = NSLock()
-    private var drawn = false
+    /// When each output was last given, and whether a line was drawn (to clear at the end).
+    private struct Shown {
+        var lastDraw = Date.distantPast
+        var lastLine = Date()
+        var lastObserved = Date.distantPast
+        var drawn = false
+    }
+    private let shown = Locked(Shown())
 
     init(label: String, options: SyncOptions) {
         self.label = label
@@ -288,24 +291,26 @@ final class ProgressReporter {
         let total = given == 0 ? 0 : max(given, done)
         InFlight.note(label, done: done, total: total)
         guard draw || lines || observer != nil else { return }
-        lock.lock()
-        defer { lock.unlock() }
+        shown.withLock { shown in report(done: done, total: total, shown: &shown) }
+    }
+
+    private func report(done: UInt64, total: UInt64, shown: inout Shown) {
         let now = Date()
         let elapsed = max(now.timeIntervalSince(start), 0.001)
         let rate = Double(done) / elapsed
         let progress = SyncProgress(bytesDone: done, bytesTotal: total, bytesPerSecond: rate,
                                     etaSeconds: total > done && rate > 0 ? Int(Double(total - done) / rate) : nil)
-        if let observer, now.timeIntervalSince(lastObserved) > 0.2 {
-            lastObserved = now
+        if let observer, now.timeIntervalSince(shown.lastObserved) > 0.2 {
+            shown.lastObserved = now
             observer(progress)
         }
-        if draw && now.timeIntervalSince(lastDraw) > 0.2 {
-            lastDraw = now
+        if draw && now.timeIntervalSince(shown.lastDraw) > 0.2 {
+            shown.lastDraw = now
             FileHandle.standardError.write(Data(("\r\(label): \(progress.description)" + "\u{1B}[K").utf8))
-            drawn = true
+            shown.drawn = true
         }
-        if lines && now.timeIntervalSince(lastLine) >= 10 {
-            lastLine = now
+        if lines && now.timeIntervalSince(shown.lastLine) >= 10 {
+            shown.lastLine = now
             FileHandle.standardError.write(Data("\(label): \(progress.description)\n".utf8))
         }
     }
@@ -313,7 +318,7 @@ final class ProgressReporter {
     package func finish() {
         InFlight.clear()
         if let observer { observer(SyncProgress(bytesDone: 0, bytesTotal: 0, bytesPerSecond: 0, etaSeconds: nil)) }
-        guard draw, drawn else { return }
+        guard draw, shown.current.drawn else { return }
         FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
     }
 }
