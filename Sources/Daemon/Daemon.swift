@@ -17,6 +17,8 @@ public struct DaemonSettings: Sendable {
     public var controlPath: String
     /// The local state directory (nil: `$XDG_STATE_HOME/syncd`, else `~/.local/state/syncd`).
     public var stateDirectory: String?
+    /// When pulls are due and how long failures back off (tests: a `ManualClock`).
+    public var clock: any DaemonClock = SystemClock()
 
     public init(pullInterval: TimeInterval = 10, environment: [String: String] = ProcessInfo.processInfo.environment) {
         self.pullInterval = pullInterval
@@ -146,7 +148,7 @@ public final class Daemon: @unchecked Sendable {  // `runners` is touched only o
         for dir in wanted where runners[dir] == nil {
             do {
                 let started = monotonicNanos()
-                let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval, stateDirectory: settings.stateDirectory)
+                let runner = try ProjectRunner(directory: dir, pullInterval: pullInterval, stateDirectory: settings.stateDirectory, clock: settings.clock)
                 try runner.start()
                 runners[dir] = runner
                 log.info("\(dir): watching (\(runner.watchCount) directories, set up in \((monotonicNanos() - started) / 1_000_000) ms)")

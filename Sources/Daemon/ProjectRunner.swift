@@ -37,7 +37,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private var pulls = Sessions()
     private var stopping = false
     private var finished = false
-    private var nextPull = Date()
+    private var nextPull = Date.distantPast
     private let pullInterval: TimeInterval
     private var failures = 0
     // What `status` reports; all under `condition`.
@@ -65,7 +65,10 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// Where the project's local state lives (nil: the default).
     private let stateDirectory: String?
 
-    init(directory: String, pullInterval: TimeInterval, stateDirectory: String? = nil) throws {
+    private let clock: any DaemonClock
+
+    init(directory: String, pullInterval: TimeInterval, stateDirectory: String? = nil, clock: any DaemonClock = SystemClock()) throws {
+        self.clock = clock
         self.stateDirectory = stateDirectory
         self.directory = directory
         self.pullInterval = pullInterval
@@ -210,7 +213,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                                    })
         status.remote = project.config.remote.description
         status.bytesUploaded = lastHosts?.uploaded
-        status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSinceNow.rounded(.up))) }
+        status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSince(clock.now()).rounded(.up))) }
         if syncing != nil { status.progress = progress.current }
         return status
     }
@@ -218,7 +221,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private func loop() {
         while true {
             condition.lock()
-            let due = !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull)
+            let due = !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull)
             if stopping {
                 finished = true
                 condition.broadcast()
@@ -276,19 +279,19 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 pushes.result = result
                 if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot, stats.bytesUploaded) }
                 pushes.done = pushes.started
-                if case .success = result { lastPush = Date() }
+                if case .success = result { lastPush = clock.now() }
             } else {
                 pulls.result = result
                 pulls.done = pulls.started
-                if case .success = result { lastPull = Date() }
+                if case .success = result { lastPull = clock.now() }
                 // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
                 // periodic pull: its close may come without a watcher event we can use (a busy writer).
                 if case .success(let stats) = result, stats.skippedBeingWritten > 0 {
                     deferredPulls += 1
-                    nextPull = Date().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
+                    nextPull = clock.now().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
                 } else {
                     deferredPulls = 0
-                    nextPull = Date().addingTimeInterval(link != nil && watchWorks ? max(pullInterval, Self.watchedPullInterval) : pullInterval)
+                    nextPull = clock.now().addingTimeInterval(link != nil && watchWorks ? max(pullInterval, Self.watchedPullInterval) : pullInterval)
                 }
             }
             syncing = nil
@@ -367,8 +370,8 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// Waits on `condition` (held) until a session is due, the runner stops, or `interrupted` says so.
     private func waitForWork(interrupted: () -> Bool = { false }) {
         while !stopping && !interrupted() {
-            if !paused && (pushes.wanted || pulls.wanted || Date() >= nextPull) { return }
-            if paused { condition.wait() } else { _ = condition.wait(until: nextPull) }
+            if !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull) { return }
+            if paused { condition.wait() } else { clock.wait(condition, until: nextPull) }
         }
     }
 
@@ -421,9 +424,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             }
             condition.broadcast()
             retrying = (error as? SyncError)?.stalled == true ? "stalled" : "disconnected"
-            let until = Date().addingTimeInterval(delay)
+            let until = clock.now().addingTimeInterval(delay)
             retryAt = until
-            while !stopping && Date() < until { _ = condition.wait(until: until) }
+            while !stopping && clock.now() < until { clock.wait(condition, until: until) }
             retrying = nil
             retryAt = nil
             condition.unlock()

@@ -80,6 +80,44 @@ struct DaemonInProcessTests {
         #expect(!FileManager.default.fileExists(atPath: runtime + "/syncd/control.sock"))
     }
 
+    /// The backoff after failures, 1, 2, 4 … 30 s, walked through by moving the daemon's clock: no sleeping, where
+    /// the real clock would take 61 s to get there.
+    @Test func aFailingProjectBacksOffByTheClockItIsGiven() throws {
+        let f = try SyncFixture()
+        let port = freePortForTest()
+        try "Host nowhere\n  HostName 127.0.0.1\n  Port \(port)\n  User root\n".write(toFile: f.base + "/ssh_config", atomically: true, encoding: .utf8)
+        try "name: proj\nremote: nowhere\nssh_config: \(f.base)/ssh_config\n".write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        #expect(try ProjectRegistry(environment: env).add(f.project))
+        let clock = ManualClock()
+        var settings = DaemonSettings(pullInterval: 60, environment: env)
+        settings.clock = clock
+        let daemon = Daemon(settings: settings)
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            _ = daemon.run()
+            done.signal()
+        }
+        defer {
+            daemon.stop()
+            _ = done.wait(timeout: .now() + 30)
+        }
+        func retryIn() -> Int? {
+            (try? ControlSocket.request(ControlRequest(.status), environment: env))?.projects?.first?.retryInSeconds
+        }
+        let started = Date()
+        for expected in [1, 2, 4, 8, 16, 30, 30] {
+            #expect(eventually(seconds: 20) { retryIn() == expected }, "expected a retry in \(expected) s, status says \(String(describing: retryIn()))")
+            // Half way, nothing happens; at the deadline, the next try fails and backs off further.
+            clock.advance(by: Double(expected) / 2)
+            #expect(retryIn() == expected - expected / 2, "the wait counts down with the clock")
+            clock.advance(by: Double(expected) - Double(expected) / 2)
+        }
+        #expect(Date().timeIntervalSince(started) < 30, "the backoff followed the clock it was given, not the wall's")
+    }
+
     /// An agent that stops answering (a hung remote) is not `syncing` for ever: the push fails once nothing came
     /// for `timeout:`, and the project shows as stalled, with the error, until the next try.
     @Test func aStalledProjectShowsAsStalled() throws {
