@@ -162,8 +162,8 @@ extension Project {
 }
 
 /// Frames from several connections taken in one place: a thread per connection reads its frames into one
-/// bounded queue (a pull over extra streams).
-final class FrameMerger: @unchecked Sendable {  // `condition` guards the queue
+/// queue bounded by the chunk bytes it holds (a pull over extra streams). `close` lets every reading thread go.
+final class FrameMerger: Sendable {
     enum Item {
         case frame(Message, source: Int)
         /// Source `source` ended cleanly between frames.
@@ -172,67 +172,42 @@ final class FrameMerger: @unchecked Sendable {  // `condition` guards the queue
         /// Something changed that the taker may want to look at (an attempt to join settled).
         case wake
     }
-    private let condition = NSCondition()
-    private var items: [Item] = []
-    private var head = 0
-    private var queuedBytes = 0
-    private static let limit = 32 << 20
-    private var readBySource: [Int: UInt64] = [:]
+    private let queue = BoundedQueue<Item>(limit: 32 << 20) { item in
+        if case .frame(let message, _) = item { return message.payloadBytes }
+        return 0
+    }
+    private let readBySource = Locked<[Int: UInt64]>([:])
 
     /// Bytes read so far from the sources other than 0 (the joined streams).
-    var extraBytesRead: UInt64 {
-        condition.lock()
-        defer { condition.unlock() }
-        return readBySource.filter { $0.key != 0 }.values.reduce(0, +)
-    }
+    var extraBytesRead: UInt64 { readBySource.current.filter { $0.key != 0 }.values.reduce(0, +) }
 
-    /// Reads `reader` on a thread of its own until its end, a failure, or a frame `last` says is its last (the
-    /// session's connection must be left alone after `done`: the next session's frames follow).
+    /// Reads `reader` on a thread of its own until its end, a failure, a frame `last` says is its last (the
+    /// session's connection must be left alone after `done`: the next session's frames follow), or `close`.
     func read(_ reader: FrameReader, source: Int, handshake: Bool = false, last: @escaping @Sendable (Message) -> Bool = { _ in false }) {
         let reading = { [self] in
             do {
                 if handshake { _ = try reader.readHandshake() }
                 while let message = try reader.next() {
-                    put(.frame(message, source: source), bytes: message.payloadBytes, source: source, read: reader.bytesRead)
-                    if last(message) { return }
+                    readBySource.withLock { $0[source] = reader.bytesRead }
+                    guard queue.put(.frame(message, source: source)), !last(message) else { return }
                 }
-                put(.ended(source: source), bytes: 0, source: source, read: reader.bytesRead)
+                queue.put(.ended(source: source))
             } catch {
-                put(.failed(error, source: source), bytes: 0, source: source, read: reader.bytesRead)
+                queue.put(.failed(error, source: source))
             }
         }
         do { try startDetachedThread(name: "frames-\(source)", reading) } catch {
-            put(.failed(error, source: source), bytes: 0, source: source, read: reader.bytesRead)
+            queue.put(.failed(error, source: source))
         }
     }
 
-    func wake() { put(.wake, bytes: 0) }
-
-    private func put(_ item: Item, bytes: Int, source: Int? = nil, read: UInt64 = 0) {
-        condition.lock()
-        if let source { readBySource[source] = read }
-        while queuedBytes > Self.limit { condition.wait() }
-        items.append(item)
-        queuedBytes += bytes
-        condition.broadcast()
-        condition.unlock()
-    }
+    func wake() { queue.put(.wake) }
 
     /// The next item, waiting for one.
-    func next() -> Item {
-        condition.lock()
-        defer { condition.unlock() }
-        while head == items.count { condition.wait() }
-        let item = items[head]
-        head += 1
-        if case .frame(let message, _) = item { queuedBytes -= message.payloadBytes }
-        if head == items.count {
-            items.removeAll(keepingCapacity: true)
-            head = 0
-        }
-        condition.broadcast()
-        return item
-    }
+    func next() -> Item { queue.take() ?? .failed(SyncError("the pull's frames were closed"), source: 0) }
+
+    /// Done with the frames (the pull is over, or failed): every reading thread stops at its next frame.
+    func close() { queue.close() }
 }
 
 extension Message {

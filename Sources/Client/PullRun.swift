@@ -376,7 +376,11 @@ final class PullRun {
     /// there while being sent) is skipped; one still missing chunks at the end fails.
     func receive() throws {
         let receiver = ChunkReceiver(run: self)
-        defer { receiver.streams?.abort() }
+        defer {
+            receiver.streams?.abort()
+            // Whatever is still read into the merger is not wanted: its threads go.
+            merger?.close()
+        }
         while let message = try receiver.nextFrame() {
             switch message {
             case .abort(let op, let reason):

@@ -84,8 +84,9 @@ final class ControlServer: Sendable {
 
     /// `logs -f`: the kept lines, then every new one, one JSON line each, until the client goes away.
     private func follow(_ client: FileDescriptor) {
-        let queue = LineQueue()
-        let (lines, token) = LogBook.lines { queue.add($0) }
+        // Log lines on their way to the client: the logging thread puts, this connection's thread takes.
+        let queue = BoundedQueue<String>(limit: .max)
+        let (lines, token) = LogBook.lines { queue.put($0) }
         defer { if let token { LogBook.unfollow(token) } }
         func send(_ batch: [String]) -> Bool {
             var answer = ControlAnswer()
@@ -94,7 +95,7 @@ final class ControlServer: Sendable {
         }
         guard send(lines) else { return }
         // An idle second gives an empty batch: it probes the client, so a closed one is noticed.
-        while send(queue.take(waitingAtMost: 1)) {}
+        while send(queue.takeAll(waitingUntil: monotonicNanos() + 1_000_000_000)) {}
     }
 
     /// The request line, decoded; or why there is none: no line, a line too long, or one that does not decode.
@@ -110,29 +111,6 @@ final class ControlServer: Sendable {
                 ? "the request is longer than \(ControlRequest.maxLineBytes) bytes" : "expected one line of JSON, ended by a newline"))
         }
         return Result { try ControlRequest.decode(line: Array(bytes[..<end])) }.mapError { $0 as? ControlProtocolError ?? ControlProtocolError("\($0)") }
-    }
-}
-
-/// Log lines on their way to a `logs -f` client: the logging thread adds, the connection's thread takes.
-private final class LineQueue: @unchecked Sendable {  // `condition` guards `lines`
-    private let condition = NSCondition()
-    private var lines: [String] = []
-
-    func add(_ line: String) {
-        condition.lock()
-        lines.append(line)
-        condition.signal()
-        condition.unlock()
-    }
-
-    /// What came, waiting up to `seconds` for something (an empty batch after that).
-    func take(waitingAtMost seconds: Double) -> [String] {
-        condition.lock()
-        defer { condition.unlock() }
-        if lines.isEmpty { _ = condition.wait(until: Date().addingTimeInterval(seconds)) }
-        let batch = lines
-        lines.removeAll()
-        return batch
     }
 }
 
