@@ -118,9 +118,7 @@ public final class SSHAgentConnection: AgentConnection {
         channel.closeWrite()
         let status = channel.waitForExit(seconds: exitGraceSeconds)
         // Closed by `terminate`: how it ended is our doing, and says nothing the caller's error does not.
-        terminationLock.lock()
-        let closedHere = terminated
-        terminationLock.unlock()
+        let closedHere = terminated.current
         if closedHere && status == nil { return nil }
         if let error = channel.error, !closedHere { return error.description }
         guard let status else { return "the agent ended without an exit status" }
@@ -131,10 +129,9 @@ public final class SSHAgentConnection: AgentConnection {
         return nil
     }
 
-    /// Set when `terminate` closed a channel that was still healthy (under `terminationLock`: a link is dropped
-    /// from another thread than the one that finishes it).
-    private var terminated = false
-    private let terminationLock = NSLock()
+    /// Set when `terminate` closed a channel that was still healthy (a link is dropped from another thread than the
+    /// one that finishes it).
+    private let terminated = Locked(false)
 
     /// Drops the connection without waiting for the agent's exit status: the agent, done, sees its input end
     /// and exits, and sshd needs no answer from here.
@@ -145,9 +142,7 @@ public final class SSHAgentConnection: AgentConnection {
 
     public func terminate() {
         let healthy = channel.error == nil && channel.exitStatus == nil
-        terminationLock.lock()
-        if healthy { terminated = true }
-        terminationLock.unlock()
+        if healthy { terminated.withLock { $0 = true } }
         channel.abort()
     }
 }

@@ -89,13 +89,12 @@ public final class StoreLock: @unchecked Sendable {  // `state` guards `released
     }
 
     /// The locks this process holds.
-    private final class Held: @unchecked Sendable {  // `lock` guards `locks`
+    private final class Held: Sendable {
         static let shared = Held()
-        private let lock = Mutex()
-        private var locks: [String: StoreLock] = [:]
-        func add(_ l: StoreLock) { lock.lock(); locks[l.name] = l; lock.unlock() }
-        func remove(_ l: StoreLock) { lock.lock(); locks[l.name] = nil; lock.unlock() }
-        func all() -> [StoreLock] { lock.lock(); defer { lock.unlock() }; return Array(locks.values) }
+        private let locks = Locked<[String: StoreLock]>([:])
+        func add(_ l: StoreLock) { locks.withLock { $0[l.name] = l } }
+        func remove(_ l: StoreLock) { locks.withLock { $0[l.name] = nil } }
+        func all() -> [StoreLock] { Array(locks.current.values) }
     }
 
     /// What a lock object says of the run that wrote it.

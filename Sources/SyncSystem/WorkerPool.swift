@@ -114,31 +114,21 @@ public final class WorkerPool<Job, Output> {
 
 /// Results of work shared out among threads, by index: a worker claims the next index (or is given one) and sets
 /// its slot; the slots are read once the workers are joined.
-public final class IndexedResults<Value>: @unchecked Sendable {  // `lock` guards next and slots
-    private let lock = Mutex()
-    private var next = 0
-    private var slots: [Value?]
+public final class IndexedResults<Value>: @unchecked Sendable {
+    private let state: Locked<(next: Int, slots: [Value?])>
 
-    public init(count: Int) { slots = Array(repeating: nil, count: count) }
+    public init(count: Int) { state = Locked((0, Array(repeating: nil, count: count))) }
 
     /// The next index no worker has claimed yet; nil once all are.
     public func claim() -> Int? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard next < slots.count else { return nil }
-        next += 1
-        return next - 1
+        state.withLock { state in
+            guard state.next < state.slots.count else { return nil }
+            state.next += 1
+            return state.next - 1
+        }
     }
 
-    public func set(_ index: Int, _ value: Value) {
-        lock.lock()
-        slots[index] = value
-        lock.unlock()
-    }
+    public func set(_ index: Int, _ value: Value) { state.withLock { $0.slots[index] = value } }
 
-    public subscript(_ index: Int) -> Value? {
-        lock.lock()
-        defer { lock.unlock() }
-        return slots[index]
-    }
+    public subscript(_ index: Int) -> Value? { state.withLock { $0.slots[index] } }
 }

@@ -78,18 +78,9 @@ public final class TreeWatcher {
     deinit { stop() }
 
     /// Number of directories watched through inotify (read from any thread).
-    public var watchCount: Int {
-        countLock.lock()
-        defer { countLock.unlock() }
-        return watchTotal
-    }
-    private let countLock = Mutex()
-    private var watchTotal = 0
-    private func publishCount() {
-        countLock.lock()
-        watchTotal = watches.count
-        countLock.unlock()
-    }
+    public var watchCount: Int { watchTotal.current }
+    private let watchTotal = Locked(0)
+    private func publishCount() { watchTotal.withLock { $0 = watches.count } }
 
     /// Sets up the watches (or the first poll) and starts the watcher thread. Changes made after
     /// `start` returns are reported.
