@@ -68,21 +68,7 @@ public final class StorePush {
         let firstState = try first.openState()
         let scan = try LocalScanner(project: first, state: firstState).run(roots: nil)
         Trace.mark("store push: scanned and hashed \(scan.entries.count) entries")
-        var files: [UploadFile] = []
-        var entries: [ManifestEntry] = []
-        for e in scan.entries {
-            switch e.stat.kind {
-            case .directory:
-                entries.append(ManifestEntry(path: e.path, kind: .directory, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos, size: 0))
-            case .symlink:
-                entries.append(ManifestEntry(path: e.path, kind: .symlink, mode: 0o777, mtimeNanos: e.stat.mtimeNanos, size: 0, target: e.linkTarget))
-            default:
-                guard let content = e.content else { continue }
-                files.append(UploadFile(path: e.path, chunks: content.chunks))
-                entries.append(ManifestEntry(path: e.path, kind: .file, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos,
-                                             size: content.size, digest: content.digest, chunks: content.chunks))
-            }
-        }
+        let (files, entries) = Self.snapshot(of: scan.entries)
 
         // 2. The chunks the store lacks, once, then the snapshot; and 3., at the same time, every host. Each host's
         //    push compares this one scan with what that host last had, and sends a file once the packs holding its
@@ -101,36 +87,11 @@ public final class StorePush {
         } catch let e as S3Error {
             throw SyncError("store \(access.location): \(e)")
         }
-        let upload = OneShot<Result<(UploadStats, SnapshotRef), Error>>()
         // The hosts are connected first: once the upload fills this machine's uplink, an SSH handshake queued
         // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
         let connected = DispatchGroup()
         for _ in hosts { connected.enter() }
-        let location = access.location
-        let uploading = { [project, files, entries] in
-            _ = connected.wait(timeout: .now() + 15)
-            do {
-                let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
-                feed.finish()
-                let ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
-                                              uploaded: uploaded)
-                Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
-                upload.set(.success((uploaded, ref)))
-            } catch {
-                let shown: Error
-                switch error {
-                case let e as ChangedWhileUploading: shown = SyncError("\(e)")
-                case let e as S3Error: shown = SyncError("store \(location): \(e)")
-                default: shown = error
-                }
-                feed.finish(failure: "\(shown)")
-                upload.set(.failure(shown))
-            }
-        }
-        // libcurl and libcrypto run on it: the process joins it before it exits.
-        do { try LibraryThreads.start(uploading) } catch {
-            upload.set(.failure(SyncError("cannot start the upload thread: \(error)")))
-        }
+        let upload = startUpload(files, entries: entries, access: access, feed: feed, link: link, after: connected)
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
         let project = self.project
@@ -212,6 +173,60 @@ public final class StorePush {
     }
 
     /// Runs the session `makeSession` gives each host, all at once, each reading from `source`; sums what they did.
+    /// What a snapshot of `entries` holds: its manifest's entries, and the files whose chunks go to the store.
+    private static func snapshot(of scanned: [LocalEntry]) -> (files: [UploadFile], entries: [ManifestEntry]) {
+        var files: [UploadFile] = []
+        var entries: [ManifestEntry] = []
+        for e in scanned {
+            switch e.stat.kind {
+            case .directory:
+                entries.append(ManifestEntry(path: e.path, kind: .directory, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos, size: 0))
+            case .symlink:
+                entries.append(ManifestEntry(path: e.path, kind: .symlink, mode: 0o777, mtimeNanos: e.stat.mtimeNanos, size: 0, target: e.linkTarget))
+            default:
+                guard let content = e.content else { continue }
+                files.append(UploadFile(path: e.path, chunks: content.chunks))
+                entries.append(ManifestEntry(path: e.path, kind: .file, mode: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos,
+                                             size: content.size, digest: content.digest, chunks: content.chunks))
+            }
+        }
+        return (files, entries)
+    }
+
+    /// Uploads what the store lacks, then commits the snapshot, on a thread of its own that starts once the hosts
+    /// are connected (`connected`, 15 s at most); each pack is fed to the hosts' pushes as it lands.
+    private func startUpload(_ files: [UploadFile], entries: [ManifestEntry], access: StoreAccess, feed: StoreFeed,
+                             link: @escaping @Sendable (ChunkID) -> StorePack,
+                             after connected: DispatchGroup) -> OneShot<Result<(UploadStats, SnapshotRef), Error>> {
+        let upload = OneShot<Result<(UploadStats, SnapshotRef), Error>>()
+        let (uploader, location) = (access.uploader, access.location)
+        let uploading = { [project, files, entries] in
+            _ = connected.wait(timeout: .now() + 15)
+            do {
+                let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
+                feed.finish()
+                let ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
+                                              uploaded: uploaded)
+                Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
+                upload.set(.success((uploaded, ref)))
+            } catch {
+                let shown: Error
+                switch error {
+                case let e as ChangedWhileUploading: shown = SyncError("\(e)")
+                case let e as S3Error: shown = SyncError("store \(location): \(e)")
+                default: shown = error
+                }
+                feed.finish(failure: "\(shown)")
+                upload.set(.failure(shown))
+            }
+        }
+        // libcurl and libcrypto run on it: the process joins it before it exits.
+        do { try LibraryThreads.start(uploading) } catch {
+            upload.set(.failure(SyncError("cannot start the upload thread: \(error)")))
+        }
+        return upload
+    }
+
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
