@@ -45,10 +45,12 @@ extension AgentSession {
         for completion in done {
             let op = completion.op
             guard let file = push.sealed.removeValue(forKey: op), let assembly = file.assembly else { continue }
+            // A sealed file is one being placed: its assembly knows where.
+            let path = assembly.path
             let header = file.header
             if completion.error != 0 {
                 assembly.discard()
-                durability.renamed(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: file.path.description, errno: completion.error))",
+                durability.renamed(OpResult(op: op, status: .failed, message: "\(SystemError(call: "fsync", path: path.description, errno: completion.error))",
                                             current: .absent, keptAs: file.keptAs), directory: nil)
                 continue
             }
@@ -60,13 +62,13 @@ extension AgentSession {
                 parent = try building.placing {
                     try assembly.commit(expectingNothing: file.targetStat == nil) { now in
                         if !FileAssembly.targetUnchanged(now, since: file.targetStat) { throw ConflictAtPlacement(current: now) }
-                        if let now, now.kind == .regular { stashed = self.stash(file.path, stat: now) }
+                        if let now, now.kind == .regular { stashed = self.stash(path, stat: now) }
                     }
                 }
                 if let stashed { refreshStash(stashed) }
             } catch is ConflictAtPlacement {
                 assembly.discard()
-                let (current, st) = (try? currentState(file.path)) ?? (.absent, nil)
+                let (current, st) = (try? currentState(path)) ?? (.absent, nil)
                 let isFile = st?.kind == .regular
                 durability.renamed(OpResult(op: op, status: .conflict,
                                             message: "changed on the remote while the new version was being sent: the remote holds \(describe(current, st))",
@@ -79,16 +81,16 @@ extension AgentSession {
                                             keptAs: file.keptAs), directory: nil)
                 continue
             }
-            if let st = try tree.lstat(file.path) {
-                var placed = FileRecord(path: file.path, stat: st, digest: header.digest, chunks: assembly.chunks)
+            if let st = try tree.lstat(path) {
+                var placed = FileRecord(path: path, stat: st, digest: header.digest, chunks: assembly.chunks)
                 placed.placedBy = clientID
                 replaceRecord(placed)
-            } else if let old = state.records[file.path] {
+            } else if let old = state.records[path] {
                 held.remove(path: old.path, chunks: old.chunks)
             }
             durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
                                         current: .file(header.digest), keptAs: file.keptAs),
-                               directory: parent.map { (file.path.parentBytes, $0) })
+                               directory: parent.map { (path.parentBytes, $0) })
         }
     }
 

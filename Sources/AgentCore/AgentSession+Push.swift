@@ -266,24 +266,25 @@ extension AgentSession {
     }
 
     func startFile(_ file: PendingFile) throws {
+        let path = try file.placedPath()
         let header = file.header
         do {
-            if isPullPath(file.path) && !header.force {
-                throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
+            if isPullPath(path) && !header.force {
+                throw AgentError("\(path) is remote-owned (a pull path); push refused")
             }
-            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(file.path!): chunk list incomplete") }
-            var (current, st) = try currentState(file.path)
+            guard file.chunks.count == Int(header.chunkCount) else { throw ProtocolError("\(path): chunk list incomplete") }
+            var (current, st) = try currentState(path)
             switch decidePushAtRemote(current: current, incoming: .file(header.digest), base: header.base,
-                                      currentIsBase: matchesBase(header.base, current, file.path, st), forced: header.force) {
+                                      currentIsBase: matchesBase(header.base, current, path, st), forced: header.force) {
             case .same:
-                if let st { try updateMetadata(file.path, st, header) }
+                if let st { try updateMetadata(path, st, header) }
                 push.pending[header.op] = nil
                 return try reply(header.op, .unchanged, "", current)
             case .conflict, .staysDeleted, .nothing:
                 push.pending[header.op] = nil
-                return try replyConflict(header.op, file.path, current, st, base: header.base)
+                return try replyConflict(header.op, path, current, st, base: header.base)
             case .keepAsideThenTake:
-                file.keptAs = try keepAside(file.path)
+                file.keptAs = try keepAside(path)
                 (current, st) = (.absent, nil)
             case .take:
                 break
@@ -291,7 +292,7 @@ extension AgentSession {
             file.targetStat = st
             if current == .absent, try adoptCached(file) { return }
             let assembly = try makingRoom {
-                try FileAssembly(tree: tree, path: file.path, digest: header.digest, size: header.size, chunkList: file.chunks,
+                try FileAssembly(tree: tree, path: path, digest: header.digest, size: header.size, chunkList: file.chunks,
                                  permissions: header.permissions, session: building)
             }
             file.assembly = assembly
@@ -323,12 +324,13 @@ extension AgentSession {
 
     /// The header of a streamed file: whether it may be built while its list comes (see `PendingFile.asksEarly`).
     func beginStreamed(_ file: PendingFile) throws {
+        let path = try file.placedPath()
         do {
-            if isPullPath(file.path) && !file.header.force {
-                throw AgentError("\(file.path!) is remote-owned (a pull path); push refused")
+            if isPullPath(path) && !file.header.force {
+                throw AgentError("\(path) is remote-owned (a pull path); push refused")
             }
-            let (current, st) = try currentState(file.path)
-            file.asksEarly = matchesBase(file.header.base, current, file.path, st)
+            let (current, st) = try currentState(path)
+            file.asksEarly = matchesBase(file.header.base, current, path, st)
             file.targetStat = st
         } catch let error where error is PathError || error is SystemError || error is AgentError {
             try giveUp(file, describeFailure(error))
@@ -353,6 +355,7 @@ extension AgentSession {
 
     /// What of `chunks` (the next part of `file`'s list) the client must send.
     private func buildStreamed(_ file: PendingFile, _ chunks: [ChunkRef]) throws -> [UInt32] {
+        let path = try file.placedPath()
         do {
             let list: [ChunkRef]
             if file.assembly == nil {
@@ -362,7 +365,7 @@ extension AgentSession {
                     offset += UInt64(c.length)
                 }
                 guard file.asksEarly, chunks.contains(where: { !$0.id.isHole && !held.contains($0.id) }) else { return [] }
-                file.assembly = try makingRoom { try FileAssembly(tree: tree, streaming: file.path, permissions: file.header.permissions, session: building) }
+                file.assembly = try makingRoom { try FileAssembly(tree: tree, streaming: path, permissions: file.header.permissions, session: building) }
                 noteOpen(file.header.op)
                 list = file.chunks
                 file.chunks = []
@@ -436,6 +439,7 @@ extension AgentSession {
     /// A new file whose content the cache holds whole (the old half of a move, deleted earlier in this push) is
     /// linked out of the cache into place: no byte is copied or sent. Returns false when the cache cannot serve.
     func adoptCached(_ file: PendingFile) throws -> Bool {
+        let path = try file.placedPath()
         let header = file.header
         // A cached file's chunks are in the store: a file whose first chunk is not (every file of a first push)
         // cannot be in the cache, and is not looked for.
@@ -446,7 +450,7 @@ extension AgentSession {
               let cache = try tree.openDirectory(Self.cacheDirectory, create: false),
               let st = try Tree.lstat(at: cache, name: name, shown: cachedPath.description), st.kind == .regular,
               record.stat.sameContentIdentity(as: st),
-              let parent = try tree.openParent(file.path, create: true)
+              let parent = try tree.openParent(path, create: true)
         else { return false }
         // Linked and taken out of the cache while no other session places anything, so that no two paths get
         // the one inode.
@@ -456,7 +460,7 @@ extension AgentSession {
             try cached.setPermissions(header.permissions & 0o777)
             try cached.setModificationTime(header.mtimeNanos)
             // A link, not a rename, so that whatever appeared at the target meanwhile is never replaced (EEXIST).
-            guard withCName(name, { from in withCName(file.path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
+            guard withCName(name, { from in withCName(path.name) { linkat(cache.raw, from, parent.raw, $0, 0) } }) == 0 else {
                 return false
             }
             _ = withCName(name) { unlinkat(cache.raw, $0, 0) }
@@ -464,16 +468,16 @@ extension AgentSession {
         }
         guard linked else { return false }
         dropRecord(cachedPath)
-        if let placed = try tree.lstat(file.path) {
-            var moved = FileRecord(path: file.path, stat: placed, digest: header.digest, chunks: record.chunks)
+        if let placed = try tree.lstat(path) {
+            var moved = FileRecord(path: path, stat: placed, digest: header.digest, chunks: record.chunks)
             moved.placedBy = clientID
             replaceRecord(moved)
-        } else if let old = state.records[file.path] {
+        } else if let old = state.records[path] {
             held.remove(path: old.path, chunks: old.chunks)
         }
         push.pending[header.op] = nil
         durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),
-                                     keptAs: file.keptAs), directory: (file.path.parentBytes, parent))
+                                     keptAs: file.keptAs), directory: (path.parentBytes, parent))
         return true
     }
 
@@ -547,7 +551,7 @@ extension AgentSession {
         do {
             try makingRoom {
                 try chunkWriter.write(payload, compressed: compressed, rawLength: rawLength, index: index, into: assembly,
-                                      shown: file.path.description)
+                                      shown: assembly.path.description)
             }
         } catch let error as SystemError where Self.isFull(error.errno) {
             // No room even after what gone sessions left was cleared: this file fails, saying how much it needs,

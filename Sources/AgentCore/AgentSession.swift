@@ -436,7 +436,14 @@ public final class AgentSession {
         var header: FileHeader
         /// nil when the path was refused (or a streamed file was answered before its list ended): the chunk list
         /// is read and dropped.
-        let path: RelativePath!
+        let path: RelativePath?
+
+        /// The path of a file that was not refused: only those are checked, built and placed (a refused one is read
+        /// and dropped), so this failing is this agent's mistake, said as such rather than a crash.
+        func placedPath() throws -> RelativePath {
+            guard let path else { throw AgentError("operation \(header.op) was refused, yet reached placing") }
+            return path
+        }
         /// The chunk list so far; a streamed file being built early keeps it in its assembly instead.
         var chunks: [ChunkRef] = []
         /// False while a streamed file's list is still coming; how many chunks it listed so far, and their bytes.
