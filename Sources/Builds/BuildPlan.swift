@@ -108,17 +108,7 @@ public struct BuildPlan: Sendable {
             throw SyncError("\(spec.name): \(e.message)", code: .usage)
         }
 
-        // The ignore file: `<Dockerfile>.dockerignore` beside the Dockerfile replaces the context's .dockerignore.
-        var rules = IgnoreRules()
-        var ignoreFile = ""
-        for candidate in [dockerfilePath + ".dockerignore", contextPath + "/.dockerignore"] {
-            let contents: String?
-            do { contents = try readConfigFile(candidate) } catch { throw SyncError("\(error)", code: .usage) }
-            guard let contents else { continue }
-            do { try rules.add(fileContents: contents, source: candidate) } catch { throw SyncError("\(error)", code: .usage) }
-            ignoreFile = String(candidate.dropFirst(project.directory.count + 1))
-            break
-        }
+        let (rules, ignoreFile) = try contextRules(dockerfilePath: dockerfilePath, contextPath: contextPath, in: project)
         let context = try ContextFiles(project: project, contextPath: contextPath, contextRelative: spec.context, rules: rules)
 
         var plan = BuildPlan(spec: spec, stages: [], contextFiles: context.files.count,
@@ -165,18 +155,36 @@ public struct BuildPlan: Sendable {
         plan.neededFiles = read.count
         plan.neededBytes = read.reduce(0) { $0 + context.files[$1]!.size }
 
-        // Big parts of the context nobody reads: worth a line in the ignore file.
+        plan.warnings += unreadWarnings(context, read: read, contextBytes: plan.contextBytes, ignoreFile: ignoreFile)
+        return plan
+    }
+
+    /// The context's ignore rules: `<Dockerfile>.dockerignore` beside the Dockerfile replaces the context's
+    /// .dockerignore. Returns them and the file they came from ("" for none), relative to the project.
+    private static func contextRules(dockerfilePath: String, contextPath: String, in project: Project) throws -> (IgnoreRules, String) {
+        var rules = IgnoreRules()
+        for candidate in [dockerfilePath + ".dockerignore", contextPath + "/.dockerignore"] {
+            let contents: String?
+            do { contents = try readConfigFile(candidate) } catch { throw SyncError("\(error)", code: .usage) }
+            guard let contents else { continue }
+            do { try rules.add(fileContents: contents, source: candidate) } catch { throw SyncError("\(error)", code: .usage) }
+            return (rules, String(candidate.dropFirst(project.directory.count + 1)))
+        }
+        return (rules, "")
+    }
+
+    /// Big parts of the context nobody reads: each worth a line in the ignore file.
+    private static func unreadWarnings(_ context: ContextFiles, read: Set<RelativePath>, contextBytes: UInt64, ignoreFile: String) -> [String] {
         var unread: [RelativePath: UInt64] = [:]
         for (path, f) in context.files where !read.contains(path) {
             guard let top = try? RelativePath.top(path.firstComponent) else { continue }
             unread[top, default: 0] += f.size
         }
-        let threshold = max(UInt64(1 << 20), plan.contextBytes / 10)
-        for (top, bytes) in unread.sorted(by: { $0.value > $1.value }) where bytes >= threshold {
+        let threshold = max(UInt64(1 << 20), contextBytes / 10)
+        return unread.sorted(by: { $0.value > $1.value }).filter { $0.value >= threshold }.map { top, bytes in
             let isDir = context.files[top] == nil
-            plan.warnings.append("\(top)\(isDir ? "/" : "") (\(formatBytes(bytes))) is in the build context but no instruction reads it: add it to \(ignoreFile.isEmpty ? ".dockerignore" : ignoreFile)")
+            return "\(top)\(isDir ? "/" : "") (\(formatBytes(bytes))) is in the build context but no instruction reads it: add it to \(ignoreFile.isEmpty ? ".dockerignore" : ignoreFile)"
         }
-        return plan
     }
 
     /// The keys to record once this build is run, for the next plan's `changed`.

@@ -265,35 +265,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                                      : try project.pullFromHosts(link: link)
             }
             condition.lock()
-            if kind == .push {
-                switch result {
-                case .failure:
-                    if let only { changedPaths.formUnion(only) } else { fullPushNeeded = true }
-                case .success(let stats) where !stats.errors.isEmpty:
-                    // The agent failed some operation: look at everything next time. (A file skipped here, being
-                    // unreadable or changed while read, is reported again by the watcher when it changes.)
-                    fullPushNeeded = true
-                default: break
-                }
-                pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
-                pushes.result = result
-                if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot, stats.bytesUploaded) }
-                pushes.done = pushes.started
-                if case .success = result { lastPush = clock.now() }
-            } else {
-                pulls.result = result
-                pulls.done = pulls.started
-                if case .success = result { lastPull = clock.now() }
-                // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
-                // periodic pull: its close may come without a watcher event we can use (a busy writer).
-                if case .success(let stats) = result, stats.skippedBeingWritten > 0 {
-                    deferredPulls += 1
-                    nextPull = clock.now().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
-                } else {
-                    deferredPulls = 0
-                    nextPull = clock.now().addingTimeInterval(link != nil && watchWorks ? max(pullInterval, Self.watchedPullInterval) : pullInterval)
-                }
-            }
+            if kind == .push { pushEnded(result, only: only) } else { pullEnded(result) }
             syncing = nil
             connected = link.map { !$0.isClosed } ?? false
             condition.broadcast()
@@ -301,6 +273,40 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             // A full push of a big project frees most of what it allocated; give it back to the system rather
             // than keep it resident while idle.
             Platform.releaseFreeMemory()
+        }
+    }
+
+    /// Notes how a push went (`condition` held): what it did not cover is looked at next time.
+    private func pushEnded(_ result: Result<SyncStats, Error>, only: Set<RelativePath>?) {
+        switch result {
+        case .failure:
+            if let only { changedPaths.formUnion(only) } else { fullPushNeeded = true }
+        case .success(let stats) where !stats.errors.isEmpty:
+            // The agent failed some operation: look at everything next time. (A file skipped here, being
+            // unreadable or changed while read, is reported again by the watcher when it changes.)
+            fullPushNeeded = true
+        default: break
+        }
+        pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
+        pushes.result = result
+        if case .success(let stats) = result, let hosts = stats.hosts { lastHosts = (hosts, stats.snapshot, stats.bytesUploaded) }
+        pushes.done = pushes.started
+        if case .success = result { lastPush = clock.now() }
+    }
+
+    /// Notes how a pull went (`condition` held), and when the next is due.
+    private func pullEnded(_ result: Result<SyncStats, Error>) {
+        pulls.result = result
+        pulls.done = pulls.started
+        if case .success = result { lastPull = clock.now() }
+        // A remote file still being written is looked at again soon (1, 2, 4 … s), not at the next
+        // periodic pull: its close may come without a watcher event we can use (a busy writer).
+        if case .success(let stats) = result, stats.skippedBeingWritten > 0 {
+            deferredPulls += 1
+            nextPull = clock.now().addingTimeInterval(min(pullInterval, pow(2.0, Double(deferredPulls - 1))))
+        } else {
+            deferredPulls = 0
+            nextPull = clock.now().addingTimeInterval(link != nil && watchWorks ? max(pullInterval, Self.watchedPullInterval) : pullInterval)
         }
     }
 
