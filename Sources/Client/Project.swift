@@ -478,21 +478,24 @@ public final class AgentLink: @unchecked Sendable {
 /// The link a session runs over, being made: a new connection is made on a thread of its own, so the SSH
 /// handshake, authentication and agent start overlap with scanning the project; a persistent link given by
 /// the caller only needs the session's hello.
-final class PendingConnection: @unchecked Sendable {  // `condition` guards outcome and abandoned
-    private let condition = NSCondition()
-    private var outcome: Result<AgentLink, Error>?
-    private var abandoned = false
+final class PendingConnection: @unchecked Sendable {
+    /// The link or why there is none, once known; what `wait` waits for.
+    private let outcome = OneShot<Result<AgentLink, Error>>()
+    /// The same outcome beside whether the caller gave up on it, changed together: exactly one of the connecting
+    /// thread and `cancel` closes a link nobody will use.
+    private let decided = Locked<(made: Result<AgentLink, Error>?, abandoned: Bool)>((nil, false))
 
     /// `hello` is given the link's round-trip time (nil when unknown); it may wait for what the caller is still
     /// reading (a push's hello waits for its local state), and what it throws fails the connection.
     init(project: Project, link: AgentLink?, hello: @escaping @Sendable (Double?) throws -> Hello) {
         if let link, !link.isClosed {
-            outcome = Result {
+            var result = Result {
                 try link.writer.send(.hello(hello(link.connection.stream.roundTripSeconds)))
                 try link.writer.flush()
                 return link
             }
-            if case .failure(let error) = outcome! { outcome = .failure(SyncError("the connection to the agent failed: \(link.fail(error))")) }
+            if case .failure(let error) = result { result = .failure(SyncError("the connection to the agent failed: \(link.fail(error))")) }
+            decide(result)
             return
         }
         let greeting: @Sendable (Double?) throws -> [UInt8] = { clientGreeting(try hello($0)) }
@@ -506,33 +509,34 @@ final class PendingConnection: @unchecked Sendable {  // `condition` guards outc
                 }
                 return AgentLink(connection: connection, persistent: false, timeoutSeconds: project.config.timeoutSeconds)
             }
-            condition.lock()
-            outcome = result
-            let drop = abandoned
-            condition.broadcast()
-            condition.unlock()
-            if drop, case .success(let link) = result { _ = link.fail(SyncError("abandoned")) }
+            if decide(result), case .success(let link) = result { _ = link.fail(SyncError("abandoned")) }
         }
         do { try LibraryThreads.start(connecting) } catch {
-            outcome = .failure(SyncError("cannot start a thread to connect: \(error)"))
+            decide(.failure(SyncError("cannot start a thread to connect: \(error)")))
         }
     }
 
-    /// The link, once made; rethrows what stopped it.
-    func wait() throws -> AgentLink {
-        condition.lock()
-        defer { condition.unlock() }
-        while outcome == nil { condition.wait() }
-        return try outcome!.get()
+    /// Records the outcome and wakes `wait`; true when the caller had given up on it already.
+    @discardableResult
+    private func decide(_ result: Result<AgentLink, Error>) -> Bool {
+        let abandoned = decided.withLock { state in
+            state.made = result
+            return state.abandoned
+        }
+        outcome.set(result)
+        return abandoned
     }
+
+    /// The link, once made; rethrows what stopped it.
+    func wait() throws -> AgentLink { try outcome.wait().get() }
 
     /// Nobody will use the link: a new connection is closed as soon as it is made; a persistent link is
     /// closed too, since its agent is now in the middle of a session nobody will finish.
     func cancel() {
-        condition.lock()
-        abandoned = true
-        let made = outcome
-        condition.unlock()
+        let made = decided.withLock { state in
+            state.abandoned = true
+            return state.made
+        }
         if case .success(let link)? = made { _ = link.fail(SyncError("abandoned")) }
     }
 }
