@@ -95,7 +95,7 @@ struct ConflictTests {
         #expect(try f.conflictsJSON().isEmpty)
         let again = try f.push()
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("files_changed") == 0)
+        #expect(try again.stats().filesChanged == 0)
     }
 
     @Test func resolveKeepRemoteBringsItHereAndKeepsTheLocalVersionBeside() throws {
@@ -112,7 +112,7 @@ struct ConflictTests {
         // The local copy is not synced, and both sides agree on notes.md now.
         let again = try f.push()
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("files_changed") == 0, "\(again.stdout)")
+        #expect(try again.stats().filesChanged == 0, "\(again.stdout)")
         #expect(conflictCopies(of: "notes.md", in: f.remoteProject).isEmpty)
     }
 
@@ -173,7 +173,7 @@ struct ConflictTests {
         #expect(conflictCopies(of: "b.txt", in: g.project).map { text(g.read($0)) } == ["local b\n"])
         #expect(conflictCopies(of: "m.txt", in: g.project + "/output").map { text(g.read("output/" + $0)) } == ["local m\n"])
         #expect(try g.conflictsJSON().isEmpty)
-        #expect(try g.push().int("files_changed") == 0, "the copies are not pushed")
+        #expect(try g.push().stats().filesChanged == 0, "the copies are not pushed")
     }
 
     /// Deleted on the remote, changed here: a conflict, and one that `resolve --keep local` and `push --force`
@@ -202,7 +202,7 @@ struct ConflictTests {
         #expect(text(f.read("b.txt", in: f.remoteProject)) == "mine b.txt\n")
         #expect(conflictCopies(of: "b.txt", in: f.remoteProject).isEmpty, "nothing of the remote's to keep")
         #expect(try f.conflictsJSON().isEmpty)
-        #expect(try f.push().int("files_changed") == 0)
+        #expect(try f.push().stats().filesChanged == 0)
     }
 
     @Test func pathsThatBecomeIgnoredAreReportedThenPrunedButNeverAPullPath() throws {
@@ -221,7 +221,7 @@ struct ConflictTests {
 
         let pruned = try f.syncctl(["push", f.project, "--prune-ignored", "--json"])
         #expect(pruned.status == 0, "\(pruned.stderr)")
-        #expect(try pruned.int("files_deleted") == 4, "\(pruned.stdout)")
+        #expect(try pruned.stats().filesDeleted == 4, "\(pruned.stdout)")
         #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/scratch"))
         #expect(f.read("output/run.log", in: f.remoteProject) != nil, "a pull path is never pruned")
         #expect(f.read("keep.py", in: f.remoteProject) != nil)
@@ -242,7 +242,7 @@ struct ConflictTests {
         #expect(again.status == 0, "\(again.stderr)")
         #expect(f.read("checkpoint/e1.pt") == nil, "deleted here, unchanged there: not brought back")
         #expect(!FileManager.default.fileExists(atPath: f.project + "/checkpoint/old"))
-        #expect(try again.int("files_changed") == 0)
+        #expect(try again.stats().filesChanged == 0)
         #expect(f.read("checkpoint/e1.pt", in: f.remoteProject) != nil, "nor deleted on the remote")
 
         try f.write("checkpoint/e1.pt", "epoch 1, rewritten\n", in: f.remoteProject)

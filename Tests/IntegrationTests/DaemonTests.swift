@@ -117,7 +117,7 @@ struct DaemonTests {
         let waited = try ctl(["push", f.project, "--wait", "--json"])
         #expect(waited.status == 0, "\(waited.stderr)")
         #expect(f.read("src/waited.py", in: f.remoteProject) == Array("w = 1\n".utf8), "on the remote when push --wait returns")
-        #expect(try waited.int("files_changed") <= 1)
+        #expect(try waited.stats().filesChanged <= 1)
         let statusRun = try ctl(["status", "--json"])
         #expect(statusRun.status == 0, "\(statusRun.stderr)")
         let projects = ((try JSONSerialization.jsonObject(with: Data(statusRun.stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []
@@ -217,7 +217,7 @@ struct DaemonTests {
         defer { kill(second, SIGKILL); var s: Int32 = 0; waitpid(second, &s, 0) }
         let waited = try run(binDirectory() + "/syncctl", ["push", f.project, "--wait", "--json"], env: env)
         #expect(waited.status == 0, "\(waited.stderr)")
-        #expect(try waited.int("chunks_sent") == 0)
+        #expect(try waited.stats().chunksSent == 0)
     }
 
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze"), "systemd-analyze is not installed"))

@@ -85,7 +85,7 @@ struct FaultTests {
         #expect(remoteDigest() == newDigest, "the placed file holds \(remoteDigest()?.hex ?? "nothing"), not the new version whole")
         let again = try f.sshctl(["push", f.project, "--json"])
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("files_changed") == 0, "nothing changed since the new version was placed: \(again.stdout)")
+        #expect(try again.stats().filesChanged == 0, "nothing changed since the new version was placed: \(again.stdout)")
         #expect(remoteDigest() == newDigest)
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
@@ -161,7 +161,7 @@ struct FaultTests {
         let second = try f.sshctl(["push", f.project, "--json"])
         #expect(second.status == 0, "\(second.stderr)")
         let lacking = Double(big.count - arrived)
-        let sent = Double(try second.int("bytes_sent"))
+        let sent = Double(try second.stats().bytesSent.asInt)
         #expect(sent <= lacking * 1.05 + 256 * 1024, "sent \(Int(sent)) bytes; the remote lacked \(Int(lacking))")
         #expect(f.read("data/big.bin", in: f.remoteProject).map { ChunkID(hashing: $0) } == ChunkID(hashing: big))
         let (same, diff) = f.treesMatch()
@@ -384,7 +384,7 @@ struct FaultTests {
         for d in 0..<5000 { try f.write("data/train/n\(d)/img.jpg", "image \(d)\n") }
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr.prefix(2000))")
-        #expect(try r.int("files_changed") == 5001, "\(r.stdout.prefix(500))")
+        #expect(try r.stats().filesChanged == 5001, "\(r.stdout.prefix(500))")
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
         // The other way, with syncctl itself held to 256 too.

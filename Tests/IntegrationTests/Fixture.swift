@@ -42,10 +42,22 @@ struct RunResult {
         return list.count
     }
 
+    /// The typed statistics a push or pull printed with `--json`.
+    func stats() throws -> SyncStats {
+        do { return try JSONDecoder().decode(SyncStats.self, from: Data(stdout.utf8)) } catch {
+            throw FixtureError("stdout is not a push or pull's statistics (\(error)): \(stdout)")
+        }
+    }
+
     func int(_ key: String) throws -> Int {
         guard let n = try json()[key] as? Int else { throw FixtureError("no integer '\(key)' in \(stdout)") }
         return n
     }
+}
+
+extension UInt64 {
+    /// As the tests compare counts: an Int.
+    var asInt: Int { Int(self) }
 }
 
 struct FixtureError: Error, CustomStringConvertible {

@@ -136,7 +136,7 @@ struct MultiHostTests {
                         env: Self.sshEnv(f))
         #expect(r.status == 0, "\(r.stderr)")
         #expect(f.read("data/weights.bin", in: f.remoteProject) == randomBytes(4 << 20, seed: 600) ? true : false, "contents differ")
-        #expect((try r.int("bytes_sent")) < 100_000, "the weights came from the store, not over SSH: \(r.stdout)")
+        #expect((try r.stats().bytesSent.asInt) < 100_000, "the weights came from the store, not over SSH: \(r.stdout)")
         #expect((try r.int("bytes_uploaded")) > 4 << 20)
         // No secret reached the host: not in its environment, not in any file the agent wrote.
         let remoteFiles = (try? FileManager.default.subpathsOfDirectory(atPath: f.remoteProject)) ?? []
@@ -337,7 +337,7 @@ struct MultiHostTests {
         #expect(again.status == 0, "\(again.stderr)")
         #expect(!FileManager.default.fileExists(atPath: f.project + "/output/gpu-b/rank.log"))
         #expect(f.read("output/gpu-a/rank.log") == Array("rank 0\n".utf8))
-        #expect(try again.int("files_changed") == 0)
+        #expect(try again.stats().filesChanged == 0)
     }
 
     @Test(.enabled(if: sshdAvailable && Dockerd.installed, "needs sshd and dockerd, as root"))
@@ -518,6 +518,6 @@ struct MultiHostTests {
         let own = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env)
         #expect(own.status == 0, "\(own.stderr)")
         #expect(f.read("data/weights.bin", in: f.remoteProject) == newWeights ? true : false)
-        #expect((try own.int("bytes_sent")) < 100_000, "the weights came from the store: \(own.stdout)")
+        #expect((try own.stats().bytesSent.asInt) < 100_000, "the weights came from the store: \(own.stdout)")
     }
 }

@@ -66,12 +66,12 @@ struct NameBytesTests {
 
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try r.int("files_changed") == 10, "\(r.stdout)")
+        #expect(try r.stats().filesChanged == 10, "\(r.stdout)")
         let remote = try findPrint0(f.remoteProject, skipping: [".syncd", "output", "checkpoint"])
         #expect(remote == local, "remote: \(remote.map { displayPath($0) })")
         #expect(Self.contents(f.remoteProject, remote) == Self.contents(f.project, local))
         let again = try f.push()
-        #expect(try again.int("files_changed") == 0, "a second push finds every name where it left it: \(again.stdout)")
+        #expect(try again.stats().filesChanged == 0, "a second push finds every name where it left it: \(again.stdout)")
 
         // The remote writes outputs with such names; a pull brings them back byte-exact.
         try makeDirectory(in: f.remoteProject + "/output", named: OddNames.directory)

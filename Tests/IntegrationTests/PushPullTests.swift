@@ -38,13 +38,13 @@ struct PushPullTests {
         }
         // The zeros file is three identical 256 KiB chunks and a shorter tail: two ids, 470 KB cross, not 1 MB. No
         // compression: a local remote is on this machine, where zlib would only cost time (compress: auto).
-        #expect(try r.int("bytes_sent") < 3_000_000 + 520_000, "\(r.stdout)")
-        #expect(try r.int("bytes_sent") > 3_000_000, "the random blob is not compressible, and not compressed")
+        #expect(try r.stats().bytesSent.asInt < 3_000_000 + 520_000, "\(r.stdout)")
+        #expect(try r.stats().bytesSent.asInt > 3_000_000, "the random blob is not compressible, and not compressed")
 
         let again = try f.push()
         #expect(again.status == 0)
-        #expect(try again.int("files_changed") == 0)
-        #expect(try again.int("chunks_sent") == 0)
+        #expect(try again.stats().filesChanged == 0)
+        #expect(try again.stats().chunksSent == 0)
     }
 
     @Test func insertInLargeFileSendsFewChunks() throws {
@@ -56,9 +56,9 @@ struct PushPullTests {
         try f.write("data/big.bin", big)
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try r.int("chunks_sent") <= 3)
-        #expect(try r.int("chunks_sent") >= 1)
-        #expect(try r.int("bytes_sent") < 1_000_000)
+        #expect(try r.stats().chunksSent <= 3)
+        #expect(try r.stats().chunksSent >= 1)
+        #expect(try r.stats().bytesSent.asInt < 1_000_000)
         #expect(f.read("data/big.bin", in: f.remoteProject) == big ? true : false, "contents differ")
     }
 
@@ -76,8 +76,8 @@ struct PushPullTests {
         try FileManager.default.removeItem(atPath: f.project + "/gone")
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try r.int("chunks_sent") == 0, "moved files are built from chunks the remote holds")
-        #expect(try r.int("files_moved") == 300)
+        #expect(try r.stats().chunksSent == 0, "moved files are built from chunks the remote holds")
+        #expect(try r.stats().filesMoved == 300)
         let inodesAfter = (0..<300).map { inode(f.remoteProject + "/dataset/renamed/img\($0).png") }
         let kept = zip(inodesBefore, inodesAfter).filter { $0 == $1 && $0 != 0 }.count
         #expect(kept == 300, "moved files keep their inodes on the remote (renamed, not copied): \(kept) of 300")
@@ -109,7 +109,7 @@ struct PushPullTests {
         try f.write("weights/model.bin", weights)
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try r.int("chunks_sent") == 0)
+        #expect(try r.stats().chunksSent == 0)
         #expect(f.read("weights/model.bin", in: f.remoteProject) == weights ? true : false, "contents differ")
         // An edit undone: the previous version comes back from the cache.
         let edited = randomBytes(2 << 20, seed: 32)
@@ -117,7 +117,7 @@ struct PushPullTests {
         #expect(try f.push().status == 0)
         try f.write("weights/model.bin", weights)
         let undo = try f.push()
-        #expect(try undo.int("chunks_sent") == 0)
+        #expect(try undo.stats().chunksSent == 0)
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
     }
@@ -168,13 +168,13 @@ struct PushPullTests {
         let r2 = try f.pull()
         #expect(r2.status == 0, "\(r2.stderr)")
         #expect(f.read("checkpoint/epoch2.pt") == second ? true : false, "contents differ")
-        let sent = try r2.int("chunks_sent"), total = try r2.int("chunks_total")
+        let sent = try r2.stats().chunksSent, total = try r2.stats().chunksTotal
         #expect(sent * 4 < total, "sent \(sent) of \(total) chunks")
-        #expect(try r2.int("bytes_received") < 2_000_000)
+        #expect(try r2.stats().bytesReceived.asInt < 2_000_000)
 
         // Pull paths are not pushed back.
         let p = try f.push()
-        #expect(try p.int("files_changed") == 0)
+        #expect(try p.stats().filesChanged == 0)
     }
 
     @Test func pullSkipsFilesBeingWritten() throws {
@@ -248,12 +248,12 @@ struct PushPullTests {
         try FileManager.default.removeItem(atPath: f.remoteProject)
         let push = try f.push()
         #expect(push.status == 0, "\(push.stderr)")
-        #expect(try push.int("files_changed") == 3, "\(push.stdout)")
+        #expect(try push.stats().filesChanged == 3, "\(push.stdout)")
         #expect(((try push.json()["warnings"] as? [String]) ?? []).contains { $0.contains("wiped or replaced") })
         #expect(f.read("src/a.py", in: f.remoteProject) == Array("a = 1\n".utf8))
         #expect(f.read("data/blob.bin", in: f.remoteProject) == randomBytes(300_000, seed: 21) ? true : false)
         let again = try f.push()
-        #expect(try again.int("files_changed") == 0)
+        #expect(try again.stats().filesChanged == 0)
 
         // A replaced remote (another copy, new instance) that still holds a file deleted here since the last push:
         // the delete came from the old remote's snapshot, so it is not applied to the new one.
@@ -262,7 +262,7 @@ struct PushPullTests {
         let replaced = try f.push()
         #expect(replaced.status == 0, "\(replaced.stderr)")
         #expect(f.read("src/a.py", in: f.remoteProject) == Array("a = 1\n".utf8), "nothing is deleted on the word of a stale snapshot")
-        #expect(try replaced.int("files_deleted") == 0)
+        #expect(try replaced.stats().filesDeleted == 0)
     }
 
     @Test func identicalFilesInOneDirectoryAreAllPlaced() throws {
@@ -285,13 +285,13 @@ struct PushPullTests {
         try f.write("data/log.csv", csv)
         let auto = try f.push()
         #expect(auto.status == 0, "\(auto.stderr)")
-        #expect(try auto.int("bytes_sent") > csv.count, "auto: not compressed to a local remote")
+        #expect(try auto.stats().bytesSent.asInt > csv.count, "auto: not compressed to a local remote")
 
         try f.addSetting("compress: always")
         try f.write("data/log2.csv", csv.reversed())
         let always = try f.push()
         #expect(always.status == 0, "\(always.stderr)")
-        #expect(try always.int("bytes_sent") < csv.count / 2, "always: the CSV is compressed")
+        #expect(try always.stats().bytesSent.asInt < csv.count / 2, "always: the CSV is compressed")
         #expect(f.read("data/log2.csv", in: f.remoteProject) == csv.reversed() ? true : false, "contents differ")
 
         // Pulls follow the same setting: the agent compresses what it sends.
@@ -299,7 +299,7 @@ struct PushPullTests {
         try f.age("output/metrics.csv")
         let pull = try f.pull()
         #expect(pull.status == 0, "\(pull.stderr)")
-        #expect(try pull.int("bytes_received") < csv.count / 2)
+        #expect(try pull.stats().bytesReceived.asInt < csv.count / 2)
         #expect(f.read("output/metrics.csv") == csv ? true : false, "contents differ")
 
         let config = f.project + "/syncd.yaml"
@@ -333,7 +333,7 @@ struct PushPullTests {
         let raw = try f.push()
         #expect(raw.status == 0, "\(raw.stderr)")
         let hintedBytes = hinted.values.reduce(0) { $0 + $1.count }
-        let sentRaw = try raw.int("bytes_sent")
+        let sentRaw = try raw.stats().bytesSent.asInt
         #expect(sentRaw >= hintedBytes, "sent \(sentRaw) bytes for \(hintedBytes) of hinted files")
 
         // The same kind of content named as text, or as a NumPy array of integers, is compressed.
@@ -341,7 +341,7 @@ struct PushPullTests {
         for (path, bytes) in probed { try f.write(path, bytes) }
         let compressed = try f.push()
         #expect(compressed.status == 0, "\(compressed.stderr)")
-        #expect(try compressed.int("bytes_sent") < probed.values.reduce(0) { $0 + $1.count } / 2)
+        #expect(try compressed.stats().bytesSent.asInt < probed.values.reduce(0) { $0 + $1.count } / 2)
 
         for (path, bytes) in hinted.merging(probed, uniquingKeysWith: { a, _ in a }) {
             #expect(f.read(path, in: f.remoteProject) == bytes, "\(path) differs on the remote")
@@ -363,7 +363,7 @@ struct PushPullTests {
         #expect(try r.count("conflicts") == 0)
         let (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
-        #expect(try f.push().int("files_changed") == 0)
+        #expect(try f.push().stats().filesChanged == 0)
     }
 
     @Test func filesOnBothSidesOfTheUnaskedLimitArriveWhole() throws {
@@ -384,7 +384,7 @@ struct PushPullTests {
         }
         let edit = try f.push()
         #expect(edit.status == 0, "\(edit.stderr)")
-        #expect(try edit.int("files_changed") == sizes.count)
+        #expect(try edit.stats().filesChanged == sizes.count)
         (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
         for (i, bytes) in contents.enumerated() { #expect(f.read("data/f\(i).bin", in: f.remoteProject) == bytes, "f\(i).bin differs") }

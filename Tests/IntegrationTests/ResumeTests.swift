@@ -66,7 +66,7 @@ struct ResumeTests {
         // When the client was killed, its agent notices the closed pipe and exits on its own.
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        let sent = try r.int("chunks_sent"), total = try r.int("chunks_total")
+        let sent = try r.stats().chunksSent, total = try r.stats().chunksTotal
         #expect(total > 0)
         #expect(Double(sent) <= Double(total) * 0.75, "resumed push sent \(sent) of \(total) chunks")
         let (same, diff) = f.treesMatch()

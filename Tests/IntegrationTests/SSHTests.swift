@@ -23,7 +23,7 @@ struct SSHTests {
         #expect(p.status == 0, "\(p.stderr)")
         (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
         #expect(same, "\(diff)")
-        #expect(try p.int("bytes_received") > 2_000_000)
+        #expect(try p.stats().bytesReceived.asInt > 2_000_000)
     }
 
     @Test func oddNamesAndPullPathsOverSSH() throws {
@@ -328,7 +328,7 @@ struct SSHTests {
         usleep(300_000)
         let again = try f.sshctl(["push", f.project, "--json"])
         #expect(again.status == 0, "\(again.stderr)")
-        let sent = try again.int("chunks_sent"), total = try again.int("chunks_total")
+        let sent = try again.stats().chunksSent, total = try again.stats().chunksTotal
         #expect(Double(sent) <= Double(total) * 0.75, "resumed push sent \(sent) of \(total) chunks")
         #expect(f.read("data/big.bin", in: f.remoteProject) == big ? true : false, "contents differ")
     }

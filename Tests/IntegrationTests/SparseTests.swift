@@ -69,7 +69,7 @@ struct SparseTests {
         #expect(diskUsage(f.project + "/data/disk.img").allocated < 4 << 20)
         let r = try f.push()
         #expect(r.status == 0, "\(r.stderr)")
-        #expect(try r.int("bytes_sent") < 2 << 20, "the holes are not sent: \(r.stdout)")
+        #expect(try r.stats().bytesSent.asInt < 2 << 20, "the holes are not sent: \(r.stdout)")
         let remote = f.remoteProject + "/data/disk.img"
         #expect(diskUsage(remote).size == 5 * gib)
         #expect(diskUsage(remote).allocated < 10 << 20, "written as holes: \(diskUsage(remote).allocated) bytes of disk")
@@ -81,7 +81,7 @@ struct SparseTests {
         close(fd)
         let edit = try f.push()
         #expect(edit.status == 0, "\(edit.stderr)")
-        #expect(try edit.int("bytes_sent") < 1 << 20, "\(edit.stdout)")
+        #expect(try edit.stats().bytesSent.asInt < 1 << 20, "\(edit.stdout)")
         #expect(diskUsage(remote).allocated < 10 << 20)
         #expect(sameSparseContent(f.project + "/data/disk.img", remote))
 
@@ -91,7 +91,7 @@ struct SparseTests {
         try f.age("checkpoint/prealloc.bin")
         let p = try f.pull()
         #expect(p.status == 0, "\(p.stderr)")
-        #expect(try p.int("bytes_received") < 1 << 20, "\(p.stdout)")
+        #expect(try p.stats().bytesReceived.asInt < 1 << 20, "\(p.stdout)")
         #expect(diskUsage(f.project + "/checkpoint/prealloc.bin").allocated < 4 << 20)
         #expect(sameSparseContent(f.project + "/checkpoint/prealloc.bin", f.remoteProject + "/checkpoint/prealloc.bin"))
     }

@@ -330,7 +330,7 @@ struct RestoreResumeTests {
         try team.put(StoreKeys.pack(pack), original)
         let again = try run(syncctl, ["restore", snapshot, "--to", target, "--dir", f.project, "--json"], env: env)
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("chunks_sent") == 1, "\(again.stdout)")
+        #expect(try again.stats().chunksSent == 1, "\(again.stdout)")
         #expect(((try again.json()["warnings"] as? [String]) ?? []).contains { $0.contains("resumed") }, "\(again.stdout)")
         #expect(SyncFixture.describeTree(target) == SyncFixture.describeTree(f.project), "the restored tree differs")
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: f.base).filter { $0.contains("syncd-restore") }

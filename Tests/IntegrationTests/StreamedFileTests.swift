@@ -42,7 +42,7 @@ struct StreamedFileTests {
         let sources = Self.chunkSources(first)
         #expect(sources != nil, "the trace names where chunks came from: \(first.stderr)")
         #expect(sources?.files == 0, "every chunk went from the bytes the hasher read")
-        #expect((sources?.memory ?? 0) == (try first.int("chunks_sent")))
+        #expect((sources?.memory ?? 0) == (try first.stats().chunksSent))
 
         // An insertion in the middle of one file and an append to another: a few chunks cross, from memory.
         big.insert(contentsOf: randomBytes(1000, seed: 33), at: big.count / 2)
@@ -51,8 +51,8 @@ struct StreamedFileTests {
         try f.write("data/middle.bin", middle)
         let edit = try Self.tracedPush(f)
         #expect(edit.status == 0, "\(edit.stderr)")
-        #expect(try edit.int("files_changed") == 2)
-        #expect(try edit.int("bytes_sent") < 2_000_000, "\(edit.stdout)")
+        #expect(try edit.stats().filesChanged == 2)
+        #expect(try edit.stats().bytesSent.asInt < 2_000_000, "\(edit.stdout)")
         #expect(Self.chunkSources(edit)?.files == 0)
         (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
@@ -64,8 +64,8 @@ struct StreamedFileTests {
         let inode = try FileManager.default.attributesOfItem(atPath: f.remoteProject + "/data/big.bin")[.systemFileNumber] as? Int
         let touch = try f.push()
         #expect(touch.status == 0, "\(touch.stderr)")
-        #expect(try touch.int("chunks_sent") == 0)
-        #expect(try touch.int("bytes_sent") < 100_000, "only the chunk list: \(touch.stdout)")
+        #expect(try touch.stats().chunksSent == 0)
+        #expect(try touch.stats().bytesSent.asInt < 100_000, "only the chunk list: \(touch.stdout)")
         #expect(Self.mtime(f.remoteProject + "/data/big.bin") == Self.mtime(f.project + "/data/big.bin"))
         #expect(try FileManager.default.attributesOfItem(atPath: f.remoteProject + "/data/big.bin")[.systemFileNumber] as? Int == inode,
                 "the file was left in place, not written again")
@@ -75,8 +75,8 @@ struct StreamedFileTests {
         try FileManager.default.moveItem(atPath: f.project + "/data/middle.bin", toPath: f.project + "/moved/middle.bin")
         let move = try f.push()
         #expect(move.status == 0, "\(move.stderr)")
-        #expect(try move.int("chunks_sent") == 0, "\(move.stdout)")
-        #expect(try move.int("files_moved") == 1, "\(move.stdout)")
+        #expect(try move.stats().chunksSent == 0, "\(move.stdout)")
+        #expect(try move.stats().filesMoved == 1, "\(move.stdout)")
         (same, diff) = f.treesMatch()
         #expect(same, "\(diff)")
     }
@@ -94,7 +94,7 @@ struct StreamedFileTests {
         let same = try f.push()
         #expect(same.status == 0, "\(same.stderr)")
         #expect(try same.count("conflicts") == 0)
-        #expect(try same.int("chunks_sent") == 0)
+        #expect(try same.stats().chunksSent == 0)
 
         let local = randomBytes(3 << 20, seed: 53), remote = randomBytes(3 << 20, seed: 54)
         try f.write("data/w.bin", local)

@@ -57,10 +57,10 @@ struct StreamsTests {
 
         let spread = try many.sshctl(["push", many.project, "--json"])
         #expect(spread.status == 0, "\(spread.stderr)")
-        #expect(try spread.int("streams") >= 2, "the push did not use its extra streams: \(spread.stdout)")
+        #expect(try spread.stats().streams >= 2, "the push did not use its extra streams: \(spread.stdout)")
         let single = try one.sshctl(["push", one.project, "--json"])
         #expect(single.status == 0, "\(single.stderr)")
-        #expect(try single.int("streams") == 1)
+        #expect(try single.stats().streams == 1)
         for f in [many, one] {
             let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
             #expect(same, "\(diff)")
@@ -78,10 +78,10 @@ struct StreamsTests {
         }
         let again = try many.sshctl(["push", many.project, "--json"])
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("streams") >= 2, "\(again.stdout)")
+        #expect(try again.stats().streams >= 2, "\(again.stdout)")
         let againOne = try one.sshctl(["push", one.project, "--json"])
         #expect(againOne.status == 0, "\(againOne.stderr)")
-        #expect(try again.int("chunks_sent") == (try againOne.int("chunks_sent")), "both push the same chunks")
+        #expect(try again.stats().chunksSent == (try againOne.stats().chunksSent), "both push the same chunks")
         for f in [many, one] {
             let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
             #expect(same, "\(diff)")
@@ -112,11 +112,11 @@ struct StreamsTests {
         }
         let spread = try many.sshctl(["pull", many.project, "--json"])
         #expect(spread.status == 0, "\(spread.stderr)")
-        #expect(try spread.int("streams") >= 2, "the pull did not use its extra streams: \(spread.stdout)")
-        #expect(try spread.int("bytes_received") >= 72 << 20)
+        #expect(try spread.stats().streams >= 2, "the pull did not use its extra streams: \(spread.stdout)")
+        #expect(try spread.stats().bytesReceived.asInt >= 72 << 20)
         let single = try one.sshctl(["pull", one.project, "--json"])
         #expect(single.status == 0, "\(single.stderr)")
-        #expect(try single.int("streams") == 1)
+        #expect(try single.stats().streams == 1)
         for f in [many, one] {
             let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
             #expect(same, "\(diff)")
@@ -134,10 +134,10 @@ struct StreamsTests {
         }
         let again = try many.sshctl(["pull", many.project, "--json"])
         #expect(again.status == 0, "\(again.stderr)")
-        #expect(try again.int("streams") >= 2, "\(again.stdout)")
+        #expect(try again.stats().streams >= 2, "\(again.stdout)")
         let againOne = try one.sshctl(["pull", one.project, "--json"])
         #expect(againOne.status == 0, "\(againOne.stderr)")
-        #expect(try again.int("chunks_sent") == (try againOne.int("chunks_sent")), "both fetch the same chunks")
+        #expect(try again.stats().chunksSent == (try againOne.stats().chunksSent), "both fetch the same chunks")
         for f in [many, one] {
             let (same, diff) = f.treesMatch(ignoring: ["syncd.yaml"])
             #expect(same, "\(diff)")
