@@ -42,7 +42,8 @@ public final class TreeWatcher {
     /// Names at the root reported even when the rules ignore them (the project's own config files).
     private let alwaysReported: Set<[UInt8]>
 
-    private var inotifyFD: Int32 = -1
+    /// The kernel's change reports (`.inotify` mode); nil when polling.
+    private var events: DirectoryEvents?
     private var wakeRead: Int32 = -1
     private var wakeWrite: Int32 = -1
     private var thread: pthread_t?
@@ -88,8 +89,9 @@ public final class TreeWatcher {
         (wakeRead, wakeWrite) = try makePipe(nonBlocking: true)
         switch mode {
         case .inotify:
-            inotifyFD = inotify_init1(Int32(IN_NONBLOCK | IN_CLOEXEC))
-            guard inotifyFD >= 0 else { throw SystemError(call: "inotify_init1", path: tree.rootPath, errno: errno) }
+            do { events = try DirectoryEvents() } catch let e as SystemError {
+                throw SystemError(call: e.call, path: tree.rootPath, errno: e.errno)
+            }
             addWatches(below: [])
         case .polling(let interval):
             pollInterval = interval
@@ -131,10 +133,10 @@ public final class TreeWatcher {
         var byte: UInt8 = 0
         _ = write(wakeWrite, &byte, 1)
         pthread_join(handle, nil)
-        if inotifyFD >= 0 { close(inotifyFD) }
+        events?.close()
         close(wakeRead)
         close(wakeWrite)
-        inotifyFD = -1
+        events = nil
     }
 
     // MARK: the thread
@@ -144,8 +146,8 @@ public final class TreeWatcher {
         defer { buffer.deallocate() }
         while true {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: inotifyFD, events: Int16(POLLIN), revents: 0)]
-            _ = poll(&fds, inotifyFD >= 0 ? 2 : 1, timeoutMillis())
+                       pollfd(fd: events?.fd ?? -1, events: Int16(POLLIN), revents: 0)]
+            _ = poll(&fds, events != nil ? 2 : 1, timeoutMillis())
             var flushTicket = 0
             if fds[0].revents != 0 {
                 var drain = [UInt8](repeating: 0, count: 64)
@@ -156,7 +158,7 @@ public final class TreeWatcher {
                 requestLock.unlock()
                 if stop { return }
             }
-            if inotifyFD >= 0 && (fds[1].revents != 0 || flushTicket > 0) { readEvents(buffer) }
+            if let events, fds[1].revents != 0 || flushTicket > 0 { events.read(into: buffer) { handle($0) } }
             if flushTicket > 0 {
                 if !polled.isEmpty { pollSubtrees() }
                 deliverPending()
@@ -219,27 +221,10 @@ public final class TreeWatcher {
         }
     }
 
-    private func readEvents(_ buffer: UnsafeMutableRawBufferPointer) {
-        while true {
-            let n = read(inotifyFD, buffer.baseAddress, buffer.count)
-            if n <= 0 { return }
-            var offset = 0
-            while offset + MemoryLayout<inotify_event>.size <= n {
-                let event = buffer.baseAddress!.advanced(by: offset).assumingMemoryBound(to: inotify_event.self).pointee
-                let nameStart = buffer.baseAddress!.advanced(by: offset + MemoryLayout<inotify_event>.size)
-                let name: [UInt8] = event.len > 0
-                    ? Array(UnsafeBufferPointer(start: nameStart.assumingMemoryBound(to: UInt8.self),
-                                                count: strlen(nameStart.assumingMemoryBound(to: CChar.self))))
-                    : []
-                handle(event, name: name)
-                offset += MemoryLayout<inotify_event>.size + Int(event.len)
-            }
-        }
-    }
-
-    private func handle(_ event: inotify_event, name: [UInt8]) {
-        let mask = event.mask
-        if mask & UInt32(IN_Q_OVERFLOW) != 0 {
+    private func handle(_ event: DirectoryEvents.Event) {
+        let (watch, name, change, isDirectory): (Int32, [UInt8], DirectoryEvents.Change, Bool)
+        switch event {
+        case .overflow:
             // Events were dropped: everything is compared again, and watches are checked for new directories.
             let now = monotonicNanos()
             if pending.isEmpty && pendingRescan == nil { firstPending = now }
@@ -247,25 +232,23 @@ public final class TreeWatcher {
             lastEvent = now
             addWatches(below: [])
             return
-        }
-        guard let directory = directories[event.wd] else { return }
-        if mask & UInt32(IN_IGNORED) != 0 {
-            directories[event.wd] = nil
-            if watches[directory] == event.wd { watches[directory] = nil }
+        case .watchGone(let wd):
+            guard let directory = directories[wd] else { return }
+            directories[wd] = nil
+            if watches[directory] == wd { watches[directory] = nil }
             publishCount()
             return
-        }
-        if name.isEmpty {
-            if mask & UInt32(IN_DELETE_SELF | IN_MOVE_SELF) != 0 && inScope(directory), let path = try? RelativePath(bytes: directory) {
-                note(path)
-            }
+        case .directoryGone(let wd):
+            if let directory = directories[wd], inScope(directory), let path = try? RelativePath(bytes: directory) { note(path) }
             return
+        case .entry(let wd, let entry, let what, let directoryEntry):
+            (watch, name, change, isDirectory) = (wd, entry, what, directoryEntry)
         }
+        guard let directory = directories[watch], !name.isEmpty else { return }
         let bytes = joinPath(directory, name)
         if name.starts(with: partialFilePrefix.utf8) { return }
         guard let relative = try? RelativePath(bytes: bytes) else { return }
         let path = bytes
-        let isDirectory = mask & UInt32(IN_ISDIR) != 0
         if directory.isEmpty && alwaysReported.contains(name) {
             note(relative)
             return
@@ -273,15 +256,15 @@ public final class TreeWatcher {
         if rules.isExcluded(path, isDirectory: isDirectory) && !(isDirectory && rules.mayBringBack(below: path)) { return }
         if !inScope(path) {
             // Only a directory leading into the scope matters here: watch it so the scope is seen when it appears.
-            if isDirectory && leadsIntoScope(path) && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+            if isDirectory && leadsIntoScope(path) && !change.isDisjoint(with: [.created, .movedHere]) {
                 addWatches(below: path)
                 for inner in listing(below: path) where inScope(inner.bytes) { note(inner) }
             }
             return
         }
-        if completedFilesOnly && !isDirectory && !isCompleted(mask, path: relative) { return }
-        if isDirectory && mask & UInt32(IN_MOVED_FROM | IN_DELETE) != 0 { dropWatches(below: path) }
-        if isDirectory && mask & UInt32(IN_CREATE | IN_MOVED_TO) != 0 {
+        if completedFilesOnly && !isDirectory && !isCompleted(change, path: relative) { return }
+        if isDirectory && !change.isDisjoint(with: [.movedAway, .deleted]) { dropWatches(below: path) }
+        if isDirectory && !change.isDisjoint(with: [.created, .movedHere]) {
             // Watch first, then scan: whatever was made in it before the watch existed is reported by the scan,
             // whatever comes after by the watch.
             addWatches(below: path)
@@ -292,9 +275,9 @@ public final class TreeWatcher {
 
     /// For `completedFilesOnly`: a file written and closed, moved, removed or chmod'ed; a symlink made. A file
     /// just created or being written is not complete yet (its close will come).
-    private func isCompleted(_ mask: UInt32, path: RelativePath) -> Bool {
-        if mask & UInt32(IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB) != 0 { return true }
-        if mask & UInt32(IN_CREATE) != 0, let st = try? tree.lstat(path) {
+    private func isCompleted(_ change: DirectoryEvents.Change, path: RelativePath) -> Bool {
+        if !change.isDisjoint(with: [.closedAfterWriting, .movedHere, .movedAway, .deleted, .attributes]) { return true }
+        if change.contains(.created), let st = try? tree.lstat(path) {
             return st.kind == .symlink
         }
         return false
@@ -313,22 +296,21 @@ public final class TreeWatcher {
 
     // MARK: watches
 
-    private static let mask = UInt32(IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO
-        | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
-
     /// Adds watches for `relative` and every directory below it that is not ignored.
     private func addWatches(below relative: [UInt8]) {
         var stack = [relative]
         while let dir = stack.popLast() {
             if polled[dir] != nil { continue }
             let absolute = dir.isEmpty ? Array(tree.rootPath.utf8) : Array(tree.rootPath.utf8) + [UInt8(ascii: "/")] + dir
-            let wd = withCName(absolute) { inotify_add_watch(inotifyFD, $0, Self.mask) }
-            if wd < 0 {
-                let code = errno
-                if code == ENOSPC {
+            guard let events else { continue }
+            let wd: Int32
+            switch events.watch(absolute) {
+            case .success(let made): wd = made
+            case .failure(let error):
+                if error.errno == ENOSPC {
                     fallBackToPolling(dir)
-                } else if code != ENOENT && code != ENOTDIR {
-                    log("syncd: cannot watch \(displayPath(absolute)): \(String(cString: strerror(code)))")
+                } else if error.errno != ENOENT && error.errno != ENOTDIR {
+                    log("syncd: cannot watch \(displayPath(absolute)): \(String(cString: strerror(error.errno)))")
                 }
                 continue
             }
@@ -343,7 +325,7 @@ public final class TreeWatcher {
     private func dropWatches(below path: [UInt8]) {
         let below = path + [UInt8(ascii: "/")]
         for (dir, wd) in watches where dir == path || dir.starts(with: below) {
-            inotify_rm_watch(inotifyFD, wd)
+            events?.unwatch(wd)
             watches[dir] = nil
             directories[wd] = nil
         }
@@ -354,8 +336,7 @@ public final class TreeWatcher {
     private func fallBackToPolling(_ dir: [UInt8]) {
         if !warnedAboutLimit {
             warnedAboutLimit = true
-            let limit = (try? String(decoding: readSmallFile("/proc/sys/fs/inotify/max_user_watches"), as: UTF8.self))?
-                .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+            let limit = DirectoryEvents.watchLimit
             log("syncd: the inotify watch limit is reached (fs.inotify.max_user_watches = \(limit)); raise it, e.g. "
                 + "`sysctl fs.inotify.max_user_watches=524288`. Until then \(dir.isEmpty ? "the project" : displayPath(dir + [UInt8(ascii: "/")])) "
                 + "and other unwatched directories are scanned every \(pollInterval / 1000) s.")
@@ -406,24 +387,4 @@ public final class TreeWatcher {
             polled[dir] = now
         }
     }
-}
-
-private func readSmallFile(_ path: String) throws -> [UInt8] {
-    let fd = try FileDescriptor.open(path, flags: O_RDONLY)
-    var bytes = [UInt8](repeating: 0, count: 64)
-    let n = try bytes.withUnsafeMutableBytes { try fd.read(into: $0) }
-    return Array(bytes[0..<n])
-}
-
-private extension String {
-    func trimmingCharacters(in set: Set<Character>) -> String {
-        var s = Substring(self)
-        while let c = s.first, set.contains(c) { s.removeFirst() }
-        while let c = s.last, set.contains(c) { s.removeLast() }
-        return String(s)
-    }
-}
-
-private extension Set where Element == Character {
-    static let whitespacesAndNewlines: Set<Character> = [" ", "\t", "\n", "\r"]
 }
