@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CSystemShims
 import SyncSystem
+import Transfer
 import Wire
 
 /// The extra connections of one push or pull (`Message.streamsOpen`). The agent listens on a unix socket in the
@@ -126,16 +127,7 @@ final class JoinedStreams: @unchecked Sendable {  // all mutable state is guarde
         let failed = failure
         lock.unlock()
         if let failed { throw AgentError("a joined stream of this pull failed: \(failed)") }
-        var best = main
-        var least = main.pendingBytes
-        for output in streams {
-            let waiting = output.waiting
-            if waiting < least {
-                least = waiting
-                best = output.writer
-            }
-        }
-        return best
+        return leastLoaded(main: main, waiting: main.pendingBytes, others: streams.map { ($0.writer, $0.waiting) })
     }
 
     /// Hands what the outbound streams' writers hold to their threads (before the session says `done`).

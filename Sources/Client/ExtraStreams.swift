@@ -3,6 +3,7 @@ import SSHTransport
 import SyncConfig
 import SyncSystem
 import Transport
+import Transfer
 import Wire
 
 /// Extra connections a large push or pull spreads its chunk data over (`streams:` in syncd.yaml,
@@ -74,16 +75,8 @@ final class ExtraStreams: @unchecked Sendable {
     func writer(main: FrameWriter, mainStream: ByteStream) -> FrameWriter {
         let streams = current
         guard !streams.isEmpty else { return main }
-        var best = main
-        var least = main.pendingBytes + mainStream.queuedOutputBytes
-        for s in streams {
-            let waiting = s.writer.pendingBytes + s.connection.stream.queuedOutputBytes
-            if waiting < least {
-                least = waiting
-                best = s.writer
-            }
-        }
-        return best
+        return leastLoaded(main: main, waiting: main.pendingBytes + mainStream.queuedOutputBytes,
+                           others: streams.map { ($0.writer, $0.writer.pendingBytes + $0.connection.stream.queuedOutputBytes) })
     }
 
     /// Sends what the joined streams' writers hold.

@@ -98,3 +98,15 @@ public final class ChunkSender {
         return policy.compress(bytes, op: op, offset: chunk.offset, with: bulk ? fast : tight)
     }
 }
+
+/// Where the next chunk goes when a session sends over several streams: the writer with the fewest bytes waiting
+/// to go out, `main` on a tie. Both sides choose so: the client for a push, the agent for a pull.
+public func leastLoaded(main: FrameWriter, waiting mainWaiting: Int, others: [(writer: FrameWriter, waiting: Int)]) -> FrameWriter {
+    var best = main
+    var least = mainWaiting
+    for other in others where other.waiting < least {
+        least = other.waiting
+        best = other.writer
+    }
+    return best
+}
