@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import SyncSystem
 
 /// The daemon's logger. Its handler (bootstrapped in main) writes to stderr: with journald's `<N>` priority
 /// prefixes when stderr is the journal (`JOURNAL_STREAM` is set), as plain `syncd: text` lines otherwise.
@@ -51,40 +52,40 @@ enum LogBook {
 
     static func write(priority: Int, level: Logger.Level, text: String) { book.write(priority: priority, level: level, text: text) }
 
-    private final class Book: @unchecked Sendable {  // `lock` guards recent, followers, nextFollower and stamps
-        private let lock = NSLock()
-        private var recent: [String] = []
-        private var followers: [Int: @Sendable (String) -> Void] = [:]
-        private var nextFollower = 0
+    private final class Book: @unchecked Sendable {  // `stamps` is used only inside `state`'s lock
+        private struct State {
+            var recent: [String] = []
+            var followers: [Int: @Sendable (String) -> Void] = [:]
+            var nextFollower = 0
+        }
+        private let state = Locked(State())
         private let stamps = ISO8601DateFormatter()
 
         func lines(follow: (@Sendable (String) -> Void)?) -> (lines: [String], token: Int?) {
-            lock.lock()
-            defer { lock.unlock() }
-            guard let follow else { return (recent, nil) }
-            nextFollower += 1
-            followers[nextFollower] = follow
-            return (recent, nextFollower)
+            state.withLock { state in
+                guard let follow else { return (state.recent, nil) }
+                state.nextFollower += 1
+                state.followers[state.nextFollower] = follow
+                return (state.recent, state.nextFollower)
+            }
         }
 
-        func unfollow(_ token: Int) {
-            lock.lock()
-            followers[token] = nil
-            lock.unlock()
-        }
+        func unfollow(_ token: Int) { state.withLock { $0.followers[token] = nil } }
 
+        /// Writes `text` to stderr (journald's priority prefix under systemd) and keeps it for `logs`; lines of
+        /// several threads do not interleave.
         func write(priority: Int, level: Logger.Level, text: String) {
-            lock.lock()
-            defer { lock.unlock() }
-            let stamp = stamps.string(from: Date())
-            let marker = level >= .warning ? "\(level): " : ""
-            for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-                let shown = DaemonLogHandler.toJournal ? "<\(priority)>\(marker)\(line)\n" : "syncd: \(marker)\(line)\n"
-                FileHandle.standardError.write(Data(shown.utf8))
-                let kept = "\(stamp) \(marker)\(line)"
-                recent.append(kept)
-                if recent.count > 1000 { recent.removeFirst(recent.count - 1000) }
-                for follower in followers.values { follower(kept) }
+            state.withLock { state in
+                let stamp = stamps.string(from: Date())
+                let marker = level >= .warning ? "\(level): " : ""
+                for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+                    let shown = DaemonLogHandler.toJournal ? "<\(priority)>\(marker)\(line)\n" : "syncd: \(marker)\(line)\n"
+                    FileHandle.standardError.write(Data(shown.utf8))
+                    let kept = "\(stamp) \(marker)\(line)"
+                    state.recent.append(kept)
+                    if state.recent.count > 1000 { state.recent.removeFirst(state.recent.count - 1000) }
+                    for follower in state.followers.values { follower(kept) }
+                }
             }
         }
     }
