@@ -60,10 +60,18 @@ public final class TreeWatcher {
     private var pendingRescan: String?
     private var firstPending: UInt64 = 0
     private var lastEvent: UInt64 = 0
+    /// Now, in nanoseconds, for the quiet period, the hold and the polls: the monotonic clock, or a test's, which
+    /// moves only when the test says (the watcher then looks again within a quiet period of real time).
+    private let clock: @Sendable () -> UInt64
+    /// Paths noted and not delivered yet, for tests (read from any thread).
+    private let pendingTotal = Locked(0)
+    public var pendingCount: Int { pendingTotal.current }
 
     public init(tree: Tree, rules: IgnoreRules, mode: Mode = .inotify, quietMillis: Int = 75, maxHoldMillis: Int = 5000,
                 scope: [RelativePath] = [], completedFilesOnly: Bool = false, alwaysReported: [String] = [],
-                log: @escaping (String) -> Void = { printError($0) }, deliver: @escaping (WatchEvent) -> Void) {
+                log: @escaping (String) -> Void = { printError($0) }, clock: @escaping @Sendable () -> UInt64 = monotonicNanos,
+                deliver: @escaping (WatchEvent) -> Void) {
+        self.clock = clock
         self.scope = scope.map(\.bytes)
         self.alwaysReported = Set(alwaysReported.map { Array($0.utf8) })
         self.completedFilesOnly = completedFilesOnly
@@ -97,29 +105,38 @@ public final class TreeWatcher {
             pollInterval = interval
             polled[[]] = statsBelow([])
         }
-        lastPoll = monotonicNanos()
+        lastPoll = clock()
         thread = try startThread { [self] in run() }
     }
 
     /// Delivers every change made before the call now, without waiting for quiet: the kernel queued their
     /// events when they were made, and the watcher thread reads them all before this returns.
-    public func flush() {
+    public func flush() { request(\.flushRequested, done: \.flushDone) }
+
+    /// Reads every change waiting and delivers what the quiet period and the hold let go by the watcher's clock,
+    /// then returns: for a test that moves the clock, in place of sleeping through a quiet period.
+    public func settle() { request(\.settleRequested, done: \.settleDone) }
+
+    private func request(_ requested: ReferenceWritableKeyPath<TreeWatcher, Int>, done: KeyPath<TreeWatcher, Int>) {
         guard thread != nil else { return }
         requestLock.lock()
-        flushRequested += 1
-        let ticket = flushRequested
+        self[keyPath: requested] += 1
+        let ticket = self[keyPath: requested]
         requestLock.unlock()
         var byte: UInt8 = 1
         _ = write(wakeWrite, &byte, 1)
         requestLock.lock()
-        while flushDone < ticket && !stopRequested { flushed.wait(requestLock) }
+        while self[keyPath: done] < ticket && !stopRequested { flushed.wait(requestLock) }
         requestLock.unlock()
     }
 
     private let requestLock = Mutex()
     private let flushed = Condition()
+    // Requests and what the thread has done of them (under `requestLock`).
     private var flushRequested = 0
     private var flushDone = 0
+    private var settleRequested = 0
+    private var settleDone = 0
     private var stopRequested = false
 
     /// Stops the thread (pending changes are dropped) and releases the watches.
@@ -148,38 +165,43 @@ public final class TreeWatcher {
             var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: events?.fd ?? -1, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, events != nil ? 2 : 1, timeoutMillis())
-            var flushTicket = 0
+            var (flushTicket, settleTicket) = (0, 0)
             if fds[0].revents != 0 {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while read(wakeRead, &drain, drain.count) > 0 {}
                 requestLock.lock()
                 let stop = stopRequested
-                flushTicket = flushRequested
+                if flushRequested > flushDone { flushTicket = flushRequested }
+                if settleRequested > settleDone { settleTicket = settleRequested }
                 requestLock.unlock()
                 if stop { return }
             }
-            if let events, fds[1].revents != 0 || flushTicket > 0 { events.read(into: buffer) { handle($0) } }
+            if let events, fds[1].revents != 0 || flushTicket > 0 || settleTicket > 0 { events.read(into: buffer) { handle($0) } }
             if flushTicket > 0 {
                 if !polled.isEmpty { pollSubtrees() }
                 deliverPending()
+            }
+            if flushTicket > 0 || settleTicket > 0 {
+                flushIfQuiet(now: clock())
                 requestLock.lock()
-                flushDone = flushTicket
+                if flushTicket > 0 { flushDone = flushTicket }
+                if settleTicket > 0 { settleDone = settleTicket }
                 flushed.broadcast()
                 requestLock.unlock()
                 continue
             }
-            let now = monotonicNanos()
+            let now = clock()
             if !polled.isEmpty && now - lastPoll >= UInt64(pollInterval) * 1_000_000 {
                 lastPoll = now
                 pollSubtrees()
             }
-            flushIfQuiet(now: monotonicNanos())
+            flushIfQuiet(now: clock())
         }
     }
 
     private func timeoutMillis() -> Int32 {
         var wait = Int.max
-        let now = monotonicNanos()
+        let now = clock()
         if !pending.isEmpty || pendingRescan != nil {
             let quietAt = lastEvent + UInt64(quietMillis) * 1_000_000
             let holdAt = firstPending + UInt64(maxHoldMillis) * 1_000_000
@@ -194,9 +216,10 @@ public final class TreeWatcher {
     }
 
     private func note(_ path: RelativePath) {
-        let now = monotonicNanos()
+        let now = clock()
         if pending.isEmpty && pendingRescan == nil { firstPending = now }
         pending.insert(path)
+        pendingTotal.withLock { $0 = pending.count }
         lastEvent = now
     }
 
@@ -210,6 +233,7 @@ public final class TreeWatcher {
 
     private func deliverPending() {
         guard !pending.isEmpty || pendingRescan != nil else { return }
+        pendingTotal.withLock { $0 = 0 }
         if let reason = pendingRescan {
             pendingRescan = nil
             pending.removeAll()
@@ -226,7 +250,7 @@ public final class TreeWatcher {
         switch event {
         case .overflow:
             // Events were dropped: everything is compared again, and watches are checked for new directories.
-            let now = monotonicNanos()
+            let now = clock()
             if pending.isEmpty && pendingRescan == nil { firstPending = now }
             pendingRescan = "the kernel's inotify queue overflowed (fs.inotify.max_queued_events)"
             lastEvent = now

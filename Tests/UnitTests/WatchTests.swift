@@ -154,6 +154,42 @@ final class WatchTests {
         #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
     }
 
+    /// The quiet period and the hold follow the clock the watcher is given: writes coalesce into one batch while
+    /// it stands still, nothing goes out a nanosecond before the quiet period ends, and a path changed without
+    /// pause still goes once the hold is up. `settle` in place of sleeping: no timing in this test.
+    @Test func theQuietPeriodAndTheHoldFollowTheClockItIsGiven() throws {
+        let now = Locked<UInt64>(1_000_000_000)
+        let got = Collected()
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: defaultRules(), quietMillis: 1000, maxHoldMillis: 5000,
+                            log: { _ in }, clock: { now.current }, deliver: { got.add($0) })
+        try w.start()
+        defer { w.stop() }
+        for i in 0..<20 { try write("src/log.txt", "line \(i)\n") }
+        w.settle()
+        #expect(w.pendingCount == 1 && got.events.isEmpty, "twenty writes, one path held: \(got.events)")
+        now.withLock { $0 += 999_999_999 }
+        w.settle()
+        #expect(got.events.isEmpty, "a nanosecond before the quiet period ends")
+        now.withLock { $0 += 1 }
+        w.settle()
+        #expect(got.paths == ["src/log.txt"] && got.events.count == 1, "quiet: one batch \(got.events)")
+
+        // Written again every 0.9 s of the clock: never quiet, delivered once held for 5 s.
+        got.reset()
+        for _ in 0..<5 {
+            try write("src/log.txt", "more\n")
+            w.settle()
+            #expect(got.events.isEmpty)
+            now.withLock { $0 += 900_000_000 }
+        }
+        try write("src/log.txt", "more\n")
+        w.settle()
+        #expect(got.events.isEmpty, "4.5 s held, still changing")
+        now.withLock { $0 += 500_000_000 }
+        w.settle()
+        #expect(got.paths == ["src/log.txt"], "held 5 s: delivered though it never went quiet")
+    }
+
     @Test func pollingModeSeesTheSameChanges() throws {
         let got = Collected()
         try write("src/keep.py", "k")
