@@ -19,15 +19,20 @@ public enum Platform {
 
     /// This process's resident memory in bytes (Linux: /proc/self/statm), or nil.
     public static func residentBytes() -> UInt64? {
-        let fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC)
+        guard let text = kernelFile("/proc/self/statm") else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
+        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// The first bytes (at most 128) of a small file the kernel makes (/proc, /sys) as text, or nil.
+    public static func kernelFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var buffer = [UInt8](repeating: 0, count: 128)
         let n = read(fd, &buffer, buffer.count)
-        guard n > 0 else { return nil }
-        let fields = String(decoding: buffer[0..<n], as: UTF8.self).split(separator: " ")
-        guard fields.count > 1, let pages = UInt64(fields[1]) else { return nil }
-        return pages * UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        return n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self) : nil
     }
 
     /// Gives heap memory freed by a big job back to the system, so an idle process stays small (glibc: malloc_trim).

@@ -84,12 +84,6 @@ struct DirectoryEvents {
 
     /// How many watches this user may have, for the message when the limit is reached.
     static var watchLimit: String {
-        let fd = open("/proc/sys/fs/inotify/max_user_watches", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "?" }
-        defer { _ = Glibc.close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 32)
-        let n = Glibc.read(fd, &buffer, buffer.count)
-        guard n > 0 else { return "?" }
-        return String(decoding: buffer[0..<n].filter { $0 >= 0x30 && $0 <= 0x39 }, as: UTF8.self)
+        Platform.kernelFile("/proc/sys/fs/inotify/max_user_watches").map { String($0.filter(\.isNumber)) } ?? "?"
     }
 }

@@ -66,9 +66,7 @@ default:
 /// Exits unless this executable hashes to `expected` (what the client installed). The digest is remembered in
 /// `.<name>.checked` beside the executable (where that can be written) for as long as the file's identity is the same.
 func checkDigest(_ expected: String) {
-    var target = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &target, target.count - 1)
-    let path = n > 0 ? String(nulTerminated: Array(target[0..<n])) : ""
+    let path = Platform.executablePath() ?? ""
     let actual: String
     if let slash = path.lastIndex(of: "/"), !path.hasSuffix(" (deleted)") {
         let stamp = String(path[...slash]) + "." + String(path[path.index(after: slash)...]) + ".checked"

@@ -84,26 +84,10 @@ struct DaemonInProcessTests {
     /// the real clock would take 61 s to get there.
     @Test func aFailingProjectBacksOffByTheClockItIsGiven() throws {
         let f = try SyncFixture()
-        let port = freePortForTest()
-        try "Host nowhere\n  HostName 127.0.0.1\n  Port \(port)\n  User root\n".write(toFile: f.base + "/ssh_config", atomically: true, encoding: .utf8)
-        try "name: proj\nremote: nowhere\nssh_config: \(f.base)/ssh_config\n".write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
-        let runtime = f.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
-        #expect(try ProjectRegistry(environment: env).add(f.project))
+        try f.pointAtNothing()
         let clock = ManualClock()
-        var settings = DaemonSettings(pullInterval: 60, environment: env)
-        settings.clock = clock
-        let daemon = Daemon(settings: settings)
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            _ = daemon.run()
-            done.signal()
-        }
-        defer {
-            daemon.stop()
-            _ = done.wait(timeout: .now() + 30)
-        }
+        let daemon = try BackgroundDaemon(f, clock: clock)
+        let env = daemon.env
         func retryIn() -> Int? {
             (try? ControlSocket.request(ControlRequest(.status), environment: env))?.projects?.first?.retryInSeconds
         }
@@ -128,20 +112,8 @@ struct DaemonInProcessTests {
         chmod(agent, 0o755)
         try f.addSetting("agent_path: \(agent)")
         try f.addSetting("timeout: 2")
-        let runtime = f.base + "/run"
-        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
-        #expect(try ProjectRegistry(environment: env).add(f.project))
-        let daemon = Daemon(settings: DaemonSettings(pullInterval: 60, environment: env))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread {
-            _ = daemon.run()
-            done.signal()
-        }
-        defer {
-            daemon.stop()
-            _ = done.wait(timeout: .now() + 30)
-        }
+        let daemon = try BackgroundDaemon(f)
+        let env = daemon.env
         var seen: ProjectStatus?
         #expect(eventually(seconds: 30) {
             seen = (try? ControlSocket.request(ControlRequest(.status), environment: env))??.projects?.first
@@ -178,5 +150,45 @@ struct DaemonInProcessTests {
             answer += buffer[0..<n]
         }
         return String(decoding: answer.prefix { $0 != 0x0A }, as: UTF8.self)
+    }
+}
+
+/// The daemon run in this process on a thread of its own for `f`'s project (registered in an environment of the
+/// fixture's), stopped when this goes away.
+final class BackgroundDaemon {
+    let env: [String: String]
+    private let daemon: Daemon
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ f: SyncFixture, clock: (any DaemonClock)? = nil) throws {
+        let runtime = f.base + "/run"
+        try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime]
+        guard try ProjectRegistry(environment: env).add(f.project) else { throw FixtureError("\(f.project) was registered already") }
+        var settings = DaemonSettings(pullInterval: 60, environment: env)
+        if let clock { settings.clock = clock }
+        daemon = Daemon(settings: settings)
+        let (daemon, done) = (daemon, done)
+        Thread.detachNewThread {
+            _ = daemon.run()
+            done.signal()
+        }
+    }
+
+    deinit {
+        daemon.stop()
+        _ = done.wait(timeout: .now() + 30)
+    }
+}
+
+extension SyncFixture {
+    /// Points the project at a host nothing listens on: every connection is refused. Returns the port.
+    @discardableResult
+    func pointAtNothing() throws -> Int {
+        let port = freePortForTest()
+        try "Host nowhere\n  HostName 127.0.0.1\n  Port \(port)\n  User root\n".write(toFile: base + "/ssh_config",
+                                                                                              atomically: true, encoding: .utf8)
+        try "name: proj\nremote: nowhere\nssh_config: \(base)/ssh_config\n".write(toFile: project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        return port
     }
 }

@@ -39,11 +39,7 @@ struct StatusTests {
         try good.write("src/a.py", "a = 1\n")
         // A remote nothing listens on: every connection is refused.
         let unreachable = try SyncFixture()
-        let port = freePortForTest()
-        try "Host nowhere\n  HostName 127.0.0.1\n  Port \(port)\n  User root\n".write(toFile: unreachable.base + "/ssh_config",
-                                                                                     atomically: true, encoding: .utf8)
-        try "name: proj\nremote: nowhere\nssh_config: \(unreachable.base)/ssh_config\n"
-            .write(toFile: unreachable.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        let port = try unreachable.pointAtNothing()
         let broken = try SyncFixture()
 
         // Registered, then broken: the daemon starts with a syncd.yaml that does not load.
