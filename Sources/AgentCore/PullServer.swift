@@ -150,7 +150,7 @@ extension AgentSession {
     /// aborted (the client skips it), as is one that cannot be opened.
     private func serveFetches(of offered: [UInt32: PullLister.Offered], in tree: Tree, compress: Bool, compressAdaptively: Bool) throws {
         let (reader, writer) = (self.reader, self.writer)
-        var openFile: (op: UInt32, fd: FileDescriptor)?
+        let files = FileChunkSource(tree: tree)
         let sender = ChunkSender(compress: compress)
         // The main connection's pace only: joined streams add to the link, so this errs toward compressing.
         if compressAdaptively { sender.linkRate = { writer.drainRate } }
@@ -166,26 +166,21 @@ extension AgentSession {
             case .fetch(let fop, let indices):
                 guard let entry = offered[fop] else { throw ProtocolError("fetch for operation \(fop), which was not offered") }
                 if abandoned.contains(fop) { continue }
-                let fd: FileDescriptor
-                if let open = openFile, open.op == fop { fd = open.fd } else {
-                    do { fd = try tree.openForReading(entry.path) } catch {
-                        abandoned.insert(fop)
-                        try writer.send(.abort(op: fop, reason: "cannot open on the remote: \(error)"))
-                        continue
-                    }
-                    openFile = (fop, fd)
-                }
                 sender.begin(op: fop, name: entry.path.name)
                 for index in indices {
                     guard Int(index) < entry.chunks.count, !entry.chunks[Int(index)].id.isHole else {
                         throw ProtocolError("fetch index \(index) out of range for \(entry.path), or a hole (never sent)")
                     }
                     let target = try streams?.writer(main: writer) ?? writer
-                    guard try sender.send(entry.chunks[Int(index)], index: index, op: fop, from: fd, to: target) else {
-                        abandoned.insert(fop)
-                        try writer.send(.abort(op: fop, reason: "changed on the remote while being pulled"))
-                        break
+                    let why: String
+                    switch try files.send(entry.chunks[Int(index)], index: index, op: fop, path: entry.path, by: sender, to: target) {
+                    case .sent: continue
+                    case .unreadable(let error): why = "cannot open on the remote: \(error)"
+                    case .changed: why = "changed on the remote while being pulled"
                     }
+                    abandoned.insert(fop)
+                    try writer.send(.abort(op: fop, reason: why))
+                    break
                 }
             case .streamsOpen(let count):
                 guard streams == nil else { throw ProtocolError("streams asked for twice in one pull") }

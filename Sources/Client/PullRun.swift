@@ -54,7 +54,7 @@ final class PullRun {
     // Receiving: files waiting for chunks, and those sealed and waiting to be durable.
     private var assemblies: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
     private var sealed: [UInt32: (FileAssembly, Offer, FileStat?)] = [:]
-    private var merger: FrameMerger?
+    private var merger: FrameInbox?
     private var extraStreams = 0
 
     init(session: PullSession, link: AgentLink, local side: PullSession.LocalSide) throws {
@@ -303,7 +303,7 @@ final class PullRun {
         // connection is read on a thread of its own into one queue.
         extraStreams = expectedBytes >= PushPipeline.streamsThreshold ? project.streamCount - 1 : 0
         if extraStreams > 0 {
-            let merged = FrameMerger()
+            let merged = try FrameInbox()
             merged.read(link.reader, source: 0) { message in
                 if case .done = message { return true }
                 if case .error = message { return true }

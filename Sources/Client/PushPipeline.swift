@@ -91,7 +91,8 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// Sender-thread only.
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
-    private var openFile: (op: UInt32, fd: FileDescriptor)?
+    /// The chunks not held in memory are read from their files.
+    private let files: FileChunkSource
     /// The bytes of the file being sent, as the hasher read them (small files only): sent from memory.
     private var heldBytes: (op: UInt32, bytes: [UInt8])?
     /// Streamed files whose list has not ended: the chunks listed so far.
@@ -109,7 +110,6 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     private var listFrames: [UInt32: (sent: Int, answered: Int)] = [:]
     /// Chunks sent from memory (as the hasher read them), and those read from their files (traced at the end).
     private var sentFromMemory = 0
-    private var readFromFiles = 0
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
     private var packsSent = 0
@@ -137,6 +137,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         self.force = force
         self.storeFeed = storeFeed
         sender = ChunkSender(compress: project.compresses(roundTrip: link.connection.stream.roundTripSeconds))
+        files = FileChunkSource(tree: project.tree)
         self.project = project
         self.link = link
         self.ops = ops
@@ -241,7 +242,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
         try flushAll()
         finished = true
-        Trace.mark("push: chunks sent from memory \(sentFromMemory), read from their files \(readFromFiles)")
+        Trace.mark("push: chunks sent from memory \(sentFromMemory), read from their files \(files.chunksRead)")
         condition.lock()
         let streams = self.streams
         condition.unlock()
@@ -618,21 +619,16 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             sentFromMemory += 1
             return true
         }
-        readFromFiles += 1
-        let fd: FileDescriptor
-        if let open = openFile, open.op == op { fd = open.fd } else {
-            do { fd = try project.tree.openForReading(path) } catch {
-                outcome.aborted.insert(op)
-                try writer.send(.abort(op: op, reason: "cannot read \(path) locally: \(error)"))
-                return false
-            }
-            openFile = (op, fd)
-        }
-        guard try sender.send(chunk, index: index, op: op, from: fd, to: target) else {
+        switch try files.send(chunk, index: index, op: op, path: path, by: sender, to: target) {
+        case .sent:
+            return true
+        case .unreadable(let error):
+            outcome.aborted.insert(op)
+            try writer.send(.abort(op: op, reason: "cannot read \(path) locally: \(error)"))
+        case .changed:
             outcome.aborted.insert(op)
             try writer.send(.abort(op: op, reason: "\(path) changed locally while being pushed"))
-            return false
         }
-        return true
+        return false
     }
 }

@@ -1,78 +1,85 @@
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// Items handed from the threads that make them to the thread that takes them, holding at most `limit` of
 /// their cost (a count, or bytes): a producer waits while the queue is over it, a consumer while it is empty. Once
 /// closed, producers stop waiting and their items are dropped, and the consumer takes what is left, then nil:
 /// neither side can be left waiting for the other when one of them is gone.
-public final class BoundedQueue<Element>: @unchecked Sendable {  // `mutex` guards everything below it
-    private let mutex = Mutex()
-    private let changed = Condition()
-    private var items: [Element] = []
-    private var head = 0
-    private var held = 0
-    private var closed = false
+public final class BoundedQueue<Element>: @unchecked Sendable {  // `cost` and `filled` are set once
+    private struct Held {
+        var items: [Element] = []
+        var head = 0
+        var held = 0
+        var closed = false
+        var isEmpty: Bool { head == items.count }
+    }
+    private let state = Locked(Held())
     private let limit: Int
     private let cost: (Element) -> Int
+    private let filled: (() -> Void)?
 
     /// `cost` is what an item counts against `limit`: 1 each by default. An item that costs nothing still waits
-    /// while the queue is over its limit, so that items stay in the order they were put.
-    public init(limit: Int, cost: @escaping (Element) -> Int = { _ in 1 }) {
+    /// while the queue is over its limit, so that items stay in the order they were put. `filled`, when given, is
+    /// called (under the queue's lock, so briefly) each time an item goes into an empty queue: a consumer that
+    /// polls descriptors rather than waiting here learns from it that there is something to take (see `poll`).
+    public init(limit: Int, cost: @escaping (Element) -> Int = { _ in 1 }, filled: (() -> Void)? = nil) {
         self.limit = limit
         self.cost = cost
+        self.filled = filled
     }
 
     /// Adds `item`, waiting while the queue holds more than its limit. False, and the item dropped, once closed.
     @discardableResult
     public func put(_ item: Element) -> Bool {
-        mutex.lock()
-        defer { mutex.unlock() }
-        while held > limit && !closed { changed.wait(mutex) }
-        guard !closed else { return false }
-        items.append(item)
-        held += cost(item)
-        changed.broadcast()
-        return true
+        state.withLock(when: { $0.held <= self.limit || $0.closed }) { queue in
+            guard !queue.closed else { return false }
+            if queue.isEmpty { filled?() }
+            queue.items.append(item)
+            queue.held += cost(item)
+            return true
+        }
     }
 
     /// The next item, waiting for one; nil once the queue is closed and empty.
     public func take() -> Element? {
-        mutex.lock()
-        defer { mutex.unlock() }
-        while head == items.count && !closed { changed.wait(mutex) }
-        guard head < items.count else { return nil }
-        return removeFirstLocked()
+        state.withLock(when: { !$0.isEmpty || $0.closed }) { queue in queue.isEmpty ? nil : removeFirst(&queue) }
     }
+
+    /// The next item if one is queued, without waiting. A consumer that polls learns of the next item from
+    /// `filled`, which is called for an item put after a `poll` that found the queue empty.
+    public func poll() -> Element? {
+        state.withLock { queue in queue.isEmpty ? nil : removeFirst(&queue) }
+    }
+
+    /// Whether an item is queued.
+    public var isEmpty: Bool { state.current.isEmpty }
 
     /// Every item queued, waiting until `deadline` (`monotonicNanos()`) for one when there is none: empty when
     /// none came by then, or the queue is closed.
     public func takeAll(waitingUntil deadline: UInt64) -> [Element] {
-        mutex.lock()
-        defer { mutex.unlock() }
-        while head == items.count && !closed && monotonicNanos() < deadline { changed.wait(mutex, until: deadline) }
-        var out: [Element] = []
-        while head < items.count { out.append(removeFirstLocked()) }
-        return out
+        state.withLock(when: { !$0.isEmpty || $0.closed }, deadline: deadline) { queue, _ in
+            var out: [Element] = []
+            while !queue.isEmpty { out.append(removeFirst(&queue)) }
+            return out
+        }
     }
 
     /// No more items: waiting producers return (their items dropped), and the consumer gets what is left, then nil.
-    public func close() {
-        mutex.lock()
-        closed = true
-        changed.broadcast()
-        mutex.unlock()
+    public func close() { state.withLock { $0.closed = true } }
+
+    /// Closes the queue and drops what it holds (its consumer is gone).
+    public func discard() {
+        state.withLock { queue in
+            queue = Held()
+            queue.closed = true
+        }
     }
 
-    private func removeFirstLocked() -> Element {
-        let item = items[head]
-        head += 1
-        held -= cost(item)
-        if head == items.count {
-            items.removeAll(keepingCapacity: true)
-            head = 0
+    private func removeFirst(_ queue: inout Held) -> Element {
+        let item = queue.items[queue.head]
+        queue.head += 1
+        queue.held -= cost(item)
+        if queue.isEmpty {
+            queue.items.removeAll(keepingCapacity: true)
+            queue.head = 0
         }
-        changed.broadcast()
         return item
     }
 }

@@ -228,3 +228,30 @@ public enum OpenFiles {
     /// True for the errors that mean this process (or the system) has no descriptor to give.
     public static func exhausted(_ code: Int32) -> Bool { code == EMFILE || code == ENFILE }
 }
+
+/// A pipe that tells a thread waiting in poll(2) that something is ready for it: `signal` puts a byte in,
+/// `drain` takes every byte out. Signals that come before a drain are merged into one wake.
+public final class WakePipe: Sendable {
+    /// Polls readable after a `signal` and until the next `drain`.
+    public let readFD: Int32
+    private let writeFD: Int32
+
+    public init() throws { (readFD, writeFD) = try makePipe(nonBlocking: true) }
+
+    deinit {
+        close(readFD)
+        close(writeFD)
+    }
+
+    /// Makes `readFD` readable (a full pipe is readable already, so a failed write loses nothing).
+    public func signal() {
+        var byte: UInt8 = 1
+        _ = write(writeFD, &byte, 1)
+    }
+
+    /// Empties the pipe; call before looking at what the signals were about, so that one sent meanwhile is kept.
+    public func drain() {
+        var sink = [UInt8](repeating: 0, count: 64)
+        while read(readFD, &sink, sink.count) > 0 {}
+    }
+}

@@ -125,23 +125,67 @@ public final class Mutex {
 }
 
 /// A value only touched under its own lock: `withLock` instead of a lock and an unlock paired by hand (issue 28,
-/// item 5). Foundation-free, for the agent's side too.
-public final class Locked<Value>: @unchecked Sendable {
+/// item 5). It is a monitor as well: a thread can wait under the lock until the value is as it needs
+/// (`withLock(when:)`), and every change made through `withLock` wakes the threads waiting, so no change can be
+/// made without the signal that goes with it. Foundation-free, for the agent's side too.
+public final class Locked<Value>: @unchecked Sendable {  // `mutex` guards `value` and `waiters`
     private let mutex = Mutex()
+    private let changed = Condition()
     private var value: Value
+    /// Threads in a wait: a change signals only when there is one.
+    private var waiters = 0
 
     public init(_ value: Value) { self.value = value }
 
-    /// Runs `body` with the value, the lock held; what `body` returns is returned.
+    /// Runs `body` with the value, the lock held; what `body` returns is returned. Wakes the threads waiting for
+    /// the value to change.
     @discardableResult
     public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
         mutex.lock()
-        defer { mutex.unlock() }
+        defer { unlockWaking() }
         return try body(&value)
     }
 
+    /// Waits until `ready` holds for the value, then runs `body` with it, the lock held throughout.
+    @discardableResult
+    public func withLock<T>(when ready: (Value) -> Bool, _ body: (inout Value) throws -> T) rethrows -> T {
+        mutex.lock()
+        defer { unlockWaking() }
+        while !ready(value) { wait(until: nil) }
+        return try body(&value)
+    }
+
+    /// Waits until `ready` holds for the value or `monotonicNanos()` reaches `deadline`, then runs `body` with the
+    /// value and whether it is ready (false: the deadline passed first).
+    @discardableResult
+    public func withLock<T>(when ready: (Value) -> Bool, deadline: UInt64, _ body: (inout Value, _ ready: Bool) throws -> T) rethrows -> T {
+        mutex.lock()
+        defer { unlockWaking() }
+        var isReady = ready(value)
+        while !isReady && monotonicNanos() < deadline {
+            wait(until: deadline)
+            isReady = ready(value)
+        }
+        return try body(&value, isReady)
+    }
+
     /// A copy of the value, read under the lock.
-    public var current: Value { withLock { $0 } }
+    public var current: Value {
+        mutex.lock()
+        defer { mutex.unlock() }
+        return value
+    }
+
+    private func wait(until deadline: UInt64?) {
+        waiters += 1
+        if let deadline { changed.wait(mutex, until: deadline) } else { changed.wait(mutex) }
+        waiters -= 1
+    }
+
+    private func unlockWaking() {
+        if waiters > 0 { changed.broadcast() }
+        mutex.unlock()
+    }
 }
 
 /// A pthread condition variable used with a `Mutex`; timed waits run on the monotonic clock.

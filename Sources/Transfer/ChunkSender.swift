@@ -110,3 +110,35 @@ public func leastLoaded(main: FrameWriter, waiting mainWaiting: Int, others: [(w
     }
     return best
 }
+
+/// Serves chunks read from files of a tree, one file open at a time (a session asks for a file's chunks
+/// together): the client's push for chunks it no longer holds in memory, the agent's pull for every chunk. Each
+/// chunk is re-hashed as it is read (`ChunkSender`), so a file that changed since it was chunked is caught.
+public final class FileChunkSource {
+    public enum Outcome {
+        case sent
+        /// The file no longer holds the chunk: it changed since it was chunked. Nothing was sent.
+        case changed
+        /// The file cannot be opened. Nothing was sent.
+        case unreadable(Error)
+    }
+    private let tree: Tree
+    private var open: (op: UInt32, fd: FileDescriptor)?
+    /// Chunks read from files so far.
+    public private(set) var chunksRead = 0
+
+    public init(tree: Tree) { self.tree = tree }
+
+    /// Sends `chunk` (number `index` of file `op`, at `path`) by `sender` to `writer`.
+    public func send(_ chunk: ChunkRef, index: UInt32, op: UInt32, path: RelativePath, by sender: ChunkSender,
+                     to writer: FrameWriter) throws -> Outcome {
+        let fd: FileDescriptor
+        if let open, open.op == op { fd = open.fd } else {
+            open = nil
+            do { fd = try tree.openForReading(path) } catch { return .unreadable(error) }
+            open = (op, fd)
+        }
+        chunksRead += 1
+        return try sender.send(chunk, index: index, op: op, from: fd, to: writer) ? .sent : .changed
+    }
+}
