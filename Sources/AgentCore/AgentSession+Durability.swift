@@ -143,15 +143,10 @@ extension AgentSession {
         while true {
             if let message = try streams.take() { return (.message(message), true) }
             if reader.hasBufferedFrame { return (try reader.nextFrame(chunk: chunk), false) }
-            notifyLock.lock()
-            do {
+            try notifyLock.withLock {
                 try commitWhileIdle(alsoWaking: streams.wakeFD)
                 try writer.flush()
-            } catch {
-                notifyLock.unlock()
-                throw error
             }
-            notifyLock.unlock()
             if streams.hasQueued { continue }
             var fds = [pollfd(fd: input, events: Int16(POLLIN), revents: 0), pollfd(fd: streams.wakeFD, events: Int16(POLLIN), revents: 0)]
             let ready = poll(&fds, 2, 1000)

@@ -98,11 +98,11 @@ public final class AgentSession {
         writer = FrameWriter(stream)
         self.homeDirectory = homeDirectory
         reader.willBlock = { [unowned self] in
-            notifyLock.lock()
-            defer { notifyLock.unlock() }
-            try commitWhileIdle()
-            try writer.flush()
-            try checkDraining()
+            try notifyLock.withLock {
+                try commitWhileIdle()
+                try writer.flush()
+                try checkDraining()
+            }
         }
     }
 
@@ -190,10 +190,10 @@ public final class AgentSession {
         switch hello.role {
         case .push: try servePush()
         case .pull:
-            notifyLock.lock()
-            remoteDirty = false
-            remoteChanges.removeAll()
-            notifyLock.unlock()
+            notifyLock.withLock {
+                remoteDirty = false
+                remoteChanges.removeAll()
+            }
             // With a watcher, a file is known to be finished once it was closed and the watcher then saw nothing
             // for a while; without one, only its age tells. Resolving a conflict, the user chose the version there
             // now: only a file some process holds open for writing is left.
@@ -229,35 +229,34 @@ public final class AgentSession {
             do { try started.start() } catch { throw AgentError("watch: cannot watch the pull paths: \(error)", reason: .cannotWatch) }
             watcher = started
             // Whatever was finished between the last pull and now went unseen: the client should look once.
-            notifyLock.lock()
-            remoteDirty = true
-            notifyLock.unlock()
+            notifyLock.withLock {
+                remoteDirty = true
+            }
         }
-        notifyLock.lock()
-        watching = true
-        let sent = Result { try sendRemoteChangesLocked() }
-        notifyLock.unlock()
-        try sent.get()
+        try notifyLock.withLock {
+            watching = true
+            try sendRemoteChangesLocked()
+        }
         guard let message = try reader.next() else { return }
         guard case .watchEnd = message else {
             throw ProtocolError("expected watchEnd during a watch, got type 0x\(String(message.encode().type, radix: 16))")
         }
-        notifyLock.lock()
-        defer { notifyLock.unlock() }
-        watching = false
-        try writer.send(.watchEnded)
-        try writer.flush()
+        try notifyLock.withLock {
+            watching = false
+            try writer.send(.watchEnded)
+            try writer.flush()
+        }
     }
 
     /// On the watcher's thread.
     func remoteEvent(_ event: WatchEvent) {
-        notifyLock.lock()
-        defer { notifyLock.unlock() }
-        if case .changed(let paths) = event {
-            for p in paths where remoteChanges.count < maxNotifiedPaths { remoteChanges.insert(p) }
+        notifyLock.withLock {
+            if case .changed(let paths) = event {
+                for p in paths where remoteChanges.count < maxNotifiedPaths { remoteChanges.insert(p) }
+            }
+            remoteDirty = true
+            if watching { _ = try? sendRemoteChangesLocked() }
         }
-        remoteDirty = true
-        if watching { _ = try? sendRemoteChangesLocked() }
     }
 
     func sendRemoteChangesLocked() throws {

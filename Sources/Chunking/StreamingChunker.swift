@@ -20,35 +20,30 @@ public final class ReadBuffer: @unchecked Sendable {  // written by one thread b
 
 /// Buffers of one size, kept for reuse (at most `keep` idle ones), so that a large file is not read into fresh
 /// pages each time: the kernel would fault and zero every one of them.
-public final class ReadBufferPool: @unchecked Sendable {  // `lock` guards `idle`
+public final class ReadBufferPool: @unchecked Sendable {  // `idle` is Locked; `size` and `keep` are set once
     public let size: Int
     private let keep: Int
-    private let lock = Mutex()
-    private var idle: [UnsafeMutableRawBufferPointer] = []
+    private let idle = Locked<[UnsafeMutableRawBufferPointer]>([])
 
     public init(size: Int, keep: Int) {
         self.size = size
         self.keep = keep
     }
 
-    deinit { for b in idle { b.deallocate() } }
+    deinit { for b in idle.current { b.deallocate() } }
 
     public func take() -> ReadBuffer {
-        lock.lock()
-        let reused = idle.popLast()
-        lock.unlock()
+        let reused = idle.withLock { $0.popLast() }
         return ReadBuffer(reused ?? .allocate(byteCount: size, alignment: 64), pool: self)
     }
 
     fileprivate func giveBack(_ bytes: UnsafeMutableRawBufferPointer) {
-        lock.lock()
-        if idle.count < keep {
+        let kept = idle.withLock { idle in
+            guard idle.count < keep else { return false }
             idle.append(bytes)
-            lock.unlock()
-        } else {
-            lock.unlock()
-            bytes.deallocate()
+            return true
         }
+        if !kept { bytes.deallocate() }
     }
 }
 

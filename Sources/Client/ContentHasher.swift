@@ -11,28 +11,29 @@ import Wire
 /// overlap with connecting and sending instead of preceding them. Each result is handed over once (the sender
 /// keeps it), and the records go to the stat cache in batches as they are made, so a push of 100k new files
 /// does not hold them all twice.
-final class ContentHasher: @unchecked Sendable {  // `condition` guards results, finished, cancelled, waiting and keptBytes
+final class ContentHasher: @unchecked Sendable {  // what the hasher thread and the sender share is in `shared` (Locked)
     private let project: Project
     private let state: LocalDatabase
     private let entries: [(op: Int, entry: LocalEntry)]
-    private let condition = NSCondition()
-    private var results: [Int: Hashing] = [:]
+    /// What the hasher thread and the sender share.
+    private struct Shared {
+        var results: [Int: Hashing] = [:]
+        /// The file being streamed, cancelled by `stop`.
+        var streaming: FileStream?
+        var finished = false
+        var cancelled = false
+        /// Bytes of small files kept with their results so the sender need not read them again, at most
+        /// `keptLimit` at once (beyond it a file is read again when sent).
+        var keptBytes = 0
+    }
+    private let shared = Locked(Shared())
     /// Which files larger than what goes unasked are cut while they are sent (`FileStream`); nil when none are
     /// (the push does not read the local tree, or a store serves its chunks).
     private let streams: ((LocalEntry) -> Bool)?
-    /// The file being streamed, cancelled by `stop`.
-    private var streaming: FileStream?
     /// The buffers streamed files are read into (8 MiB each): a few are in use at once (the sender's kept parts
     /// and the stream's queue, 48 MiB), and idle ones are kept for the next part.
     private lazy var buffers = ReadBufferPool(size: max(8 << 20, 4 * project.chunking.maxSize), keep: 8)
-    private var finished = false
-    private var cancelled = false
-    /// True while the sender waits in `result(for:)`: only then is it woken.
-    private var waiting = false
     private static let saveBatch = 4096
-    /// Bytes of small files kept with their results so the sender need not read them again, at most
-    /// `keptLimit` at once (beyond it a file is read again when sent).
-    private var keptBytes = 0
     private static let keptLimit = 64 << 20
     /// Every file small enough to go with its data unasked is kept, so that its bytes are read once.
     static let keepFilesUpTo = Int(PushPipeline.eagerLimit)
@@ -66,38 +67,29 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
             let chunker = FileChunker(project.chunking)
             var unsaved: [CachedFile] = []
             for (op, entry) in entries {
-                condition.lock()
-                let stop = cancelled
-                condition.unlock()
-                if stop { break }
+                if shared.withLock({ $0.cancelled }) { break }
                 if entry.stat.size > PushPipeline.eagerLimit, streams?(entry) == true,
                    let fd = try? project.tree.openForReading(entry.path), FileChunker.isDense(fd) {
                     let stream = FileStream()
-                    condition.lock()
-                    results[op] = .streaming(stream)
-                    streaming = stream
-                    if waiting { condition.broadcast() }
-                    let stop = cancelled
-                    condition.unlock()
+                    let stop = shared.withLock { shared in
+                        shared.results[op] = .streaming(stream)
+                        shared.streaming = stream
+                        return shared.cancelled
+                    }
                     if stop { stream.cancel() }
                     let end = LocalScanner.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream)
                     if case .whole(let file) = end { unsaved.append(file) }
                     stream.finish(end)
-                    condition.lock()
-                    streaming = nil
-                    condition.unlock()
+                    shared.withLock { $0.streaming = nil }
                     continue
                 }
-                condition.lock()
-                let keep = keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0
-                condition.unlock()
+                let keep = shared.withLock { $0.keptBytes < Self.keptLimit ? Self.keepFilesUpTo : 0 }
                 let result = LocalScanner.hash(entry, in: project, with: chunker, keepingUpTo: keep).map { Hashed(file: $0.file, bytes: $0.bytes) }
                 if case .success(let hashed) = result { unsaved.append(hashed.file) }
-                condition.lock()
-                results[op] = .done(result)
-                if case .success(let hashed) = result { keptBytes += hashed.bytes?.count ?? 0 }
-                if waiting { condition.broadcast() }
-                condition.unlock()
+                shared.withLock { shared in
+                    shared.results[op] = .done(result)
+                    if case .success(let hashed) = result { shared.keptBytes += hashed.bytes?.count ?? 0 }
+                }
                 if unsaved.count >= Self.saveBatch {
                     // The stat cache is an optimisation: a failed write only costs hashing again next time.
                     try? state.saveFiles(unsaved)
@@ -105,37 +97,27 @@ final class ContentHasher: @unchecked Sendable {  // `condition` guards results,
                 }
             }
             try? state.saveFiles(unsaved)
-            condition.lock()
-            finished = true
-            condition.broadcast()
-            condition.unlock()
+            shared.withLock { $0.finished = true }
         }
     }
 
     /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
     func result(for op: Int) -> Hashing {
-        condition.lock()
-        defer { condition.unlock() }
-        while results[op] == nil && !finished {
-            waiting = true
-            condition.wait()
-            waiting = false
+        shared.withLock(when: { $0.results[op] != nil || $0.finished }) { shared in
+            let result = shared.results.removeValue(forKey: op) ?? .done(.failure(ScanWarning(path: "?", message: "not hashed")))
+            if case .done(.success(let hashed)) = result { shared.keptBytes -= hashed.bytes?.count ?? 0 }
+            return result
         }
-        let result = results.removeValue(forKey: op) ?? .done(.failure(ScanWarning(path: "?", message: "not hashed")))
-        if case .done(.success(let hashed)) = result { keptBytes -= hashed.bytes?.count ?? 0 }
-        return result
     }
 
     /// Stops hashing after the current file (a file being streamed is cut short) and waits until what was hashed
     /// is in the stat cache.
     func stop() {
-        condition.lock()
-        cancelled = true
-        let stream = streaming
-        condition.unlock()
+        let stream = shared.withLock { shared in
+            shared.cancelled = true
+            return shared.streaming
+        }
         stream?.cancel()
-        condition.lock()
-        while !finished { condition.wait() }
-        condition.unlock()
+        shared.withLock(when: { $0.finished }) { _ in }
     }
 }

@@ -8,7 +8,7 @@ import SyncSystem
 /// A large file cut while it is sent, so that its bytes are read once: the hasher thread puts each run of chunks
 /// with the bytes they were cut from, and the sender takes them in order, lists them to the agent and keeps the
 /// bytes until the agent has said what it lacks. The hasher waits while `aheadLimit` bytes wait to be taken.
-final class FileStream: @unchecked Sendable {  // `condition` guards everything
+final class FileStream: Sendable {
     struct Batch {
         /// Offsets from the file's start.
         var chunks: [ChunkRef]
@@ -32,72 +32,44 @@ final class FileStream: @unchecked Sendable {  // `condition` guards everything
     }
 
     static let aheadLimit = 16 << 20
-    private let condition = NSCondition()
-    private var batches: [Batch] = []
-    private var queuedBytes = 0
-    private var end: End?
-    private var cancelled = false
-    private var wake: (() -> Void)?
+    private enum Item {
+        case batch(Batch)
+        case end(End)
+    }
+    private let queue = BoundedQueue<Item>(limit: aheadLimit) { item in
+        if case .batch(let batch) = item { return batch.range.count }
+        return 0
+    }
+    private let wake = Locked<(() -> Void)?>(nil)
 
     /// Called (on the hasher's thread, holding no lock of the stream's) after each batch and at the end.
-    func onReady(_ wake: @escaping () -> Void) {
-        condition.lock()
-        self.wake = wake
-        condition.unlock()
-    }
+    func onReady(_ wake: @escaping () -> Void) { self.wake.withLock { $0 = wake } }
 
     /// Waits while the sender is `aheadLimit` behind; false once the stream was cancelled.
     func put(_ batch: Batch) -> Bool {
-        condition.lock()
-        while queuedBytes >= Self.aheadLimit && !cancelled { condition.wait() }
-        if cancelled {
-            condition.unlock()
-            return false
-        }
-        batches.append(batch)
-        queuedBytes += batch.range.count
-        let wake = self.wake
-        condition.unlock()
-        wake?()
+        guard queue.put(.batch(batch)) else { return false }
+        wake.current?()
         return true
     }
 
     package func finish(_ end: End) {
-        condition.lock()
-        self.end = end
-        let wake = self.wake
-        condition.unlock()
-        wake?()
+        queue.put(.end(end))
+        wake.current?()
     }
 
     /// The sender wants nothing more of this file: the hasher stops at its next batch.
-    func cancel() {
-        condition.lock()
-        cancelled = true
-        batches.removeAll()
-        queuedBytes = 0
-        condition.broadcast()
-        condition.unlock()
-    }
+    func cancel() { queue.discard() }
 
     func next() -> Next {
-        condition.lock()
-        defer { condition.unlock() }
-        if !batches.isEmpty {
-            let batch = batches.removeFirst()
-            queuedBytes -= batch.range.count
-            condition.broadcast()
-            return .batch(batch)
+        switch queue.poll() {
+        case .batch(let batch)?: return .batch(batch)
+        case .end(let end)?: return .end(end)
+        case nil: return .nothingYet
         }
-        return end.map { .end($0) } ?? .nothingYet
     }
 
     /// A batch or the end waits to be taken.
-    var isReady: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return !batches.isEmpty || end != nil
-    }
+    var isReady: Bool { !queue.isEmpty }
 }
 
 extension LocalScanner {

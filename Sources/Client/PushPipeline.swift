@@ -57,7 +57,7 @@ struct StoreTrouble: Sendable {
 
 /// The pipelined exchange: this thread sends operations and requested chunks, a reader thread collects the
 /// agent's requests and answers. Only the window of files in flight ever makes the sender wait.
-final class PushPipeline: @unchecked Sendable {  // `condition` guards what the reader thread shares (needs, inFlight, agentDone, fatal, results, streams); the rest is the sender thread's
+final class PushPipeline: @unchecked Sendable {  // what the reader thread shares is in `shared` (Locked); the rest is the sender thread's
     private let project: Project
     private let link: AgentLink
     private var ops: [PushOperation]
@@ -81,13 +81,23 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// The largest file sent with its data, unasked (see `send`).
     static let eagerLimit: UInt64 = 256 << 10
 
-    private let condition = NSCondition()
-    private var needs: [(UInt32, [UInt32])] = []
-    private var inFlight = 0
-    private var agentDone = false
-    private var fatal: Error?
-    /// Written by the reader thread under `condition`.
-    private var results: OpAnswers
+    /// What the reader thread (the agent's answers) and the sender thread share.
+    private struct Shared {
+        /// Chunks the agent asked for, not yet sent.
+        var needs: [(UInt32, [UInt32])] = []
+        /// Operations sent and not yet answered.
+        var inFlight = 0
+        var agentDone = false
+        var fatal: Error?
+        var results: OpAnswers
+        /// Extra connections for chunk data, once the agent said where they join.
+        var streams: ExtraStreams?
+        /// What the agent said of the store (`storeTrouble`).
+        var trouble = StoreTrouble()
+        /// Counts the hasher's signals that a streamed file has more (each wakes a sender waiting for it).
+        var hasherSignals = 0
+    }
+    private let shared: Locked<Shared>
     /// Sender-thread only.
     private var outcome = PipelineOutcome()
     private var bytesDone: UInt64 = 0
@@ -113,17 +123,13 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
     private var packsSent = 0
-    /// Extra connections for chunk data, once the agent said where they join (set by the reader thread under
-    /// `condition`), and how many were asked for.
-    private var streams: ExtraStreams?
+    /// How many extra connections were asked for.
     private var streamsAsked = 0
     /// A push sends this much at least before it asks for extra streams: below it, their SSH handshakes cost more
     /// than they could save.
     static let streamsThreshold: UInt64 = 64 << 20
     /// Why extra streams could not be opened (told as warnings).
     private(set) var streamWarnings: [String] = []
-    /// What the agent said of the store (`storeTrouble`), written by the reader thread under `condition`.
-    private var trouble = StoreTrouble()
     /// With `store_fallback: no`: once the agent gives up on the store, what it asks for is refused, not sent.
     var storeFallback = true
     /// Files whose chunks this side refused to send (sender thread only).
@@ -141,7 +147,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         self.project = project
         self.link = link
         self.ops = ops
-        results = OpAnswers(count: ops.count)
+        shared = Locked(Shared(results: OpAnswers(count: ops.count)))
         self.pushed = pushed
         remoteDigests = Set(pushed.values.compactMap(\.digest))
         self.hasher = hasher
@@ -157,9 +163,6 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// What the main connection and the joined streams carry per second between them, once the main one's is known.
     private func linkRate() -> Double? {
         guard let main = link.connection.stream.drainRate else { return nil }
-        condition.lock()
-        let streams = self.streams
-        condition.unlock()
         return main + (streams?.drainRate ?? 0)
     }
 
@@ -172,11 +175,9 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         do { return try exchange() } catch {
             // A transport error here often follows the agent's own account of what went wrong (it said so and
             // exited), which the reader thread is about to take in: that is the better message.
-            condition.lock()
-            let deadline = Date().addingTimeInterval(0.5)
-            while fatal == nil && !agentDone && Date() < deadline { _ = condition.wait(until: deadline) }
-            let reported = fatal
-            condition.unlock()
+            let reported = shared.withLock(when: { $0.fatal != nil || $0.agentDone }, deadline: monotonicNanos() + 500_000_000) { shared, _ in
+                shared.fatal
+            }
             if let reported = reported as? AgentSaid { throw reported }
             throw error
         }
@@ -186,9 +187,6 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         try startDetachedThread(name: "push-answers") { [self] in readLoop() }
         var finished = false
         defer {
-            condition.lock()
-            let streams = self.streams
-            condition.unlock()
             if let streams {
                 if finished { streamWarnings = streams.finish() } else { streams.abort() }
             }
@@ -230,28 +228,24 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         Trace.mark("push: all operations sent")
         while true {
             try serviceNeeds()
-            condition.lock()
-            if let fatal { condition.unlock(); throw fatal }
-            if agentDone && needs.isEmpty { condition.unlock(); break }
-            let idle = needs.isEmpty
-            condition.unlock()
+            let (over, idle) = try shared.withLock { shared in
+                if let fatal = shared.fatal { throw fatal }
+                return (shared.agentDone && shared.needs.isEmpty, shared.needs.isEmpty)
+            }
+            if over { break }
             if idle {
                 try flushAll()
-                try waitForReader { needs.isEmpty && !agentDone && fatal == nil }
+                try waitForReader { $0.needs.isEmpty && !$0.agentDone && $0.fatal == nil }
             }
         }
         try flushAll()
         finished = true
         Trace.mark("push: chunks sent from memory \(sentFromMemory), read from their files \(files.chunksRead)")
-        condition.lock()
         let streams = self.streams
-        condition.unlock()
         outcome.bytesSent = writer.bytesWritten - bytesAtStart.written + (streams?.bytesWritten ?? 0)
         outcome.streams = 1 + (streams?.carryingCount ?? 0)
-        condition.lock()
         outcome.bytesReceived = reader.bytesRead - bytesAtStart.read
-        outcome.results = results
-        condition.unlock()
+        outcome.results = shared.withLock { $0.results }
         outcome.ops = ops
         return outcome
     }
@@ -260,18 +254,14 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// answer count as not answered).
     func answeredSoFar() -> PipelineOutcome {
         var partial = outcome
-        condition.lock()
-        partial.results = results
-        condition.unlock()
+        partial.results = shared.withLock { $0.results }
         partial.ops = ops
         return partial
     }
 
     /// What the agent said of the store in this push.
     var storeTrouble: StoreTrouble {
-        condition.lock()
-        defer { condition.unlock() }
-        return trouble
+        shared.withLock { $0.trouble }
     }
 
     private func readLoop() {
@@ -288,67 +278,67 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
                 fail(error)
                 return
             }
-            condition.lock()
-            defer { condition.broadcast(); condition.unlock() }
-            switch message {
-            case nil:
-                if fatal == nil { fatal = SyncError("\(link.connection.peerDescription) closed the connection") }
-                return
-            case .need(let op, let indices)?:
-                needs.append((op, indices))
-            case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
-                let reason = displayText(said)
-                if unreachable {
-                    trouble.unreachable = reason
-                } else {
-                    trouble.damaged[pack, default: []] += damaged
-                    trouble.reasons.append(reason)
-                }
-            case .result(var r)?:
-                r.message = displayText(r.message)  // the agent's words reach a terminal
-                guard results.record(r) else {
-                    if fatal == nil { fatal = ProtocolError("the agent answered operation \(r.op), which was not sent") }
-                    return
-                }
-                inFlight -= 1
-            case .streamsReady(let address, let token)? where streamsAsked > 0 && streams == nil:
-                // An empty address: the agent offers no streams (it cannot poll its input, say).
-                if !address.isEmpty { streams = ExtraStreams(project: project, address: address, token: token, count: streamsAsked) }
-            case .done?:
-                agentDone = true
-                return
-            case .error(let text, let reason)?:
-                if fatal == nil { fatal = AgentSaid(message: displayText(text), reason: reason) }
-                return
-            case let other?:
-                if fatal == nil { fatal = ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent") }
-                return
-            }
+            guard shared.withLock({ take(message, into: &$0) }) else { return }
         }
     }
 
-    private func fail(_ error: Error) {
-        condition.lock()
-        if fatal == nil { fatal = error }
-        condition.broadcast()
-        condition.unlock()
+    /// Takes in one frame of the agent's (`shared` held); false once the reading is over.
+    private func take(_ message: Message?, into shared: inout Shared) -> Bool {
+        func fail(_ error: Error) -> Bool {
+            if shared.fatal == nil { shared.fatal = error }
+            return false
+        }
+        switch message {
+        case nil:
+            return fail(SyncError("\(link.connection.peerDescription) closed the connection"))
+        case .need(let op, let indices)?:
+            shared.needs.append((op, indices))
+        case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
+            let reason = displayText(said)
+            if unreachable {
+                shared.trouble.unreachable = reason
+            } else {
+                shared.trouble.damaged[pack, default: []] += damaged
+                shared.trouble.reasons.append(reason)
+            }
+        case .result(var r)?:
+            r.message = displayText(r.message)  // the agent's words reach a terminal
+            guard shared.results.record(r) else { return fail(ProtocolError("the agent answered operation \(r.op), which was not sent")) }
+            shared.inFlight -= 1
+        case .streamsReady(let address, let token)? where streamsAsked > 0 && shared.streams == nil:
+            // An empty address: the agent offers no streams (it cannot poll its input, say).
+            if !address.isEmpty { shared.streams = ExtraStreams(project: project, address: address, token: token, count: streamsAsked) }
+        case .done?:
+            shared.agentDone = true
+            return false
+        case .error(let text, let reason)?:
+            return fail(AgentSaid(message: displayText(text), reason: reason))
+        case let other?:
+            return fail(ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent"))
+        }
+        return true
     }
+
+    private func fail(_ error: Error) {
+        shared.withLock { shared in if shared.fatal == nil { shared.fatal = error } }
+    }
+
+    /// The extra connections, once the agent said where they join.
+    private var streams: ExtraStreams? { shared.withLock { $0.streams } }
 
     private func waitForWindow() throws {
         while true {
             try serviceNeeds()
-            condition.lock()
-            if let fatal { condition.unlock(); throw fatal }
-            if inFlight < opsInFlight && needs.isEmpty {
-                inFlight += 1
-                condition.unlock()
-                return
+            let (room, mustWait) = try shared.withLock { shared in
+                if let fatal = shared.fatal { throw fatal }
+                guard shared.inFlight < opsInFlight && shared.needs.isEmpty else { return (false, shared.needs.isEmpty) }
+                shared.inFlight += 1
+                return (true, false)
             }
-            let mustWait = needs.isEmpty
-            condition.unlock()
+            if room { return }
             if mustWait {
                 try flushAll()
-                try waitForReader { inFlight >= opsInFlight && needs.isEmpty && fatal == nil }
+                try waitForReader { $0.inFlight >= opsInFlight && $0.needs.isEmpty && $0.fatal == nil }
             }
         }
     }
@@ -389,9 +379,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     /// other files wait for are sent meanwhile. A file the agent answered early (refused) is cut short.
     private func sendStreamed(_ e: LocalEntry, base: PathState, id: UInt32, from stream: FileStream) throws {
         stream.onReady { [unowned self] in
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            shared.withLock { $0.hasherSignals += 1 }
         }
         try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions, mtimeNanos: e.stat.mtimeNanos,
                                               size: e.stat.size, digest: .empty, base: base, chunkCount: 0, force: force, streamed: true)))
@@ -403,13 +391,10 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
         while true {
             try serviceNeeds()
-            condition.lock()
-            if let fatal {
-                condition.unlock()
-                throw fatal
+            let answered = try shared.withLock { shared in
+                if let fatal = shared.fatal { throw fatal }
+                return shared.results[id] != nil
             }
-            let answered = results[id] != nil
-            condition.unlock()
             if answered {
                 stream.cancel()
                 try writer.send(.abort(op: id, reason: "answered before its chunk list ended"))
@@ -455,7 +440,7 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
             case .nothingYet:
                 try flushAll()
                 let full = keptBytes >= Self.keptLimit
-                try waitForReader { needs.isEmpty && fatal == nil && results[id] == nil && (full || !stream.isReady) }
+                try waitForReader { $0.needs.isEmpty && $0.fatal == nil && $0.results[id] == nil && (full || !stream.isReady) }
             }
         }
     }
@@ -520,39 +505,34 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
     }
 
     private func serviceNeeds() throws {
-        condition.lock()
-        let batch = needs
-        needs.removeAll()
-        condition.unlock()
+        let batch = shared.withLock { shared in
+            defer { shared.needs.removeAll() }
+            return shared.needs
+        }
         for (op, indices) in batch {
             try sendChunks(op: op, indices: indices)
             noteAnswered(op)
         }
     }
 
-    /// Waits for the reader thread while `waiting` holds (checked under `condition`). With extra streams it wakes
-    /// each second and throws if one failed, since the agent would then wait for data that never comes.
-    private func waitForReader(while waiting: () -> Bool) throws {
-        condition.lock()
-        var broken: String?
-        while waiting() && broken == nil {
-            if let streams {
-                _ = condition.wait(until: Date().addingTimeInterval(1))
-                broken = streams.failure()
-            } else {
-                condition.wait()
+    /// Waits for the reader thread while `waiting` holds for what they share. With extra streams it wakes each
+    /// second and throws if one failed, since the agent would then wait for data that never comes.
+    private func waitForReader(while waiting: (Shared) -> Bool) throws {
+        while true {
+            let streams = shared.withLock(when: { !waiting($0) || $0.streams != nil }) { shared -> ExtraStreams? in
+                guard waiting(shared) else { return nil }
+                return shared.streams
             }
+            guard let streams else { return }
+            let still = shared.withLock(when: { !waiting($0) }, deadline: monotonicNanos() + 1_000_000_000) { _, ready in !ready }
+            guard still else { return }
+            if let broken = streams.failure() { throw SyncError("an extra stream of this push failed: \(broken)") }
         }
-        condition.unlock()
-        if let broken { throw SyncError("an extra stream of this push failed: \(broken)") }
     }
 
     /// Sends what the main connection's writer and every joined stream's hold.
     private func flushAll() throws {
         try writer.flush()
-        condition.lock()
-        let streams = self.streams
-        condition.unlock()
         try streams?.flush()
     }
 
@@ -567,13 +547,13 @@ final class PushPipeline: @unchecked Sendable {  // `condition` guards what the 
         }
         if outcome.aborted.contains(op) { return }
         sender.begin(op: op, name: entry.path.name)
-        condition.lock()
-        let streams = eager ? nil : self.streams
-        let unreachable = trouble.unreachable
-        // With store_fallback: no, chunks the store served damaged are still sent (that is about the store's
-        // bytes, not the host's reach); the rest is refused once the host could not read the store.
-        let damaged = storeFallback || unreachable == nil ? [] : Set(trouble.damaged.values.joined())
-        condition.unlock()
+        let (streams, unreachable, damaged) = shared.withLock { shared in
+            let unreachable = shared.trouble.unreachable
+            // With store_fallback: no, chunks the store served damaged are still sent (that is about the store's
+            // bytes, not the host's reach); the rest is refused once the host could not read the store.
+            return (eager ? nil : shared.streams, unreachable,
+                    storeFallback || unreachable == nil ? [] : Set(shared.trouble.damaged.values.joined()))
+        }
         let onlyDamaged = indices.allSatisfy { Int($0) < chunks.count && damaged.contains(chunks[Int($0)].id) }
         guard readsLocalFiles && (storeFallback || unreachable == nil || onlyDamaged) else {
             // Not `aborted` (a file that changed while read, a warning): the agent answers it failed, with this.

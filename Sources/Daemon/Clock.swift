@@ -51,9 +51,9 @@ public final class ManualClock: DaemonClock {
             return Array(state.waiting.values)
         }
         for condition in waiting {
-            condition.lock()
-            condition.broadcast()
-            condition.unlock()
+            condition.withLock {
+                condition.broadcast()
+            }
         }
     }
 }

@@ -90,28 +90,26 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         return TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, alwaysReported: Self.settingsFiles,
                     log: { log.warning("\($0)") }) { [weak self] event in
             guard let self else { return }
-            condition.lock()
-            switch event {
-            case .changed(let paths):
-                changedPaths.formUnion(paths)
-                if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
-                // git's rules are read once per opening of the project: a changed `.gitignore` opens it again.
-                if gitignore && paths.contains(where: { $0.name.elementsEqual(".gitignore".utf8) }) { settingsChanged = true }
-            case .rescan(let reason):
-                fullPushNeeded = true
-                log.warning("\(directory): \(reason); the next push compares the whole project")
+            condition.withLock {
+                switch event {
+                case .changed(let paths):
+                    changedPaths.formUnion(paths)
+                    if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
+                    // git's rules are read once per opening of the project: a changed `.gitignore` opens it again.
+                    if gitignore && paths.contains(where: { $0.name.elementsEqual(".gitignore".utf8) }) { settingsChanged = true }
+                case .rescan(let reason):
+                    fullPushNeeded = true
+                    log.warning("\(directory): \(reason); the next push compares the whole project")
+                }
+                pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
             }
-            pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
-            condition.unlock()
             wantPush()
         }
     }
 
     /// The watcher in use (replaced when the settings change).
     private var watcher: TreeWatcher {
-        condition.lock()
-        defer { condition.unlock() }
-        return currentWatcher
+        condition.withLock { currentWatcher }
     }
 
     func start() throws {
@@ -129,9 +127,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         let fresh: Project
         do { fresh = try Project(directory: directory, options: Self.options(stateDirectory, progress)) } catch {
             log.error("\(directory): the changed settings do not load, so the previous ones stay in use: \(error)")
-            condition.lock()
-            lastError = (.settings, "settings: \(error)")
-            condition.unlock()
+            condition.withLock {
+                lastError = (.settings, "settings: \(error)")
+            }
             return
         }
         let relink = fresh.config != project.config
@@ -142,32 +140,32 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         watcher.stop()
         let next = makeWatcher(fresh)
         do { try next.start() } catch { log.error("\(directory): cannot watch after the settings changed: \(error)") }
-        condition.lock()
-        project = fresh
-        currentWatcher = next
-        fullPushNeeded = true
-        changedPaths.removeAll()
-        if relink { connected = false }
-        if lastError?.cause == .settings { lastError = nil }
-        condition.unlock()
+        condition.withLock {
+            project = fresh
+            currentWatcher = next
+            fullPushNeeded = true
+            changedPaths.removeAll()
+            if relink { connected = false }
+            if lastError?.cause == .settings { lastError = nil }
+        }
         log.info("\(directory): settings changed\(relink ? " (remote settings too: a new connection)" : ""); comparing the whole project again")
     }
 
     func wantPush() {
-        condition.lock()
-        pushes.wanted = true
-        condition.signal()
-        condition.unlock()
+        condition.withLock {
+            pushes.wanted = true
+            condition.signal()
+        }
     }
 
     /// Stops watching; a session in flight finishes first. Returns once the runner is idle.
     func stop() {
         watcher.stop()
-        condition.lock()
-        stopping = true
-        condition.broadcast()
-        while !finished { condition.wait() }
-        condition.unlock()
+        condition.withLock {
+            stopping = true
+            condition.broadcast()
+            while !finished { condition.wait() }
+        }
     }
 
     enum Kind: String { case push, pull }
@@ -177,103 +175,114 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     func syncAndWait(_ kind: Kind) -> Result<SyncStats, Error> {
         // Every change made before this call reaches the runner first (their events are already queued).
         if kind == .push { watcher.flush() }
-        condition.lock()
-        defer { condition.unlock() }
-        if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
-        let target = (kind == .push ? pushes : pulls).started + 1
-        if kind == .push { pushes.wanted = true } else { pulls.wanted = true }
-        condition.broadcast()
-        func done() -> Int { kind == .push ? pushes.done : pulls.done }
-        while done() < target && !stopping { condition.wait() }
-        if done() < target { return .failure(SyncError("syncd is stopping")) }
-        return (kind == .push ? pushes : pulls).result ?? .failure(SyncError("no \(kind.rawValue) ran"))
+        return condition.withLock {
+            if paused { return .failure(SyncError("\(directory) is paused; `syncctl resume` first")) }
+            let target = (kind == .push ? pushes : pulls).started + 1
+            if kind == .push { pushes.wanted = true } else { pulls.wanted = true }
+            condition.broadcast()
+            func done() -> Int { kind == .push ? pushes.done : pulls.done }
+            while done() < target && !stopping { condition.wait() }
+            if done() < target { return .failure(SyncError("syncd is stopping")) }
+            return (kind == .push ? pushes : pulls).result ?? .failure(SyncError("no \(kind.rawValue) ran"))
+        }
     }
 
     func setPaused(_ value: Bool) {
-        condition.lock()
-        paused = value
-        if !value { pushes.wanted = true }
-        condition.broadcast()
-        condition.unlock()
+        condition.withLock {
+            paused = value
+            if !value { pushes.wanted = true }
+            condition.broadcast()
+        }
         log.info("\(directory): \(value ? "paused" : "resumed")")
     }
 
     var status: ProjectStatus {
-        condition.lock()
-        defer { condition.unlock() }
-        let iso = ISO8601DateFormatter()
-        // While a session connects, it is not syncing yet.
-        let state = paused ? "paused" : retrying ?? (syncing != nil ? (connected || project.config.store != nil ? "syncing" : "connecting") : "idle")
-        var status = ProjectStatus(project: directory, state: state, connected: connected,
-                                   pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
-                                   lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflicts,
-                                   bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError?.text, snapshot: lastHosts?.snapshot,
-                                   hosts: (lastHosts?.hosts ?? []).map {
-                                       HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
-                                   })
-        status.remote = project.config.remote.description
-        status.bytesUploaded = lastHosts?.uploaded
-        status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSince(clock.now()).rounded(.up))) }
-        if syncing != nil { status.progress = progress.current }
-        return status
+        return condition.withLock {
+            let iso = ISO8601DateFormatter()
+            // While a session connects, it is not syncing yet.
+            let state = paused ? "paused" : retrying ?? (syncing != nil ? (connected || project.config.store != nil ? "syncing" : "connecting") : "idle")
+            var status = ProjectStatus(project: directory, state: state, connected: connected,
+                                       pendingChanges: pendingChanges, lastPush: lastPush.map { iso.string(from: $0) },
+                                       lastPull: lastPull.map { iso.string(from: $0) }, conflicts: conflicts,
+                                       bytesSent: bytesSent, bytesReceived: bytesReceived, lastError: lastError?.text, snapshot: lastHosts?.snapshot,
+                                       hosts: (lastHosts?.hosts ?? []).map {
+                                           HostStatus(host: $0.host, ok: $0.ok, error: $0.error, filesChanged: $0.filesChanged, bytesSent: $0.bytesSent)
+                                       })
+            status.remote = project.config.remote.description
+            status.bytesUploaded = lastHosts?.uploaded
+            status.retryInSeconds = retryAt.map { max(0, Int($0.timeIntervalSince(clock.now()).rounded(.up))) }
+            if syncing != nil { status.progress = progress.current }
+            return status
+        }
+    }
+
+    /// What the runner does next.
+    private enum Step {
+        case stop, idle, reopen
+        /// A session: for a push, the paths the watcher reported (nil: the whole project).
+        case session(Kind, only: Set<RelativePath>?)
     }
 
     private func loop() {
         while true {
-            condition.lock()
-            let due = !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull)
-            if stopping {
-                finished = true
-                condition.broadcast()
-                condition.unlock()
+            switch condition.withLock({ nextStep() }) {
+            case .stop:
                 link?.close()
                 return
-            }
-            guard due else {
-                condition.unlock()
+            case .idle:
                 idle()
-                continue
-            }
-            if settingsChanged {
-                settingsChanged = false
-                condition.unlock()
+            case .reopen:
                 reopenProject()
-                continue
+            case .session(let kind, let only):
+                let result = session(kind) {
+                    // A project with a store pushes through it to every host (a snapshot per push).
+                    if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
+                    let link = try connectedLink()
+                    return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
+                                         : try project.pullFromHosts(link: link)
+                }
+                condition.withLock {
+                    if kind == .push { pushEnded(result, only: only) } else { pullEnded(result) }
+                    syncing = nil
+                    connected = link.map { !$0.isClosed } ?? false
+                    condition.broadcast()
+                }
+                // A full push of a big project frees most of what it allocated; give it back to the system rather
+                // than keep it resident while idle.
+                Platform.releaseFreeMemory()
             }
-            let kind: Kind = pushes.wanted ? .push : .pull
-            // What the watcher reported since the last push; everything after a start, a lost event or a push
-            // that went wrong, and when so much changed that one scan is cheaper.
-            var only: Set<RelativePath>?
-            if kind == .push {
-                pushes.wanted = false
-                pushes.started += 1
-                only = fullPushNeeded || changedPaths.count > Self.incrementalLimit ? nil : changedPaths
-                changedPaths.removeAll()
-                fullPushNeeded = false
-                pendingChanges = 0
-            } else {
-                pulls.wanted = false
-                pulls.started += 1
-            }
-            syncing = kind.rawValue
-            condition.unlock()
-            let result = session(kind) {
-                // A project with a store pushes through it to every host (a snapshot per push).
-                if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
-                let link = try connectedLink()
-                return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
-                                     : try project.pullFromHosts(link: link)
-            }
-            condition.lock()
-            if kind == .push { pushEnded(result, only: only) } else { pullEnded(result) }
-            syncing = nil
-            connected = link.map { !$0.isClosed } ?? false
-            condition.broadcast()
-            condition.unlock()
-            // A full push of a big project frees most of what it allocated; give it back to the system rather
-            // than keep it resident while idle.
-            Platform.releaseFreeMemory()
         }
+    }
+
+    /// Decides what comes next (`condition` held), and for a session notes that it started.
+    private func nextStep() -> Step {
+        if stopping {
+            finished = true
+            condition.broadcast()
+            return .stop
+        }
+        guard !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull) else { return .idle }
+        if settingsChanged {
+            settingsChanged = false
+            return .reopen
+        }
+        let kind: Kind = pushes.wanted ? .push : .pull
+        // What the watcher reported since the last push; everything after a start, a lost event or a push
+        // that went wrong, and when so much changed that one scan is cheaper.
+        var only: Set<RelativePath>?
+        if kind == .push {
+            pushes.wanted = false
+            pushes.started += 1
+            only = fullPushNeeded || changedPaths.count > Self.incrementalLimit ? nil : changedPaths
+            changedPaths.removeAll()
+            fullPushNeeded = false
+            pendingChanges = 0
+        } else {
+            pulls.wanted = false
+            pulls.started += 1
+        }
+        syncing = kind.rawValue
+        return .session(kind, only: only)
     }
 
     /// Notes how a push went (`condition` held): what it did not cover is looked at next time.
@@ -329,9 +338,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         log.info("\(directory): connected to \(made.connection.peerDescription)")
         link = made
         watchWorks = !project.pullPaths.isEmpty
-        condition.lock()
-        connected = true
-        condition.unlock()
+        condition.withLock {
+            connected = true
+        }
         return made
     }
 
@@ -339,9 +348,9 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// files, which are then pulled at once; a link that fails here is dropped and remade by the next session.
     private func idle() {
         guard let link, !link.isClosed, watchWorks, !paused else {
-            condition.lock()
-            waitForWork()
-            condition.unlock()
+            condition.withLock {
+                waitForWork()
+            }
             return
         }
         do { try link.beginWatch() } catch {
@@ -349,19 +358,19 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             return
         }
         let listener = WatchListener(link: link) { [self] paths in
-            condition.lock()
-            pulls.wanted = true
-            condition.signal()
-            condition.unlock()
+            condition.withLock {
+                pulls.wanted = true
+                condition.signal()
+            }
             log.debug("\(directory): remote changed: \(paths.prefix(5).map(\.description).joined(separator: ", "))\(paths.count > 5 ? " …" : "")")
         } ended: { [self] in
-            condition.lock()
-            condition.signal()
-            condition.unlock()
+            condition.withLock {
+                condition.signal()
+            }
         }
-        condition.lock()
-        waitForWork(interrupted: { listener.finished })
-        condition.unlock()
+        condition.withLock {
+            waitForWork(interrupted: { listener.finished })
+        }
         let failed = listener.stop()
         if let failed {
             if let e = failed as? AgentSaid, e.reason == .cannotWatch {
@@ -385,11 +394,11 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         lost.abort()
         _ = lost.connection.finish()
         if link === lost { link = nil }
-        condition.lock()
-        connected = false
-        // Whatever happened meanwhile on the remote is looked at once the link is back.
-        pulls.wanted = true
-        condition.unlock()
+        condition.withLock {
+            connected = false
+            // Whatever happened meanwhile on the remote is looked at once the link is back.
+            pulls.wanted = true
+        }
         log.warning("\(directory): connection to the agent lost: \(error); reconnecting")
     }
 
@@ -398,12 +407,12 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         do {
             let stats = try body()
             failures = 0
-            condition.lock()
-            lastError = nil
-            bytesSent += stats.bytesSent
-            bytesReceived += stats.bytesReceived
-            if kind == .push || stats.conflicts > 0 { conflicts = stats.conflictList }
-            condition.unlock()
+            condition.withLock {
+                lastError = nil
+                bytesSent += stats.bytesSent
+                bytesReceived += stats.bytesReceived
+                if kind == .push || stats.conflicts > 0 { conflicts = stats.conflictList }
+            }
             if stats.filesChanged + stats.filesDeleted > 0 || stats.conflicts > 0 {
                 log.info("\(directory): \(stats.summary())")
             }
@@ -416,26 +425,26 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             // Back off: 1, 2, 4 … 30 s, then try again (a dropped network, a sleeping laptop).
             let delay = min(30.0, pow(2.0, Double(failures - 1)))
             log.error("\(directory): \(kind.rawValue) failed: \(error); retrying in \(Int(delay)) s")
-            condition.lock()
-            lastError = (.sync, "\(kind.rawValue): \(error)")
-            connected = link != nil
-            // Waiters learn of the failure now; the push itself is tried again after the pause.
-            if kind == .push {
-                pushes.result = .failure(error)
-                pushes.done = pushes.started
-                pushes.wanted = true
-            } else {
-                pulls.result = .failure(error)
-                pulls.done = pulls.started
+            condition.withLock {
+                lastError = (.sync, "\(kind.rawValue): \(error)")
+                connected = link != nil
+                // Waiters learn of the failure now; the push itself is tried again after the pause.
+                if kind == .push {
+                    pushes.result = .failure(error)
+                    pushes.done = pushes.started
+                    pushes.wanted = true
+                } else {
+                    pulls.result = .failure(error)
+                    pulls.done = pulls.started
+                }
+                condition.broadcast()
+                retrying = (error as? SyncError)?.stalled == true ? "stalled" : "disconnected"
+                let until = clock.now().addingTimeInterval(delay)
+                retryAt = until
+                while !stopping && clock.now() < until { clock.wait(condition, until: until) }
+                retrying = nil
+                retryAt = nil
             }
-            condition.broadcast()
-            retrying = (error as? SyncError)?.stalled == true ? "stalled" : "disconnected"
-            let until = clock.now().addingTimeInterval(delay)
-            retryAt = until
-            while !stopping && clock.now() < until { clock.wait(condition, until: until) }
-            retrying = nil
-            retryAt = nil
-            condition.unlock()
             return .failure(error)
         }
     }

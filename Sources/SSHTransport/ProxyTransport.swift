@@ -66,10 +66,8 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
     private let jump: SSHSession
     private let channel: OpaquePointer
     private let end: Int32
-    private let stopping = Mutex()
-    private var stopped = false
-    private let done = Condition()
-    private var running = true
+    /// Whether `finish` asked the pump to stop, and whether it still runs.
+    private let pumpState = Locked<(stopped: Bool, running: Bool)>((false, true))
 
     private init(jump: SSHSession, channel: OpaquePointer, end: Int32) {
         self.jump = jump
@@ -111,16 +109,10 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
             libssh2_channel_free(channel)
             close(end)
             jump.shutdown()
-            stopping.lock()
-            running = false
-            done.broadcast()
-            stopping.unlock()
+            pumpState.withLock { $0.running = false }
         }
         while true {
-            stopping.lock()
-            let stop = stopped
-            stopping.unlock()
-            if stop { return }
+            if pumpState.withLock({ $0.stopped }) { return }
             var progressed = false
             // Channel to socket pair.
             let n = buffer.withUnsafeMutableBytes { libssh2_channel_read_ex(channel, 0, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
@@ -166,10 +158,7 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
 
     /// Stops the pump (the inner session is closed) and waits a little for it.
     func finish() {
-        stopping.lock()
-        stopped = true
-        let deadline = monotonicNanos() + 3_000_000_000
-        while running && monotonicNanos() < deadline { _ = done.wait(stopping, until: deadline) }
-        stopping.unlock()
+        pumpState.withLock { $0.stopped = true }
+        pumpState.withLock(when: { !$0.running }, deadline: monotonicNanos() + 3_000_000_000) { _, _ in }
     }
 }

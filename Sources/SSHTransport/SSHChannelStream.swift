@@ -14,6 +14,8 @@ import Wire
 /// on separate conditions, a writer blocked on a full buffer is woken only once the buffer has drained to half,
 /// and the pump is poked through its pipe only when it may be asleep with nothing to send.
 public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock` guards the buffers and flags; only the pump thread touches the channel
+    // Not a `Locked` value: readers and writers wait on conditions of their own (see above), where a `Locked`
+    // value would wake both at every change.
     private let owner: SSHSession
     private let channel: OpaquePointer
     private let lock = Mutex()
@@ -59,14 +61,12 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     /// See `ByteStream.progressTimeout`; nil (the default) for a remote command that may be silent for long.
     public var progressTimeout: Double? {
         get {
-            lock.lock()
-            defer { lock.unlock() }
-            return timeout
+            lock.withLock { timeout }
         }
         set {
-            lock.lock()
-            timeout = newValue
-            lock.unlock()
+            lock.withLock {
+                timeout = newValue
+            }
         }
     }
     private var timeout: Double?
@@ -107,16 +107,12 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     // MARK: ByteStream
 
     public var queuedOutputBytes: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return outboundBytes
+        lock.withLock { outboundBytes }
     }
 
     /// Measured only while at least 1 MiB waited to go (a writer slower than the link leaves it unknown).
     public var drainRate: Double? {
-        lock.lock()
-        defer { lock.unlock() }
-        return drain.rate
+        lock.withLock { drain.rate }
     }
 
     /// Waits on `condition` (with the lock held) while `waiting` holds, failing with `StalledError` once nothing
@@ -136,62 +132,62 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     public func checkProgress() throws {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let timeout, inboundBytes == 0 else { return }
-        let now = monotonicNanos()
-        if now &- lastInbound > UInt64(timeout * 1e9) {
-            throw StalledError(peer: peerName, seconds: Double(now - lastInbound) / 1e9, writing: false)
+        try lock.withLock {
+            guard let timeout, inboundBytes == 0 else { return }
+            let now = monotonicNanos()
+            if now &- lastInbound > UInt64(timeout * 1e9) {
+                throw StalledError(peer: peerName, seconds: Double(now - lastInbound) / 1e9, writing: false)
+            }
         }
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        lock.lock()
-        defer { lock.unlock() }
-        try waitLocked(readable, writing: false) { inboundBytes == 0 && !inputEnded && failure == nil }
-        if inboundBytes == 0 {
-            if let failure { throw failure }
-            return 0
-        }
-        var copied = 0
-        while copied < buffer.count, let first = inbound.first {
-            let n = min(buffer.count - copied, first.count - inboundOffset)
-            (buffer.baseAddress! + copied).copyMemory(from: first.bytes.baseAddress! + inboundOffset, byteCount: n)
-            copied += n
-            inboundOffset += n
-            if inboundOffset == first.count {
-                inbound.removeFirst()
-                first.bytes.deallocate()
-                inboundOffset = 0
+        return try lock.withLock {
+            try waitLocked(readable, writing: false) { inboundBytes == 0 && !inputEnded && failure == nil }
+            if inboundBytes == 0 {
+                if let failure { throw failure }
+                return 0
             }
+            var copied = 0
+            while copied < buffer.count, let first = inbound.first {
+                let n = min(buffer.count - copied, first.count - inboundOffset)
+                (buffer.baseAddress! + copied).copyMemory(from: first.bytes.baseAddress! + inboundOffset, byteCount: n)
+                copied += n
+                inboundOffset += n
+                if inboundOffset == first.count {
+                    inbound.removeFirst()
+                    first.bytes.deallocate()
+                    inboundOffset = 0
+                }
+            }
+            let wasFull = inboundBytes >= bufferLimit
+            inboundBytes -= copied
+            if wasFull { wake() }
+            return copied
         }
-        let wasFull = inboundBytes >= bufferLimit
-        inboundBytes -= copied
-        if wasFull { wake() }
-        return copied
     }
 
     /// Makes a stream opened with a lent session its owner: the session ends with the stream.
     public func adoptSession() {
-        lock.lock()
-        if !sessionSettled { ownsSession = true }
-        lock.unlock()
+        lock.withLock {
+            if !sessionSettled { ownsSession = true }
+        }
     }
 
     /// The first `count` bytes of the stream (fewer if it ends first), left in place for `read`.
     public func peek(_ count: Int) throws -> [UInt8] {
-        lock.lock()
-        defer { lock.unlock() }
-        try waitLocked(readable, writing: false) { inboundBytes < count && !inputEnded && failure == nil }
-        if inboundBytes == 0, let failure { throw failure }
-        var out: [UInt8] = []
-        var offset = inboundOffset
-        for piece in inbound where out.count < count {
-            let n = min(count - out.count, piece.count - offset)
-            out.append(contentsOf: UnsafeRawBufferPointer(rebasing: piece.bytes[offset..<offset + n]))
-            offset = 0
+        return try lock.withLock {
+            try waitLocked(readable, writing: false) { inboundBytes < count && !inputEnded && failure == nil }
+            if inboundBytes == 0, let failure { throw failure }
+            var out: [UInt8] = []
+            var offset = inboundOffset
+            for piece in inbound where out.count < count {
+                let n = min(count - out.count, piece.count - offset)
+                out.append(contentsOf: UnsafeRawBufferPointer(rebasing: piece.bytes[offset..<offset + n]))
+                offset = 0
+            }
+            return out
         }
-        return out
     }
 
     /// Everything up to the end of the stream, at most `limit` bytes.
@@ -207,75 +203,70 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        lock.lock()
-        do { try waitLocked(writable, writing: true) { outboundBytes >= bufferLimit && failure == nil && !finished } } catch {
-            lock.unlock()
-            throw error
+        let pumpMayBeIdle = try lock.withLock {
+            try waitLocked(writable, writing: true) { outboundBytes >= bufferLimit && failure == nil && !finished }
+            if let failure { throw failure }
+            // The remote command ended (the channel closed cleanly): nothing written now would be read.
+            if finished || exitStatus != nil {
+                throw SSHError.disconnected(host: owner.settings.hostName, reason: "the remote command ended while data was still being sent to it")
+            }
+            defer {
+                outbound.append(Array(bytes))
+                outboundBytes += bytes.count
+            }
+            return outbound.isEmpty
         }
-        if let failure { lock.unlock(); throw failure }
-        // The remote command ended (the channel closed cleanly): nothing written now would be read.
-        if finished || exitStatus != nil {
-            lock.unlock()
-            throw SSHError.disconnected(host: owner.settings.hostName, reason: "the remote command ended while data was still being sent to it")
-        }
-        let pumpMayBeIdle = outbound.isEmpty
-        outbound.append(Array(bytes))
-        outboundBytes += bytes.count
-        lock.unlock()
         if pumpMayBeIdle { wake() }
     }
 
     public func closeWrite() {
-        lock.lock()
-        outputClosed = true
-        lock.unlock()
+        lock.withLock {
+            outputClosed = true
+        }
         wake()
     }
 
     /// Waits for the remote command to end; returns its exit status (nil if the connection failed first). With
     /// `seconds`, waits at most that long, then drops the connection (nil).
     public func waitForExit(seconds: Double? = nil) -> Int32? {
-        lock.lock()
         let deadline = seconds.map { monotonicNanos() + UInt64($0 * 1e9) }
-        while !finished {
-            guard let deadline else {
-                readable.wait(lock)
-                continue
+        let ended = lock.withLock {
+            while !finished {
+                guard let deadline else {
+                    readable.wait(lock)
+                    continue
+                }
+                if monotonicNanos() >= deadline { return false }
+                readable.wait(lock, until: deadline)
             }
-            if monotonicNanos() >= deadline {
-                lock.unlock()
-                abort()
-                lock.lock()
-                while !finished { readable.wait(lock) }
-                break
-            }
-            readable.wait(lock, until: deadline)
+            return true
         }
-        defer { lock.unlock() }
-        return exitStatus
+        if !ended { abort() }
+        return lock.withLock {
+            while !finished { readable.wait(lock) }
+            return exitStatus
+        }
     }
 
     /// The connection failure that ended the stream, if any.
     public var error: SSHError? {
-        lock.lock()
-        defer { lock.unlock() }
-        return failure
+        lock.withLock { failure }
     }
 
     /// The last lines the remote command wrote to stderr.
     public var stderrText: String {
-        lock.lock()
-        defer { lock.unlock() }
-        // The remote's words reach a terminal: control characters escaped, lines kept.
-        return String(decoding: stderrTail, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
-            .map { displayText(String($0)) }.joined(separator: "\n")
+        return lock.withLock {
+            // The remote's words reach a terminal: control characters escaped, lines kept.
+            return String(decoding: stderrTail, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false)
+                .map { displayText(String($0)) }.joined(separator: "\n")
+        }
     }
 
     /// Drops the connection now.
     public func abort() {
-        lock.lock()
-        stopRequested = true
-        lock.unlock()
+        lock.withLock {
+            stopRequested = true
+        }
         wake()
     }
 
@@ -303,10 +294,10 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
             }
             if e > 0 {
                 FileHandle.standardError.write(Data(readBuffer[0..<e]))
-                lock.lock()
-                stderrTail.append(contentsOf: readBuffer[0..<e])
-                if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
-                lock.unlock()
+                lock.withLock {
+                    stderrTail.append(contentsOf: readBuffer[0..<e])
+                    if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
+                }
             }
             return e
         }
@@ -314,32 +305,28 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         var nextKeepalive = Date()
         defer {
             libssh2_channel_free(channel)
-            lock.lock()
-            let owns = ownsSession
-            sessionSettled = true
-            lock.unlock()
+            let owns = lock.withLock {
+                sessionSettled = true
+                return ownsSession
+            }
             if owns {
                 owner.shutdown()
             } else {
                 libssh2_session_set_blocking(session, 1)
                 owner.handedOff = false
             }
-            lock.lock()
-            finished = true
-            inputEnded = true
-            readable.broadcast()
-            writable.broadcast()
-            lock.unlock()
+            lock.withLock {
+                finished = true
+                inputEnded = true
+                readable.broadcast()
+                writable.broadcast()
+            }
         }
         while true {
             var progressed = false
-            lock.lock()
-            let stop = stopRequested
-            let pendingFirst = outbound.first
-            let pendingOffset = outboundOffset
-            let closeNow = outputClosed && outbound.isEmpty && !sentEOF
-            let roomToRead = inboundBytes < bufferLimit
-            lock.unlock()
+            let (stop, pendingFirst, pendingOffset, closeNow, roomToRead) = lock.withLock {
+                (stopRequested, outbound.first, outboundOffset, outputClosed && outbound.isEmpty && !sentEOF, inboundBytes < bufferLimit)
+            }
             if stop {
                 fail(.disconnected(host: host, reason: "closed by syncd"))
                 return
@@ -353,18 +340,18 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 }
                 if n > 0 {
                     progressed = true
-                    lock.lock()
-                    lastOutbound = monotonicNanos()
-                    outboundOffset += n
-                    let before = outboundBytes
-                    outboundBytes -= n
-                    drain.wrote(n, backlogged: before >= Self.backlogBytes)
-                    if outboundOffset == chunk.count {
-                        outbound.removeFirst()
-                        outboundOffset = 0
+                    lock.withLock {
+                        lastOutbound = monotonicNanos()
+                        outboundOffset += n
+                        let before = outboundBytes
+                        outboundBytes -= n
+                        drain.wrote(n, backlogged: before >= Self.backlogBytes)
+                        if outboundOffset == chunk.count {
+                            outbound.removeFirst()
+                            outboundOffset = 0
+                        }
+                        if before > lowWater && outboundBytes <= lowWater { writable.broadcast() }
                     }
-                    if before > lowWater && outboundBytes <= lowWater { writable.broadcast() }
-                    lock.unlock()
                 } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
                     fail(.disconnected(host: host, reason: owner.lastError()))
                     return
@@ -399,12 +386,12 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                         queued = .allocate(byteCount: n, alignment: 16)
                         queued.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[0..<n]))
                     }
-                    lock.lock()
-                    lastInbound = monotonicNanos()
-                    inbound.append((queued, n))
-                    inboundBytes += n
-                    readable.broadcast()
-                    lock.unlock()
+                    lock.withLock {
+                        lastInbound = monotonicNanos()
+                        inbound.append((queued, n))
+                        inboundBytes += n
+                        readable.broadcast()
+                    }
                 } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
                     fail(.disconnected(host: host, reason: owner.lastError()))
                     return
@@ -420,11 +407,11 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 libssh2_session_set_timeout(session, 5000)
                 libssh2_channel_close(channel)
                 libssh2_channel_wait_closed(channel)
-                lock.lock()
-                exitStatus = libssh2_channel_get_exit_status(channel)
-                inputEnded = true
-                readable.broadcast()
-                lock.unlock()
+                lock.withLock {
+                    exitStatus = libssh2_channel_get_exit_status(channel)
+                    inputEnded = true
+                    readable.broadcast()
+                }
                 return
             }
 
@@ -456,11 +443,11 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     private func fail(_ error: SSHError) {
-        lock.lock()
-        if failure == nil { failure = error }
-        readable.broadcast()
-        writable.broadcast()
-        lock.unlock()
+        lock.withLock {
+            if failure == nil { failure = error }
+            readable.broadcast()
+            writable.broadcast()
+        }
     }
 }
 

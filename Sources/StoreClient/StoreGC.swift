@@ -11,16 +11,14 @@ import SyncSystem
 /// is written again (its time refreshed) every `refreshEvery` seconds; one not refreshed for `staleAfter`, or one
 /// naming this host and a pid that is gone, belongs to a run that died and is ignored (`syncctl store unlock`
 /// removes such locks). A lock is released when its run ends, and on Ctrl-C or SIGTERM (`releaseAll`).
-public final class StoreLock: @unchecked Sendable {  // `state` guards `released`
+public final class StoreLock: @unchecked Sendable {  // `released` is Locked; the rest is set once
     public enum Kind: String, Sendable { case push, gc }
     public static let staleAfter: Double = 1800
     public static let refreshEvery: Double = 300
     let client: S3Client
     public let name: String
     let kind: Kind
-    private let state = Mutex()
-    private let wake = Condition()
-    private var released = false
+    private let released = Locked(false)
 
     private init(client: S3Client, name: String, kind: Kind) {
         self.client = client
@@ -60,24 +58,17 @@ public final class StoreLock: @unchecked Sendable {  // `state` guards `released
     private func startRefreshing(every interval: Double) throws {
         let refresher = try client.copy()
         try LibraryThreads.start { [self] in
-            state.lock()
-            defer { state.unlock() }
-            while !released {
-                wake.wait(state, until: monotonicNanos() + UInt64(interval * 1e9))
-                if released { return }
-                state.unlock()
+            while !released.withLock(when: { $0 }, deadline: monotonicNanos() + UInt64(interval * 1e9), { released, _ in released }) {
                 try? refresher.put(name, Self.body(kind, time: Date().timeIntervalSince1970), contentType: "text/plain")
-                state.lock()
             }
         }
     }
 
     public func release() {
-        state.lock()
-        let first = !released
-        released = true
-        wake.broadcast()
-        state.unlock()
+        let first = released.withLock { released in
+            defer { released = true }
+            return !released
+        }
         guard first else { return }
         Held.shared.remove(self)
         try? client.copy().delete(name)

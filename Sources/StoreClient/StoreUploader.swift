@@ -183,72 +183,62 @@ public final class StoreUploader: Sendable {
 
 /// Packs on their way to the uploading threads: at most `capacity` wait, so memory stays bounded; the first
 /// failure stops everything.
-private final class PackQueue: @unchecked Sendable {
-    // `condition` guards every field below.
-    private let condition = NSCondition()
-    private var waiting: [PackBuilder] = []
+private final class PackQueue: Sendable {
+    private struct State {
+        var waiting: [PackBuilder] = []
+        var closed = false
+        /// Packs put and not yet uploaded (or dropped by a failure).
+        var inFlight = 0
+        var failure: Error?
+        var stored: UInt64 = 0
+    }
+    private let state = Locked(State())
     private let capacity: Int
-    private var closed = false
-    private var inFlight = 0
-    private var failure: Error?
-    private var stored: UInt64 = 0
 
     init(capacity: Int) { self.capacity = capacity }
 
     func put(_ pack: PackBuilder) throws {
-        condition.lock()
-        defer { condition.unlock() }
-        while waiting.count >= capacity && failure == nil { condition.wait() }
-        if let failure { throw failure }
-        waiting.append(pack)
-        inFlight += 1
-        condition.broadcast()
+        try state.withLock(when: { $0.waiting.count < self.capacity || $0.failure != nil }) { state in
+            if let failure = state.failure { throw failure }
+            state.waiting.append(pack)
+            state.inFlight += 1
+        }
     }
 
     /// The next pack to upload; nil once closed and empty.
     func take() -> PackBuilder? {
-        condition.lock()
-        defer { condition.unlock() }
-        while waiting.isEmpty && !closed { condition.wait() }
-        if waiting.isEmpty { return nil }
-        let pack = waiting.removeFirst()
-        condition.broadcast()
-        return pack
+        state.withLock(when: { !$0.waiting.isEmpty || $0.closed }) { state in
+            state.waiting.isEmpty ? nil : state.waiting.removeFirst()
+        }
     }
 
     func done(stored bytes: UInt64) {
-        condition.lock()
-        stored += bytes
-        inFlight -= 1
-        condition.broadcast()
-        condition.unlock()
+        state.withLock { state in
+            state.stored += bytes
+            state.inFlight -= 1
+        }
     }
 
     func fail(_ error: Error) {
-        condition.lock()
-        if failure == nil { failure = error }
-        inFlight -= 1 + waiting.count
-        waiting.removeAll()
-        condition.broadcast()
-        condition.unlock()
+        state.withLock { state in
+            if state.failure == nil { state.failure = error }
+            state.inFlight -= 1 + state.waiting.count
+            state.waiting.removeAll()
+        }
     }
 
     /// Waits until every pack put is uploaded; the bytes they hold; rethrows the first failure.
     func finish() throws -> UInt64 {
-        condition.lock()
-        defer { condition.unlock() }
-        while inFlight > 0 && failure == nil { condition.wait() }
-        if let failure { throw failure }
-        return stored
+        try state.withLock(when: { $0.inFlight == 0 || $0.failure != nil }) { state in
+            if let failure = state.failure { throw failure }
+            return state.stored
+        }
     }
 
     /// No more packs come; returns once none is being uploaded (after a failure too).
     func close() {
-        condition.lock()
-        closed = true
-        condition.broadcast()
-        while inFlight > 0 { condition.wait() }
-        condition.unlock()
+        state.withLock { $0.closed = true }
+        state.withLock(when: { $0.inFlight == 0 }) { _ in }
     }
 }
 

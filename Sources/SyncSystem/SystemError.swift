@@ -122,6 +122,22 @@ public final class Mutex {
     public func unlock() { pthread_mutex_unlock(raw) }
     /// Takes the lock if it is free; false (not taken) if another thread holds it.
     public func tryLock() -> Bool { pthread_mutex_trylock(raw) == 0 }
+
+    /// Runs `body` with the lock held: for a lock that guards what a whole object holds (its buffers, its handle)
+    /// rather than one value (`Locked`).
+    @discardableResult
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+
+    /// Runs `body` with the lock held if it is free; nil, without waiting, if another thread holds it.
+    public func withLockIfFree<T>(_ body: () throws -> T) rethrows -> T? {
+        guard tryLock() else { return nil }
+        defer { unlock() }
+        return try body()
+    }
 }
 
 /// A value only touched under its own lock: `withLock` instead of a lock and an unlock paired by hand (issue 28,
@@ -143,6 +159,16 @@ public final class Locked<Value>: @unchecked Sendable {  // `mutex` guards `valu
     public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
         mutex.lock()
         defer { unlockWaking() }
+        return try body(&value)
+    }
+
+    /// Runs `body` with the value, the lock held, without waking the threads waiting on it: for a change that no
+    /// waiter's condition reads (a worker's result, which its owner collects by polling), where waking every
+    /// idle thread would cost a context switch each for nothing.
+    @discardableResult
+    public func withLockWithoutWaking<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        mutex.lock()
+        defer { mutex.unlock() }
         return try body(&value)
     }
 

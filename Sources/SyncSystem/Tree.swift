@@ -5,7 +5,7 @@ import Glibc
 
 /// A directory tree that is only ever entered with openat and O_NOFOLLOW, so that no path
 /// given to it can reach outside: symlinks on the way are refused, not followed.
-public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `devices`
+public final class Tree: @unchecked Sendable {  // what changes is in `directories` and `knownCapacity`, both Locked
     /// Absolute path of the root, for messages.
     public let rootPath: String
     /// The open root directory.
@@ -15,38 +15,35 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
     /// push: four openings per placed file otherwise). A cached descriptor follows its directory if something
     /// else moves it meanwhile; the agent forgets them all whenever it removes or moves a directory itself, and
     /// at the end of each push.
-    private var cache: [[UInt8]: FileDescriptor]?
-    private let lock = Mutex()
+    private let directories = Locked(OpenDirectories())
+    private struct OpenDirectories {
+        /// By path under the root; nil while caching is off.
+        var cache: [[UInt8]: FileDescriptor]?
+        /// Devices of open directories (`device(of:)`), while caching.
+        var devices: [ObjectIdentifier: UInt64] = [:]
+    }
 
     /// Turns the cache of open directories on or off (off forgets them).
     public func cachesDirectories(_ on: Bool) {
-        lock.lock()
-        defer { lock.unlock() }
-        cache = on ? [:] : nil
-        devices.removeAll()
+        directories.withLock { $0 = OpenDirectories(cache: on ? [:] : nil) }
     }
 
     /// The device of an open directory under the root: the root's own unless caching is off or it differs (a
     /// mount inside the tree), remembered per descriptor while caching.
     public func device(of directory: FileDescriptor) throws -> UInt64 {
-        lock.lock()
-        let known = devices[ObjectIdentifier(directory)]
-        lock.unlock()
-        if let known { return known }
+        if let known = directories.withLock({ $0.devices[ObjectIdentifier(directory)] }) { return known }
         let device = try directory.stat().device
-        lock.lock()
-        if cache != nil { devices[ObjectIdentifier(directory)] = device }
-        lock.unlock()
+        directories.withLock { open in
+            if open.cache != nil { open.devices[ObjectIdentifier(directory)] = device }
+        }
         return device
     }
-    private var devices: [ObjectIdentifier: UInt64] = [:]
 
     /// Forgets the open directories cached so far (after a directory was removed or moved).
     public func forgetDirectories() {
-        lock.lock()
-        defer { lock.unlock() }
-        if cache != nil { cache = [:] }
-        devices.removeAll()
+        directories.withLock { open in
+            if open.cache != nil { open = OpenDirectories(cache: [:]) }
+        }
     }
 
     /// Opens (and with `create`, makes) the directory at `rootPath`. The root itself may be reached through symlinks.
@@ -77,22 +74,15 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
             if !path.isEmpty { path.append(slash) }
             path += name
         }
-        lock.lock()
-        let cached = cache?[path]
-        let caching = cache != nil
-        lock.unlock()
+        let (cached, caching) = directories.withLock { ($0.cache?[path], $0.cache != nil) }
         if let cached { return cached }
         let opened = try withDescriptors { try openUncached(components, path: path, create: create) }
         if let opened, !path.isEmpty, caching {
-            lock.lock()
-            if cache != nil {
-                if cache!.count >= cacheLimit {
-                    cache!.removeAll()
-                    devices.removeAll()
-                }
-                cache![path] = opened
+            directories.withLock { open in
+                guard let count = open.cache?.count else { return }
+                if count >= cacheLimit { open = OpenDirectories(cache: [:]) }
+                open.cache![path] = opened
             }
-            lock.unlock()
         }
         return opened
     }
@@ -328,12 +318,12 @@ public final class Tree: @unchecked Sendable {  // `lock` guards `cache` and `de
 
     /// The size of the file system the tree is on, read once (asked for every file a push or pull declares).
     private var capacity: UInt64? {
-        lock.lock()
-        defer { lock.unlock() }
-        if knownCapacity == nil { knownCapacity = space()?.total ?? 0 }
-        return knownCapacity
+        knownCapacity.withLock { known in
+            if known == nil { known = space()?.total ?? 0 }
+            return known
+        }
     }
-    private var knownCapacity: UInt64?  // under `lock`
+    private let knownCapacity = Locked<UInt64?>(nil)
 
     /// The size of the file system the tree is on, and the bytes free to this user there; nil where it cannot say.
     public func space() -> (total: UInt64, available: UInt64)? {

@@ -7,62 +7,60 @@ import Glibc
 /// results wait) or by blocking in `waitForCompletions()`. Submitting and collecting are for the owner thread
 /// only; the workers touch only the shared queues, under the mutex.
 public final class WorkerPool<Job, Output> {
-    private let mutex = Mutex()
-    private let wake = Condition()
-    private var jobs: [Job] = []
-    private var jobHead = 0
-    private var completed: [Output] = []
-    private var stopping = false
+    /// What the owner and the workers share.
+    private struct Queues {
+        var jobs: [Job] = []
+        var jobHead = 0
+        var completed: [Output] = []
+        var stopping = false
+        var hasJob: Bool { jobHead < jobs.count }
+
+        mutating func nextJob() -> Job {
+            let job = jobs[jobHead]
+            jobHead += 1
+            if jobHead == jobs.count { jobs.removeAll(keepingCapacity: true); jobHead = 0 }
+            return job
+        }
+    }
+    private let queues = Locked(Queues())
     private var workers: [pthread_t] = []
-    /// Read end of a pipe that holds a byte while results wait.
-    public let completionFD: Int32
-    private let signalFD: Int32
+    /// Polls readable while results wait.
+    private let completions: WakePipe
     /// Jobs submitted and not yet collected (owner thread only).
     public private(set) var outstanding = 0
+
+    /// Read end of a pipe that holds a byte while results wait.
+    public var completionFD: Int32 { completions.readFD }
 
     /// `makeWorker` runs once on each worker thread and returns what that thread does with a job (so a worker
     /// can keep state of its own: a connection, a buffer).
     public init(workers count: Int, makeWorker: @escaping () -> (Job) -> Output) throws {
-        let ends = try makePipe(nonBlocking: true)
-        completionFD = ends.read
-        signalFD = ends.write
+        completions = try WakePipe()
         for _ in 0..<max(count, 1) {
             workers.append(try startThread { [self] in work(makeWorker()) })
         }
     }
 
-    deinit {
-        close(completionFD)
-        close(signalFD)
-    }
-
     /// Stops the workers after the jobs queued and waits for them. Call before dropping the pool: the workers
     /// keep it alive until then.
     public func shutdown() {
-        mutex.lock()
-        stopping = true
-        wake.broadcast()
-        mutex.unlock()
+        queues.withLock { $0.stopping = true }
         for thread in workers { pthread_join(thread, nil) }
         workers.removeAll()
     }
 
     public func submit(_ more: [Job]) {
         guard !more.isEmpty else { return }
-        mutex.lock()
-        jobs += more
-        wake.broadcast()
-        mutex.unlock()
+        queues.withLock { $0.jobs += more }
         outstanding += more.count
     }
 
     /// Takes back the jobs no worker has begun (they will not run, and count as collected).
     public func withdrawQueued() -> [Job] {
-        mutex.lock()
-        let queued = Array(jobs[jobHead...])
-        jobs.removeAll(keepingCapacity: true)
-        jobHead = 0
-        mutex.unlock()
+        let queued = queues.withLock { queues in
+            defer { (queues.jobs, queues.jobHead) = ([], 0) }
+            return Array(queues.jobs[queues.jobHead...])
+        }
         outstanding -= queued.count
         return queued
     }
@@ -70,12 +68,13 @@ public final class WorkerPool<Job, Output> {
     /// Results ready now, without waiting.
     public func takeCompletions() -> [Output] {
         guard outstanding > 0 else { return [] }
-        mutex.lock()
-        let done = completed
-        completed.removeAll(keepingCapacity: true)
-        var sink: UInt8 = 0
-        while read(completionFD, &sink, 1) == 1 {}
-        mutex.unlock()
+        // No worker waits on the results: collecting them wakes none.
+        let done = queues.withLockWithoutWaking { queues in
+            // Emptied with the results, under the lock: a result added after this sees an empty list and signals.
+            completions.drain()
+            defer { queues.completed.removeAll(keepingCapacity: true) }
+            return queues.completed
+        }
         outstanding -= done.count
         return done
     }
@@ -92,23 +91,13 @@ public final class WorkerPool<Job, Output> {
     }
 
     private func work(_ run: (Job) -> Output) {
-        mutex.lock()
-        while true {
-            while jobHead == jobs.count && !stopping { wake.wait(mutex) }
-            if jobHead == jobs.count { break }
-            let job = jobs[jobHead]
-            jobHead += 1
-            if jobHead == jobs.count { jobs.removeAll(keepingCapacity: true); jobHead = 0 }
-            mutex.unlock()
+        while let job = queues.withLock(when: { $0.hasJob || $0.stopping }, { $0.hasJob ? $0.nextJob() : nil }) {
             let output = run(job)
-            mutex.lock()
-            completed.append(output)
-            if completed.count == 1 {
-                var byte: UInt8 = 1
-                _ = write(signalFD, &byte, 1)
+            queues.withLockWithoutWaking { queues in
+                queues.completed.append(output)
+                if queues.completed.count == 1 { completions.signal() }
             }
         }
-        mutex.unlock()
     }
 }
 

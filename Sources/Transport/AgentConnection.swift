@@ -129,13 +129,12 @@ public final class LocalAgentConnection: AgentConnection {
 
     public func finish() -> String? {
         stream.closeWrite()
-        stateLock.lock()
-        let first = !stderrRead
-        stderrRead = true
-        if exitStatus == nil { exitStatus = reap() }
-        let status = exitStatus!
-        let (terminated, killedStuck, killedHere) = (self.terminated, self.killedStuck, self.killedHere)
-        stateLock.unlock()
+        let (first, status, terminated, killedStuck, killedHere) = stateLock.withLock {
+            let first = !stderrRead
+            stderrRead = true
+            if exitStatus == nil { exitStatus = reap() }
+            return (first, exitStatus!, self.terminated, self.killedStuck, self.killedHere)
+        }
         // The first to finish waits (a little) for the end of what the agent wrote to stderr.
         if first { _ = stderrTail.done.wait(until: monotonicNanos() + 2_000_000_000) }
         let signal = status & 0x7F
@@ -181,18 +180,18 @@ public final class LocalAgentConnection: AgentConnection {
     private static let unknownStatus: Int32 = 0xFF00
 
     public func terminate() {
-        stateLock.lock()
-        defer { stateLock.unlock() }
-        guard exitStatus == nil else { return }
-        // An agent that is gone already (killed, crashed) keeps its own account of how it ended; the child is
-        // only signalled while unreaped, so its pid cannot belong to another process yet.
-        var status: Int32 = 0
-        if waitpid(processIdentifier, &status, WNOHANG) == processIdentifier {
-            exitStatus = status
-            return
+        stateLock.withLock {
+            guard exitStatus == nil else { return }
+            // An agent that is gone already (killed, crashed) keeps its own account of how it ended; the child is
+            // only signalled while unreaped, so its pid cannot belong to another process yet.
+            var status: Int32 = 0
+            if waitpid(processIdentifier, &status, WNOHANG) == processIdentifier {
+                exitStatus = status
+                return
+            }
+            terminated = true
+            kill(processIdentifier, SIGTERM)
         }
-        terminated = true
-        kill(processIdentifier, SIGTERM)
     }
 }
 

@@ -111,42 +111,43 @@ public final class TreeWatcher {
 
     /// Delivers every change made before the call now, without waiting for quiet: the kernel queued their
     /// events when they were made, and the watcher thread reads them all before this returns.
-    public func flush() { request(\.flushRequested, done: \.flushDone) }
+    public func flush() { request(\.flush) }
 
     /// Reads every change waiting and delivers what the quiet period and the hold let go by the watcher's clock,
     /// then returns: for a test that moves the clock, in place of sleeping through a quiet period.
-    public func settle() { request(\.settleRequested, done: \.settleDone) }
+    public func settle() { request(\.settle) }
 
-    private func request(_ requested: ReferenceWritableKeyPath<TreeWatcher, Int>, done: KeyPath<TreeWatcher, Int>) {
+    /// Asks the thread for a flush or a settle and waits until it has done one asked for after this call.
+    private func request(_ kind: WritableKeyPath<Requests, Tickets>) {
         guard thread != nil else { return }
-        requestLock.lock()
-        self[keyPath: requested] += 1
-        let ticket = self[keyPath: requested]
-        requestLock.unlock()
+        let ticket = requests.withLock { requests in
+            requests[keyPath: kind].asked += 1
+            return requests[keyPath: kind].asked
+        }
         var byte: UInt8 = 1
         _ = write(wakeWrite, &byte, 1)
-        requestLock.lock()
-        while self[keyPath: done] < ticket && !stopRequested { flushed.wait(requestLock) }
-        requestLock.unlock()
+        requests.withLock(when: { $0[keyPath: kind].done >= ticket || $0.stop }) { _ in }
     }
 
-    private let requestLock = Mutex()
-    private let flushed = Condition()
-    // Requests and what the thread has done of them (under `requestLock`).
-    private var flushRequested = 0
-    private var flushDone = 0
-    private var settleRequested = 0
-    private var settleDone = 0
-    private var stopRequested = false
+    /// Requests numbered as they are asked for, and the last one the thread has done.
+    private struct Tickets {
+        var asked = 0
+        var done = 0
+        /// The ticket to do now, if one is outstanding.
+        var outstanding: Int? { asked > done ? asked : nil }
+    }
+    private struct Requests {
+        var flush = Tickets()
+        var settle = Tickets()
+        var stop = false
+    }
+    private let requests = Locked(Requests())
 
     /// Stops the thread (pending changes are dropped) and releases the watches.
     public func stop() {
         guard let handle = thread else { return }
         thread = nil
-        requestLock.lock()
-        stopRequested = true
-        flushed.broadcast()
-        requestLock.unlock()
+        requests.withLock { $0.stop = true }
         var byte: UInt8 = 0
         _ = write(wakeWrite, &byte, 1)
         pthread_join(handle, nil)
@@ -169,11 +170,8 @@ public final class TreeWatcher {
             if fds[0].revents != 0 {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while read(wakeRead, &drain, drain.count) > 0 {}
-                requestLock.lock()
-                let stop = stopRequested
-                if flushRequested > flushDone { flushTicket = flushRequested }
-                if settleRequested > settleDone { settleTicket = settleRequested }
-                requestLock.unlock()
+                let stop: Bool
+                (stop, flushTicket, settleTicket) = requests.withLock { ($0.stop, $0.flush.outstanding ?? 0, $0.settle.outstanding ?? 0) }
                 if stop { return }
             }
             if let events, fds[1].revents != 0 || flushTicket > 0 || settleTicket > 0 { events.read(into: buffer) { handle($0) } }
@@ -183,11 +181,10 @@ public final class TreeWatcher {
             }
             if flushTicket > 0 || settleTicket > 0 {
                 flushIfQuiet(now: clock())
-                requestLock.lock()
-                if flushTicket > 0 { flushDone = flushTicket }
-                if settleTicket > 0 { settleDone = settleTicket }
-                flushed.broadcast()
-                requestLock.unlock()
+                requests.withLock { requests in
+                    if flushTicket > 0 { requests.flush.done = flushTicket }
+                    if settleTicket > 0 { requests.settle.done = settleTicket }
+                }
                 continue
             }
             let now = clock()

@@ -17,9 +17,7 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     private var read: UInt64 = 0
     /// Bytes read from the stream so far (what crossed the transport).
     public var bytesRead: UInt64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return read
+        lock.withLock { read }
     }
     /// Called before the reader blocks on an empty buffer, so a pipelined writer can flush first. Set before the
     /// reader is first used; called with the reader's lock held, so it must not read.
@@ -34,14 +32,14 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
 
     /// True when a whole frame other than a heartbeat is already buffered (reading it will not block).
     public var hasBufferedFrame: Bool {
-        lock.lock()
-        defer { lock.unlock() }
-        while let length = bufferedFrameLengthLocked() {
-            guard length >= 1, buffer[start + 4] == Message.heartbeatType else { return true }
-            start += 4 + length
-            if start == end { start = 0; end = 0 }
+        return lock.withLock {
+            while let length = bufferedFrameLengthLocked() {
+                guard length >= 1, buffer[start + 4] == Message.heartbeatType else { return true }
+                start += 4 + length
+                if start == end { start = 0; end = 0 }
+            }
+            return false
         }
-        return false
     }
 
     /// The length of the frame at the head of the buffer when all of it is there.
@@ -74,26 +72,26 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
 
     /// Reads and checks the peer's magic and version. Returns the peer's version.
     public func readHandshake() throws -> UInt16 {
-        lock.lock()
-        defer { lock.unlock() }
-        guard try fill(8, context: { "the handshake" }) else {
-            throw ProtocolError("the peer closed the connection before the handshake")
+        return try lock.withLock {
+            guard try fill(8, context: { "the handshake" }) else {
+                throw ProtocolError("the peer closed the connection before the handshake")
+            }
+            let head = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<start + 8]))
+            start += 8
+            guard Array(head[0..<6]) == wireMagic else {
+                let shown = head.map { $0 >= 32 && $0 < 127 ? String(UnicodeScalar($0)) : "." }.joined()
+                throw ProtocolError("the peer is not speaking the syncd protocol (first bytes: \"\(shown)\")")
+            }
+            return UInt16(head[6]) << 8 | UInt16(head[7])
         }
-        let head = Array(UnsafeRawBufferPointer(rebasing: buffer[start..<start + 8]))
-        start += 8
-        guard Array(head[0..<6]) == wireMagic else {
-            let shown = head.map { $0 >= 32 && $0 < 127 ? String(UnicodeScalar($0)) : "." }.joined()
-            throw ProtocolError("the peer is not speaking the syncd protocol (first bytes: \"\(shown)\")")
-        }
-        return UInt16(head[6]) << 8 | UInt16(head[7])
     }
 
     /// Next frame; nil at a clean end of stream between frames.
     public func next() throws -> Message? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let (type, payload) = try nextFrameLocked() else { return nil }
-        return try Message.decode(type: type, payload: payload)
+        return try lock.withLock {
+            guard let (type, payload) = try nextFrameLocked() else { return nil }
+            return try Message.decode(type: type, payload: payload)
+        }
     }
 
     /// Next frame other than chunk data; the chunk-data frames on the way are handed to `chunk` as they lie in
@@ -123,13 +121,13 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     /// One frame: chunk data is handed to `chunk` as it lies in this reader's buffer (and `.chunk` returned),
     /// anything else decoded. The reader's lock is held while `chunk` runs: it must not use this reader.
     public func nextFrame(chunk: (ChunkFrame) throws -> Void) throws -> Frame {
-        lock.lock()
-        defer { lock.unlock() }
-        guard let (type, payload) = try frameLocked() else { return .end }
-        if type == Message.heartbeatType && payload.isEmpty { return .heartbeat }
-        guard type == ChunkFrame.type else { return .message(try Message.decode(type: type, payload: payload)) }
-        try chunk(try ChunkFrame(payload: payload))
-        return .chunk
+        return try lock.withLock {
+            guard let (type, payload) = try frameLocked() else { return .end }
+            if type == Message.heartbeatType && payload.isEmpty { return .heartbeat }
+            guard type == ChunkFrame.type else { return .message(try Message.decode(type: type, payload: payload)) }
+            try chunk(try ChunkFrame(payload: payload))
+            return .chunk
+        }
     }
 
     /// The next frame's type and payload, which stays valid in the buffer until the next fill. Heartbeats are
@@ -196,9 +194,7 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     private var lastWrite = monotonicNanos()
     /// Bytes written to the stream so far.
     public var bytesWritten: UInt64 {
-        lock.lock()
-        defer { lock.unlock() }
-        return written
+        lock.withLock { written }
     }
 
     public init(_ stream: ByteStream) {
@@ -211,11 +207,11 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     public var drainRate: Double? { stream.drainRate }
 
     public func writeHandshake() throws {
-        lock.lock()
-        defer { lock.unlock() }
-        appendLocked(wireMagic)
-        appendLocked([UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)])
-        try flushLocked()
+        try lock.withLock {
+            appendLocked(wireMagic)
+            appendLocked([UInt8(wireVersion >> 8), UInt8(wireVersion & 0xFF)])
+            try flushLocked()
+        }
     }
 
     private func appendLocked(_ bytes: some Collection<UInt8>) {
@@ -238,23 +234,23 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     public func send(_ message: Message) throws {
         let (type, payload) = message.encode()
         precondition(payload.count + 1 <= maxFrameLength, "frame too large to send")
-        lock.lock()
-        defer { lock.unlock() }
-        appendLocked(UInt32(payload.count + 1))
-        buffer[used] = type
-        used += 1
-        payload.withUnsafeBytes { appendLocked($0) }
-        if used >= Self.flushThreshold { try flushLocked() }
+        try lock.withLock {
+            appendLocked(UInt32(payload.count + 1))
+            buffer[used] = type
+            used += 1
+            payload.withUnsafeBytes { appendLocked($0) }
+            if used >= Self.flushThreshold { try flushLocked() }
+        }
     }
 
     /// Queues a chunk-data frame straight from `bytes`, without building an intermediate message.
     public func sendChunk(op: UInt32, index: UInt32, compressed: Bool, rawLength: UInt32, bytes: UnsafeRawBufferPointer) throws {
         precondition(chunkFrameHeader + bytes.count <= maxFrameLength, "chunk frame too large to send")
-        lock.lock()
-        defer { lock.unlock() }
-        appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: bytes.count)
-        appendLocked(bytes)
-        if used >= Self.flushThreshold { try flushLocked() }
+        try lock.withLock {
+            appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: bytes.count)
+            appendLocked(bytes)
+            if used >= Self.flushThreshold { try flushLocked() }
+        }
     }
 
     /// What `sendChunk(op:index:rawLength:fill:)`'s `fill` put in the room it was given.
@@ -273,27 +269,27 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     /// sent nothing.
     public func sendChunk(op: UInt32, index: UInt32, rawLength: UInt32, fill: (UnsafeMutableRawBufferPointer) throws -> ChunkFill) throws -> Bool {
         precondition(chunkFrameHeader + Int(rawLength) <= maxFrameLength, "chunk frame too large to send")
-        lock.lock()
-        defer { lock.unlock() }
-        let frameStart = used
-        let payloadStart = frameStart + 4 + chunkFrameHeader
-        let room = UnsafeMutableRawBufferPointer(rebasing: buffer[payloadStart..<payloadStart + Int(rawLength)])
-        let payload: Int
-        let compressed: Bool
-        switch try fill(room) {
-        case .nothing:
-            return false
-        case .raw:
-            (payload, compressed) = (Int(rawLength), false)
-        case .compressed(let packed):
-            precondition(packed.count <= Int(rawLength), "compressed chunk larger than its raw bytes")
-            packed.withUnsafeBytes { room.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            (payload, compressed) = (packed.count, true)
+        return try lock.withLock {
+            let frameStart = used
+            let payloadStart = frameStart + 4 + chunkFrameHeader
+            let room = UnsafeMutableRawBufferPointer(rebasing: buffer[payloadStart..<payloadStart + Int(rawLength)])
+            let payload: Int
+            let compressed: Bool
+            switch try fill(room) {
+            case .nothing:
+                return false
+            case .raw:
+                (payload, compressed) = (Int(rawLength), false)
+            case .compressed(let packed):
+                precondition(packed.count <= Int(rawLength), "compressed chunk larger than its raw bytes")
+                packed.withUnsafeBytes { room.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+                (payload, compressed) = (packed.count, true)
+            }
+            appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: payload)
+            used = payloadStart + payload
+            if used >= Self.flushThreshold { try flushLocked() }
+            return true
         }
-        appendChunkHeaderLocked(op: op, index: index, compressed: compressed, rawLength: rawLength, payload: payload)
-        used = payloadStart + payload
-        if used >= Self.flushThreshold { try flushLocked() }
-        return true
     }
 
     /// Bytes of a chunk-data frame between its length prefix and its payload: type, op, index, flags, raw length.
@@ -312,9 +308,9 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
 
     /// Writes everything queued.
     public func flush() throws {
-        lock.lock()
-        defer { lock.unlock() }
-        try flushLocked()
+        try lock.withLock {
+            try flushLocked()
+        }
     }
 
     private func flushLocked() throws {
@@ -328,28 +324,26 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
     /// Sends a heartbeat (with whatever else is queued) when nothing went out for `idleNanos`, unless another
     /// thread is writing right now (that write is proof of life enough). Returns false once the stream failed.
     public func heartbeatIfIdle(_ idleNanos: UInt64) -> Bool {
-        guard lock.tryLock() else { return true }
-        defer { lock.unlock() }
-        guard monotonicNanos() &- lastWrite >= idleNanos else { return true }
-        appendLocked(UInt32(1))
-        buffer[used] = Message.heartbeatType
-        used += 1
-        do { try flushLocked() } catch { return false }
-        return true
+        lock.withLockIfFree {
+            guard monotonicNanos() &- lastWrite >= idleNanos else { return true }
+            appendLocked(UInt32(1))
+            buffer[used] = Message.heartbeatType
+            used += 1
+            do { try flushLocked() } catch { return false }
+            return true
+        } ?? true
     }
 
     /// Ends the stream's output (after a failure on the writing side: the peer then sees the end).
     public func closeOutput() {
-        lock.lock()
-        defer { lock.unlock() }
-        stream.closeWrite()
+        lock.withLock {
+            stream.closeWrite()
+        }
     }
 
     /// Number of queued bytes not yet written.
     public var pendingBytes: Int {
-        lock.lock()
-        defer { lock.unlock() }
-        return used
+        lock.withLock { used }
     }
 }
 
@@ -357,19 +351,16 @@ public final class FrameWriter: @unchecked Sendable {  // `lock` guards the buff
 /// `interval`, it sends a heartbeat frame. The far side fails the session once nothing at all came for its
 /// timeout (four intervals), so a peer that is busy (hashing, syncing a large file, waiting for its user) is
 /// never taken for a dead one, and a dead one is found within the timeout.
-public final class Heartbeat: @unchecked Sendable {  // `lock` guards interval and stopping
+public final class Heartbeat: Sendable {
     private let writer: FrameWriter
-    private let lock = Mutex()
-    private let wake = Condition()
-    private var intervalNanos: UInt64
-    private var stopping = false
-    private var thread: pthread_t?
+    private let state: Locked<(intervalNanos: UInt64, stopping: Bool, thread: pthread_t?)>
 
     /// Starts sending on `writer` every `timeoutSeconds / 4` of quiet.
     public init(writer: FrameWriter, timeoutSeconds: Double) {
         self.writer = writer
-        intervalNanos = Self.interval(timeoutSeconds)
-        thread = try? startThread { [self] in run() }
+        state = Locked((Self.interval(timeoutSeconds), false, nil))
+        let thread = try? startThread { [self] in run() }
+        state.withLock { $0.thread = thread }
     }
 
     deinit { stop() }
@@ -377,35 +368,28 @@ public final class Heartbeat: @unchecked Sendable {  // `lock` guards interval a
     static func interval(_ timeoutSeconds: Double) -> UInt64 { UInt64(max(timeoutSeconds / 4, 0.05) * 1e9) }
 
     /// A new timeout (the next session's hello said so).
-    public func setTimeout(seconds: Double) {
-        lock.lock()
-        intervalNanos = Self.interval(seconds)
-        wake.broadcast()
-        lock.unlock()
-    }
+    public func setTimeout(seconds: Double) { state.withLock { $0.intervalNanos = Self.interval(seconds) } }
 
+    /// Every half interval (or at once when the interval changes), a heartbeat if the writer has been idle.
     private func run() {
-        lock.lock()
-        defer { lock.unlock() }
-        while !stopping {
-            let interval = intervalNanos
-            wake.wait(lock, until: monotonicNanos() + interval / 2)
-            if stopping { return }
-            lock.unlock()
-            let alive = writer.heartbeatIfIdle(interval)
-            lock.lock()
-            if !alive { return }
+        var interval = state.withLock { $0.intervalNanos }
+        while true {
+            let stopping = state.withLock(when: { $0.stopping || $0.intervalNanos != interval },
+                                          deadline: monotonicNanos() + interval / 2) { state, _ in
+                interval = state.intervalNanos
+                return state.stopping
+            }
+            if stopping || !writer.heartbeatIfIdle(interval) { return }
         }
     }
 
     /// Stops and joins the thread; later calls do nothing.
     public func stop() {
-        lock.lock()
-        stopping = true
-        wake.broadcast()
-        let running = thread
-        thread = nil
-        lock.unlock()
+        let running = state.withLock { state in
+            state.stopping = true
+            defer { state.thread = nil }
+            return state.thread
+        }
         if let running { pthread_join(running, nil) }
     }
 }
