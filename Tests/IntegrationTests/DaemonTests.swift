@@ -128,11 +128,13 @@ struct DaemonTests {
         // Paused: changes wait (and are counted), push --wait says why, resume sends them.
         #expect(try ctl(["pause", f.project]).status == 0)
         try f.write("src/paused.py", "p = 1\n")
-        usleep(400_000)
+        func pausedStatus() throws -> [String: Any]? {
+            ((try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]])?.first
+        }
+        // Once the watcher has counted the change, it is known and held: not pushed while paused.
+        #expect(eventually { ((try? pausedStatus())??["pending_changes"] as? Int ?? 0) >= 1 }, "the change was not counted")
+        #expect(try pausedStatus()?["state"] as? String == "paused")
         #expect(f.read("src/paused.py", in: f.remoteProject) == nil, "nothing is pushed while paused")
-        let pausedStatus = ((try JSONSerialization.jsonObject(with: Data(try ctl(["status", "--json"]).stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []
-        #expect(pausedStatus.first?["state"] as? String == "paused")
-        #expect((pausedStatus.first?["pending_changes"] as? Int ?? 0) >= 1)
         let refused = try ctl(["push", f.project, "--wait"])
         #expect(refused.status == 1)
         #expect(refused.stderr.contains("paused"), "\(refused.stderr)")
@@ -146,7 +148,8 @@ struct DaemonTests {
         let followed = f.base + "/follow.out"
         let follower = try spawnDaemon([binDirectory() + "/syncctl", "logs", "-f"], env: env, log: followed)
         defer { kill(follower, SIGKILL); var s: Int32 = 0; waitpid(follower, &s, 0) }
-        usleep(300_000)
+        // Following once it has shown the kept lines.
+        #expect(eventually { ((try? String(contentsOfFile: followed, encoding: .utf8)) ?? "").contains("\(f.project): watching") })
         #expect(try ctl(["pause"]).status == 0)
         #expect(eventually { ((try? String(contentsOfFile: followed, encoding: .utf8)) ?? "").contains("\(f.project): paused") },
                 "logs -f did not show the new line")
@@ -271,11 +274,12 @@ struct DaemonTests {
 
         // .syncignore edited: the new rules apply at once.
         try f.write(".syncignore", "*.log\n")
-        usleep(200_000)
+        // A push that waits takes the edit in first (the project is reopened before the next session).
+        #expect(try ctl(["push", f.project, "--wait"]).status == 0)
         try f.write("train.log", "noise\n")
         try f.write("src/c.py", "c\n")
-        #expect(eventually(seconds: 2) { f.read("src/c.py", in: f.remoteProject) != nil }, "\(logText())")
-        usleep(300_000)
+        #expect(try ctl(["push", f.project, "--wait"]).status == 0, "\(logText())")
+        #expect(f.read("src/c.py", in: f.remoteProject) != nil, "\(logText())")
         #expect(f.read("train.log", in: f.remoteProject) == nil, "ignored after the edit: \(logText())")
 
         // syncd.yaml edited to another remote: a new link, and the whole project goes there.

@@ -4,50 +4,33 @@ import SyncSystem
 import Testing
 import Watch
 
-/// Collects what a watcher delivers, for assertions from the test thread.
-final class Collected: @unchecked Sendable {  // `lock` guards `batches`
-    private let lock = NSLock()
-    private var batches: [WatchEvent] = []
+/// Collects what a watcher delivers, for assertions from the test thread, which waits on it (bounded) without
+/// sleeping: every delivery wakes it.
+final class Collected: Sendable {
+    private let batches = Locked<[WatchEvent]>([])
 
-    func add(_ event: WatchEvent) {
-        lock.lock()
-        batches.append(event)
-        lock.unlock()
-    }
+    func add(_ event: WatchEvent) { batches.withLock { $0.append(event) } }
 
-    var events: [WatchEvent] {
-        lock.lock()
-        defer { lock.unlock() }
-        return batches
-    }
+    var events: [WatchEvent] { batches.current }
 
-    var paths: Set<String> {
+    var paths: Set<String> { Self.paths(in: events) }
+
+    private static func paths(in events: [WatchEvent]) -> Set<String> {
         events.reduce(into: Set<String>()) { all, e in if case .changed(let p) = e { all.formUnion(p.map(\.description)) } }
     }
 
     /// Waits (bounded) until `paths` holds all of `expected`.
     func waitFor(_ expected: Set<String>, seconds: Double = 5) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if expected.isSubset(of: paths) { return true }
-            usleep(10_000)
-        }
-        return expected.isSubset(of: paths)
+        batches.withLock(when: { expected.isSubset(of: Self.paths(in: $0)) }, deadline: monotonicNanos() + UInt64(seconds * 1e9)) { _, ready in ready }
     }
 
     /// Waits (bounded) until a rescan was asked for.
     func waitFor(rescan: Bool, seconds: Double = 5) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        func seen() -> Bool { events.contains { if case .rescan = $0 { return true } else { return false } } }
-        while Date() < deadline && !seen() { usleep(10_000) }
-        return seen()
+        batches.withLock(when: { $0.contains { if case .rescan = $0 { return true } else { return false } } },
+                         deadline: monotonicNanos() + UInt64(seconds * 1e9)) { _, ready in ready }
     }
 
-    func reset() {
-        lock.lock()
-        batches.removeAll()
-        lock.unlock()
-    }
+    func reset() { batches.withLock { $0.removeAll() } }
 }
 
 func defaultRules() -> IgnoreRules {
@@ -104,7 +87,7 @@ final class WatchTests {
         #expect(got.waitFor(Set((0..<50).map { "data/raw/deep/f\($0).bin" })))
         // And later changes in it come through its own watch.
         got.reset()
-        usleep(100_000)
+        w.settle()
         try write("data/raw/deep/late.bin", "late")
         #expect(got.waitFor(["data/raw/deep/late.bin"]))
         #expect(w.watchCount == 5, "root, src, data, data/raw, data/raw/deep")
@@ -118,7 +101,7 @@ final class WatchTests {
         try FileManager.default.moveItem(atPath: root + "/src/pkg", toPath: root + "/src/lib")
         #expect(got.waitFor(["src/pkg", "src/lib", "src/lib/m.py"]))
         got.reset()
-        usleep(100_000)
+        w.settle()
         try write("src/lib/m.py", "y")
         #expect(got.waitFor(["src/lib/m.py"]))
         #expect(!got.paths.contains("src/pkg/m.py"), "the old name's watch is gone")
@@ -139,19 +122,26 @@ final class WatchTests {
     }
 
     @Test func aFileWrittenContinuouslyIsReportedOnceQuiet() throws {
+        let now = Locked<UInt64>(1_000_000_000)
         let got = Collected()
-        let w = try watcher(got)
+        let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: defaultRules(), quietMillis: 50,
+                            log: { _ in }, clock: { now.current }, deliver: { got.add($0) })
+        try w.start()
         defer { w.stop() }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: { try? write("src/log.txt", ""); return root + "/src/log.txt" }()))
+        try write("src/log.txt", "")
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: root + "/src/log.txt"))
+        // Twenty writes 10 ms apart by the watcher's clock, each read by it before the next.
         for i in 0..<20 {
             try handle.write(contentsOf: Data("line \(i)\n".utf8))
-            usleep(10_000)
+            w.settle()
+            now.withLock { $0 += 10_000_000 }
         }
         try handle.close()
-        #expect(got.waitFor(["src/log.txt"]))
-        usleep(200_000)
-        let batches = got.events.filter { if case .changed(let p) = $0 { return p.contains(try! RelativePath("src/log.txt")) } else { return false } }
-        #expect(batches.count <= 2, "20 writes 10 ms apart make one or two batches, not 20: \(batches.count)")
+        w.settle()
+        #expect(got.events.isEmpty, "still within 50 ms of the last write")
+        now.withLock { $0 += 50_000_000 }
+        w.settle()
+        #expect(got.events.count == 1 && got.paths == ["src/log.txt"], "twenty writes make one batch: \(got.events)")
     }
 
     /// The quiet period and the hold follow the clock the watcher is given: writes coalesce into one batch while
@@ -215,22 +205,36 @@ final class WatchTests {
 
     @Test func scopedWatcherReportsOnlyCompletedFilesUnderItsScope() throws {
         let got = Collected()
+        let now = Locked<UInt64>(1_000_000_000)
         let w = TreeWatcher(tree: try Tree(rootPath: root, create: false), rules: IgnoreRules(), quietMillis: 50,
-                            scope: [try RelativePath("out/ckpt")], completedFilesOnly: true, log: { _ in }, deliver: { got.add($0) })
+                            scope: [try RelativePath("out/ckpt")], completedFilesOnly: true, log: { _ in }, clock: { now.current },
+                            deliver: { got.add($0) })
         try w.start()
         defer { w.stop() }
         // The scope does not exist yet: its parents are watched so it is seen when it appears.
         try FileManager.default.createDirectory(atPath: root + "/out/ckpt", withIntermediateDirectories: true)
-        #expect(got.waitFor(["out/ckpt"]))
+        w.settle()
+        now.withLock { $0 += 50_000_000 }
+        w.settle()
+        #expect(got.paths.contains("out/ckpt"))
         let fd = open(root + "/out/ckpt/a.pt", O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
         _ = Glibc.write(fd, "partial", 7)
-        usleep(300_000)
+        // Long past the quiet period and the hold by the watcher's clock: still open, so still not complete.
+        w.settle()
+        now.withLock { $0 += 60_000_000_000 }
+        w.settle()
         #expect(!got.paths.contains("out/ckpt/a.pt"), "reported while still open for writing")
         close(fd)
-        #expect(got.waitFor(["out/ckpt/a.pt"]), "not reported after its close")
+        w.settle()
+        now.withLock { $0 += 50_000_000 }
+        w.settle()
+        #expect(got.paths.contains("out/ckpt/a.pt"), "not reported after its close")
         try write("src/outside.py", "x")
         try FileManager.default.createSymbolicLink(atPath: root + "/out/ckpt/latest", withDestinationPath: "a.pt")
-        #expect(got.waitFor(["out/ckpt/latest"]), "a symlink is complete when made")
+        w.settle()
+        now.withLock { $0 += 50_000_000 }
+        w.settle()
+        #expect(got.paths.contains("out/ckpt/latest"), "a symlink is complete when made")
         #expect(!got.paths.contains("src/outside.py") && !got.paths.contains("out"), "outside the scope: \(got.paths)")
     }
 
