@@ -17,7 +17,12 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     let directory: String
     /// Replaced only on the runner's thread (a settings change), under `condition`.
     private var project: Project
-    private var currentWatcher: TreeWatcher!
+    private var currentWatcher: TreeWatcher
+    /// Where the watchers send their events: to this runner, once it exists (its first watcher is made before).
+    private let events = WatchEvents()
+    private final class WatchEvents: @unchecked Sendable {  // `runner` is set once, before the watcher starts
+        weak var runner: ProjectRunner?
+    }
     /// Files at the project's root whose change is a change of how it syncs.
     static let settingsFiles = [ProjectConfig.fileName, ".syncignore", ".dockerignore"]
     private var settingsChanged = false
@@ -73,7 +78,8 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         self.directory = directory
         self.pullInterval = pullInterval
         project = try Project(directory: directory, options: Self.options(stateDirectory, progress))
-        currentWatcher = makeWatcher(project)
+        currentWatcher = Self.makeWatcher(project, events)
+        events.runner = self
     }
 
     /// The daemon's sessions draw no progress; they tell `box`, which `status` reads.
@@ -85,26 +91,28 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
 
     private static let settingsPaths = Set(settingsFiles.compactMap { try? RelativePath($0) })
 
-    private func makeWatcher(_ project: Project) -> TreeWatcher {
+    private static func makeWatcher(_ project: Project, _ events: WatchEvents) -> TreeWatcher {
         let gitignore = project.config.gitignore
         return TreeWatcher(tree: project.tree, rules: project.rulesWithPullPaths, quietMillis: 50, alwaysReported: Self.settingsFiles,
-                    log: { log.warning("\($0)") }) { [weak self] event in
-            guard let self else { return }
-            condition.withLock {
-                switch event {
-                case .changed(let paths):
-                    changedPaths.formUnion(paths)
-                    if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
-                    // git's rules are read once per opening of the project: a changed `.gitignore` opens it again.
-                    if gitignore && paths.contains(where: { $0.name.elementsEqual(".gitignore".utf8) }) { settingsChanged = true }
-                case .rescan(let reason):
-                    fullPushNeeded = true
-                    log.warning("\(directory): \(reason); the next push compares the whole project")
-                }
-                pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
+                    log: { log.warning("\($0)") }) { event in events.runner?.watched(event, gitignore: gitignore) }
+    }
+
+    /// Notes what the watcher reported, and asks for a push.
+    private func watched(_ event: WatchEvent, gitignore: Bool) {
+        condition.withLock {
+            switch event {
+            case .changed(let paths):
+                changedPaths.formUnion(paths)
+                if !paths.isDisjoint(with: Self.settingsPaths) { settingsChanged = true }
+                // git's rules are read once per opening of the project: a changed `.gitignore` opens it again.
+                if gitignore && paths.contains(where: { $0.name.elementsEqual(".gitignore".utf8) }) { settingsChanged = true }
+            case .rescan(let reason):
+                fullPushNeeded = true
+                log.warning("\(directory): \(reason); the next push compares the whole project")
             }
-            wantPush()
+            pendingChanges = changedPaths.count + (fullPushNeeded ? 1 : 0)
         }
+        wantPush()
     }
 
     /// The watcher in use (replaced when the settings change).
@@ -138,7 +146,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             self.link = nil
         }
         watcher.stop()
-        let next = makeWatcher(fresh)
+        let next = Self.makeWatcher(fresh, events)
         do { try next.start() } catch { log.error("\(directory): cannot watch after the settings changed: \(error)") }
         condition.withLock {
             project = fresh
