@@ -14,21 +14,29 @@ public struct ListedPath: Codable, Sendable {
 extension Project {
     /// What a push would send, after the ignore rules, pull paths left out; plus scan warnings.
     public func listPushable() throws -> (paths: [ListedPath], warnings: [String]) {
-        let scan: ScanResult
-        do { scan = try ProjectScanner(tree: tree, rules: rulesWithPullPaths).scan() } catch {
+        var paths: [ListedPath] = []
+        let warnings = try walkPushable { paths.append($0) }
+        return (paths, warnings)
+    }
+
+    /// Hands each path a push would send to `each` as the tree is walked, in byte order of the paths, holding
+    /// none of them (`ls` of a million files); returns the scan's warnings.
+    public func walkPushable(_ each: (ListedPath) throws -> Void) throws -> [String] {
+        let warnings: [ScanWarning]
+        do {
+            warnings = try ProjectScanner(tree: tree, rules: rulesWithPullPaths).walkInPathOrder { e in
+                let kind: String
+                switch e.kind {
+                case .directory: kind = "directory"
+                case .symlink: kind = "symlink"
+                default: kind = "file"
+                }
+                try each(ListedPath(path: e.path, kind: kind, size: e.kind == .regular ? e.stat.size : 0))
+            }
+        } catch {
             throw SyncError("scanning \(directory): \(error)")
         }
-        let skipped = rules.git?.skippedLines ?? []
-        let paths = scan.entries.map { e -> ListedPath in
-            let kind: String
-            switch e.kind {
-            case .directory: kind = "directory"
-            case .symlink: kind = "symlink"
-            default: kind = "file"
-            }
-            return ListedPath(path: e.path, kind: kind, size: e.kind == .regular ? e.stat.size : 0)
-        }
-        return (paths, (scan.warnings + skipped).map(\.description))
+        return (warnings + (rules.git?.skippedLines ?? [])).map(\.description)
     }
 }
 
@@ -47,18 +55,40 @@ public struct TreeSummary: Codable, Sendable, CustomStringConvertible {
 
     /// Sums `entries` (path, kind, size), keeping the `keep` largest top-level directories.
     public init<S: Sequence>(_ entries: S, keep: Int = 5) where S.Element == (path: RelativePath, kind: FileKind, size: UInt64) {
-        var byTop: [String: Directory] = [:]
-        for e in entries {
-            if e.kind == .directory { directories += 1 }
-            guard e.kind == .regular else { continue }
-            files += 1
-            bytes += e.size
-            let components = e.path.description.split(separator: "/", maxSplits: 1)
-            let top = components.count > 1 ? String(components[0]) + "/" : "."
-            byTop[top, default: Directory(path: top, files: 0, bytes: 0)].files += 1
-            byTop[top, default: Directory(path: top, files: 0, bytes: 0)].bytes += e.size
+        var sum = Sum()
+        for e in entries { sum.add(e.path, kind: e.kind, size: e.size) }
+        self = sum.summary(keep: keep)
+    }
+
+    init() {}
+
+    /// Sums entries one at a time, holding a total per top-level directory only.
+    public struct Sum {
+        private var total = TreeSummary()
+        private var byTop: [[UInt8]: Directory] = [:]
+
+        public init() {}
+
+        public mutating func add(_ path: RelativePath, kind: FileKind, size: UInt64) {
+            if kind == .directory { total.directories += 1 }
+            guard kind == .regular else { return }
+            total.files += 1
+            total.bytes += size
+            let top = path.bytes.firstIndex(of: UInt8(ascii: "/")).map { Array(path.bytes[..<$0]) } ?? []
+            if byTop[top] == nil {
+                let shown = top.isEmpty ? "." : (try? RelativePath(bytes: top)).map { $0.description + "/" } ?? "?"
+                byTop[top] = Directory(path: shown, files: 0, bytes: 0)
+            }
+            byTop[top]!.files += 1
+            byTop[top]!.bytes += size
         }
-        largest = Array(byTop.values.sorted { ($0.bytes, $1.path) > ($1.bytes, $0.path) }.prefix(keep))
+
+        /// The totals, with the `keep` largest top-level directories.
+        public func summary(keep: Int = 5) -> TreeSummary {
+            var out = total
+            out.largest = Array(byTop.values.sorted { ($0.bytes, $1.path) > ($1.bytes, $0.path) }.prefix(keep))
+            return out
+        }
     }
 
     /// "1,204 files, 312.5 MB in 40 directories; largest: data/ 300.1 MB (1,000 files), src/ 2.3 MB (180 files)"

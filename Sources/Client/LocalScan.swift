@@ -139,3 +139,70 @@ package struct LocalScanner {
 }
 
 extension ScanWarning: Error {}
+
+/// What a full push found in one pass over the tree (issue 29): the walk in path order merged, entry by entry,
+/// with the stat cache and the pushed record read from SQLite in the same order. Only what the push must act on
+/// is kept: a no-op push holds nothing per file, whatever the project's size.
+struct ChangedHere {
+    /// Local entries to send (content from the stat cache when it vouches for the file, else nil: to hash).
+    var changed: [LocalEntry] = []
+    /// The pushed record's entries at the changed paths and at the paths deleted here: all a plan asks of it.
+    var pushed: [RelativePath: SyncedEntry] = [:]
+    /// Pushed paths gone from the walk because the rules now ignore them, left on the remote.
+    var leftIgnored: [RelativePath] = []
+    var scanned = 0
+    var warnings: [ScanWarning] = []
+    /// Whether the record had any entry (else this is the first push).
+    var pushedBefore = false
+}
+
+extension LocalScanner {
+    /// The local-owned tree (pull paths left out) compared with the last push as it is walked: see `ChangedHere`.
+    /// `everything` sends every entry (a restore). Pushed paths gone here are deleted unless `isLeftAlone`;
+    /// those `isIgnored` are reported as left. Nil when the database's rows or the walk turn out not to be in
+    /// path order (neither should happen): the caller then compares the whole tree in memory.
+    func changedSinceLastPush(everything: Bool, isLeftAlone: (RelativePath, SyncedEntry) -> Bool,
+                              isIgnored: (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
+        var found = ChangedHere()
+        let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
+        let inOrder = try state.readInPathOrder(.pushed) { rows -> Bool in
+            func gone(_ path: RelativePath, _ entry: SyncedEntry) {
+                found.pushedBefore = true
+                switch decidePush(local: nil, pushed: entry, everything: everything, leftAlone: isLeftAlone(path, entry)) {
+                case .delete: found.pushed[path] = entry
+                case .leaveAlone: if isIgnored(path, entry) { found.leftIgnored.append(path) }
+                case .send, .unchanged: break
+                }
+            }
+            var walkInOrder = true
+            var last: [UInt8] = []
+            do {
+                found.warnings = try scanner.walkInPathOrder { scanned in
+                    found.scanned += 1
+                    if found.scanned > 1 && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
+                    last = scanned.path.bytes
+                    let pushed = try rows.recorded(at: scanned.path.bytes, gone: gone)
+                    if pushed != nil { found.pushedBefore = true }
+                    var entry = LocalEntry(path: scanned.path, stat: scanned.stat, content: nil, linkTarget: scanned.linkTarget)
+                    var cached: CachedRow?
+                    if scanned.kind == .regular, let row = try rows.cached(at: scanned.path.bytes), row.isFresh(for: scanned.stat) {
+                        cached = row
+                        // Enough to compare with the record; the chunk list is read only for a file that is sent.
+                        entry.content = ChunkedContent(chunks: [], digest: row.digest, size: row.stat.size)
+                    }
+                    guard decidePush(local: entry, pushed: pushed, everything: everything) == .send else { return }
+                    if let cached { entry.content = cached.chunks().map { ChunkedContent(chunks: $0, digest: cached.digest, size: cached.stat.size) } }
+                    found.changed.append(entry)
+                    if let pushed { found.pushed[scanned.path] = pushed }
+                }
+            } catch {
+                throw SyncError("scanning \(project.directory): \(error)")
+            }
+            try rows.remainingRecorded(gone)
+            return rows.inOrder && walkInOrder
+        }
+        guard inOrder else { return nil }
+        if let git = project.rules.git { found.warnings += git.skippedLines }
+        return found
+    }
+}

@@ -130,9 +130,10 @@ public final class PushSession {
             throw error
         }
         let pushed = known.pushed
-        if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, into: &stats) }
-        stats.filesScanned = scan.entries.count
-        if pushed.isEmpty && known.scan == nil {
+        if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, found: known.whole?.leftIgnored, into: &stats) }
+        stats.filesScanned = known.whole?.scanned ?? scan.entries.count
+        // A first push: every entry is to be sent, so the scan holds the whole tree.
+        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && known.scan == nil) {
             stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
         }
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
@@ -183,6 +184,10 @@ public final class PushSession {
         var pushed: [RelativePath: SyncedEntry] = [:]
         var scan: LocalScanner.Scan?
         var resolveOps: [PushOperation]?
+        /// For a walk of the whole tree merged with the record: how many entries it saw, the pushed paths it left
+        /// because they are ignored now, and whether anything had been pushed before. `pushed` then holds only
+        /// the record's entries the plan needs.
+        var whole: (scanned: Int, leftIgnored: [RelativePath], pushedBefore: Bool)?
     }
 
     private func lookHere(state: LocalDatabase, only: Set<RelativePath>?) throws -> KnownHere {
@@ -203,6 +208,13 @@ public final class PushSession {
             known.pushed = try state.load(.pushed, paths: paths, subtrees: paths.filter { !directories.contains($0) })
             known.scan = scan
             Trace.mark("push: looked at \(paths.count) reported paths")
+        } else if let found = try LocalScanner(project: project, state: state)
+                    .changedSinceLastPush(everything: restoring, isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
+            // The whole tree, merged with the stat cache and the record as it is walked: only changes are kept.
+            known.pushed = found.pushed
+            known.scan = LocalScanner.Scan(entries: found.changed, warnings: found.warnings, cache: [:])
+            known.whole = (found.scanned, found.leftIgnored, found.pushedBefore)
+            Trace.mark("push: walked \(found.scanned) entries, \(found.changed.count) to send")
         } else {
             known.pushed = try state.load(.pushed)
             Trace.mark("push: loaded \(known.pushed.count) pushed entries")
@@ -210,13 +222,21 @@ public final class PushSession {
         return known
     }
 
-    /// Pushed earlier, ignored now: left on the remote unless pruned, and said so.
-    private func noteLeftIgnored(scan: LocalScanner.Scan, pushed: [RelativePath: SyncedEntry], into stats: inout SyncStats) {
-        let present = Set(scan.entries.map(\.path))
-        stats.leftIgnored = pushed.filter {
-            !present.contains($0.key) && !project.isPullPath($0.key)
-                && project.rules.isExcluded($0.key.bytes, isDirectory: $0.value.kind == .directory)
-        }.keys.sorted()
+    /// A pushed path the rules now ignore (not a pull path): left on the remote unless pruned, and said so.
+    private func isIgnoredNow(_ path: RelativePath, _ entry: SyncedEntry) -> Bool {
+        !project.isPullPath(path) && project.rules.isExcluded(path.bytes, isDirectory: entry.kind == .directory)
+    }
+
+    /// Pushed earlier, ignored now: left on the remote unless pruned, and said so. A whole-tree walk found them
+    /// as it went (`found`); otherwise they are the record's paths missing from the scan.
+    private func noteLeftIgnored(scan: LocalScanner.Scan, pushed: [RelativePath: SyncedEntry], found: [RelativePath]?,
+                                 into stats: inout SyncStats) {
+        if let found {
+            stats.leftIgnored = found
+        } else {
+            let present = Set(scan.entries.map(\.path))
+            stats.leftIgnored = pushed.filter { !present.contains($0.key) && isIgnoredNow($0.key, $0.value) }.keys.sorted()
+        }
         if pruneIgnored { stats.leftIgnored = [] }
         if !stats.leftIgnored.isEmpty {
             stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"

@@ -163,7 +163,7 @@ public final class LocalDatabase {
         }
     }
 
-    private static let fileColumns = "path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at"
+    static let fileColumns = "path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at"
 
     private static func cachedFile(_ row: Row) -> CachedFile? {
         let pathData: Data = row[0]
@@ -225,16 +225,21 @@ public final class LocalDatabase {
         }
     }
 
-    private static let entryColumns = "path, kind, digest, target, perm, mtime, size"
+    static let entryColumns = "path, kind, digest, target, perm, mtime, size"
 
     private static func addEntry(_ row: Row, to out: inout [RelativePath: SyncedEntry]) {
-        guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { return }
         let pathData: Data = row[0]
-        guard let path = try? RelativePath(bytes: [UInt8](pathData)) else { return }
+        guard let entry = syncedEntry(row), let path = try? RelativePath(bytes: [UInt8](pathData)) else { return }
+        out[path] = entry
+    }
+
+    /// A record's row (`entryColumns`) as an entry; nil for a kind this version does not know.
+    static func syncedEntry(_ row: Row) -> SyncedEntry? {
+        guard let kind = SyncedEntry.Kind(rawValue: row[1]) else { return nil }
         let digestData: Data? = row[2]
         let targetData: Data? = row[3]
-        out[path] = SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: targetData.map { [UInt8]($0) },
-                                permissions: UInt32(row[4] as Int64), mtimeNanos: row[5], size: (row[6] as Int64?).map { UInt64($0) })
+        return SyncedEntry(kind: kind, digest: digestData.flatMap(decodeID), target: targetData.map { [UInt8]($0) },
+                           permissions: UInt32(row[4] as Int64), mtimeNanos: row[5], size: (row[6] as Int64?).map { UInt64($0) })
     }
 
     /// Applies changes to a record in one transaction: a nil entry removes the path.

@@ -87,43 +87,96 @@ public struct ProjectScanner {
 
     private func visit(name: [UInt8], kind: FileKind, in dir: FileDescriptor, prefix: [UInt8], recurse: Bool = true,
                        into result: inout ScanResult) throws {
-        let bytes = joinPath(prefix, name)
-        if name.starts(with: partialFilePrefix.utf8) { return }
-        // A walk goes into no excluded directory unless something below it may be brought back: then the
-        // parents need no matching.
-        let excluded = rules.isExcluded(bytes, isDirectory: kind == .directory, parentsChecked: recurse)
-        if excluded && (kind != .directory || !rules.mayBringBack(below: bytes)) { return }
-        let path: RelativePath
-        do { path = try RelativePath(bytes: bytes) } catch {
-            result.warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
+        let found = try examine(name: name, kind: kind, in: dir, prefix: prefix, parentsChecked: recurse, warnings: &result.warnings)
+        if let entry = found.entry { result.entries.append(entry) }
+        guard recurse, found.descend, let path = found.entry?.path ?? (try? RelativePath(bytes: joinPath(prefix, name))) else { return }
+        let child: FileDescriptor
+        do {
+            child = try Tree.openChildDirectory(dir, name: name, shown: path.description)
+        } catch {
+            result.warnings.append(ScanWarning(path: path.description, message: "\(error); skipped"))
             return
         }
+        try walk(child, prefix: path.bytes, into: &result)
+    }
+
+    /// One name in `dir`: its entry, unless the rules exclude it (or it is a symlink out of the tree, or not a
+    /// file, directory or symlink: then a warning), and whether a walk goes below it (a directory not excluded,
+    /// or excluded with something below it that the rules may bring back).
+    private func examine(name: [UInt8], kind: FileKind, in dir: FileDescriptor, prefix: [UInt8], parentsChecked: Bool,
+                         warnings: inout [ScanWarning]) throws -> (entry: ScannedEntry?, descend: Bool) {
+        let bytes = joinPath(prefix, name)
+        if name.starts(with: partialFilePrefix.utf8) { return (nil, false) }
+        // A walk goes into no excluded directory unless something below it may be brought back: then the
+        // parents need no matching.
+        let excluded = rules.isExcluded(bytes, isDirectory: kind == .directory, parentsChecked: parentsChecked)
+        if excluded && (kind != .directory || !rules.mayBringBack(below: bytes)) { return (nil, false) }
+        let path: RelativePath
+        do { path = try RelativePath(bytes: bytes) } catch {
+            warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
+            return (nil, false)
+        }
         let pathString = path.description
-        guard let st = try Tree.lstat(at: dir, name: name, shown: pathString) else { return }
+        guard let st = try Tree.lstat(at: dir, name: name, shown: pathString) else { return (nil, false) }
         switch st.kind {
         case .directory:
-            if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
-            guard recurse else { return }
-            let child: FileDescriptor
-            do {
-                child = try Tree.openChildDirectory(dir, name: name, shown: pathString)
-            } catch {
-                result.warnings.append(ScanWarning(path: pathString, message: "\(error); skipped"))
-                return
-            }
-            try walk(child, prefix: bytes, into: &result)
+            return (excluded ? nil : ScannedEntry(path: path, stat: st, linkTarget: nil), true)
         case .regular:
-            if !excluded { result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: nil)) }
+            return (excluded ? nil : ScannedEntry(path: path, stat: st, linkTarget: nil), false)
         case .symlink:
-            if excluded { return }
+            if excluded { return (nil, false) }
             let target = try Tree.readLink(at: dir, name: name, shown: pathString)
             if let why = symlinkEscapes(linkPath: path, target: target) {
-                result.warnings.append(ScanWarning(path: pathString, message: "symlink to \(displayPath(target)): its target \(why); skipped"))
-            } else {
-                result.entries.append(ScannedEntry(path: path, stat: st, linkTarget: target))
+                warnings.append(ScanWarning(path: pathString, message: "symlink to \(displayPath(target)): its target \(why); skipped"))
+                return (nil, false)
             }
+            return (ScannedEntry(path: path, stat: st, linkTarget: target), false)
         case .other:
-            if !excluded { result.warnings.append(ScanWarning(path: pathString, message: "not a regular file, directory or symlink; skipped")) }
+            if !excluded { warnings.append(ScanWarning(path: pathString, message: "not a regular file, directory or symlink; skipped")) }
+            return (nil, false)
+        }
+    }
+}
+
+extension ProjectScanner {
+    /// Walks the whole tree and hands each entry to `visit` in byte order of its path, the order SQLite keeps the
+    /// local database's paths in, so that a caller can merge the walk with those records as it goes (issue 29).
+    /// A directory's own entry `a` comes before `a.txt`, and what is below it (`a/…`) after `a.txt` and before
+    /// `a0`, since `.` sorts before `/` and `0` after it: in each directory the entries are ordered by name, and
+    /// the walk below a directory by its name with a `/` added. Only the listings of the directories on the way
+    /// down are held, never the tree. Returns the warnings.
+    public func walkInPathOrder(_ visit: (ScannedEntry) throws -> Void) throws -> [ScanWarning] {
+        var warnings: [ScanWarning] = []
+        try walkInPathOrder(tree.root, prefix: [], visit, &warnings)
+        return warnings
+    }
+
+    private func walkInPathOrder(_ dir: FileDescriptor, prefix: [UInt8], _ visit: (ScannedEntry) throws -> Void,
+                                 _ warnings: inout [ScanWarning]) throws {
+        // Each name as an entry (its name the key) and, for a directory walked, as the walk below it (its name and
+        // a slash); names hold no slash, so no two keys are equal.
+        var steps: [(key: [UInt8], entry: ScannedEntry?, below: [UInt8]?)] = []
+        for item in try Tree.list(dir) {
+            let found = try examine(name: item.name, kind: item.kind, in: dir, prefix: prefix, parentsChecked: true, warnings: &warnings)
+            if let entry = found.entry { steps.append((item.name, entry, nil)) }
+            if found.descend { steps.append((item.name + [UInt8(ascii: "/")], nil, item.name)) }
+        }
+        steps.sort { $0.key.lexicographicallyPrecedes($1.key) }
+        for step in steps {
+            if let entry = step.entry {
+                try visit(entry)
+                continue
+            }
+            guard let name = step.below else { continue }
+            let bytes = joinPath(prefix, name)
+            let child: FileDescriptor
+            do {
+                child = try Tree.openChildDirectory(dir, name: name, shown: displayPath(bytes))
+            } catch {
+                warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
+                continue
+            }
+            try walkInPathOrder(child, prefix: bytes, visit, &warnings)
         }
     }
 }

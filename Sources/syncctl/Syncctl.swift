@@ -328,26 +328,42 @@ struct List: ParsableCommand {
             return
         }
         let project = try Project(directory: directory)
-        let (paths, warnings) = try project.listPushable()
+        if json && !summary {
+            let (paths, warnings) = try project.listPushable()
+            for w in warnings { printError("warning: \(w)") }
+            struct Out: Encodable { let paths: [ListedPath] }
+            return print(project.jsonText(Out(paths: paths)))
+        }
+        // Written as the tree is walked, nothing held per path: a million files list in the time of the walk.
+        var sum = TreeSummary.Sum()
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 16)
+        let warnings = try project.walkPushable { p in
+            if summary {
+                sum.add(p.path, kind: p.kind == "file" ? .regular : p.kind == "directory" ? .directory : .symlink, size: p.size)
+                return
+            }
+            // With -0 the names' bytes as they are, each ended by NUL, as `find -print0` writes them.
+            if print0 {
+                out += p.path.bytes
+                out.append(0)
+            } else {
+                out += Array(p.path.description.utf8)
+                if p.kind == "directory" { out.append(UInt8(ascii: "/")) }
+                out.append(UInt8(ascii: "\n"))
+            }
+            if out.count >= 1 << 16 {
+                FileHandle.standardOutput.write(Data(out))
+                out.removeAll(keepingCapacity: true)
+            }
+        }
+        FileHandle.standardOutput.write(Data(out))
         for w in warnings { printError("warning: \(w)") }
         if summary {
-            let totals = TreeSummary(paths.map { (path: $0.path, kind: $0.kind == "file" ? FileKind.regular : $0.kind == "directory" ? .directory : .symlink,
-                                                 size: $0.size) }, keep: 10)
+            let totals = sum.summary(keep: 10)
             if json { return print(project.jsonText(totals)) }
             print("\(totals.files) files, \(formatBytes(totals.bytes)) in \(totals.directories) directories")
             for d in totals.largest { print("  \(formatBytes(d.bytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.files) files\t\(d.path)") }
-            return
-        }
-        if json {
-            struct Out: Encodable { let paths: [ListedPath] }
-            print(project.jsonText(Out(paths: paths)))
-        } else if print0 {
-            // The names' bytes as they are, each ended by NUL, as `find -print0` writes them.
-            var out: [UInt8] = []
-            for p in paths { out += p.path.bytes + [0] }
-            FileHandle.standardOutput.write(Data(out))
-        } else {
-            for p in paths { print(p.kind == "directory" ? p.path.description + "/" : p.path.description) }
         }
     }
 }

@@ -126,4 +126,42 @@ struct InProcessAgentTests {
         #expect(forcedPull.conflicts == 0 && text(f.read("output/m.txt")) == "remote 2\n")
         #expect(forcedPull.kept.map(\.side) == ["local"])
     }
+
+    /// A whole-tree push compares the walk with the record as it goes, in byte order of the paths (issue 29):
+    /// names that sort around the slash (`a`, `a!`, `a.txt`, `a/…`, `a0`), a directory becoming a file, a file
+    /// becoming a directory, deletions at the start, middle and end of the order, a path now ignored. The
+    /// remote ends up as the tree, and a push after it finds nothing to send.
+    @Test func aWholeTreePushMergesTheWalkWithTheRecordInPathOrder() throws {
+        let f = try SyncFixture()
+        for path in ["a!", "a.txt", "a/x", "a/y/z", "a0/w", "b/inner", "c.dat", "zz/last", "AA"] { try f.write(path, "v1 \(path)\n") }
+        let first = try f.pushInProcess()
+        #expect(first.errors.isEmpty && first.filesChanged == 10, "\(first.errors) \(first.filesChanged)")
+        #expect(first.firstPush?.files == 10)
+
+        let fm = FileManager.default
+        try fm.removeItem(atPath: f.project + "/a")            // a directory becomes a file
+        try f.write("a", "now a file\n")
+        try fm.removeItem(atPath: f.project + "/b/inner")      // a file's directory becomes ... a file
+        try fm.removeItem(atPath: f.project + "/b")
+        try f.write("b", "b as a file\n")
+        try fm.removeItem(atPath: f.project + "/c.dat")        // a file becomes a directory
+        try f.write("c.dat/in", "inside\n")
+        try fm.removeItem(atPath: f.project + "/AA")           // the first path in byte order goes
+        try fm.removeItem(atPath: f.project + "/zz/last")      // and the last
+        try f.write("a.txt", "v2\n")
+        try f.write(".syncignore", "a0\n")                    // a0/ is left on the remote, and said so
+        let second = try f.pushInProcess()
+        #expect(second.errors.isEmpty && second.conflicts == 0, "\(second.errors) \(second.conflictList)")
+        #expect(second.leftIgnored.map(\.description).sorted() == ["a0", "a0/w"], "\(second.leftIgnored)")
+        #expect(second.firstPush == nil)
+        for path in ["a", "a!", "a.txt", "b", "c.dat/in", ".syncignore", "syncd.yaml"] {
+            #expect(f.read(path, in: f.remoteProject) == f.read(path), "\(path) differs on the remote")
+        }
+        for gone in ["a/x", "b/inner", "AA", "zz/last"] { #expect(f.read(gone, in: f.remoteProject) == nil, "\(gone) is still on the remote") }
+        #expect(f.read("a0/w", in: f.remoteProject) != nil, "ignored now, so left alone")
+
+        let third = try f.pushInProcess()
+        #expect(third.filesChanged == 0 && third.filesDeleted == 0 && third.chunksSent == 0, "a push after it sends nothing")
+        #expect(third.filesScanned == 9, "a, a!, a.txt, b, c.dat, c.dat/in, zz, .syncignore, syncd.yaml: \(third.filesScanned)")
+    }
 }

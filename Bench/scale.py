@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Many files, side by side with rsync -a (issue 29): time and peak memory as the file count grows.
+
+For each file count N, a project of N files of 1-4 KB, 100 per directory, on a fresh ext4 loop file system with
+cold caches, pushed over one throwaway loopback sshd, by syncctl and by rsync -a (each into its own directory):
+
+  first push, a no-op push, 100 files edited, and listing the project (syncctl ls against find)
+
+with each tool's peak resident memory: syncctl's own (wait4's ru_maxrss), the agent's and each rsync process's
+(VmHWM from /proc/PID/status, read every 20 ms while they run). The table goes to stdout, and the growth
+exponents between the smallest and largest N (time ~ N^k: 1.0 is linear, 0 flat). Root only (mount).
+
+    Bench/scale.py RELEASE_DIR [--files 100000,300000,1000000] [--keep-fs]
+"""
+import argparse
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+class PeakWatcher:
+    """Samples VmHWM of every process whose name is in `names` until stopped; the largest seen per name."""
+
+    def __init__(self, names):
+        self.names = set(names)
+        self.peaks = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        status = f.read()
+                except OSError:
+                    continue
+                name = status.split("\n", 1)[0].split(":", 1)[1].strip()
+                if name not in self.names:
+                    continue
+                for line in status.split("\n"):
+                    if line.startswith("VmHWM:"):
+                        kib = int(line.split()[1])
+                        self.peaks[name] = max(self.peaks.get(name, 0), kib)
+            self.stopping.wait(0.02)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+        return self.peaks
+
+
+def timed(args, names=()):
+    """Runs `args`; wall seconds, its own peak RSS (MiB) and the peaks of processes named `names` (MiB)."""
+    watcher = PeakWatcher(names)
+    start = time.monotonic()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - start
+    peaks = watcher.stop()
+    err = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"scale: {' '.join(args)} failed: {err}")
+    return wall, usage.ru_maxrss / 1024, {k: v / 1024 for k, v in peaks.items()}
+
+
+class Bench:
+    def __init__(self, release, work):
+        self.release = release
+        self.work = work
+        self.mnt = f"{work}/mnt"
+        os.makedirs(self.mnt, exist_ok=True)
+        self.device = None
+        out = subprocess.run(["bash", "-c", f"source {HERE}/lib/sshd.sh && bench_sshd_start {work}/sshd && echo $SSHD_PID"],
+                             check=True, capture_output=True, text=True)
+        self.sshd_pid = int(out.stdout.split()[-1])
+        with open(f"{work}/sshd/ssh_options.bench") as f:
+            self.ssh = f.read().strip()
+
+    def close(self):
+        self.detach()
+        try:
+            os.kill(self.sshd_pid, 15)
+        except OSError:
+            pass
+
+    def detach(self):
+        subprocess.run(["umount", self.mnt], stderr=subprocess.DEVNULL)
+        if self.device:
+            subprocess.run(["losetup", "-d", self.device], stderr=subprocess.DEVNULL)
+        self.device = None
+
+    def fresh(self, files):
+        """A new file system for `files` files three times over (the project, syncd's copy, rsync's)."""
+        self.detach()
+        image = f"{self.work}/fs.img"
+        if os.path.exists(image):
+            os.remove(image)
+        size = max(2 << 30, files * 3 * 8192 + (1 << 30))
+        with open(image, "wb") as f:
+            f.truncate(size)
+        sh("mkfs.ext4", "-q", "-F", "-i", "4096", image)
+        self.device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", image],
+                                     check=True, capture_output=True, text=True).stdout.strip()
+        sh("mount", self.device, self.mnt)
+
+    def make_project(self, files):
+        root = f"{self.mnt}/proj"
+        rng = random.Random(files)
+        for i in range(files):
+            d = f"{root}/data/d{i // 100:05d}"
+            if i % 100 == 0:
+                os.makedirs(d)
+            with open(f"{d}/f{i}.bin", "wb") as f:
+                f.write(rng.randbytes(rng.randint(1024, 4096)))
+        with open(f"{root}/syncd.yaml", "w") as f:
+            f.write(f"name: scale\nremote: bench\nremote_root: {self.mnt}/remote\nssh_config: {self.work}/sshd/ssh_config\n"
+                    f"agent_path: {self.release}/syncd-agent\n")
+        sh("sync")
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return root
+
+    def syncd_push(self, root):
+        return timed([f"{self.release}/syncctl", "push", root, "--state-dir", f"{self.mnt}/state"], names=["syncd-agent"])
+
+    def rsync_push(self, root):
+        return timed(["rsync", "-a", "--exclude", "syncd.yaml", "-e", self.ssh, f"{root}/", f"bench:{self.mnt}/r/"], names=["rsync"])
+
+    def edit(self, root, files, count=100):
+        rng = random.Random(files + 1)
+        for i in rng.sample(range(files), count):
+            with open(f"{root}/data/d{i // 100:05d}/f{i}.bin", "r+b") as f:
+                f.seek(rng.randint(0, 900))
+                f.write(rng.randbytes(64))
+
+    def run(self, files):
+        self.fresh(files)
+        root = self.make_project(files)
+        row = {"files": files}
+        for phase in ("first", "noop"):
+            row[f"{phase} syncd"] = self.syncd_push(root)
+            row[f"{phase} rsync"] = self.rsync_push(root)
+        self.edit(root, files)
+        row["edit syncd"] = self.syncd_push(root)
+        row["edit rsync"] = self.rsync_push(root)
+        row["ls syncd"] = timed([f"{self.release}/syncctl", "ls", root])
+        row["ls find"] = timed(["find", root])
+        return row
+
+
+def show(rows):
+    print("| files | first push syncd / rsync | no-op syncd / rsync | 100 files edited syncd / rsync | ls / find | "
+          "syncctl peak MiB | agent peak MiB | rsync peak MiB (largest process) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        phases = ["first", "noop", "edit"]
+        walls = [f"{r[p + ' syncd'][0]:.2f} / {r[p + ' rsync'][0]:.2f} s ({r[p + ' syncd'][0] / r[p + ' rsync'][0]:.2f}x)" for p in phases]
+        syncctl_peak = max(r[p + " syncd"][1] for p in phases)
+        agent_peak = max(r[p + " syncd"][2].get("syncd-agent", 0) for p in phases)
+        rsync_peak = max(max(list(r[p + " rsync"][2].values()) + [r[p + " rsync"][1]]) for p in phases)
+        print(f"| {r['files']:,} | {walls[0]} | {walls[1]} | {walls[2]} | {r['ls syncd'][0]:.2f} / {r['ls find'][0]:.2f} s | "
+              f"{syncctl_peak:.0f} (ls {r['ls syncd'][1]:.0f}) | {agent_peak:.0f} | {rsync_peak:.0f} |")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        ratio = math.log(b["files"] / a["files"])
+        def k(x, y):
+            return f"{math.log(y / x) / ratio:.2f}" if x > 0 and y > 0 else "?"
+        print()
+        print(f"Growth exponents from {a['files']:,} to {b['files']:,} files (time or memory ~ files^k):")
+        for key in ("first syncd", "noop syncd", "edit syncd", "noop rsync", "edit rsync", "ls syncd"):
+            print(f"- {key}: time {k(a[key][0], b[key][0])}, own peak {k(a[key][1], b[key][1])}")
+        agents = [(r["noop syncd"][2].get("syncd-agent", 0)) for r in (a, b)]
+        print(f"- agent peak in a no-op: {k(*agents)}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("release")
+    parser.add_argument("--files", default="100000,300000,1000000")
+    parser.add_argument("--keep-fs", action="store_true", help="leave the last file system mounted (for a look)")
+    args = parser.parse_args()
+    release = os.path.abspath(args.release)
+    work = tempfile.mkdtemp(prefix="syncd-scale.")
+    bench = Bench(release, work)
+    rows = []
+    try:
+        for n in [int(x) for x in args.files.split(",")]:
+            rows.append(bench.run(n))
+            print(f"scale: {n} files done", file=sys.stderr)
+    finally:
+        if not args.keep_fs:
+            bench.close()
+            shutil.rmtree(work, ignore_errors=True)
+    show(rows)
+
+
+if __name__ == "__main__":
+    main()

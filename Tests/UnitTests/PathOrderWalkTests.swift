@@ -1,0 +1,44 @@
+import Foundation
+import ProjectScan
+import SyncSystem
+import Testing
+
+/// The walk a full push merges with the local database (issue 29): the same entries and warnings as the ordinary
+/// scan, handed over in byte order of their paths, the order SQLite keeps BLOB keys in.
+struct PathOrderWalkTests {
+    /// Names that sort around the slash: `!` `-` `.` before `/`, `0` and the letters after it, and bytes past
+    /// ASCII last; directories among files of the same stem, an excluded tree with something brought back, a
+    /// symlink in the tree and one out of it.
+    @Test func theWalkGivesTheScansEntriesInByteOrder() throws {
+        let root = NSTemporaryDirectory() + "syncd-walk-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let fm = FileManager.default
+        for dir in ["a", "a/y/z", "a-b", "a0", "b.d", "b", "caf\u{e9}", "logs/keep", "logs/noise"] {
+            try fm.createDirectory(atPath: root + "/" + dir, withIntermediateDirectories: true)
+        }
+        for file in ["a.txt", "a!", "a/x", "a/y/z/deep", "a/y.txt", "a-b/1", "a0/2", "b.d/3", "b/4", "b.txt", "caf\u{e9}/5",
+                     "logs/keep/k.log", "logs/noise/n.log", "top.log", "Z"] {
+            try Data(file.utf8).write(to: URL(fileURLWithPath: root + "/" + file))
+        }
+        try fm.createSymbolicLink(atPath: root + "/a/link", withDestinationPath: "x")
+        try fm.createSymbolicLink(atPath: root + "/out", withDestinationPath: "../../etc/passwd")
+        var rules = IgnoreRules()
+        try rules.add(fileContents: "**/*.log\n!logs/keep/*.log\n", source: "test")
+        let scanner = ProjectScanner(tree: try Tree(rootPath: root, create: false), rules: rules)
+
+        var walked: [ScannedEntry] = []
+        let warnings = try scanner.walkInPathOrder { walked.append($0) }
+        let scanned = try scanner.scan()
+        let paths = walked.map { $0.path.bytes }
+        #expect(paths == paths.sorted { $0.lexicographicallyPrecedes($1) }, "not in byte order: \(walked.map(\.path.description))")
+        #expect(Set(walked.map(\.path)) == Set(scanned.entries.map(\.path)))
+        #expect(walked.sorted { $0.path.bytes.lexicographicallyPrecedes($1.path.bytes) }
+                == scanned.entries.sorted { $0.path.bytes.lexicographicallyPrecedes($1.path.bytes) }, "the same entries, stat and all")
+        #expect(warnings == scanned.warnings && warnings.count == 1, "the symlink out of the tree: \(warnings)")
+        let shown = walked.map(\.path.description)
+        #expect(shown.firstIndex(of: "a")! < shown.firstIndex(of: "a!")!, "a directory's entry at its name")
+        #expect(shown.firstIndex(of: "a.txt")! < shown.firstIndex(of: "a/x")!, "what is below it after its name and a slash")
+        #expect(shown.firstIndex(of: "a/y.txt")! < shown.firstIndex(of: "a/y/z/deep")!, "y.txt before y/…")
+        #expect(shown.contains("logs/keep/k.log") && !shown.contains("logs/noise/n.log") && !shown.contains("top.log"))
+    }
+}
