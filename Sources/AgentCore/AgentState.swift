@@ -29,10 +29,20 @@ struct FileRecord: Equatable {
 /// answers go out); a record a kill loses costs only hashing that file again. What must be on disk before the
 /// fact is written at once: a directory that is about to hold a temporary file.
 final class AgentState {
-    private(set) var records: [RelativePath: FileRecord] = [:]
+    /// The records, read from disk on first use (issue 29): a session that asks nothing of them (a no-op push,
+    /// a build) does not load, and hold, one per file of the project.
+    var records: [RelativePath: FileRecord] {
+        ensureLoaded()
+        return loadedRecords
+    }
+    private var loadedRecords: [RelativePath: FileRecord] = [:]
+    /// Whether the state file and the journal have been read, and whether that failed (then nothing is written
+    /// over the state file, which may hold more than this process could read).
+    private var isLoaded = false
+    private var loadFailed = false
     /// Directories that may hold temporary files of an agent from before build sessions (see
     /// `sweepLegacyPartials`); today's sessions list theirs in their own leases (`BuildSession`).
-    private(set) var partialDirectories: Set<[UInt8]> = []
+    private var partialDirectories: Set<[UInt8]> = []
     private let directory: FileDescriptor
     private var journal: FileDescriptor?
     /// A random id made with the state directory: a client that finds another one knows the remote project was
@@ -50,7 +60,6 @@ final class AgentState {
         }
         directory = dir
         instance = try Self.loadInstance(dir)
-        try load()
         let fd = try syscall("openat", path: ".syncd/journal") {
             openat(dir.raw, "journal", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
         }
@@ -107,6 +116,8 @@ final class AgentState {
             return fstatat(directory.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? Int(st.st_size) : nil
         }
         guard (try? Self.loadInstance(directory)) == instance else { return false }
+        // Nothing read yet: nothing to be stale.
+        guard isLoaded else { return true }
         return (size("journal") ?? 0) == journalBytes && (size("state") ?? 0) == stateBytes
     }
 
@@ -115,11 +126,23 @@ final class AgentState {
     private var stateBytes = 0
     private var journalBytes = 0
 
+    /// Reads the state file and the journal, once. A read that fails (an I/O error: a torn tail is not one)
+    /// leaves the records empty, so files are hashed again; the state file is then left as it is.
+    private func ensureLoaded() {
+        guard !isLoaded else { return }
+        isLoaded = true
+        do { try load() } catch {
+            loadFailed = true
+            loadedRecords = [:]
+            printError("syncd-agent: cannot read the project's state (\(error)); files are hashed again")
+        }
+    }
+
     private func load() throws {
         if let whole = try readWhole("state"), whole.count >= 8,
            [Self.stateMagic, Self.olderStateMagic].contains(Array(whole[0..<8])) {
             // A record takes at least 80 bytes (a small file with one chunk): room for them all without rehashing.
-            records.reserveCapacity(whole.count / 80)
+            loadedRecords.reserveCapacity(whole.count / 80)
             replay(Array(whole[8...]))
             stateBytes = whole.count
         }
@@ -163,9 +186,9 @@ final class AgentState {
             }
             var record = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
             if tag == 7 { record.placedBy = try r.string("placed by") }
-            records[path] = record
+            loadedRecords[path] = record
         case 2:
-            records[try RelativePath(bytes: try r.byteString("path"))] = nil
+            loadedRecords[try RelativePath(bytes: try r.byteString("path"))] = nil
         case 3:
             // Written by agents before 0.13: one record per temporary file.
             let partial = try RelativePath(bytes: try r.byteString("partial"))
@@ -214,12 +237,14 @@ final class AgentState {
     }
 
     func put(_ record: FileRecord) {
-        records[record.path] = record
+        ensureLoaded()
+        loadedRecords[record.path] = record
         appendJournal(Self.encode(record))
     }
 
     func remove(_ path: RelativePath) {
-        guard records.removeValue(forKey: path) != nil else { return }
+        ensureLoaded()
+        guard loadedRecords.removeValue(forKey: path) != nil else { return }
         var w = PayloadWriter()
         w.u8(2)
         w.byteString(path.bytes)
@@ -246,8 +271,10 @@ final class AgentState {
 
     /// Removes the temporary files an agent from before build sessions (0.14) left in the directories it
     /// journaled, and forgets those directories. Their names carry no session; today's agents never make such names.
+    /// Done only once the state is read for some other reason, so a session that needs nothing of it does not
+    /// read it for this.
     func sweepLegacyPartials(in tree: Tree) {
-        guard !partialDirectories.isEmpty else { return }
+        guard isLoaded, !partialDirectories.isEmpty else { return }
         for directory in partialDirectories {
             BuildSession.removeParts(in: tree, directory: directory) { BuildSession.owner(ofPartName: $0) == nil }
         }
@@ -259,9 +286,9 @@ final class AgentState {
     /// the state file, or 1 MiB; until then the journal, replayed at load, is the record.
     func save() throws {
         flushJournal()
-        guard journalBytes > max(1 << 20, stateBytes / 4) else { return }
+        guard isLoaded, !loadFailed, journalBytes > max(1 << 20, stateBytes / 4) else { return }
         var body = Self.stateMagic
-        for record in records.values {
+        for record in loadedRecords.values {
             let payload = Self.encode(record)
             withUnsafeBytes(of: UInt32(payload.count).littleEndian) { body.append(contentsOf: $0) }
             body.append(contentsOf: payload)
