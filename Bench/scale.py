@@ -78,6 +78,8 @@ def timed(args, names=()):
     err = proc.stderr.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"scale: {' '.join(args)} failed: {err}")
+    if os.environ.get("SYNCD_TRACE") == "1" and "syncctl" in args[0]:
+        print(f"scale: {' '.join(args[1:2])}: {wall:.2f} s\n{err}", file=sys.stderr)
     return wall, usage.ru_maxrss / 1024, {k: v / 1024 for k, v in peaks.items()}
 
 
@@ -141,9 +143,13 @@ class Bench:
             f.write("3")
 
     def syncd_push(self, root):
+        # What the other tool left to write back is written first: syncd makes what it places durable (syncfs),
+        # which would otherwise wait for rsync's dirty pages too.
+        sh("sync")
         return timed([f"{self.release}/syncctl", "push", root, "--state-dir", f"{self.mnt}/state"], names=["agent-"])
 
     def rsync_push(self, root):
+        sh("sync")
         return timed(["rsync", "-a", "--exclude", "syncd.yaml", "-e", self.ssh, f"{root}/", f"bench:{self.mnt}/r/"], names=["rsync"])
 
     def edit(self, root, files, count=100):
@@ -175,16 +181,16 @@ class Bench:
 
 def show(rows):
     print("| files | first push syncd / rsync | no-op syncd / rsync | 100 files edited syncd / rsync | ls / find | "
-          "syncctl peak MiB | agent peak MiB (first, no-op, edit) | rsync peak MiB (largest process) |")
+          "syncctl peak MiB (first, no-op, edit; ls) | agent peak MiB (first, no-op, edit) | rsync peak MiB (largest process) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         phases = ["first", "noop", "edit"]
         walls = [f"{r[p + ' syncd'][0]:.2f} / {r[p + ' rsync'][0]:.2f} s ({r[p + ' syncd'][0] / r[p + ' rsync'][0]:.2f}x)" for p in phases]
-        syncctl_peak = max(r[p + " syncd"][1] for p in phases)
+        syncctl_peaks = ", ".join(f"{r[p + ' syncd'][1]:.0f}" for p in phases)
         agent_peaks = ", ".join(f"{r[p + ' syncd'][2].get('agent-', 0):.0f}" for p in phases)
         rsync_peak = max(max(list(r[p + " rsync"][2].values()) + [r[p + " rsync"][1]]) for p in phases)
         print(f"| {r['files']:,} | {walls[0]} | {walls[1]} | {walls[2]} | {r['ls syncd'][0]:.2f} / {r['ls find'][0]:.2f} s | "
-              f"{syncctl_peak:.0f} (ls {r['ls syncd'][1]:.0f}) | {agent_peaks} | {rsync_peak:.0f} |")
+              f"{syncctl_peaks}; {r['ls syncd'][1]:.0f} | {agent_peaks} | {rsync_peak:.0f} |")
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
         ratio = math.log(b["files"] / a["files"])

@@ -58,10 +58,13 @@ extension AgentSession {
     }
 
     /// Drops the oldest cached files until the cache fits its bound.
+    /// What the cache holds is found by listing its directory, not by going over every record of the project.
     func evictCache() {
-        var cached = state.records.values.filter { $0.path.parent == Self.cacheRoot }
+        guard let cache = try? tree.openDirectory(Self.cacheDirectory, create: false), let names = try? Tree.list(cache) else { return }
+        let records = state.records
+        var cached = names.compactMap { item in (try? Self.cacheRoot.appending(item.name)).flatMap { records[$0] } }
         var total = cached.reduce(UInt64(0)) { $0 + $1.stat.size }
-        guard total > Self.cacheLimit, let cache = try? tree.openDirectory(Self.cacheDirectory, create: false) else { return }
+        guard total > Self.cacheLimit else { return }
         cached.sort { $0.stat.ctimeNanos < $1.stat.ctimeNanos }
         for record in cached where total > Self.cacheLimit {
             try? Tree.remove(at: cache, name: record.path.name, isDirectory: false, shown: record.path.description)

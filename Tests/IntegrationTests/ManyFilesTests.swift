@@ -30,3 +30,36 @@ struct ManyFilesTests {
         #expect(f.read("src/m3.py", in: f.remoteProject) == Array("x = 'changed'\n".utf8))
     }
 }
+
+extension ManyFilesTests {
+    /// The agent keeps replaced files in `.syncd/cache/` (for moves) up to 512 MiB between sessions, the oldest
+    /// going first; what it holds is found by listing that directory, not by going over every record. A sparse
+    /// 600 MiB file replaced goes over the bound and is dropped at the end of its push; a small one replaced stays.
+    @Test func theAgentsCacheOfReplacedFilesStaysWithinItsBound() throws {
+        let f = try SyncFixture()
+        try f.write("small.txt", "one\n")
+        let big = f.project + "/big.bin"
+        #expect(FileManager.default.createFile(atPath: big, contents: nil))
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
+        try handle.write(contentsOf: Data("head".utf8))
+        try handle.truncate(atOffset: 600 << 20)
+        try handle.close()
+        let first = try f.push()
+        #expect(first.status == 0, "\(first.stderr)")
+        let cache = f.remoteProject + "/.syncd/cache"
+        func cached() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).sorted() }
+        #expect(cached().isEmpty)
+
+        let rewrite = try FileHandle(forWritingTo: URL(fileURLWithPath: big))
+        try rewrite.write(contentsOf: Data("HEAD".utf8))
+        try rewrite.close()
+        let second = try f.push()
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(cached().isEmpty, "the 600 MiB old version went over the bound and was dropped: \(cached())")
+
+        try f.write("small.txt", "two\n")
+        #expect(try f.push().status == 0)
+        #expect(cached().count == 1, "the small file's old version is kept: \(cached())")
+
+    }
+}
