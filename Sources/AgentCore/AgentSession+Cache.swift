@@ -61,8 +61,7 @@ extension AgentSession {
     /// What the cache holds is found by listing its directory, not by going over every record of the project.
     func evictCache() {
         guard let cache = try? tree.openDirectory(Self.cacheDirectory, create: false), let names = try? Tree.list(cache) else { return }
-        let records = state.records
-        var cached = names.compactMap { item in (try? Self.cacheRoot.appending(item.name)).flatMap { records[$0] } }
+        var cached = names.compactMap { item in (try? Self.cacheRoot.appending(item.name)).flatMap { state.records[$0] } }
         var total = cached.reduce(UInt64(0)) { $0 + $1.stat.size }
         guard total > Self.cacheLimit else { return }
         cached.sort { $0.stat.ctimeNanos < $1.stat.ctimeNanos }

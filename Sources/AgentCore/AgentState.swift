@@ -98,9 +98,14 @@ final class AgentState {
         return made
     }
 
+    /// The whole file, or nil when there is none; a file that is there but cannot be opened is an error, not
+    /// an absence (it must not be written over as if it were new).
     private func readWhole(_ name: String) throws -> [UInt8]? {
         let fd = openat(directory.raw, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 { return nil }
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw SystemError(call: "openat", path: ".syncd/" + name, errno: errno)
+        }
         let file = FileDescriptor(raw: fd, path: ".syncd/" + name)
         let size = try file.stat().size
         var bytes = [UInt8](repeating: 0, count: Int(size))
@@ -244,7 +249,9 @@ final class AgentState {
 
     func remove(_ path: RelativePath) {
         ensureLoaded()
-        guard loadedRecords.removeValue(forKey: path) != nil else { return }
+        // With a state that could not be read, the removal is journaled anyway: a later reading of it must not
+        // bring the record back.
+        guard loadedRecords.removeValue(forKey: path) != nil || loadFailed else { return }
         var w = PayloadWriter()
         w.u8(2)
         w.byteString(path.bytes)

@@ -203,6 +203,19 @@ extension LocalScanner {
         }
         guard inOrder else { return nil }
         if let git = project.rules.git { found.warnings += git.skippedLines }
+        // A plan clears a path before what is placed below it when the record has something other than a
+        // directory there (a file the user replaced with a directory). Such a parent the walk passed as unchanged
+        // or left alone is not in `pushed` yet: looked up for the parents of what is sent, a few paths.
+        if found.pushedBefore {
+            var parents: Set<RelativePath> = []
+            for e in found.changed {
+                var parent = e.path.parent
+                while let p = parent, found.pushed[p] == nil, parents.insert(p).inserted { parent = p.parent }
+            }
+            for (path, entry) in try state.load(.pushed, paths: Array(parents), subtrees: []) where entry.kind != .directory {
+                found.pushed[path] = entry
+            }
+        }
         return found
     }
 }

@@ -137,7 +137,8 @@ public final class PushSession {
             stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
         }
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
-        let (outcome, pipeline) = try send(&planned, pushed: pushed, state: state, connecting: connecting, into: &stats)
+        let (outcome, pipeline) = try send(&planned, pushed: pushed, askRecord: known.whole?.pushedBefore ?? true, state: state,
+                                           connecting: connecting, into: &stats)
         stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
         summarize(outcome, of: pipeline, pushed: pushed, into: &stats)
         Trace.mark("push: recording")
@@ -247,7 +248,7 @@ public final class PushSession {
 
     /// Hashes what the plan needs while the link comes up, then runs the pipeline over it. A failure records what
     /// the agent answered before it, so that the next push compares against what is on the remote.
-    private func send(_ planned: inout [PushOperation], pushed: [RelativePath: SyncedEntry], state: LocalDatabase,
+    private func send(_ planned: inout [PushOperation], pushed: [RelativePath: SyncedEntry], askRecord: Bool, state: LocalDatabase,
                       connecting: PendingConnection, into stats: inout SyncStats) throws -> (PipelineOutcome, PushPipeline) {
         // A large file is cut while it is sent, so that it is read once, unless its size and mtime are what the
         // last push recorded: then it is most likely unchanged (hashed again only because the stat cache could not
@@ -273,7 +274,10 @@ public final class PushSession {
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
                                     force: force || resolving != nil, storeFeed: storeFeed ?? storeSource.map { StoreFeed($0, complete: true) },
-                                    readsLocalFiles: !restoring) { instance in
+                                    readsLocalFiles: !restoring, remoteHolds: { digest in
+                                        // A first push's record is empty: nothing to ask.
+                                        askRecord && ((try? state.pushedHolds(digest)) ?? false)
+                                    }) { instance in
             if try state.adoptRemoteInstance(instance) { throw RemoteReplaced() }
         }
         pipeline.storeFallback = project.config.storeFallback

@@ -78,6 +78,9 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
     private let sender: ChunkSender
     /// Digests of every file the remote holds as far as the last push knows.
     private let remoteDigests: Set<ChunkID>
+    /// Whether the remote holds content with this digest anywhere, as the pushed record says: asked of the whole
+    /// record (which `pushed` holds only part of) for a small file that would otherwise go with its data.
+    private let remoteHolds: (ChunkID) -> Bool
     /// The largest file sent with its data, unasked (see `send`).
     static let eagerLimit: UInt64 = 256 << 10
 
@@ -137,7 +140,9 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
 
     init(project: Project, link: AgentLink, ops: [PushOperation], pushed: [RelativePath: SyncedEntry], hasher: ContentHasher,
          window: Int, progress: ProgressReporter, totalBytes: UInt64, force: Bool, storeFeed: StoreFeed?,
-         readsLocalFiles: Bool = true, checkInstance: @escaping (String) throws -> Void) {
+         readsLocalFiles: Bool = true, remoteHolds: @escaping (ChunkID) -> Bool = { _ in false },
+         checkInstance: @escaping (String) throws -> Void) {
+        self.remoteHolds = remoteHolds
         self.checkInstance = checkInstance
         self.readsLocalFiles = readsLocalFiles
         self.force = force
@@ -352,7 +357,7 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
             // Nor does a file whose chunks the agent reads from the store.
             if let storeFeed { try sendPlaces(of: content, from: storeFeed) }
             let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
-                && content.chunks.contains { !$0.id.isHole && !placesSent.contains($0.id) }
+                && content.chunks.contains { !$0.id.isHole && !placesSent.contains($0.id) } && !remoteHolds(content.digest)
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,
                                                   base: base, chunkCount: UInt32(content.chunks.count), dataFollows: eager,

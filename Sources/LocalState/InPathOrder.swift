@@ -16,12 +16,15 @@ public struct CachedRow {
     init?(_ row: Row) {
         let pathData: Data = row[0]
         let digestData: Data = row[7]
-        guard let digest = LocalDatabase.decodeID(digestData) else { return nil }
+        let chunkData: Data = row[8]
+        // A row whose chunk list would not decode counts as no row, as when the cache is loaded whole: the file is
+        // hashed again and the row rewritten.
+        guard let digest = LocalDatabase.decodeID(digestData), chunkData.count % LocalDatabase.chunkRecordBytes == 0 else { return nil }
         path = [UInt8](pathData)
         stat = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
                         permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
         self.digest = digest
-        chunkData = row[8]
+        self.chunkData = chunkData
         cachedAtNanos = row[9]
     }
 

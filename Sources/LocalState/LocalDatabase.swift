@@ -84,7 +84,19 @@ public final class LocalDatabase {
                     local BLOB NOT NULL, remote BLOB NOT NULL, recorded BLOB NOT NULL)
                 """)
         }
+        migrator.registerMigration("v4-pushed-digests") { db in
+            // Whether the remote holds some content is asked of the record by digest (a copy's data waits to be
+            // asked for), without loading the record whole.
+            try db.execute(sql: "CREATE INDEX pushed_digest ON pushed (digest)")
+        }
         try migrator.migrate(db)
+    }
+
+    /// Whether the pushed record holds a file with content `digest` anywhere.
+    public func pushedHolds(_ digest: ChunkID) throws -> Bool {
+        try db.read { db in
+            try Bool.fetchOne(db, sql: "SELECT EXISTS (SELECT 1 FROM pushed WHERE digest = ?)", arguments: [Self.encodeID(digest)]) ?? false
+        }
     }
 
     // MARK: small values
@@ -286,8 +298,11 @@ public final class LocalDatabase {
         return d
     }
 
+    /// Bytes of one chunk in an encoded chunk list: its id (16) and length (4).
+    static let chunkRecordBytes = 20
+
     static func decodeChunks(_ d: Data) -> [ChunkRef]? {
-        guard d.count % 20 == 0 else { return nil }
+        guard d.count % chunkRecordBytes == 0 else { return nil }
         return d.withUnsafeBytes { raw in
             var out: [ChunkRef] = []
             out.reserveCapacity(d.count / 20)

@@ -353,11 +353,11 @@ struct List: ParsableCommand {
                 out.append(UInt8(ascii: "\n"))
             }
             if out.count >= 1 << 16 {
-                FileHandle.standardOutput.write(Data(out))
+                Self.write(out)
                 out.removeAll(keepingCapacity: true)
             }
         }
-        FileHandle.standardOutput.write(Data(out))
+        Self.write(out)
         for w in warnings { printError("warning: \(w)") }
         if summary {
             let totals = sum.summary(keep: 10)
@@ -365,6 +365,15 @@ struct List: ParsableCommand {
             print("\(totals.files) files, \(formatBytes(totals.bytes)) in \(totals.directories) directories")
             for d in totals.largest { print("  \(formatBytes(d.bytes).padding(toLength: 10, withPad: " ", startingAt: 0)) \(d.files) files\t\(d.path)") }
         }
+    }
+}
+
+extension List {
+    /// Writes to standard output; a reader that went away (`ls | head`) ends the listing quietly, as `print`'s
+    /// lost writes did, instead of the failed write trapping.
+    static func write(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        do { try FileHandle.standardOutput.write(contentsOf: Data(bytes)) } catch { Foundation.exit(0) }
     }
 }
 

@@ -63,3 +63,41 @@ extension ManyFilesTests {
 
     }
 }
+
+extension ManyFilesTests {
+    /// A copy of small files the remote already holds goes as chunk lists, its data waiting to be asked for (and
+    /// then taken from the remote's own files), though a whole-tree push no longer holds the record whole: the
+    /// record is asked by digest.
+    @Test func copiesOfSmallFilesGoWithoutTheirData() throws {
+        let f = try SyncFixture()
+        var generator = SystemRandomNumberGenerator()
+        for i in 0..<40 { try f.write("src/f\(i).bin", (0..<100_000).map { _ in UInt8.random(in: 0...255, using: &generator) }) }
+        let first = try f.pushInProcess()
+        #expect(first.errors.isEmpty && first.bytesSent > 4_000_000, "\(first.errors) \(first.bytesSent)")
+        try FileManager.default.copyItem(atPath: f.project + "/src", toPath: f.project + "/copy")
+        let copied = try f.pushInProcess()
+        #expect(copied.errors.isEmpty && copied.filesChanged == 40, "\(copied.errors) \(copied.filesChanged)")
+        #expect(copied.chunksSent == 0 && copied.bytesSent < 200_000, "the copies' data went over the link: \(copied.bytesSent) bytes")
+        #expect(f.read("copy/f7.bin", in: f.remoteProject) == f.read("src/f7.bin"))
+    }
+}
+
+extension ManyFilesTests {
+    /// A file replaced by a directory that the rules now exclude, with one file in it brought back by an
+    /// exception: the record's file is a parent of what is sent, though the walk never passes it (excluded), and
+    /// it is cleared first so that the file below it can be placed.
+    @Test func aFileBecomingAnExcludedDirectoryWithAnExceptionIsClearedFirst() throws {
+        let f = try SyncFixture()
+        try f.write("data", "a file at first\n")
+        try f.write("src/a.py", "a\n")
+        #expect(try f.pushInProcess().errors.isEmpty)
+        try FileManager.default.removeItem(atPath: f.project + "/data")
+        try f.write("data/keep.txt", "kept\n")
+        try f.write("data/noise.bin", "noise\n")
+        try f.write(".syncignore", "data\n!data/keep.txt\n")
+        let pushed = try f.pushInProcess()
+        #expect(pushed.errors.isEmpty && pushed.conflicts == 0, "\(pushed.errors) \(pushed.conflictList)")
+        #expect(f.read("data/keep.txt", in: f.remoteProject) == Array("kept\n".utf8))
+        #expect(f.read("data/noise.bin", in: f.remoteProject) == nil)
+    }
+}
