@@ -76,8 +76,6 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
     private let progress: ProgressReporter
     private let totalBytes: UInt64
     private let sender: ChunkSender
-    /// Digests of every file the remote holds as far as the last push knows.
-    private let remoteDigests: Set<ChunkID>
     /// Whether the remote holds content with this digest anywhere, as the pushed record says: asked of the whole
     /// record (which `pushed` holds only part of) for a small file that would otherwise go with its data.
     private let remoteHolds: (ChunkID) -> Bool
@@ -154,7 +152,6 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
         self.ops = ops
         shared = Locked(Shared(results: OpAnswers(count: ops.count)))
         self.pushed = pushed
-        remoteDigests = Set(pushed.values.compactMap(\.digest))
         self.hasher = hasher
         opsInFlight = window
         self.progress = progress
@@ -356,7 +353,7 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
             // trip less for an edit. Content the remote has (a move, a copy, an undo) waits to be asked.
             // Nor does a file whose chunks the agent reads from the store.
             if let storeFeed { try sendPlaces(of: content, from: storeFeed) }
-            let eager = readsLocalFiles && content.size <= Self.eagerLimit && !remoteDigests.contains(content.digest)
+            let eager = readsLocalFiles && content.size <= Self.eagerLimit
                 && content.chunks.contains { !$0.id.isHole && !placesSent.contains($0.id) } && !remoteHolds(content.digest)
             try writer.send(.fileBegin(FileHeader(op: id, path: e.path.bytes, permissions: e.stat.permissions,
                                                   mtimeNanos: e.stat.mtimeNanos, size: content.size, digest: content.digest,

@@ -38,8 +38,8 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private var stderrTail: [UInt8] = []
     /// The remote command's exit status, once the channel closed.
     public private(set) var exitStatus: Int32?
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
+    /// Pokes the pump out of its poll.
+    private let wakePipe: WakePipe
     private let bufferLimit = 16 << 20
     /// For `drainRate`: writes to libssh2, timed while a backlog waited.
     private var drain = DrainMeter()
@@ -82,9 +82,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         peerName = "\(session.settings.hostName):\(session.settings.port)"
         self.channel = channel
         self.ownsSession = ownsSession
-        let wake = try! makePipe(nonBlocking: true)
-        wakeRead = wake.read
-        wakeWrite = wake.write
+        wakePipe = try! WakePipe()
         libssh2_session_set_blocking(session.session, 0)
         do { try LibraryThreads.start { [self] in pump() } } catch {
             failure = .disconnected(host: session.settings.hostName, reason: "cannot start a thread for the connection: \(error)")
@@ -94,15 +92,10 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     deinit {
-        close(wakeRead)
-        close(wakeWrite)
         for piece in inbound { piece.bytes.deallocate() }
     }
 
-    private func wake() {
-        var byte: UInt8 = 1
-        _ = Glibc.write(wakeWrite, &byte, 1)
-    }
+    private func wake() { wakePipe.signal() }
 
     // MARK: ByteStream
 
@@ -432,12 +425,11 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 if directions & LIBSSH2_SESSION_BLOCK_INBOUND != 0 { events |= Int16(POLLIN) }
                 if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
                 if events == 0 { events = Int16(POLLIN) }
-                var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
                 // Idle, the thread sleeps until the next keepalive is due.
                 let untilKeepalive = Int32(min(max(nextKeepalive.timeIntervalSinceNow, 0.05), Double(owner.keepalive.interval)) * 1000)
                 _ = poll(&fds, 2, untilKeepalive)
-                var drain = [UInt8](repeating: 0, count: 256)
-                while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
+                wakePipe.drain()
             }
         }
     }

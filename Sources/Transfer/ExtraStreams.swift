@@ -162,8 +162,8 @@ public final class QueuedOutput: ByteStream, Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int { 0 }
 
+    /// Fails once the stream failed or was closed: a failed `drain` closes the queue, so no write waits on it.
     public func write(_ bytes: UnsafeRawBufferPointer) throws {
-        if let failure = state.withLock({ $0.failure }) { throw ProtocolError("\(name) failed: \(failure)") }
         state.withLock { $0.queued += bytes.count }
         guard pieces.put(Array(bytes)) else {
             let failure = state.withLock { $0.failure }

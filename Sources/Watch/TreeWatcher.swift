@@ -44,8 +44,8 @@ public final class TreeWatcher {
 
     /// The kernel's change reports (`.inotify` mode); nil when polling.
     private var events: DirectoryEvents?
-    private var wakeRead: Int32 = -1
-    private var wakeWrite: Int32 = -1
+    /// Wakes the thread for a request or a stop; made by `start`.
+    private var wake: WakePipe?
     private var thread: pthread_t?
     /// Watch descriptor to directory path ("" is the root), and back.
     private var directories: [Int32: [UInt8]] = [:]
@@ -94,7 +94,7 @@ public final class TreeWatcher {
     /// Sets up the watches (or the first poll) and starts the watcher thread. Changes made after
     /// `start` returns are reported.
     public func start() throws {
-        (wakeRead, wakeWrite) = try makePipe(nonBlocking: true)
+        wake = try WakePipe()
         switch mode {
         case .inotify:
             do { events = try DirectoryEvents() } catch let e as SystemError {
@@ -124,8 +124,7 @@ public final class TreeWatcher {
             requests[keyPath: kind].asked += 1
             return requests[keyPath: kind].asked
         }
-        var byte: UInt8 = 1
-        _ = write(wakeWrite, &byte, 1)
+        wake?.signal()
         requests.withLock(when: { $0[keyPath: kind].done >= ticket || $0.stop }) { _ in }
     }
 
@@ -148,28 +147,26 @@ public final class TreeWatcher {
         guard let handle = thread else { return }
         thread = nil
         requests.withLock { $0.stop = true }
-        var byte: UInt8 = 0
-        _ = write(wakeWrite, &byte, 1)
+        wake?.signal()
         pthread_join(handle, nil)
         events?.close()
-        close(wakeRead)
-        close(wakeWrite)
         events = nil
+        wake = nil
     }
 
     // MARK: the thread
 
     private func run() {
+        guard let wake else { return }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 8)
         defer { buffer.deallocate() }
         while true {
-            var fds = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+            var fds = [pollfd(fd: wake.readFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: events?.fd ?? -1, events: Int16(POLLIN), revents: 0)]
             _ = poll(&fds, events != nil ? 2 : 1, timeoutMillis())
             var (flushTicket, settleTicket) = (0, 0)
             if fds[0].revents != 0 {
-                var drain = [UInt8](repeating: 0, count: 64)
-                while read(wakeRead, &drain, drain.count) > 0 {}
+                wake.drain()
                 let stop: Bool
                 (stop, flushTicket, settleTicket) = requests.withLock { ($0.stop, $0.flush.outstanding ?? 0, $0.settle.outstanding ?? 0) }
                 if stop { return }
