@@ -31,6 +31,7 @@ let package = Package(
         .systemLibrary(name: "CSystemShims"),
         .systemLibrary(name: "CCurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         .systemLibrary(name: "COpenSSL", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CSQLite", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "SyncSystem", dependencies: ["CSystemShims"]),
         .target(name: "Chunking", dependencies: ["CXXHash", "CSystemShims", "SyncSystem"], swiftSettings: swiftSettings),
         .target(name: "Wire", dependencies: ["CZlib", "Chunking", "SyncSystem"]),
@@ -47,7 +48,7 @@ let package = Package(
         .target(name: "StoreClient", dependencies: ["S3", "SnapshotFormat", "LocalState", "Chunking", "Wire", "SyncSystem"]),
         // The data plane both directions share: chunks sent (ChunkSender) and received into a file (ChunkWriter).
         .target(name: "Transfer", dependencies: ["Chunking", "Placement", "Wire", "SyncSystem"]),
-        .target(name: "AgentCore", dependencies: ["CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules", "Transfer"]),
+        .target(name: "AgentCore", dependencies: ["CSQLite", "CSystemShims", "Wire", "Placement", "Chunking", "SyncSystem", "ProjectScan", "Watch", "HTTP", "SnapshotFormat", "SyncRules", "Transfer"]),
         .target(name: "LocalState", dependencies: [
             "Chunking", "ProjectScan", "SnapshotFormat", "SyncRules", .product(name: "GRDB", package: "GRDB.swift"),
         ]),
@@ -70,7 +71,9 @@ let package = Package(
         // The daemon's control socket: requests, answers, the client; the registry of the daemon's projects.
         .target(name: "Control", dependencies: ["Client", "SyncConfig", "SyncSystem"]),
 
-        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"]),
+        // SQLite's static archive (libsqlite3-dev), so the agent needs no libsqlite3 on the host.
+        .executableTarget(name: "syncd-agent", dependencies: ["AgentCore", "Chunking", "CSystemShims", "SyncSystem", "Wire"],
+                          linkerSettings: [.unsafeFlags(["-Xlinker", "-l:libsqlite3.a"])]),
         .executableTarget(name: "syncctl", dependencies: [
             "SSHTransport", "StoreClient",
             "Client", "Builds", "Fleet", "Control", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -92,7 +95,8 @@ let package = Package(
             "Chunking", "ProjectScan", "Wire", "SyncConfig", "Placement", "SyncSystem", "Watch", "Dockerfile", "S3", "SnapshotFormat", "SyncRules", "Transfer",
         ], exclude: ["SigV4Vectors"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Daemon", "Client", "Builds", "Fleet", "Control", "SyncRules", "AgentCore", "Transport", "Wire", "Chunking", "SyncSystem", "HTTP",
-                                                             "S3", "SnapshotFormat", "StoreClient", "LocalState"]),
+                                                             "S3", "SnapshotFormat", "StoreClient", "LocalState",
+                                                             .product(name: "GRDB", package: "GRDB.swift")]),
     ],
     swiftLanguageModes: [.v6]
 )

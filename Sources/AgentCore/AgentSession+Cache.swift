@@ -29,7 +29,7 @@ extension AgentSession {
     /// Returns the digest it stashed under, for `refreshStash` once the original path is gone.
     @discardableResult
     func stash(_ path: RelativePath, stat st: FileStat) -> ChunkID? {
-        guard let record = state.records[path], record.stat.sameContentIdentity(as: st), record.stat.size > 0,
+        guard let record = state.record(at: path), record.stat.sameContentIdentity(as: st), record.stat.size > 0,
               let parent = try? tree.openParent(path, create: false),
               let cache = try? tree.openDirectory(Self.cacheDirectory, create: true)
         else { return nil }
@@ -49,7 +49,7 @@ extension AgentSession {
     /// is still recognised as unchanged.
     func refreshStash(_ digest: ChunkID) {
         let cachedPath = Self.cachePath(digest)
-        guard var record = state.records[cachedPath],
+        guard var record = state.record(at: cachedPath),
               let cache = try? tree.openDirectory(Self.cacheDirectory, create: false),
               let st = try? Tree.lstat(at: cache, name: cachedPath.name, shown: cachedPath.description), st.inode == record.stat.inode
         else { return }
@@ -61,7 +61,7 @@ extension AgentSession {
     /// What the cache holds is found by listing its directory, not by going over every record of the project.
     func evictCache() {
         guard let cache = try? tree.openDirectory(Self.cacheDirectory, create: false), let names = try? Tree.list(cache) else { return }
-        var cached = names.compactMap { item in (try? Self.cacheRoot.appending(item.name)).flatMap { state.records[$0] } }
+        var cached = names.compactMap { item in (try? Self.cacheRoot.appending(item.name)).flatMap { state.record(at: $0) } }
         var total = cached.reduce(UInt64(0)) { $0 + $1.stat.size }
         guard total > Self.cacheLimit else { return }
         cached.sort { $0.stat.ctimeNanos < $1.stat.ctimeNanos }

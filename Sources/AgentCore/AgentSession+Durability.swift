@@ -26,7 +26,7 @@ extension AgentSession {
 
     /// Sends the answers `progress` made durable, and renames the files it made durable.
     func handle(_ progress: DurableBatches<OpResult>.Progress) throws {
-        if !progress.answers.isEmpty { state.flushJournal() }
+        if !progress.answers.isEmpty { state.commitRecords() }
         for (answer, error) in progress.answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
         try commitSynced(progress.durable)
     }
@@ -85,7 +85,7 @@ extension AgentSession {
                 var placed = FileRecord(path: path, stat: st, digest: header.digest, chunks: assembly.chunks)
                 placed.placedBy = clientID
                 replaceRecord(placed)
-            } else if let old = state.records[path] {
+            } else if let old = state.record(at: path) {
                 held.remove(path: old.path, chunks: old.chunks)
             }
             durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
@@ -98,7 +98,7 @@ extension AgentSession {
     func syncDirectoriesAndAnswer() throws {
         guard let durability else { return }
         let answers = durability.flush()
-        if !answers.isEmpty { state.flushJournal() }
+        if !answers.isEmpty { state.commitRecords() }
         for (answer, error) in answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
     }
 

@@ -48,14 +48,14 @@ extension AgentSession {
     func keepAside(_ path: RelativePath) throws -> [UInt8] {
         tree.forgetDirectories()
         let kept = try tree.keepAside(path, stamp: conflictStamp)
-        if let record = state.records[path] {
+        if let record = state.record(at: path) {
             dropRecord(path)
             if let st = try tree.lstat(kept) {
                 state.put(FileRecord(path: kept, stat: st, digest: record.digest, chunks: record.chunks))
                 held.add(path: kept, chunks: record.chunks)
             }
         }
-        for below in state.records.keys where below.isWithin(path) { dropRecord(below) }
+        for below in state.paths(within: path) { dropRecord(below) }
         return kept.name
     }
 
@@ -98,7 +98,7 @@ extension AgentSession {
         let file = try Tree.openFile(at: parent, name: path.name, flags: O_RDONLY, shown: path.description)
         try file.setPermissions(header.permissions & 0o777)
         try file.setModificationTime(header.mtimeNanos)
-        if var record = state.records[path] {
+        if var record = state.record(at: path) {
             record.stat = try file.stat()
             state.put(record)
         }
@@ -138,7 +138,7 @@ extension AgentSession {
             guard let parent = try tree.openParent(path, create: true) else { throw AgentError("cannot make the directory of \(path)") }
             try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description,
                                   temporaryName: building.linkName(for: path.name))
-            if state.records[path] != nil { dropRecord(path) }
+            if state.record(at: path) != nil { dropRecord(path) }
             return { try self.writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs))) }
         }
     }
@@ -211,13 +211,13 @@ extension AgentSession {
     }
 
     func dropRecord(_ path: RelativePath) {
-        if let old = state.records[path] { held.remove(path: old.path, chunks: old.chunks) }
+        if let old = state.record(at: path) { held.remove(path: old.path, chunks: old.chunks) }
         state.remove(path)
     }
 
     /// Records `record` in place of the path's old one, in the state and in the chunk index.
     func replaceRecord(_ record: FileRecord) {
-        if let old = state.records[record.path] { held.remove(path: old.path, chunks: old.chunks) }
+        if let old = state.record(at: record.path) { held.remove(path: old.path, chunks: old.chunks) }
         state.put(record)
         held.add(path: record.path, chunks: record.chunks)
     }

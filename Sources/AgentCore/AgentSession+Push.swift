@@ -446,7 +446,7 @@ extension AgentSession {
         guard let first = file.chunks.first(where: { !$0.id.isHole }), held.contains(first.id) else { return false }
         let cachedPath = Self.cachePath(header.digest)
         let name = cachedPath.name
-        guard let record = state.records[cachedPath], record.digest == header.digest,
+        guard let record = state.record(at: cachedPath), record.digest == header.digest,
               let cache = try tree.openDirectory(Self.cacheDirectory, create: false),
               let st = try Tree.lstat(at: cache, name: name, shown: cachedPath.description), st.kind == .regular,
               record.stat.sameContentIdentity(as: st),
@@ -472,7 +472,7 @@ extension AgentSession {
             var moved = FileRecord(path: path, stat: placed, digest: header.digest, chunks: record.chunks)
             moved.placedBy = clientID
             replaceRecord(moved)
-        } else if let old = state.records[path] {
+        } else if let old = state.record(at: path) {
             held.remove(path: old.path, chunks: old.chunks)
         }
         push.pending[header.op] = nil

@@ -67,12 +67,10 @@ public final class AgentSession {
     var state: AgentState { project.state }
     var building: BuildSession { project.building }
 
-    /// Where each chunk of a recorded file is, to copy it into new files. Made on first use: a session that
-    /// moves no data (a no-op push, a push of deletions) does not pay for indexing every chunk of the project.
+    /// Where each chunk of a recorded file is, to copy it into new files: the record index's chunk keys.
     var held: HeldChunks {
         if let indexedHeld { return indexedHeld }
-        let made = HeldChunks(tree: tree)
-        for record in state.records.values { made.add(path: record.path, chunks: record.chunks) }
+        let made = HeldChunks(tree: tree) { [state] in state.locate($0) }
         indexedHeld = made
         return made
     }
@@ -176,7 +174,7 @@ public final class AgentSession {
     /// cut, so the client's record still names what was there before).
     func matchesBase(_ base: PathState, _ current: PathState, _ path: RelativePath, _ st: FileStat?) -> Bool {
         if current == base { return true }
-        guard !clientID.isEmpty, case .file(let digest) = current, let st, let record = state.records[path] else { return false }
+        guard !clientID.isEmpty, case .file(let digest) = current, let st, let record = state.record(at: path) else { return false }
         return record.digest == digest && record.placedBy == clientID && record.stat.sameContentIdentity(as: st)
     }
 
@@ -382,7 +380,7 @@ public final class AgentSession {
     /// `record(for:stat:)`.
     func recordAll(_ files: [(RelativePath, FileStat)]) {
         let missing = files.filter { path, st in
-            st.size < FileChunker.parallelThreshold && !(state.records[path].map { $0.stat.sameContentIdentity(as: st) } ?? false)
+            st.size < FileChunker.parallelThreshold && !(state.record(at: path).map { $0.stat.sameContentIdentity(as: st) } ?? false)
         }
         guard missing.count > 1 else { return }
         let results = IndexedResults<(ChunkedContent, FileStat)>(count: missing.count)
@@ -411,18 +409,18 @@ public final class AgentSession {
     /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
     /// the record is racy).
     func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
-        if let r = state.records[path], r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
+        if let r = state.record(at: path), r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd, threads: FileChunker.processors)
         let after = try fd.stat()
         var record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
         // Hashed again (its stat changed, or the record was too fresh to trust), the same content is still what
         // its client placed.
-        if let old = state.records[path], old.digest == record.digest { record.placedBy = old.placedBy }
+        if let old = state.record(at: path), old.digest == record.digest { record.placedBy = old.placedBy }
         // A file modified while being read is not recorded, so it is hashed again next time.
         if after.sameContentIdentity(as: st) {
             replaceRecord(record)
-        } else if let old = state.records[path] {
+        } else if let old = state.record(at: path) {
             held.remove(path: old.path, chunks: old.chunks)
         }
         return record

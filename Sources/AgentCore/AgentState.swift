@@ -24,46 +24,38 @@ struct FileRecord: Equatable {
     var isRacy: Bool { recordedAtNanos - stat.ctimeNanos < 1_000_000_000 }
 }
 
-/// The agent's persistent state in `<project>/.syncd/`: a state file rewritten at the end of a session and an
-/// append-only journal. Records of placed files are journaled in batches (`flushJournal`, at the latest when
-/// answers go out); a record a kill loses costs only hashing that file again. What must be on disk before the
-/// fact is written at once: a directory that is about to hold a temporary file.
+/// The agent's persistent state in `<project>/.syncd/`: the project's instance id, and the records of the files it
+/// placed or hashed in `records.db`, a SQLite B-tree keyed by path with a second one keyed by chunk id (issue 29).
+/// Nothing is read until an operation asks (a no-op push reads nothing), and a lookup reads one key, so neither a
+/// session nor an agent kept between sessions holds one record per file of the project.
+///
+/// Changes are committed in batches (`commitRecords`, at the latest when answers go out); a record a kill loses
+/// costs only hashing that file again, and every record is checked against the file's stat before it is trusted.
 final class AgentState {
-    /// The records, read from disk on first use (issue 29): a session that asks nothing of them (a no-op push,
-    /// a build) does not load, and hold, one per file of the project.
-    var records: [RelativePath: FileRecord] {
-        ensureLoaded()
-        return loadedRecords
-    }
-    private var loadedRecords: [RelativePath: FileRecord] = [:]
-    /// Whether the state file and the journal have been read, and whether that failed (then nothing is written
-    /// over the state file, which may hold more than this process could read).
-    private var isLoaded = false
-    private var loadFailed = false
-    /// Directories that may hold temporary files of an agent from before build sessions (see
-    /// `sweepLegacyPartials`); today's sessions list theirs in their own leases (`BuildSession`).
-    private var partialDirectories: Set<[UInt8]> = []
     private let directory: FileDescriptor
-    private var journal: FileDescriptor?
+    /// The project root, to name the database when /proc is not there to name it through `directory`.
+    private let rootPath: String
     /// A random id made with the state directory: a client that finds another one knows the remote project was
     /// wiped or replaced since it last synced, and stops trusting what it remembers of it.
     let instance: String
-    /// State files written now may hold records with the client that placed them (tag 7): `SYNCDST2`, which agents
-    /// before 0.14 do not read at all (they hash again) rather than read in part. `SYNCDST1` is still read.
-    private static let stateMagic = Array("SYNCDST2".utf8)
-    private static let olderStateMagic = Array("SYNCDST1".utf8)
 
-    /// Opens (making it if needed) the state directory under the project root and loads the state file plus the journal.
+    /// The record index, opened at the first operation that needs it; nil before that, and once it failed.
+    private var index: RecordIndex?
+    private var opened = false
+    /// Records changed since the last commit: a record, or nil for one removed. Bounded by `commitBatch`.
+    private var pending: [RelativePath: FileRecord?] = [:]
+    /// Where the chunks of the pending records are, until they are committed with them.
+    private var pendingChunks: [ChunkID: ChunkLocation] = [:]
+    private static let commitBatch = 2048
+
+    /// Opens (making it if needed) the state directory under the project root; its records are read on demand.
     init(project: Tree) throws {
         guard let dir = try project.openDirectory([Array(agentStateDirectoryName.utf8)], create: true) else {
             throw PlacementErrorText("cannot make \(agentStateDirectoryName)/ in \(project.rootPath)")
         }
         directory = dir
+        rootPath = project.rootPath
         instance = try Self.loadInstance(dir)
-        let fd = try syscall("openat", path: ".syncd/journal") {
-            openat(dir.raw, "journal", O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        }
-        journal = FileDescriptor(raw: fd, path: ".syncd/journal")
     }
 
     private static func loadInstance(_ dir: FileDescriptor) throws -> String {
@@ -113,105 +105,172 @@ final class AgentState {
         return Array(bytes[0..<n])
     }
 
-    /// True when the files on disk are still the ones this object last read or wrote: no other agent changed the
-    /// state, and the instance id is the same. A connection kept open across sessions reuses the loaded state then.
-    func isCurrent() -> Bool {
-        func size(_ name: String) -> Int? {
+    /// True when the state directory is still the one this object opened: the instance id is the same. Records
+    /// are read from disk at each lookup, so a connection kept open across sessions sees other agents' changes.
+    func isCurrent() -> Bool { (try? Self.loadInstance(directory)) == instance }
+
+    // MARK: Lookups
+
+    /// The record of `path`, if the agent has one.
+    func record(at path: RelativePath) -> FileRecord? {
+        if let changed = pending[path] { return changed }
+        return withIndex { try $0.record(at: path) } ?? nil
+    }
+
+    /// The recorded paths strictly below `path`, in byte order.
+    func paths(within path: RelativePath) -> [RelativePath] {
+        var found = Set(withIndex { try $0.paths(within: path) } ?? [])
+        for (changed, record) in pending where changed.isWithin(path) && changed != path {
+            if record == nil { found.remove(changed) } else { found.insert(changed) }
+        }
+        return found.sorted { $0.bytes.lexicographicallyPrecedes($1.bytes) }
+    }
+
+    /// A recorded file that holds chunk `id`, and where; nil when none does. The caller reads and checks it.
+    func locate(_ id: ChunkID) -> ChunkLocation? {
+        if let location = pendingChunks[id], case .some(.some) = pending[location.path] { return location }
+        return withIndex { index in
+            try index.locate(id) { pending[$0] == nil }
+        } ?? nil
+    }
+
+    // MARK: Changes
+
+    func put(_ record: FileRecord) {
+        pending[record.path] = .some(record)
+        for c in record.chunks where !c.id.isHole {
+            pendingChunks[c.id] = ChunkLocation(path: record.path, offset: c.offset, length: c.length)
+        }
+        if pending.count >= Self.commitBatch { commitRecords() }
+    }
+
+    func remove(_ path: RelativePath) {
+        pending[path] = .some(nil)
+        if pending.count >= Self.commitBatch { commitRecords() }
+    }
+
+    /// Writes the changes kept so far, in one transaction.
+    func commitRecords() {
+        guard !pending.isEmpty else { return }
+        let changes = pending
+        pending.removeAll(keepingCapacity: true)
+        pendingChunks.removeAll(keepingCapacity: true)
+        // The records are an optimisation: a failed commit only costs hashing again later.
+        _ = withIndex { index in
+            try index.transaction {
+                for (path, record) in changes {
+                    if let record { try index.put(record, encoded: Self.encode(record)) } else { try index.remove(path) }
+                }
+            }
+        }
+    }
+
+    /// Commits what is pending; called at the end of every session.
+    func save() throws { commitRecords() }
+
+    /// Runs `body` on the index, opening it first; nil when it cannot be opened or `body` fails (reported once,
+    /// after which the records are left alone for this process: files are hashed again, nothing is written).
+    private func withIndex<T>(_ body: (RecordIndex) throws -> T) -> T? {
+        if !opened {
+            opened = true
+            index = openIndex()
+        }
+        guard let index else { return nil }
+        do { return try body(index) } catch {
+            printError("syncd-agent: the project's records in .syncd/records.db failed (\(error)); files are hashed again")
+            self.index = nil
+            return nil
+        }
+    }
+
+    private func openIndex() -> RecordIndex? {
+        // Named through the directory already opened (no link followed on the way); the name itself must not be a
+        // link either, and SQLite opens its -wal and -shm files beside it.
+        let name = access("/proc/self/fd", F_OK) == 0 ? "/proc/self/fd/\(directory.raw)/records.db"
+                                                       : rootPath + "/" + agentStateDirectoryName + "/records.db"
+        do {
             var st = stat()
-            return fstatat(directory.raw, name, &st, AT_SYMLINK_NOFOLLOW) == 0 ? Int(st.st_size) : nil
-        }
-        guard (try? Self.loadInstance(directory)) == instance else { return false }
-        // Nothing read yet: nothing to be stale.
-        guard isLoaded else { return true }
-        return (size("journal") ?? 0) == journalBytes && (size("state") ?? 0) == stateBytes
-    }
-
-    /// Bytes in the state file and in the journal: the state file is rewritten only once the journal is large next
-    /// to it, so a small push does not rewrite (and fsync) the state of a 100k-file project.
-    private var stateBytes = 0
-    private var journalBytes = 0
-
-    /// Reads the state file and the journal, once. A read that fails (an I/O error: a torn tail is not one)
-    /// leaves the records empty, so files are hashed again; the state file is then left as it is.
-    private func ensureLoaded() {
-        guard !isLoaded else { return }
-        isLoaded = true
-        do { try load() } catch {
-            loadFailed = true
-            loadedRecords = [:]
-            printError("syncd-agent: cannot read the project's state (\(error)); files are hashed again")
+            if fstatat(directory.raw, "records.db", &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFLNK {
+                throw PlacementErrorText(".syncd/records.db is a symbolic link")
+            }
+            let made: RecordIndex
+            do { made = try RecordIndex(path: name) } catch let error as SQLiteError where error.isDamage {
+                // Damaged (a disk that lost writes): set aside, and the files are hashed again into a new one.
+                printError("syncd-agent: .syncd/records.db is damaged (\(error)); it is kept as records.db.damaged and files are hashed again")
+                renameat(directory.raw, "records.db", directory.raw, "records.db.damaged")
+                for suffix in ["-wal", "-shm"] { unlinkat(directory.raw, "records.db" + suffix, 0) }
+                made = try RecordIndex(path: name)
+            }
+            try importOlderState(into: made)
+            return made
+        } catch {
+            printError("syncd-agent: cannot read the project's records in .syncd/records.db (\(error)); files are hashed again")
+            return nil
         }
     }
 
-    private func load() throws {
-        if let whole = try readWhole("state"), whole.count >= 8,
-           [Self.stateMagic, Self.olderStateMagic].contains(Array(whole[0..<8])) {
-            // A record takes at least 80 bytes (a small file with one chunk): room for them all without rehashing.
-            loadedRecords.reserveCapacity(whole.count / 80)
-            replay(Array(whole[8...]))
-            stateBytes = whole.count
+    // MARK: The state file and journal of agents before 0.16
+
+    /// Agents before 0.16 kept their records in `state` (`SYNCDST1`/`SYNCDST2`, rewritten whole) and `journal`
+    /// (appended). They are read once into the index, in one transaction that also marks them read, and removed.
+    private static let stateMagic = Array("SYNCDST2".utf8)
+    private static let olderStateMagic = Array("SYNCDST1".utf8)
+
+    private func importOlderState(into index: RecordIndex) throws {
+        let state = try readWhole("state")
+        let journal = try readWhole("journal")
+        guard state != nil || journal != nil else { return }
+        if try !index.hasImportedOlderState() {
+            try index.transaction {
+                if let state, state.count >= 8, [Self.stateMagic, Self.olderStateMagic].contains(Array(state[0..<8])) {
+                    try Self.replay(state[8...], into: index)
+                }
+                if let journal { try Self.replay(journal[...], into: index) }
+                try index.markImportedOlderState()
+            }
         }
-        if let journal = try readWhole("journal") {
-            replay(journal)
-            journalBytes = journal.count
-        }
+        for name in ["state", "journal", "state.tmp"] { unlinkat(directory.raw, name, 0) }
+        Tree.syncDirectory(directory)
     }
 
     /// Applies framed records; stops quietly at a torn or unreadable tail (a write cut off by a kill).
-    private func replay(_ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { raw in
+    private static func replay(_ bytes: ArraySlice<UInt8>, into index: RecordIndex) throws {
+        try bytes.withUnsafeBytes { raw in
             var offset = 0
             while offset + 4 <= raw.count {
                 let length = Int(UInt32(littleEndian: UnsafeRawBufferPointer(rebasing: raw[offset..<offset + 4]).loadUnaligned(as: UInt32.self)))
                 guard length > 0, offset + 4 + length <= raw.count else { return }
                 var r = PayloadReader(UnsafeRawBufferPointer(rebasing: raw[(offset + 4)..<(offset + 4 + length)]), frame: "state record")
                 offset += 4 + length
-                guard (try? apply(&r)) != nil else { return }
+                guard let tag = try? r.u8("tag") else { return }
+                switch tag {
+                case 1, 7:
+                    guard let record = try? decode(&r, tag: tag, recordedAt: wallClockNanos()) else { return }
+                    try index.put(record, encoded: encode(record))
+                case 2:
+                    guard let path = try? RelativePath(bytes: try r.byteString("path")) else { return }
+                    try index.remove(path)
+                case 3:
+                    // One record per temporary file (agents before 0.13).
+                    guard let partial = try? RelativePath(bytes: try r.byteString("partial")) else { return }
+                    try index.addPartialDirectory(partial.parentBytes)
+                case 4:
+                    continue
+                case 5:
+                    guard let directory = try? r.byteString("directory") else { return }
+                    try index.addPartialDirectory(directory)
+                case 6:
+                    try index.clearPartialDirectories()
+                default:
+                    return
+                }
             }
         }
     }
 
-    private func apply(_ r: inout PayloadReader) throws {
-        let tag = try r.u8("tag")
-        switch tag {
-        case 1, 7:
-            let path = try RelativePath(bytes: try r.byteString("path"))
-            let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
-                              size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
-            let digest = try r.id("digest")
-            let n = try r.count("chunks", itemSize: 20, limit: Int.max)
-            var chunks: [ChunkRef] = []
-            chunks.reserveCapacity(n)
-            var offset: UInt64 = 0
-            for _ in 0..<n {
-                let id = try r.id("id")
-                let length = try r.u32("len")
-                chunks.append(ChunkRef(id: id, offset: offset, length: length))
-                offset += UInt64(length)
-            }
-            var record = FileRecord(path: path, stat: st, digest: digest, chunks: chunks)
-            if tag == 7 { record.placedBy = try r.string("placed by") }
-            loadedRecords[path] = record
-        case 2:
-            loadedRecords[try RelativePath(bytes: try r.byteString("path"))] = nil
-        case 3:
-            // Written by agents before 0.13: one record per temporary file.
-            let partial = try RelativePath(bytes: try r.byteString("partial"))
-            partialDirectories.insert(partial.parentBytes)
-        case 4:
-            _ = try r.byteString("partial")
-        case 5:
-            partialDirectories.insert(try r.byteString("directory"))
-        case 6:
-            partialDirectories.removeAll()
-        case let tag:
-            throw ProtocolError("unknown state record \(tag)")
-        }
-    }
-
-    private static func encode(_ record: FileRecord) -> [UInt8] {
+    /// A record as written: tag 1, or 7 with the client that placed it; the path first.
+    static func encode(_ record: FileRecord) -> [UInt8] {
         var w = PayloadWriter(capacity: 80 + record.chunks.count * 20)
-        // 7: a record with the client that placed it (agents before 0.14 know only 1, and stop at 7).
         w.u8(record.placedBy.isEmpty ? 1 : 7)
         w.byteString(record.path.bytes)
         w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
@@ -223,40 +282,28 @@ final class AgentState {
         return w.bytes
     }
 
-    /// Journal records not written yet.
-    private var unwritten: [UInt8] = []
-
-    private func appendJournal(_ payload: [UInt8]) {
-        withUnsafeBytes(of: UInt32(payload.count).littleEndian) { unwritten.append(contentsOf: $0) }
-        unwritten.append(contentsOf: payload)
-        if unwritten.count >= 64 << 10 { flushJournal() }
+    /// Reads what `encode` wrote, after its tag.
+    static func decode(_ r: inout PayloadReader, tag: UInt8, recordedAt: Int64) throws -> FileRecord {
+        let path = try RelativePath(bytes: try r.byteString("path"))
+        let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
+                          size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
+        let digest = try r.id("digest")
+        let n = try r.count("chunks", itemSize: 20, limit: Int.max)
+        var chunks: [ChunkRef] = []
+        chunks.reserveCapacity(n)
+        var offset: UInt64 = 0
+        for _ in 0..<n {
+            let id = try r.id("id")
+            let length = try r.u32("len")
+            chunks.append(ChunkRef(id: id, offset: offset, length: length))
+            offset += UInt64(length)
+        }
+        var record = FileRecord(path: path, stat: st, digest: digest, chunks: chunks, recordedAtNanos: recordedAt)
+        if tag == 7 { record.placedBy = try r.string("placed by") }
+        return record
     }
 
-    /// Writes the journal records kept so far.
-    func flushJournal() {
-        guard !unwritten.isEmpty else { return }
-        // The journal is an optimisation: a failed append only costs re-hashing later.
-        _ = try? unwritten.withUnsafeBytes { try journal?.writeAll($0) }
-        journalBytes += unwritten.count
-        unwritten.removeAll(keepingCapacity: true)
-    }
-
-    func put(_ record: FileRecord) {
-        ensureLoaded()
-        loadedRecords[record.path] = record
-        appendJournal(Self.encode(record))
-    }
-
-    func remove(_ path: RelativePath) {
-        ensureLoaded()
-        // With a state that could not be read, the removal is journaled anyway: a later reading of it must not
-        // bring the record back.
-        guard loadedRecords.removeValue(forKey: path) != nil || loadFailed else { return }
-        var w = PayloadWriter()
-        w.u8(2)
-        w.byteString(path.bytes)
-        appendJournal(w.bytes)
-    }
+    // MARK: Older agents on the same project
 
     /// Held shared while a push runs: an agent from before build sessions (0.14) on the same project sweeps every
     /// temporary file only when it can take this lock exclusive, so it never removes those of a push running here.
@@ -278,46 +325,14 @@ final class AgentState {
 
     /// Removes the temporary files an agent from before build sessions (0.14) left in the directories it
     /// journaled, and forgets those directories. Their names carry no session; today's agents never make such names.
-    /// Done only once the state is read for some other reason, so a session that needs nothing of it does not
-    /// read it for this.
+    /// Done only once the records were opened for some other reason, so a session that needs nothing of them does
+    /// not open them for this.
     func sweepLegacyPartials(in tree: Tree) {
-        guard isLoaded, !partialDirectories.isEmpty else { return }
-        for directory in partialDirectories {
+        guard opened, let directories = withIndex({ try $0.partialDirectories() }), !directories.isEmpty else { return }
+        for directory in directories {
             BuildSession.removeParts(in: tree, directory: directory) { BuildSession.owner(ofPartName: $0) == nil }
         }
-        partialDirectories.removeAll()
-        appendJournal([6])
-    }
-
-    /// Folds the journal into the state file (written atomically) once the journal has grown past a quarter of
-    /// the state file, or 1 MiB; until then the journal, replayed at load, is the record.
-    func save() throws {
-        flushJournal()
-        guard isLoaded, !loadFailed, journalBytes > max(1 << 20, stateBytes / 4) else { return }
-        var body = Self.stateMagic
-        for record in loadedRecords.values {
-            let payload = Self.encode(record)
-            withUnsafeBytes(of: UInt32(payload.count).littleEndian) { body.append(contentsOf: $0) }
-            body.append(contentsOf: payload)
-        }
-        for directory in partialDirectories {
-            var w = PayloadWriter()
-            w.u8(5)
-            w.byteString(directory)
-            withUnsafeBytes(of: UInt32(w.bytes.count).littleEndian) { body.append(contentsOf: $0) }
-            body.append(contentsOf: w.bytes)
-        }
-        let fd = try syscall("openat", path: ".syncd/state.tmp") {
-            openat(directory.raw, "state.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        }
-        let tmp = FileDescriptor(raw: fd, path: ".syncd/state.tmp")
-        try body.withUnsafeBytes { try tmp.writeAll($0) }
-        try tmp.sync()
-        try syscall("renameat", path: ".syncd/state") { renameat(directory.raw, "state.tmp", directory.raw, "state") }
-        Tree.syncDirectory(directory)
-        try journal?.truncate(0)
-        stateBytes = body.count
-        journalBytes = 0
+        _ = withIndex { index in try index.transaction { try index.clearPartialDirectories() } }
     }
 }
 

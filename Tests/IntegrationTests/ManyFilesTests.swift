@@ -1,32 +1,35 @@
+import Chunking
 import Foundation
+import GRDB
 import Testing
+import Wire
 
 /// What keeps a push of a project with millions of files in step with its changes rather than its size (issue 29).
 @Suite(.serialized)
 struct ManyFilesTests {
     /// The agent reads its records of the project's files only once an operation needs them: a no-op push reads
-    /// none. Shown with a state file that cannot be read at all (a directory in its place): a no-op push does not
-    /// notice, and a push with a change reads it, says it cannot, and goes on by hashing (the records are a
+    /// none. Shown with a record index that cannot be opened at all (a directory in its place): a no-op push does
+    /// not notice, and a push with a change opens it, says it cannot, and goes on by hashing (the records are a
     /// cache). Read at the hello, as before, it failed every session.
     @Test func aNoOpPushDoesNotReadTheAgentsRecords() throws {
         let f = try SyncFixture()
         for i in 0..<20 { try f.write("src/m\(i).py", "x = \(i)\n") }
         let first = try f.push()
         #expect(first.status == 0, "\(first.stderr)")
-        let state = f.remoteProject + "/.syncd/state"
-        try? FileManager.default.removeItem(atPath: state)
+        let state = f.remoteProject + "/.syncd/records.db"
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: state + suffix) }
         try FileManager.default.createDirectory(atPath: state, withIntermediateDirectories: false)
 
         let noop = try f.push()
         #expect(noop.status == 0, "\(noop.stderr)")
         #expect(try noop.stats().filesChanged == 0)
-        #expect(!noop.stderr.contains("state"), "the records were read: \(noop.stderr)")
+        #expect(!noop.stderr.contains("records"), "the records were read: \(noop.stderr)")
 
         try f.write("src/m3.py", "x = 'changed'\n")
         let edit = try f.push()
         #expect(edit.status == 0, "\(edit.stderr)")
         #expect(try edit.stats().filesChanged == 1)
-        #expect(edit.stderr.contains("cannot read the project's state"), "\(edit.stderr)")
+        #expect(edit.stderr.contains("cannot read the project's records"), "\(edit.stderr)")
         #expect(f.read("src/m3.py", in: f.remoteProject) == Array("x = 'changed'\n".utf8))
     }
 }
@@ -99,5 +102,98 @@ extension ManyFilesTests {
         #expect(pushed.errors.isEmpty && pushed.conflicts == 0, "\(pushed.errors) \(pushed.conflictList)")
         #expect(f.read("data/keep.txt", in: f.remoteProject) == Array("kept\n".utf8))
         #expect(f.read("data/noise.bin", in: f.remoteProject) == nil)
+    }
+}
+
+/// The agent's records as an index on disk (issue 29): what it does with a state left by an older agent, a damaged
+/// index and one made by a newer agent.
+extension ManyFilesTests {
+    /// The rows of the agent's record index, read the way any SQLite reader would.
+    static func recordedPaths(_ f: SyncFixture) throws -> [String] {
+        let queue = try DatabaseQueue(path: f.remoteProject + "/.syncd/records.db")
+        return try queue.read { db in
+            try Data.fetchAll(db, sql: "SELECT path FROM records ORDER BY path").map { String(decoding: $0, as: UTF8.self) }
+        }
+    }
+
+    /// One record in the framing of agents before 0.16: length, then tag 1, the path, the stat, digest and chunks.
+    static func olderRecord(_ path: String, in root: String) throws -> [UInt8] {
+        var st = stat()
+        #expect(lstat(root + "/" + path, &st) == 0)
+        let content = Array(FileManager.default.contents(atPath: root + "/" + path) ?? Data())
+        var w = PayloadWriter()
+        w.u8(1)
+        w.byteString(Array(path.utf8))
+        w.u64(UInt64(st.st_dev)); w.u64(UInt64(st.st_ino)); w.u32(UInt32(st.st_mode & 0o7777)); w.u64(UInt64(st.st_size))
+        w.i64(Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec))
+        w.i64(Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec))
+        w.id(ChunkID(hashing: content))
+        w.u32(1)
+        w.id(ChunkID(hashing: content)); w.u32(UInt32(content.count))
+        return framed(w.bytes)
+    }
+
+    static func framed(_ payload: [UInt8]) -> [UInt8] {
+        withUnsafeBytes(of: UInt32(payload.count).littleEndian) { Array($0) } + payload
+    }
+
+    /// A project last served by an agent before 0.16 has `state` and `journal` and no index: the records are
+    /// read into the index once (the journal's removal after the state's record wins, a torn tail is dropped)
+    /// and the old files removed.
+    @Test func anOlderAgentsStateIsReadIntoTheIndexOnce() throws {
+        let f = try SyncFixture()
+        for name in ["a.txt", "b.txt", "c.txt"] { try f.write(name, "\(name)\n") }
+        #expect(try f.push().status == 0)
+        let syncd = f.remoteProject + "/.syncd/"
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: syncd + "records.db" + suffix) }
+        let state = Array("SYNCDST2".utf8) + (try Self.olderRecord("a.txt", in: f.remoteProject)) + (try Self.olderRecord("b.txt", in: f.remoteProject))
+        var removal = PayloadWriter()
+        removal.u8(2)
+        removal.byteString(Array("b.txt".utf8))
+        let journal = Self.framed(removal.bytes) + (try Self.olderRecord("c.txt", in: f.remoteProject)) + [9, 0, 0]
+        #expect(FileManager.default.createFile(atPath: syncd + "state", contents: Data(state)))
+        #expect(FileManager.default.createFile(atPath: syncd + "journal", contents: Data(journal)))
+
+        try f.write("d.txt", "new\n")
+        let edit = try f.push()
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: syncd + "state") && !FileManager.default.fileExists(atPath: syncd + "journal"))
+        #expect(try Self.recordedPaths(f) == ["a.txt", "c.txt", "d.txt"])
+    }
+
+    /// An index a disk damaged is kept aside under another name and made again: the push goes on, hashing.
+    @Test func aDamagedIndexIsSetAsideAndMadeAgain() throws {
+        let f = try SyncFixture()
+        try f.write("a.txt", "a\n")
+        #expect(try f.push().status == 0)
+        let index = f.remoteProject + "/.syncd/records.db"
+        for suffix in ["-wal", "-shm"] { try? FileManager.default.removeItem(atPath: index + suffix) }
+        #expect(FileManager.default.createFile(atPath: index, contents: Data(repeating: 0x5a, count: 8192)))
+
+        try f.write("b.txt", "b\n")
+        let edit = try f.push()
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect(edit.stderr.contains("records.db is damaged"), "\(edit.stderr)")
+        #expect(FileManager.default.contents(atPath: index + ".damaged") == Data(repeating: 0x5a, count: 8192))
+        #expect(try Self.recordedPaths(f) == ["b.txt"])
+    }
+
+    /// An index made by a newer agent (a larger schema version) is neither read nor written: the push hashes.
+    @Test func aNewerAgentsIndexIsLeftAlone() throws {
+        let f = try SyncFixture()
+        try f.write("a.txt", "a\n")
+        #expect(try f.push().status == 0)
+        let before = try Self.recordedPaths(f)
+        #expect(before.contains("a.txt"))
+        let queue = try DatabaseQueue(path: f.remoteProject + "/.syncd/records.db")
+        try queue.writeWithoutTransaction { try $0.execute(sql: "PRAGMA user_version = 99") }
+        try queue.close()
+
+        try f.write("b.txt", "b\n")
+        let edit = try f.push()
+        #expect(edit.status == 0, "\(edit.stderr)")
+        #expect(edit.stderr.contains("made by a newer syncd-agent"), "\(edit.stderr)")
+        #expect(try Self.recordedPaths(f) == before)
+        #expect(f.read("b.txt", in: f.remoteProject) == Array("b\n".utf8))
     }
 }
