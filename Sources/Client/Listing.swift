@@ -20,11 +20,12 @@ extension Project {
     }
 
     /// Hands each path a push would send to `each` as the tree is walked, in byte order of the paths, holding
-    /// none of them (`ls` of a million files); returns the scan's warnings.
-    public func walkPushable(_ each: (ListedPath) throws -> Void) throws -> [String] {
+    /// none of them (`ls` of a million files); returns the scan's warnings. Without `sizes`, files are not
+    /// statted (a file's kind comes with its directory's listing, as `find` has it) and their sizes are 0.
+    public func walkPushable(sizes: Bool = true, _ each: (ListedPath) throws -> Void) throws -> [String] {
         let warnings: [ScanWarning]
         do {
-            warnings = try ProjectScanner(tree: tree, rules: rulesWithPullPaths).walkInPathOrder { e in
+            warnings = try ProjectScanner(tree: tree, rules: rulesWithPullPaths).walkInPathOrder(statting: sizes) { e in
                 let kind: String
                 switch e.kind {
                 case .directory: kind = "directory"

@@ -137,18 +137,21 @@ public struct IgnoreRules: Sendable {
 
     /// The last of syncd's own patterns matching `bytes` or a directory above it, and whether it excludes.
     private func ownDecision(_ bytes: [UInt8], parentsChecked: Bool) -> (excluded: Bool, index: Int, directory: Int?)? {
+        // By index, not by element: a pattern is matched where it is, not copied (and retained) for every path.
         if parentsChecked && !ownExceptions {
-            return patterns.firstIndex { $0.matches(bytes[...]) }.map { (true, $0, nil) }
+            for index in patterns.indices where patterns[index].matches(bytes[...]) { return (true, index, nil) }
+            return nil
         }
         var decision: (excluded: Bool, index: Int, directory: Int?)?
         var parentEnds: [Int] = []
         for (i, b) in bytes.enumerated() where b == UInt8(ascii: "/") { parentEnds.append(i) }
-        for (index, pattern) in patterns.enumerated() {
-            if pattern.exclusion != (decision?.excluded ?? false) { continue }
-            if pattern.matches(bytes[...]) {
-                decision = (!pattern.exclusion, index, nil)
-            } else if let end = parentEnds.first(where: { pattern.matches(bytes[..<$0]) }) {
-                decision = (!pattern.exclusion, index, end)
+        for index in patterns.indices {
+            let exclusion = patterns[index].exclusion
+            if exclusion != (decision?.excluded ?? false) { continue }
+            if patterns[index].matches(bytes[...]) {
+                decision = (!exclusion, index, nil)
+            } else if let end = parentEnds.first(where: { patterns[index].matches(bytes[..<$0]) }) {
+                decision = (!exclusion, index, end)
             }
         }
         return decision
@@ -187,7 +190,10 @@ public struct IgnoreRules: Sendable {
 
 /// One compiled pattern. Plain patterns compare strings; others run a small glob machine equivalent
 /// to the regular expression patternmatcher builds.
-public struct IgnorePattern: Sendable {
+///
+/// A class, not a struct: every path a walk meets is matched against every pattern, and a copy of a pattern is
+/// then one retain rather than one per array it holds.
+public final class IgnorePattern: Sendable {
     struct SyntaxError: Error { let message: String }
 
     enum Token: Sendable, Equatable {
@@ -213,10 +219,16 @@ public struct IgnorePattern: Sendable {
     public let text: String
     public let exclusion: Bool
     let kind: Kind
+    /// For the kinds run as an automaton: the bytes the (last component of the) path must start and end with,
+    /// and the longest literal run it must hold somewhere, checked first; most paths a walk meets fail there
+    /// (`.#*` against `f12.bin`, `*.sync-conflict-*` against `f12.bin`).
+    private let head: [UInt8]
+    private let tail: [UInt8]
+    private let inner: [UInt8]
 
     /// One glob on its own (a Dockerfile COPY source or `--exclude`), with the same wildcards; throws a message
     /// naming what is wrong.
-    public init(glob: String) throws {
+    public convenience init(glob: String) throws {
         do { try self.init(glob, exclusion: false) } catch let error as SyntaxError {
             throw IgnoreRuleError(source: "pattern", line: 0, message: "bad pattern '\(glob)': \(error.message)")
         }
@@ -314,6 +326,33 @@ public struct IgnorePattern: Sendable {
         case .suffix: kind = .suffix(Array(text.dropFirst(2).utf8))
         case .glob: kind = Self.lastComponentKind(tokens) ?? .glob(tokens)
         }
+        var automaton: [Token] = []
+        switch kind {
+        case .lastComponent(let t), .glob(let t): automaton = t
+        case .exact, .prefix, .suffix, .lastComponentSuffix: break
+        }
+        func byte(_ token: Token) -> UInt8? { if case .byte(let b) = token { return b } else { return nil } }
+        head = Array(automaton.prefix { byte($0) != nil }.map { byte($0)! })
+        tail = Array(automaton.dropFirst(head.count).reversed().prefix { byte($0) != nil }.map { byte($0)! }.reversed())
+        var longest: [UInt8] = [], run: [UInt8] = []
+        for token in automaton {
+            if let b = byte(token) { run.append(b) } else { run = [] }
+            if run.count > longest.count { longest = run }
+        }
+        inner = longest.count > max(head.count, tail.count) ? longest : []
+    }
+
+    /// False when `text` cannot match the automaton: it lacks the pattern's literal ends or its longest literal.
+    private func mayMatch(_ text: ArraySlice<UInt8>) -> Bool {
+        guard text.count >= head.count + tail.count, text.starts(with: head), text.suffix(tail.count).elementsEqual(tail)
+        else { return false }
+        guard let first = inner.first, text.count >= inner.count else { return inner.isEmpty }
+        var start = text.startIndex
+        while start <= text.endIndex - inner.count {
+            if text[start] == first && text[start..<start + inner.count].elementsEqual(inner) { return true }
+            start += 1
+        }
+        return false
     }
 
     /// `**/` followed by tokens none of which can match a `/` (`(.*/)?P` in the regular expression) matches a
@@ -353,12 +392,12 @@ public struct IgnorePattern: Sendable {
             return s.first == UInt8(ascii: "/") && path.elementsEqual(s.dropFirst())
         case .lastComponent(let tokens):
             let start = path.lastIndex(of: UInt8(ascii: "/")).map { $0 + 1 } ?? path.startIndex
-            return IgnorePattern.match(tokens[...], path[start...])
+            return mayMatch(path[start...]) && IgnorePattern.match(tokens[...], path[start...])
         case .lastComponentSuffix(let s):
             let start = path.lastIndex(of: UInt8(ascii: "/")).map { $0 + 1 } ?? path.startIndex
             return path.endIndex - start >= s.count && path.suffix(s.count).elementsEqual(s)
         case .glob(let tokens):
-            return IgnorePattern.match(tokens[...], path)
+            return mayMatch(path) && IgnorePattern.match(tokens[...], path)
         }
     }
 

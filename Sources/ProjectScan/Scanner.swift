@@ -104,7 +104,7 @@ public struct ProjectScanner {
     /// file, directory or symlink: then a warning), and whether a walk goes below it (a directory not excluded,
     /// or excluded with something below it that the rules may bring back).
     private func examine(name: [UInt8], kind: FileKind, in dir: FileDescriptor, prefix: [UInt8], parentsChecked: Bool,
-                         warnings: inout [ScanWarning]) throws -> (entry: ScannedEntry?, descend: Bool) {
+                         statting: Bool = true, warnings: inout [ScanWarning]) throws -> (entry: ScannedEntry?, descend: Bool) {
         let bytes = joinPath(prefix, name)
         if name.starts(with: partialFilePrefix.utf8) { return (nil, false) }
         // A walk goes into no excluded directory unless something below it may be brought back: then the
@@ -116,8 +116,15 @@ public struct ProjectScanner {
             warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
             return (nil, false)
         }
-        let pathString = path.description
-        guard let st = try Tree.lstat(at: dir, name: name, shown: pathString) else { return (nil, false) }
+        // The path is spelled for people only when something is wrong with it: a walk stats every entry.
+        let st: FileStat
+        if !statting && (kind == .regular || kind == .directory) {
+            st = FileStat(device: 0, inode: 0, kind: kind, permissions: 0, size: 0, mtimeNanos: 0, ctimeNanos: 0)
+        } else {
+            guard let found = try Tree.lstat(at: dir, name: name, shown: path.description) else { return (nil, false) }
+            st = found
+        }
+        var pathString: String { path.description }
         switch st.kind {
         case .directory:
             return (excluded ? nil : ScannedEntry(path: path, stat: st, linkTarget: nil), true)
@@ -145,19 +152,23 @@ extension ProjectScanner {
     /// `a0`, since `.` sorts before `/` and `0` after it: in each directory the entries are ordered by name, and
     /// the walk below a directory by its name with a `/` added. Only the listings of the directories on the way
     /// down are held, never the tree. Returns the warnings.
-    public func walkInPathOrder(_ visit: (ScannedEntry) throws -> Void) throws -> [ScanWarning] {
+    ///
+    /// Without `statting`, a file or directory whose kind the directory listing gives is not looked at further:
+    /// its entry's stat holds that kind and nothing else (zeros), which is all a list of paths needs.
+    public func walkInPathOrder(statting: Bool = true, _ visit: (ScannedEntry) throws -> Void) throws -> [ScanWarning] {
         var warnings: [ScanWarning] = []
-        try walkInPathOrder(tree.root, prefix: [], visit, &warnings)
+        try walkInPathOrder(tree.root, prefix: [], statting: statting, visit, &warnings)
         return warnings
     }
 
-    private func walkInPathOrder(_ dir: FileDescriptor, prefix: [UInt8], _ visit: (ScannedEntry) throws -> Void,
+    private func walkInPathOrder(_ dir: FileDescriptor, prefix: [UInt8], statting: Bool, _ visit: (ScannedEntry) throws -> Void,
                                  _ warnings: inout [ScanWarning]) throws {
         // Each name as an entry (its name the key) and, for a directory walked, as the walk below it (its name and
         // a slash); names hold no slash, so no two keys are equal.
         var steps: [(key: [UInt8], entry: ScannedEntry?, below: [UInt8]?)] = []
         for item in try Tree.list(dir) {
-            let found = try examine(name: item.name, kind: item.kind, in: dir, prefix: prefix, parentsChecked: true, warnings: &warnings)
+            let found = try examine(name: item.name, kind: item.kind, in: dir, prefix: prefix, parentsChecked: true, statting: statting,
+                                    warnings: &warnings)
             if let entry = found.entry { steps.append((item.name, entry, nil)) }
             if found.descend { steps.append((item.name + [UInt8(ascii: "/")], nil, item.name)) }
         }
@@ -176,7 +187,7 @@ extension ProjectScanner {
                 warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
                 continue
             }
-            try walkInPathOrder(child, prefix: bytes, visit, &warnings)
+            try walkInPathOrder(child, prefix: bytes, statting: statting, visit, &warnings)
         }
     }
 }

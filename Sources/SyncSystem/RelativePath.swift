@@ -150,7 +150,13 @@ extension RelativePath: Codable {
 
 /// Bytes joined as `prefix/name` (just `name` when `prefix` is empty).
 public func joinPath(_ prefix: [UInt8], _ name: [UInt8]) -> [UInt8] {
-    prefix.isEmpty ? name : prefix + [slash] + name
+    guard !prefix.isEmpty else { return name }
+    var joined: [UInt8] = []
+    joined.reserveCapacity(prefix.count + 1 + name.count)
+    joined.append(contentsOf: prefix)
+    joined.append(slash)
+    joined.append(contentsOf: name)
+    return joined
 }
 
 /// A file name or path for people: unchanged when it is valid UTF-8 with no control characters (and does not

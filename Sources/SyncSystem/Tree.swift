@@ -165,11 +165,12 @@ public final class Tree: @unchecked Sendable {  // what changes is in `directori
     }
 
     /// lstat of `name` in an open directory; nil when absent.
-    public static func lstat(at dir: FileDescriptor, name: [UInt8], shown: String) throws -> FileStat? {
+    public static func lstat(at dir: FileDescriptor, name: [UInt8], shown: @autoclosure () -> String) throws -> FileStat? {
         var st = Glibc.stat()
         if withCName(name, { fstatat(dir.raw, $0, &st, AT_SYMLINK_NOFOLLOW) }) != 0 {
             if errno == ENOENT { return nil }
-            throw SystemError(call: "fstatat", path: shown, errno: errno)
+            let code = errno
+            throw SystemError(call: "fstatat", path: shown(), errno: code)
         }
         return FileStat(st)
     }

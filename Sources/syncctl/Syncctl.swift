@@ -338,7 +338,8 @@ struct List: ParsableCommand {
         var sum = TreeSummary.Sum()
         var out: [UInt8] = []
         out.reserveCapacity(1 << 16)
-        let warnings = try project.walkPushable { p in
+        // Paths alone need no stat of each file; the summary adds up sizes.
+        let warnings = try project.walkPushable(sizes: summary) { p in
             if summary {
                 sum.add(p.path, kind: p.kind == "file" ? .regular : p.kind == "directory" ? .directory : .symlink, size: p.size)
                 return

@@ -31,6 +31,12 @@ struct IgnoreLinearTests {
             ("a/**/b", "a/b", true), ("a/**/b", "a/x/y/b", true), ("a/**/b", "ab", false), ("a/**/b", "a/xb", false),
             ("*.py", "x.py", true), ("*.py", "d/x.py", false), ("d/*", "d/x", true), ("d/*", "d/x/y", false),
             ("[a-c]x", "bx", true), ("[^a-c]x", "bx", false), ("a**", "abc/d", true), ("x/**/*.swp", "x/a/b/.f.swp", true),
+            // The literal ends checked before the automaton runs: they may not overlap, nor stand for the whole.
+            ("a*a", "a", false), ("a*a", "aa", true), ("a*b*a", "aba", true), ("a*b*a", "ab", false), ("x\\*", "x*", true),
+            ("x\\*", "xy", false), ("**/#*#", "d/#", false), ("**/#*#", "d/##", true), ("**/ab*", "d/ab", true),
+            ("**/ab*", "d/xab", false), ("[ab]x*y", "axzy", true), ("[ab]x*y", "axz", false), ("caf?x", "cafébx", false),
+            ("**/*.sync-conflict-*", "d/a.sync-conflict-1", true), ("**/*.sync-conflict-*", "d/a.sync-conflic-1", false),
+            ("**/*ab*", "ab", true), ("**/*ab*", "xa", false), ("*abc*abc", "abcabc", true), ("*abc*abc", "abc", false),
         ]
         for (text, path, expected) in cases {
             #expect(try IgnorePattern(glob: text).matches(path) == expected, "\(text) against \(path)")

@@ -35,6 +35,11 @@ struct PathOrderWalkTests {
         #expect(walked.sorted { $0.path.bytes.lexicographicallyPrecedes($1.path.bytes) }
                 == scanned.entries.sorted { $0.path.bytes.lexicographicallyPrecedes($1.path.bytes) }, "the same entries, stat and all")
         #expect(warnings == scanned.warnings && warnings.count == 1, "the symlink out of the tree: \(warnings)")
+        // Without stats (`ls`): the same paths, kinds and warnings, symlinks still read.
+        var listed: [ScannedEntry] = []
+        let listWarnings = try scanner.walkInPathOrder(statting: false) { listed.append($0) }
+        #expect(listed.map(\.path) == walked.map(\.path) && listed.map(\.kind) == walked.map(\.kind) && listWarnings == warnings)
+        #expect(listed.map(\.linkTarget) == walked.map(\.linkTarget))
         let shown = walked.map(\.path.description)
         #expect(shown.firstIndex(of: "a")! < shown.firstIndex(of: "a!")!, "a directory's entry at its name")
         #expect(shown.firstIndex(of: "a.txt")! < shown.firstIndex(of: "a/x")!, "what is below it after its name and a slash")
