@@ -14,7 +14,8 @@ import Wire
 final class ContentHasher: @unchecked Sendable {  // what the hasher thread and the sender share is in `shared` (Locked)
     private let project: Project
     private let state: LocalDatabase
-    private let entries: [(op: Int, entry: LocalEntry)]
+    /// The files to hash: their path and stat only (a first push lists every file of the project here).
+    private let entries: [(op: Int, path: RelativePath, stat: FileStat)]
     /// What the hasher thread and the sender share.
     private struct Shared {
         var results: [Int: Hashing] = [:]
@@ -55,9 +56,9 @@ final class ContentHasher: @unchecked Sendable {  // what the hasher thread and 
         self.streams = streams
         self.project = project
         self.state = state
-        var list: [(Int, LocalEntry)] = []
+        var list: [(Int, RelativePath, FileStat)] = []
         for (index, op) in ops.enumerated() {
-            if case .file(let e, _) = op, e.content == nil { list.append((index, e)) }
+            if case .file(let e, _) = op, e.content == nil { list.append((index, e.path, e.stat)) }
         }
         entries = list
     }
@@ -66,7 +67,8 @@ final class ContentHasher: @unchecked Sendable {  // what the hasher thread and 
         try startDetachedThread(name: "hasher") { [self] in
             let chunker = FileChunker(project.chunking)
             var unsaved: [CachedFile] = []
-            for (op, entry) in entries {
+            for (op, path, stat) in entries {
+                let entry = LocalEntry(path: path, stat: stat, content: nil, linkTarget: nil)
                 if shared.withLock({ $0.cancelled }) { break }
                 if entry.stat.size > PushPipeline.eagerLimit, streams?(entry) == true,
                    let fd = try? project.tree.openForReading(entry.path), FileChunker.isDense(fd) {

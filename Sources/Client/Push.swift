@@ -26,6 +26,9 @@ public final class PushSession {
     /// `push --prune-ignored`: paths pushed before that are ignored now are deleted on the remote (never a pull
     /// path); without it they are left there and reported.
     public var pruneIgnored = false
+    /// Whether `stats.itemized` lists each path changed (`push -i`): a line per file, which a first push of a
+    /// million files need not hold when no one prints it.
+    public var itemizes = true
     /// Chunks the agent reads from the snapshot store (its own fast link) instead of receiving them over this one.
     public var storeSource: StoreSource?
     /// Instead of `storeSource`: places that grow while the push runs (the packs of an upload still going on).
@@ -117,12 +120,15 @@ public final class PushSession {
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
         let (state, connecting) = try greet()
-        let known: KnownHere
-        let scan: LocalScanner.Scan
+        var known: KnownHere
+        var scan: LocalScanner.Scan
+        var scannedHere = false
         var planned: [PushOperation]
         do {
             known = try lookHere(state: state, only: only)
             scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
+            scannedHere = known.scan != nil
+            known.scan = nil  // one reference to the entries, dropped once they are planned
             Trace.mark("push: scanned \(scan.entries.count) entries")
             planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
         } catch {
@@ -133,9 +139,11 @@ public final class PushSession {
         if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, found: known.whole?.leftIgnored, into: &stats) }
         stats.filesScanned = known.whole?.scanned ?? scan.entries.count
         // A first push: every entry is to be sent, so the scan holds the whole tree.
-        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && known.scan == nil) {
-            stats.firstPush = TreeSummary(scan.entries.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
+        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && !scannedHere) {
+            stats.firstPush = TreeSummary(scan.entries.lazy.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
         }
+        // The plan holds what is sent; the scan's copy of every entry goes (a first push of a million files).
+        scan.entries = []
         if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
         let (outcome, pipeline) = try send(&planned, pushed: pushed, askRecord: known.whole?.pushedBefore ?? true, state: state,
                                            connecting: connecting, into: &stats)
@@ -339,6 +347,7 @@ public final class PushSession {
                         into stats: inout SyncStats, allOf: ConflictRecord.Found?) throws {
         let ops = outcome.ops
         var changes: [(RelativePath, SyncedEntry?)] = []
+        changes.reserveCapacity(ops.count)  // one allocation, not a doubling one, for a first push's million
         var pulledChanges: [(RelativePath, SyncedEntry?)] = []
         var conflicts: [ConflictRecord] = []
         var cleared: [RelativePath] = []
@@ -359,7 +368,7 @@ public final class PushSession {
             }
             switch result.status {
             case .applied, .unchanged:
-                if result.status == .applied { stats.itemized.append(itemizeCode(op, pushed: pushed[op.path]) + " " + op.path.description) }
+                if result.status == .applied && itemizes { stats.itemized.append(itemizeCode(op, pushed: pushed[op.path]) + " " + op.path.description) }
                 // Only what the remote now holds counts as changed: a file that failed or conflicted did not change.
                 switch op {
                 case .file(let e, _):

@@ -246,8 +246,10 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                     // A project with a store pushes through it to every host (a snapshot per push).
                     if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
                     let link = try connectedLink()
-                    return kind == .push ? try PushSession(project: project, link: link, changedPaths: only).run()
-                                         : try project.pullFromHosts(link: link)
+                    guard kind == .push else { return try project.pullFromHosts(link: link) }
+                    let push = PushSession(project: project, link: link, changedPaths: only)
+                    push.itemizes = false  // the daemon reports counts, not each path
+                    return try push.run()
                 }
                 condition.withLock {
                     if kind == .push { pushEnded(result, only: only) } else { pullEnded(result) }

@@ -68,16 +68,19 @@ public enum PushOperation: Sendable {
 /// that the agent compares each with what the remote holds (a restore: the remote must end up exactly so).
 public func planPush(local: [LocalEntry], pushed: [RelativePath: SyncedEntry], everything: Bool = false,
               isLeftAlone: (RelativePath, SyncedEntry) -> Bool) -> [PushOperation] {
+    // Only what was pushed can be deleted: the local paths among those are all the check needs (none, for a
+    // first push), and the entries to send are indices into `local`, not a copy of it.
     var present: Set<RelativePath> = []
-    present.reserveCapacity(local.count)
-    for e in local { present.insert(e.path) }
-    var upserts: [LocalEntry] = []
-    for e in local where decidePush(local: e, pushed: pushed[e.path], everything: everything) == .send { upserts.append(e) }
+    if !pushed.isEmpty {
+        for e in local where pushed[e.path] != nil { present.insert(e.path) }
+    }
+    let upserts = local.indices.lazy.filter { decidePush(local: local[$0], pushed: pushed[local[$0].path], everything: everything) == .send }
+        .map { local[$0] }
     var deleted = Set(pushed.filter { !present.contains($0.key) && decidePush(local: nil, pushed: $0.value, everything: everything,
                                                                                leftAlone: isLeftAlone($0.key, $0.value)) == .delete }.keys)
     // Paths whose kind changes: what was there must go before the new kind can be placed.
     var clearFirst: Set<RelativePath> = []
-    for e in upserts {
+    for e in upserts where !pushed.isEmpty {
         if let old = pushed[e.path], old.kind != e.synced.kind { clearFirst.insert(e.path) }
         var parent = e.path.parent
         while let p = parent {

@@ -156,6 +156,7 @@ struct Push: ParsableCommand {
         let session = PushSession(project: project)
         session.force = force
         session.pruneIgnored = pruneIgnored
+        session.itemizes = itemize
         var stats = try session.run()
         if force {
             // Conflicts a pull left (remote-owned files changed here) go the same way.
