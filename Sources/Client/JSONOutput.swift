@@ -8,9 +8,17 @@ public enum JSONOutput {
     public static let schema = 1
 
     /// `value` as the text syncctl prints.
-    public static func text<T: Encodable>(_ value: T) -> String {
+    public static func text<T: Encodable>(_ value: T) -> String { text(value, with: encoder()) }
+
+    /// The encoder `text` uses, for a caller that prints many values (`ls --json` of a million paths).
+    public static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return encoder
+    }
+
+    /// `value` as the text syncctl prints, with an encoder from `encoder()`.
+    public static func text<T: Encodable>(_ value: T, with encoder: JSONEncoder) -> String {
         do {
             return PathText.publicJSON(Array(try encoder.encode(value)))
         } catch {

@@ -49,7 +49,12 @@ public func spawnProcess(_ arguments: [String], environment: [String: String]? =
     sigemptyset(&defaults)
     for sig in [SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE] { sigaddset(&defaults, sig) }
     posix_spawnattr_setsigdefault(&attributes, &defaults)
-    var flags = Int16(POSIX_SPAWN_SETSIGDEF)
+    // Nor does it inherit the spawning thread's blocked signals (Dispatch's threads block nearly all of them, and a
+    // mask survives exec): a child spawned from one would never see SIGTERM or SIGHUP.
+    var unblocked = sigset_t()
+    sigemptyset(&unblocked)
+    posix_spawnattr_setsigmask(&attributes, &unblocked)
+    var flags = Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
     if newProcessGroup {
         flags |= Int16(POSIX_SPAWN_SETPGROUP)
         posix_spawnattr_setpgroup(&attributes, 0)

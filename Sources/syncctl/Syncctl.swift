@@ -329,24 +329,27 @@ struct List: ParsableCommand {
             return
         }
         let project = try Project(directory: directory)
-        if json && !summary {
-            let (paths, warnings) = try project.listPushable()
-            for w in warnings { printError("warning: \(w)") }
-            struct Out: Encodable { let paths: [ListedPath] }
-            return print(project.jsonText(Out(paths: paths)))
-        }
         // Written as the tree is walked, nothing held per path: a million files list in the time of the walk.
         var sum = TreeSummary.Sum()
         var out: [UInt8] = []
         out.reserveCapacity(1 << 16)
-        // Paths alone need no stat of each file; the summary adds up sizes.
-        let warnings = try project.walkPushable(sizes: summary) { p in
+        // `--json` prints what `jsonText` would of `{"paths": [...]}`, in pieces: the keys are sorted, and
+        // "paths" comes before the keys every report carries.
+        let listsJSON = json && !summary
+        let encoder = JSONOutput.encoder()
+        if listsJSON { out += Array(#"{"paths":["#.utf8) }
+        var listed = 0
+        // Paths alone need no stat of each file; the summary and JSON have sizes.
+        let warnings = try project.walkPushable(sizes: summary || json) { p in
             if summary {
                 sum.add(p.path, kind: p.kind == "file" ? .regular : p.kind == "directory" ? .directory : .symlink, size: p.size)
                 return
             }
-            // With -0 the names' bytes as they are, each ended by NUL, as `find -print0` writes them.
-            if print0 {
+            if listsJSON {
+                if listed > 0 { out.append(UInt8(ascii: ",")) }
+                out += Array(JSONOutput.text(p, with: encoder).utf8)
+            } else if print0 {
+                // With -0 the names' bytes as they are, each ended by NUL, as `find -print0` writes them.
                 out += p.path.bytes
                 out.append(0)
             } else {
@@ -354,13 +357,19 @@ struct List: ParsableCommand {
                 if p.kind == "directory" { out.append(UInt8(ascii: "/")) }
                 out.append(UInt8(ascii: "\n"))
             }
+            listed += 1
             if out.count >= 1 << 16 {
                 Self.write(out)
                 out.removeAll(keepingCapacity: true)
             }
         }
+        if listsJSON {
+            struct Nothing: Encodable { func encode(to encoder: any Encoder) throws {} }
+            out += Array("],".utf8) + Array(project.jsonText(Nothing()).utf8.dropFirst()) + [UInt8(ascii: "\n")]
+        }
         Self.write(out)
         for w in warnings { printError("warning: \(w)") }
+        if listsJSON { return }
         if summary {
             let totals = sum.summary(keep: 10)
             if json { return print(project.jsonText(totals)) }

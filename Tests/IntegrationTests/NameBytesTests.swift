@@ -1,3 +1,4 @@
+import Client
 import Foundation
 import SyncSystem
 import Testing
@@ -110,6 +111,10 @@ struct NameBytesTests {
         #expect(json.stdout.contains("\"\\ufdd0.txt\""), "\(json.stdout)")
         let decoded = try decodeJSONPaths(json.stdoutBytes)
         #expect(decoded.sorted { $0.lexicographicallyPrecedes($1) } == (try findPrint0(f.project)))
+        // Written in pieces as the tree is walked, the text is what encoding the whole list at once gives.
+        struct Listed: Encodable { let paths: [ListedPath] }
+        let project = try Project(directory: f.project)
+        #expect(json.stdout == project.jsonText(Listed(paths: try project.listPushable().paths)) + "\n")
     }
 }
 
