@@ -15,9 +15,10 @@ struct FileRecord: Equatable {
     var chunks: [ChunkRef]
     /// The client that placed this content (its `Hello.clientID`; "" when unknown or hashed here).
     var placedBy = ""
-    /// When this process made or loaded the record (wall clock). File times are coarse (a kernel tick), so a
-    /// file changed in the same tick as it was recorded keeps its stat: a record made within a second of the
-    /// file's last change is not trusted to say the file is unchanged (`isRacy`).
+    /// When the record was made, or, for one an earlier process made, when this one opened the state (wall clock;
+    /// the index keeps the time it was made). File times are coarse (a kernel tick), so a file changed in the same
+    /// tick as it was recorded keeps its stat: a record made within a second of the file's last change is not
+    /// trusted to say the file is unchanged (`isRacy`).
     var recordedAtNanos: Int64 = wallClockNanos()
 
     /// True when the file may have changed since, unseen in its stat.
@@ -47,6 +48,7 @@ final class AgentState {
     /// Where the chunks of the pending records are, until they are committed with them.
     private var pendingChunks: [ChunkID: ChunkLocation] = [:]
     private static let commitBatch = 2048
+    private let openedAtNanos = wallClockNanos()
 
     /// Opens (making it if needed) the state directory under the project root; its records are read on demand.
     init(project: Tree) throws {
@@ -114,7 +116,11 @@ final class AgentState {
     /// The record of `path`, if the agent has one.
     func record(at path: RelativePath) -> FileRecord? {
         if let changed = pending[path] { return changed }
-        return withIndex { try $0.record(at: path) } ?? nil
+        guard var record = withIndex({ try $0.record(at: path) }) ?? nil else { return nil }
+        // As when records were loaded whole: one made before this process opened the state counts as made then
+        // (see `FileRecord.recordedAtNanos`), one made since keeps its time.
+        record.recordedAtNanos = max(record.recordedAtNanos, openedAtNanos)
+        return record
     }
 
     /// The recorded paths strictly below `path`, in byte order.
