@@ -10,7 +10,10 @@ with each tool's peak resident memory: syncctl's own (wait4's ru_maxrss), the ag
 (VmHWM from /proc/PID/status, read every 20 ms while they run). The table goes to stdout, and the growth
 exponents between the smallest and largest N (time ~ N^k: 1.0 is linear, 0 flat). Root only (mount).
 
-    Bench/scale.py RELEASE_DIR [--files 100000,300000,1000000] [--keep-fs]
+    Bench/scale.py RELEASE_DIR [--files 100000,300000,1000000] [--large 4,8] [--keep-fs]
+
+With --large, also one-file projects of those sizes (GiB): first push and 64 MiB appended, and each side's peak
+per GiB of data (`--files ''` for those alone).
 """
 import argparse
 import math
@@ -179,6 +182,59 @@ class Bench:
         return row
 
 
+def run_large(bench, gib):
+    """A project of one random file of `gib` GiB: its first push, then 64 MiB appended and pushed, by each tool,
+    with each side's peak (large data: memory per GiB of project, not per file)."""
+    # The project, and each tool's copy twice over: an appended file is written whole beside the old one.
+    size = gib * 5 * (1 << 30) + (3 << 30)
+    bench.detach()
+    image = f"{bench.work}/fs.img"
+    if os.path.exists(image):
+        os.remove(image)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    sh("mkfs.ext4", "-q", "-F", image)
+    bench.device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", image],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+    sh("mount", bench.device, bench.mnt)
+    root = f"{bench.mnt}/proj"
+    os.makedirs(f"{root}/data")
+    with open(f"{root}/data/big.bin", "wb") as f:
+        for _ in range(gib * 16):
+            f.write(os.urandom(64 << 20))
+    with open(f"{root}/syncd.yaml", "w") as f:
+        f.write(f"name: scale\nremote: bench\nremote_root: {bench.mnt}/remote\nssh_config: {bench.work}/sshd/ssh_config\n"
+                f"agent_path: {bench.release}/syncd-agent\n")
+    row = {"gib": gib}
+    bench.drop_caches()
+    row["first syncd"] = bench.syncd_push(root)
+    bench.drop_caches()
+    row["first rsync"] = bench.rsync_push(root)
+    with open(f"{root}/data/big.bin", "ab") as f:
+        f.write(os.urandom(64 << 20))
+    row["append syncd"] = bench.syncd_push(root)
+    row["append rsync"] = bench.rsync_push(root)
+    return row
+
+
+def show_large(rows):
+    print("| project | first push syncd / rsync | 64 MiB appended syncd / rsync | syncctl peak MiB (first, append) | "
+          "agent peak MiB (first, append) | largest peak per GiB of data |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        walls = [f"{r[p + ' syncd'][0]:.2f} / {r[p + ' rsync'][0]:.2f} s ({r[p + ' syncd'][0] / r[p + ' rsync'][0]:.2f}x)"
+                 for p in ("first", "append")]
+        own = [r[p + " syncd"][1] for p in ("first", "append")]
+        agent = [r[p + " syncd"][2].get("agent-", 0) for p in ("first", "append")]
+        print(f"| one {r['gib']} GiB file | {walls[0]} | {walls[1]} | {own[0]:.0f}, {own[1]:.0f} | {agent[0]:.0f}, {agent[1]:.0f} | "
+              f"{max(own + agent) / r['gib']:.1f} MiB |")
+    if len(rows) >= 2:
+        a, b = rows[0], rows[-1]
+        for side, pick in (("syncctl", lambda r: r["first syncd"][1]), ("agent", lambda r: r["first syncd"][2].get("agent-", 0))):
+            print(f"- {side}'s first-push peak grows {(pick(b) - pick(a)) / (b['gib'] - a['gib']):.2f} MiB per GiB from "
+                  f"{a['gib']} to {b['gib']} GiB")
+
+
 def show(rows):
     print("| files | first push syncd / rsync | no-op syncd / rsync | 100 files edited syncd / rsync | ls / find | "
           "syncctl peak MiB (first, no-op, edit; ls) | agent peak MiB (first, no-op, edit) | rsync peak MiB (largest process) |")
@@ -208,21 +264,29 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("release")
     parser.add_argument("--files", default="100000,300000,1000000")
+    parser.add_argument("--large", default="", help="GiB sizes of one-file projects to measure too (e.g. 4,16)")
     parser.add_argument("--keep-fs", action="store_true", help="leave the last file system mounted (for a look)")
     args = parser.parse_args()
     release = os.path.abspath(args.release)
     work = tempfile.mkdtemp(prefix="syncd-scale.")
     bench = Bench(release, work)
-    rows = []
+    rows, large = [], []
     try:
-        for n in [int(x) for x in args.files.split(",")]:
+        for n in [int(x) for x in args.files.split(",") if x]:
             rows.append(bench.run(n))
             print(f"scale: {n} files done", file=sys.stderr)
+        for gib in [int(x) for x in args.large.split(",") if x]:
+            large.append(run_large(bench, gib))
+            print(f"scale: one {gib} GiB file done", file=sys.stderr)
     finally:
         if not args.keep_fs:
             bench.close()
             shutil.rmtree(work, ignore_errors=True)
-    show(rows)
+    if rows:
+        show(rows)
+    if large:
+        print()
+        show_large(large)
 
 
 if __name__ == "__main__":
