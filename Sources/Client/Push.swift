@@ -122,12 +122,12 @@ public final class PushSession {
         let (state, connecting) = try greet()
         var known: KnownHere
         var scan: LocalScanner.Scan
-        var scannedHere = false
+        var scanWasKnown = false
         var planned: [PushOperation]
         do {
             known = try lookHere(state: state, only: only)
             scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
-            scannedHere = known.scan != nil
+            scanWasKnown = known.scan != nil
             known.scan = nil  // one reference to the entries, dropped once they are planned
             Trace.mark("push: scanned \(scan.entries.count) entries")
             planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
@@ -139,7 +139,7 @@ public final class PushSession {
         if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, found: known.whole?.leftIgnored, into: &stats) }
         stats.filesScanned = known.whole?.scanned ?? scan.entries.count
         // A first push: every entry is to be sent, so the scan holds the whole tree.
-        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && !scannedHere) {
+        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && !scanWasKnown) {
             stats.firstPush = TreeSummary(scan.entries.lazy.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
         }
         // The plan holds what is sent; the scan's copy of every entry goes (a first push of a million files).

@@ -137,7 +137,6 @@ public struct IgnoreRules: Sendable {
 
     /// The last of syncd's own patterns matching `bytes` or a directory above it, and whether it excludes.
     private func ownDecision(_ bytes: [UInt8], parentsChecked: Bool) -> (excluded: Bool, index: Int, directory: Int?)? {
-        // By index, not by element: a pattern is matched where it is, not copied (and retained) for every path.
         if parentsChecked && !ownExceptions {
             for index in patterns.indices where patterns[index].matches(bytes[...]) { return (true, index, nil) }
             return nil
