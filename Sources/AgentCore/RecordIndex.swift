@@ -9,7 +9,7 @@ import Wire
 final class RecordIndex {
     private let db: SQLiteConnection
     private let selectRecord, upsertRecord, deleteRecord, selectWithin: SQLiteStatement
-    private let insertChunk, deleteChunk, selectChunk: SQLiteStatement
+    private let replaceChunk, deleteChunk, selectChunk: SQLiteStatement
 
     /// The schema this agent writes (`PRAGMA user_version`); a larger one was made by a newer agent, which this
     /// one does not write over.
@@ -43,7 +43,7 @@ final class RecordIndex {
         upsertRecord = try db.prepare("INSERT OR REPLACE INTO records(path, record, recorded) VALUES (?1, ?2, ?3)")
         deleteRecord = try db.prepare("DELETE FROM records WHERE path = ?1")
         selectWithin = try db.prepare("SELECT path FROM records WHERE path > ?1 AND path < ?2")
-        insertChunk = try db.prepare("INSERT OR IGNORE INTO chunks(id, path, offset, length) VALUES (?1, ?2, ?3, ?4)")
+        replaceChunk = try db.prepare("INSERT OR REPLACE INTO chunks(id, path, offset, length) VALUES (?1, ?2, ?3, ?4)")
         deleteChunk = try db.prepare("DELETE FROM chunks WHERE id = ?1 AND path = ?2")
         selectChunk = try db.prepare("SELECT path, offset, length FROM chunks WHERE id = ?1 LIMIT 8")
     }
@@ -76,16 +76,30 @@ final class RecordIndex {
         return record.path == path ? record : nil
     }
 
-    /// Replaces the path's record, and its chunks in the chunk index.
+    /// Replaces the path's record, and its chunks in the chunk index. Only the chunks after the part the old and
+    /// the new version share from the start are touched: an append to a 16 GiB file changes a few keys, not all
+    /// 260,000 twice over. (A chunk that occurs twice in a file has one key, at the occurrence written last; one
+    /// whose only key was in the old version's tail and that the new one holds only in the shared part loses its
+    /// key: a copy it could have served is then sent instead, never wrong bytes.)
     func put(_ record: FileRecord, encoded: [UInt8]) throws {
-        try removeChunks(of: record.path)
+        let old = (try? self.record(at: record.path)) ?? nil
+        let before = old?.chunks ?? [], after = record.chunks
+        var shared = 0
+        while shared < min(before.count, after.count) && before[shared] == after[shared] { shared += 1 }
+        let added = Set(after[shared...].lazy.filter { !$0.id.isHole }.map(\.id))
+        for c in before[shared...] where !c.id.isHole && !added.contains(c.id) {
+            let d = deleteChunk.reset()
+            d.bind(1, Self.key(c.id))
+            d.bind(2, record.path.bytes)
+            try d.run()
+        }
         let s = upsertRecord.reset()
         s.bind(1, record.path.bytes)
         s.bind(2, encoded)
         s.bind(3, record.recordedAtNanos)
         try s.run()
-        for c in record.chunks where !c.id.isHole {
-            let i = insertChunk.reset()
+        for c in after[shared...] where !c.id.isHole {
+            let i = replaceChunk.reset()
             i.bind(1, Self.key(c.id))
             i.bind(2, record.path.bytes)
             i.bind(3, Int64(bitPattern: c.offset))

@@ -197,3 +197,24 @@ extension ManyFilesTests {
         #expect(f.read("b.txt", in: f.remoteProject) == Array("b\n".utf8))
     }
 }
+
+extension ManyFilesTests {
+    /// After an append, only the chunk keys past the part both versions share are rewritten; every chunk of the
+    /// new version is still found by its key: a copy of it goes without its data, and a copy of a chunk the
+    /// append replaced is not served from where it no longer is.
+    @Test func anAppendedFilesChunksAreAllStillFound() throws {
+        let f = try SyncFixture()
+        var generator = SystemRandomNumberGenerator()
+        func random(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) } }
+        let head = random(6 << 20)
+        try f.write("big.bin", head)
+        #expect(try f.pushInProcess().errors.isEmpty)
+        try f.write("big.bin", head + random(2 << 20))
+        let appended = try f.pushInProcess()
+        #expect(appended.errors.isEmpty && appended.bytesSent < 3 << 20, "\(appended.errors) \(appended.bytesSent)")
+        try FileManager.default.copyItem(atPath: f.project + "/big.bin", toPath: f.project + "/copy.bin")
+        let copied = try f.pushInProcess()
+        #expect(copied.errors.isEmpty && copied.chunksSent == 0, "\(copied.errors): \(copied.chunksSent) chunks sent")
+        #expect(f.read("copy.bin", in: f.remoteProject) == f.read("big.bin"))
+    }
+}
