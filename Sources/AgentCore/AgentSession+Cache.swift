@@ -41,7 +41,6 @@ extension AgentSession {
         let cachedPath = Self.cachePath(record.digest)
         push.cacheGrew = true
         state.put(FileRecord(path: cachedPath, stat: linked, digest: record.digest, chunks: record.chunks))
-        held.add(path: cachedPath, chunks: record.chunks)
         return record.digest
     }
 

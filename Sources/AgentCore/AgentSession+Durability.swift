@@ -85,8 +85,8 @@ extension AgentSession {
                 var placed = FileRecord(path: path, stat: st, digest: header.digest, chunks: assembly.chunks)
                 placed.placedBy = clientID
                 replaceRecord(placed)
-            } else if let old = state.record(at: path) {
-                held.remove(path: old.path, chunks: old.chunks)
+            } else {
+                held.willChange(path)
             }
             durability.renamed(OpResult(op: op, status: .applied, message: assembly.resumedCount > 0 ? "resumed \(assembly.resumedCount) chunks" : "",
                                         current: .file(header.digest), keptAs: file.keptAs),

@@ -52,7 +52,6 @@ extension AgentSession {
             dropRecord(path)
             if let st = try tree.lstat(kept) {
                 state.put(FileRecord(path: kept, stat: st, digest: record.digest, chunks: record.chunks))
-                held.add(path: kept, chunks: record.chunks)
             }
         }
         for below in state.paths(within: path) { dropRecord(below) }
@@ -211,15 +210,14 @@ extension AgentSession {
     }
 
     func dropRecord(_ path: RelativePath) {
-        if let old = state.record(at: path) { held.remove(path: old.path, chunks: old.chunks) }
+        held.willChange(path)
         state.remove(path)
     }
 
-    /// Records `record` in place of the path's old one, in the state and in the chunk index.
+    /// Records `record` in place of the path's old one; the state's index of chunks, which `held` reads, follows.
     func replaceRecord(_ record: FileRecord) {
-        if let old = state.record(at: record.path) { held.remove(path: old.path, chunks: old.chunks) }
+        held.willChange(record.path)
         state.put(record)
-        held.add(path: record.path, chunks: record.chunks)
     }
 }
 

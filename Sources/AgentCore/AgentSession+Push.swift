@@ -472,8 +472,8 @@ extension AgentSession {
             var moved = FileRecord(path: path, stat: placed, digest: header.digest, chunks: record.chunks)
             moved.placedBy = clientID
             replaceRecord(moved)
-        } else if let old = state.record(at: path) {
-            held.remove(path: old.path, chunks: old.chunks)
+        } else {
+            held.willChange(path)
         }
         push.pending[header.op] = nil
         durability!.renamed(OpResult(op: header.op, status: .applied, message: "moved within the remote", current: .file(header.digest),

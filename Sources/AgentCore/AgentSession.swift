@@ -409,19 +409,20 @@ public final class AgentSession {
     /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
     /// the record is racy).
     func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
-        if let r = state.record(at: path), r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
+        let known = state.record(at: path)
+        if let r = known, r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd, threads: FileChunker.processors)
         let after = try fd.stat()
         var record = FileRecord(path: path, stat: after, digest: content.digest, chunks: content.chunks)
         // Hashed again (its stat changed, or the record was too fresh to trust), the same content is still what
         // its client placed.
-        if let old = state.record(at: path), old.digest == record.digest { record.placedBy = old.placedBy }
+        if let old = known, old.digest == record.digest { record.placedBy = old.placedBy }
         // A file modified while being read is not recorded, so it is hashed again next time.
         if after.sameContentIdentity(as: st) {
             replaceRecord(record)
-        } else if let old = state.record(at: path) {
-            held.remove(path: old.path, chunks: old.chunks)
+        } else {
+            held.willChange(path)
         }
         return record
     }

@@ -104,11 +104,7 @@ final class SQLiteStatement {
     /// Steps a statement that returns no rows.
     func run() throws { while try step() {} }
 
-    func blob(_ column: Int32) -> [UInt8] {
-        let count = Int(sqlite3_column_bytes(handle, column))
-        guard count > 0, let base = sqlite3_column_blob(handle, column) else { return [] }
-        return Array(UnsafeRawBufferPointer(start: base, count: count))
-    }
+    func blob(_ column: Int32) -> [UInt8] { withBlob(column) { Array($0) } }
 
     /// The column's bytes in place, valid until the next step or reset.
     func withBlob<T>(_ column: Int32, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {

@@ -177,15 +177,10 @@ public final class LocalDatabase {
 
     static let fileColumns = "path, dev, ino, perm, size, mtime, ctime, digest, chunks, cached_at"
 
+    /// A row read whole: `CachedRow` with its chunk list decoded.
     private static func cachedFile(_ row: Row) -> CachedFile? {
-        let pathData: Data = row[0]
-        guard let path = try? RelativePath(bytes: [UInt8](pathData)) else { return nil }
-        let st = FileStat(device: UInt64(bitPattern: row[1]), inode: UInt64(bitPattern: row[2]), kind: .regular,
-                          permissions: UInt32(row[3] as Int64), size: UInt64(row[4] as Int64), mtimeNanos: row[5], ctimeNanos: row[6])
-        let digestData: Data = row[7]
-        let chunkData: Data = row[8]
-        guard let digest = decodeID(digestData), let chunks = decodeChunks(chunkData) else { return nil }
-        return CachedFile(path: path, stat: st, digest: digest, chunks: chunks, cachedAtNanos: row[9])
+        guard let cached = CachedRow(row), let path = try? RelativePath(bytes: cached.path), let chunks = cached.chunks() else { return nil }
+        return CachedFile(path: path, stat: cached.stat, digest: cached.digest, chunks: chunks, cachedAtNanos: cached.cachedAtNanos)
     }
 
     public func saveFiles(_ files: [CachedFile], removing removed: [RelativePath] = []) throws {

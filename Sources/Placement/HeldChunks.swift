@@ -43,6 +43,12 @@ public final class HeldChunks {
         if finder == nil {
             for c in chunks where locations[c.id]?.path == path { locations[c.id] = nil }
         }
+        willChange(path)
+    }
+
+    /// Stops reading from `path`, which is about to change or go away: all a finder's user need say, since the
+    /// finder's index follows the files itself.
+    public func willChange(_ path: RelativePath) {
         if openFile?.path == path { openFile = nil }
     }
 
