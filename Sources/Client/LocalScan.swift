@@ -140,9 +140,10 @@ package struct LocalScanner {
 
 extension ScanWarning: Error {}
 
-/// What a full push found in one pass over the tree (issue 29): the walk in path order merged, entry by entry,
-/// with the stat cache and the pushed record read from SQLite in the same order. Only what the push must act on
-/// is kept: a no-op push holds nothing per file, whatever the project's size.
+/// What a full push found in one pass over the tree (issue 29), or in one part of it: the walk in path order
+/// merged, entry by entry, with the stat cache and the pushed record read from SQLite in the same order. Only what
+/// the push must act on is kept: a no-op push holds nothing per file, whatever the project's size, and a push of
+/// many changes works through the tree in parts of a bounded size (`resumeAfter`).
 struct ChangedHere {
     /// Local entries to send (content from the stat cache when it vouches for the file, else nil: to hash).
     var changed: [LocalEntry] = []
@@ -152,34 +153,52 @@ struct ChangedHere {
     var leftIgnored: [RelativePath] = []
     var scanned = 0
     var warnings: [ScanWarning] = []
-    /// Whether the record had any entry (else this is the first push).
+    /// Whether the record had any entry in the part walked (else this is the first push).
     var pushedBefore = false
+    /// Where the walk stopped, having found as many changes as a part holds: everything up to this path is in
+    /// here, and the next part starts after it. Nil when the walk reached the end of the tree.
+    var resumeAfter: [UInt8]?
 }
 
 extension LocalScanner {
     /// The local-owned tree (pull paths left out) compared with the last push as it is walked: see `ChangedHere`.
     /// `everything` sends every entry (a restore). Pushed paths gone here are deleted unless `isLeftAlone`;
-    /// those `isIgnored` are reported as left. Nil when the database's rows or the walk turn out not to be in
-    /// path order (neither should happen): the caller then compares the whole tree in memory.
-    func changedSinceLastPush(everything: Bool, isLeftAlone: (RelativePath, SyncedEntry) -> Bool,
+    /// those `isIgnored` are reported as left. The walk starts after the path `after` (nil: at the start), and
+    /// stops once `limit` changes are found, where the part can end: never between a directory to delete (or to
+    /// replace with a file) and what the record has below it, which the remote must delete first. Nil when the
+    /// database's rows or the walk turn out not to be in path order (neither should happen): the caller then
+    /// compares the whole tree in memory.
+    func changedSinceLastPush(everything: Bool, after: [UInt8]? = nil, limit: Int = .max,
+                              isLeftAlone: (RelativePath, SyncedEntry) -> Bool,
                               isIgnored: (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
         var found = ChangedHere()
+        var deletes = 0
+        // The end of the record's rows below the last directory this part deletes or replaces (its path and a
+        // '0', which follows '/'): the part may not end before the walk is past it.
+        var openUntil: [UInt8] = []
+        func clearsBelow(_ path: [UInt8]) {
+            let end = path + [UInt8(ascii: "0")]
+            if openUntil.lexicographicallyPrecedes(end) { openUntil = end }
+        }
         let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
-        let inOrder = try state.readInPathOrder(.pushed) { rows -> Bool in
+        let inOrder = try state.readInPathOrder(.pushed, after: after) { rows -> Bool in
             func gone(_ path: RelativePath, _ entry: SyncedEntry) {
                 found.pushedBefore = true
                 switch decidePush(local: nil, pushed: entry, everything: everything, leftAlone: isLeftAlone(path, entry)) {
-                case .delete: found.pushed[path] = entry
+                case .delete:
+                    found.pushed[path] = entry
+                    deletes += 1
+                    if entry.kind == .directory { clearsBelow(path.bytes) }
                 case .leaveAlone: if isIgnored(path, entry) { found.leftIgnored.append(path) }
                 case .send, .unchanged: break
                 }
             }
             var walkInOrder = true
-            var last: [UInt8] = []
+            var last: [UInt8] = after ?? []
             do {
-                found.warnings = try scanner.walkInPathOrder { scanned in
+                let walk = try scanner.walkInPathOrder(after: after) { scanned -> Bool in
                     found.scanned += 1
-                    if found.scanned > 1 && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
+                    if (found.scanned > 1 || after != nil) && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
                     last = scanned.path.bytes
                     let pushed = try rows.recorded(at: scanned.path.bytes, gone: gone)
                     if pushed != nil { found.pushedBefore = true }
@@ -190,23 +209,31 @@ extension LocalScanner {
                         // Enough to compare with the record; the chunk list is read only for a file that is sent.
                         entry.content = ChunkedContent(chunks: [], digest: row.digest, size: row.stat.size)
                     }
-                    guard decidePush(local: entry, pushed: pushed, everything: everything) == .send else { return }
-                    if let cached { entry.content = cached.chunks().map { ChunkedContent(chunks: $0, digest: cached.digest, size: cached.stat.size) } }
-                    found.changed.append(entry)
-                    if let pushed { found.pushed[scanned.path] = pushed }
+                    if decidePush(local: entry, pushed: pushed, everything: everything) == .send {
+                        if let cached { entry.content = cached.chunks().map { ChunkedContent(chunks: $0, digest: cached.digest, size: cached.stat.size) } }
+                        found.changed.append(entry)
+                        if let pushed {
+                            found.pushed[scanned.path] = pushed
+                            if pushed.kind == .directory && scanned.kind != .directory { clearsBelow(scanned.path.bytes) }
+                        }
+                    }
+                    return found.changed.count + deletes < limit || scanned.path.bytes.lexicographicallyPrecedes(openUntil)
                 }
+                found.warnings = walk.warnings
+                if walk.stopped { found.resumeAfter = last }
             } catch {
                 throw SyncError("scanning \(project.directory): \(error)")
             }
-            try rows.remainingRecorded(gone)
+            if found.resumeAfter == nil { try rows.remainingRecorded(gone) }
             return rows.inOrder && walkInOrder
         }
         guard inOrder else { return nil }
-        if let git = project.rules.git { found.warnings += git.skippedLines }
+        if after == nil, let git = project.rules.git { found.warnings += git.skippedLines }
         // A plan clears a path before what is placed below it when the record has something other than a
         // directory there (a file the user replaced with a directory). Such a parent the walk passed as unchanged
-        // or left alone is not in `pushed` yet: looked up for the parents of what is sent, a few paths.
-        if found.pushedBefore {
+        // or left alone is not in `pushed` yet: looked up for the parents of what is sent, a few paths. A part
+        // after the first may have such a parent in an earlier part.
+        if found.pushedBefore || after != nil {
             var parents: Set<RelativePath> = []
             for e in found.changed {
                 var parent = e.path.parent

@@ -413,9 +413,10 @@ public final class AgentLink: @unchecked Sendable {
     }
 
     /// Ends a session that went well (the agent said `done`, with everything recorded on its side). A link for
-    /// one session lets the agent go (see `AgentConnection.release`); a persistent link stays open.
-    func endSession() {
-        guard !persistent && markClosed() else { return }
+    /// one session lets the agent go (see `AgentConnection.release`); a persistent link stays open, and so does
+    /// any link with `another` session to carry (the next part of a push).
+    func endSession(another: Bool = false) {
+        guard !persistent && !another && markClosed() else { return }
         heartbeat.stop()
         connection.release()
     }

@@ -119,50 +119,74 @@ public final class PushSession {
 
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
-        let (state, connecting) = try greet()
-        var known: KnownHere
-        var scan: LocalScanner.Scan
-        var scanWasKnown = false
-        var planned: [PushOperation]
-        do {
-            known = try lookHere(state: state, only: only)
-            scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
-            scanWasKnown = known.scan != nil
-            known.scan = nil  // one reference to the entries, dropped once they are planned
-            Trace.mark("push: scanned \(scan.entries.count) entries")
-            planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
-        } catch {
-            connecting.cancel()
-            throw error
-        }
-        let pushed = known.pushed
-        if known.resolveOps == nil { noteLeftIgnored(scan: scan, pushed: pushed, found: known.whole?.leftIgnored, into: &stats) }
-        stats.filesScanned = known.whole?.scanned ?? scan.entries.count
-        // A first push: every entry is to be sent, so the scan holds the whole tree.
-        if known.whole.map({ !$0.pushedBefore }) ?? (pushed.isEmpty && !scanWasKnown) {
-            stats.firstPush = TreeSummary(scan.entries.lazy.map { (path: $0.path, kind: $0.stat.kind, size: $0.stat.size) })
-        }
-        // The plan holds what is sent; the scan's copy of every entry goes (a first push of a million files).
-        scan.entries = []
-        if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
-        let (outcome, pipeline) = try send(&planned, pushed: pushed, askRecord: known.whole?.pushedBefore ?? true, state: state,
-                                           connecting: connecting, into: &stats)
-        stats.warnings = scan.warnings.map(\.description) + outcome.skipped.map(\.description) + stats.warnings
-        summarize(outcome, of: pipeline, pushed: pushed, into: &stats)
-        Trace.mark("push: recording")
-        // A full push looked at every local-owned path: a push conflict it did not find again is gone.
-        try record(outcome, pushed: pushed, state: state, into: &stats, allOf: only == nil && resolving == nil ? .push : nil)
-        Trace.mark("push: recorded")
+        var (state, connecting) = try greet(over: link)
+        // A push of the whole tree works through it in parts of at most `partSize` changes, each a session of its
+        // own over the same link, recorded before the next is walked: memory stays bounded whatever the number
+        // of files to send (issue 29). A push with files to send first (a build's) is one part, so they go first.
+        var resumeAfter: [UInt8]?
+        var parts = 0
+        var firstPush: TreeSummary.Sum? = TreeSummary.Sum()
+        var leftIgnored: [RelativePath] = []
+        var front: [String] = []
+        var conflictsSoFar: [ConflictRecord] = []
+        let progress = ProgressReporter(label: "push", options: project.options)
+        defer { progress.finish() }
+        repeat {
+            var known: KnownHere
+            var scan: LocalScanner.Scan
+            var planned: [PushOperation]
+            do {
+                known = try lookHere(state: state, only: only, after: resumeAfter, limit: firstPaths.isEmpty ? partSize : .max)
+                scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
+                let scanWasKnown = known.scan != nil
+                known.scan = nil  // one reference to the entries, dropped once they are planned
+                Trace.mark("push: scanned \(scan.entries.count) entries")
+                planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
+                // A first push sends every entry: each part's summed as it goes.
+                if known.whole.map({ $0.pushedBefore }) ?? (!known.pushed.isEmpty || scanWasKnown) { firstPush = nil }
+            } catch {
+                connecting.cancel()
+                throw error
+            }
+            parts += 1
+            resumeAfter = known.whole?.resumeAfter
+            let pushed = known.pushed
+            if known.resolveOps == nil { leftIgnored += known.whole?.leftIgnored ?? ignoredNow(scan: scan, pushed: pushed) }
+            stats.filesScanned += known.whole?.scanned ?? scan.entries.count
+            if firstPush != nil { for e in scan.entries { firstPush?.add(e.path, kind: e.stat.kind, size: e.stat.size) } }
+            // The plan holds what is sent; the scan's copy of every entry goes (a first push of a million files).
+            scan.entries = []
+            if !firstPaths.isEmpty { planned = Self.sendingFirst(firstPaths, in: planned) }
+            let more = resumeAfter != nil
+            let (outcome, pipeline) = try send(&planned, pushed: pushed, askRecord: known.whole?.pushedBefore ?? true,
+                                               state: state, connecting: connecting, progress: progress, another: more, into: &stats)
+            front += scan.warnings.map(\.description) + outcome.skipped.map(\.description)
+            summarize(outcome, of: pipeline, pushed: pushed, into: &stats)
+            Trace.mark("push: recording")
+            // A full push looked at every local-owned path: a push conflict it did not find again is gone.
+            try record(outcome, pushed: pushed, state: state, into: &stats, conflictsSoFar: &conflictsSoFar,
+                       allOf: only == nil && resolving == nil && !more ? .push : nil)
+            Trace.mark("push: recorded")
+            if more {
+                (state, connecting) = try greet(state: state, over: try connecting.wait())
+            }
+        } while resumeAfter != nil
+        if let firstPush { stats.firstPush = firstPush.summary() }
+        noteLeftIgnored(leftIgnored, into: &stats)
+        stats.warnings = front + stats.warnings
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
     }
+
+    /// The most changes a part of a push holds (see `runOnce`): about 30 MB of entries and plan. Tests make it small.
+    package var partSize = 65_536
 
     /// Opens the local state and starts connecting. Connecting starts first: it is most of a small push's time, and
     /// runs while the state opens and loads and the tree is scanned. The hello, which names the remote instance the
     /// state remembers, is waited for only when the agent is up. The operations go out right behind it, without
     /// waiting for the welcome: the agent refuses them all if its instance is not the one expected (a wiped or
-    /// replaced remote).
-    private func greet() throws -> (LocalDatabase, PendingConnection) {
+    /// replaced remote). A later part of a push passes the `state` already open and the link its first part made.
+    private func greet(state opened: LocalDatabase? = nil, over link: AgentLink?) throws -> (LocalDatabase, PendingConnection) {
         // The hello, for the connecting thread, which waits for it once the agent is up: it fails with this
         // thread's error if there is none.
         let waiting = OneShot<Result<Hello, Error>>()
@@ -170,7 +194,7 @@ public final class PushSession {
         let state: LocalDatabase
         var greeting: Hello
         do {
-            state = try project.openState()
+            state = try opened ?? project.openState()
             greeting = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
@@ -196,10 +220,11 @@ public final class PushSession {
         /// For a walk of the whole tree merged with the record: how many entries it saw, the pushed paths it left
         /// because they are ignored now, and whether anything had been pushed before. `pushed` then holds only
         /// the record's entries the plan needs.
-        var whole: (scanned: Int, leftIgnored: [RelativePath], pushedBefore: Bool)?
+        /// With `resumeAfter`, the walk stopped there with a part's worth of changes (see `runOnce`).
+        var whole: (scanned: Int, leftIgnored: [RelativePath], pushedBefore: Bool, resumeAfter: [UInt8]?)?
     }
 
-    private func lookHere(state: LocalDatabase, only: Set<RelativePath>?) throws -> KnownHere {
+    private func lookHere(state: LocalDatabase, only: Set<RelativePath>?, after: [UInt8]?, limit: Int) throws -> KnownHere {
         var known = KnownHere()
         if let fixedTree {
             known.pushed = try state.load(.pushed)
@@ -218,11 +243,11 @@ public final class PushSession {
             known.scan = scan
             Trace.mark("push: looked at \(paths.count) reported paths")
         } else if let found = try LocalScanner(project: project, state: state)
-                    .changedSinceLastPush(everything: restoring, isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
+                    .changedSinceLastPush(everything: restoring, after: after, limit: limit, isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
             // The whole tree, merged with the stat cache and the record as it is walked: only changes are kept.
             known.pushed = found.pushed
             known.scan = LocalScanner.Scan(entries: found.changed, warnings: found.warnings, cache: [:])
-            known.whole = (found.scanned, found.leftIgnored, found.pushedBefore)
+            known.whole = (found.scanned, found.leftIgnored, found.pushedBefore, found.resumeAfter)
             Trace.mark("push: walked \(found.scanned) entries, \(found.changed.count) to send")
         } else {
             known.pushed = try state.load(.pushed)
@@ -236,17 +261,17 @@ public final class PushSession {
         !project.isPullPath(path) && project.rules.isExcluded(path.bytes, isDirectory: entry.kind == .directory)
     }
 
-    /// Pushed earlier, ignored now: left on the remote unless pruned, and said so. A whole-tree walk found them
-    /// as it went (`found`); otherwise they are the record's paths missing from the scan.
-    private func noteLeftIgnored(scan: LocalScanner.Scan, pushed: [RelativePath: SyncedEntry], found: [RelativePath]?,
-                                 into stats: inout SyncStats) {
-        if let found {
-            stats.leftIgnored = found
-        } else {
-            let present = Set(scan.entries.map(\.path))
-            stats.leftIgnored = pushed.filter { !present.contains($0.key) && isIgnoredNow($0.key, $0.value) }.keys.sorted()
-        }
-        if pruneIgnored { stats.leftIgnored = [] }
+    /// Pushed earlier, ignored now, as the record's paths missing from a scan (a whole-tree walk finds them as it
+    /// goes).
+    private func ignoredNow(scan: LocalScanner.Scan, pushed: [RelativePath: SyncedEntry]) -> [RelativePath] {
+        guard !pushed.isEmpty else { return [] }
+        let present = Set(scan.entries.map(\.path))
+        return pushed.filter { !present.contains($0.key) && isIgnoredNow($0.key, $0.value) }.keys.sorted()
+    }
+
+    /// Pushed earlier, ignored now: left on the remote unless pruned, and said so.
+    private func noteLeftIgnored(_ found: [RelativePath], into stats: inout SyncStats) {
+        stats.leftIgnored = pruneIgnored ? [] : found
         if !stats.leftIgnored.isEmpty {
             stats.warnings.append("left on the remote: \(stats.leftIgnored.count) path\(stats.leftIgnored.count == 1 ? "" : "s") now ignored"
                                   + " (\(stats.leftIgnored.prefix(3).map(\.description).joined(separator: ", "))"
@@ -256,8 +281,10 @@ public final class PushSession {
 
     /// Hashes what the plan needs while the link comes up, then runs the pipeline over it. A failure records what
     /// the agent answered before it, so that the next push compares against what is on the remote.
+    /// With `another`, the link stays open for the next part's session.
     private func send(_ planned: inout [PushOperation], pushed: [RelativePath: SyncedEntry], askRecord: Bool, state: LocalDatabase,
-                      connecting: PendingConnection, into stats: inout SyncStats) throws -> (PipelineOutcome, PushPipeline) {
+                      connecting: PendingConnection, progress: ProgressReporter, another: Bool,
+                      into stats: inout SyncStats) throws -> (PipelineOutcome, PushPipeline) {
         // A large file is cut while it is sent, so that it is read once, unless its size and mtime are what the
         // last push recorded: then it is most likely unchanged (hashed again only because the stat cache could not
         // vouch for it), which is best found before anything is sent.
@@ -278,7 +305,6 @@ public final class PushSession {
             if case .file(let e, _) = op { return sum + e.stat.size }
             return sum
         }
-        let progress = ProgressReporter(label: "push", options: project.options)
         let pipeline = PushPipeline(project: project, link: link, ops: planned, pushed: pushed, hasher: hasher,
                                     window: window, progress: progress, totalBytes: totalBytes,
                                     force: force || resolving != nil, storeFeed: storeFeed ?? storeSource.map { StoreFeed($0, complete: true) },
@@ -294,26 +320,25 @@ public final class PushSession {
         do {
             outcome = try pipeline.run()
         } catch let error as RemoteReplaced {
-            progress.finish()
             hasher.stop()
             _ = link.fail(error)
             throw error
         } catch {
-            progress.finish()
             hasher.stop()
             let why = link.fail(error)
             // What the agent answered before the failure is on the remote: the record says so, so that the next
             // push compares against it rather than against nothing.
             var partial = SyncStats(direction: "push")
-            try? record(pipeline.answeredSoFar(), pushed: pushed, state: state, into: &partial, allOf: nil)
+            var conflicts: [ConflictRecord] = []
+            try? record(pipeline.answeredSoFar(), pushed: pushed, state: state, into: &partial, conflictsSoFar: &conflicts, allOf: nil)
             // A link that failed resumes with the next push; what the agent refused needs mending first.
             let next = (error as? AgentSaid)?.atStart == true ? "mend that, then push again" : "run the push again to resume"
             throw SyncError("push to \(project.config.remote) failed: \(why); \(next)", cause: error)
         }
-        progress.finish()
+        progress.partDone(bytes: totalBytes)
         Trace.mark("push: pipeline done")
         hasher.stop()
-        link.endSession()
+        link.endSession(another: another)
         stats.remoteDirectory = link.remoteDirectory
         if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
         Trace.mark("push: session ended")
@@ -323,12 +348,16 @@ public final class PushSession {
     /// What the pipeline counted, and what the remote said of the store.
     private func summarize(_ outcome: PipelineOutcome, of pipeline: PushPipeline, pushed: [RelativePath: SyncedEntry],
                            into stats: inout SyncStats) {
-        stats.filesMoved = countMoved(outcome.ops, pushed: pushed)
-        stats.chunksSent = outcome.chunksSent
-        stats.bytesSent = outcome.bytesSent
-        stats.bytesReceived = outcome.bytesReceived
-        stats.streams = outcome.streams
-        stats.warnings += pipeline.streamWarnings.map { "an extra stream could not be opened, so the push used fewer: \($0)" }
+        // Added to what earlier parts of the push counted.
+        stats.filesMoved += countMoved(outcome.ops, pushed: pushed)
+        stats.chunksSent += outcome.chunksSent
+        stats.bytesSent += outcome.bytesSent
+        stats.bytesReceived += outcome.bytesReceived
+        stats.streams = max(stats.streams, outcome.streams)
+        for why in pipeline.streamWarnings {
+            let line = "an extra stream could not be opened, so the push used fewer: \(why)"
+            if !stats.warnings.contains(line) { stats.warnings.append(line) }
+        }
         let trouble = pipeline.storeTrouble
         if let why = trouble.unreachable {
             let line = "\(project.config.remote) cannot read the store: \(why)"
@@ -338,13 +367,14 @@ public final class PushSession {
         for reason in trouble.reasons {
             stats.warnings.append("\(project.config.remote) found damage in the store: \(reason); it got those chunks over SSH instead")
         }
-        stats.storeDamaged = trouble.damaged
+        stats.storeDamaged.merge(trouble.damaged) { $0 + $1 }
     }
 
     /// Counts what the agent did into `stats`, and records it: the pushed (and, for pull paths a resolve sent,
-    /// the pulled) snapshot, and the conflicts found and cleared.
+    /// the pulled) snapshot, and the conflicts found and cleared. `conflictsSoFar` gathers the conflicts earlier
+    /// parts of the push found, so that the last can say with `allOf` which of those recorded are gone.
     private func record(_ outcome: PipelineOutcome, pushed: [RelativePath: SyncedEntry], state: LocalDatabase,
-                        into stats: inout SyncStats, allOf: ConflictRecord.Found?) throws {
+                        into stats: inout SyncStats, conflictsSoFar: inout [ConflictRecord], allOf: ConflictRecord.Found?) throws {
         let ops = outcome.ops
         var changes: [(RelativePath, SyncedEntry?)] = []
         changes.reserveCapacity(ops.count)  // one allocation, not a doubling one, for a first push's million
@@ -402,7 +432,8 @@ public final class PushSession {
         try state.update(.pushed, changes)
         try state.update(.pulled, pulledChanges)
         Trace.mark("push: snapshot written")
-        try state.noteConflicts(conflicts, cleared: cleared, allOf: allOf)
+        try state.noteConflicts(allOf == nil ? conflicts : conflictsSoFar + conflicts, cleared: cleared, allOf: allOf)
+        conflictsSoFar += conflicts
     }
 
     private func localSide(_ op: PushOperation) -> ConflictSide {

@@ -286,7 +286,17 @@ final class ProgressReporter {
         observer = options.onProgress
     }
 
-    func update(done: UInt64, total given: UInt64) {
+    /// Bytes of the parts of a push already done (see `PushSession`): what a part's pipeline reports adds to them.
+    private let earlierParts = Locked<UInt64>(0)
+
+    /// A part of a push is over; the next part's progress counts on from its `bytes`.
+    func partDone(bytes: UInt64) {
+        earlierParts.withLock { $0 += bytes }
+    }
+
+    func update(done part: UInt64, total partTotal: UInt64) {
+        let earlier = earlierParts.current
+        let (done, given) = (earlier + part, partTotal == 0 ? 0 : earlier + partTotal)
         // A file that grew while it was read makes more bytes than the scan counted: never "278 MB / 24 MB".
         let total = given == 0 ? 0 : max(given, done)
         InFlight.note(label, done: done, total: total)

@@ -131,11 +131,14 @@ public final class PathOrderedRows {
 }
 
 extension LocalDatabase {
-    /// Runs `body` with the stat cache and `record` open for reading in path order, in one read transaction.
-    public func readInPathOrder<T>(_ record: Record, _ body: (PathOrderedRows) throws -> T) throws -> T {
+    /// Runs `body` with the stat cache and `record` open for reading in path order, in one read transaction; with
+    /// `after`, from the first path after it (a walk taken up there).
+    public func readInPathOrder<T>(_ record: Record, after: [UInt8]? = nil, _ body: (PathOrderedRows) throws -> T) throws -> T {
         try db.read { db in
-            let files = try Row.fetchCursor(db, sql: "SELECT \(Self.fileColumns) FROM files ORDER BY path")
-            let recorded = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(record.rawValue) ORDER BY path")
+            let from = after.map { ("WHERE path > ?", StatementArguments([Data($0)])) } ?? ("", StatementArguments())
+            let files = try Row.fetchCursor(db, sql: "SELECT \(Self.fileColumns) FROM files \(from.0) ORDER BY path", arguments: from.1)
+            let recorded = try Row.fetchCursor(db, sql: "SELECT \(Self.entryColumns) FROM \(record.rawValue) \(from.0) ORDER BY path",
+                                               arguments: from.1)
             return try body(PathOrderedRows(files: files, record: recorded))
         }
     }

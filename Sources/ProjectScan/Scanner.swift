@@ -156,26 +156,50 @@ extension ProjectScanner {
     /// Without `statting`, a file or directory whose kind the directory listing gives is not looked at further:
     /// its entry's stat holds that kind and nothing else (zeros), which is all a list of paths needs.
     public func walkInPathOrder(statting: Bool = true, _ visit: (ScannedEntry) throws -> Void) throws -> [ScanWarning] {
-        var warnings: [ScanWarning] = []
-        try walkInPathOrder(tree.root, prefix: [], statting: statting, visit, &warnings)
-        return warnings
+        try walkInPathOrder(statting: statting, after: nil) { entry in
+            try visit(entry)
+            return true
+        }.warnings
     }
 
-    private func walkInPathOrder(_ dir: FileDescriptor, prefix: [UInt8], statting: Bool, _ visit: (ScannedEntry) throws -> Void,
-                                 _ warnings: inout [ScanWarning]) throws {
+    /// The same walk, taken up after the path `after` (the entries after it in path order; nil: all of them), and
+    /// stopped as soon as `visit` returns false: a caller that works through a large tree in parts resumes with
+    /// the last path it saw. Only the directories on the way down to `after` are listed again; what sorts before
+    /// it is neither looked at nor entered. `stopped` says whether `visit` ended the walk.
+    public func walkInPathOrder(statting: Bool = true, after: [UInt8]?, _ visit: (ScannedEntry) throws -> Bool) throws
+        -> (warnings: [ScanWarning], stopped: Bool) {
+        var warnings: [ScanWarning] = []
+        let stopped = try !walkInPathOrder(tree.root, prefix: [], after: after, statting: statting, visit, &warnings)
+        return (warnings, stopped)
+    }
+
+    /// Returns false once `visit` did.
+    private func walkInPathOrder(_ dir: FileDescriptor, prefix: [UInt8], after: [UInt8]?, statting: Bool,
+                                 _ visit: (ScannedEntry) throws -> Bool, _ warnings: inout [ScanWarning]) throws -> Bool {
         // Each name as an entry (its name the key) and, for a directory walked, as the walk below it (its name and
-        // a slash); names hold no slash, so no two keys are equal.
-        var steps: [(key: [UInt8], entry: ScannedEntry?, below: [UInt8]?)] = []
+        // a slash); names hold no slash, so no two keys are equal. Resuming, a walk below carries `after` on only
+        // when `after` lies below it.
+        var steps: [(key: [UInt8], entry: ScannedEntry?, below: [UInt8]?, after: [UInt8]?)] = []
         for item in try Tree.list(dir) {
+            var wantEntry = true, wantBelow = item.kind == .directory, belowAfter: [UInt8]?
+            if let after {
+                let full = joinPath(prefix, item.name)
+                wantEntry = after.lexicographicallyPrecedes(full)
+                if wantBelow {
+                    let below = full + [UInt8(ascii: "/")]
+                    if after.starts(with: below) { belowAfter = after } else { wantBelow = after.lexicographicallyPrecedes(below) }
+                }
+                if !wantEntry && !wantBelow { continue }
+            }
             let found = try examine(name: item.name, kind: item.kind, in: dir, prefix: prefix, parentsChecked: true, statting: statting,
                                     warnings: &warnings)
-            if let entry = found.entry { steps.append((item.name, entry, nil)) }
-            if found.descend { steps.append((item.name + [UInt8(ascii: "/")], nil, item.name)) }
+            if wantEntry, let entry = found.entry { steps.append((item.name, entry, nil, nil)) }
+            if wantBelow && found.descend { steps.append((item.name + [UInt8(ascii: "/")], nil, item.name, belowAfter)) }
         }
         steps.sort { $0.key.lexicographicallyPrecedes($1.key) }
         for step in steps {
             if let entry = step.entry {
-                try visit(entry)
+                if try !visit(entry) { return false }
                 continue
             }
             guard let name = step.below else { continue }
@@ -187,7 +211,8 @@ extension ProjectScanner {
                 warnings.append(ScanWarning(path: displayPath(bytes), message: "\(error); skipped"))
                 continue
             }
-            try walkInPathOrder(child, prefix: bytes, statting: statting, visit, &warnings)
+            if try !walkInPathOrder(child, prefix: bytes, after: step.after, statting: statting, visit, &warnings) { return false }
         }
+        return true
     }
 }

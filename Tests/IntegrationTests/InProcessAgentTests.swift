@@ -55,9 +55,11 @@ extension SyncFixture {
         return try Project(directory: project, options: options)
     }
 
-    func pushInProcess(force: Bool = false) throws -> SyncStats {
+    /// `partSize`: the most changes one part of the push holds (see `PushSession.partSize`).
+    func pushInProcess(force: Bool = false, partSize: Int? = nil) throws -> SyncStats {
         let session = PushSession(project: try openInProcess())
         session.force = force
+        if let partSize { session.partSize = partSize }
         return try session.run()
     }
 

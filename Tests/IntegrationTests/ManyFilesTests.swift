@@ -1,4 +1,5 @@
 import Chunking
+@testable import Client
 import Foundation
 import GRDB
 import Testing
@@ -216,5 +217,76 @@ extension ManyFilesTests {
         let copied = try f.pushInProcess()
         #expect(copied.errors.isEmpty && copied.chunksSent == 0, "\(copied.errors): \(copied.chunksSent) chunks sent")
         #expect(f.read("copy.bin", in: f.remoteProject) == f.read("big.bin"))
+    }
+}
+
+/// A push with more changes than a part holds works through the tree in parts, each a session over the same link
+/// recorded before the next is walked (issue 29): the laptop holds one part at a time, whatever the file count.
+extension ManyFilesTests {
+    /// Names that sort around the slash, so that parts end between a directory's entry, its neighbours and what is
+    /// below it.
+    static let partTree = ["a/1", "a/2/x", "a.txt", "a-b/3", "a0/4", "b/5", "b/6", "b.txt", "c/7/8/9", "c/10", "d", "e/11", "z"]
+
+    @Test func aFirstPushInPartsPlacesEverythingOnce() throws {
+        let f = try SyncFixture()
+        for (i, path) in Self.partTree.enumerated() { try f.write(path, "file \(i)\n") }
+        let first = try f.pushInProcess(partSize: 3)
+        #expect(first.errors.isEmpty && first.conflicts == 0, "\(first.errors) \(first.conflictList)")
+        let files = Self.partTree.count + 1  // and syncd.yaml
+        #expect(first.filesChanged == files && first.filesScanned == files + 9, "\(first.filesChanged) \(first.filesScanned)")
+        #expect(first.firstPush?.files == files, "the first-push summary counts every part: \(String(describing: first.firstPush))")
+        let (same, why) = f.treesMatch()
+        #expect(same, "\(why)")
+        let again = try f.pushInProcess(partSize: 3)
+        #expect(again.errors.isEmpty && again.filesChanged == 0 && again.filesDeleted == 0, "every part was recorded: \(again.filesChanged)")
+        // The same over the agent as a process of its own: its sessions follow one another on one connection.
+        try f.write("a/2/x", "over a process\n")
+        try f.write("z", "over a process\n")
+        let overProcess = PushSession(project: try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state, progress: false)))
+        overProcess.partSize = 1
+        let spawned = try overProcess.run()
+        #expect(spawned.errors.isEmpty && spawned.filesChanged == 2, "\(spawned.errors) \(spawned.filesChanged)")
+        #expect(f.read("z", in: f.remoteProject) == Array("over a process\n".utf8))
+        // An edit in each of several parts, and a file deleted.
+        for path in ["a/2/x", "b.txt", "e/11"] { try f.write(path, "edited \(path)\n") }
+        try FileManager.default.removeItem(atPath: f.project + "/c/10")
+        let edit = try f.pushInProcess(partSize: 1)
+        #expect(edit.errors.isEmpty && edit.filesChanged == 3 && edit.filesDeleted == 1, "\(edit.errors) \(edit.filesChanged) \(edit.filesDeleted)")
+        #expect(f.treesMatch().0)
+    }
+
+    /// A deleted directory and what the record has below it go in the same part, even when a changed neighbour
+    /// (`a.txt`, between `a` and `a/`) fills the part: the remote deletes a directory only once it is empty, and
+    /// took one split from its files for a directory holding files created there (a conflict). The same for a
+    /// directory replaced by a file.
+    @Test func aPartDoesNotEndBetweenADeletedDirectoryAndItsFiles() throws {
+        let f = try SyncFixture()
+        for (i, path) in Self.partTree.enumerated() { try f.write(path, "file \(i)\n") }
+        #expect(try f.pushInProcess().errors.isEmpty)
+        try FileManager.default.removeItem(atPath: f.project + "/a")
+        try f.write("a.txt", "changed\n")
+        try FileManager.default.removeItem(atPath: f.project + "/b")
+        try f.write("b", "a file where a directory was\n")
+        try f.write("b.txt", "changed too\n")
+        let pushed = try f.pushInProcess(partSize: 1)
+        #expect(pushed.errors.isEmpty && pushed.conflicts == 0, "\(pushed.errors) \(pushed.conflictList)")
+        #expect(pushed.filesDeleted == 7, "a, a/1, a/2, a/2/x; b/5, b/6 and b's directory, replaced: \(pushed.filesDeleted)")
+        let (same, why) = f.treesMatch()
+        #expect(same, "\(why)")
+    }
+
+    /// A push conflict found in an early part stays recorded when the last part clears those a full push no longer
+    /// finds.
+    @Test func aConflictFoundInAnEarlyPartStaysRecorded() throws {
+        let f = try SyncFixture()
+        for (i, path) in Self.partTree.enumerated() { try f.write(path, "file \(i)\n") }
+        #expect(try f.pushInProcess().errors.isEmpty)
+        try f.write("a/1", "here\n")
+        try f.write("a/1", "there\n", in: f.remoteProject)
+        try f.write("z", "changed\n")
+        let pushed = try f.pushInProcess(partSize: 1)
+        #expect(pushed.conflictPaths.map(\.description) == ["a/1"], "\(pushed.conflictList)")
+        #expect(try f.openInProcess().openState().conflicts().map(\.path.description) == ["a/1"])
+        #expect(f.read("z", in: f.remoteProject) == Array("changed\n".utf8))
     }
 }

@@ -45,5 +45,31 @@ struct PathOrderWalkTests {
         #expect(shown.firstIndex(of: "a.txt")! < shown.firstIndex(of: "a/x")!, "what is below it after its name and a slash")
         #expect(shown.firstIndex(of: "a/y.txt")! < shown.firstIndex(of: "a/y/z/deep")!, "y.txt before y/…")
         #expect(shown.contains("logs/keep/k.log") && !shown.contains("logs/noise/n.log") && !shown.contains("top.log"))
+
+        // Taken up after any path, the walk gives exactly what follows it, and nothing is listed twice when it is
+        // stopped and resumed; after a path that is not in the tree, what sorts after it.
+        for (i, path) in walked.enumerated() {
+            var rest: [ScannedEntry] = []
+            let resumed = try scanner.walkInPathOrder(after: path.path.bytes) { rest.append($0); return true }
+            #expect(rest == Array(walked[(i + 1)...]) && !resumed.stopped, "after \(path.path)")
+        }
+        for after in ["a/", "a/y/", "a/y/z/deeq", "a.", "b0", "\u{7f}"] {
+            var rest: [ScannedEntry] = []
+            _ = try scanner.walkInPathOrder(after: Array(after.utf8)) { rest.append($0); return true }
+            #expect(rest == walked.filter { Array(after.utf8).lexicographicallyPrecedes($0.path.bytes) }, "after \(after)")
+        }
+        for every in 1...4 {
+            var parts: [[ScannedEntry]] = []
+            var resume: [UInt8]?
+            for _ in 0...walked.count {
+                var part: [ScannedEntry] = []
+                let walk = try scanner.walkInPathOrder(after: resume) { part.append($0); return part.count < every }
+                parts.append(part)
+                resume = part.last?.path.bytes
+                if !walk.stopped { break }
+            }
+            #expect(parts.flatMap { $0 } == walked, "in parts of \(every)")
+            #expect(parts.count == walked.count / every + 1, "in parts of \(every): \(parts.map(\.count))")
+        }
     }
 }
