@@ -8,7 +8,11 @@ directory) registered with syncd, which runs as under systemd. Measures:
   - idle: CPU of the daemon and of the remote agent over IDLE seconds with nothing happening;
   - memory: the daemon's resident set (now and at its peak).
 Prints markdown tables.
-usage: Bench/daemon.py [--release DIR] [--runs N] [--files N] [--idle SECONDS]"""
+With --compare-cli before (or after), `syncctl push` pushes the same tree before the daemon starts (or once it
+stopped), with its own state and remote root, caches dropped before each, so that the daemon's first full push can
+be set beside the CLI's on the same file system. Whichever goes first meets the file system still busy with the
+tree just made, so run both orders.
+usage: Bench/daemon.py [--release DIR] [--runs N] [--files N] [--idle SECONDS] [--compare-cli before|after]"""
 import argparse, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -17,6 +21,7 @@ ap.add_argument("--release", default=os.path.join(HERE, "..", ".build", "release
 ap.add_argument("--runs", type=int, default=50)
 ap.add_argument("--files", type=int, default=200)
 ap.add_argument("--idle", type=float, default=30)
+ap.add_argument("--compare-cli", choices=["before", "after"])
 args = ap.parse_args()
 release = os.path.abspath(args.release)
 work = tempfile.mkdtemp(prefix="syncd-daemon-bench.")
@@ -33,8 +38,37 @@ for i in range(args.files):
     last = f"src/d{i // 100}/m{i}.py"
     with open(f"{project}/{last}", "w") as f:
         f.write(f"x = {i}\n" * 20)
-with open(f"{project}/syncd.yaml", "w") as f:
-    f.write(f"name: p\nremote: bench\nremote_root: {remote}\nssh_config: {work}/sshd/ssh_config\nagent_path: {release}/syncd-agent\n")
+
+
+def configure(root):
+    with open(f"{project}/syncd.yaml", "w") as f:
+        f.write(f"name: p\nremote: bench\nremote_root: {root}\nssh_config: {work}/sshd/ssh_config\nagent_path: {release}/syncd-agent\n")
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def cli_push():
+    configure(f"{work}/remote-cli")
+    drop_caches()
+    t0 = time.monotonic()
+    child = subprocess.Popen([f"{release}/syncctl", "push", project, "--json"], stdout=subprocess.DEVNULL,
+                             stderr=open(os.environ.get("BENCH_CLI_LOG", "/dev/null"), "w"), env=dict(env, XDG_STATE_HOME=f"{work}/state-cli"))
+    _, status, usage = os.wait4(child.pid, 0)
+    took = (time.monotonic() - t0, usage.ru_maxrss / 1024, status)
+    configure(remote)
+    drop_caches()  # its remote copy is kept: deleting a million files leaves the file system busy for a while
+    return took
+
+
+cli = cli_push() if args.compare_cli == "before" else None
+configure(remote)
 subprocess.run([f"{release}/syncctl", "add", project], env=env, check=True, capture_output=True)
 log_path = f"{work}/syncd.log"
 started = time.monotonic()
@@ -79,7 +113,10 @@ def status_kb(pid, key):
 try:
     wait_until(lambda: "watching (" in open(log_path).read(), 120, "watch set-up")
     m = re.search(r"watching \((\d+) directories, set up in (\d+) ms\)", open(log_path).read())
-    first_push = wait_until(lambda: os.path.exists(f"{remote}/p/{last}"), 600, "the first push") + (time.monotonic() - started)
+    # The first push is over when the daemon says so (a file that sorts last need not be placed last).
+    wait_until(lambda: re.search(r": push: \d+ changed", open(log_path).read()) and os.path.exists(f"{remote}/p/{last}"), 900,
+               "the first push")
+    first_push = time.monotonic() - started  # (this once added the wait to the time since the start: twice)
     time.sleep(0.5)
     edits, pulls, waits = [], [], []
     for i in range(args.runs):
@@ -113,12 +150,20 @@ try:
     daemon_idle = (cpu_seconds(daemon.pid) - d0) / args.idle * 100
     agent_idle = (sum(cpu_seconds(int(p)) for p in agents) - a0) / args.idle * 100
 
+    rss = (status_kb(daemon.pid, 'VmRSS') / 1024, status_kb(daemon.pid, 'VmHWM') / 1024)
+    if args.compare_cli == "after":
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+        cli = cli_push()
+
     print(f"### {args.files} files, loopback sshd\n")
     print("| start-up | value |")
     print("|---|---|")
     print(f"| inotify watches set up | {m.group(2) if m else '?'} ms ({m.group(1) if m else '?'} directories) |")
     print(f"| daemon start to the whole project on the remote | {first_push:.1f} s |")
-    print(f"| daemon RSS after the runs / peak | {status_kb(daemon.pid, 'VmRSS') / 1024:.0f} MB / {status_kb(daemon.pid, 'VmHWM') / 1024:.0f} MB |")
+    if cli:
+        print(f"| `syncctl push` of the same tree, {args.compare_cli} the daemon (its peak) | {cli[0]:.1f} s ({cli[1]:.0f} MB){'' if cli[2] == 0 else f' status {cli[2]}'} |")
+    print(f"| daemon RSS after the runs / peak | {rss[0]:.0f} MB / {rss[1]:.0f} MB |")
     print(f"| idle CPU over {args.idle:.0f} s: daemon / remote agent | {daemon_idle:.3f}% / {agent_idle:.3f}% |")
     print()
     print(f"| latency ({args.runs} runs, ms) | p50 | p90 | p99 | max |")
@@ -128,7 +173,10 @@ try:
                     ("`syncctl push --wait`, nothing changed", waits)):
         print(f"| {name} | {pct(v, 50):.0f} | {pct(v, 90):.0f} | {pct(v, 99):.0f} | {max(v):.0f} |")
 finally:
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(timeout=60)
+    if os.environ.get("BENCH_KEEP_LOG") and os.path.exists(log_path):
+        shutil.copy(log_path, os.environ["BENCH_KEEP_LOG"])
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
     subprocess.run(["bash", "-c", f'kill $(cat "{work}/sshd/sshd.pid") 2>/dev/null'])
     shutil.rmtree(work, ignore_errors=True)
