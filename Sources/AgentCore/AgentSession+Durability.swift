@@ -62,7 +62,9 @@ extension AgentSession {
                 parent = try building.placing {
                     try assembly.commit(expectingNothing: file.targetStat == nil) { now in
                         if !FileAssembly.targetUnchanged(now, since: file.targetStat) { throw ConflictAtPlacement(current: now) }
-                        if let now, now.kind == .regular { stashed = self.stash(path, stat: now) }
+                        // The version replaced is kept for an undo or a later move, unless it is larger than the
+                        // cache keeps past this push: then keeping it (a key per chunk) would only be undone.
+                        if let now, now.kind == .regular, now.size <= Self.cacheLimit { stashed = self.stash(path, stat: now) }
                     }
                 }
                 if let stashed { refreshStash(stashed) }

@@ -174,7 +174,7 @@ public final class AgentSession {
     /// cut, so the client's record still names what was there before).
     func matchesBase(_ base: PathState, _ current: PathState, _ path: RelativePath, _ st: FileStat?) -> Bool {
         if current == base { return true }
-        guard !clientID.isEmpty, case .file(let digest) = current, let st, let record = state.record(at: path) else { return false }
+        guard !clientID.isEmpty, case .file(let digest) = current, let st, let record = state.record(at: path, chunks: false) else { return false }
         return record.digest == digest && record.placedBy == clientID && record.stat.sameContentIdentity(as: st)
     }
 
@@ -368,7 +368,7 @@ public final class AgentSession {
             return (.symlink(try Tree.readLink(at: parent, name: path.name, shown: path.description)), st)
         // Deciding whether a push may replace it: a record made in the same second as the file's last change is
         // checked by reading the file.
-        case .regular: return (.file(try record(for: path, stat: st, trustRacy: false).digest), st)
+        case .regular: return (.file(try record(for: path, stat: st, trustRacy: false, chunks: false).digest), st)
         case .other: throw AgentError("\(path): not a regular file, directory or symlink on the remote; remove it by hand")
         }
     }
@@ -380,7 +380,7 @@ public final class AgentSession {
     /// `record(for:stat:)`.
     func recordAll(_ files: [(RelativePath, FileStat)]) {
         let missing = files.filter { path, st in
-            st.size < FileChunker.parallelThreshold && !(state.record(at: path).map { $0.stat.sameContentIdentity(as: st) } ?? false)
+            st.size < FileChunker.parallelThreshold && !(state.record(at: path, chunks: false).map { $0.stat.sameContentIdentity(as: st) } ?? false)
         }
         guard missing.count > 1 else { return }
         let results = IndexedResults<(ChunkedContent, FileStat)>(count: missing.count)
@@ -407,9 +407,10 @@ public final class AgentSession {
     }
 
     /// The record for a regular file, re-hashing it when its stat identity changed (or, unless `trustRacy`, when
-    /// the record is racy).
-    func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true) throws -> FileRecord {
-        let known = state.record(at: path)
+    /// the record is racy). Without `chunks`, a record found is returned with an empty chunk list (see
+    /// `AgentState.record(at:chunks:)`).
+    func record(for path: RelativePath, stat st: FileStat, trustRacy: Bool = true, chunks: Bool = true) throws -> FileRecord {
+        let known = state.record(at: path, chunks: chunks)
         if let r = known, r.stat.sameContentIdentity(as: st), trustRacy || !r.isRacy { return r }
         let fd = try tree.openForReading(path)
         let content = try chunker.chunk(fd, threads: FileChunker.processors)

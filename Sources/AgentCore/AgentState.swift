@@ -48,6 +48,8 @@ final class AgentState {
     /// Where the chunks of the pending records are, until they are committed with them.
     private var pendingChunks: [ChunkID: ChunkLocation] = [:]
     private static let commitBatch = 2048
+    /// The most chunks the pending records' map holds (about 1 MB) before they are committed.
+    private static let commitChunks = 16_384
     private let openedAtNanos = wallClockNanos()
 
     /// Opens (making it if needed) the state directory under the project root; its records are read on demand.
@@ -114,9 +116,11 @@ final class AgentState {
     // MARK: Lookups
 
     /// The record of `path`, if the agent has one.
-    func record(at path: RelativePath) -> FileRecord? {
+    /// The path's record; without `chunks`, its chunk list is left empty (not decoded): all that deciding whether
+    /// the file is what was recorded needs, and a 16 GiB file's list is 8 MB.
+    func record(at path: RelativePath, chunks: Bool = true) -> FileRecord? {
         if let changed = pending[path] { return changed }
-        guard var record = withIndex({ try $0.record(at: path) }) ?? nil else { return nil }
+        guard var record = withIndex({ try $0.record(at: path, chunks: chunks) }) ?? nil else { return nil }
         // As when records were loaded whole: one made before this process opened the state counts as made then
         // (see `FileRecord.recordedAtNanos`), one made since keeps its time.
         record.recordedAtNanos = max(record.recordedAtNanos, openedAtNanos)
@@ -144,10 +148,13 @@ final class AgentState {
 
     func put(_ record: FileRecord) {
         pending[record.path] = .some(record)
+        // A large file's chunks are found through the index at once rather than kept here as well until the batch
+        // is committed: a 16 GiB file has 260,000.
+        if record.chunks.count > Self.commitChunks { return commitRecords() }
         for c in record.chunks where !c.id.isHole {
             pendingChunks[c.id] = ChunkLocation(path: record.path, offset: c.offset, length: c.length)
         }
-        if pending.count >= Self.commitBatch { commitRecords() }
+        if pending.count >= Self.commitBatch || pendingChunks.count >= Self.commitChunks { commitRecords() }
     }
 
     func remove(_ path: RelativePath) {
@@ -276,7 +283,9 @@ final class AgentState {
 
     /// A record as written: tag 1, or 7 with the client that placed it; the path first.
     static func encode(_ record: FileRecord) -> [UInt8] {
-        var w = PayloadWriter(capacity: 80 + record.chunks.count * 20)
+        // Exactly what is written: one byte over would double a large file's buffer.
+        var w = PayloadWriter(capacity: 69 + record.path.bytes.count + record.chunks.count * 20
+                                        + (record.placedBy.isEmpty ? 0 : 4 + record.placedBy.utf8.count))
         w.u8(record.placedBy.isEmpty ? 1 : 7)
         w.byteString(record.path.bytes)
         w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
@@ -289,16 +298,20 @@ final class AgentState {
     }
 
     /// Reads what `encode` wrote, after its tag.
-    static func decode(_ r: inout PayloadReader, tag: UInt8, recordedAt: Int64) throws -> FileRecord {
+    static func decode(_ r: inout PayloadReader, tag: UInt8, recordedAt: Int64, chunks wanted: Bool = true) throws -> FileRecord {
         let path = try RelativePath(bytes: try r.byteString("path"))
         let st = FileStat(device: try r.u64("dev"), inode: try r.u64("ino"), kind: .regular, permissions: try r.u32("perm"),
                           size: try r.u64("size"), mtimeNanos: try r.i64("mtime"), ctimeNanos: try r.i64("ctime"))
         let digest = try r.id("digest")
         let n = try r.count("chunks", itemSize: 20, limit: Int.max)
         var chunks: [ChunkRef] = []
-        chunks.reserveCapacity(n)
+        if wanted { chunks.reserveCapacity(n) }
         var offset: UInt64 = 0
-        for _ in 0..<n {
+        for _ in 0..<n where !wanted {
+            _ = try r.id("id")
+            _ = try r.u32("len")
+        }
+        for _ in 0..<(wanted ? n : 0) {
             let id = try r.id("id")
             let length = try r.u32("len")
             chunks.append(ChunkRef(id: id, offset: offset, length: length))

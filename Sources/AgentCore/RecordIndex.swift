@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Chunking
 import Placement
 import SyncSystem
@@ -60,7 +63,8 @@ final class RecordIndex {
         }
     }
 
-    func record(at path: RelativePath) throws -> FileRecord? {
+    /// The path's record; without `chunks`, with an empty chunk list (see `AgentState.record(at:chunks:)`).
+    func record(at path: RelativePath, chunks: Bool = true) throws -> FileRecord? {
         let s = selectRecord.reset()
         s.bind(1, path.bytes)
         guard try s.step() else { return nil }
@@ -69,7 +73,7 @@ final class RecordIndex {
             var r = PayloadReader(raw, frame: "record of \(path)")
             let tag = try r.u8("tag")
             guard tag == 1 || tag == 7 else { throw ProtocolError("unknown record tag \(tag)") }
-            return try AgentState.decode(&r, tag: tag, recordedAt: recorded)
+            return try AgentState.decode(&r, tag: tag, recordedAt: recorded, chunks: chunks)
         }
         s.reset()
         // A record stored under another path than its own is damage, not a record of this file.
@@ -78,27 +82,31 @@ final class RecordIndex {
 
     /// Replaces the path's record, and its chunks in the chunk index. Only the chunks after the part the old and
     /// the new version share from the start are touched: an append to a 16 GiB file changes a few keys, not all
-    /// 260,000 twice over. (A chunk that occurs twice in a file has one key, at the occurrence written last; one
-    /// whose only key was in the old version's tail and that the new one holds only in the shared part loses its
-    /// key: a copy it could have served is then sent instead, never wrong bytes.)
+    /// 260,000 twice over. The two versions are compared as they are encoded (each chunk's id and length), the
+    /// old one where SQLite holds it: neither list is decoded, so a large file's record costs its encoding and no
+    /// more. (A chunk that occurs twice in a file has one key, at the occurrence written last; one whose only key
+    /// was in the old version's tail and that the new one holds only in the shared part loses its key: a copy it
+    /// could have served is then sent instead, never wrong bytes.)
     func put(_ record: FileRecord, encoded: [UInt8]) throws {
-        let old = (try? self.record(at: record.path)) ?? nil
-        let before = old?.chunks ?? [], after = record.chunks
-        var shared = 0
-        while shared < min(before.count, after.count) && before[shared] == after[shared] { shared += 1 }
-        let added = Set(after[shared...].lazy.filter { !$0.id.isHole }.map(\.id))
-        for c in before[shared...] where !c.id.isHole && !added.contains(c.id) {
-            let d = deleteChunk.reset()
-            d.bind(1, Self.key(c.id))
-            d.bind(2, record.path.bytes)
-            try d.run()
+        let shared = try encoded.withUnsafeBytes { new -> Int in
+            let newList = try Self.chunkEntries(new, of: record.path)
+            return try dropChunkKeys(of: record.path) { old in
+                let common = min(old.count, newList.count) / Self.chunkEntryBytes
+                var shared = 0
+                while shared < common
+                        && memcmp(old.baseAddress! + shared * Self.chunkEntryBytes, newList.baseAddress! + shared * Self.chunkEntryBytes,
+                                  Self.chunkEntryBytes) == 0 {
+                    shared += 1
+                }
+                return shared
+            }
         }
         let s = upsertRecord.reset()
         s.bind(1, record.path.bytes)
         s.bind(2, encoded)
         s.bind(3, record.recordedAtNanos)
         try s.run()
-        for c in after[shared...] where !c.id.isHole {
+        for c in record.chunks[min(shared, record.chunks.count)...] where !c.id.isHole {
             let i = replaceChunk.reset()
             i.bind(1, Self.key(c.id))
             i.bind(2, record.path.bytes)
@@ -109,20 +117,52 @@ final class RecordIndex {
     }
 
     func remove(_ path: RelativePath) throws {
-        try removeChunks(of: path)
+        _ = try dropChunkKeys(of: path) { _ in 0 }
         let s = deleteRecord.reset()
         s.bind(1, path.bytes)
         try s.run()
     }
 
-    private func removeChunks(of path: RelativePath) throws {
-        guard let old = try? record(at: path) else { return }
-        for c in old.chunks where !c.id.isHole {
-            let d = deleteChunk.reset()
-            d.bind(1, Self.key(c.id))
-            d.bind(2, path.bytes)
-            try d.run()
+    /// Deletes the chunk keys of the path's recorded version from the index entry `keep(list)` on, where `list` is
+    /// its encoded chunk entries; returns that index (0 when nothing is recorded, or the record does not decode:
+    /// then no key is known to delete).
+    private func dropChunkKeys(of path: RelativePath, from keep: (UnsafeRawBufferPointer) throws -> Int) throws -> Int {
+        let s = selectRecord.reset()
+        defer { s.reset() }
+        s.bind(1, path.bytes)
+        guard try s.step() else { return 0 }
+        return try s.withBlob(0) { raw -> Int in
+            guard let old = try? Self.chunkEntries(raw, of: path) else { return 0 }
+            let from = try keep(old)
+            var i = from * Self.chunkEntryBytes
+            while i + Self.chunkEntryBytes <= old.count {
+                let id = ChunkID(low: UInt64(littleEndian: old.loadUnaligned(fromByteOffset: i, as: UInt64.self)),
+                                 high: UInt64(littleEndian: old.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)))
+                i += Self.chunkEntryBytes
+                if id.isHole { continue }
+                let d = deleteChunk.reset()
+                d.bind(1, Self.key(id))
+                d.bind(2, path.bytes)
+                try d.run()
+            }
+            return from
         }
+    }
+
+    /// A chunk's entry in an encoded record: its id and length (`AgentState.encode`).
+    private static let chunkEntryBytes = 20
+
+    /// The chunk entries of an encoded record, where they lie in it.
+    private static func chunkEntries(_ raw: UnsafeRawBufferPointer, of path: RelativePath) throws -> UnsafeRawBufferPointer {
+        var r = PayloadReader(raw, frame: "record of \(path)")
+        let tag = try r.u8("tag")
+        guard tag == 1 || tag == 7 else { throw ProtocolError("unknown record tag \(tag)") }
+        _ = try r.byteString("path")
+        _ = try r.u64("dev"); _ = try r.u64("ino"); _ = try r.u32("perm"); _ = try r.u64("size")
+        _ = try r.i64("mtime"); _ = try r.i64("ctime")
+        _ = try r.id("digest")
+        let n = try r.count("chunks", itemSize: chunkEntryBytes, limit: Int.max)
+        return UnsafeRawBufferPointer(rebasing: r.restInPlace()[..<(n * chunkEntryBytes)])
     }
 
     /// The recorded paths strictly below `path`: keys between `path/` and `path0` ('0' follows '/').
