@@ -30,7 +30,7 @@ final class MotoServer: @unchecked Sendable {  // `pid` is set once, in init
         var lastError = ""
         for _ in 0..<5 {
             let chosen = freePortForTest()
-            let child = try spawnWatchedServer([moto, "-H", "127.0.0.1", "-p", "\(chosen)"], log: directory + "/moto.log")
+            let child = try spawnWatchedServer([moto, "-H", "127.0.0.1", "-p", "\(chosen)"], log: directory + "/moto.log", directory: directory)
             if eventually(seconds: 30, { !portIsFree(chosen) }) {
                 pid = child
                 port = chosen

@@ -54,7 +54,7 @@ final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init,
                         "-s3", "-s3.port=\(chosen[3])", "-s3.config=\(directory)/s3.json", "-s3.port.iceberg=0", "-s3.port.lance=0",
                         "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0",
                         "-s3.autoCreateBucket=false", "-s3.allowDeleteBucketNotEmpty=false"]
-            let child = try spawnWatchedServer([weed] + args, log: directory + "/weed.log")
+            let child = try spawnWatchedServer([weed] + args, log: directory + "/weed.log", directory: directory)
             let deadline = Date().addingTimeInterval(40)
             var ready = false
             while Date() < deadline {
@@ -89,11 +89,15 @@ final class SeaweedServer: @unchecked Sendable {  // `pid` is set once, in init,
 
 /// Starts a test server (`words`, output to `log`) under a shell that kills it once the test process is gone,
 /// whatever happens to the tests (not a parent-death signal: that follows the thread that spawned it, and the test
-/// runner retires its threads). Returns the shell's pid; SIGTERM to it stops the server.
-func spawnWatchedServer(_ words: [String], log: String) throws -> pid_t {
-    let watch = "\"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null' EXIT TERM; "
-        + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done"
-    return try spawnDaemon(["/bin/sh", "-c", watch, "sh"] + words, env: [:], log: log)
+/// runner retires its threads), and then removes `directory` (a server shared by the whole run is never
+/// deinitialized; SeaweedFS's data was 450 MB a run). Returns the shell's pid; SIGTERM to it stops the server and
+/// leaves the directory.
+func spawnWatchedServer(_ words: [String], log: String, directory: String) throws -> pid_t {
+    let watch = "dir=$1; shift; \"$@\" & server=$!; trap 'kill -9 $server 2>/dev/null; exit 1' TERM; "
+        + "trap 'kill -9 $server 2>/dev/null' EXIT; "
+        + "while kill -0 \(getpid()) 2>/dev/null && kill -0 $server 2>/dev/null; do sleep 1; done; "
+        + "if ! kill -0 \(getpid()) 2>/dev/null; then kill -9 $server 2>/dev/null; wait $server; rm -rf \"$dir\"; fi"
+    return try spawnDaemon(["/bin/sh", "-c", watch, "sh", directory] + words, env: [:], log: log)
 }
 
 /// Stops a server `spawnWatchedServer` started; returns the end of its log (why it did not come up).
