@@ -119,12 +119,13 @@ public final class PushSession {
 
     private func runOnce(started: UInt64, only: Set<RelativePath>?) throws -> SyncStats {
         var stats = SyncStats(direction: "push")
-        var (state, connecting) = try greet(over: link)
+        let state: LocalDatabase
+        var connecting: PendingConnection
+        (state, connecting) = try greet(over: link)
         // A push of the whole tree works through it in parts of at most `partSize` changes, each a session of its
         // own over the same link, recorded before the next is walked: memory stays bounded whatever the number
         // of files to send (issue 29). A push with files to send first (a build's) is one part, so they go first.
         var resumeAfter: [UInt8]?
-        var parts = 0
         var firstPush: TreeSummary.Sum? = TreeSummary.Sum()
         var leftIgnored: [RelativePath] = []
         var front: [String] = []
@@ -142,13 +143,12 @@ public final class PushSession {
                 known.scan = nil  // one reference to the entries, dropped once they are planned
                 Trace.mark("push: scanned \(scan.entries.count) entries")
                 planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
-                // A first push sends every entry: each part's summed as it goes.
+                // A first push (nothing recorded in any part) sends every entry, summed part by part.
                 if known.whole.map({ $0.pushedBefore }) ?? (!known.pushed.isEmpty || scanWasKnown) { firstPush = nil }
             } catch {
                 connecting.cancel()
                 throw error
             }
-            parts += 1
             resumeAfter = known.whole?.resumeAfter
             let pushed = known.pushed
             if known.resolveOps == nil { leftIgnored += known.whole?.leftIgnored ?? ignoredNow(scan: scan, pushed: pushed) }
@@ -168,7 +168,7 @@ public final class PushSession {
                        allOf: only == nil && resolving == nil && !more ? .push : nil)
             Trace.mark("push: recorded")
             if more {
-                (state, connecting) = try greet(state: state, over: try connecting.wait())
+                connecting = try greet(state: state, over: try connecting.wait()).1
             }
         } while resumeAfter != nil
         if let firstPush { stats.firstPush = firstPush.summary() }
