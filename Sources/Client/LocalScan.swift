@@ -158,40 +158,51 @@ struct ChangedHere {
     /// Where the walk stopped, having found as many changes as a part holds: everything up to this path is in
     /// here, and the next part starts after it. Nil when the walk reached the end of the tree.
     var resumeAfter: [UInt8]?
+    /// Directories to delete whose files in the record go on past `resumeAfter`: the remote deletes a directory
+    /// only once it is empty, so each is deleted by the part that deletes the last of them (the next part is
+    /// given these).
+    var carried: [(RelativePath, SyncedEntry)] = []
 }
 
 extension LocalScanner {
     /// The local-owned tree (pull paths left out) compared with the last push as it is walked: see `ChangedHere`.
     /// `everything` sends every entry (a restore). Pushed paths gone here are deleted unless `isLeftAlone`;
-    /// those `isIgnored` are reported as left. The walk starts after the path `after` (nil: at the start), and
-    /// stops once `limit` changes are found, where the part can end: never between a directory to delete (or to
-    /// replace with a file) and what the record has below it, which the remote must delete first. Nil when the
-    /// database's rows or the walk turn out not to be in path order (neither should happen): the caller then
-    /// compares the whole tree in memory.
-    func changedSinceLastPush(everything: Bool, after: [UInt8]? = nil, limit: Int = .max,
+    /// those `isIgnored` are reported as left. The walk starts after the path `after` (nil: at the start), with
+    /// the directories to delete an earlier part `carried`, and stops once `limit` changes (deletes included) are
+    /// found, also among the record's paths gone here (a deleted dataset). A part ends where it can: never between
+    /// a directory replaced by a file and what the record has below it, which the remote must delete first; a
+    /// directory deleted is carried on with its files. Nil when the database's rows or the walk turn out not to be
+    /// in path order (neither should happen): the caller then compares the whole tree in memory.
+    func changedSinceLastPush(everything: Bool, after: [UInt8]? = nil, carried: [(RelativePath, SyncedEntry)] = [], limit: Int = .max,
                               isLeftAlone: (RelativePath, SyncedEntry) -> Bool,
                               isIgnored: (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
         var found = ChangedHere()
-        var deletes = 0
-        // The end of the record's rows below the last directory this part deletes or replaces (its path and a
+        // The directories this part deletes, in path order.
+        var deletedDirectories = carried
+        for (path, entry) in carried { found.pushed[path] = entry }
+        var deletes = 0  // the carried directories are a few (nested), and counting them could leave no room
+        // The end of the record's rows below the last directory this part replaces with a file (its path and a
         // '0', which follows '/'): the part may not end before the walk is past it.
         var openUntil: [UInt8] = []
-        func clearsBelow(_ path: [UInt8]) {
-            let end = path + [UInt8(ascii: "0")]
-            if openUntil.lexicographicallyPrecedes(end) { openUntil = end }
+        func mayEnd(at path: [UInt8]) -> Bool {
+            found.changed.count + deletes >= limit && !path.lexicographicallyPrecedes(openUntil)
         }
+        var stoppedAt: [UInt8]?
         let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
         let inOrder = try state.readInPathOrder(.pushed, after: after) { rows -> Bool in
-            func gone(_ path: RelativePath, _ entry: SyncedEntry) {
+            func gone(_ path: RelativePath, _ entry: SyncedEntry) -> Bool {
                 found.pushedBefore = true
                 switch decidePush(local: nil, pushed: entry, everything: everything, leftAlone: isLeftAlone(path, entry)) {
                 case .delete:
                     found.pushed[path] = entry
                     deletes += 1
-                    if entry.kind == .directory { clearsBelow(path.bytes) }
+                    if entry.kind == .directory { deletedDirectories.append((path, entry)) }
                 case .leaveAlone: if isIgnored(path, entry) { found.leftIgnored.append(path) }
                 case .send, .unchanged: break
                 }
+                guard mayEnd(at: path.bytes) else { return true }
+                stoppedAt = path.bytes
+                return false
             }
             var walkInOrder = true
             var last: [UInt8] = after ?? []
@@ -201,6 +212,11 @@ extension LocalScanner {
                     if (found.scanned > 1 || after != nil) && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
                     last = scanned.path.bytes
                     let pushed = try rows.recorded(at: scanned.path.bytes, gone: gone)
+                    // Full among the paths gone before this one: it is the next part's.
+                    if stoppedAt != nil {
+                        found.scanned -= 1
+                        return false
+                    }
                     if pushed != nil { found.pushedBefore = true }
                     var entry = LocalEntry(path: scanned.path, stat: scanned.stat, content: nil, linkTarget: scanned.linkTarget)
                     var cached: CachedRow?
@@ -214,20 +230,33 @@ extension LocalScanner {
                         found.changed.append(entry)
                         if let pushed {
                             found.pushed[scanned.path] = pushed
-                            if pushed.kind == .directory && scanned.kind != .directory { clearsBelow(scanned.path.bytes) }
+                            if pushed.kind == .directory && scanned.kind != .directory {
+                                let end = scanned.path.bytes + [UInt8(ascii: "0")]
+                                if openUntil.lexicographicallyPrecedes(end) { openUntil = end }
+                            }
                         }
                     }
-                    return found.changed.count + deletes < limit || scanned.path.bytes.lexicographicallyPrecedes(openUntil)
+                    guard mayEnd(at: scanned.path.bytes) else { return true }
+                    stoppedAt = scanned.path.bytes
+                    return false
                 }
                 found.warnings = walk.warnings
-                if walk.stopped { found.resumeAfter = last }
             } catch {
                 throw SyncError("scanning \(project.directory): \(error)")
             }
-            if found.resumeAfter == nil { try rows.remainingRecorded(gone) }
+            if stoppedAt == nil { try rows.remainingRecorded(gone) }
             return rows.inOrder && walkInOrder
         }
         guard inOrder else { return nil }
+        found.resumeAfter = stoppedAt
+        // A deleted directory with record paths past where the part ends ("data" ending at "data/b/7") waits for
+        // the part that deletes the last of them.
+        if let end = stoppedAt {
+            for (path, entry) in deletedDirectories where end.lexicographicallyPrecedes(path.bytes + [UInt8(ascii: "0")]) {
+                found.pushed[path] = nil
+                found.carried.append((path, entry))
+            }
+        }
         if after == nil, let git = project.rules.git { found.warnings += git.skippedLines }
         // A plan clears a path before what is placed below it when the record has something other than a
         // directory there (a file the user replaced with a directory). Such a parent the walk passed as unchanged

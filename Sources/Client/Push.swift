@@ -125,7 +125,9 @@ public final class PushSession {
         // A push of the whole tree works through it in parts of at most `partSize` changes, each a session of its
         // own over the same link, recorded before the next is walked: memory stays bounded whatever the number
         // of files to send (issue 29). A push with files to send first (a build's) is one part, so they go first.
+        parts = 0
         var resumeAfter: [UInt8]?
+        var carried: [(RelativePath, SyncedEntry)] = []
         var firstPush: TreeSummary.Sum? = TreeSummary.Sum()
         var leftIgnored: [RelativePath] = []
         var front: [String] = []
@@ -137,7 +139,7 @@ public final class PushSession {
             var scan: LocalScanner.Scan
             var planned: [PushOperation]
             do {
-                known = try lookHere(state: state, only: only, after: resumeAfter, limit: firstPaths.isEmpty ? partSize : .max)
+                known = try lookHere(state: state, only: only, after: resumeAfter, carried: carried, limit: firstPaths.isEmpty ? partSize : .max)
                 scan = try known.scan ?? LocalScanner(project: project, state: state).scan(roots: nil)
                 let scanWasKnown = known.scan != nil
                 known.scan = nil  // one reference to the entries, dropped once they are planned
@@ -150,6 +152,8 @@ public final class PushSession {
                 throw error
             }
             resumeAfter = known.whole?.resumeAfter
+            carried = known.whole?.carried ?? []
+            parts += 1
             let pushed = known.pushed
             if known.resolveOps == nil { leftIgnored += known.whole?.leftIgnored ?? ignoredNow(scan: scan, pushed: pushed) }
             stats.filesScanned += known.whole?.scanned ?? scan.entries.count
@@ -180,6 +184,8 @@ public final class PushSession {
 
     /// The most changes a part of a push holds (see `runOnce`): about 30 MB of entries and plan. Tests make it small.
     package var partSize = 65_536
+    /// How many parts the last run took (for tests).
+    package private(set) var parts = 0
 
     /// Opens the local state and starts connecting. Connecting starts first: it is most of a small push's time, and
     /// runs while the state opens and loads and the tree is scanned. The hello, which names the remote instance the
@@ -221,10 +227,12 @@ public final class PushSession {
         /// because they are ignored now, and whether anything had been pushed before. `pushed` then holds only
         /// the record's entries the plan needs.
         /// With `resumeAfter`, the walk stopped there with a part's worth of changes (see `runOnce`).
-        var whole: (scanned: Int, leftIgnored: [RelativePath], pushedBefore: Bool, resumeAfter: [UInt8]?)?
+        var whole: (scanned: Int, leftIgnored: [RelativePath], pushedBefore: Bool, resumeAfter: [UInt8]?,
+                    carried: [(RelativePath, SyncedEntry)])?
     }
 
-    private func lookHere(state: LocalDatabase, only: Set<RelativePath>?, after: [UInt8]?, limit: Int) throws -> KnownHere {
+    private func lookHere(state: LocalDatabase, only: Set<RelativePath>?, after: [UInt8]?, carried: [(RelativePath, SyncedEntry)],
+                          limit: Int) throws -> KnownHere {
         var known = KnownHere()
         if let fixedTree {
             known.pushed = try state.load(.pushed)
@@ -243,11 +251,12 @@ public final class PushSession {
             known.scan = scan
             Trace.mark("push: looked at \(paths.count) reported paths")
         } else if let found = try LocalScanner(project: project, state: state)
-                    .changedSinceLastPush(everything: restoring, after: after, limit: limit, isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
+                    .changedSinceLastPush(everything: restoring, after: after, carried: carried, limit: limit,
+                                          isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
             // The whole tree, merged with the stat cache and the record as it is walked: only changes are kept.
             known.pushed = found.pushed
             known.scan = LocalScanner.Scan(entries: found.changed, warnings: found.warnings, cache: [:])
-            known.whole = (found.scanned, found.leftIgnored, found.pushedBefore, found.resumeAfter)
+            known.whole = (found.scanned, found.leftIgnored, found.pushedBefore, found.resumeAfter, found.carried)
             Trace.mark("push: walked \(found.scanned) entries, \(found.changed.count) to send")
         } else {
             known.pushed = try state.load(.pushed)

@@ -77,14 +77,15 @@ public final class PathOrderedRows {
     }
 
     /// The record's entry at `path`, if it has one. Entries before it (paths gone from the walk) go to `gone`
-    /// first, in order.
-    public func recorded(at path: [UInt8], gone: (RelativePath, SyncedEntry) throws -> Void) throws -> SyncedEntry? {
+    /// first, in order; once `gone` returns false, nil is returned at once and the entries after that one are left
+    /// for later (a part of a push ends there).
+    public func recorded(at path: [UInt8], gone: (RelativePath, SyncedEntry) throws -> Bool) throws -> SyncedEntry? {
         while true {
             if nextRecorded == nil && !recordEnded { try advanceRecord() }
             guard let row = nextRecorded else { return nil }
             if row.path.lexicographicallyPrecedes(path) {
                 nextRecorded = nil
-                if let entry = row.entry, let p = try? RelativePath(bytes: row.path) { try gone(p, entry) }
+                if let entry = row.entry, let p = try? RelativePath(bytes: row.path), try !gone(p, entry) { return nil }
                 continue
             }
             guard row.path == path else { return nil }
@@ -93,13 +94,13 @@ public final class PathOrderedRows {
         }
     }
 
-    /// The record's entries after the walk's last path, to `gone`.
-    public func remainingRecorded(_ gone: (RelativePath, SyncedEntry) throws -> Void) throws {
+    /// The record's entries after the walk's last path, to `gone`, until it returns false.
+    public func remainingRecorded(_ gone: (RelativePath, SyncedEntry) throws -> Bool) throws {
         while true {
             if nextRecorded == nil && !recordEnded { try advanceRecord() }
             guard let row = nextRecorded else { return }
             nextRecorded = nil
-            if let entry = row.entry, let p = try? RelativePath(bytes: row.path) { try gone(p, entry) }
+            if let entry = row.entry, let p = try? RelativePath(bytes: row.path), try !gone(p, entry) { return }
         }
     }
 

@@ -290,3 +290,26 @@ extension ManyFilesTests {
         #expect(f.read("z", in: f.remoteProject) == Array("changed\n".utf8))
     }
 }
+
+extension ManyFilesTests {
+    /// A deleted dataset goes in parts too: the record's paths gone here count toward a part, which may end among
+    /// them, and each directory waits for the part that deletes the last of its files (the remote deletes only an
+    /// empty one). One part held every delete before.
+    @Test func aDeletedTreeIsDeletedInParts() throws {
+        let f = try SyncFixture()
+        for d in ["a", "b"] { for i in 0..<4 { try f.write("data/\(d)/\(i)", "\(d)\(i)\n") } }
+        try f.write("data.txt", "beside it\n")
+        try f.write("z", "after it\n")
+        #expect(try f.pushInProcess().errors.isEmpty)
+        try FileManager.default.removeItem(atPath: f.project + "/data")
+        let session = PushSession(project: try f.openInProcess())
+        session.partSize = 2
+        let pushed = try session.run()
+        #expect(pushed.errors.isEmpty && pushed.conflicts == 0, "\(pushed.errors) \(pushed.conflictList)")
+        #expect(pushed.filesDeleted == 11, "8 files, data/a, data/b and data: \(pushed.filesDeleted)")
+        #expect(session.parts >= 5, "the deletes went in parts of 2: \(session.parts)")
+        #expect(!FileManager.default.fileExists(atPath: f.remoteProject + "/data"))
+        let (same, why) = f.treesMatch()
+        #expect(same, "\(why)")
+    }
+}
