@@ -85,7 +85,7 @@ deb: build
 
 ## test-packages: install and remove both for real (dpkg -i, install.sh), with a push through the installed binaries
 test-packages: dist deb test-deps
-	$(SUDO) scripts/test-packages.sh dist
+	$(SUDO) scripts/test-packages.sh dist $(RELEASE)
 
 ## install: the binaries in ~/.local/bin (then `syncctl daemon install` runs syncd as a systemd user service);
 ##          uninstall: the service and the binaries

@@ -31,7 +31,7 @@ say "syncctl init --remote local:$REMOTE"
 cat "$PROJECT/syncd.yaml"
 
 say "syncctl ls (what a push sends)"
-"$BIN/syncctl" ls "$PROJECT" | head -20
+"$BIN/syncctl" ls "$PROJECT" | sed -n 1,20p  # (sed reads to the end: under pipefail, head would fail the script)
 
 say "syncctl push"
 "$BIN/syncctl" push "$PROJECT"

@@ -12,7 +12,8 @@ for b in syncctl syncd syncd-agent generate-manual; do
 done
 # The packages carry no Swift runtime: each binary must have it linked in (make build does).
 for b in syncctl syncd syncd-agent; do
-  if ldd "$release/$b" 2>/dev/null | grep -q 'libswiftCore'; then
+  # (grep without -q, and awk without exit, read to the end: under pipefail a writer cut off early fails the script)
+  if ldd "$release/$b" 2>/dev/null | grep 'libswiftCore' >/dev/null; then
     echo "package.sh: $release/$b loads the Swift runtime as a shared library; build it with --static-swift-stdlib (make build)" >&2
     exit 2
   fi
@@ -106,7 +107,7 @@ deb)
         dpkg -S "/usr$lib" 2>/dev/null || dpkg -S "${lib#/usr}" 2>/dev/null || true
     done | cut -d: -f1 | sort -u | paste -sd, | sed 's/,/, /g')
   # libcurl is loaded when a store is used (dlopen), so ldd does not show it.
-  curl=$(ldconfig -p | awk '/libcurl.so.4 /{print $NF; exit}')
+  curl=$(ldconfig -p | awk '/libcurl.so.4 / && !found {print $NF; found = 1}')
   if [ -n "$curl" ] && curl_package=$(dpkg -S "$(readlink -f "$curl")" 2>/dev/null || dpkg -S "$curl" 2>/dev/null); then
     depends="$depends, ${curl_package%%:*}"
   fi
