@@ -184,9 +184,11 @@ class Bench:
 
 def run_large(bench, gib):
     """A project of one random file of `gib` GiB: its first push, then 64 MiB appended and pushed, by each tool,
-    with each side's peak (large data: memory per GiB of project, not per file)."""
-    # The project, and each tool's copy twice over: an appended file is written whole beside the old one.
-    size = gib * 5 * (1 << 30) + (3 << 30)
+    with each side's peak (large data: memory per GiB of project, not per file). The tools take turns, so that the
+    file system holds three copies of the data, not five: syncd's, whose copy is then removed and the project's
+    file cut back to its first size, then rsync's."""
+    # The project, and one tool's copy twice over: an appended file is written whole beside the old one.
+    size = gib * 3 * (1 << 30) + (3 << 30)
     bench.detach()
     image = f"{bench.work}/fs.img"
     if os.path.exists(image):
@@ -198,22 +200,25 @@ def run_large(bench, gib):
                                   check=True, capture_output=True, text=True).stdout.strip()
     sh("mount", bench.device, bench.mnt)
     root = f"{bench.mnt}/proj"
+    big = f"{root}/data/big.bin"
     os.makedirs(f"{root}/data")
-    with open(f"{root}/data/big.bin", "wb") as f:
+    with open(big, "wb") as f:
         for _ in range(gib * 16):
             f.write(os.urandom(64 << 20))
     with open(f"{root}/syncd.yaml", "w") as f:
         f.write(f"name: scale\nremote: bench\nremote_root: {bench.mnt}/remote\nssh_config: {bench.work}/sshd/ssh_config\n"
                 f"agent_path: {bench.release}/syncd-agent\n")
     row = {"gib": gib}
-    bench.drop_caches()
-    row["first syncd"] = bench.syncd_push(root)
-    bench.drop_caches()
-    row["first rsync"] = bench.rsync_push(root)
-    with open(f"{root}/data/big.bin", "ab") as f:
-        f.write(os.urandom(64 << 20))
-    row["append syncd"] = bench.syncd_push(root)
-    row["append rsync"] = bench.rsync_push(root)
+    for tool, push in (("syncd", bench.syncd_push), ("rsync", bench.rsync_push)):
+        bench.drop_caches()
+        row[f"first {tool}"] = push(root)
+        with open(big, "ab") as f:
+            f.write(os.urandom(64 << 20))
+        row[f"append {tool}"] = push(root)
+        if tool == "syncd":
+            for gone in ("remote", "state"):
+                shutil.rmtree(f"{bench.mnt}/{gone}")
+            os.truncate(big, gib << 30)
     return row
 
 
