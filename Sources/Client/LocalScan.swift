@@ -207,7 +207,7 @@ extension LocalScanner {
             var walkInOrder = true
             var last: [UInt8] = after ?? []
             do {
-                let walk = try scanner.walkInPathOrder(after: after) { scanned -> Bool in
+                let walk = try scanner.walkInPathOrderAhead(after: after) { scanned -> Bool in
                     found.scanned += 1
                     if (found.scanned > 1 || after != nil) && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
                     last = scanned.path.bytes

@@ -130,7 +130,10 @@ public final class PushSession {
         var carried: [(RelativePath, SyncedEntry)] = []
         var firstPush: TreeSummary.Sum? = TreeSummary.Sum()
         var leftIgnored: [RelativePath] = []
+        // The scan's warnings, each once: a part's walk may look a little past where the part ends (the rest of a
+        // directory's listing, the walker running ahead), and the next part looks there again.
         var front: [String] = []
+        var frontSeen: Set<String> = []
         var conflictsSoFar: [ConflictRecord] = []
         let progress = ProgressReporter(label: "push", options: project.options)
         defer { progress.finish() }
@@ -164,7 +167,9 @@ public final class PushSession {
             let more = resumeAfter != nil
             let (outcome, pipeline) = try send(&planned, pushed: pushed, askRecord: known.whole?.pushedBefore ?? true,
                                                state: state, connecting: connecting, progress: progress, another: more, into: &stats)
-            front += scan.warnings.map(\.description) + outcome.skipped.map(\.description)
+            for line in scan.warnings.map(\.description) + outcome.skipped.map(\.description) where frontSeen.insert(line).inserted {
+                front.append(line)
+            }
             summarize(outcome, of: pipeline, pushed: pushed, into: &stats)
             Trace.mark("push: recording")
             // A full push looked at every local-owned path: a push conflict it did not find again is gone.

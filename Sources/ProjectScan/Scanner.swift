@@ -1,3 +1,4 @@
+import Glibc
 import SyncSystem
 
 /// One entry of a project tree as found on disk.
@@ -171,6 +172,51 @@ extension ProjectScanner {
         var warnings: [ScanWarning] = []
         let stopped = try !walkInPathOrder(tree.root, prefix: [], after: after, statting: statting, visit, &warnings)
         return (warnings, stopped)
+    }
+
+    /// The same walk with the listings, the stats and the ignore rules on a thread of their own, ahead of `visit`
+    /// on this one: a caller that merges the walk with the local database (a no-op push) no longer waits for the
+    /// kernel's stats between rows, and on two cores the two halves overlap. At most `batches` batches of
+    /// `batch` entries wait between the threads, so the walk holds no more than that beyond what the plain walk
+    /// does. Once `visit` returns false (or throws) the walker stops at its next entry, and this returns when it
+    /// has; what it walked past the last entry visited is dropped, as a caller that resumes `after` that entry
+    /// expects. Warnings are those of what the walker looked at, which may run a little past that entry.
+    public func walkInPathOrderAhead(after: [UInt8]?, batch: Int = 256, batches: Int = 16,
+                                     _ visit: (ScannedEntry) throws -> Bool) throws -> (warnings: [ScanWarning], stopped: Bool) {
+        let queue = BoundedQueue<[ScannedEntry]>(limit: batches)
+        let outcome = Locked<Result<[ScanWarning], Error>>(.success([]))  // the walker's, set before it closes the queue
+        let walker = try startThread(name: "walk ahead") { [self] in
+            var pending: [ScannedEntry] = []
+            pending.reserveCapacity(batch)
+            let result = Result { () throws -> [ScanWarning] in
+                let walked = try walkInPathOrder(after: after) { entry in
+                    pending.append(entry)
+                    guard pending.count == batch else { return true }
+                    defer { pending.removeAll(keepingCapacity: true) }
+                    return queue.put(pending)
+                }
+                if !walked.stopped && !pending.isEmpty { queue.put(pending) }
+                return walked.warnings
+            }
+            outcome.withLock { $0 = result }
+            queue.close()
+        }
+        var stopped = false
+        do {
+            taking: while let entries = queue.take() {
+                for entry in entries where try !visit(entry) {
+                    stopped = true
+                    break taking
+                }
+            }
+        } catch {
+            queue.discard()
+            pthread_join(walker, nil)
+            throw error
+        }
+        queue.discard()
+        pthread_join(walker, nil)
+        return (try outcome.current.get(), stopped)
     }
 
     /// Returns false once `visit` did.

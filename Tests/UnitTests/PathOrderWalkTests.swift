@@ -71,5 +71,44 @@ struct PathOrderWalkTests {
             #expect(parts.flatMap { $0 } == walked, "in parts of \(every)")
             #expect(parts.count == walked.count / every + 1, "in parts of \(every): \(parts.map(\.count))")
         }
+
+        // The walk on a thread of its own, ahead of the visits: the same entries in the same order and the same
+        // warnings, for any batch size; stopped, it gives nothing past the stop, and taken up again it goes on
+        // from there; an error thrown by a visit comes back with the walker stopped.
+        for (batch, batches) in [(1, 1), (2, 1), (3, 2), (256, 16)] {
+            var ahead: [ScannedEntry] = []
+            let walk = try scanner.walkInPathOrderAhead(after: nil, batch: batch, batches: batches) { ahead.append($0); return true }
+            #expect(ahead == walked && walk.warnings == warnings && !walk.stopped, "batches of \(batch)")
+            for (i, path) in walked.enumerated() {
+                var rest: [ScannedEntry] = []
+                _ = try scanner.walkInPathOrderAhead(after: path.path.bytes, batch: batch, batches: batches) { rest.append($0); return true }
+                #expect(rest == Array(walked[(i + 1)...]), "after \(path.path), batches of \(batch)")
+            }
+            for every in 1...4 {
+                var parts: [[ScannedEntry]] = []
+                var resume: [UInt8]?
+                for _ in 0...walked.count {
+                    var part: [ScannedEntry] = []
+                    let walk = try scanner.walkInPathOrderAhead(after: resume, batch: batch, batches: batches) {
+                        part.append($0)
+                        return part.count < every
+                    }
+                    parts.append(part)
+                    resume = part.last?.path.bytes
+                    if !walk.stopped { break }
+                }
+                #expect(parts.flatMap { $0 } == walked, "in parts of \(every), batches of \(batch)")
+            }
+            struct Stop: Error {}
+            var visited = 0
+            #expect(throws: Stop.self) {
+                _ = try scanner.walkInPathOrderAhead(after: nil, batch: batch, batches: batches) { _ in
+                    visited += 1
+                    if visited == 3 { throw Stop() }
+                    return true
+                }
+            }
+            #expect(visited == 3)
+        }
     }
 }
