@@ -4,7 +4,9 @@
 /// neither side can be left waiting for the other when one of them is gone.
 public final class BoundedQueue<Element>: @unchecked Sendable {  // `cost` and `filled` are set once
     private struct Held {
-        var items: [Element] = []
+        /// Taken items are cleared at once (a queue that never runs dry must not keep what it handed over: a
+        /// read buffer, a batch of entries), and the cleared head dropped once it is half of the array.
+        var items: [Element?] = []
         var head = 0
         var held = 0
         var closed = false
@@ -73,11 +75,14 @@ public final class BoundedQueue<Element>: @unchecked Sendable {  // `cost` and `
     }
 
     private func removeFirst(_ queue: inout Held) -> Element {
-        let item = queue.items[queue.head]
+        let item = queue.items[queue.head].take()!
         queue.head += 1
         queue.held -= cost(item)
         if queue.isEmpty {
             queue.items.removeAll(keepingCapacity: true)
+            queue.head = 0
+        } else if queue.head >= 64 && queue.head * 2 >= queue.items.count {
+            queue.items.removeFirst(queue.head)
             queue.head = 0
         }
         return item
