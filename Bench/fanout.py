@@ -12,6 +12,14 @@ the hosts reach the store (SeaweedFS) directly, as hosts in the store's region d
 each for the initial push of the project and then for a 5-file edit. Bytes are counted at the uplink.
 
 usage: Bench/fanout.py [--release DIR] [--size-mb 400] [--hosts 1,2,4,8] [--delay-ms 25] [--rate-mbit 100]
+
+With --light 1,10,100, light hosts instead (issue 30): each host a `local:` agent of its own (a directory, no
+sshd), every one of them in one store push, for projects of --files 1000,100000 files (12 KB each up to 12 MB
+in all, smaller beyond). For a first push and then a 5-file edit: each host's link bytes (what the push counted
+on it, both ways), the laptop's bytes to the store (at a counting proxy in front of SeaweedFS), the wall time of
+the laptop's part (read, hash, upload, snapshot) and of the whole push, and syncctl's peak RSS.
+
+usage: Bench/fanout.py --light 1,10,100 [--files 1000,100000] [--release DIR]
 """
 import argparse
 import json
@@ -251,6 +259,115 @@ class Bench:
         return first, self.timed(commands, True)
 
 
+class LightBench:
+    """Light hosts: `local:` agents, one directory each, all in one push through the store."""
+
+    def __init__(self, args):
+        self.args = args
+        self.release = os.path.abspath(args.release)
+        self.work = tempfile.mkdtemp(prefix="syncd-fanout-light.")
+        self.procs = []
+
+    def start(self):
+        self.s3_port = weed.start(self.work, self.procs, *ADMIN)
+        # Only the laptop's way to the store is counted: no delay, no cap.
+        self.store_proxy = free_port()
+        self.stats_file = f"{self.work}/uplink.json"
+        self.procs.append(subprocess.Popen(
+            [sys.executable, f"{HERE}/uplink.py", "--delay-ms", "0", "--rate-mbit", "100000", "--stats", self.stats_file,
+             "--pair", f"127.0.0.1:{self.store_proxy}=127.0.0.1:{self.s3_port}"]))
+        wait_port(self.store_proxy)
+
+    stop = Bench.stop
+    uplink_bytes = Bench.uplink_bytes
+    env = Bench.env
+    make_bucket = Bench.make_bucket
+
+    def make_project(self, files):
+        p = f"{self.work}/proj{files}"
+        rng = random.Random(files)
+        size = max(1024, min(12 << 10, (300 << 20) // files))
+        for i in range(files):
+            d = f"{p}/data/d{i // 100:05d}"
+            if i % 100 == 0:
+                os.makedirs(d)
+            with open(f"{d}/f{i}.bin", "wb") as f:
+                f.write(rng.randbytes(size))
+        return p, size
+
+    def push(self, project):
+        """One store push to every host; (wall s, the laptop's part s, store bytes up, peak RSS MiB, the JSON)."""
+        before = self.uplink_bytes()
+        t0 = time.monotonic()
+        r = subprocess.run(["/usr/bin/time", "-f", "%M", f"{self.release}/syncctl", "push", project, "--state-dir",
+                            f"{self.work}/state", "--json"], env=self.env(), capture_output=True, text=True)
+        wall = time.monotonic() - t0
+        if r.returncode != 0:
+            sys.exit(f"fanout: push of {project} failed: {r.stderr[-3000:]}")
+        laptop = None
+        for line in r.stderr.splitlines():
+            if "store push: uploaded" in line:
+                laptop = float(line.split("ms")[0].strip("[ ")) / 1000
+        peak = int(r.stderr.strip().splitlines()[-1]) / 1024
+        time.sleep(0.3)  # the proxy's counts settle
+        return wall, laptop or 0.0, self.uplink_bytes() - before, peak, json.loads(r.stdout)
+
+    def run(self, files, hosts):
+        project, size = self.make_project(files) if files not in getattr(self, "projects", {}) else self.projects[files]
+        self.projects = getattr(self, "projects", {})
+        self.projects[files] = (project, size)
+        shutil.rmtree(f"{self.work}/state", ignore_errors=True)
+        for i in range(1, 1000):
+            shutil.rmtree(f"{self.work}/h{i}", ignore_errors=True)
+        bucket = f"light{files}x{hosts}x{int(time.time())}"
+        self.make_bucket(bucket)
+        roots = [f"{self.work}/h{i}" for i in range(1, hosts + 1)]
+        for r in roots:
+            os.makedirs(r)
+        with open(f"{project}/syncd.yaml", "w") as f:
+            f.write(f"name: proj\nhosts: [{', '.join('local:' + r for r in roots)}]\nstore: s3://{bucket}/team\n"
+                    f"endpoint: http://127.0.0.1:{self.store_proxy}\nhost_endpoint: http://127.0.0.1:{self.s3_port}\n"
+                    f"agent_path: {self.release}/syncd-agent\n")
+        row = {"files": files, "hosts": hosts, "size": size}
+        row["first"] = self.push(project)
+        for i in range(5):
+            with open(f"{project}/data/d{i:05d}/f{i * 100}.bin", "ab") as f:
+                f.write(f"edited {hosts}\n".encode())
+        row["edit"] = self.push(project)
+        for phase in ("first", "edit"):
+            stats = row[phase][4]
+            per_host = [h.get("bytes_sent", 0) + h.get("bytes_received", 0) for h in stats.get("hosts") or []]
+            failed = [h["host"] for h in stats.get("hosts") or [] if not h.get("ok")]
+            if failed or len(per_host) != hosts:
+                sys.exit(f"fanout: {phase} push to {hosts} hosts: {len(per_host)} answered, failed: {failed[:3]}")
+            row[phase + " link"] = (max(per_host), sum(per_host))
+        print(f"  {files} files, {hosts} hosts: first {row['first'][0]:.1f} s, edit {row['edit'][0]:.2f} s", file=sys.stderr, flush=True)
+        return row
+
+
+def light_main(args):
+    b = LightBench(args)
+    try:
+        b.start()
+        rows = [b.run(int(n), int(h)) for n in args.files.split(",") for h in args.light.split(",")]
+    finally:
+        b.stop()
+    print("\nlight hosts (local: agents), one store push to all of them; link bytes are each host's, both ways\n")
+    print("| files | hosts | push | per-host link KB (largest) | all links MB | laptop to store MB | laptop's part s | whole push s | syncctl peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        for phase in ("first", "edit"):
+            wall, laptop, store, peak, _ = r[phase]
+            largest, total = r[phase + " link"]
+            print(f"| {r['files']:,} ({r['size'] // 1024} KB each) | {r['hosts']} | {phase} | {largest / 1e3:.1f} | {total / 1e6:.2f} | "
+                  f"{store / 1e6:.2f} | {laptop:.2f} | {wall:.2f} | {peak:.0f} |")
+    one = {(r["files"]): r for r in rows if r["hosts"] == 1}
+    for r in rows:
+        if r["hosts"] > 1 and r["files"] in one:
+            print(f"- {r['files']:,} files, {r['hosts']} hosts: syncctl peak {r['first'][3] - one[r['files']]['first'][3]:+.0f} MiB "
+                  f"over one host's")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--release", default=os.path.join(HERE, "..", ".build", "release"))
@@ -259,7 +376,11 @@ def main():
     p.add_argument("--delay-ms", type=float, default=25)
     p.add_argument("--rate-mbit", type=float, default=100)
     p.add_argument("--only", default="store,rsync,serial")
+    p.add_argument("--light", default="", help="light hosts: local: agents, at these host counts (e.g. 1,10,100)")
+    p.add_argument("--files", default="1000,100000", help="with --light: the projects' file counts")
     args = p.parse_args()
+    if args.light:
+        return light_main(args)
     b = Bench(args)
     try:
         b.start()

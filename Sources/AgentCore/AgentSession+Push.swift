@@ -373,8 +373,7 @@ extension AgentSession {
                 list = chunks
             }
             let assembly = file.assembly!
-            let added = try makingRoom { try assembly.append(list) }
-            try makingRoom { try assembly.fill(from: held, in: added) }
+            let added = try makingRoom { try assembly.append(list, filling: held) }
             let wanted = assembly.missingIndices(in: added)
             if !wanted.isEmpty { file.asksClient = true }
             return wanted

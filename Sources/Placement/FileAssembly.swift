@@ -45,8 +45,10 @@ public final class FileAssembly {
     /// checked as they are listed.
     private var leftover: UInt64 = 0
     /// The first index of each chunk id, and for a first index the later ones with the same id: one write fills
-    /// them all, so each id is asked for once.
-    private var firstIndex: [ChunkID: Int] = [:]
+    /// them all, so each id is asked for once. Keyed by the id's low half, with 4-byte indices (12 bytes a chunk
+    /// rather than 24: a large file's list has hundreds of thousands); an id whose low half is another's of the
+    /// same file (odds of 2^-64 a pair) is told apart by the list, and is then a chunk of its own (`firstOf`).
+    private var firstIndex: [UInt64: UInt32] = [:]
     private var repeats: [Int: [Int]] = [:]
     /// Size of a buffer that holds any chunk of this file that is not a hole (at least one byte).
     private var largestChunk = 1
@@ -120,30 +122,36 @@ public final class FileAssembly {
     }
 
     /// Adds chunks to the end of the list (their offsets follow from the lengths). Chunks a leftover temporary
-    /// file holds already, repeats of chunks written before, and holes count as present. Returns the indices
-    /// added.
+    /// file holds already, repeats of chunks written before, and holes count as present; with `held`, so do the
+    /// chunks copied from there (`fill(from:in:)`), which are then left out of the map of first indices: their
+    /// repeats are copied from `held` too, and a large file that grew at its end is mostly such chunks. Returns
+    /// the indices added.
     @discardableResult
-    public func append(_ list: [ChunkRef]) throws -> Range<Int> {
+    public func append(_ list: [ChunkRef], filling held: HeldChunks? = nil) throws -> Range<Int> {
         guard !ended else {
             throw PlacementError(path: path.description, message: "chunks listed after the end of the file's list")
         }
         let first = chunks.count
         var offset = chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
-        chunks.reserveCapacity(first + list.count)
-        for c in list {
-            let index = chunks.count
-            chunks.append(ChunkRef(id: c.id, offset: offset, length: c.length))
+        // The first part is taken as it is, not copied: the agent hands over what it listed while it did not yet
+        // build the file (all of a large file that only grew at its end: 8 MiB of list for 16 GiB).
+        if first == 0 {
+            chunks = list
+        } else {
+            chunks.reserveCapacity(first + list.count)
+            chunks.append(contentsOf: list)
+        }
+        present.reserveCapacity(chunks.count)
+        for index in first..<chunks.count {
+            let c = chunks[index]
+            if c.offset != offset { chunks[index].offset = offset }
             offset += UInt64(c.length)
             // Holes are never sent: they are there already, as the file is never written at their offsets.
             present.append(c.id.isHole)
             if c.id.isHole { continue }
             largestChunk = max(largestChunk, Int(c.length))
             missingCount += 1
-            if let earlier = firstIndex[c.id] {
-                repeats[earlier, default: []].append(index)
-            } else {
-                firstIndex[c.id] = index
-            }
+            if held == nil { noteFirst(index) }
         }
         let added = first..<chunks.count
         guard !added.isEmpty else { return added }
@@ -151,6 +159,13 @@ public final class FileAssembly {
         if leftover > 0 {
             try detectResumedChunks(part, in: added)
             try clearHoles(part, in: added)
+        }
+        if let held {
+            // What a leftover holds is mapped (its repeats are copied from the temporary file), and what is still
+            // missing once `held` gave what it has.
+            let resumed = Array(present[added])
+            try fill(from: held, in: added)
+            for i in added where !chunks[i].id.isHole && (!present[i] || resumed[i - first]) { noteFirst(i) }
         }
         try copyRepeats(part, in: added)
         feedHoles()
@@ -222,13 +237,32 @@ public final class FileAssembly {
         }
     }
 
+    /// Enters chunk `i` in the map of first indices, or among the repeats of the first with its id.
+    private func noteFirst(_ i: Int) {
+        let id = chunks[i].id
+        if let earlier = firstIndex[id.low].map(Int.init) {
+            if earlier != i && chunks[earlier].id == id { repeats[earlier, default: []].append(i) }
+        } else if i <= Int(UInt32.max) {
+            firstIndex[id.low] = UInt32(i)
+        }
+    }
+
+    /// The first index of chunk `i`'s id in the list: `i` itself when it is the first, or when it is not in
+    /// `firstIndex` (another id with its low half came first).
+    private func firstOf(_ i: Int) -> Int {
+        let id = chunks[i].id
+        guard let first = firstIndex[id.low].map(Int.init), chunks[first].id == id else { return i }
+        return first
+    }
+
     /// Chunks of `range` that repeat one already in the temporary file (written for an earlier part of a
     /// streamed list, or found in a leftover) are copied from there.
     private func copyRepeats(_ part: FileDescriptor, in range: Range<Int>) throws {
         var buffer: UnsafeMutableRawBufferPointer?
         defer { buffer?.deallocate() }
         for i in range where !present[i] {
-            guard let earlier = firstIndex[chunks[i].id], earlier != i, present[earlier] else { continue }
+            let earlier = firstOf(i)
+            guard earlier != i, present[earlier] else { continue }
             let c = chunks[earlier]
             if buffer == nil { buffer = .allocate(byteCount: largestChunk, alignment: 16) }
             let view = UnsafeMutableRawBufferPointer(rebasing: buffer![0..<Int(c.length)])
@@ -248,12 +282,9 @@ public final class FileAssembly {
     public func missingIndices(in range: Range<Int>) -> [UInt32] {
         var out: [UInt32] = []
         for i in range where !present[i] {
-            let id = chunks[i].id
-            if firstIndex[id] == i {
-                out.append(UInt32(i))
-            } else if let earlier = firstIndex[id], present[earlier] {
-                out.append(UInt32(i))  // its first was found in a leftover, but this one was not copied: asked anew
-            }
+            let first = firstOf(i)
+            // A repeat whose first was found in a leftover, but which was not copied, is asked for anew.
+            if first == i || present[first] { out.append(UInt32(i)) }
         }
         return out
     }
@@ -270,7 +301,9 @@ public final class FileAssembly {
         defer { buffer.deallocate() }
         var copied = 0
         // A repeat is filled with its first chunk.
-        for i in range where !present[i] && (firstIndex[chunks[i].id] == i || present[firstIndex[chunks[i].id]!]) {
+        for i in range where !present[i] {
+            let first = firstOf(i)
+            guard first == i || present[first] else { continue }
             let c = chunks[i]
             if held.read(c.id, length: c.length, into: buffer) {
                 try writeVerified(index: i, bytes: UnsafeRawBufferPointer(rebasing: buffer[0..<Int(c.length)]))
@@ -367,6 +400,10 @@ public final class FileAssembly {
             throw PlacementError(path: path.description, message: ended ? "cannot place: \(missingCount) chunks still missing"
                                                                         : "cannot place: the chunk list has not ended")
         }
+        // Complete: no chunk is asked for or copied any more, so the map of first indices goes before the caller
+        // encodes the record (each costs about 20 bytes a chunk of a large file).
+        firstIndex = [:]
+        repeats = [:]
         let part = try openPart()
         try advanceDigest(part)
         // A hole at the end is made by extending the file, not by writing.

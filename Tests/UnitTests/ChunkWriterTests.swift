@@ -33,6 +33,26 @@ struct ChunkWriterTests {
         #expect(assembly.isComplete)
     }
 
+    /// A chunk that repeats in a file is asked for once and written everywhere it is; an id that shares only its
+    /// low half with another of the file (how the assembly keys its first indices) is a chunk of its own.
+    @Test func aRepeatedChunkIsAskedForOnceAndALookalikeIdIsNotARepeat() throws {
+        let root = NSTemporaryDirectory() + "syncd-cw-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let tree = try Tree(rootPath: root, create: true)
+        guard let sessions = try tree.openDirectory([Array("sessions".utf8)], create: true) else { throw SystemError(call: "mkdir", path: root, errno: EIO) }
+        let session = try BuildSession(sessionsIn: sessions, shown: root + "/sessions")
+        let a = [UInt8](repeating: 1, count: 5000), b = [UInt8](repeating: 2, count: 3000)
+        let (idA, idB) = (ChunkID(hashing: a), ChunkID(hashing: b))
+        let lookalike = ChunkID(low: idA.low, high: idA.high ^ 1)
+        let assembly = try FileAssembly(tree: tree, streaming: try RelativePath("f.bin"), session: session)
+        _ = try assembly.append([ChunkRef(id: idA, offset: 0, length: 5000), ChunkRef(id: idB, offset: 0, length: 3000)])
+        _ = try assembly.append([ChunkRef(id: lookalike, offset: 0, length: 5000), ChunkRef(id: idA, offset: 0, length: 5000)])
+        #expect(assembly.missingIndices == [0, 1, 2], "a once, b, and the lookalike as a chunk of its own")
+        try a.withUnsafeBytes { try assembly.write(index: 0, bytes: $0) }
+        #expect(assembly.missingIndices == [1, 2] && assembly.present == [true, false, false, true], "a written at 0 and at 3")
+        #expect(throws: PlacementError.self) { try a.withUnsafeBytes { try assembly.write(index: 2, bytes: $0) } }
+    }
+
     @Test func whatDoesNotFitTheListIsTheSendersError() throws {
         let a = [UInt8](repeating: 1, count: 5000), b = [UInt8](repeating: 2, count: 3000)
         let (assembly, root) = try Self.assembly(a, b)
