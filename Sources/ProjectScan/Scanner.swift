@@ -73,8 +73,11 @@ public struct ProjectScanner {
                 if rules.isExcluded(ancestor, isDirectory: true) && !rules.mayBringBack(below: ancestor) { hidden = true; break }
             }
             if hidden { continue }
-            guard let parent = try tree.openParent(path, create: false),
-                  let st = try Tree.lstat(at: parent, name: path.name, shown: path.description) else { continue }
+            // A directory on the way that is a file or a symlink now (a directory replaced since the path was
+            // reported) leaves nothing at the path: it is gone, as when the directory is.
+            let parent: FileDescriptor?
+            do { parent = try tree.openParent(path, create: false) } catch is PathError { continue }
+            guard let parent, let st = try Tree.lstat(at: parent, name: path.name, shown: path.description) else { continue }
             try visit(name: path.name, kind: st.kind, in: parent, prefix: path.parentBytes, recurse: false, into: &result)
         }
         return result

@@ -111,6 +111,13 @@ struct DaemonTests {
         #expect(eventually { f.read("data/new/deep/x.bin", in: f.remoteProject) == randomBytes(50_000, seed: 61) })
         try FileManager.default.removeItem(atPath: f.project + "/data/new")
         #expect(eventually { !FileManager.default.fileExists(atPath: f.remoteProject + "/data/new") })
+        // A directory replaced by a file: the paths reported below it are gone, not a reason to fail the push.
+        try f.write("data/swap/inner.bin", randomBytes(20_000, seed: 62))
+        #expect(eventually { f.read("data/swap/inner.bin", in: f.remoteProject) == randomBytes(20_000, seed: 62) })
+        try FileManager.default.removeItem(atPath: f.project + "/data/swap")
+        try f.write("data/swap", "a file now\n")
+        #expect(eventually { f.read("data/swap", in: f.remoteProject) == Array("a file now\n".utf8) },
+                "\((try? String(contentsOfFile: f.base + "/syncd.log", encoding: .utf8))?.suffix(1500) ?? "")")
 
         // The control socket: push --wait returns once the change is on the remote.
         try f.write("src/waited.py", "w = 1\n")
