@@ -114,7 +114,18 @@ package struct LocalScanner {
 
     /// Scan and hash everything now.
     package func run(roots: [RelativePath]?) throws -> Result {
-        var scan = try scan(roots: roots)
+        try hashed(try scan(roots: roots))
+    }
+
+    /// `scan(only:)` with every file's content: the entries at `paths` (what a watcher reported), hashed where
+    /// the stat cache does not vouch for them.
+    package func run(only paths: [RelativePath]) throws -> Result {
+        try hashed(try scan(only: paths))
+    }
+
+    /// Hashes the files of `scan` whose content the stat cache did not give, and saves what that learned.
+    private func hashed(_ scanned: Scan) throws -> Result {
+        var scan = scanned
         let chunker = FileChunker(project.chunking)
         var updated: [CachedFile] = []
         var entries: [LocalEntry] = []

@@ -243,8 +243,13 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
                 reopenProject()
             case .session(let kind, let only):
                 let result = session(kind) {
-                    // A project with a store pushes through it to every host (a snapshot per push).
-                    if kind == .push && project.config.store != nil { return try StorePush(project: project).run() }
+                    // A project with a store pushes through it to every host (a snapshot per push), built from the
+                    // last one and the paths the watcher reported.
+                    if kind == .push && project.config.store != nil {
+                        let push = StorePush(project: project)
+                        push.changedPaths = only
+                        return try push.run()
+                    }
                     let link = try connectedLink()
                     guard kind == .push else { return try project.pullFromHosts(link: link) }
                     let push = PushSession(project: project, link: link, changedPaths: only)

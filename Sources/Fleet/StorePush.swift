@@ -54,6 +54,11 @@ public final class StorePush {
     private let project: Project
     public var force = false
     public var pruneIgnored = false
+    /// What a watcher reported since the last push began (the daemon's): the snapshot is then the last one this
+    /// machine made of the project with those paths looked at again, rather than a walk of the whole project.
+    public var changedPaths: Set<RelativePath>?
+    /// Whether the last `run` built its snapshot from the one before (tests).
+    package private(set) var wasIncremental = false
 
     public init(project: Project) { self.project = project }
 
@@ -66,8 +71,8 @@ public final class StorePush {
         // 1. The project, read and hashed once (the first host's stat cache).
         let first = try project.forHost(hosts[0])
         let firstState = try first.openState()
-        let scan = try LocalScanner(project: first, state: firstState).run(roots: nil)
-        Trace.mark("store push: scanned and hashed \(scan.entries.count) entries")
+        let scan = try scanTree(first, state: firstState)
+        Trace.mark("store push: scanned and hashed \(scan.entries.count) entries\(wasIncremental ? " (the last snapshot and the paths watched)" : "")")
         let (files, entries) = Self.snapshot(of: scan.entries)
 
         // 2. The chunks the store lacks, once, then the snapshot; and 3., at the same time, every host. Each host's
@@ -91,7 +96,8 @@ public final class StorePush {
         // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
         let connected = DispatchGroup()
         for _ in hosts { connected.enter() }
-        let upload = startUpload(files, entries: entries, access: access, feed: feed, link: link, after: connected)
+        let upload = startUpload(files, entries: entries, access: access, feed: feed, link: link, after: connected,
+                                 keep: lastSnapshotFile(first))
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
         let project = self.project
@@ -118,15 +124,89 @@ public final class StorePush {
                 stats.errors.append("cannot mend pack \(pack.hex.prefix(12)), which a host found damaged: \(error); `syncctl store repair` may")
             }
         }
-        // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran.
+        // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran; and the manifest kept
+        // beside it, which the next push builds on (only when they agree).
         try? firstState.setValue(ref.id, for: "last_snapshot")
+        try? firstState.setValue(ref.manifest.hex, for: "last_manifest")
         stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         stats.snapshot = ref.id
         stats.filesScanned = scan.entries.count
-        stats.warnings = scan.warnings.map(\.description) + stats.warnings
+        stats.warnings = scan.warnings + stats.warnings
             + broken.map { "\($0); passed over, its chunks uploaded again where this push needs them (`syncctl store repair` sets it aside)" }
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         return stats
+    }
+
+    /// The project as this push snapshots it. With `changedPaths` and the last snapshot this machine made (kept
+    /// beside its state, and named in it), that snapshot with the entries at those paths scanned again: what is
+    /// gone, or no longer a directory, goes with what was below it. Otherwise, or when that leaves an entry
+    /// without its directory, the whole project, walked and hashed.
+    private func scanTree(_ first: Project, state: LocalDatabase) throws -> (entries: [LocalEntry], warnings: [String]) {
+        let scanner = LocalScanner(project: first, state: state)
+        wasIncremental = false
+        if let only = changedPaths, let previous = lastSnapshot(first, state: state) {
+            let part = try scanner.run(only: only.sorted())
+            if let merged = Self.merge(previous, changed: only, scanned: part.entries) {
+                wasIncremental = true
+                return (merged, part.warnings.map(\.description))
+            }
+        }
+        let scan = try scanner.run(roots: nil)
+        return (scan.entries, scan.warnings.map(\.description))
+    }
+
+    /// Where the last snapshot's manifest is kept, one file per project directory and store.
+    private func lastSnapshotFile(_ first: Project) -> String? {
+        guard let location = try? first.storeLocation() else { return nil }
+        let key = ChunkID(hashing: Array("\(first.directory)\n\(location)\n\(first.config.name)".utf8))
+        return "\(first.stateBase)/snapshots/\(first.config.name)-\(key.hex.prefix(16)).manifest"
+    }
+
+    /// The last snapshot's manifest, when the kept file is the one the state names (a push that committed but
+    /// could not keep it leaves an older file, which is not used).
+    private func lastSnapshot(_ first: Project, state: LocalDatabase) -> SnapshotManifest? {
+        guard let path = lastSnapshotFile(first), let named = try? state.value("last_manifest"), let digest = ChunkID(hex: named),
+              let bytes = FileManager.default.contents(atPath: path) else { return nil }
+        return try? SnapshotManifest(decoding: [UInt8](bytes), digest: digest, object: path)
+    }
+
+    /// `previous` with the entries at `changed` replaced by what is there now (`scanned`), and what was below a
+    /// changed path that is no longer a directory dropped; nil when an entry would be left without its directory
+    /// (something the watcher did not report). Sorted as a manifest is.
+    package static func merge(_ previous: SnapshotManifest, changed: Set<RelativePath>, scanned: [LocalEntry]) -> [LocalEntry]? {
+        let byPath = Dictionary(scanned.map { ($0.path, $0.stat.kind) }, uniquingKeysWith: { a, _ in a })
+        // The subtrees that go, as prefixes ending in a slash, in path order.
+        let cut = changed.filter { byPath[$0] != .directory }.map { $0.bytes + [UInt8(ascii: "/")] }
+            .sorted { $0.lexicographicallyPrecedes($1) }
+        var fresh = scanned.sorted { $0.path.bytes.lexicographicallyPrecedes($1.path.bytes) }[...]
+        var out: [LocalEntry] = []
+        out.reserveCapacity(previous.entries.count + fresh.count)
+        var j = 0
+        for e in previous.entries {
+            let bytes = e.path.bytes
+            // What lies below a prefix sorts right after it: a prefix behind the entry and not its own is done with.
+            while j < cut.count && cut[j].lexicographicallyPrecedes(bytes) && !bytes.starts(with: cut[j]) { j += 1 }
+            if j < cut.count && bytes.starts(with: cut[j]) { continue }
+            if changed.contains(e.path) { continue }
+            while let f = fresh.first, f.path.bytes.lexicographicallyPrecedes(bytes) { out.append(fresh.removeFirst()) }
+            out.append(entry(e))
+        }
+        out.append(contentsOf: fresh)
+        let directories = Set(out.lazy.filter { $0.stat.kind == .directory }.map(\.path))
+        for e in scanned {
+            guard let parent = e.path.parent else { continue }
+            if !directories.contains(parent) { return nil }
+        }
+        return out
+    }
+
+    /// A manifest's entry as the local entry a push compares and sends (its stat as the manifest has it: no
+    /// device, inode or ctime).
+    package static func entry(_ e: ManifestEntry) -> LocalEntry {
+        let kind: FileKind = e.kind == .directory ? .directory : e.kind == .symlink ? .symlink : .regular
+        let stat = FileStat(device: 0, inode: 0, kind: kind, permissions: e.mode, size: e.size, mtimeNanos: e.mtimeNanos, ctimeNanos: 0)
+        let content = e.kind == .file ? ChunkedContent(chunks: e.chunks, digest: e.digest ?? .empty, size: e.size) : nil
+        return LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target)
     }
 
     /// `syncctl restore SNAPSHOT --host H`: host `host` gets snapshot `id` exactly, read from the store by its
@@ -144,18 +224,8 @@ public final class StorePush {
         let lock = try access.lock()
         defer { lock.release() }
         let (ref, manifest, _) = try project.findSnapshot(id, in: access.store, uploader: access.uploader)
-        var tree: [LocalEntry] = []
-        var files: [UploadFile] = []
-        for e in manifest.entries {
-            let kind: FileKind = e.kind == .directory ? .directory : e.kind == .symlink ? .symlink : .regular
-            let stat = FileStat(device: 0, inode: 0, kind: kind, permissions: e.mode, size: e.size, mtimeNanos: e.mtimeNanos, ctimeNanos: 0)
-            var content: ChunkedContent?
-            if e.kind == .file {
-                content = ChunkedContent(chunks: e.chunks, digest: e.digest ?? .empty, size: e.size)
-                files.append(UploadFile(path: e.path, chunks: e.chunks))
-            }
-            tree.append(LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target))
-        }
+        let tree = manifest.entries.map(Self.entry)
+        let files = manifest.entries.filter { $0.kind == .file }.map { UploadFile(path: $0.path, chunks: $0.chunks) }
         let feed = StoreFeed(try access.source(for: files), complete: true)
         let project = self.project
         let fixed = tree
@@ -194,10 +264,11 @@ public final class StorePush {
     }
 
     /// Uploads what the store lacks, then commits the snapshot, on a thread of its own that starts once the hosts
-    /// are connected (`connected`, 15 s at most); each pack is fed to the hosts' pushes as it lands.
+    /// are connected (`connected`, 15 s at most); each pack is fed to the hosts' pushes as it lands. The manifest
+    /// committed is kept in `keep` for the next push to build on.
     private func startUpload(_ files: [UploadFile], entries: [ManifestEntry], access: StoreAccess, feed: StoreFeed,
                              link: @escaping @Sendable (ChunkID) -> StorePack,
-                             after connected: DispatchGroup) -> OneShot<Result<(UploadStats, SnapshotRef), Error>> {
+                             after connected: DispatchGroup, keep: String?) -> OneShot<Result<(UploadStats, SnapshotRef), Error>> {
         let upload = OneShot<Result<(UploadStats, SnapshotRef), Error>>()
         let (uploader, location) = (access.uploader, access.location)
         let uploading = { [project, files, entries] in
@@ -205,8 +276,9 @@ public final class StorePush {
             do {
                 let uploaded = try uploader.upload(files, from: project.tree) { index in feed.add(link(index.pack), entries: index.entries) }
                 feed.finish()
-                let ref = try uploader.commit(SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries),
-                                              uploaded: uploaded)
+                let manifest = SnapshotManifest(project: project.config.name, createdNanos: wallClockNanos(), entries: entries)
+                let ref = try uploader.commit(manifest, uploaded: uploaded)
+                if let keep { Self.keep(manifest, at: keep) }
                 Trace.mark("store push: uploaded \(uploaded.chunksUploaded) chunks, \(uploaded.bytesUploaded) bytes; snapshot \(ref.id)")
                 upload.set(.success((uploaded, ref)))
             } catch {
@@ -225,6 +297,22 @@ public final class StorePush {
             upload.set(.failure(SyncError("cannot start the upload thread: \(error)")))
         }
         return upload
+    }
+
+    /// Writes `manifest` to `path` whole or not at all (a temporary name, then a rename); a failure costs the next
+    /// push only a walk of the whole project.
+    private static func keep(_ manifest: SnapshotManifest, at path: String) {
+        let bytes = manifest.encoded().bytes
+        let temporary = path + ".\(getpid())"
+        do {
+            try Tree.makeDirectories((path as NSString).deletingLastPathComponent)
+            guard FileManager.default.createFile(atPath: temporary, contents: Data(bytes)), rename(temporary, path) == 0 else {
+                unlink(temporary)
+                return
+            }
+        } catch {
+            unlink(temporary)
+        }
     }
 
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,

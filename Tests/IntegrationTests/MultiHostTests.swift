@@ -456,11 +456,15 @@ struct MultiHostTests {
         try f.write("src/train.py", "lr = 1\n")
         let runtime = f.base + "/run"
         try FileManager.default.createDirectory(atPath: runtime, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try f.write("data/a/1.bin", randomBytes(40_000, seed: 71))
+        try f.write("data/a/deep/2.bin", randomBytes(30_000, seed: 72))
+        try f.write("data/b/3.bin", randomBytes(20_000, seed: 73))
         let env = ["XDG_CONFIG_HOME": f.base + "/config", "XDG_STATE_HOME": f.state, "XDG_RUNTIME_DIR": runtime,
-                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey]
+                   "AWS_ACCESS_KEY_ID": credentials.accessKey, "AWS_SECRET_ACCESS_KEY": credentials.secretKey, "SYNCD_TRACE": "1"]
         func ctl(_ args: [String]) throws -> RunResult { try run(binDirectory() + "/syncctl", args, env: env) }
         #expect(try ctl(["add", f.project]).status == 0)
-        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: f.base + "/syncd.log")
+        let log = f.base + "/syncd.log"
+        let pid = try spawnDaemon([binDirectory() + "/syncd", "--pull-interval", "600"], env: env, log: log)
         defer { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) }
         for r in roots { #expect(eventually(seconds: 30) { f.read("src/train.py", in: r + "/proj") == Array("lr = 1\n".utf8) }, "\(r)") }
 
@@ -469,6 +473,24 @@ struct MultiHostTests {
         #expect(waited.status == 0, "\(waited.stderr)")
         #expect((try waited.json()["bytes_uploaded"] as? Int ?? .max) < 10_000, "the edit went to the store once: \(waited.stdout)")
         for r in roots { #expect(f.read("src/train.py", in: r + "/proj") == Array("lr = 2\n".utf8), "\(r)") }
+
+        // Issue 30: after the first, the daemon's snapshots are the last one with the watched paths looked at again,
+        // not a walk of the project; a new directory, a deleted one and a directory replaced by a file included.
+        try f.write("data/c/new.bin", randomBytes(10_000, seed: 74))
+        try FileManager.default.removeItem(atPath: f.project + "/data/a")
+        try f.write("data/a", "a file where a directory was\n")
+        try FileManager.default.removeItem(atPath: f.project + "/data/b")
+        let more = try ctl(["push", f.project, "--wait", "--json"])
+        #expect(more.status == 0, "\(more.stderr)")
+        let local = SyncFixture.describeTree(f.project, skipping: ["output", "checkpoint"])
+        for r in roots {
+            let same = eventually { SyncFixture.describeTree(r + "/proj", skipping: [".syncd", "output", "checkpoint"]) == local }
+            let there = SyncFixture.describeTree(r + "/proj", skipping: [".syncd", "output", "checkpoint"])
+            #expect(same, "\(r): \(there.filter { local[$0.key] != $0.value }) against \(local.filter { there[$0.key] != $0.value })")
+        }
+        let scans = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("store push: scanned") }
+        #expect(scans.count >= 3 && !scans[0].contains("paths watched") && scans.dropFirst().allSatisfy { $0.contains("paths watched") },
+                "\(scans)")
 
         let status = try ctl(["status", "--json"])
         let project = (((try JSONSerialization.jsonObject(with: Data(status.stdout.utf8)) as? [String: Any])?["projects"] as? [[String: Any]]) ?? []).first ?? [:]

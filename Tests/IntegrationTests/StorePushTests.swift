@@ -107,4 +107,33 @@ struct StorePushTests {
         #expect(again.errors.isEmpty, "\(again.errors)")
         #expect(f.read("data/blob.bin", in: f.remoteProject) == randomBytes(2 << 20, seed: 400) ? true : false, "contents differ")
     }
+
+    /// The daemon's next snapshot is the last one with the watched paths looked at again (issue 30): a path gone
+    /// or no longer a directory takes what was below it; new entries go in path order; an entry whose directory
+    /// neither snapshot nor scan has is a sign of a change the watcher missed, and the whole project is walked.
+    @Test func theNextSnapshotIsTheLastWithTheWatchedPathsLookedAtAgain() throws {
+        func entry(_ path: String, _ kind: ManifestEntry.Kind, _ text: String = "") throws -> ManifestEntry {
+            let bytes = Array(text.utf8)
+            let content = kind == .file ? [ChunkRef(id: ChunkID(hashing: bytes), offset: 0, length: UInt32(bytes.count))] : []
+            return ManifestEntry(path: try RelativePath(path), kind: kind, mode: kind == .directory ? 0o755 : 0o644, mtimeNanos: 1,
+                                 size: UInt64(bytes.count), digest: kind == .file ? ChunkID(hashing: bytes) : nil, chunks: content)
+        }
+        let previous = SnapshotManifest(project: "p", createdNanos: 1, entries: [
+            try entry("data", .directory), try entry("data/a", .directory), try entry("data/a.txt", .file, "t"),
+            try entry("data/a/1", .file, "1"), try entry("data/a/deep", .directory), try entry("data/a/deep/2", .file, "2"),
+            try entry("data/b", .directory), try entry("data/b/3", .file, "3"), try entry("data/b0", .file, "b0"),
+            try entry("src", .directory), try entry("src/x", .file, "x"),
+        ])
+        // data/a is a file now, data/b is gone, data/c is new with a file, src/x was edited.
+        let scanned = [try entry("data/a", .file, "A"), try entry("data/c", .directory), try entry("data/c/n", .file, "n"),
+                       try entry("src/x", .file, "x2")].map(StorePush.entry)
+        let changed: Set<RelativePath> = Set(try ["data/a", "data/b", "data/c", "data/c/n", "src/x"].map { try RelativePath($0) })
+        let merged = try #require(StorePush.merge(previous, changed: changed, scanned: scanned))
+        #expect(merged.map(\.path.description) == ["data", "data/a", "data/a.txt", "data/b0", "data/c", "data/c/n", "src", "src/x"])
+        #expect(merged.first { $0.path.description == "data/a" }?.stat.kind == .regular)
+        #expect(merged.first { $0.path.description == "src/x" }?.content?.digest == ChunkID(hashing: Array("x2".utf8)))
+        let lost = [try entry("data/z/q", .file, "q")].map(StorePush.entry)
+        #expect(StorePush.merge(previous, changed: [try RelativePath("data/z/q")], scanned: lost) == nil, "data/z was never reported")
+        #expect(StorePush.merge(previous, changed: [], scanned: [])?.map(\.path) == previous.entries.map(\.path), "nothing changed")
+    }
 }
