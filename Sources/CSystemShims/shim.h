@@ -31,6 +31,11 @@ static inline void syncd_release_free_memory(void) { malloc_trim(0); }
 extern int mallopt(int param, int value);
 static inline void syncd_limit_malloc_arenas(int count) { mallopt(-8 /* M_ARENA_MAX */, count); }
 
+/// Blocks of at least `bytes` are mapped from the system and unmapped when freed (M_MMAP_THRESHOLD set, which
+/// also stops glibc raising the threshold to the largest block freed, up to 32 MiB, and keeping such blocks in
+/// the heap, resident, after they are freed).
+static inline void syncd_map_large_allocations(int bytes) { mallopt(-3 /* M_MMAP_THRESHOLD */, bytes); }
+
 /// A pipe whose ends are close-on-exec (and non-blocking if asked) from birth: set afterwards with fcntl, a
 /// child spawned by another thread in between would inherit them.
 extern int pipe2(int fds[2], int flags);

@@ -25,6 +25,7 @@ let stopSignals = [SIGINT, SIGTERM].map { sig in
 }
 OpenFiles.raiseLimit()
 Platform.limitHeapArenas()
+Platform.mapLargeAllocations()
 Trace.mark("syncctl: started")
 var command: ParsableCommand
 do {

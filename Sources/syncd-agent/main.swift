@@ -11,6 +11,9 @@ import Wire
 // the wire protocol on stdin/stdout and logs to stderr. It links no libssh2 and no Foundation.
 
 let arguments = Array(CommandLine.arguments.dropFirst())
+// What a large file's lists take is given back when they go, and worker threads share two heaps.
+Platform.limitHeapArenas()
+Platform.mapLargeAllocations()
 switch arguments.first {
 case "--version", "version":
     print("syncd-agent \(syncdVersion) (wire protocol \(wireVersion))")

@@ -11,6 +11,7 @@ import SyncSystem
 // project registered with `syncctl add` is watched and pushed on change, and pulled every --pull-interval.
 let arguments = Array(CommandLine.arguments.dropFirst())
 Platform.limitHeapArenas()
+Platform.mapLargeAllocations()
 OpenFiles.raiseLimit()
 var pullInterval: TimeInterval = 10
 var logLevel = ProcessInfo.processInfo.environment["SYNCD_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .info
