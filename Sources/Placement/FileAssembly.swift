@@ -135,13 +135,7 @@ public final class FileAssembly {
         var offset = chunks.last.map { $0.offset + UInt64($0.length) } ?? 0
         // The first part is taken as it is, not copied: the agent hands over what it listed while it did not yet
         // build the file (all of a large file that only grew at its end: 8 MiB of list for 16 GiB).
-        if first == 0 {
-            chunks = list
-        } else {
-            chunks.reserveCapacity(first + list.count)
-            chunks.append(contentsOf: list)
-        }
-        present.reserveCapacity(chunks.count)
+        if first == 0 { chunks = list } else { chunks.append(contentsOf: list) }
         for index in first..<chunks.count {
             let c = chunks[index]
             if c.offset != offset { chunks[index].offset = offset }
