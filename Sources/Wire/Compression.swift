@@ -8,7 +8,10 @@ public final class ChunkCompressor {
     private var output: [UInt8]
 
     public init(level: Int32 = 1) {
-        output = [UInt8](repeating: 0, count: Int(compressBound(UInt(ChunkParameters.largestMaxSize))) + 64)
+        // Not zeroed: deflate writes what is read back, and pages never written are never made resident.
+        output = [UInt8](unsafeUninitializedCapacity: Int(compressBound(UInt(ChunkParameters.largestMaxSize))) + 64) { buffer, count in
+            count = buffer.count
+        }
         let rc = syncd_deflate_init_raw(&stream, level)
         precondition(rc == Z_OK, "deflateInit2 failed: \(rc)")
     }
