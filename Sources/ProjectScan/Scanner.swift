@@ -205,20 +205,18 @@ extension ProjectScanner {
             queue.close()
         }
         var stopped = false
-        do {
+        let visited = Result { () throws -> Void in
             taking: while let entries = queue.take() {
                 for entry in entries where try !visit(entry) {
                     stopped = true
                     break taking
                 }
             }
-        } catch {
-            queue.discard()
-            pthread_join(walker, nil)
-            throw error
         }
+        // However the visits ended, the walker is stopped and joined before its outcome is read.
         queue.discard()
         pthread_join(walker, nil)
+        try visited.get()
         return (try outcome.current.get(), stopped)
     }
 
