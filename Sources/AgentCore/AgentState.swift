@@ -172,7 +172,7 @@ final class AgentState {
         _ = withIndex { index in
             try index.transaction {
                 for (path, record) in changes {
-                    if let record { try index.put(record, encoded: Self.encode(record)) } else { try index.remove(path) }
+                    if let record { try index.put(record) } else { try index.remove(path) }
                 }
             }
         }
@@ -259,7 +259,7 @@ final class AgentState {
                 switch tag {
                 case 1, 7:
                     guard let record = try? decode(&r, tag: tag, recordedAt: wallClockNanos()) else { return }
-                    try index.put(record, encoded: encode(record))
+                    try index.put(record)
                 case 2:
                     guard let path = try? RelativePath(bytes: try r.byteString("path")) else { return }
                     try index.remove(path)
@@ -281,18 +281,20 @@ final class AgentState {
         }
     }
 
-    /// A record as written: tag 1, or 7 with the client that placed it; the path first.
-    static func encode(_ record: FileRecord) -> [UInt8] {
+    /// A record as written: tag 1, or 7 with the client that placed it; the path first. Without `chunks`, its
+    /// list is written empty (the record index keeps a long list in pieces of its own).
+    static func encode(_ record: FileRecord, chunks: Bool = true) -> [UInt8] {
+        let listed = chunks ? record.chunks.count : 0
         // Exactly what is written: one byte over would double a large file's buffer.
-        var w = PayloadWriter(capacity: 69 + record.path.bytes.count + record.chunks.count * 20
+        var w = PayloadWriter(capacity: 69 + record.path.bytes.count + listed * 20
                                         + (record.placedBy.isEmpty ? 0 : 4 + record.placedBy.utf8.count))
         w.u8(record.placedBy.isEmpty ? 1 : 7)
         w.byteString(record.path.bytes)
         w.u64(record.stat.device); w.u64(record.stat.inode); w.u32(record.stat.permissions); w.u64(record.stat.size)
         w.i64(record.stat.mtimeNanos); w.i64(record.stat.ctimeNanos)
         w.id(record.digest)
-        w.u32(UInt32(record.chunks.count))
-        for c in record.chunks { w.id(c.id); w.u32(c.length) }
+        w.u32(UInt32(listed))
+        for c in record.chunks[..<listed] { w.id(c.id); w.u32(c.length) }
         if !record.placedBy.isEmpty { w.string(record.placedBy) }
         return w.bytes
     }

@@ -84,10 +84,13 @@ final class SQLiteStatement {
     }
 
     func bind(_ index: Int32, _ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { raw in
-            // A zero-length blob still binds as a blob, not NULL.
-            _ = sqlite3_bind_blob(handle, index, raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(raw.count), syncd_sqlite_transient())
-        }
+        bytes.withUnsafeBytes { bind(index, $0) }
+    }
+
+    /// Binds a copy of `raw`'s bytes.
+    func bind(_ index: Int32, _ raw: UnsafeRawBufferPointer) {
+        // A zero-length blob still binds as a blob, not NULL.
+        _ = sqlite3_bind_blob(handle, index, raw.baseAddress ?? UnsafeRawPointer(bitPattern: 1), Int32(raw.count), syncd_sqlite_transient())
     }
 
     func bind(_ index: Int32, _ value: Int64) { sqlite3_bind_int64(handle, index, value) }
