@@ -59,8 +59,9 @@ extension FileChunker {
     /// they were cut from and without copying them: the file is read into buffers from `pool`, and each call of
     /// `emit` gets the next chunks (offsets from the file's start), the buffer and where in it they are. Only the
     /// cut-off tail of a buffer (less than the largest chunk) is copied into the next one. An error `emit` throws
-    /// stops the reading and is thrown.
-    public func chunkStreaming(_ file: FileDescriptor, pool: ReadBufferPool,
+    /// stops the reading and is thrown. Without `keepingChunks`, the chunks are forgotten once handed over, and
+    /// the content returned has none (a caller that keeps them itself need not have a 16 GiB file's list twice).
+    public func chunkStreaming(_ file: FileDescriptor, pool: ReadBufferPool, keepingChunks: Bool = true,
                                emit: ([ChunkRef], ReadBuffer, Range<Int>) throws -> Void) throws -> ChunkedContent {
         let maxSize = cdc.parameters.maxSize
         precondition(pool.size >= 2 * maxSize, "a read buffer holds two of the largest chunks at least")
@@ -76,6 +77,10 @@ extension FileChunker {
             try emit(Array(chunks[emittedChunks...]), buffer, emittedFrom..<begin)
             emittedChunks = chunks.count
             emittedFrom = begin
+            if !keepingChunks {
+                chunks.removeAll(keepingCapacity: true)
+                emittedChunks = 0
+            }
         }
         while true {
             if !eof && filled - begin < maxSize {

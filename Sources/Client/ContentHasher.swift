@@ -79,9 +79,8 @@ final class ContentHasher: @unchecked Sendable {  // what the hasher thread and 
                         return shared.cancelled
                     }
                     if stop { stream.cancel() }
-                    let end = LocalScanner.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream)
-                    if case .whole(let file) = end { unsaved.append(file) }
-                    stream.finish(end)
+                    // Saved by the sender, which has the chunk list (`FileStream.End.whole`).
+                    stream.finish(LocalScanner.hashStreaming(entry, fd, with: chunker, pool: buffers, into: stream))
                     shared.withLock { $0.streaming = nil }
                     continue
                 }
@@ -102,6 +101,10 @@ final class ContentHasher: @unchecked Sendable {  // what the hasher thread and 
             shared.withLock { $0.finished = true }
         }
     }
+
+    /// Saves a streamed file in the stat cache, its chunk list filled in by the sender; a failure only costs
+    /// hashing it again next time. (The cache is a queue of its own: the hasher's thread may be saving too.)
+    func saveStreamed(_ file: CachedFile) { try? state.saveFiles([file]) }
 
     /// The content of the file of operation `op`, waiting for it when needed; asked for once per operation.
     func result(for op: Int) -> Hashing {

@@ -19,6 +19,9 @@ final class FileStream: Sendable {
 
     /// How the hashing of a streamed file ended.
     enum End {
+        /// Read whole and unchanged: its stat, size and digest, with an empty chunk list: the sender has the
+        /// list from the batches, puts it in, and saves the file in the stat cache (`ContentHasher.saveStreamed`),
+        /// so that a 16 GiB file's list (8 MB) is held once, not by the hasher as well.
         case whole(CachedFile)
         /// The file's stat changed while it was read: what was sent may mix two versions.
         case changed
@@ -79,13 +82,13 @@ extension LocalScanner {
     static func hashStreaming(_ entry: LocalEntry, _ fd: FileDescriptor, with chunker: FileChunker, pool: ReadBufferPool,
                               into stream: FileStream) -> FileStream.End {
         do {
-            let content = try chunker.chunkStreaming(fd, pool: pool) { chunks, buffer, range in
+            // The sender keeps the list it was given, and fills it in at the end (`FileStream.End.whole`).
+            let content = try chunker.chunkStreaming(fd, pool: pool, keepingChunks: false) { chunks, buffer, range in
                 guard stream.put(FileStream.Batch(chunks: chunks, buffer: buffer, range: range)) else { throw StreamCancelled() }
             }
             let after = try fd.stat()
             guard after.sameContentIdentity(as: entry.stat) else { return .changed }
-            return .whole(CachedFile(path: entry.path, stat: after, digest: content.digest, chunks: content.chunks,
-                                     cachedAtNanos: wallClockNanos()))
+            return .whole(CachedFile(path: entry.path, stat: after, digest: content.digest, chunks: [], cachedAtNanos: wallClockNanos()))
         } catch is StreamCancelled {
             return .failed("cancelled")
         } catch {

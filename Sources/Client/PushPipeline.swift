@@ -417,7 +417,10 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
                     keptParts.append((id, first, batch.chunks.count, offset, batch.buffer, batch.range, frames.sent))
                     keptBytes += batch.range.count
                 }
-            case .end(.whole(let file)):
+            case .end(.whole(var file)):
+                // The hasher kept no list of its own: this one is the file's.
+                file.chunks = streamedChunks.removeValue(forKey: id) ?? []
+                hasher.saveStreamed(file)
                 let content = ChunkedContent(chunks: file.chunks, digest: file.digest, size: file.stat.size)
                 var entry = e
                 entry.content = content

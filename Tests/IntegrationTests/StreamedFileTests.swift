@@ -1,5 +1,8 @@
 import Chunking
+@testable import Client
 import Foundation
+import LocalState
+import SyncSystem
 import Testing
 
 /// Files larger than what goes unasked are cut while they are sent (wire v5 `streamed`): the agent asks for
@@ -43,6 +46,18 @@ struct StreamedFileTests {
         #expect(sources != nil, "the trace names where chunks came from: \(first.stderr)")
         #expect(sources?.files == 0, "every chunk went from the bytes the hasher read")
         #expect((sources?.memory ?? 0) == (try first.stats().chunksSent))
+        // The hasher keeps no list of a streamed file; the sender saves the file in the stat cache with the list
+        // it sent, whole: every chunk, each where the one before it ended, each the hash of its bytes.
+        let cache = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state + "/syncd", progress: false))
+            .openState().loadFiles()
+        let cached = cache[try RelativePath("data/big.bin")]
+        #expect(cached?.digest == ChunkID(hashing: big) && (cached?.chunks.count ?? 0) > 100, "\(String(describing: cached?.chunks.count))")
+        var end: UInt64 = 0
+        for c in cached?.chunks ?? [] {
+            #expect(c.offset == end && c.id == ChunkID(hashing: Array(big[Int(c.offset)..<(Int(c.offset) + Int(c.length))])))
+            end = c.offset + UInt64(c.length)
+        }
+        #expect(end == UInt64(big.count))
 
         // An insertion in the middle of one file and an append to another: a few chunks cross, from memory.
         big.insert(contentsOf: randomBytes(1000, seed: 33), at: big.count / 2)
