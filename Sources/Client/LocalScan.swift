@@ -199,6 +199,7 @@ extension LocalScanner {
             found.changed.count + deletes >= limit && !path.lexicographicallyPrecedes(openUntil)
         }
         var stoppedAt: [UInt8]?
+        var staleCacheRows: [[UInt8]] = []
         let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
         let inOrder = try state.readInPathOrder(.pushed, after: after) { rows -> Bool in
             func gone(_ path: RelativePath, _ entry: SyncedEntry) -> Bool {
@@ -255,10 +256,19 @@ extension LocalScanner {
             } catch {
                 throw SyncError("scanning \(project.directory): \(error)")
             }
-            if stoppedAt == nil { try rows.remainingRecorded(gone) }
+            if stoppedAt == nil {
+                try rows.remainingRecorded(gone)
+                try rows.remainingCached()
+            }
+            staleCacheRows = rows.staleCacheRows
             return rows.inOrder && walkInOrder
         }
         guard inOrder else { return nil }
+        // The stat cache forgets the files the walk passed over (a bounded number a push), except those below a
+        // pull path, which the walk does not enter and a pull compares with: it does not keep a row for every
+        // file the project ever had.
+        let stale = staleCacheRows.compactMap { try? RelativePath(bytes: $0) }.filter { !project.isPullPath($0) }
+        try? state.saveFiles([], removing: stale)
         found.resumeAfter = stoppedAt
         // A deleted directory with record paths past where the part ends ("data" ending at "data/b/7") waits for
         // the part that deletes the last of them.

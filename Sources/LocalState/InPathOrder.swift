@@ -52,8 +52,10 @@ public final class PathOrderedRows {
     /// False once a cursor gave a path that was not after the one before it: the rows are not in the order the
     /// merge needs (never seen; a database written by other means), and what was merged cannot be trusted.
     public private(set) var inOrder = true
-    /// Stat-cache rows passed over: files no longer in the tree.
-    public private(set) var staleCacheRows = 0
+    /// The paths of stat-cache rows passed over, at most `staleLimit`: files the walk no longer finds (deleted,
+    /// renamed, no longer regular files, or not walked: ignored, or below a pull path).
+    public private(set) var staleCacheRows: [[UInt8]] = []
+    public static let staleLimit = 65_536
 
     init(files: RowCursor, record: RowCursor) {
         self.files = files
@@ -67,12 +69,22 @@ public final class PathOrderedRows {
             guard let row = nextFile else { return nil }
             if row.path.lexicographicallyPrecedes(path) {
                 nextFile = nil
-                staleCacheRows += 1
+                if staleCacheRows.count < Self.staleLimit { staleCacheRows.append(row.path) }
                 continue
             }
             guard row.path == path else { return nil }
             nextFile = nil
             return row
+        }
+    }
+
+    /// Passes over the stat cache's rows after the last path asked for (a walk that went to the end), as stale.
+    public func remainingCached() throws {
+        while staleCacheRows.count < Self.staleLimit {
+            if nextFile == nil && !filesEnded { try advanceFiles() }
+            guard let row = nextFile else { return }
+            nextFile = nil
+            staleCacheRows.append(row.path)
         }
     }
 

@@ -313,3 +313,39 @@ extension ManyFilesTests {
         #expect(same, "\(why)")
     }
 }
+
+extension ManyFilesTests {
+    /// The stat cache's paths, as this machine keeps them for the fixture's project.
+    static func cachedPaths(_ f: SyncFixture) throws -> [String] {
+        let state = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state + "/syncd", progress: false)).openState()
+        return try state.loadFiles().keys.map(\.description).sorted()
+    }
+
+    /// A push forgets the stat-cache rows of files the walk no longer finds, before, between and after the files
+    /// it does (a deleted directory, a deleted file, a file replaced by a directory, the last paths), and keeps
+    /// those below a pull path, which the walk does not enter and a pull compares with. Before, every file the
+    /// project ever had kept its row, and every whole-tree push read past them all.
+    @Test func aPushForgetsTheCachedFilesThatAreGone() throws {
+        let f = try SyncFixture()
+        for name in ["a.txt", "b.txt", "gone/c.txt", "gone/d.txt", "m.txt", "zz.txt"] { try f.write(name, "\(name)\n") }
+        #expect(try f.push().status == 0)
+        try f.write("output/o.txt", "made there\n", in: f.remoteProject)
+        try f.age("output/o.txt")
+        let pulled = try f.pull()
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        let before = try Self.cachedPaths(f)
+        #expect(before == ["a.txt", "b.txt", "gone/c.txt", "gone/d.txt", "m.txt", "output/o.txt", "syncd.yaml", "zz.txt"], "\(before) \(pulled.stdout)")
+
+        try FileManager.default.removeItem(atPath: f.project + "/gone")
+        try FileManager.default.removeItem(atPath: f.project + "/b.txt")
+        try FileManager.default.removeItem(atPath: f.project + "/m.txt")
+        try f.write("m.txt/inside.txt", "now a directory\n")
+        try FileManager.default.removeItem(atPath: f.project + "/zz.txt")
+        let pushed = try f.push()
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        let after = try Self.cachedPaths(f)
+        #expect(after == ["a.txt", "m.txt/inside.txt", "output/o.txt", "syncd.yaml"], "\(after)")
+        let (same, diff) = f.treesMatch()
+        #expect(same, "\(diff)")
+    }
+}
