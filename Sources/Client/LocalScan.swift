@@ -185,8 +185,50 @@ extension LocalScanner {
     /// directory deleted is carried on with its files. Nil when the database's rows or the walk turn out not to be
     /// in path order (neither should happen): the caller then compares the whole tree in memory.
     func changedSinceLastPush(everything: Bool, after: [UInt8]? = nil, carried: [(RelativePath, SyncedEntry)] = [], limit: Int = .max,
-                              isLeftAlone: (RelativePath, SyncedEntry) -> Bool,
-                              isIgnored: (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
+                              isLeftAlone: @escaping (RelativePath, SyncedEntry) -> Bool,
+                              isIgnored: @escaping (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
+        let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
+        return try changedInPathOrder(everything: everything, after: after, carried: carried, limit: limit, walked: true,
+                                      isLeftAlone: isLeftAlone, isIgnored: isIgnored) { visit in
+            do {
+                return try scanner.walkInPathOrderAhead(after: after) { scanned in
+                    try visit(LocalEntry(path: scanned.path, stat: scanned.stat, content: nil, linkTarget: scanned.linkTarget))
+                }.warnings
+            } catch {
+                throw SyncError("scanning \(project.directory): \(error)")
+            }
+        }
+    }
+
+    /// `changedSinceLastPush` for a tree already scanned and hashed, in path order (a store push's, or a restored
+    /// snapshot's, the same for every host): merged with this host's record, so that a host's push holds what
+    /// changed for it rather than a copy of its whole record. Nil when `tree` is not in path order.
+    func changedInFixedTree(_ tree: [LocalEntry], everything: Bool, after: [UInt8]? = nil, carried: [(RelativePath, SyncedEntry)] = [],
+                            limit: Int = .max, isLeftAlone: @escaping (RelativePath, SyncedEntry) -> Bool,
+                            isIgnored: @escaping (RelativePath, SyncedEntry) -> Bool) throws -> ChangedHere? {
+        // Where the part after `after` starts (the tree is sorted; one that is not is found out by the merge).
+        var start = 0
+        if let after {
+            var high = tree.count
+            while start < high {
+                let middle = (start + high) / 2
+                if after.lexicographicallyPrecedes(tree[middle].path.bytes) { high = middle } else { start = middle + 1 }
+            }
+        }
+        return try changedInPathOrder(everything: everything, after: after, carried: carried, limit: limit, walked: false,
+                                      isLeftAlone: isLeftAlone, isIgnored: isIgnored) { visit in
+            for entry in tree[start...] where !(try visit(entry)) { break }
+            return []
+        }
+    }
+
+    /// The merge both of the above run: `entries` calls `visit` with each entry in path order (a file's content
+    /// nil when the stat cache is to vouch for it) until it returns false, and returns the warnings it had.
+    /// `walked`: the entries are this machine's tree as walked now, so the stat cache's rows it passed over are
+    /// of files that are gone.
+    private func changedInPathOrder(everything: Bool, after: [UInt8]?, carried: [(RelativePath, SyncedEntry)], limit: Int, walked: Bool,
+                                    isLeftAlone: @escaping (RelativePath, SyncedEntry) -> Bool, isIgnored: @escaping (RelativePath, SyncedEntry) -> Bool,
+                                    entries: ((LocalEntry) throws -> Bool) throws -> [ScanWarning]) throws -> ChangedHere? {
         var found = ChangedHere()
         // The directories this part deletes, in path order.
         var deletedDirectories = carried
@@ -200,7 +242,6 @@ extension LocalScanner {
         }
         var stoppedAt: [UInt8]?
         var staleCacheRows: [[UInt8]] = []
-        let scanner = ProjectScanner(tree: project.tree, rules: project.rulesWithPullPaths)
         let inOrder = try state.readInPathOrder(.pushed, after: after) { rows -> Bool in
             func gone(_ path: RelativePath, _ entry: SyncedEntry) -> Bool {
                 found.pushedBefore = true
@@ -218,49 +259,44 @@ extension LocalScanner {
             }
             var walkInOrder = true
             var last: [UInt8] = after ?? []
-            do {
-                let walk = try scanner.walkInPathOrderAhead(after: after) { scanned -> Bool in
-                    found.scanned += 1
-                    if (found.scanned > 1 || after != nil) && !last.lexicographicallyPrecedes(scanned.path.bytes) { walkInOrder = false }
-                    last = scanned.path.bytes
-                    let pushed = try rows.recorded(at: scanned.path.bytes, gone: gone)
-                    // Full among the paths gone before this one: it is the next part's.
-                    if stoppedAt != nil {
-                        found.scanned -= 1
-                        return false
-                    }
-                    if pushed != nil { found.pushedBefore = true }
-                    var entry = LocalEntry(path: scanned.path, stat: scanned.stat, content: nil, linkTarget: scanned.linkTarget)
-                    var cached: CachedRow?
-                    if scanned.kind == .regular, let row = try rows.cached(at: scanned.path.bytes), row.isFresh(for: scanned.stat) {
-                        cached = row
-                        // Enough to compare with the record; the chunk list is read only for a file that is sent.
-                        entry.content = ChunkedContent(chunks: [], digest: row.digest, size: row.stat.size)
-                    }
-                    if decidePush(local: entry, pushed: pushed, everything: everything) == .send {
-                        if let cached { entry.content = cached.chunks().map { ChunkedContent(chunks: $0, digest: cached.digest, size: cached.stat.size) } }
-                        found.changed.append(entry)
-                        if let pushed {
-                            found.pushed[scanned.path] = pushed
-                            if pushed.kind == .directory && scanned.kind != .directory {
-                                let end = scanned.path.bytes + [UInt8(ascii: "0")]
-                                if openUntil.lexicographicallyPrecedes(end) { openUntil = end }
-                            }
-                        }
-                    }
-                    guard mayEnd(at: scanned.path.bytes) else { return true }
-                    stoppedAt = scanned.path.bytes
+            found.warnings = try entries { given -> Bool in
+                found.scanned += 1
+                if (found.scanned > 1 || after != nil) && !last.lexicographicallyPrecedes(given.path.bytes) { walkInOrder = false }
+                last = given.path.bytes
+                let pushed = try rows.recorded(at: given.path.bytes, gone: gone)
+                // Full among the paths gone before this one: it is the next part's.
+                if stoppedAt != nil {
+                    found.scanned -= 1
                     return false
                 }
-                found.warnings = walk.warnings
-            } catch {
-                throw SyncError("scanning \(project.directory): \(error)")
+                if pushed != nil { found.pushedBefore = true }
+                var entry = given
+                var cached: CachedRow?
+                if entry.stat.kind == .regular && entry.content == nil, let row = try rows.cached(at: entry.path.bytes), row.isFresh(for: entry.stat) {
+                    cached = row
+                    // Enough to compare with the record; the chunk list is read only for a file that is sent.
+                    entry.content = ChunkedContent(chunks: [], digest: row.digest, size: row.stat.size)
+                }
+                if decidePush(local: entry, pushed: pushed, everything: everything) == .send {
+                    if let cached { entry.content = cached.chunks().map { ChunkedContent(chunks: $0, digest: cached.digest, size: cached.stat.size) } }
+                    found.changed.append(entry)
+                    if let pushed {
+                        found.pushed[entry.path] = pushed
+                        if pushed.kind == .directory && entry.stat.kind != .directory {
+                            let end = entry.path.bytes + [UInt8(ascii: "0")]
+                            if openUntil.lexicographicallyPrecedes(end) { openUntil = end }
+                        }
+                    }
+                }
+                guard mayEnd(at: entry.path.bytes) else { return true }
+                stoppedAt = entry.path.bytes
+                return false
             }
             if stoppedAt == nil {
                 try rows.remainingRecorded(gone)
-                try rows.remainingCached()
+                if walked { try rows.remainingCached() }
             }
-            staleCacheRows = rows.staleCacheRows
+            if walked { staleCacheRows = rows.staleCacheRows }
             return rows.inOrder && walkInOrder
         }
         guard inOrder else { return nil }
@@ -278,7 +314,7 @@ extension LocalScanner {
                 found.carried.append((path, entry))
             }
         }
-        if after == nil, let git = project.rules.git { found.warnings += git.skippedLines }
+        if walked && after == nil, let git = project.rules.git { found.warnings += git.skippedLines }
         // A plan clears a path before what is placed below it when the record has something other than a
         // directory there (a file the user replaced with a directory). Such a parent the walk passed as unchanged
         // or left alone is not in `pushed` yet: looked up for the parents of what is sent, a few paths. A part

@@ -149,7 +149,7 @@ public final class PushSession {
                 Trace.mark("push: scanned \(scan.entries.count) entries")
                 planned = known.resolveOps ?? planPush(local: scan.entries, pushed: known.pushed, everything: restoring, isLeftAlone: isLeftAlone)
                 // A first push (nothing recorded in any part) sends every entry, summed part by part.
-                if known.whole.map({ $0.pushedBefore }) ?? (!known.pushed.isEmpty || scanWasKnown) { firstPush = nil }
+                if fixedTree != nil || (known.whole.map({ $0.pushedBefore }) ?? (!known.pushed.isEmpty || scanWasKnown)) { firstPush = nil }
             } catch {
                 connecting.cancel()
                 throw error
@@ -240,8 +240,18 @@ public final class PushSession {
                           limit: Int) throws -> KnownHere {
         var known = KnownHere()
         if let fixedTree {
-            known.pushed = try state.load(.pushed)
-            known.scan = LocalScanner.Scan(entries: fixedTree, warnings: [], cache: [:])
+            if let found = try LocalScanner(project: project, state: state)
+                .changedInFixedTree(fixedTree, everything: restoring, after: after, carried: carried, limit: limit,
+                                    isLeftAlone: isLeftAlone, isIgnored: isIgnoredNow) {
+                // As for a walk of the whole tree: this host's record read beside the tree, only its changes kept.
+                known.pushed = found.pushed
+                known.scan = LocalScanner.Scan(entries: found.changed, warnings: [], cache: [:])
+                known.whole = (found.scanned, found.leftIgnored, found.pushedBefore, found.resumeAfter, found.carried)
+                Trace.mark("push: merged \(found.scanned) entries of the tree given with the record, \(found.changed.count) to send")
+            } else {
+                known.pushed = try state.load(.pushed)
+                known.scan = LocalScanner.Scan(entries: fixedTree, warnings: [], cache: [:])
+            }
         } else if let resolving {
             let (ops, scan) = try resolveOperations(resolving, state: state)
             known.pushed = try state.load(.pushed, paths: resolving, subtrees: [])

@@ -152,7 +152,8 @@ public final class StorePush {
             }
         }
         let scan = try scanner.run(roots: nil)
-        return (scan.entries, scan.warnings.map(\.description))
+        // In path order, as the manifest has it and each host's push merges it with that host's record.
+        return (scan.entries.sorted { $0.path < $1.path }, scan.warnings.map(\.description))
     }
 
     /// Where the last snapshot's manifest is kept, one file per project directory and store.

@@ -69,8 +69,12 @@ struct MultiHostTests {
 
         // Five files edited: the store gets their new chunks once, every host the files.
         for i in 0..<5 { try f.write("src/m\(i).py", "value = \(i * 100)  # edited\n") }
-        let edit = try push()
+        let edit = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env.merging(["SYNCD_TRACE": "1"]) { $1 })
         #expect(edit.status == 0, "\(edit.stderr)")
+        // Each host's push holds what changed for it: the tree, read once, merged with that host's record, and
+        // not the host's whole record beside a copy of the tree.
+        let merges = edit.stderr.split(separator: "\n").filter { $0.contains("entries of the tree given with the record") }
+        #expect(merges.count == 3 && merges.allSatisfy { $0.contains("merged 47 entries") && $0.hasSuffix(" 5 to send") }, "\(edit.stderr)")
         #expect((try edit.json()["bytes_uploaded"] as? Int ?? .max) < 10_000)
         for r in roots.prefix(3) { #expect(hostTree(r) == SyncFixture.describeTree(f.project)) }
 
