@@ -123,7 +123,10 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
     private var sentFromMemory = 0
     /// Store chunks whose places the agent has been told, and how many packs (sender thread only).
     private var placesSent: Set<ChunkID> = []
-    private var packsSent = 0
+    /// The packs told to the agent, by their number in the feed, with the number the agent knows each by (the
+    /// order sent): a pack goes ahead of the first place in it, so a push of a few files names a few packs (a
+    /// presigned URL is about 400 bytes), not every pack of the project.
+    private var packNumbers: [UInt32: UInt32] = [:]
     /// How many extra connections were asked for.
     private var streamsAsked = 0
     /// A push sends this much at least before it asks for extra streams: below it, their SSH handshakes cost more
@@ -197,7 +200,6 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
             streamsAsked = project.streamCount - 1
             try writer.send(.streamsOpen(count: UInt8(streamsAsked)))
         }
-        if let storeFeed { try sendPacks(storeFeed.packs(from: 0), of: storeFeed) }
 
         for index in ops.indices {
             let id = UInt32(index + 1)
@@ -243,6 +245,7 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
         try flushAll()
         finished = true
         Trace.mark("push: chunks sent from memory \(sentFromMemory), read from their files \(files.chunksRead)")
+        if storeFeed != nil { Trace.mark("push: named \(packNumbers.count) of the store's packs, \(placesSent.count) chunk places") }
         let streams = self.streams
         outcome.bytesSent = writer.bytesWritten - bytesAtStart.written + (streams?.bytesWritten ?? 0)
         outcome.streams = 1 + (streams?.carryingCount ?? 0)
@@ -477,30 +480,36 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
         if frames.answered == frames.sent && streamedChunks[op] == nil { listFrames[op] = nil }
     }
 
-    /// Packs of the store, numbered in the order sent: those known at the start go ahead of the operations, the
-    /// others (uploaded meanwhile) ahead of the first file that needs them.
-    private func sendPacks(_ packs: ArraySlice<StorePack>, of feed: StoreFeed) throws {
-        var start = packs.startIndex
-        repeat {
-            let end = min(start + 2000, packs.endIndex)
-            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<end])))
-            start = end
-        } while start < packs.endIndex
-        packsSent = packs.endIndex
-    }
-
     /// Where the store holds the chunks of `content` that the agent has not been told of yet, ahead of the file's
-    /// operation (so a push of a few files does not carry the places of the whole project); waits for the packs
-    /// an upload still going on will hold.
+    /// operation (so a push of a few files does not carry the places of the whole project), with the packs they
+    /// are in that it has not been told of (numbered in the order sent); waits for the packs an upload still going
+    /// on will hold.
     private func sendPlaces(of content: ChunkedContent, from feed: StoreFeed) throws {
         var seen: Set<ChunkID> = []
         let wanted = content.chunks.compactMap { c in !c.id.isHole && !placesSent.contains(c.id) && seen.insert(c.id).inserted ? c.id : nil }
         guard !wanted.isEmpty else { return }
         // What was sent so far goes out before waiting: the agent works on it meanwhile.
         if !feed.isReady(for: wanted) { try writer.flush() }
-        let (packs, places) = try feed.places(of: wanted, packsFrom: packsSent)
-        if !packs.isEmpty { try sendPacks(packs, of: feed) }
+        let found = try feed.places(of: wanted)
+        var places = found.places
+        var packs: [StorePack] = []
+        for i in places.indices {
+            if let known = packNumbers[places[i].pack] {
+                places[i].pack = known
+                continue
+            }
+            let number = UInt32(packNumbers.count)
+            packNumbers[places[i].pack] = number
+            packs.append(found.pack(places[i].pack))
+            places[i].pack = number
+        }
         var start = 0
+        while start < packs.count {
+            let end = min(start + 2000, packs.count)
+            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<end])))
+            start = end
+        }
+        start = 0
         while start < places.count {
             let end = min(start + maxStoreChunks, places.count)
             try writer.send(.storeChunks(Array(places[start..<end])))

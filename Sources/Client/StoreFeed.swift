@@ -47,18 +47,17 @@ package final class StoreFeed: Sendable {
         }
     }
 
-    /// Waits until each of `ids` has a place, or nothing more will come; returns the packs from number `from` on
-    /// and the places found. Throws when the upload failed.
-    func places(of ids: [ChunkID], packsFrom from: Int) throws -> (packs: ArraySlice<StorePack>, places: [StoreChunk]) {
+    /// Waits until each of `ids` has a place, or nothing more will come; returns the places found (numbered by
+    /// this feed's packs) and `pack`, which gives a pack by its number. Throws when the upload failed.
+    func places(of ids: [ChunkID]) throws -> (places: [StoreChunk], pack: (UInt32) -> StorePack) {
         try known.withLock(when: { $0.hasPlaces(for: ids) }) { known in
             if let failure = known.failure { throw SyncError("the upload to the store failed: \(failure)") }
-            return (known.packs[min(from, known.packs.count)...], ids.compactMap { known.chunks[$0] })
+            let packs = known.packs
+            return (ids.compactMap { known.chunks[$0] }, { packs[Int($0)] })
         }
     }
 
     /// Whether `places(of:)` would return at once.
     func isReady(for ids: [ChunkID]) -> Bool { known.withLock { $0.hasPlaces(for: ids) } }
 
-    /// The packs known so far, from number `from` on.
-    func packs(from: Int) -> ArraySlice<StorePack> { known.withLock { $0.packs[min(from, $0.packs.count)...] } }
 }

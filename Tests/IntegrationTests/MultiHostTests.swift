@@ -75,6 +75,10 @@ struct MultiHostTests {
         // not the host's whole record beside a copy of the tree.
         let merges = edit.stderr.split(separator: "\n").filter { $0.contains("entries of the tree given with the record") }
         #expect(merges.count == 3 && merges.allSatisfy { $0.contains("merged 47 entries") && $0.hasSuffix(" 5 to send") }, "\(edit.stderr)")
+        // And its link names the one pack the edit's chunks are in, not every pack of the project (the first
+        // push's too): a presigned URL is about 400 bytes, and a large project has a pack per 32 MB.
+        let named = edit.stderr.split(separator: "\n").filter { $0.contains("of the store's packs") }
+        #expect(named.count == 3 && named.allSatisfy { $0.contains("named 1 of the store's packs, 5 chunk places") }, "\(edit.stderr)")
         #expect((try edit.json()["bytes_uploaded"] as? Int ?? .max) < 10_000)
         for r in roots.prefix(3) { #expect(hostTree(r) == SyncFixture.describeTree(f.project)) }
 
