@@ -187,8 +187,10 @@ public final class PushSession {
         return stats
     }
 
-    /// The most changes a part of a push holds (see `runOnce`): about 30 MB of entries and plan. Tests make it small.
-    package var partSize = 65_536
+    /// The most changes a part of a push holds (see `runOnce`): about 30 MB of entries and plan. Tests make it
+    /// small; a store push's hosts share it.
+    package var partSize = PushSession.defaultPartSize
+    package static let defaultPartSize = 65_536
     /// How many parts the last run took (for tests).
     package private(set) var parts = 0
 

@@ -57,6 +57,12 @@ public final class StorePush {
     /// What a watcher reported since the last push began (the daemon's): the snapshot is then the last one this
     /// machine made of the project with those paths looked at again, rather than a walk of the whole project.
     public var changedPaths: Set<RelativePath>?
+    /// The store's credentials; nil: from the environment or `~/.aws/credentials` (tests set them).
+    package var credentials: AWSCredentials?
+    /// The most changes a host's part holds; nil: the hosts share one part's worth (tests make it small).
+    package var partSize: Int?
+    /// How many parts each host's push of the last `run` took, in the order of the hosts (tests).
+    package private(set) var partsPerHost: [Int] = []
     /// Whether the last `run` built its snapshot from the one before (tests).
     package private(set) var wasIncremental = false
 
@@ -64,7 +70,7 @@ public final class StorePush {
 
     public func run() throws -> SyncStats {
         let started = monotonicNanos()
-        let access = try StoreAccess(project)
+        let access = try StoreAccess(project, credentials: credentials)
 
         let hosts = try project.hostList()
 
@@ -101,8 +107,12 @@ public final class StorePush {
         // A host counts as arrived once connected, or once its push is over (it could not connect).
         let arrivals = hosts.map { _ in Once { connected.leave() } }
         let project = self.project
+        // The hosts share one part's worth of changes: each host's push holds its part's plan, so 100 hosts'
+        // first pushes hold about what one host's does (at least 4,096 changes a part, a session each).
+        let partSize = self.partSize ?? max(4096, PushSession.defaultPartSize / hosts.count)
         var stats = fanOut(to: hosts, feed: feed, ended: { arrivals[$0].run() }) { i, host in
             let session = PushSession(project: i == 0 ? first : try project.forHost(host))
+            session.partSize = partSize
             session.fixedTree = scan.entries
             session.onConnected = arrivals[i].run
             return session
@@ -221,7 +231,7 @@ public final class StorePush {
             throw SyncError("\(host) is not one of the hosts of \(project.config.name) (\(hosts.map(\.description).joined(separator: ", ")))",
                             code: .usage)
         }
-        let access = try StoreAccess(project)
+        let access = try StoreAccess(project, credentials: credentials)
         let lock = try access.lock()
         defer { lock.release() }
         let (ref, manifest, _) = try project.findSnapshot(id, in: access.store, uploader: access.uploader)
@@ -320,6 +330,7 @@ public final class StorePush {
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
         let results = hosts.map { _ in OneShot<Result<SyncStats, Error>>() }
+        let parts = hosts.map { _ in OneShot<Int>() }
         let group = DispatchGroup()
         for (i, host) in hosts.enumerated() {
             group.enter()
@@ -333,6 +344,7 @@ public final class StorePush {
                     session.force = force
                     session.pruneIgnored = pruneIgnored
                     session.storeFeed = feed
+                    defer { parts[i].set(session.parts) }
                     return try session.run()
                 })
             }
@@ -343,6 +355,7 @@ public final class StorePush {
             }
         }
         group.wait()
+        partsPerHost = parts.map { $0.current ?? 0 }
 
         var stats = SyncStats(direction: "push")
         var perHost: [HostResult] = []
@@ -397,14 +410,14 @@ private struct StoreAccess {
     /// `host_credentials: own`.
     let hostSigns: Bool
 
-    init(_ project: Project) throws {
+    init(_ project: Project, credentials given: AWSCredentials?) throws {
         hostSigns = project.config.hostCredentialsOwn
         guard let location = try project.storeLocation(), let hostLocation = try project.storeLocation(forHosts: true) else {
             throw SyncError("\(project.directory): no store: setting", code: .usage)
         }
         self.location = location
         self.hostLocation = hostLocation
-        do { credentials = try AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", code: .usage) }
+        do { credentials = try given ?? AWSCredentials.resolve() } catch { throw SyncError("store \(location): \(error)", code: .usage) }
         do {
             uploader = StoreUploader(location: location, credentials: credentials, catalog: try project.storeCatalog(location))
             store = SnapshotStore(client: try S3Client(location: location, credentials: credentials))

@@ -1,3 +1,5 @@
+@testable import Client
+import Fleet
 import Foundation
 import S3
 import SnapshotFormat
@@ -549,5 +551,46 @@ struct MultiHostTests {
         #expect(own.status == 0, "\(own.stderr)")
         #expect(f.read("data/weights.bin", in: f.remoteProject) == newWeights ? true : false)
         #expect((try own.stats().bytesSent.asInt) < 100_000, "the weights came from the store: \(own.stdout)")
+    }
+}
+
+extension MultiHostTests {
+    /// Each host's push of a store push goes in parts of the size the hosts share, each part the tree's next
+    /// paths merged with that host's record: a first push, then one that deletes a directory, replaces a file by a
+    /// directory and adds files, bring both hosts to the project, in several parts each.
+    @Test func aStorePushReachesEachHostInParts() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = try Self.newBucket(in: server)
+        let roots = (1...2).map { f.base + "/host\($0)" }
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        try f.addSetting("agent_path: \(binDirectory())/syncd-agent")
+        for d in ["a", "b", "c"] { for i in 0..<4 { try f.write("\(d)/\(i).txt", "\(d) \(i)\n") } }
+        try f.write("m.txt", "a file, then a directory\n")
+        func push() throws -> (SyncStats, [Int]) {
+            let project = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state + "/syncd", progress: false))
+            let push = StorePush(project: project)
+            push.credentials = Self.admin
+            push.partSize = 3
+            let stats = try push.run()
+            return (stats, push.partsPerHost)
+        }
+        func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
+
+        let (first, firstParts) = try push()
+        #expect(first.errors.isEmpty && first.conflicts == 0, "\(first.errors)")
+        #expect(firstParts.count == 2 && firstParts.allSatisfy { $0 >= 5 }, "17 entries, 3 a part: \(firstParts)")
+        for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project), "\(r)") }
+
+        try FileManager.default.removeItem(atPath: f.project + "/b")
+        try FileManager.default.removeItem(atPath: f.project + "/m.txt")
+        try f.write("m.txt/inside.txt", "now a directory\n")
+        try f.write("c/1.txt", "edited\n")
+        for i in 0..<3 { try f.write("d/\(i).txt", "new \(i)\n") }
+        let (edit, editParts) = try push()
+        #expect(edit.errors.isEmpty && edit.conflicts == 0, "\(edit.errors)")
+        #expect(editParts.count == 2 && editParts.allSatisfy { $0 >= 3 }, "\(editParts)")
+        for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project), "\(r)") }
     }
 }
