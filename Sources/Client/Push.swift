@@ -188,7 +188,7 @@ public final class PushSession {
     }
 
     /// The most changes a part of a push holds (see `runOnce`): about 30 MB of entries and plan. Tests make it
-    /// small; a store push's hosts share it.
+    /// small.
     package var partSize = PushSession.defaultPartSize
     package static let defaultPartSize = 65_536
     /// How many parts the last run took (for tests).

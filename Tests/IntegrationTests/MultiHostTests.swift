@@ -555,7 +555,7 @@ struct MultiHostTests {
 }
 
 extension MultiHostTests {
-    /// Each host's push of a store push goes in parts of the size the hosts share, each part the tree's next
+    /// Each host's push of a store push goes in parts like any push (here of 3 changes), each part the tree's next
     /// paths merged with that host's record: a first push, then one that deletes a directory, replaces a file by a
     /// directory and adds files, bring both hosts to the project, in several parts each.
     @Test func aStorePushReachesEachHostInParts() throws {
