@@ -49,7 +49,7 @@ final class RecordIndex {
         replaceChunk = try db.prepare("INSERT OR REPLACE INTO chunks(id, path, offset, length) VALUES (?1, ?2, ?3, ?4)")
         deleteChunk = try db.prepare("DELETE FROM chunks WHERE id = ?1 AND path = ?2")
         selectChunk = try db.prepare("SELECT path, offset, length FROM chunks WHERE id = ?1 LIMIT 8")
-        selectPieces = try db.prepare("SELECT piece, entries FROM pieces WHERE path = ?1 AND piece >= ?2 ORDER BY piece")
+        selectPieces = try db.prepare("SELECT piece, entries FROM pieces WHERE path = ?1 ORDER BY piece")
         upsertPiece = try db.prepare("INSERT OR REPLACE INTO pieces(path, piece, entries) VALUES (?1, ?2, ?3)")
         deletePieces = try db.prepare("DELETE FROM pieces WHERE path = ?1 AND piece >= ?2")
     }
@@ -121,7 +121,7 @@ final class RecordIndex {
             guard pieced <= Int64(Int32.max) else { return nil }
             record.chunks.reserveCapacity(Int(pieced))
             var offset: UInt64 = 0
-            let whole = try entries(of: path, count: Int(pieced), from: 0) { _, run in
+            let whole = try entries(of: path, count: Int(pieced)) { _, run in
                 for i in 0..<(run.count / Self.entryBytes) {
                     let (id, length) = Self.entry(run, i)
                     record.chunks.append(ChunkRef(id: id, offset: offset, length: length))
@@ -245,7 +245,7 @@ final class RecordIndex {
         }
         if pieced > 0 {
             // A list whose pieces do not add up is damage: the keys found are dropped, none is trusted shared.
-            guard try entries(of: path, count: pieced, from: 0, { first, run in try visit(run, first) }) else {
+            guard try entries(of: path, count: pieced, { first, run in try visit(run, first) }) else {
                 return (pieced, 0)
             }
         } else {
@@ -257,18 +257,16 @@ final class RecordIndex {
         return (pieced, shared)
     }
 
-    /// Calls `body` with the path's chunk entries kept in pieces, a piece at a time from piece `from`, with the
-    /// index of the piece's first entry. False when the pieces are not whole (damage): one missing, one of another
-    /// size than the database's (only the last may be shorter), or not `count` entries in all.
-    private func entries(of path: RelativePath, count: Int, from piece: Int,
-                         _ body: (Int, UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
+    /// Calls `body` with the path's chunk entries kept in pieces, a piece at a time, with the index of the piece's
+    /// first entry. False when the pieces are not whole (damage): one missing, one of another size than the
+    /// database's (only the last may be shorter), or not `count` entries in all.
+    private func entries(of path: RelativePath, count: Int, _ body: (Int, UnsafeRawBufferPointer) throws -> Void) throws -> Bool {
         let s = selectPieces.reset()
         defer { s.reset() }
         s.bind(1, path.bytes)
-        s.bind(2, Int64(piece))
         let full = pieceEntries * Self.entryBytes
-        var expected = piece
-        var seen = piece * pieceEntries
+        var expected = 0
+        var seen = 0
         while try s.step() {
             let whole = try s.withBlob(1) { run -> Bool in
                 let n = run.count / Self.entryBytes

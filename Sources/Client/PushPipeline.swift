@@ -503,17 +503,11 @@ final class PushPipeline: @unchecked Sendable {  // what the reader thread share
             packs.append(found.pack(places[i].pack))
             places[i].pack = number
         }
-        var start = 0
-        while start < packs.count {
-            let end = min(start + 2000, packs.count)
-            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<end])))
-            start = end
+        for start in stride(from: 0, to: packs.count, by: 2000) {
+            try writer.send(.storePacks(store: feed.name, signingRegion: feed.signingRegion, packs: Array(packs[start..<min(start + 2000, packs.count)])))
         }
-        start = 0
-        while start < places.count {
-            let end = min(start + maxStoreChunks, places.count)
-            try writer.send(.storeChunks(Array(places[start..<end])))
-            start = end
+        for start in stride(from: 0, to: places.count, by: maxStoreChunks) {
+            try writer.send(.storeChunks(Array(places[start..<min(start + maxStoreChunks, places.count)])))
         }
         for p in places { placesSent.insert(p.id) }
     }
