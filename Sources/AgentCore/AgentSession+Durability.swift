@@ -27,7 +27,7 @@ extension AgentSession {
     /// Sends the answers `progress` made durable, and renames the files it made durable.
     func handle(_ progress: DurableBatches<OpResult>.Progress) throws {
         if !progress.answers.isEmpty { state.commitRecords() }
-        for (answer, error) in progress.answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
+        for (answer, error) in progress.answers { try sendResult(Self.answer(answer, syncError: error)) }
         try commitSynced(progress.durable)
     }
 
@@ -101,7 +101,7 @@ extension AgentSession {
         guard let durability else { return }
         let answers = durability.flush()
         if !answers.isEmpty { state.commitRecords() }
-        for (answer, error) in answers { try writer.send(.result(Self.answer(answer, syncError: error))) }
+        for (answer, error) in answers { try sendResult(Self.answer(answer, syncError: error)) }
     }
 
     /// Called before the reader waits for input: while fsyncs are in flight, waits for whichever comes

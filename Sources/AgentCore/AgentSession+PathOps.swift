@@ -23,7 +23,7 @@ extension AgentSession {
     }
 
     func reply(_ op: UInt32, _ status: OpStatus, _ message: String, _ current: PathState) throws {
-        try writer.send(.result(OpResult(op: op, status: status, message: message, current: current)))
+        try sendResult(OpResult(op: op, status: status, message: message, current: current))
     }
 
     /// Answers a conflict: what the remote holds now (with size and mtime for a file) and what the sender
@@ -32,10 +32,10 @@ extension AgentSession {
                                _ told: String? = nil) throws {
         let what = told ?? (current == .absent ? "deleted on the remote since the last sync" : "changed on the remote since the last sync")
         let isFile = st?.kind == .regular
-        try writer.send(.result(OpResult(op: op, status: .conflict,
-                                         message: "\(what): the remote holds \(describe(current, st)), the last sync recorded \(base)",
-                                         current: current, currentSize: isFile ? st!.size : 0,
-                                         currentMtimeNanos: isFile ? st!.mtimeNanos : 0)))
+        try sendResult(OpResult(op: op, status: .conflict,
+                                message: "\(what): the remote holds \(describe(current, st)), the last sync recorded \(base)",
+                                current: current, currentSize: isFile ? st!.size : 0,
+                                currentMtimeNanos: isFile ? st!.mtimeNanos : 0))
     }
 
     func describe(_ state: PathState, _ st: FileStat?) -> String {
@@ -138,7 +138,7 @@ extension AgentSession {
             try Tree.placeSymlink(at: parent, name: path.name, target: target, shown: path.description,
                                   temporaryName: building.linkName(for: path.name))
             if state.record(at: path) != nil { dropRecord(path) }
-            return { try self.writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs))) }
+            return { try self.sendResult(OpResult(op: op, status: .applied, message: "", current: .symlink(target), keptAs: keptAs)) }
         }
     }
 
@@ -164,7 +164,7 @@ extension AgentSession {
             }
             guard let dir = try tree.openDirectory(path, create: true) else { throw AgentError("cannot make \(path)") }
             try dir.setPermissions(permissions & 0o777)
-            return { try self.writer.send(.result(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs))) }
+            return { try self.sendResult(OpResult(op: op, status: .applied, message: "", current: .directory, keptAs: keptAs)) }
         }
     }
 

@@ -53,6 +53,7 @@ extension AgentSession {
     /// Tells the client what went wrong reading from the store; gives up on the store once it failed to answer
     /// `maxStoreFailures` times, sending the reads not begun yet to the client too.
     private func storeReadFailed(_ failure: StoreError, damaged: Bool, pack: ChunkID?, chunks: [ChunkID]) throws {
+        push.apply?.storeTrouble = "\(failure)"
         if damaged {
             let new = chunks.filter { push.reportedDamage.insert($0).inserted }
             if !new.isEmpty {
@@ -137,6 +138,7 @@ extension AgentSession {
         state.sweepLegacyPartials(in: tree)
         if push.cacheGrew { evictCache() }
         push.cacheGrew = false
+        try sendApplySummary()
         // The state is a cache of what was hashed: one that cannot be written (a full disk) costs hashing again,
         // not the push.
         do { try state.save() } catch { printError("syncd-agent: cannot save the project's state: \(error)") }
@@ -145,6 +147,9 @@ extension AgentSession {
 
     /// One frame of a push other than chunk data.
     private func take(_ message: Message) throws {
+        if push.apply != nil && message != .endOfOperations {
+            throw ProtocolError("a snapshot to apply is followed only by the end of operations, not a frame of type 0x\(String(message.encode().type, radix: 16))")
+        }
         switch message {
         case .fileBegin(let header):
             try begin(header)
@@ -184,6 +189,8 @@ extension AgentSession {
                 push.fetcher = try StoreFetcher(store: store, signingRegion: signingRegion, stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
             }
             push.fetcher!.add(packs)
+        case .applySnapshot(let request):
+            try applySnapshot(request)
         case .storeChunks(let chunks):
             guard let fetcher = push.fetcher else { throw ProtocolError("store chunks before any store pack") }
             for c in chunks where Int(c.pack) < fetcher.packs.count { push.storeChunks[c.id] = c }
@@ -217,7 +224,7 @@ extension AgentSession {
 
     /// A file's header: its path checked (a refused one is answered, its list read and dropped), then built at
     /// once if it lists no chunks, or begun as its list streams in.
-    private func begin(_ header: FileHeader) throws {
+    func begin(_ header: FileHeader) throws {
         guard !push.ended else { throw ProtocolError("file frame after end of operations") }
         guard push.pending[header.op] == nil else { throw ProtocolError("operation id \(header.op) reused while in flight") }
         push.highestBegun = max(push.highestBegun, header.op)
@@ -242,7 +249,7 @@ extension AgentSession {
     }
 
     /// A part of a file's chunk list (not a streamed one); the whole list starts the file.
-    private func list(_ op: UInt32, _ chunks: [ChunkRef]) throws {
+    func list(_ op: UInt32, _ chunks: [ChunkRef]) throws {
         guard let file = push.pending[op], file.assembly == nil else { throw ProtocolError("chunk list for unknown operation \(op)") }
         guard file.chunks.count + chunks.count <= Int(file.header.chunkCount) else {
             throw ProtocolError("\(displayPath(file.header.path)): more chunks than the \(file.header.chunkCount) announced")
@@ -419,7 +426,7 @@ extension AgentSession {
     }
 
     /// Answers a file failed. While a streamed file's list still comes, what follows of it is read and dropped.
-    private func giveUp(_ file: PendingFile, _ message: String) throws {
+    func giveUp(_ file: PendingFile, _ message: String) throws {
         let op = file.header.op
         file.assembly?.suspend()
         push.openAssemblies.removeAll { $0 == op }
@@ -486,6 +493,7 @@ extension AgentSession {
     }
 
     func requestMissing(_ op: UInt32, _ missing: [UInt32]) throws {
+        if push.apply != nil { return try failApplied(op, missing: missing) }
         var start = 0
         while start < missing.count {
             let end = min(start + maxListItems, missing.count)

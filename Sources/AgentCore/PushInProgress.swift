@@ -35,6 +35,9 @@ final class PushInProgress {
     var fetcher: StoreFetcher?
 
     var storeChunks: [ChunkID: StoreChunk] = [:]
+    /// A push the agent works out itself from a snapshot in the store (`applySnapshot`): its answers are kept for
+    /// the summary rather than sent one by one.
+    var apply: ApplyRun?
 
     /// Reads from the store that failed without an answer worth checking (no connection, a stall, an error
     /// status); at `maxStoreFailures` the push stops reading from the store (`storeGivenUp`) and asks the client

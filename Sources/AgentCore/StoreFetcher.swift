@@ -44,6 +44,8 @@ final class StoreFetcher {
     let store: String
     private(set) var packs: [StorePack] = []
     private let pool: WorkerPool<Job, Completion>
+    private let signing: (credentials: AWSCredentials, region: String)?
+    private let stallSeconds: Int
     /// Requests read no more than this, and chunks farther apart than `gap` are read separately.
     private static let maxRequest: UInt64 = 8 << 20
     private static let gap: UInt64 = 64 << 10
@@ -58,6 +60,8 @@ final class StoreFetcher {
                 throw StoreError(object: store, reason: "host_credentials: own, but this host has none: \(error)")
             }
         }
+        self.signing = signing
+        self.stallSeconds = stallSeconds
         pool = try WorkerPool(workers: count) { [store, signing] in
             var http: HTTPConnection?
             let decompressor = ChunkDecompressor()
@@ -107,6 +111,23 @@ final class StoreFetcher {
         }
         pool.submit(made)
         return made.count
+    }
+
+    /// One whole object (a manifest, a pack's index), read on the calling thread: its bytes, or why not, naming
+    /// `object`.
+    func readObject(_ url: String, object: String) throws -> [UInt8] {
+        let http = try HTTPConnection()
+        http.stallSeconds = stallSeconds
+        http.connectTimeout = min(http.connectTimeout, stallSeconds)
+        let response: HTTPResponse
+        do { response = try http.perform(HTTPRequest(method: "GET", url: url, headers: [], signing: signing)) } catch {
+            throw StoreError(object: object, reason: "\(error)")
+        }
+        guard response.status == 200 else {
+            let code = Self.errorCode(response.body) ?? "HTTP \(response.status)"
+            throw StoreError(object: object, reason: "the store answered \(code) (HTTP \(response.status))")
+        }
+        return response.body
     }
 
     /// Takes back the reads not begun yet (the push stops reading from the store).

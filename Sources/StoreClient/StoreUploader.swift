@@ -268,6 +268,23 @@ extension StoreUploader {
         return StoreSource(name: location.description, packs: packs, chunks: chunks, signingRegion: hostSigns ? location.region : "")
     }
 
+    /// What a host needs to apply `manifest` (committed as `digest`) itself: the manifest's URL, the base's (a
+    /// snapshot committed before), and every pack holding one of its chunks with its index's URL; presigned or
+    /// plain as for `source`.
+    public func applyRequest(_ manifest: SnapshotManifest, digest: ChunkID, base: ChunkID?, expires: Int = 6 * 3600, endpoint: String? = nil,
+                             hostSigns: Bool = false) throws -> SnapshotApply {
+        var hostLocation = location
+        if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
+        let links = try S3Client(location: hostLocation, credentials: credentials).links
+        let url = { (key: String) in hostSigns ? links.objectURL(key) : links.presignedGet(key, expires: expires) }
+        let packs = Set(try catalog.locations(manifest.chunkIDs).values.map(\.pack)).sorted { $0.hex < $1.hex }
+        return SnapshotApply(store: location.description, signingRegion: hostSigns ? location.region : "",
+                             manifest: StorePack(digest: digest, url: url(StoreKeys.manifest(digest))),
+                             base: base.map { StorePack(digest: $0, url: url(StoreKeys.manifest($0))) },
+                             packs: packs.map { StorePack(digest: $0, url: url(StoreKeys.pack($0))) }, indexes: packs.map { url(StoreKeys.index($0)) },
+                             exceptions: [], force: false)
+    }
+
     /// How a host reaches a pack: its URL at `endpoint` (default the store's), presigned for `expires` seconds,
     /// or plain for a host that signs its reads itself.
     public func packLink(expires: Int = 6 * 3600, endpoint: String? = nil, hostSigns: Bool = false) throws -> @Sendable (ChunkID) -> StorePack {

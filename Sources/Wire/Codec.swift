@@ -54,6 +54,8 @@ public struct PayloadReader {
     }
 
     public mutating func u8(_ field: String) throws -> UInt8 { try take(1, field)[0] }
+    /// The next byte, not taken; nil at the end.
+    public func peekU8() -> UInt8? { remaining > 0 ? base[offset] : nil }
     public mutating func u16(_ field: String) throws -> UInt16 { UInt16(littleEndian: try take(2, field).loadUnaligned(as: UInt16.self)) }
     public mutating func u32(_ field: String) throws -> UInt32 { UInt32(littleEndian: try take(4, field).loadUnaligned(as: UInt32.self)) }
     public mutating func u64(_ field: String) throws -> UInt64 { UInt64(littleEndian: try take(8, field).loadUnaligned(as: UInt64.self)) }

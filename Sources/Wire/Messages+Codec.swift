@@ -31,6 +31,8 @@ extension Message {
         case .storePacks: return 0x60
         case .storeChunks: return 0x61
         case .storeTrouble: return 0x62
+        case .applySnapshot: return 0x63
+        case .applied: return 0x64
         case .streamsOpen: return 0x18
         case .streamsReady: return 0x33
         case .join: return 0x03
@@ -101,6 +103,27 @@ extension Message {
             w.u32(UInt32(damaged.count))
             for id in damaged { w.id(id) }
             w.string(reason)
+        case .applySnapshot(let a):
+            w.string(a.store); w.string(a.signingRegion)
+            w.id(a.manifest.digest); w.string(a.manifest.url)
+            w.u8(a.base == nil ? 0 : 1)
+            if let base = a.base { w.id(base.digest); w.string(base.url) }
+            w.u32(UInt32(a.packs.count))
+            for (p, index) in zip(a.packs, a.indexes) { w.id(p.digest); w.string(p.url); w.string(index) }
+            w.u32(UInt32(a.exceptions.count))
+            for e in a.exceptions {
+                w.byteString(e.path)
+                if let state = e.state { Message.encode(state, into: &w) } else { w.u8(0xFF) }
+            }
+            w.u8(a.force ? 1 : 0)
+        case .applied(let s):
+            w.u32(s.applied); w.u32(s.unchanged); w.u32(s.deleted); w.u64(s.bytesPlaced)
+            w.u32(UInt32(s.others.count))
+            for (path, r) in s.others {
+                w.byteString(path)
+                w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
+                w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
+            }
         case .remoteChanged(let paths):
             w.u32(UInt32(paths.count))
             for p in paths { w.byteString(p) }
@@ -302,6 +325,48 @@ extension Message {
             damaged.reserveCapacity(n)
             for _ in 0..<n { damaged.append(try r.id("chunk id")) }
             message = .storeTrouble(unreachable: flag == 1, pack: pack, damaged: damaged, reason: try r.string("reason", limit: 4096))
+        case 0x63:
+            let store = try r.string("store", limit: 4096)
+            let signingRegion = try r.string("signing region", limit: 256)
+            let manifest = StorePack(digest: try r.id("manifest digest"), url: try r.string("manifest url", limit: 16384))
+            let base: StorePack?
+            switch try r.u8("base flag") {
+            case 0: base = nil
+            case 1: base = StorePack(digest: try r.id("base digest"), url: try r.string("base url", limit: 16384))
+            case let flag: throw ProtocolError("apply snapshot: unknown base flag \(flag)")
+            }
+            let n = try r.count("snapshot packs", itemSize: 24, limit: maxListItems)
+            var packs: [StorePack] = [], indexes: [String] = []
+            for _ in 0..<n {
+                packs.append(StorePack(digest: try r.id("pack digest"), url: try r.string("pack url", limit: 16384)))
+                indexes.append(try r.string("index url", limit: 16384))
+            }
+            let m = try r.count("exceptions", itemSize: 5, limit: maxListItems)
+            var exceptions: [(path: [UInt8], state: PathState?)] = []
+            for _ in 0..<m {
+                let path = try r.byteString("exception path")
+                if r.peekU8() == 0xFF { _ = try r.u8("leave alone"); exceptions.append((path, nil)) } else {
+                    exceptions.append((path, try Message.decodeState(&r)))
+                }
+            }
+            message = .applySnapshot(SnapshotApply(store: store, signingRegion: signingRegion, manifest: manifest, base: base, packs: packs,
+                                                   indexes: indexes, exceptions: exceptions, force: try Message.decodeFlag(&r)))
+        case 0x64:
+            var s = ApplySummary()
+            s.applied = try r.u32("applied"); s.unchanged = try r.u32("unchanged"); s.deleted = try r.u32("deleted")
+            s.bytesPlaced = try r.u64("bytes placed")
+            let n = try r.count("outcomes", itemSize: 30, limit: maxListItems)
+            for _ in 0..<n {
+                let path = try r.byteString("outcome path")
+                let op = try r.u32("op")
+                let raw = try r.u8("status")
+                guard let status = OpStatus(rawValue: raw) else { throw ProtocolError("unknown status \(raw)") }
+                let result = OpResult(op: op, status: status, message: try r.string("message", limit: 65536), current: try Message.decodeState(&r),
+                                      currentSize: try r.u64("current size"), currentMtimeNanos: try r.i64("current mtime"),
+                                      keptAs: try r.byteString("kept as"))
+                s.others.append((path, result))
+            }
+            message = .applied(s)
         case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
         case 0x33: message = .streamsReady(address: try r.string("stream address", limit: 100), token: try r.byteString("stream token", limit: 64))
         case 0x03: message = .join(token: try r.byteString("stream token", limit: 64))

@@ -259,6 +259,63 @@ public struct StoreSource: Sendable {
     }
 }
 
+/// A push the host works out for itself (`applySnapshot`): which snapshot to materialize and what the last sync
+/// left there, so that the link carries a few hundred bytes whatever the project's size. The host reads both
+/// manifests and the packs' indexes from the store, walks them in path order beside its own tree, and makes every
+/// change the push would have sent, each checked against `base` as a sent operation is.
+public struct SnapshotApply: Equatable, Sendable {
+    /// `s3://bucket/prefix`, for messages.
+    public var store: String
+    /// As in `storePacks`: empty when the URLs are presigned.
+    public var signingRegion: String
+    /// The snapshot to materialize: its manifest's digest and a URL that reads it.
+    public var manifest: StorePack
+    /// What the host held after the last sync, as a snapshot it applied; nil when nothing was synced to it.
+    public var base: StorePack?
+    /// The packs holding the snapshot's chunks, and for each a URL of its index (same order).
+    public var packs: [StorePack]
+    public var indexes: [String]
+    /// Paths whose last-synced state is not the base snapshot's: that state, or nil for a path to leave alone
+    /// (pushed earlier, ignored now and not pruned). In path order.
+    public var exceptions: [(path: [UInt8], state: PathState?)]
+    public var force: Bool
+
+    public init(store: String, signingRegion: String, manifest: StorePack, base: StorePack?, packs: [StorePack], indexes: [String],
+                exceptions: [(path: [UInt8], state: PathState?)], force: Bool) {
+        self.store = store
+        self.signingRegion = signingRegion
+        self.manifest = manifest
+        self.base = base
+        self.packs = packs
+        self.indexes = indexes
+        self.exceptions = exceptions
+        self.force = force
+    }
+
+    public static func == (a: SnapshotApply, b: SnapshotApply) -> Bool {
+        a.store == b.store && a.signingRegion == b.signingRegion && a.manifest == b.manifest && a.base == b.base && a.packs == b.packs
+            && a.indexes == b.indexes && a.force == b.force && a.exceptions.count == b.exceptions.count
+            && zip(a.exceptions, b.exceptions).allSatisfy { $0.path == $1.path && $0.state == $1.state }
+    }
+}
+
+/// What an `applySnapshot` did: counts, and each operation that did not simply apply (a conflict, a failure, a
+/// forced one whose loser was kept) with its path.
+public struct ApplySummary: Equatable, Sendable {
+    public var applied: UInt32 = 0
+    public var unchanged: UInt32 = 0
+    public var deleted: UInt32 = 0
+    public var bytesPlaced: UInt64 = 0
+    public var others: [(path: [UInt8], result: OpResult)] = []
+
+    public init() {}
+
+    public static func == (a: ApplySummary, b: ApplySummary) -> Bool {
+        a.applied == b.applied && a.unchanged == b.unchanged && a.deleted == b.deleted && a.bytesPlaced == b.bytesPlaced
+            && a.others.count == b.others.count && zip(a.others, b.others).allSatisfy { $0.path == $1.path && $0.result == $1.result }
+    }
+}
+
 /// Most chunk places in one `storeChunks` frame.
 public let maxStoreChunks = 32768
 
@@ -317,6 +374,12 @@ public enum Message: Equatable, Sendable {
     /// empty when the pack URLs are presigned, else the region to sign them in with the host's own credentials.
     case storePacks(store: String, signingRegion: String, packs: [StorePack])
     case storeChunks([StoreChunk])
+    /// Instead of operations (after hello; `endOfOperations` follows): the host works out the push itself from the
+    /// store (see `SnapshotApply`), and answers `applied` before `done` rather than a `result` per operation.
+    /// `storeTrouble` frames may come first; a chunk the store cannot give fails its file. `applied` comes in as
+    /// many frames as its outcomes need (`maxListItems` at most each); their counts add up.
+    case applySnapshot(SnapshotApply)
+    case applied(ApplySummary)
     /// The agent could not use the store for part of a push, and asks the client (`need`) for those chunks
     /// instead. `damaged`: chunks of `pack` that the store served altered or cut short (the client uploads them
     /// again). `unreachable`: a read got no usable answer (no connection, a stall, an error status); after a few the

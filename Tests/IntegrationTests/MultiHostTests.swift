@@ -594,3 +594,66 @@ extension MultiHostTests {
         for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project), "\(r)") }
     }
 }
+
+extension MultiHostTests {
+    /// Each host applies the snapshot itself (`applySnapshot`): its link carries the snapshot's name, the base and
+    /// the packs, not the file list. A host's own edit is a conflict there alone, a file deleted on a host stays
+    /// deleted (the project did not change it), and the record each host's push leaves is what a push of the file
+    /// list finds nothing to send against.
+    @Test func hostsApplyTheSnapshotThemselves() throws {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = try Self.newBucket(in: server)
+        let roots = (1...2).map { f.base + "/host\($0)" }
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        try f.addSetting("agent_path: \(binDirectory())/syncd-agent")
+        for d in ["a", "b", "c"] { for i in 0..<40 { try f.write("\(d)/\(i).txt", "\(d) \(i)\n") } }
+        try f.write("m.txt", "a file, then a directory\n")
+        try f.write("empty", "")
+        var big = [UInt8](repeating: 0, count: 3 << 20)
+        for i in big.indices { big[i] = UInt8(truncatingIfNeeded: i &* 2_654_435_761 >> 13) }
+        try f.write("data/big.bin", big)
+        try FileManager.default.createSymbolicLink(atPath: f.project + "/link", withDestinationPath: "a/1.txt")
+        func push(apply: Bool) throws -> SyncStats {
+            let project = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state + "/syncd", progress: false))
+            let push = StorePush(project: project)
+            push.credentials = Self.admin
+            push.hostsApply = apply
+            return try push.run()
+        }
+        func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
+
+        let first = try push(apply: true)
+        #expect(first.errors.isEmpty && first.conflicts == 0, "\(first.errors)")
+        for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project), "\(r)") }
+        for h in first.hosts ?? [] { #expect(h.bytesSent < 5000, "\(h.host) was sent \(h.bytesSent) bytes for 125 entries") }
+        #expect(first.hosts?.count == 2)
+
+        try FileManager.default.removeItem(atPath: f.project + "/b")
+        try FileManager.default.removeItem(atPath: f.project + "/m.txt")
+        try f.write("m.txt/inside.txt", "now a directory\n")
+        try f.write("c/1.txt", "edited\n")
+        try f.write("c/2.txt", "edited here\n")
+        big[1 << 20] ^= 1
+        try f.write("data/big.bin", big)
+        try f.write("c/2.txt", "edited on host 1\n", in: roots[0] + "/proj")
+        try FileManager.default.removeItem(atPath: roots[1] + "/proj/a/0.txt")
+        let edit = try push(apply: true)
+        #expect(edit.conflicts == 1 && edit.conflictList.first?.path.description == "c/2.txt", "\(edit.conflictList)")
+        #expect(edit.errors.isEmpty, "\(edit.errors)")
+        var expected = SyncFixture.describeTree(f.project)
+        var host1 = hostTree(roots[0])
+        #expect(host1["c/2.txt"] != expected["c/2.txt"])
+        host1["c/2.txt"] = expected["c/2.txt"]
+        #expect(host1 == expected)
+        expected["a/0.txt"] = nil
+        #expect(hostTree(roots[1]) == expected, "the file deleted on host 2 stays deleted; the rest is the project")
+        for h in edit.hosts ?? [] { #expect(h.bytesSent < 5000, "\(h.host) was sent \(h.bytesSent) bytes for an edit") }
+
+        // A push of the file list compares with the records the applies left: only host 1's conflict is still there.
+        let again = try push(apply: false)
+        #expect(again.conflicts == 1 && again.conflictList.first?.path.description == "c/2.txt", "\(again.conflictList)")
+        #expect(again.hosts?.map(\.filesChanged) == [0, 0], "\(again.hosts ?? [])")
+    }
+}

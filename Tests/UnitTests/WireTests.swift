@@ -50,6 +50,20 @@ struct WireTests {
         .streamsReady(address: "syncd-12-0af3", token: Array(0..<16)),
         .streamsReady(address: "", token: []),
         .join(token: [0xFF, 0, 7]),
+        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "", manifest: StorePack(digest: ChunkID(low: 1, high: 2), url: "http://h/m"),
+                                     base: nil, packs: [], indexes: [], exceptions: [], force: false)),
+        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "eu-west-1", manifest: StorePack(digest: ChunkID(low: 1, high: 2), url: "http://h/m"),
+                                     base: StorePack(digest: ChunkID(low: 3, high: 4), url: "http://h/b"),
+                                     packs: [StorePack(digest: ChunkID(low: 5, high: 6), url: "http://h/p")], indexes: ["http://h/i"],
+                                     exceptions: [(b("a"), .absent), (b("b"), nil), (b("c"), .file(ChunkID(low: 7, high: 8)))], force: true)),
+        .applied({
+            var s = ApplySummary()
+            s.applied = 3; s.unchanged = 1; s.deleted = 2; s.bytesPlaced = 1 << 33
+            s.others = [(b("c/2.txt"), OpResult(op: 4, status: .conflict, message: "changed", current: .file(ChunkID(low: 9, high: 9)),
+                                                currentSize: 5, currentMtimeNanos: 6))]
+            return s
+        }()),
+        .applied(ApplySummary()),
     ]
 
     @Test(arguments: 0..<samples.count)

@@ -1,0 +1,196 @@
+import Chunking
+import Foundation
+import LocalState
+import SnapshotFormat
+import SyncRules
+import SyncSystem
+import Wire
+
+/// A host's part of a push through the store, worked out by the host (`applySnapshot`): this machine sends which
+/// snapshot to apply, the snapshot the host's last sync is compared with, and where the host's record here differs
+/// from that snapshot; the host reads the rest from the store and answers with a summary. The link carries a few
+/// hundred bytes whatever the project's size. Afterwards the record here follows what the host applied, exactly
+/// as a push's answers would have made it.
+package final class HostApply {
+    let project: Project
+    let new: (manifest: SnapshotManifest, digest: ChunkID)
+    let base: (manifest: SnapshotManifest, digest: ChunkID)?
+    /// The request without its exceptions (the same for every host).
+    let request: SnapshotApply
+    package var pruneIgnored = false
+    /// More paths than this where the record differs from the base: the host gets a push of its own instead.
+    package static let exceptionLimit = 4096
+
+    package init(project: Project, new: (SnapshotManifest, ChunkID), base: (SnapshotManifest, ChunkID)?, request: SnapshotApply) {
+        self.project = project
+        self.new = new
+        self.base = base
+        self.request = request
+    }
+
+    /// The push, or nil when the record here is too far from the base snapshot for an apply to pay off, or the
+    /// remote was wiped or replaced since the last sync (its record is dropped then: everything is compared again).
+    package func run() throws -> SyncStats? {
+        let started = monotonicNanos()
+        let state = try project.openState()
+        guard let exceptions = try exceptions(state) else { return nil }
+        var request = self.request
+        request.exceptions = exceptions
+        var hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
+                          pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
+                          expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
+        project.limit(&hello)
+        hello.clientID = try state.clientID()
+        let greeting = hello
+        let link = try PendingConnection(project: project, link: nil) { _ in greeting }.wait()
+        defer { link.close() }
+        var summary = ApplySummary()
+        var trouble = StoreTrouble()
+        let bytesAtStart = (written: link.writer.bytesWritten, read: link.reader.bytesRead)
+        do {
+            try link.writer.send(.applySnapshot(request))
+            try link.writer.send(.endOfOperations)
+            try link.writer.flush()
+            if try state.adoptRemoteInstance(try link.readWelcome()) { throw RemoteReplaced() }
+            reading: while true {
+                switch try link.reader.next() {
+                case .applied(let part)?:
+                    summary.applied += part.applied
+                    summary.unchanged += part.unchanged
+                    summary.deleted += part.deleted
+                    summary.bytesPlaced += part.bytesPlaced
+                    summary.others += part.others
+                case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
+                    if unreachable { trouble.unreachable = displayText(said) } else {
+                        trouble.damaged[pack, default: []] += damaged
+                        trouble.reasons.append(displayText(said))
+                    }
+                case .done?: break reading
+                case .error(let text, let reason)?: throw AgentSaid(message: displayText(text), reason: reason)
+                case nil: throw SyncError("\(link.connection.peerDescription) closed the connection")
+                case let other?: throw ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent")
+                }
+            }
+        } catch is RemoteReplaced {
+            return nil  // compared again from nothing, by a push of the file list
+        } catch {
+            throw SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume", cause: error)
+        }
+        var stats = SyncStats(direction: "push")
+        stats.remoteDirectory = link.remoteDirectory
+        if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
+        try record(summary, exceptions: exceptions, state: state, into: &stats)
+        if let why = trouble.unreachable { stats.errors.append("\(project.config.remote) cannot read the store: \(why)") }
+        for reason in trouble.reasons { stats.warnings.append("\(project.config.remote) found damage in the store: \(reason)") }
+        stats.storeDamaged.merge(trouble.damaged) { $0 + $1 }
+        stats.filesScanned = new.manifest.entries.count
+        stats.bytesSent = link.writer.bytesWritten - bytesAtStart.written
+        stats.bytesReceived = link.reader.bytesRead - bytesAtStart.read
+        stats.durationMs = (monotonicNanos() - started) / 1_000_000
+        Trace.mark("push: applied snapshot \(new.digest.hex.prefix(12)) over \(base.map { $0.digest.hex.prefix(12) } ?? "nothing"), "
+                   + "\(exceptions.count) exceptions: \(summary.applied) applied, \(summary.deleted) deleted, \(summary.others.count) otherwise; "
+                   + "\(stats.bytesSent) bytes sent, \(stats.bytesReceived) received")
+        return stats
+    }
+
+    /// Where this host's record differs from the base snapshot (in path order), and the paths the base has that
+    /// the snapshot does not because they are ignored now (left alone unless pruned); nil past `exceptionLimit`.
+    private func exceptions(_ state: LocalDatabase) throws -> [(path: [UInt8], state: PathState?)]? {
+        let baseEntries = base?.manifest.entries ?? []
+        let newPaths = new.manifest.entries
+        var out: [(path: [UInt8], state: PathState?)] = []
+        var tooMany = false
+        var n = 0  // the next of `newPaths` not behind the base entry looked at
+        func add(_ path: [UInt8], _ s: PathState?) -> Bool {
+            out.append((path, s))
+            tooMany = out.count > Self.exceptionLimit
+            return !tooMany
+        }
+        func recordedOnly(_ path: RelativePath, _ entry: SyncedEntry) throws -> Bool {
+            project.isPullPath(path) ? true : add(path.bytes, Self.state(of: entry))
+        }
+        try state.readInPathOrder(.pushed) { rows in
+            for e in baseEntries {
+                let recorded = try rows.recorded(at: e.path.bytes, gone: recordedOnly)
+                if tooMany { return }
+                while n < newPaths.count && newPaths[n].path.bytes.lexicographicallyPrecedes(e.path.bytes) { n += 1 }
+                let inNew = n < newPaths.count && newPaths[n].path == e.path
+                if !inNew && !pruneIgnored && project.rules.isExcluded(e.path.bytes, isDirectory: e.kind == .directory) {
+                    if !add(e.path.bytes, nil) { return }
+                    continue
+                }
+                let had = recorded.map(Self.state) ?? .absent
+                if had != ApplyPlan.state(of: e) && !add(e.path.bytes, had) { return }
+            }
+            try rows.remainingRecorded(recordedOnly)
+        }
+        return tooMany ? nil : out
+    }
+
+    static func state(of e: SyncedEntry) -> PathState {
+        switch e.kind {
+        case .directory: return .directory
+        case .symlink: return .symlink(e.target ?? [])
+        default: return e.digest.map { .file($0) } ?? .absent
+        }
+    }
+
+    static func synced(_ e: ManifestEntry) -> SyncedEntry {
+        switch e.kind {
+        case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: e.mode, mtimeNanos: 0)
+        case .symlink: return SyncedEntry(kind: .symlink, digest: nil, target: e.target, permissions: 0o777, mtimeNanos: 0)
+        case .file: return SyncedEntry(kind: .file, digest: e.digest, target: nil, permissions: e.mode, mtimeNanos: e.mtimeNanos, size: e.size)
+        }
+    }
+
+    /// The record follows the host: every step of the plan (the host's own, worked out again here) that the host
+    /// did not answer otherwise is recorded, in batches; conflicts and failures are counted as a push's are.
+    private func record(_ summary: ApplySummary, exceptions: [(path: [UInt8], state: PathState?)], state: LocalDatabase,
+                        into stats: inout SyncStats) throws {
+        var otherwise: [[UInt8]: OpResult] = [:]
+        for (path, r) in summary.others { otherwise[path] = r }
+        var changes: [(RelativePath, SyncedEntry?)] = []
+        var conflicts: [ConflictRecord] = []
+        var cleared: [RelativePath] = []
+        let now = wallClockNanos()
+        func flush() throws {
+            try state.update(.pushed, changes)
+            changes.removeAll(keepingCapacity: true)
+        }
+        var statsCopy = stats
+        try ApplyPlan.steps(new: new.manifest.entries, base: base?.manifest.entries ?? [], exceptions: exceptions) { step in
+            let path = step.path
+            if let r = otherwise[path.bytes] {
+                if !r.keptAs.isEmpty, let copy = try? path.replacingName(with: r.keptAs) {
+                    statsCopy.kept.append(KeptCopy(path: path, copy: copy, side: "remote"))
+                }
+                switch r.status {
+                case .conflict:
+                    let local = step.entry.map { e in ConflictSide(ApplyPlan.state(of: e), size: e.size, mtimeNanos: e.mtimeNanos) } ?? .absent
+                    statsCopy.conflict(.found(.push, at: path, nowNanos: now, local: local,
+                                              remote: ConflictSide(r.current, size: r.currentSize, mtimeNanos: r.currentMtimeNanos),
+                                              recorded: ConflictSide(step.base), message: displayText(r.message)), into: &conflicts)
+                    return
+                case .failed:
+                    statsCopy.fail(path, displayText(r.message))
+                    return
+                case .applied, .unchanged:
+                    break
+                }
+            }
+            if let e = step.entry {
+                if e.kind != .directory { statsCopy.filesChanged += 1 }
+                statsCopy.bytesLogical += e.kind == .file ? e.size : 0
+                statsCopy.chunksTotal += e.chunks.count
+            } else {
+                statsCopy.filesDeleted += 1
+            }
+            changes.append((path, step.entry.map(Self.synced)))
+            cleared.append(path)
+            if changes.count >= 65_536 { try flush() }
+        }
+        try flush()
+        stats = statsCopy
+        try state.noteConflicts(conflicts, cleared: cleared, allOf: nil)
+    }
+}
