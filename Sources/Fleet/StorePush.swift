@@ -88,8 +88,6 @@ public final class StorePush {
         let previous = hostsApply ? lastSnapshot(first, state: firstState).flatMap { m in
             ((try? firstState.value("last_manifest")) ?? nil).flatMap(ChunkID.init(hex:)).map { (m, $0) }
         } : nil
-        if hostsApply { return try applyOnHosts(hosts, first: first, firstState: firstState, scan: scan, files: files, manifest: manifest,
-                                                previous: previous, access: access, started: started) }
 
         // 2. The chunks the store lacks, once, then the snapshot; and 3., at the same time, every host. Each host's
         //    push compares this one scan with what that host last had, and sends a file once the packs holding its
@@ -107,6 +105,11 @@ public final class StorePush {
             link = try access.packLink()
         } catch let e as S3Error {
             throw SyncError("store \(access.location): \(e)")
+        }
+        if hostsApply {
+            var (stats, ref) = try applyOnHosts(hosts, first: first, scan: scan, files: files, manifest: manifest, previous: previous,
+                                                access: access, feed: feed, link: link)
+            return conclude(&stats, ref: ref, firstState: firstState, scan: scan, broken: broken, started: started)
         }
         // The hosts are connected first: once the upload fills this machine's uplink, an SSH handshake queued
         // behind it takes seconds (8 s through a 100 Mbit/s link with a deep queue, measured by Bench/fanout).
@@ -145,11 +148,17 @@ public final class StorePush {
                 stats.errors.append("cannot mend pack \(pack.hex.prefix(12)), which a host found damaged: \(error); `syncctl store repair` may")
             }
         }
+        stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
+        return conclude(&stats, ref: ref, firstState: firstState, scan: scan, broken: broken, started: started)
+    }
+
+    /// What every store push ends with: the snapshot remembered, the scan's and the store's warnings, the time.
+    private func conclude(_ stats: inout SyncStats, ref: SnapshotRef, firstState: LocalDatabase, scan: (entries: [LocalEntry], warnings: [String]),
+                          broken: [StoreProblem], started: UInt64) -> SyncStats {
         // What `exec` and `compose` export as SYNCD_SNAPSHOT, so a run can record what it ran; and the manifest kept
         // beside it, which the next push builds on (only when they agree).
         try? firstState.setValue(ref.id, for: "last_snapshot")
         try? firstState.setValue(ref.manifest.hex, for: "last_manifest")
-        stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         stats.snapshot = ref.id
         stats.filesScanned = scan.entries.count
         stats.warnings = scan.warnings + stats.warnings
@@ -161,22 +170,9 @@ public final class StorePush {
     /// The push with each host applying the snapshot itself: the upload and the commit first, then every host at
     /// once, each sent the snapshot, the base and its exceptions (`HostApply`). A host whose record here is too far
     /// from the base, or whose remote was replaced, gets a push of the file list instead, read from the same store.
-    private func applyOnHosts(_ hosts: [RemoteSpec], first: Project, firstState: LocalDatabase, scan: (entries: [LocalEntry], warnings: [String]),
-                              files: [UploadFile], manifest: SnapshotManifest, previous: (SnapshotManifest, ChunkID)?,
-                              access: StoreAccess, started: UInt64) throws -> SyncStats {
-        let uploader = access.uploader
-        let lock = try access.lock()
-        defer { lock.release() }
-        let feed: StoreFeed
-        let link: @Sendable (ChunkID) -> StorePack
-        let broken: [StoreProblem]
-        do {
-            broken = try uploader.refresh().broken
-            feed = StoreFeed(try access.source(for: files))
-            link = try access.packLink()
-        } catch let e as S3Error {
-            throw SyncError("store \(access.location): \(e)")
-        }
+    private func applyOnHosts(_ hosts: [RemoteSpec], first: Project, scan: (entries: [LocalEntry], warnings: [String]), files: [UploadFile],
+                              manifest: SnapshotManifest, previous: (SnapshotManifest, ChunkID)?, access: StoreAccess, feed: StoreFeed,
+                              link: @escaping @Sendable (ChunkID) -> StorePack) throws -> (SyncStats, SnapshotRef) {
         let (uploaded, ref) = try startUpload(files, manifest: manifest, access: access, feed: feed, link: link, after: DispatchGroup(),
                                               keep: lastSnapshotFile(first)).wait().get()
         let template: SnapshotApply
@@ -198,15 +194,8 @@ public final class StorePush {
             session.fixedTree = entries
             return session
         }
-        try? firstState.setValue(ref.id, for: "last_snapshot")
-        try? firstState.setValue(ref.manifest.hex, for: "last_manifest")
         stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
-        stats.snapshot = ref.id
-        stats.filesScanned = scan.entries.count
-        stats.warnings = scan.warnings + stats.warnings
-            + broken.map { "\($0); passed over, its chunks uploaded again where this push needs them (`syncctl store repair` sets it aside)" }
-        stats.durationMs = (monotonicNanos() - started) / 1_000_000
-        return stats
+        return (stats, ref)
     }
 
     /// The project as this push snapshots it. With `changedPaths` and the last snapshot this machine made (kept
