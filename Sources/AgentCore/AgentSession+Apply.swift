@@ -56,15 +56,21 @@ extension AgentSession {
                                        stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
         push.fetcher = fetcher
         fetcher.add(request.packs)
-        let manifest = try readManifest(request.manifest, from: fetcher)
-        let base = try request.base.map { try readManifest($0, from: fetcher) }
-        for (number, (pack, url)) in zip(request.packs, request.indexes).enumerated() {
-            let object = "\(request.store)/\(StoreKeys.index(pack.digest))"
-            let index: PackIndex
-            do { index = try PackIndex(decoding: try fetcher.readObject(url, object: object), pack: pack.digest, object: object) } catch {
-                throw AgentError("cannot read the snapshot's pack index: \(error)")
+        // What cannot be read (no answer, an error status, an object that fails its check) is said in the summary,
+        // and nothing is applied: the client pushes the usual way.
+        let manifest: SnapshotManifest, base: SnapshotManifest?
+        do {
+            manifest = try readManifest(request.manifest, from: fetcher)
+            base = try request.base.map { try readManifest($0, from: fetcher) }
+            for (number, (pack, url)) in zip(request.packs, request.indexes).enumerated() {
+                let object = "\(request.store)/\(StoreKeys.index(pack.digest))"
+                let index = try PackIndex(decoding: try fetcher.readObject(url, object: object), pack: pack.digest, object: object)
+                for e in index.entries where push.storeChunks[e.id] == nil { push.storeChunks[e.id] = StoreChunk(e, pack: UInt32(number)) }
             }
-            for e in index.entries where push.storeChunks[e.id] == nil { push.storeChunks[e.id] = StoreChunk(e, pack: UInt32(number)) }
+        } catch {
+            apply.summary.unreadable = "\(error)"
+            push.storeChunks.removeAll()
+            return
         }
         // A path that changes kind is cleared first (a delete checked against the base), then made anew. What was a
         // directory is cleared with the deletes, deepest first, and made after them.
@@ -142,9 +148,7 @@ extension AgentSession {
     /// A manifest read from the store and checked against its digest.
     private func readManifest(_ object: StorePack, from fetcher: StoreFetcher) throws -> SnapshotManifest {
         let name = "\(fetcher.store)/\(StoreKeys.manifest(object.digest))"
-        do { return try SnapshotManifest(decoding: try fetcher.readObject(object.url, object: name), digest: object.digest, object: name) } catch {
-            throw AgentError("cannot read the snapshot to apply: \(error)")
-        }
+        return try SnapshotManifest(decoding: try fetcher.readObject(object.url, object: name), digest: object.digest, object: name)
     }
 
     /// The chunks of file `op` the store could not give: with a snapshot applied there is no client to ask, so

@@ -1,6 +1,7 @@
 import Chunking
 import Foundation
 import LocalState
+import ProjectScan
 import SnapshotFormat
 import SyncRules
 import SyncSystem
@@ -18,6 +19,13 @@ package final class HostApply {
     /// The request without its exceptions (the same for every host).
     let request: SnapshotApply
     package var pruneIgnored = false
+    /// Whether `push -i`'s lines are made (the first host's).
+    package var itemizes = false
+    /// After `run`: the host could not read everything from the store (the snapshot, or chunks): a push of the file
+    /// list is to follow, which finds just what is still to send.
+    package private(set) var needsPush = false
+    /// After a `run` that returned nil because the remote was wiped or replaced: what the push that follows says.
+    package private(set) var replaced: String?
     /// More paths than this where the record differs from the base: the host gets a push of its own instead.
     package static let exceptionLimit = 4096
 
@@ -60,6 +68,7 @@ package final class HostApply {
                     summary.deleted += part.deleted
                     summary.bytesPlaced += part.bytesPlaced
                     summary.others += part.others
+                    if !part.unreadable.isEmpty { summary.unreadable = part.unreadable }
                 case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
                     if unreachable { trouble.unreachable = displayText(said) } else {
                         trouble.damaged[pack, default: []] += damaged
@@ -72,6 +81,7 @@ package final class HostApply {
                 }
             }
         } catch is RemoteReplaced {
+            replaced = replacedRemoteWarning(project)
             return nil  // compared again from nothing, by a push of the file list
         } catch {
             throw SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume", cause: error)
@@ -79,9 +89,16 @@ package final class HostApply {
         var stats = SyncStats(direction: "push")
         stats.remoteDirectory = link.remoteDirectory
         if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
-        try record(summary, exceptions: exceptions, state: state, into: &stats)
-        if let why = trouble.unreachable { stats.errors.append("\(project.config.remote) cannot read the store: \(why)") }
-        for reason in trouble.reasons { stats.warnings.append("\(project.config.remote) found damage in the store: \(reason)") }
+        // Whatever the host could not read from the store, a push of the file list takes over: it finds just what
+        // the apply left (the record followed every change made), and deals with the store as a push does (its
+        // damaged chunks over the link, `store_fallback`).
+        needsPush = !summary.unreadable.isEmpty || trouble.unreachable != nil || !trouble.damaged.isEmpty
+        if !summary.unreadable.isEmpty {
+            Trace.mark("push: \(project.config.remote) cannot read the snapshot from the store: \(displayText(summary.unreadable)); pushing the file list")
+        }
+        // The agent answers `done` only once every operation it made is answered: each step not among `others`
+        // was applied. When it could not read the snapshot it made none, and nothing is recorded.
+        if summary.unreadable.isEmpty { try record(summary, exceptions: exceptions, state: state, into: &stats) }
         stats.storeDamaged.merge(trouble.damaged) { $0 + $1 }
         stats.filesScanned = new.manifest.entries.count
         stats.bytesSent = link.writer.bytesWritten - bytesAtStart.written
@@ -144,53 +161,97 @@ package final class HostApply {
     }
 
     /// The record follows the host: every step of the plan (the host's own, worked out again here) that the host
-    /// did not answer otherwise is recorded, in batches; conflicts and failures are counted as a push's are.
+    /// did not answer otherwise is recorded, in batches; conflicts and failures are counted as a push's are (a
+    /// failure not at all when a push of the file list follows, which sends that file again).
     private func record(_ summary: ApplySummary, exceptions: [(path: [UInt8], state: PathState?)], state: LocalDatabase,
                         into stats: inout SyncStats) throws {
         var otherwise: [[UInt8]: OpResult] = [:]
         for (path, r) in summary.others { otherwise[path] = r }
+        // The conflicts recorded before, which a path applied now clears (few; the paths applied may be millions).
+        let recordedConflicts = Set(try state.conflicts().map(\.path))
         var changes: [(RelativePath, SyncedEntry?)] = []
         var conflicts: [ConflictRecord] = []
         var cleared: [RelativePath] = []
         let now = wallClockNanos()
-        func flush() throws {
-            try state.update(.pushed, changes)
-            changes.removeAll(keepingCapacity: true)
-        }
-        var statsCopy = stats
+        var out = stats
         try ApplyPlan.steps(new: new.manifest.entries, base: base?.manifest.entries ?? [], exceptions: exceptions) { step in
             let path = step.path
-            if let r = otherwise[path.bytes] {
+            let answer = otherwise[path.bytes]
+            if let r = answer {
                 if !r.keptAs.isEmpty, let copy = try? path.replacingName(with: r.keptAs) {
-                    statsCopy.kept.append(KeptCopy(path: path, copy: copy, side: "remote"))
+                    out.kept.append(KeptCopy(path: path, copy: copy, side: "remote"))
                 }
                 switch r.status {
                 case .conflict:
                     let local = step.entry.map { e in ConflictSide(ApplyPlan.state(of: e), size: e.size, mtimeNanos: e.mtimeNanos) } ?? .absent
-                    statsCopy.conflict(.found(.push, at: path, nowNanos: now, local: local,
-                                              remote: ConflictSide(r.current, size: r.currentSize, mtimeNanos: r.currentMtimeNanos),
-                                              recorded: ConflictSide(step.base), message: displayText(r.message)), into: &conflicts)
+                    out.conflict(.found(.push, at: path, nowNanos: now, local: local,
+                                        remote: ConflictSide(r.current, size: r.currentSize, mtimeNanos: r.currentMtimeNanos),
+                                        recorded: ConflictSide(step.base), message: displayText(r.message)), into: &conflicts)
                     return
                 case .failed:
-                    statsCopy.fail(path, displayText(r.message))
+                    if !needsPush { out.fail(path, displayText(r.message)) }
                     return
                 case .applied, .unchanged:
                     break
                 }
             }
             if let e = step.entry {
-                if e.kind != .directory { statsCopy.filesChanged += 1 }
-                statsCopy.bytesLogical += e.kind == .file ? e.size : 0
-                statsCopy.chunksTotal += e.chunks.count
+                if e.kind != .directory { out.filesChanged += 1 }
+                out.bytesLogical += e.kind == .file ? e.size : 0
+                out.chunksTotal += e.chunks.count
             } else {
-                statsCopy.filesDeleted += 1
+                out.filesDeleted += 1
             }
+            if itemizes { out.itemized.append(Self.itemized(step) + " " + path.description) }
             changes.append((path, step.entry.map(Self.synced)))
-            cleared.append(path)
-            if changes.count >= 65_536 { try flush() }
+            if recordedConflicts.contains(path) { cleared.append(path) }
+            if changes.count >= 4096 {  // a hundred hosts recording at once hold a few MB each
+                try state.update(.pushed, changes)
+                changes.removeAll(keepingCapacity: true)
+            }
         }
-        try flush()
-        stats = statsCopy
+        try state.update(.pushed, changes)
+        stats = out
         try state.noteConflicts(conflicts, cleared: cleared, allOf: nil)
+    }
+
+    /// `push -i`'s code for a step, as a push of the file list would have said it.
+    static func itemized(_ step: ApplyStep) -> String {
+        let before = step.was.map(synced)
+        guard let e = step.entry else { return itemizeCode(.delete(path: step.path, base: step.base), pushed: before) }
+        let entry = LocalEntry(manifest: e)
+        switch e.kind {
+        case .file: return itemizeCode(.file(entry, base: step.base), pushed: before)
+        case .symlink: return itemizeCode(.symlink(entry, base: step.base), pushed: before)
+        case .directory: return itemizeCode(.directory(entry), pushed: before)
+        }
+    }
+}
+
+extension LocalEntry {
+    /// A manifest's entry as the local entry a push compares and sends (its stat as the manifest has it: no device,
+    /// inode or ctime).
+    package init(manifest e: ManifestEntry) {
+        let kind: FileKind = e.kind == .directory ? .directory : e.kind == .symlink ? .symlink : .regular
+        let stat = FileStat(device: 0, inode: 0, kind: kind, permissions: e.mode, size: e.size, mtimeNanos: e.mtimeNanos, ctimeNanos: 0)
+        let content = e.kind == .file ? ChunkedContent(chunks: e.chunks, digest: e.digest ?? .empty, size: e.size) : nil
+        self.init(path: e.path, stat: stat, content: content, linkTarget: e.target)
+    }
+}
+
+extension SyncStats {
+    /// Adds what an apply did before a push of the file list finished the host's part: its counts, bytes and
+    /// lines (its conflicts the push finds again, the record being as it was there).
+    package mutating func addApplied(_ applied: SyncStats) {
+        filesChanged += applied.filesChanged
+        filesDeleted += applied.filesDeleted
+        bytesLogical += applied.bytesLogical
+        chunksTotal += applied.chunksTotal
+        bytesSent += applied.bytesSent
+        bytesReceived += applied.bytesReceived
+        kept = applied.kept + kept
+        itemized = applied.itemized + itemized
+        warnings = applied.warnings + warnings
+        storeDamaged.merge(applied.storeDamaged) { $0 + $1 }
     }
 }

@@ -66,8 +66,8 @@ public final class StorePush {
     /// Whether the last `run` built its snapshot from the one before (tests).
     package private(set) var wasIncremental = false
     /// Each host works out its own part from the store (`HostApply`) once the snapshot is committed, rather than
-    /// getting a push of the file list (issue 30). Not yet the default: `SYNCD_HOST_APPLY=1`, or tests.
-    package var hostsApply = ProcessInfo.processInfo.environment["SYNCD_HOST_APPLY"] == "1"
+    /// getting a push of the file list (issue 30); `SYNCD_HOST_APPLY=0` (or tests) push the file list instead.
+    package var hostsApply = ProcessInfo.processInfo.environment["SYNCD_HOST_APPLY"] != "0"
 
     public init(project: Project) { self.project = project }
 
@@ -109,6 +109,7 @@ public final class StorePush {
         if hostsApply {
             var (stats, ref) = try applyOnHosts(hosts, first: first, scan: scan, files: files, manifest: manifest, previous: previous,
                                                 access: access, feed: feed, link: link)
+            mendDamaged(&stats, files: files, uploader: uploader)
             return conclude(&stats, ref: ref, firstState: firstState, scan: scan, broken: broken, started: started)
         }
         // The hosts are connected first: once the upload fills this machine's uplink, an SSH handshake queued
@@ -132,8 +133,14 @@ public final class StorePush {
             return session
         }
         let (uploaded, ref) = try upload.wait().get()
-        // Packs a host found damaged: checked here (a host may be wrong), their sound chunks saved, the rest of what
-        // they held uploaded again from the files, so that the next host reads it whole.
+        mendDamaged(&stats, files: files, uploader: uploader)
+        stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
+        return conclude(&stats, ref: ref, firstState: firstState, scan: scan, broken: broken, started: started)
+    }
+
+    /// Packs a host found damaged: checked here (a host may be wrong), their sound chunks saved, the rest of what
+    /// they held uploaded again from the files, so that the next host reads it whole.
+    private func mendDamaged(_ stats: inout SyncStats, files: [UploadFile], uploader: StoreUploader) {
         for pack in stats.storeDamaged.keys.sorted(by: { $0.hex < $1.hex }) {
             do {
                 guard let mended = try uploader.mend(pack) else {
@@ -148,8 +155,6 @@ public final class StorePush {
                 stats.errors.append("cannot mend pack \(pack.hex.prefix(12)), which a host found damaged: \(error); `syncctl store repair` may")
             }
         }
-        stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
-        return conclude(&stats, ref: ref, firstState: firstState, scan: scan, broken: broken, started: started)
     }
 
     /// What every store push ends with: the snapshot remembered, the scan's and the store's warnings, the time.
@@ -185,10 +190,21 @@ public final class StorePush {
         var request = template
         request.force = force
         let sent = request
-        var stats = fanOut(to: hosts, feed: feed, applying: { i, host in
+        var stats = fanOut(to: hosts, feed: feed, applying: { i, host, push in
             let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: new, base: previous, request: sent)
             apply.pruneIgnored = pruneIgnored
-            return try apply.run()
+            apply.itemizes = i == 0
+            guard let applied = try apply.run() else {
+                var pushed = try push()
+                if let replaced = apply.replaced { pushed.warnings.insert(replaced, at: 0) }
+                return pushed
+            }
+            guard apply.needsPush else { return applied }
+            // What the host could not read from the store goes over its link: the push finds just what the apply
+            // left (its record followed every change made), and reports the store's trouble as a push does.
+            var rest = try push()
+            rest.addApplied(applied)
+            return rest
         }) { i, host in
             let session = PushSession(project: i == 0 ? first : try project.forHost(host))
             session.fixedTree = entries
@@ -262,14 +278,8 @@ public final class StorePush {
         return out
     }
 
-    /// A manifest's entry as the local entry a push compares and sends (its stat as the manifest has it: no
-    /// device, inode or ctime).
-    package static func entry(_ e: ManifestEntry) -> LocalEntry {
-        let kind: FileKind = e.kind == .directory ? .directory : e.kind == .symlink ? .symlink : .regular
-        let stat = FileStat(device: 0, inode: 0, kind: kind, permissions: e.mode, size: e.size, mtimeNanos: e.mtimeNanos, ctimeNanos: 0)
-        let content = e.kind == .file ? ChunkedContent(chunks: e.chunks, digest: e.digest ?? .empty, size: e.size) : nil
-        return LocalEntry(path: e.path, stat: stat, content: content, linkTarget: e.target)
-    }
+    /// A manifest's entry as the local entry a push compares and sends.
+    package static func entry(_ e: ManifestEntry) -> LocalEntry { LocalEntry(manifest: e) }
 
     /// `syncctl restore SNAPSHOT --host H`: host `host` gets snapshot `id` exactly, read from the store by its
     /// agent; nothing is uploaded and no local file is read. It is a push of the snapshot's tree against what
@@ -377,7 +387,7 @@ public final class StorePush {
     }
 
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
-                        applying: (@Sendable (Int, RemoteSpec) throws -> SyncStats?)? = nil,
+                        applying: (@Sendable (Int, RemoteSpec, () throws -> SyncStats) throws -> SyncStats)? = nil,
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
         let results = hosts.map { _ in OneShot<Result<SyncStats, Error>>() }
@@ -391,16 +401,17 @@ public final class StorePush {
                     group.leave()
                 }
                 results[i].set(Result { () throws -> SyncStats in
-                    if let applying, let applied = try applying(i, host) {
-                        parts[i].set(0)
-                        return applied
+                    let push = { () throws -> SyncStats in
+                        let session = try makeSession(i, host)
+                        session.force = force
+                        session.pruneIgnored = pruneIgnored
+                        session.storeFeed = feed
+                        defer { parts[i].set(session.parts) }
+                        return try session.run()
                     }
-                    let session = try makeSession(i, host)
-                    session.force = force
-                    session.pruneIgnored = pruneIgnored
-                    session.storeFeed = feed
-                    defer { parts[i].set(session.parts) }
-                    return try session.run()
+                    guard let applying else { return try push() }
+                    parts[i].set(0)
+                    return try applying(i, host, push)
                 })
             }
             do { try startDetachedThread(name: "push \(host)", pushing) } catch {

@@ -8,11 +8,14 @@ public struct ApplyStep: Equatable, Sendable {
     public let path: RelativePath
     public let entry: ManifestEntry?
     public let base: PathState
+    /// The base snapshot's entry at the path, when `base` is what it says (not an exception).
+    public let was: ManifestEntry?
 
-    public init(path: RelativePath, entry: ManifestEntry?, base: PathState) {
+    public init(path: RelativePath, entry: ManifestEntry?, base: PathState, was: ManifestEntry? = nil) {
         self.path = path
         self.entry = entry
         self.base = base
+        self.was = was
     }
 }
 
@@ -66,9 +69,9 @@ public enum ApplyPlan {
             let baseState = hasException ? exception! : (b.map(state) ?? .absent)
             if let n {
                 let needed = hasException ? state(of: n) != baseState : b.map { differs(n, from: $0) } ?? true
-                if needed { try body(ApplyStep(path: n.path, entry: n, base: baseState)) }
+                if needed { try body(ApplyStep(path: n.path, entry: n, base: baseState, was: hasException ? nil : b)) }
             } else if baseState != .absent {
-                try body(ApplyStep(path: try RelativePath(bytes: at), entry: nil, base: baseState))
+                try body(ApplyStep(path: try RelativePath(bytes: at), entry: nil, base: baseState, was: hasException ? nil : b))
             }
         }
     }

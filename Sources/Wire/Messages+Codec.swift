@@ -117,7 +117,7 @@ extension Message {
             }
             w.u8(a.force ? 1 : 0)
         case .applied(let s):
-            w.u32(s.applied); w.u32(s.unchanged); w.u32(s.deleted); w.u64(s.bytesPlaced)
+            w.u32(s.applied); w.u32(s.unchanged); w.u32(s.deleted); w.u64(s.bytesPlaced); w.string(s.unreadable)
             w.u32(UInt32(s.others.count))
             for (path, r) in s.others {
                 w.byteString(path)
@@ -355,6 +355,7 @@ extension Message {
             var s = ApplySummary()
             s.applied = try r.u32("applied"); s.unchanged = try r.u32("unchanged"); s.deleted = try r.u32("deleted")
             s.bytesPlaced = try r.u64("bytes placed")
+            s.unreadable = try r.string("unreadable", limit: 65536)
             let n = try r.count("outcomes", itemSize: 30, limit: maxListItems)
             for _ in 0..<n {
                 let path = try r.byteString("outcome path")

@@ -307,11 +307,14 @@ public struct ApplySummary: Equatable, Sendable {
     public var deleted: UInt32 = 0
     public var bytesPlaced: UInt64 = 0
     public var others: [(path: [UInt8], result: OpResult)] = []
+    /// Set when the host could not read the snapshot, its base or a pack's index from the store (why): nothing was
+    /// applied, and the client pushes to it the usual way.
+    public var unreadable = ""
 
     public init() {}
 
     public static func == (a: ApplySummary, b: ApplySummary) -> Bool {
-        a.applied == b.applied && a.unchanged == b.unchanged && a.deleted == b.deleted && a.bytesPlaced == b.bytesPlaced
+        a.applied == b.applied && a.unchanged == b.unchanged && a.deleted == b.deleted && a.bytesPlaced == b.bytesPlaced && a.unreadable == b.unreadable
             && a.others.count == b.others.count && zip(a.others, b.others).allSatisfy { $0.path == $1.path && $0.result == $1.result }
     }
 }

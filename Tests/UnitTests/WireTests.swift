@@ -64,6 +64,11 @@ struct WireTests {
             return s
         }()),
         .applied(ApplySummary()),
+        .applied({
+            var s = ApplySummary()
+            s.unreadable = "s3://b/p/manifests/ab/ab….manifest: the store answered NoSuchKey (HTTP 404)"
+            return s
+        }()),
     ]
 
     @Test(arguments: 0..<samples.count)
