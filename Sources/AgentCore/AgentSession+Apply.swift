@@ -55,16 +55,18 @@ extension AgentSession {
         let fetcher = try StoreFetcher(store: request.store, signingRegion: request.signingRegion,
                                        stallSeconds: max(1, min(30, Int(timeoutSeconds / 2))))
         push.fetcher = fetcher
-        fetcher.add(request.packs)
+        fetcher.add(request.packs.map { StorePack(digest: $0.digest, url: request.url(StoreKeys.pack($0.digest), signature: $0.signature)) })
         // What cannot be read (no answer, an error status, an object that fails its check) is said in the summary,
         // and nothing is applied: the client pushes the usual way.
         let manifest: SnapshotManifest, base: SnapshotManifest?
         do {
-            manifest = try readManifest(request.manifest, from: fetcher)
-            base = try request.base.map { try readManifest($0, from: fetcher) }
-            for (number, (pack, url)) in zip(request.packs, request.indexes).enumerated() {
-                let object = "\(request.store)/\(StoreKeys.index(pack.digest))"
-                let index = try PackIndex(decoding: try fetcher.readObject(url, object: object), pack: pack.digest, object: object)
+            manifest = try readManifest(request.manifest, of: request, from: fetcher)
+            base = try request.base.map { try readManifest($0, of: request, from: fetcher) }
+            for (number, (pack, signature)) in zip(request.packs, request.indexes).enumerated() {
+                let key = StoreKeys.index(pack.digest)
+                let object = "\(request.store)/\(key)"
+                let index = try PackIndex(decoding: try fetcher.readObject(request.url(key, signature: signature), object: object),
+                                          pack: pack.digest, object: object)
                 for e in index.entries where push.storeChunks[e.id] == nil { push.storeChunks[e.id] = StoreChunk(e, pack: UInt32(number)) }
             }
         } catch {
@@ -146,9 +148,11 @@ extension AgentSession {
     }
 
     /// A manifest read from the store and checked against its digest.
-    private func readManifest(_ object: StorePack, from fetcher: StoreFetcher) throws -> SnapshotManifest {
-        let name = "\(fetcher.store)/\(StoreKeys.manifest(object.digest))"
-        return try SnapshotManifest(decoding: try fetcher.readObject(object.url, object: name), digest: object.digest, object: name)
+    private func readManifest(_ object: SnapshotApply.Object, of request: SnapshotApply, from fetcher: StoreFetcher) throws -> SnapshotManifest {
+        let key = StoreKeys.manifest(object.digest)
+        let name = "\(fetcher.store)/\(key)"
+        return try SnapshotManifest(decoding: try fetcher.readObject(request.url(key, signature: object.signature), object: name),
+                                    digest: object.digest, object: name)
     }
 
     /// The chunks of file `op` the store could not give: with a snapshot applied there is no client to ask, so

@@ -29,11 +29,16 @@ package final class HostApply {
     /// More paths than this where the record differs from the base: the host gets a push of its own instead.
     package static let exceptionLimit = 4096
 
-    package init(project: Project, new: (SnapshotManifest, ChunkID), base: (SnapshotManifest, ChunkID)?, request: SnapshotApply) {
+    /// The packs (and index URLs) holding chunks, for those of the files this host's exceptions add.
+    let morePacks: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]
+
+    package init(project: Project, new: (SnapshotManifest, ChunkID), base: (SnapshotManifest, ChunkID)?, request: SnapshotApply,
+                 morePacks: @escaping @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]) {
         self.project = project
         self.new = new
         self.base = base
         self.request = request
+        self.morePacks = morePacks
     }
 
     /// The push, or nil when the record here is too far from the base snapshot for an apply to pay off, or the
@@ -44,6 +49,18 @@ package final class HostApply {
         guard let exceptions = try exceptions(state) else { return nil }
         var request = self.request
         request.exceptions = exceptions
+        if !exceptions.isEmpty {
+            // The files this host gets because of its exceptions: their packs too, beside those every host is told of.
+            var theirs: Set<ChunkID> = []
+            try ApplyPlan.steps(new: new.manifest.entries, base: base?.manifest.entries ?? [], exceptions: exceptions) { step in
+                for c in step.entry?.chunks ?? [] where !c.id.isHole { theirs.insert(c.id) }
+            }
+            let told = Set(request.packs.map(\.digest))
+            for (pack, index) in try morePacks(theirs) where !told.contains(pack.digest) {
+                request.packs.append(pack)
+                request.indexes.append(index)
+            }
+        }
         var hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())

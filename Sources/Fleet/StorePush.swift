@@ -180,8 +180,15 @@ public final class StorePush {
                               link: @escaping @Sendable (ChunkID) -> StorePack) throws -> (SyncStats, SnapshotRef) {
         let (uploaded, ref) = try startUpload(files, manifest: manifest, access: access, feed: feed, link: link, after: DispatchGroup(),
                                               keep: lastSnapshotFile(first)).wait().get()
+        // The packs a host is told of: those holding the chunks of the files that changed since the base (a host
+        // whose record differs from the base adds those of its own exceptions).
+        var changed: Set<ChunkID> = []
+        try ApplyPlan.steps(new: manifest.entries, base: previous?.0.entries ?? [], exceptions: []) { step in
+            for c in step.entry?.chunks ?? [] where !c.id.isHole { changed.insert(c.id) }
+        }
         let template: SnapshotApply
-        do { template = try access.applyRequest(manifest, digest: ref.manifest, base: previous?.1) } catch {
+        let morePacks: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]
+        do { (template, morePacks) = try access.applyRequest(digest: ref.manifest, base: previous?.1, chunks: changed) } catch {
             throw SyncError("store \(access.location): \(error)")
         }
         let project = self.project
@@ -191,7 +198,7 @@ public final class StorePush {
         request.force = force
         let sent = request
         var stats = fanOut(to: hosts, feed: feed, applying: { i, host, push in
-            let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: new, base: previous, request: sent)
+            let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: new, base: previous, request: sent, morePacks: morePacks)
             apply.pruneIgnored = pruneIgnored
             apply.itemizes = i == 0
             guard let applied = try apply.run() else {
@@ -501,9 +508,10 @@ private struct StoreAccess {
         }
     }
 
-    /// What a host needs to apply `manifest` itself.
-    func applyRequest(_ manifest: SnapshotManifest, digest: ChunkID, base: ChunkID?) throws -> SnapshotApply {
-        try uploader.applyRequest(manifest, digest: digest, base: base, endpoint: hostEndpoint, hostSigns: hostSigns)
+    /// What a host needs to apply a snapshot itself (see `StoreUploader.applyRequest`).
+    func applyRequest(digest: ChunkID, base: ChunkID?, chunks: Set<ChunkID>) throws
+        -> (request: SnapshotApply, links: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]) {
+        try uploader.applyRequest(digest: digest, base: base, chunks: chunks, endpoint: hostEndpoint, hostSigns: hostSigns)
     }
 
     /// How the hosts reach a pack uploaded from now on.

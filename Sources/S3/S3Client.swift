@@ -343,9 +343,9 @@ public struct S3Links: Sendable {
         "\(location.scheme)://\(location.requestHost)\(location.path(location.key(name)))"
     }
 
-    public func presignedGet(_ name: String, expires: Int) -> String {
+    public func presignedGet(_ name: String, expires: Int, date: Date = Date()) -> String {
         signer.presign(method: "GET", scheme: location.scheme, host: location.requestHost, path: location.path(location.key(name)),
-                       expires: expires)
+                       expires: expires, date: date)
     }
 }
 

@@ -268,21 +268,59 @@ extension StoreUploader {
         return StoreSource(name: location.description, packs: packs, chunks: chunks, signingRegion: hostSigns ? location.region : "")
     }
 
-    /// What a host needs to apply `manifest` (committed as `digest`) itself: the manifest's URL, the base's (a
-    /// snapshot committed before), and every pack holding one of its chunks with its index's URL; presigned or
-    /// plain as for `source`.
-    public func applyRequest(_ manifest: SnapshotManifest, digest: ChunkID, base: ChunkID?, expires: Int = 6 * 3600, endpoint: String? = nil,
-                             hostSigns: Bool = false) throws -> SnapshotApply {
+    /// What a host needs to apply a snapshot (its manifest committed as `digest`) itself: the manifest's URL, the
+    /// base's (a snapshot committed before), and the packs holding `chunks` (those of the files it changes), each
+    /// with its index's URL; presigned or plain as for `source`. `links` makes more such packs (a host's own).
+    public func applyRequest(digest: ChunkID, base: ChunkID?, chunks: Set<ChunkID>, expires: Int = 6 * 3600, endpoint: String? = nil,
+                             hostSigns: Bool = false)
+        throws -> (request: SnapshotApply, links: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]) {
         var hostLocation = location
         if let endpoint { hostLocation = try S3Location(url: "s3://\(location.bucket)/\(location.prefix)", endpoint: endpoint, region: location.region) }
         let links = try S3Client(location: hostLocation, credentials: credentials).links
-        let url = { (key: String) in hostSigns ? links.objectURL(key) : links.presignedGet(key, expires: expires) }
-        let packs = Set(try catalog.locations(manifest.chunkIDs).values.map(\.pack)).sorted { $0.hex < $1.hex }
-        return SnapshotApply(store: location.description, signingRegion: hostSigns ? location.region : "",
-                             manifest: StorePack(digest: digest, url: url(StoreKeys.manifest(digest))),
-                             base: base.map { StorePack(digest: $0, url: url(StoreKeys.manifest($0))) },
-                             packs: packs.map { StorePack(digest: $0, url: url(StoreKeys.pack($0))) }, indexes: packs.map { url(StoreKeys.index($0)) },
-                             exceptions: [], force: false)
+        // Every URL is signed at one instant, so that they differ only in their key and signature; each is checked
+        // to be the head, its key and the shared query, as the host will put it together again.
+        let now = Date()
+        let probe = StoreKeys.manifest(digest)
+        let plain = links.objectURL(probe)
+        guard plain.hasSuffix(probe) else { throw StoreError(object: plain, reason: "an object's URL does not end with its key") }
+        let head = String(plain.dropLast(probe.utf8.count))
+        let query: String
+        if hostSigns { query = "" } else {
+            let signed = links.presignedGet(probe, expires: expires, date: now)
+            guard signed.hasPrefix(head + probe + "?"), let cut = signed.range(of: "&X-Amz-Signature=", options: .backwards) else {
+                throw StoreError(object: signed, reason: "a presigned URL is not the object's URL and a query")
+            }
+            query = String(signed[signed.index(signed.startIndex, offsetBy: head.count + probe.count + 1)..<cut.lowerBound])
+        }
+        let template = SnapshotApply(store: location.description, signingRegion: hostSigns ? location.region : "", urlHead: head, urlQuery: query,
+                                     manifest: .init(digest: digest, signature: []), base: nil, packs: [], indexes: [], exceptions: [], force: false)
+        let sign = { @Sendable (key: String) throws -> [UInt8] in
+            guard !hostSigns else { return [] }
+            let signed = links.presignedGet(key, expires: expires, date: now)
+            let hex = signed.suffix(64)
+            var bytes: [UInt8] = []
+            var i = hex.startIndex
+            while i < hex.endIndex, let byte = UInt8(hex[i..<hex.index(i, offsetBy: 2)], radix: 16) {
+                bytes.append(byte)
+                i = hex.index(i, offsetBy: 2)
+            }
+            guard bytes.count == 32, template.url(key, signature: bytes) == signed else {
+                throw StoreError(object: signed, reason: "a presigned URL does not follow the shared head and query")
+            }
+            return bytes
+        }
+        let catalog = self.catalog
+        let packs = { @Sendable (ids: Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])] in
+            try Set(try catalog.locations(ids).values.map(\.pack)).sorted { $0.hex < $1.hex }
+                .map { (SnapshotApply.Object(digest: $0, signature: try sign(StoreKeys.pack($0))), try sign(StoreKeys.index($0))) }
+        }
+        var request = template
+        request.manifest = .init(digest: digest, signature: try sign(StoreKeys.manifest(digest)))
+        request.base = try base.map { .init(digest: $0, signature: try sign(StoreKeys.manifest($0))) }
+        let holding = try packs(chunks)
+        request.packs = holding.map(\.0)
+        request.indexes = holding.map(\.1)
+        return (request, packs)
     }
 
     /// How a host reaches a pack: its URL at `endpoint` (default the store's), presigned for `expires` seconds,

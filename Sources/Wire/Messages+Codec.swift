@@ -104,12 +104,12 @@ extension Message {
             for id in damaged { w.id(id) }
             w.string(reason)
         case .applySnapshot(let a):
-            w.string(a.store); w.string(a.signingRegion)
-            w.id(a.manifest.digest); w.string(a.manifest.url)
+            w.string(a.store); w.string(a.signingRegion); w.string(a.urlHead); w.string(a.urlQuery)
+            w.id(a.manifest.digest); w.byteString(a.manifest.signature)
             w.u8(a.base == nil ? 0 : 1)
-            if let base = a.base { w.id(base.digest); w.string(base.url) }
+            if let base = a.base { w.id(base.digest); w.byteString(base.signature) }
             w.u32(UInt32(a.packs.count))
-            for (p, index) in zip(a.packs, a.indexes) { w.id(p.digest); w.string(p.url); w.string(index) }
+            for (p, index) in zip(a.packs, a.indexes) { w.id(p.digest); w.byteString(p.signature); w.byteString(index) }
             w.u32(UInt32(a.exceptions.count))
             for e in a.exceptions {
                 w.byteString(e.path)
@@ -328,18 +328,20 @@ extension Message {
         case 0x63:
             let store = try r.string("store", limit: 4096)
             let signingRegion = try r.string("signing region", limit: 256)
-            let manifest = StorePack(digest: try r.id("manifest digest"), url: try r.string("manifest url", limit: 16384))
-            let base: StorePack?
+            let urlHead = try r.string("url head", limit: 4096)
+            let urlQuery = try r.string("url query", limit: 8192)
+            let manifest = SnapshotApply.Object(digest: try r.id("manifest digest"), signature: try r.byteString("manifest signature", limit: 64))
+            let base: SnapshotApply.Object?
             switch try r.u8("base flag") {
             case 0: base = nil
-            case 1: base = StorePack(digest: try r.id("base digest"), url: try r.string("base url", limit: 16384))
+            case 1: base = SnapshotApply.Object(digest: try r.id("base digest"), signature: try r.byteString("base signature", limit: 64))
             case let flag: throw ProtocolError("apply snapshot: unknown base flag \(flag)")
             }
-            let n = try r.count("snapshot packs", itemSize: 24, limit: maxListItems)
-            var packs: [StorePack] = [], indexes: [String] = []
+            let n = try r.count("snapshot packs", itemSize: 24, limit: maxListItems * 4)
+            var packs: [SnapshotApply.Object] = [], indexes: [[UInt8]] = []
             for _ in 0..<n {
-                packs.append(StorePack(digest: try r.id("pack digest"), url: try r.string("pack url", limit: 16384)))
-                indexes.append(try r.string("index url", limit: 16384))
+                packs.append(SnapshotApply.Object(digest: try r.id("pack digest"), signature: try r.byteString("pack signature", limit: 64)))
+                indexes.append(try r.byteString("index signature", limit: 64))
             }
             let m = try r.count("exceptions", itemSize: 5, limit: maxListItems)
             var exceptions: [(path: [UInt8], state: PathState?)] = []
@@ -349,8 +351,9 @@ extension Message {
                     exceptions.append((path, try Message.decodeState(&r)))
                 }
             }
-            message = .applySnapshot(SnapshotApply(store: store, signingRegion: signingRegion, manifest: manifest, base: base, packs: packs,
-                                                   indexes: indexes, exceptions: exceptions, force: try Message.decodeFlag(&r)))
+            message = .applySnapshot(SnapshotApply(store: store, signingRegion: signingRegion, urlHead: urlHead, urlQuery: urlQuery,
+                                                   manifest: manifest, base: base, packs: packs, indexes: indexes, exceptions: exceptions,
+                                                   force: try Message.decodeFlag(&r)))
         case 0x64:
             var s = ApplySummary()
             s.applied = try r.u32("applied"); s.unchanged = try r.u32("unchanged"); s.deleted = try r.u32("deleted")

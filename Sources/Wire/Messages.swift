@@ -263,27 +263,57 @@ public struct StoreSource: Sendable {
 /// left there, so that the link carries a few hundred bytes whatever the project's size. The host reads both
 /// manifests and the packs' indexes from the store, walks them in path order beside its own tree, and makes every
 /// change the push would have sent, each checked against `base` as a sent operation is.
+///
+/// Objects are named by digest (their keys follow from it, `StoreKeys`) and a 32-byte signature each: every URL
+/// is `urlHead` + key, then, when `urlQuery` is not empty (presigned), `?` + `urlQuery` + `&X-Amz-Signature=` + the
+/// signature in hex. So a pack costs 80 bytes, not two URLs of 400.
 public struct SnapshotApply: Equatable, Sendable {
+    /// An object of the store the host reads: its digest, and the signature of its presigned URL (empty: plain).
+    public struct Object: Equatable, Sendable {
+        public var digest: ChunkID
+        public var signature: [UInt8]
+        public init(digest: ChunkID, signature: [UInt8]) {
+            self.digest = digest
+            self.signature = signature
+        }
+    }
+
     /// `s3://bucket/prefix`, for messages.
     public var store: String
     /// As in `storePacks`: empty when the URLs are presigned.
     public var signingRegion: String
-    /// The snapshot to materialize: its manifest's digest and a URL that reads it.
-    public var manifest: StorePack
+    /// The URL of an object up to its key (`http://host:port/bucket/prefix/`), and the presigned query without the
+    /// signature (empty for plain URLs, `host_credentials: own`).
+    public var urlHead: String
+    public var urlQuery: String
+    /// The snapshot to materialize (its manifest).
+    public var manifest: Object
     /// What the host held after the last sync, as a snapshot it applied; nil when nothing was synced to it.
-    public var base: StorePack?
-    /// The packs holding the snapshot's chunks, and for each a URL of its index (same order).
-    public var packs: [StorePack]
-    public var indexes: [String]
+    public var base: Object?
+    /// The packs holding the chunks the host may need: each pack's digest and signature, and its index's signature.
+    public var packs: [Object]
+    public var indexes: [[UInt8]]
     /// Paths whose last-synced state is not the base snapshot's: that state, or nil for a path to leave alone
     /// (pushed earlier, ignored now and not pruned). In path order.
     public var exceptions: [(path: [UInt8], state: PathState?)]
     public var force: Bool
 
-    public init(store: String, signingRegion: String, manifest: StorePack, base: StorePack?, packs: [StorePack], indexes: [String],
-                exceptions: [(path: [UInt8], state: PathState?)], force: Bool) {
+    /// The URL of the object at `key` whose signature is `signature`.
+    public func url(_ key: String, signature: [UInt8]) -> String {
+        guard !urlQuery.isEmpty else { return urlHead + key }
+        let hex = signature.map { byte in
+            let digits = String(byte, radix: 16)
+            return digits.count == 1 ? "0" + digits : digits
+        }.joined()
+        return urlHead + key + "?" + urlQuery + "&X-Amz-Signature=" + hex
+    }
+
+    public init(store: String, signingRegion: String, urlHead: String, urlQuery: String, manifest: Object, base: Object?, packs: [Object],
+                indexes: [[UInt8]], exceptions: [(path: [UInt8], state: PathState?)], force: Bool) {
         self.store = store
         self.signingRegion = signingRegion
+        self.urlHead = urlHead
+        self.urlQuery = urlQuery
         self.manifest = manifest
         self.base = base
         self.packs = packs
@@ -293,7 +323,8 @@ public struct SnapshotApply: Equatable, Sendable {
     }
 
     public static func == (a: SnapshotApply, b: SnapshotApply) -> Bool {
-        a.store == b.store && a.signingRegion == b.signingRegion && a.manifest == b.manifest && a.base == b.base && a.packs == b.packs
+        a.store == b.store && a.signingRegion == b.signingRegion && a.urlHead == b.urlHead && a.urlQuery == b.urlQuery
+            && a.manifest == b.manifest && a.base == b.base && a.packs == b.packs
             && a.indexes == b.indexes && a.force == b.force && a.exceptions.count == b.exceptions.count
             && zip(a.exceptions, b.exceptions).allSatisfy { $0.path == $1.path && $0.state == $1.state }
     }

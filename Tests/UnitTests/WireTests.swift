@@ -50,11 +50,13 @@ struct WireTests {
         .streamsReady(address: "syncd-12-0af3", token: Array(0..<16)),
         .streamsReady(address: "", token: []),
         .join(token: [0xFF, 0, 7]),
-        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "", manifest: StorePack(digest: ChunkID(low: 1, high: 2), url: "http://h/m"),
+        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "", urlHead: "http://h/b/p/", urlQuery: "X-Amz-Expires=1",
+                                     manifest: .init(digest: ChunkID(low: 1, high: 2), signature: Array(0..<32)),
                                      base: nil, packs: [], indexes: [], exceptions: [], force: false)),
-        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "eu-west-1", manifest: StorePack(digest: ChunkID(low: 1, high: 2), url: "http://h/m"),
-                                     base: StorePack(digest: ChunkID(low: 3, high: 4), url: "http://h/b"),
-                                     packs: [StorePack(digest: ChunkID(low: 5, high: 6), url: "http://h/p")], indexes: ["http://h/i"],
+        .applySnapshot(SnapshotApply(store: "s3://b/p", signingRegion: "eu-west-1", urlHead: "http://h/b/p/", urlQuery: "",
+                                     manifest: .init(digest: ChunkID(low: 1, high: 2), signature: []),
+                                     base: .init(digest: ChunkID(low: 3, high: 4), signature: []),
+                                     packs: [.init(digest: ChunkID(low: 5, high: 6), signature: [])], indexes: [[]],
                                      exceptions: [(b("a"), .absent), (b("b"), nil), (b("c"), .file(ChunkID(low: 7, high: 8)))], force: true)),
         .applied({
             var s = ApplySummary()
