@@ -136,14 +136,20 @@ extension AgentSession {
         try keepApplyPace()
     }
 
-    /// Waits for placing and reading to catch up while the window is full.
+    /// Waits for placing and reading to catch up while the window is full. Each wait in it is bounded (a store
+    /// read by its stall limit, the disk by its own); if the window still does not move for four session timeouts,
+    /// the apply ends with an error rather than wait on.
     private func keepApplyPace() throws {
-        var rounds = 0
+        var (fewest, since) = (Int.max, monotonicNanos())
+        let limit = UInt64(max(60, timeoutSeconds * 4) * 1e9)
         while push.pending.count + push.sealed.count >= Self.applyWindow {
             try waitForFetchesOrFlushes()
-            rounds += 1
-            // Every wait in it is bounded (the store's stall limit, the fsyncs); this only keeps the loop honest.
-            if rounds > 1_000_000 { throw AgentError("applying the snapshot stopped moving: \(push.pending.count) files wait") }
+            let waiting = push.pending.count + push.sealed.count
+            if waiting < fewest {
+                (fewest, since) = (waiting, monotonicNanos())
+            } else if monotonicNanos() - since > limit {
+                throw AgentError("applying the snapshot stopped moving: \(waiting) files have waited \(limit / 1_000_000_000) s to be placed")
+            }
         }
     }
 
