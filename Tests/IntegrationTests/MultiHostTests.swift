@@ -553,17 +553,23 @@ struct MultiHostTests {
 }
 
 extension MultiHostTests {
+    /// A project with a store (a new bucket) and two `local:` hosts, using this build's agent.
+    static func projectWithTwoLocalHosts() throws -> (SyncFixture, [String]) {
+        let server = try SeaweedServer.shared.get()
+        let f = try SyncFixture()
+        let bucket = try newBucket(in: server)
+        let roots = (1...2).map { f.base + "/host\($0)" }
+        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
+        try configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
+        try f.addSetting("agent_path: \(binDirectory())/syncd-agent")
+        return (f, roots)
+    }
+
     /// Each host's push of a store push goes in parts like any push (here of 3 changes), each part the tree's next
     /// paths merged with that host's record: a first push, then one that deletes a directory, replaces a file by a
     /// directory and adds files, bring both hosts to the project, in several parts each.
     @Test func aStorePushReachesEachHostInParts() throws {
-        let server = try SeaweedServer.shared.get()
-        let f = try SyncFixture()
-        let bucket = try Self.newBucket(in: server)
-        let roots = (1...2).map { f.base + "/host\($0)" }
-        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
-        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
-        try f.addSetting("agent_path: \(binDirectory())/syncd-agent")
+        let (f, roots) = try Self.projectWithTwoLocalHosts()
         for d in ["a", "b", "c"] { for i in 0..<4 { try f.write("\(d)/\(i).txt", "\(d) \(i)\n") } }
         try f.write("m.txt", "a file, then a directory\n")
         func push() throws -> (SyncStats, [Int]) {
@@ -600,13 +606,7 @@ extension MultiHostTests {
     /// deleted (the project did not change it), and the record each host's push leaves is what a push of the file
     /// list finds nothing to send against.
     @Test func hostsApplyTheSnapshotThemselves() throws {
-        let server = try SeaweedServer.shared.get()
-        let f = try SyncFixture()
-        let bucket = try Self.newBucket(in: server)
-        let roots = (1...2).map { f.base + "/host\($0)" }
-        for r in roots { try FileManager.default.createDirectory(atPath: r, withIntermediateDirectories: true) }
-        try Self.configure(f, hosts: roots.map { "local:" + $0 }, endpoint: server.endpoint, bucket: bucket)
-        try f.addSetting("agent_path: \(binDirectory())/syncd-agent")
+        let (f, roots) = try Self.projectWithTwoLocalHosts()
         for d in ["a", "b", "c"] { for i in 0..<40 { try f.write("\(d)/\(i).txt", "\(d) \(i)\n") } }
         try f.write("m.txt", "a file, then a directory\n")
         try f.write("empty", "")
