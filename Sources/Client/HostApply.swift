@@ -27,7 +27,8 @@ package final class HostApply {
     /// After a `run` that returned nil because the remote was wiped or replaced: what the push that follows says.
     package private(set) var replaced: String?
     /// More paths than this where the record differs from the base: the host gets a push of its own instead.
-    package static let exceptionLimit = 4096
+    package var exceptionLimit = HostApply.defaultExceptionLimit
+    package static let defaultExceptionLimit = 4096
 
     /// The packs (and index URLs) holding chunks, for those of the files this host's exceptions add.
     let morePacks: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]
@@ -137,7 +138,7 @@ package final class HostApply {
         var n = 0  // the next of `newPaths` not behind the base entry looked at
         func add(_ path: [UInt8], _ s: PathState?) -> Bool {
             out.append((path, s))
-            tooMany = out.count > Self.exceptionLimit
+            tooMany = out.count > exceptionLimit
             return !tooMany
         }
         func recordedOnly(_ path: RelativePath, _ entry: SyncedEntry) throws -> Bool {

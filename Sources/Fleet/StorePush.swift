@@ -68,6 +68,9 @@ public final class StorePush {
     /// Each host works out its own part from the store (`HostApply`) once the snapshot is committed, rather than
     /// getting a push of the file list (issue 30); `SYNCD_HOST_APPLY=0` (or tests) push the file list instead.
     package var hostsApply = ProcessInfo.processInfo.environment["SYNCD_HOST_APPLY"] != "0"
+    /// More paths than this where a host's record differs from the base: that host gets the file list (tests make
+    /// it small).
+    package var exceptionLimit = HostApply.defaultExceptionLimit
 
     public init(project: Project) { self.project = project }
 
@@ -192,7 +195,7 @@ public final class StorePush {
             throw SyncError("store \(access.location): \(error)")
         }
         let project = self.project
-        let (entries, pruneIgnored) = (scan.entries, self.pruneIgnored)
+        let (entries, pruneIgnored, exceptionLimit) = (scan.entries, self.pruneIgnored, self.exceptionLimit)
         let new = (manifest, ref.manifest)
         var request = template
         request.force = force
@@ -200,6 +203,7 @@ public final class StorePush {
         var stats = fanOut(to: hosts, feed: feed, applying: { i, host, push in
             let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: new, base: previous, request: sent, morePacks: morePacks)
             apply.pruneIgnored = pruneIgnored
+            apply.exceptionLimit = exceptionLimit
             apply.itemizes = i == 0
             guard let applied = try apply.run() else {
                 var pushed = try push()
@@ -417,7 +421,7 @@ public final class StorePush {
                         return try session.run()
                     }
                     guard let applying else { return try push() }
-                    parts[i].set(0)
+                    defer { parts[i].set(0) }  // no part of a push, unless the host got one after all (it set its own)
                     return try applying(i, host, push)
                 })
             }

@@ -662,4 +662,38 @@ extension MultiHostTests {
         #expect(wiped.warnings.contains { $0.contains("wiped or replaced") }, "\(wiped.warnings)")
         #expect(hostTree(roots[1]) == SyncFixture.describeTree(f.project))
     }
+
+    /// A host that missed a push (down) has a record more than the limit of paths from the base: it gets the file
+    /// list, which brings it to the project, while the other host applies the snapshot.
+    @Test func aHostFarFromTheBaseGetsTheFileList() throws {
+        let (f, roots) = try Self.projectWithTwoLocalHosts()
+        for i in 0..<10 { try f.write("src/\(i).txt", "\(i)\n") }
+        func push() throws -> (SyncStats, [Int]) {
+            let project = try Project(directory: f.project, options: SyncOptions(stateDirectory: f.state + "/syncd", progress: false))
+            let push = StorePush(project: project)
+            push.credentials = Self.admin
+            push.exceptionLimit = 2
+            let stats = try push.run()
+            return (stats, push.partsPerHost)
+        }
+        func hostTree(_ root: String) -> [String: String] { SyncFixture.describeTree(root + "/proj", skipping: [".syncd", "output", "checkpoint"]) }
+        let (first, firstParts) = try push()
+        #expect(first.errors.isEmpty && firstParts == [0, 0], "both applied: \(first.errors) \(firstParts)")
+
+        // Host 2 is down (its root a file) while five files change.
+        try FileManager.default.moveItem(atPath: roots[1], toPath: roots[1] + ".away")
+        try f.write(roots[1], "not a directory", in: "/")
+        for i in 0..<5 { try f.write("src/\(i).txt", "\(i) edited\n") }
+        let (missed, _) = try push()
+        #expect(missed.hosts?.map(\.ok) == [true, false], "\(missed.hosts ?? [])")
+        try FileManager.default.removeItem(atPath: roots[1])
+        try FileManager.default.moveItem(atPath: roots[1] + ".away", toPath: roots[1])
+
+        // One more edit: host 1 applies it; host 2's record is five paths from the base, over the limit of 2.
+        try f.write("src/9.txt", "nine edited\n")
+        let (back, backParts) = try push()
+        #expect(back.errors.isEmpty, "\(back.errors)")
+        #expect(backParts.count == 2 && backParts[0] == 0 && backParts[1] >= 1, "host 1 applied, host 2 pushed: \(backParts)")
+        for r in roots { #expect(hostTree(r) == SyncFixture.describeTree(f.project), "\(r)") }
+    }
 }
