@@ -65,7 +65,8 @@ extension AgentSession {
             for (number, (pack, signature)) in zip(request.packs, request.indexes).enumerated() {
                 let key = StoreKeys.index(pack.digest)
                 let object = "\(request.store)/\(key)"
-                let index = try PackIndex(decoding: try fetcher.readObject(request.url(key, signature: signature), object: object),
+                let index = try PackIndex(decoding: try fetcher.readObject(request.url(key, signature: signature), object: object,
+                                                                           limit: Self.largestIndex),
                                           pack: pack.digest, object: object)
                 for e in index.entries where push.storeChunks[e.id] == nil { push.storeChunks[e.id] = StoreChunk(e, pack: UInt32(number)) }
             }
@@ -157,9 +158,15 @@ extension AgentSession {
     private func readManifest(_ object: SnapshotApply.Object, of request: SnapshotApply, from fetcher: StoreFetcher) throws -> SnapshotManifest {
         let key = StoreKeys.manifest(object.digest)
         let name = "\(fetcher.store)/\(key)"
-        return try SnapshotManifest(decoding: try fetcher.readObject(request.url(key, signature: object.signature), object: name),
+        return try SnapshotManifest(decoding: try fetcher.readObject(request.url(key, signature: object.signature), object: name,
+                                                                     limit: Self.largestManifest),
                                     digest: object.digest, object: name)
     }
+
+    /// The largest manifest an apply reads (a deflated manifest of tens of millions of entries), and the largest
+    /// pack index (a 32 MB pack of the smallest chunks lists about 16k of 41 bytes; packs may be larger).
+    static let largestManifest = 2 << 30
+    static let largestIndex = 256 << 20
 
     /// The chunks of file `op` the store could not give: with a snapshot applied there is no client to ask, so
     /// the file fails, saying why.

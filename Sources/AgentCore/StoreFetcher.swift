@@ -114,9 +114,10 @@ final class StoreFetcher {
     }
 
     /// One whole object (a manifest, a pack's index), read on the calling thread: its bytes, or why not, naming
-    /// `object`.
-    func readObject(_ url: String, object: String) throws -> [UInt8] {
+    /// `object`. One longer than `limit` is refused.
+    func readObject(_ url: String, object: String, limit: Int) throws -> [UInt8] {
         let http = try HTTPConnection()
+        http.maxBodyBytes = limit
         http.stallSeconds = stallSeconds
         http.connectTimeout = min(http.connectTimeout, stallSeconds)
         let response: HTTPResponse

@@ -72,6 +72,8 @@ public final class HTTPConnection {
     /// Seconds to wait for a connection; a transfer slower than 1 KB/s for `stallSeconds` is abandoned.
     public var connectTimeout = 10
     public var stallSeconds = 30
+    /// The most bytes an answer's body may hold; a longer one is abandoned with an error that says so.
+    public var maxBodyBytes = Int.max
 
     public init() throws {
         curl = try CurlLibrary.shared()
@@ -86,7 +88,7 @@ public final class HTTPConnection {
 
     /// Sends `request` and reads the whole answer.
     public func perform(_ request: HTTPRequest) throws -> HTTPResponse {
-        let box = ResponseBox()
+        let box = ResponseBox(limit: maxBodyBytes)
         let retained = Unmanaged.passRetained(box)
         defer { retained.release() }
         var api = curl.api
@@ -145,6 +147,9 @@ public final class HTTPConnection {
             }
         }
         guard code == CURLE_OK else {
+            if box.overflowed {
+                throw HTTPError("\(request.method) \(Self.redacted(request.url)): the answer is longer than the \(maxBodyBytes) bytes accepted; refused")
+            }
             let detail = String(nulTerminated: errorText)
             let reason = detail.isEmpty ? curl.api.easy_strerror(code).map { String(cString: $0) } ?? "error \(code.rawValue)" : detail
             throw HTTPError("\(request.method) \(Self.redacted(request.url)): \(reason)")
@@ -164,11 +169,19 @@ public final class HTTPConnection {
 private final class ResponseBox {
     var body: [UInt8] = []
     var headers: [String: String] = [:]
+    let limit: Int
+    /// The body went past `limit`: the transfer was stopped.
+    var overflowed = false
+    init(limit: Int) { self.limit = limit }
 }
 
 private let responseBody: syncd_curl_data_callback = { data, size, count, context in
     let box = Unmanaged<ResponseBox>.fromOpaque(context!).takeUnretainedValue()
     let n = size * count
+    if n > box.limit - box.body.count {
+        box.overflowed = true
+        return 0  // libcurl ends the transfer with a write error
+    }
     if n > 0, let data { data.withMemoryRebound(to: UInt8.self, capacity: n) { box.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n)) } }
     return n
 }

@@ -78,6 +78,22 @@ struct S3ClientTests {
         #expect(tampered.status == 403, "the signature covers the key")
     }
 
+    /// An answer longer than the connection accepts (what a host reads whole: a manifest, an index) is refused
+    /// with the limit named, not held.
+    @Test func anAnswerPastTheBodyLimitIsRefused() throws {
+        let body = [UInt8](repeating: 0x61, count: 5000)
+        let (fd, port) = loopbackListener(answer: Array("HTTP/1.1 200 OK\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n".utf8) + body)
+        defer { Foundation.close(fd) }
+        let http = try HTTPConnection()
+        http.maxBodyBytes = 1000
+        #expect(throws: (any Error).self) { try http.perform(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)/m")) }
+        do { _ = try http.perform(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)/m")) } catch {
+            #expect("\(error)".contains("longer than the 1000 bytes accepted"), "\(error)")
+        }
+        http.maxBodyBytes = 5000
+        #expect(try http.perform(HTTPRequest(method: "GET", url: "http://127.0.0.1:\(port)/m")).body == body)
+    }
+
     @Test func wrongCredentialsAndAMissingBucketSayWhatIsWrong() throws {
         let good = try Self.client()
         try good.put("x", [1])
