@@ -142,7 +142,7 @@ package final class HostApply {
             return !tooMany
         }
         func recordedOnly(_ path: RelativePath, _ entry: SyncedEntry) throws -> Bool {
-            project.isPullPath(path) ? true : add(path.bytes, Self.state(of: entry))
+            project.isPullPath(path) ? true : add(path.bytes, entry.pathState)
         }
         try state.readInPathOrder(.pushed) { rows in
             for e in baseEntries {
@@ -154,28 +154,12 @@ package final class HostApply {
                     if !add(e.path.bytes, nil) { return }
                     continue
                 }
-                let had = recorded.map(Self.state) ?? .absent
+                let had = recorded?.pathState ?? .absent
                 if had != ApplyPlan.state(of: e) && !add(e.path.bytes, had) { return }
             }
             try rows.remainingRecorded(recordedOnly)
         }
         return tooMany ? nil : out
-    }
-
-    static func state(of e: SyncedEntry) -> PathState {
-        switch e.kind {
-        case .directory: return .directory
-        case .symlink: return .symlink(e.target ?? [])
-        default: return e.digest.map { .file($0) } ?? .absent
-        }
-    }
-
-    static func synced(_ e: ManifestEntry) -> SyncedEntry {
-        switch e.kind {
-        case .directory: return SyncedEntry(kind: .directory, digest: nil, target: nil, permissions: e.mode, mtimeNanos: 0)
-        case .symlink: return SyncedEntry(kind: .symlink, digest: nil, target: e.target, permissions: 0o777, mtimeNanos: 0)
-        case .file: return SyncedEntry(kind: .file, digest: e.digest, target: nil, permissions: e.mode, mtimeNanos: e.mtimeNanos, size: e.size)
-        }
     }
 
     /// The record follows the host: every step of the plan (the host's own, worked out again here) that the host
@@ -221,7 +205,7 @@ package final class HostApply {
                 out.filesDeleted += 1
             }
             if itemizes { out.itemized.append(Self.itemized(step) + " " + path.description) }
-            changes.append((path, step.entry.map(Self.synced)))
+            changes.append((path, step.entry.map { LocalEntry(manifest: $0).synced }))
             if recordedConflicts.contains(path) { cleared.append(path) }
             if changes.count >= 4096 {  // a hundred hosts recording at once hold a few MB each
                 try state.update(.pushed, changes)
@@ -235,7 +219,7 @@ package final class HostApply {
 
     /// `push -i`'s code for a step, as a push of the file list would have said it.
     static func itemized(_ step: ApplyStep) -> String {
-        let before = step.was.map(synced)
+        let before = step.was.map { LocalEntry(manifest: $0).synced }
         guard let e = step.entry else { return itemizeCode(.delete(path: step.path, base: step.base), pushed: before) }
         let entry = LocalEntry(manifest: e)
         switch e.kind {

@@ -121,8 +121,7 @@ extension Message {
             w.u32(UInt32(s.others.count))
             for (path, r) in s.others {
                 w.byteString(path)
-                w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
-                w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
+                Message.encode(r, into: &w)
             }
         case .remoteChanged(let paths):
             w.u32(UInt32(paths.count))
@@ -131,8 +130,7 @@ extension Message {
             w.u32(op); w.u32(UInt32(indices.count))
             for i in indices { w.u32(i) }
         case .result(let r):
-            w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
-            w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
+            Message.encode(r, into: &w)
         case .remoteEntry(let e):
             w.u32(e.op); w.byteString(e.path); Message.encode(e.state, into: &w); w.u32(e.permissions); w.i64(e.mtimeNanos)
             w.u64(e.size); w.u32(e.chunkCount)
@@ -157,6 +155,21 @@ extension Message {
         case .symlink(let target): w.u8(2); w.byteString(target)
         case .directory: w.u8(3)
         }
+    }
+
+    /// An operation's answer: in a `result` frame, and for each outcome of an `applied` one.
+    static func encode(_ r: OpResult, into w: inout PayloadWriter) {
+        w.u32(r.op); w.u8(r.status.rawValue); w.string(r.message); Message.encode(r.current, into: &w)
+        w.u64(r.currentSize); w.i64(r.currentMtimeNanos); w.byteString(r.keptAs)
+    }
+
+    static func decodeResult(_ r: inout PayloadReader) throws -> OpResult {
+        let op = try r.u32("op")
+        guard let status = OpStatus(rawValue: try r.u8("status")) else { throw ProtocolError("result: unknown status") }
+        let text = try r.string("message", limit: 65536)
+        let current = try decodeState(&r)
+        return OpResult(op: op, status: status, message: text, current: current, currentSize: try r.u64("size"),
+                        currentMtimeNanos: try r.i64("mtime"), keptAs: try r.byteString("kept as", limit: 255))
     }
 
     static func decodeState(_ r: inout PayloadReader) throws -> PathState {
@@ -265,12 +278,7 @@ extension Message {
             for _ in 0..<n { indices.append(try r.u32("index")) }
             message = type == 0x30 ? .need(op: op, indices: indices) : .fetch(op: op, indices: indices)
         case 0x31:
-            let op = try r.u32("op")
-            guard let status = OpStatus(rawValue: try r.u8("status")) else { throw ProtocolError("result: unknown status") }
-            let text = try r.string("message", limit: 65536)
-            let current = try decodeState(&r)
-            message = .result(OpResult(op: op, status: status, message: text, current: current, currentSize: try r.u64("size"),
-                                       currentMtimeNanos: try r.i64("mtime"), keptAs: try r.byteString("kept as", limit: 255)))
+            message = .result(try decodeResult(&r))
         case 0x32: message = .done
         case 0x40:
             let op = try r.u32("op")
@@ -362,13 +370,7 @@ extension Message {
             let n = try r.count("outcomes", itemSize: 30, limit: maxListItems)
             for _ in 0..<n {
                 let path = try r.byteString("outcome path")
-                let op = try r.u32("op")
-                let raw = try r.u8("status")
-                guard let status = OpStatus(rawValue: raw) else { throw ProtocolError("unknown status \(raw)") }
-                let result = OpResult(op: op, status: status, message: try r.string("message", limit: 65536), current: try Message.decodeState(&r),
-                                      currentSize: try r.u64("current size"), currentMtimeNanos: try r.i64("current mtime"),
-                                      keptAs: try r.byteString("kept as"))
-                s.others.append((path, result))
+                s.others.append((path, try decodeResult(&r)))
             }
             message = .applied(s)
         case 0x18: message = .streamsOpen(count: try r.u8("stream count"))
