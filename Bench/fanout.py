@@ -17,7 +17,7 @@ With --light 1,10,100, light hosts instead (issue 30): each host a `local:` agen
 sshd), every one of them in one store push, for projects of --files 1000,100000 files (12 KB each up to 12 MB
 in all, smaller beyond). For a first push and then a 5-file edit: each host's link bytes (what the push counted
 on it, both ways), the laptop's bytes to the store (at a counting proxy in front of SeaweedFS), the wall time of
-the laptop's part (read, hash, upload, snapshot) and of the whole push, and syncctl's peak RSS.
+the laptop's part (read, hash, upload, snapshot) and of the whole push, and syncctl's peak RSS and threads.
 
 usage: Bench/fanout.py --light 1,10,100 [--files 1000,100000] [--release DIR]
 """
@@ -299,9 +299,23 @@ class LightBench:
         """One store push to every host; (wall s, the laptop's part s, store bytes up, peak RSS MiB, the JSON)."""
         before = self.uplink_bytes()
         t0 = time.monotonic()
-        r = subprocess.run(["/usr/bin/time", "-f", "%M", f"{self.release}/syncctl", "push", project, "--state-dir",
-                            f"{self.work}/state", "--json"], env=self.env(), capture_output=True, text=True)
+        out, err = tempfile.TemporaryFile(mode="w+"), tempfile.TemporaryFile(mode="w+")
+        p = subprocess.Popen(["/usr/bin/time", "-f", "%M", f"{self.release}/syncctl", "push", project, "--state-dir",
+                              f"{self.work}/state", "--json"], env=self.env(), stdout=out, stderr=err, text=True)
+        threads = 0
+        while p.poll() is None:  # syncctl's threads, sampled every 10 ms (it is time's child)
+            try:
+                for child in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split():
+                    for line in open(f"/proc/{child}/status"):
+                        if line.startswith("Threads:"):
+                            threads = max(threads, int(line.split()[1]))
+            except OSError:
+                pass
+            time.sleep(0.01)
         wall = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        r = subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read())
         if r.returncode != 0:
             sys.exit(f"fanout: push of {project} failed: {r.stderr[-3000:]}")
         laptop = None
@@ -310,7 +324,7 @@ class LightBench:
                 laptop = float(line.split("ms")[0].strip("[ ")) / 1000
         peak = int(r.stderr.strip().splitlines()[-1]) / 1024
         time.sleep(0.3)  # the proxy's counts settle
-        return wall, laptop or 0.0, self.uplink_bytes() - before, peak, json.loads(r.stdout)
+        return wall, laptop or 0.0, self.uplink_bytes() - before, peak, json.loads(r.stdout), threads
 
     def run(self, files, hosts):
         project, size = self.make_project(files) if files not in getattr(self, "projects", {}) else self.projects[files]
@@ -353,14 +367,15 @@ def light_main(args):
     finally:
         b.stop()
     print("\nlight hosts (local: agents), one store push to all of them; link bytes are each host's, both ways\n")
-    print("| files | hosts | push | per-host link KB (largest) | all links MB | laptop to store MB | laptop's part s | whole push s | syncctl peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| files | hosts | push | per-host link KB (largest) | all links MB | laptop to store MB | laptop's part s | whole push s "
+          "| syncctl peak MiB | syncctl peak threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for phase in ("first", "edit"):
-            wall, laptop, store, peak, _ = r[phase]
+            wall, laptop, store, peak, _, threads = r[phase]
             largest, total = r[phase + " link"]
             print(f"| {r['files']:,} ({r['size'] // 1024} KB each) | {r['hosts']} | {phase} | {largest / 1e3:.1f} | {total / 1e6:.2f} | "
-                  f"{store / 1e6:.2f} | {laptop:.2f} | {wall:.2f} | {peak:.0f} |")
+                  f"{store / 1e6:.2f} | {laptop:.2f} | {wall:.2f} | {peak:.0f} | {threads} |")
     one = {(r["files"]): r for r in rows if r["hosts"] == 1}
     for r in rows:
         if r["hosts"] > 1 and r["files"] in one:

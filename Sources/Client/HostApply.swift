@@ -12,7 +12,7 @@ import Wire
 /// from that snapshot; the host reads the rest from the store and answers with a summary. The link carries a few
 /// hundred bytes whatever the project's size. Afterwards the record here follows what the host applied, exactly
 /// as a push's answers would have made it.
-package final class HostApply {
+package final class HostApply: @unchecked Sendable {  // one thread at a time: see `ApplyLoop`
     let project: Project
     let new: (manifest: SnapshotManifest, digest: ChunkID)
     let base: (manifest: SnapshotManifest, digest: ChunkID)?
@@ -42,12 +42,26 @@ package final class HostApply {
         self.morePacks = morePacks
     }
 
+    // What `prepare` works out, for the steps that follow (each runs on one thread at a time: see `ApplyLoop`).
+    private var started: UInt64 = 0
+    private var state: LocalDatabase?
+    private var exceptions: [(path: [UInt8], state: PathState?)] = []
+    private var prepared: SnapshotApply?
+    private var greeting: Hello?
+
     /// The push, or nil when the record here is too far from the base snapshot for an apply to pay off, or the
     /// remote was wiped or replaced since the last sync (its record is dropped then: everything is compared again).
-    package func run() throws -> SyncStats? {
-        let started = monotonicNanos()
+    /// One host alone; many go through `ApplyLoop.run`, which this is.
+    package func run() throws -> SyncStats? { try ApplyLoop.run([self])[0].get() }
+
+    /// The first step: the exceptions and the request for this host, and the session's hello; false when the host
+    /// gets a push of the file list instead (more exceptions than `exceptionLimit`).
+    func prepare() throws -> Bool {
+        started = monotonicNanos()
         let state = try project.openState()
-        guard let exceptions = try exceptions(state) else { return nil }
+        self.state = state
+        guard let exceptions = try exceptions(state) else { return false }
+        self.exceptions = exceptions
         var request = self.request
         request.exceptions = exceptions
         if !exceptions.isEmpty {
@@ -62,48 +76,47 @@ package final class HostApply {
                 request.indexes.append(index)
             }
         }
+        prepared = request
         var hello = Hello(role: .push, project: project.config.name, remoteRoot: project.remoteRootForAgent,
                           pullPaths: project.pullPaths.map { String(decoding: $0.bytes, as: UTF8.self) }, chunking: project.chunking,
                           expectInstance: try state.remoteInstance() ?? "", conflictStamp: conflictStamp())
         project.limit(&hello)
         hello.clientID = try state.clientID()
-        let greeting = hello
-        let link = try PendingConnection(project: project, link: nil) { _ in greeting }.wait()
-        defer { link.close() }
-        var summary = ApplySummary()
-        var trouble = StoreTrouble()
-        let bytesAtStart = (written: link.writer.bytesWritten, read: link.reader.bytesRead)
-        do {
-            try link.writer.send(.applySnapshot(request))
-            try link.writer.send(.endOfOperations)
-            try link.writer.flush()
-            if try state.adoptRemoteInstance(try link.readWelcome()) { throw RemoteReplaced() }
-            reading: while true {
-                switch try link.reader.next() {
-                case .applied(let part)?:
-                    summary.applied += part.applied
-                    summary.unchanged += part.unchanged
-                    summary.deleted += part.deleted
-                    summary.bytesPlaced += part.bytesPlaced
-                    summary.others += part.others
-                    if !part.unreadable.isEmpty { summary.unreadable = part.unreadable }
-                case .storeTrouble(let unreachable, let pack, let damaged, let said)?:
-                    if unreachable { trouble.unreachable = displayText(said) } else {
-                        trouble.damaged[pack, default: []] += damaged
-                        trouble.reasons.append(displayText(said))
-                    }
-                case .done?: break reading
-                case .error(let text, let reason)?: throw AgentSaid(message: displayText(text), reason: reason)
-                case nil: throw SyncError("\(link.connection.peerDescription) closed the connection")
-                case let other?: throw ProtocolError("unexpected frame type 0x\(String(other.encode().type, radix: 16)) from the agent")
-                }
-            }
-        } catch is RemoteReplaced {
-            replaced = replacedRemoteWarning(project)
-            return nil  // compared again from nothing, by a push of the file list
-        } catch {
-            throw SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume", cause: error)
+        greeting = hello
+        return true
+    }
+
+    /// The second step: the connection, with the client's handshake and hello written. The link's heartbeats are
+    /// its driver's to send (no thread of its own).
+    func connect() throws -> AgentLink {
+        guard let greeting else { throw SyncError("internal: \(project.config.remote) connected before it was prepared") }
+        let bytes: @Sendable (Double?) throws -> [UInt8] = { _ in clientGreeting(greeting) }
+        let connection = try project.connect(greeting: bytes)
+        if !connection.greetingSent { try bytes(nil).withUnsafeBytes { try connection.stream.write($0) } }
+        let link = AgentLink(connection: connection, persistent: false, timeoutSeconds: project.config.timeoutSeconds, heartbeats: false)
+        guard link.connection.stream.readinessFD != nil else {
+            _ = link.fail(SyncError("no readiness descriptor"))
+            throw SyncError("internal: the link to \(project.config.remote) cannot be waited on with others")
         }
+        return link
+    }
+
+    /// What follows the hello on the link: the request and the end of operations.
+    func requestBytes() -> [UInt8] {
+        guard let prepared else { return [] }
+        return encodedFrame(.applySnapshot(prepared)) + encodedFrame(.endOfOperations)
+    }
+
+    /// The remote's instance, from its welcome: false when it is not the one the record here is of (wiped or
+    /// replaced since), and the record was dropped.
+    func sameRemote(_ instance: String) throws -> Bool {
+        guard let state else { return false }
+        return !(try state.adoptRemoteInstance(instance))
+    }
+
+    /// The last step, once the agent said `done`: the record follows what the host applied.
+    func conclude(link: AgentLink, summary: ApplySummary, trouble: StoreTrouble, bytesSent: UInt64, bytesReceived: UInt64) throws -> SyncStats {
+        guard let state else { throw SyncError("internal: \(project.config.remote) concluded before it was prepared") }
         var stats = SyncStats(direction: "push")
         stats.remoteDirectory = link.remoteDirectory
         if let made = link.takeCreatedRoot() { stats.warnings.append(made) }
@@ -119,13 +132,21 @@ package final class HostApply {
         if summary.unreadable.isEmpty { try record(summary, exceptions: exceptions, state: state, into: &stats) }
         stats.storeDamaged.merge(trouble.damaged) { $0 + $1 }
         stats.filesScanned = new.manifest.entries.count
-        stats.bytesSent = link.writer.bytesWritten - bytesAtStart.written
-        stats.bytesReceived = link.reader.bytesRead - bytesAtStart.read
+        stats.bytesSent = bytesSent
+        stats.bytesReceived = bytesReceived
         stats.durationMs = (monotonicNanos() - started) / 1_000_000
         Trace.mark("push: applied snapshot \(new.digest.hex.prefix(12)) over \(base.map { $0.digest.hex.prefix(12) } ?? "nothing"), "
                    + "\(exceptions.count) exceptions: \(summary.applied) applied, \(summary.deleted) deleted, \(summary.others.count) otherwise; "
                    + "\(stats.bytesSent) bytes sent, \(stats.bytesReceived) received")
         return stats
+    }
+
+    /// The remote was wiped or replaced: what the push of the file list that follows says.
+    func noteReplaced() { replaced = replacedRemoteWarning(project) }
+
+    /// How a failed exchange is reported, once the link is dropped.
+    func failure(_ error: Error, link: AgentLink) -> Error {
+        SyncError("push to \(project.config.remote) failed: \(link.fail(error)); run the push again to resume", cause: error)
     }
 
     /// Where this host's record differs from the base snapshot (in path order), and the paths the base has that

@@ -367,18 +367,19 @@ public final class AgentLink: @unchecked Sendable {
         state.withLock { state in defer { state.closed = true }; return !state.closed }
     }
 
-    /// Keeps the agent sure this side is alive while it has nothing to say (see `Heartbeat`).
-    private let heartbeat: Heartbeat
+    /// Keeps the agent sure this side is alive while it has nothing to say (see `Heartbeat`); nil when whoever
+    /// drives the link sends them (`ApplyLoop`).
+    private let heartbeat: Heartbeat?
 
     /// The link's reads and writes fail once nothing moved for `timeoutSeconds` (the agent sends heartbeats
-    /// meanwhile, and this side does too).
-    init(connection: AgentConnection, persistent: Bool, timeoutSeconds: Int) {
+    /// meanwhile, and this side does too: a thread of the link's own, unless `heartbeats` is false).
+    init(connection: AgentConnection, persistent: Bool, timeoutSeconds: Int, heartbeats: Bool = true) {
         self.connection = connection
         self.persistent = persistent
         connection.stream.progressTimeout = Double(timeoutSeconds)
         reader = FrameReader(connection.stream)
         writer = FrameWriter(connection.stream)
-        heartbeat = Heartbeat(writer: writer, timeoutSeconds: Double(timeoutSeconds))
+        heartbeat = heartbeats ? Heartbeat(writer: writer, timeoutSeconds: Double(timeoutSeconds)) : nil
     }
 
     /// Connects to the project's agent for many sessions.
@@ -394,13 +395,22 @@ public final class AgentLink: @unchecked Sendable {
     /// remote's instance id.
     func readWelcome() throws -> String {
         if !state.current.handshakeRead {
-            let version = try reader.readHandshake()
-            guard version == wireVersion else {
-                throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
-            }
+            try checkVersion(try reader.readHandshake())
             state.withLock { $0.handshakeRead = true }
         }
         guard let welcome = try reader.next() else { throw SyncError("\(connection.peerDescription) closed the connection before its welcome") }
+        return try welcomed(welcome)
+    }
+
+    /// Checks the agent's handshake version.
+    func checkVersion(_ version: UInt16) throws {
+        guard version == wireVersion else {
+            throw SyncError("\(connection.peerDescription) speaks protocol version \(version), this syncctl speaks \(wireVersion); install matching versions")
+        }
+    }
+
+    /// Takes in the agent's answer to a hello (read by whoever drives the link); returns the remote's instance id.
+    func welcomed(_ welcome: Message) throws -> String {
         if case .error(let message, let reason) = welcome { throw AgentSaid(message: displayText(message), reason: reason, atStart: true) }
         guard case .welcome(_, let directory, let instance, let created) = welcome else {
             throw ProtocolError("expected welcome, got frame type \(welcome.encode().type)")
@@ -417,7 +427,7 @@ public final class AgentLink: @unchecked Sendable {
     /// any link with `another` session to carry (the next part of a push).
     func endSession(another: Bool = false) {
         guard !persistent && !another && markClosed() else { return }
-        heartbeat.stop()
+        heartbeat?.stop()
         connection.release()
     }
 
@@ -427,7 +437,7 @@ public final class AgentLink: @unchecked Sendable {
     func fail(_ error: Error) -> String {
         _ = markClosed()
         connection.terminate()
-        heartbeat.stop()
+        heartbeat?.stop()
         let why = connection.finish()
         if let said = error as? AgentSaid { return said.description }
         return why ?? "\(error)"
@@ -436,7 +446,7 @@ public final class AgentLink: @unchecked Sendable {
     /// Closes the link between sessions: the agent sees the end of input and exits.
     public func close() {
         guard markClosed() else { return }
-        heartbeat.stop()
+        heartbeat?.stop()
         _ = connection.finish()
     }
 
@@ -444,7 +454,7 @@ public final class AgentLink: @unchecked Sendable {
     public func abort() {
         _ = markClosed()
         connection.terminate()
-        heartbeat.stop()
+        heartbeat?.stop()
     }
 
     // MARK: watching the remote between sessions

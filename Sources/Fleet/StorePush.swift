@@ -189,38 +189,63 @@ public final class StorePush {
         try ApplyPlan.steps(new: manifest.entries, base: previous?.0.entries ?? [], exceptions: []) { step in
             for c in step.entry?.chunks ?? [] where !c.id.isHole { changed.insert(c.id) }
         }
+        let project = self.project
+        let (pruneIgnored, exceptionLimit) = (self.pruneIgnored, self.exceptionLimit)
         let template: SnapshotApply
         let morePacks: @Sendable (Set<ChunkID>) throws -> [(SnapshotApply.Object, [UInt8])]
         do { (template, morePacks) = try access.applyRequest(digest: ref.manifest, base: previous?.1, chunks: changed) } catch {
             throw SyncError("store \(access.location): \(error)")
         }
-        let project = self.project
-        let (entries, pruneIgnored, exceptionLimit) = (scan.entries, self.pruneIgnored, self.exceptionLimit)
-        let new = (manifest, ref.manifest)
+        let (entries, force) = (scan.entries, self.force)
         var request = template
         request.force = force
-        let sent = request
-        var stats = fanOut(to: hosts, feed: feed, applying: { i, host, push in
-            let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: new, base: previous, request: sent, morePacks: morePacks)
-            apply.pruneIgnored = pruneIgnored
-            apply.exceptionLimit = exceptionLimit
-            apply.itemizes = i == 0
-            guard let applied = try apply.run() else {
-                var pushed = try push()
-                if let replaced = apply.replaced { pushed.warnings.insert(replaced, at: 0) }
-                return pushed
+        // Every host at once from this thread (`ApplyLoop`): no thread waits on a host.
+        var applies: [HostApply] = []
+        var results: [Result<SyncStats, Error>?] = Array(repeating: nil, count: hosts.count)
+        var applying: [Int] = []
+        for (i, host) in hosts.enumerated() {
+            do {
+                let apply = HostApply(project: i == 0 ? first : try project.forHost(host), new: (manifest, ref.manifest), base: previous,
+                                      request: request, morePacks: morePacks)
+                apply.pruneIgnored = pruneIgnored
+                apply.exceptionLimit = exceptionLimit
+                apply.itemizes = i == 0
+                applies.append(apply)
+                applying.append(i)
+            } catch {
+                results[i] = .failure(error)
             }
-            guard apply.needsPush else { return applied }
-            // What the host could not read from the store goes over its link: the push finds just what the apply
-            // left (its record followed every change made), and reports the store's trouble as a push does.
-            var rest = try push()
-            rest.addApplied(applied)
-            return rest
-        }) { i, host in
+        }
+        let applied = ApplyLoop.run(applies)
+        // A host whose record is too far from the base, or whose remote was replaced, gets a push of the file list;
+        // so does one that could not read everything from the store: the push finds just what the apply left (its
+        // record followed every change made), and reports the store's trouble as a push does.
+        var pushing: [(host: Int, apply: Int)] = []
+        for (k, i) in applying.enumerated() {
+            switch applied[k] {
+            case .success(let stats?) where !applies[k].needsPush: results[i] = .success(stats)
+            case .success: pushing.append((i, k))
+            case .failure(let error): results[i] = .failure(error)
+            }
+        }
+        let pushed = pushEach(pushing.map { hosts[$0.host] }, feed: feed, threads: ApplyLoop.workerLimit) { [pushing] n, host in
+            let i = pushing[n].host
             let session = PushSession(project: i == 0 ? first : try project.forHost(host))
             session.fixedTree = entries
             return session
         }
+        var parts = Array(repeating: 0, count: hosts.count)
+        for (n, (i, k)) in pushing.enumerated() {
+            parts[i] = pushed.parts[n]
+            results[i] = pushed.results[n].map { rest in
+                var rest = rest
+                if case .success(let before?) = applied[k] { rest.addApplied(before) }
+                if let replaced = applies[k].replaced { rest.warnings.insert(replaced, at: 0) }
+                return rest
+            }
+        }
+        partsPerHost = parts
+        var stats = summarize(hosts, results: results)
         stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         return (stats, ref)
     }
@@ -397,48 +422,68 @@ public final class StorePush {
         }
     }
 
+    /// Runs the session `makeSession` gives each host, all at once, each reading from `feed`; sums what they did.
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
-                        applying: (@Sendable (Int, RemoteSpec, () throws -> SyncStats) throws -> SyncStats)? = nil,
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
+        let pushed = pushEach(hosts, feed: feed, threads: hosts.count, ended: ended, makeSession: makeSession)
+        partsPerHost = pushed.parts
+        return summarize(hosts, results: pushed.results.map { $0 })
+    }
+
+    /// The session `makeSession` gives each host, run on `threads` threads at most (each takes the next host once
+    /// its push is over); each host's result and the parts its push took.
+    private func pushEach(_ hosts: [RemoteSpec], feed: StoreFeed, threads: Int, ended: (@Sendable (Int) -> Void)? = nil,
+                          makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession)
+        -> (results: [Result<SyncStats, Error>], parts: [Int]) {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
-        let results = hosts.map { _ in OneShot<Result<SyncStats, Error>>() }
-        let parts = hosts.map { _ in OneShot<Int>() }
+        let results = IndexedResults<(Result<SyncStats, Error>, Int)>(count: hosts.count)
         let group = DispatchGroup()
-        for (i, host) in hosts.enumerated() {
-            group.enter()
-            let pushing = {
-                defer {
-                    ended?(i)
-                    group.leave()
+        let work = { @Sendable in
+            while let i = results.claim() {
+                let host = hosts[i]
+                var parts = 0
+                let result = Result { () throws -> SyncStats in
+                    let session = try makeSession(i, host)
+                    session.force = force
+                    session.pruneIgnored = pruneIgnored
+                    session.storeFeed = feed
+                    defer { parts = session.parts }
+                    return try session.run()
                 }
-                results[i].set(Result { () throws -> SyncStats in
-                    let push = { () throws -> SyncStats in
-                        let session = try makeSession(i, host)
-                        session.force = force
-                        session.pruneIgnored = pruneIgnored
-                        session.storeFeed = feed
-                        defer { parts[i].set(session.parts) }
-                        return try session.run()
-                    }
-                    guard let applying else { return try push() }
-                    defer { parts[i].set(0) }  // no part of a push, unless the host got one after all (it set its own)
-                    return try applying(i, host, push)
-                })
-            }
-            do { try startDetachedThread(name: "push \(host)", pushing) } catch {
-                results[i].set(.failure(SyncError("cannot start a thread for \(host): \(error)")))
+                results.set(i, (result, parts))
                 ended?(i)
+            }
+        }
+        for n in 0..<min(threads, hosts.count) {
+            group.enter()
+            do {
+                try startDetachedThread(name: "push \(n)") {
+                    defer { group.leave() }
+                    work()
+                }
+            } catch {
                 group.leave()
+                if n == 0 {
+                    while let i = results.claim() {
+                        results.set(i, (.failure(SyncError("cannot start a thread for \(hosts[i]): \(error)")), 0))
+                        ended?(i)
+                    }
+                }
+                break
             }
         }
         group.wait()
-        partsPerHost = parts.map { $0.current ?? 0 }
+        let slots = hosts.indices.map { results[$0] ?? (.failure(SyncError("not run")), 0) }
+        return (slots.map(\.0), slots.map(\.1))
+    }
 
+    /// Each host's result summed as one push's: the first host's counts, everyone's bytes, conflicts and errors.
+    private func summarize(_ hosts: [RemoteSpec], results: [Result<SyncStats, Error>?]) -> SyncStats {
         var stats = SyncStats(direction: "push")
         var perHost: [HostResult] = []
         for (i, host) in hosts.enumerated() {
             var result = HostResult(host: host.description, ok: false)
-            switch results[i].current {
+            switch results[i] {
             case .success(var s):
                 result = HostResult(host: host.description, stats: s)
                 // With several hosts, each line of the summary says whose it is.

@@ -40,6 +40,10 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     public private(set) var exitStatus: Int32?
     /// Pokes the pump out of its poll.
     private let wakePipe: WakePipe
+    /// Polls readable while `read` would not wait (`readinessFD`): signalled and drained under `lock`, as that
+    /// changes.
+    private let readyPipe: WakePipe
+    private var readySignalled = false
     private let bufferLimit = 16 << 20
     /// For `drainRate`: writes to libssh2, timed while a backlog waited.
     private var drain = DrainMeter()
@@ -83,11 +87,13 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         self.channel = channel
         self.ownsSession = ownsSession
         wakePipe = try! WakePipe()
+        readyPipe = try! WakePipe()
         libssh2_session_set_blocking(session.session, 0)
         do { try LibraryThreads.start { [self] in pump() } } catch {
             failure = .disconnected(host: session.settings.hostName, reason: "cannot start a thread for the connection: \(error)")
             finished = true
             inputEnded = true
+            updateReadinessLocked()
         }
     }
 
@@ -96,6 +102,32 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     private func wake() { wakePipe.signal() }
+
+    /// Keeps `readyPipe` in step with whether a read would return at once; with the lock held.
+    private func updateReadinessLocked() {
+        let ready = inboundBytes > 0 || inputEnded || failure != nil
+        if ready && !readySignalled { readyPipe.signal() } else if !ready && readySignalled { readyPipe.drain() }
+        readySignalled = ready
+    }
+
+    public var readinessFD: Int32? { readyPipe.readFD }
+
+    public func writeWithoutWaiting(_ bytes: UnsafeRawBufferPointer) throws -> Int {
+        let (taken, pumpMayBeIdle) = try lock.withLock { () throws -> (Int, Bool) in
+            if let failure { throw failure }
+            if finished || exitStatus != nil {
+                throw SSHError.disconnected(host: owner.settings.hostName, reason: "the remote command ended while data was still being sent to it")
+            }
+            let n = min(bytes.count, max(bufferLimit - outboundBytes, 0))
+            guard n > 0 else { return (0, false) }
+            let idle = outbound.isEmpty
+            outbound.append(Array(UnsafeRawBufferPointer(rebasing: bytes[0..<n])))
+            outboundBytes += n
+            return (n, idle)
+        }
+        if pumpMayBeIdle { wake() }
+        return taken
+    }
 
     // MARK: ByteStream
 
@@ -155,6 +187,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
             }
             let wasFull = inboundBytes >= bufferLimit
             inboundBytes -= copied
+            updateReadinessLocked()
             if wasFull { wake() }
             return copied
         }
@@ -311,6 +344,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
             lock.withLock {
                 finished = true
                 inputEnded = true
+                updateReadinessLocked()
                 readable.broadcast()
                 writable.broadcast()
             }
@@ -383,6 +417,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                         lastInbound = monotonicNanos()
                         inbound.append((queued, n))
                         inboundBytes += n
+                        updateReadinessLocked()
                         readable.broadcast()
                     }
                 } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
@@ -403,6 +438,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
                 lock.withLock {
                     exitStatus = libssh2_channel_get_exit_status(channel)
                     inputEnded = true
+                    updateReadinessLocked()
                     readable.broadcast()
                 }
                 return
@@ -437,6 +473,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private func fail(_ error: SSHError) {
         lock.withLock {
             if failure == nil { failure = error }
+            updateReadinessLocked()
             readable.broadcast()
             writable.broadcast()
         }

@@ -93,17 +93,8 @@ public final class LocalAgentConnection: AgentConnection {
         stdinWrite = toAgent.write
         stdoutRead = fromAgent.read
         stream = FileDescriptorStream(input: stdoutRead, output: stdinWrite, name: "local agent", roundTrip: 0)
-        let errorFD = errors.read
-        try startDetachedThread(name: "agent-stderr") { [stderrTail] in
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { read(errorFD, $0.baseAddress!, $0.count) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
-                _ = buffer.withUnsafeBytes { write(2, $0.baseAddress!, n) }
-                stderrTail.append(buffer[0..<n])
-            }
-            close(errorFD)
+        do { try StderrRelay.shared.add(errors.read, tail: stderrTail) } catch {
+            close(errors.read)
             stderrTail.done.set(())
         }
     }
@@ -195,7 +186,66 @@ public final class LocalAgentConnection: AgentConnection {
     }
 }
 
-/// The end of what an agent wrote to stderr, kept by the thread that copies it through.
+/// What local agents write to stderr, copied through to this process's stderr as it comes, with each agent's
+/// tail kept: one thread for all of them, however many agents run (a push to a hundred `local:` hosts).
+final class StderrRelay: @unchecked Sendable {  // `sources` is shared under its lock; the thread is started once
+    static let shared = StderrRelay()
+    private let wake: WakePipe?
+    private let sources = Locked<(tails: [Int32: StderrTail], started: Bool)>(([:], false))
+
+    private init() { wake = try? WakePipe() }
+
+    /// Copies what comes from `fd` until its end, then closes it and marks `tail` done.
+    func add(_ fd: Int32, tail: StderrTail) throws {
+        guard let wake else { throw TransportError("no wake-up pipe for the agents' stderr") }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        let start = sources.withLock { sources in
+            sources.tails[fd] = tail
+            defer { sources.started = true }
+            return !sources.started
+        }
+        if start {
+            do { try startDetachedThread(name: "agents-stderr") { [self] in run(wake) } } catch {
+                sources.withLock { $0 = ([:], false) }
+                throw error
+            }
+        }
+        wake.signal()
+    }
+
+    private func run(_ wake: WakePipe) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let tails = sources.current.tails
+            var fds = [pollfd(fd: wake.readFD, events: Int16(POLLIN), revents: 0)]
+            fds += tails.keys.map { pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+            wake.drain()
+            for f in fds.dropFirst() where f.revents != 0 {
+                guard let tail = tails[f.fd] else { continue }
+                var ended = false
+                while true {
+                    let n = buffer.withUnsafeMutableBytes { read(f.fd, $0.baseAddress!, $0.count) }
+                    if n > 0 {
+                        _ = buffer.withUnsafeBytes { write(2, $0.baseAddress!, n) }
+                        tail.append(buffer[0..<n])
+                        continue
+                    }
+                    if n < 0 && errno == EINTR { continue }
+                    ended = !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+                    break
+                }
+                if ended {
+                    sources.withLock { _ = $0.tails.removeValue(forKey: f.fd) }
+                    close(f.fd)
+                    tail.done.set(())
+                }
+            }
+        }
+    }
+}
+
+/// The end of what an agent wrote to stderr, kept by the relay that copies it through.
 final class StderrTail: Sendable {
     private let bytes = Locked<[UInt8]>([])
     /// Set once stderr reached its end.

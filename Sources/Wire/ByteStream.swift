@@ -28,6 +28,11 @@ public protocol ByteStream: AnyObject {
     /// Throws `StalledError` when nothing came from the peer for longer than `progressTimeout`: for a caller that
     /// waits on `readinessFD` itself, between its polls.
     func checkProgress() throws
+    /// Writes what the stream takes now, without waiting for the peer; returns how many bytes it took (0: none
+    /// now; try again once `writeReadinessFD` polls writable, or soon when there is none).
+    func writeWithoutWaiting(_ bytes: UnsafeRawBufferPointer) throws -> Int
+    /// A descriptor that polls writable when `writeWithoutWaiting` would take bytes, when the stream has one.
+    var writeReadinessFD: Int32? { get }
 }
 
 extension ByteStream {
@@ -40,6 +45,11 @@ extension ByteStream {
         set {}  // a stream that cannot time its waits (in-memory, in tests) never stalls
     }
     public func checkProgress() throws {}
+    public func writeWithoutWaiting(_ bytes: UnsafeRawBufferPointer) throws -> Int {
+        try write(bytes)
+        return bytes.count
+    }
+    public var writeReadinessFD: Int32? { nil }
 }
 
 /// Nothing moved between this side and its peer for longer than the session allows: the link, or the peer,
@@ -195,6 +205,18 @@ public final class FileDescriptorStream: ByteStream {
         }
         if backlogBytes > 0 { drain.wrote(bytes.count, backlogged: backlogged) }
     }
+
+    public func writeWithoutWaiting(_ bytes: UnsafeRawBufferPointer) throws -> Int {
+        guard bytes.count > 0 else { return 0 }
+        while true {
+            let n = Glibc.write(output, bytes.baseAddress!, bytes.count)
+            if n >= 0 { return n }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+            if errno != EINTR { throw SystemError(call: "write", path: name, errno: errno) }
+        }
+    }
+
+    public var writeReadinessFD: Int32? { output >= 0 ? output : nil }
 
     public func closeWrite() {
         if output >= 0 { Glibc.close(output); output = -1 }

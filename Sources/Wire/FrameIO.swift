@@ -161,6 +161,84 @@ public final class FrameReader: @unchecked Sendable {  // `lock` guards the buff
     }
 }
 
+/// Frames taken apart from bytes handed in as they come, for a caller that reads many links from one thread and
+/// must never wait on one: `append` what a read gave, then take `handshake` once and `next` until it says nil.
+/// The same checks as `FrameReader`: the magic, a frame's length within `maxFrameLength`. Memory is what is
+/// buffered, a frame at most: a link of small frames costs a few KB.
+public struct FrameDecoder: Sendable {
+    private var buffer: [UInt8] = []
+    private var start = 0
+    /// Bytes handed in so far (what crossed the transport).
+    public private(set) var bytesIn: UInt64 = 0
+
+    public init() {}
+
+    public mutating func append(_ bytes: UnsafeRawBufferPointer) {
+        if start > 0 && start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 16)
+            start = 0
+        }
+        buffer.append(contentsOf: bytes)
+        bytesIn += UInt64(bytes.count)
+    }
+
+    /// Whether nothing is buffered (a clean end of stream is one between frames).
+    public var isEmpty: Bool { start == buffer.count }
+
+    /// The peer's version, once its magic and version are in; nil until then.
+    public mutating func handshake() throws -> UInt16? {
+        guard buffer.count - start >= 8 else { return nil }
+        let head = Array(buffer[start..<start + 8])
+        guard Array(head[0..<6]) == wireMagic else {
+            let shown = head.map { $0 >= 32 && $0 < 127 ? String(UnicodeScalar($0)) : "." }.joined()
+            throw ProtocolError("the peer is not speaking the syncd protocol (first bytes: \"\(shown)\")")
+        }
+        consume(8)
+        return UInt16(head[6]) << 8 | UInt16(head[7])
+    }
+
+    /// The next whole frame other than a heartbeat; nil until one is all in.
+    public mutating func next() throws -> Message? {
+        while buffer.count - start >= 4 {
+            let length = Int(buffer[start]) | Int(buffer[start + 1]) << 8 | Int(buffer[start + 2]) << 16 | Int(buffer[start + 3]) << 24
+            guard length >= 1 else { throw ProtocolError("empty frame (length 0)") }
+            guard length <= maxFrameLength else { throw ProtocolError("frame of \(length) bytes exceeds the limit of \(maxFrameLength)") }
+            guard buffer.count - start >= 4 + length else { return nil }
+            let type = buffer[start + 4]
+            defer { consume(4 + length) }
+            if type == Message.heartbeatType && length == 1 { continue }
+            return try buffer.withUnsafeBytes { raw in
+                try Message.decode(type: type, payload: UnsafeRawBufferPointer(rebasing: raw[(start + 5)..<(start + 4 + length)]))
+            }
+        }
+        return nil
+    }
+
+    private mutating func consume(_ count: Int) {
+        start += count
+        if start == buffer.count {
+            buffer.removeAll(keepingCapacity: buffer.capacity <= 1 << 16)
+            start = 0
+        } else if start >= 1 << 16 && start * 2 >= buffer.count {
+            buffer.removeFirst(start)
+            start = 0
+        }
+    }
+}
+
+/// A frame as bytes on the wire: its length, type and payload (what `FrameWriter.send` queues), for a caller that
+/// writes without a `FrameWriter`.
+public func encodedFrame(_ message: Message) -> [UInt8] {
+    let (type, payload) = message.encode()
+    precondition(payload.count + 1 <= maxFrameLength, "frame too large to send")
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(payload.count + 5)
+    withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
+    bytes.append(type)
+    bytes.append(contentsOf: payload)
+    return bytes
+}
+
 /// The opening bytes of a session from the client: its handshake and `hello`. A transport writes them as soon
 /// as the agent can read them (see `AgentConnection.greetingSent`), saving the round trip of waiting for the
 /// agent's own handshake first.
@@ -168,12 +246,7 @@ public func clientGreeting(_ hello: Hello) -> [UInt8] { clientGreeting(.hello(he
 
 /// The client's handshake followed by `first`, encoded as one frame (a hello, or a joining stream's `join`).
 public func clientGreeting(_ first: Message) -> [UInt8] {
-    var bytes = clientHandshake()
-    let (type, payload) = first.encode()
-    withUnsafeBytes(of: UInt32(payload.count + 1).littleEndian) { bytes.append(contentsOf: $0) }
-    bytes.append(type)
-    bytes.append(contentsOf: payload)
-    return bytes
+    clientHandshake() + encodedFrame(first)
 }
 
 /// The client's handshake alone: magic and version. A connection kept for many sessions opens with it, and
@@ -368,7 +441,7 @@ public final class Heartbeat: Sendable {
 
     deinit { stop() }
 
-    static func interval(_ timeoutSeconds: Double) -> UInt64 { UInt64(max(timeoutSeconds / 4, 0.05) * 1e9) }
+    public static func interval(_ timeoutSeconds: Double) -> UInt64 { UInt64(max(timeoutSeconds / 4, 0.05) * 1e9) }
 
     /// A new timeout (the next session's hello said so).
     public func setTimeout(seconds: Double) { state.withLock { $0.intervalNanos = Self.interval(seconds) } }
