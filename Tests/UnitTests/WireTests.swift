@@ -92,6 +92,41 @@ struct WireTests {
         }
     }
 
+    /// Every sample, with heartbeats between them, handed to `FrameDecoder` a few bytes at a time (as a poll loop
+    /// reads them): the same messages come out, in order, each once all of it is in.
+    @Test func theFrameDecoderTakesFramesApartAsTheyCome() throws {
+        var stream = clientHandshake()
+        for message in Self.samples { stream += encodedFrame(.heartbeat) + encodedFrame(message) }
+        for step in [1, 3, 7, 4096] {
+            var decoder = FrameDecoder()
+            var out: [Message] = []
+            var version: UInt16?
+            var at = 0
+            while at < stream.count {
+                let end = min(at + step, stream.count)
+                stream[at..<end].withUnsafeBytes { decoder.append($0) }
+                at = end
+                if version == nil { version = try decoder.handshake() }
+                if version != nil { while let m = try decoder.next() { out.append(m) } }
+            }
+            #expect(version == wireVersion)
+            #expect(out == Self.samples, "\(step) bytes at a time")
+            #expect(decoder.isEmpty && decoder.bytesIn == UInt64(stream.count))
+        }
+    }
+
+    @Test func theFrameDecoderRefusesWhatIsNotAFrame() {
+        var decoder = FrameDecoder()
+        Array("HTTP/1.1 400".utf8).withUnsafeBytes { decoder.append($0) }
+        #expect(throws: ProtocolError.self) { try decoder.handshake() }
+        var big = FrameDecoder()
+        withUnsafeBytes(of: UInt32(maxFrameLength + 1).littleEndian) { big.append($0) }
+        #expect(throws: ProtocolError.self) { try big.next() }
+        var empty = FrameDecoder()
+        [UInt8](repeating: 0, count: 4).withUnsafeBytes { empty.append($0) }
+        #expect(throws: ProtocolError.self) { try empty.next() }
+    }
+
     @Test func randomBytesNeverCrashTheDecoder() {
         var rng = SplitMix(seed: 42)
         for _ in 0..<20000 {
