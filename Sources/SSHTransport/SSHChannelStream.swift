@@ -7,8 +7,9 @@ import SyncSystem
 import Wire
 
 /// A byte stream over an SSH exec channel. libssh2 is not safe to call from two threads on one session, so one
-/// pump thread owns the session in non-blocking mode: it moves bytes between the channel and two bounded
-/// buffers and sleeps in poll() on the socket and a wake-up pipe. Readers and writers only touch the buffers.
+/// pump thread (`SSHPump`, shared with other channels) owns the session in non-blocking mode: it moves bytes
+/// between the channel and two bounded buffers and sleeps in poll() on the sockets and a wake-up pipe. Readers
+/// and writers only touch the buffers.
 ///
 /// Wake-ups are kept few, since on a small machine they cost as much as the copying: readers and writers wait
 /// on separate conditions, a writer blocked on a full buffer is woken only once the buffer has drained to half,
@@ -38,8 +39,8 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private var stderrTail: [UInt8] = []
     /// The remote command's exit status, once the channel closed.
     public private(set) var exitStatus: Int32?
-    /// Pokes the pump out of its poll.
-    private let wakePipe: WakePipe
+    /// The thread that moves this channel's bytes (with other channels').
+    private var pump: SSHPump?
     /// Polls readable while `read` would not wait (`readinessFD`): signalled and drained under `lock`, as that
     /// changes.
     private let readyPipe: WakePipe
@@ -51,7 +52,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     private static let backlogBytes = 1 << 20
     private var lowWater: Int { bufferLimit / 2 }
     /// What the pump asks libssh2 for at a time.
-    private static let readSize = 256 * 1024
+    private static let readSize = SSHPump.readSize
     private var stopRequested = false
 
     /// Whether the session is shut down when the channel ends (else it goes back to blocking mode for reuse).
@@ -86,10 +87,9 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         peerName = "\(session.settings.hostName):\(session.settings.port)"
         self.channel = channel
         self.ownsSession = ownsSession
-        wakePipe = try! WakePipe()
         readyPipe = try! WakePipe()
         libssh2_session_set_blocking(session.session, 0)
-        do { try LibraryThreads.start { [self] in pump() } } catch {
+        do { pump = try SSHPump.take(self) } catch {
             failure = .disconnected(host: session.settings.hostName, reason: "cannot start a thread for the connection: \(error)")
             finished = true
             inputEnded = true
@@ -101,7 +101,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         for piece in inbound { piece.bytes.deallocate() }
     }
 
-    private func wake() { wakePipe.signal() }
+    private func wake() { pump?.wake() }
 
     /// Keeps `readyPipe` in step with whether a read would return at once; with the lock held.
     private func updateReadinessLocked() {
@@ -298,9 +298,37 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
 
     // MARK: pump
 
-    private func pump() {
+    // The pump thread's alone, from one turn to the next.
+    private var sentEOF = false
+    private var nextKeepalive: UInt64 = 0
+    /// Once the remote closed its side and all it sent was taken in: when closing gives up waiting for sshd (5 s),
+    /// and whether this side's close went out.
+    private var closing: (deadline: UInt64, sent: Bool)?
+
+    /// What a turn of the pump left for this channel.
+    enum Turn {
+        /// Bytes moved: another turn at once.
+        case progressed
+        /// Nothing to do until the socket is ready for `events`, the channel is poked, or `until` (a keepalive).
+        case wait(socket: Int32, events: Int16, until: UInt64)
+        /// The channel ended and is settled: the pump lets it go.
+        case finished
+    }
+
+    /// The poll events libssh2 waits for on this session.
+    private func blockedEvents() -> Int16 {
+        let directions = libssh2_session_block_directions(owner.session)
+        var events: Int16 = 0
+        if directions & LIBSSH2_SESSION_BLOCK_INBOUND != 0 { events |= Int16(POLLIN) }
+        if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
+        return events == 0 ? Int16(POLLIN) : events
+    }
+
+    /// One turn: moves what can move without waiting. Called only by this channel's pump thread.
+    func turn(_ scratch: SSHPump.Scratch) -> Turn {
         let session = owner.session
         let host = owner.settings.hostName
+        if let closing { return closeChannel(closing) }
         // Every read of the channel, stderr's too, asks for the same length. libssh2 (1.10) sizes the window
         // adjustment a read sends by the length asked for, and when that send would block (as it does during a
         // key re-exchange) it sends the adjustment it built the first time on the next read but credits its own
@@ -309,165 +337,172 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         // the difference, libssh2 dropped the data beyond its window without a word, and a pull got a chunk whose
         // bytes did not match its id (a 2 MiB window and `RekeyLimit 1M`, about one pull in five on a busy
         // machine). With one length the adjustment sent and the one credited are always the same.
-        var readBuffer = [UInt8](repeating: 0, count: Self.readSize)
-        /// Memory for the next read from the channel.
-        var spare: UnsafeMutableRawBufferPointer?
-        defer { spare?.deallocate() }
         /// Reads what stderr has (shown on this side's stderr, its tail kept); libssh2's count or error.
         func readStderr() -> Int {
-            let e = readBuffer.withUnsafeMutableBytes { raw in
+            let e = scratch.readBuffer.withUnsafeMutableBytes { raw in
                 syncd_ssh_channel_read_stderr(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
             }
             if e > 0 {
-                FileHandle.standardError.write(Data(readBuffer[0..<e]))
+                FileHandle.standardError.write(Data(scratch.readBuffer[0..<e]))
                 lock.withLock {
-                    stderrTail.append(contentsOf: readBuffer[0..<e])
+                    stderrTail.append(contentsOf: scratch.readBuffer[0..<e])
                     if stderrTail.count > 8192 { stderrTail.removeFirst(stderrTail.count - 4096) }
                 }
             }
             return e
         }
-        var sentEOF = false
-        var nextKeepalive = Date()
-        defer {
-            libssh2_channel_free(channel)
-            let owns = lock.withLock {
-                sessionSettled = true
-                return ownsSession
+        var progressed = false
+        let (stop, pendingFirst, pendingOffset, closeNow, roomToRead) = lock.withLock {
+            (stopRequested, outbound.first, outboundOffset, outputClosed && outbound.isEmpty && !sentEOF, inboundBytes < bufferLimit)
+        }
+        if stop {
+            fail(.disconnected(host: host, reason: "closed by syncd"))
+            return settle()
+        }
+
+        // Outbound: one buffer at a time.
+        if let chunk = pendingFirst {
+            let n = chunk.withUnsafeBytes { raw in
+                syncd_ssh_channel_write(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + pendingOffset,
+                                        chunk.count - pendingOffset)
             }
-            if owns {
-                owner.shutdown()
-            } else {
-                libssh2_session_set_blocking(session, 1)
-                owner.handedOff = false
+            if n > 0 {
+                progressed = true
+                lock.withLock {
+                    lastOutbound = monotonicNanos()
+                    outboundOffset += n
+                    let before = outboundBytes
+                    outboundBytes -= n
+                    drain.wrote(n, backlogged: before >= Self.backlogBytes)
+                    if outboundOffset == chunk.count {
+                        outbound.removeFirst()
+                        outboundOffset = 0
+                    }
+                    if before > lowWater && outboundBytes <= lowWater { writable.broadcast() }
+                }
+            } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
+                fail(.disconnected(host: host, reason: owner.lastError()))
+                return settle()
             }
-            lock.withLock {
-                finished = true
-                inputEnded = true
-                updateReadinessLocked()
-                readable.broadcast()
-                writable.broadcast()
+        } else if closeNow {
+            let rc = syncd_ssh_channel_send_eof(channel)
+            if rc == 0 { sentEOF = true; progressed = true } else if rc != LIBSSH2_ERROR_EAGAIN {
+                fail(.disconnected(host: host, reason: owner.lastError()))
+                return settle()
             }
         }
-        while true {
-            var progressed = false
-            let (stop, pendingFirst, pendingOffset, closeNow, roomToRead) = lock.withLock {
-                (stopRequested, outbound.first, outboundOffset, outputClosed && outbound.isEmpty && !sentEOF, inboundBytes < bufferLimit)
-            }
-            if stop {
-                fail(.disconnected(host: host, reason: "closed by syncd"))
-                return
-            }
 
-            // Outbound: one buffer at a time.
-            if let chunk = pendingFirst {
-                let n = chunk.withUnsafeBytes { raw in
-                    syncd_ssh_channel_write(channel, raw.baseAddress!.assumingMemoryBound(to: CChar.self) + pendingOffset,
-                                            chunk.count - pendingOffset)
+        // Inbound, stderr first. Every libssh2 read first drains the socket into the session's packet list,
+        // whatever stream the data is for, and the poll sees only the socket. So the stdout read comes last:
+        // once it says EAGAIN, nothing for stdout waits inside libssh2. (The other way round, stdout data that
+        // came in between the two reads sat in the list while the pump slept until the next keepalive: a pull
+        // once waited 15 s for its last chunks.)
+        let e = readStderr()
+        if e > 0 { progressed = true }
+        var inboundEmpty = false
+        if roomToRead {
+            // Read into memory that is queued as it is (a bulk transfer is not copied again here); a short
+            // read is copied out, so a trickle does not hold 256 KiB per piece, and the memory kept for the
+            // next read.
+            let piece = scratch.spare ?? .allocate(byteCount: Self.readSize, alignment: 16)
+            let n = syncd_ssh_channel_read(channel, piece.baseAddress!.assumingMemoryBound(to: CChar.self), piece.count)
+            scratch.spare = n >= Self.readSize / 4 ? nil : piece  // else the piece itself is queued below
+            if n > 0 {
+                progressed = true
+                var queued = piece
+                if n < Self.readSize / 4 {
+                    queued = .allocate(byteCount: n, alignment: 16)
+                    queued.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[0..<n]))
                 }
-                if n > 0 {
-                    progressed = true
-                    lock.withLock {
-                        lastOutbound = monotonicNanos()
-                        outboundOffset += n
-                        let before = outboundBytes
-                        outboundBytes -= n
-                        drain.wrote(n, backlogged: before >= Self.backlogBytes)
-                        if outboundOffset == chunk.count {
-                            outbound.removeFirst()
-                            outboundOffset = 0
-                        }
-                        if before > lowWater && outboundBytes <= lowWater { writable.broadcast() }
-                    }
-                } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
-                    fail(.disconnected(host: host, reason: owner.lastError()))
-                    return
-                }
-            } else if closeNow {
-                let rc = syncd_ssh_channel_send_eof(channel)
-                if rc == 0 { sentEOF = true; progressed = true } else if rc != LIBSSH2_ERROR_EAGAIN {
-                    fail(.disconnected(host: host, reason: owner.lastError()))
-                    return
-                }
-            }
-
-            // Inbound, stderr first. Every libssh2 read first drains the socket into the session's packet list,
-            // whatever stream the data is for, and the poll below sees only the socket. So the stdout read comes
-            // last: once it says EAGAIN, nothing for stdout waits inside libssh2. (The other way round, stdout
-            // data that came in between the two reads sat in the list while the pump slept until the next
-            // keepalive: a pull once waited 15 s for its last chunks.)
-            let e = readStderr()
-            if e > 0 { progressed = true }
-            var inboundEmpty = false
-            if roomToRead {
-                // Read into memory that is queued as it is (a bulk transfer is not copied again here); a short
-                // read is copied out, so a trickle does not hold 256 KiB per piece, and the memory kept for the
-                // next read.
-                let piece = spare ?? .allocate(byteCount: Self.readSize, alignment: 16)
-                let n = syncd_ssh_channel_read(channel, piece.baseAddress!.assumingMemoryBound(to: CChar.self), piece.count)
-                spare = n >= Self.readSize / 4 ? nil : piece  // else the piece itself is queued below
-                if n > 0 {
-                    progressed = true
-                    var queued = piece
-                    if n < Self.readSize / 4 {
-                        queued = .allocate(byteCount: n, alignment: 16)
-                        queued.copyMemory(from: UnsafeRawBufferPointer(rebasing: piece[0..<n]))
-                    }
-                    lock.withLock {
-                        lastInbound = monotonicNanos()
-                        inbound.append((queued, n))
-                        inboundBytes += n
-                        updateReadinessLocked()
-                        readable.broadcast()
-                    }
-                } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
-                    fail(.disconnected(host: host, reason: owner.lastError()))
-                    return
-                } else {
-                    inboundEmpty = true
-                }
-            }
-
-            // The remote closed its side and everything it sent has been taken in.
-            if inboundEmpty && e <= 0 && libssh2_channel_eof(channel) != 0 {
-                while readStderr() > 0 {}
-                libssh2_session_set_blocking(session, 1)
-                libssh2_session_set_timeout(session, 5000)
-                libssh2_channel_close(channel)
-                libssh2_channel_wait_closed(channel)
                 lock.withLock {
-                    exitStatus = libssh2_channel_get_exit_status(channel)
-                    inputEnded = true
+                    lastInbound = monotonicNanos()
+                    inbound.append((queued, n))
+                    inboundBytes += n
                     updateReadinessLocked()
                     readable.broadcast()
                 }
-                return
-            }
-
-            if Date() >= nextKeepalive {
-                // The keepalives sshd answers keep data coming on a live link; none for the count of them means a
-                // link that stays open and carries nothing (OpenSSH's ServerAliveCountMax).
-                if let silent = owner.silentSeconds(), silent >= Double(owner.keepalive.interval * owner.keepalive.countMax) {
-                    fail(.stalled(host: host, seconds: Int(silent), interval: owner.keepalive.interval, countMax: owner.keepalive.countMax))
-                    return
-                }
-                var next: Int32 = 0
-                if libssh2_keepalive_send(session, &next) == 0 { nextKeepalive = Date().addingTimeInterval(Double(max(next, 1))) }
-            }
-
-            if !progressed {
-                let directions = libssh2_session_block_directions(session)
-                var events: Int16 = 0
-                if directions & LIBSSH2_SESSION_BLOCK_INBOUND != 0 { events |= Int16(POLLIN) }
-                if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { events |= Int16(POLLOUT) }
-                if events == 0 { events = Int16(POLLIN) }
-                var fds = [pollfd(fd: owner.socket, events: events, revents: 0), pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
-                // Idle, the thread sleeps until the next keepalive is due.
-                let untilKeepalive = Int32(min(max(nextKeepalive.timeIntervalSinceNow, 0.05), Double(owner.keepalive.interval)) * 1000)
-                _ = poll(&fds, 2, untilKeepalive)
-                wakePipe.drain()
+            } else if n < 0 && n != LIBSSH2_ERROR_EAGAIN {
+                fail(.disconnected(host: host, reason: owner.lastError()))
+                return settle()
+            } else {
+                inboundEmpty = true
             }
         }
+
+        // The remote closed its side and everything it sent has been taken in: the channel closes (a round trip to
+        // sshd, waited for without blocking the pump), and then its exit status is known.
+        if inboundEmpty && e <= 0 && libssh2_channel_eof(channel) != 0 {
+            while readStderr() > 0 {}
+            let closing = (deadline: monotonicNanos() + 5_000_000_000, sent: false)
+            self.closing = closing
+            return closeChannel(closing)
+        }
+
+        let now = monotonicNanos()
+        if now >= nextKeepalive {
+            // The keepalives sshd answers keep data coming on a live link; none for the count of them means a
+            // link that stays open and carries nothing (OpenSSH's ServerAliveCountMax).
+            if let silent = owner.silentSeconds(), silent >= Double(owner.keepalive.interval * owner.keepalive.countMax) {
+                fail(.stalled(host: host, seconds: Int(silent), interval: owner.keepalive.interval, countMax: owner.keepalive.countMax))
+                return settle()
+            }
+            var next: Int32 = 0
+            if libssh2_keepalive_send(session, &next) == 0 { nextKeepalive = now + UInt64(max(next, 1)) * 1_000_000_000 }
+        }
+        if progressed { return .progressed }
+        // Idle, the channel waits until the next keepalive is due.
+        let until = min(max(nextKeepalive, now + 50_000_000), now + UInt64(owner.keepalive.interval) * 1_000_000_000)
+        return .wait(socket: owner.socket, events: blockedEvents(), until: until)
+    }
+
+    /// Closes a channel the remote ended: this side's close, then sshd's, each a non-blocking call retried on
+    /// later turns until `deadline`; then the exit status, and the channel is settled.
+    private func closeChannel(_ state: (deadline: UInt64, sent: Bool)) -> Turn {
+        var state = state
+        let late = monotonicNanos() >= state.deadline
+        if !state.sent {
+            let rc = libssh2_channel_close(channel)
+            if rc == LIBSSH2_ERROR_EAGAIN && !late {
+                closing = state
+                return .wait(socket: owner.socket, events: blockedEvents(), until: state.deadline)
+            }
+            state.sent = true
+            closing = state
+        }
+        if libssh2_channel_wait_closed(channel) == LIBSSH2_ERROR_EAGAIN && !late {
+            return .wait(socket: owner.socket, events: blockedEvents(), until: state.deadline)
+        }
+        lock.withLock {
+            exitStatus = libssh2_channel_get_exit_status(channel)
+            inputEnded = true
+            updateReadinessLocked()
+            readable.broadcast()
+        }
+        return settle()
+    }
+
+    /// The channel's end: freed, and its session shut down (or given back, in blocking mode, to whoever lent it);
+    /// then readers and writers learn it finished.
+    private func settle() -> Turn {
+        libssh2_channel_free(channel)
+        let owns = lock.withLock {
+            sessionSettled = true
+            return ownsSession
+        }
+        if owns {
+            owner.shutdown()
+        } else {
+            libssh2_session_set_blocking(owner.session, 1)
+            owner.handedOff = false
+        }
+        lock.withLock {
+            finished = true
+            inputEnded = true
+            updateReadinessLocked()
+            readable.broadcast()
+            writable.broadcast()
+        }
+        return .finished
     }
 
     private func fail(_ error: SSHError) {
@@ -480,3 +515,86 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 }
 
+
+/// The threads that move SSH channels' bytes: a few for the whole process (one a core, eight at most), each serving
+/// the channels given to it from one poll loop, so that a hundred hosts' links cost no thread each. A new channel
+/// goes to the pump with the fewest; a pump's thread runs while it has channels (and is joined at exit, see
+/// `LibraryThreads`).
+final class SSHPump: @unchecked Sendable {  // `state` is shared under its lock; `run` is the thread's
+    /// What a pump's turns share: the memory reads go into.
+    final class Scratch {
+        var readBuffer = [UInt8](repeating: 0, count: SSHPump.readSize)
+        var spare: UnsafeMutableRawBufferPointer?
+        deinit { spare?.deallocate() }
+    }
+    static let readSize = 256 * 1024
+
+    private static let pumps: [SSHPump] = (0..<min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 8)).compactMap { _ in try? SSHPump() }
+    private let wakePipe: WakePipe
+    private let state = Locked<(channels: [SSHChannelStream], running: Bool)>(([], false))
+
+    private init() throws { wakePipe = try WakePipe() }
+
+    /// Gives `channel` to the pump with the fewest channels, and returns that pump.
+    static func take(_ channel: SSHChannelStream) throws -> SSHPump {
+        guard let pump = pumps.min(by: { $0.state.current.channels.count < $1.state.current.channels.count }) else {
+            throw SSHError.disconnected(host: "", reason: "no wake-up pipe for the SSH pump")
+        }
+        try pump.add(channel)
+        return pump
+    }
+
+    private func add(_ channel: SSHChannelStream) throws {
+        let start = state.withLock { state in
+            state.channels.append(channel)
+            defer { state.running = true }
+            return !state.running
+        }
+        if start {
+            do { try LibraryThreads.start { [self] in run() } } catch {
+                state.withLock { state in
+                    state.channels.removeAll { $0 === channel }
+                    state.running = !state.channels.isEmpty
+                }
+                throw error
+            }
+        }
+        wake()
+    }
+
+    /// Pokes the thread out of its poll.
+    func wake() { wakePipe.signal() }
+
+    private func run() {
+        let scratch = Scratch()
+        while true {
+            let channels = state.withLock { state in
+                if state.channels.isEmpty { state.running = false }
+                return state.channels
+            }
+            if channels.isEmpty { return }
+            var progressed = false
+            var ended: [SSHChannelStream] = []
+            var fds = [pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
+            var until = UInt64.max
+            for channel in channels {
+                switch channel.turn(scratch) {
+                case .progressed: progressed = true
+                case .finished: ended.append(channel)
+                case .wait(let socket, let events, let deadline):
+                    fds.append(pollfd(fd: socket, events: events, revents: 0))
+                    until = min(until, deadline)
+                }
+            }
+            if !ended.isEmpty {
+                state.withLock { state in state.channels.removeAll { c in ended.contains { $0 === c } } }
+                continue
+            }
+            if progressed { continue }
+            let now = monotonicNanos()
+            let wait = until == .max ? 1000 : Int32(min((until > now ? until - now : 0) / 1_000_000, 60_000))
+            _ = poll(&fds, nfds_t(fds.count), wait)
+            wakePipe.drain()
+        }
+    }
+}
