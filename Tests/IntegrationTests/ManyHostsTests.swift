@@ -71,6 +71,37 @@ extension MultiHostTests {
         }
     }
 
+    /// Twenty SSH hosts (aliases of one sshd, each with a root of its own): every link is pumped by a few shared
+    /// threads, so syncctl's threads stay within the same bound as for local hosts (it ran five a host: the four
+    /// above and the SSH channel's pump).
+    @Test(.enabled(if: sshdAvailable, "needs /usr/sbin/sshd (openssh-server) and root"))
+    func twentySSHHostsShareAFewPumpThreads() throws {
+        let hosts = 20
+        let server = try SeaweedServer.shared.get()
+        let sshd = try SSHServer(extraConfig: "MaxStartups 64")  // the connections come at once
+        let f = try SyncFixture()
+        let config = f.base + "/ssh_config"
+        try (1...hosts).map { sshd.sshConfig(alias: "gpu-\($0)") }.joined().write(toFile: config, atomically: true, encoding: .utf8)
+        let bucket = try Self.newBucket(in: server)
+        let roots = (1...hosts).map { f.base + "/root\($0)" }
+        try ("name: \(f.name)\nhosts:\n" + (1...hosts).map { "  - {host: gpu-\($0), remote_root: \(roots[$0 - 1])}\n" }.joined()
+             + "ssh_config: \(config)\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n")
+            .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
+        for i in 0..<10 { try f.write("src/m\(i).py", "m = \(i)\n") }
+        var sampler: ThreadSampler?
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: Self.sshEnv(f),
+                        onStart: { sampler = ThreadSampler(pid: $0.processIdentifier) })
+        let threads = sampler?.stop() ?? .max
+        #expect(r.status == 0, "\(r.stderr)")
+        let answered = (try r.json()["hosts"] as? [[String: Any]]) ?? []
+        #expect(answered.count == hosts && answered.allSatisfy { $0["ok"] as? Bool == true }, "\(answered.filter { $0["ok"] as? Bool != true })")
+        #expect(threads <= 28, "syncctl ran \(threads) threads for \(hosts) SSH hosts")
+        let local = SyncFixture.describeTree(f.project)
+        for root in roots {
+            #expect(SyncFixture.describeTree(root + "/" + f.name, skipping: [".syncd", "output", "checkpoint"]) == local, "\(root)")
+        }
+    }
+
     /// One host's agent stops (SIGSTOP: its link stays open and carries nothing) as the push begins: the push
     /// reports that host as stalled within the session's timeout, the others finish, and the next push brings the
     /// host along.
