@@ -60,14 +60,19 @@ final class ProxyCommandTransport: ProxyTransport {
 }
 
 /// `ProxyJump`: a `direct-tcpip` channel of an authenticated session to the jump host, to the next host's address
-/// and port, pumped to a socket pair by a thread of its own (libssh2 sessions are not shared between threads).
-/// The jump session's host key was checked like any other.
-final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump thread owns `jump` and `channel` once started
+/// and port, pumped to a socket pair by a shared pump thread (`SSHPump`; libssh2 sessions are not shared between
+/// threads, and each hop has a session of its own). The jump session's host key was checked like any other.
+final class JumpTransport: ProxyTransport, PumpedChannel, @unchecked Sendable {  // the pump thread owns `jump`, `channel` and the copy's state once started
     private let jump: SSHSession
     private let channel: OpaquePointer
     private let end: Int32
     /// Whether `finish` asked the pump to stop, and whether it still runs.
     private let pumpState = Locked<(stopped: Bool, running: Bool)>((false, true))
+    private var pump: SSHPump?
+    // The copy's state, from one turn to the next.
+    private var toChannel: [UInt8] = []
+    private var toEnd: [UInt8] = []
+    private var endOpen = true
 
     private init(jump: SSHSession, channel: OpaquePointer, end: Int32) {
         self.jump = jump
@@ -75,17 +80,20 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
         self.end = end
     }
 
-    /// Opens the channel to `host`:`port` through `jump`, and starts its pump.
+    /// Opens the channel to `host`:`port` through `jump`, and gives it to a pump.
     static func start(through jump: SSHSession, to host: String, port: Int) throws -> (fd: Int32, transport: JumpTransport) {
         guard let channel = libssh2_channel_direct_tcpip_ex(jump.session, host, Int32(port), "127.0.0.1", 22) else {
             throw SSHError.connect(host: host, port: port, reason: "the jump host \(jump.settings.hostName) could not open a channel to it: \(jump.lastError())")
         }
         let (mine, theirs) = try makeSocketPair()
+        _ = fcntl(theirs, F_SETFL, fcntl(theirs, F_GETFL) | O_NONBLOCK)
         let transport = JumpTransport(jump: jump, channel: channel, end: theirs)
         jump.handedOff = true
+        libssh2_session_set_blocking(jump.session, 0)
         do {
-            try LibraryThreads.start { transport.pump() }
+            transport.pump = try SSHPump.take(transport)
         } catch {
+            libssh2_session_set_blocking(jump.session, 1)
             close(mine)
             close(theirs)
             libssh2_channel_free(channel)
@@ -95,70 +103,77 @@ final class JumpTransport: ProxyTransport, @unchecked Sendable {  // the pump th
         return (mine, transport)
     }
 
-    /// Copies both ways until either side ends, sending the jump session's keepalives meanwhile.
-    private func pump() {
+    /// One turn of the copy both ways, until either side ends, with the jump session's keepalives.
+    func turn(_ scratch: SSHPump.Scratch) -> PumpTurn {
+        if pumpState.withLock({ $0.stopped }) { return settle() }
         let session = jump.session
-        libssh2_session_set_blocking(session, 0)
-        var toChannel: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 64 << 10)
-        var endOpen = true
-        defer {
-            libssh2_session_set_blocking(session, 1)
-            libssh2_session_set_timeout(session, 2000)
-            libssh2_channel_close(channel)
-            libssh2_channel_free(channel)
-            close(end)
-            jump.shutdown()
-            pumpState.withLock { $0.running = false }
-        }
-        while true {
-            if pumpState.withLock({ $0.stopped }) { return }
-            var progressed = false
-            // Channel to socket pair.
-            let n = buffer.withUnsafeMutableBytes { libssh2_channel_read_ex(channel, 0, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+        var progressed = false
+        // Channel to socket pair. Our end is non-blocking: what the pair does not take now waits for a later turn
+        // (the session reading the pair's other end may be pumped by this very thread), and the channel is not
+        // read meanwhile.
+        var n = 0
+        if toEnd.isEmpty {
+            n = scratch.readBuffer.withUnsafeMutableBytes {
+                libssh2_channel_read_ex(channel, 0, $0.baseAddress!.assumingMemoryBound(to: CChar.self), min($0.count, 64 << 10))
+            }
             if n > 0 {
-                var offset = 0
-                while offset < n {
-                    let w = buffer.withUnsafeBytes { write(end, $0.baseAddress! + offset, n - offset) }
-                    if w < 0 && (errno == EINTR || errno == EAGAIN) { continue }
-                    if w <= 0 { return }
-                    offset += w
-                }
+                toEnd = Array(scratch.readBuffer[0..<n])
                 progressed = true
             } else if n < 0 && Int32(n) != LIBSSH2_ERROR_EAGAIN {
-                return
-            }
-            if libssh2_channel_eof(channel) != 0 && n <= 0 { shutdown(end, Int32(SHUT_WR)) }
-            // Socket pair to channel.
-            if endOpen && toChannel.isEmpty {
-                let r = buffer.withUnsafeMutableBytes { recv(end, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
-                if r > 0 { toChannel = Array(buffer[0..<r]); progressed = true }
-                else if r == 0 { endOpen = false; libssh2_channel_send_eof(channel) }
-                else if errno != EAGAIN && errno != EINTR { return }
-            }
-            if !toChannel.isEmpty {
-                let w = toChannel.withUnsafeBytes { libssh2_channel_write_ex(channel, 0, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
-                if w > 0 { toChannel.removeFirst(w); progressed = true }
-                else if w < 0 && Int32(w) != LIBSSH2_ERROR_EAGAIN { return }
-            }
-            if !endOpen && toChannel.isEmpty && libssh2_channel_eof(channel) != 0 { return }
-            var next: Int32 = 0
-            libssh2_keepalive_send(session, &next)
-            if !progressed {
-                // Wait for either side: the jump host's socket (as libssh2 needs it) or our end of the pair.
-                var fds = [pollfd(fd: jump.socket, events: Int16(POLLIN), revents: 0),
-                           // Once our end said EOF it is left out: it would report POLLHUP for ever, and spin.
-                           pollfd(fd: endOpen ? end : -1, events: Int16(toChannel.isEmpty ? POLLIN : 0), revents: 0)]
-                let directions = libssh2_session_block_directions(session)
-                if directions & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { fds[0].events |= Int16(POLLOUT) }
-                _ = poll(&fds, 2, 250)
+                return settle()
             }
         }
+        if !toEnd.isEmpty {
+            let w = toEnd.withUnsafeBytes { write(end, $0.baseAddress!, $0.count) }
+            if w > 0 {
+                toEnd.removeFirst(w)
+                progressed = true
+            } else if !(w < 0 && (errno == EAGAIN || errno == EINTR)) {
+                return settle()
+            }
+        }
+        if libssh2_channel_eof(channel) != 0 && n <= 0 && toEnd.isEmpty { shutdown(end, Int32(SHUT_WR)) }
+        // Socket pair to channel.
+        if endOpen && toChannel.isEmpty {
+            let r = scratch.readBuffer.withUnsafeMutableBytes { recv(end, $0.baseAddress!, min($0.count, 64 << 10), Int32(MSG_DONTWAIT)) }
+            if r > 0 { toChannel = Array(scratch.readBuffer[0..<r]); progressed = true }
+            else if r == 0 { endOpen = false; libssh2_channel_send_eof(channel) }
+            else if errno != EAGAIN && errno != EINTR { return settle() }
+        }
+        if !toChannel.isEmpty {
+            let w = toChannel.withUnsafeBytes { libssh2_channel_write_ex(channel, 0, $0.baseAddress!.assumingMemoryBound(to: CChar.self), $0.count) }
+            if w > 0 { toChannel.removeFirst(w); progressed = true }
+            else if w < 0 && Int32(w) != LIBSSH2_ERROR_EAGAIN { return settle() }
+        }
+        if !endOpen && toChannel.isEmpty && toEnd.isEmpty && libssh2_channel_eof(channel) != 0 { return settle() }
+        var next: Int32 = 0
+        libssh2_keepalive_send(session, &next)
+        if progressed { return .progressed }
+        // Wait for either side: the jump host's socket (as libssh2 needs it) or our end of the pair; once our end
+        // said EOF it is left out (it would report POLLHUP for ever, and spin).
+        var socket = pollfd(fd: jump.socket, events: Int16(POLLIN), revents: 0)
+        if libssh2_session_block_directions(session) & LIBSSH2_SESSION_BLOCK_OUTBOUND != 0 { socket.events |= Int16(POLLOUT) }
+        var events: Int16 = endOpen && toChannel.isEmpty ? Int16(POLLIN) : 0
+        if !toEnd.isEmpty { events |= Int16(POLLOUT) }
+        let ours = events != 0 ? pollfd(fd: end, events: events, revents: 0) : nil
+        return .wait(socket, ours, until: monotonicNanos() + 250_000_000)
+    }
+
+    /// The copy's end: the channel closed (without waiting for the jump host's answer), the pair's end closed, and
+    /// the jump session shut down.
+    private func settle() -> PumpTurn {
+        libssh2_channel_close(channel)
+        libssh2_channel_free(channel)
+        close(end)
+        jump.shutdown()
+        pumpState.withLock { $0.running = false }
+        return .finished
     }
 
     /// Stops the pump (the inner session is closed) and waits a little for it.
     func finish() {
         pumpState.withLock { $0.stopped = true }
+        pump?.wake()
         pumpState.withLock(when: { !$0.running }, deadline: monotonicNanos() + 3_000_000_000) { _, _ in }
     }
 }

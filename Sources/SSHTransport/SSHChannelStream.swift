@@ -14,7 +14,7 @@ import Wire
 /// Wake-ups are kept few, since on a small machine they cost as much as the copying: readers and writers wait
 /// on separate conditions, a writer blocked on a full buffer is woken only once the buffer has drained to half,
 /// and the pump is poked through its pipe only when it may be asleep with nothing to send.
-public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock` guards the buffers and flags; only the pump thread touches the channel
+public final class SSHChannelStream: ByteStream, PumpedChannel, @unchecked Sendable {  // `lock` guards the buffers and flags; only the pump thread touches the channel
     // Not a `Locked` value: readers and writers wait on conditions of their own (see above), where a `Locked`
     // value would wake both at every change.
     private let owner: SSHSession
@@ -305,16 +305,6 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     /// and whether this side's close went out.
     private var closing: (deadline: UInt64, sent: Bool)?
 
-    /// What a turn of the pump left for this channel.
-    enum Turn {
-        /// Bytes moved: another turn at once.
-        case progressed
-        /// Nothing to do until the socket is ready for `events`, the channel is poked, or `until` (a keepalive).
-        case wait(socket: Int32, events: Int16, until: UInt64)
-        /// The channel ended and is settled: the pump lets it go.
-        case finished
-    }
-
     /// The poll events libssh2 waits for on this session.
     private func blockedEvents() -> Int16 {
         let directions = libssh2_session_block_directions(owner.session)
@@ -325,7 +315,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
     }
 
     /// One turn: moves what can move without waiting. Called only by this channel's pump thread.
-    func turn(_ scratch: SSHPump.Scratch) -> Turn {
+    func turn(_ scratch: SSHPump.Scratch) -> PumpTurn {
         let session = owner.session
         let host = owner.settings.hostName
         if let closing { return closeChannel(closing) }
@@ -452,25 +442,25 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
         if progressed { return .progressed }
         // Idle, the channel waits until the next keepalive is due.
         let until = min(max(nextKeepalive, now + 50_000_000), now + UInt64(owner.keepalive.interval) * 1_000_000_000)
-        return .wait(socket: owner.socket, events: blockedEvents(), until: until)
+        return .wait(pollfd(fd: owner.socket, events: blockedEvents(), revents: 0), nil, until: until)
     }
 
     /// Closes a channel the remote ended: this side's close, then sshd's, each a non-blocking call retried on
     /// later turns until `deadline`; then the exit status, and the channel is settled.
-    private func closeChannel(_ state: (deadline: UInt64, sent: Bool)) -> Turn {
+    private func closeChannel(_ state: (deadline: UInt64, sent: Bool)) -> PumpTurn {
         var state = state
         let late = monotonicNanos() >= state.deadline
         if !state.sent {
             let rc = libssh2_channel_close(channel)
             if rc == LIBSSH2_ERROR_EAGAIN && !late {
                 closing = state
-                return .wait(socket: owner.socket, events: blockedEvents(), until: state.deadline)
+                return .wait(pollfd(fd: owner.socket, events: blockedEvents(), revents: 0), nil, until: state.deadline)
             }
             state.sent = true
             closing = state
         }
         if libssh2_channel_wait_closed(channel) == LIBSSH2_ERROR_EAGAIN && !late {
-            return .wait(socket: owner.socket, events: blockedEvents(), until: state.deadline)
+            return .wait(pollfd(fd: owner.socket, events: blockedEvents(), revents: 0), nil, until: state.deadline)
         }
         lock.withLock {
             exitStatus = libssh2_channel_get_exit_status(channel)
@@ -483,7 +473,7 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
 
     /// The channel's end: freed, and its session shut down (or given back, in blocking mode, to whoever lent it);
     /// then readers and writers learn it finished.
-    private func settle() -> Turn {
+    private func settle() -> PumpTurn {
         libssh2_channel_free(channel)
         let owns = lock.withLock {
             sessionSettled = true
@@ -516,6 +506,24 @@ public final class SSHChannelStream: ByteStream, @unchecked Sendable {  // `lock
 }
 
 
+/// What a turn of the pump left for a channel.
+enum PumpTurn {
+    /// Bytes moved: another turn at once.
+    case progressed
+    /// Nothing to do until a descriptor is ready (the session's socket, and another the channel copies from), the
+    /// channel is poked, or `until` (a keepalive, a deadline).
+    case wait(pollfd, pollfd?, until: UInt64)
+    /// The channel ended and is settled: the pump lets it go.
+    case finished
+}
+
+/// Something an `SSHPump` moves bytes for, a turn at a time, without ever waiting: an exec channel's stream, or
+/// a ProxyJump's forwarding channel.
+protocol PumpedChannel: AnyObject {
+    /// One turn; called only by the channel's pump thread.
+    func turn(_ scratch: SSHPump.Scratch) -> PumpTurn
+}
+
 /// The threads that move SSH channels' bytes: a few for the whole process (one a core, eight at most), each serving
 /// the channels given to it from one poll loop, so that a hundred hosts' links cost no thread each. A new channel
 /// goes to the pump with the fewest; a pump's thread runs while it has channels (and is joined at exit, see
@@ -531,12 +539,12 @@ final class SSHPump: @unchecked Sendable {  // `state` is shared under its lock;
 
     private static let pumps: [SSHPump] = (0..<min(max(ProcessInfo.processInfo.activeProcessorCount, 1), 8)).compactMap { _ in try? SSHPump() }
     private let wakePipe: WakePipe
-    private let state = Locked<(channels: [SSHChannelStream], running: Bool)>(([], false))
+    private let state = Locked<(channels: [PumpedChannel], running: Bool)>(([], false))
 
     private init() throws { wakePipe = try WakePipe() }
 
     /// Gives `channel` to the pump with the fewest channels, and returns that pump.
-    static func take(_ channel: SSHChannelStream) throws -> SSHPump {
+    static func take(_ channel: PumpedChannel) throws -> SSHPump {
         guard let pump = pumps.min(by: { $0.state.current.channels.count < $1.state.current.channels.count }) else {
             throw SSHError.disconnected(host: "", reason: "no wake-up pipe for the SSH pump")
         }
@@ -544,7 +552,7 @@ final class SSHPump: @unchecked Sendable {  // `state` is shared under its lock;
         return pump
     }
 
-    private func add(_ channel: SSHChannelStream) throws {
+    private func add(_ channel: PumpedChannel) throws {
         let start = state.withLock { state in
             state.channels.append(channel)
             defer { state.running = true }
@@ -574,15 +582,16 @@ final class SSHPump: @unchecked Sendable {  // `state` is shared under its lock;
             }
             if channels.isEmpty { return }
             var progressed = false
-            var ended: [SSHChannelStream] = []
+            var ended: [PumpedChannel] = []
             var fds = [pollfd(fd: wakePipe.readFD, events: Int16(POLLIN), revents: 0)]
             var until = UInt64.max
             for channel in channels {
                 switch channel.turn(scratch) {
                 case .progressed: progressed = true
                 case .finished: ended.append(channel)
-                case .wait(let socket, let events, let deadline):
-                    fds.append(pollfd(fd: socket, events: events, revents: 0))
+                case .wait(let first, let second, let deadline):
+                    fds.append(first)
+                    if let second { fds.append(second) }
                     until = min(until, deadline)
                 }
             }

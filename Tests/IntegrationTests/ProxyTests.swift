@@ -39,6 +39,17 @@ struct ProxyTests {
         let known = (try? String(contentsOfFile: inner.knownHosts, encoding: .utf8)) ?? ""
         #expect(known.contains("[127.0.0.1]:\(inner.port)"), "\(known)")
 
+        // A pull brings 24 MB back through the jump: more than the socket pair that carries it holds at once, so
+        // the jump's copy waits on it without holding up the session that reads it (one pump thread may run both).
+        let outputs = randomBytes(24 << 20, seed: 2602)
+        try FileManager.default.createDirectory(atPath: f.remoteProject + "/output", withIntermediateDirectories: true)
+        try Data(outputs).write(to: URL(fileURLWithPath: f.remoteProject + "/output/run.bin"))
+        // Finished a minute ago (a pull leaves a file that is still being written).
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-60)], ofItemAtPath: f.remoteProject + "/output/run.bin")
+        let pull = try f.sshctl(["pull", f.project, "--json"])
+        #expect(pull.status == 0, "\(pull.stderr)")
+        #expect(f.read("output/run.bin") == outputs ? true : false, "the output did not come back whole: \(pull.stdout)")
+
         // The bastion down: the push fails, naming it, rather than going around it.
         bastion.stop()
         try f.write("src/edit.py", "x = 1\n")
