@@ -15,13 +15,15 @@ package enum ApplyLoop {
     /// Worker threads at most: enough connections in flight to hide a WAN's round trips, few enough for 2 cores.
     package static let workerLimit = 16
 
-    /// Each host's push (nil: it gets a push of the file list instead), in the order given.
-    package static func run(_ applies: [HostApply]) -> [Result<SyncStats?, Error>] {
+    /// Each host's push, in the order given. A host that is to get a push of the file list instead (see `HostApply`)
+    /// gets `fallback`'s, on the worker that found it out, given what the apply did first if anything; without
+    /// `fallback` its result is nil.
+    package static func run(_ applies: [HostApply], fallback: Fallback? = nil) -> [Result<SyncStats?, Error>] {
         var results = Array(repeating: Result<SyncStats?, Error>.failure(SyncError("not run")), count: applies.count)
         guard !applies.isEmpty else { return results }
         let pool: WorkerPool<Job, Done>
         do {
-            pool = try WorkerPool(workers: min(applies.count, workerLimit)) { { job in job.run() } }
+            pool = try WorkerPool(workers: min(applies.count, workerLimit)) { { job in job.run(fallback) } }
         } catch {
             for i in results.indices { results[i] = .failure(SyncError("cannot start threads for the hosts: \(error)")) }
             return results
@@ -42,7 +44,8 @@ package enum ApplyLoop {
                 }
             }
             let now = monotonicNanos()
-            let due = talking.map { $0.nextHeartbeat }.min().map { $0 > now ? ($0 - now) / 1_000_000 + 1 : 0 } ?? 1000
+            // (A link with output waiting is woken by its descriptor, or `soon`: its heartbeat is not due meanwhile.)
+            let due = talking.filter { !$0.hasOutput }.map { $0.nextHeartbeat }.min().map { $0 > now ? ($0 - now) / 1_000_000 + 1 : 0 } ?? 1000
             _ = poll(&fds, nfds_t(fds.count), soon ? 10 : Int32(min(due, 1000)))
             var readable = Set<Int32>()
             for f in fds.dropFirst() where f.revents != 0 && f.events == Int16(POLLIN) { readable.insert(f.fd) }
@@ -50,10 +53,8 @@ package enum ApplyLoop {
             // 2. Workers done: a host connected begins its exchange; a host concluded has its result.
             for done in pool.takeCompletions() {
                 switch done {
-                case .started(let i, .success(let link?)):
+                case .started(let i, .success(let link)):
                     talking.append(Exchange(index: i, apply: applies[i], link: link))
-                case .started(let i, .success(nil)):
-                    results[i] = .success(nil)
                 case .started(let i, .failure(let error)), .finished(let i, .failure(let error)):
                     results[i] = .failure(error)
                 case .finished(let i, .success(let stats)):
@@ -70,6 +71,9 @@ package enum ApplyLoop {
                     over = .failed(error)
                 }
                 guard let over else { return false }
+                // The agent sees the end of its input now, not once a worker is free (it would take this side's
+                // silence for a stall meanwhile).
+                if case .failed = over {} else { x.link.connection.stream.closeWrite() }
                 pool.submit([.finish(x, over)])
                 return true
             }
@@ -86,25 +90,37 @@ package enum ApplyLoop {
         case failed(Error)
     }
 
+    /// A push of the file list to host `index`, after what its apply did (nil: nothing).
+    package typealias Fallback = (_ index: Int, _ applied: SyncStats?) throws -> SyncStats
+
     enum Job {
         case start(HostApply, Int)
         case finish(Exchange, Outcome)
 
-        func run() -> Done {
+        func run(_ fallback: Fallback?) -> Done {
             switch self {
             case .start(let apply, let i):
-                return .started(i, Result { try apply.prepare() ? try apply.connect() : nil })
+                do {
+                    if try apply.prepare() { return .started(i, .success(try apply.connect())) }
+                    return .finished(i, Result { try fallback?(i, nil) })
+                } catch {
+                    return .started(i, .failure(error))
+                }
             case .finish(let x, let outcome):
                 return .finished(x.index, Result {
                     switch outcome {
                     case .done(let summary, let trouble):
                         x.link.close()
-                        return try x.apply.conclude(link: x.link, summary: summary, trouble: trouble, bytesSent: x.bytesSent,
-                                                    bytesReceived: x.decoder.bytesIn)
+                        try x.apply.adoptRemote(x.instance)
+                        let stats = try x.apply.conclude(link: x.link, summary: summary, trouble: trouble, bytesSent: x.bytesSent,
+                                                          bytesReceived: x.decoder.bytesIn)
+                        guard x.apply.needsPush, let fallback else { return stats }
+                        return try fallback(x.index, stats)
                     case .replaced:
                         x.link.close()
+                        try x.apply.adoptRemote(x.instance)
                         x.apply.noteReplaced()
-                        return nil
+                        return try fallback?(x.index, nil)
                     case .failed(let error):
                         throw x.apply.failure(error, link: x.link)
                     }
@@ -114,7 +130,7 @@ package enum ApplyLoop {
     }
 
     enum Done {
-        case started(Int, Result<AgentLink?, Error>)
+        case started(Int, Result<AgentLink, Error>)
         case finished(Int, Result<SyncStats?, Error>)
     }
 
@@ -134,6 +150,8 @@ package enum ApplyLoop {
         private var phase = Phase.handshake
         private var summary = ApplySummary()
         private var trouble = StoreTrouble()
+        /// The remote's instance, from its welcome (recorded by a worker: no database write on the loop's thread).
+        private(set) var instance = ""
         private let heartbeatNanos: UInt64
         private let stallNanos: UInt64
         /// When the agent last took bytes, or this side last had none to give (the write side's stall clock).
@@ -196,7 +214,8 @@ package enum ApplyLoop {
                 switch phase {
                 case .handshake, .welcome:
                     phase = .applying
-                    if !(try apply.sameRemote(try link.welcomed(message))) { return .replaced }
+                    instance = try link.welcomed(message)
+                    if apply.isReplaced(by: instance) { return .replaced }
                 case .applying:
                     switch message {
                     case .applied(let part):

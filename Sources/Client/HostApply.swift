@@ -107,11 +107,17 @@ package final class HostApply: @unchecked Sendable {  // one thread at a time: s
         return encodedFrame(.applySnapshot(prepared)) + encodedFrame(.endOfOperations)
     }
 
-    /// The remote's instance, from its welcome: false when it is not the one the record here is of (wiped or
-    /// replaced since), and the record was dropped.
-    func sameRemote(_ instance: String) throws -> Bool {
-        guard let state else { return false }
-        return !(try state.adoptRemoteInstance(instance))
+    /// Whether the remote's instance, from its welcome, is not the one the record here is of (wiped or replaced
+    /// since): known from what `prepare` read, without the database.
+    func isReplaced(by instance: String) -> Bool {
+        guard let expected = greeting?.expectInstance, !expected.isEmpty else { return false }
+        return expected != instance
+    }
+
+    /// Records the remote's instance (dropping the record of a replaced one: everything is compared again).
+    func adoptRemote(_ instance: String) throws {
+        guard let state, !instance.isEmpty else { return }
+        _ = try state.adoptRemoteInstance(instance)
     }
 
     /// The last step, once the agent said `done`: the record follows what the host applied.

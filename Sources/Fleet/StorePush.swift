@@ -216,35 +216,30 @@ public final class StorePush {
                 results[i] = .failure(error)
             }
         }
-        let applied = ApplyLoop.run(applies)
         // A host whose record is too far from the base, or whose remote was replaced, gets a push of the file list;
         // so does one that could not read everything from the store: the push finds just what the apply left (its
-        // record followed every change made), and reports the store's trouble as a push does.
-        var pushing: [(host: Int, apply: Int)] = []
-        for (k, i) in applying.enumerated() {
-            switch applied[k] {
-            case .success(let stats?) where !applies[k].needsPush: results[i] = .success(stats)
-            case .success: pushing.append((i, k))
-            case .failure(let error): results[i] = .failure(error)
-            }
-        }
-        let pushed = pushEach(pushing.map { hosts[$0.host] }, feed: feed, threads: ApplyLoop.workerLimit) { [pushing] n, host in
-            let i = pushing[n].host
-            let session = PushSession(project: i == 0 ? first : try project.forHost(host))
+        // record followed every change made), and reports the store's trouble as a push does. It runs on the
+        // worker that found out, at once.
+        let parts = IndexedResults<Int>(count: hosts.count)
+        let applied = ApplyLoop.run(applies) { k, before in
+            let i = applying[k]
+            let session = PushSession(project: i == 0 ? first : try project.forHost(hosts[i]))
             session.fixedTree = entries
-            return session
+            session.force = force
+            session.pruneIgnored = pruneIgnored
+            session.storeFeed = feed
+            defer { parts.set(i, session.parts) }
+            var rest = try session.run()
+            if let before { rest.addApplied(before) }
+            if let replaced = applies[k].replaced { rest.warnings.insert(replaced, at: 0) }
+            return rest
         }
-        var parts = Array(repeating: 0, count: hosts.count)
-        for (n, (i, k)) in pushing.enumerated() {
-            parts[i] = pushed.parts[n]
-            results[i] = pushed.results[n].map { rest in
-                var rest = rest
-                if case .success(let before?) = applied[k] { rest.addApplied(before) }
-                if let replaced = applies[k].replaced { rest.warnings.insert(replaced, at: 0) }
-                return rest
+        for (k, i) in applying.enumerated() {
+            results[i] = applied[k].flatMap { stats in
+                stats.map { .success($0) } ?? .failure(SyncError("internal: \(hosts[i]) got neither an apply nor a push"))
             }
         }
-        partsPerHost = parts
+        partsPerHost = hosts.indices.map { parts[$0] ?? 0 }
         var stats = summarize(hosts, results: results)
         stats.bytesUploaded = uploaded.bytesUploaded + (stats.bytesUploaded ?? 0)
         return (stats, ref)

@@ -149,6 +149,7 @@ final class JumpTransport: ProxyTransport, PumpedChannel, @unchecked Sendable { 
         var next: Int32 = 0
         libssh2_keepalive_send(session, &next)
         if progressed { return .progressed }
+        let now = monotonicNanos()
         // Wait for either side: the jump host's socket (as libssh2 needs it) or our end of the pair; once our end
         // said EOF it is left out (it would report POLLHUP for ever, and spin).
         var socket = pollfd(fd: jump.socket, events: Int16(POLLIN), revents: 0)
@@ -156,24 +157,28 @@ final class JumpTransport: ProxyTransport, PumpedChannel, @unchecked Sendable { 
         var events: Int16 = endOpen && toChannel.isEmpty ? Int16(POLLIN) : 0
         if !toEnd.isEmpty { events |= Int16(POLLOUT) }
         let ours = events != 0 ? pollfd(fd: end, events: events, revents: 0) : nil
-        return .wait(socket, ours, until: monotonicNanos() + 250_000_000)
+        return .wait(socket, ours, until: now + UInt64(max(next, 1)) * 1_000_000_000)
     }
 
-    /// The copy's end: the channel closed (without waiting for the jump host's answer), the pair's end closed, and
-    /// the jump session shut down.
+    /// The copy's end: the pair's end closed; the channel closed and the jump session shut down off the pumps
+    /// (each may wait on the jump host a moment).
     private func settle() -> PumpTurn {
-        libssh2_channel_close(channel)
-        libssh2_channel_free(channel)
         close(end)
-        jump.shutdown()
         pumpState.withLock { $0.running = false }
+        SSHPump.teardown { [jump, channel] in
+            libssh2_session_set_blocking(jump.session, 1)
+            libssh2_session_set_timeout(jump.session, 2000)
+            libssh2_channel_close(channel)
+            libssh2_channel_free(channel)
+            jump.shutdown()
+        }
         return .finished
     }
 
-    /// Stops the pump (the inner session is closed) and waits a little for it.
+    /// Stops the copy (the inner session is closed): its next turn ends it. Not waited for: this may run on the
+    /// teardown of the session this hop carries, and the hop's pump goes on by itself.
     func finish() {
         pumpState.withLock { $0.stopped = true }
         pump?.wake()
-        pumpState.withLock(when: { !$0.running }, deadline: monotonicNanos() + 3_000_000_000) { _, _ in }
     }
 }

@@ -388,7 +388,11 @@ public final class SSHChannelStream: ByteStream, PumpedChannel, @unchecked Senda
         // came in between the two reads sat in the list while the pump slept until the next keepalive: a pull
         // once waited 15 s for its last chunks.)
         let e = readStderr()
-        if e > 0 { progressed = true }
+        if e > 0 { progressed = true } else if e < 0 && e != LIBSSH2_ERROR_EAGAIN {
+            // Seen even while stdout is not read (its buffer full): a socket that failed would poll ready for ever.
+            fail(.disconnected(host: host, reason: owner.lastError()))
+            return settle()
+        }
         var inboundEmpty = false
         if roomToRead {
             // Read into memory that is queued as it is (a bulk transfer is not copied again here); a short
@@ -448,6 +452,10 @@ public final class SSHChannelStream: ByteStream, PumpedChannel, @unchecked Senda
     /// Closes a channel the remote ended: this side's close, then sshd's, each a non-blocking call retried on
     /// later turns until `deadline`; then the exit status, and the channel is settled.
     private func closeChannel(_ state: (deadline: UInt64, sent: Bool)) -> PumpTurn {
+        if lock.withLock({ stopRequested }) {
+            fail(.disconnected(host: owner.settings.hostName, reason: "closed by syncd"))
+            return settle()
+        }
         var state = state
         let late = monotonicNanos() >= state.deadline
         if !state.sent {
@@ -480,7 +488,8 @@ public final class SSHChannelStream: ByteStream, PumpedChannel, @unchecked Senda
             return ownsSession
         }
         if owns {
-            owner.shutdown()
+            // The goodbye may wait on the network, and a ProxyCommand's exit on the process: not on a shared pump.
+            SSHPump.teardown { [owner] in owner.shutdown() }
         } else {
             libssh2_session_set_blocking(owner.session, 1)
             owner.handedOff = false
@@ -572,6 +581,30 @@ final class SSHPump: @unchecked Sendable {  // `state` is shared under its lock;
 
     /// Pokes the thread out of its poll.
     func wake() { wakePipe.signal() }
+
+    /// What may block once a channel ended (a session's goodbye, a proxy's exit), run off the pumps in order, on a
+    /// thread of its own that runs while there is any (and is joined at exit, see `LibraryThreads`).
+    private static let teardowns = Locked<(work: [() -> Void], running: Bool)>(([], false))
+
+    static func teardown(_ body: @escaping () -> Void) {
+        let start = teardowns.withLock { t in
+            t.work.append(body)
+            defer { t.running = true }
+            return !t.running
+        }
+        guard start else { return }
+        do { try LibraryThreads.start { runTeardowns() } } catch { runTeardowns() }
+    }
+
+    private static func runTeardowns() {
+        while let next = teardowns.withLock({ t -> (() -> Void)? in
+            if t.work.isEmpty {
+                t.running = false
+                return nil
+            }
+            return t.work.removeFirst()
+        }) { next() }
+    }
 
     private func run() {
         let scratch = Scratch()

@@ -206,7 +206,15 @@ final class StderrRelay: @unchecked Sendable {  // `sources` is shared under its
         }
         if start {
             do { try startDetachedThread(name: "agents-stderr") { [self] in run(wake) } } catch {
-                sources.withLock { $0 = ([:], false) }
+                // No thread: whatever was added meanwhile is given up too (its end marked), not left waiting.
+                let stranded = sources.withLock { sources in
+                    defer { sources = ([:], false) }
+                    return sources.tails
+                }
+                for (other, tail) in stranded where other != fd {
+                    close(other)
+                    tail.done.set(())
+                }
                 throw error
             }
         }
@@ -224,7 +232,8 @@ final class StderrRelay: @unchecked Sendable {  // `sources` is shared under its
             for f in fds.dropFirst() where f.revents != 0 {
                 guard let tail = tails[f.fd] else { continue }
                 var ended = false
-                while true {
+                // A few reads a turn: an agent that never stops writing does not keep the others' lines waiting.
+                for _ in 0..<16 {
                     let n = buffer.withUnsafeMutableBytes { read(f.fd, $0.baseAddress!, $0.count) }
                     if n > 0 {
                         _ = buffer.withUnsafeBytes { write(2, $0.baseAddress!, n) }
