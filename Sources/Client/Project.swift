@@ -160,22 +160,31 @@ public final class Project: Sendable {
     /// project's own are read as the scan meets them. Outside a repository only the project's `.gitignore` files count.
     static func gitIgnore(projectDirectory: String, tree: Tree) -> GitIgnore {
         var outer: [(text: String, source: String, base: String)] = []
+        // A file that is there but cannot be taken (over 1 MiB, not UTF-8, not a regular file) is said, not passed over.
+        var unread: [ScanWarning] = []
+        func text(of file: String) -> String? {
+            do { return try readConfigFile(file) } catch {
+                let why = "\(error)".hasPrefix(file + ": ") ? String("\(error)".dropFirst(file.count + 2)) : "\(error)"
+                unread.append(ScanWarning(path: file, message: "\(why); not read, so git's rules in it do not apply"))
+                return nil
+            }
+        }
         // The repository is found from where the project really is (a symlinked checkout).
         let projectDirectory = URL(fileURLWithPath: projectDirectory).resolvingSymlinksInPath().path
         guard let repository = gitRepository(enclosing: projectDirectory) else { return GitIgnore(tree: tree, projectPrefix: "", outerFiles: []) }
         let prefix = repository == projectDirectory ? "" : String(projectDirectory.dropFirst(repository == "/" ? 1 : repository.count + 1))
         if let gitDirectory = gitDirectory(of: repository) {
             let exclude = gitDirectory + "/info/exclude"
-            if let text = try? readConfigFile(exclude) { outer.append((text, exclude, "")) }
+            if let text = text(of: exclude) { outer.append((text, exclude, "")) }
         }
         // The `.gitignore` files from the repository's root down to the project's parent.
         var base = ""
         for component in prefix.split(separator: "/") {
             let file = repository + (base.isEmpty ? "" : "/" + base) + "/.gitignore"
-            if let text = try? readConfigFile(file) { outer.append((text, file, base)) }
+            if let text = text(of: file) { outer.append((text, file, base)) }
             base += (base.isEmpty ? "" : "/") + component
         }
-        return GitIgnore(tree: tree, projectPrefix: prefix, outerFiles: outer)
+        return GitIgnore(tree: tree, projectPrefix: prefix, outerFiles: outer, unread: unread)
     }
 
     /// The root of the git repository holding `directory` (absolute): the nearest directory at or above it with a

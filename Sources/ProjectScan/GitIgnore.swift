@@ -56,12 +56,13 @@ public final class GitIgnore: @unchecked Sendable {
 
     /// `outerFiles` are (text, shown name, repository-relative directory) for `info/exclude` (directory "") and the
     /// `.gitignore` files between the repository's root and the project, root first.
-    public init(tree: Tree, projectPrefix: String, outerFiles: [(text: String, source: String, base: String)]) {
+    /// `unread`: those of them that are there but could not be taken, said with the scan's warnings.
+    public init(tree: Tree, projectPrefix: String, outerFiles: [(text: String, source: String, base: String)], unread: [ScanWarning] = []) {
         self.tree = tree
         var prefix = Array(projectPrefix.utf8)
         if !prefix.isEmpty && prefix.last != UInt8(ascii: "/") { prefix.append(UInt8(ascii: "/")) }
         self.projectPrefix = prefix
-        var skipped: [ScanWarning] = []
+        var skipped = unread
         outer = outerFiles.map { RuleFile(base: Array($0.base.utf8), rules: Self.parse($0.text, source: $0.source, skipped: &skipped)) }
         // A project inside a directory git ignores: git tracks nothing in it. syncd applies the rules below the
         // project as if it were not ignored, and says so.

@@ -261,6 +261,23 @@ struct GitIgnoreTests {
         }
     }
 
+    /// A `.gitignore` above the project that cannot be read (here over 1 MiB) is named in a warning, not passed
+    /// over in silence: its rules do not apply, and the user learns why a file it ignores is sent.
+    @Test func anOuterGitignoreThatCannotBeReadIsSaid() throws {
+        let base = NSTemporaryDirectory() + "syncd-gitbig-" + UUID().uuidString.prefix(8)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let repo = base + "/repo"
+        #expect(try run("/usr/bin/git", ["init", "-q", repo]).status == 0)
+        try ("*.log\n" + String(repeating: "# padding\n", count: 120_000)).write(toFile: repo + "/.gitignore", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: repo + "/ml", withIntermediateDirectories: true)
+        for name in ["train.py", "run.log"] { try "x".write(toFile: repo + "/ml/" + name, atomically: true, encoding: .utf8) }
+        let env = ["XDG_STATE_HOME": base + "/state"]
+        #expect(try run(binDirectory() + "/syncctl", ["init", repo + "/ml", "--remote", "local:" + base + "/remote"], env: env).status == 0)
+        let ls = try run(binDirectory() + "/syncctl", ["ls", repo + "/ml"], env: env)
+        #expect(ls.stdout.split(separator: "\n").map(String.init).sorted() == ["run.log", "syncd.yaml", "train.py"], "\(ls.stdout)")
+        #expect(ls.stderr.contains(repo + "/.gitignore") && ls.stderr.contains("not read, so git's rules in it do not apply"), "\(ls.stderr)")
+    }
+
     /// The daemon reads git's rules again when a `.gitignore` changes: a file the new rule ignores stays here.
     @Test func theDaemonFollowsAnEditedGitignore() throws {
         let f = try SyncFixture()
