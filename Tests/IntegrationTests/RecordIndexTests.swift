@@ -9,13 +9,16 @@ import Testing
 /// or a shrink leaves every chunk of the new version found and none of what it dropped, damage reads as no record,
 /// and an index an older agent made (lists in their records) is taken over.
 @Suite
-struct RecordIndexTests {
+final class RecordIndexTests {
     let directory: String
 
     init() throws {
         directory = NSTemporaryDirectory() + "record-index-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     }
+
+    /// Each test's scratch database goes with it.
+    deinit { try? FileManager.default.removeItem(atPath: directory) }
 
     var database: String { directory + "/records.db" }
 
