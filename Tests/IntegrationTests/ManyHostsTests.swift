@@ -89,7 +89,8 @@ extension MultiHostTests {
             .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         for i in 0..<10 { try f.write("src/m\(i).py", "m = \(i)\n") }
         var sampler: ThreadSampler?
-        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: Self.sshEnv(f),
+        // All twenty on one pump thread, as on a one-core machine.
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: Self.sshEnv(f).merging(["SYNCD_SSH_PUMPS": "1"]) { $1 },
                         onStart: { sampler = ThreadSampler(pid: $0.processIdentifier) })
         let threads = sampler?.stop() ?? .max
         #expect(r.status == 0, "\(r.stderr)")

@@ -40,13 +40,14 @@ struct ProxyTests {
         #expect(known.contains("[127.0.0.1]:\(inner.port)"), "\(known)")
 
         // A pull brings 24 MB back through the jump: more than the socket pair that carries it holds at once, so
-        // the jump's copy waits on it without holding up the session that reads it (one pump thread may run both).
+        // the jump's copy waits on it without holding up the session that reads it. One pump thread runs both
+        // (`SYNCD_SSH_PUMPS=1`, as on a one-core machine), and ends both.
         let outputs = randomBytes(24 << 20, seed: 2602)
         try FileManager.default.createDirectory(atPath: f.remoteProject + "/output", withIntermediateDirectories: true)
         try Data(outputs).write(to: URL(fileURLWithPath: f.remoteProject + "/output/run.bin"))
         // Finished a minute ago (a pull leaves a file that is still being written).
         try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-60)], ofItemAtPath: f.remoteProject + "/output/run.bin")
-        let pull = try f.sshctl(["pull", f.project, "--json"])
+        let pull = try f.sshctl(["pull", f.project, "--json"], env: ["SYNCD_SSH_PUMPS": "1"])
         #expect(pull.status == 0, "\(pull.stderr)")
         #expect(f.read("output/run.bin") == outputs ? true : false, "the output did not come back whole: \(pull.stdout)")
 

@@ -207,9 +207,9 @@ extension SyncFixture {
         return path
     }
 
-    func sshctl(_ arguments: [String], onStart: ((RunningChild) -> Void)? = nil) throws -> RunResult {
-        try run(binDirectory() + "/syncctl", arguments, env: ["XDG_STATE_HOME": state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": ""],
-                onStart: onStart)
+    func sshctl(_ arguments: [String], env more: [String: String] = [:], onStart: ((RunningChild) -> Void)? = nil) throws -> RunResult {
+        try run(binDirectory() + "/syncctl", arguments,
+                env: ["XDG_STATE_HOME": state, "SYNCD_AGENT": agentForSSH, "SSH_AUTH_SOCK": ""].merging(more) { $1 }, onStart: onStart)
     }
 }
 
