@@ -78,6 +78,10 @@ public final class Project: Sendable {
     /// sends, never what a pull brings back.
     public let pullRules: IgnoreRules
     public let pullPaths: [RelativePath]
+    /// The files outside the project whose rules it follows (with `gitignore: true`, in a repository): the
+    /// repository's `info/exclude` and the `.gitignore` files above the project, there or not. A watcher of the
+    /// project does not see them: the daemon looks at them itself.
+    public let outerIgnoreFiles: [String]
     public let chunking: ChunkParameters
     package let options: SyncOptions
 
@@ -133,6 +137,7 @@ public final class Project: Sendable {
             throw SyncError(e.description, code: .usage)
         }
         pullRules = rules
+        outerIgnoreFiles = config.gitignore ? Self.outerIgnoreFiles(projectDirectory: absolute).map(\.path) : []
         if config.gitignore {
             let git = Self.gitIgnore(projectDirectory: absolute, tree: tree)
             let includes = config.include.enumerated().map { (text: $0.element, origin: "\(ProjectConfig.fileName) include[\($0.offset)]") }
@@ -162,29 +167,35 @@ public final class Project: Sendable {
         var outer: [(text: String, source: String, base: String)] = []
         // A file that is there but cannot be taken (over 1 MiB, not UTF-8, not a regular file) is said, not passed over.
         var unread: [ScanWarning] = []
-        func text(of file: String) -> String? {
-            do { return try readConfigFile(file) } catch {
-                let why = "\(error)".hasPrefix(file + ": ") ? String("\(error)".dropFirst(file.count + 2)) : "\(error)"
-                unread.append(ScanWarning(path: file, message: "\(why); not read, so git's rules in it do not apply"))
-                return nil
+        let files = outerIgnoreFiles(projectDirectory: projectDirectory)
+        for file in files {
+            do {
+                if let text = try readConfigFile(file.path) { outer.append((text, file.path, file.base)) }
+            } catch {
+                let why = "\(error)".hasPrefix(file.path + ": ") ? String("\(error)".dropFirst(file.path.count + 2)) : "\(error)"
+                unread.append(ScanWarning(path: file.path, message: "\(why); not read, so git's rules in it do not apply"))
             }
         }
+        return GitIgnore(tree: tree, projectPrefix: files.first?.prefix ?? "", outerFiles: outer, unread: unread)
+    }
+
+    /// Where git's rules for the project come from outside it, lowest precedence first: the repository's
+    /// `info/exclude` (base "") and the `.gitignore` of each directory from the repository's root down to the
+    /// project's parent (base: that directory, repository-relative); each with the project's place in the
+    /// repository (`prefix`). Empty outside a repository.
+    static func outerIgnoreFiles(projectDirectory: String) -> [(path: String, base: String, prefix: String)] {
         // The repository is found from where the project really is (a symlinked checkout).
         let projectDirectory = URL(fileURLWithPath: projectDirectory).resolvingSymlinksInPath().path
-        guard let repository = gitRepository(enclosing: projectDirectory) else { return GitIgnore(tree: tree, projectPrefix: "", outerFiles: []) }
+        guard let repository = gitRepository(enclosing: projectDirectory) else { return [] }
         let prefix = repository == projectDirectory ? "" : String(projectDirectory.dropFirst(repository == "/" ? 1 : repository.count + 1))
-        if let gitDirectory = gitDirectory(of: repository) {
-            let exclude = gitDirectory + "/info/exclude"
-            if let text = text(of: exclude) { outer.append((text, exclude, "")) }
-        }
-        // The `.gitignore` files from the repository's root down to the project's parent.
+        var files: [(path: String, base: String, prefix: String)] = []
+        if let gitDirectory = gitDirectory(of: repository) { files.append((gitDirectory + "/info/exclude", "", prefix)) }
         var base = ""
         for component in prefix.split(separator: "/") {
-            let file = repository + (base.isEmpty ? "" : "/" + base) + "/.gitignore"
-            if let text = text(of: file) { outer.append((text, file, base)) }
+            files.append((repository + (base.isEmpty ? "" : "/" + base) + "/.gitignore", base, prefix))
             base += (base.isEmpty ? "" : "/") + component
         }
-        return GitIgnore(tree: tree, projectPrefix: prefix, outerFiles: outer, unread: unread)
+        return files
     }
 
     /// The root of the git repository holding `directory` (absolute): the nearest directory at or above it with a

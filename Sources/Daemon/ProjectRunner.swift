@@ -26,6 +26,11 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     /// Files at the project's root whose change is a change of how it syncs.
     static let settingsFiles = [ProjectConfig.fileName, ".syncignore", ".dockerignore"]
     private var settingsChanged = false
+    /// The files outside the project whose rules it follows (`Project.outerIgnoreFiles`), as they were when it was
+    /// opened; looked at again before each push and every few seconds: no watcher sees them.
+    private var outerStamps: [(path: String, stamp: FileStamp?)] = []
+    private var nextOuterLook = Date.distantPast
+    private static let outerInterval: TimeInterval = 2
     private let condition = NSCondition()
     /// Pushes and pulls asked for, started and done; `syncAndWait` waits on these.
     private struct Sessions {
@@ -78,6 +83,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         self.directory = directory
         self.pullInterval = pullInterval
         project = try Project(directory: directory, options: Self.options(stateDirectory, progress))
+        outerStamps = project.outerIgnoreFiles.map { ($0, FileStamp(path: $0)) }
         currentWatcher = Self.makeWatcher(project, events)
         events.runner = self
     }
@@ -148,8 +154,10 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
         watcher.stop()
         let next = Self.makeWatcher(fresh, events)
         do { try next.start() } catch { log.error("\(directory): cannot watch after the settings changed: \(error)") }
+        let stamps = fresh.outerIgnoreFiles.map { ($0, FileStamp(path: $0)) }
         condition.withLock {
             project = fresh
+            outerStamps = stamps
             currentWatcher = next
             fullPushNeeded = true
             changedPaths.removeAll()
@@ -277,6 +285,7 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             return .stop
         }
         guard !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull) else { return .idle }
+        if outerIgnoreFilesChanged() { settingsChanged = true }
         if settingsChanged {
             settingsChanged = false
             return .reopen
@@ -401,8 +410,22 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
     private func waitForWork(interrupted: () -> Bool = { false }) {
         while !stopping && !interrupted() {
             if !paused && (pushes.wanted || pulls.wanted || clock.now() >= nextPull) { return }
-            if paused { condition.wait() } else { clock.wait(condition, until: nextPull) }
+            if !paused && !outerStamps.isEmpty && clock.now() >= nextOuterLook {
+                nextOuterLook = clock.now().addingTimeInterval(Self.outerInterval)
+                // An edit of git's rules above the project: the next push opens it again with them.
+                if outerIgnoreFilesChanged() {
+                    pushes.wanted = true
+                    return
+                }
+            }
+            if paused { condition.wait() } else { clock.wait(condition, until: outerStamps.isEmpty ? nextPull : min(nextPull, nextOuterLook)) }
         }
+    }
+
+    /// Whether a file outside the project whose rules it follows changed (appeared, went, was edited) since the
+    /// project was opened (`condition` held).
+    private func outerIgnoreFilesChanged() -> Bool {
+        outerStamps.contains { FileStamp(path: $0.path) != $0.stamp }
     }
 
     private func lostLink(_ lost: AgentLink, _ error: Error) {
@@ -462,5 +485,24 @@ final class ProjectRunner: @unchecked Sendable {  // `condition` guards the stat
             }
             return .failure(error)
         }
+    }
+}
+
+/// What a file looked like (its identity, size and modification time), to tell an edit without reading it.
+struct FileStamp: Equatable {
+    let device: UInt64
+    let inode: UInt64
+    let size: Int64
+    let mtime: timespec
+
+    /// Nil when there is nothing at `path`.
+    init?(path: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        (device, inode, size, mtime) = (UInt64(st.st_dev), UInt64(st.st_ino), Int64(st.st_size), st.st_mtim)
+    }
+
+    static func == (a: FileStamp, b: FileStamp) -> Bool {
+        a.device == b.device && a.inode == b.inode && a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec && a.mtime.tv_nsec == b.mtime.tv_nsec
     }
 }

@@ -278,6 +278,30 @@ struct GitIgnoreTests {
         #expect(ls.stderr.contains(repo + "/.gitignore") && ls.stderr.contains("not read, so git's rules in it do not apply"), "\(ls.stderr)")
     }
 
+    /// The daemon follows git's rules from outside what it watches too: an edit of the repository's
+    /// `info/exclude` (in `.git`, which is never watched) is seen before the next push, so the file it now
+    /// excludes, made right after, stays here.
+    @Test func theDaemonFollowsAnEditedInfoExclude() throws {
+        let f = try SyncFixture()
+        #expect(try run("/usr/bin/git", ["init", "-q", f.project]).status == 0)
+        try f.write("src/a.py", "a = 1\n")
+        try f.addSetting("gitignore: true")
+        let daemon = try TestDaemon(f)
+        defer { withExtendedLifetime(daemon) {} }
+        #expect(eventually(seconds: 20) { f.read("src/a.py", in: f.remoteProject) != nil }, "\((try? String(contentsOfFile: daemon.log, encoding: .utf8)) ?? "")")
+        try "*.log\n".write(toFile: f.project + "/.git/info/exclude", atomically: false, encoding: .utf8)
+        try f.write("src/train.log", "loss 0.1\n")
+        try f.write("src/b.py", "b = 2\n")
+        #expect(eventually(seconds: 20) { f.read("src/b.py", in: f.remoteProject) != nil })
+        let waited = try daemon.ctl(["push", "--wait", f.project])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(f.read("src/train.log", in: f.remoteProject) == nil, "the daemon pushed what the edited info/exclude excludes")
+
+        // And with nothing else changed, the edit alone is seen within seconds: a file it no longer excludes goes.
+        try "".write(toFile: f.project + "/.git/info/exclude", atomically: false, encoding: .utf8)
+        #expect(eventually(seconds: 20) { f.read("src/train.log", in: f.remoteProject) != nil }, "the daemon did not see info/exclude emptied")
+    }
+
     /// The daemon reads git's rules again when a `.gitignore` changes: a file the new rule ignores stays here.
     @Test func theDaemonFollowsAnEditedGitignore() throws {
         let f = try SyncFixture()
