@@ -420,14 +420,14 @@ public final class StorePush {
     /// Runs the session `makeSession` gives each host, all at once, each reading from `feed`; sums what they did.
     private func fanOut(to hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
                         makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession) -> SyncStats {
-        let pushed = pushEach(hosts, feed: feed, threads: hosts.count, ended: ended, makeSession: makeSession)
+        let pushed = pushEach(hosts, feed: feed, ended: ended, makeSession: makeSession)
         partsPerHost = pushed.parts
         return summarize(hosts, results: pushed.results.map { $0 })
     }
 
-    /// The session `makeSession` gives each host, run on `threads` threads at most (each takes the next host once
-    /// its push is over); each host's result and the parts its push took.
-    private func pushEach(_ hosts: [RemoteSpec], feed: StoreFeed, threads: Int, ended: (@Sendable (Int) -> Void)? = nil,
+    /// The session `makeSession` gives each host, each on a thread of its own (the file-list pushes of
+    /// `SYNCD_HOST_APPLY=0` and of `restore --host`); each host's result and the parts its push took.
+    private func pushEach(_ hosts: [RemoteSpec], feed: StoreFeed, ended: (@Sendable (Int) -> Void)? = nil,
                           makeSession: @escaping @Sendable (Int, RemoteSpec) throws -> PushSession)
         -> (results: [Result<SyncStats, Error>], parts: [Int]) {
         let (force, pruneIgnored) = (self.force, self.pruneIgnored)
@@ -449,7 +449,7 @@ public final class StorePush {
                 ended?(i)
             }
         }
-        for n in 0..<min(threads, hosts.count) {
+        for n in hosts.indices {
             group.enter()
             do {
                 try startDetachedThread(name: "push \(n)") {
