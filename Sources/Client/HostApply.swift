@@ -21,10 +21,10 @@ package final class HostApply: @unchecked Sendable {  // one thread at a time: s
     package var pruneIgnored = false
     /// Whether `push -i`'s lines are made (the first host's).
     package var itemizes = false
-    /// After `run`: the host could not read everything from the store (the snapshot, or chunks): a push of the file
-    /// list is to follow, which finds just what is still to send.
+    /// After `conclude`: the host could not read everything from the store (the snapshot, or chunks): a push of the
+    /// file list is to follow, which finds just what is still to send.
     package private(set) var needsPush = false
-    /// After a `run` that returned nil because the remote was wiped or replaced: what the push that follows says.
+    /// Once the welcome showed the remote wiped or replaced (`noteReplaced`): what the push that follows says.
     package private(set) var replaced: String?
     /// More paths than this where the record differs from the base: the host gets a push of its own instead.
     package var exceptionLimit = HostApply.defaultExceptionLimit
@@ -48,11 +48,6 @@ package final class HostApply: @unchecked Sendable {  // one thread at a time: s
     private var exceptions: [(path: [UInt8], state: PathState?)] = []
     private var prepared: SnapshotApply?
     private var greeting: Hello?
-
-    /// The push, or nil when the record here is too far from the base snapshot for an apply to pay off, or the
-    /// remote was wiped or replaced since the last sync (its record is dropped then: everything is compared again).
-    /// One host alone; many go through `ApplyLoop.run`, which this is.
-    package func run() throws -> SyncStats? { try ApplyLoop.run([self])[0].get() }
 
     /// The first step: the exceptions and the request for this host, and the session's hello; false when the host
     /// gets a push of the file list instead (more exceptions than `exceptionLimit`).
