@@ -45,6 +45,18 @@ extension MultiHostTests {
         }
     }
 
+    /// `syncctl push --json` of `f`, expected to reach all `hosts`; the most threads it ran.
+    static func pushToEveryHost(_ f: SyncFixture, hosts: Int, env: [String: String]) throws -> Int {
+        var sampler: ThreadSampler?
+        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: env,
+                        onStart: { sampler = ThreadSampler(pid: $0.processIdentifier) })
+        let threads = sampler?.stop() ?? .max
+        #expect(r.status == 0, "\(r.stderr)")
+        let answered = (try r.json()["hosts"] as? [[String: Any]]) ?? []
+        #expect(answered.count == hosts && answered.allSatisfy { $0["ok"] as? Bool == true }, "\(answered.filter { $0["ok"] as? Bool != true })")
+        return threads
+    }
+
     /// Forty hosts, a first push and an edit: each host ends up equal to the project, and syncctl's threads stay
     /// within a bound that does not grow with the hosts (it ran four a host: one pushing, one connecting, one for
     /// heartbeats, one copying the agent's stderr).
@@ -55,13 +67,7 @@ extension MultiHostTests {
         try f.write("data/weights.bin", randomBytes(1 << 20, seed: 3001))
         for round in 0..<2 {
             if round == 1 { try f.write("src/m3.py", "m = 'edited'\n") }
-            var sampler: ThreadSampler?
-            let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: Self.env(f),
-                            onStart: { sampler = ThreadSampler(pid: $0.processIdentifier) })
-            let threads = sampler?.stop() ?? .max
-            #expect(r.status == 0, "\(r.stderr)")
-            let answered = (try r.json()["hosts"] as? [[String: Any]]) ?? []
-            #expect(answered.count == hosts && answered.allSatisfy { $0["ok"] as? Bool == true }, "\(answered.filter { $0["ok"] as? Bool != true })")
+            let threads = try Self.pushToEveryHost(f, hosts: hosts, env: Self.env(f))
             // Its workers (16 at most) and a few threads of its own, however many hosts.
             #expect(threads <= 24, "push \(round + 1): syncctl ran \(threads) threads for \(hosts) hosts")
             let local = SyncFixture.describeTree(f.project)
@@ -88,14 +94,8 @@ extension MultiHostTests {
              + "ssh_config: \(config)\nstore: s3://\(bucket)/team\nendpoint: \(server.endpoint)\n")
             .write(toFile: f.project + "/syncd.yaml", atomically: true, encoding: .utf8)
         for i in 0..<10 { try f.write("src/m\(i).py", "m = \(i)\n") }
-        var sampler: ThreadSampler?
         // All twenty on one pump thread, as on a one-core machine.
-        let r = try run(binDirectory() + "/syncctl", ["push", f.project, "--json"], env: Self.sshEnv(f).merging(["SYNCD_SSH_PUMPS": "1"]) { $1 },
-                        onStart: { sampler = ThreadSampler(pid: $0.processIdentifier) })
-        let threads = sampler?.stop() ?? .max
-        #expect(r.status == 0, "\(r.stderr)")
-        let answered = (try r.json()["hosts"] as? [[String: Any]]) ?? []
-        #expect(answered.count == hosts && answered.allSatisfy { $0["ok"] as? Bool == true }, "\(answered.filter { $0["ok"] as? Bool != true })")
+        let threads = try Self.pushToEveryHost(f, hosts: hosts, env: Self.sshEnv(f).merging(["SYNCD_SSH_PUMPS": "1"]) { $1 })
         #expect(threads <= 28, "syncctl ran \(threads) threads for \(hosts) SSH hosts")
         let local = SyncFixture.describeTree(f.project)
         for root in roots {
